@@ -1,0 +1,1 @@
+"""Developer tooling: contract code generation and a local single-node Kafka broker."""

@@ -1,0 +1,702 @@
+"""A real single-node Apache Kafka (KRaft) broker for local development and tests.
+
+Kafka's jars are resolved from Maven Central with Maven (``deploy/kafka/pom.xml``) once and cached;
+the broker then runs as ``java -cp '<libs>/*' kafka.Kafka server.properties``, exactly as Kafka's
+own ``bin/kafka-server-start.sh`` does, in combined broker+controller mode on loopback ports.
+
+All state (configuration, data, logs, pid file) lives under one ``home`` directory, so a broker
+started by one process (``tuneline dev kafka start``) can be found and stopped by another.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+#: Used when the pom cannot be read; the pom's ``kafka.version`` property is the source of truth.
+DEFAULT_KAFKA_VERSION = "4.1.1"
+DEFAULT_PORT = 19092
+DEFAULT_CONTROLLER_PORT = 19093
+DEFAULT_HEAP = "-Xmx512m -Xms256m"
+CACHE_ENV = "TUNELINE_KAFKA_CACHE"
+POM_ENV = "TUNELINE_KAFKA_POM"
+_POM_MARKER = ".pom.sha256"
+MIN_JAVA_MAJOR = 17
+
+_HOST = "127.0.0.1"
+_NODE_ID = 1
+# The JVM flags Kafka's bin/kafka-run-class.sh uses for the broker (KAFKA_JVM_PERFORMANCE_OPTS).
+_JVM_OPTS = (
+    "-server",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+    # Kafka logs from its own shutdown hooks; keep log4j alive until the JVM is gone.
+    "-Dlog4j2.shutdownHookEnabled=false",
+)
+# The storage tool is a short-lived JVM: the C1 compiler alone starts it ~0.5 s sooner.
+_TOOL_JVM_OPTS = ("-Xmx256m", "-XX:TieredStopAtLevel=1")
+_POM_NS = "{http://maven.apache.org/POM/4.0.0}"
+
+
+class LocalKafkaError(RuntimeError):
+    """Base class for local-broker failures."""
+
+
+class KafkaPrerequisiteError(LocalKafkaError):
+    """Java 17+ or Maven is missing; the message says what to install."""
+
+
+class KafkaProvisionError(LocalKafkaError):
+    """Resolving Kafka's jars from Maven Central failed."""
+
+
+class KafkaStartError(LocalKafkaError):
+    """The broker did not come up (or storage formatting failed); the message has the log's tail."""
+
+
+@dataclass(frozen=True)
+class KafkaStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+    home: Path
+    startup_seconds: float | None = None
+
+
+def default_pom() -> Path:
+    """``deploy/kafka/pom.xml`` of this checkout, or ``$TUNELINE_KAFKA_POM``."""
+    env = os.environ.get(POM_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
+
+
+def kafka_version(pom: Path | None = None) -> str:
+    """The Kafka version the pom pins (``<kafka.version>``)."""
+    pom = pom or default_pom()
+    try:
+        root = ET.parse(pom).getroot()  # noqa: S314 - our own checked-in pom
+    except (OSError, ET.ParseError):
+        return DEFAULT_KAFKA_VERSION
+    node = root.find(f"{_POM_NS}properties/{_POM_NS}kafka.version")
+    if node is None:
+        node = root.find("properties/kafka.version")
+    return (node.text or "").strip() if node is not None and node.text else DEFAULT_KAFKA_VERSION
+
+
+def default_cache_dir(version: str | None = None) -> Path:
+    """``$TUNELINE_KAFKA_CACHE`` (the jar directory itself), else
+    ``${XDG_CACHE_HOME:-~/.cache}/tuneline/kafka/<version>/libs``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tuneline" / "kafka" / (version or kafka_version()) / "libs"
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: a random UUID in URL-safe base64 without padding (as ``Uuid``)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not cid.startswith("-"):  # Kafka avoids ids that look like command-line flags
+            return cid
+
+
+def free_port(host: str = _HOST) -> int:
+    """A currently free TCP port on ``host`` (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():  # a zombie has exited; it only waits to be reaped
+        with contextlib.suppress(OSError, IndexError):
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _is_our_broker(pid: int, config: Path) -> bool:
+    """Whether ``pid`` is a ``kafka.Kafka`` process for ``config`` (guards against pid reuse)."""
+    if not _pid_alive(pid):
+        return False
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.exists():  # not Linux: trust the pid file
+        return True
+    try:
+        argv = cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"kafka.Kafka" in argv and str(config).encode() in argv
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _properties(values: Mapping[str, object]) -> str:
+    return "".join(f"{key}={value}\n" for key, value in values.items())
+
+
+_LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by tuneline.devtools.kafka: the local broker logs to files, not stdout. -->
+<Configuration status="WARN">
+  <Appenders>
+    <RollingFile name="server" fileName="{logs}/server.log"
+                 filePattern="{logs}/server.log.%i">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="10 MB"/></Policies>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="server"/></Root>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Logger name="kafka.log.LogCleaner" level="WARN"/>
+    <Logger name="org.apache.kafka.raft" level="WARN"/>
+    <Logger name="org.apache.kafka.storage" level="WARN"/>
+  </Loggers>
+</Configuration>
+"""
+
+
+@dataclass
+class LocalKafka:
+    """A single-node KRaft broker (``process.roles=broker,controller``) on 127.0.0.1.
+
+    ``home`` holds ``server.properties``, ``log4j2.xml``, ``data/`` (the log dirs and the KRaft
+    metadata log), ``logs/`` (``server.log`` and the JVM's own ``broker.out``), ``broker.pid`` and
+    ``state.json``. ``cache_dir`` holds Kafka's jars (see :func:`default_cache_dir`).
+    """
+
+    home: Path
+    port: int = DEFAULT_PORT
+    controller_port: int = DEFAULT_CONTROLLER_PORT
+    heap: str = DEFAULT_HEAP
+    cache_dir: Path | None = None
+    pom: Path = field(default_factory=default_pom)
+    #: Extra broker settings, applied over the generated ones.
+    overrides: dict[str, str] = field(default_factory=dict)
+    #: Seconds the last :meth:`start` took to bring a broker up, from writing its configuration
+    #: (storage format included, provisioning excluded) to serving metadata; ``None`` before a
+    #: start, or when :meth:`start` reused a running broker.
+    startup_seconds: float | None = field(default=None, init=False)
+    #: Seconds the last :meth:`start` spent in :meth:`provision` (about 0 with a warm cache).
+    provision_seconds: float | None = field(default=None, init=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).expanduser().absolute()
+        self.pom = Path(self.pom)
+        if self.cache_dir is None:
+            self.cache_dir = default_cache_dir(kafka_version(self.pom))
+        self.cache_dir = Path(self.cache_dir).expanduser().absolute()
+
+    # ----------------------------------------------------------------------------- paths
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{_HOST}:{self.port}"
+
+    @property
+    def libs_dir(self) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def log4j_path(self) -> Path:
+        return self.home / "log4j2.xml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def server_log(self) -> Path:
+        return self.logs_dir / "server.log"
+
+    @property
+    def stdout_log(self) -> Path:
+        return self.logs_dir / "broker.out"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def state_path(self) -> Path:
+        return self.home / "state.json"
+
+    # ----------------------------------------------------------------------------- tools
+
+    @staticmethod
+    def java_executable() -> str:
+        """``$JAVA_HOME/bin/java`` or ``java`` on PATH; raises if neither is there."""
+        java_home = os.environ.get("JAVA_HOME")
+        if java_home:
+            candidate = Path(java_home) / "bin" / "java"
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+        found = shutil.which("java")
+        if not found:
+            raise KafkaPrerequisiteError(
+                f"Java {MIN_JAVA_MAJOR}+ is required to run the local Kafka broker but no `java` "
+                "was found on PATH (or in $JAVA_HOME). Install a JDK/JRE 17 or newer, e.g. "
+                "`apt-get install openjdk-17-jre-headless` or `brew install openjdk@17`."
+            )
+        return found
+
+    @staticmethod
+    def maven_executable() -> str:
+        found = shutil.which("mvn")
+        if not found:
+            raise KafkaPrerequisiteError(
+                "Maven is required once, to download Apache Kafka's jars from Maven Central, but "
+                "no `mvn` was found on PATH. Install Apache Maven 3.6+, e.g. `apt-get install "
+                "maven` or `brew install maven`, or point $TUNELINE_KAFKA_CACHE at a directory "
+                "that already holds the jars."
+            )
+        return found
+
+    def _check_java_version(self, java: str) -> None:
+        try:
+            out = subprocess.run(
+                [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+        if not match:
+            return
+        major = int(match.group(1))
+        if major == 1 and match.group(2):  # "1.8.0_x" style
+            major = int(match.group(2))
+        if major < MIN_JAVA_MAJOR:
+            raise KafkaPrerequisiteError(
+                f"Kafka 4 needs Java {MIN_JAVA_MAJOR}+, but `{java}` is Java {major}. Install a "
+                "JDK/JRE 17 or newer and put it first on PATH (or set JAVA_HOME)."
+            )
+
+    # ----------------------------------------------------------------------------- provision
+
+    def _pom_digest(self) -> str | None:
+        try:
+            return hashlib.sha256(self.pom.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    def is_provisioned(self) -> bool:
+        """Whether the cache holds Kafka's jars, resolved from the current pom.
+
+        Maven writes ``.pom.sha256`` next to the jars; when the pom has changed since (a new
+        dependency, say), the cache is stale. A jar directory without that marker (one a user
+        pointed ``$TUNELINE_KAFKA_CACHE`` at) is taken as it is.
+        """
+        libs = self.libs_dir
+        if not (libs.is_dir() and any(libs.glob("kafka_2.13-*.jar"))):
+            return False
+        marker = libs / _POM_MARKER
+        if not marker.is_file():
+            return True
+        digest = self._pom_digest()
+        return digest is None or marker.read_text().strip() == digest
+
+    def provision(self) -> Path:
+        """Resolve Kafka's jars into the cache with Maven unless they are already there."""
+        self.java_executable()  # Maven and the broker both need it: say so first
+        if self.is_provisioned():
+            return self.libs_dir
+        mvn = self.maven_executable()
+        digest = self._pom_digest()
+        if digest is None:
+            raise KafkaProvisionError(
+                f"Kafka's pom was not found at {self.pom}; run from a Tuneline checkout or set "
+                f"${POM_ENV}."
+            )
+        libs = self.libs_dir
+        libs.parent.mkdir(parents=True, exist_ok=True)
+        staging = libs.parent / f".{libs.name}.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(self.pom),
+            "dependency:copy-dependencies",
+            f"-Dkafka.libs.dir={staging}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+            shutil.rmtree(staging, ignore_errors=True)
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+            raise KafkaProvisionError(
+                f"`{shlex.join(cmd)}` failed (exit {proc.returncode}); Maven Central must be "
+                f"reachable the first time.\n{tail}"
+            )
+        (staging / _POM_MARKER).write_text(digest + "\n")
+        stale = libs.parent / f".{libs.name}.stale-{os.getpid()}"
+        if libs.exists():  # resolved from an older pom: move it aside, then swap in the new set
+            with contextlib.suppress(OSError):
+                libs.rename(stale)
+        try:
+            staging.rename(libs)  # atomic: a concurrent provisioner never sees half a cache
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not self.is_provisioned():
+                raise
+        shutil.rmtree(stale, ignore_errors=True)
+        return libs
+
+    # ----------------------------------------------------------------------------- config
+
+    def server_properties(self) -> dict[str, str]:
+        """The broker settings :meth:`start` writes to ``server.properties``."""
+        props: dict[str, object] = {
+            # KRaft, combined mode, one node
+            "process.roles": "broker,controller",
+            "node.id": _NODE_ID,
+            "controller.quorum.bootstrap.servers": f"{_HOST}:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://{_HOST}:{self.port},CONTROLLER://{_HOST}:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://{_HOST}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": self.data_dir,
+            # one broker: every internal topic has one replica
+            "num.partitions": 1,
+            "default.replication.factor": 1,
+            "min.insync.replicas": 1,
+            "offsets.topic.replication.factor": 1,
+            "offsets.topic.num.partitions": 1,
+            "transaction.state.log.replication.factor": 1,
+            "transaction.state.log.min.isr": 1,
+            "transaction.state.log.num.partitions": 1,
+            "share.coordinator.state.topic.replication.factor": 1,
+            "share.coordinator.state.topic.min.isr": 1,
+            "group.initial.rebalance.delay.ms": 0,
+            # services create their own topics
+            "auto.create.topics.enable": "false",
+            "delete.topic.enable": "true",
+            # small and quick
+            "num.network.threads": 2,
+            "num.io.threads": 4,
+            "num.recovery.threads.per.data.dir": 1,
+            "log.segment.bytes": 16 * 1024 * 1024,
+            "log.retention.hours": 24,
+            "log.retention.check.interval.ms": 60_000,
+            "log.cleaner.dedupe.buffer.size": 8 * 1024 * 1024,
+            "log.cleaner.threads": 1,
+            "metadata.log.segment.bytes": 8 * 1024 * 1024,
+        }
+        merged = {key: str(value) for key, value in props.items()}
+        merged.update({key: str(value) for key, value in self.overrides.items()})
+        return merged
+
+    def write_config(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        header = "# Written by tuneline.devtools.kafka (LocalKafka); rewritten on every start.\n"
+        self.config_path.write_text(header + _properties(self.server_properties()))
+        self.log4j_path.write_text(_LOG4J2_XML.replace("{logs}", str(self.logs_dir)))
+        return self.config_path
+
+    def java_command(
+        self, main_class: str, *args: str, jvm_opts: tuple[str, ...] | None = None
+    ) -> list[str]:
+        """``java <heap> <Kafka's JVM flags> -cp '<libs>/*' <main_class> <args>``."""
+        return [
+            self.java_executable(),
+            *(shlex.split(self.heap) if jvm_opts is None else jvm_opts),
+            *_JVM_OPTS,
+            f"-Dlog4j2.configurationFile={self.log4j_path}",
+            f"-Dkafka.logs.dir={self.logs_dir}",
+            "-cp",
+            str(self.libs_dir / "*"),
+            main_class,
+            *args,
+        ]
+
+    def is_formatted(self) -> bool:
+        return (self.data_dir / "meta.properties").is_file()
+
+    def format_command(self, cluster_id: str) -> list[str]:
+        return self.java_command(
+            "kafka.tools.StorageTool",
+            "format",
+            "--config",
+            str(self.config_path),
+            "--cluster-id",
+            cluster_id,
+            "--standalone",
+            "--ignore-formatted",
+            jvm_opts=_TOOL_JVM_OPTS,
+        )
+
+    def format_storage(self) -> None:
+        """Format the KRaft storage once (a single-node dynamic quorum: ``--standalone``)."""
+        if self.is_formatted():
+            return
+        cmd = self.format_command(new_cluster_id())
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if proc.returncode != 0:
+            raise KafkaStartError(
+                f"Formatting KRaft storage failed (exit {proc.returncode}): {shlex.join(cmd)}\n"
+                + "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+            )
+
+    # ----------------------------------------------------------------------------- state
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_path.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def running_pid(self) -> int | None:
+        """The pid of a live broker started from this home, else ``None``."""
+        pid = self._read_pid()
+        if pid is not None and _is_our_broker(pid, self.config_path):
+            return pid
+        return None
+
+    def status(self) -> KafkaStatus:
+        pid = self.running_pid()
+        state = self._read_state()
+        bootstrap = str(state.get("bootstrap", self.bootstrap)) if pid else self.bootstrap
+        seconds = state.get("startup_seconds") if pid else None
+        return KafkaStatus(
+            running=pid is not None,
+            pid=pid,
+            bootstrap=bootstrap,
+            home=self.home,
+            startup_seconds=float(seconds) if seconds is not None else None,
+        )
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def start(self, timeout: float = 90.0) -> str:
+        """Start the broker (or reuse the one running from this home); return the bootstrap."""
+        pid = self.running_pid()
+        if pid is not None:
+            state = self._read_state()
+            running_bootstrap = state.get("bootstrap", self.bootstrap)
+            if running_bootstrap != self.bootstrap:
+                raise KafkaStartError(
+                    f"A broker from {self.home} is already running on {running_bootstrap} "
+                    f"(pid {pid}), not on {self.bootstrap}; stop it first."
+                )
+            self._wait_ready(time.monotonic() + timeout, pid)
+            return self.bootstrap
+
+        self._check_java_version(self.java_executable())
+        provision_began = time.monotonic()
+        self.provision()  # a cold Maven run counts neither toward the timeout nor start-up time
+        self.provision_seconds = round(time.monotonic() - provision_began, 3)
+        began = time.monotonic()
+        deadline = began + timeout
+        for port in (self.port, self.controller_port):
+            if not _port_free(port):
+                raise KafkaStartError(
+                    f"Port {_HOST}:{port} is already in use (by something not started from "
+                    f"{self.home}); choose other ports."
+                )
+        self.write_config()
+        self.format_storage()
+
+        self.pid_path.unlink(missing_ok=True)
+        with self.stdout_log.open("wb") as out:  # the JVM's own output, this start only
+            self._proc = subprocess.Popen(
+                self.java_command("kafka.Kafka", str(self.config_path)),
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        pid = self._proc.pid
+        self.pid_path.write_text(f"{pid}\n")
+        try:
+            self._wait_ready(deadline, pid)
+        except BaseException:
+            self._kill(pid, grace=5.0)
+            raise
+        self.startup_seconds = round(time.monotonic() - began, 3)
+        self.state_path.write_text(
+            json.dumps(
+                {
+                    "pid": pid,
+                    "bootstrap": self.bootstrap,
+                    "controller": f"{_HOST}:{self.controller_port}",
+                    "startup_seconds": self.startup_seconds,
+                    "provision_seconds": self.provision_seconds,
+                    "started_at": time.time(),
+                    "libs": str(self.libs_dir),
+                },
+                indent=2,
+            )
+        )
+        return self.bootstrap
+
+    def _failure(self, why: str) -> KafkaStartError:
+        parts = [f"Local Kafka broker {why} (home {self.home})."]
+        for path in (self.server_log, self.stdout_log):
+            tail = _tail(path)
+            if tail.strip():
+                parts.append(f"--- tail of {path} ---\n{tail}")
+        return KafkaStartError("\n".join(parts))
+
+    def _exited(self, pid: int) -> bool:
+        if self._proc is not None and self._proc.pid == pid:
+            return self._proc.poll() is not None
+        return not _pid_alive(pid)
+
+    def _wait_ready(self, deadline: float, pid: int) -> None:
+        """Wait until the broker answers a metadata request with itself registered."""
+        while True:
+            if self._exited(pid):
+                raise self._failure("exited during start-up")
+            if time.monotonic() >= deadline:
+                raise self._failure("did not serve metadata before the timeout")
+            if _port_open(self.port) and _serves_metadata(self.bootstrap):
+                return
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM the broker, wait up to ``timeout`` seconds, then SIGKILL; ``True`` if one ran."""
+        pid = self.running_pid()
+        stopped = False
+        if pid is not None:
+            self._kill(pid, grace=timeout)
+            stopped = True
+        self.pid_path.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+        return stopped
+
+    def _kill(self, pid: int, grace: float) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and not self._exited(pid):
+            time.sleep(0.1)
+        if not self._exited(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)  # the broker leads its own session/group
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self._proc is not None and self._proc.pid == pid:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=10)
+            self._proc = None
+        else:
+            end = time.monotonic() + 10
+            while time.monotonic() < end and _pid_alive(pid):
+                time.sleep(0.05)
+
+
+def _port_open(port: int, host: str = _HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _port_free(port: int, host: str = _HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _serves_metadata(bootstrap: str) -> bool:
+    """One metadata round trip with kafka-python's admin client; ``True`` if our node is in it."""
+    admin = None
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="tuneline-local-kafka-probe",
+            request_timeout_ms=5000,
+            **_admin_timeouts(KafkaAdminClient, 3000),
+        )
+        cluster = admin.describe_cluster()
+        admin.list_topics()
+    except (KafkaError, OSError, ValueError):
+        return False
+    finally:
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                admin.close()
+    return any(_broker_id(b) == _NODE_ID for b in cluster.get("brokers") or [])
+
+
+def _admin_timeouts(admin_cls: Any, timeout_ms: int) -> dict[str, int]:
+    """The bootstrap/version-probe timeout under the name this kafka-python uses.
+
+    kafka-python 2.x calls it ``api_version_auto_timeout_ms``; 3.x ``bootstrap_timeout_ms`` and
+    rejects unknown settings.
+    """
+    known = getattr(admin_cls, "DEFAULT_CONFIG", {})
+    return {
+        key: timeout_ms
+        for key in ("bootstrap_timeout_ms", "api_version_auto_timeout_ms")
+        if key in known
+    }
+
+
+def _broker_id(broker: Mapping[str, Any]) -> int:
+    # describe_cluster() names it ``node_id`` in kafka-python 2.x and ``broker_id`` in 3.x
+    value = broker.get("node_id", broker.get("broker_id", -1))
+    return int(value) if value is not None else -1
