@@ -1,0 +1,53 @@
+"""Prometheus metrics of the event plumbing, on the service's own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class EventMetrics:
+    """Publishing, consuming, dead-lettering and lag, labelled by topic."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "tuneline_events_published_total",
+            "Events acknowledged by Kafka (acks=all).",
+            ("topic",),
+            registry=registry,
+        )
+        self.consumed = Counter(
+            "tuneline_events_consumed_total",
+            "Events taken off Kafka, by outcome (applied, duplicate, dead_lettered).",
+            ("topic", "outcome"),
+            registry=registry,
+        )
+        self.handler_failures = Counter(
+            "tuneline_event_handler_failures_total",
+            "Handler attempts that raised (each retry counts).",
+            ("topic",),
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "tuneline_events_dead_lettered_total",
+            "Messages sent to a <topic>.dlq after failing every attempt or failing to decode.",
+            ("topic",),
+            registry=registry,
+        )
+        self.handling_seconds = Histogram(
+            "tuneline_event_handling_seconds",
+            "Time to apply one event, including its database commit.",
+            ("topic",),
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "tuneline_kafka_consumer_lag",
+            "Messages between the consumer group's position and the partition's end.",
+            ("topic", "partition", "group"),
+            registry=registry,
+        )
+        self.outbox_pending = Gauge(
+            "tuneline_outbox_pending_events",
+            "Events committed to the outbox and not yet acknowledged by Kafka.",
+            registry=registry,
+        )

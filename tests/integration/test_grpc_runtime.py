@@ -1,0 +1,205 @@
+"""The shared gRPC server on a real loopback port: health, reflection, errors, deadlines."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry
+
+from shared.errors import FieldViolation, InvalidArgument, NotFound
+from shared.grpc import GrpcServerMetrics, ServiceRegistration, build_grpc_server, create_channel
+from tuneline.dataset.v1 import service_pb2, service_pb2_grpc
+from tuneline.devtools.kafka import free_port
+
+pytestmark = pytest.mark.integration
+
+DATASET_SERVICE = service_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
+
+
+class ProbeServicer(service_pb2_grpc.DatasetServiceServicer):
+    """Just enough behaviour to exercise the runtime: an invalid input, a slow call, a bug."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def CreateDataset(self, request, context):
+        if not request.dataset_id:
+            raise InvalidArgument(
+                "the request has invalid fields",
+                [
+                    FieldViolation("dataset_id", "required", "REQUIRED"),
+                    FieldViolation("dataset.task_type", "must be set", "REQUIRED"),
+                ],
+            )
+        raise RuntimeError("a bug that must not leak")
+
+    def GetDataset(self, request, context):
+        if request.name == "datasets/slow":
+            self.release.wait(5)
+            return service_pb2.GetDatasetResponse()
+        raise NotFound("dataset", request.name)
+
+
+@pytest.fixture
+def served():
+    registry = CollectorRegistry()
+    servicer = ProbeServicer()
+    server = build_grpc_server(
+        host="127.0.0.1",
+        port=0,
+        services=[
+            ServiceRegistration(
+                DATASET_SERVICE, servicer, service_pb2_grpc.add_DatasetServiceServicer_to_server
+            )
+        ],
+        metrics=GrpcServerMetrics(registry),
+        grace_seconds=2.0,
+    )
+    server.start()
+    channel = create_channel(f"127.0.0.1:{server.port}", default_timeout=5.0)
+    yield server, channel, registry, servicer
+    servicer.release.set()
+    channel.close()
+    server.stop(grace=0)
+
+
+def test_invalid_input_is_invalid_argument_with_field_violations(served):
+    _, channel, registry, _ = served
+    stub = service_pb2_grpc.DatasetServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.CreateDataset(service_pb2.CreateDatasetRequest())
+    error = raised.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(error)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad_request) for d in status.details)
+    assert [(v.field, v.reason) for v in bad_request.field_violations] == [
+        ("dataset_id", "REQUIRED"),
+        ("dataset.task_type", "REQUIRED"),
+    ]
+    assert (
+        registry.get_sample_value(
+            "tuneline_grpc_server_handled_total",
+            {
+                "grpc_service": DATASET_SERVICE,
+                "grpc_method": "CreateDataset",
+                "grpc_type": "unary",
+                "grpc_code": "INVALID_ARGUMENT",
+            },
+        )
+        == 1.0
+    )
+
+
+def test_not_found_carries_resource_info_and_bugs_are_internal(served):
+    _, channel, _, _ = served
+    stub = service_pb2_grpc.DatasetServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.GetDataset(service_pb2.GetDatasetRequest(name="datasets/nope"))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    info = error_details_pb2.ResourceInfo()
+    assert any(d.Unpack(info) for d in rpc_status.from_call(raised.value).details)
+    assert info.resource_name == "datasets/nope"
+
+    with pytest.raises(grpc.RpcError) as bug:
+        stub.CreateDataset(service_pb2.CreateDatasetRequest(dataset_id="x"))
+    assert bug.value.code() == grpc.StatusCode.INTERNAL
+    assert "must not leak" not in bug.value.details()
+
+
+def test_an_expired_deadline_is_deadline_exceeded(served):
+    _, channel, _, _ = served
+    stub = service_pb2_grpc.DatasetServiceStub(channel)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.GetDataset(service_pb2.GetDatasetRequest(name="datasets/slow"), timeout=0.3)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 3.0
+
+
+def test_the_channel_default_deadline_applies_when_the_caller_sets_none(served):
+    server, _, _, _ = served
+    channel = create_channel(f"127.0.0.1:{server.port}", default_timeout=0.3)
+    try:
+        stub = service_pb2_grpc.DatasetServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.GetDataset(service_pb2.GetDatasetRequest(name="datasets/slow"))
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        channel.close()
+
+
+def test_reflection_lists_the_services(served):
+    _, channel, _, _ = served
+    services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {
+        DATASET_SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
+
+
+def test_health_is_serving_then_not_serving_on_stop(served):
+    server, channel, _, servicer = served
+    health = health_pb2_grpc.HealthStub(channel)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == serving
+    assert health.Check(health_pb2.HealthCheckRequest(service=DATASET_SERVICE)).status == serving
+
+    # Watch, then stop with an RPC in flight: NOT_SERVING must reach the watcher first.
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=DATASET_SERVICE), timeout=10)
+    assert next(watch).status == serving
+    stub = service_pb2_grpc.DatasetServiceStub(channel)
+    in_flight = stub.GetDataset.future(service_pb2.GetDatasetRequest(name="datasets/slow"))
+    time.sleep(0.2)
+    stopper = threading.Thread(target=server.stop, kwargs={"grace": 3.0})
+    stopper.start()
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    servicer.release.set()  # the in-flight call completes within the grace period
+    assert in_flight.result(timeout=5) == service_pb2.GetDatasetResponse()
+    stopper.join(10)
+
+
+def test_unavailable_is_retried_until_the_server_appears():
+    port = free_port()
+    channel = create_channel(
+        f"127.0.0.1:{port}",
+        default_timeout=10.0,
+        max_attempts=5,
+        initial_backoff=0.5,
+        max_backoff=1.0,
+    )
+    registry = CollectorRegistry()
+    servicer = ProbeServicer()
+    server = build_grpc_server(
+        host="127.0.0.1",
+        port=port,
+        services=[
+            ServiceRegistration(
+                DATASET_SERVICE, servicer, service_pb2_grpc.add_DatasetServiceServicer_to_server
+            )
+        ],
+        metrics=GrpcServerMetrics(registry),
+    )
+    # The server only starts after the first attempt has failed with UNAVAILABLE.
+    timer = threading.Timer(0.1, server.start)
+    timer.start()
+    try:
+        stub = service_pb2_grpc.DatasetServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.GetDataset(service_pb2.GetDatasetRequest(name="datasets/x"))
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND  # reached the server after all
+    finally:
+        timer.join()
+        channel.close()
+        server.stop(grace=0)

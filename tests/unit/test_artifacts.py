@@ -1,0 +1,346 @@
+"""LocalArtifactStore: atomic writes, sha256 while writing, keys and URIs confined to roots."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from shared.artifacts import ArtifactError, LocalArtifactStore, StoredArtifact, directory_sha256
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalArtifactStore:
+    return LocalArtifactStore(tmp_path / "store")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def test_root_and_temp_folder_are_created(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "a" / "b")
+    assert store.root == (tmp_path / "a" / "b").resolve()
+    assert (store.root / ".tmp").is_dir()
+    assert store.temp_entries() == []
+
+
+def test_put_bytes_returns_uri_sha256_and_size(store: LocalArtifactStore) -> None:
+    data = b"hello artifact\n" * 100
+
+    stored = store.put_bytes("datasets/d1/v1.jsonl", data)
+
+    path = store.root / "datasets" / "d1" / "v1.jsonl"
+    assert stored == StoredArtifact(path.as_uri(), _sha(data), len(data))
+    assert stored.uri.startswith("file:///")
+    assert stored.uri == store.uri_for("datasets/d1/v1.jsonl")
+    assert path.read_bytes() == data
+    assert store.local_path(stored.uri) == path
+    with store.open(stored.uri) as handle:
+        assert handle.read() == data
+    assert store.exists(stored.uri)
+    assert store.temp_entries() == []
+
+
+def test_put_empty_bytes(store: LocalArtifactStore) -> None:
+    stored = store.put_bytes("empty", b"")
+    assert stored.size_bytes == 0
+    assert stored.sha256 == _sha(b"")
+    assert store.local_path(stored.uri).read_bytes() == b""
+
+
+def test_put_stream_hashes_all_chunks(store: LocalArtifactStore) -> None:
+    chunks = [b"a" * 10, b"", b"b" * 3, os.urandom(5000)]
+
+    stored = store.put_stream("x/y.bin", iter(chunks))
+
+    data = b"".join(chunks)
+    assert stored.sha256 == _sha(data)
+    assert stored.size_bytes == len(data)
+    assert store.local_path(stored.uri).read_bytes() == data
+
+
+def test_put_overwrites_existing_key(store: LocalArtifactStore) -> None:
+    store.put_bytes("k", b"old")
+    stored = store.put_bytes("k", b"new!")
+    assert store.local_path(stored.uri).read_bytes() == b"new!"
+    assert stored.size_bytes == 4
+
+
+def test_open_writer_exposes_stored_after_block(store: LocalArtifactStore) -> None:
+    with store.open_writer("w/out.bin") as writer:
+        writer.write(b"abc")
+        writer.write(b"def")
+        assert writer.stored is None
+        assert writer.size_bytes == 6
+        # Not visible under the key until the block completes.
+        assert not (store.root / "w" / "out.bin").exists()
+        assert len(store.temp_entries()) == 1
+    assert writer.stored is not None
+    assert writer.stored.sha256 == _sha(b"abcdef")
+    assert writer.stored.size_bytes == 6
+    assert store.temp_entries() == []
+
+
+def _write_then_fail(store: LocalArtifactStore, key: str, data: bytes) -> None:
+    with store.open_writer(key) as writer:
+        writer.write(data)
+        raise RuntimeError("disk on fire")
+
+
+def test_open_writer_that_raises_leaves_nothing(store: LocalArtifactStore) -> None:
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        _write_then_fail(store, "a/b.bin", b"partial")
+
+    assert not (store.root / "a" / "b.bin").exists()
+    assert not (store.root / "a").exists()
+    assert store.temp_entries() == []
+
+
+def test_open_writer_that_raises_keeps_previous_version(store: LocalArtifactStore) -> None:
+    store.put_bytes("keep", b"version 1")
+    with pytest.raises(RuntimeError):
+        _write_then_fail(store, "keep", b"version 2, half")
+    assert (store.root / "keep").read_bytes() == b"version 1"
+    assert store.temp_entries() == []
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../x",
+        "/abs",
+        "a/../../b",
+        "a/../b",
+        "..",
+        ".",
+        "",
+        "a\\b",
+        ".tmp/x",
+        ".tmp",
+        "a//b",
+        "a/",
+        "a/./b",
+        ".hidden",
+        "a b",
+        "a/\x00b",
+        "ü",
+    ],
+)
+def test_invalid_keys_are_refused(store: LocalArtifactStore, key: str) -> None:
+    with pytest.raises(ArtifactError):
+        store.uri_for(key)
+    with pytest.raises(ArtifactError):
+        store.put_bytes(key, b"x")
+    assert store.temp_entries() == []
+
+
+def test_key_through_symlink_leaving_the_root_is_refused(
+    store: LocalArtifactStore, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store.root / "link").symlink_to(outside, target_is_directory=True)
+
+    with pytest.raises(ArtifactError, match="escapes"):
+        store.put_bytes("link/evil", b"x")
+    assert list(outside.iterdir()) == []
+
+
+def test_key_through_symlink_into_temp_is_refused(store: LocalArtifactStore) -> None:
+    (store.root / "sneaky").symlink_to(store.root / ".tmp", target_is_directory=True)
+    with pytest.raises(ArtifactError):
+        store.uri_for("sneaky/x")
+
+
+@pytest.mark.parametrize(
+    "make_uri",
+    [
+        lambda root, other: (other / "file.bin").as_uri(),
+        lambda root, other: "http://example.com/file.bin",
+        lambda root, other: "s3://bucket/file.bin",
+        lambda root, other: f"file://remotehost{root}/file.bin",
+        lambda root, other: str(root / "file.bin"),  # a bare path is not a URI
+        lambda root, other: f"file://{root}/../other/file.bin",
+        lambda root, other: f"file://{root}/%2e%2e/other/file.bin",
+        lambda root, other: f"{root.as_uri()}-sibling/file.bin",
+    ],
+)
+def test_local_path_refuses_uris_outside_the_root(tmp_path: Path, make_uri) -> None:  # type: ignore[no-untyped-def]
+    store = LocalArtifactStore(tmp_path / "store")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "file.bin").write_bytes(b"secret")
+    (tmp_path / "store-sibling").mkdir()
+    (tmp_path / "store-sibling" / "file.bin").write_bytes(b"secret")
+
+    uri = make_uri(store.root, other)
+
+    with pytest.raises(ArtifactError):
+        store.local_path(uri)
+    with pytest.raises(ArtifactError):
+        store.open(uri)
+
+
+def test_local_path_refuses_symlink_inside_root_pointing_outside(
+    store: LocalArtifactStore, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"secret")
+    (store.root / "innocent.txt").symlink_to(secret)
+
+    with pytest.raises(ArtifactError, match="outside"):
+        store.local_path((store.root / "innocent.txt").as_uri())
+    with pytest.raises(ArtifactError):
+        store.open((store.root / "innocent.txt").as_uri())
+
+
+def test_local_path_accepts_localhost_netloc(store: LocalArtifactStore) -> None:
+    stored = store.put_bytes("a", b"1")
+    uri = stored.uri.replace("file://", "file://localhost", 1)
+    assert store.local_path(uri) == store.root / "a"
+
+
+def test_open_missing_artifact_is_an_artifact_error(store: LocalArtifactStore) -> None:
+    uri = store.uri_for("never/written")
+    assert not store.exists(uri)
+    with pytest.raises(ArtifactError, match="does not exist"):
+        store.open(uri)
+
+
+def test_readable_roots_allow_reading_another_store(tmp_path: Path) -> None:
+    producer = LocalArtifactStore(tmp_path / "splitter")
+    stored = producer.put_bytes("splits/s1/manifest.json", b"{}")
+    reader = LocalArtifactStore(tmp_path / "trainer", readable_roots=[tmp_path / "splitter"])
+    stranger = LocalArtifactStore(tmp_path / "evaluator")
+
+    with reader.open(stored.uri) as handle:
+        assert handle.read() == b"{}"
+    assert reader.exists(stored.uri)
+    with pytest.raises(ArtifactError):
+        stranger.open(stored.uri)
+    # Reading is allowed; deleting another store's artifact is not.
+    with pytest.raises(ArtifactError, match="another store"):
+        reader.delete(stored.uri)
+    assert producer.exists(stored.uri)
+
+
+def test_delete_file_and_folder(store: LocalArtifactStore, tmp_path: Path) -> None:
+    file = store.put_bytes("f", b"x")
+    folder = store.put_directory("d", _tree(tmp_path / "src", {"a": b"1", "b/c": b"2"}))
+    store.delete(file.uri)
+    store.delete(folder.uri)
+    store.delete(file.uri)  # deleting twice is fine
+    assert not store.exists(file.uri)
+    assert not store.exists(folder.uri)
+
+
+def test_delete_refuses_the_store_root_itself(store: LocalArtifactStore) -> None:
+    """The root's URI is not an artifact; deleting it must not wipe the whole store."""
+    store.put_bytes("precious", b"x")
+    with pytest.raises(ArtifactError):
+        store.delete(store.root.as_uri())
+    assert (store.root / "precious").exists()
+
+
+def test_put_directory_copies_and_hashes(store: LocalArtifactStore, tmp_path: Path) -> None:
+    files = {"adapter_config.json": b"{}", "weights/adapter.safetensors": b"\x00" * 100}
+    source = _tree(tmp_path / "src", files)
+
+    stored = store.put_directory("models/m1/v1", source)
+
+    target = store.root / "models" / "m1" / "v1"
+    assert stored.uri == target.as_uri()
+    assert stored.size_bytes == 102
+    assert stored.sha256 == directory_sha256(source) == directory_sha256(target)
+    assert (target / "weights" / "adapter.safetensors").read_bytes() == b"\x00" * 100
+    # The source is left alone and no staging folder remains.
+    assert (source / "adapter_config.json").exists()
+    assert store.temp_entries() == []
+
+
+def test_put_directory_replaces_target_as_a_whole(
+    store: LocalArtifactStore, tmp_path: Path
+) -> None:
+    store.put_directory("out", _tree(tmp_path / "v1", {"old-only.txt": b"old", "shared": b"1"}))
+
+    stored = store.put_directory("out", _tree(tmp_path / "v2", {"shared": b"2", "new.txt": b"n"}))
+
+    target = store.root / "out"
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt", "shared"]
+    assert (target / "shared").read_bytes() == b"2"
+    assert stored.sha256 == directory_sha256(tmp_path / "v2")
+    assert store.temp_entries() == []
+
+
+def test_put_directory_of_missing_source_changes_nothing(
+    store: LocalArtifactStore, tmp_path: Path
+) -> None:
+    store.put_directory("out", _tree(tmp_path / "v1", {"a": b"1"}))
+    with pytest.raises(FileNotFoundError):
+        store.put_directory("out", tmp_path / "does-not-exist")
+    assert (store.root / "out" / "a").read_bytes() == b"1"
+    assert store.temp_entries() == []
+
+
+def test_put_directory_refuses_invalid_key(store: LocalArtifactStore, tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError):
+        store.put_directory("../escape", _tree(tmp_path / "src", {"a": b"1"}))
+    assert not (store.root.parent / "escape").exists()
+
+
+def test_directory_sha256_is_stable_and_content_sensitive(tmp_path: Path) -> None:
+    files = {"a.txt": b"alpha", "sub/b.txt": b"beta", "sub/deeper/c": b""}
+    first = _tree(tmp_path / "one", files)
+    second = _tree(tmp_path / "two", dict(reversed(list(files.items()))))
+    baseline = directory_sha256(first)
+
+    assert len(baseline) == 64
+    assert directory_sha256(first) == baseline
+    assert directory_sha256(second) == baseline  # independent of location and creation order
+
+    (second / "sub" / "b.txt").write_bytes(b"betA")
+    assert directory_sha256(second) != baseline
+    (second / "sub" / "b.txt").write_bytes(b"beta")
+    assert directory_sha256(second) == baseline
+
+    (second / "sub" / "b.txt").rename(second / "sub" / "B.txt")
+    assert directory_sha256(second) != baseline
+
+
+def test_directory_sha256_sees_a_new_empty_file(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "d", {"a": b"1"})
+    before = directory_sha256(root)
+    (root / "empty").write_bytes(b"")
+    assert directory_sha256(root) != before
+
+
+def test_directory_sha256_does_not_confuse_file_boundaries(tmp_path: Path) -> None:
+    """One file whose bytes look like a separator plus another file must not collide."""
+    two_files = _tree(tmp_path / "two", {"a": b"X", "b": b"Y"})
+    one_file = _tree(tmp_path / "one", {"a": b"X\0b\0Y"})
+    assert directory_sha256(two_files) != directory_sha256(one_file)
+
+
+def test_clean_temp_removes_leftovers(store: LocalArtifactStore) -> None:
+    tmp = store.root / ".tmp"
+    (tmp / "write-crashed").write_bytes(b"half")
+    (tmp / "dir-crashed" / "content").mkdir(parents=True)
+    (tmp / "dir-crashed" / "content" / "f").write_bytes(b"x")
+    store.put_bytes("kept", b"kept")
+
+    assert len(store.temp_entries()) == 2
+    assert store.clean_temp() == 2
+    assert store.temp_entries() == []
+    assert store.clean_temp() == 0
+    assert (store.root / "kept").read_bytes() == b"kept"

@@ -1,0 +1,135 @@
+"""The service database: SQLite file engine with WAL, and the plumbing schema."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from sqlalchemy import Integer, String, inspect, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import create_database_engine, create_schema, create_session_factory
+from shared.events import OutboxEvent
+
+
+class _ServiceBase(DeclarativeBase):
+    pass
+
+
+class _Thing(_ServiceBase):
+    __tablename__ = "things"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+def _pragma(engine: Engine, name: str) -> object:
+    with engine.connect() as connection:
+        return connection.execute(text(f"PRAGMA {name}")).scalar()
+
+
+def test_sqlite_file_engine_creates_parent_folder_and_turns_on_wal(tmp_path: Path) -> None:
+    db_file = tmp_path / "deep" / "er" / "svc.db"
+    engine = create_database_engine(f"sqlite:///{db_file}")
+    try:
+        assert db_file.parent.is_dir()
+        assert _pragma(engine, "journal_mode") == "wal"
+        assert _pragma(engine, "foreign_keys") == 1
+        assert _pragma(engine, "busy_timeout") == 30000
+        assert _pragma(engine, "synchronous") == 1  # NORMAL
+        assert db_file.exists()
+    finally:
+        engine.dispose()
+
+
+def test_every_new_connection_gets_the_pragmas(tmp_path: Path) -> None:
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            for connection in (first, second):
+                assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+                assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        engine.dispose()
+
+
+def test_in_memory_sqlite_works(tmp_path: Path) -> None:
+    engine = create_database_engine("sqlite:///:memory:")
+    try:
+        assert _pragma(engine, "foreign_keys") == 1
+    finally:
+        engine.dispose()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_create_schema_creates_plumbing_and_service_tables(tmp_path: Path) -> None:
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    try:
+        create_schema(engine, [_ServiceBase.metadata])
+        create_schema(engine, [_ServiceBase.metadata])  # idempotent
+
+        inspector = inspect(engine)
+        tables = set(inspector.get_table_names())
+        assert {"outbox_events", "processed_events", "things"} <= tables
+        outbox_columns = {c["name"] for c in inspector.get_columns("outbox_events")}
+        assert outbox_columns == {
+            "seq",
+            "event_id",
+            "topic",
+            "subject",
+            "source",
+            "time",
+            "traceparent",
+            "payload",
+            "published_at",
+        }
+        processed_pk = inspector.get_pk_constraint("processed_events")["constrained_columns"]
+        assert set(processed_pk) == {"consumer_group", "event_id"}
+    finally:
+        engine.dispose()
+
+
+def test_session_factory_keeps_objects_usable_after_commit(tmp_path: Path) -> None:
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    try:
+        create_schema(engine, [_ServiceBase.metadata])
+        sessions = create_session_factory(engine)
+        with sessions() as session:
+            thing = _Thing(id=1, name="one")
+            session.add(thing)
+            session.commit()
+        assert thing.name == "one"  # not expired, no DetachedInstanceError
+        with sessions() as session:
+            assert session.get(_Thing, 1).name == "one"  # type: ignore[union-attr]
+            assert session.query(OutboxEvent).count() == 0
+    finally:
+        engine.dispose()
+
+
+def test_create_schema_alone_creates_the_plumbing_tables(tmp_path: Path) -> None:
+    """A service that imports only ``shared.db`` must still get the outbox tables.
+
+    Run in a fresh interpreter: in this process other imports have registered them already.
+    """
+    script = textwrap.dedent(
+        f"""
+        from sqlalchemy import inspect
+        from shared.db import create_database_engine, create_schema
+        engine = create_database_engine("sqlite:///{tmp_path / "fresh.db"}")
+        create_schema(engine)
+        print(sorted(inspect(engine).get_table_names()))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    tables = result.stdout.strip()
+    assert "outbox_events" in tables
+    assert "processed_events" in tables

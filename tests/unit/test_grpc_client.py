@@ -1,0 +1,121 @@
+"""Client channels: retry service config, default deadlines."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import pytest
+
+from shared.grpc.client import _DefaultDeadline, create_channel, retry_service_config
+
+
+def _retry_policy(config: str) -> dict[str, Any]:
+    parsed = json.loads(config)
+    (method_config,) = parsed["methodConfig"]
+    assert method_config["name"] == [{}], "the policy must apply to every method"
+    return method_config["retryPolicy"]
+
+
+def test_default_retry_policy_retries_unavailable_only() -> None:
+    policy = _retry_policy(retry_service_config())
+    assert policy == {
+        "maxAttempts": 4,
+        "initialBackoff": "0.1s",
+        "maxBackoff": "2.0s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+
+
+def test_retry_policy_uses_the_numbers_passed() -> None:
+    policy = _retry_policy(
+        retry_service_config(max_attempts=5, initial_backoff=0.25, max_backoff=3)
+    )
+    assert policy["maxAttempts"] == 5
+    assert policy["initialBackoff"] == "0.25s"
+    assert policy["maxBackoff"] == "3s"
+    assert policy["retryableStatusCodes"] == ["UNAVAILABLE"]
+
+
+def test_create_channel_returns_a_usable_channel_without_connecting() -> None:
+    channel = create_channel("127.0.0.1:1", default_timeout=0.5)
+    try:
+        assert isinstance(channel, grpc.Channel)
+        method = channel.unary_unary("/tuneline.test.v1.Nothing/Call")
+        assert callable(method)
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"max_attempts": 2, "initial_backoff": 0.01, "max_backoff": 0.02},
+        # max_attempts counts the first try, so 1 means "no retries": still a working channel
+        {"max_attempts": 1},
+    ],
+    ids=["defaults", "small", "no-retries"],
+)
+def test_channel_service_config_is_accepted_by_grpc(options: dict[str, Any]) -> None:
+    """Call a port nobody listens on (loopback): the failure must be about the peer.
+
+    grpc validates the service config when the channel is first used; a config it rejects
+    fails every call with INVALID_ARGUMENT before any connection is attempted.
+    """
+    channel = create_channel("127.0.0.1:1", default_timeout=0.2, **options)
+    try:
+        call = channel.unary_unary(
+            "/tuneline.test.v1.Nothing/Call",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"")
+        code = info.value.code()  # type: ignore[attr-defined]
+        assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), (
+            info.value.details()  # type: ignore[attr-defined]
+        )
+    finally:
+        channel.close()
+
+
+class _Details:
+    def __init__(self, timeout: float | None) -> None:
+        self.method = "/svc/M"
+        self.timeout = timeout
+        self.metadata = (("k", "v"),)
+        self.credentials = None
+        self.wait_for_ready = True
+        self.compression = None
+
+
+@pytest.mark.parametrize(
+    "intercept",
+    [
+        "intercept_unary_unary",
+        "intercept_unary_stream",
+        "intercept_stream_unary",
+        "intercept_stream_stream",
+    ],
+)
+def test_default_deadline_is_added_only_when_missing(intercept: str) -> None:
+    interceptor = _DefaultDeadline(3.5)
+    seen: list[Any] = []
+
+    def continuation(details: Any, request: Any) -> str:
+        seen.append((details, request))
+        return "response"
+
+    assert getattr(interceptor, intercept)(continuation, _Details(None), "req") == "response"
+    assert getattr(interceptor, intercept)(continuation, _Details(1.25), "req") == "response"
+
+    (no_deadline, request), (with_deadline, _) = seen
+    assert request == "req"
+    assert no_deadline.timeout == 3.5
+    assert no_deadline.method == "/svc/M"
+    assert no_deadline.metadata == (("k", "v"),)
+    assert no_deadline.wait_for_ready is True
+    assert with_deadline.timeout == 1.25
