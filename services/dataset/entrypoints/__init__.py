@@ -1,0 +1,1 @@
+"""How the dataset service is reached: gRPC, Kafka subscriptions, and ``main``."""

@@ -1,0 +1,1 @@
+"""One function per dataset command or event, taking its dependencies as parameters."""

@@ -1,0 +1,1 @@
+"""The evaluator service's domain: plain dataclasses and rules, no grpc, kafka, torch or SQL."""

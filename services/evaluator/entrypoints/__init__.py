@@ -1,0 +1,1 @@
+"""How the evaluator service is reached: gRPC, Kafka subscriptions, and ``main``."""

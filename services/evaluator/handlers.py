@@ -1,0 +1,1 @@
+"""One function per evaluator command or event, taking its dependencies as parameters."""

@@ -1,0 +1,1 @@
+"""I/O of the registry service: its SQL repository and other adapters."""

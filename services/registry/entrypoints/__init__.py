@@ -1,0 +1,1 @@
+"""How the registry service is reached: gRPC, Kafka subscriptions, and ``main``."""

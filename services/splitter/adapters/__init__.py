@@ -1,0 +1,1 @@
+"""I/O of the splitter service: its SQL repository and other adapters."""

@@ -1,0 +1,1 @@
+"""How the splitter service is reached: gRPC, Kafka subscriptions, and ``main``."""

@@ -1,0 +1,6 @@
+"""The trainer service: trains LoRA-family adapters (the GPU service).
+
+Shape (DESIGN.md section 6): ``domain`` (plain rules), ``handlers`` (one function per command
+or event), ``adapters`` (SQL repository and other I/O), ``entrypoints`` (gRPC servicer, Kafka
+subscriptions, ``main``) and ``bootstrap`` (wires real adapters).
+"""

@@ -1,0 +1,1 @@
+"""How the trainer service is reached: gRPC, Kafka subscriptions, and ``main``."""
