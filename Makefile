@@ -1,0 +1,50 @@
+# The two entry points a person needs: `make up` (the main job) and `make test`.
+# Everything they need is installed from the project's own files into .venv/ and node_modules/.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test lint typecheck contracts unit setup kafka-jars clean
+
+$(STAMP): pyproject.toml package.json package-lock.json
+	@command -v java >/dev/null || { echo "error: Java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@command -v mvn  >/dev/null || { echo "error: Maven is required (apt-get install maven)"; exit 1; }
+	@command -v npm  >/dev/null || { echo "error: npm is required for buf (apt-get install npm)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	npm ci --silent --no-audit --no-fund
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+kafka-jars: $(STAMP)
+	$(BIN)/tuneline dev kafka provision
+
+## The main job: bring up the local stack (Kafka + services) in the foreground.
+up: kafka-jars
+	$(BIN)/tuneline dev kafka start
+
+## The test command: lint, types, contracts, then every test (integration on a real broker).
+test: setup kafka-jars lint typecheck contracts
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+contracts: $(STAMP)
+	node_modules/.bin/buf lint proto
+	@if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:proto/buf.yaml 2>/dev/null; then \
+		echo "buf breaking against HEAD~1"; \
+		node_modules/.bin/buf breaking proto --against '.git#ref=HEAD~1,subdir=proto'; \
+	else echo "buf breaking: no previous commit with proto/, nothing to compare"; fi
+	$(BIN)/tuneline dev protos check
+
+clean:
+	rm -rf $(VENV) node_modules .tuneline

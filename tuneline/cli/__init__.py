@@ -1,0 +1,1 @@
+"""The ``tuneline`` command line."""
