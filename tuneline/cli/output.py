@@ -1,0 +1,39 @@
+"""How every CLI command talks to people: rich consoles and one way to report errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from rich.console import Console
+
+from tuneline.client.errors import TunelineError
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def target(service: str, default_port: int) -> str:
+    """``host:port`` of a service: ``$TUNELINE_<SERVICE>_TARGET`` or loopback and its port."""
+    return os.environ.get(f"TUNELINE_{service.upper()}_TARGET", f"127.0.0.1:{default_port}")
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn a client error into a red one-line message (plus violations) and exit 1."""
+    try:
+        yield
+    except TunelineError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+
+
+def print_message(message: Message) -> None:
+    """Show a resource as JSON (the proto3 JSON mapping, field names as in the proto)."""
+    console.print_json(
+        json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
+    )
