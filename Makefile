@@ -24,9 +24,9 @@ setup: $(STAMP)
 kafka-jars: $(STAMP)
 	$(BIN)/tuneline dev kafka provision
 
-## The main job: bring up the local stack (Kafka + services) in the foreground.
+## The main job: bring up the local stack (Kafka + the five services) in the foreground.
 up: kafka-jars
-	$(BIN)/tuneline dev kafka start
+	$(BIN)/tuneline up
 
 ## The test command: lint, types, contracts, then every test (integration on a real broker).
 test: setup kafka-jars lint typecheck contracts

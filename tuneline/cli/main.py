@@ -14,6 +14,7 @@ from tuneline.cli import (
     lifecycle,
     models,
     splits,
+    stack,
 )
 
 app = typer.Typer(
@@ -21,6 +22,8 @@ app = typer.Typer(
     help="Tuneline: turn a labelled dataset into a promoted, reversible fine-tuned adapter.",
     no_args_is_help=True,
 )
+app.command()(stack.up)
+app.command()(stack.down)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(splits.app, name="splits")
 app.add_typer(jobs.app, name="jobs")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from services.dataset.bootstrap import SPEC
-
 from services.dataset.settings import DatasetSettings
 from shared.runtime import run_service
 

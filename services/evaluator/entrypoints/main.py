@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from services.evaluator.bootstrap import SPEC
-
 from services.evaluator.settings import EvaluatorSettings
 from shared.runtime import run_service
 

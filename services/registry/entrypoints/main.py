@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from services.registry.bootstrap import SPEC
-
 from services.registry.settings import RegistrySettings
 from shared.runtime import run_service
 

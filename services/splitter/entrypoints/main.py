@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from services.splitter.bootstrap import SPEC
-
 from services.splitter.settings import SplitterSettings
 from shared.runtime import run_service
 

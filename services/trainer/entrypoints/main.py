@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from services.trainer.bootstrap import SPEC
-
 from services.trainer.settings import TrainerSettings
 from shared.runtime import run_service
 

@@ -1,0 +1,52 @@
+"""``tuneline up``'s engine: a broker and five service processes, up, locked, and down."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tuneline.devtools.kafka import free_port
+from tuneline.devtools.stack import LocalStack, StackAlreadyRunning, StackPorts
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_stack_comes_up_refuses_a_second_up_and_goes_down(tmp_path):
+    grpc_base, metrics_base = 52051, 9301
+    ports = StackPorts(
+        kafka=free_port(), kafka_controller=free_port(), grpc_base=grpc_base,
+        metrics_base=metrics_base, webhook=free_port(),
+    )
+    stack = LocalStack(tmp_path / "home", ports)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELINE_")}
+    state = stack.up(timeout=120, env=env)
+    try:
+        assert [s.name for s in state.services] == [
+            "dataset", "splitter", "trainer", "evaluator", "registry"
+        ]
+        for service in state.services:
+            with grpc.insecure_channel(service.target) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert (tmp_path / "home" / "logs" / f"{service.name}.log").exists()
+        with pytest.raises(StackAlreadyRunning):
+            LocalStack(tmp_path / "home", ports).up(env=env)
+        assert stack.running() is not None
+    finally:
+        stack.down(state)
+    assert not any(_alive(s.pid) for s in state.services)
+    assert stack.running() is None
+    assert not stack.kafka.status().running

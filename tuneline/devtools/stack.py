@@ -1,0 +1,254 @@
+"""The local stack: a Kafka broker and the five services as separate processes.
+
+``tuneline up`` uses :class:`LocalStack` to start the broker, then each service with
+``python -m services.<name>.entrypoints.main`` and its own ports, all under one home
+(``.tuneline`` by default: ``kafka/``, ``data/`` with SQLite files and artifacts, ``logs/``
+with one log per service, and ``stack.json`` describing what runs where). It waits until every
+service's health check reports SERVING. ``stack.json`` is also the lock that makes a second
+``up`` say that a stack is already running instead of fighting over the ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tuneline.devtools.kafka import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka
+
+#: Start order follows the event flow, so each consumer's producer is already up.
+SERVICE_NAMES = ("dataset", "splitter", "trainer", "evaluator", "registry")
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or stopped as asked."""
+
+
+class StackAlreadyRunning(StackError):
+    """A stack from the same home is running; ``state`` says where it listens."""
+
+    def __init__(self, state: StackState) -> None:
+        super().__init__(f"a Tuneline stack is already running from {state.home} (pid {state.pid})")
+        self.state = state
+
+
+@dataclass
+class ServiceProcess:
+    """Where one service listens and which process runs it."""
+
+    name: str
+    grpc_port: int
+    metrics_port: int
+    pid: int = 0
+    log: str = ""
+    extra_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@dataclass
+class StackState:
+    """What ``stack.json`` records about a running stack."""
+
+    home: str
+    pid: int
+    kafka_bootstrap: str
+    data_dir: str
+    services: list[ServiceProcess]
+
+    @classmethod
+    def load(cls, path: Path) -> StackState | None:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        raw["services"] = [ServiceProcess(**s) for s in raw.get("services", [])]
+        return cls(**raw)
+
+    def save(self, path: Path) -> None:
+        temp = path.with_suffix(".tmp")
+        temp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(temp, path)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class StackPorts:
+    """Ports of the stack; services get consecutive ports from the two bases."""
+
+    kafka: int = DEFAULT_PORT
+    kafka_controller: int = DEFAULT_CONTROLLER_PORT
+    grpc_base: int = 50051
+    metrics_base: int = 9101
+    webhook: int = 9095
+
+
+class LocalStack:
+    """Start, watch and stop the broker and the services under one home directory."""
+
+    def __init__(self, home: Path, ports: StackPorts | None = None) -> None:
+        self.home = home.absolute()
+        self.ports = ports or StackPorts()
+        self.state_path = self.home / "stack.json"
+        self.logs_dir = self.home / "logs"
+        self.data_dir = self.home / "data"
+        self.kafka = LocalKafka(
+            home=self.home / "kafka",
+            port=self.ports.kafka,
+            controller_port=self.ports.kafka_controller,
+        )
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def running(self) -> StackState | None:
+        """The state of a live stack from this home: its supervisor or any service is alive."""
+        state = StackState.load(self.state_path)
+        if state and (_alive(state.pid) or any(_alive(s.pid) for s in state.services)):
+            return state
+        return None
+
+    def _service_env(self, service: ServiceProcess, base: Mapping[str, str]) -> dict[str, str]:
+        prefix = f"TUNELINE_{service.name.upper()}_"
+        env = {
+            **base,
+            "TUNELINE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "TUNELINE_DATA_DIR": str(self.data_dir),
+            f"{prefix}GRPC_PORT": str(service.grpc_port),
+            f"{prefix}METRICS_PORT": str(service.metrics_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key, port in service.extra_ports.items():
+            env[f"{prefix}{key.upper()}_PORT"] = str(port)
+        return env
+
+    def plan(self) -> list[ServiceProcess]:
+        """The services with their ports, before anything starts."""
+        services = []
+        for offset, name in enumerate(SERVICE_NAMES):
+            service = ServiceProcess(
+                name=name,
+                grpc_port=self.ports.grpc_base + offset,
+                metrics_port=self.ports.metrics_base + offset,
+                log=str(self.logs_dir / f"{name}.log"),
+            )
+            if name == "registry":
+                service.extra_ports["webhook"] = self.ports.webhook
+            services.append(service)
+        return services
+
+    def up(self, *, timeout: float = 180.0, env: Mapping[str, str] | None = None) -> StackState:
+        """Start everything and wait for SERVING; on any failure, stop what started."""
+        existing = self.running()
+        if existing:
+            raise StackAlreadyRunning(existing)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.kafka.start(timeout=timeout)
+        services = self.plan()
+        state = StackState(
+            home=str(self.home),
+            pid=os.getpid(),
+            kafka_bootstrap=self.kafka.bootstrap,
+            data_dir=str(self.data_dir),
+            services=services,
+        )
+        try:
+            for service in services:
+                with open(service.log, "ab") as log:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", f"services.{service.name}.entrypoints.main"],
+                        env=self._service_env(service, env if env is not None else os.environ),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us
+                    )
+                self._processes[service.name] = process
+                service.pid = process.pid
+            state.save(self.state_path)
+            deadline = time.monotonic() + timeout
+            for service in services:
+                self._wait_serving(service, deadline)
+        except BaseException:
+            self.down(state)
+            raise
+        return state
+
+    def _wait_serving(self, service: ServiceProcess, deadline: float) -> None:
+        process = self._processes[service.name]
+        with grpc.insecure_channel(service.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise StackError(
+                        f"{service.name} exited with {process.returncode} while starting; "
+                        f"last lines of {service.log}:\n{_tail(Path(service.log))}"
+                    )
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.25)
+        raise StackError(f"{service.name} did not report SERVING in time; see {service.log}")
+
+    def first_exited(self) -> tuple[str, int] | None:
+        """A service started by this process that has exited, with its code, if any."""
+        for name, process in self._processes.items():
+            code = process.poll()
+            if code is not None:
+                return name, code
+        return None
+
+    def down(self, state: StackState | None = None, *, grace: float = 20.0) -> None:
+        """SIGTERM every service (they drain), SIGKILL stragglers, stop Kafka, drop the state."""
+        state = state or StackState.load(self.state_path)
+        pids = [s.pid for s in state.services] if state else []
+        pids += [p.pid for p in self._processes.values()]
+        for pid in set(pids):
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for pid in set(pids):
+            while _alive(pid) and time.monotonic() < deadline:
+                self._reap(pid)
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            self._reap(pid)
+        self.kafka.stop()
+        self.state_path.unlink(missing_ok=True)
+
+    def _reap(self, pid: int) -> None:
+        for process in self._processes.values():
+            if process.pid == pid:
+                process.poll()  # collects a zombie child so _alive sees it gone
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
