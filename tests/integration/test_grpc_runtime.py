@@ -17,6 +17,12 @@ from prometheus_client import CollectorRegistry
 
 from shared.errors import FieldViolation, InvalidArgument, NotFound
 from shared.grpc import GrpcServerMetrics, ServiceRegistration, build_grpc_server, create_channel
+from tuneline.client import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    ServiceClient,
+)
 from tuneline.dataset.v1 import service_pb2, service_pb2_grpc
 from tuneline.devtools.kafka import free_port
 
@@ -203,3 +209,24 @@ def test_unavailable_is_retried_until_the_server_appears():
         timer.join()
         channel.close()
         server.stop(grace=0)
+
+
+def test_the_client_sdk_turns_statuses_into_exceptions_with_details(served):
+    server, _, _, _ = served
+    with ServiceClient(f"127.0.0.1:{server.port}", timeout=5) as client:
+        stub = service_pb2_grpc.DatasetServiceStub(client.channel)
+        with pytest.raises(InvalidArgumentError) as invalid:
+            client._call(stub.CreateDataset, service_pb2.CreateDatasetRequest())
+        assert invalid.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in invalid.value.violations] == ["dataset_id", "dataset.task_type"]
+        assert invalid.value.reason == "INVALID_ARGUMENT"
+        assert "dataset_id: required" in str(invalid.value)
+
+        with pytest.raises(NotFoundError) as missing:
+            client._call(stub.GetDataset, service_pb2.GetDatasetRequest(name="datasets/gone"))
+        assert missing.value.resource_name == "datasets/gone"
+
+        with pytest.raises(DeadlineExceededError):
+            client._call(
+                stub.GetDataset, service_pb2.GetDatasetRequest(name="datasets/slow"), timeout=0.2
+            )
