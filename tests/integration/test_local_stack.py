@@ -25,15 +25,22 @@ def _alive(pid: int) -> bool:
 def test_stack_comes_up_refuses_a_second_up_and_goes_down(tmp_path):
     grpc_base, metrics_base = 52051, 9301
     ports = StackPorts(
-        kafka=free_port(), kafka_controller=free_port(), grpc_base=grpc_base,
-        metrics_base=metrics_base, webhook=free_port(),
+        kafka=free_port(),
+        kafka_controller=free_port(),
+        grpc_base=grpc_base,
+        metrics_base=metrics_base,
+        webhook=free_port(),
     )
     stack = LocalStack(tmp_path / "home", ports)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELINE_")}
     state = stack.up(timeout=120, env=env)
     try:
         assert [s.name for s in state.services] == [
-            "dataset", "splitter", "trainer", "evaluator", "registry"
+            "dataset",
+            "splitter",
+            "trainer",
+            "evaluator",
+            "registry",
         ]
         for service in state.services:
             with grpc.insecure_channel(service.target) as channel:
