@@ -56,6 +56,9 @@ class ServiceContext:
     publisher: KafkaEventPublisher
     relay: OutboxRelay
     event_metrics: EventMetrics
+    #: Set when the service begins to stop (before RPCs drain): server streams that would
+    #: otherwise run forever (watches, progress) end on it.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def source(self) -> str:
@@ -181,7 +184,7 @@ def build_runtime(
     consumer = (
         ConsumerLoop(
             bootstrap=common.kafka_bootstrap,
-            group_id=f"tuneline-{spec.name}",
+            group_id=settings.resolved_consumer_group(),
             subscriptions=subscriptions,
             session_factory=sessions,
             dlq_publisher=publisher,
@@ -199,6 +202,7 @@ def build_runtime(
         metrics=GrpcServerMetrics(registry),
         grace_seconds=common.grpc_shutdown_grace_seconds,
     )
+    grpc_server.on_stop.append(context.stopping.set)
     return ServiceRuntime(
         spec=spec,
         context=context,

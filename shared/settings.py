@@ -67,6 +67,10 @@ class ServiceSettings(BaseSettings):
     artifact_root: Path | None = Field(
         default=None, description="Local artifact directory; default: under the data dir."
     )
+    consumer_group: str | None = Field(
+        default=None,
+        description="Kafka consumer group of its subscriptions; default: tuneline-<service>.",
+    )
 
     def resolved_database_url(self, common: CommonSettings) -> str:
         """The database URL, defaulting to ``<data_dir>/<service>/<service>.db``."""
@@ -74,6 +78,10 @@ class ServiceSettings(BaseSettings):
             return self.database_url
         path = (common.data_dir / self.service_name / f"{self.service_name}.db").resolve()
         return f"sqlite:///{path}"
+
+    def resolved_consumer_group(self) -> str:
+        """The Kafka consumer group, defaulting to ``tuneline-<service>``."""
+        return self.consumer_group or f"tuneline-{self.service_name}"
 
     def resolved_artifact_root(self, common: CommonSettings) -> Path:
         """The artifact root, defaulting to ``<data_dir>/<service>/artifacts``."""

@@ -1,1 +1,498 @@
-"""The registry service's domain: plain dataclasses and rules, no grpc, kafka, torch or SQL."""
+"""The registry service's domain: plain dataclasses and rules, no grpc, kafka, torch or SQL.
+
+The rules that matter most live here, each a pure function a unit test can drive directly:
+
+* names: ``models/{m}``, ``models/{m}/checkpoints/{c}``, ``models/{m}/aliases/{a}``, and how a
+  trainer checkpoint name becomes a registry checkpoint id;
+* promotion: what a finished evaluation does to a model's aliases (:func:`decide_on_evaluation`);
+* rollback: which checkpoint production goes back to (:func:`choose_rollback_target`), replaying
+  the alias history as a stack of production "stints";
+* alerts: reading Alertmanager's webhook payload (:func:`parse_alertmanager_payload`) and
+  deciding whether a firing alert is about the checkpoint in production now
+  (:func:`alert_concerns_production`);
+* live quality: whether a measured value is past the model's floor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from shared.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    PreconditionViolation,
+)
+
+#: User-chosen ids (model ids, alias ids), as every Tuneline API spells them.
+RESOURCE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MODEL_NAME = re.compile(r"^models/([^/]+)$")
+_CHECKPOINT_NAME = re.compile(r"^models/([^/]+)/checkpoints/([^/]+)$")
+_ALIAS_NAME = re.compile(r"^models/([^/]+)/aliases/([^/]+)$")
+_TRAINER_CHECKPOINT = re.compile(r"^trainingJobs/([^/]+)/checkpoints/([^/]+)$")
+
+PRODUCTION = "production"
+CANDIDATE = "candidate"
+#: The alias id of ``ListAliasHistory`` that means "every alias of the model".
+ALL_ALIASES = "-"
+
+#: The actor recorded for moves the registry makes on its own (events).
+SERVICE_ACTOR = "tuneline-registry"
+#: The actor recorded for rollbacks caused by an Alertmanager webhook.
+ALERTMANAGER_ACTOR = "alertmanager"
+
+
+class PromotionPolicy(StrEnum):
+    """How a model's checkpoints reach production."""
+
+    AUTOMATIC = "AUTOMATIC"
+    MANUAL = "MANUAL"
+
+
+class MoveTrigger(StrEnum):
+    """What moved an alias."""
+
+    PROMOTION = "PROMOTION"
+    APPROVAL = "APPROVAL"
+    ROLLBACK_REGRESSION = "ROLLBACK_REGRESSION"
+    ROLLBACK_ALERT = "ROLLBACK_ALERT"
+    ROLLBACK_MANUAL = "ROLLBACK_MANUAL"
+    MANUAL = "MANUAL"
+
+    @property
+    def is_rollback(self) -> bool:
+        return self in _ROLLBACKS
+
+    @property
+    def marks_rolled_back(self) -> bool:
+        """A rollback for a regression or an alert brands the checkpoint it leaves as bad."""
+        return self in (MoveTrigger.ROLLBACK_REGRESSION, MoveTrigger.ROLLBACK_ALERT)
+
+    @property
+    def metric_label(self) -> str:
+        """Short lower-case label for Prometheus (``regression``, ``alert``, ``manual`` …)."""
+        return self.value.removeprefix("ROLLBACK_").lower()
+
+
+_ROLLBACKS = frozenset(
+    {MoveTrigger.ROLLBACK_REGRESSION, MoveTrigger.ROLLBACK_ALERT, MoveTrigger.ROLLBACK_MANUAL}
+)
+
+
+class ReviewState(StrEnum):
+    """Where a checkpoint stands in manual review."""
+
+    NOT_REQUIRED = "NOT_REQUIRED"
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+
+
+class Verdict(StrEnum):
+    """An evaluation's verdict (UNSPECIFIED: none yet)."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    PASSED = "PASSED"
+    REGRESSED = "REGRESSED"
+    INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
+    FAILED = "FAILED"
+
+
+# -- names ------------------------------------------------------------------------------------
+
+
+def model_name(model_id: str) -> str:
+    return f"models/{model_id}"
+
+
+def checkpoint_name(model_id: str, checkpoint_id: str) -> str:
+    return f"models/{model_id}/checkpoints/{checkpoint_id}"
+
+
+def alias_name(model_id: str, alias_id: str) -> str:
+    return f"models/{model_id}/aliases/{alias_id}"
+
+
+def _invalid_name(field: str, value: str, pattern: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{field} must look like {pattern}",
+        [FieldViolation(field, f"{value!r} is not {pattern}", "INVALID_NAME")],
+    )
+
+
+def parse_model_name(name: str, *, field: str = "name") -> str:
+    """``models/{m}`` → ``m``; INVALID_ARGUMENT naming ``field`` otherwise."""
+    match = _MODEL_NAME.match(name)
+    if not match or not RESOURCE_ID.match(match.group(1)):
+        raise _invalid_name(field, name, "models/{model}")
+    return match.group(1)
+
+
+def parse_checkpoint_name(name: str, *, field: str = "name") -> tuple[str, str]:
+    """``models/{m}/checkpoints/{c}`` → ``(m, c)``."""
+    match = _CHECKPOINT_NAME.match(name)
+    if not match or not RESOURCE_ID.match(match.group(1)):
+        raise _invalid_name(field, name, "models/{model}/checkpoints/{checkpoint}")
+    return match.group(1), match.group(2)
+
+
+def parse_alias_name(name: str, *, field: str = "name", allow_all: bool = False) -> tuple[str, str]:
+    """``models/{m}/aliases/{a}`` → ``(m, a)``; ``a`` may be ``-`` when ``allow_all``."""
+    match = _ALIAS_NAME.match(name)
+    if not match or not RESOURCE_ID.match(match.group(1)):
+        raise _invalid_name(field, name, "models/{model}/aliases/{alias}")
+    alias = match.group(2)
+    if not (RESOURCE_ID.match(alias) or (allow_all and alias == ALL_ALIASES)):
+        raise _invalid_name(field, name, "models/{model}/aliases/{alias}")
+    return match.group(1), alias
+
+
+def registry_checkpoint_id(source_checkpoint: str) -> str:
+    """The registry's id for a trainer checkpoint: ``{job}.{checkpoint}``.
+
+    Job and checkpoint ids never contain a dot (``^[a-z]([a-z0-9-]…)``), so the id is
+    unambiguous and a person can still read which job and step it came from.
+    """
+    match = _TRAINER_CHECKPOINT.match(source_checkpoint)
+    if not match:
+        raise ValueError(
+            f"{source_checkpoint!r} is not trainingJobs/{{job}}/checkpoints/{{checkpoint}}"
+        )
+    return f"{match.group(1)}.{match.group(2)}"
+
+
+# -- metrics and gates ------------------------------------------------------------------------
+
+
+def higher_is_better(metric: str) -> bool:
+    """Every metric is a fraction where higher is better, except losses."""
+    return not (metric == "loss" or metric.endswith("_loss"))
+
+
+def is_past_floor(metric: str, value: float, floor: float | None) -> bool:
+    """True when ``value`` is worse than the model's floor (a ceiling, for a loss)."""
+    if floor is None:
+        return False
+    return value < floor if higher_is_better(metric) else value > floor
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate-versus-baseline comparison as the registry judges it."""
+
+    metric: str
+    slice: str
+    evaluation_set: str
+    delta: float
+    ci_lower: float
+    ci_upper: float
+    higher_is_better: bool
+    gated: bool
+
+    @property
+    def significant_drop(self) -> bool:
+        """The candidate is worse and the interval of the difference excludes zero."""
+        if self.higher_is_better:
+            return self.delta < 0 and self.ci_upper < 0
+        return self.delta > 0 and self.ci_lower > 0
+
+    def describe(self) -> str:
+        where = f" in slice {self.slice!r}" if self.slice else ""
+        return f"{self.metric}{where} changed by {self.delta:+.4f}"
+
+
+class Decision(StrEnum):
+    """What an evaluation does to the model's aliases."""
+
+    PROMOTE = "PROMOTE"  # move production now
+    AWAIT_REVIEW = "AWAIT_REVIEW"  # move candidate, review PENDING
+    HOLD = "HOLD"  # passed, but may not be promoted automatically (see the reason)
+    NONE = "NONE"  # not a promotable verdict, or already in production
+
+
+@dataclass(frozen=True)
+class EvaluationOutcome:
+    """The decision and, for people, why."""
+
+    decision: Decision
+    reason: str
+
+
+@dataclass(frozen=True)
+class EvaluationFacts:
+    """What :func:`decide_on_evaluation` needs to know about one finished evaluation."""
+
+    policy: PromotionPolicy
+    verdict: Verdict
+    comparisons: Sequence[Comparison]
+    #: The checkpoint the evaluation compared with (registry name), "" for the base model.
+    baseline_checkpoint: str
+    #: The checkpoint in production now (registry name), "" when none.
+    production_checkpoint: str
+    candidate_checkpoint: str
+    candidate_rolled_back: bool
+    candidate_review: ReviewState
+    #: False when a later evaluation of the same checkpoint was attached already.
+    is_latest_evaluation: bool = True
+
+
+def decide_on_evaluation(facts: EvaluationFacts) -> EvaluationOutcome:  # noqa: PLR0911
+    """What a finished evaluation does (see ``PromotionPolicy`` in the registry's contract).
+
+    * Only the latest evaluation of a checkpoint counts, and only a PASSED one can move anything.
+    * AUTOMATIC promotes only when the candidate is at least as good as production: the
+      evaluation must have compared it with the checkpoint in production *now* (a baseline that
+      production has since moved away from proves nothing), and no gated comparison may show a
+      significant drop of any size, even one the gate tolerated.
+    * A checkpoint once rolled back for a regression or an alert is never promoted again
+      automatically; a person can still promote it explicitly.
+    * MANUAL moves ``candidate`` and waits for a reviewer.
+    """
+    if not facts.is_latest_evaluation:
+        return EvaluationOutcome(Decision.NONE, "a later evaluation of this checkpoint exists")
+    if facts.verdict is not Verdict.PASSED:
+        return EvaluationOutcome(Decision.NONE, f"verdict {facts.verdict.value}")
+    if facts.candidate_checkpoint == facts.production_checkpoint:
+        return EvaluationOutcome(Decision.NONE, "already in production")
+    if facts.policy is PromotionPolicy.MANUAL:
+        if facts.candidate_review in (ReviewState.APPROVED, ReviewState.REJECTED):
+            return EvaluationOutcome(
+                Decision.NONE, f"already reviewed ({facts.candidate_review.value})"
+            )
+        return EvaluationOutcome(Decision.AWAIT_REVIEW, "evaluation passed; awaiting review")
+    if facts.candidate_rolled_back:
+        return EvaluationOutcome(
+            Decision.HOLD, "it was rolled back before; promote it explicitly if it is good now"
+        )
+    if facts.baseline_checkpoint != facts.production_checkpoint:
+        baseline = facts.baseline_checkpoint or "the base model"
+        production = facts.production_checkpoint or "nothing"
+        return EvaluationOutcome(
+            Decision.HOLD,
+            f"compared with {baseline}, but production is now {production}; "
+            "re-evaluate against production",
+        )
+    drops = [c for c in facts.comparisons if c.gated and c.significant_drop]
+    if drops:
+        return EvaluationOutcome(
+            Decision.HOLD,
+            "not at least as good as production: "
+            + "; ".join(d.describe() for d in drops[:3])
+            + (f" (+{len(drops) - 3} more)" if len(drops) > 3 else ""),
+        )
+    return EvaluationOutcome(Decision.PROMOTE, "evaluation passed and no gated metric dropped")
+
+
+# -- rollback ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProductionMove:
+    """One move of a model's ``production`` alias, oldest first in a history."""
+
+    revision: int
+    from_checkpoint: str
+    to_checkpoint: str
+    trigger: MoveTrigger
+
+
+def production_stack(moves: Iterable[ProductionMove]) -> list[str]:
+    """Replay production's history as a stack of stints; the top is production now.
+
+    A promotion pushes its checkpoint. A rollback pops the checkpoint it leaves, then unwinds
+    to the restored checkpoint's latest stint (or pushes it, when an explicit target was not on
+    the stack). So after A → B → C, rolling back twice gives B then A, and a rollback never
+    "returns" to a checkpoint that was itself rolled away from.
+    """
+    stack: list[str] = []
+    for move in sorted(moves, key=lambda m: m.revision):
+        if move.trigger.is_rollback:
+            if stack:
+                stack.pop()
+            if move.to_checkpoint in stack:
+                last = len(stack) - 1 - stack[::-1].index(move.to_checkpoint)
+                del stack[last + 1 :]
+            else:
+                stack.append(move.to_checkpoint)
+        else:
+            stack.append(move.to_checkpoint)
+    return stack
+
+
+NO_ROLLBACK_TARGET = "NO_ROLLBACK_TARGET"
+INVALID_ROLLBACK_TARGET = "INVALID_ROLLBACK_TARGET"
+
+
+def choose_rollback_target(
+    moves: Sequence[ProductionMove],
+    *,
+    model: str,
+    rolled_back: Iterable[str],
+    ever_production: Iterable[str] = (),
+    explicit_target: str = "",
+) -> str:
+    """The checkpoint production rolls back to, or FAILED_PRECONDITION (nothing changes).
+
+    Default: the newest earlier stint below the current one whose checkpoint is neither the
+    current checkpoint nor one that was rolled back for a regression or an alert. An explicit
+    target must have been production before, must not be the current checkpoint and must not
+    have been rolled back itself.
+    """
+    stack = production_stack(moves)
+    if not stack:
+        raise FailedPrecondition(
+            f"{model} has nothing in production to roll back",
+            [PreconditionViolation(NO_ROLLBACK_TARGET, model, "production was never set")],
+        )
+    current = stack[-1]
+    bad = set(rolled_back)
+    if explicit_target:
+        problem = ""
+        if explicit_target == current:
+            problem = "it is production now"
+        elif explicit_target not in set(ever_production):
+            problem = "it was never production"
+        elif explicit_target in bad:
+            problem = "it was rolled back for a regression or an alert"
+        if problem:
+            raise FailedPrecondition(
+                f"cannot roll {model} back to {explicit_target}: {problem}",
+                [PreconditionViolation(INVALID_ROLLBACK_TARGET, explicit_target, problem)],
+            )
+        return explicit_target
+    for checkpoint in reversed(stack[:-1]):
+        if checkpoint != current and checkpoint not in bad:
+            return checkpoint
+    raise FailedPrecondition(
+        f"{model} has no earlier good checkpoint to roll back to from {current}",
+        [
+            PreconditionViolation(
+                NO_ROLLBACK_TARGET,
+                model,
+                f"no checkpoint was production before {current} without being rolled back itself",
+            )
+        ],
+    )
+
+
+# -- alerts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertNotice:
+    """One alert of an Alertmanager webhook notification, as the registry reads it."""
+
+    fingerprint: str
+    status: str  # "firing" or "resolved"
+    starts_at: datetime
+    model_id: str  # "" when the alert names no model
+    checkpoint_id: str  # "" when the alert names no checkpoint
+    summary: str
+    alertname: str
+
+    @property
+    def firing(self) -> bool:
+        return self.status == "firing"
+
+    @property
+    def idempotency_key(self) -> str:
+        """One incident: the same alert (fingerprint) that started at the same instant."""
+        return f"alert:{self.fingerprint}:{self.starts_at.isoformat()}"
+
+    @property
+    def cause(self) -> str:
+        return f"alert:{self.fingerprint}"
+
+    @property
+    def reason(self) -> str:
+        return self.summary or f"alert {self.alertname or self.fingerprint} is firing"
+
+
+def parse_rfc3339(value: str) -> datetime:
+    """Alertmanager's timestamps (Go's RFC 3339, up to nanoseconds) as aware datetimes."""
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(.*)$", text)
+    if not match:
+        raise ValueError(f"not an RFC 3339 time: {value!r}")
+    fraction = (match.group(2) or "")[:7]  # Python parses at most microseconds
+    parsed = datetime.fromisoformat(match.group(1) + fraction + match.group(3))
+    if parsed.tzinfo is None:
+        raise ValueError(f"RFC 3339 time without an offset: {value!r}")
+    return parsed.astimezone(UTC)
+
+
+def _id_from_label(value: str, prefix: str) -> str:
+    """Labels may carry the bare id or the full resource name; keep the last segment."""
+    value = value.strip()
+    if value.startswith(prefix):
+        value = value.rsplit("/", 1)[-1]
+    return value
+
+
+def parse_alertmanager_payload(document: Any) -> list[AlertNotice]:
+    """Read Alertmanager's webhook JSON (version 4) into notices; ValueError when malformed."""
+    if not isinstance(document, Mapping):
+        raise ValueError("the body must be a JSON object")
+    version = str(document.get("version", "4"))
+    if version != "4":
+        raise ValueError(f"unsupported webhook payload version {version!r} (expected 4)")
+    alerts = document.get("alerts")
+    if not isinstance(alerts, list):
+        raise ValueError("'alerts' must be a list")
+    common_labels = document.get("commonLabels") or {}
+    notices = []
+    for index, alert in enumerate(alerts):
+        if not isinstance(alert, Mapping):
+            raise ValueError(f"alerts[{index}] must be an object")
+        labels = {**common_labels, **(alert.get("labels") or {})}
+        annotations = alert.get("annotations") or {}
+        fingerprint = str(alert.get("fingerprint") or "")
+        if not fingerprint:
+            raise ValueError(f"alerts[{index}] has no fingerprint")
+        status = str(alert.get("status") or document.get("status") or "")
+        if status not in ("firing", "resolved"):
+            raise ValueError(f"alerts[{index}].status must be firing or resolved")
+        try:
+            starts_at = parse_rfc3339(str(alert.get("startsAt") or ""))
+        except ValueError as error:
+            raise ValueError(f"alerts[{index}].startsAt: {error}") from None
+        notices.append(
+            AlertNotice(
+                fingerprint=fingerprint,
+                status=status,
+                starts_at=starts_at,
+                model_id=_id_from_label(str(labels.get("model") or ""), "models/"),
+                checkpoint_id=_id_from_label(str(labels.get("checkpoint") or ""), "models/"),
+                summary=str(annotations.get("summary") or ""),
+                alertname=str(labels.get("alertname") or ""),
+            )
+        )
+    return notices
+
+
+def alert_concerns_production(
+    notice: AlertNotice, *, production_checkpoint_id: str, production_since: datetime | None
+) -> tuple[bool, str]:
+    """Whether a firing alert is about the checkpoint in production now, and if not, why.
+
+    An alert that names a checkpoint is about that checkpoint. One that names none is about
+    whatever served traffic when it started: if production moved after the alert started (for
+    instance, another trigger already rolled back), the alert describes the previous checkpoint
+    and must not roll back the one that replaced it.
+    """
+    if not production_checkpoint_id:
+        return False, "nothing is in production"
+    if notice.checkpoint_id and notice.checkpoint_id != production_checkpoint_id:
+        return False, f"the alert is about {notice.checkpoint_id}, not production"
+    if (
+        not notice.checkpoint_id
+        and production_since is not None
+        and notice.starts_at < production_since
+    ):
+        return False, "the alert started before the current production checkpoint went live"
+    return True, ""

@@ -1,1 +1,1316 @@
-"""One function per registry command or event, taking its dependencies as parameters."""
+"""One function per registry command or event, taking its dependencies as parameters.
+
+Every function runs inside the caller's transaction (``session``): the gRPC servicer and the
+webhook open one per request, the consumer loop one per event. State changes, the alias
+history row and the event announcing the move (``stage_event``, the outbox) commit together
+or not at all. Alias-moving functions take the model's write lock first
+(:meth:`RegistryRepository.lock_model`), so triggers racing for one model run one after the
+other. Side effects outside the database (metrics, waking WatchAlias streams and the outbox
+relay) run only after the commit (:func:`after_commit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.registry.adapters.commit_hooks import after_commit
+from services.registry.adapters.metrics import RegistryMetrics
+from services.registry.adapters.notifier import AliasMoveNotifier
+from services.registry.adapters.repository import APPLIED, PARKED, REFUSED, RegistryRepository
+from services.registry.adapters.resources import (
+    alias_to_proto,
+    checkpoint_to_proto,
+    model_to_proto,
+    move_to_proto,
+    policy_from_proto,
+    trigger_to_proto,
+    verdict_from_proto,
+)
+from services.registry.adapters.tables import (
+    AliasMoveRow,
+    CheckpointRow,
+    EvaluationRow,
+    LiveQualityRow,
+    ModelRow,
+    RegressionRow,
+)
+from services.registry.domain import (
+    ALERTMANAGER_ACTOR,
+    ALL_ALIASES,
+    CANDIDATE,
+    PRODUCTION,
+    RESOURCE_ID,
+    SERVICE_ACTOR,
+    AlertNotice,
+    Comparison,
+    Decision,
+    EvaluationFacts,
+    MoveTrigger,
+    PromotionPolicy,
+    ReviewState,
+    Verdict,
+    alert_concerns_production,
+    alias_name,
+    checkpoint_name,
+    choose_rollback_target,
+    decide_on_evaluation,
+    is_past_floor,
+    model_name,
+    parse_alias_name,
+    parse_checkpoint_name,
+    parse_model_name,
+    registry_checkpoint_id,
+)
+from services.registry.validation import floor_of, validate_new_model
+from shared.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PreconditionViolation,
+)
+from shared.events import stage_event
+from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.evaluator.v1 import events_pb2 as evaluator_events
+from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
+from tuneline.registry.v1 import events_pb2, resources_pb2, service_pb2
+from tuneline.trainer.v1 import events_pb2 as trainer_events
+
+log = logging.getLogger(__name__)
+
+MAX_REASON = 1000
+_GATED_OUTCOMES = (
+    common_pb2.COMPARISON_OUTCOME_WITHIN_TOLERANCE,
+    common_pb2.COMPARISON_OUTCOME_REGRESSED,
+)
+_CHECKPOINT_READY = trainer_events.CheckpointReady.DESCRIPTOR.full_name
+_EVALUATION_COMPLETED = evaluator_events.EvaluationCompleted.DESCRIPTOR.full_name
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RegistryDeps:
+    """What the handlers need besides the session."""
+
+    source: str = "tuneline/registry"
+    metrics: RegistryMetrics | None = None
+    notifier: AliasMoveNotifier = field(default_factory=AliasMoveNotifier)
+    #: Called after a commit that staged events (the outbox relay's ``wake``).
+    wake_relay: Callable[[], None] = lambda: None
+    clock: Callable[[], datetime] = _utcnow
+
+
+# -- small helpers ----------------------------------------------------------------------------
+
+
+def _require_text(value: str, field_name: str, *, limit: int = MAX_REASON) -> list[FieldViolation]:
+    if not value.strip():
+        return [FieldViolation(field_name, "required", "REQUIRED")]
+    if len(value) > limit:
+        return [FieldViolation(field_name, f"at most {limit} characters", "TOO_LONG")]
+    return []
+
+
+def _optional_text(value: str, field_name: str, *, limit: int) -> list[FieldViolation]:
+    if len(value) > limit:
+        return [FieldViolation(field_name, f"at most {limit} characters", "TOO_LONG")]
+    return []
+
+
+def _raise_if(problems: list[FieldViolation], message: str) -> None:
+    if problems:
+        raise InvalidArgument(message, problems)
+
+
+def _locked_model(repo: RegistryRepository, name: str) -> ModelRow:
+    row = repo.lock_model(name)
+    if row is None:
+        raise NotFound("model", name)
+    return row
+
+
+def _checkpoint_in(repo: RegistryRepository, name: str) -> CheckpointRow:
+    row = repo.get_checkpoint(name)
+    if row is None:
+        raise NotFound("checkpoint", name)
+    return row
+
+
+def _model_proto(repo: RegistryRepository, row: ModelRow) -> resources_pb2.Model:
+    return model_to_proto(row, repo.aliases_of_model(row.name))
+
+
+def _checkpoint_proto(repo: RegistryRepository, row: CheckpointRow) -> resources_pb2.Checkpoint:
+    evaluations = repo.evaluations_of([row.name])[row.name]
+    aliases = repo.aliases_pointing_at([row.name]).get(row.name, [])
+    return checkpoint_to_proto(row, evaluations, aliases)
+
+
+def alias_state(repo: RegistryRepository, model: str, alias: str) -> resources_pb2.Alias:
+    """An alias now (``revision`` 0 and no checkpoint when never set)."""
+    row = repo.get_alias(model, alias)
+    checkpoint = repo.get_checkpoint(row.checkpoint) if row else None
+    last_move = repo.last_move(model, alias) if row else None
+    return alias_to_proto(
+        model,
+        alias,
+        checkpoint=checkpoint,
+        revision=row.revision if row else 0,
+        last_move=last_move,
+    )
+
+
+def alias_after_move(repo: RegistryRepository, move: AliasMoveRow) -> resources_pb2.Alias:
+    """The alias as it was right after ``move`` (what WatchAlias sends with each move)."""
+    return alias_to_proto(
+        move.model,
+        move.alias,
+        checkpoint=repo.get_checkpoint(move.to_checkpoint),
+        revision=move.revision,
+        last_move=move,
+    )
+
+
+def _notify_moved(session: Session, deps: RegistryDeps) -> None:
+    after_commit(session, deps.notifier.notify)
+    after_commit(session, deps.wake_relay)
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def create_model(
+    session: Session, deps: RegistryDeps, model_id: str, model: resources_pb2.Model | None
+) -> resources_pb2.Model:
+    """CreateModel: validate, store, then register checkpoints that were waiting for it."""
+    resolved = validate_new_model(model_id, model)
+    name = model_name(model_id)
+    repo = RegistryRepository(session)
+    if repo.get_model(name) is not None:
+        raise AlreadyExists("model", name)
+    now = deps.clock()
+    row = ModelRow(
+        name=name,
+        task_type=resolved.task_type,
+        promotion_policy=policy_from_proto(resolved.promotion_policy).value,
+        definition=resolved.SerializeToString(deterministic=True),
+        lock_version=0,
+        create_time=now,
+        update_time=now,
+    )
+    try:
+        repo.add_model(row)
+    except IntegrityError:  # created concurrently since the check above
+        raise AlreadyExists("model", name) from None
+    for parked in repo.parked_events(name, _CHECKPOINT_READY):
+        message = trainer_events.CheckpointReady.FromString(parked.payload)
+        parked.status, parked.reason = _register_checkpoint(repo, deps, row, message, now)
+    return _model_proto(repo, row)
+
+
+def get_model(session: Session, name: str) -> resources_pb2.Model:
+    parse_model_name(name)
+    repo = RegistryRepository(session)
+    row = repo.get_model(name)
+    if row is None:
+        raise NotFound("model", name)
+    return _model_proto(repo, row)
+
+
+def list_models(
+    session: Session, page_size: int, page_token: str
+) -> tuple[list[resources_pb2.Model], str]:
+    size = resolve_page_size(page_size)
+    after = decode_page_token(page_token, {})
+    repo = RegistryRepository(session)
+    rows = repo.list_models(after_name=str(after[0]) if after else None, limit=size + 1)
+    page = rows[:size]
+    token = encode_page_token({}, [page[-1].name]) if len(rows) > size else ""
+    return [_model_proto(repo, row) for row in page], token
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def _base_model_mismatch(
+    model_base: common_pb2.BaseModel, lineage_base: common_pb2.BaseModel
+) -> str:
+    """Why a checkpoint's base model is not the model's, or ``""`` when it is."""
+    source = model_base.WhichOneof("source")
+    if lineage_base.WhichOneof("source") is None:
+        return ""  # the trainer always sets it; an older producer may not: don't refuse on that
+    if source and getattr(model_base, source) != getattr(lineage_base, source, ""):
+        return (
+            f"trained on {lineage_base.WhichOneof('source')}="
+            f"{getattr(lineage_base, lineage_base.WhichOneof('source') or '')!r}, "
+            f"the model's base is {source}={getattr(model_base, source)!r}"
+        )
+    if (
+        model_base.files_sha256
+        and lineage_base.files_sha256
+        and model_base.files_sha256 != lineage_base.files_sha256
+    ):
+        return "the base model's files_sha256 differs from the model's"
+    return ""
+
+
+def _register_checkpoint(
+    repo: RegistryRepository,
+    deps: RegistryDeps,
+    model: ModelRow,
+    message: trainer_events.CheckpointReady,
+    now: datetime,
+) -> tuple[str, str]:
+    """Register one CheckpointReady under ``model``; returns (deferred status, reason)."""
+    if repo.get_checkpoint_by_source(model.name, message.checkpoint) is not None:
+        return APPLIED, "already registered"  # CheckpointReady repeats across resumes
+    definition = resources_pb2.Model.FromString(model.definition)
+    if message.lineage.task_type and message.lineage.task_type != model.task_type:
+        reason = (
+            f"task type {common_pb2.TaskType.Name(message.lineage.task_type)} is not the "
+            f"model's {common_pb2.TaskType.Name(definition.task_type)}"
+        )
+        log.warning("checkpoint refused", extra={"checkpoint": message.checkpoint, "why": reason})
+        return REFUSED, reason
+    mismatch = _base_model_mismatch(definition.base_model, message.lineage.base_model)
+    if mismatch:
+        log.warning("checkpoint refused", extra={"checkpoint": message.checkpoint, "why": mismatch})
+        return REFUSED, mismatch
+    name = checkpoint_name(
+        model.name.removeprefix("models/"), registry_checkpoint_id(message.checkpoint)
+    )
+    record = resources_pb2.Checkpoint(
+        name=name,
+        source_checkpoint=message.checkpoint,
+        training_job=message.training_job,
+        step=message.step,
+        epoch=message.epoch,
+        train_loss=message.train_loss,
+        tokens_seen=message.tokens_seen,
+        artifact_uri=message.artifact_uri,
+        sha256=message.sha256,
+        size_bytes=message.size_bytes,
+        lineage=message.lineage,
+        cost=message.cost,
+    )
+    if message.HasField("validation_loss"):
+        record.validation_loss = message.validation_loss
+    row = CheckpointRow(
+        name=name,
+        model=model.name,
+        source_checkpoint=message.checkpoint,
+        training_job=message.training_job,
+        sha256=message.sha256,
+        record=record.SerializeToString(deterministic=True),
+        verdict=Verdict.UNSPECIFIED.value,
+        review_state=ReviewState.NOT_REQUIRED.value,
+        reviewer="",
+        review_reason="",
+        ever_production=False,
+        rolled_back=False,
+        create_time=message.event_time.ToDatetime(UTC) if message.HasField("event_time") else now,
+    )
+    repo.add_checkpoint(row)
+    if deps.metrics:
+        metrics = deps.metrics
+        after_commit(
+            repo.session,
+            lambda: metrics.checkpoints_registered.labels(model.name.removeprefix("models/")).inc(),
+        )
+    # evaluations that arrived before the checkpoint (different topics are not ordered)
+    for parked in repo.parked_events(
+        model.name, _EVALUATION_COMPLETED, source_checkpoint=message.checkpoint
+    ):
+        evaluation = evaluator_events.EvaluationCompleted.FromString(parked.payload)
+        _attach_evaluation(repo, deps, model, row, evaluation, now)
+        parked.status, parked.reason = APPLIED, f"attached to {name}"
+    return APPLIED, f"registered as {name}"
+
+
+def _defer(
+    repo: RegistryRepository,
+    deps: RegistryDeps,
+    *,
+    model: str,
+    source_checkpoint: str,
+    event_type: str,
+    event_id: str,
+    payload: bytes,
+    status: str,
+    reason: str,
+    now: datetime,
+) -> None:
+    repo.defer_event(
+        model=model,
+        source_checkpoint=source_checkpoint,
+        event_type=event_type,
+        event_id=event_id,
+        payload=payload,
+        status=status,
+        reason=reason,
+        now=now,
+    )
+    log.warning(
+        "event deferred",
+        extra={"event_type": event_type, "model": model, "status": status, "why": reason},
+    )
+    if deps.metrics:
+        metrics = deps.metrics
+        after_commit(repo.session, lambda: metrics.events_deferred.labels(event_type, status).inc())
+
+
+def on_checkpoint_ready(
+    session: Session,
+    deps: RegistryDeps,
+    message: trainer_events.CheckpointReady,
+    *,
+    event_id: str,
+) -> None:
+    """Register a checkpoint with its lineage.
+
+    A checkpoint for a model that does not exist (yet) is neither dropped nor dead-lettered
+    (the event is valid; the model may be created after training started) and no model is
+    invented for it (a model needs its evaluation set and gate): it is PARKED and registered
+    the moment CreateModel creates the model. One whose task type or base model contradicts
+    the model is REFUSED and recorded with the reason.
+    """
+    repo = RegistryRepository(session)
+    now = deps.clock()
+    payload = message.SerializeToString(deterministic=True)
+    common = {
+        "model": message.target_model,
+        "source_checkpoint": message.checkpoint,
+        "event_type": _CHECKPOINT_READY,
+        "event_id": event_id,
+        "payload": payload,
+        "now": now,
+    }
+    try:
+        registry_checkpoint_id(message.checkpoint)
+        parse_model_name(message.target_model, field="target_model")
+    except (ValueError, InvalidArgument) as error:
+        _defer(repo, deps, status=REFUSED, reason=str(error), **common)  # type: ignore[arg-type]
+        return
+    model = repo.lock_model(message.target_model)
+    if model is None:
+        _defer(repo, deps, status=PARKED, reason="the model does not exist (yet)", **common)  # type: ignore[arg-type]
+        # CreateModel may have committed between the lock attempt and the park (the park's
+        # INSERT now holds the write lock): register at once rather than strand the row.
+        model = repo.lock_model(message.target_model)
+        if model is None:
+            return
+        for parked in repo.parked_events(
+            model.name, _CHECKPOINT_READY, source_checkpoint=message.checkpoint
+        ):
+            parked.status, parked.reason = _register_checkpoint(repo, deps, model, message, now)
+        return
+    status, reason = _register_checkpoint(repo, deps, model, message, now)
+    if status == REFUSED:
+        _defer(repo, deps, status=REFUSED, reason=reason, **common)  # type: ignore[arg-type]
+
+
+def get_checkpoint(session: Session, name: str) -> resources_pb2.Checkpoint:
+    parse_checkpoint_name(name)
+    repo = RegistryRepository(session)
+    return _checkpoint_proto(repo, _checkpoint_in(repo, name))
+
+
+def list_checkpoints(
+    session: Session, request: service_pb2.ListCheckpointsRequest
+) -> tuple[list[resources_pb2.Checkpoint], str]:
+    parse_model_name(request.parent, field="parent")
+    size = resolve_page_size(request.page_size)
+    query = {
+        "parent": request.parent,
+        "verdict": str(request.verdict),
+        "review_state": str(request.review_state),
+        "training_job": request.training_job,
+    }
+    after = decode_page_token(request.page_token, query)
+    repo = RegistryRepository(session)
+    if repo.get_model(request.parent) is None:
+        raise NotFound("model", request.parent)
+    review = request.review_state
+    rows = repo.list_checkpoints(
+        request.parent,
+        before_seq=int(after[0]) if after else None,
+        limit=size + 1,
+        verdict=verdict_from_proto(request.verdict).value if request.verdict else "",
+        review_state=resources_pb2.ReviewState.Name(review).removeprefix("REVIEW_STATE_")
+        if review
+        else "",
+        training_job=request.training_job,
+    )
+    page = rows[:size]
+    evaluations = repo.evaluations_of([r.name for r in page])
+    aliases = repo.aliases_pointing_at(r.name for r in page)
+    token = encode_page_token(query, [page[-1].seq]) if len(rows) > size else ""
+    return [
+        checkpoint_to_proto(r, evaluations[r.name], aliases.get(r.name, [])) for r in page
+    ], token
+
+
+# -- evaluations and promotion ----------------------------------------------------------------
+
+
+def _comparisons(event: evaluator_events.EvaluationCompleted) -> list[Comparison]:
+    return [
+        Comparison(
+            metric=c.metric,
+            slice=c.slice,
+            evaluation_set=c.evaluation_set,
+            delta=c.delta,
+            ci_lower=c.delta_ci_lower,
+            ci_upper=c.delta_ci_upper,
+            higher_is_better=c.higher_is_better,
+            gated=c.outcome
+            in (
+                common_pb2.COMPARISON_OUTCOME_WITHIN_TOLERANCE,
+                common_pb2.COMPARISON_OUTCOME_REGRESSED,
+            ),
+        )
+        for c in event.comparisons
+    ]
+
+
+def _baseline_in_registry(
+    repo: RegistryRepository, model: str, event: evaluator_events.EvaluationCompleted
+) -> str:
+    """The registry name of the checkpoint the evaluation compared with ("" = base model)."""
+    baseline = event.baseline
+    if not event.HasField("baseline") or baseline.kind == evaluator_pb2.BASELINE_KIND_BASE_MODEL:
+        return ""
+    if baseline.checkpoint.startswith(f"{model}/checkpoints/"):
+        return baseline.checkpoint
+    if baseline.checkpoint:  # a trainer name: find what the registry calls it
+        row = repo.get_checkpoint_by_source(model, baseline.checkpoint)
+        if row is not None:
+            return row.name
+    return baseline.checkpoint or f"unknown checkpoint {baseline.checkpoint_sha256[:12]}"
+
+
+def _attach_evaluation(  # noqa: PLR0917
+    repo: RegistryRepository,
+    deps: RegistryDeps,
+    model: ModelRow,
+    checkpoint: CheckpointRow,
+    event: evaluator_events.EvaluationCompleted,
+    now: datetime,
+) -> None:
+    if repo.get_evaluation(checkpoint.name, event.evaluation) is not None:
+        return
+    complete_time = event.event_time.ToDatetime(UTC) if event.HasField("event_time") else now
+    baseline = _baseline_in_registry(repo, model.name, event)
+    verdict = verdict_from_proto(event.verdict)
+    record = resources_pb2.CheckpointEvaluation(
+        evaluation=event.evaluation,
+        verdict=event.verdict,
+        evaluation_set=event.evaluation_set,
+        metrics=event.metrics,
+        comparisons=event.comparisons,
+        baseline_checkpoint=baseline,
+        complete_time=event.event_time,
+    )
+    is_latest = (
+        checkpoint.latest_evaluation_time is None
+        or complete_time >= checkpoint.latest_evaluation_time
+    )
+    if is_latest:
+        checkpoint.verdict = verdict.value
+        checkpoint.latest_evaluation_time = complete_time
+    production = repo.production_checkpoint(model.name)
+    outcome = decide_on_evaluation(
+        EvaluationFacts(
+            policy=PromotionPolicy(model.promotion_policy),
+            verdict=verdict,
+            comparisons=_comparisons(event),
+            baseline_checkpoint=baseline,
+            production_checkpoint=production,
+            candidate_checkpoint=checkpoint.name,
+            candidate_rolled_back=checkpoint.rolled_back,
+            candidate_review=ReviewState(checkpoint.review_state),
+            is_latest_evaluation=is_latest,
+        )
+    )
+    repo.add_evaluation(
+        EvaluationRow(
+            checkpoint=checkpoint.name,
+            evaluation=event.evaluation,
+            verdict=verdict.value,
+            complete_time=complete_time,
+            record=record.SerializeToString(deterministic=True),
+            decision=outcome.decision.value,
+            decision_reason=outcome.reason,
+        )
+    )
+    log.info(
+        "evaluation attached",
+        extra={
+            "checkpoint": checkpoint.name,
+            "evaluation": event.evaluation,
+            "verdict": verdict.value,
+            "decision": outcome.decision.value,
+            "why": outcome.reason,
+        },
+    )
+    if outcome.decision is Decision.PROMOTE:
+        _move_production_forward(
+            repo,
+            deps,
+            model,
+            checkpoint,
+            trigger=MoveTrigger.PROMOTION,
+            actor=SERVICE_ACTOR,
+            reason=f"{event.evaluation} passed: {outcome.reason}",
+            cause=event.evaluation,
+            trigger_time=complete_time,
+            evaluation=event.evaluation,
+            now=now,
+        )
+    elif outcome.decision is Decision.AWAIT_REVIEW:
+        checkpoint.review_state = ReviewState.PENDING.value
+        candidate = repo.get_alias(model.name, CANDIDATE)
+        if candidate is None or candidate.checkpoint != checkpoint.name:
+            repo.move_alias(
+                model=model.name,
+                alias=CANDIDATE,
+                to_checkpoint=checkpoint,
+                trigger=MoveTrigger.PROMOTION,
+                actor=SERVICE_ACTOR,
+                reason=f"{event.evaluation} passed; awaiting review",
+                cause=event.evaluation,
+                trigger_time=complete_time,
+                now=now,
+            )
+            _notify_moved(repo.session, deps)
+
+
+def on_evaluation_completed(
+    session: Session,
+    deps: RegistryDeps,
+    message: evaluator_events.EvaluationCompleted,
+    *,
+    event_id: str,
+) -> None:
+    """Attach an evaluation to its checkpoint and act on it (promote, or set the candidate).
+
+    An evaluation of a checkpoint the registry has not registered yet (its CheckpointReady is
+    on another topic, so it may arrive later) is PARKED and attached at registration.
+    """
+    repo = RegistryRepository(session)
+    now = deps.clock()
+    model = repo.lock_model(message.model)
+    checkpoint = repo.get_checkpoint_by_source(message.model, message.checkpoint) if model else None
+    if model is None or checkpoint is None:
+        _defer(
+            repo,
+            deps,
+            model=message.model,
+            source_checkpoint=message.checkpoint,
+            event_type=_EVALUATION_COMPLETED,
+            event_id=event_id,
+            payload=message.SerializeToString(deterministic=True),
+            status=PARKED,
+            reason="the checkpoint is not registered (yet)",
+            now=now,
+        )
+        return
+    _attach_evaluation(repo, deps, model, checkpoint, message, now)
+
+
+def _stage_promoted(  # noqa: PLR0917
+    repo: RegistryRepository,
+    deps: RegistryDeps,
+    model: ModelRow,
+    checkpoint: CheckpointRow,
+    move: AliasMoveRow,
+    evaluation: str,
+) -> None:
+    record = resources_pb2.Checkpoint.FromString(checkpoint.record)
+    stage_event(
+        repo.session,
+        events_pb2.ModelPromoted(
+            model=model.name,
+            alias=alias_name(model.name.removeprefix("models/"), PRODUCTION),
+            from_checkpoint=move.from_checkpoint,
+            to_checkpoint=move.to_checkpoint,
+            trigger=trigger_to_proto(MoveTrigger(move.trigger)),
+            actor=move.actor,
+            reason=move.reason,
+            evaluation=evaluation,
+            revision=move.revision,
+            artifact_uri=record.artifact_uri,
+            sha256=record.sha256,
+            base_model=record.lineage.base_model,
+            task_type=model.task_type,  # type: ignore[arg-type]
+            source_checkpoint=checkpoint.source_checkpoint,
+            event_time=move_to_proto(move).move_time,
+        ),
+        source=deps.source,
+        subject=model.name,
+    )
+
+
+def _move_production_forward(
+    repo: RegistryRepository,
+    deps: RegistryDeps,
+    model: ModelRow,
+    checkpoint: CheckpointRow,
+    *,
+    trigger: MoveTrigger,
+    actor: str,
+    reason: str,
+    cause: str,
+    trigger_time: datetime,
+    evaluation: str,
+    now: datetime,
+) -> AliasMoveRow:
+    """Promotion, approval or an explicit move of production: alias + history + ModelPromoted."""
+    move = repo.move_alias(
+        model=model.name,
+        alias=PRODUCTION,
+        to_checkpoint=checkpoint,
+        trigger=trigger,
+        actor=actor,
+        reason=reason,
+        cause=cause,
+        trigger_time=trigger_time,
+        now=now,
+    )
+    _stage_promoted(repo, deps, model, checkpoint, move, evaluation)
+    _notify_moved(repo.session, deps)
+    if deps.metrics:
+        metrics = deps.metrics
+        after_commit(
+            repo.session, lambda: metrics.record_promotion(model.name, trigger.value.lower())
+        )
+    log.info(
+        "production moved",
+        extra={"model": model.name, "to": checkpoint.name, "trigger": trigger.value},
+    )
+    return move
+
+
+# -- explicit moves and reviews ---------------------------------------------------------------
+
+
+def promote_checkpoint(
+    session: Session, deps: RegistryDeps, request: service_pb2.PromoteCheckpointRequest
+) -> tuple[resources_pb2.Alias, resources_pb2.AliasMove | None]:
+    """PromoteCheckpoint: move an alias (default production) to a checkpoint that PASSED."""
+    model_id, _ = parse_checkpoint_name(request.checkpoint, field="checkpoint")
+    alias = request.alias or PRODUCTION
+    problems = _optional_text(request.reason, "reason", limit=MAX_REASON)
+    problems += _optional_text(request.actor, "actor", limit=200)
+    problems += _optional_text(request.request_id, "request_id", limit=200)
+    if not RESOURCE_ID.match(alias):
+        problems.append(
+            FieldViolation("alias", f"{alias!r} is not a valid alias id", "INVALID_FORMAT")
+        )
+    _raise_if(problems, "the promotion request is invalid")
+    repo = RegistryRepository(session)
+    model = _locked_model(repo, model_name(model_id))
+    checkpoint = _checkpoint_in(repo, request.checkpoint)
+    key = f"promote:{request.request_id}" if request.request_id else ""
+    if key and repo.trigger_key(model.name, key) is not None:
+        return alias_state(repo, model.name, alias), None
+    current = repo.get_alias(model.name, alias)
+    if current is not None and current.checkpoint == checkpoint.name:
+        return alias_state(repo, model.name, alias), None
+    if checkpoint.verdict != Verdict.PASSED.value:
+        raise FailedPrecondition(
+            f"{checkpoint.name} cannot be promoted: its latest evaluation is {checkpoint.verdict}",
+            [
+                PreconditionViolation(
+                    "EVALUATION_NOT_PASSED",
+                    checkpoint.name,
+                    f"the latest evaluation verdict is {checkpoint.verdict}, not PASSED",
+                )
+            ],
+        )
+    if (
+        alias == PRODUCTION
+        and model.promotion_policy == PromotionPolicy.MANUAL.value
+        and checkpoint.review_state != ReviewState.APPROVED.value
+    ):
+        raise FailedPrecondition(
+            f"{model.name} promotes by review: approve {checkpoint.name} first",
+            [
+                PreconditionViolation(
+                    "REVIEW_REQUIRED",
+                    checkpoint.name,
+                    f"review state is {checkpoint.review_state}; production needs APPROVED",
+                )
+            ],
+        )
+    now = deps.clock()
+    actor = request.actor or "unknown"
+    cause = request.request_id or f"request:{uuid.uuid4()}"
+    if alias == PRODUCTION:
+        passed = repo.latest_passed_evaluation(checkpoint.name)
+        move = _move_production_forward(
+            repo,
+            deps,
+            model,
+            checkpoint,
+            trigger=MoveTrigger.MANUAL,
+            actor=actor,
+            reason=request.reason,
+            cause=cause,
+            trigger_time=now,
+            evaluation=passed.evaluation if passed else "",
+            now=now,
+        )
+    else:
+        move = repo.move_alias(
+            model=model.name,
+            alias=alias,
+            to_checkpoint=checkpoint,
+            trigger=MoveTrigger.MANUAL,
+            actor=actor,
+            reason=request.reason,
+            cause=cause,
+            trigger_time=now,
+            now=now,
+        )
+        _notify_moved(session, deps)
+    if key:
+        repo.record_trigger_key(model.name, key, outcome="moved", move=move, now=now)
+    return alias_state(repo, model.name, alias), move_to_proto(move)
+
+
+def _review_subject(
+    repo: RegistryRepository, checkpoint_ref: str, reviewer: str, reason: str
+) -> tuple[ModelRow, CheckpointRow]:
+    model_id, _ = parse_checkpoint_name(checkpoint_ref, field="checkpoint")
+    problems = _require_text(reviewer, "reviewer", limit=200) + _require_text(reason, "reason")
+    _raise_if(problems, "the review is invalid")
+    model = _locked_model(repo, model_name(model_id))
+    return model, _checkpoint_in(repo, checkpoint_ref)
+
+
+def _not_pending(checkpoint: CheckpointRow, action: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"cannot {action} {checkpoint.name}: it is not pending review ({checkpoint.review_state})",
+        [
+            PreconditionViolation(
+                "NOT_PENDING_REVIEW",
+                checkpoint.name,
+                f"review state is {checkpoint.review_state}; only PENDING checkpoints are reviewed",
+            )
+        ],
+    )
+
+
+def approve_checkpoint(
+    session: Session, deps: RegistryDeps, request: service_pb2.ApproveCheckpointRequest
+) -> service_pb2.ApproveCheckpointResponse:
+    """ApproveCheckpoint: record the approval and promote to production (trigger APPROVAL)."""
+    repo = RegistryRepository(session)
+    model, checkpoint = _review_subject(repo, request.checkpoint, request.reviewer, request.reason)
+    response = service_pb2.ApproveCheckpointResponse()
+    if checkpoint.review_state == ReviewState.APPROVED.value:
+        response.checkpoint.CopyFrom(_checkpoint_proto(repo, checkpoint))
+        response.alias.CopyFrom(alias_state(repo, model.name, PRODUCTION))
+        return response
+    if checkpoint.review_state != ReviewState.PENDING.value:
+        raise _not_pending(checkpoint, "approve")
+    if checkpoint.verdict != Verdict.PASSED.value:
+        raise FailedPrecondition(
+            f"cannot approve {checkpoint.name}: its latest evaluation is {checkpoint.verdict}",
+            [
+                PreconditionViolation(
+                    "EVALUATION_NOT_PASSED", checkpoint.name, "a later evaluation did not pass"
+                )
+            ],
+        )
+    now = deps.clock()
+    checkpoint.review_state = ReviewState.APPROVED.value
+    checkpoint.reviewer = request.reviewer
+    checkpoint.review_reason = request.reason
+    checkpoint.review_time = now
+    if repo.production_checkpoint(model.name) != checkpoint.name:
+        passed = repo.latest_passed_evaluation(checkpoint.name)
+        move = _move_production_forward(
+            repo,
+            deps,
+            model,
+            checkpoint,
+            trigger=MoveTrigger.APPROVAL,
+            actor=request.reviewer,
+            reason=request.reason,
+            cause=passed.evaluation if passed else checkpoint.name,
+            trigger_time=now,
+            evaluation=passed.evaluation if passed else "",
+            now=now,
+        )
+        response.move.CopyFrom(move_to_proto(move))
+    session.flush()
+    response.checkpoint.CopyFrom(_checkpoint_proto(repo, checkpoint))
+    response.alias.CopyFrom(alias_state(repo, model.name, PRODUCTION))
+    return response
+
+
+def reject_checkpoint(
+    session: Session, deps: RegistryDeps, request: service_pb2.RejectCheckpointRequest
+) -> resources_pb2.Checkpoint:
+    """RejectCheckpoint: record the rejection; aliases do not move."""
+    repo = RegistryRepository(session)
+    _, checkpoint = _review_subject(repo, request.checkpoint, request.reviewer, request.reason)
+    if checkpoint.review_state == ReviewState.REJECTED.value:
+        return _checkpoint_proto(repo, checkpoint)
+    if checkpoint.review_state != ReviewState.PENDING.value:
+        raise _not_pending(checkpoint, "reject")
+    checkpoint.review_state = ReviewState.REJECTED.value
+    checkpoint.reviewer = request.reviewer
+    checkpoint.review_reason = request.reason
+    checkpoint.review_time = deps.clock()
+    session.flush()
+    return _checkpoint_proto(repo, checkpoint)
+
+
+# -- rollback ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RollbackTrigger:
+    """Who or what asks for a rollback, and how to recognise the same request again."""
+
+    trigger: MoveTrigger
+    actor: str
+    reason: str
+    cause: str
+    trigger_time: datetime
+    #: Stored once acted on; a trigger with a stored key rolls back nothing.
+    idempotency_key: str
+    explicit_target: str = ""
+
+
+def _roll_back(
+    repo: RegistryRepository, deps: RegistryDeps, model: ModelRow, request: RollbackTrigger
+) -> AliasMoveRow:
+    """Move production back (caller holds the lock and checked the key); ModelRolledBack."""
+    target_name = choose_rollback_target(
+        repo.production_moves(model.name),
+        model=model.name,
+        rolled_back=repo.rolled_back_checkpoints(model.name),
+        ever_production=repo.ever_production_checkpoints(model.name),
+        explicit_target=request.explicit_target,
+    )
+    target = _checkpoint_in(repo, target_name)
+    now = deps.clock()
+    move = repo.move_alias(
+        model=model.name,
+        alias=PRODUCTION,
+        to_checkpoint=target,
+        trigger=request.trigger,
+        actor=request.actor,
+        reason=request.reason,
+        cause=request.cause,
+        trigger_time=request.trigger_time,
+        now=now,
+    )
+    record = resources_pb2.Checkpoint.FromString(target.record)
+    moved = move_to_proto(move)
+    stage_event(
+        repo.session,
+        events_pb2.ModelRolledBack(
+            model=model.name,
+            alias=moved.alias,
+            from_checkpoint=move.from_checkpoint,
+            to_checkpoint=move.to_checkpoint,
+            trigger=moved.trigger,
+            actor=move.actor,
+            reason=move.reason,
+            cause=move.cause,
+            revision=move.revision,
+            artifact_uri=record.artifact_uri,
+            sha256=record.sha256,
+            base_model=record.lineage.base_model,
+            task_type=model.task_type,  # type: ignore[arg-type]
+            source_checkpoint=target.source_checkpoint,
+            trigger_time=moved.trigger_time,
+            event_time=moved.move_time,
+        ),
+        source=deps.source,
+        subject=model.name,
+    )
+    repo.record_trigger_key(
+        model.name,
+        request.idempotency_key,
+        outcome=f"rolled back to {target.name}",
+        move=move,
+        now=now,
+    )
+    _notify_moved(repo.session, deps)
+    if deps.metrics:
+        metrics = deps.metrics
+        seconds = (now - request.trigger_time).total_seconds()
+        label = request.trigger.metric_label
+        after_commit(repo.session, lambda: metrics.record_rollback(model.name, label, seconds))
+    log.warning(
+        "production rolled back",
+        extra={
+            "model": model.name,
+            "from": move.from_checkpoint,
+            "to": move.to_checkpoint,
+            "trigger": request.trigger.value,
+            "cause": request.cause,
+        },
+    )
+    return move
+
+
+def rollback_model(
+    session: Session, deps: RegistryDeps, request: service_pb2.RollbackModelRequest
+) -> tuple[resources_pb2.Alias, resources_pb2.AliasMove | None]:
+    """RollbackModel: roll production back; FAILED_PRECONDITION (nothing changes) without target."""
+    model_id = parse_model_name(request.model, field="model")
+    problems = _require_text(request.reason, "reason")
+    problems += _optional_text(request.actor, "actor", limit=200)
+    problems += _optional_text(request.request_id, "request_id", limit=200)
+    if request.target_checkpoint:
+        try:
+            target_model, _ = parse_checkpoint_name(
+                request.target_checkpoint, field="target_checkpoint"
+            )
+        except InvalidArgument as error:
+            problems += error.violations
+        else:
+            if target_model != model_id:
+                problems.append(
+                    FieldViolation(
+                        "target_checkpoint", f"not a checkpoint of {request.model}", "WRONG_MODEL"
+                    )
+                )
+    _raise_if(problems, "the rollback request is invalid")
+    repo = RegistryRepository(session)
+    model = _locked_model(repo, request.model)
+    now = deps.clock()
+    key = f"rpc:{request.request_id}" if request.request_id else f"rpc:{uuid.uuid4()}"
+    if repo.trigger_key(model.name, key) is not None:
+        return alias_state(repo, model.name, PRODUCTION), None
+    move = _roll_back(
+        repo,
+        deps,
+        model,
+        RollbackTrigger(
+            trigger=MoveTrigger.ROLLBACK_MANUAL,
+            actor=request.actor or "unknown",
+            reason=request.reason,
+            cause=request.request_id or key.removeprefix("rpc:"),
+            trigger_time=now,
+            idempotency_key=key,
+            explicit_target=request.target_checkpoint,
+        ),
+    )
+    return alias_state(repo, model.name, PRODUCTION), move_to_proto(move)
+
+
+def _production_row(repo: RegistryRepository, model: str) -> CheckpointRow | None:
+    name = repo.production_checkpoint(model)
+    return repo.get_checkpoint(name) if name else None
+
+
+def on_regression_detected(
+    session: Session, deps: RegistryDeps, message: evaluator_events.RegressionDetected
+) -> str:
+    """Roll back when the regressed checkpoint is production; otherwise just record it.
+
+    Returns the outcome (also the metric label): ``rolled_back``, ``not_production``,
+    ``no_rollback_target``, ``unknown_model`` or ``duplicate``.
+    """
+    repo = RegistryRepository(session)
+    now = deps.clock()
+    key = f"regression:{message.evaluation}"
+    model = repo.lock_model(message.model)
+    outcome, detail = "", ""
+    if model is None:
+        outcome, detail = "unknown_model", "the model is not registered"
+    elif repo.trigger_key(model.name, key) is not None or repo.get_regression(message.evaluation):
+        outcome = "duplicate"
+    else:
+        production = _production_row(repo, model.name)
+        about_production = production is not None and (
+            production.source_checkpoint == message.checkpoint
+            or (bool(message.checkpoint_sha256) and production.sha256 == message.checkpoint_sha256)
+        )
+        if not about_production:
+            outcome, detail = "not_production", "the regressed checkpoint is not production"
+            repo.record_trigger_key(model.name, key, outcome=detail, move=None, now=now)
+        else:
+            where = f" in slice {message.slice!r}" if message.slice else ""
+            reason = (
+                f"{message.metric}{where} regressed by {message.delta:+.4f} "
+                f"(baseline {message.baseline:.4f}, candidate {message.candidate:.4f}, "
+                f"p={message.p_value:.3g}) in {message.evaluation}"
+            )
+            trigger_time = (
+                message.event_time.ToDatetime(UTC) if message.HasField("event_time") else now
+            )
+            try:  # a refused rollback raises before writing anything
+                move = _roll_back(
+                    repo,
+                    deps,
+                    model,
+                    RollbackTrigger(
+                        trigger=MoveTrigger.ROLLBACK_REGRESSION,
+                        actor=SERVICE_ACTOR,
+                        reason=reason,
+                        cause=message.evaluation,
+                        trigger_time=trigger_time,
+                        idempotency_key=key,
+                    ),
+                )
+                outcome, detail = "rolled_back", f"rolled back to {move.to_checkpoint}"
+            except FailedPrecondition as error:
+                outcome, detail = "no_rollback_target", error.message
+                log.error(
+                    "regression in production but nothing to roll back to",
+                    extra={"model": model.name, "evaluation": message.evaluation},
+                )
+    if outcome != "duplicate" and repo.get_regression(message.evaluation) is None:
+        repo.add_regression(
+            RegressionRow(
+                evaluation=message.evaluation,
+                model=message.model,
+                source_checkpoint=message.checkpoint,
+                metric=message.metric,
+                slice=message.slice,
+                delta=message.delta,
+                p_value=message.p_value,
+                outcome=f"{outcome}: {detail}" if detail else outcome,
+                received_at=now,
+            )
+        )
+    if deps.metrics:
+        metrics, label = deps.metrics, message.model.removeprefix("models/")
+        after_commit(session, lambda: metrics.regressions.labels(label, outcome).inc())
+    return outcome
+
+
+def on_alert(session: Session, deps: RegistryDeps, notice: AlertNotice) -> str:  # noqa: PLR0911
+    """Act on one alert of an Alertmanager notification; returns the outcome.
+
+    Outcomes: ``rolled_back``, ``resolved`` (resolved alerts do nothing), ``no_model_label``,
+    ``unknown_model``, ``duplicate`` (this incident rolled back already), ``not_production``
+    (the alert is about a checkpoint that is no longer production), ``no_rollback_target``.
+    """
+    if not notice.firing:
+        return "resolved"
+    if not notice.model_id:
+        return "no_model_label"
+    repo = RegistryRepository(session)
+    model = repo.lock_model(model_name(notice.model_id))
+    if model is None:
+        return "unknown_model"
+    if repo.trigger_key(model.name, notice.idempotency_key) is not None:
+        return "duplicate"
+    production = repo.get_alias(model.name, PRODUCTION)
+    concerns, why = alert_concerns_production(
+        notice,
+        production_checkpoint_id=production.checkpoint.rsplit("/", 1)[-1] if production else "",
+        production_since=production.update_time if production else None,
+    )
+    if not concerns:
+        repo.record_trigger_key(
+            model.name, notice.idempotency_key, outcome=why, move=None, now=deps.clock()
+        )
+        return "not_production"
+    try:  # a refused rollback raises before writing anything
+        _roll_back(
+            repo,
+            deps,
+            model,
+            RollbackTrigger(
+                trigger=MoveTrigger.ROLLBACK_ALERT,
+                actor=ALERTMANAGER_ACTOR,
+                reason=notice.reason,
+                cause=notice.cause,
+                trigger_time=notice.starts_at,
+                idempotency_key=notice.idempotency_key,
+            ),
+        )
+    except FailedPrecondition as error:
+        log.error(
+            "alert about production but nothing to roll back to",
+            extra={"model": model.name, "fingerprint": notice.fingerprint, "why": error.message},
+        )
+        return "no_rollback_target"
+    return "rolled_back"
+
+
+# -- aliases ----------------------------------------------------------------------------------
+
+
+def get_alias(session: Session, name: str) -> resources_pb2.Alias:
+    model_id, alias = parse_alias_name(name)
+    repo = RegistryRepository(session)
+    if repo.get_model(model_name(model_id)) is None:
+        raise NotFound("model", model_name(model_id))
+    return alias_state(repo, model_name(model_id), alias)
+
+
+def list_alias_history(
+    session: Session, request: service_pb2.ListAliasHistoryRequest
+) -> tuple[list[resources_pb2.AliasMove], str]:
+    model_id, alias = parse_alias_name(request.name, allow_all=True)
+    size = resolve_page_size(request.page_size)
+    query = {"name": request.name}
+    after = decode_page_token(request.page_token, query)
+    repo = RegistryRepository(session)
+    if repo.get_model(model_name(model_id)) is None:
+        raise NotFound("model", model_name(model_id))
+    rows = repo.list_moves(
+        model_name(model_id),
+        None if alias == ALL_ALIASES else alias,
+        after_seq=int(after[0]) if after else None,
+        limit=size + 1,
+    )
+    page = rows[:size]
+    token = encode_page_token(query, [page[-1].seq]) if len(rows) > size else ""
+    return [move_to_proto(r) for r in page], token
+
+
+def watch_alias_start(
+    session: Session, name: str, after_revision: int
+) -> tuple[str, str, list[service_pb2.WatchAliasResponse], int]:
+    """The first messages of WatchAlias and the revision the stream continues after."""
+    model_id, alias = parse_alias_name(name)
+    if after_revision < 0:
+        raise InvalidArgument(
+            "after_revision must not be negative",
+            [FieldViolation("after_revision", "must be >= 0", "OUT_OF_RANGE")],
+        )
+    model = model_name(model_id)
+    repo = RegistryRepository(session)
+    if repo.get_model(model) is None:
+        raise NotFound("model", model)
+    if after_revision == 0:
+        state = alias_state(repo, model, alias)
+        return model, alias, [service_pb2.WatchAliasResponse(alias=state)], state.revision
+    moves = watch_alias_moves(session, model, alias, after_revision)
+    last = moves[-1].move.revision if moves else after_revision
+    return model, alias, moves, last
+
+
+def watch_alias_moves(
+    session: Session, model: str, alias: str, after_revision: int
+) -> list[service_pb2.WatchAliasResponse]:
+    """Every move of the alias after ``after_revision``, oldest first, with the alias after it."""
+    repo = RegistryRepository(session)
+    return [
+        service_pb2.WatchAliasResponse(alias=alias_after_move(repo, move), move=move_to_proto(move))
+        for move in repo.moves_after_revision(model, alias, after_revision)
+    ]
+
+
+# -- live quality -----------------------------------------------------------------------------
+
+
+def report_live_quality(
+    session: Session, deps: RegistryDeps, request: service_pb2.ReportLiveQualityRequest
+) -> resources_pb2.LiveQualityReport:
+    """ReportLiveQuality: record a live measurement of the production checkpoint.
+
+    A report about a checkpoint that is not production is refused (FAILED_PRECONDITION naming
+    the current one): the gauge the alert rules read only ever describes what serves traffic.
+    """
+    model_id = parse_model_name(request.model, field="model")
+    problems = _require_text(request.metric, "metric", limit=120)
+    problems += _optional_text(request.slice, "slice", limit=200)
+    problems += _optional_text(request.source, "source", limit=200)
+    if not math.isfinite(request.value):
+        problems.append(FieldViolation("value", "must be a finite number", "NOT_FINITE"))
+    if request.example_count < 0:
+        problems.append(FieldViolation("example_count", "must be >= 0", "OUT_OF_RANGE"))
+    if request.HasField("window") and request.window.ToTimedelta().total_seconds() < 0:
+        problems.append(FieldViolation("window", "must not be negative", "OUT_OF_RANGE"))
+    if request.checkpoint:
+        try:
+            checkpoint_model, _ = parse_checkpoint_name(request.checkpoint, field="checkpoint")
+        except InvalidArgument as error:
+            problems += error.violations
+        else:
+            if checkpoint_model != model_id:
+                problems.append(
+                    FieldViolation(
+                        "checkpoint", f"not a checkpoint of {request.model}", "WRONG_MODEL"
+                    )
+                )
+    _raise_if(problems, "the live quality report is invalid")
+    repo = RegistryRepository(session)
+    model = repo.get_model(request.model)
+    if model is None:
+        raise NotFound("model", request.model)
+    production = repo.production_checkpoint(model.name)
+    if not production:
+        raise FailedPrecondition(
+            f"{model.name} has nothing in production to report live quality for",
+            [PreconditionViolation("NO_PRODUCTION", model.name, "production was never set")],
+        )
+    checkpoint = request.checkpoint or production
+    if checkpoint != production:
+        _checkpoint_in(repo, checkpoint)
+        raise FailedPrecondition(
+            f"{checkpoint} is not in production (production is {production})",
+            [
+                PreconditionViolation(
+                    "NOT_PRODUCTION",
+                    checkpoint,
+                    f"live quality is recorded for the production checkpoint, {production}",
+                )
+            ],
+        )
+    definition = resources_pb2.Model.FromString(model.definition)
+    floor = floor_of(definition, request.metric)
+    below = is_past_floor(request.metric, request.value, floor)
+    report_time = (
+        request.report_time.ToDatetime(UTC) if request.HasField("report_time") else deps.clock()
+    )
+    repo.upsert_live_quality(
+        LiveQualityRow(
+            model=model.name,
+            checkpoint=checkpoint,
+            metric=request.metric,
+            slice=request.slice,
+            value=request.value,
+            example_count=request.example_count,
+            window_seconds=request.window.ToTimedelta().total_seconds()
+            if request.HasField("window")
+            else None,
+            floor=floor,
+            below_floor=below,
+            source=request.source,
+            report_time=report_time,
+        )
+    )
+    report = resources_pb2.LiveQualityReport(
+        model=model.name,
+        checkpoint=checkpoint,
+        metric=request.metric,
+        slice=request.slice,
+        value=request.value,
+        example_count=request.example_count,
+        below_floor=below,
+        source=request.source,
+    )
+    report.report_time.FromDatetime(report_time)
+    if request.HasField("window"):
+        report.window.CopyFrom(request.window)
+    if floor is not None:
+        report.floor = floor
+    return report

@@ -177,6 +177,9 @@ class GrpcServer:
     health: health.HealthServicer
     service_names: tuple[str, ...]
     grace_seconds: float = 10.0
+    #: Called first thing in :meth:`stop`, before draining: long-lived streams end on it
+    #: cleanly instead of being cancelled when the grace period runs out.
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
@@ -190,6 +193,8 @@ class GrpcServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        for callback in self.on_stop:
+            callback()
         self.health.enter_graceful_shutdown()
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
         log.info("gRPC server stopped")

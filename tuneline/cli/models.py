@@ -2,9 +2,192 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from google.protobuf import json_format
+from rich.table import Table
+
+from tuneline.cli.output import console, err_console, print_message, reported_errors, target
+from tuneline.client.registry import RegistryClient, model_name
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.registry.v1 import resources_pb2
 
 app = typer.Typer(
     help="Registered models: create, show, list, prepare (packaged base models).",
     no_args_is_help=True,
 )
+
+REGISTRY_PORT = 50055
+
+
+class Task(StrEnum):
+    classification = "classification"
+    causal_lm = "causal_lm"
+
+
+class Policy(StrEnum):
+    automatic = "automatic"
+    manual = "manual"
+
+
+class Part(StrEnum):
+    train = "train"
+    validation = "validation"
+    test = "test"
+
+
+_TASKS = {
+    Task.classification: common_pb2.TASK_TYPE_CLASSIFICATION,
+    Task.causal_lm: common_pb2.TASK_TYPE_CAUSAL_LM,
+}
+_POLICIES = {
+    Policy.automatic: resources_pb2.PROMOTION_POLICY_AUTOMATIC,
+    Policy.manual: resources_pb2.PROMOTION_POLICY_MANUAL,
+}
+_PARTS = {
+    Part.train: common_pb2.SPLIT_PART_TRAIN,
+    Part.validation: common_pb2.SPLIT_PART_VALIDATION,
+    Part.test: common_pb2.SPLIT_PART_TEST,
+}
+
+
+def _client() -> RegistryClient:
+    return RegistryClient(target("registry", REGISTRY_PORT))
+
+
+def _gate(spec: str) -> common_pb2.MetricGate:
+    """``accuracy=0.01`` or ``accuracy=0.01:0.7`` (tolerance, then minimum absolute score)."""
+    metric, _, numbers = spec.partition("=")
+    tolerance, _, floor = numbers.partition(":")
+    try:
+        gate = common_pb2.MetricGate(metric=metric.strip(), tolerance=float(tolerance or 0))
+        if floor:
+            gate.min_absolute_score = float(floor)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{spec!r}: use METRIC=TOLERANCE[:MIN_SCORE], e.g. accuracy=0.01:0.7"
+        ) from None
+    return gate
+
+
+def _golden(spec: str) -> common_pb2.EvaluationSet:
+    """``LABEL=datasets/d/versions/v`` or ``LABEL=datasets/d/versions/v/splits/s``."""
+    label, _, where = spec.partition("=")
+    if not where:
+        raise typer.BadParameter(f"{spec!r}: use LABEL=DATASET_VERSION[/splits/SPLIT]")
+    version, _, split = where.partition("/splits/")
+    return common_pb2.EvaluationSet(
+        label=label, dataset_version=version, split=f"{version}/splits/{split}" if split else ""
+    )
+
+
+@app.command()
+def create(
+    model_id: Annotated[str, typer.Argument(help="The model id, e.g. sentiment.")],
+    task: Annotated[Task | None, typer.Option(help="The task type.")] = None,
+    base_model: Annotated[
+        str | None, typer.Option(help="Base model folder name in the models root.")
+    ] = None,
+    base_model_path: Annotated[
+        str | None, typer.Option(help="Absolute path of the base model folder instead.")
+    ] = None,
+    eval_dataset_version: Annotated[
+        str | None,
+        typer.Option(help="The pinned regression suite: datasets/{d}/versions/{v}."),
+    ] = None,
+    eval_split: Annotated[
+        str | None, typer.Option(help="A split of that version (…/splits/{s}); default all rows.")
+    ] = None,
+    eval_part: Annotated[Part, typer.Option(help="The part of the split.")] = Part.validation,
+    golden: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra golden set, LABEL=DATASET_VERSION[/splits/S]; repeatable."),
+    ] = None,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Gated metric, METRIC=TOLERANCE[:MIN_SCORE]; repeatable (default: task's)."
+        ),
+    ] = None,
+    significance: Annotated[
+        float, typer.Option(help="Significance level of the paired test (0: 0.05).")
+    ] = 0.0,
+    min_slice_size: Annotated[int, typer.Option(help="Smallest slice judged (0: 30).")] = 0,
+    min_examples: Annotated[int, typer.Option(help="Fewest examples to judge (0: 50).")] = 0,
+    policy: Annotated[Policy, typer.Option(help="How checkpoints reach production.")] = (
+        Policy.manual
+    ),
+    display_name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
+    description: Annotated[str, typer.Option(help="Free-text description.")] = "",
+    from_json: Annotated[
+        Path | None,
+        typer.Option(
+            help="A tuneline.registry.v1.Model in JSON; the other options are then ignored.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Create a model: its task, base model, evaluation set, gate and promotion policy."""
+    if from_json is not None:
+        model = json_format.Parse(from_json.read_text(encoding="utf-8"), resources_pb2.Model())
+    else:
+        model = resources_pb2.Model(
+            display_name=display_name,
+            description=description,
+            promotion_policy=_POLICIES[policy],
+            golden_sets=[_golden(g) for g in golden or []],
+            gate_policy=common_pb2.GatePolicy(
+                metrics=[_gate(g) for g in gate or []],
+                significance_level=significance,
+                min_slice_size=min_slice_size,
+                min_examples=min_examples,
+            ),
+        )
+        if task is not None:
+            model.task_type = _TASKS[task]
+        if base_model is not None:
+            model.base_model.model_name = base_model
+        elif base_model_path is not None:
+            model.base_model.model_path = base_model_path
+        if eval_dataset_version is not None:
+            model.evaluation_set.dataset_version = eval_dataset_version
+            if eval_split:
+                model.evaluation_set.split = eval_split
+                model.evaluation_set.part = _PARTS[eval_part]
+    with reported_errors(), _client() as client:
+        created = client.create_model(model_id, model)
+    err_console.print(f"[green]created[/green] {created.name}")
+    print_message(created)
+
+
+@app.command()
+def show(name: Annotated[str, typer.Argument(help="sentiment or models/sentiment")]) -> None:
+    """Show a model: definition, gate, policy, and what production and candidate point at."""
+    with reported_errors(), _client() as client:
+        print_message(client.get_model(model_name(name)))
+
+
+@app.command("list")
+def list_models(
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most this many.")] = 50,
+) -> None:
+    """List models by name, with their policy and production checkpoint."""
+    table = Table("model", "task", "policy", "production", "candidate")
+    with reported_errors(), _client() as client:
+        for index, model in enumerate(client.list_models(page_size=min(limit, 100))):
+            if index == limit:
+                break
+            table.add_row(
+                model.name,
+                common_pb2.TaskType.Name(model.task_type).removeprefix("TASK_TYPE_").lower(),
+                resources_pb2.PromotionPolicy.Name(model.promotion_policy)
+                .removeprefix("PROMOTION_POLICY_")
+                .lower(),
+                model.production_checkpoint.rsplit("/", 1)[-1] or "-",
+                model.candidate_checkpoint.rsplit("/", 1)[-1] or "-",
+            )
+    console.print(table)

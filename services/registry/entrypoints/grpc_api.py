@@ -1,12 +1,159 @@
 """The gRPC face of the registry service: converts proto to domain, calls a handler.
 
-No logic lives here. RPCs not implemented yet answer UNIMPLEMENTED through the generated base.
+No logic lives here. Each call runs its handler in one transaction; the handlers' after-commit
+effects (metrics, waking the outbox relay and WatchAlias streams) fire when it commits.
 """
 
 from __future__ import annotations
 
-from tuneline.registry.v1 import service_pb2_grpc
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.registry import handlers
+from services.registry.handlers import RegistryDeps
+from tuneline.registry.v1 import service_pb2, service_pb2_grpc
+
+T = TypeVar("T")
 
 
 class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
     """``tuneline.registry.v1.RegistryService``."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        deps: RegistryDeps,
+        *,
+        stopping: threading.Event,
+        watch_poll_seconds: float = 0.5,
+    ) -> None:
+        self._sessions = sessions
+        self._deps = deps
+        self._stopping = stopping
+        self._watch_poll_seconds = watch_poll_seconds
+
+    def _in_transaction(self, work: Callable[[Session], T]) -> T:
+        with self._sessions() as session, session.begin():
+            return work(session)
+
+    # -- models and checkpoints -----------------------------------------------------------
+
+    def CreateModel(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.CreateModelRequest, context: grpc.ServicerContext
+    ) -> service_pb2.CreateModelResponse:
+        model = request.model if request.HasField("model") else None
+        created = self._in_transaction(
+            lambda s: handlers.create_model(s, self._deps, request.model_id, model)
+        )
+        return service_pb2.CreateModelResponse(model=created)
+
+    def GetModel(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetModelRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetModelResponse:
+        return service_pb2.GetModelResponse(
+            model=self._in_transaction(lambda s: handlers.get_model(s, request.name))
+        )
+
+    def ListModels(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListModelsResponse:
+        models, token = self._in_transaction(
+            lambda s: handlers.list_models(s, request.page_size, request.page_token)
+        )
+        return service_pb2.ListModelsResponse(models=models, next_page_token=token)
+
+    def GetCheckpoint(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetCheckpointRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetCheckpointResponse:
+        return service_pb2.GetCheckpointResponse(
+            checkpoint=self._in_transaction(lambda s: handlers.get_checkpoint(s, request.name))
+        )
+
+    def ListCheckpoints(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListCheckpointsResponse:
+        checkpoints, token = self._in_transaction(lambda s: handlers.list_checkpoints(s, request))
+        return service_pb2.ListCheckpointsResponse(checkpoints=checkpoints, next_page_token=token)
+
+    # -- aliases --------------------------------------------------------------------------
+
+    def GetAlias(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetAliasRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetAliasResponse:
+        return service_pb2.GetAliasResponse(
+            alias=self._in_transaction(lambda s: handlers.get_alias(s, request.name))
+        )
+
+    def ListAliasHistory(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ListAliasHistoryRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListAliasHistoryResponse:
+        moves, token = self._in_transaction(lambda s: handlers.list_alias_history(s, request))
+        return service_pb2.ListAliasHistoryResponse(alias_moves=moves, next_page_token=token)
+
+    def WatchAlias(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.WatchAliasRequest, context: grpc.ServicerContext
+    ) -> Iterator[service_pb2.WatchAliasResponse]:
+        notifier = self._deps.notifier
+        # read the generation before the first state, so a move committed in between still
+        # wakes the loop below instead of being missed
+        generation = notifier.generation
+        model, alias, first, last_revision = self._in_transaction(
+            lambda s: handlers.watch_alias_start(s, request.name, request.after_revision)
+        )
+        yield from first
+        while context.is_active() and not self._stopping.is_set() and not notifier.closed:
+            generation = notifier.wait(generation, self._watch_poll_seconds)
+            if self._stopping.is_set() or notifier.closed:
+                return  # the server is stopping: end the stream with OK
+            after = last_revision
+            moves = self._in_transaction(
+                lambda s: handlers.watch_alias_moves(s, model, alias, after)  # noqa: B023 - called at once
+            )
+            for message in moves:
+                yield message
+                last_revision = message.move.revision
+
+    # -- moving production ----------------------------------------------------------------
+
+    def PromoteCheckpoint(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.PromoteCheckpointRequest, context: grpc.ServicerContext
+    ) -> service_pb2.PromoteCheckpointResponse:
+        alias, move = self._in_transaction(
+            lambda s: handlers.promote_checkpoint(s, self._deps, request)
+        )
+        return service_pb2.PromoteCheckpointResponse(alias=alias, move=move)
+
+    def ApproveCheckpoint(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ApproveCheckpointRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ApproveCheckpointResponse:
+        return self._in_transaction(lambda s: handlers.approve_checkpoint(s, self._deps, request))
+
+    def RejectCheckpoint(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.RejectCheckpointRequest, context: grpc.ServicerContext
+    ) -> service_pb2.RejectCheckpointResponse:
+        return service_pb2.RejectCheckpointResponse(
+            checkpoint=self._in_transaction(
+                lambda s: handlers.reject_checkpoint(s, self._deps, request)
+            )
+        )
+
+    def RollbackModel(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.RollbackModelRequest, context: grpc.ServicerContext
+    ) -> service_pb2.RollbackModelResponse:
+        alias, move = self._in_transaction(
+            lambda s: handlers.rollback_model(s, self._deps, request)
+        )
+        return service_pb2.RollbackModelResponse(alias=alias, move=move)
+
+    def ReportLiveQuality(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ReportLiveQualityRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ReportLiveQualityResponse:
+        return service_pb2.ReportLiveQualityResponse(
+            live_quality_report=self._in_transaction(
+                lambda s: handlers.report_live_quality(s, self._deps, request)
+            )
+        )

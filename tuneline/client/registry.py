@@ -1,0 +1,185 @@
+"""Typed client of the registry service (``tuneline.registry.v1.RegistryService``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+from tuneline.client.base import ServiceClient
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.registry.v1 import resources_pb2, service_pb2, service_pb2_grpc
+
+#: The registry's default address (DESIGN: gRPC 50055).
+DEFAULT_TARGET = "127.0.0.1:50055"
+
+
+class RegistryClient(ServiceClient):
+    """Models, checkpoints, aliases and the moves of ``production``.
+
+    Every method returns proto resources and raises a :class:`~tuneline.client.TunelineError`
+    subclass on failure (e.g. ``FailedPreconditionError`` with the violations when a rollback
+    has no earlier good checkpoint).
+    """
+
+    def __init__(self, target: str | None = None, **kwargs: object) -> None:
+        super().__init__(target, **kwargs)  # type: ignore[arg-type]
+        self._stub = service_pb2_grpc.RegistryServiceStub(self.channel)
+
+    # -- models ---------------------------------------------------------------------------
+
+    def create_model(self, model_id: str, model: resources_pb2.Model) -> resources_pb2.Model:
+        request = service_pb2.CreateModelRequest(model_id=model_id, model=model)
+        return self._call(self._stub.CreateModel, request).model
+
+    def get_model(self, name: str) -> resources_pb2.Model:
+        return self._call(self._stub.GetModel, service_pb2.GetModelRequest(name=name)).model
+
+    def list_models(self, *, page_size: int = 0) -> Iterator[resources_pb2.Model]:
+        return self._paginate(
+            self._stub.ListModels, service_pb2.ListModelsRequest(page_size=page_size), "models"
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def get_checkpoint(self, name: str) -> resources_pb2.Checkpoint:
+        request = service_pb2.GetCheckpointRequest(name=name)
+        return self._call(self._stub.GetCheckpoint, request).checkpoint
+
+    def list_checkpoints(
+        self,
+        model: str,
+        *,
+        verdict: common_pb2.EvaluationVerdict.ValueType = common_pb2.EVALUATION_VERDICT_UNSPECIFIED,
+        review_state: resources_pb2.ReviewState.ValueType = resources_pb2.REVIEW_STATE_UNSPECIFIED,
+        training_job: str = "",
+        page_size: int = 0,
+    ) -> Iterator[resources_pb2.Checkpoint]:
+        """A model's checkpoints, newest first."""
+        request = service_pb2.ListCheckpointsRequest(
+            parent=model,
+            verdict=verdict,
+            review_state=review_state,
+            training_job=training_job,
+            page_size=page_size,
+        )
+        return self._paginate(self._stub.ListCheckpoints, request, "checkpoints")
+
+    # -- aliases --------------------------------------------------------------------------
+
+    def get_alias(self, name: str) -> resources_pb2.Alias:
+        return self._call(self._stub.GetAlias, service_pb2.GetAliasRequest(name=name)).alias
+
+    def production(self, model: str) -> resources_pb2.Alias:
+        """The ``production`` alias of ``models/{model}`` (what a serving fleet loads)."""
+        return self.get_alias(f"{model}/aliases/production")
+
+    def list_alias_history(
+        self, name: str, *, page_size: int = 0
+    ) -> Iterator[resources_pb2.AliasMove]:
+        """Moves of one alias, or of every alias with ``models/{m}/aliases/-``, oldest first."""
+        request = service_pb2.ListAliasHistoryRequest(name=name, page_size=page_size)
+        return self._paginate(self._stub.ListAliasHistory, request, "alias_moves")
+
+    def watch_alias(
+        self, name: str, *, after_revision: int = 0, timeout: float | None = None
+    ) -> Iterator[service_pb2.WatchAliasResponse]:
+        """The alias now, then every move as it happens (no deadline unless ``timeout``).
+
+        With ``after_revision`` the moves after that revision come first instead of the
+        current state, so a watcher that reconnects misses nothing. The iterator ends when the
+        server shuts down; break out of it (or close it) to stop watching.
+        """
+        request = service_pb2.WatchAliasRequest(name=name, after_revision=after_revision)
+        return self._stream(self._stub.WatchAlias, request, timeout=timeout)  # type: ignore[arg-type]
+
+    # -- moving production ----------------------------------------------------------------
+
+    def promote(
+        self,
+        checkpoint: str,
+        *,
+        alias: str = "",
+        actor: str = "",
+        reason: str = "",
+        request_id: str = "",
+    ) -> service_pb2.PromoteCheckpointResponse:
+        request = service_pb2.PromoteCheckpointRequest(
+            checkpoint=checkpoint, alias=alias, actor=actor, reason=reason, request_id=request_id
+        )
+        return self._call(self._stub.PromoteCheckpoint, request)
+
+    def approve(
+        self, checkpoint: str, *, reviewer: str, reason: str
+    ) -> service_pb2.ApproveCheckpointResponse:
+        request = service_pb2.ApproveCheckpointRequest(
+            checkpoint=checkpoint, reviewer=reviewer, reason=reason
+        )
+        return self._call(self._stub.ApproveCheckpoint, request)
+
+    def reject(self, checkpoint: str, *, reviewer: str, reason: str) -> resources_pb2.Checkpoint:
+        request = service_pb2.RejectCheckpointRequest(
+            checkpoint=checkpoint, reviewer=reviewer, reason=reason
+        )
+        return self._call(self._stub.RejectCheckpoint, request).checkpoint
+
+    def rollback(
+        self,
+        model: str,
+        *,
+        reason: str,
+        target_checkpoint: str = "",
+        actor: str = "",
+        request_id: str = "",
+    ) -> service_pb2.RollbackModelResponse:
+        request = service_pb2.RollbackModelRequest(
+            model=model,
+            reason=reason,
+            target_checkpoint=target_checkpoint,
+            actor=actor,
+            request_id=request_id,
+        )
+        return self._call(self._stub.RollbackModel, request)
+
+    def report_live_quality(
+        self,
+        model: str,
+        *,
+        metric: str,
+        value: float,
+        checkpoint: str = "",
+        slice_name: str = "",
+        example_count: int = 0,
+        window_seconds: float | None = None,
+        source: str = "",
+    ) -> resources_pb2.LiveQualityReport:
+        request = service_pb2.ReportLiveQualityRequest(
+            model=model,
+            checkpoint=checkpoint,
+            metric=metric,
+            slice=slice_name,
+            value=value,
+            example_count=example_count,
+            source=source,
+        )
+        if window_seconds is not None:
+            request.window.FromTimedelta(timedelta(seconds=window_seconds))
+        return self._call(self._stub.ReportLiveQuality, request).live_quality_report
+
+
+def model_name(ref: str) -> str:
+    """``sentiment`` or ``models/sentiment`` → ``models/sentiment``."""
+    return ref if ref.startswith("models/") else f"models/{ref}"
+
+
+def checkpoint_name(ref: str, model: str = "") -> str:
+    """A full checkpoint name, or a checkpoint id qualified by ``model``."""
+    if ref.startswith("models/") or not model:
+        return ref
+    return f"{model_name(model)}/checkpoints/{ref}"
+
+
+def alias_name(model: str, alias: str = "production") -> str:
+    """``models/{model}/aliases/{alias}`` from a model id or name (full alias names pass)."""
+    if "/aliases/" in model:
+        return model
+    return f"{model_name(model)}/aliases/{alias}"
