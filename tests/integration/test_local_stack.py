@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 
 import grpc
 import pytest
@@ -49,6 +51,15 @@ def test_stack_comes_up_refuses_a_second_up_and_goes_down(tmp_path):
                 )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             assert (tmp_path / "home" / "logs" / f"{service.name}.log").exists()
+        webhook = next(s for s in state.services if s.name == "registry").extra_ports["webhook"]
+        token = stack.webhook_token_path.read_text()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{webhook}/v1/alerts",
+            data=json.dumps({"version": "4", "status": "firing", "alerts": []}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            assert reply.status == 200, "the registry's webhook listens with the stack's token"
         with pytest.raises(StackAlreadyRunning):
             LocalStack(tmp_path / "home", ports).up(env=env)
         assert stack.running() is not None

@@ -42,6 +42,7 @@ def _print_endpoints(state: StackState) -> None:
     console.print(f"Kafka: {state.kafka_bootstrap}")
     console.print(f"data:  {state.data_dir}")
     console.print(f"logs:  {Path(state.services[0].log).parent}/<service>.log")
+    console.print(f"webhook token: {Path(state.home) / 'webhook-token'}")
 
 
 def up(

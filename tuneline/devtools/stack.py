@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -114,6 +115,8 @@ class LocalStack:
         self.state_path = self.home / "stack.json"
         self.logs_dir = self.home / "logs"
         self.data_dir = self.home / "data"
+        #: The bearer token Alertmanager (or a person) must present to the registry's webhook.
+        self.webhook_token_path = self.home / "webhook-token"
         self.kafka = LocalKafka(
             home=self.home / "kafka",
             port=self.ports.kafka,
@@ -140,7 +143,16 @@ class LocalStack:
         }
         for key, port in service.extra_ports.items():
             env[f"{prefix}{key.upper()}_PORT"] = str(port)
+        if service.name == "registry":
+            env[f"{prefix}WEBHOOK_TOKEN_FILE"] = str(self.webhook_token_path)
         return env
+
+    def _ensure_webhook_token(self) -> None:
+        """A random token on first start, kept (0600) so Alertmanager configs stay valid."""
+        if not self.webhook_token_path.exists():
+            fd = os.open(self.webhook_token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32))
 
     def plan(self) -> list[ServiceProcess]:
         """The services with their ports, before anything starts."""
@@ -164,6 +176,7 @@ class LocalStack:
             raise StackAlreadyRunning(existing)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._ensure_webhook_token()
         self.kafka.start(timeout=timeout)
         services = self.plan()
         state = StackState(
@@ -232,19 +245,21 @@ class LocalStack:
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for pid in set(pids):
-            while _alive(pid) and time.monotonic() < deadline:
-                self._reap(pid)
+            while self._running(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _alive(pid):
+            if self._running(pid):
                 os.kill(pid, signal.SIGKILL)
-            self._reap(pid)
+                while self._running(pid):
+                    time.sleep(0.05)
         self.kafka.stop()
         self.state_path.unlink(missing_ok=True)
 
-    def _reap(self, pid: int) -> None:
+    def _running(self, pid: int) -> bool:
+        """Alive and not a zombie: our own children are reaped as they exit."""
         for process in self._processes.values():
             if process.pid == pid:
-                process.poll()  # collects a zombie child so _alive sees it gone
+                return process.poll() is None
+        return _alive(pid)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
