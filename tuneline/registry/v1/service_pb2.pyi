@@ -737,8 +737,9 @@ class ReportLiveQualityRequest(_message.Message):
     """Required. The model, `models/{model}`."""
     checkpoint: _builtins.str
     """Optional. The checkpoint measured, `models/{model}/checkpoints/{checkpoint}`; empty means
-    the current production checkpoint. A checkpoint that is no longer production is recorded
-    but exported under its own name, so it cannot fire an alert about the current one.
+    the current production checkpoint. A report about a checkpoint that is not (or no longer)
+    production is refused with FAILED_PRECONDITION, so a late report about an old checkpoint
+    can never fire an alert, and so a rollback, about the current one.
     """
     metric: _builtins.str
     """Required. The metric name, e.g. `accuracy`."""
