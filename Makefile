@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck contracts unit setup kafka-jars clean
+.PHONY: up test lint typecheck contracts unit setup kafka-jars deploy-tools clean
 
 $(STAMP): pyproject.toml package.json package-lock.json requirements/data-packages.txt
 	@command -v java >/dev/null || { echo "error: Java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml package.json package-lock.json requirements/data-packag
 	npm ci --silent --no-audit --no-fund
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) deploy-tools
+
+## promtool/amtool for the rule tests and the alert end-to-end test (Debian's packages)
+deploy-tools:
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
+	  else echo "error: promtool/amtool missing: sudo apt-get install prometheus prometheus-alertmanager"; exit 1; fi; fi
 
 kafka-jars: $(STAMP)
 	$(BIN)/tuneline dev kafka provision

@@ -104,7 +104,6 @@ class ConsumerLoop:
 
     def start(self) -> None:
         self._consumer = KafkaConsumer(
-            *self.topics,
             bootstrap_servers=self._bootstrap,
             group_id=self._group_id,
             client_id=f"{self._group_id}-consumer",
@@ -130,6 +129,13 @@ class ConsumerLoop:
         assert self._consumer is not None
         consumer = self._consumer
         try:
+            # Join the group only once this client knows the topics' partitions: kafka-python's
+            # group leader assigns from its own metadata, and a leader that joins before its
+            # first metadata response assigns nothing and stays without partitions for minutes
+            # (a fresh process, about one start in four), leaving the service idle.
+            for topic in self.topics:
+                consumer.partitions_for_topic(topic)
+            consumer.subscribe(self.topics)
             while not self._stop.is_set():
                 batches = consumer.poll(timeout_ms=self._poll_timeout_ms)
                 if consumer.assignment():
