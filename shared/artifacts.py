@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +80,32 @@ class ArtifactWriter:
     @property
     def sha256(self) -> str:
         return self._digest.hexdigest()
+
+
+class ArtifactSpool(ArtifactWriter):
+    """Bytes streamed into the store before their key is known; see
+    :meth:`LocalArtifactStore.open_spool`.
+
+    For content-addressed artifacts: the key derives from what is written, so it can only be
+    chosen once everything is written (and checked).
+    """
+
+    def __init__(self, handle: BinaryIO, commit_to: Callable[[str], StoredArtifact]) -> None:
+        super().__init__(handle)
+        self._commit_to = commit_to
+
+    def sync(self) -> None:
+        """Flush and fsync what was written so far, so that a later :meth:`commit` is quick
+        (e.g. when it runs while holding a lock)."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def commit(self, key: str) -> StoredArtifact:
+        """Put the bytes written so far at ``key`` atomically; no writes may follow."""
+        if self.stored is not None:
+            raise ArtifactError(f"spool already committed to {self.stored.uri!r}")
+        self.stored = self._commit_to(key)
+        return self.stored
 
 
 class LocalArtifactStore:
@@ -146,6 +172,35 @@ class LocalArtifactStore:
             _fsync_dir(target.parent)
             writer.stored = StoredArtifact(target.as_uri(), writer.sha256, writer.size_bytes)
         finally:
+            temp.unlink(missing_ok=True)
+
+    @contextmanager
+    def open_spool(self) -> Iterator[ArtifactSpool]:
+        """Stream bytes into the temp folder; :meth:`ArtifactSpool.commit` names them later.
+
+        Committing fsyncs the temp file and renames it to the key (atomic, like
+        :meth:`open_writer`). Whatever is not committed when the block ends, normally or by an
+        exception, is removed: a spool never leaves a temp file behind.
+        """
+        fd, temp_name = tempfile.mkstemp(dir=self._tmp, prefix="spool-")
+        temp = Path(temp_name)
+        handle = os.fdopen(fd, "wb")
+
+        def commit_to(key: str) -> StoredArtifact:
+            target = self._path_for_key(key)
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, target)
+            _fsync_dir(target.parent)
+            return StoredArtifact(target.as_uri(), spool.sha256, spool.size_bytes)
+
+        spool = ArtifactSpool(handle, commit_to)
+        try:
+            yield spool
+        finally:
+            handle.close()
             temp.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> StoredArtifact:

@@ -1,1 +1,430 @@
-"""The dataset service's domain: plain dataclasses and rules, no grpc, kafka, torch or SQL."""
+"""The dataset service's domain: plain dataclasses and rules, no grpc, kafka, torch or SQL.
+
+A *dataset* is a named, typed series of immutable *versions*. A version is content-addressed:
+its id derives from the sha256 of the canonical content (see ``services.dataset.validation``),
+so the same rows always give the same version. Every upload or import produces a validation
+*report*, stored whether the content was accepted or rejected.
+
+Validation rules have stable ids (:class:`Rule`). Each has a default severity; a dataset's
+:class:`SchemaPolicy` may override it, except for the rules in :data:`ALWAYS_ERRORS`, which
+describe content that cannot become rows at all.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from shared.errors import FieldViolation, InvalidArgument
+
+# -- names -------------------------------------------------------------------------------------
+
+_DATASET_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DATASET_NAME = re.compile(r"^datasets/([a-z]([a-z0-9-]{0,61}[a-z0-9])?)$")
+_VERSION_NAME = re.compile(
+    r"^datasets/([a-z]([a-z0-9-]{0,61}[a-z0-9])?)/versions/([a-z0-9-]{1,63})$"
+)
+_REPORT_NAME = re.compile(r"^datasets/([a-z]([a-z0-9-]{0,61}[a-z0-9])?)/reports/([a-z0-9-]{1,63})$")
+
+#: Hex digits of the content sha256 in a version id (80 bits: collisions are not a concern).
+VERSION_ID_HEX_DIGITS = 20
+
+
+def dataset_name(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}"
+
+
+def version_name(dataset_id: str, version_id: str) -> str:
+    return f"datasets/{dataset_id}/versions/{version_id}"
+
+
+def report_name(dataset_id: str, report_id: str) -> str:
+    return f"datasets/{dataset_id}/reports/{report_id}"
+
+
+def version_id_for(content_sha256: str) -> str:
+    """The id of the version whose canonical content has this sha256."""
+    return "v-" + content_sha256[:VERSION_ID_HEX_DIGITS]
+
+
+def check_dataset_id(dataset_id: str, *, field: str = "dataset_id") -> str:
+    if not _DATASET_ID.match(dataset_id):
+        raise InvalidArgument(
+            f"invalid dataset id {dataset_id!r}",
+            [
+                FieldViolation(
+                    field,
+                    "must match ^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$ (lower case, digits, hyphens)",
+                    "INVALID_ID",
+                )
+            ],
+        )
+    return dataset_id
+
+
+def parse_dataset_name(name: str, *, field: str = "name") -> str:
+    """``datasets/{d}`` → ``d``; INVALID_ARGUMENT for anything else."""
+    match = _DATASET_NAME.match(name)
+    if not match:
+        raise InvalidArgument(
+            f"invalid dataset name {name!r}",
+            [FieldViolation(field, "expected datasets/{dataset}", "INVALID_NAME")],
+        )
+    return match.group(1)
+
+
+def parse_version_name(name: str, *, field: str = "name") -> tuple[str, str]:
+    """``datasets/{d}/versions/{v}`` → ``(d, v)``; INVALID_ARGUMENT for anything else."""
+    match = _VERSION_NAME.match(name)
+    if not match:
+        raise InvalidArgument(
+            f"invalid dataset version name {name!r}",
+            [
+                FieldViolation(
+                    field, "expected datasets/{dataset}/versions/{version}", "INVALID_NAME"
+                )
+            ],
+        )
+    return match.group(1), match.group(3)
+
+
+def parse_report_name(name: str, *, field: str = "name") -> tuple[str, str]:
+    """``datasets/{d}/reports/{r}`` → ``(d, r)``; INVALID_ARGUMENT for anything else."""
+    match = _REPORT_NAME.match(name)
+    if not match:
+        raise InvalidArgument(
+            f"invalid validation report name {name!r}",
+            [FieldViolation(field, "expected datasets/{dataset}/reports/{report}", "INVALID_NAME")],
+        )
+    return match.group(1), match.group(3)
+
+
+class UploadInterrupted(Exception):
+    """The client went away before the upload ended; nothing of it is stored."""
+
+
+# -- vocabulary --------------------------------------------------------------------------------
+
+
+class TaskType(enum.Enum):
+    CLASSIFICATION = "classification"
+    CAUSAL_LM = "causal_lm"
+
+
+class Severity(enum.Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class SourceKind(enum.Enum):
+    UPLOAD = "upload"
+    IMPORT = "import"
+
+
+class Rule(enum.StrEnum):
+    """Stable validation rule ids (``SchemaPolicy.rule_severities`` keys, report rule ids)."""
+
+    #: A line that is not valid UTF-8. The line is skipped.
+    NOT_UTF8 = "not_utf8"
+    #: A byte-order mark at the start: accepted, stripped, reported.
+    BOM = "bom"
+    #: An empty or whitespace-only line: skipped, reported.
+    BLANK_LINE = "blank_line"
+    #: A line that is not exactly one JSON object.
+    NOT_JSON_OBJECT = "not_json_object"
+    #: The last line has no line end and is not a complete JSON object (the upload was cut).
+    TRUNCATED_LAST_LINE = "truncated_last_line"
+    #: A line longer than the service's line limit; skipped without being buffered.
+    LINE_TOO_LONG = "line_too_long"
+    #: A required field is absent.
+    MISSING_FIELD = "missing_field"
+    #: A field has the wrong JSON type (or a malformed value, e.g. a negative ``weight``).
+    WRONG_TYPE = "wrong_type"
+    #: A field the task type does not define; dropped from the canonical row.
+    UNKNOWN_FIELD = "unknown_field"
+    #: Two rows carry the same ``id`` but are not the same row.
+    DUPLICATE_ID = "duplicate_id"
+    #: An input text (or a label, or a chat message) that is empty or whitespace only.
+    EMPTY_TEXT = "empty_text"
+    #: Input text longer than the policy's ``max_text_length`` (code points).
+    TEXT_TOO_LONG = "text_too_long"
+    #: A row identical to an earlier one (same fields, same ``id`` if it has one).
+    DUPLICATE_ROW = "duplicate_row"
+    #: The same normalized input with a different label than its first occurrence.
+    CONFLICTING_LABELS = "conflicting_labels"
+    #: A label outside the dataset's label set.
+    LABEL_NOT_IN_SET = "label_not_in_set"
+    #: A class of the label set with fewer rows than ``min_rows_per_class``.
+    CLASS_TOO_SMALL = "class_too_small"
+    #: Largest class / smallest class above ``max_imbalance_ratio``.
+    CLASS_IMBALANCE = "class_imbalance"
+    #: No rows at all.
+    EMPTY_DATASET = "empty_dataset"
+    #: More bytes than the service accepts in one upload; reading stops there.
+    UPLOAD_TOO_LARGE = "upload_too_large"
+    #: The bytes received differ from the header's ``content_length``.
+    CONTENT_LENGTH_MISMATCH = "content_length_mismatch"
+    #: The bytes received differ from the header's ``content_sha256``.
+    CONTENT_SHA256_MISMATCH = "content_sha256_mismatch"
+
+
+#: Rules whose findings always reject: the content cannot be represented as rows (or as the
+#: rows the client meant to send), so no policy may accept it.
+ALWAYS_ERRORS: frozenset[Rule] = frozenset(
+    {
+        Rule.NOT_UTF8,
+        Rule.NOT_JSON_OBJECT,
+        Rule.TRUNCATED_LAST_LINE,
+        Rule.LINE_TOO_LONG,
+        Rule.MISSING_FIELD,
+        Rule.WRONG_TYPE,
+        Rule.DUPLICATE_ID,
+        Rule.EMPTY_DATASET,
+        Rule.UPLOAD_TOO_LARGE,
+        Rule.CONTENT_LENGTH_MISMATCH,
+        Rule.CONTENT_SHA256_MISMATCH,
+    }
+)
+
+#: Severity of each rule when the policy does not override it.
+DEFAULT_SEVERITIES: Mapping[Rule, Severity] = {
+    **{rule: Severity.ERROR for rule in ALWAYS_ERRORS},
+    Rule.BOM: Severity.INFO,
+    Rule.BLANK_LINE: Severity.WARNING,
+    Rule.UNKNOWN_FIELD: Severity.WARNING,
+    Rule.EMPTY_TEXT: Severity.ERROR,
+    Rule.TEXT_TOO_LONG: Severity.ERROR,
+    Rule.DUPLICATE_ROW: Severity.WARNING,
+    Rule.CONFLICTING_LABELS: Severity.ERROR,
+    Rule.LABEL_NOT_IN_SET: Severity.ERROR,
+    Rule.CLASS_TOO_SMALL: Severity.ERROR,
+    Rule.CLASS_IMBALANCE: Severity.WARNING,
+}
+
+DEFAULT_MAX_TEXT_LENGTH = 32768
+DEFAULT_MIN_ROWS_PER_CLASS = 10
+DEFAULT_MAX_IMBALANCE_RATIO = 10.0
+
+
+# -- policy and datasets -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaPolicy:
+    """What a dataset's versions must satisfy, and how strictly. Zero means server default."""
+
+    label_set: tuple[str, ...] = ()
+    label_set_derived: bool = False
+    max_text_length: int = 0
+    min_rows_per_class: int = 0
+    max_imbalance_ratio: float = 0.0
+    rule_severities: Mapping[str, Severity] = field(default_factory=dict)
+
+    def resolved(
+        self, task_type: TaskType, *, field_prefix: str = "dataset.schema_policy"
+    ) -> SchemaPolicy:
+        """Defaults filled in; INVALID_ARGUMENT listing every bad setting."""
+        violations: list[FieldViolation] = []
+        if self.max_text_length < 0:
+            violations.append(
+                FieldViolation(
+                    f"{field_prefix}.max_text_length", "must be >= 1 (0: default)", "OUT_OF_RANGE"
+                )
+            )
+        if self.min_rows_per_class < 0:
+            violations.append(
+                FieldViolation(
+                    f"{field_prefix}.min_rows_per_class",
+                    "must be >= 1 (0: default)",
+                    "OUT_OF_RANGE",
+                )
+            )
+        if self.max_imbalance_ratio != 0 and not self.max_imbalance_ratio >= 1:
+            violations.append(
+                FieldViolation(
+                    f"{field_prefix}.max_imbalance_ratio",
+                    "must be >= 1 (0: default)",
+                    "OUT_OF_RANGE",
+                )
+            )
+        labels = self.label_set
+        if labels and task_type is not TaskType.CLASSIFICATION:
+            violations.append(
+                FieldViolation(
+                    f"{field_prefix}.label_set",
+                    "only CLASSIFICATION datasets have labels",
+                    "NOT_APPLICABLE",
+                )
+            )
+        if len(set(labels)) != len(labels):
+            violations.append(
+                FieldViolation(f"{field_prefix}.label_set", "labels must be distinct", "DUPLICATE")
+            )
+        if any(not label.strip() for label in labels):
+            violations.append(
+                FieldViolation(f"{field_prefix}.label_set", "labels must not be empty", "EMPTY")
+            )
+        known = {rule.value for rule in Rule}
+        for rule_id, severity in self.rule_severities.items():
+            path = f"{field_prefix}.rule_severities[{rule_id}]"
+            if rule_id not in known:
+                violations.append(
+                    FieldViolation(
+                        path, f"unknown rule id; known: {', '.join(sorted(known))}", "UNKNOWN_RULE"
+                    )
+                )
+            elif Rule(rule_id) in ALWAYS_ERRORS and severity is not Severity.ERROR:
+                violations.append(
+                    FieldViolation(path, "this rule is always an error", "NOT_OVERRIDABLE")
+                )
+        if violations:
+            raise InvalidArgument("invalid schema policy", violations)
+        return replace(
+            self,
+            label_set=tuple(sorted(labels)),
+            max_text_length=self.max_text_length or DEFAULT_MAX_TEXT_LENGTH,
+            min_rows_per_class=self.min_rows_per_class or DEFAULT_MIN_ROWS_PER_CLASS,
+            max_imbalance_ratio=self.max_imbalance_ratio or DEFAULT_MAX_IMBALANCE_RATIO,
+            rule_severities=dict(sorted(self.rule_severities.items())),
+        )
+
+    def severity(self, rule: Rule) -> Severity:
+        return self.rule_severities.get(rule.value, DEFAULT_SEVERITIES[rule])
+
+    def with_derived_labels(self, labels: tuple[str, ...]) -> SchemaPolicy:
+        return replace(self, label_set=tuple(sorted(labels)), label_set_derived=True)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    dataset_id: str
+    task_type: TaskType
+    policy: SchemaPolicy
+    display_name: str = ""
+    description: str = ""
+    latest_version: str = ""
+    version_count: int = 0
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return dataset_name(self.dataset_id)
+
+
+# -- reports and versions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule's findings about one field: how many, and the first few line numbers."""
+
+    rule: Rule
+    severity: Severity
+    message: str
+    count: int
+    line_numbers: tuple[int, ...] = ()
+    field: str = ""
+
+
+@dataclass(frozen=True)
+class Summary:
+    outcome: Outcome
+    error_count: int
+    warning_count: int
+    info_count: int
+    error_rules: tuple[str, ...]
+    warning_rules: tuple[str, ...]
+
+    @classmethod
+    def of(cls, findings: tuple[Finding, ...]) -> Summary:
+        def total(severity: Severity) -> int:
+            return sum(f.count for f in findings if f.severity is severity)
+
+        def rules(severity: Severity) -> tuple[str, ...]:
+            return tuple(sorted({f.rule.value for f in findings if f.severity is severity}))
+
+        errors = total(Severity.ERROR)
+        return cls(
+            outcome=Outcome.REJECTED if errors else Outcome.ACCEPTED,
+            error_count=errors,
+            warning_count=total(Severity.WARNING),
+            info_count=total(Severity.INFO),
+            error_rules=rules(Severity.ERROR),
+            warning_rules=rules(Severity.WARNING),
+        )
+
+
+def ordered_findings(findings: list[Finding]) -> tuple[Finding, ...]:
+    """Errors first, then warnings, then infos; by rule id, then field within each."""
+    rank = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+    return tuple(sorted(findings, key=lambda f: (rank[f.severity], f.rule.value, f.field)))
+
+
+@dataclass(frozen=True)
+class Lineage:
+    parent_version: str
+    uploader: str
+    source_kind: SourceKind
+    source: str
+    source_sha256: str
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    dataset_id: str
+    report_id: str
+    findings: tuple[Finding, ...]
+    lines_read: int
+    bytes_read: int
+    lineage: Lineage
+    validate_only: bool
+    create_time: datetime
+    dataset_version: str = ""
+
+    @property
+    def name(self) -> str:
+        return report_name(self.dataset_id, self.report_id)
+
+    @property
+    def summary(self) -> Summary:
+        return Summary.of(self.findings)
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    dataset_id: str
+    version_id: str
+    content_sha256: str
+    row_count: int
+    byte_count: int
+    task_type: TaskType
+    label_distribution: tuple[tuple[str, int], ...]
+    slice_distribution: tuple[tuple[str, int], ...]
+    artifact_uri: str
+    report: str
+    summary: Summary
+    lineage: Lineage
+    create_time: datetime
+
+    @property
+    def name(self) -> str:
+        return version_name(self.dataset_id, self.version_id)
+
+    @property
+    def dataset(self) -> str:
+        return dataset_name(self.dataset_id)
+
+
+def artifact_key(dataset_id: str, version_id: str) -> str:
+    """Where a version's canonical JSONL lives in the dataset service's artifact store."""
+    return f"datasets/{dataset_id}/versions/{version_id}/content.jsonl"

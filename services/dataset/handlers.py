@@ -1,1 +1,547 @@
-"""One function per dataset command or event, taking its dependencies as parameters."""
+"""One function per dataset command, taking its dependencies (:class:`DatasetDeps`) as a parameter.
+
+Ingestion (:func:`upload_version`, :func:`import_version`) is where the guarantees live:
+
+* the content streams through :class:`~services.dataset.validation.StreamingValidator` into an
+  artifact *spool* (a temp file in the artifact store), because the version's key derives from
+  the hash of everything written and is only known at the end;
+* rejected (or ``validate_only``) content stores its report and nothing else — the spool is
+  removed when its block ends, whatever the reason, so a client that disconnects mid-stream
+  leaves nothing at all;
+* accepted content is committed under the dataset's write lock: if the same content is already
+  a version, that version is returned and no event is staged; otherwise the spool is renamed
+  into place, and the version, the dataset's new state, the report and ``DatasetVersioned``
+  commit in one transaction (the outbox).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.dataset.adapters.messages import dataset_versioned
+from services.dataset.adapters.repository import DatasetRepository
+from services.dataset.adapters.sources import ImportSources
+from services.dataset.adapters.workers import ValidationWorkers
+from services.dataset.domain import (
+    Dataset,
+    DatasetVersion,
+    Finding,
+    Lineage,
+    Outcome,
+    Rule,
+    SchemaPolicy,
+    Severity,
+    SourceKind,
+    TaskType,
+    UploadInterrupted,
+    ValidationReport,
+    artifact_key,
+    check_dataset_id,
+    ordered_findings,
+    parse_dataset_name,
+    parse_report_name,
+    parse_version_name,
+    version_id_for,
+    version_name,
+)
+from services.dataset.metrics import DatasetMetrics
+from services.dataset.validation import StreamingValidator, ValidationResult
+from shared.artifacts import ArtifactSpool, LocalArtifactStore
+from shared.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from shared.events import stage_event
+from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
+
+_SHA256_HEX = frozenset("0123456789abcdef")
+#: Line numbers quoted in one violation of a rejected upload's error.
+_LINES_IN_VIOLATION = 10
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_upload_bytes: int
+    max_line_bytes: int
+    report_line_numbers: int = 20
+
+
+@dataclass(frozen=True)
+class DatasetDeps:
+    """Everything the handlers use, wired by the bootstrap (and by tests, with real SQLite)."""
+
+    sessions: sessionmaker[Session]
+    store: LocalArtifactStore
+    metrics: DatasetMetrics
+    limits: IngestLimits
+    workers: ValidationWorkers
+    import_sources: ImportSources
+    event_source: str
+    clock: Callable[[], datetime] = field(default=_now)
+    #: Called after a version's transaction committed, so its event goes out at once.
+    relay_wake: Callable[[], None] = field(default=lambda: None)
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+
+def create_dataset(
+    deps: DatasetDeps,
+    *,
+    dataset_id: str,
+    task_type: TaskType,
+    policy: SchemaPolicy,
+    display_name: str = "",
+    description: str = "",
+) -> Dataset:
+    check_dataset_id(dataset_id)
+    violations = []
+    if len(display_name) > 200:
+        violations.append(
+            FieldViolation("dataset.display_name", "at most 200 characters", "TOO_LONG")
+        )
+    if len(description) > 4000:
+        violations.append(
+            FieldViolation("dataset.description", "at most 4000 characters", "TOO_LONG")
+        )
+    if violations:
+        raise InvalidArgument("invalid dataset", violations)
+    now = deps.clock()
+    dataset = Dataset(
+        dataset_id=dataset_id,
+        task_type=task_type,
+        policy=policy.resolved(task_type),
+        display_name=display_name,
+        description=description,
+        create_time=now,
+        update_time=now,
+    )
+    with deps.sessions.begin() as session:
+        repo = DatasetRepository(session)
+        if repo.get_dataset(dataset_id) is not None:
+            raise AlreadyExists("dataset", dataset.name)
+        repo.add_dataset(dataset)
+    return dataset
+
+
+def get_dataset(deps: DatasetDeps, name: str) -> Dataset:
+    dataset_id = parse_dataset_name(name)
+    with deps.sessions() as session:
+        dataset = DatasetRepository(session).get_dataset(dataset_id)
+    if dataset is None:
+        raise NotFound("dataset", name)
+    return dataset
+
+
+def list_datasets(
+    deps: DatasetDeps, *, page_size: int, page_token: str, task_type: TaskType | None
+) -> tuple[list[Dataset], str]:
+    limit = resolve_page_size(page_size)
+    query = {"task_type": task_type.value if task_type else ""}
+    position = decode_page_token(page_token, query)
+    with deps.sessions() as session:
+        datasets = DatasetRepository(session).list_datasets(
+            task_type=task_type, after_id=str(position[0]) if position else None, limit=limit + 1
+        )
+    if len(datasets) <= limit:
+        return datasets, ""
+    page = datasets[:limit]
+    return page, encode_page_token(query, [page[-1].dataset_id])
+
+
+# -- versions and reports ----------------------------------------------------------------------
+
+
+def get_version(deps: DatasetDeps, name: str) -> DatasetVersion:
+    dataset_id, version_id = parse_version_name(name)
+    with deps.sessions() as session:
+        version = DatasetRepository(session).get_version(dataset_id, version_id)
+    if version is None:
+        raise NotFound("dataset version", name)
+    return version
+
+
+def list_versions(
+    deps: DatasetDeps, *, parent: str, page_size: int, page_token: str
+) -> tuple[list[DatasetVersion], str]:
+    dataset_id = parse_dataset_name(parent, field="parent")
+    limit = resolve_page_size(page_size)
+    query = {"parent": parent}
+    position = decode_page_token(page_token, query)
+    with deps.sessions() as session:
+        repo = DatasetRepository(session)
+        if repo.get_dataset(dataset_id) is None:
+            raise NotFound("dataset", parent)
+        rows = repo.list_versions(
+            dataset_id, before_seq=int(position[0]) if position else None, limit=limit + 1
+        )
+    if len(rows) <= limit:
+        return [version for _, version in rows], ""
+    page = rows[:limit]
+    return [version for _, version in page], encode_page_token(query, [page[-1][0]])
+
+
+def get_report(deps: DatasetDeps, name: str) -> ValidationReport:
+    dataset_id, report_id = parse_report_name(name)
+    with deps.sessions() as session:
+        report = DatasetRepository(session).get_report(dataset_id, report_id)
+    if report is None:
+        raise NotFound("validation report", name)
+    return report
+
+
+def list_reports(
+    deps: DatasetDeps, *, parent: str, page_size: int, page_token: str, outcome: Outcome | None
+) -> tuple[list[ValidationReport], str]:
+    dataset_id = parse_dataset_name(parent, field="parent")
+    limit = resolve_page_size(page_size)
+    query = {"parent": parent, "outcome": outcome.value if outcome else ""}
+    position = decode_page_token(page_token, query)
+    with deps.sessions() as session:
+        repo = DatasetRepository(session)
+        if repo.get_dataset(dataset_id) is None:
+            raise NotFound("dataset", parent)
+        rows = repo.list_reports(
+            dataset_id,
+            outcome=outcome,
+            before_seq=int(position[0]) if position else None,
+            limit=limit + 1,
+        )
+    if len(rows) <= limit:
+        return [report for _, report in rows], ""
+    page = rows[:limit]
+    return [report for _, report in page], encode_page_token(query, [page[-1][0]])
+
+
+# -- ingestion ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    """An upload's header or an import request, in domain terms."""
+
+    dataset: str
+    source_kind: SourceKind
+    #: The client's file name (upload) or the URI read (import).
+    source: str = ""
+    parent_version: str = ""
+    uploader: str = ""
+    content_length: int = 0
+    content_sha256: str = ""
+    validate_only: bool = False
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    report: ValidationReport
+    #: The version the content is; ``None`` for ``validate_only``.
+    version: DatasetVersion | None
+    created: bool
+
+
+def upload_version(
+    deps: DatasetDeps, request: IngestRequest, chunks: Iterable[bytes]
+) -> IngestResult:
+    """Validate and version streamed content. ``chunks`` raises ``UploadInterrupted`` if the
+    client goes away; nothing is stored then."""
+    return _ingest(deps, request, chunks)
+
+
+def import_version(deps: DatasetDeps, request: IngestRequest) -> IngestResult:
+    """Validate and version the file behind ``request.source`` (a ``file://`` URI)."""
+    path = deps.import_sources.resolve(request.source)
+    return _ingest(deps, request, ImportSources.chunks(path))
+
+
+def _check_request(request: IngestRequest, prefix: str) -> None:
+    violations = []
+    if request.content_length < 0:
+        violations.append(
+            FieldViolation(f"{prefix}content_length", "must be >= 0 (0: unknown)", "NEGATIVE")
+        )
+    sha = request.content_sha256
+    if sha and (len(sha) != 64 or not set(sha) <= _SHA256_HEX):
+        violations.append(
+            FieldViolation(
+                f"{prefix}content_sha256", "64 lowercase hexadecimal digits", "INVALID_SHA256"
+            )
+        )
+    if len(request.uploader) > 255:
+        violations.append(FieldViolation(f"{prefix}uploader", "at most 255 characters", "TOO_LONG"))
+    if len(request.source) > 1024:
+        field = f"{prefix}filename" if request.source_kind is SourceKind.UPLOAD else "source_uri"
+        violations.append(FieldViolation(field, "at most 1024 characters", "TOO_LONG"))
+    if violations:
+        raise InvalidArgument("invalid request", violations)
+
+
+def _ingest(deps: DatasetDeps, request: IngestRequest, chunks: Iterable[bytes]) -> IngestResult:
+    """Check the request, validate the content into a spool, then store the report (rejected,
+    validate-only) or commit the version; see the module docstring."""
+    started = time.perf_counter()
+    prefix = "header." if request.source_kind is SourceKind.UPLOAD else ""
+    source_label = request.source_kind.value
+    dataset_id = parse_dataset_name(request.dataset, field=f"{prefix}dataset")
+    _check_request(request, prefix)
+    with deps.sessions() as session:
+        repo = DatasetRepository(session)
+        dataset = repo.get_dataset(dataset_id)
+        if dataset is None:
+            raise NotFound("dataset", request.dataset)
+        if request.parent_version:
+            parent_dataset, parent_id = parse_version_name(
+                request.parent_version, field=f"{prefix}parent_version"
+            )
+            if parent_dataset != dataset_id or repo.get_version(dataset_id, parent_id) is None:
+                raise NotFound("dataset version", request.parent_version)
+    try:
+        with deps.store.open_spool() as spool:
+            result, extra = _validate(deps, dataset, request, chunks, spool)
+            findings = ordered_findings([*result.findings, *extra])
+            report = ValidationReport(
+                dataset_id=dataset_id,
+                report_id="r-" + secrets.token_hex(8),
+                findings=findings,
+                lines_read=result.lines_read,
+                bytes_read=result.bytes_read,
+                lineage=Lineage(
+                    parent_version=request.parent_version or dataset.latest_version,
+                    uploader=request.uploader,
+                    source_kind=request.source_kind,
+                    source=request.source,
+                    source_sha256=result.source_sha256,
+                ),
+                validate_only=request.validate_only,
+                create_time=deps.clock(),
+            )
+            if report.summary.outcome is Outcome.REJECTED or request.validate_only:
+                outcome = _store_report(deps, report)
+            else:
+                outcome = _commit_version(
+                    deps, dataset, report, result, spool, request.parent_version
+                )
+    except UploadInterrupted:
+        deps.metrics.ingests.labels(source_label, "aborted").inc()
+        raise
+    deps.metrics.ingested(
+        source=source_label,
+        outcome=outcome.label,
+        rows=result.row_count,
+        findings=outcome.report.findings,
+        seconds=time.perf_counter() - started,
+    )
+    if outcome.report.summary.outcome is Outcome.REJECTED:
+        raise rejection(outcome.report)
+    return IngestResult(outcome.report, outcome.version, outcome.label == "created")
+
+
+def _validate(
+    deps: DatasetDeps,
+    dataset: Dataset,
+    request: IngestRequest,
+    chunks: Iterable[bytes],
+    spool: ArtifactSpool,
+) -> tuple[ValidationResult, list[Finding]]:
+    """Stream ``chunks`` through the validator into ``spool``; the findings about the transfer
+    itself (size, declared length and hash) come second."""
+    limits = deps.limits
+    validator = StreamingValidator(
+        dataset.task_type,
+        dataset.policy,
+        spool.write,
+        max_line_bytes=limits.max_line_bytes,
+        max_line_numbers=limits.report_line_numbers,
+        executor=deps.workers.executor(),
+        max_in_flight=2 * max(1, deps.workers.count),
+    )
+    bytes_counter = deps.metrics.bytes.labels(request.source_kind.value)
+    extra: list[Finding] = []
+    too_large = Finding(
+        rule=Rule.UPLOAD_TOO_LARGE,
+        severity=Severity.ERROR,
+        message=f"the content is larger than this service accepts ({limits.max_upload_bytes} "
+        "bytes); reading stopped there",
+        count=1,
+    )
+    try:
+        if request.content_length > limits.max_upload_bytes:
+            extra.append(too_large)
+            return validator.finish(complete=False), extra
+        for chunk in chunks:
+            if validator.bytes_read + len(chunk) > limits.max_upload_bytes:
+                extra.append(too_large)
+                return validator.finish(complete=False), extra
+            validator.feed(chunk)
+            bytes_counter.inc(len(chunk))
+        result = validator.finish()
+    finally:
+        validator.close()
+    if request.content_length and result.bytes_read != request.content_length:
+        extra.append(
+            Finding(
+                rule=Rule.CONTENT_LENGTH_MISMATCH,
+                severity=Severity.ERROR,
+                message=f"received {result.bytes_read} bytes, the header announced "
+                f"{request.content_length}",
+                count=1,
+            )
+        )
+    if request.content_sha256 and result.source_sha256 != request.content_sha256:
+        extra.append(
+            Finding(
+                rule=Rule.CONTENT_SHA256_MISMATCH,
+                severity=Severity.ERROR,
+                message=f"received content has sha256 {result.source_sha256}, the request "
+                f"announced {request.content_sha256}",
+                count=1,
+            )
+        )
+    return result, extra
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    report: ValidationReport
+    version: DatasetVersion | None
+    #: The metrics' outcome label.
+    label: str
+
+
+def _store_report(deps: DatasetDeps, report: ValidationReport) -> _Outcome:
+    with deps.sessions.begin() as session:
+        DatasetRepository(session).add_report(report)
+    rejected = report.summary.outcome is Outcome.REJECTED
+    return _Outcome(report, None, "rejected" if rejected else "validated")
+
+
+def _commit_version(  # noqa: PLR0917 - one private step of _ingest
+    deps: DatasetDeps,
+    dataset: Dataset,
+    report: ValidationReport,
+    result: ValidationResult,
+    spool: ArtifactSpool,
+    requested_parent: str,
+) -> _Outcome:
+    """Make the accepted content a version (or find it is one). The lineage's parent is the
+    requested one, else the dataset's latest version at commit time."""
+    dataset_id = dataset.dataset_id
+    version_id = version_id_for(spool.sha256)
+    name = version_name(dataset_id, version_id)
+    committed_uri = ""
+    spool.sync()  # the slow part of committing, done before taking the dataset's lock
+    try:
+        with deps.sessions.begin() as session:
+            repo = DatasetRepository(session)
+            current = repo.lock_dataset(dataset_id)
+            if current is None:  # deleted meanwhile: there is no delete RPC, but be exact
+                raise NotFound("dataset", dataset.name)
+            existing = repo.get_version(dataset_id, version_id)
+            if existing is not None:
+                report = replace(report, dataset_version=existing.name)
+                repo.add_report(report)
+                return _Outcome(report, existing, "unchanged")
+            policy = current.policy
+            if not dataset.policy.label_set and policy.label_set:
+                # a concurrent first version derived the label set after we started: check
+                # this content against it with the label counts we have
+                late = _labels_outside(policy, result)
+                if late is not None:
+                    report = replace(report, findings=ordered_findings([*report.findings, late]))
+                    repo.add_report(report)
+                    return _Outcome(report, None, "rejected")
+            if current.task_type is TaskType.CLASSIFICATION and not policy.label_set:
+                labels = tuple(label for label, _ in result.label_distribution)
+                policy = policy.with_derived_labels(labels)
+            committed_uri = spool.commit(artifact_key(dataset_id, version_id)).uri
+            now = deps.clock()
+            lineage = replace(
+                report.lineage, parent_version=requested_parent or current.latest_version
+            )
+            report = replace(report, dataset_version=name, lineage=lineage)
+            version = DatasetVersion(
+                dataset_id=dataset_id,
+                version_id=version_id,
+                content_sha256=spool.sha256,
+                row_count=result.row_count,
+                byte_count=spool.size_bytes,
+                task_type=current.task_type,
+                label_distribution=result.label_distribution,
+                slice_distribution=result.slice_distribution,
+                artifact_uri=committed_uri,
+                report=report.name,
+                summary=report.summary,
+                lineage=lineage,
+                create_time=now,
+            )
+            repo.add_version(version)
+            repo.record_new_version(dataset_id, name, policy, now)
+            repo.add_report(report)
+            stage_event(session, dataset_versioned(version), source=deps.event_source, subject=name)
+    except BaseException:
+        if committed_uri:
+            _remove_orphan(deps, dataset_id, version_id, committed_uri)
+        raise
+    deps.relay_wake()
+    return _Outcome(report, version, "created")
+
+
+def _labels_outside(policy: SchemaPolicy, result: ValidationResult) -> Finding | None:
+    outside = [
+        (label, n) for label, n in result.label_distribution if label not in policy.label_set
+    ]
+    if not outside:
+        return None
+    listed = ", ".join(f"{label!r} ({n} rows)" for label, n in outside)
+    return Finding(
+        rule=Rule.LABEL_NOT_IN_SET,
+        severity=policy.severity(Rule.LABEL_NOT_IN_SET),
+        message=f"labels outside the label set derived meanwhile: {listed}",
+        count=sum(n for _, n in outside),
+        field="label",
+    )
+
+
+def _remove_orphan(deps: DatasetDeps, dataset_id: str, version_id: str, uri: str) -> None:
+    """The version's transaction failed after its artifact was put in place: remove the
+    artifact, unless an identical upload committed the same version meanwhile."""
+    with deps.sessions() as session:
+        if DatasetRepository(session).get_version(dataset_id, version_id) is None:
+            deps.store.delete(uri)
+
+
+def rejection(report: ValidationReport) -> InvalidArgument:
+    """The INVALID_ARGUMENT a rejected upload answers: one violation per error finding.
+
+    ``field`` is the rule id (stable, so clients can match on it), ``description`` the first
+    line numbers, the total and the message, ``reason`` the rule id again; the report's name
+    is in the ``ErrorInfo`` metadata under ``report``.
+    """
+    violations = []
+    for finding in report.findings:
+        if finding.severity is not Severity.ERROR:
+            continue
+        where = ""
+        if finding.line_numbers:
+            shown = finding.line_numbers[:_LINES_IN_VIOLATION]
+            where = "line " if len(shown) == 1 else "lines "
+            where += ", ".join(str(n) for n in shown)
+            if finding.count > len(shown):
+                where += f" ({finding.count} in total)"
+            where += ": "
+        violations.append(
+            FieldViolation(finding.rule.value, f"{where}{finding.message}", finding.rule.value)
+        )
+    summary = report.summary
+    return InvalidArgument(
+        f"content rejected: {summary.error_count} error(s) ({', '.join(summary.error_rules)}); "
+        f"see report {report.name}",
+        violations,
+        metadata={"report": report.name},
+    )

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from services.splitter.adapters.tables import SplitterBase
+from services.splitter.entrypoints import events
 from services.splitter.entrypoints.grpc_api import SplitterServicer
+from services.splitter.metrics import SplitterMetrics
+from shared.events import Subscription
 from shared.grpc import ServiceRegistration
 from shared.runtime import ServiceContext, ServiceSpec
 from tuneline.splitter.v1 import events_pb2, service_pb2, service_pb2_grpc
@@ -16,15 +20,27 @@ def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
     return [
         ServiceRegistration(
             SERVICE_NAME,
-            SplitterServicer(),  # type: ignore[abstract]  # RPCs not implemented yet: UNIMPLEMENTED
+            SplitterServicer(
+                context.sessions,
+                context.artifacts,
+                SplitterMetrics.of(context.registry),
+                source=context.source,
+            ),
             service_pb2_grpc.add_SplitterServiceServicer_to_server,
         )
     ]
 
 
+def subscriptions(context: ServiceContext) -> Sequence[Subscription]:
+    return events.subscriptions(
+        context.artifacts, SplitterMetrics.of(context.registry), source=context.source
+    )
+
+
 SPEC = ServiceSpec(
     name="splitter",
-    tables=[],
+    tables=[SplitterBase.metadata],
     publishes=[events_pb2.SplitCreated],
     grpc_services=grpc_services,
+    subscriptions=subscriptions,
 )

@@ -1,1 +1,248 @@
-"""One function per splitter command or event, taking its dependencies as parameters."""
+"""One function per splitter command or event, taking its dependencies as parameters.
+
+Commands (from gRPC) own their transaction; the event handler runs in the consumer loop's
+transaction, which also records the event id as applied. Either way a new split row, its
+manifest (written first, atomically, at a deterministic key) and its staged SplitCreated
+event become visible together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.splitter.adapters.artifacts import read_split_rows, write_manifest
+from services.splitter.adapters.protos import split_created_event
+from services.splitter.adapters.repository import SplitterRepository
+from services.splitter.domain import (
+    DatasetVersionName,
+    DatasetVersionRef,
+    Split,
+    SplitPolicy,
+    SplitSpec,
+    UnsplittableVersion,
+    split_dataset,
+    split_id_for,
+    validate_spec,
+)
+from services.splitter.domain.names import ANY_VERSION
+from services.splitter.metrics import SplitterMetrics
+from shared.artifacts import LocalArtifactStore
+from shared.errors import FieldViolation, InvalidArgument, NotFound
+from shared.events import stage_event
+from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
+
+log = logging.getLogger(__name__)
+
+
+def _split_version(
+    session: Session,
+    version: DatasetVersionRef,
+    spec: SplitSpec,
+    *,
+    artifacts: LocalArtifactStore,
+    metrics: SplitterMetrics,
+    source: str,
+    trigger: str,
+) -> tuple[Split, bool]:
+    """The split of ``version`` with ``spec``: the existing one, or a new one (manifest written,
+    row added and SplitCreated staged in ``session``). Returns it and whether it is new."""
+    repository = SplitterRepository(session)
+    version_name = DatasetVersionName.parse(version.name, field="dataset_version")
+    split_id = split_id_for(version.name, spec)
+    existing = repository.get_split(version_name.split(split_id))
+    if existing is not None:
+        return existing, False
+
+    started = time.perf_counter()
+    rows = read_split_rows(artifacts, version)
+    manifest = split_dataset(version, rows, spec)
+    stored = write_manifest(artifacts, version_name, split_id, manifest)
+    split = Split(
+        name=version_name.split(split_id),
+        dataset=version_name.dataset,
+        dataset_version=version.name,
+        dataset_content_sha256=version.content_sha256,
+        dataset_artifact_uri=version.artifact_uri,
+        task_type=version.task_type,
+        spec=spec,
+        manifest_uri=stored.uri,
+        manifest_sha256=stored.sha256,
+        part_stats=tuple(s for s in manifest.stats if s.part in spec.parts_in_use),
+        overlap_count=manifest.overlap_count,
+        group_count=manifest.group_count,
+        create_time=datetime.now(UTC),
+    )
+    repository.add_split(split)
+    stage_event(session, split_created_event(split), source=source, subject=split.name)
+
+    seconds, strategy, row_count = time.perf_counter() - started, spec.strategy.value, len(rows)
+
+    def count_and_log(_session: Session) -> None:
+        # only once the split is really stored: a transaction lost to a concurrent creator of
+        # the same split (IntegrityError) must not count
+        metrics.splits_created.labels(strategy, trigger).inc()
+        metrics.rows_split.labels(strategy).inc(row_count)
+        metrics.split_duration.labels(strategy).observe(seconds)
+        log.info(
+            "split created",
+            extra={
+                "split": split.name,
+                "trigger": trigger,
+                "rows": row_count,
+                "groups": manifest.group_count,
+                "parts": {s.part.value: s.rows for s in split.part_stats},
+            },
+        )
+
+    event.listen(session, "after_commit", count_and_log, once=True)
+    return split, True
+
+
+def create_split(
+    sessions: sessionmaker[Session],
+    version_name: DatasetVersionName,
+    spec: SplitSpec | None,
+    *,
+    artifacts: LocalArtifactStore,
+    metrics: SplitterMetrics,
+    source: str,
+) -> tuple[Split, bool]:
+    """CreateSplit: split a known version with ``spec`` (``None``: the dataset's policy).
+
+    Idempotent: the same version and resolved spec return the existing split and stage nothing.
+    """
+    if spec is not None:
+        validate_spec(spec, field_prefix="spec.")
+    try:
+        with sessions.begin() as session:
+            repository = SplitterRepository(session)
+            version = repository.get_dataset_version(str(version_name))
+            if version is None:
+                raise NotFound("dataset version", str(version_name))
+            if spec is None:
+                spec = _policy_of(repository, version_name.dataset_id).spec
+            return _split_version(
+                session,
+                version,
+                spec,
+                artifacts=artifacts,
+                metrics=metrics,
+                source=source,
+                trigger="rpc",
+            )
+    except IntegrityError:
+        # a concurrent call (or the consumer) stored the same split first: that one stands
+        assert spec is not None
+        with sessions() as session:
+            existing = SplitterRepository(session).get_split(
+                version_name.split(split_id_for(str(version_name), spec))
+            )
+        if existing is None:
+            raise
+        return existing, False
+
+
+def on_dataset_versioned(
+    session: Session,
+    version: DatasetVersionRef,
+    *,
+    artifacts: LocalArtifactStore,
+    metrics: SplitterMetrics,
+    source: str,
+) -> Split | None:
+    """DatasetVersioned: remember the version and, the first time, split it by its policy.
+
+    A version announced again (even under a new event id) splits nothing more. A version too
+    small for its policy is logged and counted, not retried: retrying cannot make it bigger,
+    and CreateSplit with another spec still works.
+    """
+    repository = SplitterRepository(session)
+    version_name = DatasetVersionName.parse(version.name, field="dataset_version")
+    if version.dataset != version_name.dataset:
+        raise ValueError(f"{version.name} announced as a version of {version.dataset}")
+    if not repository.record_dataset_version(version):
+        metrics.versions_not_split.labels("already_seen").inc()
+        return None
+    policy = _policy_of(repository, version_name.dataset_id)
+    if policy.auto_split_disabled:
+        metrics.versions_not_split.labels("auto_split_disabled").inc()
+        log.info("auto split disabled; version recorded only", extra={"version": version.name})
+        return None
+    try:
+        split, _ = _split_version(
+            session,
+            version,
+            policy.spec,
+            artifacts=artifacts,
+            metrics=metrics,
+            source=source,
+            trigger="event",
+        )
+    except UnsplittableVersion as error:
+        metrics.versions_not_split.labels("unsplittable").inc()
+        log.warning("version not split", extra={"version": version.name, "reason": error.message})
+        return None
+    return split
+
+
+def get_split(sessions: sessionmaker[Session], name: str) -> Split:
+    with sessions() as session:
+        split = SplitterRepository(session).get_split(name)
+    if split is None:
+        raise NotFound("split", name)
+    return split
+
+
+def list_splits(
+    sessions: sessionmaker[Session],
+    *,
+    dataset_id: str,
+    version_id: str,
+    page_size: int,
+    page_token: str,
+) -> tuple[list[Split], str]:
+    """ListSplits: one page, newest first, and the next page's token ('' on the last page)."""
+    parent = f"datasets/{dataset_id}/versions/{version_id}"
+    limit = resolve_page_size(page_size)
+    query = {"parent": parent}
+    position = decode_page_token(page_token, query)
+    after_seq: int | None = None
+    if position is not None:
+        if len(position) != 1 or not isinstance(position[0], int):
+            raise InvalidArgument(
+                "page_token is not a ListSplits token",
+                [FieldViolation("page_token", "not a ListSplits page token", "INVALID_PAGE_TOKEN")],
+            )
+        after_seq = position[0]
+    with sessions() as session:
+        page = SplitterRepository(session).list_splits(
+            dataset=f"datasets/{dataset_id}",
+            dataset_version=None if version_id == ANY_VERSION else parent,
+            after_seq=after_seq,
+            limit=limit,
+        )
+    token = encode_page_token(query, [page.last_seq]) if page.last_seq is not None else ""
+    return page.splits, token
+
+
+def _policy_of(repository: SplitterRepository, dataset_id: str) -> SplitPolicy:
+    return repository.get_policy(dataset_id) or SplitPolicy(dataset_id=dataset_id)
+
+
+def set_split_policy(sessions: sessionmaker[Session], policy: SplitPolicy) -> SplitPolicy:
+    """SetSplitPolicy: validate, then create or replace. Existing splits stay as they are."""
+    validate_spec(policy.spec, field_prefix="split_policy.spec.")
+    with sessions.begin() as session:
+        return SplitterRepository(session).put_policy(policy, now=datetime.now(UTC))
+
+
+def get_split_policy(sessions: sessionmaker[Session], dataset_id: str) -> SplitPolicy:
+    """GetSplitPolicy: the stored policy, or the defaults (no ``update_time``)."""
+    with sessions() as session:
+        return _policy_of(SplitterRepository(session), dataset_id)

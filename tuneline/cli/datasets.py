@@ -2,8 +2,317 @@
 
 from __future__ import annotations
 
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Column, Table
+from rich.text import Text
+
+from tuneline.cli.output import console, err_console, print_message, reported_errors, target
+from tuneline.client.dataset import DatasetClient, dataset_name
+from tuneline.client.errors import InvalidArgumentError
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.dataset.v1 import resources_pb2
 
 app = typer.Typer(
     help="Datasets: create, push (upload with progress), show, list, report.", no_args_is_help=True
 )
+
+DATASET_PORT = 50051
+
+
+class TaskChoice(StrEnum):
+    classification = "classification"
+    causal_lm = "causal_lm"
+
+
+class OutcomeChoice(StrEnum):
+    accepted = "accepted"
+    rejected = "rejected"
+
+
+def _client() -> DatasetClient:
+    return DatasetClient(target("dataset", DATASET_PORT))
+
+
+def _severities(specs: list[str]) -> dict[str, str]:
+    """``duplicate_row=error`` → ``{"duplicate_row": "error"}``."""
+    severities = {}
+    for spec in specs:
+        rule, _, severity = spec.partition("=")
+        if not rule or severity.lower() not in ("error", "warning", "info"):
+            raise typer.BadParameter(f"{spec!r}: use RULE=error|warning|info")
+        severities[rule.strip()] = severity.lower()
+    return severities
+
+
+def _enum_name(enum_type: object, value: int, prefix: str) -> str:
+    return enum_type.Name(value).removeprefix(prefix).lower()  # type: ignore[attr-defined]
+
+
+@app.command()
+def create(
+    dataset_id: Annotated[str, typer.Argument(help="The dataset id, e.g. reviews.")],
+    task: Annotated[TaskChoice, typer.Option(help="The task every version's rows are for.")],
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="An allowed label; repeatable (default: derive from version one)."),
+    ] = None,
+    max_text_length: Annotated[int, typer.Option(help="Longest text, code points (0: 32768).")] = 0,
+    min_rows_per_class: Annotated[int, typer.Option(help="Fewest rows per class (0: 10).")] = 0,
+    max_imbalance_ratio: Annotated[
+        float, typer.Option(help="Largest / smallest class (0: 10).")
+    ] = 0.0,
+    severity: Annotated[
+        list[str] | None,
+        typer.Option(help="Severity override RULE=error|warning|info; repeatable."),
+    ] = None,
+    display_name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
+    description: Annotated[str, typer.Option(help="Free-text description.")] = "",
+) -> None:
+    """Create a dataset with its task type and validation policy."""
+    with reported_errors(), _client() as client:
+        created = client.create_dataset(
+            dataset_id,
+            task.value,
+            label_set=label or (),
+            max_text_length=max_text_length,
+            min_rows_per_class=min_rows_per_class,
+            max_imbalance_ratio=max_imbalance_ratio,
+            rule_severities=_severities(severity or []),
+            display_name=display_name,
+            description=description,
+        )
+    err_console.print(f"[green]created[/green] {created.name}")
+    print_message(created)
+
+
+class _RowsPerSecond(ProgressColumn):
+    """Lines sent per second (the rows, for JSONL), from the task's ``rows`` field."""
+
+    def __init__(self, started: float) -> None:
+        super().__init__()
+        self._started = started
+
+    def render(self, task: Task) -> Text:
+        rows = int(task.fields.get("rows", 0))
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        return Text(f"{rows:,} rows  {rows / elapsed:,.0f} rows/s", style="progress.data.speed")
+
+
+@app.command()
+def push(
+    dataset: Annotated[str, typer.Argument(help="reviews or datasets/reviews")],
+    file: Annotated[
+        Path, typer.Argument(help="The JSONL file to upload.", exists=True, dir_okay=False)
+    ],
+    parent: Annotated[
+        str, typer.Option(help="The version this one revises: datasets/{d}/versions/{v}.")
+    ] = "",
+    uploader: Annotated[str, typer.Option(help="Who is uploading, e.g. alice@example.com.")] = "",
+    validate_only: Annotated[
+        bool, typer.Option("--validate-only", help="Validate and store the report only.")
+    ] = False,
+    chunk_kib: Annotated[int, typer.Option(min=16, max=4096, help="Chunk size in KiB.")] = 1024,
+) -> None:
+    """Upload a JSONL file as a new version, with a progress bar (bytes/s and rows/s)."""
+    size = file.stat().st_size
+    started = time.monotonic()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        _RowsPerSecond(started),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
+    task_id = progress.add_task(file.name, total=size, rows=0)
+
+    def advance(sent_bytes: int, sent_lines: int) -> None:
+        progress.update(task_id, completed=sent_bytes, rows=sent_lines)
+
+    with reported_errors(), _client() as client, progress:
+        try:
+            response = client.upload_version(
+                dataset,
+                file,
+                parent_version=parent,
+                uploader=uploader,
+                validate_only=validate_only,
+                chunk_bytes=chunk_kib * 1024,
+                progress=advance,
+            )
+        except InvalidArgumentError as error:
+            if "report" in error.metadata:
+                progress.stop()
+                err_console.print(
+                    f"[red]rejected[/red]: see [bold]tuneline datasets report "
+                    f"{error.metadata['report']}[/bold]"
+                )
+            raise
+    summary = response.report_summary
+    seconds = time.monotonic() - started
+    if validate_only:
+        err_console.print(f"[green]valid[/green] ({seconds:.1f} s); report {response.report}")
+    else:
+        version = response.dataset_version
+        verb = "created" if response.created else "unchanged, already"
+        err_console.print(
+            f"[green]{verb}[/green] {version.name}: {version.row_count:,} rows, "
+            f"{size / max(seconds, 1e-6) / 1e6:.1f} MB/s"
+        )
+    if summary.warning_count:
+        err_console.print(
+            f"[yellow]{summary.warning_count} warning(s)[/yellow]: "
+            f"{', '.join(summary.warning_rule_ids)}; see tuneline datasets report {response.report}"
+        )
+    print_message(response)
+
+
+@app.command()
+def show(
+    name: Annotated[
+        str, typer.Argument(help="A dataset (reviews, datasets/reviews) or a version name.")
+    ],
+) -> None:
+    """Show a dataset, or a version (datasets/{d}/versions/{v})."""
+    with reported_errors(), _client() as client:
+        if "/versions/" in name:
+            print_message(client.get_version(name))
+        else:
+            print_message(client.get_dataset(name))
+
+
+def _print_table(headers: list[str], rows: list[list[str]], caption: str | None = None) -> None:
+    """A table whose first column (the names) is never wrapped or cut; the others give way."""
+    width = max([len(headers[0]), *(len(row[0]) for row in rows)])
+    table = Table(Column(headers[0], no_wrap=True, min_width=width), *headers[1:], caption=caption)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command("list")
+def list_command(
+    dataset: Annotated[
+        str | None, typer.Argument(help="List this dataset's versions instead of datasets.")
+    ] = None,
+    task: Annotated[TaskChoice | None, typer.Option(help="Only datasets of this task.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most this many.")] = 50,
+) -> None:
+    """List datasets by name, or one dataset's versions, newest first."""
+    rows: list[list[str]] = []
+    with reported_errors(), _client() as client:
+        if dataset is None:
+            for item in client.list_datasets(task_type=task.value if task else None):
+                if len(rows) == limit:
+                    break
+                rows.append(
+                    [
+                        item.name.rsplit("/", 1)[-1],
+                        _enum_name(common_pb2.TaskType, item.task_type, "TASK_TYPE_"),
+                        str(item.version_count),
+                        item.latest_version.rsplit("/", 1)[-1] or "-",
+                        ", ".join(item.schema_policy.label_set) or "-",
+                    ]
+                )
+            _print_table(["dataset", "task", "versions", "latest", "labels"], rows)
+            return
+        for version in client.list_versions(dataset_name(dataset)):
+            if len(rows) == limit:
+                break
+            rows.append(
+                [
+                    version.name.rsplit("/", 1)[-1],
+                    f"{version.row_count:,}",
+                    f"{version.byte_count:,}",
+                    ", ".join(f"{c.label}={c.count}" for c in version.label_distribution) or "-",
+                    str(version.report_summary.warning_count),
+                    version.lineage.uploader,
+                    version.create_time.ToDatetime().isoformat(timespec="seconds"),
+                ]
+            )
+    _print_table(["version", "rows", "bytes", "labels", "warnings", "uploader", "created"], rows)
+
+
+@app.command()
+def report(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A report (datasets/{d}/reports/{r}), or a dataset to list its reports."
+        ),
+    ],
+    outcome: Annotated[
+        OutcomeChoice | None, typer.Option(help="When listing: only this outcome.")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Reports to list at most.")] = 20,
+) -> None:
+    """Show a validation report (findings with line numbers), or list a dataset's reports."""
+    with reported_errors(), _client() as client:
+        if "/reports/" not in name:
+            rows: list[list[str]] = []
+            for item in client.list_reports(name, outcome=outcome.value if outcome else None):
+                if len(rows) == limit:
+                    break
+                rows.append(
+                    [
+                        item.name.rsplit("/", 1)[-1],
+                        _enum_name(
+                            resources_pb2.ValidationOutcome,
+                            item.summary.outcome,
+                            "VALIDATION_OUTCOME_",
+                        ),
+                        str(item.summary.error_count),
+                        str(item.summary.warning_count),
+                        item.dataset_version.rsplit("/", 1)[-1] or "-",
+                        item.create_time.ToDatetime().isoformat(timespec="seconds"),
+                    ]
+                )
+            _print_table(
+                ["report", "outcome", "errors", "warnings", "version", "created"],
+                rows,
+                caption=f"details: tuneline datasets report {dataset_name(name)}/reports/REPORT",
+            )
+            return
+        found = client.get_report(name)
+    if json:
+        print_message(found)
+        return
+    outcome_name = _enum_name(
+        resources_pb2.ValidationOutcome, found.summary.outcome, "VALIDATION_OUTCOME_"
+    )
+    console.print(
+        f"[bold]{found.name}[/bold]: {outcome_name}, {found.lines_read:,} lines, "
+        f"{found.bytes_read:,} bytes{' (validate only)' if found.validate_only else ''}"
+    )
+    if found.dataset_version:
+        console.print(f"version: {found.dataset_version}")
+    table = Table("severity", "rule", "field", "count", "lines", "message")
+    for finding in found.findings:
+        table.add_row(
+            _enum_name(resources_pb2.ValidationSeverity, finding.severity, "VALIDATION_SEVERITY_"),
+            finding.rule_id,
+            finding.field or "-",
+            str(finding.count),
+            ", ".join(str(n) for n in finding.line_numbers) or "-",
+            finding.message,
+        )
+    console.print(table)

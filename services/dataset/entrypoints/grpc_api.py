@@ -1,12 +1,216 @@
 """The gRPC face of the dataset service: converts proto to domain, calls a handler.
 
-No logic lives here. RPCs not implemented yet answer UNIMPLEMENTED through the generated base.
+No logic lives here beyond the transport: reading an upload's header and chunks off the request
+stream, and turning a client that went away into ``UploadInterrupted``.
+
+The uploader of a version is the authenticated principal when the transport has one — an
+authenticating proxy or mesh sidecar puts it in the ``x-tuneline-principal`` metadata (and
+strips any value the client sent) — else the uploader the request declares, else
+``anonymous``.
 """
 
 from __future__ import annotations
 
-from tuneline.dataset.v1 import service_pb2_grpc
+from collections.abc import Iterable, Iterator
+
+import grpc
+
+from services.dataset import handlers
+from services.dataset.adapters.messages import (
+    dataset_to_proto,
+    outcome_from_proto,
+    policy_from_proto,
+    report_to_proto,
+    summary_to_proto,
+    task_type_from_proto,
+    version_to_proto,
+)
+from services.dataset.domain import SourceKind, UploadInterrupted
+from services.dataset.handlers import DatasetDeps, IngestRequest
+from shared.errors import FieldViolation, InvalidArgument
+from tuneline.dataset.v1 import resources_pb2, service_pb2, service_pb2_grpc
+
+#: Metadata key carrying the authenticated principal (set by the authenticating proxy).
+PRINCIPAL_METADATA_KEY = "x-tuneline-principal"
+ANONYMOUS = "anonymous"
+
+_JSONL_FORMATS = (resources_pb2.DATA_FORMAT_UNSPECIFIED, resources_pb2.DATA_FORMAT_JSONL)
+
+
+def _uploader(context: grpc.ServicerContext, declared: str) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == PRINCIPAL_METADATA_KEY and value:
+            return str(value)
+    return declared or ANONYMOUS
+
+
+def _check_format(value: int, field: str) -> None:
+    if value not in _JSONL_FORMATS:
+        raise InvalidArgument(
+            f"unsupported data format {value}",
+            [FieldViolation(field, "only JSONL is supported", "UNSUPPORTED_FORMAT")],
+        )
+
+
+def _chunks(messages: Iterator[service_pb2.UploadDatasetVersionRequest]) -> Iterator[bytes]:
+    """The content bytes after the header; ``UploadInterrupted`` if the client goes away."""
+    try:
+        for message in messages:
+            if message.WhichOneof("payload") != "chunk":
+                raise InvalidArgument(
+                    "only the first message of an upload carries a header",
+                    [
+                        FieldViolation(
+                            "chunk", "every message after the first is a chunk", "NOT_A_CHUNK"
+                        )
+                    ],
+                )
+            yield message.chunk
+    except grpc.RpcError as error:  # the stream broke: cancelled, deadline, connection lost
+        raise UploadInterrupted(str(error)) from error
 
 
 class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
     """``tuneline.dataset.v1.DatasetService``."""
+
+    def __init__(self, deps: DatasetDeps) -> None:
+        self._deps = deps
+
+    def CreateDataset(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.CreateDatasetRequest, context: grpc.ServicerContext
+    ) -> service_pb2.CreateDatasetResponse:
+        task_type = task_type_from_proto(request.dataset.task_type, field="dataset.task_type")
+        assert task_type is not None
+        dataset = handlers.create_dataset(
+            self._deps,
+            dataset_id=request.dataset_id,
+            task_type=task_type,
+            policy=policy_from_proto(request.dataset.schema_policy, field="dataset.schema_policy"),
+            display_name=request.dataset.display_name,
+            description=request.dataset.description,
+        )
+        return service_pb2.CreateDatasetResponse(dataset=dataset_to_proto(dataset))
+
+    def GetDataset(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetDatasetRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetDatasetResponse:
+        dataset = handlers.get_dataset(self._deps, request.name)
+        return service_pb2.GetDatasetResponse(dataset=dataset_to_proto(dataset))
+
+    def ListDatasets(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListDatasetsResponse:
+        datasets, token = handlers.list_datasets(
+            self._deps,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            task_type=task_type_from_proto(request.task_type, field="task_type", required=False),
+        )
+        return service_pb2.ListDatasetsResponse(
+            datasets=[dataset_to_proto(d) for d in datasets], next_page_token=token
+        )
+
+    def UploadDatasetVersion(  # noqa: N802 - the generated servicer's method name
+        self,
+        request_iterator: Iterable[service_pb2.UploadDatasetVersionRequest],
+        context: grpc.ServicerContext,
+    ) -> service_pb2.UploadDatasetVersionResponse:
+        messages = iter(request_iterator)
+        try:
+            first = next(messages, None)
+        except grpc.RpcError:
+            return service_pb2.UploadDatasetVersionResponse()  # gone before saying anything
+        if first is None or first.WhichOneof("payload") != "header":
+            raise InvalidArgument(
+                "the first message of an upload must carry the header",
+                [FieldViolation("header", "required in the first message", "MISSING_HEADER")],
+            )
+        header = first.header
+        _check_format(header.format, "header.format")
+        request = IngestRequest(
+            dataset=header.dataset,
+            source_kind=SourceKind.UPLOAD,
+            source=header.filename,
+            parent_version=header.parent_version,
+            uploader=_uploader(context, header.uploader),
+            content_length=header.content_length,
+            content_sha256=header.content_sha256,
+            validate_only=header.validate_only,
+        )
+        try:
+            result = handlers.upload_version(self._deps, request, _chunks(messages))
+        except UploadInterrupted:
+            return service_pb2.UploadDatasetVersionResponse()  # nobody is listening any more
+        return service_pb2.UploadDatasetVersionResponse(
+            dataset_version=version_to_proto(result.version) if result.version else None,
+            created=result.created,
+            report=result.report.name,
+            report_summary=summary_to_proto(result.report.summary),
+        )
+
+    def ImportDatasetVersion(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ImportDatasetVersionRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ImportDatasetVersionResponse:
+        _check_format(request.format, "format")
+        if not request.source_uri:
+            raise InvalidArgument(
+                "source_uri is required",
+                [FieldViolation("source_uri", "a file:///… URI", "REQUIRED")],
+            )
+        result = handlers.import_version(
+            self._deps,
+            IngestRequest(
+                dataset=request.dataset,
+                source_kind=SourceKind.IMPORT,
+                source=request.source_uri,
+                parent_version=request.parent_version,
+                uploader=_uploader(context, request.uploader),
+                content_sha256=request.content_sha256,
+                validate_only=request.validate_only,
+            ),
+        )
+        return service_pb2.ImportDatasetVersionResponse(
+            dataset_version=version_to_proto(result.version) if result.version else None,
+            created=result.created,
+            report=result.report.name,
+            report_summary=summary_to_proto(result.report.summary),
+        )
+
+    def GetDatasetVersion(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetDatasetVersionRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetDatasetVersionResponse:
+        version = handlers.get_version(self._deps, request.name)
+        return service_pb2.GetDatasetVersionResponse(dataset_version=version_to_proto(version))
+
+    def ListDatasetVersions(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ListDatasetVersionsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListDatasetVersionsResponse:
+        versions, token = handlers.list_versions(
+            self._deps,
+            parent=request.parent,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return service_pb2.ListDatasetVersionsResponse(
+            dataset_versions=[version_to_proto(v) for v in versions], next_page_token=token
+        )
+
+    def GetValidationReport(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetValidationReportRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetValidationReportResponse:
+        report = handlers.get_report(self._deps, request.name)
+        return service_pb2.GetValidationReportResponse(validation_report=report_to_proto(report))
+
+    def ListValidationReports(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ListValidationReportsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListValidationReportsResponse:
+        reports, token = handlers.list_reports(
+            self._deps,
+            parent=request.parent,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            outcome=outcome_from_proto(request.outcome),
+        )
+        return service_pb2.ListValidationReportsResponse(
+            validation_reports=[report_to_proto(r) for r in reports], next_page_token=token
+        )

@@ -1,12 +1,99 @@
 """The gRPC face of the splitter service: converts proto to domain, calls a handler.
 
-No logic lives here. RPCs not implemented yet answer UNIMPLEMENTED through the generated base.
+No logic lives here; domain errors raised by handlers become gRPC statuses in the shared
+error-mapping interceptor.
 """
 
 from __future__ import annotations
 
-from tuneline.splitter.v1 import service_pb2_grpc
+import grpc
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.splitter import handlers
+from services.splitter.adapters.protos import policy_to_proto, spec_from_proto, split_to_proto
+from services.splitter.domain import DatasetVersionName, SplitPolicy
+from services.splitter.domain.names import parse_list_parent, parse_policy_name, parse_split_name
+from services.splitter.metrics import SplitterMetrics
+from shared.artifacts import LocalArtifactStore
+from tuneline.splitter.v1 import service_pb2, service_pb2_grpc
 
 
 class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
     """``tuneline.splitter.v1.SplitterService``."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        artifacts: LocalArtifactStore,
+        metrics: SplitterMetrics,
+        *,
+        source: str,
+    ) -> None:
+        self._sessions = sessions
+        self._artifacts = artifacts
+        self._metrics = metrics
+        self._source = source
+
+    def CreateSplit(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.CreateSplitRequest, context: grpc.ServicerContext
+    ) -> service_pb2.CreateSplitResponse:
+        version = DatasetVersionName.parse(request.parent, field="parent")
+        spec = (
+            spec_from_proto(request.spec, present=True, field_prefix="spec.")
+            if request.HasField("spec")
+            else None
+        )
+        split, created = handlers.create_split(
+            self._sessions,
+            version,
+            spec,
+            artifacts=self._artifacts,
+            metrics=self._metrics,
+            source=self._source,
+        )
+        return service_pb2.CreateSplitResponse(split=split_to_proto(split), created=created)
+
+    def GetSplit(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetSplitRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetSplitResponse:
+        parse_split_name(request.name, field="name")
+        split = handlers.get_split(self._sessions, request.name)
+        return service_pb2.GetSplitResponse(split=split_to_proto(split))
+
+    def ListSplits(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ListSplitsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListSplitsResponse:
+        dataset_id, version_id = parse_list_parent(request.parent, field="parent")
+        splits, next_page_token = handlers.list_splits(
+            self._sessions,
+            dataset_id=dataset_id,
+            version_id=version_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return service_pb2.ListSplitsResponse(
+            splits=[split_to_proto(s) for s in splits], next_page_token=next_page_token
+        )
+
+    def SetSplitPolicy(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.SetSplitPolicyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.SetSplitPolicyResponse:
+        message = request.split_policy
+        dataset_id = parse_policy_name(message.name, field="split_policy.name")
+        spec = spec_from_proto(
+            message.spec, present=message.HasField("spec"), field_prefix="split_policy.spec."
+        )
+        policy = handlers.set_split_policy(
+            self._sessions,
+            SplitPolicy(
+                dataset_id=dataset_id, spec=spec, auto_split_disabled=message.auto_split_disabled
+            ),
+        )
+        return service_pb2.SetSplitPolicyResponse(split_policy=policy_to_proto(policy))
+
+    def GetSplitPolicy(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetSplitPolicyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetSplitPolicyResponse:
+        dataset_id = parse_policy_name(request.name, field="name")
+        policy = handlers.get_split_policy(self._sessions, dataset_id)
+        return service_pb2.GetSplitPolicyResponse(split_policy=policy_to_proto(policy))

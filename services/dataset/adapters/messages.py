@@ -1,0 +1,225 @@
+"""Domain objects to and from the dataset service's protobuf messages (resources and events).
+
+The gRPC servicer uses it to answer, the handlers to build the ``DatasetVersioned`` they stage
+in the outbox: one mapping for both, so the API and the event always agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.dataset.domain import (
+    Dataset,
+    DatasetVersion,
+    Finding,
+    Lineage,
+    Outcome,
+    SchemaPolicy,
+    Severity,
+    SourceKind,
+    Summary,
+    TaskType,
+    ValidationReport,
+)
+from shared.errors import FieldViolation, InvalidArgument
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.dataset.v1 import events_pb2, resources_pb2
+
+_TASK_TYPES = {
+    TaskType.CLASSIFICATION: common_pb2.TASK_TYPE_CLASSIFICATION,
+    TaskType.CAUSAL_LM: common_pb2.TASK_TYPE_CAUSAL_LM,
+}
+_SEVERITIES = {
+    Severity.ERROR: resources_pb2.VALIDATION_SEVERITY_ERROR,
+    Severity.WARNING: resources_pb2.VALIDATION_SEVERITY_WARNING,
+    Severity.INFO: resources_pb2.VALIDATION_SEVERITY_INFO,
+}
+_OUTCOMES = {
+    Outcome.ACCEPTED: resources_pb2.VALIDATION_OUTCOME_ACCEPTED,
+    Outcome.REJECTED: resources_pb2.VALIDATION_OUTCOME_REJECTED,
+}
+_SOURCE_KINDS = {
+    SourceKind.UPLOAD: resources_pb2.DATASET_SOURCE_KIND_UPLOAD,
+    SourceKind.IMPORT: resources_pb2.DATASET_SOURCE_KIND_IMPORT,
+}
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+# -- requests -> domain ------------------------------------------------------------------------
+
+
+def task_type_from_proto(value: int, *, field: str, required: bool = True) -> TaskType | None:
+    for task_type, number in _TASK_TYPES.items():
+        if number == value:
+            return task_type
+    if value == common_pb2.TASK_TYPE_UNSPECIFIED and not required:
+        return None
+    raise InvalidArgument(
+        "a task type is required" if value == 0 else f"unknown task type {value}",
+        [FieldViolation(field, "CLASSIFICATION or CAUSAL_LM", "INVALID_TASK_TYPE")],
+    )
+
+
+def outcome_from_proto(value: int) -> Outcome | None:
+    for outcome, number in _OUTCOMES.items():
+        if number == value:
+            return outcome
+    if value == resources_pb2.VALIDATION_OUTCOME_UNSPECIFIED:
+        return None
+    raise InvalidArgument(
+        f"unknown outcome {value}",
+        [FieldViolation("outcome", "ACCEPTED, REJECTED or unset", "INVALID_OUTCOME")],
+    )
+
+
+def policy_from_proto(message: resources_pb2.SchemaPolicy, *, field: str) -> SchemaPolicy:
+    severities: dict[str, Severity] = {}
+    violations = []
+    for rule_id, value in message.rule_severities.items():
+        severity = next((s for s, number in _SEVERITIES.items() if number == value), None)
+        if severity is None:
+            violations.append(
+                FieldViolation(
+                    f"{field}.rule_severities[{rule_id}]",
+                    "ERROR, WARNING or INFO",
+                    "INVALID_SEVERITY",
+                )
+            )
+        else:
+            severities[rule_id] = severity
+    if violations:
+        raise InvalidArgument("invalid schema policy", violations)
+    return SchemaPolicy(
+        label_set=tuple(message.label_set),
+        max_text_length=message.max_text_length,
+        min_rows_per_class=message.min_rows_per_class,
+        max_imbalance_ratio=message.max_imbalance_ratio,
+        rule_severities=severities,
+    )
+
+
+# -- domain -> resources -----------------------------------------------------------------------
+
+
+def policy_to_proto(policy: SchemaPolicy) -> resources_pb2.SchemaPolicy:
+    return resources_pb2.SchemaPolicy(
+        label_set=policy.label_set,
+        label_set_derived=policy.label_set_derived,
+        max_text_length=policy.max_text_length,
+        min_rows_per_class=policy.min_rows_per_class,
+        max_imbalance_ratio=policy.max_imbalance_ratio,
+        rule_severities={rule: _SEVERITIES[s] for rule, s in policy.rule_severities.items()},
+    )
+
+
+def dataset_to_proto(dataset: Dataset) -> resources_pb2.Dataset:
+    return resources_pb2.Dataset(
+        name=dataset.name,
+        display_name=dataset.display_name,
+        description=dataset.description,
+        task_type=_TASK_TYPES[dataset.task_type],
+        schema_policy=policy_to_proto(dataset.policy),
+        latest_version=dataset.latest_version,
+        version_count=dataset.version_count,
+        create_time=timestamp(dataset.create_time),
+        update_time=timestamp(dataset.update_time),
+    )
+
+
+def task_type_to_proto(task_type: TaskType) -> common_pb2.TaskType.ValueType:
+    return _TASK_TYPES[task_type]
+
+
+def lineage_to_proto(lineage: Lineage) -> resources_pb2.DatasetVersionLineage:
+    return resources_pb2.DatasetVersionLineage(
+        parent_version=lineage.parent_version,
+        uploader=lineage.uploader,
+        source_kind=_SOURCE_KINDS[lineage.source_kind],
+        source=lineage.source,
+        source_sha256=lineage.source_sha256,
+    )
+
+
+def summary_to_proto(summary: Summary) -> resources_pb2.ValidationSummary:
+    return resources_pb2.ValidationSummary(
+        outcome=_OUTCOMES[summary.outcome],
+        error_count=summary.error_count,
+        warning_count=summary.warning_count,
+        info_count=summary.info_count,
+        error_rule_ids=summary.error_rules,
+        warning_rule_ids=summary.warning_rules,
+    )
+
+
+def finding_to_proto(finding: Finding) -> resources_pb2.ValidationFinding:
+    return resources_pb2.ValidationFinding(
+        rule_id=finding.rule.value,
+        severity=_SEVERITIES[finding.severity],
+        message=finding.message,
+        count=finding.count,
+        line_numbers=finding.line_numbers,
+        field=finding.field,
+    )
+
+
+def report_to_proto(report: ValidationReport) -> resources_pb2.ValidationReport:
+    return resources_pb2.ValidationReport(
+        name=report.name,
+        dataset_version=report.dataset_version,
+        summary=summary_to_proto(report.summary),
+        findings=[finding_to_proto(f) for f in report.findings],
+        lines_read=report.lines_read,
+        bytes_read=report.bytes_read,
+        lineage=lineage_to_proto(report.lineage),
+        validate_only=report.validate_only,
+        create_time=timestamp(report.create_time),
+    )
+
+
+def _counts(items: tuple[tuple[str, int], ...]) -> list[common_pb2.LabelCount]:
+    return [common_pb2.LabelCount(label=label, count=count) for label, count in items]
+
+
+def version_to_proto(version: DatasetVersion) -> resources_pb2.DatasetVersion:
+    return resources_pb2.DatasetVersion(
+        name=version.name,
+        content_sha256=version.content_sha256,
+        row_count=version.row_count,
+        byte_count=version.byte_count,
+        task_type=_TASK_TYPES[version.task_type],
+        label_distribution=_counts(version.label_distribution),
+        slice_distribution=_counts(version.slice_distribution),
+        artifact_uri=version.artifact_uri,
+        report=version.report,
+        report_summary=summary_to_proto(version.summary),
+        lineage=lineage_to_proto(version.lineage),
+        create_time=timestamp(version.create_time),
+    )
+
+
+def dataset_versioned(version: DatasetVersion) -> events_pb2.DatasetVersioned:
+    """The event announcing ``version``: every field of the contract, from the version."""
+    return events_pb2.DatasetVersioned(
+        dataset_version=version.name,
+        dataset=version.dataset,
+        content_sha256=version.content_sha256,
+        row_count=version.row_count,
+        byte_count=version.byte_count,
+        task_type=_TASK_TYPES[version.task_type],
+        label_distribution=_counts(version.label_distribution),
+        slice_distribution=_counts(version.slice_distribution),
+        artifact_uri=version.artifact_uri,
+        report=version.report,
+        report_summary=summary_to_proto(version.summary),
+        lineage=lineage_to_proto(version.lineage),
+        event_time=timestamp(version.create_time),
+    )

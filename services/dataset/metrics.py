@@ -1,0 +1,68 @@
+"""The dataset service's Prometheus metrics, on the registry the runtime passes in."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.dataset.domain import Finding
+
+#: From a small upload answered in milliseconds to a gigabyte taking minutes.
+_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class DatasetMetrics:
+    """What ingestion did: bytes and rows, findings by rule, outcomes, and how long it took.
+
+    ``source`` is ``upload`` or ``import``. ``outcome`` is ``created`` (a new version),
+    ``unchanged`` (the content already was a version), ``rejected``, ``validated``
+    (``validate_only``) or ``aborted`` (the client went away mid-upload).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.bytes = Counter(
+            "tuneline_dataset_ingest_bytes_total",
+            "Bytes of dataset content received, as sent (uploads and imports).",
+            ("source",),
+            registry=registry,
+        )
+        self.rows = Counter(
+            "tuneline_dataset_ingest_rows_total",
+            "Rows that passed validation, by the outcome of their upload.",
+            ("source", "outcome"),
+            registry=registry,
+        )
+        self.findings = Counter(
+            "tuneline_dataset_validation_findings_total",
+            "Validation findings (occurrences), by rule and severity.",
+            ("rule", "severity"),
+            registry=registry,
+        )
+        self.ingests = Counter(
+            "tuneline_dataset_ingests_total",
+            "Uploads and imports, by outcome.",
+            ("source", "outcome"),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "tuneline_dataset_ingest_duration_seconds",
+            "Time from the first byte to the answer of an upload or import.",
+            ("source", "outcome"),
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+
+    def ingested(
+        self,
+        *,
+        source: str,
+        outcome: str,
+        rows: int,
+        findings: tuple[Finding, ...],
+        seconds: float,
+    ) -> None:
+        self.rows.labels(source, outcome).inc(rows)
+        for finding in findings:
+            self.findings.labels(finding.rule.value, finding.severity.value).inc(finding.count)
+        self.ingests.labels(source, outcome).inc()
+        self.duration.labels(source, outcome).observe(seconds)

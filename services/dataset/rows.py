@@ -1,0 +1,557 @@
+"""Per-row rules and canonical rows, for one block of complete lines at a time.
+
+:func:`check_block` is the part of validation that needs no memory of other rows: decoding,
+JSON parsing, field and type rules, text rules, and the canonical serialisation with the row's
+id (``DATA.md``). It is a pure function of its arguments, so the validator can run blocks in
+worker processes (it imports neither numpy nor anything that holds state) and merge the results
+in order; the cross-row rules (duplicates, ids, conflicting labels, class balance) stay with the
+validator, which sees the fingerprints computed here.
+
+Fingerprints are 64-bit (ids, inputs) and 32-bit (rows) digests that are the same in every
+process: a row's **id fingerprint** is its derived id's 16 hex digits as a number (for an uploaded
+id, the first 64 bits of its sha256, unless it has the derived form ``r-<16 hex>``); its **row
+fingerprint** is the next 32 bits of the sha256 of its canonical JSON without id; its **input
+fingerprint** the first 64 bits of the sha256 of the normalized input text (CLASSIFICATION).
+
+Speed matters here (this is most of an upload's CPU time), hence the inline fast path for plain
+``{"text", "label"}`` rows, and within it a bytes-only path for ASCII text with nothing to
+escape; ``test_dataset_validation`` checks both against the reference serialisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import unicodedata
+from array import array
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring
+from typing import Any, NamedTuple, cast
+
+from services.dataset.domain import Rule, SchemaPolicy, Severity, TaskType
+from shared.input_text import normalize_input_text
+
+_DERIVED_ID = re.compile(r"^r-([0-9a-f]{16})$")
+_ROLES = frozenset({"system", "user", "assistant"})
+_FIELDS = {
+    TaskType.CLASSIFICATION: frozenset({"id", "text", "label", "group", "slice", "tags", "weight"}),
+    TaskType.CAUSAL_LM: frozenset(
+        {"id", "prompt", "completion", "messages", "group", "slice", "tags", "weight"}
+    ),
+}
+#: Bytes a JSON string holds as they are: printable ASCII but quote and backslash, and every
+#: byte of a multi-byte UTF-8 sequence.
+_PLAIN_BYTES = bytes(c for c in range(0x20, 0x100) if c not in b'"\\\x7f')
+_ASCII_BYTES = bytes(range(0x80))
+
+# the C scanner json.loads runs underneath its Python-level wrapping (which it is not typed as)
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_canonical_json = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def canonical_json(row: dict[str, Any]) -> str:
+    """The canonical serialisation of one row (``DATA.md``), without the line end."""
+    return _canonical_json(row)
+
+
+def id_fingerprint(row_id: str) -> int:
+    """A row id's 64-bit fingerprint; a derived id ``r-<16 hex>`` maps to its hex value."""
+    derived = _DERIVED_ID.match(row_id)
+    if derived:
+        return int(derived.group(1), 16)
+    return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:8], "big")
+
+
+def plain_text(text: str) -> tuple[bytes, bytes] | None:
+    """``text`` and its normalized form as UTF-8, when both come cheap; else None.
+
+    Cheap means: nothing in ``text`` needs escaping in JSON (so its JSON string is the bytes
+    between quotes), and normalizing it only lower-cases ASCII letters and collapses plain
+    spaces. That holds when it has no ASCII control character, quote or backslash, and its
+    other characters are printable, caseless (``casefold`` keeps them), NFKC and not
+    combining (so nothing composes with a neighbour). The checks run on bytes, and on the
+    non-ASCII characters alone, which is what makes them cheaper than the work they spare.
+    """
+    raw = text.encode()
+    if raw.translate(None, _PLAIN_BYTES):  # something to escape, or a control character
+        return None
+    if not text.isascii():
+        others = raw.translate(None, _ASCII_BYTES).decode()
+        if not (
+            others.isprintable()
+            and others.casefold() == others
+            and unicodedata.is_normalized("NFKC", others)
+            and not any(unicodedata.combining(c) for c in others)
+        ):
+            return None
+    folded = raw.lower()  # ASCII letters only, as casefold does to them
+    if b"  " in folded or folded[:1] == b" " or folded[-1:] == b" ":
+        folded = b" ".join(folded.split())
+    return raw, folded
+
+
+@dataclass(frozen=True)
+class RowRules:
+    """What :func:`check_block` needs of a dataset's policy (small, so it travels cheaply)."""
+
+    task_type: TaskType
+    label_set: frozenset[str] | None
+    max_text_length: int
+    max_line_bytes: int
+    #: Rule ids whose findings reject the content: rows they find are left out.
+    error_rules: frozenset[str]
+
+    @classmethod
+    def of(cls, task_type: TaskType, policy: SchemaPolicy, *, max_line_bytes: int) -> RowRules:
+        return cls(
+            task_type=task_type,
+            label_set=frozenset(policy.label_set) if policy.label_set else None,
+            max_text_length=policy.max_text_length,
+            max_line_bytes=max_line_bytes,
+            error_rules=frozenset(r.value for r in Rule if policy.severity(r) is Severity.ERROR),
+        )
+
+
+class RowFinding(NamedTuple):
+    """One occurrence of a per-row finding; ``names`` lists unknown field names."""
+
+    rule: str
+    line: int
+    message: str
+    field: str = ""
+    names: tuple[str, ...] = ()
+
+
+@dataclass
+class BlockResult:
+    """The rows of one block that passed the per-row rules, and what the rules found.
+
+    ``content`` holds their canonical lines (each ending in ``\\n``), in order; the arrays
+    have one entry per row. Labels are indexes into ``labels`` (local to the block).
+    """
+
+    content: bytes = b""
+    line_numbers: array[int] = field(default_factory=lambda: array("Q"))
+    #: Per row, 12 bytes: the 64-bit id fingerprint and the 32-bit row fingerprint, big-endian.
+    keys: bytearray = field(default_factory=bytearray)
+    #: Per row, 8 bytes: the 64-bit input fingerprint, big-endian (CLASSIFICATION only).
+    input_keys: bytearray = field(default_factory=bytearray)
+    label_indexes: array[int] = field(default_factory=lambda: array("I"))
+    labels: list[str] = field(default_factory=list)
+    #: ``(row index, slice)`` for the rows that have a slice.
+    slices: list[tuple[int, str]] = field(default_factory=list)
+    findings: list[RowFinding] = field(default_factory=list)
+
+    @property
+    def row_count(self) -> int:
+        return len(self.line_numbers)
+
+
+def check_block(
+    block: bytes, first_line: int, rules: RowRules, *, unterminated: bool = False
+) -> BlockResult:
+    """Per-row rules for the lines of ``block``, numbered from ``first_line``.
+
+    Every line of ``block`` ends in ``\\n``, except the last one when ``unterminated`` (the
+    end of the upload): that one is ``truncated_last_line`` unless it is a complete object.
+    """
+    return _BlockChecker(rules, first_line).run(block, unterminated)
+
+
+class _BlockChecker:
+    def __init__(self, rules: RowRules, first_line: int) -> None:
+        self.rules = rules
+        self.first_line = first_line
+        self.result = BlockResult()
+        self.out: list[bytes] = []
+        #: label -> (its index in the result, its JSON string as bytes)
+        self.labels: dict[str, tuple[int, bytes]] = {}
+
+    def new_label(self, label: str) -> tuple[int, bytes]:
+        known = self.labels[label] = (len(self.result.labels), encode_basestring(label).encode())
+        self.result.labels.append(label)
+        return known
+
+    def finding(self, rule: Rule, line: int, message: str, field: str = "") -> bool:
+        """Record a finding; True when it leaves the row out (the rule is an error)."""
+        self.result.findings.append(RowFinding(rule.value, line, message, field))
+        return rule.value in self.rules.error_rules
+
+    def run(self, block: bytes, unterminated: bool) -> BlockResult:
+        lines = self.decode(block)
+        if not unterminated:
+            lines.pop()  # the nothing after the final line end
+        else:
+            tail = lines[-1]
+            if isinstance(tail, str) and tail.strip() and not _is_json(tail):
+                lines[-1] = _Unreadable(
+                    Rule.TRUNCATED_LAST_LINE,
+                    "the last line has no line end and is not a complete JSON object",
+                )
+        if len(block) > self.rules.max_line_bytes:  # only then can a line be over the limit
+            for i, line in enumerate(lines):
+                if isinstance(line, str) and len(line.encode()) > self.rules.max_line_bytes:
+                    lines[i] = _Unreadable(Rule.LINE_TOO_LONG, too_long_message(self.rules))
+        self.check_lines(lines)
+        result = self.result
+        if self.out:
+            self.out.append(b"")
+            result.content = b"\n".join(self.out)
+        return result
+
+    def decode(self, block: bytes) -> list[str | _Unreadable]:
+        """The block's lines, without line ends; a line that is not UTF-8 becomes a stand-in."""
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError:
+            return [_decode_line(line) for line in block.split(b"\n")]
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+            if text.endswith("\r"):  # an unterminated last line ending in CR
+                text = text[:-1]
+        return cast("list[str | _Unreadable]", text.split("\n"))
+
+    def check_lines(self, lines: list[str | _Unreadable]) -> None:  # noqa: PLR0912, PLR0915 - hot loop
+        rules = self.rules
+        result = self.result
+        out = self.out
+        line_numbers = result.line_numbers
+        keys = result.keys
+        input_keys = result.input_keys
+        label_indexes = result.label_indexes
+        labels = self.labels
+        label_set = rules.label_set
+        max_text = rules.max_text_length
+        classification = rules.task_type is TaskType.CLASSIFICATION
+        loads = json.loads
+        scan = _scan_json  # json.loads without its Python-level wrapping: a third faster
+        sha256 = hashlib.sha256
+        quote = encode_basestring
+        normalize = normalize_input_text
+        plain_of = plain_text
+        line_number = self.first_line - 1
+        for line in lines:
+            line_number += 1
+            if type(line) is not str:
+                assert isinstance(line, _Unreadable)
+                self.finding(line.rule, line_number, line.message)
+                continue
+            if not line or line.isspace():
+                self.finding(Rule.BLANK_LINE, line_number, "an empty line was skipped")
+                continue
+            try:
+                row, end = scan(line, 0)
+                if end != len(line) and not line[end:].isspace():
+                    raise ValueError("extra data")  # json.loads below names it
+            except (StopIteration, ValueError, RecursionError):
+                try:  # leading whitespace, or not JSON: json.loads decides, and explains
+                    row = loads(line)
+                except (ValueError, RecursionError) as error:
+                    self.finding(Rule.NOT_JSON_OBJECT, line_number, f"not valid JSON: {error}")
+                    continue
+            if type(row) is not dict:
+                self.finding(
+                    Rule.NOT_JSON_OBJECT,
+                    line_number,
+                    f"a line must hold one JSON object, not a JSON {_json_kind(row)}",
+                )
+                continue
+            text = row.get("text")
+            label = row.get("label")
+            group = row.get("group") if len(row) == 3 else None
+            if (
+                classification
+                and (len(row) == 2 or (type(group) is str and group and not group.isspace()))
+                and type(text) is str
+                and type(label) is str
+                and text
+                and not text.isspace()
+                and label
+                and not label.isspace()
+                and len(text) <= max_text
+                and (label_set is None or label in label_set)
+            ):
+                # the common case, inline: a {"text", "label"} row, maybe with a "group", that
+                # passes every rule; the canonical row is {"group", "id", "label", "text"}
+                known = labels.get(label)
+                if known is None:
+                    known = self.new_label(label)
+                index, label_json = known
+                plain = plain_of(text)
+                if plain is not None:
+                    raw, folded = plain
+                    body = b'"label":' + label_json + b',"text":"' + raw + b'"}'
+                else:
+                    body = f'"label":{quote(label)},"text":{quote(text)}}}'.encode()
+                    folded = normalize(text).encode()
+                if group is None:
+                    digest = sha256(b"{" + body).digest()
+                    out.append(b'{"id":"r-' + digest[:8].hex().encode() + b'",' + body)
+                else:
+                    before = b'{"group":' + quote(group).encode() + b","
+                    digest = sha256(before + body).digest()
+                    out.append(before + b'"id":"r-' + digest[:8].hex().encode() + b'",' + body)
+                line_numbers.append(line_number)
+                keys += digest[:12]
+                input_keys += sha256(folded).digest()[:8]
+                label_indexes.append(index)
+            else:
+                fields = self.general_row(row, line_number)
+                if fields is not None:
+                    self.add_row(fields, row.get("id"), line_number)
+
+    # -- every other row: all fields, all rules ------------------------------------------------
+
+    def general_row(self, row: dict[str, Any], line: int) -> dict[str, Any] | None:  # noqa: PLR0912
+        """The canonical fields of a row (without id), or None when it is left out."""
+        rules = self.rules
+        unknown = row.keys() - _FIELDS[rules.task_type]
+        drop = False
+        if unknown:
+            self.result.findings.append(
+                RowFinding(Rule.UNKNOWN_FIELD.value, line, "", "", tuple(sorted(unknown)))
+            )
+            drop = Rule.UNKNOWN_FIELD.value in rules.error_rules
+        fields: dict[str, Any] = {}
+        for name in ("group", "slice"):
+            if name in row:
+                value = row[name]
+                if type(value) is not str or not value.strip():
+                    drop |= self.finding(
+                        Rule.WRONG_TYPE, line, f"{name!r} must be a non-empty string", name
+                    )
+                else:
+                    fields[name] = value
+        if "tags" in row:
+            tags = row["tags"]
+            if type(tags) is not list or any(type(t) is not str or not t.strip() for t in tags):
+                drop |= self.finding(
+                    Rule.WRONG_TYPE, line, "'tags' must be a list of non-empty strings", "tags"
+                )
+            else:
+                fields["tags"] = tags
+                if tags and "slice" not in fields:
+                    fields["slice"] = tags[0]
+        if "weight" in row:
+            weight = row["weight"]
+            # an int may be too big for a float, so only floats go through isfinite
+            if (type(weight) is int and weight >= 0) or (
+                type(weight) is float and math.isfinite(weight) and weight >= 0
+            ):
+                fields["weight"] = weight
+            else:
+                drop |= self.finding(
+                    Rule.WRONG_TYPE,
+                    line,
+                    "'weight' must be a finite, non-negative number",
+                    "weight",
+                )
+        if "id" in row and (type(row["id"]) is not str or not row["id"].strip()):
+            drop |= self.finding(Rule.WRONG_TYPE, line, "'id' must be a non-empty string", "id")
+        if rules.task_type is TaskType.CLASSIFICATION:
+            drop |= not self.classification_fields(row, fields, line)
+        else:
+            drop |= not self.causal_lm_fields(row, fields, line)
+        return None if drop else fields
+
+    def required_string(self, row: dict[str, Any], name: str, line: int) -> str | None:
+        if name not in row:
+            self.finding(Rule.MISSING_FIELD, line, f"{name!r} is required", name)
+            return None
+        value = row[name]
+        if type(value) is not str:
+            self.finding(
+                Rule.WRONG_TYPE, line, f"{name!r} must be a string, not {_json_kind(value)}", name
+            )
+            return None
+        return value
+
+    def text_rules(self, name: str, value: str, line: int) -> bool:
+        """``empty_text``; False when the finding leaves the row out."""
+        if not value or value.isspace():
+            return not self.finding(
+                Rule.EMPTY_TEXT, line, f"{name!r} is empty or whitespace only", name
+            )
+        return True
+
+    def length_rule(self, name: str, length: int, line: int) -> bool:
+        """``text_too_long``; False when the finding leaves the row out."""
+        limit = self.rules.max_text_length
+        if length > limit:
+            return not self.finding(
+                Rule.TEXT_TOO_LONG,
+                line,
+                f"{name} is {length} characters long, more than {limit}",
+                name.split(" ", maxsplit=1)[0],
+            )
+        return True
+
+    def classification_fields(self, row: dict[str, Any], fields: dict[str, Any], line: int) -> bool:
+        text = self.required_string(row, "text", line)
+        label = self.required_string(row, "label", line)
+        if text is None or label is None:
+            return False
+        keep = self.text_rules("text", text, line)
+        keep = self.text_rules("label", label, line) and keep
+        keep = self.length_rule("text", len(text), line) and keep
+        label_set = self.rules.label_set
+        if label_set is not None and label not in label_set:
+            keep = (
+                not self.finding(
+                    Rule.LABEL_NOT_IN_SET, line, f"label {label!r} is not in the label set", "label"
+                )
+                and keep
+            )
+        fields["text"] = text
+        fields["label"] = label
+        return keep
+
+    def causal_lm_fields(self, row: dict[str, Any], fields: dict[str, Any], line: int) -> bool:
+        if "messages" in row:
+            if "prompt" in row or "completion" in row:
+                self.finding(
+                    Rule.WRONG_TYPE,
+                    line,
+                    "a row has either 'prompt' and 'completion' or 'messages', not both",
+                    "messages",
+                )
+                return False
+            return self.messages(row["messages"], fields, line)
+        prompt = self.required_string(row, "prompt", line)
+        completion = self.required_string(row, "completion", line)
+        if prompt is None or completion is None:
+            return False
+        keep = self.text_rules("prompt", prompt, line)
+        keep = self.text_rules("completion", completion, line) and keep
+        keep = self.length_rule("prompt + completion", len(prompt) + len(completion), line) and keep
+        fields["prompt"] = prompt
+        fields["completion"] = completion
+        return keep
+
+    def messages(self, messages: object, fields: dict[str, Any], line: int) -> bool:
+        if type(messages) is not list or not messages:
+            self.finding(Rule.WRONG_TYPE, line, "'messages' must be a non-empty list", "messages")
+            return False
+        clean: list[dict[str, str]] = []
+        for message in messages:
+            if (
+                type(message) is not dict
+                or message.keys() != {"role", "content"}
+                or type(message["content"]) is not str
+                or type(message["role"]) is not str
+                or message["role"] not in _ROLES
+            ):
+                self.finding(
+                    Rule.WRONG_TYPE,
+                    line,
+                    "each message must be {'role': 'system'|'user'|'assistant', 'content': string}",
+                    "messages",
+                )
+                return False
+            clean.append({"content": message["content"], "role": message["role"]})
+        if not any(m["role"] == "assistant" for m in clean):
+            self.finding(
+                Rule.MISSING_FIELD, line, "'messages' has no assistant message to learn", "messages"
+            )
+            return False
+        keep = True
+        if any(not m["content"] or m["content"].isspace() for m in clean):
+            keep = not self.finding(
+                Rule.EMPTY_TEXT, line, "a message's content is empty or whitespace only", "messages"
+            )
+        keep = self.length_rule("messages", sum(len(m["content"]) for m in clean), line) and keep
+        fields["messages"] = clean
+        return keep
+
+    def add_row(self, fields: dict[str, Any], uploaded_id: str | None, line: int) -> None:
+        members = canonical_members(fields)
+        digest = hashlib.sha256(f"{{{','.join(members)}}}".encode()).digest()
+        if uploaded_id is None:
+            row_id = "r-" + digest[:8].hex()
+            id_key = digest[:8]
+        else:
+            row_id = uploaded_id
+            id_key = id_fingerprint(uploaded_id).to_bytes(8, "big")
+        result = self.result
+        self.out.append(with_id(members, row_id).encode())
+        index = result.row_count
+        result.line_numbers.append(line)
+        result.keys += id_key + digest[8:12]
+        if self.rules.task_type is TaskType.CLASSIFICATION:
+            text = fields["text"]
+            plain = plain_text(text)
+            folded = plain[1] if plain is not None else normalize_input_text(text).encode()
+            result.input_keys += hashlib.sha256(folded).digest()[:8]
+            known = self.labels.get(fields["label"]) or self.new_label(fields["label"])
+            result.label_indexes.append(known[0])
+        if "slice" in fields:
+            result.slices.append((index, fields["slice"]))
+
+
+def canonical_members(fields: dict[str, Any]) -> list[str]:
+    """The ``"key":value`` members of a row's canonical JSON, in key order, without ``id``.
+
+    ``{`` + their comma-joined text + ``}`` is :func:`canonical_json` of the row: keys are
+    plain ASCII, strings go through the encoder's own ``encode_basestring``, anything else
+    through the canonical encoder. Building the members once serves both the row without id
+    (hashed into the derived id) and the row with it (:func:`with_id`).
+    """
+    return [
+        f'"{key}":{encode_basestring(value) if type(value) is str else _canonical_json(value)}'
+        for key, value in sorted(fields.items())
+    ]
+
+
+def with_id(members: list[str], row_id: str) -> str:
+    """The canonical row of :func:`canonical_members` with ``"id"`` at its sorted place."""
+    cut = sum(1 for member in members if member[1 : member.index('"', 1)] < "id")
+    spliced = [*members[:cut], f'"id":{encode_basestring(row_id)}', *members[cut:]]
+    return f"{{{','.join(spliced)}}}"
+
+
+def too_long_message(rules: RowRules) -> str:
+    return f"a line is longer than {rules.max_line_bytes} bytes; it was skipped"
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """Stands in for a line that cannot be read as text: the finding it gets."""
+
+    rule: Rule
+    message: str
+
+
+def _decode_line(line: bytes) -> str | _Unreadable:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return _Unreadable(
+            Rule.NOT_UTF8, f"not valid UTF-8 (first bad byte at column {error.start + 1})"
+        )
+    return text[:-1] if text.endswith("\r") else text
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"

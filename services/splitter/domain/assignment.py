@@ -1,0 +1,179 @@
+"""Assigning groups of rows to parts: the HASH and STRATIFIED strategies.
+
+Both work on *groups* (rows sharing a group key), never on single rows, so a group can never
+straddle two parts. Both are seeded through :func:`group_positions`: a 64-bit position of each
+group key derived from ``sha256(domain tag + seed + key)``:
+
+* HASH maps the position against cumulative ratio boundaries in ``[0, 2**64)``. A group's part
+  depends on nothing but its key and the seed, so adding rows never moves existing ones.
+* STRATIFIED puts each group in the stratum of its (majority) label, computes exact per-part row
+  targets per stratum by the largest-remainder method, lines the stratum's groups up in
+  seeded-hash order and cuts the line at the targets (a group goes where its middle row
+  falls). With one row per group the per-label counts match the targets exactly; with larger
+  groups they miss by less than one group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from itertools import accumulate
+
+from services.splitter.domain.rows import SplitRow, SplitRows
+from services.splitter.domain.spec import Part, SplitSpec, SplitStrategy
+
+#: Versions the hash: changing how positions are derived would move every row.
+_HASH_DOMAIN = b"tuneline.splitter.v1/group-position\x00"
+_POSITIONS = 1 << 64
+
+
+def group_positions(seed: int, keys: Iterable[str]) -> list[int]:
+    """Each key's seeded position in ``[0, 2**64)``: the first 8 bytes of its SHA-256."""
+    seeded = hashlib.sha256(_HASH_DOMAIN + seed.to_bytes(8, "big", signed=True))
+    from_bytes = int.from_bytes
+    positions: list[int] = []
+    append = positions.append
+    for key in keys:
+        digest = seeded.copy()  # cheaper than hashing the prefix again, per group
+        digest.update(key.encode())
+        append(from_bytes(digest.digest()[:8], "big"))
+    return positions
+
+
+@dataclass(frozen=True)
+class GroupIndex:
+    """The dataset's groups, and which group each row is in."""
+
+    #: Group keys in order of first appearance.
+    keys: list[str]
+    #: For each row (in dataset order), the index of its group in ``keys``.
+    row_groups: list[int]
+
+    @classmethod
+    def of(cls, rows: SplitRows) -> GroupIndex:
+        by_key: dict[str, int] = {}
+        # setdefault hands an existing key its index, a new key the next one
+        row_groups = [by_key.setdefault(key, len(by_key)) for key in rows.group_keys]
+        return cls(list(by_key), row_groups)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def sizes(self) -> list[int]:
+        """Rows per group."""
+        counts = Counter(self.row_groups)
+        return [counts[group] for group in range(len(self.keys))]
+
+    def strata(self, rows: SplitRows) -> list[str | None]:
+        """Each group's label for stratification: its majority label (ties: the smallest).
+
+        Nearly every group is label-pure; a mixed one (the same text labelled differently,
+        or an explicit group spanning labels) is stratified by what most of its rows say.
+        """
+        row_groups, labels = self.row_groups, rows.labels
+        label_of = dict(zip(row_groups, labels, strict=True))  # each group's last row's label
+        mixed = {
+            group
+            for group, label in zip(row_groups, labels, strict=True)
+            if label_of[group] != label
+        }
+        if mixed:  # rare groups carry several labels: count theirs only
+            label_counts = Counter(
+                pair for pair in zip(row_groups, labels, strict=True) if pair[0] in mixed
+            )
+            best: dict[int, tuple[int, str]] = {}
+            for (group, label), count in label_counts.items():
+                # most rows first; among equals, the smallest label (None sorts as "")
+                rank = (-count, label or "")
+                if group not in best or rank < best[group]:
+                    best[group] = rank
+                    label_of[group] = label
+        return [label_of[group] for group in range(len(self.keys))]
+
+
+def _hash_boundaries(spec: SplitSpec) -> list[tuple[int, Part]]:
+    """Upper position bounds per part in use; the last one is always exactly ``2**64``."""
+    shares = spec.ratios.exact_shares()
+    boundaries: list[tuple[int, Part]] = []
+    cumulative = Fraction(0)
+    for part in spec.parts_in_use:
+        cumulative += shares[part]
+        boundaries.append((math.floor(cumulative * _POSITIONS), part))
+    return boundaries
+
+
+def assign_groups_by_hash(groups: GroupIndex, spec: SplitSpec) -> list[Part]:
+    """Each group's part from its seeded position alone (append-stable)."""
+    boundaries = _hash_boundaries(spec)
+    bounds = [bound for bound, _ in boundaries[:-1]]  # the last bound, 2**64, holds every position
+    parts = [part for _, part in boundaries]
+    return [
+        parts[bisect_right(bounds, position)]
+        for position in group_positions(spec.seed, groups.keys)
+    ]
+
+
+def row_targets(rows: int, spec: SplitSpec) -> dict[Part, int]:
+    """Rows per part for a stratum of ``rows`` rows: largest-remainder rounding of the ratios.
+
+    The targets add up to ``rows`` exactly; ties in the remainders go to the earlier part.
+    """
+    shares = spec.ratios.exact_shares()
+    in_use = spec.parts_in_use
+    quotas = {part: rows * shares[part] for part in in_use}
+    targets = {part: math.floor(quota) for part, quota in quotas.items()}
+    left = rows - sum(targets.values())
+    by_remainder = sorted(in_use, key=lambda p: (-(quotas[p] - targets[p]), in_use.index(p)))
+    for part in by_remainder[:left]:
+        targets[part] += 1
+    return targets
+
+
+def assign_groups_stratified(groups: GroupIndex, rows: SplitRows, spec: SplitSpec) -> list[Part]:
+    """Per-label exact ratios, at group granularity, in a seeded order.
+
+    Each stratum's groups are lined up in seeded order and the line is cut where the running
+    row count crosses each part's target: a group goes to the part its middle row falls in.
+    One-row groups therefore meet the targets exactly, and no part misses its target by a
+    whole group.
+    """
+    members_of: dict[str | None, list[int]] = {}
+    for group, stratum in enumerate(groups.strata(rows)):
+        members_of.setdefault(stratum, []).append(group)
+    positions = group_positions(spec.seed, groups.keys)
+    sizes = groups.sizes()
+    in_use = spec.parts_in_use
+    assigned_parts: list[Part] = [Part.TRAIN] * len(groups)
+    for members in members_of.values():  # strata are independent: their order does not matter
+        # seeded order; a (astronomically unlikely) tie of positions keeps first-appearance
+        # order, since the sort is stable: still deterministic for the same content
+        order = sorted(members, key=positions.__getitem__)
+        order_sizes = [sizes[group] for group in order]
+        targets = row_targets(sum(order_sizes), spec)
+        # doubled, so that middles (start + size / 2) stay integers
+        bounds = list(accumulate(2 * targets[part] for part in in_use))[:-1]
+        # where each group starts (the running total before it; the extra last one is the total)
+        starts = accumulate(order_sizes, initial=0)
+        middles = [2 * start + size for start, size in zip(starts, order_sizes, strict=False)]
+        for group, middle in zip(order, middles, strict=True):
+            assigned_parts[group] = in_use[bisect_right(bounds, middle)]
+    return assigned_parts
+
+
+def assign_rows(
+    rows: SplitRows | Iterable[SplitRow], spec: SplitSpec
+) -> tuple[GroupIndex, list[Part]]:
+    """The groups of ``rows`` and each row's part (aligned with ``rows``)."""
+    if not isinstance(rows, SplitRows):
+        rows = SplitRows.of(rows)
+    groups = GroupIndex.of(rows)
+    if spec.strategy is SplitStrategy.HASH:
+        group_parts = assign_groups_by_hash(groups, spec)
+    else:
+        group_parts = assign_groups_stratified(groups, rows, spec)
+    return groups, [group_parts[group] for group in groups.row_groups]

@@ -1,0 +1,336 @@
+"""The dataset service over real gRPC on loopback and a real Kafka broker.
+
+Real Rotten Tomatoes reviews go up through the client SDK and come out as DatasetVersioned on
+the broker; the same content twice makes one version and one event; a client that cancels
+mid-upload leaves nothing behind; and the service runs as a process of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.dataset import bootstrap
+from services.dataset.settings import DatasetSettings
+from shared.runtime import ServiceRuntime, build_runtime
+from shared.settings import CommonSettings
+from tests.fixtures.datasets import rotten_tomatoes_rows, stored_artifacts, to_jsonl
+from tests.fixtures.events import header, read_records
+from tuneline.client import InvalidArgumentError, TunelineError, UnavailableError
+from tuneline.client.dataset import DatasetClient
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.dataset.v1 import events_pb2, resources_pb2
+from tuneline.devtools.kafka import free_port
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "tuneline.dataset.v1.DatasetVersioned"
+
+
+@pytest.fixture
+def service(kafka_bootstrap: str, tmp_path: Path) -> Iterator[ServiceRuntime]:
+    runtime = build_runtime(
+        bootstrap.SPEC,
+        CommonSettings(kafka_bootstrap=kafka_bootstrap, data_dir=tmp_path),
+        DatasetSettings(grpc_port=0, metrics_port=0, validation_workers=1),
+    )
+    runtime.start()
+    yield runtime
+    runtime.stop()
+
+
+@pytest.fixture
+def client(service: ServiceRuntime) -> Iterator[DatasetClient]:
+    with DatasetClient(f"127.0.0.1:{service.grpc_port}") as client:
+        yield client
+
+
+def events_about(kafka_bootstrap: str, dataset: str, *, expected: int) -> list[object]:
+    prefix = f"{dataset}/versions/".encode()
+    return read_records(
+        kafka_bootstrap,
+        TOPIC,
+        lambda record: (record.key or b"").startswith(prefix),  # type: ignore[attr-defined]
+        expected=expected,
+        settle=2.0,
+    )
+
+
+def metric(runtime: ServiceRuntime, name: str, **labels: str) -> float:
+    return runtime.context.registry.get_sample_value(name, labels) or 0.0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_real_reviews_uploaded_become_a_version_and_an_event(
+    client: DatasetClient,
+    service: ServiceRuntime,
+    kafka_bootstrap: str,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    dataset = client.create_dataset(f"rt-{unique}", "classification")
+    rows = rotten_tomatoes_rows(3000)
+    source = tmp_path / "reviews.jsonl"
+    source.write_bytes(to_jsonl(rows))
+    progress: list[tuple[int, int]] = []
+
+    response = client.upload_version(
+        dataset.name,
+        source,
+        uploader="alice@example.com",
+        chunk_bytes=64 * 1024,
+        progress=lambda sent, lines: progress.append((sent, lines)),
+    )
+
+    assert progress[-1] == (source.stat().st_size, 3000)
+    version = response.dataset_version
+    assert response.created
+    artifact = Path(version.artifact_uri.removeprefix("file://"))
+    content = artifact.read_bytes()
+    assert version.content_sha256 == hashlib.sha256(content).hexdigest()
+    labels = Counter(row["label"] for row in rows)
+    assert [(c.label, c.count) for c in version.label_distribution] == sorted(labels.items())
+    assert client.get_version(version.name) == version
+    report = client.get_report(response.report)
+    assert report.dataset_version == version.name
+    assert report.lines_read == 3000
+    # the real data has a few exact repeats: kept, numbered, reported as warnings
+    assert [f.rule_id for f in report.findings] == ["duplicate_row"]
+    assert version.row_count == 3000
+
+    (record,) = events_about(kafka_bootstrap, dataset.name, expected=1)
+    assert record.key == version.name.encode()  # type: ignore[attr-defined]
+    assert header(record, "ce_type") == TOPIC
+    assert header(record, "ce_source") == "tuneline/dataset"
+    assert header(record, "content-type") == "application/protobuf"
+    event = events_pb2.DatasetVersioned.FromString(record.value)  # type: ignore[attr-defined]
+    assert event.dataset_version == version.name
+    assert event.dataset == dataset.name
+    assert event.content_sha256 == version.content_sha256
+    assert (event.row_count, event.byte_count) == (3000, len(content))
+    assert event.task_type == common_pb2.TASK_TYPE_CLASSIFICATION
+    assert list(event.label_distribution) == list(version.label_distribution)
+    assert event.artifact_uri == version.artifact_uri
+    assert event.report == response.report
+    assert event.report_summary.outcome == resources_pb2.VALIDATION_OUTCOME_ACCEPTED
+    assert list(event.report_summary.warning_rule_ids) == ["duplicate_row"]
+    assert event.lineage.uploader == "alice@example.com"
+    assert event.lineage.source == "reviews.jsonl"
+    assert event.lineage.source_sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert event.event_time == version.create_time
+    assert metric(service, "tuneline_dataset_ingests_total", source="upload", outcome="created")
+
+
+def test_the_same_content_twice_is_one_version_and_one_event(
+    client: DatasetClient, kafka_bootstrap: str, unique: str
+) -> None:
+    dataset = client.create_dataset(f"twice-{unique}", "classification")
+    rows = rotten_tomatoes_rows(500)
+    first = client.upload_version(dataset.name, to_jsonl(rows))
+    second = client.upload_version(dataset.name, b"\xef\xbb\xbf" + to_jsonl(rows, newline="\r\n"))
+    assert (first.created, second.created) == (True, False)
+    assert second.dataset_version == first.dataset_version
+    assert second.report != first.report
+    assert len(events_about(kafka_bootstrap, dataset.name, expected=1)) == 1
+    assert client.get_dataset(dataset.name).version_count == 1
+
+
+def test_a_client_cancelling_mid_upload_leaves_nothing(
+    client: DatasetClient, service: ServiceRuntime, unique: str
+) -> None:
+    dataset = client.create_dataset(f"gone-{unique}", "classification")
+    content = to_jsonl(rotten_tomatoes_rows(4000))
+    halfway = len(content) // 2
+    chunk = 32 * 1024
+    release = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, halfway, chunk):
+            yield content[start : start + chunk]
+        release.wait(30)  # the client stalls here, and then gives up
+        yield content[halfway:]
+
+    upload = client.start_upload(dataset.name, chunks())
+    store = service.context.artifacts
+    received = lambda: metric(service, "tuneline_dataset_ingest_bytes_total", source="upload")  # noqa: E731
+    wait_until(lambda: received() >= halfway - chunk)
+    assert len(store.temp_entries()) == 1, "the content is being spooled"
+
+    assert upload.cancel()
+    release.set()
+    wait_until(
+        lambda: (
+            metric(service, "tuneline_dataset_ingests_total", source="upload", outcome="aborted")
+            == 1
+        )
+    )
+    with pytest.raises(TunelineError) as caught:
+        upload.result()
+    assert caught.value.code == grpc.StatusCode.CANCELLED
+    assert store.temp_entries() == []
+    assert stored_artifacts(store.root) == []
+    assert list(client.list_versions(dataset.name)) == []
+    assert list(client.list_reports(dataset.name)) == []
+
+
+def test_a_rejected_upload_answers_with_violations_and_keeps_only_its_report(
+    client: DatasetClient, service: ServiceRuntime, kafka_bootstrap: str, unique: str
+) -> None:
+    dataset = client.create_dataset(
+        f"bad-{unique}", "classification", label_set=["fresh", "rotten"]
+    )
+    rows = rotten_tomatoes_rows(100)
+    content = to_jsonl(rows[:10]) + b'{"text": "so-so", "label": "meh"}\n' + to_jsonl(rows[10:])
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.upload_version(dataset.name, content)
+    error = caught.value
+    assert [(v.field, v.reason) for v in error.violations] == [
+        ("label_not_in_set", "label_not_in_set")
+    ]
+    assert error.violations[0].description.startswith(
+        "line 11: label 'meh' is not in the label set"
+    )
+    report = client.get_report(error.metadata["report"])
+    assert report.summary.outcome == resources_pb2.VALIDATION_OUTCOME_REJECTED
+    assert [(f.rule_id, list(f.line_numbers)) for f in report.findings] == [
+        ("label_not_in_set", [11])
+    ]
+    assert [r.name for r in client.list_reports(dataset.name, outcome="rejected")] == [report.name]
+    assert list(client.list_versions(dataset.name)) == []
+    assert stored_artifacts(service.context.artifacts.root) == []
+    assert events_about(kafka_bootstrap, dataset.name, expected=0) == []
+
+
+def test_import_from_a_file_uri_in_the_data_dir(
+    client: DatasetClient, service: ServiceRuntime, tmp_path: Path, unique: str
+) -> None:
+    dataset = client.create_dataset(f"imp-{unique}", "classification")
+    source = tmp_path / "incoming" / "reviews.jsonl"
+    source.parent.mkdir()
+    source.write_bytes(to_jsonl(rotten_tomatoes_rows(300)))
+    response = client.import_version(dataset.name, source.as_uri(), uploader="svc:ingest")
+    assert response.created
+    lineage = response.dataset_version.lineage
+    assert (lineage.source, lineage.source_kind, lineage.uploader) == (
+        source.as_uri(),
+        resources_pb2.DATASET_SOURCE_KIND_IMPORT,
+        "svc:ingest",
+    )
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.import_version(dataset.name, "file:///etc/hostname")
+    assert caught.value.violations[0].reason == "OUTSIDE_IMPORT_ROOTS"
+
+
+def test_the_service_runs_as_its_own_process(
+    kafka_bootstrap: str, tmp_path: Path, unique: str
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "TUNELINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "TUNELINE_DATA_DIR": str(tmp_path),
+        "TUNELINE_DATASET_GRPC_PORT": str(port),
+        "TUNELINE_DATASET_METRICS_PORT": str(metrics_port),
+        "TUNELINE_DATASET_VALIDATION_WORKERS": "2",
+        "TUNELINE_LOG_FORMAT": "json",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.dataset.entrypoints.main"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with DatasetClient(f"127.0.0.1:{port}", timeout=5) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    dataset = client.create_dataset(f"proc-{unique}", "classification")
+                    break
+                except UnavailableError:
+                    assert time.monotonic() < deadline, "the service never answered"
+                    time.sleep(0.3)
+            rows = rotten_tomatoes_rows(2000)
+            response = client.upload_version(
+                dataset.name, to_jsonl(rows), metadata=[("x-tuneline-principal", "bob")]
+            )
+        version = response.dataset_version
+        (record,) = events_about(kafka_bootstrap, dataset.name, expected=1)
+        event = events_pb2.DatasetVersioned.FromString(record.value)  # type: ignore[attr-defined]
+        assert (event.dataset_version, event.row_count) == (version.name, 2000)
+        assert event.content_sha256 == version.content_sha256
+        assert event.lineage.uploader == "bob"  # the authenticated principal wins
+        metrics = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
+        assert 'tuneline_dataset_ingests_total{outcome="created",source="upload"} 1.0' in metrics
+        assert 'tuneline_dataset_ingest_rows_total{outcome="created",source="upload"} 2000.0' in (
+            metrics
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def test_the_cli_creates_pushes_shows_lists_and_reports(
+    service: ServiceRuntime, tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415 - only this test drives the CLI
+
+    from tuneline.cli.main import app  # noqa: PLC0415
+
+    monkeypatch.setenv("TUNELINE_DATASET_TARGET", f"127.0.0.1:{service.grpc_port}")
+    runner = CliRunner()
+    name = f"cli-{unique}"
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, ["datasets", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("create", name, "--task", "classification", "--severity", "class_imbalance=error")
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(to_jsonl(rotten_tomatoes_rows(1000)))
+    pushed = run("push", name, str(good), "--uploader", "carol", "--chunk-kib", "16")
+    assert "rows/s" in pushed
+    assert "1,000 rows" in pushed
+    version = next(
+        line.split()[1].rstrip(":") for line in pushed.splitlines() if line.startswith("created ")
+    )
+    assert f'"name":"{version}"' in run("show", version).replace(" ", "")
+    assert version.rsplit("/", 1)[-1] in run("list", name)
+    assert name in run("list")
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "fine", "label": "fresh"}\n{"text": 1}\n')
+    result = runner.invoke(app, ["datasets", "push", name, str(bad)])
+    assert result.exit_code == 1
+    assert "wrong_type: line 2" in result.output
+    report = result.output.split("tuneline datasets report ")[1].split()[0]
+    shown = run("report", report)
+    assert "wrong_type" in shown
+    assert "missing_field" in shown
+    assert "rejected" in run("report", name)

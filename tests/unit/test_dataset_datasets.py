@@ -1,0 +1,148 @@
+"""Datasets and their policies; Get and paged List of datasets, versions and reports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.dataset import handlers
+from services.dataset.domain import (
+    DEFAULT_MAX_IMBALANCE_RATIO,
+    DEFAULT_MAX_TEXT_LENGTH,
+    DEFAULT_MIN_ROWS_PER_CLASS,
+    Outcome,
+    SchemaPolicy,
+    Severity,
+    SourceKind,
+    TaskType,
+)
+from services.dataset.handlers import DatasetDeps, IngestRequest
+from shared.errors import AlreadyExists, InvalidArgument, NotFound
+from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_jsonl
+
+
+@pytest.fixture
+def deps(tmp_path: Path) -> Iterator[DatasetDeps]:
+    deps = make_dataset_deps(tmp_path)
+    yield deps
+    deps.sessions.kw["bind"].dispose()
+
+
+def create(deps: DatasetDeps, dataset_id: str, task: TaskType = TaskType.CLASSIFICATION) -> None:
+    handlers.create_dataset(deps, dataset_id=dataset_id, task_type=task, policy=SchemaPolicy())
+
+
+def test_create_resolves_defaults_and_get_returns_the_same(deps: DatasetDeps) -> None:
+    created = handlers.create_dataset(
+        deps,
+        dataset_id="reviews",
+        task_type=TaskType.CLASSIFICATION,
+        policy=SchemaPolicy(
+            label_set=("rotten", "fresh"), rule_severities={"duplicate_row": Severity.ERROR}
+        ),
+        display_name="Rotten Tomatoes",
+    )
+    assert created.name == "datasets/reviews"
+    assert created.policy == SchemaPolicy(
+        label_set=("fresh", "rotten"),
+        max_text_length=DEFAULT_MAX_TEXT_LENGTH,
+        min_rows_per_class=DEFAULT_MIN_ROWS_PER_CLASS,
+        max_imbalance_ratio=DEFAULT_MAX_IMBALANCE_RATIO,
+        rule_severities={"duplicate_row": Severity.ERROR},
+    )
+    assert handlers.get_dataset(deps, "datasets/reviews") == created
+    with pytest.raises(AlreadyExists):
+        create(deps, "reviews")
+
+
+def test_invalid_ids_names_and_policies_name_every_field(deps: DatasetDeps) -> None:
+    for bad_id in ("Reviews", "1st", "a_b", "x" * 64, "trailing-"):
+        with pytest.raises(InvalidArgument) as caught:
+            create(deps, bad_id)
+        assert caught.value.violations[0].field == "dataset_id"
+    with pytest.raises(InvalidArgument) as caught:
+        handlers.create_dataset(
+            deps,
+            dataset_id="ok",
+            task_type=TaskType.CAUSAL_LM,
+            policy=SchemaPolicy(
+                label_set=("a", "a"),
+                max_text_length=-1,
+                max_imbalance_ratio=0.5,
+                rule_severities={"no_such_rule": Severity.ERROR, "not_utf8": Severity.WARNING},
+            ),
+        )
+    assert {v.field: v.reason for v in caught.value.violations} == {
+        "dataset.schema_policy.max_text_length": "OUT_OF_RANGE",
+        "dataset.schema_policy.max_imbalance_ratio": "OUT_OF_RANGE",
+        "dataset.schema_policy.label_set": "DUPLICATE",
+        "dataset.schema_policy.rule_severities[no_such_rule]": "UNKNOWN_RULE",
+        "dataset.schema_policy.rule_severities[not_utf8]": "NOT_OVERRIDABLE",
+    }
+    with pytest.raises(InvalidArgument):
+        handlers.get_dataset(deps, "reviews")  # not a resource name
+    with pytest.raises(NotFound):
+        handlers.get_dataset(deps, "datasets/absent")
+
+
+def test_list_datasets_pages_by_name_and_filters_by_task(deps: DatasetDeps) -> None:
+    for name in ("delta", "alpha", "echo", "charlie", "bravo"):
+        create(deps, name, TaskType.CAUSAL_LM if name == "charlie" else TaskType.CLASSIFICATION)
+    names, token = [], ""
+    while True:
+        page, token = handlers.list_datasets(deps, page_size=2, page_token=token, task_type=None)
+        assert len(page) <= 2
+        names += [d.dataset_id for d in page]
+        if not token:
+            break
+    assert names == ["alpha", "bravo", "charlie", "delta", "echo"]
+    classification, _ = handlers.list_datasets(
+        deps, page_size=0, page_token="", task_type=TaskType.CLASSIFICATION
+    )
+    assert [d.dataset_id for d in classification] == ["alpha", "bravo", "delta", "echo"]
+    _, token = handlers.list_datasets(deps, page_size=1, page_token="", task_type=None)
+    with pytest.raises(InvalidArgument):  # a token replayed with another filter
+        handlers.list_datasets(deps, page_size=1, page_token=token, task_type=TaskType.CAUSAL_LM)
+
+
+def test_versions_and_reports_list_newest_first_in_pages(deps: DatasetDeps) -> None:
+    create(deps, "reviews")
+    rows = rotten_tomatoes_rows(60)
+    created = []
+    for size in (40, 45, 50):
+        result = handlers.upload_version(
+            deps,
+            IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD),
+            [to_jsonl(rows[:size])],
+        )
+        created.append(result.version.name)  # type: ignore[union-attr]
+    with pytest.raises(InvalidArgument):
+        handlers.upload_version(
+            deps,
+            IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD),
+            [b"[]\n"],
+        )
+    first, token = handlers.list_versions(
+        deps, parent="datasets/reviews", page_size=2, page_token=""
+    )
+    rest, last = handlers.list_versions(
+        deps, parent="datasets/reviews", page_size=2, page_token=token
+    )
+    assert [v.name for v in [*first, *rest]] == created[::-1]
+    assert last == ""
+    assert handlers.get_version(deps, created[0]).row_count == 40
+
+    everything, _ = handlers.list_reports(
+        deps, parent="datasets/reviews", page_size=0, page_token="", outcome=None
+    )
+    assert [r.summary.outcome for r in everything] == [Outcome.REJECTED] + [Outcome.ACCEPTED] * 3
+    accepted, _ = handlers.list_reports(
+        deps, parent="datasets/reviews", page_size=0, page_token="", outcome=Outcome.ACCEPTED
+    )
+    assert [r.dataset_version for r in accepted] == created[::-1]
+    with pytest.raises(NotFound):
+        handlers.list_versions(deps, parent="datasets/absent", page_size=0, page_token="")
+    with pytest.raises(NotFound):
+        handlers.get_version(deps, "datasets/reviews/versions/v-0000")

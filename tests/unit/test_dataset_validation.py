@@ -1,0 +1,250 @@
+"""The streaming validator's own guarantees: chunking never matters, memory stays bounded, the
+canonical serialisation is exactly DATA.md's, and worker processes give the same result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import sys
+import unicodedata
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.dataset.domain import SchemaPolicy, Severity, TaskType
+from services.dataset.rows import (
+    RowRules,
+    canonical_json,
+    canonical_members,
+    check_block,
+    plain_text,
+    with_id,
+)
+from services.dataset.validation import StreamingValidator, ValidationResult
+from shared.input_text import normalize_input_text
+from tests.fixtures.datasets import rotten_tomatoes_rows, to_jsonl
+
+POLICY = SchemaPolicy(min_rows_per_class=1).resolved(TaskType.CLASSIFICATION)
+RULES = RowRules.of(TaskType.CLASSIFICATION, POLICY, max_line_bytes=1 << 20)
+
+
+def validate(
+    chunks: list[bytes], *, policy: SchemaPolicy = POLICY, **options: Any
+) -> tuple[ValidationResult, bytes]:
+    written = bytearray()
+    validator = StreamingValidator(
+        TaskType.CLASSIFICATION,
+        policy,
+        written.extend,
+        max_line_bytes=options.pop("max_line_bytes", 1 << 20),
+        **options,
+    )
+    for chunk in chunks:
+        validator.feed(chunk)
+    return validator.finish(), bytes(written)
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+# a mixed upload: valid rows, a repeat, a BOM, CRLF, blank and broken lines, multi-byte text
+MIXED = (
+    b"\xef\xbb\xbf"
+    + to_jsonl(rotten_tomatoes_rows(30), newline="\r\n")
+    + '{"text": "d\u00e9j\u00e0 vu \u2014 \U0001f3ac", "label": "fresh"}\n'.encode()
+    + b"\n"
+    + b"\xc3\x28 not utf-8\n"
+    + to_jsonl(rotten_tomatoes_rows(2))
+    + b'{"text": "cut'
+)
+
+
+# the same without the errors: accepted, so its canonical content is written out in full
+ACCEPTED = MIXED.replace(b"\xc3\x28 not utf-8\n", b"").rsplit(b"\n", 1)[0] + b"\n"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(MIXED)), max_size=12))
+def test_chunk_boundaries_never_change_the_outcome(cuts: list[int]) -> None:
+    expected, _ = validate([MIXED], block_bytes=64)
+    assert validate(split_at(MIXED, cuts), block_bytes=64)[0] == expected
+    accepted = validate([ACCEPTED], block_bytes=64)
+    assert validate(split_at(ACCEPTED, cuts), block_bytes=64) == accepted
+    assert not accepted[0].has_errors
+    assert accepted[1].count(b"\n") == accepted[0].row_count == 33
+    result = expected
+    assert {f.rule.value: f.line_numbers for f in result.findings} == {
+        "bom": (1,),
+        "blank_line": (32,),
+        "duplicate_row": (34, 35),
+        "not_utf8": (33,),
+        "truncated_last_line": (36,),
+    }
+    assert result.lines_read == 36
+    assert result.bytes_read == len(MIXED)
+    assert result.source_sha256 == hashlib.sha256(MIXED).hexdigest()
+
+
+def test_a_long_line_is_never_buffered() -> None:
+    validator = StreamingValidator(
+        TaskType.CLASSIFICATION, POLICY, lambda _: None, max_line_bytes=4096, block_bytes=1024
+    )
+    validator.feed(b'{"text": "fine", "label": "a"}\n{"text": "')
+    for _ in range(1000):  # 1 MB of one line, 1 KB at a time
+        validator.feed(b"z" * 1024)
+        assert len(validator._buffer) <= 4096
+    validator.feed(b'", "label": "b"}\n{"text": "also fine", "label": "b"}\n')
+    result = validator.finish()
+    assert {f.rule.value: f.line_numbers for f in result.findings} == {"line_too_long": (2,)}
+    assert (result.row_count, result.lines_read) == (2, 3)
+
+
+def test_nothing_is_written_once_the_content_is_known_to_be_rejected() -> None:
+    rows = rotten_tomatoes_rows(200)
+    content = to_jsonl(rows[:100]) + b"oops\n" + to_jsonl(rows[100:])
+    result, written = validate([content], block_bytes=1024)
+    assert result.has_errors
+    assert len(written) < len(content) / 2  # only blocks before the bad line went out
+
+
+def test_worker_processes_give_the_same_result_as_the_calling_thread() -> None:
+    content = to_jsonl(rotten_tomatoes_rows(3000)) + MIXED[3:]  # no BOM mid-file
+    in_thread = validate([content], block_bytes=16 * 1024)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        in_workers = validate([content], block_bytes=16 * 1024, executor=pool, max_in_flight=3)
+    assert in_workers == in_thread
+    assert in_thread[0].row_count == 3000 + 30 + 1 + 2
+    assert {f.rule.value for f in in_thread[0].findings} == {
+        "blank_line",
+        "duplicate_row",
+        "not_utf8",
+        "truncated_last_line",
+    }
+
+
+def test_severity_overrides_keep_or_drop_rows() -> None:
+    rows = [*rotten_tomatoes_rows(20), {"text": "   ", "label": "fresh"}]
+    strict, _ = validate([to_jsonl(rows)])
+    assert strict.row_count == 20
+    assert strict.has_errors
+    lenient = SchemaPolicy(min_rows_per_class=1, rule_severities={"empty_text": Severity.WARNING})
+    relaxed, written = validate([to_jsonl(rows)], policy=lenient.resolved(TaskType.CLASSIFICATION))
+    assert relaxed.row_count == 21
+    assert not relaxed.has_errors
+    assert written.endswith(b',"label":"fresh","text":"   "}\n')
+
+
+# -- the canonical serialisation --------------------------------------------------------------
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+_rows = st.fixed_dictionaries(
+    {"text": _text, "label": _text},
+    optional={
+        "group": _text,
+        "completion": _text,
+        "slice": _text,
+        "tags": st.lists(_text, max_size=3),
+        "weight": st.one_of(st.integers(0, 10**30), st.floats(0, 1e300)),
+        "messages": st.lists(st.fixed_dictionaries({"role": _text, "content": _text}), max_size=2),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(row=_rows, row_id=_text.filter(bool))
+def test_splicing_the_id_equals_serialising_the_row_with_it(
+    row: dict[str, Any], row_id: str
+) -> None:
+    reference = json.dumps(
+        {**row, "id": row_id}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    members = canonical_members(row)
+    assert "{" + ",".join(members) + "}" == canonical_json(row)
+    assert with_id(members, row_id) == reference
+
+
+def _reference_line(row: dict[str, Any]) -> bytes:
+    row_id = "r-" + hashlib.sha256(canonical_json(row).encode()).hexdigest()[:16]
+    return (canonical_json({**row, "id": row_id}) + "\n").encode()
+
+
+_nonblank = _text.filter(lambda t: t.strip())
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_nonblank, label=_nonblank, group=st.one_of(st.none(), _nonblank))
+def test_the_inline_fast_path_writes_data_md_canonical_rows(
+    text: str, label: str, group: str | None
+) -> None:
+    row = (
+        {"text": text, "label": label}
+        if group is None
+        else {"group": group, "text": text, "label": label}
+    )
+    result = check_block(json.dumps(row).encode() + b"\n", 1, RULES)
+    assert result.findings == []
+    assert result.content == _reference_line(row)
+    assert (
+        bytes(result.input_keys) == hashlib.sha256(normalize_input_text(text).encode()).digest()[:8]
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(row=_rows.filter(lambda r: r["text"].strip() and r["label"].strip()))
+def test_the_general_path_writes_data_md_canonical_rows(row: dict[str, Any]) -> None:
+    row = {k: v for k, v in row.items() if k not in ("completion", "messages")}
+    if "tags" in row and not all(t.strip() for t in row["tags"]):
+        del row["tags"]
+    for name in ("group", "slice"):
+        if name in row and not row[name].strip():
+            del row[name]
+    result = check_block(json.dumps(row).encode() + b"\n", 1, RULES)
+    assert result.findings == []
+    expected = dict(row)
+    if row.get("tags") and "slice" not in row:
+        expected["slice"] = row["tags"][0]
+    assert result.content == _reference_line(expected)
+
+
+def test_what_the_fast_normalization_relies_on_holds_for_every_code_point() -> None:
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        folded = char.casefold()
+        assert folded, hex(code)
+        assert folded.isprintable() == char.isprintable(), hex(code)
+        assert (" " in folded) == (char == " "), hex(code)
+        if char.isspace() and char != " ":
+            assert not char.isprintable(), hex(code)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.text(
+        st.one_of(
+            st.characters(codec="utf-8", exclude_categories=("Cs",)),
+            st.sampled_from(' \t"\\\x7fAbc\u00e9\u0301\u00a0\u2019\u2014\u00df\ufb01\u1161'),
+        ),
+        max_size=30,
+    )
+)
+def test_the_plain_text_shortcut_agrees_with_json_and_data_md(text: str) -> None:
+    plain = plain_text(text)
+    if plain is None:
+        return
+    raw, folded = plain
+    assert raw == text.encode()
+    assert json.dumps(text, ensure_ascii=False) == f'"{text}"'
+    reference = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    assert folded == reference.encode()
+
+
+def test_the_plain_text_shortcut_takes_typical_text_and_declines_the_rest() -> None:
+    assert plain_text("It\u2019s a \u201cfine\u201d film \u2014 really.") is not None
+    for tricky in ("CAF\u00c9", "e\u0301", "\ufb01ne", "tab\there", 'a "quote"', "nbsp\u00a0"):
+        assert plain_text(tricky) is None, tricky

@@ -1,0 +1,302 @@
+"""``DatasetClient``: the typed client of ``tuneline.dataset.v1.DatasetService``.
+
+Uploads stream a file (or any iterable of bytes) in chunks after a header; a progress callback
+sees bytes and lines sent so far. Names may be given in full (``datasets/reviews``) or, where
+the resource type is obvious, as the bare id (``reviews``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import grpc
+
+from tuneline.client.base import ServiceClient
+from tuneline.client.errors import TunelineError, from_rpc_error
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.dataset.v1 import resources_pb2, service_pb2, service_pb2_grpc
+
+#: Chunk size of uploads: the contract recommends 64 KiB to 1 MiB.
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+#: Deadline of an upload or import unless the caller sets one (large files take minutes).
+DEFAULT_INGEST_TIMEOUT = 3600.0
+
+TASK_TYPES: Mapping[str, common_pb2.TaskType.ValueType] = {
+    "classification": common_pb2.TASK_TYPE_CLASSIFICATION,
+    "causal_lm": common_pb2.TASK_TYPE_CAUSAL_LM,
+}
+SEVERITIES: Mapping[str, resources_pb2.ValidationSeverity.ValueType] = {
+    "error": resources_pb2.VALIDATION_SEVERITY_ERROR,
+    "warning": resources_pb2.VALIDATION_SEVERITY_WARNING,
+    "info": resources_pb2.VALIDATION_SEVERITY_INFO,
+}
+OUTCOMES: Mapping[str, resources_pb2.ValidationOutcome.ValueType] = {
+    "accepted": resources_pb2.VALIDATION_OUTCOME_ACCEPTED,
+    "rejected": resources_pb2.VALIDATION_OUTCOME_REJECTED,
+}
+
+#: ``progress(bytes_sent, lines_sent)``, called after every chunk.
+Progress = Callable[[int, int], None]
+
+
+def dataset_name(dataset: str) -> str:
+    """``reviews`` → ``datasets/reviews``; a full name is returned as is."""
+    return dataset if dataset.startswith("datasets/") else f"datasets/{dataset}"
+
+
+def _task_type(value: str | int) -> common_pb2.TaskType.ValueType:
+    if isinstance(value, str):
+        try:
+            return TASK_TYPES[value.lower()]
+        except KeyError:
+            raise ValueError(f"task type must be one of {', '.join(TASK_TYPES)}") from None
+    return common_pb2.TaskType.ValueType(value)
+
+
+def _file_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            yield chunk
+
+
+def _split(data: bytes, chunk_bytes: int) -> Iterator[bytes]:
+    for start in range(0, len(data), chunk_bytes):
+        yield data[start : start + chunk_bytes]
+
+
+class UploadInProgress:
+    """A running upload: wait for its :meth:`result`, or :meth:`cancel` it."""
+
+    def __init__(self, call: grpc.Future) -> None:
+        self._call = call
+
+    def result(self, timeout: float | None = None) -> service_pb2.UploadDatasetVersionResponse:
+        """The response; a rejected upload raises ``InvalidArgumentError`` (see its
+        ``violations`` and ``metadata["report"]``)."""
+        try:
+            return self._call.result(timeout=timeout)
+        except grpc.FutureCancelledError:
+            raise TunelineError(grpc.StatusCode.CANCELLED, "the upload was cancelled") from None
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def cancel(self) -> bool:
+        """Abandon the upload; the service stores nothing of it."""
+        return bool(self._call.cancel())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+
+class DatasetClient(ServiceClient):
+    """Datasets, their versions and validation reports. See ``ServiceClient`` for channels."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        channel: grpc.Channel | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        super().__init__(target, channel=channel, timeout=timeout)
+        self._stub = service_pb2_grpc.DatasetServiceStub(self.channel)
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    def create_dataset(
+        self,
+        dataset_id: str,
+        task_type: str | int,
+        *,
+        label_set: Iterable[str] = (),
+        max_text_length: int = 0,
+        min_rows_per_class: int = 0,
+        max_imbalance_ratio: float = 0.0,
+        rule_severities: Mapping[str, str] | None = None,
+        display_name: str = "",
+        description: str = "",
+    ) -> resources_pb2.Dataset:
+        """Create a dataset; zeros take the server defaults. ``rule_severities`` maps rule ids
+        to ``error``/``warning``/``info``."""
+        policy = resources_pb2.SchemaPolicy(
+            label_set=list(label_set),
+            max_text_length=max_text_length,
+            min_rows_per_class=min_rows_per_class,
+            max_imbalance_ratio=max_imbalance_ratio,
+            rule_severities={
+                rule: SEVERITIES[severity.lower()]
+                for rule, severity in (rule_severities or {}).items()
+            },
+        )
+        request = service_pb2.CreateDatasetRequest(
+            dataset_id=dataset_id,
+            dataset=resources_pb2.Dataset(
+                task_type=_task_type(task_type),
+                schema_policy=policy,
+                display_name=display_name,
+                description=description,
+            ),
+        )
+        return self._call(self._stub.CreateDataset, request).dataset
+
+    def get_dataset(self, dataset: str) -> resources_pb2.Dataset:
+        request = service_pb2.GetDatasetRequest(name=dataset_name(dataset))
+        return self._call(self._stub.GetDataset, request).dataset
+
+    def list_datasets(
+        self, *, task_type: str | int | None = None, page_size: int = 100
+    ) -> Iterator[resources_pb2.Dataset]:
+        request = service_pb2.ListDatasetsRequest()
+        if task_type is not None:
+            request.task_type = _task_type(task_type)
+        return self._paginate(self._stub.ListDatasets, request, "datasets", page_size=page_size)
+
+    # -- uploads and imports ----------------------------------------------------------------
+
+    def start_upload(
+        self,
+        dataset: str,
+        content: Path | str | bytes | Iterable[bytes],
+        *,
+        filename: str | None = None,
+        parent_version: str = "",
+        uploader: str = "",
+        validate_only: bool = False,
+        content_length: int | None = None,
+        content_sha256: str = "",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        progress: Progress | None = None,
+        timeout: float = DEFAULT_INGEST_TIMEOUT,
+        metadata: Iterable[tuple[str, str]] = (),
+    ) -> UploadInProgress:
+        """Start streaming ``content`` (a file path, bytes, or an iterable of byte chunks).
+
+        For a path, ``filename`` and ``content_length`` default to the file's name and size;
+        for bytes, to nothing and their length. The chunks are read lazily as gRPC sends them.
+        """
+        chunks: Iterable[bytes]
+        if isinstance(content, str | os.PathLike):
+            path = Path(content)
+            filename = path.name if filename is None else filename
+            content_length = path.stat().st_size if content_length is None else content_length
+            chunks = _file_chunks(path, chunk_bytes)
+        elif isinstance(content, bytes):
+            content_length = len(content) if content_length is None else content_length
+            chunks = _split(content, chunk_bytes)
+        else:
+            chunks = content
+        header = service_pb2.UploadDatasetVersionHeader(
+            dataset=dataset_name(dataset),
+            format=resources_pb2.DATA_FORMAT_JSONL,
+            parent_version=parent_version,
+            uploader=uploader,
+            filename=filename or "",
+            content_length=content_length or 0,
+            content_sha256=content_sha256,
+            validate_only=validate_only,
+        )
+
+        def requests() -> Iterator[service_pb2.UploadDatasetVersionRequest]:
+            yield service_pb2.UploadDatasetVersionRequest(header=header)
+            sent_bytes = sent_lines = 0
+            for chunk in chunks:
+                yield service_pb2.UploadDatasetVersionRequest(chunk=chunk)
+                if progress is not None:
+                    sent_bytes += len(chunk)
+                    sent_lines += chunk.count(b"\n")
+                    progress(sent_bytes, sent_lines)
+
+        call = self._stub.UploadDatasetVersion.future(
+            requests(), timeout=timeout, metadata=tuple(metadata)
+        )
+        return UploadInProgress(call)
+
+    def upload_version(
+        self,
+        dataset: str,
+        content: Path | str | bytes | Iterable[bytes],
+        *,
+        filename: str | None = None,
+        parent_version: str = "",
+        uploader: str = "",
+        validate_only: bool = False,
+        content_length: int | None = None,
+        content_sha256: str = "",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        progress: Progress | None = None,
+        timeout: float = DEFAULT_INGEST_TIMEOUT,
+        metadata: Iterable[tuple[str, str]] = (),
+    ) -> service_pb2.UploadDatasetVersionResponse:
+        """Upload and wait for the answer (see :meth:`start_upload`); interrupting the wait
+        (Ctrl-C) cancels the upload. A rejected upload raises ``InvalidArgumentError``."""
+        upload = self.start_upload(
+            dataset,
+            content,
+            filename=filename,
+            parent_version=parent_version,
+            uploader=uploader,
+            validate_only=validate_only,
+            content_length=content_length,
+            content_sha256=content_sha256,
+            chunk_bytes=chunk_bytes,
+            progress=progress,
+            timeout=timeout,
+            metadata=metadata,
+        )
+        try:
+            return upload.result()
+        except KeyboardInterrupt:
+            upload.cancel()
+            raise
+
+    def import_version(
+        self,
+        dataset: str,
+        source_uri: str,
+        *,
+        parent_version: str = "",
+        uploader: str = "",
+        content_sha256: str = "",
+        validate_only: bool = False,
+        timeout: float = DEFAULT_INGEST_TIMEOUT,
+    ) -> service_pb2.ImportDatasetVersionResponse:
+        request = service_pb2.ImportDatasetVersionRequest(
+            dataset=dataset_name(dataset),
+            source_uri=source_uri,
+            format=resources_pb2.DATA_FORMAT_JSONL,
+            parent_version=parent_version,
+            uploader=uploader,
+            content_sha256=content_sha256,
+            validate_only=validate_only,
+        )
+        return self._call(self._stub.ImportDatasetVersion, request, timeout=timeout)
+
+    # -- versions and reports ---------------------------------------------------------------
+
+    def get_version(self, name: str) -> resources_pb2.DatasetVersion:
+        request = service_pb2.GetDatasetVersionRequest(name=name)
+        return self._call(self._stub.GetDatasetVersion, request).dataset_version
+
+    def list_versions(
+        self, dataset: str, *, page_size: int = 100
+    ) -> Iterator[resources_pb2.DatasetVersion]:
+        request = service_pb2.ListDatasetVersionsRequest(parent=dataset_name(dataset))
+        return self._paginate(
+            self._stub.ListDatasetVersions, request, "dataset_versions", page_size=page_size
+        )
+
+    def get_report(self, name: str) -> resources_pb2.ValidationReport:
+        request = service_pb2.GetValidationReportRequest(name=name)
+        return self._call(self._stub.GetValidationReport, request).validation_report
+
+    def list_reports(
+        self, dataset: str, *, outcome: str | None = None, page_size: int = 100
+    ) -> Iterator[resources_pb2.ValidationReport]:
+        request = service_pb2.ListValidationReportsRequest(parent=dataset_name(dataset))
+        if outcome:
+            request.outcome = OUTCOMES[outcome.lower()]
+        return self._paginate(
+            self._stub.ListValidationReports, request, "validation_reports", page_size=page_size
+        )
