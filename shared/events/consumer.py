@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 from kafka import KafkaConsumer
+from kafka.errors import CommitFailedError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -145,7 +146,18 @@ class ConsumerLoop:
                         if self._stop.is_set():
                             break
                         self._process(record)
-                        consumer.commit({partition: OffsetAndMetadata(record.offset + 1, "", -1)})
+                        try:
+                            consumer.commit(
+                                {partition: OffsetAndMetadata(record.offset + 1, "", -1)}
+                            )
+                        except (CommitFailedError, RebalanceInProgressError) as error:
+                            # the group is rebalancing: the effect is committed in the database,
+                            # so a redelivery after the rebalance is skipped by its event id
+                            log.warning(
+                                "offset commit failed during a rebalance; polling again",
+                                extra={"group": self._group_id, "error": repr(error)},
+                            )
+                            break
                 self._record_lag(consumer)
         except Exception:
             log.exception("consumer loop crashed", extra={"group": self._group_id})
@@ -193,6 +205,7 @@ class ConsumerLoop:
                 )
                 if attempt == self._max_attempts:
                     self._dead_letter(record, error, attempts=attempt)
+                    self._mark_applied(event)
                     return
                 time.sleep(self._backoff * attempt)
             else:
@@ -227,6 +240,20 @@ class ConsumerLoop:
             if self._metrics:
                 self._metrics.handling_seconds.labels(event.topic).observe(
                     time.perf_counter() - started
+                )
+
+    def _mark_applied(self, event: ReceivedEvent[Any]) -> None:
+        """Record a dead-lettered event id as handled: if the offset commit is lost to a
+        rebalance, the redelivery is skipped instead of dead-lettered a second time."""
+        with self._sessions() as session, session.begin():
+            if session.get(ProcessedEvent, (self._group_id, event.envelope.id)) is None:
+                session.add(
+                    ProcessedEvent(
+                        consumer_group=self._group_id,
+                        event_id=event.envelope.id,
+                        topic=event.topic,
+                        processed_at=datetime.now(UTC),
+                    )
                 )
 
     def _dead_letter(self, record: Any, error: BaseException, *, attempts: int) -> None:
