@@ -1,30 +1,127 @@
-"""Wiring of the trainer service: what makes it this service on the shared runtime."""
+"""Wiring of the trainer service: what makes it this service on the shared runtime.
+
+One :class:`TrainerParts` per service instance is shared by the gRPC servicer, the
+SplitCreated subscription and the worker supervisor, so all three see the same change
+notifications and metrics. It is kept on the context because the runtime calls
+``grpc_services``, ``subscriptions`` and ``background`` separately with the same context.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from services.trainer import handlers
+from services.trainer.adapters.metrics import TrainerMetrics
+from services.trainer.adapters.models import ModelCatalog
+from services.trainer.adapters.notifications import JobChanges
+from services.trainer.adapters.repository import Pricing
+from services.trainer.adapters.splits import SplitterLookup
+from services.trainer.adapters.supervisor import JobSupervisor, SupervisorConfig
+from services.trainer.adapters.tables import TrainerBase
+from services.trainer.entrypoints import events
 from services.trainer.entrypoints.grpc_api import TrainerServicer
+from services.trainer.settings import TrainerSettings
+from shared.events import Subscription
 from shared.grpc import ServiceRegistration
-from shared.runtime import ServiceContext, ServiceSpec
+from shared.runtime import BackgroundComponent, ServiceContext, ServiceSpec
 from tuneline.trainer.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 
+_PARTS_KEY = "_trainer_parts"
+#: Distributions whose versions every lineage records.
+_SOFTWARE = ("tuneline", "torch", "transformers", "peft", "safetensors")
+
+
+def software_versions() -> dict[str, str]:
+    """Installed versions of the software that trains (read without importing it)."""
+    found: dict[str, str] = {}
+    for name in _SOFTWARE:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+@dataclass
+class TrainerParts:
+    """The instance's shared pieces."""
+
+    settings: TrainerSettings
+    context: handlers.Context
+    models: ModelCatalog
+    changes: JobChanges
+    metrics: TrainerMetrics
+    supervisor: JobSupervisor
+
+
+def trainer_parts(context: ServiceContext) -> TrainerParts:
+    """Build the shared pieces once per service context."""
+    existing = getattr(context, _PARTS_KEY, None)
+    if isinstance(existing, TrainerParts):
+        return existing
+    settings = context.settings
+    if not isinstance(settings, TrainerSettings):  # a plain ServiceSettings in some tests
+        settings = TrainerSettings()
+    models = ModelCatalog(settings.models_root, settings.allowed_model_roots)
+    handler_context = handlers.Context(
+        models=models,
+        pricing=Pricing(settings.price_per_device_hour, settings.currency),
+        source=context.source,
+        software_versions=software_versions(),
+        splits=SplitterLookup(settings.splitter_target, timeout=settings.splitter_timeout_seconds),
+    )
+    changes = JobChanges()
+    metrics = TrainerMetrics(context.registry, context.sessions)
+    supervisor = JobSupervisor(
+        sessions=context.sessions,
+        artifacts=context.artifacts,
+        models=models,
+        context=handler_context,
+        changes=changes,
+        metrics=metrics,
+        relay=context.relay,
+        config=SupervisorConfig(
+            devices=settings.devices,
+            cpu_threads=settings.cpu_threads,
+            max_worker_restarts=settings.max_worker_restarts,
+            cancel_grace_seconds=settings.cancel_grace_seconds,
+            fault_oom_above_batch=settings.fault_oom_above_batch,
+            log_level=context.common.log_level,
+        ),
+    )
+    parts = TrainerParts(settings, handler_context, models, changes, metrics, supervisor)
+    setattr(context, _PARTS_KEY, parts)
+    return parts
+
 
 def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
+    parts = trainer_parts(context)
+    servicer = TrainerServicer(
+        context.sessions, parts.context, parts.changes, stopping=context.stopping
+    )
     return [
         ServiceRegistration(
-            SERVICE_NAME,
-            TrainerServicer(),  # type: ignore[abstract]  # RPCs not implemented yet: UNIMPLEMENTED
-            service_pb2_grpc.add_TrainerServiceServicer_to_server,
+            SERVICE_NAME, servicer, service_pb2_grpc.add_TrainerServiceServicer_to_server
         )
     ]
 
 
+def subscriptions(context: ServiceContext) -> Sequence[Subscription]:
+    parts = trainer_parts(context)
+    return events.subscriptions(parts.context, parts.changes)
+
+
+def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
+    return [trainer_parts(context).supervisor]
+
+
 SPEC = ServiceSpec(
     name="trainer",
-    tables=[],
+    tables=[TrainerBase.metadata],
     publishes=[
         events_pb2.TrainingJobStarted,
         events_pb2.CheckpointReady,
@@ -32,4 +129,6 @@ SPEC = ServiceSpec(
         events_pb2.TrainingJobFailed,
     ],
     grpc_services=grpc_services,
+    subscriptions=subscriptions,
+    background=background,
 )

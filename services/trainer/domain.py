@@ -1,1 +1,862 @@
-"""The trainer service's domain: plain dataclasses and rules, no grpc, kafka, torch or SQL."""
+"""The trainer service's domain: plain dataclasses and rules, no grpc, kafka, torch or SQL.
+
+* the job's configuration (:class:`AdapterSpec`, :class:`Hyperparameters`,
+  :class:`StoppingRules`, :class:`CheckpointPolicy`) with the contracts' "zero means default"
+  convention, :func:`validate_job_config` (every violation, with its field path) and
+  :func:`resolve_job_config` (every default made explicit);
+* the job's life (:class:`JobState` and its allowed transitions, failure and stop reasons);
+* the rules training follows and the service records: learning-rate schedule, early stopping,
+  which checkpoints to keep, planned steps, cost, ETA, policy job ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import types
+import typing
+from collections import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from enum import StrEnum
+from typing import Any
+
+from shared.errors import FieldViolation
+
+#: User-chosen ids (jobs, policies), as the contracts define them.
+RESOURCE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+JOB_PREFIX = "trainingJobs/"
+POLICY_PREFIX = "trainingPolicies/"
+_MODEL_RESOURCE = re.compile(r"^models/[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DATASET_RESOURCE = re.compile(r"^datasets/[^/]+$")
+_SPLIT_RESOURCE = re.compile(r"^datasets/[^/]+/versions/[^/]+/splits/[^/]+$")
+#: peft matches target modules by name suffix; a name is dotted identifiers.
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+
+MAX_RANK = 1024
+MAX_DISPLAY_NAME = 200
+MAX_LOSS_TREND_POINTS = 1000
+#: Longest default sequence: the model's limit, capped here (the contracts' default).
+DEFAULT_MAX_SEQ_LENGTH_CAP = 512
+#: Validate at least this often when no interval is given (the contracts' default).
+DEFAULT_MAX_EVAL_INTERVAL = 500
+
+
+class TaskType(StrEnum):
+    CLASSIFICATION = "classification"
+    CAUSAL_LM = "causal_lm"
+
+
+class JobState(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: JobState, target: JobState) -> bool:
+    """QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELLED (a queued job may also be cancelled,
+    or fail before it ever runs)."""
+    return target in _TRANSITIONS[current]
+
+
+class FailureReason(StrEnum):
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    MODEL_REFUSED = "MODEL_REFUSED"
+    MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
+    DATA_UNAVAILABLE = "DATA_UNAVAILABLE"
+    NON_FINITE_LOSS = "NON_FINITE_LOSS"
+    WORKER_CRASHED = "WORKER_CRASHED"
+    INTERNAL = "INTERNAL"
+
+
+class StopReason(StrEnum):
+    MAX_STEPS = "MAX_STEPS"
+    EPOCHS_COMPLETED = "EPOCHS_COMPLETED"
+    EARLY_STOPPING = "EARLY_STOPPING"
+    MAX_DURATION = "MAX_DURATION"
+
+
+class AdapterMethod(StrEnum):
+    LORA = "LORA"
+    DORA = "DORA"
+    RSLORA = "RSLORA"
+
+
+class TargetPreset(StrEnum):
+    DEFAULT = "DEFAULT"
+    ALL_LINEAR = "ALL_LINEAR"
+
+
+class LearningRateSchedule(StrEnum):
+    CONSTANT = "CONSTANT"
+    LINEAR = "LINEAR"
+    COSINE = "COSINE"
+
+
+class Precision(StrEnum):
+    FP32 = "FP32"
+    BF16 = "BF16"
+    FP16 = "FP16"
+
+
+# -- per-architecture defaults ------------------------------------------------------------
+
+#: The attention projections LoRA attaches to by default, by ``config.model_type``.
+DEFAULT_TARGET_MODULES: Mapping[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "megatron-bert"),
+        ("query", "key", "value"),
+    ),
+    "distilbert": ("q_lin", "k_lin", "v_lin"),
+    "deberta-v2": ("query_proj", "key_proj", "value_proj"),
+    "mpnet": ("q", "k", "v"),
+    **dict.fromkeys(
+        (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "smollm3",
+            "granite",
+            "phi",
+        ),
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+    ),
+    "gpt2": ("c_attn",),
+    "gpt_neox": ("query_key_value",),
+}
+
+#: The classification head trained in full (``modules_to_save``), by ``config.model_type``;
+#: encoders call it ``classifier``, decoder-based sequence classifiers ``score``.
+_ENCODER_TYPES = frozenset(
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "camembert",
+        "electra",
+        "ernie",
+        "megatron-bert",
+        "distilbert",
+        "deberta-v2",
+        "mpnet",
+    }
+)
+
+
+def default_head_modules(model_type: str) -> tuple[str, ...]:
+    """The modules a classification head consists of for ``model_type``."""
+    if model_type == "distilbert":
+        return ("pre_classifier", "classifier")
+    return ("classifier",) if model_type in _ENCODER_TYPES else ("score",)
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """A base model as a job names it (one of name/path), plus what resolution found."""
+
+    model_name: str = ""
+    model_path: str = ""
+    files_sha256: str = ""
+    revision: str = ""
+    architecture: str = ""
+    model_type: str = ""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """The adapter; zero/empty fields mean the default (see :func:`resolve_adapter`)."""
+
+    method: AdapterMethod | None = None
+    rank: int = 0
+    alpha: float = 0.0
+    dropout: float | None = None
+    target_modules: tuple[str, ...] = ()
+    target_preset: TargetPreset | None = None
+    modules_to_save: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Optimisation settings; zero/None fields mean the default
+    (see :func:`resolve_hyperparameters`). ``precision`` and ``packing`` stay ``None`` until
+    the device is known (bf16 and packing on CUDA, fp32 and padding on CPU)."""
+
+    learning_rate: float = 0.0
+    learning_rate_schedule: LearningRateSchedule | None = None
+    warmup_ratio: float | None = None
+    warmup_steps: int | None = None
+    weight_decay: float | None = None
+    batch_size: int = 0
+    gradient_accumulation_steps: int = 0
+    epochs: float = 0.0
+    max_steps: int = 0
+    max_seq_length: int = 0
+    seed: int | None = None
+    precision: Precision | None = None
+    gradient_checkpointing: bool | None = None
+    packing: bool | None = None
+    max_grad_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class StoppingRules:
+    eval_every_n_steps: int = 0
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    max_duration_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    every_n_steps: int = 0
+    keep_best_k: int = 0
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything a job trains with, apart from its split (a policy's job template)."""
+
+    base_model: BaseModelRef
+    adapter: AdapterSpec = field(default_factory=AdapterSpec)
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    stopping: StoppingRules = field(default_factory=StoppingRules)
+    checkpointing: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """What the trainer knows of a split (from ``SplitCreated`` or the splitter's ``Split``)."""
+
+    name: str
+    dataset: str
+    dataset_version: str
+    dataset_content_sha256: str
+    task_type: TaskType
+    manifest_uri: str
+    manifest_sha256: str
+    dataset_artifact_uri: str
+    train_rows: int
+    validation_rows: int
+    test_rows: int = 0
+    labels: tuple[str, ...] = ()
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+def _violation(prefix: str, name: str, description: str, reason: str) -> FieldViolation:
+    return FieldViolation(f"{prefix}.{name}" if prefix else name, description, reason)
+
+
+def validate_adapter(spec: AdapterSpec, prefix: str) -> list[FieldViolation]:
+    """Violations of an adapter spec (its fields as given, before defaults)."""
+    found: list[FieldViolation] = []
+    if spec.rank < 0 or spec.rank > MAX_RANK:
+        found.append(
+            _violation(prefix, "rank", f"must be in [1, {MAX_RANK}] (0: default 8)", "OUT_OF_RANGE")
+        )
+    if spec.alpha < 0 or not math.isfinite(spec.alpha):
+        found.append(
+            _violation(prefix, "alpha", "must be > 0 (0: default 2 * rank)", "OUT_OF_RANGE")
+        )
+    if spec.dropout is not None and not 0.0 <= spec.dropout < 1.0:
+        found.append(_violation(prefix, "dropout", "must be in [0, 1)", "OUT_OF_RANGE"))
+    for index, name in enumerate(spec.target_modules):
+        if not _MODULE_NAME.match(name):
+            found.append(
+                _violation(
+                    prefix,
+                    f"target_modules[{index}]",
+                    f"{name!r} is not a module name (dotted identifiers)",
+                    "INVALID_FORMAT",
+                )
+            )
+    for index, name in enumerate(spec.modules_to_save):
+        if not _MODULE_NAME.match(name):
+            found.append(
+                _violation(
+                    prefix,
+                    f"modules_to_save[{index}]",
+                    f"{name!r} is not a module name",
+                    "INVALID_FORMAT",
+                )
+            )
+    return found
+
+
+def validate_hyperparameters(hp: Hyperparameters, prefix: str) -> list[FieldViolation]:
+    """Violations of hyperparameters (as given, before defaults)."""
+    found: list[FieldViolation] = []
+
+    def bad(name: str, description: str, reason: str = "OUT_OF_RANGE") -> None:
+        found.append(_violation(prefix, name, description, reason))
+
+    if hp.learning_rate < 0 or not math.isfinite(hp.learning_rate):
+        bad("learning_rate", "must be > 0 (0: default 2e-4)")
+    if hp.warmup_ratio is not None and not 0.0 <= hp.warmup_ratio < 1.0:
+        bad("warmup_ratio", "must be in [0, 1)")
+    if hp.warmup_steps is not None and hp.warmup_steps < 0:
+        bad("warmup_steps", "must be >= 0")
+    if hp.weight_decay is not None and (hp.weight_decay < 0 or not math.isfinite(hp.weight_decay)):
+        bad("weight_decay", "must be >= 0")
+    if hp.batch_size < 0:
+        bad("batch_size", "must be >= 1 (0: default 16)")
+    if hp.gradient_accumulation_steps < 0:
+        bad("gradient_accumulation_steps", "must be >= 1 (0: 1)")
+    if hp.epochs < 0 or not math.isfinite(hp.epochs):
+        bad("epochs", "must be > 0 (0: one epoch unless max_steps is set)")
+    if hp.max_steps < 0:
+        bad("max_steps", "must be >= 0 (0: no bound)")
+    if hp.max_seq_length != 0 and hp.max_seq_length < 8:
+        bad("max_seq_length", "must be >= 8 (0: the model's limit capped at 512)")
+    if hp.max_grad_norm is not None and not (
+        hp.max_grad_norm > 0 and math.isfinite(hp.max_grad_norm)
+    ):
+        bad("max_grad_norm", "must be > 0")
+    return found
+
+
+def validate_stopping(rules: StoppingRules, prefix: str) -> list[FieldViolation]:
+    found: list[FieldViolation] = []
+    if rules.eval_every_n_steps < 0:
+        found.append(
+            _violation(prefix, "eval_every_n_steps", "must be >= 1 (0: default)", "OUT_OF_RANGE")
+        )
+    if rules.early_stopping_patience < 0:
+        found.append(_violation(prefix, "early_stopping_patience", "must be >= 0", "OUT_OF_RANGE"))
+    if rules.early_stopping_min_delta < 0 or not math.isfinite(rules.early_stopping_min_delta):
+        found.append(_violation(prefix, "early_stopping_min_delta", "must be >= 0", "OUT_OF_RANGE"))
+    if rules.max_duration_seconds is not None and not rules.max_duration_seconds > 0:
+        found.append(
+            _violation(prefix, "max_duration", "must be a positive duration", "OUT_OF_RANGE")
+        )
+    return found
+
+
+def validate_checkpointing(policy: CheckpointPolicy, prefix: str) -> list[FieldViolation]:
+    found: list[FieldViolation] = []
+    if policy.every_n_steps < 0:
+        found.append(
+            _violation(
+                prefix, "every_n_steps", "must be >= 1 (0: at every validation)", "OUT_OF_RANGE"
+            )
+        )
+    if policy.keep_best_k < 0:
+        found.append(
+            _violation(prefix, "keep_best_k", "must be >= 0 (0: keep all)", "OUT_OF_RANGE")
+        )
+    return found
+
+
+def validate_job_config(config: JobConfig, prefix: str) -> list[FieldViolation]:
+    """Every violation of a job configuration, with field paths under ``prefix``
+    (``training_job`` or ``training_policy.job_template``). The base model's existence and
+    safety are checked separately (they need the file system)."""
+    found: list[FieldViolation] = []
+    base = config.base_model
+    if bool(base.model_name) == bool(base.model_path):
+        found.append(
+            _violation(
+                prefix,
+                "base_model",
+                "set exactly one of model_name and model_path",
+                "REQUIRED" if not (base.model_name or base.model_path) else "ONE_OF",
+            )
+        )
+    if len(config.display_name) > MAX_DISPLAY_NAME:
+        found.append(
+            _violation(prefix, "display_name", f"at most {MAX_DISPLAY_NAME} characters", "TOO_LONG")
+        )
+    found += validate_adapter(config.adapter, f"{prefix}.adapter_spec")
+    found += validate_hyperparameters(config.hyperparameters, f"{prefix}.hyperparameters")
+    found += validate_stopping(config.stopping, f"{prefix}.stopping_rules")
+    found += validate_checkpointing(config.checkpointing, f"{prefix}.checkpoint_policy")
+    return found
+
+
+def validate_model_name(value: str, field_path: str) -> list[FieldViolation]:
+    if not _MODEL_RESOURCE.match(value):
+        return [FieldViolation(field_path, "must be `models/{model}`", "INVALID_FORMAT")]
+    return []
+
+
+def validate_dataset_name(value: str, field_path: str) -> list[FieldViolation]:
+    if not _DATASET_RESOURCE.match(value):
+        return [FieldViolation(field_path, "must be `datasets/{dataset}`", "INVALID_FORMAT")]
+    return []
+
+
+def validate_split_name(value: str, field_path: str) -> list[FieldViolation]:
+    if not _SPLIT_RESOURCE.match(value):
+        return [
+            FieldViolation(
+                field_path,
+                "must be `datasets/{dataset}/versions/{version}/splits/{split}`",
+                "INVALID_FORMAT",
+            )
+        ]
+    return []
+
+
+def target_modules_for(adapter: AdapterSpec, model_type: str) -> tuple[str, ...] | str | None:
+    """What LoRA attaches to: explicit modules, ``"all-linear"``, the architecture's default,
+    or ``None`` when the architecture has no known default."""
+    if adapter.target_modules:
+        return adapter.target_modules
+    if adapter.target_preset is TargetPreset.ALL_LINEAR:
+        return "all-linear"
+    return DEFAULT_TARGET_MODULES.get(model_type)
+
+
+# -- defaults ------------------------------------------------------------------------------
+
+
+def resolve_adapter(spec: AdapterSpec, task: TaskType, model_type: str) -> AdapterSpec:
+    """The adapter with every default explicit (target modules resolved for ``model_type``)."""
+    rank = spec.rank or 8
+    targets = spec.target_modules
+    if not targets and spec.target_preset is not TargetPreset.ALL_LINEAR:
+        targets = DEFAULT_TARGET_MODULES.get(model_type, ())
+    modules_to_save = spec.modules_to_save
+    if not modules_to_save and task is TaskType.CLASSIFICATION:
+        modules_to_save = default_head_modules(model_type)
+    return AdapterSpec(
+        method=spec.method or AdapterMethod.LORA,
+        rank=rank,
+        alpha=spec.alpha or 2.0 * rank,
+        dropout=0.05 if spec.dropout is None else spec.dropout,
+        target_modules=tuple(targets),
+        target_preset=spec.target_preset or TargetPreset.DEFAULT,
+        modules_to_save=tuple(modules_to_save),
+    )
+
+
+def resolve_hyperparameters(hp: Hyperparameters, model_max_length: int | None) -> Hyperparameters:
+    """Hyperparameters with every device-independent default explicit."""
+    max_len = hp.max_seq_length or min(
+        model_max_length or DEFAULT_MAX_SEQ_LENGTH_CAP, DEFAULT_MAX_SEQ_LENGTH_CAP
+    )
+    return replace(
+        hp,
+        learning_rate=hp.learning_rate or 2e-4,
+        learning_rate_schedule=hp.learning_rate_schedule or LearningRateSchedule.LINEAR,
+        warmup_ratio=0.0 if hp.warmup_ratio is None else hp.warmup_ratio,
+        weight_decay=0.0 if hp.weight_decay is None else hp.weight_decay,
+        batch_size=hp.batch_size or 16,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps or 1,
+        epochs=hp.epochs or (0.0 if hp.max_steps else 1.0),
+        max_seq_length=max_len,
+        seed=42 if hp.seed is None else hp.seed,
+        gradient_checkpointing=bool(hp.gradient_checkpointing),
+        max_grad_norm=1.0 if hp.max_grad_norm is None else hp.max_grad_norm,
+    )
+
+
+def resolve_for_device(hp: Hyperparameters, task: TaskType, *, cuda: bool) -> Hyperparameters:
+    """Fill the device-dependent defaults once the device is known: bf16 on CUDA and fp32 on
+    CPU; packing on for causal LM on CUDA, off otherwise (never for classification)."""
+    precision = hp.precision or (Precision.BF16 if cuda else Precision.FP32)
+    packing = hp.packing if hp.packing is not None else cuda
+    return replace(hp, precision=precision, packing=bool(packing) and task is TaskType.CAUSAL_LM)
+
+
+def steps_per_epoch(train_examples: int, hp: Hyperparameters) -> int:
+    """Optimizer steps in one pass over ``train_examples`` (the last step may be smaller)."""
+    per_step = max(1, hp.batch_size) * max(1, hp.gradient_accumulation_steps)
+    return max(1, math.ceil(train_examples / per_step))
+
+
+def planned_steps(train_examples: int, hp: Hyperparameters) -> int:
+    """Optimizer steps the job plans: ``epochs`` worth, bounded by ``max_steps``."""
+    per_epoch = steps_per_epoch(train_examples, hp)
+    by_epochs = math.ceil(hp.epochs * per_epoch) if hp.epochs > 0 else None
+    bounds = [b for b in (by_epochs, hp.max_steps or None) if b]
+    return max(1, min(bounds)) if bounds else per_epoch
+
+
+def resolve_stopping(rules: StoppingRules, per_epoch: int) -> StoppingRules:
+    """Validate once per epoch and at least every 500 steps unless told otherwise."""
+    every = rules.eval_every_n_steps or max(1, min(per_epoch, DEFAULT_MAX_EVAL_INTERVAL))
+    return replace(rules, eval_every_n_steps=every)
+
+
+def resolve_checkpointing(policy: CheckpointPolicy, stopping: StoppingRules) -> CheckpointPolicy:
+    """A checkpoint at every validation unless an interval is given."""
+    return replace(policy, every_n_steps=policy.every_n_steps or stopping.eval_every_n_steps)
+
+
+def warmup_steps_for(hp: Hyperparameters, total_steps: int) -> int:
+    """Warm-up in steps: ``warmup_steps`` when set, else ``warmup_ratio`` of the total."""
+    if hp.warmup_steps is not None:
+        return hp.warmup_steps
+    return math.ceil((hp.warmup_ratio or 0.0) * total_steps)
+
+
+# -- rules training follows -----------------------------------------------------------------
+
+
+def learning_rate_at(
+    step: int,
+    *,
+    peak: float,
+    total_steps: int,
+    warmup_steps: int,
+    schedule: LearningRateSchedule,
+) -> float:
+    """The learning rate for optimizer step ``step`` (0-based): linear warm-up to ``peak``
+    over ``warmup_steps``, then constant, linear or cosine decay to zero at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if schedule is LearningRateSchedule.CONSTANT:
+        return peak
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
+    if schedule is LearningRateSchedule.COSINE:
+        return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return peak * (1.0 - progress)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` consecutive validations that did not beat the best loss by
+    more than ``min_delta``; ``patience == 0`` never stops."""
+
+    patience: int
+    min_delta: float = 0.0
+    best: float | None = None
+    stale: int = 0
+
+    def observe(self, loss: float) -> bool:
+        """Record a validation loss; True when it is a new best."""
+        if self.best is None or loss < self.best - self.min_delta:
+            self.best = loss
+            self.stale = 0
+            return True
+        self.stale += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.stale >= self.patience
+
+
+@dataclass(frozen=True)
+class KeptCheckpoint:
+    """A checkpoint as retention sees it."""
+
+    step: int
+    validation_loss: float | None
+    is_final: bool = False
+
+
+def checkpoints_to_delete(kept: Sequence[KeptCheckpoint], keep_best_k: int) -> list[int]:
+    """Steps whose artifacts retention deletes: all but the ``keep_best_k`` lowest validation
+    losses (checkpoints never validated rank last, ties keep the later step) and the final
+    checkpoint. ``keep_best_k == 0`` keeps everything."""
+    if keep_best_k <= 0:
+        return []
+    candidates = [c for c in kept if not c.is_final]
+    ranked = sorted(
+        candidates,
+        key=lambda c: (math.inf if c.validation_loss is None else c.validation_loss, -c.step),
+    )
+    return sorted(c.step for c in ranked[keep_best_k:])
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a job cost so far."""
+
+    device_seconds: float = 0.0
+    tokens_processed: int = 0
+    amount: Decimal = Decimal(0)
+    currency: str = "USD"
+    price_per_device_hour: Decimal = Decimal(0)
+    device_type: str = ""
+    device_count: int = 1
+
+
+def compute_cost(
+    *,
+    device_seconds: float,
+    tokens_processed: int,
+    price_per_device_hour: Decimal,
+    currency: str,
+    device_type: str,
+    device_count: int = 1,
+) -> Cost:
+    """``device_seconds`` (already summed over devices) priced per device-hour, rounded to
+    nano-units (the contracts' Money precision)."""
+    amount = (Decimal(repr(device_seconds)) / Decimal(3600) * price_per_device_hour).quantize(
+        Decimal("1e-9"), rounding=ROUND_HALF_EVEN
+    )
+    return Cost(
+        device_seconds=device_seconds,
+        tokens_processed=tokens_processed,
+        amount=amount,
+        currency=currency,
+        price_per_device_hour=price_per_device_hour,
+        device_type=device_type,
+        device_count=device_count,
+    )
+
+
+def estimate_eta_seconds(step: int, total_steps: int, seconds_per_step: float) -> float | None:
+    """Seconds to ``total_steps`` at the recent pace; None before there is a pace."""
+    if step <= 0 or seconds_per_step <= 0 or total_steps <= step:
+        return None if total_steps > step else 0.0
+    return (total_steps - step) * seconds_per_step
+
+
+def policy_job_id(policy_name: str, split_name: str) -> str:
+    """The id of the job a policy makes for a split: the same pair always gives the same id,
+    so a SplitCreated seen twice (even re-published under a new event id) makes one job."""
+    policy_id = policy_name.removeprefix(POLICY_PREFIX)
+    digest = hashlib.sha256(f"{policy_name}\n{split_name}".encode()).hexdigest()[:16]
+    return f"{policy_id[:40].rstrip('-')}-{digest}"
+
+
+def checkpoint_name(job_name: str, step: int) -> str:
+    """``trainingJobs/{job}/checkpoints/step-{step}``: one checkpoint per step."""
+    return f"{job_name}/checkpoints/step-{step}"
+
+
+# -- the job --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossPoint:
+    step: int
+    epoch: float
+    train_loss: float | None = None
+    validation_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of a running job (see ``TrainingProgress``)."""
+
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    train_loss: float | None = None
+    validation_loss: float | None = None
+    best_validation_loss: float | None = None
+    learning_rate: float = 0.0
+    tokens_per_second: float = 0.0
+    tokens_seen: int = 0
+    eta_seconds: float | None = None
+    elapsed_seconds: float = 0.0
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Everything needed to reproduce a checkpoint (see ``tuneline.common.v1.Lineage``)."""
+
+    dataset: str
+    dataset_version: str
+    dataset_content_sha256: str
+    split: str
+    split_manifest_sha256: str
+    base_model: BaseModelRef
+    adapter: AdapterSpec
+    hyperparameters: Hyperparameters
+    training_job: str
+    task_type: TaskType
+    target_model: str
+    software_versions: Mapping[str, str] = field(default_factory=dict)
+    checkpoint: str = ""
+
+
+@dataclass
+class TrainingJob:
+    """A training job and everything recorded about it."""
+
+    name: str
+    target_model: str
+    task_type: TaskType
+    split: SplitInfo
+    config: JobConfig
+    state: JobState = JobState.QUEUED
+    total_steps: int = 0
+    failure_reason: FailureReason | None = None
+    failure_message: str = ""
+    stop_reason: StopReason | None = None
+    progress: Progress = field(default_factory=Progress)
+    loss_trend: list[LossPoint] = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
+    best_checkpoint: str = ""
+    latest_checkpoint: str = ""
+    training_policy: str = ""
+    software_versions: Mapping[str, str] = field(default_factory=dict)
+    attempt_count: int = 0
+    device: str = ""
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    update_time: datetime | None = None
+    request_id: str = ""
+    cancel_requested: bool = False
+    cancel_reason: str = ""
+    #: Micro-batch actually used (halved by an OOM retry) and the accumulation that keeps the
+    #: effective batch.
+    micro_batch_size: int = 0
+    accumulation_steps: int = 0
+    oom_retries: int = 0
+    crash_count: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.name.removeprefix(JOB_PREFIX)
+
+    def lineage(self, checkpoint: str = "") -> Lineage:
+        return Lineage(
+            dataset=self.split.dataset,
+            dataset_version=self.split.dataset_version,
+            dataset_content_sha256=self.split.dataset_content_sha256,
+            split=self.split.name,
+            split_manifest_sha256=self.split.manifest_sha256,
+            base_model=self.config.base_model,
+            adapter=self.config.adapter,
+            hyperparameters=self.config.hyperparameters,
+            training_job=self.name,
+            task_type=self.task_type,
+            target_model=self.target_model,
+            software_versions=dict(self.software_versions),
+            checkpoint=checkpoint,
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint the job wrote (see ``Checkpoint``)."""
+
+    name: str
+    training_job: str
+    target_model: str
+    step: int
+    epoch: float
+    train_loss: float
+    validation_loss: float | None
+    tokens_seen: int
+    artifact_uri: str
+    sha256: str
+    size_bytes: int
+    is_best: bool
+    is_final: bool
+    cost: Cost
+    create_time: datetime
+    artifact_deleted: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingPolicy:
+    """ "On every SplitCreated for ``dataset``, train ``target_model`` from ``template``."""
+
+    name: str
+    dataset: str
+    target_model: str
+    template: JobConfig
+    disabled: bool = False
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return self.name.removeprefix(POLICY_PREFIX)
+
+
+def thin_loss_trend(
+    points: Iterable[LossPoint], limit: int = MAX_LOSS_TREND_POINTS
+) -> list[LossPoint]:
+    """At most ``limit`` points, evenly thinned, always keeping the first and the last."""
+    ordered = sorted(points, key=lambda p: p.step)
+    if len(ordered) <= limit:
+        return ordered
+    stride = (len(ordered) - 1) / (limit - 1)
+    return [ordered[round(i * stride)] for i in range(limit)]
+
+
+def jsonable(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value
+    """A domain value as JSON-compatible data (enums by value, Decimals as strings)."""
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: jsonable(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: jsonable(getattr(value, k)) for k in value.__dataclass_fields__}
+    return value
+
+
+def from_jsonable(cls: type[Any], data: Mapping[str, Any]) -> Any:
+    """The inverse of :func:`jsonable` for a dataclass ``cls`` (fields missing from ``data``
+    keep their defaults, unknown keys are ignored)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {
+        name: _decode(hints[name], data[name]) for name in cls.__dataclass_fields__ if name in data
+    }
+    return cls(**kwargs)
+
+
+def _decode(annotation: Any, value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value
+    if value is None:
+        return None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return _decode(next(a for a in args if a is not type(None)), value)
+    if origin is tuple:
+        return tuple(_decode(args[0], v) for v in value)
+    if origin is list:
+        return [_decode(args[0], v) for v in value]
+    if origin in (dict, abc.Mapping):
+        return {k: _decode(args[1], v) for k, v in value.items()}
+    if isinstance(annotation, type):
+        if issubclass(annotation, StrEnum):
+            return annotation(value)
+        if annotation is Decimal:
+            return Decimal(value)
+        if annotation is datetime:
+            return datetime.fromisoformat(value)
+        if annotation is float:
+            return float(value)
+        if hasattr(annotation, "__dataclass_fields__"):
+            return from_jsonable(annotation, value)
+    return value

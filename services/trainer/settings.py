@@ -2,18 +2,73 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from pathlib import Path
 from typing import ClassVar
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.modeling import default_models_root
 from shared.settings import ServiceSettings
 
 
 class TrainerSettings(ServiceSettings):
-    """Ports, database and artifact root of the trainer service."""
+    """Ports, database, artifact root, models, devices and prices of the trainer service."""
 
     service_name: ClassVar[str] = "trainer"
     model_config = SettingsConfigDict(env_prefix="TUNELINE_TRAINER_", extra="ignore", frozen=True)
 
     grpc_port: int = 50053
     metrics_port: int = 9103
+    models_root: Path = Field(
+        default_factory=default_models_root,
+        description="Base models named by `model_name` live here (`tuneline models prepare`).",
+    )
+    allowed_model_roots: list[Path] = Field(
+        default_factory=list,
+        description="Extra folders a job's `model_path` may point into (JSON list of paths).",
+    )
+    devices: str = Field(
+        default="auto",
+        description="Devices jobs run on, one job per device: `auto` (every CUDA device, else "
+        "the CPU) or a comma-separated list such as `cuda:0,cuda:1` or `cpu`.",
+    )
+    cpu_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Torch threads of a worker training on the CPU (0: torch's default).",
+    )
+    price_per_device_hour: Decimal = Field(
+        default=Decimal("2.50"),
+        ge=0,
+        description="Price of one device-hour, for the cost of runs.",
+    )
+    currency: str = Field(
+        default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the price."
+    )
+    max_worker_restarts: int = Field(
+        default=3,
+        ge=0,
+        description="Resumes after worker crashes before a job fails with WORKER_CRASHED.",
+    )
+    cancel_grace_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a cancelled worker gets to write its final checkpoint before it is "
+        "killed.",
+    )
+    splitter_target: str = Field(
+        default="127.0.0.1:50052",
+        description="The splitter, asked (with a deadline) about splits no SplitCreated has "
+        "announced to the trainer yet.",
+    )
+    splitter_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Deadline of a call to the splitter."
+    )
+    fault_oom_above_batch: int = Field(
+        default=0,
+        ge=0,
+        description="Testing only: workers raise a CUDA out-of-memory error for micro-batches "
+        "larger than this (0: off).",
+    )

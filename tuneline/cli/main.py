@@ -6,6 +6,7 @@ import typer
 
 from tuneline.cli import (
     aliases,
+    base_models,
     checkpoints,
     datasets,
     dev,
@@ -27,6 +28,7 @@ app.command()(stack.down)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(splits.app, name="splits")
 app.add_typer(jobs.app, name="jobs")
+models.app.command("prepare")(base_models.prepare)
 app.add_typer(models.app, name="models")
 app.add_typer(checkpoints.app, name="checkpoints")
 app.add_typer(evals.app, name="evals")

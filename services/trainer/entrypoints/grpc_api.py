@@ -1,12 +1,264 @@
 """The gRPC face of the trainer service: converts proto to domain, calls a handler.
 
-No logic lives here. RPCs not implemented yet answer UNIMPLEMENTED through the generated base.
+No logic lives here beyond conversion and transactions; domain errors raised by handlers are
+mapped to statuses by the shared interceptor.
 """
 
 from __future__ import annotations
 
-from tuneline.trainer.v1 import service_pb2_grpc
+import threading
+from collections.abc import Iterator
+
+import grpc
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.trainer import handlers
+from services.trainer.adapters import protos
+from services.trainer.adapters.notifications import JobChanges
+from services.trainer.domain import TrainingJob
+from shared.errors import FieldViolation, InvalidArgument
+from tuneline.trainer.v1 import resources_pb2, service_pb2, service_pb2_grpc
+
+#: A watch re-reads its job at least this often, notification or not.
+_WATCH_POLL_SECONDS = 1.0
+
+
+def _require_name(value: str, field: str, prefix: str) -> None:
+    if (
+        not value.startswith(prefix)
+        or not value.removeprefix(prefix)
+        or "/" in value.removeprefix(prefix)
+    ):
+        raise InvalidArgument(
+            f"{field} must be `{prefix}{{id}}`",
+            [FieldViolation(field, f"must be `{prefix}{{id}}`", "INVALID_FORMAT")],
+        )
+
+
+def _require_checkpoint_name(value: str) -> None:
+    parts = value.split("/")
+    if len(parts) != 4 or parts[0] != "trainingJobs" or parts[2] != "checkpoints" or not all(parts):
+        raise InvalidArgument(
+            "name must be `trainingJobs/{job}/checkpoints/{checkpoint}`",
+            [
+                FieldViolation(
+                    "name",
+                    "must be `trainingJobs/{job}/checkpoints/{checkpoint}`",
+                    "INVALID_FORMAT",
+                )
+            ],
+        )
 
 
 class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
     """``tuneline.trainer.v1.TrainerService``."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        context: handlers.Context,
+        changes: JobChanges,
+        *,
+        stopping: threading.Event,
+    ) -> None:
+        self._sessions = sessions
+        self._context = context
+        self._changes = changes
+        self._stopping = stopping
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def CreateTrainingJob(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.CreateTrainingJobRequest, context: grpc.ServicerContext
+    ) -> service_pb2.CreateTrainingJobResponse:
+        job = request.training_job
+        violations: list[FieldViolation] = []
+        config = protos.job_config_from_proto(
+            display_name=job.display_name,
+            base_model=job.base_model,
+            adapter=job.adapter_spec,
+            hyperparameters=job.hyperparameters,
+            stopping=job.stopping_rules,
+            checkpointing=job.checkpoint_policy,
+            prefix="training_job",
+            violations=violations,
+        )
+        task_type = None
+        if job.task_type:
+            task_type = protos.TASK_TYPES_FROM_PROTO.get(job.task_type)
+            if task_type is None:
+                violations.append(
+                    FieldViolation(
+                        "training_job.task_type",
+                        f"{job.task_type} is not a TaskType",
+                        "UNKNOWN_ENUM_VALUE",
+                    )
+                )
+        command = handlers.CreateJobCommand(
+            job_id=request.training_job_id,
+            request_id=request.request_id,
+            target_model=job.target_model,
+            split=job.split,
+            task_type=task_type,
+            config=config,
+            violations=tuple(violations),
+        )
+        with self._sessions() as session, session.begin():
+            created = handlers.create_training_job(session, command, self._context)
+        self._changes.notify()
+        return service_pb2.CreateTrainingJobResponse(training_job=protos.job_to_proto(created))
+
+    def _job(self, name: str) -> resources_pb2.TrainingJob:
+        with self._sessions() as session:
+            job, trend = handlers.get_training_job(session, name, self._context)
+        return protos.job_to_proto(job, trend)
+
+    def GetTrainingJob(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetTrainingJobRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetTrainingJobResponse:
+        _require_name(request.name, "name", "trainingJobs/")
+        return service_pb2.GetTrainingJobResponse(training_job=self._job(request.name))
+
+    def ListTrainingJobs(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ListTrainingJobsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListTrainingJobsResponse:
+        state = None
+        if request.state:
+            state = protos.state_from_proto(request.state)
+            if state is None:
+                raise InvalidArgument(
+                    "unknown state",
+                    [
+                        FieldViolation(
+                            "state",
+                            f"{request.state} is not a TrainingJobState",
+                            "UNKNOWN_ENUM_VALUE",
+                        )
+                    ],
+                )
+        with self._sessions() as session:
+            page = handlers.list_training_jobs(
+                session,
+                target_model=request.target_model,
+                state=state,
+                split=request.split,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                context=self._context,
+            )
+        return service_pb2.ListTrainingJobsResponse(
+            training_jobs=[protos.job_to_proto(job, trend) for job, trend in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    def CancelTrainingJob(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.CancelTrainingJobRequest, context: grpc.ServicerContext
+    ) -> service_pb2.CancelTrainingJobResponse:
+        _require_name(request.name, "name", "trainingJobs/")
+        with self._sessions() as session, session.begin():
+            handlers.cancel_training_job(session, request.name, request.reason, self._context)
+        self._changes.notify()
+        return service_pb2.CancelTrainingJobResponse(training_job=self._job(request.name))
+
+    def WatchTrainingJob(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.WatchTrainingJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[service_pb2.WatchTrainingJobResponse]:
+        _require_name(request.name, "name", "trainingJobs/")
+        seen = self._changes.version
+        job = self._read(request.name)
+        yield service_pb2.WatchTrainingJobResponse(
+            progress=protos.progress_to_proto(job), training_job=self._job(request.name)
+        )
+        last = (job.state, job.update_time)
+        while not job.state.terminal and context.is_active() and not self._stopping.is_set():
+            seen = self._changes.wait(seen, _WATCH_POLL_SECONDS)
+            job = self._read(request.name)
+            if (job.state, job.update_time) == last:
+                continue
+            response = service_pb2.WatchTrainingJobResponse(progress=protos.progress_to_proto(job))
+            if job.state is not last[0]:
+                response.training_job.CopyFrom(self._job(request.name))
+            last = (job.state, job.update_time)
+            yield response
+
+    def _read(self, name: str) -> TrainingJob:
+        with self._sessions() as session:
+            job, _trend = handlers.get_training_job(session, name, self._context)
+        return job
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def GetCheckpoint(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetCheckpointRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetCheckpointResponse:
+        _require_checkpoint_name(request.name)
+        with self._sessions() as session:
+            record, job = handlers.get_checkpoint(session, request.name, self._context)
+        return service_pb2.GetCheckpointResponse(
+            checkpoint=protos.checkpoint_to_proto(record, job.lineage(record.name))
+        )
+
+    def ListCheckpoints(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListCheckpointsResponse:
+        with self._sessions() as session:
+            page = handlers.list_checkpoints(
+                session,
+                parent=request.parent,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                context=self._context,
+            )
+        return service_pb2.ListCheckpointsResponse(
+            checkpoints=[
+                protos.checkpoint_to_proto(record, job.lineage(record.name))
+                for record, job in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+
+    # -- policies -----------------------------------------------------------------------------
+
+    def SetTrainingPolicy(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.SetTrainingPolicyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.SetTrainingPolicyResponse:
+        policy = request.training_policy
+        violations: list[FieldViolation] = []
+        template = protos.template_from_proto(
+            policy.job_template, "training_policy.job_template", violations
+        )
+        command = handlers.SetPolicyCommand(
+            name=policy.name,
+            dataset=policy.dataset,
+            target_model=policy.target_model,
+            template=template,
+            template_present=policy.HasField("job_template"),
+            disabled=policy.disabled,
+            violations=tuple(violations),
+        )
+        with self._sessions() as session, session.begin():
+            stored = handlers.set_training_policy(session, command, self._context)
+        return service_pb2.SetTrainingPolicyResponse(training_policy=protos.policy_to_proto(stored))
+
+    def GetTrainingPolicy(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetTrainingPolicyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetTrainingPolicyResponse:
+        _require_name(request.name, "name", "trainingPolicies/")
+        with self._sessions() as session:
+            policy = handlers.get_training_policy(session, request.name)
+        return service_pb2.GetTrainingPolicyResponse(training_policy=protos.policy_to_proto(policy))
+
+    def ListTrainingPolicies(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.ListTrainingPoliciesRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListTrainingPoliciesResponse:
+        with self._sessions() as session:
+            page = handlers.list_training_policies(
+                session,
+                dataset=request.dataset,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        return service_pb2.ListTrainingPoliciesResponse(
+            training_policies=[protos.policy_to_proto(p) for p in page.items],
+            next_page_token=page.next_page_token,
+        )

@@ -1,0 +1,765 @@
+"""The training loop: one worker plan in, checkpoints and progress messages out (imports torch).
+
+A plain loop rather than Hugging Face's ``Trainer``, because the service needs exact control
+of what the contracts promise: resume with optimizer, RNG and data position restored; a
+checkpoint written atomically with its resumable state beside it; cancellation between
+micro-batches; an out-of-memory retry with the same effective batch; and padding-free packed
+batches with logits computed only where a loss is taken.
+
+Per optimizer step: the step's examples (see :mod:`.sampling`) are cut into micro-batches, each
+batch's summed loss is divided by the whole step's loss weight (completion tokens for causal
+LM, examples for classification, weighted by row), so accumulation gives the same gradient
+as one big batch; gradients are clipped, the learning rate is set from the schedule, AdamW
+steps. Validation, early stopping, checkpoints and stopping rules run between steps.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from services.trainer.adapters.engine.attention import (
+    VARLEN_ATTENTION,
+    register_varlen_attention,
+    varlen_attention_available,
+)
+from services.trainer.adapters.engine.plan import (
+    StopSignals,
+    TrainingFailure,
+    WorkerCheckpoint,
+    WorkerFinished,
+    WorkerMessage,
+    WorkerOomRetry,
+    WorkerPlan,
+    WorkerProgress,
+    WorkerStarted,
+)
+from services.trainer.adapters.engine.sampling import micro_batches, step_groups
+from services.trainer.adapters.engine.state import (
+    LoopPosition,
+    load_training_state,
+    save_training_state,
+)
+from services.trainer.domain import (
+    AdapterMethod,
+    EarlyStopping,
+    FailureReason,
+    Hyperparameters,
+    Precision,
+    StopReason,
+    TaskType,
+    learning_rate_at,
+    planned_steps,
+    resolve_for_device,
+    target_modules_for,
+    warmup_steps_for,
+)
+from shared.artifacts import LocalArtifactStore
+from shared.modeling import (
+    AdapterMetadata,
+    DataUnavailable,
+    EncodedExample,
+    FolderHashCache,
+    ModelLoadFailed,
+    ModelRefused,
+    ResolvedModel,
+    check_model_folder,
+    encode_rows,
+    folder_sha256,
+    load_split_rows,
+    write_adapter_metadata,
+)
+from shared.modeling.batching import Batch, pack_batch, pad_batch
+from shared.modeling.loading import load_base_model, load_tokenizer, resolve_device
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[WorkerMessage], None]
+
+_DTYPES = {
+    Precision.FP32: torch.float32,
+    Precision.BF16: torch.bfloat16,
+    Precision.FP16: torch.float16,
+}
+#: Loss-curve points per run (the contracts keep at most 1000).
+_LOSS_POINTS = 100
+#: A progress snapshot at least this often (seconds), besides loss-curve points.
+_PROGRESS_EVERY_SECONDS = 1.0
+#: Steps the tokens/s and ETA averages look back over.
+_PACE_WINDOW = 20
+
+
+class TrainingHalted(Exception):
+    """The service asked the worker to stop at once (it is shutting down); nothing is written."""
+
+
+class _StepInterrupted(Exception):
+    """A cancel or halt arrived between micro-batches; the partial step is dropped."""
+
+
+@dataclass
+class TrainingData:
+    """Encoded examples of a split and what encoding needed."""
+
+    train: list[EncodedExample]
+    validation: list[EncodedExample]
+    labels: list[str]
+    pad_token_id: int
+
+
+def prepare_data(plan: WorkerPlan, max_length: int) -> TrainingData:
+    """Read the split and encode its train and validation rows with the model's tokenizer."""
+    rows = load_split_rows(
+        Path(plan.manifest_path),
+        Path(plan.dataset_path),
+        expected_manifest_sha256=plan.manifest_sha256 or None,
+    )
+    tokenizer = load_tokenizer(Path(plan.model_dir))
+    task = plan.task_type.value
+    if plan.task_type is TaskType.CLASSIFICATION and len(rows.labels) < 2:
+        raise DataUnavailable(f"classification needs at least two labels, found {rows.labels}")
+    train = encode_rows(tokenizer, rows.train, task, max_length=max_length, labels=rows.labels)
+    validation = encode_rows(
+        tokenizer, rows.validation, task, max_length=max_length, labels=rows.labels
+    )
+    if not train:
+        raise DataUnavailable("the split's train part has no row that can be trained on")
+    return TrainingData(train, validation, rows.labels, int(tokenizer.pad_token_id))
+
+
+def _resolved_model(plan: WorkerPlan) -> ResolvedModel:
+    base = plan.base_model
+    return ResolvedModel(
+        path=Path(plan.model_dir),
+        files_sha256=base.files_sha256,
+        model_type=base.model_type,
+        architecture=base.architecture,
+        model_name=base.model_name,
+        model_path=base.model_path,
+    )
+
+
+def check_model_unchanged(plan: WorkerPlan) -> None:
+    """The model folder is still safe and still the files the job was created with."""
+    folder = Path(plan.model_dir)
+    check_model_folder(folder, [folder])
+    actual = FolderHashCache().sha256(folder)
+    if actual != plan.base_model.files_sha256:
+        raise ModelLoadFailed(
+            f"the files of {folder} changed since the job was created "
+            f"(files_sha256 {actual}, the job recorded {plan.base_model.files_sha256})"
+        )
+
+
+def build_model(
+    plan: WorkerPlan,
+    hp: Hyperparameters,
+    data: TrainingData,
+    device: torch.device,
+    attn_implementation: str | None,
+) -> PeftModel:
+    """The base model for the task with the plan's LoRA-family adapter on it, trainable
+    parameters in fp32 (base weights in bf16/fp16 on CUDA when that precision is asked)."""
+    assert hp.precision is not None
+    assert hp.seed is not None
+    weights_dtype = _DTYPES[hp.precision] if device.type == "cuda" else torch.float32
+    torch.manual_seed(hp.seed)
+    base = load_base_model(
+        _resolved_model(plan),
+        plan.task_type.value,
+        labels=data.labels,
+        pad_token_id=data.pad_token_id,
+        device=device,
+        dtype=weights_dtype,
+        attn_implementation=attn_implementation,
+        head_seed=hp.seed,
+    )
+    if hp.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.config.use_cache = False
+    adapter = plan.adapter
+    targets = target_modules_for(adapter, plan.base_model.model_type)
+    if targets is None:
+        raise TrainingFailure(
+            FailureReason.MODEL_LOAD_FAILED,
+            f"no default target modules for model type {plan.base_model.model_type!r}",
+        )
+    config = LoraConfig(
+        task_type="SEQ_CLS" if plan.task_type is TaskType.CLASSIFICATION else "CAUSAL_LM",
+        r=adapter.rank,
+        lora_alpha=adapter.alpha,  # type: ignore[arg-type]  # peft takes any number
+        lora_dropout=adapter.dropout or 0.0,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        modules_to_save=list(adapter.modules_to_save) or None,
+        use_dora=adapter.method is AdapterMethod.DORA,
+        use_rslora=adapter.method is AdapterMethod.RSLORA,
+    )
+    try:
+        model = get_peft_model(base, config)
+    except ValueError as error:  # e.g. target modules the model does not have
+        raise TrainingFailure(
+            FailureReason.MODEL_LOAD_FAILED, f"cannot attach the adapter: {error}"
+        ) from error
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return model
+
+
+def _attention_for(plan: WorkerPlan, hp: Hyperparameters, device: torch.device) -> str | None:
+    """:data:`VARLEN_ATTENTION` when packing on a CUDA device whose kernel works, else None."""
+    if not hp.packing or device.type != "cuda":
+        return None
+    config = json.loads((Path(plan.model_dir) / "config.json").read_text())
+    heads = int(config.get("num_attention_heads", 0))
+    if not heads:
+        return None
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
+    assert hp.precision is not None
+    if not varlen_attention_available(
+        device, _DTYPES[hp.precision], heads=heads, kv_heads=kv_heads, head_dim=head_dim
+    ):
+        return None
+    register_varlen_attention()
+    return VARLEN_ATTENTION
+
+
+def batch_loss(
+    model: torch.nn.Module, batch: Batch, task: TaskType, *, varlen: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ weight * cross-entropy, Σ weight) of a batch, in fp32.
+
+    Causal LM: only positions whose next token carries loss get logits (a boolean
+    ``logits_to_keep``), so prompt and padding positions cost no vocabulary projection.
+    """
+    if task is TaskType.CLASSIFICATION:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        losses = torch.nn.functional.cross_entropy(logits.float(), batch.labels, reduction="none")
+        return (losses * batch.weights).sum(), batch.weights.sum()
+    targets = batch.labels[:, 1:]
+    keep = torch.zeros_like(batch.labels, dtype=torch.bool)
+    keep[:, :-1] = targets != -100
+    # no KV cache: with one, transformers skips the packed-sequence mask (and training needs none)
+    kwargs: dict[str, object] = {
+        "input_ids": batch.input_ids,
+        "logits_to_keep": keep,
+        "use_cache": False,
+    }
+    if batch.position_ids is not None:  # packed: attention stays inside each example
+        kwargs["position_ids"] = batch.position_ids
+        if varlen:
+            kwargs |= {
+                "cu_seq_lens_q": batch.cu_seq_lens,
+                "cu_seq_lens_k": batch.cu_seq_lens,
+                "max_length_q": batch.max_length,
+                "max_length_k": batch.max_length,
+            }
+    else:
+        kwargs["attention_mask"] = batch.attention_mask
+    logits = model(**kwargs).logits
+    logits = logits.reshape(-1, logits.shape[-1])
+    selected = targets[keep[:, :-1]]
+    losses = torch.nn.functional.cross_entropy(logits.float(), selected, reduction="none")
+    if batch.sequence_index is not None:
+        owners = batch.sequence_index[:, 1:][keep[:, :-1]]
+        weights = batch.weights[owners]
+    else:
+        rows = torch.arange(batch.labels.shape[0], device=batch.labels.device)
+        weights = batch.weights[rows[:, None].expand_as(targets)[keep[:, :-1]]]
+    return (losses * weights).sum(), weights.sum()
+
+
+def _loss_weight(examples: list[EncodedExample], task: TaskType) -> float:
+    if task is TaskType.CLASSIFICATION:
+        return sum(e.weight for e in examples)
+    return sum(e.weight * e.loss_tokens for e in examples)
+
+
+class _ProgressTracker:
+    """Loss means, tokens/s and ETA for progress snapshots and loss-curve points.
+
+    A snapshot goes out at every loss-curve point (about :data:`_LOSS_POINTS` per run), at
+    every validation, and otherwise at least every :data:`_PROGRESS_EVERY_SECONDS`.
+    """
+
+    def __init__(self, *, total_steps: int, elapsed_before: float, tokens_seen: int) -> None:
+        self.total_steps = total_steps
+        self.log_every = max(1, total_steps // _LOSS_POINTS)
+        self._elapsed_before = elapsed_before
+        self._started = time.monotonic()
+        self._pace: deque[tuple[float, int]] = deque(maxlen=_PACE_WINDOW + 1)
+        self._pace.append((self._started, tokens_seen))
+        self._snapshot: list[float] = []
+        self._interval: list[float] = []
+        self._last_sent = 0.0
+
+    def elapsed(self) -> float:
+        """Training time of the job: earlier attempts plus this one."""
+        return self._elapsed_before + time.monotonic() - self._started
+
+    def step_done(self, loss: float, tokens_seen: int) -> None:
+        self._pace.append((time.monotonic(), tokens_seen))
+        self._snapshot.append(loss)
+        self._interval.append(loss)
+
+    def snapshot(
+        self, step: int, epoch: float, rate: float, validation_loss: float | None, *, final: bool
+    ) -> WorkerProgress | None:
+        """The progress message due after ``step``, or None when none is due."""
+        now = time.monotonic()
+        log_point = step % self.log_every == 0 or final
+        due = log_point or validation_loss is not None
+        if not due and now - self._last_sent < _PROGRESS_EVERY_SECONDS:
+            return None
+        (first_time, first_tokens), (last_time, last_tokens) = self._pace[0], self._pace[-1]
+        seconds = last_time - first_time
+        per_step = seconds / (len(self._pace) - 1) if len(self._pace) > 1 else 0.0
+        message = WorkerProgress(
+            step=step,
+            total_steps=self.total_steps,
+            epoch=epoch,
+            train_loss=sum(self._snapshot) / len(self._snapshot) if self._snapshot else None,
+            learning_rate=rate,
+            tokens_per_second=(last_tokens - first_tokens) / seconds if seconds > 0 else 0.0,
+            tokens_seen=last_tokens,
+            elapsed_seconds=self.elapsed(),
+            eta_seconds=max(0, self.total_steps - step) * per_step,
+            validation_loss=validation_loss,
+            log_point=log_point,
+            interval_train_loss=(
+                sum(self._interval) / len(self._interval) if log_point and self._interval else None
+            ),
+        )
+        self._last_sent = now
+        self._snapshot = []
+        if log_point:
+            self._interval = []
+        return message
+
+
+class TrainingSession:
+    """One model + optimizer, trained from a position until a stopping rule, a cancel, a halt
+    or an error. A new session (a new model) is built for the OOM retry."""
+
+    def __init__(
+        self,
+        plan: WorkerPlan,
+        hp: Hyperparameters,
+        data: TrainingData,
+        device: torch.device,
+        *,
+        micro_batch_size: int,
+        report: Report,
+        signals: StopSignals,
+        store: LocalArtifactStore,
+    ) -> None:
+        self.task = plan.task_type
+        attention = _attention_for(plan, hp, device)
+        self.varlen = attention == VARLEN_ATTENTION
+        if hp.packing and device.type == "cuda" and not self.varlen:
+            # without the varlen kernel a packed row costs quadratic attention over all of it;
+            # length-grouped padded batches waste less
+            log.info("no varlen attention kernel: length-grouped padded batches instead")
+            hp = replace(hp, packing=False)
+        self.plan, self.hp, self.data, self.device = plan, hp, data, device
+        self.micro_batch_size = micro_batch_size
+        self.examples_per_step = max(1, hp.batch_size) * max(1, hp.gradient_accumulation_steps)
+        self.report, self.signals, self.store = report, signals, store
+        self.packing = bool(hp.packing) and self.task is TaskType.CAUSAL_LM
+        self.model = build_model(plan, hp, data, device, attention)
+        self.optimizer = self._optimizer()
+        assert hp.precision is not None
+        self.autocast_dtype = None if hp.precision is Precision.FP32 else _DTYPES[hp.precision]
+        self.scaler = torch.amp.GradScaler("cuda") if hp.precision is Precision.FP16 else None
+        self.lengths = [e.length for e in data.train]
+        self.total_steps = planned_steps(len(data.train), hp)
+        self.warmup_steps = warmup_steps_for(hp, self.total_steps)
+        self.last_state_uri = ""
+        self.last_checkpoint_step = -1
+        self.position = LoopPosition()
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                (no_decay if parameter.ndim < 2 else decay).append(parameter)
+        groups = [
+            {"params": decay, "weight_decay": self.hp.weight_decay or 0.0},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.hp.learning_rate, fused=self.device.type == "cuda")
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _batch(self, examples: list[EncodedExample]) -> Batch:
+        if self.packing:
+            return pack_batch(examples)
+        return pad_batch(examples, self.data.pad_token_id)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, resume_state_uri: str) -> WorkerFinished:
+        """Train until a stopping rule or a cancel; returns the finishing message (already
+        reported). Raises :class:`TrainingHalted`, :class:`TrainingFailure`, or a CUDA
+        out-of-memory error for the caller to retry."""
+        position = self._restore(resume_state_uri)
+        early = EarlyStopping(
+            self.plan.stopping.early_stopping_patience,
+            self.plan.stopping.early_stopping_min_delta,
+            best=position.best_validation_loss,
+            stale=position.stale_validations,
+        )
+        self.report(
+            WorkerStarted(
+                step=position.step,
+                total_steps=self.total_steps,
+                device=str(self.device),
+                device_type=_device_type(self.device),
+                device_count=1,
+                hyperparameters=self.hp,
+                train_examples=len(self.data.train),
+                validation_examples=len(self.data.validation),
+                tokens_seen=position.tokens_seen,
+            )
+        )
+        tracker = _ProgressTracker(
+            total_steps=self.total_steps,
+            elapsed_before=self.plan.elapsed_before_seconds,
+            tokens_seen=position.tokens_seen,
+        )
+        stop: StopReason | None = None
+        cancelled = False
+        groups: list[list[int]] = []
+        self.model.train()
+        while stop is None and not cancelled:
+            groups = self._epoch_groups(position.epoch_index)
+            while stop is None and position.step_in_epoch < len(groups):
+                cancelled = self._interrupted()
+                if cancelled:
+                    break
+                try:
+                    loss, tokens, rate = self._step(groups[position.step_in_epoch], position.step)
+                except _StepInterrupted:
+                    cancelled = self._interrupted()
+                    break
+                position.step += 1
+                position.step_in_epoch += 1
+                position.tokens_seen += tokens
+                position.last_train_loss = loss
+                position.checkpoint_loss_sum += loss
+                position.checkpoint_loss_steps += 1
+                epoch = position.epoch_index + position.step_in_epoch / len(groups)
+                tracker.step_done(loss, position.tokens_seen)
+                stop = self._stop_reason(position.step, tracker.elapsed())
+                validation_loss = None
+                if position.step % max(1, self.plan.stopping.eval_every_n_steps) == 0 or stop:
+                    validation_loss = self._validate_and_judge(early)
+                    if stop is None and early.should_stop:
+                        stop = StopReason.EARLY_STOPPING
+                progress = tracker.snapshot(
+                    position.step, epoch, rate, validation_loss, final=stop is not None
+                )
+                if progress is not None:
+                    self.report(progress)
+                if (
+                    stop is not None
+                    or position.step % max(1, self.plan.checkpointing.every_n_steps) == 0
+                ):
+                    position.elapsed_seconds = tracker.elapsed()
+                    self._checkpoint(epoch, validation_loss, is_final=stop is not None)
+            if stop is None and not cancelled:
+                position.epoch_index += 1
+                position.step_in_epoch = 0
+        epoch_done = position.epoch_index + position.step_in_epoch / max(1, len(groups))
+        if cancelled and position.step > 0 and self.last_checkpoint_step != position.step:
+            position.elapsed_seconds = tracker.elapsed()
+            self._checkpoint(epoch_done, None, is_final=True)
+        finished = WorkerFinished(
+            step=position.step,
+            epoch=epoch_done,
+            final_train_loss=position.last_train_loss,
+            elapsed_seconds=tracker.elapsed(),
+            tokens_seen=position.tokens_seen,
+            stop_reason=stop,
+            cancelled=cancelled,
+        )
+        self.report(finished)
+        return finished
+
+    def _restore(self, resume_state_uri: str) -> LoopPosition:
+        if resume_state_uri:
+            self.position = load_training_state(
+                self.store.local_path(resume_state_uri), model=self.model, optimizer=self.optimizer
+            )
+            self.last_state_uri = resume_state_uri
+            self.last_checkpoint_step = self.position.step
+        return self.position
+
+    def _epoch_groups(self, epoch: int) -> list[list[int]]:
+        assert self.hp.seed is not None
+        return step_groups(
+            self.lengths,
+            seed=self.hp.seed,
+            epoch=epoch,
+            examples_per_step=self.examples_per_step,
+            group_by_length=not self.packing,
+        )
+
+    def _interrupted(self) -> bool:
+        """True on a cancel; raises :class:`TrainingHalted` on a halt."""
+        if self.signals.halt:
+            raise TrainingHalted
+        return self.signals.cancel
+
+    def _validate_and_judge(self, early: EarlyStopping) -> float | None:
+        """Validate, and let early stopping see the loss (remembered for a resume)."""
+        validation_loss = self.validate()
+        if validation_loss is not None:
+            position = self.position
+            position.last_validation_loss = validation_loss
+            early.observe(validation_loss)
+            position.best_validation_loss = early.best
+            position.stale_validations = early.stale
+        return validation_loss
+
+    def _stop_reason(self, step: int, elapsed_seconds: float) -> StopReason | None:
+        hp = self.hp
+        if step >= self.total_steps:
+            if hp.max_steps and step >= hp.max_steps:
+                return StopReason.MAX_STEPS
+            return StopReason.EPOCHS_COMPLETED
+        limit = self.plan.stopping.max_duration_seconds
+        if limit is not None and elapsed_seconds >= limit:
+            return StopReason.MAX_DURATION
+        return None
+
+    def _step(self, group: list[int], step: int) -> tuple[float, int, float]:
+        """One optimizer step over ``group``; returns (mean loss, real tokens, learning rate)."""
+        examples = [self.data.train[i] for i in group]
+        denominator = max(_loss_weight(examples, self.task), 1e-12)
+        accumulated = torch.zeros((), device=self.device)
+        tokens = 0
+        for indices in micro_batches(
+            group,
+            self.lengths,
+            micro_batch_size=self.micro_batch_size,
+            group_by_length=not self.packing,
+        ):
+            if self.signals.cancel or self.signals.halt:
+                self.optimizer.zero_grad(set_to_none=True)
+                raise _StepInterrupted
+            batch = self._batch([self.data.train[i] for i in indices]).to(self.device)
+            self._maybe_inject_oom(batch)
+            with self._autocast():
+                total, _weight = batch_loss(self.model, batch, self.task, varlen=self.varlen)
+            scaled = total / denominator
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            accumulated += total.detach()
+            tokens += batch.tokens
+        rate = learning_rate_at(
+            step,
+            peak=self.hp.learning_rate,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            schedule=self.hp.learning_rate_schedule,  # type: ignore[arg-type]
+        )
+        for group_params in self.optimizer.param_groups:
+            group_params["lr"] = rate
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.hp.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.hp.max_grad_norm
+            )
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = float(accumulated) / denominator
+        if not math.isfinite(loss):
+            raise TrainingFailure(
+                FailureReason.NON_FINITE_LOSS, f"the training loss became {loss} at step {step + 1}"
+            )
+        return loss, tokens, rate
+
+    def _maybe_inject_oom(self, batch: Batch) -> None:
+        limit = self.plan.fault_oom_above_batch
+        if limit and batch.examples > limit:
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (injected: micro-batch of {batch.examples} examples > "
+                f"{limit}, TUNELINE_TRAINER_FAULT_OOM_ABOVE_BATCH)"
+            )
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean validation loss (per completion token, or per example); None without data."""
+        examples = self.data.validation
+        if not examples:
+            return None
+        self.model.eval()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        weight = torch.zeros((), device=self.device, dtype=torch.float64)
+        ordered = sorted(examples, key=lambda e: -e.length)
+        size = max(1, self.micro_batch_size * 2)
+        for start in range(0, len(ordered), size):
+            batch = self._batch(ordered[start : start + size]).to(self.device)
+            with self._autocast():
+                batch_total, batch_weight = batch_loss(
+                    self.model, batch, self.task, varlen=self.varlen
+                )
+            total += batch_total.double()
+            weight += batch_weight.double()
+        self.model.train()
+        return float(total / weight) if float(weight) > 0 else None
+
+    def _checkpoint(self, epoch: float, validation_loss: float | None, *, is_final: bool) -> None:
+        """Write the adapter and the resumable state atomically, then report them."""
+        position = self.position
+        step = position.step
+        train_loss = (
+            position.checkpoint_loss_sum / position.checkpoint_loss_steps
+            if position.checkpoint_loss_steps
+            else position.last_train_loss
+        )
+        position.checkpoint_loss_sum, position.checkpoint_loss_steps = 0.0, 0
+        prefix = self.plan.artifact_prefix
+        with tempfile.TemporaryDirectory(prefix="tuneline-checkpoint-") as temp:
+            adapter_dir = Path(temp) / "adapter"
+            self.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+            base = self.plan.base_model
+            write_adapter_metadata(
+                adapter_dir,
+                AdapterMetadata(
+                    task_type=self.task.value,
+                    labels=list(self.data.labels),
+                    max_seq_length=int(self.hp.max_seq_length),
+                    base_model_files_sha256=base.files_sha256,
+                    base_model_name=base.model_name,
+                    base_model_path=base.model_path,
+                    base_model_type=base.model_type,
+                    training_job=self.plan.job,
+                    step=step,
+                ),
+            )
+            digest = folder_sha256(adapter_dir)
+            stored = self.store.put_directory(f"{prefix}/checkpoints/step-{step}", adapter_dir)
+            state_dir = Path(temp) / "state"
+            save_training_state(
+                state_dir, model=self.model, optimizer=self.optimizer, position=position
+            )
+            state = self.store.put_directory(f"{prefix}/states/step-{step}", state_dir)
+        self.last_state_uri = state.uri
+        self.last_checkpoint_step = step
+        self.report(
+            WorkerCheckpoint(
+                step=step,
+                epoch=epoch,
+                train_loss=train_loss,
+                validation_loss=validation_loss,
+                tokens_seen=position.tokens_seen,
+                artifact_uri=stored.uri,
+                sha256=digest,
+                size_bytes=stored.size_bytes,
+                state_uri=state.uri,
+                is_final=is_final,
+                elapsed_seconds=position.elapsed_seconds,
+            )
+        )
+
+
+def _device_type(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+def run_training(plan: WorkerPlan, report: Report, signals: StopSignals) -> WorkerFinished:
+    """Train as ``plan`` says, reporting through ``report``; returns the finishing message.
+
+    Out of memory: retried once (if the plan allows) from the last checkpoint written, with
+    half the micro-batch; the effective batch stays the same. Raises :class:`TrainingFailure`
+    with the reason for everything the contracts name, :class:`TrainingHalted` on a halt.
+    """
+    device = resolve_device(plan.device)
+    if plan.cpu_threads > 0:
+        torch.set_num_threads(plan.cpu_threads)
+    hp = resolve_for_device(plan.hyperparameters, plan.task_type, cuda=device.type == "cuda")
+    if hp.precision is Precision.FP16 and device.type != "cuda":
+        raise TrainingFailure(FailureReason.INTERNAL, "fp16 precision needs a CUDA device")
+    try:
+        check_model_unchanged(plan)
+        data = prepare_data(plan, int(hp.max_seq_length))
+    except ModelRefused as error:
+        raise TrainingFailure(FailureReason.MODEL_REFUSED, str(error)) from error
+    except ModelLoadFailed as error:
+        raise TrainingFailure(FailureReason.MODEL_LOAD_FAILED, str(error)) from error
+    except DataUnavailable as error:
+        raise TrainingFailure(FailureReason.DATA_UNAVAILABLE, str(error)) from error
+    store = LocalArtifactStore(Path(plan.artifact_root))
+    micro = plan.micro_batch_size or int(hp.batch_size)
+    resume_uri = plan.resume_state_uri
+    retried = False
+    while True:
+        session: TrainingSession | None = None
+        try:
+            session = TrainingSession(
+                plan,
+                hp,
+                data,
+                device,
+                micro_batch_size=micro,
+                report=report,
+                signals=signals,
+                store=store,
+            )
+            return session.run(resume_uri)
+        except torch.OutOfMemoryError as error:
+            message = str(error).splitlines()[0]
+            resume_uri = (session.last_state_uri if session else "") or resume_uri
+            resume_step = session.last_checkpoint_step if session else 0
+            del session
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if retried or not plan.allow_oom_retry or micro <= 1:
+                raise TrainingFailure(
+                    FailureReason.OUT_OF_MEMORY,
+                    f"out of memory with a micro-batch of {micro} examples: {message}",
+                ) from None
+            retried = True
+            micro = (micro + 1) // 2
+            examples_per_step = int(hp.batch_size) * int(hp.gradient_accumulation_steps)
+            report(
+                WorkerOomRetry(
+                    micro_batch_size=micro,
+                    accumulation_steps=math.ceil(examples_per_step / micro),
+                    resume_step=max(0, resume_step),
+                    message=message,
+                )
+            )
+            log.warning(
+                "out of memory; retrying with a smaller micro-batch", extra={"micro_batch": micro}
+            )
+        except (ModelLoadFailed, ModelRefused) as error:
+            raise TrainingFailure(FailureReason.MODEL_LOAD_FAILED, str(error)) from error

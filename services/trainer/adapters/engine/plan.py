@@ -1,0 +1,209 @@
+"""What a worker is told to do, and what it reports back (torch-free).
+
+The supervisor builds a :class:`WorkerPlan` for each worker start (a first run, a resume after
+a crash, a restart after the service came back) and the worker sends :class:`WorkerMessage`
+values back over a pipe, as plain dicts (:func:`encode_message` / :func:`decode_message`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.trainer.domain import (
+    AdapterSpec,
+    BaseModelRef,
+    CheckpointPolicy,
+    FailureReason,
+    Hyperparameters,
+    StoppingRules,
+    StopReason,
+    TaskType,
+    from_jsonable,
+    jsonable,
+)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One worker start. Paths are local to the machine; every default is resolved except the
+    device-dependent ones (precision, packing), which the worker resolves for ``device``."""
+
+    job: str
+    task_type: TaskType
+    model_dir: str
+    base_model: BaseModelRef
+    manifest_path: str
+    manifest_sha256: str
+    dataset_path: str
+    adapter: AdapterSpec
+    hyperparameters: Hyperparameters
+    stopping: StoppingRules
+    checkpointing: CheckpointPolicy
+    #: The trainer's artifact store root; checkpoints go under ``<prefix>/checkpoints/step-N``
+    #: and resumable states under ``<prefix>/states/step-N``.
+    artifact_root: str
+    artifact_prefix: str
+    device: str = "cpu"
+    #: The micro-batch and accumulation to use (an OOM retry halves / doubles them).
+    micro_batch_size: int = 0
+    accumulation_steps: int = 0
+    #: ``file://`` URI of the training state to resume from; empty for a fresh start.
+    resume_state_uri: str = ""
+    #: Training time spent by earlier attempts (for ``max_duration``).
+    elapsed_before_seconds: float = 0.0
+    #: Whether an out-of-memory error may be retried once with half the micro-batch.
+    allow_oom_retry: bool = True
+    #: Torch threads on the CPU (0: torch's default).
+    cpu_threads: int = 0
+    #: Test-only fault injection: raise a CUDA out-of-memory error for micro-batches larger
+    #: than this many examples (0: off). Set from ``TUNELINE_TRAINER_FAULT_OOM_ABOVE_BATCH``.
+    fault_oom_above_batch: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkerPlan:
+        return from_jsonable(cls, data)
+
+
+@dataclass(frozen=True)
+class WorkerStarted:
+    """The model is loaded and training is about to (re)start at ``step``."""
+
+    step: int
+    total_steps: int
+    device: str
+    device_type: str
+    device_count: int
+    hyperparameters: Hyperparameters
+    train_examples: int
+    validation_examples: int
+    tokens_seen: int
+    kind: str = "started"
+
+
+@dataclass(frozen=True)
+class WorkerProgress:
+    """A progress snapshot; ``log_point`` marks a point of the loss curve, with
+    ``interval_train_loss`` the mean since the previous point."""
+
+    step: int
+    total_steps: int
+    epoch: float
+    train_loss: float | None
+    learning_rate: float
+    tokens_per_second: float
+    tokens_seen: int
+    elapsed_seconds: float
+    eta_seconds: float | None
+    validation_loss: float | None = None
+    log_point: bool = False
+    interval_train_loss: float | None = None
+    kind: str = "progress"
+
+
+@dataclass(frozen=True)
+class WorkerCheckpoint:
+    """A checkpoint is complete in the artifact store (adapter and resumable state)."""
+
+    step: int
+    epoch: float
+    train_loss: float
+    validation_loss: float | None
+    tokens_seen: int
+    artifact_uri: str
+    sha256: str
+    size_bytes: int
+    state_uri: str
+    is_final: bool
+    elapsed_seconds: float
+    kind: str = "checkpoint"
+
+
+@dataclass(frozen=True)
+class WorkerOomRetry:
+    """Out of memory; training restarts from ``resume_step`` with a smaller micro-batch."""
+
+    micro_batch_size: int
+    accumulation_steps: int
+    resume_step: int
+    message: str
+    kind: str = "oom_retry"
+
+
+@dataclass(frozen=True)
+class WorkerFinished:
+    """Training ended: by a stopping rule (``stop_reason``) or by cancellation."""
+
+    step: int
+    epoch: float
+    final_train_loss: float
+    elapsed_seconds: float
+    tokens_seen: int
+    stop_reason: StopReason | None = None
+    cancelled: bool = False
+    kind: str = "finished"
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """Training failed for ``reason``."""
+
+    reason: FailureReason
+    message: str
+    step: int = 0
+    kind: str = "failed"
+
+
+WorkerMessage = (
+    WorkerStarted
+    | WorkerProgress
+    | WorkerCheckpoint
+    | WorkerOomRetry
+    | WorkerFinished
+    | WorkerFailed
+)
+
+_KINDS: dict[str, type[Any]] = {
+    "started": WorkerStarted,
+    "progress": WorkerProgress,
+    "checkpoint": WorkerCheckpoint,
+    "oom_retry": WorkerOomRetry,
+    "finished": WorkerFinished,
+    "failed": WorkerFailed,
+}
+
+
+def encode_message(message: WorkerMessage) -> dict[str, Any]:
+    return jsonable(message)
+
+
+def decode_message(data: dict[str, Any]) -> WorkerMessage:
+    kind = data.get("kind")
+    if kind not in _KINDS:
+        raise ValueError(f"unknown worker message kind {kind!r}")
+    return from_jsonable(_KINDS[kind], data)
+
+
+class TrainingFailure(Exception):
+    """A failure the worker reports with its reason (anything else is INTERNAL)."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class StopSignals:
+    """Set by the worker's control thread, read by the training loop between micro-batches.
+
+    ``cancel``: stop, write a final checkpoint, report cancelled. ``halt``: stop at once and
+    write nothing (the service is going away; the job resumes later from its last checkpoint).
+    """
+
+    cancel: bool = False
+    halt: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,115 @@
+"""The trainer's Prometheus metrics, on the service's own registry.
+
+Jobs by state and the queue depth are read from the database at scrape time (always right,
+also after a restart); the rest is recorded by the supervisor as workers report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.trainer.adapters.repository import TrainerRepository
+from services.trainer.domain import JobState
+
+
+class _JobStates(Collector):
+    """``tuneline_trainer_jobs{state}`` and ``tuneline_trainer_queue_depth`` from the database."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._sessions() as session:
+            counts = TrainerRepository(session).count_by_state()
+        jobs = GaugeMetricFamily(
+            "tuneline_trainer_jobs", "Training jobs by state.", labels=["state"]
+        )
+        for state in JobState:
+            jobs.add_metric([state.value], counts.get(state.value, 0))
+        yield jobs
+        yield GaugeMetricFamily(
+            "tuneline_trainer_queue_depth",
+            "Jobs waiting for a device (QUEUED).",
+            value=counts.get(JobState.QUEUED.value, 0),
+        )
+
+
+class TrainerMetrics:
+    """Every trainer metric, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry, sessions: sessionmaker[Session]) -> None:
+        registry.register(_JobStates(sessions))
+        job = ["training_job"]
+        self.steps = Counter(
+            "tuneline_trainer_steps_total",
+            "Optimizer steps completed (steps redone after a resume count again).",
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "tuneline_trainer_tokens_total",
+            "Non-padding tokens processed by training.",
+            registry=registry,
+        )
+        self.tokens_per_second = Gauge(
+            "tuneline_trainer_tokens_per_second",
+            "Recent non-padding tokens per second of a running job.",
+            job,
+            registry=registry,
+        )
+        self.train_loss = Gauge(
+            "tuneline_trainer_train_loss",
+            "Latest training loss of a job (nats per token or per example).",
+            job,
+            registry=registry,
+        )
+        self.validation_loss = Gauge(
+            "tuneline_trainer_validation_loss",
+            "Latest validation loss of a job (nats per token or per example).",
+            job,
+            registry=registry,
+        )
+        self.device_seconds = Gauge(
+            "tuneline_trainer_job_device_seconds",
+            "Device time a job has used so far.",
+            [*job, "device_type"],
+            registry=registry,
+        )
+        self.cost = Gauge(
+            "tuneline_trainer_job_cost",
+            "Cost of a job so far, in the configured currency.",
+            [*job, "currency"],
+            registry=registry,
+        )
+        self.device_seconds_total = Counter(
+            "tuneline_trainer_device_seconds_total",
+            "Device time used by all training, summed over attempts.",
+            registry=registry,
+        )
+        self.checkpoints = Counter(
+            "tuneline_trainer_checkpoints_total", "Checkpoints announced.", registry=registry
+        )
+        self.failures = Counter(
+            "tuneline_trainer_job_failures_total",
+            "Jobs that failed, by failure reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.worker_restarts = Counter(
+            "tuneline_trainer_worker_restarts_total",
+            "Worker restarts, by cause: crash (a worker died and will be resumed), "
+            "out_of_memory (the retry with half the micro-batch), resume (a worker started on a "
+            "job that was already running, after a crash or a service restart).",
+            ["cause"],
+            registry=registry,
+        )
+        self.jobs_finished = Counter(
+            "tuneline_trainer_jobs_finished_total",
+            "Jobs that reached a terminal state, by state.",
+            ["state"],
+            registry=registry,
+        )

@@ -1,0 +1,352 @@
+"""The trainer's SQL repository: rows in, domain objects out, inside the caller's session.
+
+Handlers own the transaction (a state change and the events it stages commit together); the
+repository only reads and writes rows in the session it is given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy.orm import Session
+
+from services.trainer.adapters.tables import (
+    CheckpointRow,
+    JobRow,
+    KnownSplitRow,
+    LossPointRow,
+    PolicyRow,
+)
+from services.trainer.domain import (
+    CheckpointRecord,
+    Cost,
+    FailureReason,
+    JobConfig,
+    JobState,
+    LossPoint,
+    Progress,
+    SplitInfo,
+    StopReason,
+    TaskType,
+    TrainingJob,
+    TrainingPolicy,
+    compute_cost,
+    from_jsonable,
+    jsonable,
+)
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The configured price of a device-hour."""
+
+    price_per_device_hour: Decimal
+    currency: str
+
+
+def job_cost(row: JobRow, pricing: Pricing, *, now: datetime | None = None) -> Cost:
+    """Device time and tokens of finished attempts, plus the running attempt's so far."""
+    seconds = row.device_seconds_done
+    started = utc(row.attempt_started_at)
+    if started is not None:
+        seconds += max(0.0, ((now or datetime.now(UTC)) - started).total_seconds())
+    progress = json.loads(row.progress_json or "{}")
+    tokens = row.tokens_processed_done
+    if started is not None:
+        tokens += max(0, int(progress.get("tokens_seen", 0)) - row.attempt_tokens_start)
+    return compute_cost(
+        device_seconds=seconds,
+        tokens_processed=tokens,
+        price_per_device_hour=pricing.price_per_device_hour,
+        currency=pricing.currency,
+        device_type=row.device_type or row.device,
+    )
+
+
+def job_from_row(row: JobRow, pricing: Pricing) -> TrainingJob:
+    spec = json.loads(row.spec_json)
+    progress = from_jsonable(Progress, json.loads(row.progress_json or "{}"))
+    return TrainingJob(
+        name=row.name,
+        target_model=row.target_model,
+        task_type=TaskType(row.task_type),
+        split=from_jsonable(SplitInfo, spec["split"]),
+        config=from_jsonable(JobConfig, spec["config"]),
+        state=JobState(row.state),
+        total_steps=row.total_steps,
+        failure_reason=FailureReason(row.failure_reason) if row.failure_reason else None,
+        failure_message=row.failure_message,
+        stop_reason=StopReason(row.stop_reason) if row.stop_reason else None,
+        progress=progress,
+        cost=job_cost(row, pricing),
+        best_checkpoint=row.best_checkpoint,
+        latest_checkpoint=row.latest_checkpoint,
+        training_policy=row.training_policy,
+        software_versions=spec.get("software_versions", {}),
+        attempt_count=row.attempt_count,
+        device=row.device,
+        create_time=utc(row.create_time),
+        start_time=utc(row.start_time),
+        end_time=utc(row.end_time),
+        update_time=utc(row.update_time),
+        request_id=row.request_id or "",
+        cancel_requested=row.cancel_requested,
+        cancel_reason=row.cancel_reason,
+        micro_batch_size=row.micro_batch_size,
+        accumulation_steps=row.accumulation_steps,
+        oom_retries=row.oom_retries,
+        crash_count=row.crash_count,
+    )
+
+
+def checkpoint_from_row(row: CheckpointRow, target_model: str) -> CheckpointRecord:
+    return CheckpointRecord(
+        name=row.name,
+        training_job=row.job,
+        target_model=target_model,
+        step=row.step,
+        epoch=row.epoch,
+        train_loss=row.train_loss,
+        validation_loss=row.validation_loss,
+        tokens_seen=row.tokens_seen,
+        artifact_uri=row.artifact_uri,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        is_best=row.is_best,
+        is_final=row.is_final,
+        cost=from_jsonable(Cost, json.loads(row.cost_json)),
+        create_time=utc(row.create_time) or datetime.now(UTC),
+        artifact_deleted=row.artifact_deleted,
+    )
+
+
+def policy_from_row(row: PolicyRow) -> TrainingPolicy:
+    return TrainingPolicy(
+        name=row.name,
+        dataset=row.dataset,
+        target_model=row.target_model,
+        template=from_jsonable(JobConfig, json.loads(row.template_json)),
+        disabled=row.disabled,
+        create_time=utc(row.create_time),
+        update_time=utc(row.update_time),
+    )
+
+
+class TrainerRepository:
+    """Queries and writes of the trainer's tables in one session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def job_row(self, name: str) -> JobRow | None:
+        return self.session.get(JobRow, name)
+
+    def job_row_by_request_id(self, request_id: str) -> JobRow | None:
+        return self.session.scalars(select(JobRow).where(JobRow.request_id == request_id)).first()
+
+    def add_job(self, job: TrainingJob, *, now: datetime) -> JobRow:
+        row = JobRow(
+            name=job.name,
+            request_id=job.request_id or None,
+            target_model=job.target_model,
+            split=job.split.name,
+            training_policy=job.training_policy,
+            task_type=job.task_type.value,
+            spec_json=dumps(
+                {
+                    "config": job.config,
+                    "split": job.split,
+                    "software_versions": dict(job.software_versions),
+                }
+            ),
+            state=job.state.value,
+            total_steps=job.total_steps,
+            failure_reason=job.failure_reason.value if job.failure_reason else None,
+            failure_message=job.failure_message,
+            progress_json=dumps(job.progress),
+            micro_batch_size=job.micro_batch_size,
+            accumulation_steps=job.accumulation_steps,
+            attempt_count=0,
+            crash_count=0,
+            oom_retries=0,
+            cancel_requested=False,
+            cancel_reason="",
+            best_checkpoint="",
+            latest_checkpoint="",
+            latest_state_uri="",
+            device="",
+            device_type="",
+            device_seconds_done=0.0,
+            tokens_processed_done=0,
+            attempt_tokens_start=0,
+            training_seconds_done=0.0,
+            create_time=now,
+            update_time=now,
+            end_time=now if job.state.terminal else None,
+        )
+        self.session.add(row)
+        return row
+
+    def update_spec(self, row: JobRow, config: JobConfig) -> None:
+        """Replace the stored configuration (device-dependent defaults resolved at start)."""
+        spec = json.loads(row.spec_json)
+        spec["config"] = jsonable(config)
+        row.spec_json = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+    def list_job_rows(
+        self,
+        *,
+        target_model: str = "",
+        state: JobState | None = None,
+        split: str = "",
+        after: Sequence[Any] | None = None,
+        limit: int,
+    ) -> list[JobRow]:
+        """Newest first, keyset-paged on (create_time, name) descending."""
+        query = select(JobRow)
+        if target_model:
+            query = query.where(JobRow.target_model == target_model)
+        if state is not None:
+            query = query.where(JobRow.state == state.value)
+        if split:
+            query = query.where(JobRow.split == split)
+        if after is not None:
+            created = datetime.fromisoformat(str(after[0]))
+            query = query.where(
+                or_(
+                    JobRow.create_time < created,
+                    (JobRow.create_time == created) & (JobRow.name < str(after[1])),
+                )
+            )
+        query = query.order_by(JobRow.create_time.desc(), JobRow.name.desc()).limit(limit)
+        return list(self.session.scalars(query))
+
+    def job_rows_in(self, states: Sequence[JobState]) -> list[JobRow]:
+        """Jobs in ``states``, oldest first (the queue order)."""
+        query = (
+            select(JobRow)
+            .where(JobRow.state.in_([s.value for s in states]))
+            .order_by(JobRow.create_time, JobRow.name)
+        )
+        return list(self.session.scalars(query))
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self.session.execute(select(JobRow.state, func.count()).group_by(JobRow.state))
+        return {state: count for state, count in rows}
+
+    # -- loss curve -----------------------------------------------------------------------------
+
+    def put_loss_point(self, job: str, point: LossPoint) -> None:
+        """Add or complete the point at ``point.step`` (train and validation losses merge)."""
+        row = self.session.scalars(
+            select(LossPointRow).where(LossPointRow.job == job, LossPointRow.step == point.step)
+        ).first()
+        if row is None:
+            self.session.add(
+                LossPointRow(
+                    job=job,
+                    step=point.step,
+                    epoch=point.epoch,
+                    train_loss=point.train_loss,
+                    validation_loss=point.validation_loss,
+                )
+            )
+            return
+        row.epoch = point.epoch
+        if point.train_loss is not None:
+            row.train_loss = point.train_loss
+        if point.validation_loss is not None:
+            row.validation_loss = point.validation_loss
+
+    def loss_points(self, job: str) -> list[LossPoint]:
+        rows = self.session.scalars(
+            select(LossPointRow).where(LossPointRow.job == job).order_by(LossPointRow.step)
+        )
+        return [LossPoint(r.step, r.epoch, r.train_loss, r.validation_loss) for r in rows]
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def checkpoint_row(self, name: str) -> CheckpointRow | None:
+        return self.session.get(CheckpointRow, name)
+
+    def checkpoint_at(self, job: str, step: int) -> CheckpointRow | None:
+        return self.session.scalars(
+            select(CheckpointRow).where(CheckpointRow.job == job, CheckpointRow.step == step)
+        ).first()
+
+    def checkpoint_rows(self, job: str) -> list[CheckpointRow]:
+        return list(
+            self.session.scalars(
+                select(CheckpointRow).where(CheckpointRow.job == job).order_by(CheckpointRow.step)
+            )
+        )
+
+    def list_checkpoint_rows(
+        self, *, job: str | None, after: Sequence[Any] | None, limit: int
+    ) -> list[CheckpointRow]:
+        """Kept checkpoints ascending by (job, step); ``job=None`` lists every job's."""
+        query = select(CheckpointRow).where(CheckpointRow.artifact_deleted.is_(False))
+        if job is not None:
+            query = query.where(CheckpointRow.job == job)
+        if after is not None:
+            query = query.where(
+                tuple_(CheckpointRow.job, CheckpointRow.step) > (str(after[0]), int(after[1]))
+            )
+        query = query.order_by(CheckpointRow.job, CheckpointRow.step).limit(limit)
+        return list(self.session.scalars(query))
+
+    # -- policies ---------------------------------------------------------------------------------
+
+    def policy_row(self, name: str) -> PolicyRow | None:
+        return self.session.get(PolicyRow, name)
+
+    def list_policy_rows(
+        self, *, dataset: str = "", after: str | None = None, limit: int
+    ) -> list[PolicyRow]:
+        query = select(PolicyRow)
+        if dataset:
+            query = query.where(PolicyRow.dataset == dataset)
+        if after is not None:
+            query = query.where(PolicyRow.name > after)
+        return list(self.session.scalars(query.order_by(PolicyRow.name).limit(limit)))
+
+    def enabled_policies_for(self, dataset: str) -> list[TrainingPolicy]:
+        rows = self.session.scalars(
+            select(PolicyRow)
+            .where(PolicyRow.dataset == dataset, PolicyRow.disabled.is_(False))
+            .order_by(PolicyRow.name)
+        )
+        return [policy_from_row(r) for r in rows]
+
+    # -- splits -----------------------------------------------------------------------------------
+
+    def known_split(self, name: str) -> SplitInfo | None:
+        row = self.session.get(KnownSplitRow, name)
+        return None if row is None else from_jsonable(SplitInfo, json.loads(row.info_json))
+
+    def remember_split(self, split: SplitInfo, *, now: datetime) -> None:
+        if self.session.get(KnownSplitRow, split.name) is None:
+            self.session.add(
+                KnownSplitRow(
+                    name=split.name, dataset=split.dataset, info_json=dumps(split), create_time=now
+                )
+            )

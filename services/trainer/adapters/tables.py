@@ -1,0 +1,134 @@
+"""The trainer's own tables (created next to the event plumbing in its database)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class TrainerBase(DeclarativeBase):
+    """Declarative base of the trainer's tables."""
+
+
+class JobRow(TrainerBase):
+    """A training job. Its configuration, split and software versions are one JSON document
+    (``spec_json``, immutable after creation); state, progress and accounting are columns."""
+
+    __tablename__ = "trainer_jobs"
+    __table_args__ = (
+        Index("ix_trainer_jobs_listing", "create_time", "name"),
+        Index("ix_trainer_jobs_state", "state", "create_time"),
+    )
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    target_model: Mapped[str] = mapped_column(String(128), index=True)
+    split: Mapped[str] = mapped_column(String(512), index=True)
+    training_policy: Mapped[str] = mapped_column(String(128), default="")
+    task_type: Mapped[str] = mapped_column(String(32))
+    spec_json: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    failure_message: Mapped[str] = mapped_column(Text, default="")
+    stop_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    progress_json: Mapped[str] = mapped_column(Text, default="{}")
+    best_checkpoint: Mapped[str] = mapped_column(String(256), default="")
+    latest_checkpoint: Mapped[str] = mapped_column(String(256), default="")
+    latest_state_uri: Mapped[str] = mapped_column(Text, default="")
+    device: Mapped[str] = mapped_column(String(64), default="")
+    device_type: Mapped[str] = mapped_column(String(128), default="")
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    crash_count: Mapped[int] = mapped_column(Integer, default=0)
+    oom_retries: Mapped[int] = mapped_column(Integer, default=0)
+    micro_batch_size: Mapped[int] = mapped_column(Integer, default=0)
+    accumulation_steps: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_reason: Mapped[str] = mapped_column(Text, default="")
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Device time and tokens of finished attempts; the running attempt adds its own.
+    device_seconds_done: Mapped[float] = mapped_column(Float, default=0.0)
+    tokens_processed_done: Mapped[int] = mapped_column(Integer, default=0)
+    attempt_started_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    attempt_tokens_start: Mapped[int] = mapped_column(Integer, default=0)
+    training_seconds_done: Mapped[float] = mapped_column(Float, default=0.0)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CheckpointRow(TrainerBase):
+    """A checkpoint; (job, step) is unique, so no step is ever announced twice."""
+
+    __tablename__ = "trainer_checkpoints"
+    __table_args__ = (UniqueConstraint("job", "step", name="uq_trainer_checkpoints_job_step"),)
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    job: Mapped[str] = mapped_column(String(128), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float] = mapped_column(Float)
+    validation_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens_seen: Mapped[int] = mapped_column(Integer)
+    artifact_uri: Mapped[str] = mapped_column(Text)
+    state_uri: Mapped[str] = mapped_column(Text, default="")
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    is_best: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_final: Mapped[bool] = mapped_column(Boolean, default=False)
+    cost_json: Mapped[str] = mapped_column(Text)
+    artifact_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LossPointRow(TrainerBase):
+    """One point of a job's loss curve; a resumed run rewrites the points it redoes."""
+
+    __tablename__ = "trainer_loss_points"
+    __table_args__ = (UniqueConstraint("job", "step", name="uq_trainer_loss_points_job_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(128), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    validation_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class PolicyRow(TrainerBase):
+    """A training policy; its job template is a JSON document."""
+
+    __tablename__ = "trainer_policies"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(256), index=True)
+    target_model: Mapped[str] = mapped_column(String(128))
+    template_json: Mapped[str] = mapped_column(Text)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class KnownSplitRow(TrainerBase):
+    """A split the trainer learnt about (from SplitCreated, or from the splitter)."""
+
+    __tablename__ = "trainer_known_splits"
+
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(256), index=True)
+    info_json: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,38 @@
+"""The trainer's Kafka subscriptions: decode, call a handler (the consumer loop commits)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from services.trainer import handlers
+from services.trainer.adapters import protos
+from services.trainer.adapters.notifications import JobChanges
+from shared.events import ReceivedEvent, Subscription
+from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
+
+log = logging.getLogger(__name__)
+
+
+def subscriptions(context: handlers.Context, changes: JobChanges) -> Sequence[Subscription]:
+    """SplitCreated → remember the split, make the jobs its dataset's policies ask for."""
+
+    def on_split_created(
+        event: ReceivedEvent[splitter_events_pb2.SplitCreated], session: Session
+    ) -> None:
+        try:
+            split = protos.split_from_event(event.message)
+        except ValueError as error:
+            # nothing can train on it; dead-lettering would not make it trainable either
+            log.warning(
+                "ignoring a SplitCreated", extra={"split": event.message.split, "error": str(error)}
+            )
+            return
+        created = handlers.on_split_created(session, split, context)
+        if created:
+            log.info("jobs created for a new split", extra={"split": split.name, "jobs": created})
+            changes.notify()  # the supervisor re-reads the queue after this commit
+
+    return [Subscription(splitter_events_pb2.SplitCreated, on_split_created)]

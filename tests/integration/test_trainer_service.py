@@ -1,0 +1,579 @@
+"""The trainer service over real gRPC on loopback and a real Kafka broker, with real (tiny)
+models trained in real worker processes.
+
+SplitCreated arrives as a real CloudEvent on Kafka (published the way the splitter's outbox
+does), pointing at a canonical JSONL and a split manifest written in the agreed formats; jobs
+train; TrainingJobStarted, CheckpointReady and TrainingJobCompleted are read back from the
+broker with their fields checked; checkpoints load with ``PeftModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from services.trainer import bootstrap
+from services.trainer.domain import policy_job_id
+from services.trainer.settings import TrainerSettings
+from shared.events import Envelope, KafkaEventPublisher, ensure_topics, topic_for
+from shared.modeling import folder_sha256, read_adapter_metadata
+from shared.runtime import ServiceRuntime, build_runtime
+from shared.settings import CommonSettings
+from tests.fixtures.events import header, read_records
+from tests.fixtures.trainer_data import build_tiny_bert, sentiment_rows, write_split
+from tuneline.cli.main import app as cli
+from tuneline.client.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from tuneline.client.trainer import TrainerClient
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
+from tuneline.trainer.v1 import events_pb2, resources_pb2
+
+pytestmark = pytest.mark.integration
+
+SUCCEEDED = resources_pb2.TRAINING_JOB_STATE_SUCCEEDED
+RUNNING = resources_pb2.TRAINING_JOB_STATE_RUNNING
+CANCELLED = resources_pb2.TRAINING_JOB_STATE_CANCELLED
+FAILED = resources_pb2.TRAINING_JOB_STATE_FAILED
+TERMINAL = {SUCCEEDED, CANCELLED, FAILED}
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models root with a tiny BERT and a folder holding pickle weights."""
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_bert(root / "tiny-bert")
+    pickled = root / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text('{"model_type": "bert"}')
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle
+    return root
+
+
+def _start(
+    kafka_bootstrap: str, data_dir: Path, models_root: Path, group: str, **settings: Any
+) -> ServiceRuntime:
+    runtime = build_runtime(
+        bootstrap.SPEC,
+        CommonSettings(kafka_bootstrap=kafka_bootstrap, data_dir=data_dir),
+        TrainerSettings(
+            grpc_port=0,
+            metrics_port=0,
+            models_root=models_root,
+            devices="cpu",
+            cpu_threads=1,
+            consumer_group=group,
+            splitter_target="127.0.0.1:9",  # no splitter here: unknown splits stay unknown
+            splitter_timeout_seconds=1.0,
+            **settings,
+        ),
+    )
+    runtime.start()
+    return runtime
+
+
+@pytest.fixture(scope="module")
+def service(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, models_root: Path
+) -> Iterator[ServiceRuntime]:
+    data_dir = tmp_path_factory.mktemp("trainer-data")
+    runtime = _start(kafka_bootstrap, data_dir, models_root, f"test-trainer-{uuid.uuid4().hex[:8]}")
+    yield runtime
+    runtime.stop()
+
+
+@pytest.fixture
+def client(service: ServiceRuntime) -> Iterator[TrainerClient]:
+    with TrainerClient(f"127.0.0.1:{service.grpc_port}", timeout=30) as trainer:
+        yield trainer
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def publish_split(
+    bootstrap_servers: str, data_dir: Path, dataset: str, *, rows: int = 160, seed: int = 0
+) -> splitter_events_pb2.SplitCreated:
+    """Write a canonical JSONL + manifest where the splitter keeps them (under the data dir)
+    and publish SplitCreated as the splitter's outbox does."""
+    version = f"{dataset}/versions/v{uuid.uuid4().hex[:8]}"
+    written = write_split(
+        data_dir / "splitter" / "artifacts" / version.replace("/", "_"),
+        sentiment_rows(rows, seed=seed),
+        dataset_version=version,
+    )
+    labels = {"train": {}, "validation": {}}  # type: dict[str, dict[str, int]]
+    by_id = {r["id"]: r for r in sentiment_rows(rows, seed=seed)}
+    for part, ids in (("train", written.train_ids), ("validation", written.validation_ids)):
+        for row_id in ids:
+            label = by_id[row_id]["label"]
+            labels[part][label] = labels[part].get(label, 0) + 1
+    event = splitter_events_pb2.SplitCreated(
+        split=f"{version}/splits/s1",
+        dataset=dataset,
+        dataset_version=version,
+        dataset_content_sha256=written.dataset_sha256,
+        task_type=common_pb2.TASK_TYPE_CLASSIFICATION,
+        manifest_uri=written.manifest_path.resolve().as_uri(),
+        manifest_sha256=written.manifest_sha256,
+        dataset_artifact_uri=written.dataset_path.resolve().as_uri(),
+        overlap_count=0,
+    )
+    for part, ids in (
+        (common_pb2.SPLIT_PART_TRAIN, written.train_ids),
+        (common_pb2.SPLIT_PART_VALIDATION, written.validation_ids),
+    ):
+        name = "train" if part == common_pb2.SPLIT_PART_TRAIN else "validation"
+        event.parts.add(
+            part=part,
+            row_count=len(ids),
+            label_distribution=[
+                common_pb2.LabelCount(label=k, count=v) for k, v in sorted(labels[name].items())
+            ],
+        )
+    event.event_time.GetCurrentTime()
+    send_event(bootstrap_servers, event, event.split)
+    return event
+
+
+def send_event(bootstrap_servers: str, message: Any, subject: str) -> None:
+    ensure_topics(bootstrap_servers, [topic_for(message)])
+    publisher = KafkaEventPublisher(bootstrap_servers, client_id="test-splitter")
+    try:
+        envelope = Envelope.wrap(message, source="tuneline/splitter", subject=subject)
+        publisher.send(envelope).get(timeout=30)  # type: ignore[attr-defined]
+    finally:
+        publisher.close()
+
+
+def tiny_template(**hyper: Any) -> resources_pb2.TrainingJobTemplate:
+    hp = {"batch_size": 8, "learning_rate": 5e-3, "max_steps": 12, "seed": 7, **hyper}
+    return resources_pb2.TrainingJobTemplate(
+        base_model=common_pb2.BaseModel(model_name="tiny-bert"),
+        adapter_spec=common_pb2.AdapterSpec(rank=4),
+        hyperparameters=common_pb2.Hyperparameters(**hp),
+        stopping_rules=resources_pb2.StoppingRules(eval_every_n_steps=4),
+    )
+
+
+def job_for(
+    split: str, template: resources_pb2.TrainingJobTemplate, model: str
+) -> resources_pb2.TrainingJob:
+    return resources_pb2.TrainingJob(
+        target_model=model,
+        split=split,
+        base_model=template.base_model,
+        adapter_spec=template.adapter_spec,
+        hyperparameters=template.hyperparameters,
+        stopping_rules=template.stopping_rules,
+        checkpoint_policy=template.checkpoint_policy,
+    )
+
+
+def wait_for(
+    client: TrainerClient,
+    name: str,
+    condition: Callable[[resources_pb2.TrainingJob], bool],
+    timeout: float = 180.0,
+) -> resources_pb2.TrainingJob:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            job = client.get_training_job(name)
+        except NotFoundError:
+            job = None
+        if job is not None and condition(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never reached the condition; last: {job}")
+
+
+def events_of(bootstrap_servers: str, message_type: Any, job: str, expected: int) -> list[Any]:
+    return read_records(
+        bootstrap_servers,
+        topic_for(message_type),
+        lambda r: r.value and message_type.FromString(r.value).training_job == job,
+        expected=expected,
+        timeout=60,
+    )
+
+
+def await_split(client: TrainerClient, split: str, timeout: float = 60.0) -> None:
+    """Wait until the trainer consumed the SplitCreated of ``split``.
+
+    Probes with a job whose task type contradicts the split: refused with TASK_TYPE_MISMATCH
+    once the split is known (FAILED_PRECONDITION before), so the probe never creates a job.
+    """
+    probe = job_for(split, tiny_template(), "models/probe")
+    probe.task_type = common_pb2.TASK_TYPE_CAUSAL_LM
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_training_job(probe)
+        except FailedPreconditionError:
+            assert time.monotonic() < deadline, f"the trainer never saw {split}"
+            time.sleep(0.3)
+        except InvalidArgumentError as error:
+            reasons = [v.reason for v in error.violations]
+            if reasons != ["TASK_TYPE_MISMATCH"]:
+                raise
+            return
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+def test_split_created_trains_once_and_announces_checkpoints(
+    service: ServiceRuntime, client: TrainerClient, kafka_bootstrap: str, unique: str
+) -> None:
+    data_dir = service.context.common.data_dir
+    dataset = f"datasets/reviews-{unique}"
+    policy = client.set_training_policy(
+        resources_pb2.TrainingPolicy(
+            name=f"trainingPolicies/p-{unique}",
+            dataset=dataset,
+            target_model=f"models/sentiment-{unique}",
+            job_template=tiny_template(),
+        )
+    )
+    assert policy.job_template.base_model.model_name == "tiny-bert"
+    assert client.get_training_policy(policy.name).dataset == dataset
+    assert [p.name for p in client.list_training_policies(dataset=dataset)] == [policy.name]
+    event = publish_split(kafka_bootstrap, data_dir, dataset)
+    # the splitter's outbox may re-send the same SplitCreated under a new event id
+    send_event(kafka_bootstrap, event, event.split)
+    name = "trainingJobs/" + policy_job_id(policy.name, event.split)
+    updates = []
+    wait_for(client, name, lambda j: True, timeout=60)
+    for update in client.watch_training_job(name, timeout=180):
+        updates.append(update)
+    job = client.get_training_job(name)
+    assert job.state == SUCCEEDED, job.failure_message
+    assert job.stop_reason == resources_pb2.TRAINING_STOP_REASON_MAX_STEPS
+    assert job.training_policy == policy.name
+    assert [j.name for j in client.list_training_jobs(split=event.split)] == [name]
+    # the watch streamed real progress: the first message carries the job, steps only grow
+    assert updates[0].HasField("training_job")
+    steps = [u.progress.step for u in updates]
+    running = [u.progress for u in updates if u.progress.state == RUNNING and u.progress.step]
+    assert any(p.tokens_per_second > 0 and p.learning_rate > 0 for p in running)
+    assert any(p.HasField("eta") for p in running)
+    assert steps == sorted(steps)
+    assert steps[-1] == 12
+    assert any(u.progress.HasField("train_loss") for u in updates)
+    assert updates[-1].progress.state == SUCCEEDED
+    # resolved defaults and lineage
+    assert job.adapter_spec.target_modules == ["query", "key", "value"]
+    assert job.adapter_spec.modules_to_save == ["classifier"]
+    assert job.hyperparameters.precision == common_pb2.PRECISION_FP32
+    assert job.lineage.base_model.files_sha256 == folder_sha256(
+        Path(service.context.settings.models_root) / "tiny-bert"  # type: ignore[attr-defined]
+    )
+    assert job.cost.device_seconds > 0
+    assert job.cost.tokens_processed > 0
+    assert job.cost.amount.currency_code == "USD"
+
+    started = events_of(kafka_bootstrap, events_pb2.TrainingJobStarted, name, 1)
+    assert len(started) == 1
+    assert header(started[0], "ce_source") == "tuneline/trainer"
+    started_event = events_pb2.TrainingJobStarted.FromString(started[0].value)
+    assert started_event.training_policy == policy.name
+    assert started_event.device == "cpu"
+
+    # keyed by checkpoint name, so spread over partitions: order them by step
+    ready = sorted(
+        events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, 3),
+        key=lambda r: events_pb2.CheckpointReady.FromString(r.value).step,
+    )
+    checkpoints = [events_pb2.CheckpointReady.FromString(r.value) for r in ready]
+    assert [c.step for c in checkpoints] == [4, 8, 12]
+    final = checkpoints[-1]
+    assert final.is_final
+    assert not checkpoints[0].is_final
+    assert final.checkpoint == f"{name}/checkpoints/step-12"
+    assert ready[-1].key.decode() == final.checkpoint
+    assert final.HasField("validation_loss")
+    assert final.train_loss > 0
+    assert final.tokens_seen == job.progress.tokens_seen
+    assert final.lineage.checkpoint == final.checkpoint
+    assert final.lineage.dataset == dataset
+    assert final.lineage.split == event.split
+    assert final.lineage.split_manifest_sha256 == event.manifest_sha256
+    assert final.lineage.software_versions["torch"]
+    assert final.cost.device_seconds > 0
+    folder = service.context.artifacts.local_path(final.artifact_uri)
+    assert folder_sha256(folder) == final.sha256
+    assert read_adapter_metadata(folder).labels == ["neg", "pos"]
+    assert sum(c.is_best for c in checkpoints) >= 1
+
+    completed = events_of(kafka_bootstrap, events_pb2.TrainingJobCompleted, name, 1)
+    done = events_pb2.TrainingJobCompleted.FromString(completed[0].value)
+    assert done.final_checkpoint == final.checkpoint
+    assert list(done.checkpoints) == [c.checkpoint for c in checkpoints]
+    assert done.steps_completed == 12
+    assert done.tokens_per_second > 0
+    assert done.best_checkpoint in done.checkpoints
+
+    listed = list(client.list_checkpoints(name))
+    assert [c.step for c in listed] == [4, 8, 12]
+    assert client.get_checkpoint(final.checkpoint).sha256 == final.sha256
+
+    url = f"http://127.0.0.1:{service.metrics_port}/metrics"
+    metrics = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert 'tuneline_trainer_jobs{state="SUCCEEDED"}' in metrics
+    assert "tuneline_trainer_queue_depth" in metrics
+    assert f'tuneline_trainer_job_cost{{currency="USD",training_job="{name}"}}' in metrics
+    assert f'tuneline_trainer_tokens_per_second{{training_job="{name}"}}' in metrics
+    steps = next(
+        line for line in metrics.splitlines() if line.startswith("tuneline_trainer_steps_total ")
+    )
+    assert float(steps.split()[1]) >= 12
+
+
+def test_invalid_specs_are_refused_with_every_field_violation(
+    service: ServiceRuntime, client: TrainerClient, kafka_bootstrap: str, unique: str
+) -> None:
+    event = publish_split(
+        kafka_bootstrap, service.context.common.data_dir, f"datasets/bad-{unique}"
+    )
+    await_split(client, event.split)
+    bad = job_for(event.split, tiny_template(), f"models/bad-{unique}")
+    bad.adapter_spec.rank = -1
+    bad.adapter_spec.method = 42
+    bad.adapter_spec.dropout = 1.0
+    bad.hyperparameters.learning_rate = -0.1
+    bad.hyperparameters.max_steps = -5
+    with pytest.raises(InvalidArgumentError) as raised:
+        client.create_training_job(bad)
+    fields = {v.field for v in raised.value.violations}
+    assert {
+        "training_job.adapter_spec.rank",
+        "training_job.adapter_spec.method",
+        "training_job.adapter_spec.dropout",
+        "training_job.hyperparameters.learning_rate",
+        "training_job.hyperparameters.max_steps",
+    } <= fields
+
+    pickled = job_for(event.split, tiny_template(), f"models/bad-{unique}")
+    pickled.base_model.model_name = "pickled"
+    with pytest.raises(InvalidArgumentError) as raised:
+        client.create_training_job(pickled)
+    (violation,) = raised.value.violations
+    assert violation.field == "training_job.base_model.model_name"
+    assert violation.reason == "MODEL_REFUSED"
+    assert "pytorch_model.bin" in violation.description
+
+    outside = job_for(event.split, tiny_template(), f"models/bad-{unique}")
+    outside.base_model.model_path = "/etc"
+    with pytest.raises(InvalidArgumentError) as raised:
+        client.create_training_job(outside)
+    assert raised.value.violations[0].reason == "MODEL_REFUSED"
+
+    unknown = job_for(f"{event.dataset_version}/splits/nope", tiny_template(), f"models/x-{unique}")
+    with pytest.raises(FailedPreconditionError):
+        client.create_training_job(unknown)
+    # nothing half-written: no job for the refused requests
+    assert [
+        j.target_model for j in client.list_training_jobs(target_model=f"models/bad-{unique}")
+    ] == []
+
+
+def test_one_job_per_device_and_cancel_stops_a_running_job_within_seconds(
+    service: ServiceRuntime, client: TrainerClient, kafka_bootstrap: str, unique: str
+) -> None:
+    event = publish_split(kafka_bootstrap, service.context.common.data_dir, f"datasets/c-{unique}")
+    await_split(client, event.split)
+    long_job = job_for(event.split, tiny_template(max_steps=100_000), f"models/c-{unique}")
+    long_job.stopping_rules.eval_every_n_steps = 10_000  # no checkpoint but the last
+    name = client.create_training_job(long_job, job_id=f"cancel-{unique}").name
+    wait_for(client, name, lambda j: j.state == RUNNING and j.progress.step >= 6, timeout=240)
+    short = job_for(event.split, tiny_template(max_steps=2), f"models/c-{unique}")
+    finished = client.create_training_job(short, job_id=f"short-{unique}").name
+    time.sleep(1.0)
+    # the only device (the CPU) is busy: the new job waits its turn
+    assert client.get_training_job(finished).state == resources_pb2.TRAINING_JOB_STATE_QUEUED
+    asked = time.monotonic()
+    client.cancel_training_job(name, reason="test")
+    job = wait_for(client, name, lambda j: j.state in TERMINAL, timeout=30)
+    assert job.state == CANCELLED
+    assert time.monotonic() - asked < 10
+    (kept,) = client.list_checkpoints(name)  # the checkpoint written on the way out
+    assert kept.is_final
+    assert kept.step == job.progress.step
+    assert client.cancel_training_job(name).state == CANCELLED  # again: a no-op
+    assert wait_for(client, finished, lambda j: j.state in TERMINAL).state == SUCCEEDED
+    with pytest.raises(FailedPreconditionError):
+        client.cancel_training_job(finished)
+
+
+def test_a_killed_worker_resumes_from_its_last_checkpoint(
+    service: ServiceRuntime, client: TrainerClient, kafka_bootstrap: str, unique: str
+) -> None:
+    event = publish_split(kafka_bootstrap, service.context.common.data_dir, f"datasets/r-{unique}")
+    await_split(client, event.split)
+    template = tiny_template(max_steps=40)
+    template.stopping_rules.eval_every_n_steps = 5
+    spec = job_for(event.split, template, f"models/r-{unique}")
+    reference = client.create_training_job(spec, job_id=f"ref-{unique}").name
+    wait_for(client, reference, lambda j: j.state in TERMINAL, timeout=240)
+    name = client.create_training_job(spec, job_id=f"kill-{unique}").name
+    wait_for(client, name, lambda j: j.state == RUNNING and j.progress.step >= 12, timeout=240)
+    supervisor = bootstrap.trainer_parts(service.context).supervisor
+    pid = supervisor.worker_pid(name)
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    job = wait_for(client, name, lambda j: j.state in TERMINAL, timeout=240)
+    assert job.state == SUCCEEDED, job.failure_message
+    assert job.attempt_count == 2
+    steps = [c.step for c in client.list_checkpoints(name)]
+    assert steps == sorted(set(steps))
+    assert steps[-1] == 40
+    announced = [
+        events_pb2.CheckpointReady.FromString(r.value).step
+        for r in events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, len(steps))
+    ]
+    assert sorted(announced) == steps  # each step once, none twice
+    uninterrupted = client.get_training_job(reference)
+    # same seed, same data order, optimizer/RNG/data position restored: the same run
+    assert job.progress.validation_loss == pytest.approx(
+        uninterrupted.progress.validation_loss, rel=1e-3
+    )
+    final = client.get_checkpoint(f"{name}/checkpoints/step-40")
+    final_ref = client.get_checkpoint(f"{reference}/checkpoints/step-40")
+    assert final.train_loss == pytest.approx(final_ref.train_loss, rel=1e-3)
+
+
+def test_the_service_restarts_and_resumes_running_jobs(
+    kafka_bootstrap: str, tmp_path: Path, models_root: Path, unique: str
+) -> None:
+    group = f"test-trainer-{unique}"
+    runtime = _start(kafka_bootstrap, tmp_path, models_root, group)
+    try:
+        with TrainerClient(f"127.0.0.1:{runtime.grpc_port}", timeout=30) as client:
+            event = publish_split(kafka_bootstrap, tmp_path, f"datasets/s-{unique}")
+            template = tiny_template(max_steps=40)
+            template.stopping_rules.eval_every_n_steps = 5
+            await_split(client, event.split)
+            name = client.create_training_job(
+                job_for(event.split, template, f"models/s-{unique}"), job_id=f"restart-{unique}"
+            ).name
+            wait_for(client, name, lambda j: j.progress.step >= 8, timeout=240)
+    finally:
+        runtime.stop()
+    runtime = _start(kafka_bootstrap, tmp_path, models_root, group)
+    try:
+        with TrainerClient(f"127.0.0.1:{runtime.grpc_port}", timeout=30) as client:
+            job = wait_for(client, name, lambda j: j.state in TERMINAL, timeout=240)
+            assert job.state == SUCCEEDED, job.failure_message
+            assert job.attempt_count == 2
+            steps = [c.step for c in client.list_checkpoints(name)]
+            assert steps == sorted(set(steps))
+            assert steps[-1] == 40
+        started = events_of(kafka_bootstrap, events_pb2.TrainingJobStarted, name, 1)
+        assert len(started) == 1  # a resume is not a new start
+    finally:
+        runtime.stop()
+
+
+def test_out_of_memory_retries_with_half_the_micro_batch_then_fails(
+    kafka_bootstrap: str, tmp_path: Path, models_root: Path, unique: str
+) -> None:
+    runtime = _start(
+        kafka_bootstrap, tmp_path, models_root, f"test-trainer-{unique}", fault_oom_above_batch=4
+    )
+    try:
+        with TrainerClient(f"127.0.0.1:{runtime.grpc_port}", timeout=30) as client:
+            event = publish_split(kafka_bootstrap, tmp_path, f"datasets/o-{unique}")
+            fits = job_for(
+                event.split, tiny_template(batch_size=8, max_steps=6), f"models/o-{unique}"
+            )
+            await_split(client, event.split)
+            retried = client.create_training_job(fits, job_id=f"oom-fits-{unique}").name
+            too_big = job_for(
+                event.split, tiny_template(batch_size=16, max_steps=6), f"models/o-{unique}"
+            )
+            failing = client.create_training_job(too_big, job_id=f"oom-fails-{unique}").name
+            job = wait_for(client, retried, lambda j: j.state in TERMINAL, timeout=240)
+            assert job.state == SUCCEEDED, job.failure_message
+            assert job.attempt_count == 2
+            # same effective batch: half the micro-batch, twice the accumulation
+            assert job.hyperparameters.batch_size == 8
+            job = wait_for(client, failing, lambda j: j.state in TERMINAL, timeout=240)
+            assert job.state == FAILED
+            assert job.failure_reason == resources_pb2.TRAINING_FAILURE_REASON_OUT_OF_MEMORY
+            assert "micro-batch of 8" in job.failure_message
+        failed = events_of(kafka_bootstrap, events_pb2.TrainingJobFailed, failing, 1)
+        event_failed = events_pb2.TrainingJobFailed.FromString(failed[0].value)
+        assert event_failed.failure_reason == resources_pb2.TRAINING_FAILURE_REASON_OUT_OF_MEMORY
+        assert event_failed.attempt_count == 2
+    finally:
+        runtime.stop()
+
+
+def test_the_cli_creates_lists_and_watches_a_job(
+    service: ServiceRuntime,
+    client: TrainerClient,
+    kafka_bootstrap: str,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    event = publish_split(
+        kafka_bootstrap, service.context.common.data_dir, f"datasets/cli-{unique}"
+    )
+    await_split(client, event.split)
+    monkeypatch.setenv("TUNELINE_TRAINER_TARGET", f"127.0.0.1:{service.grpc_port}")
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps tables to the terminal's width
+    runner = CliRunner()
+    created = runner.invoke(
+        cli,
+        [
+            "jobs",
+            "create",
+            event.split,
+            "--target-model",
+            f"models/cli-{unique}",
+            "--base-model",
+            "tiny-bert",
+            "--id",
+            f"cli-{unique}",
+            "--rank",
+            "4",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "3",
+            "--watch",
+        ],
+    )
+    assert created.exit_code == 0, created.output
+    assert f"queued trainingJobs/cli-{unique}" in created.output
+    assert "SUCCEEDED" in created.output
+    listed = runner.invoke(cli, ["jobs", "list", "--target-model", f"models/cli-{unique}"])
+    assert listed.exit_code == 0, listed.output
+    assert f"cli-{unique}" in listed.output
+    assert "6/6" in listed.output
+    shown = runner.invoke(cli, ["jobs", "show", f"cli-{unique}"])
+    assert '"state": "TRAINING_JOB_STATE_SUCCEEDED"' in shown.output
+    refused = runner.invoke(
+        cli,
+        ["jobs", "create", event.split, "--target-model", "models/x", "--base-model", "pickled"],
+    )
+    assert refused.exit_code == 1
+    assert "MODEL_REFUSED" in refused.output or "pickle" in refused.output

@@ -1,0 +1,479 @@
+"""Trainer handlers on a real SQLite database with a fake model catalog (no torch, no network):
+validation, idempotency, policies, cancellation, and what the supervisor records — each state
+change with the events it stages in the outbox, once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.trainer import handlers
+from services.trainer.adapters.engine.plan import (
+    WorkerCheckpoint,
+    WorkerFinished,
+    WorkerProgress,
+    WorkerStarted,
+)
+from services.trainer.adapters.repository import Pricing, TrainerRepository
+from services.trainer.adapters.tables import TrainerBase
+from services.trainer.domain import (
+    AdapterSpec,
+    BaseModelRef,
+    FailureReason,
+    Hyperparameters,
+    JobConfig,
+    JobState,
+    Precision,
+    SplitInfo,
+    StoppingRules,
+    StopReason,
+    TaskType,
+    policy_job_id,
+    resolve_for_device,
+)
+from shared.db import create_database_engine, create_schema, create_session_factory
+from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.events import OutboxEvent
+from shared.modeling import ModelNotFound, ModelRefused, ResolvedModel
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.trainer.v1 import events_pb2, resources_pb2
+
+SPLIT = "datasets/reviews/versions/v1/splits/s1"
+
+
+class FakeModels:
+    """``bert-small`` exists and is safe, ``pickled`` is refused, anything else is missing."""
+
+    def resolve(self, ref: BaseModelRef) -> ResolvedModel:
+        if ref.model_name == "bert-small":
+            return ResolvedModel(
+                Path("/models/bert-small"), "a" * 64, "bert", "BertModel", "bert-small"
+            )
+        if ref.model_name == "pickled":
+            raise ModelRefused("holds pytorch_model.bin", ("pytorch_model.bin",))
+        raise ModelNotFound(f"no model {ref.model_name!r}")
+
+    def max_length(self, model: ResolvedModel) -> int | None:
+        return 512
+
+
+class FakeSplitter:
+    def __init__(self, known: dict[str, SplitInfo]) -> None:
+        self.known = known
+        self.asked: list[str] = []
+
+    def fetch(self, name: str) -> SplitInfo | None:
+        self.asked.append(name)
+        return self.known.get(name)
+
+
+def split_info(name: str = SPLIT, task: TaskType = TaskType.CLASSIFICATION) -> SplitInfo:
+    version = name.split("/splits/", maxsplit=1)[0]
+    return SplitInfo(
+        name=name,
+        dataset=version.split("/versions/")[0],
+        dataset_version=version,
+        dataset_content_sha256="c" * 64,
+        task_type=task,
+        manifest_uri="file:///data/splitter/m.json",
+        manifest_sha256="d" * 64,
+        dataset_artifact_uri="file:///data/dataset/v1.jsonl",
+        train_rows=100,
+        validation_rows=20,
+        labels=("neg", "pos"),
+    )
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'trainer.db'}")
+    create_schema(engine, [TrainerBase.metadata])
+    yield create_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def context() -> handlers.Context:
+    return handlers.Context(
+        models=FakeModels(),
+        pricing=Pricing(Decimal("3.60"), "USD"),
+        source="tuneline/trainer",
+        software_versions={"torch": "2.x"},
+        splits=FakeSplitter({}),
+    )
+
+
+def config(**hyper: object) -> JobConfig:
+    return JobConfig(
+        base_model=BaseModelRef(model_name="bert-small"),
+        adapter=AdapterSpec(rank=4),
+        hyperparameters=Hyperparameters(batch_size=8, max_steps=30, **hyper),  # type: ignore[arg-type]
+        stopping=StoppingRules(eval_every_n_steps=10),
+    )
+
+
+def command(
+    job_id: str = "j1", *, request_id: str = "", cfg: JobConfig | None = None
+) -> handlers.CreateJobCommand:
+    return handlers.CreateJobCommand(
+        job_id=job_id,
+        request_id=request_id,
+        target_model="models/sentiment",
+        split=SPLIT,
+        task_type=None,
+        config=cfg or config(),
+    )
+
+
+def known_split(sessions: sessionmaker[Session], info: SplitInfo | None = None) -> None:
+    with sessions() as session, session.begin():
+        TrainerRepository(session).remember_split(info or split_info(), now=handlers._now())
+
+
+def staged(sessions: sessionmaker[Session], message_type: type) -> list:
+    topic = message_type.DESCRIPTOR.full_name
+    with sessions() as session:
+        rows = session.scalars(select(OutboxEvent).where(OutboxEvent.topic == topic)).all()
+        return [message_type.FromString(r.payload) for r in rows]
+
+
+def create(
+    sessions: sessionmaker[Session], context: handlers.Context, cmd: handlers.CreateJobCommand
+):
+    with sessions() as session, session.begin():
+        return handlers.create_training_job(session, cmd, context)
+
+
+# -- creating -------------------------------------------------------------------------------------
+
+
+def test_a_created_job_is_queued_with_every_default_resolved(sessions, context) -> None:
+    known_split(sessions)
+    job = create(sessions, context, command())
+    assert job.name == "trainingJobs/j1"
+    assert job.state is JobState.QUEUED
+    assert job.task_type is TaskType.CLASSIFICATION
+    assert job.total_steps == 30
+    assert job.config.base_model.files_sha256 == "a" * 64
+    assert job.config.adapter.target_modules == ("query", "key", "value")
+    assert job.config.adapter.modules_to_save == ("classifier",)
+    assert job.config.hyperparameters.learning_rate == 2e-4
+    assert job.config.checkpointing.every_n_steps == 10
+    assert job.software_versions == {"torch": "2.x"}
+    assert staged(sessions, events_pb2.TrainingJobStarted) == []
+
+
+def test_invalid_requests_leave_nothing_behind(sessions, context) -> None:
+    known_split(sessions)
+    bad = command("Bad_Id", cfg=config(learning_rate=-1.0))
+    with pytest.raises(InvalidArgument) as raised:
+        create(sessions, context, bad)
+    fields = {v.field for v in raised.value.violations}
+    assert fields == {"training_job_id", "training_job.hyperparameters.learning_rate"}
+    refused = JobConfig(base_model=BaseModelRef(model_name="pickled"))
+    with pytest.raises(InvalidArgument) as raised:
+        create(sessions, context, command(cfg=refused))
+    assert [v.reason for v in raised.value.violations] == ["MODEL_REFUSED"]
+    missing = JobConfig(base_model=BaseModelRef(model_name="nope"))
+    with pytest.raises(InvalidArgument) as raised:
+        create(sessions, context, command(cfg=missing))
+    assert [v.reason for v in raised.value.violations] == ["MODEL_NOT_FOUND"]
+    pinned = JobConfig(base_model=BaseModelRef(model_name="bert-small", files_sha256="b" * 64))
+    with pytest.raises(InvalidArgument) as raised:
+        create(sessions, context, command(cfg=pinned))
+    assert [v.field for v in raised.value.violations] == ["training_job.base_model.files_sha256"]
+    with sessions() as session:
+        assert TrainerRepository(session).list_job_rows(limit=10) == []
+
+
+def test_a_request_id_makes_a_retried_create_return_the_first_job(sessions, context) -> None:
+    known_split(sessions)
+    first = create(sessions, context, command("", request_id="req-1"))
+    again = create(sessions, context, command("", request_id="req-1"))
+    assert again.name == first.name
+    with pytest.raises(AlreadyExists):
+        create(sessions, context, command(first.name.removeprefix("trainingJobs/")))
+
+
+def test_an_unknown_split_is_asked_of_the_splitter_then_refused(sessions) -> None:
+    splitter = FakeSplitter({SPLIT: split_info()})
+    context = handlers.Context(FakeModels(), Pricing(Decimal(1), "USD"), "s", {}, splitter)
+    job = create(sessions, context, command())
+    assert splitter.asked == [SPLIT]
+    assert job.split.manifest_sha256 == "d" * 64
+    create(sessions, context, command("j2"))
+    assert splitter.asked == [SPLIT]  # remembered
+    other = handlers.CreateJobCommand(
+        "j3", "", "models/m", SPLIT.replace("s1", "s9"), None, config()
+    )
+    with pytest.raises(FailedPrecondition) as raised:
+        create(sessions, context, other)
+    assert raised.value.violations[0].type == "SPLIT_UNKNOWN"
+
+
+def test_the_task_type_must_match_the_split(sessions, context) -> None:
+    known_split(sessions)
+    mismatch = handlers.CreateJobCommand("j1", "", "models/m", SPLIT, TaskType.CAUSAL_LM, config())
+    with pytest.raises(InvalidArgument) as raised:
+        create(sessions, context, mismatch)
+    assert raised.value.violations[0].field == "training_job.task_type"
+
+
+# -- cancelling -----------------------------------------------------------------------------------
+
+
+def test_cancel_depends_on_the_state(sessions, context) -> None:
+    known_split(sessions)
+    create(sessions, context, command("queued"))
+    create(sessions, context, command("running"))
+    with sessions() as session, session.begin():
+        cancelled = handlers.cancel_training_job(session, "trainingJobs/queued", "", context)
+        assert cancelled.state is JobState.CANCELLED
+        handlers.begin_attempt(session, "trainingJobs/running", device="cpu", pid=1)
+        flagged = handlers.cancel_training_job(session, "trainingJobs/running", "why", context)
+        assert flagged.state is JobState.RUNNING  # the worker stops it
+        assert flagged.cancel_requested
+        assert (
+            handlers.cancel_training_job(session, "trainingJobs/queued", "", context).state
+            is JobState.CANCELLED
+        )
+        with pytest.raises(NotFound):
+            handlers.cancel_training_job(session, "trainingJobs/nope", "", context)
+    with sessions() as session, session.begin():
+        finished = WorkerFinished(
+            step=3,
+            epoch=0.5,
+            final_train_loss=0.4,
+            elapsed_seconds=2,
+            tokens_seen=90,
+            cancelled=True,
+        )
+        assert (
+            handlers.record_finished(session, "trainingJobs/running", finished, context)
+            is JobState.CANCELLED
+        )
+    assert staged(sessions, events_pb2.TrainingJobCompleted) == []  # a cancel is no success
+
+
+def test_a_finished_job_cannot_be_cancelled(sessions, context) -> None:
+    known_split(sessions)
+    create(sessions, context, command())
+    with sessions() as session, session.begin():
+        handlers.begin_attempt(session, "trainingJobs/j1", device="cpu", pid=None)
+        handlers.record_failed(session, "trainingJobs/j1", FailureReason.INTERNAL, "boom", context)
+    with sessions() as session, session.begin(), pytest.raises(FailedPrecondition):
+        handlers.cancel_training_job(session, "trainingJobs/j1", "", context)
+
+
+# -- policies -------------------------------------------------------------------------------------
+
+
+def policy(
+    name: str = "trainingPolicies/reviews",
+    template: JobConfig | None = None,
+    *,
+    disabled: bool = False,
+) -> handlers.SetPolicyCommand:
+    return handlers.SetPolicyCommand(
+        name=name,
+        dataset="datasets/reviews",
+        target_model="models/sentiment",
+        template=template or config(),
+        template_present=True,
+        disabled=disabled,
+    )
+
+
+def test_a_split_makes_one_job_per_policy_however_often_it_arrives(sessions, context) -> None:
+    with sessions() as session, session.begin():
+        handlers.set_training_policy(session, policy(), context)
+        handlers.set_training_policy(
+            session, policy("trainingPolicies/off", disabled=True), context
+        )
+    for _ in range(2):
+        with sessions() as session, session.begin():
+            handlers.on_split_created(session, split_info(), context)
+    expected = "trainingJobs/" + policy_job_id("trainingPolicies/reviews", SPLIT)
+    with sessions() as session:
+        rows = TrainerRepository(session).list_job_rows(limit=10)
+    assert [r.name for r in rows] == [expected]
+    assert rows[0].training_policy == "trainingPolicies/reviews"
+    assert rows[0].state == JobState.QUEUED.value
+
+
+def test_a_policy_whose_model_disappeared_makes_a_visible_failed_job(sessions, context) -> None:
+    with sessions() as session, session.begin():
+        handlers.set_training_policy(session, policy(), context)
+        # the template was valid when set; its model is now refused
+        row = TrainerRepository(session).policy_row("trainingPolicies/reviews")
+        row.template_json = row.template_json.replace("bert-small", "pickled")
+    with sessions() as session, session.begin():
+        handlers.on_split_created(session, split_info(), context)
+    (failed,) = staged(sessions, events_pb2.TrainingJobFailed)
+    assert failed.failure_reason == resources_pb2.TRAINING_FAILURE_REASON_MODEL_REFUSED
+    assert "pytorch_model.bin" in failed.failure_message
+
+
+def test_invalid_policies_are_refused(sessions, context) -> None:
+    bad = policy("reviews", JobConfig(base_model=BaseModelRef(model_name="nope")))
+    with sessions() as session, session.begin(), pytest.raises(InvalidArgument) as raised:
+        handlers.set_training_policy(session, bad, context)
+    assert {v.field for v in raised.value.violations} == {
+        "training_policy.name",
+        "training_policy.job_template.base_model.model_name",
+    }
+
+
+# -- the supervisor's records ---------------------------------------------------------------------
+
+
+def started(step: int = 0, tokens: int = 0) -> WorkerStarted:
+    hp = resolve_for_device(config().hyperparameters, TaskType.CLASSIFICATION, cuda=False)
+    return WorkerStarted(step, 30, "cpu", "cpu", 1, hp, 100, 20, tokens)
+
+
+def checkpoint(
+    step: int, validation_loss: float | None, *, final: bool = False
+) -> WorkerCheckpoint:
+    return WorkerCheckpoint(
+        step=step,
+        epoch=step / 13,
+        train_loss=1.0 / step,
+        validation_loss=validation_loss,
+        tokens_seen=step * 100,
+        artifact_uri=f"file:///a/jobs/j1/checkpoints/step-{step}",
+        sha256="e" * 64,
+        size_bytes=1234,
+        state_uri=f"file:///a/jobs/j1/states/step-{step}",
+        is_final=final,
+        elapsed_seconds=float(step),
+    )
+
+
+def test_a_run_is_recorded_with_its_events_once(sessions, context) -> None:
+    known_split(sessions)
+    create(sessions, context, command())
+    name = "trainingJobs/j1"
+    with sessions() as session, session.begin():
+        handlers.begin_attempt(session, name, device="cpu", pid=42)
+        handlers.record_started(session, name, started(), context)
+        handlers.record_progress(
+            session,
+            name,
+            WorkerProgress(10, 30, 0.8, 0.7, 1e-4, 900.0, 1000, 3.0, 6.0, 0.65, True, 0.7),
+        )
+        first = handlers.record_checkpoint(
+            session, name, checkpoint(10, 0.65), context, keep_best_k=1
+        )
+    assert first.recorded
+    assert first.delete_uris == []
+    # the worker dies; a resume starts again from step 10 and redoes nothing it announced
+    with sessions() as session, session.begin():
+        assert (
+            handlers.record_worker_lost(
+                session, name, crashed=True, max_restarts=3, context=context
+            )
+            is None
+        )
+        handlers.begin_attempt(session, name, device="cpu", pid=43)
+        handlers.record_started(session, name, started(10, 1000), context)
+        again = handlers.record_checkpoint(
+            session, name, checkpoint(10, 0.65), context, keep_best_k=1
+        )
+        assert not again.recorded
+        worse = handlers.record_checkpoint(
+            session, name, checkpoint(20, 0.9), context, keep_best_k=1
+        )
+        final = handlers.record_checkpoint(
+            session, name, checkpoint(30, 0.8, final=True), context, keep_best_k=1
+        )
+        finished = WorkerFinished(30, 2.3, 0.2, 30.0, 3000, StopReason.MAX_STEPS)
+        assert handlers.record_finished(session, name, finished, context) is JobState.SUCCEEDED
+    # retention: step 20 lost to the best (10); the final is always kept
+    assert worse.delete_uris == [
+        "file:///a/jobs/j1/states/step-10",
+        "file:///a/jobs/j1/checkpoints/step-20",
+    ]
+    assert final.delete_uris == ["file:///a/jobs/j1/states/step-20"]
+    assert len(staged(sessions, events_pb2.TrainingJobStarted)) == 1
+    ready = staged(sessions, events_pb2.CheckpointReady)
+    assert [c.step for c in ready] == [10, 20, 30]
+    assert [c.is_best for c in ready] == [True, False, False]
+    assert ready[0].lineage.checkpoint == f"{name}/checkpoints/step-10"
+    assert ready[0].lineage.base_model.files_sha256 == "a" * 64
+    assert ready[0].lineage.hyperparameters.precision == common_pb2.PRECISION_FP32
+    (completed,) = staged(sessions, events_pb2.TrainingJobCompleted)
+    assert completed.best_checkpoint == f"{name}/checkpoints/step-10"
+    assert completed.final_checkpoint == f"{name}/checkpoints/step-30"
+    assert list(completed.checkpoints) == [
+        f"{name}/checkpoints/step-10",
+        f"{name}/checkpoints/step-30",
+    ]
+    assert completed.best_validation_loss == pytest.approx(0.65)
+    assert completed.stop_reason == resources_pb2.TRAINING_STOP_REASON_MAX_STEPS
+    with sessions() as session:
+        job, trend = handlers.get_training_job(session, name, context)
+    assert job.state is JobState.SUCCEEDED
+    assert job.attempt_count == 2
+    assert job.config.hyperparameters.precision is Precision.FP32
+    assert job.cost.tokens_processed == 3000
+    assert job.cost.device_seconds >= 0
+    assert [p.step for p in trend] == [10]
+
+
+def test_repeated_crashes_fail_the_job(sessions, context) -> None:
+    known_split(sessions)
+    create(sessions, context, command())
+    name = "trainingJobs/j1"
+    outcomes = []
+    for _ in range(3):
+        with sessions() as session, session.begin():
+            handlers.begin_attempt(session, name, device="cpu", pid=None)
+            outcomes.append(
+                handlers.record_worker_lost(
+                    session, name, crashed=True, max_restarts=2, context=context
+                )
+            )
+    assert outcomes == [None, None, JobState.FAILED]
+    (failed,) = staged(sessions, events_pb2.TrainingJobFailed)
+    assert failed.failure_reason == resources_pb2.TRAINING_FAILURE_REASON_WORKER_CRASHED
+    assert failed.attempt_count == 3
+
+
+def test_jobs_list_newest_first_page_by_page(sessions, context) -> None:
+    known_split(sessions)
+    for index in range(5):
+        create(sessions, context, command(f"j{index}"))
+    names: list[str] = []
+    token = ""
+    while True:
+        with sessions() as session:
+            page = handlers.list_training_jobs(
+                session,
+                target_model="",
+                state=None,
+                split="",
+                page_size=2,
+                page_token=token,
+                context=context,
+            )
+        names += [job.name for job, _trend in page.items]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == [f"trainingJobs/j{i}" for i in reversed(range(5))]
+    with sessions() as session, pytest.raises(InvalidArgument):
+        handlers.list_training_jobs(
+            session,
+            target_model="x",
+            state=None,
+            split="",
+            page_size=2,
+            page_token=token or "bogus",
+            context=context,
+        )
