@@ -1,0 +1,497 @@
+"""Domain ⇄ protobuf: the evaluator's resources and events, and what it reads from others'.
+
+The one place that knows both the domain's dataclasses and the contracts' messages: the gRPC
+servicer, the repository (which stores the ``Evaluation`` resource) and the event staging all
+convert here.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.evaluator.domain.evaluation import (
+    Baseline,
+    BaselineKind,
+    BaseModelRef,
+    CheckpointRef,
+    CheckpointSelection,
+    Evaluation,
+    EvaluationPolicy,
+    EvaluationSet,
+    EvaluationState,
+    FailureReason,
+    ModelSpec,
+    SplitPart,
+)
+from services.evaluator.domain.gate import (
+    ComparisonOutcome,
+    GatePolicy,
+    MetricComparison,
+    MetricGate,
+    MetricValue,
+    SignificanceTest,
+    Verdict,
+)
+from services.evaluator.domain.outcomes import TaskType
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.evaluator.v1 import events_pb2
+from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
+from tuneline.registry.v1 import resources_pb2 as registry_pb2
+from tuneline.trainer.v1 import events_pb2 as trainer_events_pb2
+
+# -- enums ------------------------------------------------------------------------------------
+
+
+def _enum_to_proto(wrapper: Any, prefix: str, value: Any | None) -> int:
+    if value is None:
+        return 0
+    return int(wrapper.Value(prefix + value.value))
+
+
+def _enum_from_proto(wrapper: Any, prefix: str, number: int, domain: Any) -> Any:
+    if number == 0:
+        return None
+    return domain(wrapper.Name(number).removeprefix(prefix))
+
+
+def task_type_to_proto(task_type: TaskType | None) -> common_pb2.TaskType.ValueType:
+    return _enum_to_proto(common_pb2.TaskType, "TASK_TYPE_", task_type)  # type: ignore[return-value]
+
+
+def task_type_from_proto(number: int) -> TaskType | None:
+    result: TaskType | None = _enum_from_proto(common_pb2.TaskType, "TASK_TYPE_", number, TaskType)
+    return result
+
+
+def verdict_to_proto(verdict: Verdict | None) -> common_pb2.EvaluationVerdict.ValueType:
+    return _enum_to_proto(  # type: ignore[return-value]
+        common_pb2.EvaluationVerdict, "EVALUATION_VERDICT_", verdict
+    )
+
+
+def verdict_from_proto(number: int) -> Verdict | None:
+    result: Verdict | None = _enum_from_proto(
+        common_pb2.EvaluationVerdict, "EVALUATION_VERDICT_", number, Verdict
+    )
+    return result
+
+
+def selection_to_proto(
+    selection: CheckpointSelection,
+) -> evaluator_pb2.CheckpointSelection.ValueType:
+    return _enum_to_proto(  # type: ignore[return-value]
+        evaluator_pb2.CheckpointSelection, "CHECKPOINT_SELECTION_", selection
+    )
+
+
+def selection_from_proto(number: int) -> CheckpointSelection | None:
+    result: CheckpointSelection | None = _enum_from_proto(
+        evaluator_pb2.CheckpointSelection, "CHECKPOINT_SELECTION_", number, CheckpointSelection
+    )
+    return result
+
+
+# -- times ------------------------------------------------------------------------------------
+
+
+def _set_time(target: Timestamp, value: datetime | None) -> None:
+    if value is not None:
+        target.FromDatetime(value.astimezone(UTC))
+
+
+def _time(message: Any, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    stamp: Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+# -- values shared with other services --------------------------------------------------------
+
+
+def base_model_from_proto(message: common_pb2.BaseModel) -> BaseModelRef:
+    return BaseModelRef(
+        model_name=message.model_name,
+        model_path=message.model_path,
+        files_sha256=message.files_sha256,
+        revision=message.revision,
+        architecture=message.architecture,
+    )
+
+
+def base_model_to_proto(base: BaseModelRef) -> common_pb2.BaseModel:
+    message = common_pb2.BaseModel(
+        files_sha256=base.files_sha256, revision=base.revision, architecture=base.architecture
+    )
+    if base.model_name:
+        message.model_name = base.model_name
+    elif base.model_path:
+        message.model_path = base.model_path
+    return message
+
+
+def evaluation_set_from_proto(message: common_pb2.EvaluationSet) -> EvaluationSet:
+    part = _enum_from_proto(common_pb2.SplitPart, "SPLIT_PART_", message.part, SplitPart)
+    return EvaluationSet(
+        dataset_version=message.dataset_version,
+        split=message.split,
+        part=part or SplitPart.VALIDATION,
+        label=message.label,
+    )
+
+
+def evaluation_set_to_proto(evaluation_set: EvaluationSet) -> common_pb2.EvaluationSet:
+    message = common_pb2.EvaluationSet(
+        dataset_version=evaluation_set.dataset_version,
+        split=evaluation_set.split,
+        label=evaluation_set.label,
+    )
+    if evaluation_set.split:
+        message.part = _enum_to_proto(  # type: ignore[assignment]
+            common_pb2.SplitPart, "SPLIT_PART_", evaluation_set.part
+        )
+    return message
+
+
+def gate_policy_from_proto(message: common_pb2.GatePolicy, task_type: TaskType) -> GatePolicy:
+    test = _enum_from_proto(
+        common_pb2.SignificanceTest, "SIGNIFICANCE_TEST_", message.test, SignificanceTest
+    )
+    return GatePolicy.resolve(
+        task_type,
+        metrics=[
+            MetricGate(
+                metric=gate.metric,
+                tolerance=gate.tolerance,
+                min_absolute_score=(
+                    gate.min_absolute_score if gate.HasField("min_absolute_score") else None
+                ),
+            )
+            for gate in message.metrics
+        ],
+        significance_level=message.significance_level,
+        min_slice_size=int(message.min_slice_size),
+        min_examples=int(message.min_examples),
+        test=test,
+        bootstrap_resamples=message.bootstrap_resamples,
+        seed=message.seed if message.HasField("seed") else None,
+    )
+
+
+def gate_policy_to_proto(policy: GatePolicy) -> common_pb2.GatePolicy:
+    message = common_pb2.GatePolicy(
+        significance_level=policy.significance_level,
+        min_slice_size=policy.min_slice_size,
+        min_examples=policy.min_examples,
+        test=_enum_to_proto(  # type: ignore[arg-type]
+            common_pb2.SignificanceTest, "SIGNIFICANCE_TEST_", policy.test
+        ),
+        bootstrap_resamples=policy.bootstrap_resamples,
+        seed=policy.seed,
+    )
+    for gate in policy.metrics:
+        entry = message.metrics.add(metric=gate.metric, tolerance=gate.tolerance)
+        if gate.min_absolute_score is not None:
+            entry.min_absolute_score = gate.min_absolute_score
+    return message
+
+
+def model_spec_from_proto(model: registry_pb2.Model) -> ModelSpec:
+    """What the evaluator needs of a registry model (task, base model, sets, gate)."""
+    task_type = task_type_from_proto(model.task_type)
+    if task_type is None:
+        raise ValueError(f"model {model.name} has no task type")
+    return ModelSpec(
+        name=model.name,
+        task_type=task_type,
+        base_model=base_model_from_proto(model.base_model),
+        evaluation_set=evaluation_set_from_proto(model.evaluation_set),
+        golden_sets=tuple(evaluation_set_from_proto(s) for s in model.golden_sets),
+        gate_policy=gate_policy_from_proto(model.gate_policy, task_type),
+    )
+
+
+def checkpoint_ref_from_event(event: trainer_events_pb2.CheckpointReady) -> CheckpointRef:
+    return CheckpointRef(
+        name=event.checkpoint,
+        sha256=event.sha256,
+        artifact_uri=event.artifact_uri,
+        training_job=event.training_job,
+        target_model=event.target_model,
+        step=event.step,
+        is_best=event.is_best,
+        is_final=event.is_final,
+        task_type=task_type_from_proto(event.lineage.task_type),
+        base_model=base_model_from_proto(event.lineage.base_model),
+        lineage=event.lineage.SerializeToString(deterministic=True),
+    )
+
+
+def _lineage(checkpoint: CheckpointRef) -> common_pb2.Lineage:
+    return common_pb2.Lineage.FromString(checkpoint.lineage)
+
+
+# -- metrics and comparisons ------------------------------------------------------------------
+
+
+def metric_value_to_proto(value: MetricValue) -> common_pb2.MetricValue:
+    return common_pb2.MetricValue(
+        metric=value.metric,
+        slice=value.slice,
+        evaluation_set=value.evaluation_set,
+        value=value.value,
+        example_count=value.example_count,
+    )
+
+
+def metric_value_from_proto(message: common_pb2.MetricValue) -> MetricValue:
+    return MetricValue(
+        message.metric, message.slice, message.evaluation_set, message.value, message.example_count
+    )
+
+
+def comparison_to_proto(comparison: MetricComparison) -> common_pb2.MetricComparison:
+    return common_pb2.MetricComparison(
+        metric=comparison.metric,
+        slice=comparison.slice,
+        evaluation_set=comparison.evaluation_set,
+        baseline=comparison.baseline,
+        candidate=comparison.candidate,
+        delta=comparison.delta,
+        delta_ci_lower=comparison.delta_ci_lower,
+        delta_ci_upper=comparison.delta_ci_upper,
+        confidence_level=comparison.confidence_level,
+        p_value=comparison.p_value,
+        test=_enum_to_proto(  # type: ignore[arg-type]
+            common_pb2.SignificanceTest, "SIGNIFICANCE_TEST_", comparison.test
+        ),
+        example_count=comparison.example_count,
+        higher_is_better=comparison.higher_is_better,
+        tolerance=comparison.tolerance,
+        outcome=_enum_to_proto(  # type: ignore[arg-type]
+            common_pb2.ComparisonOutcome, "COMPARISON_OUTCOME_", comparison.outcome
+        ),
+    )
+
+
+def comparison_from_proto(message: common_pb2.MetricComparison) -> MetricComparison:
+    return MetricComparison(
+        metric=message.metric,
+        slice=message.slice,
+        evaluation_set=message.evaluation_set,
+        baseline=message.baseline,
+        candidate=message.candidate,
+        delta=message.delta,
+        delta_ci_lower=message.delta_ci_lower,
+        delta_ci_upper=message.delta_ci_upper,
+        confidence_level=message.confidence_level,
+        p_value=message.p_value,
+        test=_enum_from_proto(
+            common_pb2.SignificanceTest, "SIGNIFICANCE_TEST_", message.test, SignificanceTest
+        ),
+        example_count=message.example_count,
+        higher_is_better=message.higher_is_better,
+        tolerance=message.tolerance,
+        outcome=_enum_from_proto(
+            common_pb2.ComparisonOutcome, "COMPARISON_OUTCOME_", message.outcome, ComparisonOutcome
+        ),
+    )
+
+
+def baseline_to_proto(baseline: Baseline) -> evaluator_pb2.Baseline:
+    return evaluator_pb2.Baseline(
+        kind=_enum_to_proto(  # type: ignore[arg-type]
+            evaluator_pb2.BaselineKind, "BASELINE_KIND_", baseline.kind
+        ),
+        checkpoint=baseline.checkpoint,
+        checkpoint_sha256=baseline.checkpoint_sha256,
+        base_model=base_model_to_proto(baseline.base_model),
+        metrics=[metric_value_to_proto(v) for v in baseline.metrics],
+        reused=baseline.reused,
+    )
+
+
+def baseline_from_proto(message: evaluator_pb2.Baseline) -> Baseline:
+    return Baseline(
+        kind=_enum_from_proto(
+            evaluator_pb2.BaselineKind, "BASELINE_KIND_", message.kind, BaselineKind
+        ),
+        checkpoint=message.checkpoint,
+        checkpoint_sha256=message.checkpoint_sha256,
+        base_model=base_model_from_proto(message.base_model),
+        metrics=tuple(metric_value_from_proto(v) for v in message.metrics),
+        reused=message.reused,
+    )
+
+
+# -- the evaluation resource ------------------------------------------------------------------
+
+
+def evaluation_to_proto(evaluation: Evaluation) -> evaluator_pb2.Evaluation:
+    message = evaluator_pb2.Evaluation(
+        name=evaluation.name,
+        checkpoint=evaluation.checkpoint.name,
+        checkpoint_sha256=evaluation.checkpoint.sha256,
+        model=evaluation.model,
+        task_type=task_type_to_proto(evaluation.task_type or evaluation.checkpoint.task_type),
+        state=_enum_to_proto(  # type: ignore[arg-type]
+            evaluator_pb2.EvaluationState, "EVALUATION_STATE_", evaluation.state
+        ),
+        verdict=verdict_to_proto(evaluation.verdict),
+        metrics=[metric_value_to_proto(v) for v in evaluation.metrics],
+        comparisons=[comparison_to_proto(c) for c in evaluation.comparisons],
+        failure_reason=_enum_to_proto(  # type: ignore[arg-type]
+            evaluator_pb2.EvaluationFailureReason,
+            "EVALUATION_FAILURE_REASON_",
+            evaluation.failure_reason,
+        ),
+        failure_message=evaluation.failure_message,
+        example_count=evaluation.example_count,
+        lineage=_lineage(evaluation.checkpoint),
+    )
+    if evaluation.primary_set is not None:
+        message.evaluation_set.CopyFrom(evaluation_set_to_proto(evaluation.primary_set))
+    message.golden_sets.extend(evaluation_set_to_proto(s) for s in evaluation.golden_sets)
+    if evaluation.gate_policy is not None:
+        message.gate_policy.CopyFrom(gate_policy_to_proto(evaluation.gate_policy))
+    if evaluation.baseline is not None:
+        message.baseline.CopyFrom(baseline_to_proto(evaluation.baseline))
+    _set_time(message.create_time, evaluation.create_time)
+    _set_time(message.start_time, evaluation.start_time)
+    _set_time(message.end_time, evaluation.end_time)
+    return message
+
+
+def evaluation_from_proto(
+    message: evaluator_pb2.Evaluation,
+    checkpoint: CheckpointRef,
+    *,
+    requested_baseline: str = "",
+    request_id: str = "",
+) -> Evaluation:
+    """The domain evaluation back from its stored resource and its checkpoint's record."""
+    task_type = task_type_from_proto(message.task_type)
+    sets = []
+    if message.HasField("evaluation_set"):
+        sets.append(evaluation_set_from_proto(message.evaluation_set))
+    sets += [evaluation_set_from_proto(s) for s in message.golden_sets]
+    comparisons = tuple(comparison_from_proto(c) for c in message.comparisons)
+    regressions = sorted(
+        (c for c in comparisons if c.outcome is ComparisonOutcome.REGRESSED),
+        key=lambda c: (c.p_value, -c.drop),
+    )
+    create_time = _time(message, "create_time")
+    assert create_time is not None, "a stored evaluation always has a create time"
+    return Evaluation(
+        name=message.name,
+        checkpoint=checkpoint,
+        model=message.model,
+        create_time=create_time,
+        state=_enum_from_proto(
+            evaluator_pb2.EvaluationState, "EVALUATION_STATE_", message.state, EvaluationState
+        ),
+        requested_baseline=requested_baseline,
+        request_id=request_id,
+        task_type=task_type,
+        evaluation_sets=tuple(sets),
+        gate_policy=(
+            gate_policy_from_proto(message.gate_policy, task_type)
+            if message.HasField("gate_policy") and task_type is not None
+            else None
+        ),
+        verdict=verdict_from_proto(message.verdict),
+        metrics=tuple(metric_value_from_proto(v) for v in message.metrics),
+        baseline=baseline_from_proto(message.baseline) if message.HasField("baseline") else None,
+        comparisons=comparisons,
+        failure_reason=_enum_from_proto(
+            evaluator_pb2.EvaluationFailureReason,
+            "EVALUATION_FAILURE_REASON_",
+            message.failure_reason,
+            FailureReason,
+        ),
+        failure_message=message.failure_message,
+        example_count=message.example_count,
+        start_time=_time(message, "start_time"),
+        end_time=_time(message, "end_time"),
+        regressions=tuple(regressions),
+    )
+
+
+def policy_to_proto(policy: EvaluationPolicy) -> evaluator_pb2.EvaluationPolicy:
+    message = evaluator_pb2.EvaluationPolicy(
+        name=policy.name,
+        checkpoint_selection=selection_to_proto(policy.checkpoint_selection),
+        max_generation_examples=policy.max_generation_examples,
+        max_new_tokens=policy.max_new_tokens,
+        batch_size=policy.batch_size,
+    )
+    _set_time(message.update_time, policy.update_time)
+    return message
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def evaluation_completed_event(evaluation: Evaluation) -> events_pb2.EvaluationCompleted:
+    """EvaluationCompleted for a terminal evaluation (FAILED ones too)."""
+    resource = evaluation_to_proto(evaluation)
+    event = events_pb2.EvaluationCompleted(
+        evaluation=resource.name,
+        model=resource.model,
+        checkpoint=resource.checkpoint,
+        checkpoint_sha256=resource.checkpoint_sha256,
+        verdict=resource.verdict,
+        golden_sets=resource.golden_sets,
+        metrics=resource.metrics,
+        comparisons=resource.comparisons,
+        failure_reason=resource.failure_reason,
+        failure_message=resource.failure_message,
+        example_count=resource.example_count,
+        lineage=resource.lineage,
+    )
+    if resource.HasField("evaluation_set"):
+        event.evaluation_set.CopyFrom(resource.evaluation_set)
+    if resource.HasField("baseline"):
+        event.baseline.CopyFrom(resource.baseline)
+    _set_time(event.event_time, evaluation.end_time)
+    return event
+
+
+def regression_detected_event(evaluation: Evaluation) -> events_pb2.RegressionDetected:
+    """RegressionDetected for a REGRESSED evaluation, headlined by its most severe regression."""
+    if not evaluation.regressions or evaluation.baseline is None:
+        raise ValueError(f"{evaluation.name} has no regression to report")
+    worst = evaluation.regressions[0]
+    event = events_pb2.RegressionDetected(
+        evaluation=evaluation.name,
+        model=evaluation.model,
+        checkpoint=evaluation.checkpoint.name,
+        checkpoint_sha256=evaluation.checkpoint.sha256,
+        metric=worst.metric,
+        slice=worst.slice,
+        evaluation_set=worst.evaluation_set,
+        baseline=worst.baseline,
+        candidate=worst.candidate,
+        delta=worst.delta,
+        delta_ci_lower=_finite(worst.delta_ci_lower),
+        delta_ci_upper=_finite(worst.delta_ci_upper),
+        confidence_level=worst.confidence_level,
+        p_value=worst.p_value,
+        example_count=worst.example_count,
+        tolerance=worst.tolerance,
+        regressions=[comparison_to_proto(c) for c in evaluation.regressions],
+        baseline_kind=_enum_to_proto(  # type: ignore[arg-type]
+            evaluator_pb2.BaselineKind, "BASELINE_KIND_", evaluation.baseline.kind
+        ),
+        baseline_checkpoint=evaluation.baseline.checkpoint,
+    )
+    _set_time(event.event_time, evaluation.end_time)
+    return event
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0

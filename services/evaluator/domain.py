@@ -1,1 +1,0 @@
-"""The evaluator service's domain: plain dataclasses and rules, no grpc, kafka, torch or SQL."""

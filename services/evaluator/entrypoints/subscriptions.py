@@ -1,0 +1,46 @@
+"""The evaluator's Kafka subscriptions: decode by ``ce_type`` (the consumer loop), call a handler.
+
+The consumer loop gives each event its own transaction, skips event ids already applied and
+commits the offset after the effect; these functions only pick the handler. None of them
+evaluates anything: a CheckpointReady queues an evaluation and returns at once, so the
+partition never waits for a model to be scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.evaluator import handlers
+from services.evaluator.adapters.metrics import EvaluatorMetrics
+from shared.events import ReceivedEvent, Subscription
+from tuneline.dataset.v1 import events_pb2 as dataset_events
+from tuneline.splitter.v1 import events_pb2 as splitter_events
+from tuneline.trainer.v1 import events_pb2 as trainer_events
+
+
+def evaluator_subscriptions(
+    defaults: handlers.ServiceDefaults, metrics: EvaluatorMetrics
+) -> Sequence[Subscription]:
+    """CheckpointReady queues evaluations; SplitCreated and DatasetVersioned say where rows are.
+
+    The supervisor finds a queued evaluation at its next poll (half a second by default),
+    after the consumer loop has committed it.
+    """
+
+    def checkpoint_ready(event: ReceivedEvent[Any], session: Session) -> None:
+        handlers.on_checkpoint_ready(event, session, defaults=defaults, metrics=metrics)
+
+    def split_created(event: ReceivedEvent[Any], session: Session) -> None:
+        handlers.on_split_created(event, session)
+
+    def dataset_versioned(event: ReceivedEvent[Any], session: Session) -> None:
+        handlers.on_dataset_versioned(event, session)
+
+    return [
+        Subscription(trainer_events.CheckpointReady, checkpoint_ready),
+        Subscription(splitter_events.SplitCreated, split_created),
+        Subscription(dataset_events.DatasetVersioned, dataset_versioned),
+    ]

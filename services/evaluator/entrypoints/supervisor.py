@@ -1,0 +1,87 @@
+"""The supervisor: runs queued evaluations, one at a time, in the worker process.
+
+A background component of the service (``ServiceSpec.background``). Its thread claims the
+oldest runnable queued evaluation, runs it through
+:func:`services.evaluator.handlers.run_evaluation` (registry, stored baselines, the worker, the
+gate, the result and its events committed together), and looks again. Evaluations a previous
+run left RUNNING go back to the queue at start; one that is running when the service stops goes
+back too, and runs again next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from services.evaluator import handlers
+from services.evaluator.adapters.worker import EvaluationWorker, WorkerStopped
+from services.evaluator.domain.evaluation import FailureReason
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationSupervisor:
+    """Claims and runs queued evaluations on a background thread."""
+
+    def __init__(
+        self,
+        deps: handlers.RunDependencies,
+        worker: EvaluationWorker,
+        *,
+        poll_seconds: float = 0.5,
+        prestart_worker: bool = True,
+    ) -> None:
+        self._deps = deps
+        self._worker = worker
+        self._poll_seconds = poll_seconds
+        self._prestart_worker = prestart_worker
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        requeued = handlers.requeue_interrupted(self._deps)
+        if requeued:
+            log.info("interrupted evaluations queued again", extra={"count": requeued})
+        if self._prestart_worker:
+            self._worker.start()
+        self._thread = threading.Thread(target=self._run, name="evaluation-supervisor", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look for queued evaluations now rather than at the next poll."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._worker.stop()
+        if self._thread:
+            self._thread.join(30)
+
+    def run_once(self) -> bool:
+        """Claim and run one evaluation; False when none was runnable."""
+        evaluation = handlers.claim_next(self._deps)
+        if evaluation is None:
+            return False
+        try:
+            handlers.run_evaluation(self._deps, evaluation)
+        except WorkerStopped:
+            handlers.return_to_queue(self._deps, evaluation)
+        except Exception as error:
+            log.exception("evaluation crashed", extra={"evaluation": evaluation.name})
+            handlers.fail_evaluation(
+                self._deps, evaluation, FailureReason.INTERNAL, f"{type(error).__name__}: {error}"
+            )
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("supervisor pass failed")
+                busy = False
+            if not busy:
+                self._wake.wait(self._poll_seconds)
+                self._wake.clear()

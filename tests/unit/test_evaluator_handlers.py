@@ -1,0 +1,579 @@
+"""The evaluator's handlers with a real SQLite database and artifact store, a fake registry and
+a fake scorer (no torch): queueing, dedupe, baselines stored and reused, events staged with the
+result, waiting for dependencies, failures, and the RPC handlers' answers."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from services.evaluator import handlers
+from services.evaluator.adapters.protos import checkpoint_ref_from_event
+from services.evaluator.adapters.repository import EvaluatorRepository
+from services.evaluator.adapters.scoring import ScoringFailed, ScoringJob, ScoringResult
+from services.evaluator.adapters.tables import EvaluatorBase
+from services.evaluator.domain.evaluation import (
+    BaseModelRef,
+    CheckpointSelection,
+    DependencyUnavailable,
+    EvaluationSet,
+    EvaluationState,
+    FailureReason,
+    ModelSpec,
+    RegisteredCheckpoint,
+    UnknownToRegistry,
+)
+from services.evaluator.domain.gate import GatePolicy, Verdict
+from services.evaluator.domain.outcomes import ClassificationOutcomes, TaskType
+from shared.artifacts import LocalArtifactStore
+from shared.db import create_database_engine, create_schema, create_session_factory
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shared.events import Envelope, OutboxEvent, ReceivedEvent
+from shared.modeling import load_split_rows
+from tests.fixtures.evaluation_inputs import checkpoint_ready, review_rows, store_split
+from tuneline.evaluator.v1 import events_pb2 as evaluator_events
+
+MODEL = "models/sentiment"
+BASE_SHA = "b" * 64
+
+
+class FakeRegistry:
+    """Answers like the registry: a model, the production alias, registered checkpoints."""
+
+    def __init__(self, model: ModelSpec) -> None:
+        self.models = {model.name: model}
+        self.production_of: dict[str, RegisteredCheckpoint] = {}
+        self.checkpoints: dict[str, RegisteredCheckpoint] = {}
+        self.down = False
+        self.calls = 0
+
+    def _answer(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise DependencyUnavailable(FailureReason.BASELINE_UNAVAILABLE, "registry down")
+
+    def model(self, name: str) -> ModelSpec:
+        self._answer()
+        if name not in self.models:
+            raise UnknownToRegistry("model", name)
+        return self.models[name]
+
+    def production(self, model: str) -> RegisteredCheckpoint | None:
+        self._answer()
+        return self.production_of.get(model)
+
+    def checkpoint(self, name: str) -> RegisteredCheckpoint:
+        self._answer()
+        if name not in self.checkpoints:
+            raise UnknownToRegistry("checkpoint", name)
+        return self.checkpoints[name]
+
+
+class FakeScorer:
+    """Scores by a quality per subject: example i is right when its fixed draw is below the
+    subject's quality, so a better subject is right wherever a worse one is."""
+
+    def __init__(self) -> None:
+        self.quality: dict[str, float] = {}
+        self.jobs: list[ScoringJob] = []
+        self.failure: ScoringFailed | None = None
+
+    def __call__(self, job: ScoringJob) -> ScoringResult:
+        self.jobs.append(job)
+        if self.failure:
+            raise self.failure
+        outcomes = {}
+        for source in job.sets:
+            rows = getattr(
+                load_split_rows(Path(source.manifest_path), Path(source.dataset_path)), source.part
+            )
+            draws = [
+                int(hashlib.sha256(r["id"].encode()).hexdigest()[:8], 16) / 16**8 for r in rows
+            ]
+            for subject in job.subjects:
+                quality = self.quality.get(subject.subject_key, 0.5)
+                flip = {"pos": "neg", "neg": "pos"}
+                outcomes[(subject.subject_key, source.set_key)] = ClassificationOutcomes(
+                    example_ids=tuple(r["id"] for r in rows),
+                    slices=tuple("" for _ in rows),
+                    true_labels=tuple(r["label"] for r in rows),
+                    predicted_labels=tuple(
+                        r["label"] if d < quality else flip[r["label"]]
+                        for r, d in zip(rows, draws, strict=True)
+                    ),
+                    losses=np.asarray([0.3 if d < quality else 1.2 for d in draws]),
+                )
+        return ScoringResult(outcomes=outcomes, device="cpu", seconds=0.1, examples_scored=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'evaluator.db'}")
+    create_schema(engine, [EvaluatorBase.metadata])
+    sessions = create_session_factory(engine)
+    artifacts = LocalArtifactStore(tmp_path / "evaluator" / "artifacts", readable_roots=[tmp_path])
+    stored = store_split(tmp_path, "reviews", review_rows(400), validation_fraction=0.5)
+    split_event = stored.split_created
+    model = ModelSpec(
+        name=MODEL,
+        task_type=TaskType.CLASSIFICATION,
+        base_model=BaseModelRef(model_name="tiny-bert", files_sha256=BASE_SHA),
+        evaluation_set=EvaluationSet(split_event.dataset_version, split_event.split),
+        golden_sets=(),
+        gate_policy=GatePolicy.resolve(TaskType.CLASSIFICATION),
+    )
+    registry = FakeRegistry(model)
+    scorer = FakeScorer()
+    clock = Clock()
+    staged: list[int] = []
+    deps = handlers.RunDependencies(
+        sessions=sessions,
+        registry=registry,
+        artifacts=artifacts,
+        score=scorer,
+        source="tuneline/evaluator",
+        models_root=tmp_path / "models",
+        defaults=handlers.ServiceDefaults(checkpoint_selection=CheckpointSelection.ALL),
+        dependency_wait_seconds=60,
+        clock=clock,
+        on_events_staged=lambda: staged.append(1),
+    )
+    with sessions.begin() as session:
+        handlers.on_split_created(_received(split_event), session)
+
+    class Env:
+        pass
+
+    e = Env()
+    e.tmp, e.sessions, e.deps, e.registry, e.scorer, e.clock = (
+        tmp_path,
+        sessions,
+        deps,
+        registry,
+        scorer,
+        clock,
+    )
+    e.split, e.stored, e.model, e.staged = split_event, stored, model, staged
+    yield e
+    engine.dispose()
+
+
+def _received(message, event_id: str | None = None) -> ReceivedEvent:
+    envelope = Envelope.wrap(message, source="tuneline/test", subject="x", event_id=event_id)
+    return ReceivedEvent(message, envelope, envelope.topic, 0, 0)
+
+
+def _announce(env, job: str, *, quality: float, is_final: bool = True, step: int = 10):
+    adapter = env.tmp / "adapters" / job
+    adapter.mkdir(parents=True, exist_ok=True)
+    (adapter / "adapter_config.json").write_text(f'{{"job": "{job}"}}')
+    (adapter / "adapter_model.safetensors").write_bytes(job.encode() * 10)
+    event = checkpoint_ready(
+        env.tmp,
+        adapter,
+        model=MODEL,
+        job=job,
+        step=step,
+        base_model="tiny-bert",
+        base_model_sha256=BASE_SHA,
+        split=env.stored,
+        is_final=is_final,
+    )
+    env.scorer.quality[f"checkpoint:{event.sha256}"] = quality
+    with env.sessions.begin() as session:
+        queued = handlers.on_checkpoint_ready(
+            _received(event), session, defaults=env.deps.defaults, clock=env.clock
+        )
+    return event, queued
+
+
+def _run_all(env) -> list:
+    finished = []
+    while (claimed := handlers.claim_next(env.deps)) is not None:
+        result = handlers.run_evaluation(env.deps, claimed)
+        if result is None:
+            break
+        finished.append(result)
+    return finished
+
+
+def _outbox(env) -> list[OutboxEvent]:
+    with env.sessions() as session:
+        return list(session.scalars(select(OutboxEvent).order_by(OutboxEvent.seq)))
+
+
+def test_a_checkpoint_announced_twice_is_evaluated_once(env):
+    event, queued = _announce(env, "job-a", quality=0.8)
+    assert queued is not None
+    assert queued.state is EvaluationState.QUEUED
+    with env.sessions.begin() as session:
+        again = handlers.on_checkpoint_ready(
+            _received(event), session, defaults=env.deps.defaults, clock=env.clock
+        )
+    assert again is None
+    assert len(_run_all(env)) == 1
+    assert len(env.scorer.jobs) == 1
+
+
+def test_the_checkpoint_selection_decides_what_is_queued(env):
+    with env.sessions.begin() as session:
+        handlers.set_evaluation_policy(
+            session,
+            name=f"{MODEL}/evaluationPolicy",
+            checkpoint_selection=CheckpointSelection.FINAL,
+            max_generation_examples=0,
+            max_new_tokens=0,
+            batch_size=0,
+        )
+    _, intermediate = _announce(env, "job-b", quality=0.8, is_final=False, step=5)
+    _, final = _announce(env, "job-c", quality=0.8, is_final=True, step=10)
+    assert intermediate is None
+    assert final is not None
+
+
+def test_a_better_candidate_passes_against_the_base_model_and_events_are_staged(env):
+    event, _ = _announce(env, "job-good", quality=0.85)
+    [evaluation] = _run_all(env)
+
+    assert evaluation.verdict is Verdict.PASSED
+    assert evaluation.baseline.kind.value == "BASE_MODEL"
+    assert evaluation.baseline.reused is False
+    [job] = env.scorer.jobs
+    assert [s.subject_key for s in job.subjects] == [
+        f"checkpoint:{event.sha256}",
+        f"base:{BASE_SHA}",
+    ]
+    [completed] = [o for o in _outbox(env) if o.topic.endswith("EvaluationCompleted")]
+    message = evaluator_events.EvaluationCompleted.FromString(completed.payload)
+    assert message.evaluation == evaluation.name
+    assert message.checkpoint == event.checkpoint
+    assert message.checkpoint_sha256 == event.sha256
+    assert message.verdict == 1  # PASSED
+    accuracy = next(c for c in message.comparisons if c.metric == "accuracy" and not c.slice)
+    assert accuracy.delta > 0.2
+    assert accuracy.delta_ci_lower > 0
+    assert message.baseline.kind == 2  # BASE_MODEL
+    assert message.lineage.split == env.split.split
+    assert completed.subject == evaluation.name
+    assert env.staged, "the relay was woken after the commit"
+
+
+def test_the_second_evaluation_reuses_the_stored_baseline(env):
+    _announce(env, "job-1", quality=0.8)
+    _announce(env, "job-2", quality=0.82)
+    first, second = _run_all(env)
+    assert first.baseline.reused is False
+    assert second.baseline.reused is True
+    assert [len(job.subjects) for job in env.scorer.jobs] == [2, 1], "no second base scoring"
+    assert first.baseline.metrics == second.baseline.metrics
+
+
+def test_a_production_checkpoint_scored_as_a_candidate_is_reused_as_the_baseline(env):
+    good, _ = _announce(env, "job-prod", quality=0.85)
+    [promoted] = _run_all(env)
+    env.registry.production_of[MODEL] = RegisteredCheckpoint(
+        name=f"{MODEL}/checkpoints/job-prod.step-10",
+        sha256=good.sha256,
+        artifact_uri=good.artifact_uri,
+        base_model=BaseModelRef(model_name="tiny-bert", files_sha256=BASE_SHA),
+    )
+    bad, _ = _announce(env, "job-flipped", quality=0.55)
+    [regressed] = _run_all(env)
+
+    assert regressed.verdict is Verdict.REGRESSED
+    assert regressed.baseline.kind.value == "PRODUCTION_CHECKPOINT"
+    assert regressed.baseline.checkpoint == f"{MODEL}/checkpoints/job-prod.step-10"
+    assert regressed.baseline.reused is True
+    assert len(env.scorer.jobs[-1].subjects) == 1, "production was not scored again"
+    topics = [o.topic.rsplit(".", 1)[-1] for o in _outbox(env)]
+    assert topics == ["EvaluationCompleted", "EvaluationCompleted", "RegressionDetected"]
+    detected = evaluator_events.RegressionDetected.FromString(_outbox(env)[-1].payload)
+    assert detected.checkpoint == bad.checkpoint
+    assert detected.checkpoint_sha256 == bad.sha256
+    assert detected.baseline_checkpoint == f"{MODEL}/checkpoints/job-prod.step-10"
+    assert detected.delta < 0
+    assert detected.delta_ci_upper < 0
+    assert detected.p_value < 0.05
+    assert detected.baseline > detected.candidate
+    assert detected.regressions
+    assert all(r.outcome == 2 for r in detected.regressions)
+    assert promoted.verdict is Verdict.PASSED
+
+
+def test_a_registry_that_does_not_answer_is_waited_for_then_fails_the_evaluation(env):
+    _announce(env, "job-wait", quality=0.8)
+    env.registry.down = True
+    claimed = handlers.claim_next(env.deps)
+    assert handlers.run_evaluation(env.deps, claimed) is None
+    with env.sessions() as session:
+        waiting = EvaluatorRepository(session).evaluation(claimed.name)
+    assert waiting.state is EvaluationState.QUEUED
+    assert handlers.claim_next(env.deps) is None, "not retried before its backoff"
+    env.clock.now += timedelta(seconds=61)
+    failed = handlers.run_evaluation(env.deps, handlers.claim_next(env.deps))
+    assert failed.state is EvaluationState.FAILED
+    assert failed.failure_reason is FailureReason.BASELINE_UNAVAILABLE
+    [completed] = _outbox(env)
+    message = evaluator_events.EvaluationCompleted.FromString(completed.payload)
+    assert message.verdict == 4
+    assert message.failure_reason == 4
+
+
+def test_an_evaluation_set_not_announced_yet_waits_and_runs_once_it_is(env):
+    env.registry.models[MODEL] = ModelSpec(
+        **{
+            **env.model.__dict__,
+            "evaluation_set": EvaluationSet(
+                "datasets/late/versions/v1", "datasets/late/versions/v1/splits/s1"
+            ),
+        }
+    )
+    _announce(env, "job-late", quality=0.8)
+    assert handlers.run_evaluation(env.deps, handlers.claim_next(env.deps)) is None
+    late = store_split(env.tmp, "late", review_rows(200, seed=3), validation_fraction=0.5)
+    with env.sessions.begin() as session:
+        handlers.on_split_created(_received(late.split_created), session)
+    env.clock.now += timedelta(seconds=5)
+    [finished] = _run_all(env)
+    assert finished.verdict is Verdict.PASSED
+    assert finished.primary_set.split == "datasets/late/versions/v1/splits/s1"
+
+
+def test_a_checkpoint_whose_files_changed_fails_as_unavailable_and_says_so(env):
+    event, _ = _announce(env, "job-tampered", quality=0.8)
+    folder = Path(event.artifact_uri.removeprefix("file://"))
+    (folder / "adapter_model.safetensors").write_bytes(b"something else")
+    [failed] = _run_all(env)
+    assert failed.verdict is Verdict.FAILED
+    assert failed.failure_reason is FailureReason.CHECKPOINT_UNAVAILABLE
+    assert "sha256" in failed.failure_message
+    assert env.scorer.jobs == [], "nothing was scored"
+    assert [o.topic.rsplit(".", 1)[-1] for o in _outbox(env)] == ["EvaluationCompleted"]
+
+
+def test_an_engine_failure_is_a_failed_evaluation_with_its_reason(env):
+    _announce(env, "job-oom", quality=0.8)
+    env.scorer.failure = ScoringFailed(FailureReason.OUT_OF_MEMORY, "CUDA out of memory")
+    [failed] = _run_all(env)
+    assert failed.failure_reason is FailureReason.OUT_OF_MEMORY
+    assert failed.metrics == ()
+    assert failed.end_time is not None
+
+
+def test_an_unregistered_model_fails_without_scoring(env):
+    adapter = env.tmp / "adapters" / "orphan"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"x")
+    event = checkpoint_ready(
+        env.tmp,
+        adapter,
+        model="models/nobody",
+        job="orphan",
+        step=1,
+        base_model="tiny-bert",
+        base_model_sha256=BASE_SHA,
+    )
+    with env.sessions.begin() as session:
+        handlers.on_checkpoint_ready(
+            _received(event), session, defaults=env.deps.defaults, clock=env.clock
+        )
+    [failed] = _run_all(env)
+    assert failed.failure_reason is FailureReason.DATA_UNAVAILABLE
+    assert "not registered" in failed.failure_message
+
+
+def test_interrupted_evaluations_are_queued_again(env):
+    _announce(env, "job-crash", quality=0.8)
+    claimed = handlers.claim_next(env.deps)
+    assert claimed.state is EvaluationState.RUNNING
+    assert handlers.requeue_interrupted(env.deps) == 1
+    again = handlers.claim_next(env.deps)
+    assert again.name == claimed.name
+
+
+# -- RPC handlers -----------------------------------------------------------------------------
+
+
+def test_evaluate_checkpoint_is_idempotent_by_request_id_and_by_checkpoint(env):
+    event, _ = _announce(env, "job-rpc", quality=0.8)
+    with env.sessions.begin() as session:
+        existing = EvaluatorRepository(session).by_dedupe_key(
+            "checkpoint-ready:" + event.checkpoint
+        )
+        same, created = handlers.evaluate_checkpoint(
+            session, env.registry, checkpoint=event.checkpoint
+        )
+    assert not created
+    assert same.name == existing.name
+    with env.sessions.begin() as session:
+        forced, created = handlers.evaluate_checkpoint(
+            session, env.registry, checkpoint=event.checkpoint, force=True, request_id="r-1"
+        )
+    assert created
+    assert forced.name != existing.name
+    assert forced.primary_set == EvaluationSet(env.split.dataset_version, env.split.split)
+    with env.sessions.begin() as session:
+        repeated, created = handlers.evaluate_checkpoint(
+            session, env.registry, checkpoint=event.checkpoint, force=True, request_id="r-1"
+        )
+    assert not created
+    assert repeated.name == forced.name
+
+
+def test_evaluate_checkpoint_refuses_what_it_cannot_evaluate(env):
+    event, _ = _announce(env, "job-refuse", quality=0.8)
+    with env.sessions.begin() as session, pytest.raises(InvalidArgument) as invalid:
+        handlers.evaluate_checkpoint(session, env.registry, checkpoint="checkpoints/7")
+    assert invalid.value.violations[0].field == "checkpoint"
+    with env.sessions.begin() as session, pytest.raises(NotFound):
+        handlers.evaluate_checkpoint(
+            session, env.registry, checkpoint="trainingJobs/none/checkpoints/step-1"
+        )
+    with env.sessions.begin() as session, pytest.raises(NotFound) as no_model:
+        handlers.evaluate_checkpoint(
+            session, env.registry, checkpoint=event.checkpoint, model="models/other"
+        )
+    assert no_model.value.resource_name == "models/other"
+    with env.sessions.begin() as session, pytest.raises(NotFound):
+        handlers.evaluate_checkpoint(
+            session,
+            env.registry,
+            checkpoint=event.checkpoint,
+            baseline_checkpoint=f"{MODEL}/checkpoints/ghost",
+            force=True,
+        )
+    env.registry.models[MODEL] = ModelSpec(
+        **{**env.model.__dict__, "task_type": TaskType.CAUSAL_LM}
+    )
+    with env.sessions.begin() as session, pytest.raises(FailedPrecondition):
+        handlers.evaluate_checkpoint(session, env.registry, checkpoint=event.checkpoint, force=True)
+    env.registry.down = True
+    with env.sessions.begin() as session, pytest.raises(Unavailable):
+        handlers.evaluate_checkpoint(session, env.registry, checkpoint=event.checkpoint, force=True)
+
+
+def test_an_explicit_baseline_checkpoint_is_used(env):
+    good, _ = _announce(env, "job-x", quality=0.9)
+    _run_all(env)
+    name = f"{MODEL}/checkpoints/job-x.step-10"
+    env.registry.checkpoints[name] = RegisteredCheckpoint(
+        name,
+        good.sha256,
+        good.artifact_uri,
+        BaseModelRef(model_name="tiny-bert", files_sha256=BASE_SHA),
+    )
+    worse, _ = _announce(env, "job-y", quality=0.88)
+    with env.sessions.begin() as session:
+        session.execute(  # only the explicit request should run
+            EvaluatorBase.metadata.tables["evaluator_evaluations"]
+            .delete()
+            .where(
+                EvaluatorBase.metadata.tables["evaluator_evaluations"].c.checkpoint
+                == worse.checkpoint
+            )
+        )
+        handlers.evaluate_checkpoint(
+            session,
+            env.registry,
+            checkpoint=worse.checkpoint,
+            baseline_checkpoint=name,
+            clock=env.clock,
+        )
+    [evaluation] = _run_all(env)
+    assert evaluation.baseline.kind.value == "EXPLICIT_CHECKPOINT"
+    assert evaluation.baseline.checkpoint == name
+    assert evaluation.baseline.reused is True
+
+
+def test_list_evaluations_pages_newest_first_and_filters(env):
+    names = []
+    for i in range(5):
+        env.clock.now += timedelta(seconds=1)
+        _, queued = _announce(env, f"job-l{i}", quality=0.8)
+        names.append(queued.name)
+    with env.sessions() as session:
+        first, token = handlers.list_evaluations(session, page_size=2)
+        second, token2 = handlers.list_evaluations(session, page_size=2, page_token=token)
+        third, token3 = handlers.list_evaluations(session, page_size=2, page_token=token2)
+        assert [e.name for e in first + second + third] == names[::-1]
+        assert token3 == ""
+        with pytest.raises(InvalidArgument):
+            handlers.list_evaluations(session, page_size=2, page_token=token, model=MODEL)
+        only, _ = handlers.list_evaluations(
+            session, checkpoint="trainingJobs/job-l3/checkpoints/step-10"
+        )
+        assert [e.name for e in only] == [names[3]]
+        assert handlers.list_evaluations(session, verdict=Verdict.PASSED)[0] == []
+
+
+def test_policies_resolve_defaults_and_refuse_bad_values(env):
+    with env.sessions() as session:
+        default = handlers.get_evaluation_policy(
+            session, "models/fresh/evaluationPolicy", env.deps.defaults
+        )
+    assert default.checkpoint_selection is CheckpointSelection.ALL  # this env's service default
+    assert (default.max_generation_examples, default.max_new_tokens, default.batch_size) == (
+        200,
+        64,
+        32,
+    )
+    assert default.update_time is None
+    with env.sessions.begin() as session, pytest.raises(InvalidArgument) as bad:
+        handlers.set_evaluation_policy(
+            session,
+            name="models/fresh/evaluationPolicy",
+            checkpoint_selection=None,
+            max_generation_examples=-1,
+            max_new_tokens=0,
+            batch_size=-4,
+        )
+    assert {v.field for v in bad.value.violations} == {
+        "evaluation_policy.max_generation_examples",
+        "evaluation_policy.batch_size",
+    }
+    with env.sessions.begin() as session, pytest.raises(InvalidArgument):
+        handlers.set_evaluation_policy(
+            session,
+            name="models/fresh",
+            checkpoint_selection=None,
+            max_generation_examples=0,
+            max_new_tokens=0,
+            batch_size=0,
+        )
+    with env.sessions.begin() as session:
+        stored = handlers.set_evaluation_policy(
+            session,
+            name="models/fresh/evaluationPolicy",
+            checkpoint_selection=None,
+            max_generation_examples=10,
+            max_new_tokens=0,
+            batch_size=8,
+            clock=env.clock,
+        )
+    assert stored.checkpoint_selection is CheckpointSelection.ALL
+    with env.sessions() as session:
+        read = handlers.get_evaluation_policy(
+            session, "models/fresh/evaluationPolicy", env.deps.defaults
+        )
+    assert read == stored
+
+
+def test_checkpoint_refs_round_trip_through_the_stored_event(env):
+    event, _queued = _announce(env, "job-ref", quality=0.8)
+    with env.sessions() as session:
+        stored = EvaluatorRepository(session).checkpoint(event.checkpoint)
+    assert stored == checkpoint_ref_from_event(event)
+    assert stored.base_model.files_sha256 == BASE_SHA
