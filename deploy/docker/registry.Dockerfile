@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# registry: lineage, promotion through gates, automatic rollback. CPU only.
+# Build from the repository root:  docker build -f deploy/docker/registry.Dockerfile -t tuneline/registry .
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app
+
+WORKDIR /app
+
+# Dependencies first, from pyproject.toml alone, so a source change reuses this layer. torch is a
+# declared dependency that only the trainer's and evaluator's engines import: the CPU wheel keeps
+# ~2 GB of CUDA libraries out of this image.
+COPY pyproject.toml /tmp/build/pyproject.toml
+RUN python -m venv /opt/venv \
+ && python -c "import tomllib; print(*tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/build/requirements.txt \
+ && pip install --index-url https://download.pytorch.org/whl/cpu "$(grep -E '^torch[<>=!~ ]' /tmp/build/requirements.txt)" \
+ && pip install -r /tmp/build/requirements.txt \
+ && rm -rf /tmp/build
+
+# The code runs from /app (PYTHONPATH), not site-packages, so Tilt's live update can sync it.
+# HOME is /tmp: caches (torch, triton, HF) land on the writable /tmp volume, not a read-only root.
+RUN groupadd --gid 10001 tuneline \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tuneline \
+ && install -d -o 10001 -g 10001 /var/lib/tuneline
+COPY --chown=10001:10001 shared/ shared/
+COPY --chown=10001:10001 tuneline/ tuneline/
+COPY --chown=10001:10001 services/registry/ services/registry/
+
+# Listen on every interface inside the container; the ports are the service's defaults.
+ENV TUNELINE_DATA_DIR=/var/lib/tuneline \
+    TUNELINE_REGISTRY_GRPC_HOST=0.0.0.0 \
+    TUNELINE_REGISTRY_GRPC_PORT=50055 \
+    TUNELINE_REGISTRY_METRICS_PORT=9105 \
+    TUNELINE_REGISTRY_WEBHOOK_HOST=0.0.0.0 \
+    TUNELINE_REGISTRY_WEBHOOK_PORT=9095
+EXPOSE 50055 9105 9095
+
+USER 10001:10001
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -m shared.grpc.health_probe "127.0.0.1:${TUNELINE_REGISTRY_GRPC_PORT}"
+CMD ["python", "-m", "services.registry.entrypoints.main"]
