@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from tuneline.cli.output import console, err_console
 from tuneline.devtools.kafka import (
     DEFAULT_CONTROLLER_PORT,
     DEFAULT_PORT,
@@ -23,8 +23,6 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def default_home() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,8 +14,12 @@ from rich.console import Console
 
 from tuneline.client.errors import TunelineError
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+#: Piped output (a script, grep, CI) keeps whole resource names: rich would otherwise lay
+#: tables out for 80 columns and cut names people need to copy.
+_PIPED_WIDTH = None if sys.stdout.isatty() else 200
+
+console = Console(highlight=False, soft_wrap=True, width=_PIPED_WIDTH)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=_PIPED_WIDTH)
 
 
 def target(service: str, default_port: int) -> str:
