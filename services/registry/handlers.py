@@ -80,6 +80,7 @@ from shared.errors import (
 )
 from shared.events import stage_event
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
+from shared.protobuf import datetime_from_timestamp, set_timestamp
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
@@ -321,7 +322,7 @@ def _register_checkpoint(
         review_reason="",
         ever_production=False,
         rolled_back=False,
-        create_time=message.event_time.ToDatetime(UTC) if message.HasField("event_time") else now,
+        create_time=datetime_from_timestamp(message, "event_time") or now,
     )
     repo.add_checkpoint(row)
     if deps.metrics:
@@ -512,7 +513,7 @@ def _attach_evaluation(  # noqa: PLR0917
 ) -> None:
     if repo.get_evaluation(checkpoint.name, event.evaluation) is not None:
         return
-    complete_time = event.event_time.ToDatetime(UTC) if event.HasField("event_time") else now
+    complete_time = datetime_from_timestamp(event, "event_time") or now
     baseline = _baseline_in_registry(repo, model.name, event)
     verdict = verdict_from_proto(event.verdict)
     record = resources_pb2.CheckpointEvaluation(
@@ -1058,9 +1059,7 @@ def on_regression_detected(
                 f"(baseline {message.baseline:.4f}, candidate {message.candidate:.4f}, "
                 f"p={message.p_value:.3g}) in {message.evaluation}"
             )
-            trigger_time = (
-                message.event_time.ToDatetime(UTC) if message.HasField("event_time") else now
-            )
+            trigger_time = datetime_from_timestamp(message, "event_time") or now
             try:  # a refused rollback raises before writing anything
                 move = _roll_back(
                     repo,
@@ -1278,9 +1277,7 @@ def report_live_quality(
     definition = resources_pb2.Model.FromString(model.definition)
     floor = floor_of(definition, request.metric)
     below = is_past_floor(request.metric, request.value, floor)
-    report_time = (
-        request.report_time.ToDatetime(UTC) if request.HasField("report_time") else deps.clock()
-    )
+    report_time = datetime_from_timestamp(request, "report_time") or deps.clock()
     repo.upsert_live_quality(
         LiveQualityRow(
             model=model.name,
@@ -1308,7 +1305,7 @@ def report_live_quality(
         below_floor=below,
         source=request.source,
     )
-    report.report_time.FromDatetime(report_time)
+    set_timestamp(report.report_time, report_time)
     if request.HasField("window"):
         report.window.CopyFrom(request.window)
     if floor is not None:

@@ -82,8 +82,10 @@ from shared.errors import (
     PreconditionViolation,
 )
 from shared.events import stage_event
-from shared.modeling import ModelNotFound, ModelRefused, ResolvedModel
+from shared.modeling import InvalidModelReference, ModelNotFound, ModelRefused, ResolvedModel
+from shared.modeling.packaged import PACKAGED_MODELS
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
+from shared.protobuf import duration_from_seconds, timestamp_from_datetime
 from tuneline.trainer.v1 import events_pb2
 
 # -- dependencies ------------------------------------------------------------------------------
@@ -134,22 +136,50 @@ def _now() -> datetime:
 
 # -- creating jobs -----------------------------------------------------------------------------
 
+#: ``PreconditionViolation.type`` of a base model missing from the server's models root (or
+#: from the path named).
+MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+#: ``PreconditionViolation.type`` of a base model the server will not load (pickle weights,
+#: remote code …), and ``FieldViolation.reason`` of a malformed name or path.
+MODEL_REFUSED = "MODEL_REFUSED"
+
 
 def _check_model(
-    config: JobConfig, context: Context, prefix: str, violations: list[FieldViolation]
+    config: JobConfig,
+    context: Context,
+    prefix: str,
+    violations: list[FieldViolation],
+    unavailable: list[PreconditionViolation],
 ) -> ResolvedModel | None:
-    """Resolve the base model, turning refusals into field violations."""
+    """Resolve the base model, sorting what is wrong by whose it is (AIP-193).
+
+    A reference that is malformed in itself (not a folder name, a relative path, a path outside
+    the allowed roots) is the request's fault: a field violation, INVALID_ARGUMENT. A model the
+    server lacks (not in its models root) or refuses to load (pickle weights, remote code …)
+    is the server's state, which the request cannot fix: a precondition violation for
+    FAILED_PRECONDITION (:func:`_refuse_unavailable`), ``MODEL_NOT_FOUND`` or ``MODEL_REFUSED``
+    with the model as subject.
+    """
     base = config.base_model
     if bool(base.model_name) == bool(base.model_path):
         return None  # validate_job_config reported it
     field = f"{prefix}.base_model.{'model_name' if base.model_name else 'model_path'}"
+    subject = base.model_name or base.model_path
     try:
         model = context.models.resolve(base)
+    except InvalidModelReference as error:
+        violations.append(FieldViolation(field, str(error), MODEL_REFUSED))
+        return None
     except ModelNotFound as error:
-        violations.append(FieldViolation(field, str(error), "MODEL_NOT_FOUND"))
+        unavailable.append(PreconditionViolation(MODEL_NOT_FOUND, subject, str(error)))
         return None
     except ModelRefused as error:
-        violations.append(FieldViolation(field, str(error), "MODEL_REFUSED"))
+        description = str(error)
+        if base.model_name in PACKAGED_MODELS:
+            description += (
+                f"; `tuneline models prepare --only {base.model_name} --force` rebuilds it"
+            )
+        unavailable.append(PreconditionViolation(MODEL_REFUSED, subject, description))
         return None
     if base.files_sha256 and base.files_sha256 != model.files_sha256:
         violations.append(
@@ -169,6 +199,19 @@ def _check_model(
             )
         )
     return model
+
+
+def _refuse_unavailable(unavailable: list[PreconditionViolation]) -> None:
+    """Raise FAILED_PRECONDITION for a base model the server lacks or refuses, if there is one
+    (called once the request itself is known to be valid)."""
+    if not unavailable:
+        return
+    missing = unavailable[0].type == MODEL_NOT_FOUND
+    raise FailedPrecondition(
+        f"base model {unavailable[0].subject!r} is "
+        + ("not in the server's models" if missing else "refused by the server"),
+        unavailable,
+    )
 
 
 def _resolved_config(
@@ -269,9 +312,11 @@ def create_training_job(
     violations += validate_model_name(command.target_model, f"{prefix}.target_model")
     violations += validate_split_name(command.split, f"{prefix}.split")
     violations += validate_job_config(command.config, prefix)
-    model = _check_model(command.config, context, prefix, violations)
+    unavailable: list[PreconditionViolation] = []
+    model = _check_model(command.config, context, prefix, violations, unavailable)
     if violations:
         raise InvalidArgument("the training job is invalid", violations)
+    _refuse_unavailable(unavailable)
     assert model is not None
     split = _find_split(repo, command.split, context)
     if command.task_type is not None and command.task_type is not split.task_type:
@@ -470,13 +515,16 @@ def set_training_policy(
         )
     violations += validate_dataset_name(command.dataset, f"{prefix}.dataset")
     violations += validate_model_name(command.target_model, f"{prefix}.target_model")
+    unavailable: list[PreconditionViolation] = []
     if not command.template_present:
         violations.append(FieldViolation(f"{prefix}.job_template", "is required", "REQUIRED"))
     else:
         violations += validate_job_config(command.template, f"{prefix}.job_template")
-        _check_model(command.template, context, f"{prefix}.job_template", violations)
+        template_prefix = f"{prefix}.job_template"
+        _check_model(command.template, context, template_prefix, violations, unavailable)
     if violations:
         raise InvalidArgument("the training policy is invalid", violations)
+    _refuse_unavailable(unavailable)
     repo = TrainerRepository(session)
     now = _now()
     row = repo.policy_row(command.name)
@@ -532,8 +580,9 @@ def on_split_created(session: Session, split: SplitInfo, context: Context) -> li
         if repo.job_row(name) is not None:
             continue
         violations: list[FieldViolation] = validate_job_config(policy.template, "job_template")
-        model = _check_model(policy.template, context, "job_template", violations)
-        if violations or model is None:
+        unavailable: list[PreconditionViolation] = []
+        model = _check_model(policy.template, context, "job_template", violations, unavailable)
+        if violations or unavailable or model is None:
             job = _new_job(
                 name=name,
                 target_model=policy.target_model,
@@ -544,11 +593,16 @@ def on_split_created(session: Session, split: SplitInfo, context: Context) -> li
                 context=context,
             )
             job.state = JobState.FAILED
-            refused = any(v.reason == "MODEL_REFUSED" for v in violations)
+            refused = any(v.reason == MODEL_REFUSED for v in violations) or any(
+                p.type == MODEL_REFUSED for p in unavailable
+            )
             job.failure_reason = (
                 FailureReason.MODEL_REFUSED if refused else FailureReason.MODEL_LOAD_FAILED
             )
-            job.failure_message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+            job.failure_message = "; ".join(
+                [f"{v.field}: {v.description}" for v in violations]
+                + [f"base model {p.subject}: {p.description}" for p in unavailable]
+            )
             row = repo.add_job(job, now=now)
             _stage_failed(session, row, context, now=now)
         else:
@@ -656,7 +710,7 @@ def record_started(session: Session, name: str, message: WorkerStarted, context:
                 checkpoint_policy=protos.checkpointing_to_proto(job.config.checkpointing),
                 total_steps=message.total_steps,
                 device=message.device,
-                event_time=protos.timestamp(now),
+                event_time=timestamp_from_datetime(now),
             ),
             source=context.source,
             subject=name,
@@ -797,7 +851,7 @@ def record_checkpoint(
         is_final=record.is_final,
         lineage=protos.lineage_to_proto(job.lineage(record.name)),
         cost=protos.cost_to_proto(record.cost),
-        event_time=protos.timestamp(now),
+        event_time=timestamp_from_datetime(now),
     )
     if record.validation_loss is not None:
         event.validation_loss = record.validation_loss
@@ -820,7 +874,7 @@ def _stage_failed(session: Session, row: JobRow, context: Context, *, now: datet
             attempt_count=job.attempt_count,
             cost=protos.cost_to_proto(job.cost),
             lineage=protos.lineage_to_proto(job.lineage()),
-            event_time=protos.timestamp(now),
+            event_time=timestamp_from_datetime(now),
         ),
         source=context.source,
         subject=job.name,
@@ -879,8 +933,8 @@ def record_finished(
         tokens_per_second=tokens_per_second,
         cost=protos.cost_to_proto(job.cost),
         lineage=protos.lineage_to_proto(job.lineage()),
-        duration=protos.duration((now - started).total_seconds()),
-        event_time=protos.timestamp(now),
+        duration=duration_from_seconds((now - started).total_seconds()),
+        event_time=timestamp_from_datetime(now),
     )
     if validated:
         completed.best_validation_loss = min(validated)

@@ -65,6 +65,7 @@ from shared.modeling.encoding import (
 )
 from shared.modeling.errors import (
     DataUnavailable,
+    InvalidModelReference,
     ModelingError,
     ModelLoadFailed,
     ModelNotFound,
@@ -91,6 +92,7 @@ __all__ = [
     "EncodedExample",
     "FolderHashCache",
     "GenerationPrompt",
+    "InvalidModelReference",
     "ModelLoadFailed",
     "ModelNotFound",
     "ModelRefused",

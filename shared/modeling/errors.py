@@ -24,6 +24,12 @@ class ModelRefused(ModelingError):
         self.files = files
 
 
+class InvalidModelReference(ModelRefused):
+    """The model's name or path is unacceptable in itself, whatever is on disk: both or neither
+    given, a name that is not a folder name, a relative path, a path outside the allowed roots.
+    The caller has to change the reference; any other refusal is about the folder it names."""
+
+
 class ModelLoadFailed(ModelingError):
     """The folder passed the safety checks but could not be loaded (corrupt or missing files,
     an architecture with no model class for the task, files changed since they were hashed)."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.modeling.errors import ModelNotFound, ModelRefused
+from shared.modeling.errors import InvalidModelReference, ModelNotFound, ModelRefused
 
 #: Suffixes of pickle-based formats; ``torch.load`` on them can execute code.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
@@ -202,16 +202,17 @@ def resolve_base_model(
     (inside ``models_root`` or one of ``allowed_roots``). Exactly one of ``model_name`` and
     ``model_path`` must be set.
 
-    Raises :class:`ModelNotFound` (no such folder), :class:`ModelRefused` (unsafe, or a name or
-    path that is not acceptable) — never loads anything.
+    Raises :class:`ModelNotFound` (no such folder), :class:`ModelRefused` (an unsafe folder) or
+    its :class:`InvalidModelReference` (a name or path that is not acceptable in itself) —
+    never loads anything.
     """
     if bool(model_name) == bool(model_path):
-        raise ModelRefused("name exactly one of model_name and model_path")
+        raise InvalidModelReference("name exactly one of model_name and model_path")
     root = models_root.resolve()
     roots = [root, *(Path(r).resolve() for r in allowed_roots)]
     if model_name:
         if not _MODEL_NAME.match(model_name):
-            raise ModelRefused(
+            raise InvalidModelReference(
                 f"model name {model_name!r} is not a folder name (letters, digits, '.', '_', "
                 "'-'; no path separators)"
             )
@@ -224,10 +225,10 @@ def resolve_base_model(
     else:
         given = Path(model_path)
         if not given.is_absolute():
-            raise ModelRefused(f"model path {model_path!r} is not absolute")
+            raise InvalidModelReference(f"model path {model_path!r} is not absolute")
         folder = given.resolve()
         if not _inside(folder, roots):
-            raise ModelRefused(
+            raise InvalidModelReference(
                 f"model path {model_path!r} is outside the allowed model roots "
                 f"({', '.join(str(r) for r in roots)})"
             )

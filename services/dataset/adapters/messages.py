@@ -6,10 +6,6 @@ in the outbox: one mapping for both, so the API and the event always agree.
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from services.dataset.domain import (
     Dataset,
     DatasetVersion,
@@ -24,6 +20,7 @@ from services.dataset.domain import (
     ValidationReport,
 )
 from shared.errors import FieldViolation, InvalidArgument
+from shared.protobuf import timestamp_from_datetime
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2, resources_pb2
 
@@ -44,14 +41,6 @@ _SOURCE_KINDS = {
     SourceKind.UPLOAD: resources_pb2.DATASET_SOURCE_KIND_UPLOAD,
     SourceKind.IMPORT: resources_pb2.DATASET_SOURCE_KIND_IMPORT,
 }
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 # -- requests -> domain ------------------------------------------------------------------------
@@ -130,8 +119,8 @@ def dataset_to_proto(dataset: Dataset) -> resources_pb2.Dataset:
         schema_policy=policy_to_proto(dataset.policy),
         latest_version=dataset.latest_version,
         version_count=dataset.version_count,
-        create_time=timestamp(dataset.create_time),
-        update_time=timestamp(dataset.update_time),
+        create_time=timestamp_from_datetime(dataset.create_time),
+        update_time=timestamp_from_datetime(dataset.update_time),
     )
 
 
@@ -181,7 +170,7 @@ def report_to_proto(report: ValidationReport) -> resources_pb2.ValidationReport:
         bytes_read=report.bytes_read,
         lineage=lineage_to_proto(report.lineage),
         validate_only=report.validate_only,
-        create_time=timestamp(report.create_time),
+        create_time=timestamp_from_datetime(report.create_time),
     )
 
 
@@ -202,7 +191,7 @@ def version_to_proto(version: DatasetVersion) -> resources_pb2.DatasetVersion:
         report=version.report,
         report_summary=summary_to_proto(version.summary),
         lineage=lineage_to_proto(version.lineage),
-        create_time=timestamp(version.create_time),
+        create_time=timestamp_from_datetime(version.create_time),
     )
 
 
@@ -221,5 +210,5 @@ def dataset_versioned(version: DatasetVersion) -> events_pb2.DatasetVersioned:
         report=version.report,
         report_summary=summary_to_proto(version.summary),
         lineage=lineage_to_proto(version.lineage),
-        event_time=timestamp(version.create_time),
+        event_time=timestamp_from_datetime(version.create_time),
     )

@@ -8,10 +8,7 @@ convert here.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
-from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from typing import cast
 
 from services.evaluator.domain.evaluation import (
     Baseline,
@@ -37,6 +34,12 @@ from services.evaluator.domain.gate import (
     Verdict,
 )
 from services.evaluator.domain.outcomes import TaskType
+from shared.protobuf import (
+    datetime_from_timestamp,
+    enum_from_proto,
+    enum_to_proto,
+    set_timestamp,
+)
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import events_pb2
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
@@ -46,68 +49,32 @@ from tuneline.trainer.v1 import events_pb2 as trainer_events_pb2
 # -- enums ------------------------------------------------------------------------------------
 
 
-def _enum_to_proto(wrapper: Any, prefix: str, value: Any | None) -> int:
-    if value is None:
-        return 0
-    return int(wrapper.Value(prefix + value.value))
-
-
-def _enum_from_proto(wrapper: Any, prefix: str, number: int, domain: Any) -> Any:
-    if number == 0:
-        return None
-    return domain(wrapper.Name(number).removeprefix(prefix))
-
-
 def task_type_to_proto(task_type: TaskType | None) -> common_pb2.TaskType.ValueType:
-    return _enum_to_proto(common_pb2.TaskType, "TASK_TYPE_", task_type)  # type: ignore[return-value]
+    return enum_to_proto(common_pb2.TaskType, "TASK_TYPE", task_type)
 
 
 def task_type_from_proto(number: int) -> TaskType | None:
-    result: TaskType | None = _enum_from_proto(common_pb2.TaskType, "TASK_TYPE_", number, TaskType)
-    return result
+    return enum_from_proto(common_pb2.TaskType, "TASK_TYPE", number, TaskType)
 
 
 def verdict_to_proto(verdict: Verdict | None) -> common_pb2.EvaluationVerdict.ValueType:
-    return _enum_to_proto(  # type: ignore[return-value]
-        common_pb2.EvaluationVerdict, "EVALUATION_VERDICT_", verdict
-    )
+    return enum_to_proto(common_pb2.EvaluationVerdict, "EVALUATION_VERDICT", verdict)
 
 
 def verdict_from_proto(number: int) -> Verdict | None:
-    result: Verdict | None = _enum_from_proto(
-        common_pb2.EvaluationVerdict, "EVALUATION_VERDICT_", number, Verdict
-    )
-    return result
+    return enum_from_proto(common_pb2.EvaluationVerdict, "EVALUATION_VERDICT", number, Verdict)
 
 
 def selection_to_proto(
     selection: CheckpointSelection,
 ) -> evaluator_pb2.CheckpointSelection.ValueType:
-    return _enum_to_proto(  # type: ignore[return-value]
-        evaluator_pb2.CheckpointSelection, "CHECKPOINT_SELECTION_", selection
-    )
+    return enum_to_proto(evaluator_pb2.CheckpointSelection, "CHECKPOINT_SELECTION", selection)
 
 
 def selection_from_proto(number: int) -> CheckpointSelection | None:
-    result: CheckpointSelection | None = _enum_from_proto(
-        evaluator_pb2.CheckpointSelection, "CHECKPOINT_SELECTION_", number, CheckpointSelection
+    return enum_from_proto(
+        evaluator_pb2.CheckpointSelection, "CHECKPOINT_SELECTION", number, CheckpointSelection
     )
-    return result
-
-
-# -- times ------------------------------------------------------------------------------------
-
-
-def _set_time(target: Timestamp, value: datetime | None) -> None:
-    if value is not None:
-        target.FromDatetime(value.astimezone(UTC))
-
-
-def _time(message: Any, field: str) -> datetime | None:
-    if not message.HasField(field):
-        return None
-    stamp: Timestamp = getattr(message, field)
-    return stamp.ToDatetime(tzinfo=UTC)
 
 
 # -- values shared with other services --------------------------------------------------------
@@ -135,7 +102,7 @@ def base_model_to_proto(base: BaseModelRef) -> common_pb2.BaseModel:
 
 
 def evaluation_set_from_proto(message: common_pb2.EvaluationSet) -> EvaluationSet:
-    part = _enum_from_proto(common_pb2.SplitPart, "SPLIT_PART_", message.part, SplitPart)
+    part = enum_from_proto(common_pb2.SplitPart, "SPLIT_PART", message.part, SplitPart)
     return EvaluationSet(
         dataset_version=message.dataset_version,
         split=message.split,
@@ -151,15 +118,13 @@ def evaluation_set_to_proto(evaluation_set: EvaluationSet) -> common_pb2.Evaluat
         label=evaluation_set.label,
     )
     if evaluation_set.split:
-        message.part = _enum_to_proto(  # type: ignore[assignment]
-            common_pb2.SplitPart, "SPLIT_PART_", evaluation_set.part
-        )
+        message.part = enum_to_proto(common_pb2.SplitPart, "SPLIT_PART", evaluation_set.part)
     return message
 
 
 def gate_policy_from_proto(message: common_pb2.GatePolicy, task_type: TaskType) -> GatePolicy:
-    test = _enum_from_proto(
-        common_pb2.SignificanceTest, "SIGNIFICANCE_TEST_", message.test, SignificanceTest
+    test = enum_from_proto(
+        common_pb2.SignificanceTest, "SIGNIFICANCE_TEST", message.test, SignificanceTest
     )
     return GatePolicy.resolve(
         task_type,
@@ -187,9 +152,7 @@ def gate_policy_to_proto(policy: GatePolicy) -> common_pb2.GatePolicy:
         significance_level=policy.significance_level,
         min_slice_size=policy.min_slice_size,
         min_examples=policy.min_examples,
-        test=_enum_to_proto(  # type: ignore[arg-type]
-            common_pb2.SignificanceTest, "SIGNIFICANCE_TEST_", policy.test
-        ),
+        test=enum_to_proto(common_pb2.SignificanceTest, "SIGNIFICANCE_TEST", policy.test),
         bootstrap_resamples=policy.bootstrap_resamples,
         seed=policy.seed,
     )
@@ -266,19 +229,19 @@ def comparison_to_proto(comparison: MetricComparison) -> common_pb2.MetricCompar
         delta_ci_upper=comparison.delta_ci_upper,
         confidence_level=comparison.confidence_level,
         p_value=comparison.p_value,
-        test=_enum_to_proto(  # type: ignore[arg-type]
-            common_pb2.SignificanceTest, "SIGNIFICANCE_TEST_", comparison.test
-        ),
+        test=enum_to_proto(common_pb2.SignificanceTest, "SIGNIFICANCE_TEST", comparison.test),
         example_count=comparison.example_count,
         higher_is_better=comparison.higher_is_better,
         tolerance=comparison.tolerance,
-        outcome=_enum_to_proto(  # type: ignore[arg-type]
-            common_pb2.ComparisonOutcome, "COMPARISON_OUTCOME_", comparison.outcome
+        outcome=enum_to_proto(
+            common_pb2.ComparisonOutcome, "COMPARISON_OUTCOME", comparison.outcome
         ),
     )
 
 
 def comparison_from_proto(message: common_pb2.MetricComparison) -> MetricComparison:
+    # The casts only narrow the type: the evaluator always sets a comparison's test and outcome
+    # (likewise a baseline's kind and an evaluation's state) in what it stores.
     return MetricComparison(
         metric=message.metric,
         slice=message.slice,
@@ -290,23 +253,30 @@ def comparison_from_proto(message: common_pb2.MetricComparison) -> MetricCompari
         delta_ci_upper=message.delta_ci_upper,
         confidence_level=message.confidence_level,
         p_value=message.p_value,
-        test=_enum_from_proto(
-            common_pb2.SignificanceTest, "SIGNIFICANCE_TEST_", message.test, SignificanceTest
+        test=cast(
+            SignificanceTest,
+            enum_from_proto(
+                common_pb2.SignificanceTest, "SIGNIFICANCE_TEST", message.test, SignificanceTest
+            ),
         ),
         example_count=message.example_count,
         higher_is_better=message.higher_is_better,
         tolerance=message.tolerance,
-        outcome=_enum_from_proto(
-            common_pb2.ComparisonOutcome, "COMPARISON_OUTCOME_", message.outcome, ComparisonOutcome
+        outcome=cast(
+            ComparisonOutcome,
+            enum_from_proto(
+                common_pb2.ComparisonOutcome,
+                "COMPARISON_OUTCOME",
+                message.outcome,
+                ComparisonOutcome,
+            ),
         ),
     )
 
 
 def baseline_to_proto(baseline: Baseline) -> evaluator_pb2.Baseline:
     return evaluator_pb2.Baseline(
-        kind=_enum_to_proto(  # type: ignore[arg-type]
-            evaluator_pb2.BaselineKind, "BASELINE_KIND_", baseline.kind
-        ),
+        kind=enum_to_proto(evaluator_pb2.BaselineKind, "BASELINE_KIND", baseline.kind),
         checkpoint=baseline.checkpoint,
         checkpoint_sha256=baseline.checkpoint_sha256,
         base_model=base_model_to_proto(baseline.base_model),
@@ -317,8 +287,11 @@ def baseline_to_proto(baseline: Baseline) -> evaluator_pb2.Baseline:
 
 def baseline_from_proto(message: evaluator_pb2.Baseline) -> Baseline:
     return Baseline(
-        kind=_enum_from_proto(
-            evaluator_pb2.BaselineKind, "BASELINE_KIND_", message.kind, BaselineKind
+        kind=cast(
+            BaselineKind,
+            enum_from_proto(
+                evaluator_pb2.BaselineKind, "BASELINE_KIND", message.kind, BaselineKind
+            ),
         ),
         checkpoint=message.checkpoint,
         checkpoint_sha256=message.checkpoint_sha256,
@@ -338,15 +311,13 @@ def evaluation_to_proto(evaluation: Evaluation) -> evaluator_pb2.Evaluation:
         checkpoint_sha256=evaluation.checkpoint.sha256,
         model=evaluation.model,
         task_type=task_type_to_proto(evaluation.task_type or evaluation.checkpoint.task_type),
-        state=_enum_to_proto(  # type: ignore[arg-type]
-            evaluator_pb2.EvaluationState, "EVALUATION_STATE_", evaluation.state
-        ),
+        state=enum_to_proto(evaluator_pb2.EvaluationState, "EVALUATION_STATE", evaluation.state),
         verdict=verdict_to_proto(evaluation.verdict),
         metrics=[metric_value_to_proto(v) for v in evaluation.metrics],
         comparisons=[comparison_to_proto(c) for c in evaluation.comparisons],
-        failure_reason=_enum_to_proto(  # type: ignore[arg-type]
+        failure_reason=enum_to_proto(
             evaluator_pb2.EvaluationFailureReason,
-            "EVALUATION_FAILURE_REASON_",
+            "EVALUATION_FAILURE_REASON",
             evaluation.failure_reason,
         ),
         failure_message=evaluation.failure_message,
@@ -360,9 +331,9 @@ def evaluation_to_proto(evaluation: Evaluation) -> evaluator_pb2.Evaluation:
         message.gate_policy.CopyFrom(gate_policy_to_proto(evaluation.gate_policy))
     if evaluation.baseline is not None:
         message.baseline.CopyFrom(baseline_to_proto(evaluation.baseline))
-    _set_time(message.create_time, evaluation.create_time)
-    _set_time(message.start_time, evaluation.start_time)
-    _set_time(message.end_time, evaluation.end_time)
+    set_timestamp(message.create_time, evaluation.create_time)
+    set_timestamp(message.start_time, evaluation.start_time)
+    set_timestamp(message.end_time, evaluation.end_time)
     return message
 
 
@@ -384,15 +355,18 @@ def evaluation_from_proto(
         (c for c in comparisons if c.outcome is ComparisonOutcome.REGRESSED),
         key=lambda c: (c.p_value, -c.drop),
     )
-    create_time = _time(message, "create_time")
+    create_time = datetime_from_timestamp(message, "create_time")
     assert create_time is not None, "a stored evaluation always has a create time"
     return Evaluation(
         name=message.name,
         checkpoint=checkpoint,
         model=message.model,
         create_time=create_time,
-        state=_enum_from_proto(
-            evaluator_pb2.EvaluationState, "EVALUATION_STATE_", message.state, EvaluationState
+        state=cast(
+            EvaluationState,
+            enum_from_proto(
+                evaluator_pb2.EvaluationState, "EVALUATION_STATE", message.state, EvaluationState
+            ),
         ),
         requested_baseline=requested_baseline,
         request_id=request_id,
@@ -407,16 +381,16 @@ def evaluation_from_proto(
         metrics=tuple(metric_value_from_proto(v) for v in message.metrics),
         baseline=baseline_from_proto(message.baseline) if message.HasField("baseline") else None,
         comparisons=comparisons,
-        failure_reason=_enum_from_proto(
+        failure_reason=enum_from_proto(
             evaluator_pb2.EvaluationFailureReason,
-            "EVALUATION_FAILURE_REASON_",
+            "EVALUATION_FAILURE_REASON",
             message.failure_reason,
             FailureReason,
         ),
         failure_message=message.failure_message,
         example_count=message.example_count,
-        start_time=_time(message, "start_time"),
-        end_time=_time(message, "end_time"),
+        start_time=datetime_from_timestamp(message, "start_time"),
+        end_time=datetime_from_timestamp(message, "end_time"),
         regressions=tuple(regressions),
     )
 
@@ -429,7 +403,7 @@ def policy_to_proto(policy: EvaluationPolicy) -> evaluator_pb2.EvaluationPolicy:
         max_new_tokens=policy.max_new_tokens,
         batch_size=policy.batch_size,
     )
-    _set_time(message.update_time, policy.update_time)
+    set_timestamp(message.update_time, policy.update_time)
     return message
 
 
@@ -457,7 +431,7 @@ def evaluation_completed_event(evaluation: Evaluation) -> events_pb2.EvaluationC
         event.evaluation_set.CopyFrom(resource.evaluation_set)
     if resource.HasField("baseline"):
         event.baseline.CopyFrom(resource.baseline)
-    _set_time(event.event_time, evaluation.end_time)
+    set_timestamp(event.event_time, evaluation.end_time)
     return event
 
 
@@ -484,12 +458,12 @@ def regression_detected_event(evaluation: Evaluation) -> events_pb2.RegressionDe
         example_count=worst.example_count,
         tolerance=worst.tolerance,
         regressions=[comparison_to_proto(c) for c in evaluation.regressions],
-        baseline_kind=_enum_to_proto(  # type: ignore[arg-type]
-            evaluator_pb2.BaselineKind, "BASELINE_KIND_", evaluation.baseline.kind
+        baseline_kind=enum_to_proto(
+            evaluator_pb2.BaselineKind, "BASELINE_KIND", evaluation.baseline.kind
         ),
         baseline_checkpoint=evaluation.baseline.checkpoint,
     )
-    _set_time(event.event_time, evaluation.end_time)
+    set_timestamp(event.event_time, evaluation.end_time)
     return event
 
 

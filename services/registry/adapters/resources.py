@@ -7,9 +7,6 @@ the events and the webhook all describe a model, checkpoint or alias the same wa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.registry.adapters.tables import (
     AliasMoveRow,
@@ -27,22 +24,17 @@ from services.registry.domain import (
     Verdict,
     alias_name,
 )
+from shared.protobuf import enum_from_proto, enum_to_proto, timestamp_from_datetime
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import resources_pb2
 
 
-def timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def trigger_to_proto(trigger: MoveTrigger) -> resources_pb2.AliasMoveTrigger.ValueType:
-    return resources_pb2.AliasMoveTrigger.Value(f"ALIAS_MOVE_TRIGGER_{trigger.value}")
+    return enum_to_proto(resources_pb2.AliasMoveTrigger, "ALIAS_MOVE_TRIGGER", trigger)
 
 
 def policy_to_proto(policy: PromotionPolicy) -> resources_pb2.PromotionPolicy.ValueType:
-    return resources_pb2.PromotionPolicy.Value(f"PROMOTION_POLICY_{policy.value}")
+    return enum_to_proto(resources_pb2.PromotionPolicy, "PROMOTION_POLICY", policy)
 
 
 def policy_from_proto(value: int) -> PromotionPolicy:
@@ -53,23 +45,21 @@ def policy_from_proto(value: int) -> PromotionPolicy:
 
 
 def review_to_proto(state: ReviewState) -> resources_pb2.ReviewState.ValueType:
-    return resources_pb2.ReviewState.Value(f"REVIEW_STATE_{state.value}")
+    return enum_to_proto(resources_pb2.ReviewState, "REVIEW_STATE", state)
 
 
 def review_from_proto(value: int) -> ReviewState | None:
-    if value == resources_pb2.REVIEW_STATE_UNSPECIFIED:
-        return None
-    name = resources_pb2.ReviewState.Name(value)  # type: ignore[arg-type]
-    return ReviewState(name.removeprefix("REVIEW_STATE_"))
+    return enum_from_proto(resources_pb2.ReviewState, "REVIEW_STATE", value, ReviewState)
 
 
 def verdict_to_proto(verdict: Verdict) -> common_pb2.EvaluationVerdict.ValueType:
-    return common_pb2.EvaluationVerdict.Value(f"EVALUATION_VERDICT_{verdict.value}")
+    return enum_to_proto(common_pb2.EvaluationVerdict, "EVALUATION_VERDICT", verdict)
 
 
 def verdict_from_proto(value: int) -> Verdict:
-    name = common_pb2.EvaluationVerdict.Name(value)  # type: ignore[arg-type]
-    return Verdict(name.removeprefix("EVALUATION_VERDICT_"))
+    """0 is :attr:`Verdict.UNSPECIFIED`: the registry's verdict names "no verdict yet" itself."""
+    verdict = enum_from_proto(common_pb2.EvaluationVerdict, "EVALUATION_VERDICT", value, Verdict)
+    return Verdict.UNSPECIFIED if verdict is None else verdict
 
 
 def model_to_proto(row: ModelRow, aliases: Sequence[AliasRow]) -> resources_pb2.Model:
@@ -78,8 +68,8 @@ def model_to_proto(row: ModelRow, aliases: Sequence[AliasRow]) -> resources_pb2.
     by_alias = {a.alias: a.checkpoint for a in aliases}
     model.production_checkpoint = by_alias.get(PRODUCTION, "")
     model.candidate_checkpoint = by_alias.get(CANDIDATE, "")
-    model.create_time.CopyFrom(timestamp(row.create_time))
-    model.update_time.CopyFrom(timestamp(row.update_time))
+    model.create_time.CopyFrom(timestamp_from_datetime(row.create_time))
+    model.update_time.CopyFrom(timestamp_from_datetime(row.update_time))
     return model
 
 
@@ -102,13 +92,13 @@ def checkpoint_to_proto(
                 state=review_to_proto(review),
                 reviewer=row.reviewer,
                 reason=row.review_reason,
-                review_time=timestamp(row.review_time) if row.review_time else None,
+                review_time=timestamp_from_datetime(row.review_time),
             )
         )
     checkpoint.aliases.extend(sorted(aliases))
     checkpoint.ever_production = row.ever_production
     checkpoint.rolled_back = row.rolled_back
-    checkpoint.create_time.CopyFrom(timestamp(row.create_time))
+    checkpoint.create_time.CopyFrom(timestamp_from_datetime(row.create_time))
     return checkpoint
 
 
@@ -122,8 +112,8 @@ def move_to_proto(row: AliasMoveRow) -> resources_pb2.AliasMove:
         actor=row.actor,
         reason=row.reason,
         cause=row.cause,
-        trigger_time=timestamp(row.trigger_time),
-        move_time=timestamp(row.move_time),
+        trigger_time=timestamp_from_datetime(row.trigger_time),
+        move_time=timestamp_from_datetime(row.move_time),
     )
 
 

