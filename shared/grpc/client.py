@@ -3,7 +3,7 @@
 Retries use gRPC's own retry policy (a service config on the channel), so they are
 transparent, bounded and backed off with jitter by the library itself; we only choose the
 numbers. A client interceptor puts ``default_timeout`` on any call made without one, because a
-call without a deadline can hang forever when a peer stalls.
+call without a deadline can hang forever when a peer stalls (server-streaming watches excepted).
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ class _DefaultDeadline(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Give every call a deadline: the caller's, or the channel's default."""
+    """Give every call a deadline: the caller's, or the channel's default.
+
+    Server-streaming calls are the exception: in Tuneline they are watches (WatchTrainingJob,
+    WatchAlias) that last as long as the caller wants, so a watch without a deadline is left
+    without one. A peer that dies still ends the stream (UNAVAILABLE).
+    """
 
     def __init__(self, default_timeout: float) -> None:
         self._default = default_timeout
@@ -55,7 +60,7 @@ class _DefaultDeadline(
     def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
-        return continuation(self._details(details), request)
+        return continuation(details, request)
 
     def intercept_stream_unary(
         self, continuation: Callable[..., Any], details: Any, requests: Any

@@ -145,6 +145,21 @@ def test_the_channel_default_deadline_applies_when_the_caller_sets_none(served):
         channel.close()
 
 
+def test_a_server_stream_without_a_deadline_outlives_the_channel_default(served):
+    """Watches are meant to last: the default deadline applies to unary calls only."""
+    server, _, _, _ = served
+    channel = create_channel(f"127.0.0.1:{server.port}", default_timeout=0.3)
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=DATASET_SERVICE))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        time.sleep(0.8)  # well past the default deadline
+        assert watch.is_active()
+        watch.cancel()
+    finally:
+        channel.close()
+
+
 def test_reflection_lists_the_services(served):
     _, channel, _, _ = served
     services = set(ProtoReflectionDescriptorDatabase(channel).get_services())

@@ -96,7 +96,6 @@ class _Details:
     "intercept",
     [
         "intercept_unary_unary",
-        "intercept_unary_stream",
         "intercept_stream_unary",
         "intercept_stream_stream",
     ],
@@ -119,3 +118,17 @@ def test_default_deadline_is_added_only_when_missing(intercept: str) -> None:
     assert no_deadline.metadata == (("k", "v"),)
     assert no_deadline.wait_for_ready is True
     assert with_deadline.timeout == 1.25
+
+
+def test_server_streams_keep_the_callers_choice_of_no_deadline() -> None:
+    """Watches run as long as the caller wants; a deadline they set is kept."""
+    interceptor = _DefaultDeadline(3.5)
+    seen: list[Any] = []
+
+    def continuation(details: Any, request: Any) -> str:
+        seen.append(details)
+        return "stream"
+
+    interceptor.intercept_unary_stream(continuation, _Details(None), "req")
+    interceptor.intercept_unary_stream(continuation, _Details(1.25), "req")
+    assert [details.timeout for details in seen] == [None, 1.25]
