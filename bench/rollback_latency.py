@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kafka import KafkaConsumer, TopicPartition
 
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
+from tests.fixtures.events import start_group_at_end
 from tests.fixtures.registry_events import (
     alertmanager_payload,
     checkpoint_ready,
@@ -49,7 +50,6 @@ from tests.fixtures.registry_events import (
     publish,
     registry_checkpoint,
     regression_detected,
-    start_group_at_end,
 )
 from tuneline.client.registry import RegistryClient
 from tuneline.devtools.kafka import LocalKafka, free_port

@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
-from tests.fixtures.events import read_records
+from tests.fixtures.events import read_records, start_group_at_end
 from tests.fixtures.observability import (
     ALERTMANAGER_BINARY,
     PROMETHEUS_BINARY,
@@ -46,7 +46,6 @@ from tests.fixtures.registry_events import (
     model_definition,
     publish,
     registry_checkpoint,
-    start_group_at_end,
 )
 from tuneline.client.registry import RegistryClient
 from tuneline.devtools.kafka import free_port

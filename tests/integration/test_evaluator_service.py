@@ -41,8 +41,7 @@ from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.adapters import cached_classification_adapter, flip_labels
 from tests.fixtures.evaluation_inputs import StoredSplit, checkpoint_ready, store_split
-from tests.fixtures.events import header, read_records
-from tests.fixtures.registry_events import start_group_at_end
+from tests.fixtures.events import header, read_records, start_group_at_end
 from tests.fixtures.trainer_data import rotten_tomatoes_rows
 from tuneline.cli.main import app as cli
 from tuneline.client.errors import InvalidArgumentError, NotFoundError

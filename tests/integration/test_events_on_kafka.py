@@ -28,8 +28,7 @@ from shared.events import (
     stage_event,
     topic_for,
 )
-from tests.fixtures.events import header, read_records
-from tests.fixtures.registry_events import start_group_at_end
+from tests.fixtures.events import header, read_records, start_group_at_end
 from tuneline.dataset.v1 import events_pb2
 
 pytestmark = pytest.mark.integration

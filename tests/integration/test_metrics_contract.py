@@ -34,6 +34,7 @@ from services.trainer.settings import TrainerSettings
 from shared.events import ensure_topics
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
+from tests.fixtures.events import start_group_at_end
 from tests.fixtures.observability import (
     ALERTMANAGER_BINARY,
     SYNTHETIC_METRICS,
@@ -49,7 +50,6 @@ from tests.fixtures.observability import (
     scrape,
     write_alertmanager_config,
 )
-from tests.fixtures.registry_events import start_group_at_end
 from tuneline.devtools.kafka import free_port
 
 pytestmark = pytest.mark.integration

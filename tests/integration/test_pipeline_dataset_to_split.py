@@ -19,8 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.events import Envelope, topic_for
 from tests.fixtures.datasets import rotten_tomatoes_rows, to_jsonl
-from tests.fixtures.events import read_records
-from tests.fixtures.registry_events import start_group_at_end
+from tests.fixtures.events import read_records, start_group_at_end
 from tuneline.client.dataset import DatasetClient
 from tuneline.client.splitter import SplitterClient
 from tuneline.common.v1 import resources_pb2 as common_pb2

@@ -31,7 +31,7 @@ from services.registry.settings import RegistrySettings
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
-from tests.fixtures.events import header, read_records
+from tests.fixtures.events import header, read_records, start_group_at_end
 from tests.fixtures.registry_events import (
     alertmanager_payload,
     checkpoint_ready,
@@ -41,7 +41,6 @@ from tests.fixtures.registry_events import (
     publish,
     registry_checkpoint,
     regression_detected,
-    start_group_at_end,
 )
 from tuneline.client import FailedPreconditionError, InvalidArgumentError
 from tuneline.client.registry import RegistryClient

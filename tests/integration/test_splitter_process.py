@@ -21,8 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.splitter.bootstrap import SERVICE_NAME
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
-from tests.fixtures.dataset_side import DatasetSide, start_group_at_end
+from tests.fixtures.dataset_side import DatasetSide
 from tests.fixtures.datasets import rotten_tomatoes_rows
+from tests.fixtures.events import start_group_at_end
 from tuneline.client.splitter import SplitterClient
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.devtools.kafka import free_port
@@ -64,7 +65,7 @@ def _wait_serving(target: str, timeout: float = 60.0) -> None:
 
 def test_the_service_runs_as_its_own_process(dataset_side: DatasetSide, unique: str) -> None:
     group = f"test-splitter-process-{unique}"
-    start_group_at_end(dataset_side.bootstrap, group, DATASET_VERSIONED)
+    start_group_at_end(dataset_side.bootstrap, group, [DATASET_VERSIONED])
     port = free_port()
     env = {
         **os.environ,

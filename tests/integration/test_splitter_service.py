@@ -25,9 +25,9 @@ from services.splitter.settings import SplitterSettings
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
-from tests.fixtures.dataset_side import DatasetSide, start_group_at_end
+from tests.fixtures.dataset_side import DatasetSide
 from tests.fixtures.datasets import rotten_tomatoes_rows
-from tests.fixtures.events import header
+from tests.fixtures.events import header, start_group_at_end
 from tuneline.cli.main import app as cli
 from tuneline.client.errors import (
     FailedPreconditionError,
@@ -92,7 +92,7 @@ def dataset_side(
 @pytest.fixture(scope="module")
 def splitter(dataset_side: DatasetSide) -> Iterator[Splitter]:
     group = f"test-splitter-{os.getpid()}-{time.time_ns()}"
-    start_group_at_end(dataset_side.bootstrap, group, DATASET_VERSIONED)
+    start_group_at_end(dataset_side.bootstrap, group, [DATASET_VERSIONED])
     runtime = build_runtime(
         SPEC,
         CommonSettings(kafka_bootstrap=dataset_side.bootstrap, data_dir=dataset_side.data_dir),
