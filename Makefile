@@ -1,4 +1,4 @@
-# The two entry points a person needs: `make up` (the main job) and `make test`.
+# The two entry points a person needs: `make demo` (the main job) and `make test`.
 # Everything they need is installed from the project's own files into .venv/ and node_modules/.
 
 PYTHON ?= python3.11
@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck contracts unit setup kafka-jars deploy-tools clean
+.PHONY: demo up test lint typecheck contracts unit setup kafka-jars deploy-tools clean
 
 $(STAMP): pyproject.toml package.json package-lock.json requirements/data-packages.txt
 	@command -v java >/dev/null || { echo "error: Java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
@@ -30,7 +30,11 @@ deploy-tools:
 kafka-jars: $(STAMP)
 	$(BIN)/tuneline dev kafka provision
 
-## The main job: bring up the local stack (Kafka + the five services) in the foreground.
+## The main job: the whole platform on real data, from set-up to an alert-driven rollback.
+demo: kafka-jars
+	$(BIN)/tuneline demo
+
+## The local stack (Kafka + the five services) in the foreground, for your own data.
 up: kafka-jars
 	$(BIN)/tuneline up
 

@@ -9,6 +9,7 @@ from tuneline.cli import (
     base_models,
     checkpoints,
     datasets,
+    demo,
     dev,
     evals,
     jobs,
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.command()(stack.up)
 app.command()(stack.down)
+app.command()(demo.demo)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(splits.app, name="splits")
 app.add_typer(jobs.app, name="jobs")

@@ -300,7 +300,10 @@ class LocalKafka:
             )
         return found
 
-    def _check_java_version(self, java: str) -> None:
+    def check_java_version(self, java: str | None = None) -> None:
+        """Raise :class:`KafkaPrerequisiteError` when ``java`` (default: the one found) is
+        older than Kafka 4 needs; an unreadable version is let through."""
+        java = java or self.java_executable()
         try:
             out = subprocess.run(
                 [java, "-version"], capture_output=True, text=True, timeout=30, check=False
@@ -539,7 +542,7 @@ class LocalKafka:
             self._wait_ready(time.monotonic() + timeout, pid)
             return self.bootstrap
 
-        self._check_java_version(self.java_executable())
+        self.check_java_version()
         provision_began = time.monotonic()
         self.provision()  # a cold Maven run counts neither toward the timeout nor start-up time
         self.provision_seconds = round(time.monotonic() - provision_began, 3)

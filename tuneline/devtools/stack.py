@@ -10,10 +10,13 @@ service's health check reports SERVING. ``stack.json`` is also the lock that mak
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +31,11 @@ from tuneline.devtools.kafka import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, Local
 
 #: Start order follows the event flow, so each consumer's producer is already up.
 SERVICE_NAMES = ("dataset", "splitter", "trainer", "evaluator", "registry")
+#: Services that call another over gRPC: the setting naming the peer, and the peer.
+PEER_TARGETS = {
+    "trainer": ("SPLITTER_TARGET", "splitter"),
+    "evaluator": ("REGISTRY_TARGET", "registry"),
+}
 
 
 class StackError(RuntimeError):
@@ -105,13 +113,55 @@ class StackPorts:
     metrics_base: int = 9101
     webhook: int = 9095
 
+    @classmethod
+    def free(cls, *, attempts: int = 200) -> StackPorts:
+        """Ports that are free right now, for tests and side-by-side stacks: each base starts
+        a block of consecutive free ports, one per service."""
+        draw = random.Random()
+        blocks: list[int] = []
+        for _ in range(attempts):
+            base = draw.randrange(20000, 60000 - len(SERVICE_NAMES))
+            block = range(base, base + len(SERVICE_NAMES))
+            if all(_port_free(port) for port in block) and not any(
+                abs(base - other) < len(SERVICE_NAMES) for other in blocks
+            ):
+                blocks.append(base)
+            if len(blocks) == 3:
+                kafka, grpc_base, metrics_base = blocks
+                return cls(
+                    kafka=kafka,
+                    kafka_controller=kafka + 1,
+                    grpc_base=grpc_base,
+                    metrics_base=metrics_base,
+                    webhook=kafka + 2,
+                )
+        raise StackError("found no free block of ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
 
 class LocalStack:
     """Start, watch and stop the broker and the services under one home directory."""
 
-    def __init__(self, home: Path, ports: StackPorts | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        ports: StackPorts | None = None,
+        *,
+        kafka_bootstrap: str | None = None,
+    ) -> None:
+        """``kafka_bootstrap`` points the services at a broker that is already running (one
+        this stack neither starts nor stops); without it the stack runs its own."""
         self.home = home.absolute()
         self.ports = ports or StackPorts()
+        self.external_kafka = kafka_bootstrap
         self.state_path = self.home / "stack.json"
         self.logs_dir = self.home / "logs"
         self.data_dir = self.home / "data"
@@ -123,6 +173,12 @@ class LocalStack:
             controller_port=self.ports.kafka_controller,
         )
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._env: Mapping[str, str] = os.environ
+        self._state: StackState | None = None
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.external_kafka or self.kafka.bootstrap
 
     def running(self) -> StackState | None:
         """The state of a live stack from this home: its supervisor or any service is alive."""
@@ -135,7 +191,7 @@ class LocalStack:
         prefix = f"TUNELINE_{service.name.upper()}_"
         env = {
             **base,
-            "TUNELINE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "TUNELINE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "TUNELINE_DATA_DIR": str(self.data_dir),
             f"{prefix}GRPC_PORT": str(service.grpc_port),
             f"{prefix}METRICS_PORT": str(service.metrics_port),
@@ -143,6 +199,9 @@ class LocalStack:
         }
         for key, port in service.extra_ports.items():
             env[f"{prefix}{key.upper()}_PORT"] = str(port)
+        if service.name in PEER_TARGETS:
+            setting, peer = PEER_TARGETS[service.name]
+            env[f"{prefix}{setting}"] = next(s.target for s in self.plan() if s.name == peer)
         if service.name == "registry":
             env[f"{prefix}WEBHOOK_TOKEN_FILE"] = str(self.webhook_token_path)
         return env
@@ -177,28 +236,21 @@ class LocalStack:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._ensure_webhook_token()
-        self.kafka.start(timeout=timeout)
+        if self.external_kafka is None:
+            self.kafka.start(timeout=timeout)
+        self._env = dict(env if env is not None else os.environ)
         services = self.plan()
         state = StackState(
             home=str(self.home),
             pid=os.getpid(),
-            kafka_bootstrap=self.kafka.bootstrap,
+            kafka_bootstrap=self.kafka_bootstrap,
             data_dir=str(self.data_dir),
             services=services,
         )
+        self._state = state
         try:
             for service in services:
-                with open(service.log, "ab") as log:
-                    process = subprocess.Popen(
-                        [sys.executable, "-m", f"services.{service.name}.entrypoints.main"],
-                        env=self._service_env(service, env if env is not None else os.environ),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us
-                    )
-                self._processes[service.name] = process
-                service.pid = process.pid
+                self._spawn(service)
             state.save(self.state_path)
             deadline = time.monotonic() + timeout
             for service in services:
@@ -207,6 +259,46 @@ class LocalStack:
             self.down(state)
             raise
         return state
+
+    def _spawn(self, service: ServiceProcess) -> None:
+        with open(service.log, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{service.name}.entrypoints.main"],
+                env=self._service_env(service, self._env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us
+            )
+        self._processes[service.name] = process
+        service.pid = process.pid
+
+    def _service(self, name: str) -> ServiceProcess:
+        if self._state is None:
+            raise StackError("the stack was not started by this process")
+        for service in self._state.services:
+            if service.name == name:
+                return service
+        raise StackError(f"no service named {name!r}")
+
+    def kill_service(self, name: str) -> None:
+        """SIGKILL one service's whole process group (its worker processes included), as a
+        crash or an OOM kill would, and reap it."""
+        self._service(name)
+        process = self._processes[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def start_service(self, name: str, *, timeout: float = 120.0) -> None:
+        """Start one service again (after :meth:`kill_service`) and wait until it serves."""
+        service = self._service(name)
+        if self._processes[name].poll() is None:
+            raise StackError(f"{name} is still running")
+        self._spawn(service)
+        assert self._state is not None
+        self._state.save(self.state_path)
+        self._wait_serving(service, time.monotonic() + timeout)
 
     def _wait_serving(self, service: ServiceProcess, deadline: float) -> None:
         process = self._processes[service.name]
@@ -251,7 +343,8 @@ class LocalStack:
                 os.kill(pid, signal.SIGKILL)
                 while self._running(pid):
                     time.sleep(0.05)
-        self.kafka.stop()
+        if self.external_kafka is None:
+            self.kafka.stop()
         self.state_path.unlink(missing_ok=True)
 
     def _running(self, pid: int) -> bool:

@@ -1,0 +1,332 @@
+"""The demo's story across five separate service processes on a real broker, with crashes.
+
+The five services run as processes (``LocalStack`` against the test broker), and the scripted
+demo (:func:`tuneline.demo.scenario.run_demo`, with small data and budgets) drives them through
+their public APIs and events only: real Rotten Tomatoes reviews, real MiniLM LoRA training,
+real evaluation against the base model and then against production.
+
+While the first dataset version flows through, every service is SIGKILLed once (its whole
+process group, workers included) at a moment it has work in hand, then started again:
+
+* dataset — as the first version is about to be uploaded (the stack loses its front door);
+* splitter — when that version's DatasetVersioned appears (it is splitting);
+* trainer — at the job's first intermediate checkpoint (training is half done);
+* evaluator — at the final CheckpointReady (the evaluation is queued or running);
+* registry — at EvaluationCompleted (it is deciding the promotion).
+
+The tests then check that every event came in causal order and that each effect happened
+exactly once, then the regression and rollback legs.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from shared.events import ensure_topics, topic_for
+from shared.modeling import default_models_root
+from shared.modeling.packaged import prepare_packaged_models
+from tests.fixtures.events import start_group_at_end
+from tuneline.client.evaluator import EvaluatorClient
+from tuneline.client.registry import RegistryClient
+from tuneline.client.splitter import SplitterClient
+from tuneline.client.trainer import TrainerClient
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.demo.scenario import (
+    ENCODER,
+    DemoConfig,
+    DemoObserver,
+    DemoSummary,
+    StackEndpoints,
+    run_demo,
+)
+from tuneline.demo.timeline import PIPELINE_EVENTS, SeenEvent
+from tuneline.devtools.stack import SERVICE_NAMES, LocalStack, StackPorts, StackState
+from tuneline.registry.v1 import resources_pb2 as registry_pb2
+
+pytestmark = pytest.mark.integration
+
+#: Small, but enough for MiniLM to learn on two CPU cores: ~50 and ~100 steps.
+CONFIG = DemoConfig(
+    evaluation_rows=240,
+    first_rows=480,
+    grown_rows=960,
+    flip_fraction=0.8,
+    epochs=2.0,
+    batch_size=16,
+    learning_rate=3e-3,
+    max_seq_length=48,
+    eval_every_n_steps=20,
+    event_timeout=420.0,
+)
+
+
+@dataclass
+class Crashes(DemoObserver):
+    """Kills each service once at its moment in the first round, and restarts it."""
+
+    stack: LocalStack
+    kills: list[tuple[str, int, int]] = field(default_factory=list)  # service, old pid, new pid
+    errors: list[BaseException] = field(default_factory=list)
+    _pending: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    _done: set[str] = field(default_factory=set)
+    _round: int = 0
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="crashes", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._pending.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=300)
+
+    def settle(self, timeout: float = 300.0) -> None:
+        """Wait until every requested crash has been restarted."""
+        deadline = time.monotonic() + timeout
+        while self._pending.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def _crash(self, name: str) -> None:
+        if name not in self._done:
+            self._done.add(name)
+            self._pending.put(name)
+
+    def _work(self) -> None:
+        while (name := self._pending.get()) is not None:
+            try:
+                old = self._pid(name)
+                self.stack.kill_service(name)
+                self.stack.start_service(name, timeout=180)
+                self.kills.append((name, old, self._pid(name)))
+            except BaseException as error:  # noqa: BLE001 - reported by the test
+                self.errors.append(error)
+            finally:
+                self._pending.task_done()
+        self._pending.task_done()
+
+    def _pid(self, name: str) -> int:
+        state = self.stack.running()
+        assert state is not None
+        return next(s.pid for s in state.services if s.name == name)
+
+    # -- the moments --------------------------------------------------------------------------
+
+    def stage(self, title: str) -> None:
+        if title.startswith("Version 1"):
+            self._round = 1
+            self._crash("dataset")
+            self.settle()  # the upload needs the dataset service back
+
+    def event(self, seen: SeenEvent) -> None:
+        if self._round != 1:
+            return
+        message = seen.message
+        if seen.kind == "DatasetVersioned" and "heldout" not in message.dataset:
+            self._crash("splitter")
+        elif seen.kind == "CheckpointReady" and not message.is_final:
+            self._crash("trainer")
+        elif seen.kind == "CheckpointReady" and message.is_final:
+            self._crash("evaluator")
+        elif seen.kind == "EvaluationCompleted":
+            self._crash("registry")
+        elif seen.kind == "ModelPromoted":
+            self._round = 2
+
+
+@dataclass
+class DemoRun:
+    summary: DemoSummary
+    crashes: Crashes
+    state: StackState
+
+
+@pytest.fixture(scope="module")
+def demo_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    models_root = default_models_root()
+    prepare_packaged_models(models_root, names=(ENCODER,))
+    unique = uuid.uuid4().hex[:8]
+    topics = [topic_for(kind) for kind in PIPELINE_EVENTS]
+    ensure_topics(kafka_bootstrap, topics)
+    env = dict(os.environ)
+    for name in SERVICE_NAMES:
+        group = f"test-demo-{name}-{unique}"
+        # a fresh group would replay earlier tests' events from the shared broker
+        start_group_at_end(kafka_bootstrap, group, topics)
+        env[f"TUNELINE_{name.upper()}_CONSUMER_GROUP"] = group
+    env["TUNELINE_TRAINER_MODELS_ROOT"] = str(models_root)
+    env["TUNELINE_EVALUATOR_MODELS_ROOT"] = str(models_root)
+    env["TUNELINE_EVALUATOR_MAX_SEQ_LENGTH"] = str(CONFIG.max_seq_length)
+    home: Path = tmp_path_factory.mktemp("demo-stack")
+    stack = LocalStack(home, StackPorts.free(), kafka_bootstrap=kafka_bootstrap)
+    state = stack.up(env=env, timeout=240)
+    crashes = Crashes(stack)
+    crashes.start()
+    try:
+        registry = next(s for s in state.services if s.name == "registry")
+        targets = {s.name: s.target for s in state.services}
+        endpoints = StackEndpoints(
+            kafka_bootstrap=kafka_bootstrap,
+            dataset=targets["dataset"],
+            splitter=targets["splitter"],
+            trainer=targets["trainer"],
+            registry=targets["registry"],
+            webhook_url=f"http://127.0.0.1:{registry.extra_ports['webhook']}/v1/alerts",
+            webhook_token=stack.webhook_token_path.read_text().strip(),
+        )
+        summary = run_demo(CONFIG, endpoints, crashes)
+        crashes.settle()
+        for result in summary.rounds:  # shown with a failure, and with -s
+            print(
+                f"{result.label}: {result.steps} steps in {result.seconds:.0f} s, "
+                f"accuracy {result.baseline_accuracy} -> {result.accuracy}, {result.verdict}"
+            )
+        yield DemoRun(summary, crashes, stack.running() or state)
+    finally:
+        crashes.stop()
+        stack.down(state)
+
+
+def _index(events: list[SeenEvent], kind: str, **fields: object) -> int:
+    """The position of the one event of ``kind`` whose fields match (duplicates fail)."""
+    found = [
+        i
+        for i, seen in enumerate(events)
+        if seen.kind == kind and all(getattr(seen.message, k) == v for k, v in fields.items())
+    ]
+    ids = {events[i].id for i in found}
+    assert len(ids) == 1, f"{kind} {fields}: {len(ids)} distinct events"
+    return found[0]
+
+
+def test_every_service_was_killed_and_came_back(demo_run: DemoRun):
+    assert not demo_run.crashes.errors
+    killed = {name for name, _old, _new in demo_run.crashes.kills}
+    assert killed == set(SERVICE_NAMES)
+    for name, old, new in demo_run.crashes.kills:
+        assert old != new, name
+    running = {s.name: s.pid for s in demo_run.state.services}
+    assert all(running[name] == new for name, _old, new in demo_run.crashes.kills)
+
+
+def test_each_round_flows_in_causal_order_with_each_event_once(demo_run: DemoRun):
+    events = demo_run.summary.events
+    for result in demo_run.summary.rounds:
+        version = _index(events, "DatasetVersioned", dataset_version=result.dataset_version)
+        split = _index(events, "SplitCreated", dataset_version=result.dataset_version)
+        started = _index(events, "TrainingJobStarted", training_job=result.training_job)
+        final = _index(events, "CheckpointReady", checkpoint=result.checkpoint)
+        completed = _index(events, "TrainingJobCompleted", training_job=result.training_job)
+        evaluated = _index(events, "EvaluationCompleted", checkpoint=result.checkpoint)
+        assert version < split < started < final < evaluated, result.label
+        assert started < completed, result.label
+        steps = [
+            e.message.step
+            for e in events
+            if e.kind == "CheckpointReady" and e.message.training_job == result.training_job
+        ]
+        dupes = [step for step, count in Counter(steps).items() if count > 1]
+        ids = [
+            e.id
+            for e in events
+            if e.kind == "CheckpointReady" and e.message.training_job == result.training_job
+        ]
+        # a checkpoint may be re-sent by an outbox after a crash, but only with its own id
+        assert len(set(ids)) == len(set(steps)), (result.label, dupes)
+        assert result.checkpoint.endswith(f"step-{result.steps}")
+        if result.promoted:
+            promoted = _index(events, "ModelPromoted", source_checkpoint=result.checkpoint)
+            assert evaluated < promoted
+        else:
+            regressed = _index(events, "RegressionDetected", checkpoint=result.checkpoint)
+            assert evaluated < regressed
+    assert [e.kind for e in events].count("TrainingJobFailed") == 0
+
+
+def test_each_effect_was_applied_once_in_every_service(demo_run: DemoRun):
+    summary = demo_run.summary
+    targets = {s.name: s.target for s in demo_run.state.services}
+    dataset = summary.rounds[0].dataset_version.rsplit("/versions/", 1)[0]
+    with (
+        SplitterClient(targets["splitter"]) as splitter,
+        TrainerClient(targets["trainer"]) as trainer,
+        EvaluatorClient(targets["evaluator"]) as evaluator,
+        RegistryClient(targets["registry"]) as registry,
+    ):
+        assert [len(list(splitter.list_splits(r.dataset_version))) for r in summary.rounds] == [
+            1,
+            1,
+            1,
+        ]
+        jobs = list(trainer.list_training_jobs(target_model=summary.model))
+        assert sorted(j.name for j in jobs) == sorted(r.training_job for r in summary.rounds)
+        assert {j.split.rsplit("/splits/", 1)[0] for j in jobs} == {
+            r.dataset_version for r in summary.rounds
+        }
+        evaluations = list(evaluator.list_evaluations(model=summary.model))
+        assert sorted(e.checkpoint for e in evaluations) == sorted(
+            r.checkpoint for r in summary.rounds
+        )
+        moves = list(registry.list_alias_history(f"{summary.model}/aliases/production"))
+    triggers = [registry_pb2.AliasMoveTrigger.Name(m.trigger) for m in moves]
+    assert triggers == [
+        "ALIAS_MOVE_TRIGGER_PROMOTION",
+        "ALIAS_MOVE_TRIGGER_PROMOTION",
+        "ALIAS_MOVE_TRIGGER_ROLLBACK_ALERT",
+    ]
+    assert dataset.startswith("datasets/reviews-")
+
+
+def test_training_learned_and_a_grown_version_replaced_production(demo_run: DemoRun):
+    first, grown, _flipped = demo_run.summary.rounds
+    assert first.baseline == "base model"
+    assert first.accuracy is not None
+    assert first.baseline_accuracy is not None
+    assert first.accuracy >= first.baseline_accuracy + 0.08, first
+    assert grown.baseline == first.registry_checkpoint  # compared with production
+    assert grown.verdict == "PASSED"
+    assert grown.promoted
+    assert grown.rows == CONFIG.grown_rows
+    assert first.rows == CONFIG.first_rows
+    trend = [loss for _step, loss, _val in grown.loss_trend if loss is not None]
+    assert trend[-1] < trend[0]
+
+
+def test_flipped_labels_are_refused_and_the_alert_rolls_back(demo_run: DemoRun):
+    summary = demo_run.summary
+    first, grown, flipped = summary.rounds
+    assert flipped.verdict == "REGRESSED"
+    assert not flipped.promoted
+    assert flipped.accuracy is not None
+    assert grown.accuracy is not None
+    assert flipped.accuracy < grown.accuracy - 0.1
+    assert "accuracy" in flipped.regression or "macro_f1" in flipped.regression
+    assert not [
+        e
+        for e in summary.events
+        if e.kind == "ModelPromoted" and e.message.source_checkpoint == flipped.checkpoint
+    ]
+    rollback = summary.rollback
+    assert rollback is not None
+    assert rollback.trigger == "ROLLBACK_ALERT"
+    assert (rollback.from_checkpoint, rollback.to_checkpoint) == (
+        grown.registry_checkpoint,
+        first.registry_checkpoint,
+    )
+    assert summary.production_checkpoint == first.registry_checkpoint
+    verdicts = [
+        common_pb2.EvaluationVerdict.Name(e.message.verdict)
+        for e in summary.events
+        if e.kind == "EvaluationCompleted"
+    ]
+    assert verdicts.count("EVALUATION_VERDICT_REGRESSED") == 1

