@@ -40,7 +40,7 @@ up: kafka-jars
 
 ## The test command: lint, types, contracts, then every test (integration on a real broker).
 test: setup kafka-jars lint typecheck contracts
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

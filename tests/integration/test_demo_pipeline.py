@@ -28,13 +28,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shared.events import ensure_topics, topic_for
+from shared.events import KafkaEventPublisher, ensure_topics, topic_for
 from shared.modeling import default_models_root
 from shared.modeling.packaged import prepare_packaged_models
-from tests.fixtures.events import start_group_at_end
+from tests.fixtures.events import read_records, start_group_at_end
+from tests.fixtures.registry_events import publish, regression_detected
+from tuneline.client.errors import FailedPreconditionError
 from tuneline.client.evaluator import EvaluatorClient
 from tuneline.client.registry import RegistryClient
 from tuneline.client.splitter import SplitterClient
@@ -50,9 +53,12 @@ from tuneline.demo.scenario import (
 )
 from tuneline.demo.timeline import PIPELINE_EVENTS, SeenEvent
 from tuneline.devtools.stack import SERVICE_NAMES, LocalStack, StackPorts, StackState
+from tuneline.registry.v1 import events_pb2 as registry_events
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
 
 pytestmark = pytest.mark.integration
+
+ROLLBACK_REGRESSION = registry_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_REGRESSION
 
 #: Small, but enough for MiniLM to learn on two CPU cores: ~50 and ~100 steps.
 CONFIG = DemoConfig(
@@ -324,3 +330,50 @@ def test_flipped_labels_are_refused_and_the_alert_rolls_back(demo_run: DemoRun):
         if e.kind == "EvaluationCompleted"
     ]
     assert verdicts.count("EVALUATION_VERDICT_REGRESSED") == 1
+
+
+def test_rollback_by_event_and_by_rpc_reach_the_registry_process(
+    demo_run: DemoRun, kafka_bootstrap: str
+):
+    """The other two rollback triggers, on the same processes: a RegressionDetected about the
+    checkpoint in production (delivered twice: one rollback), then RollbackModel with nothing
+    good left to go back to (FAILED_PRECONDITION, nothing moves)."""
+    summary = demo_run.summary
+    first, grown, _flipped = summary.rounds
+    model_id = summary.model.removeprefix("models/")
+    job = grown.training_job.removeprefix("trainingJobs/")
+    targets = {s.name: s.target for s in demo_run.state.services}
+    with RegistryClient(targets["registry"]) as registry:
+        # a person puts the grown checkpoint back explicitly (automatic promotion never would)
+        registry.promote(grown.registry_checkpoint, actor="sre@example.com", reason="re-check")
+        assert registry.production(summary.model).checkpoint == grown.registry_checkpoint
+        regression = regression_detected(model_id, job, grown.steps, evaluation="evaluations/x")
+        regression.checkpoint_sha256 = registry.get_checkpoint(grown.registry_checkpoint).sha256
+        publisher = KafkaEventPublisher(kafka_bootstrap, client_id="test-demo-regression")
+        try:
+            envelope = publish(publisher, regression)
+            publisher.publish(envelope)  # delivered twice, as at-least-once delivery may
+        finally:
+            publisher.close()
+
+        def regression_rollback(record: Any) -> bool:
+            move = registry_events.ModelRolledBack.FromString(record.value)
+            return move.model == summary.model and move.trigger == ROLLBACK_REGRESSION
+
+        rolled_back: list[Any] = read_records(
+            kafka_bootstrap,
+            topic_for(registry_events.ModelRolledBack),
+            regression_rollback,
+            expected=1,
+            timeout=60,
+            settle=3,
+        )
+        assert len(rolled_back) == 1  # the same trigger twice rolls back once
+        move = registry_events.ModelRolledBack.FromString(rolled_back[0].value)
+        assert (move.from_checkpoint, move.to_checkpoint) == (
+            grown.registry_checkpoint,
+            first.registry_checkpoint,
+        )
+        with pytest.raises(FailedPreconditionError):
+            registry.rollback(summary.model, reason="nothing good before the first checkpoint")
+        assert registry.production(summary.model).checkpoint == first.registry_checkpoint

@@ -216,7 +216,7 @@ def _summary_tables(summary: DemoSummary) -> list[Table]:
             move.from_checkpoint.rsplit("/", 1)[-1] or "∅",
             move.to_checkpoint.rsplit("/", 1)[-1] or "∅",
             registry_pb2.AliasMoveTrigger.Name(move.trigger).removeprefix("ALIAS_MOVE_TRIGGER_"),
-            move.reason[:80],
+            move.reason,
         )
     return [versions, history]
 
