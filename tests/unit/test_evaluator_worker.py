@@ -81,12 +81,14 @@ def test_an_engine_failure_keeps_its_reason_across_the_pipe(worker, tmp_path):
 
 
 def test_a_killed_worker_fails_its_job_and_the_next_job_gets_a_new_one(worker, tmp_path):
-    job = _job(tmp_path, rows=4000)  # long enough to be killed while it runs
+    # long enough to be killed while it runs: 4,000 rows once finished within the second the
+    # killer waited on an idle machine; 20,000 rows and half a second leave a wide margin
+    job = _job(tmp_path, rows=20_000)
     first_pid = worker.pid
     assert first_pid is not None
 
     def kill_soon() -> None:
-        time.sleep(1.0)
+        time.sleep(0.5)
         os.kill(first_pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_soon)
