@@ -43,7 +43,6 @@ from kafka import KafkaConsumer, TopicPartition
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
 from tests.fixtures.events import start_group_at_end
 from tests.fixtures.registry_events import (
-    alertmanager_payload,
     checkpoint_ready,
     evaluation_completed,
     model_definition,
@@ -51,6 +50,7 @@ from tests.fixtures.registry_events import (
     registry_checkpoint,
     regression_detected,
 )
+from tuneline.client.alerts import alertmanager_notification
 from tuneline.client.registry import RegistryClient
 from tuneline.devtools.kafka import LocalKafka, free_port
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
@@ -251,7 +251,7 @@ def run(bootstrap: str, trials: int) -> bool:
                         else:
                             outcome = post(
                                 webhook_url,
-                                alertmanager_payload(
+                                alertmanager_notification(
                                     model_id,
                                     fingerprint=uuid.uuid4().hex[:16],
                                     starts_at=datetime.now(UTC),

@@ -178,17 +178,8 @@ def demo_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     crashes = Crashes(stack)
     crashes.start()
     try:
-        registry = next(s for s in state.services if s.name == "registry")
-        targets = {s.name: s.target for s in state.services}
-        endpoints = StackEndpoints(
-            kafka_bootstrap=kafka_bootstrap,
-            dataset=targets["dataset"],
-            splitter=targets["splitter"],
-            trainer=targets["trainer"],
-            registry=targets["registry"],
-            webhook_url=f"http://127.0.0.1:{registry.extra_ports['webhook']}/v1/alerts",
-            webhook_token=stack.webhook_token_path.read_text().strip(),
-        )
+        token = stack.webhook_token_path.read_text().strip()
+        endpoints = StackEndpoints.of_stack(state, token)
         summary = run_demo(CONFIG, endpoints, crashes)
         crashes.settle()
         for result in summary.rounds:  # shown with a failure, and with -s

@@ -33,7 +33,6 @@ from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.events import header, read_records, start_group_at_end
 from tests.fixtures.registry_events import (
-    alertmanager_payload,
     checkpoint_ready,
     comparison,
     evaluation_completed,
@@ -43,6 +42,7 @@ from tests.fixtures.registry_events import (
     regression_detected,
 )
 from tuneline.client import FailedPreconditionError, InvalidArgumentError
+from tuneline.client.alerts import alertmanager_notification
 from tuneline.client.registry import RegistryClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.devtools.kafka import free_port
@@ -293,7 +293,7 @@ def test_rollback_by_alertmanager_webhook(service, client, publisher, kafka_boot
     model_id = _new_model(client)
     a, b, c = _three_in_production(client, publisher, model_id)
     url = _webhook(service).url
-    payload = alertmanager_payload(
+    payload = alertmanager_notification(
         model_id, fingerprint=uuid.uuid4().hex[:16], starts_at=datetime.now(UTC)
     )
     assert _post(url, payload, None)[0] == 401
@@ -303,7 +303,7 @@ def test_rollback_by_alertmanager_webhook(service, client, publisher, kafka_boot
     assert (status, body["alerts"][0]["outcome"]) == (200, "rolled_back")
     status, body = _post(url, payload, TOKEN)  # Alertmanager re-sends the same incident
     assert (status, body["alerts"][0]["outcome"]) == (200, "duplicate")
-    resolved = alertmanager_payload(
+    resolved = alertmanager_notification(
         model_id, fingerprint="other", starts_at=datetime.now(UTC), status="resolved"
     )
     assert _post(url, resolved, TOKEN)[1]["alerts"][0]["outcome"] == "resolved"
@@ -455,7 +455,7 @@ def test_the_registry_process_rolls_back_by_alert_across_processes(
             _wait_for(lambda: _listening(registry), timeout=60, what="the registry process")
             model_id = _new_model(registry)
             a, b = (_promote_by_events(registry, publisher, model_id, job) for job in "ab")
-            payload = alertmanager_payload(
+            payload = alertmanager_notification(
                 model_id,
                 fingerprint="proc",
                 starts_at=datetime.now(UTC) + timedelta(seconds=1),

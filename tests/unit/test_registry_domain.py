@@ -30,7 +30,7 @@ from services.registry.domain import (
     registry_checkpoint_id,
 )
 from shared.errors import FailedPrecondition, InvalidArgument
-from tests.fixtures.registry_events import alertmanager_payload
+from tuneline.client.alerts import alertmanager_notification
 
 PROMO, ROLLBACK = MoveTrigger.PROMOTION, MoveTrigger.ROLLBACK_REGRESSION
 
@@ -245,7 +245,7 @@ START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def test_alertmanager_payload_is_read_with_nanosecond_times_and_labels():
-    payload = alertmanager_payload("sentiment", fingerprint="abc123", starts_at=START)
+    payload = alertmanager_notification("sentiment", fingerprint="abc123", starts_at=START)
     (notice,) = parse_alertmanager_payload(payload)
     assert notice.firing
     assert notice.model_id == "sentiment"
@@ -256,7 +256,7 @@ def test_alertmanager_payload_is_read_with_nanosecond_times_and_labels():
 
 
 def test_model_label_may_be_the_full_resource_name_and_resolved_is_not_firing():
-    payload = alertmanager_payload(
+    payload = alertmanager_notification(
         "models/sentiment", fingerprint="f", starts_at=START, status="resolved"
     )
     payload["commonLabels"] = {}
@@ -276,7 +276,7 @@ def test_model_label_may_be_the_full_resource_name_and_resolved_is_not_firing():
     ],
 )
 def test_malformed_payloads_are_refused(mutate, message):
-    payload = alertmanager_payload("m", fingerprint="f", starts_at=START)
+    payload = alertmanager_notification("m", fingerprint="f", starts_at=START)
     mutate(payload)
     with pytest.raises(ValueError, match=message):
         parse_alertmanager_payload(payload)

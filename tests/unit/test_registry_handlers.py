@@ -33,7 +33,6 @@ from shared.db import create_database_engine, create_schema, create_session_fact
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.events import OutboxEvent
 from tests.fixtures.registry_events import (
-    alertmanager_payload,
     checkpoint_ready,
     comparison,
     evaluation_completed,
@@ -41,6 +40,7 @@ from tests.fixtures.registry_events import (
     registry_checkpoint,
     regression_detected,
 )
+from tuneline.client.alerts import alertmanager_notification
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import events_pb2, resources_pb2, service_pb2
 
@@ -442,12 +442,12 @@ def test_rpc_rollback_is_idempotent_by_request_id_and_validates_input(registry: 
 def test_alerts_roll_back_once_per_incident_and_ignore_resolved(registry: Registry):
     _three_in_production(registry)
     starts = registry.deps.clock()
-    payload = alertmanager_payload(MODEL, fingerprint="fp1", starts_at=starts)
+    payload = alertmanager_notification(MODEL, fingerprint="fp1", starts_at=starts)
     (notice,) = parse_alertmanager_payload(payload)
     outcomes = [registry.run(lambda s: handlers.on_alert(s, registry.deps, notice)) for _ in "12"]
     assert outcomes == ["rolled_back", "duplicate"]
     (resolved,) = parse_alertmanager_payload(
-        alertmanager_payload(MODEL, fingerprint="fp1", starts_at=starts, status="resolved")
+        alertmanager_notification(MODEL, fingerprint="fp1", starts_at=starts, status="resolved")
     )
     assert registry.run(lambda s: handlers.on_alert(s, registry.deps, resolved)) == "resolved"
     (rolled,) = registry.outbox(events_pb2.ModelRolledBack)
@@ -461,7 +461,7 @@ def test_concurrent_triggers_about_one_incident_roll_back_exactly_once(registry:
     _three_in_production(registry)
     starts = registry.deps.clock()
     (notice,) = parse_alertmanager_payload(
-        alertmanager_payload(MODEL, fingerprint="fp", starts_at=starts)
+        alertmanager_notification(MODEL, fingerprint="fp", starts_at=starts)
     )
     regression = regression_detected(MODEL, "c", 100, evaluation="evaluations/golden-c")
     triggers: list[Callable[[Session], str]] = [

@@ -76,7 +76,7 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _preflight(home: Path) -> LocalKafka:
+def _preflight(home: Path) -> None:
     """Fail loudly, before anything starts, when a prerequisite is missing."""
     kafka = LocalKafka(home=home / "kafka")
     kafka.java_executable()
@@ -84,7 +84,6 @@ def _preflight(home: Path) -> LocalKafka:
     if not kafka.is_provisioned():
         kafka.maven_executable()
     rotten_tomatoes_path().stat()
-    return kafka
 
 
 class _RichObserver(DemoObserver):
@@ -221,20 +220,6 @@ def _summary_tables(summary: DemoSummary) -> list[Table]:
     return [versions, history]
 
 
-def _endpoints(state: StackState, webhook_token: str) -> StackEndpoints:
-    targets = {service.name: service.target for service in state.services}
-    registry = next(service for service in state.services if service.name == "registry")
-    return StackEndpoints(
-        kafka_bootstrap=state.kafka_bootstrap,
-        dataset=targets["dataset"],
-        splitter=targets["splitter"],
-        trainer=targets["trainer"],
-        registry=targets["registry"],
-        webhook_url=f"http://127.0.0.1:{registry.extra_ports['webhook']}/v1/alerts",
-        webhook_token=webhook_token,
-    )
-
-
 def _start_stack(home: Path, ports: StackPorts) -> tuple[LocalStack, StackState]:
     stack = LocalStack(home, ports)
     if stack.running():
@@ -325,7 +310,7 @@ def demo(
     summary = None
     try:
         token = stack.webhook_token_path.read_text().strip()
-        summary = _play(config, _endpoints(state, token), started)
+        summary = _play(config, StackEndpoints.of_stack(state, token), started)
     finally:
         if keep_running and summary is not None:
             console.print(f"The stack keeps running: `tuneline down --home {home}` stops it.")

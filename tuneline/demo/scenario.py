@@ -38,6 +38,7 @@ from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events
 from tuneline.demo.corpus import SENTIMENT_LABELS, demo_corpus, to_jsonl
 from tuneline.demo.timeline import EventTimeline, SeenEvent, TimelineTimeout
+from tuneline.devtools.stack import StackState
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.registry.v1 import events_pb2 as registry_events
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
@@ -98,6 +99,21 @@ class StackEndpoints:
     registry: str
     webhook_url: str
     webhook_token: str
+
+    @classmethod
+    def of_stack(cls, state: StackState, webhook_token: str) -> StackEndpoints:
+        """Where the services of a :class:`~tuneline.devtools.stack.LocalStack` answer."""
+        targets = {service.name: service.target for service in state.services}
+        registry = next(service for service in state.services if service.name == "registry")
+        return cls(
+            kafka_bootstrap=state.kafka_bootstrap,
+            dataset=targets["dataset"],
+            splitter=targets["splitter"],
+            trainer=targets["trainer"],
+            registry=targets["registry"],
+            webhook_url=f"http://127.0.0.1:{registry.extra_ports['webhook']}/v1/alerts",
+            webhook_token=webhook_token,
+        )
 
 
 class DemoObserver:
