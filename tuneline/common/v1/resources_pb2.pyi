@@ -231,13 +231,19 @@ class _EvaluationVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Eva
     EVALUATION_VERDICT_UNSPECIFIED: _EvaluationVerdict.ValueType  # 0
     """Not decided yet (the evaluation is queued or running)."""
     EVALUATION_VERDICT_PASSED: _EvaluationVerdict.ValueType  # 1
-    """No gated metric regressed, overall or in any slice large enough to judge."""
+    """The gate's primary metric was shown within its tolerance (non-inferior) overall on every
+    evaluation set, and no gated comparison regressed.
+    """
     EVALUATION_VERDICT_REGRESSED: _EvaluationVerdict.ValueType  # 2
-    """At least one gated metric dropped beyond its tolerance, significantly, overall or in a
-    slice large enough to judge; or fell below its minimum absolute score.
+    """A drop beyond the tolerance was shown for at least one gated comparison, at the gate's
+    family-wise level (Holm over every gated metric, slice and set); or a gated metric fell
+    below its minimum absolute score.
     """
     EVALUATION_VERDICT_INSUFFICIENT_DATA: _EvaluationVerdict.ValueType  # 3
-    """Too few examples to judge the gate. Never a silent pass: not promotable automatically."""
+    """Neither: the data cannot show the primary metric within tolerance (too few examples, or
+    too much disagreement for the tolerance). Never a silent pass: not promotable
+    automatically. Each comparison's `reason` and `minimum_detectable_effect` say why.
+    """
     EVALUATION_VERDICT_FAILED: _EvaluationVerdict.ValueType  # 4
     """The evaluation itself broke; see its failure reason."""
 
@@ -247,13 +253,19 @@ class EvaluationVerdict(_EvaluationVerdict, metaclass=_EvaluationVerdictEnumType
 EVALUATION_VERDICT_UNSPECIFIED: EvaluationVerdict.ValueType  # 0
 """Not decided yet (the evaluation is queued or running)."""
 EVALUATION_VERDICT_PASSED: EvaluationVerdict.ValueType  # 1
-"""No gated metric regressed, overall or in any slice large enough to judge."""
+"""The gate's primary metric was shown within its tolerance (non-inferior) overall on every
+evaluation set, and no gated comparison regressed.
+"""
 EVALUATION_VERDICT_REGRESSED: EvaluationVerdict.ValueType  # 2
-"""At least one gated metric dropped beyond its tolerance, significantly, overall or in a
-slice large enough to judge; or fell below its minimum absolute score.
+"""A drop beyond the tolerance was shown for at least one gated comparison, at the gate's
+family-wise level (Holm over every gated metric, slice and set); or a gated metric fell
+below its minimum absolute score.
 """
 EVALUATION_VERDICT_INSUFFICIENT_DATA: EvaluationVerdict.ValueType  # 3
-"""Too few examples to judge the gate. Never a silent pass: not promotable automatically."""
+"""Neither: the data cannot show the primary metric within tolerance (too few examples, or
+too much disagreement for the tolerance). Never a silent pass: not promotable
+automatically. Each comparison's `reason` and `minimum_detectable_effect` say why.
+"""
 EVALUATION_VERDICT_FAILED: EvaluationVerdict.ValueType  # 4
 """The evaluation itself broke; see its failure reason."""
 Global___EvaluationVerdict: _TypeAlias = EvaluationVerdict  # noqa: Y015
@@ -265,25 +277,29 @@ class _SignificanceTest:
 class _SignificanceTestEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SignificanceTest.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SIGNIFICANCE_TEST_UNSPECIFIED: _SignificanceTest.ValueType  # 0
-    """Not set; the server picks McNemar for per-example correctness metrics and the paired
+    """Not set; the server picks MCNEMAR for per-example correctness metrics and the paired
     bootstrap otherwise.
     """
     SIGNIFICANCE_TEST_PAIRED_BOOTSTRAP: _SignificanceTest.ValueType  # 1
-    """Paired bootstrap over examples, seeded."""
+    """A normal test with a paired-bootstrap standard error (resampling examples, seeded)."""
     SIGNIFICANCE_TEST_MCNEMAR: _SignificanceTest.ValueType  # 2
-    """McNemar's exact test on paired per-example correctness."""
+    """For paired per-example correctness: Tango's score test and interval for the difference
+    of paired proportions, which is McNemar's test at a difference of zero.
+    """
 
 class SignificanceTest(_SignificanceTest, metaclass=_SignificanceTestEnumTypeWrapper):
     """A statistical test of a paired difference on the same examples."""
 
 SIGNIFICANCE_TEST_UNSPECIFIED: SignificanceTest.ValueType  # 0
-"""Not set; the server picks McNemar for per-example correctness metrics and the paired
+"""Not set; the server picks MCNEMAR for per-example correctness metrics and the paired
 bootstrap otherwise.
 """
 SIGNIFICANCE_TEST_PAIRED_BOOTSTRAP: SignificanceTest.ValueType  # 1
-"""Paired bootstrap over examples, seeded."""
+"""A normal test with a paired-bootstrap standard error (resampling examples, seeded)."""
 SIGNIFICANCE_TEST_MCNEMAR: SignificanceTest.ValueType  # 2
-"""McNemar's exact test on paired per-example correctness."""
+"""For paired per-example correctness: Tango's score test and interval for the difference
+of paired proportions, which is McNemar's test at a difference of zero.
+"""
 Global___SignificanceTest: _TypeAlias = SignificanceTest  # noqa: Y015
 
 class _ComparisonOutcome:
@@ -295,13 +311,15 @@ class _ComparisonOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Com
     COMPARISON_OUTCOME_UNSPECIFIED: _ComparisonOutcome.ValueType  # 0
     """Not set."""
     COMPARISON_OUTCOME_WITHIN_TOLERANCE: _ComparisonOutcome.ValueType  # 1
-    """The metric did not regress: any drop is within tolerance or not significant."""
+    """Non-inferiority shown: the interval of `delta` lies on the good side of the tolerated
+    drop.
+    """
     COMPARISON_OUTCOME_REGRESSED: _ComparisonOutcome.ValueType  # 2
-    """The metric regressed: a drop beyond tolerance that is significant, or a value below the
-    metric's minimum absolute score.
+    """A drop beyond the tolerance shown at the gate's family-wise level (Holm-adjusted p at most
+    alpha), or a value past the metric's minimum absolute score.
     """
     COMPARISON_OUTCOME_INSUFFICIENT_DATA: _ComparisonOutcome.ValueType  # 3
-    """Too few examples (fewer than the gate's minimum) to judge."""
+    """Neither could be shown, or too few examples (fewer than the gate's minimum) to judge."""
     COMPARISON_OUTCOME_NOT_GATED: _ComparisonOutcome.ValueType  # 4
     """Reported for information; the metric is not gated."""
 
@@ -311,13 +329,15 @@ class ComparisonOutcome(_ComparisonOutcome, metaclass=_ComparisonOutcomeEnumType
 COMPARISON_OUTCOME_UNSPECIFIED: ComparisonOutcome.ValueType  # 0
 """Not set."""
 COMPARISON_OUTCOME_WITHIN_TOLERANCE: ComparisonOutcome.ValueType  # 1
-"""The metric did not regress: any drop is within tolerance or not significant."""
+"""Non-inferiority shown: the interval of `delta` lies on the good side of the tolerated
+drop.
+"""
 COMPARISON_OUTCOME_REGRESSED: ComparisonOutcome.ValueType  # 2
-"""The metric regressed: a drop beyond tolerance that is significant, or a value below the
-metric's minimum absolute score.
+"""A drop beyond the tolerance shown at the gate's family-wise level (Holm-adjusted p at most
+alpha), or a value past the metric's minimum absolute score.
 """
 COMPARISON_OUTCOME_INSUFFICIENT_DATA: ComparisonOutcome.ValueType  # 3
-"""Too few examples (fewer than the gate's minimum) to judge."""
+"""Neither could be shown, or too few examples (fewer than the gate's minimum) to judge."""
 COMPARISON_OUTCOME_NOT_GATED: ComparisonOutcome.ValueType  # 4
 """Reported for information; the metric is not gated."""
 Global___ComparisonOutcome: _TypeAlias = ComparisonOutcome  # noqa: Y015
@@ -863,6 +883,11 @@ class MetricComparison(_message.Message):
     HIGHER_IS_BETTER_FIELD_NUMBER: _builtins.int
     TOLERANCE_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    MINIMUM_DETECTABLE_EFFECT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STANDARD_ERROR_FIELD_NUMBER: _builtins.int
+    ADJUSTED_P_VALUE_FIELD_NUMBER: _builtins.int
+    FAMILY_WEIGHT_FIELD_NUMBER: _builtins.int
     metric: _builtins.str
     """Output only. The metric name (see MetricValue)."""
     slice: _builtins.str
@@ -880,9 +905,12 @@ class MetricComparison(_message.Message):
     delta_ci_upper: _builtins.float
     """Output only. Upper bound of the confidence interval of `delta`."""
     confidence_level: _builtins.float
-    """Output only. Confidence level of the interval, e.g. 0.95 (1 − the significance level)."""
+    """Output only. Confidence level of the interval: 1 − 2 × the significance level (0.90 for
+    alpha 0.05), so that each bound is a one-sided test at alpha: WITHIN_TOLERANCE when the
+    interval lies on the good side of the tolerated drop.
+    """
     p_value: _builtins.float
-    """Output only. Two-sided p-value of the paired test, in [0, 1]."""
+    """Output only. Two-sided p-value of "no difference at all", in [0, 1]."""
     test: Global___SignificanceTest.ValueType
     """Output only. The test that produced `p_value`."""
     example_count: _builtins.int
@@ -893,6 +921,27 @@ class MetricComparison(_message.Message):
     """Output only. The tolerated drop the gate applied, in the metric's units; 0 when not gated."""
     outcome: Global___ComparisonOutcome.ValueType
     """Output only. How the comparison came out."""
+    minimum_detectable_effect: _builtins.float
+    """Output only. The smallest true drop (a rise, for `loss`), in the metric's units, that the
+    gate flags as REGRESSED with 80 % power at this comparison's sample size and share of
+    alpha: what a WITHIN_TOLERANCE or INSUFFICIENT_DATA outcome can vouch for.
+    """
+    reason: _builtins.str
+    """Output only. Why the outcome is what it is, e.g. `within tolerance: the 90% interval of
+    the change [-0.0081, +0.0312] lies above -0.0100`.
+    """
+    standard_error: _builtins.float
+    """Output only. Standard error of `delta` under "no difference" (`delta / standard_error`
+    is the test statistic at zero); 0 when nothing could be measured.
+    """
+    adjusted_p_value: _builtins.float
+    """Output only. The one-sided p-value of "worse than tolerated", adjusted by Holm's weighted
+    procedure over the gate's family; 1 when the comparison is not in the family.
+    """
+    family_weight: _builtins.float
+    """Output only. This comparison's share of alpha in the gate's family (the primary metric's
+    overall comparisons share most of it); 0 when it is not gated or too small to judge.
+    """
     def __init__(
         self,
         *,
@@ -911,10 +960,15 @@ class MetricComparison(_message.Message):
         higher_is_better: _builtins.bool = ...,
         tolerance: _builtins.float = ...,
         outcome: Global___ComparisonOutcome.ValueType = ...,
+        minimum_detectable_effect: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        standard_error: _builtins.float = ...,
+        adjusted_p_value: _builtins.float = ...,
+        family_weight: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate", "confidence_level", b"confidence_level", "delta", b"delta", "delta_ci_lower", b"delta_ci_lower", "delta_ci_upper", b"delta_ci_upper", "evaluation_set", b"evaluation_set", "example_count", b"example_count", "higher_is_better", b"higher_is_better", "metric", b"metric", "outcome", b"outcome", "p_value", b"p_value", "slice", b"slice", "test", b"test", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjusted_p_value", b"adjusted_p_value", "baseline", b"baseline", "candidate", b"candidate", "confidence_level", b"confidence_level", "delta", b"delta", "delta_ci_lower", b"delta_ci_lower", "delta_ci_upper", b"delta_ci_upper", "evaluation_set", b"evaluation_set", "example_count", b"example_count", "family_weight", b"family_weight", "higher_is_better", b"higher_is_better", "metric", b"metric", "minimum_detectable_effect", b"minimum_detectable_effect", "outcome", b"outcome", "p_value", b"p_value", "reason", b"reason", "slice", b"slice", "standard_error", b"standard_error", "test", b"test", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -958,7 +1012,14 @@ Global___MetricGate: _TypeAlias = MetricGate  # noqa: Y015
 
 @_typing.final
 class GatePolicy(_message.Message):
-    """When a candidate counts as a regression."""
+    """When a candidate counts as a regression, and when it passes.
+
+    Every gated comparison (a gated metric, overall or in a gated slice, on each evaluation
+    set) is one of a family tested together: REGRESSED needs a drop beyond the tolerance shown
+    at family-wise level alpha (Holm), so gating more slices never makes an unchanged model fail
+    more often than alpha. PASSED needs the primary metric shown within its tolerance overall
+    on every set; guardrails (the other gated metrics) and slices must only not regress.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -969,8 +1030,10 @@ class GatePolicy(_message.Message):
     TEST_FIELD_NUMBER: _builtins.int
     BOOTSTRAP_RESAMPLES_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    PRIMARY_METRIC_FIELD_NUMBER: _builtins.int
+    GATED_SLICES_FIELD_NUMBER: _builtins.int
     significance_level: _builtins.float
-    """Optional. Significance level alpha of the paired test, in (0, 0.5]; 0 means 0.05."""
+    """Optional. Significance level alpha of the gate's tests, in (0, 0.5); 0 means 0.05."""
     min_slice_size: _builtins.int
     """Optional. Minimum examples for a slice to be judged, >= 1; 0 means 30. Smaller slices are
     reported but not gated.
@@ -983,11 +1046,21 @@ class GatePolicy(_message.Message):
     """Optional. Bootstrap resamples, >= 100; 0 means 1000."""
     seed: _builtins.int
     """Optional. Seed of the bootstrap; unset means 0."""
+    primary_metric: _builtins.str
+    """Optional. The metric a PASS must show within tolerance; one of `metrics`. Empty means the
+    first of `metrics`; the other gated metrics are guardrails.
+    """
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricGate]:
         """Optional. The gated metrics; empty means the task's default (CLASSIFICATION: `accuracy`
         and `macro_f1` with tolerance 0.01; CAUSAL_LM: `token_accuracy` with tolerance 0.01 and
         `loss` with tolerance 0.05).
+        """
+
+    @_builtins.property
+    def gated_slices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. The slices whose comparisons are gated (row `slice` values); empty means every
+        slice with at least `min_slice_size` examples. Other slices are reported, not gated.
         """
 
     def __init__(
@@ -1000,10 +1073,12 @@ class GatePolicy(_message.Message):
         test: Global___SignificanceTest.ValueType = ...,
         bootstrap_resamples: _builtins.int = ...,
         seed: _builtins.int | None = ...,
+        primary_metric: _builtins.str = ...,
+        gated_slices: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "bootstrap_resamples", b"bootstrap_resamples", "metrics", b"metrics", "min_examples", b"min_examples", "min_slice_size", b"min_slice_size", "seed", b"seed", "significance_level", b"significance_level", "test", b"test"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "bootstrap_resamples", b"bootstrap_resamples", "gated_slices", b"gated_slices", "metrics", b"metrics", "min_examples", b"min_examples", "min_slice_size", b"min_slice_size", "primary_metric", b"primary_metric", "seed", b"seed", "significance_level", b"significance_level", "test", b"test"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015

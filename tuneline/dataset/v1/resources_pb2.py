@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tuneline.common.v1 import resources_pb2 as tuneline_dot_common_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tuneline/dataset/v1/resources.proto\x12\x13tuneline.dataset.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"tuneline/common/v1/resources.proto\"\xbe\x02\n\x0cSchemaPolicy\x12\x11\n\tlabel_set\x18\x01 \x03(\t\x12\x19\n\x11label_set_derived\x18\x02 \x01(\x08\x12\x17\n\x0fmax_text_length\x18\x03 \x01(\x05\x12\x1a\n\x12min_rows_per_class\x18\x04 \x01(\x03\x12\x1b\n\x13max_imbalance_ratio\x18\x05 \x01(\x01\x12N\n\x0frule_severities\x18\x06 \x03(\x0b\x32\x35.tuneline.dataset.v1.SchemaPolicy.RuleSeveritiesEntry\x1a^\n\x13RuleSeveritiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x36\n\x05value\x18\x02 \x01(\x0e\x32\'.tuneline.dataset.v1.ValidationSeverity:\x02\x38\x01\"\xbe\x02\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\ttask_type\x18\x04 \x01(\x0e\x32\x1c.tuneline.common.v1.TaskType\x12\x38\n\rschema_policy\x18\x05 \x01(\x0b\x32!.tuneline.dataset.v1.SchemaPolicy\x12\x16\n\x0elatest_version\x18\x06 \x01(\t\x12\x15\n\rversion_count\x18\x07 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa5\x01\n\x15\x44\x61tasetVersionLineage\x12\x16\n\x0eparent_version\x18\x01 \x01(\t\x12\x10\n\x08uploader\x18\x02 \x01(\t\x12;\n\x0bsource_kind\x18\x03 \x01(\x0e\x32&.tuneline.dataset.v1.DatasetSourceKind\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x15\n\rsource_sha256\x18\x05 \x01(\t\"\xa4\x01\n\x11ValidationFinding\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x39\n\x08severity\x18\x02 \x01(\x0e\x32\'.tuneline.dataset.v1.ValidationSeverity\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12\x14\n\x0cline_numbers\x18\x05 \x03(\x03\x12\r\n\x05\x66ield\x18\x06 \x01(\t\"\xbe\x01\n\x11ValidationSummary\x12\x37\n\x07outcome\x18\x01 \x01(\x0e\x32&.tuneline.dataset.v1.ValidationOutcome\x12\x13\n\x0b\x65rror_count\x18\x02 \x01(\x03\x12\x15\n\rwarning_count\x18\x03 \x01(\x03\x12\x12\n\ninfo_count\x18\x04 \x01(\x03\x12\x16\n\x0e\x65rror_rule_ids\x18\x05 \x03(\t\x12\x18\n\x10warning_rule_ids\x18\x06 \x03(\t\"\xd9\x02\n\x10ValidationReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x02 \x01(\t\x12\x37\n\x07summary\x18\x03 \x01(\x0b\x32&.tuneline.dataset.v1.ValidationSummary\x12\x38\n\x08\x66indings\x18\x04 \x03(\x0b\x32&.tuneline.dataset.v1.ValidationFinding\x12\x12\n\nlines_read\x18\x05 \x01(\x03\x12\x12\n\nbytes_read\x18\x06 \x01(\x03\x12;\n\x07lineage\x18\x07 \x01(\x0b\x32*.tuneline.dataset.v1.DatasetVersionLineage\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xda\x03\n\x0e\x44\x61tasetVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x02 \x01(\t\x12\x11\n\trow_count\x18\x03 \x01(\x03\x12\x12\n\nbyte_count\x18\x04 \x01(\x03\x12/\n\ttask_type\x18\x05 \x01(\x0e\x32\x1c.tuneline.common.v1.TaskType\x12:\n\x12label_distribution\x18\x06 \x03(\x0b\x32\x1e.tuneline.common.v1.LabelCount\x12:\n\x12slice_distribution\x18\x07 \x03(\x0b\x32\x1e.tuneline.common.v1.LabelCount\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\t\x12\x0e\n\x06report\x18\t \x01(\t\x12>\n\x0ereport_summary\x18\n \x01(\x0b\x32&.tuneline.dataset.v1.ValidationSummary\x12;\n\x07lineage\x18\x0b \x01(\x0b\x32*.tuneline.dataset.v1.DatasetVersionLineage\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x97\x01\n\x12ValidationSeverity\x12#\n\x1fVALIDATION_SEVERITY_UNSPECIFIED\x10\x00\x12\x1d\n\x19VALIDATION_SEVERITY_ERROR\x10\x01\x12\x1f\n\x1bVALIDATION_SEVERITY_WARNING\x10\x02\x12\x1c\n\x18VALIDATION_SEVERITY_INFO\x10\x03*y\n\x11ValidationOutcome\x12\"\n\x1eVALIDATION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bVALIDATION_OUTCOME_ACCEPTED\x10\x01\x12\x1f\n\x1bVALIDATION_OUTCOME_REJECTED\x10\x02*@\n\nDataFormat\x12\x1b\n\x17\x44\x41TA_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_FORMAT_JSONL\x10\x01*x\n\x11\x44\x61tasetSourceKind\x12#\n\x1f\x44\x41TASET_SOURCE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x41TASET_SOURCE_KIND_UPLOAD\x10\x01\x12\x1e\n\x1a\x44\x41TASET_SOURCE_KIND_IMPORT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tuneline/dataset/v1/resources.proto\x12\x13tuneline.dataset.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"tuneline/common/v1/resources.proto\"\xfa\x02\n\x0cSchemaPolicy\x12\x11\n\tlabel_set\x18\x01 \x03(\t\x12\x19\n\x11label_set_derived\x18\x02 \x01(\x08\x12\x17\n\x0fmax_text_length\x18\x03 \x01(\x05\x12\x1a\n\x12min_rows_per_class\x18\x04 \x01(\x03\x12\x1b\n\x13max_imbalance_ratio\x18\x05 \x01(\x01\x12N\n\x0frule_severities\x18\x06 \x03(\x0b\x32\x35.tuneline.dataset.v1.SchemaPolicy.RuleSeveritiesEntry\x12\x17\n\x0fmax_label_churn\x18\x07 \x01(\x01\x12!\n\x19min_shared_rows_for_churn\x18\x08 \x01(\x03\x1a^\n\x13RuleSeveritiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x36\n\x05value\x18\x02 \x01(\x0e\x32\'.tuneline.dataset.v1.ValidationSeverity:\x02\x38\x01\"\xbe\x02\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\ttask_type\x18\x04 \x01(\x0e\x32\x1c.tuneline.common.v1.TaskType\x12\x38\n\rschema_policy\x18\x05 \x01(\x0b\x32!.tuneline.dataset.v1.SchemaPolicy\x12\x16\n\x0elatest_version\x18\x06 \x01(\t\x12\x15\n\rversion_count\x18\x07 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\x15\x44\x61tasetVersionLineage\x12\x16\n\x0eparent_version\x18\x01 \x01(\t\x12\x10\n\x08uploader\x18\x02 \x01(\t\x12;\n\x0bsource_kind\x18\x03 \x01(\x0e\x32&.tuneline.dataset.v1.DatasetSourceKind\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x15\n\rsource_sha256\x18\x05 \x01(\t\x12\x1c\n\x14label_churn_override\x18\x06 \x01(\t\"\xa4\x01\n\x11ValidationFinding\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x39\n\x08severity\x18\x02 \x01(\x0e\x32\'.tuneline.dataset.v1.ValidationSeverity\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12\x14\n\x0cline_numbers\x18\x05 \x03(\x03\x12\r\n\x05\x66ield\x18\x06 \x01(\t\"\xbe\x01\n\x11ValidationSummary\x12\x37\n\x07outcome\x18\x01 \x01(\x0e\x32&.tuneline.dataset.v1.ValidationOutcome\x12\x13\n\x0b\x65rror_count\x18\x02 \x01(\x03\x12\x15\n\rwarning_count\x18\x03 \x01(\x03\x12\x12\n\ninfo_count\x18\x04 \x01(\x03\x12\x16\n\x0e\x65rror_rule_ids\x18\x05 \x03(\t\x12\x18\n\x10warning_rule_ids\x18\x06 \x03(\t\"\xd9\x02\n\x10ValidationReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x02 \x01(\t\x12\x37\n\x07summary\x18\x03 \x01(\x0b\x32&.tuneline.dataset.v1.ValidationSummary\x12\x38\n\x08\x66indings\x18\x04 \x03(\x0b\x32&.tuneline.dataset.v1.ValidationFinding\x12\x12\n\nlines_read\x18\x05 \x01(\x03\x12\x12\n\nbytes_read\x18\x06 \x01(\x03\x12;\n\x07lineage\x18\x07 \x01(\x0b\x32*.tuneline.dataset.v1.DatasetVersionLineage\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xda\x03\n\x0e\x44\x61tasetVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x02 \x01(\t\x12\x11\n\trow_count\x18\x03 \x01(\x03\x12\x12\n\nbyte_count\x18\x04 \x01(\x03\x12/\n\ttask_type\x18\x05 \x01(\x0e\x32\x1c.tuneline.common.v1.TaskType\x12:\n\x12label_distribution\x18\x06 \x03(\x0b\x32\x1e.tuneline.common.v1.LabelCount\x12:\n\x12slice_distribution\x18\x07 \x03(\x0b\x32\x1e.tuneline.common.v1.LabelCount\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\t\x12\x0e\n\x06report\x18\t \x01(\t\x12>\n\x0ereport_summary\x18\n \x01(\x0b\x32&.tuneline.dataset.v1.ValidationSummary\x12;\n\x07lineage\x18\x0b \x01(\x0b\x32*.tuneline.dataset.v1.DatasetVersionLineage\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x97\x01\n\x12ValidationSeverity\x12#\n\x1fVALIDATION_SEVERITY_UNSPECIFIED\x10\x00\x12\x1d\n\x19VALIDATION_SEVERITY_ERROR\x10\x01\x12\x1f\n\x1bVALIDATION_SEVERITY_WARNING\x10\x02\x12\x1c\n\x18VALIDATION_SEVERITY_INFO\x10\x03*y\n\x11ValidationOutcome\x12\"\n\x1eVALIDATION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bVALIDATION_OUTCOME_ACCEPTED\x10\x01\x12\x1f\n\x1bVALIDATION_OUTCOME_REJECTED\x10\x02*@\n\nDataFormat\x12\x1b\n\x17\x44\x41TA_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_FORMAT_JSONL\x10\x01*x\n\x11\x44\x61tasetSourceKind\x12#\n\x1f\x44\x41TASET_SOURCE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x41TASET_SOURCE_KIND_UPLOAD\x10\x01\x12\x1e\n\x1a\x44\x41TASET_SOURCE_KIND_IMPORT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +35,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SCHEMAPOLICY_RULESEVERITIESENTRY']._loaded_options = None
   _globals['_SCHEMAPOLICY_RULESEVERITIESENTRY']._serialized_options = b'8\001'
-  _globals['_VALIDATIONSEVERITY']._serialized_start=2125
-  _globals['_VALIDATIONSEVERITY']._serialized_end=2276
-  _globals['_VALIDATIONOUTCOME']._serialized_start=2278
-  _globals['_VALIDATIONOUTCOME']._serialized_end=2399
-  _globals['_DATAFORMAT']._serialized_start=2401
-  _globals['_DATAFORMAT']._serialized_end=2465
-  _globals['_DATASETSOURCEKIND']._serialized_start=2467
-  _globals['_DATASETSOURCEKIND']._serialized_end=2587
+  _globals['_VALIDATIONSEVERITY']._serialized_start=2215
+  _globals['_VALIDATIONSEVERITY']._serialized_end=2366
+  _globals['_VALIDATIONOUTCOME']._serialized_start=2368
+  _globals['_VALIDATIONOUTCOME']._serialized_end=2489
+  _globals['_DATAFORMAT']._serialized_start=2491
+  _globals['_DATAFORMAT']._serialized_end=2555
+  _globals['_DATASETSOURCEKIND']._serialized_start=2557
+  _globals['_DATASETSOURCEKIND']._serialized_end=2677
   _globals['_SCHEMAPOLICY']._serialized_start=130
-  _globals['_SCHEMAPOLICY']._serialized_end=448
-  _globals['_SCHEMAPOLICY_RULESEVERITIESENTRY']._serialized_start=354
-  _globals['_SCHEMAPOLICY_RULESEVERITIESENTRY']._serialized_end=448
-  _globals['_DATASET']._serialized_start=451
-  _globals['_DATASET']._serialized_end=769
-  _globals['_DATASETVERSIONLINEAGE']._serialized_start=772
-  _globals['_DATASETVERSIONLINEAGE']._serialized_end=937
-  _globals['_VALIDATIONFINDING']._serialized_start=940
-  _globals['_VALIDATIONFINDING']._serialized_end=1104
-  _globals['_VALIDATIONSUMMARY']._serialized_start=1107
-  _globals['_VALIDATIONSUMMARY']._serialized_end=1297
-  _globals['_VALIDATIONREPORT']._serialized_start=1300
-  _globals['_VALIDATIONREPORT']._serialized_end=1645
-  _globals['_DATASETVERSION']._serialized_start=1648
-  _globals['_DATASETVERSION']._serialized_end=2122
+  _globals['_SCHEMAPOLICY']._serialized_end=508
+  _globals['_SCHEMAPOLICY_RULESEVERITIESENTRY']._serialized_start=414
+  _globals['_SCHEMAPOLICY_RULESEVERITIESENTRY']._serialized_end=508
+  _globals['_DATASET']._serialized_start=511
+  _globals['_DATASET']._serialized_end=829
+  _globals['_DATASETVERSIONLINEAGE']._serialized_start=832
+  _globals['_DATASETVERSIONLINEAGE']._serialized_end=1027
+  _globals['_VALIDATIONFINDING']._serialized_start=1030
+  _globals['_VALIDATIONFINDING']._serialized_end=1194
+  _globals['_VALIDATIONSUMMARY']._serialized_start=1197
+  _globals['_VALIDATIONSUMMARY']._serialized_end=1387
+  _globals['_VALIDATIONREPORT']._serialized_start=1390
+  _globals['_VALIDATIONREPORT']._serialized_end=1735
+  _globals['_DATASETVERSION']._serialized_start=1738
+  _globals['_DATASETVERSION']._serialized_end=2212
 # @@protoc_insertion_point(module_scope)

@@ -162,6 +162,8 @@ class SchemaPolicy(_message.Message):
     MIN_ROWS_PER_CLASS_FIELD_NUMBER: _builtins.int
     MAX_IMBALANCE_RATIO_FIELD_NUMBER: _builtins.int
     RULE_SEVERITIES_FIELD_NUMBER: _builtins.int
+    MAX_LABEL_CHURN_FIELD_NUMBER: _builtins.int
+    MIN_SHARED_ROWS_FOR_CHURN_FIELD_NUMBER: _builtins.int
     label_set_derived: _builtins.bool
     """Output only. True when `label_set` was derived from the first accepted version rather
     than declared.
@@ -177,6 +179,15 @@ class SchemaPolicy(_message.Message):
     max_imbalance_ratio: _builtins.float
     """Optional. Largest allowed ratio of the biggest class's row count to the smallest's,
     >= 1; 0 means the server default (10).
+    """
+    max_label_churn: _builtins.float
+    """Optional. Largest share of the rows a new version shares with its parent (same normalized
+    input) that may change label before `label_churn` takes its severity (ERROR by default),
+    in (0, 1]; 0 means the server default (0.2).
+    """
+    min_shared_rows_for_churn: _builtins.int
+    """Optional. Fewest shared rows for `max_label_churn` to apply, >= 1; below it churn is only
+    a warning. 0 means the server default (50).
     """
     @_builtins.property
     def label_set(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -200,10 +211,12 @@ class SchemaPolicy(_message.Message):
         min_rows_per_class: _builtins.int = ...,
         max_imbalance_ratio: _builtins.float = ...,
         rule_severities: _abc.Mapping[_builtins.str, Global___ValidationSeverity.ValueType] | None = ...,
+        max_label_churn: _builtins.float = ...,
+        min_shared_rows_for_churn: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_set", b"label_set", "label_set_derived", b"label_set_derived", "max_imbalance_ratio", b"max_imbalance_ratio", "max_text_length", b"max_text_length", "min_rows_per_class", b"min_rows_per_class", "rule_severities", b"rule_severities"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_set", b"label_set", "label_set_derived", b"label_set_derived", "max_imbalance_ratio", b"max_imbalance_ratio", "max_label_churn", b"max_label_churn", "max_text_length", b"max_text_length", "min_rows_per_class", b"min_rows_per_class", "min_shared_rows_for_churn", b"min_shared_rows_for_churn", "rule_severities", b"rule_severities"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -284,6 +297,7 @@ class DatasetVersionLineage(_message.Message):
     SOURCE_KIND_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     SOURCE_SHA256_FIELD_NUMBER: _builtins.int
+    LABEL_CHURN_OVERRIDE_FIELD_NUMBER: _builtins.int
     parent_version: _builtins.str
     """Output only (from the request). The version this one revises or grows,
     `datasets/{dataset}/versions/{version}`; empty when none was named.
@@ -300,6 +314,10 @@ class DatasetVersionLineage(_message.Message):
     """
     source_sha256: _builtins.str
     """Output only. SHA-256 of the bytes exactly as received, before canonicalisation."""
+    label_churn_override: _builtins.str
+    """Output only. The request's `label_churn_reason` when it set `allow_label_churn`: why
+    label churn beyond the policy was accepted. Empty when it was not allowed.
+    """
     def __init__(
         self,
         *,
@@ -308,10 +326,11 @@ class DatasetVersionLineage(_message.Message):
         source_kind: Global___DatasetSourceKind.ValueType = ...,
         source: _builtins.str = ...,
         source_sha256: _builtins.str = ...,
+        label_churn_override: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent_version", b"parent_version", "source", b"source", "source_kind", b"source_kind", "source_sha256", b"source_sha256", "uploader", b"uploader"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_churn_override", b"label_churn_override", "parent_version", b"parent_version", "source", b"source", "source_kind", b"source_kind", "source_sha256", b"source_sha256", "uploader", b"uploader"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -192,6 +192,8 @@ class UploadDatasetVersionHeader(_message.Message):
     CONTENT_LENGTH_FIELD_NUMBER: _builtins.int
     CONTENT_SHA256_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    ALLOW_LABEL_CHURN_FIELD_NUMBER: _builtins.int
+    LABEL_CHURN_REASON_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Required. The dataset, `datasets/{dataset}`."""
     format: _resources_pb2.DataFormat.ValueType
@@ -212,6 +214,14 @@ class UploadDatasetVersionHeader(_message.Message):
     """Optional. SHA-256 of the content as sent; when set, a mismatch is rejected."""
     validate_only: _builtins.bool
     """Optional. Validate and store the report only; never create a version or emit an event."""
+    allow_label_churn: _builtins.bool
+    """Optional. Accept label churn against the parent beyond the dataset's policy
+    (`label_churn` becomes a warning); requires `label_churn_reason`.
+    """
+    label_churn_reason: _builtins.str
+    """Optional (required with `allow_label_churn`). Why the labels may change, at most 1024
+    characters; recorded in the version's lineage.
+    """
     def __init__(
         self,
         *,
@@ -223,10 +233,12 @@ class UploadDatasetVersionHeader(_message.Message):
         content_length: _builtins.int = ...,
         content_sha256: _builtins.str = ...,
         validate_only: _builtins.bool = ...,
+        allow_label_churn: _builtins.bool = ...,
+        label_churn_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "content_sha256", b"content_sha256", "dataset", b"dataset", "filename", b"filename", "format", b"format", "parent_version", b"parent_version", "uploader", b"uploader", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_label_churn", b"allow_label_churn", "content_length", b"content_length", "content_sha256", b"content_sha256", "dataset", b"dataset", "filename", b"filename", "format", b"format", "label_churn_reason", b"label_churn_reason", "parent_version", b"parent_version", "uploader", b"uploader", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,6 +329,8 @@ class ImportDatasetVersionRequest(_message.Message):
     UPLOADER_FIELD_NUMBER: _builtins.int
     CONTENT_SHA256_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    ALLOW_LABEL_CHURN_FIELD_NUMBER: _builtins.int
+    LABEL_CHURN_REASON_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Required. The dataset, `datasets/{dataset}`."""
     source_uri: _builtins.str
@@ -335,6 +349,14 @@ class ImportDatasetVersionRequest(_message.Message):
     """
     validate_only: _builtins.bool
     """Optional. Validate and store the report only; never create a version or emit an event."""
+    allow_label_churn: _builtins.bool
+    """Optional. Accept label churn against the parent beyond the dataset's policy
+    (`label_churn` becomes a warning); requires `label_churn_reason`.
+    """
+    label_churn_reason: _builtins.str
+    """Optional (required with `allow_label_churn`). Why the labels may change, at most 1024
+    characters; recorded in the version's lineage.
+    """
     def __init__(
         self,
         *,
@@ -345,10 +367,12 @@ class ImportDatasetVersionRequest(_message.Message):
         uploader: _builtins.str = ...,
         content_sha256: _builtins.str = ...,
         validate_only: _builtins.bool = ...,
+        allow_label_churn: _builtins.bool = ...,
+        label_churn_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_sha256", b"content_sha256", "dataset", b"dataset", "format", b"format", "parent_version", b"parent_version", "source_uri", b"source_uri", "uploader", b"uploader", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_label_churn", b"allow_label_churn", "content_sha256", b"content_sha256", "dataset", b"dataset", "format", b"format", "label_churn_reason", b"label_churn_reason", "parent_version", b"parent_version", "source_uri", b"source_uri", "uploader", b"uploader", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

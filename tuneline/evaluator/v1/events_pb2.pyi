@@ -175,9 +175,13 @@ class RegressionDetected(_message.Message):
     delta_ci_upper: _builtins.float
     """Always set. Upper bound of the confidence interval of `delta`."""
     confidence_level: _builtins.float
-    """Always set. Confidence level of the interval, e.g. 0.95."""
+    """Always set. Confidence level of the interval, e.g. 0.90 (1 − 2 × alpha; see
+    MetricComparison).
+    """
     p_value: _builtins.float
-    """Always set. Two-sided p-value of the paired test."""
+    """Always set. Two-sided p-value of "no difference at all" (the family-adjusted one-sided
+    p-value of the regression is in `regressions[0].adjusted_p_value`).
+    """
     example_count: _builtins.int
     """Always set. Paired examples compared."""
     tolerance: _builtins.float

@@ -134,7 +134,7 @@ class _CheckpointSelection:
 class _CheckpointSelectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckpointSelection.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CHECKPOINT_SELECTION_UNSPECIFIED: _CheckpointSelection.ValueType  # 0
-    """Not set; the server uses CHECKPOINT_SELECTION_ALL."""
+    """Not set: see `EvaluationPolicy.checkpoint_selection` for what the server uses."""
     CHECKPOINT_SELECTION_ALL: _CheckpointSelection.ValueType  # 1
     """Every checkpoint."""
     CHECKPOINT_SELECTION_BEST_AND_FINAL: _CheckpointSelection.ValueType  # 2
@@ -148,7 +148,7 @@ class CheckpointSelection(_CheckpointSelection, metaclass=_CheckpointSelectionEn
     """Which checkpoints are evaluated automatically on CheckpointReady."""
 
 CHECKPOINT_SELECTION_UNSPECIFIED: CheckpointSelection.ValueType  # 0
-"""Not set; the server uses CHECKPOINT_SELECTION_ALL."""
+"""Not set: see `EvaluationPolicy.checkpoint_selection` for what the server uses."""
 CHECKPOINT_SELECTION_ALL: CheckpointSelection.ValueType  # 1
 """Every checkpoint."""
 CHECKPOINT_SELECTION_BEST_AND_FINAL: CheckpointSelection.ValueType  # 2
@@ -355,7 +355,10 @@ class EvaluationPolicy(_message.Message):
     name: _builtins.str
     """Required on set. `models/{model}/evaluationPolicy`."""
     checkpoint_selection: Global___CheckpointSelection.ValueType
-    """Optional. Which checkpoints CheckpointReady evaluates; unset means ALL."""
+    """Optional. Which checkpoints CheckpointReady evaluates. A model that never set a policy
+    gets the evaluator's default, FINAL (TUNELINE_EVALUATOR_DEFAULT_CHECKPOINT_SELECTION
+    changes it); left unset in SetEvaluationPolicy, it is stored as ALL.
+    """
     max_generation_examples: _builtins.int
     """Optional. Most examples per evaluation set whose greedy generation is scored for
     `exact_match` (CAUSAL_LM), >= 0; 0 means the server default (200).

@@ -337,6 +337,7 @@ class Checkpoint(_message.Message):
     EVER_PRODUCTION_FIELD_NUMBER: _builtins.int
     ROLLED_BACK_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    TRAINING_INTERRUPTED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `models/{model}/checkpoints/{checkpoint}`; the id derives from the trainer's
     checkpoint name (job and step). Treat it as opaque.
@@ -370,6 +371,11 @@ class Checkpoint(_message.Message):
     rolled_back: _builtins.bool
     """Output only. True once `production` was rolled back away from it for a regression or an
     alert; such a checkpoint is never a rollback target.
+    """
+    training_interrupted: _builtins.bool
+    """Output only. True when the trainer wrote it as its job was cancelled or failed
+    (`CheckpointReady.stop_reason` CANCELLED or FAILED): a partly trained adapter. It can be
+    evaluated and promoted explicitly, but never automatically.
     """
     @_builtins.property
     def lineage(self) -> _resources_pb2.Lineage:
@@ -419,10 +425,11 @@ class Checkpoint(_message.Message):
         ever_production: _builtins.bool = ...,
         rolled_back: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        training_interrupted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "create_time", b"create_time", "lineage", b"lineage", "review", b"review", "validation_loss", b"validation_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "aliases", b"aliases", "artifact_uri", b"artifact_uri", "cost", b"cost", "create_time", b"create_time", "epoch", b"epoch", "evaluations", b"evaluations", "ever_production", b"ever_production", "lineage", b"lineage", "name", b"name", "review", b"review", "review_state", b"review_state", "rolled_back", b"rolled_back", "sha256", b"sha256", "size_bytes", b"size_bytes", "source_checkpoint", b"source_checkpoint", "step", b"step", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "aliases", b"aliases", "artifact_uri", b"artifact_uri", "cost", b"cost", "create_time", b"create_time", "epoch", b"epoch", "evaluations", b"evaluations", "ever_production", b"ever_production", "lineage", b"lineage", "name", b"name", "review", b"review", "review_state", b"review_state", "rolled_back", b"rolled_back", "sha256", b"sha256", "size_bytes", b"size_bytes", "source_checkpoint", b"source_checkpoint", "step", b"step", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_interrupted", b"training_interrupted", "training_job", b"training_job", "validation_loss", b"validation_loss", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_loss: _TypeAlias = _typing.Literal["validation_loss"]  # noqa: Y015
     _WhichOneofArgType__validation_loss: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss"]  # noqa: Y015
@@ -566,6 +573,11 @@ class LiveQualityReport(_message.Message):
     BELOW_FLOOR_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     REPORT_TIME_FIELD_NUMBER: _builtins.int
+    TOTAL_SUCCESSES_FIELD_NUMBER: _builtins.int
+    TOTAL_TRIALS_FIELD_NUMBER: _builtins.int
+    LOWER_BOUND_FIELD_NUMBER: _builtins.int
+    UPPER_BOUND_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Output only. The model, `models/{model}`."""
     checkpoint: _builtins.str
@@ -575,17 +587,37 @@ class LiveQualityReport(_message.Message):
     slice: _builtins.str
     """Output only. The slice; empty for all traffic."""
     value: _builtins.float
-    """Output only. The measured value, in the metric's units."""
+    """Output only. The measured value, in the metric's units; for counted reports, the
+    checkpoint's success rate so far (`total_successes / total_trials`).
+    """
     example_count: _builtins.int
-    """Output only. Examples the value was measured on."""
+    """Output only. Examples the value was measured on (`total_trials` for counted reports)."""
     floor: _builtins.float
     """Output only. The model's floor for the metric (its gate's `min_absolute_score`); unset
     when it has none.
     """
     below_floor: _builtins.bool
-    """Output only. True when `value` is past `floor`."""
+    """Output only. True when the checkpoint is past `floor`: for counted reports, when it has at
+    least the registry's minimum of trials and the confidence sequence's upper bound is below
+    the floor; for a bare value, when `value` is past `floor`.
+    """
     source: _builtins.str
     """Output only. Who reported it, e.g. `serving-fleet-eu1`."""
+    total_successes: _builtins.int
+    """Output only. Good outcomes reported for this checkpoint, metric and slice so far (counted
+    reports only; 0 otherwise).
+    """
+    total_trials: _builtins.int
+    """Output only. Labelled outcomes reported so far (counted reports only; 0 otherwise)."""
+    lower_bound: _builtins.float
+    """Output only. Bounds of the always-valid confidence sequence of the success rate after
+    `total_trials`: with probability at least `confidence_level` the true rate stays between
+    them at every report, however often reports come (counted reports only).
+    """
+    upper_bound: _builtins.float
+    """Output only. See `lower_bound`."""
+    confidence_level: _builtins.float
+    """Output only. 1 − alpha of the confidence sequence, e.g. 0.99; 0 for a bare value."""
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
         """Output only. The span of traffic measured; unset when not stated."""
@@ -608,10 +640,15 @@ class LiveQualityReport(_message.Message):
         below_floor: _builtins.bool = ...,
         source: _builtins.str = ...,
         report_time: _timestamp_pb2.Timestamp | None = ...,
+        total_successes: _builtins.int = ...,
+        total_trials: _builtins.int = ...,
+        lower_bound: _builtins.float = ...,
+        upper_bound: _builtins.float = ...,
+        confidence_level: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_floor", b"_floor", "floor", b"floor", "report_time", b"report_time", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_floor", b"_floor", "below_floor", b"below_floor", "checkpoint", b"checkpoint", "example_count", b"example_count", "floor", b"floor", "metric", b"metric", "model", b"model", "report_time", b"report_time", "slice", b"slice", "source", b"source", "value", b"value", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_floor", b"_floor", "below_floor", b"below_floor", "checkpoint", b"checkpoint", "confidence_level", b"confidence_level", "example_count", b"example_count", "floor", b"floor", "lower_bound", b"lower_bound", "metric", b"metric", "model", b"model", "report_time", b"report_time", "slice", b"slice", "source", b"source", "total_successes", b"total_successes", "total_trials", b"total_trials", "upper_bound", b"upper_bound", "value", b"value", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__floor: _TypeAlias = _typing.Literal["floor"]  # noqa: Y015
     _WhichOneofArgType__floor: _TypeAlias = _typing.Literal["_floor", b"_floor"]  # noqa: Y015

@@ -467,6 +467,7 @@ class PromoteCheckpointRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_ALIAS_REVISION_FIELD_NUMBER: _builtins.int
     checkpoint: _builtins.str
     """Required. The checkpoint, `models/{model}/checkpoints/{checkpoint}`."""
     alias: _builtins.str
@@ -479,6 +480,12 @@ class PromoteCheckpointRequest(_message.Message):
     """Optional. Idempotency key (e.g. a UUID): a repeated request with the same key moves
     once.
     """
+    expected_alias_revision: _builtins.int
+    """Optional. Optimistic concurrency: the alias revision the caller last saw (`Alias.revision`,
+    0 for an alias never set). When it is not the alias's current revision nothing moves and
+    the call fails with ABORTED (ErrorInfo metadata `expected_revision`, `current_revision`):
+    re-read the alias and decide again. Unset: no check.
+    """
     def __init__(
         self,
         *,
@@ -487,12 +494,15 @@ class PromoteCheckpointRequest(_message.Message):
         actor: _builtins.str = ...,
         reason: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        expected_alias_revision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision", "expected_alias_revision", b"expected_alias_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "checkpoint", b"checkpoint", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision", "actor", b"actor", "alias", b"alias", "checkpoint", b"checkpoint", "expected_alias_revision", b"expected_alias_revision", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected_alias_revision: _TypeAlias = _typing.Literal["expected_alias_revision"]  # noqa: Y015
+    _WhichOneofArgType__expected_alias_revision: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_alias_revision) -> _WhichOneofReturnType__expected_alias_revision | None: ...
 
 Global___PromoteCheckpointRequest: _TypeAlias = PromoteCheckpointRequest  # noqa: Y015
 
@@ -535,24 +545,33 @@ class ApproveCheckpointRequest(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     REVIEWER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    EXPECTED_ALIAS_REVISION_FIELD_NUMBER: _builtins.int
     checkpoint: _builtins.str
     """Required. The checkpoint pending review, `models/{model}/checkpoints/{checkpoint}`."""
     reviewer: _builtins.str
     """Required. Who approves, e.g. `alice@example.com`."""
     reason: _builtins.str
     """Required. Why, at most 1000 characters."""
+    expected_alias_revision: _builtins.int
+    """Optional. Optimistic concurrency on the `production` alias the approval moves: the
+    revision the reviewer last saw. When it is stale nothing is recorded or moved and the call
+    fails with ABORTED. Unset: no check.
+    """
     def __init__(
         self,
         *,
         checkpoint: _builtins.str = ...,
         reviewer: _builtins.str = ...,
         reason: _builtins.str = ...,
+        expected_alias_revision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision", "expected_alias_revision", b"expected_alias_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "reason", b"reason", "reviewer", b"reviewer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision", "checkpoint", b"checkpoint", "expected_alias_revision", b"expected_alias_revision", "reason", b"reason", "reviewer", b"reviewer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected_alias_revision: _TypeAlias = _typing.Literal["expected_alias_revision"]  # noqa: Y015
+    _WhichOneofArgType__expected_alias_revision: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_alias_revision) -> _WhichOneofReturnType__expected_alias_revision | None: ...
 
 Global___ApproveCheckpointRequest: _TypeAlias = ApproveCheckpointRequest  # noqa: Y015
 
@@ -657,6 +676,7 @@ class RollbackModelRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_ALIAS_REVISION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Required. The model, `models/{model}`."""
     target_checkpoint: _builtins.str
@@ -671,6 +691,11 @@ class RollbackModelRequest(_message.Message):
     """Optional. Idempotency key (e.g. a UUID): a repeated request with the same key rolls
     back once.
     """
+    expected_alias_revision: _builtins.int
+    """Optional. Optimistic concurrency on the `production` alias: the revision the caller last
+    saw. When it is stale (someone promoted or rolled back since) nothing moves and the call
+    fails with ABORTED. Unset: no check.
+    """
     def __init__(
         self,
         *,
@@ -679,12 +704,15 @@ class RollbackModelRequest(_message.Message):
         actor: _builtins.str = ...,
         reason: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        expected_alias_revision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision", "expected_alias_revision", b"expected_alias_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model", b"model", "reason", b"reason", "request_id", b"request_id", "target_checkpoint", b"target_checkpoint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision", "actor", b"actor", "expected_alias_revision", b"expected_alias_revision", "model", b"model", "reason", b"reason", "request_id", b"request_id", "target_checkpoint", b"target_checkpoint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected_alias_revision: _TypeAlias = _typing.Literal["expected_alias_revision"]  # noqa: Y015
+    _WhichOneofArgType__expected_alias_revision: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_alias_revision) -> _WhichOneofReturnType__expected_alias_revision | None: ...
 
 Global___RollbackModelRequest: _TypeAlias = RollbackModelRequest  # noqa: Y015
 
@@ -733,6 +761,9 @@ class ReportLiveQualityRequest(_message.Message):
     WINDOW_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     REPORT_TIME_FIELD_NUMBER: _builtins.int
+    SUCCESSES_FIELD_NUMBER: _builtins.int
+    TRIALS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Required. The model, `models/{model}`."""
     checkpoint: _builtins.str
@@ -746,11 +777,29 @@ class ReportLiveQualityRequest(_message.Message):
     slice: _builtins.str
     """Optional. The slice; empty for all traffic."""
     value: _builtins.float
-    """Required. The measured value, in the metric's units (finite)."""
+    """The measured value, in the metric's units (finite). Required without `trials`; with
+    `trials`, optional (0, or `successes / trials`).
+    """
     example_count: _builtins.int
-    """Optional. Examples measured, >= 0; 0 means unknown."""
+    """Optional. Examples measured, >= 0; 0 means unknown. Ignored when `trials` is set."""
     source: _builtins.str
     """Optional. Who reports, e.g. `serving-fleet-eu1`."""
+    successes: _builtins.int
+    """Optional. Of the `trials` labelled outcomes in this report's window (those not reported
+    before), how many were good, 0 <= successes <= trials. For success rates (`metric` where
+    higher is better, values in [0, 1]). The registry adds them to the checkpoint's totals and
+    keeps a confidence sequence of its rate that holds at every report at once; once it has
+    enough trials, the checkpoint is below its floor when the sequence's upper bound is.
+    """
+    trials: _builtins.int
+    """Optional. Labelled outcomes in this report's window, >= 0; 0 means the report carries a
+    bare `value` (the older form, still recorded and compared with the floor as is).
+    """
+    request_id: _builtins.str
+    """Optional. Makes a counted report idempotent: a report whose id was seen before is not
+    added again (the response describes the totals as they are). Without it a retried report
+    counts twice.
+    """
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
         """Optional. The span of traffic measured."""
@@ -771,10 +820,13 @@ class ReportLiveQualityRequest(_message.Message):
         window: _duration_pb2.Duration | None = ...,
         source: _builtins.str = ...,
         report_time: _timestamp_pb2.Timestamp | None = ...,
+        successes: _builtins.int = ...,
+        trials: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["report_time", b"report_time", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "example_count", b"example_count", "metric", b"metric", "model", b"model", "report_time", b"report_time", "slice", b"slice", "source", b"source", "value", b"value", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "example_count", b"example_count", "metric", b"metric", "model", b"model", "report_time", b"report_time", "request_id", b"request_id", "slice", b"slice", "source", b"source", "successes", b"successes", "trials", b"trials", "value", b"value", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

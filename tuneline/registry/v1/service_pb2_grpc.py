@@ -166,6 +166,7 @@ class RegistryServiceServicer:
     def WatchAlias(self, request, context):
         """Streams an alias: its current state first, then every move, in order, as it happens.
         The stream stays open until the client cancels it or the server shuts down.
+        RESOURCE_EXHAUSTED when the server's stream caps (per server, method or client) are reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,15 +200,18 @@ class RegistryServiceServicer:
         and was not itself rolled back (or to an explicit target). Emits ModelRolledBack.
         Idempotent with `request_id`. FAILED_PRECONDITION, changing nothing, when there is no
         such checkpoint.
+        PromoteCheckpoint, ApproveCheckpoint and RollbackModel take an optional
+        `expected_alias_revision` (optimistic concurrency): ABORTED, changing nothing, when stale.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportLiveQuality(self, request, context):
-        """Records a live quality measurement of the checkpoint being served, exported as a
-        Prometheus gauge labelled with model, checkpoint, metric and slice (alert rules compare
-        it with the model's floor).
+        """Records a live quality measurement of the checkpoint being served, exported as Prometheus
+        gauges labelled with model, checkpoint, metric and slice (alert rules compare them with the
+        model's floor). Reports with counts (`successes` of `trials`) feed an always-valid
+        confidence sequence of the checkpoint's success rate; a bare `value` is recorded as is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,6 +55,7 @@ class RegistryServiceStub:
     WatchAlias: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchAliasRequest, _service_pb2.WatchAliasResponse]
     """Streams an alias: its current state first, then every move, in order, as it happens.
     The stream stays open until the client cancels it or the server shuts down.
+    RESOURCE_EXHAUSTED when the server's stream caps (per server, method or client) are reached.
     """
     PromoteCheckpoint: _grpc.UnaryUnaryMultiCallable[_service_pb2.PromoteCheckpointRequest, _service_pb2.PromoteCheckpointResponse]
     """Moves an alias (default `production`) to a checkpoint whose latest evaluation PASSED.
@@ -70,11 +71,14 @@ class RegistryServiceStub:
     and was not itself rolled back (or to an explicit target). Emits ModelRolledBack.
     Idempotent with `request_id`. FAILED_PRECONDITION, changing nothing, when there is no
     such checkpoint.
+    PromoteCheckpoint, ApproveCheckpoint and RollbackModel take an optional
+    `expected_alias_revision` (optimistic concurrency): ABORTED, changing nothing, when stale.
     """
     ReportLiveQuality: _grpc.UnaryUnaryMultiCallable[_service_pb2.ReportLiveQualityRequest, _service_pb2.ReportLiveQualityResponse]
-    """Records a live quality measurement of the checkpoint being served, exported as a
-    Prometheus gauge labelled with model, checkpoint, metric and slice (alert rules compare
-    it with the model's floor).
+    """Records a live quality measurement of the checkpoint being served, exported as Prometheus
+    gauges labelled with model, checkpoint, metric and slice (alert rules compare them with the
+    model's floor). Reports with counts (`successes` of `trials`) feed an always-valid
+    confidence sequence of the checkpoint's success rate; a bare `value` is recorded as is.
     """
 
 @_typing.type_check_only
@@ -104,6 +108,7 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     WatchAlias: _aio.UnaryStreamMultiCallable[_service_pb2.WatchAliasRequest, _service_pb2.WatchAliasResponse]  # type: ignore[assignment]
     """Streams an alias: its current state first, then every move, in order, as it happens.
     The stream stays open until the client cancels it or the server shuts down.
+    RESOURCE_EXHAUSTED when the server's stream caps (per server, method or client) are reached.
     """
     PromoteCheckpoint: _aio.UnaryUnaryMultiCallable[_service_pb2.PromoteCheckpointRequest, _service_pb2.PromoteCheckpointResponse]  # type: ignore[assignment]
     """Moves an alias (default `production`) to a checkpoint whose latest evaluation PASSED.
@@ -119,11 +124,14 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     and was not itself rolled back (or to an explicit target). Emits ModelRolledBack.
     Idempotent with `request_id`. FAILED_PRECONDITION, changing nothing, when there is no
     such checkpoint.
+    PromoteCheckpoint, ApproveCheckpoint and RollbackModel take an optional
+    `expected_alias_revision` (optimistic concurrency): ABORTED, changing nothing, when stale.
     """
     ReportLiveQuality: _aio.UnaryUnaryMultiCallable[_service_pb2.ReportLiveQualityRequest, _service_pb2.ReportLiveQualityResponse]  # type: ignore[assignment]
-    """Records a live quality measurement of the checkpoint being served, exported as a
-    Prometheus gauge labelled with model, checkpoint, metric and slice (alert rules compare
-    it with the model's floor).
+    """Records a live quality measurement of the checkpoint being served, exported as Prometheus
+    gauges labelled with model, checkpoint, metric and slice (alert rules compare them with the
+    model's floor). Reports with counts (`successes` of `trials`) feed an always-valid
+    confidence sequence of the checkpoint's success rate; a bare `value` is recorded as is.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -198,6 +206,7 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_service_pb2.WatchAliasResponse], _abc.AsyncIterator[_service_pb2.WatchAliasResponse]]:
         """Streams an alias: its current state first, then every move, in order, as it happens.
         The stream stays open until the client cancels it or the server shuts down.
+        RESOURCE_EXHAUSTED when the server's stream caps (per server, method or client) are reached.
         """
 
     @_abc_1.abstractmethod
@@ -237,6 +246,8 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         and was not itself rolled back (or to an explicit target). Emits ModelRolledBack.
         Idempotent with `request_id`. FAILED_PRECONDITION, changing nothing, when there is no
         such checkpoint.
+        PromoteCheckpoint, ApproveCheckpoint and RollbackModel take an optional
+        `expected_alias_revision` (optimistic concurrency): ABORTED, changing nothing, when stale.
         """
 
     @_abc_1.abstractmethod
@@ -245,9 +256,10 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _service_pb2.ReportLiveQualityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.ReportLiveQualityResponse, _abc.Awaitable[_service_pb2.ReportLiveQualityResponse]]:
-        """Records a live quality measurement of the checkpoint being served, exported as a
-        Prometheus gauge labelled with model, checkpoint, metric and slice (alert rules compare
-        it with the model's floor).
+        """Records a live quality measurement of the checkpoint being served, exported as Prometheus
+        gauges labelled with model, checkpoint, metric and slice (alert rules compare them with the
+        model's floor). Reports with counts (`successes` of `trials`) feed an always-valid
+        confidence sequence of the checkpoint's success rate; a bare `value` is recorded as is.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

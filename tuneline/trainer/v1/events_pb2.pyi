@@ -112,6 +112,7 @@ class CheckpointReady(_message.Message):
     LINEAGE_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
     checkpoint: _builtins.str
     """Always set. The checkpoint, `trainingJobs/{job}/checkpoints/{checkpoint}`. Record key."""
     training_job: _builtins.str
@@ -139,7 +140,14 @@ class CheckpointReady(_message.Message):
     is_best: _builtins.bool
     """Always set. True when it has the job's lowest validation loss so far."""
     is_final: _builtins.bool
-    """Always set. True for the checkpoint written when the job ended."""
+    """Always set. True for the checkpoint written when training stopped, whatever the reason
+    (see `stop_reason`).
+    """
+    stop_reason: _resources_pb2_1.TrainingStopReason.ValueType
+    """Optional: unset for checkpoints written along the way. Why training stopped, on the
+    checkpoint written when it stopped (`is_final`). CANCELLED or FAILED mark a partly trained
+    adapter: consumers may evaluate it, but the registry never promotes it automatically.
+    """
     @_builtins.property
     def lineage(self) -> _resources_pb2.Lineage:
         """Always set. Full lineage, `checkpoint` included."""
@@ -171,10 +179,11 @@ class CheckpointReady(_message.Message):
         lineage: _resources_pb2.Lineage | None = ...,
         cost: _resources_pb2.Cost | None = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        stop_reason: _resources_pb2_1.TrainingStopReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "event_time", b"event_time", "lineage", b"lineage", "validation_loss", b"validation_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "artifact_uri", b"artifact_uri", "checkpoint", b"checkpoint", "cost", b"cost", "epoch", b"epoch", "event_time", b"event_time", "is_best", b"is_best", "is_final", b"is_final", "lineage", b"lineage", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step", "target_model", b"target_model", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "artifact_uri", b"artifact_uri", "checkpoint", b"checkpoint", "cost", b"cost", "epoch", b"epoch", "event_time", b"event_time", "is_best", b"is_best", "is_final", b"is_final", "lineage", b"lineage", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step", "stop_reason", b"stop_reason", "target_model", b"target_model", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_loss: _TypeAlias = _typing.Literal["validation_loss"]  # noqa: Y015
     _WhichOneofArgType__validation_loss: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss"]  # noqa: Y015

@@ -121,7 +121,7 @@ class _TrainingStopReason:
 class _TrainingStopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrainingStopReason.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TRAINING_STOP_REASON_UNSPECIFIED: _TrainingStopReason.ValueType  # 0
-    """Not set (the job has not succeeded)."""
+    """Not set: training has not stopped (a running job, or a checkpoint written along the way)."""
     TRAINING_STOP_REASON_MAX_STEPS: _TrainingStopReason.ValueType  # 1
     """`Hyperparameters.max_steps` was reached."""
     TRAINING_STOP_REASON_EPOCHS_COMPLETED: _TrainingStopReason.ValueType  # 2
@@ -130,12 +130,24 @@ class _TrainingStopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tr
     """Validation loss stopped improving for `StoppingRules.early_stopping_patience` evaluations."""
     TRAINING_STOP_REASON_MAX_DURATION: _TrainingStopReason.ValueType  # 4
     """`StoppingRules.max_duration` elapsed."""
+    TRAINING_STOP_REASON_CANCELLED: _TrainingStopReason.ValueType  # 5
+    """CancelTrainingJob stopped it before a stopping rule did. Its final checkpoint is partly
+    trained and is never promoted automatically.
+    """
+    TRAINING_STOP_REASON_FAILED: _TrainingStopReason.ValueType  # 6
+    """An error stopped it (see `TrainingJob.failure_reason`). A checkpoint written as it stopped
+    is partly trained and is never promoted automatically.
+    """
 
 class TrainingStopReason(_TrainingStopReason, metaclass=_TrainingStopReasonEnumTypeWrapper):
-    """Which stopping rule ended a successful job."""
+    """Why training stopped: the stopping rule that ended a successful job (MAX_STEPS,
+    EPOCHS_COMPLETED, EARLY_STOPPING, MAX_DURATION), or CANCELLED / FAILED for a job that did not
+    complete. A checkpoint written when training stopped carries the reason (see
+    `Checkpoint.stop_reason`): a CANCELLED or FAILED one holds a partly trained adapter.
+    """
 
 TRAINING_STOP_REASON_UNSPECIFIED: TrainingStopReason.ValueType  # 0
-"""Not set (the job has not succeeded)."""
+"""Not set: training has not stopped (a running job, or a checkpoint written along the way)."""
 TRAINING_STOP_REASON_MAX_STEPS: TrainingStopReason.ValueType  # 1
 """`Hyperparameters.max_steps` was reached."""
 TRAINING_STOP_REASON_EPOCHS_COMPLETED: TrainingStopReason.ValueType  # 2
@@ -144,7 +156,45 @@ TRAINING_STOP_REASON_EARLY_STOPPING: TrainingStopReason.ValueType  # 3
 """Validation loss stopped improving for `StoppingRules.early_stopping_patience` evaluations."""
 TRAINING_STOP_REASON_MAX_DURATION: TrainingStopReason.ValueType  # 4
 """`StoppingRules.max_duration` elapsed."""
+TRAINING_STOP_REASON_CANCELLED: TrainingStopReason.ValueType  # 5
+"""CancelTrainingJob stopped it before a stopping rule did. Its final checkpoint is partly
+trained and is never promoted automatically.
+"""
+TRAINING_STOP_REASON_FAILED: TrainingStopReason.ValueType  # 6
+"""An error stopped it (see `TrainingJob.failure_reason`). A checkpoint written as it stopped
+is partly trained and is never promoted automatically.
+"""
 Global___TrainingStopReason: _TypeAlias = TrainingStopReason  # noqa: Y015
+
+class _RowSkipReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RowSkipReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RowSkipReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROW_SKIP_REASON_UNSPECIFIED: _RowSkipReason.ValueType  # 0
+    """Not set. Never used."""
+    ROW_SKIP_REASON_UNMASKABLE_CHAT: _RowSkipReason.ValueType  # 1
+    """A `messages` row whose assistant turns the model's chat template does not let the trainer
+    find in the rendered conversation (the template rewrites or drops them), so no loss mask
+    can be built for it.
+    """
+    ROW_SKIP_REASON_NO_LOSS_TOKEN: _RowSkipReason.ValueType  # 2
+    """Truncation to `max_seq_length` left the row no completion token to learn from."""
+
+class RowSkipReason(_RowSkipReason, metaclass=_RowSkipReasonEnumTypeWrapper):
+    """Why training leaves a row of its split out."""
+
+ROW_SKIP_REASON_UNSPECIFIED: RowSkipReason.ValueType  # 0
+"""Not set. Never used."""
+ROW_SKIP_REASON_UNMASKABLE_CHAT: RowSkipReason.ValueType  # 1
+"""A `messages` row whose assistant turns the model's chat template does not let the trainer
+find in the rendered conversation (the template rewrites or drops them), so no loss mask
+can be built for it.
+"""
+ROW_SKIP_REASON_NO_LOSS_TOKEN: RowSkipReason.ValueType  # 2
+"""Truncation to `max_seq_length` left the row no completion token to learn from."""
+Global___RowSkipReason: _TypeAlias = RowSkipReason  # noqa: Y015
 
 @_typing.final
 class StoppingRules(_message.Message):
@@ -298,6 +348,7 @@ class TrainingProgress(_message.Message):
     ELAPSED_FIELD_NUMBER: _builtins.int
     LATEST_CHECKPOINT_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SKIPPED_ROWS_FIELD_NUMBER: _builtins.int
     state: Global___TrainingJobState.ValueType
     """Output only. The job's state."""
     step: _builtins.int
@@ -338,6 +389,12 @@ class TrainingProgress(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When this snapshot was taken."""
 
+    @_builtins.property
+    def skipped_rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___SkippedRows]:
+        """Output only. Rows of the split that training leaves out, one entry per reason; empty when
+        it uses every row (or before the job started). The job trains on the others.
+        """
+
     def __init__(
         self,
         *,
@@ -355,10 +412,11 @@ class TrainingProgress(_message.Message):
         elapsed: _duration_pb2.Duration | None = ...,
         latest_checkpoint: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        skipped_rows: _abc.Iterable[Global___SkippedRows] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_best_validation_loss", b"_best_validation_loss", "_train_loss", b"_train_loss", "_validation_loss", b"_validation_loss", "best_validation_loss", b"best_validation_loss", "elapsed", b"elapsed", "eta", b"eta", "train_loss", b"train_loss", "update_time", b"update_time", "validation_loss", b"validation_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_best_validation_loss", b"_best_validation_loss", "_train_loss", b"_train_loss", "_validation_loss", b"_validation_loss", "best_validation_loss", b"best_validation_loss", "elapsed", b"elapsed", "epoch", b"epoch", "eta", b"eta", "latest_checkpoint", b"latest_checkpoint", "learning_rate", b"learning_rate", "state", b"state", "step", b"step", "tokens_per_second", b"tokens_per_second", "tokens_seen", b"tokens_seen", "total_steps", b"total_steps", "train_loss", b"train_loss", "update_time", b"update_time", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_best_validation_loss", b"_best_validation_loss", "_train_loss", b"_train_loss", "_validation_loss", b"_validation_loss", "best_validation_loss", b"best_validation_loss", "elapsed", b"elapsed", "epoch", b"epoch", "eta", b"eta", "latest_checkpoint", b"latest_checkpoint", "learning_rate", b"learning_rate", "skipped_rows", b"skipped_rows", "state", b"state", "step", b"step", "tokens_per_second", b"tokens_per_second", "tokens_seen", b"tokens_seen", "total_steps", b"total_steps", "train_loss", b"train_loss", "update_time", b"update_time", "validation_loss", b"validation_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__best_validation_loss: _TypeAlias = _typing.Literal["best_validation_loss"]  # noqa: Y015
     _WhichOneofArgType__best_validation_loss: _TypeAlias = _typing.Literal["_best_validation_loss", b"_best_validation_loss"]  # noqa: Y015
@@ -374,6 +432,38 @@ class TrainingProgress(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__validation_loss) -> _WhichOneofReturnType__validation_loss | None: ...
 
 Global___TrainingProgress: _TypeAlias = TrainingProgress  # noqa: Y015
+
+@_typing.final
+class SkippedRows(_message.Message):
+    """Rows of a split that training leaves out, for one reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    ROW_COUNT_FIELD_NUMBER: _builtins.int
+    EXAMPLE_ROW_IDS_FIELD_NUMBER: _builtins.int
+    reason: Global___RowSkipReason.ValueType
+    """Output only. Why they are left out."""
+    row_count: _builtins.int
+    """Output only. How many rows, train and validation parts together."""
+    @_builtins.property
+    def example_row_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. The first few of their row ids (at most 10), in split order."""
+
+    def __init__(
+        self,
+        *,
+        reason: Global___RowSkipReason.ValueType = ...,
+        row_count: _builtins.int = ...,
+        example_row_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["example_row_ids", b"example_row_ids", "reason", b"reason", "row_count", b"row_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkippedRows: _TypeAlias = SkippedRows  # noqa: Y015
 
 @_typing.final
 class LossPoint(_message.Message):
@@ -415,6 +505,81 @@ class LossPoint(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__validation_loss) -> _WhichOneofReturnType__validation_loss | None: ...
 
 Global___LossPoint: _TypeAlias = LossPoint  # noqa: Y015
+
+@_typing.final
+class TrainingEstimate(_message.Message):
+    """What a training job is expected to process and cost, before it runs
+    (CreateTrainingJob with `validate_only`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAIN_EXAMPLES_FIELD_NUMBER: _builtins.int
+    TRAIN_TOKENS_FIELD_NUMBER: _builtins.int
+    PLANNED_STEPS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_TOKENS_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_DEVICE_SECOND_FIELD_NUMBER: _builtins.int
+    MEASURED_RUNS_FIELD_NUMBER: _builtins.int
+    DEVICE_TYPE_FIELD_NUMBER: _builtins.int
+    ESTIMATED_DEVICE_SECONDS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_COST_FIELD_NUMBER: _builtins.int
+    OVERHEAD_DEVICE_SECONDS_FIELD_NUMBER: _builtins.int
+    train_examples: _builtins.int
+    """Output only. Rows of the split's train part that training can use."""
+    train_tokens: _builtins.int
+    """Output only. Non-padding tokens of those rows, encoded with the base model's tokenizer and
+    truncated to `max_seq_length`: one pass over the train part.
+    """
+    planned_steps: _builtins.int
+    """Output only. Optimizer steps the job plans."""
+    estimated_tokens: _builtins.int
+    """Output only. Tokens the planned steps process, every pass counted (what the finished
+    job's `cost.tokens_processed` will say).
+    """
+    tokens_per_device_second: _builtins.float
+    """Output only. The training loop's throughput assumed, in tokens per device-second:
+    measured on earlier runs of the same base model on the same device type (their tokens over
+    their training-loop time), else the server's conservative default.
+    """
+    measured_runs: _builtins.int
+    """Output only. Earlier runs the throughput was measured on; 0 means the default was used."""
+    device_type: _builtins.str
+    """Output only. The device type of those runs, e.g. `cuda:NVIDIA H100 80GB HBM3` or `cpu`;
+    empty when the default was used.
+    """
+    estimated_device_seconds: _builtins.float
+    """Output only. Device time expected: `overhead_device_seconds` plus
+    `estimated_tokens / tokens_per_device_second`.
+    """
+    overhead_device_seconds: _builtins.float
+    """Output only. Device time a run spends outside its training loop (loading the model and
+    data, validation, checkpoints): the median over the measured runs; 0 with the default.
+    """
+    @_builtins.property
+    def estimated_cost(self) -> _resources_pb2.Money:
+        """Output only. `estimated_device_seconds` at the configured price of a device-hour."""
+
+    def __init__(
+        self,
+        *,
+        train_examples: _builtins.int = ...,
+        train_tokens: _builtins.int = ...,
+        planned_steps: _builtins.int = ...,
+        estimated_tokens: _builtins.int = ...,
+        tokens_per_device_second: _builtins.float = ...,
+        measured_runs: _builtins.int = ...,
+        device_type: _builtins.str = ...,
+        estimated_device_seconds: _builtins.float = ...,
+        estimated_cost: _resources_pb2.Money | None = ...,
+        overhead_device_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_cost", b"estimated_cost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_type", b"device_type", "estimated_cost", b"estimated_cost", "estimated_device_seconds", b"estimated_device_seconds", "estimated_tokens", b"estimated_tokens", "measured_runs", b"measured_runs", "overhead_device_seconds", b"overhead_device_seconds", "planned_steps", b"planned_steps", "tokens_per_device_second", b"tokens_per_device_second", "train_examples", b"train_examples", "train_tokens", b"train_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingEstimate: _TypeAlias = TrainingEstimate  # noqa: Y015
 
 @_typing.final
 class TrainingJob(_message.Message):
@@ -468,7 +633,9 @@ class TrainingJob(_message.Message):
     failure_message: _builtins.str
     """Output only. Details of the failure, for humans; empty unless FAILED."""
     stop_reason: Global___TrainingStopReason.ValueType
-    """Output only. Which rule stopped the job; unset unless SUCCEEDED."""
+    """Output only. Why training stopped: the rule that ended a SUCCEEDED job, CANCELLED for a
+    CANCELLED job, FAILED for a FAILED one; unset while the job is queued or training.
+    """
     best_checkpoint: _builtins.str
     """Output only. The kept checkpoint with the lowest validation loss; empty before the first."""
     latest_checkpoint: _builtins.str
@@ -598,6 +765,7 @@ class Checkpoint(_message.Message):
     LINEAGE_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `trainingJobs/{job}/checkpoints/{checkpoint}`; one checkpoint per step."""
     training_job: _builtins.str
@@ -629,7 +797,11 @@ class Checkpoint(_message.Message):
     it was written (later checkpoints may take the title; see TrainingJob.best_checkpoint).
     """
     is_final: _builtins.bool
-    """Output only. True for the checkpoint written when the job ended."""
+    """Output only. True for the checkpoint written when training stopped (see `stop_reason`)."""
+    stop_reason: Global___TrainingStopReason.ValueType
+    """Output only. Why training stopped, for the checkpoint written when it stopped (`is_final`);
+    unset for checkpoints written along the way. CANCELLED or FAILED: a partly trained adapter.
+    """
     @_builtins.property
     def lineage(self) -> _resources_pb2.Lineage:
         """Output only. Full lineage: data, base model, adapter, hyperparameters, job, software."""
@@ -661,10 +833,11 @@ class Checkpoint(_message.Message):
         lineage: _resources_pb2.Lineage | None = ...,
         cost: _resources_pb2.Cost | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        stop_reason: Global___TrainingStopReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "create_time", b"create_time", "lineage", b"lineage", "validation_loss", b"validation_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "artifact_uri", b"artifact_uri", "cost", b"cost", "create_time", b"create_time", "epoch", b"epoch", "is_best", b"is_best", "is_final", b"is_final", "lineage", b"lineage", "name", b"name", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step", "target_model", b"target_model", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "artifact_uri", b"artifact_uri", "cost", b"cost", "create_time", b"create_time", "epoch", b"epoch", "is_best", b"is_best", "is_final", b"is_final", "lineage", b"lineage", "name", b"name", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step", "stop_reason", b"stop_reason", "target_model", b"target_model", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_loss: _TypeAlias = _typing.Literal["validation_loss"]  # noqa: Y015
     _WhichOneofArgType__validation_loss: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss"]  # noqa: Y015

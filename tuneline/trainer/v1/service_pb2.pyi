@@ -28,6 +28,7 @@ class CreateTrainingJobRequest(_message.Message):
     TRAINING_JOB_FIELD_NUMBER: _builtins.int
     TRAINING_JOB_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     training_job_id: _builtins.str
     """Optional. The job id, the `{job}` of `trainingJobs/{job}`; matches
     `^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`. Empty means a server-generated id.
@@ -35,6 +36,11 @@ class CreateTrainingJobRequest(_message.Message):
     request_id: _builtins.str
     """Optional. Idempotency key (e.g. a UUID): a repeated request with the same key returns
     the job the first one created instead of creating another.
+    """
+    validate_only: _builtins.bool
+    """Optional. Validate the job and estimate its tokens, device time and cost, creating
+    nothing: the response has the job as it would be created (defaults resolved, no name) and
+    its `estimate`. Every error a real request would get is returned the same way.
     """
     @_builtins.property
     def training_job(self) -> _resources_pb2.TrainingJob:
@@ -46,10 +52,11 @@ class CreateTrainingJobRequest(_message.Message):
         training_job: _resources_pb2.TrainingJob | None = ...,
         training_job_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training_job", b"training_job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "training_job", b"training_job", "training_job_id", b"training_job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "training_job", b"training_job", "training_job_id", b"training_job_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -62,18 +69,24 @@ class CreateTrainingJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TRAINING_JOB_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def training_job(self) -> _resources_pb2.TrainingJob:
-        """Always set. The job, defaults resolved."""
+        """Always set. The job, defaults resolved (with no name when `validate_only`)."""
+
+    @_builtins.property
+    def estimate(self) -> _resources_pb2.TrainingEstimate:
+        """Optional: set only when `validate_only`. What the job is expected to process and cost."""
 
     def __init__(
         self,
         *,
         training_job: _resources_pb2.TrainingJob | None = ...,
+        estimate: _resources_pb2.TrainingEstimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["training_job", b"training_job"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "training_job", b"training_job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["training_job", b"training_job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "training_job", b"training_job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

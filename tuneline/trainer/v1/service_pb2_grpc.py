@@ -112,7 +112,8 @@ class TrainerServiceServicer:
     def CreateTrainingJob(self, request, context):
         """Creates a training job in state QUEUED. Checks the request first (INVALID_ARGUMENT), then
         that the base model is on the server and loadable and the split is known
-        (FAILED_PRECONDITION).
+        (FAILED_PRECONDITION). With `validate_only` it creates nothing and estimates the job's
+        tokens, device time and cost instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,7 +46,8 @@ class TrainerServiceStub:
     CreateTrainingJob: _grpc.UnaryUnaryMultiCallable[_service_pb2.CreateTrainingJobRequest, _service_pb2.CreateTrainingJobResponse]
     """Creates a training job in state QUEUED. Checks the request first (INVALID_ARGUMENT), then
     that the base model is on the server and loadable and the split is known
-    (FAILED_PRECONDITION).
+    (FAILED_PRECONDITION). With `validate_only` it creates nothing and estimates the job's
+    tokens, device time and cost instead.
     """
     GetTrainingJob: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetTrainingJobRequest, _service_pb2.GetTrainingJobResponse]
     """Gets a training job."""
@@ -92,7 +93,8 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     CreateTrainingJob: _aio.UnaryUnaryMultiCallable[_service_pb2.CreateTrainingJobRequest, _service_pb2.CreateTrainingJobResponse]  # type: ignore[assignment]
     """Creates a training job in state QUEUED. Checks the request first (INVALID_ARGUMENT), then
     that the base model is on the server and loadable and the split is known
-    (FAILED_PRECONDITION).
+    (FAILED_PRECONDITION). With `validate_only` it creates nothing and estimates the job's
+    tokens, device time and cost instead.
     """
     GetTrainingJob: _aio.UnaryUnaryMultiCallable[_service_pb2.GetTrainingJobRequest, _service_pb2.GetTrainingJobResponse]  # type: ignore[assignment]
     """Gets a training job."""
@@ -141,7 +143,8 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_service_pb2.CreateTrainingJobResponse, _abc.Awaitable[_service_pb2.CreateTrainingJobResponse]]:
         """Creates a training job in state QUEUED. Checks the request first (INVALID_ARGUMENT), then
         that the base model is on the server and loadable and the split is known
-        (FAILED_PRECONDITION).
+        (FAILED_PRECONDITION). With `validate_only` it creates nothing and estimates the job's
+        tokens, device time and cost instead.
         """
 
     @_abc_1.abstractmethod
