@@ -8,12 +8,12 @@ texts (case and spacing changed: the same group key) and ~20 % of rows in explic
 
 Two comparisons, each against a baseline measured in the same run:
 
-* **domain** — from parsed rows: the splitter's work (group keys, assignment, manifest with
-  stats and overlap check, serialised) versus the bare minimum any split needs: computing every
-  row's group key and one sha256 per row.
+* **domain** — from parsed rows: the splitter's work (text keys and explicit groups joined into
+  groups, assignment, manifest with stats and overlap check, serialised) versus the bare minimum
+  any split needs: computing every row's normalized text key and one sha256 per row.
 * **service path** — from the canonical JSONL file: what a split costs in the service (stream
   and verify the file, parse, split, write the manifest atomically) versus reading the file,
-  ``json.loads`` of every line, the group key and one sha256 per row. It runs in a fresh
+  ``json.loads`` of every line, the text key and one sha256 per row. It runs in a fresh
   process, like the service, so its peak RSS is what splitting the version takes.
 
 Prints rows/s per stage (the best of ``--repeat`` runs), the ratio to the baseline (1.0 = as
@@ -48,8 +48,8 @@ from services.splitter.domain import (
     SplitSpec,
     SplitStrategy,
     TaskType,
-    group_key,
     split_dataset,
+    text_key,
 )
 from shared.artifacts import LocalArtifactStore
 
@@ -157,7 +157,7 @@ def bench_domain(
     def baseline() -> None:
         sha256 = hashlib.sha256
         for row in rows:
-            sha256(group_key(row, task).encode()).digest()
+            sha256(text_key(row, task).encode()).digest()
 
     def split(spec: SplitSpec) -> None:
         split_rows = SplitRows()
@@ -165,7 +165,7 @@ def bench_domain(
             split_rows.add(row, task, dataset_version=version.name, line=number)
         split_dataset(version, split_rows, spec).to_bytes()
 
-    stages: dict[str, Callable[[], object]] = {"baseline: group key + one sha256 per row": baseline}
+    stages: dict[str, Callable[[], object]] = {"baseline: text key + one sha256 per row": baseline}
     for spec in specs:
         stages[f"{spec.strategy.value}: keys, assign, manifest bytes"] = partial(split, spec)
     base_rate, *rates = best_rates(len(rows), stages, repeat)
@@ -185,7 +185,7 @@ def bench_service_path(
         sha256 = hashlib.sha256
         with content_path.open("rb") as handle:
             for line in handle:
-                sha256(group_key(json.loads(line), version.task_type).encode()).digest()
+                sha256(text_key(json.loads(line), version.task_type).encode()).digest()
 
     def split(spec: SplitSpec) -> None:
         manifest = split_dataset(version, read_split_rows(store, version), spec)

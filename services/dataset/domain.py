@@ -153,7 +153,9 @@ class Rule(enum.StrEnum):
     UNKNOWN_FIELD = "unknown_field"
     #: Two rows carry the same ``id`` but are not the same row.
     DUPLICATE_ID = "duplicate_id"
-    #: An input text (or a label, or a chat message) that is empty or whitespace only.
+    #: An input text (or a label, or a chat message) that is empty, or holds nothing but
+    #: whitespace and invisible characters (format characters such as U+200B ZERO WIDTH SPACE
+    #: or U+FEFF, controls, fillers such as U+3164): nothing a reader could see.
     EMPTY_TEXT = "empty_text"
     #: Input text longer than the policy's ``max_text_length`` (code points).
     TEXT_TOO_LONG = "text_too_long"
@@ -175,6 +177,40 @@ class Rule(enum.StrEnum):
     CONTENT_LENGTH_MISMATCH = "content_length_mismatch"
     #: The bytes received differ from the header's ``content_sha256``.
     CONTENT_SHA256_MISMATCH = "content_sha256_mismatch"
+    #: A string (a value or a key, at any depth) holds a lone surrogate escape such as
+    #: ``"\ud800"``: valid JSON, but not Unicode text, so it cannot be stored as UTF-8.
+    INVALID_UNICODE = "invalid_unicode"
+    #: An object names the same key twice: which value was meant is ambiguous.
+    DUPLICATE_KEY = "duplicate_key"
+    #: A string field holds a control character. The policy: C0 controls (U+0000-U+001F) other
+    #: than tab, line feed and carriage return, DEL (U+007F), and C1 controls (U+0080-U+009F)
+    #: other than U+0085 NEXT LINE (a line break found in real text) are not text. An error by
+    #: default; as a warning the row is kept, characters included.
+    CONTROL_CHARACTER = "control_character"
+    #: A label longer than the service's ``max_label_length`` (code points).
+    LABEL_TOO_LONG = "label_too_long"
+    #: A slice (``slice``, or the first of ``tags``) longer than ``max_slice_length``.
+    SLICE_TOO_LONG = "slice_too_long"
+    #: More distinct labels than the service's ``max_labels``: the rows of the labels past it.
+    TOO_MANY_LABELS = "too_many_labels"
+    #: More distinct slices than the service's ``max_slices``: the rows of the slices past it.
+    TOO_MANY_SLICES = "too_many_slices"
+    #: Lines that ended in CRLF: accepted, their line end written as LF, reported.
+    CRLF_LINE_END = "crlf_line_end"
+    #: The last line had no line end: accepted, one written, reported.
+    MISSING_FINAL_NEWLINE = "missing_final_newline"
+    #: Rows whose normalized input is in the parent version with a different label. Its
+    #: severity (an error by default) applies when the share of shared rows that changed label
+    #: exceeds the policy's ``max_label_churn`` over at least ``min_shared_rows_for_churn``
+    #: shared rows, and the request did not allow it; any smaller churn is a warning.
+    LABEL_CHURN = "label_churn"
+    #: Groups of rows whose normalized inputs are near-duplicates but not equal (MinHash/LSH
+    #: over character shingles, :mod:`shared.near_duplicates`): paraphrase-like repeats that
+    #: would leak across parts if the splitter did not keep them together (it does).
+    NEAR_DUPLICATES = "near_duplicates"
+    #: The near-duplicate check did not run: the version has more rows than the service's
+    #: ``near_duplicate_max_rows``.
+    NEAR_DUPLICATE_CHECK_SKIPPED = "near_duplicate_check_skipped"
 
 
 #: Rules whose findings always reject: the content cannot be represented as rows (or as the
@@ -192,6 +228,12 @@ ALWAYS_ERRORS: frozenset[Rule] = frozenset(
         Rule.UPLOAD_TOO_LARGE,
         Rule.CONTENT_LENGTH_MISMATCH,
         Rule.CONTENT_SHA256_MISMATCH,
+        Rule.INVALID_UNICODE,
+        Rule.DUPLICATE_KEY,
+        Rule.LABEL_TOO_LONG,
+        Rule.SLICE_TOO_LONG,
+        Rule.TOO_MANY_LABELS,
+        Rule.TOO_MANY_SLICES,
     }
 )
 
@@ -208,11 +250,47 @@ DEFAULT_SEVERITIES: Mapping[Rule, Severity] = {
     Rule.LABEL_NOT_IN_SET: Severity.ERROR,
     Rule.CLASS_TOO_SMALL: Severity.ERROR,
     Rule.CLASS_IMBALANCE: Severity.WARNING,
+    Rule.CONTROL_CHARACTER: Severity.ERROR,
+    Rule.CRLF_LINE_END: Severity.INFO,
+    Rule.MISSING_FINAL_NEWLINE: Severity.INFO,
+    Rule.LABEL_CHURN: Severity.ERROR,
+    Rule.NEAR_DUPLICATES: Severity.WARNING,
+    Rule.NEAR_DUPLICATE_CHECK_SKIPPED: Severity.INFO,
 }
 
 DEFAULT_MAX_TEXT_LENGTH = 32768
 DEFAULT_MIN_ROWS_PER_CLASS = 10
 DEFAULT_MAX_IMBALANCE_RATIO = 10.0
+#: Relabelling a fifth of the rows a version shares with its parent is far beyond routine
+#: corrections (a few percent at most) and well below what a swapped or corrupted label column
+#: gives (about half of the rows for two classes, more for a systematic flip): it blocks.
+DEFAULT_MAX_LABEL_CHURN = 0.2
+#: Below this many shared rows a share is too noisy to block on (5 changed rows of 20 would
+#: already be 25 %); the changes are still reported, as a warning.
+DEFAULT_MIN_SHARED_ROWS_FOR_CHURN = 50
+
+
+@dataclass(frozen=True)
+class ValueBounds:
+    """Service-wide bounds on label and slice names (settings, not per-dataset policy).
+
+    Every distinct label and slice travels in ``DatasetVersioned`` and in the split events
+    (their distributions), so without bounds one row could make a multi-megabyte event, more
+    than Kafka accepts by default (1 MB). With the defaults, ASCII names fill each list with
+    at most 200 kB.
+    """
+
+    #: Longest label, in code points (``label_too_long``).
+    max_label_length: int = 200
+    #: Most distinct labels in one version (``too_many_labels``).
+    max_labels: int = 1000
+    #: Longest slice, in code points (``slice_too_long``).
+    max_slice_length: int = 200
+    #: Most distinct slices in one version (``too_many_slices``).
+    max_slices: int = 1000
+
+
+DEFAULT_VALUE_BOUNDS = ValueBounds()
 
 
 # -- policy and datasets -------------------------------------------------------------------------
@@ -228,6 +306,11 @@ class SchemaPolicy:
     min_rows_per_class: int = 0
     max_imbalance_ratio: float = 0.0
     rule_severities: Mapping[str, Severity] = field(default_factory=dict)
+    #: Largest share of the rows shared with the parent version that may change label
+    #: (``label_churn``), in (0, 1]; 0 means the default.
+    max_label_churn: float = 0.0
+    #: Fewest shared rows for ``max_label_churn`` to block; 0 means the default.
+    min_shared_rows_for_churn: int = 0
 
     def resolved(
         self, task_type: TaskType, *, field_prefix: str = "dataset.schema_policy"
@@ -252,6 +335,22 @@ class SchemaPolicy:
             violations.append(
                 FieldViolation(
                     f"{field_prefix}.max_imbalance_ratio",
+                    "must be >= 1 (0: default)",
+                    "OUT_OF_RANGE",
+                )
+            )
+        if self.max_label_churn != 0 and not 0 < self.max_label_churn <= 1:
+            violations.append(
+                FieldViolation(
+                    f"{field_prefix}.max_label_churn",
+                    "must be in (0, 1] (0: default)",
+                    "OUT_OF_RANGE",
+                )
+            )
+        if self.min_shared_rows_for_churn < 0:
+            violations.append(
+                FieldViolation(
+                    f"{field_prefix}.min_shared_rows_for_churn",
                     "must be >= 1 (0: default)",
                     "OUT_OF_RANGE",
                 )
@@ -294,6 +393,9 @@ class SchemaPolicy:
             max_text_length=self.max_text_length or DEFAULT_MAX_TEXT_LENGTH,
             min_rows_per_class=self.min_rows_per_class or DEFAULT_MIN_ROWS_PER_CLASS,
             max_imbalance_ratio=self.max_imbalance_ratio or DEFAULT_MAX_IMBALANCE_RATIO,
+            max_label_churn=self.max_label_churn or DEFAULT_MAX_LABEL_CHURN,
+            min_shared_rows_for_churn=self.min_shared_rows_for_churn
+            or DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
             rule_severities=dict(sorted(self.rule_severities.items())),
         )
 
@@ -377,6 +479,9 @@ class Lineage:
     source_kind: SourceKind
     source: str
     source_sha256: str
+    #: Why label churn beyond the policy was allowed (the request's ``label_churn_reason``);
+    #: empty when the request did not allow it.
+    label_churn_override: str = ""
 
 
 @dataclass(frozen=True)
@@ -428,3 +533,78 @@ class DatasetVersion:
 def artifact_key(dataset_id: str, version_id: str) -> str:
     """Where a version's canonical JSONL lives in the dataset service's artifact store."""
     return f"datasets/{dataset_id}/versions/{version_id}/content.jsonl"
+
+
+# -- label churn against the parent version ------------------------------------------------------
+
+#: Changed rows quoted (line, old label, new label) in a ``label_churn`` message.
+CHURN_ROWS_QUOTED = 10
+
+
+@dataclass(frozen=True)
+class LabelChange:
+    """One row of the new version whose input is in the parent with another label."""
+
+    line: int
+    old_label: str
+    new_label: str
+
+
+@dataclass(frozen=True)
+class LabelChurn:
+    """How the labels of the rows a version shares with its parent changed.
+
+    ``shared_rows`` counts the new version's rows whose normalized input is in the parent,
+    ``changed_rows`` those of them with another label than the parent's (its first row with
+    that input); ``transitions`` counts them per ``(old, new)`` label pair, and ``changes``
+    lists the first few, in line order.
+    """
+
+    parent_version: str
+    shared_rows: int
+    changed_rows: int
+    transitions: tuple[tuple[str, str, int], ...]
+    changes: tuple[LabelChange, ...]
+
+    @property
+    def share(self) -> float:
+        return self.changed_rows / self.shared_rows if self.shared_rows else 0.0
+
+
+def label_churn_finding(
+    churn: LabelChurn, policy: SchemaPolicy, *, override_reason: str = ""
+) -> Finding | None:
+    """The ``label_churn`` finding: the policy's severity when the share of changed rows is over
+    ``max_label_churn`` on at least ``min_shared_rows_for_churn`` shared rows and no override
+    was given, else a warning; None when no shared row changed label."""
+    if not churn.changed_rows:
+        return None
+    over = (
+        churn.shared_rows >= policy.min_shared_rows_for_churn
+        and churn.share > policy.max_label_churn
+    )
+    severity = policy.severity(Rule.LABEL_CHURN) if over else Severity.WARNING
+    verdict = (
+        f"more than the {policy.max_label_churn:.0%} allowed"
+        if over
+        else f"within the {policy.max_label_churn:.0%} allowed"
+        if churn.shared_rows >= policy.min_shared_rows_for_churn
+        else f"fewer than {policy.min_shared_rows_for_churn} shared rows: not blocking"
+    )
+    if over and override_reason:
+        severity = Severity.WARNING
+        verdict += f", allowed by the request: {override_reason}"
+    transitions = ", ".join(f"{old!r}→{new!r} {n}" for old, new, n in churn.transitions)
+    quoted = "; ".join(
+        f"line {c.line}: {c.old_label!r}→{c.new_label!r}" for c in churn.changes[:CHURN_ROWS_QUOTED]
+    )
+    return Finding(
+        rule=Rule.LABEL_CHURN,
+        severity=severity,
+        message=f"{churn.changed_rows} of the {churn.shared_rows} rows whose input is in the "
+        f"parent {churn.parent_version} changed label ({churn.share:.1%}, {verdict}); "
+        f"{transitions}; {quoted}",
+        count=churn.changed_rows,
+        line_numbers=tuple(c.line for c in churn.changes),
+        field="label",
+    )

@@ -2,10 +2,15 @@
 
 :func:`check_block` is the part of validation that needs no memory of other rows: decoding,
 JSON parsing, field and type rules, text rules, and the canonical serialisation with the row's
-id (``DATA.md``). It is a pure function of its arguments, so the validator can run blocks in
-worker processes (it imports neither numpy nor anything that holds state) and merge the results
-in order; the cross-row rules (duplicates, ids, conflicting labels, class balance) stay with the
-validator, which sees the fingerprints computed here.
+id (``DATA.md``; :mod:`shared.canonical_jsonl` is its reference). Parsing refuses what JSON
+allows but a row cannot mean: a key repeated in one object (``duplicate_key``), a lone
+surrogate escape (``invalid_unicode``); which characters a string may hold, and which count as
+visible, is :mod:`services.dataset.characters`.
+
+It is a pure function of its arguments, so the validator can run blocks in worker processes
+(it imports neither numpy nor anything that holds state) and merge the results in order; the
+cross-row rules (duplicates, ids, conflicting labels, class balance) stay with the validator,
+which sees the fingerprints computed here.
 
 Fingerprints are 64-bit (ids, inputs) and 32-bit (rows) digests that are the same in every
 process: a row's **id fingerprint** is its derived id's 16 hex digits as a number (for an uploaded
@@ -30,7 +35,21 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any, NamedTuple, cast
 
-from services.dataset.domain import Rule, SchemaPolicy, Severity, TaskType
+from services.dataset.characters import (
+    describe_control_character,
+    first_control_character,
+    has_lone_surrogate,
+    is_blank,
+)
+from services.dataset.domain import (
+    DEFAULT_VALUE_BOUNDS,
+    Rule,
+    SchemaPolicy,
+    Severity,
+    TaskType,
+    ValueBounds,
+)
+from shared.canonical_jsonl import canonical_json
 from shared.input_text import normalize_input_text
 
 _DERIVED_ID = re.compile(r"^r-([0-9a-f]{16})$")
@@ -46,16 +65,36 @@ _FIELDS = {
 _PLAIN_BYTES = bytes(c for c in range(0x20, 0x100) if c not in b'"\\\x7f')
 _ASCII_BYTES = bytes(range(0x80))
 
+#: Line numbers of CRLF line ends a block keeps (a report keeps at most 1000 per rule).
+_CRLF_LINES_KEPT = 1000
+#: Characters of a client's key or field name quoted in a finding's message.
+_NAME_SHOWN = 40
+
+
+class _DuplicateKey(Exception):
+    """Raised from inside the JSON scanner: an object names ``key`` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The JSON decoder's object hook: a dict, unless a key repeats (the last value would win
+    silently, and which one the client meant is ambiguous)."""
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return row
+
+
+_decoder = json.JSONDecoder(object_pairs_hook=_object_without_repeated_keys)
 # the C scanner json.loads runs underneath its Python-level wrapping (which it is not typed as)
-_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-_canonical_json = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
-
-
-def canonical_json(row: dict[str, Any]) -> str:
-    """The canonical serialisation of one row (``DATA.md``), without the line end."""
-    return _canonical_json(row)
+_scan_json = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 def id_fingerprint(row_id: str) -> int:
@@ -64,6 +103,12 @@ def id_fingerprint(row_id: str) -> int:
     if derived:
         return int(derived.group(1), 16)
     return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:8], "big")
+
+
+def input_fingerprint(text: str) -> int:
+    """An input text's 64-bit fingerprint: the first 8 bytes of the sha256 of its normalized
+    form, as ``BlockResult.input_keys`` holds it (the validator's and label churn's key)."""
+    return int.from_bytes(hashlib.sha256(normalize_input_text(text).encode()).digest()[:8], "big")
 
 
 def plain_text(text: str) -> tuple[bytes, bytes] | None:
@@ -104,15 +149,26 @@ class RowRules:
     max_line_bytes: int
     #: Rule ids whose findings reject the content: rows they find are left out.
     error_rules: frozenset[str]
+    max_label_length: int = ValueBounds.max_label_length
+    max_slice_length: int = ValueBounds.max_slice_length
 
     @classmethod
-    def of(cls, task_type: TaskType, policy: SchemaPolicy, *, max_line_bytes: int) -> RowRules:
+    def of(
+        cls,
+        task_type: TaskType,
+        policy: SchemaPolicy,
+        *,
+        max_line_bytes: int,
+        bounds: ValueBounds = DEFAULT_VALUE_BOUNDS,
+    ) -> RowRules:
         return cls(
             task_type=task_type,
             label_set=frozenset(policy.label_set) if policy.label_set else None,
             max_text_length=policy.max_text_length,
             max_line_bytes=max_line_bytes,
             error_rules=frozenset(r.value for r in Rule if policy.severity(r) is Severity.ERROR),
+            max_label_length=bounds.max_label_length,
+            max_slice_length=bounds.max_slice_length,
         )
 
 
@@ -145,6 +201,9 @@ class BlockResult:
     #: ``(row index, slice)`` for the rows that have a slice.
     slices: list[tuple[int, str]] = field(default_factory=list)
     findings: list[RowFinding] = field(default_factory=list)
+    #: Lines that ended in CRLF (``crlf_line_end``): how many, and the first few.
+    crlf_count: int = 0
+    crlf_lines: list[int] = field(default_factory=list)
 
     @property
     def row_count(self) -> int:
@@ -170,11 +229,20 @@ class _BlockChecker:
         self.out: list[bytes] = []
         #: label -> (its index in the result, its JSON string as bytes)
         self.labels: dict[str, tuple[int, bytes]] = {}
+        #: The labels known to pass every label rule, which the inline fast path may take.
+        self.clean_labels: set[str] = set()
 
     def new_label(self, label: str) -> tuple[int, bytes]:
         known = self.labels[label] = (len(self.result.labels), encode_basestring(label).encode())
         self.result.labels.append(label)
         return known
+
+    def label_is_clean(self, label: str) -> bool:
+        """Whether ``label`` passes every rule about labels alone (remembered when it does)."""
+        if len(label) > self.rules.max_label_length or not _clean_string(label):
+            return False
+        self.clean_labels.add(label)
+        return True
 
     def finding(self, rule: Rule, line: int, message: str, field: str = "") -> bool:
         """Record a finding; True when it leaves the row out (the rule is an error)."""
@@ -187,11 +255,19 @@ class _BlockChecker:
             lines.pop()  # the nothing after the final line end
         else:
             tail = lines[-1]
-            if isinstance(tail, str) and tail.strip() and not _is_json(tail):
-                lines[-1] = _Unreadable(
-                    Rule.TRUNCATED_LAST_LINE,
-                    "the last line has no line end and is not a complete JSON object",
-                )
+            if isinstance(tail, str) and tail.strip():
+                last = self.first_line + len(lines) - 1
+                if _is_json(tail):
+                    self.finding(
+                        Rule.MISSING_FINAL_NEWLINE,
+                        last,
+                        "the last line had no line end; the canonical content has one",
+                    )
+                else:
+                    lines[-1] = _Unreadable(
+                        Rule.TRUNCATED_LAST_LINE,
+                        "the last line has no line end and is not a complete JSON object",
+                    )
         if len(block) > self.rules.max_line_bytes:  # only then can a line be over the limit
             for i, line in enumerate(lines):
                 if isinstance(line, str) and len(line.encode()) > self.rules.max_line_bytes:
@@ -204,16 +280,27 @@ class _BlockChecker:
         return result
 
     def decode(self, block: bytes) -> list[str | _Unreadable]:
-        """The block's lines, without line ends; a line that is not UTF-8 becomes a stand-in."""
+        """The block's lines, without line ends; a line that is not UTF-8 becomes a stand-in.
+
+        Lines end at ``\\n`` only (the byte 0x0A never occurs inside a multi-byte character);
+        a CR before it is part of the line end, and counted (``crlf_line_end``).
+        """
         try:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
-            return [_decode_line(line) for line in block.split(b"\n")]
-        if "\r" in text:
-            text = text.replace("\r\n", "\n")
-            if text.endswith("\r"):  # an unterminated last line ending in CR
-                text = text[:-1]
-        return cast("list[str | _Unreadable]", text.split("\n"))
+            lines = [_decode_line(line) for line in block.split(b"\n")]
+        else:
+            lines = cast("list[str | _Unreadable]", text.split("\n"))
+            if "\r" not in text:
+                return lines
+        result = self.result
+        for i, line in enumerate(lines):
+            if type(line) is str and line.endswith("\r"):
+                lines[i] = line[:-1]
+                result.crlf_count += 1
+                if len(result.crlf_lines) < _CRLF_LINES_KEPT:
+                    result.crlf_lines.append(self.first_line + i)
+        return lines
 
     def check_lines(self, lines: list[str | _Unreadable]) -> None:  # noqa: PLR0912, PLR0915 - hot loop
         rules = self.rules
@@ -224,15 +311,18 @@ class _BlockChecker:
         input_keys = result.input_keys
         label_indexes = result.label_indexes
         labels = self.labels
+        clean_labels = self.clean_labels
+        clean_label = self.label_is_clean
         label_set = rules.label_set
         max_text = rules.max_text_length
         classification = rules.task_type is TaskType.CLASSIFICATION
-        loads = json.loads
+        loads = _decoder.decode
         scan = _scan_json  # json.loads without its Python-level wrapping: a third faster
         sha256 = hashlib.sha256
         quote = encode_basestring
         normalize = normalize_input_text
         plain_of = plain_text
+        surrogates = has_lone_surrogate
         line_number = self.first_line - 1
         for line in lines:
             line_number += 1
@@ -244,15 +334,24 @@ class _BlockChecker:
                 self.finding(Rule.BLANK_LINE, line_number, "an empty line was skipped")
                 continue
             try:
-                row, end = scan(line, 0)
-                if end != len(line) and not line[end:].isspace():
-                    raise ValueError("extra data")  # json.loads below names it
-            except (StopIteration, ValueError, RecursionError):
-                try:  # leading whitespace, or not JSON: json.loads decides, and explains
-                    row = loads(line)
-                except (ValueError, RecursionError) as error:
-                    self.finding(Rule.NOT_JSON_OBJECT, line_number, f"not valid JSON: {error}")
-                    continue
+                try:
+                    row, end = scan(line, 0)
+                    if end != len(line) and not line[end:].isspace():
+                        raise ValueError("extra data")  # json.loads below names it
+                except (StopIteration, ValueError, RecursionError):
+                    try:  # leading whitespace, or not JSON: json.loads decides, and explains
+                        row = loads(line)
+                    except (ValueError, RecursionError) as error:
+                        self.finding(Rule.NOT_JSON_OBJECT, line_number, f"not valid JSON: {error}")
+                        continue
+            except _DuplicateKey as repeated:
+                self.finding(
+                    Rule.DUPLICATE_KEY,
+                    line_number,
+                    f"an object names the key {shown_name(repeated.key)} more than once; "
+                    "which value is meant is ambiguous",
+                )
+                continue
             if type(row) is not dict:
                 self.finding(
                     Rule.NOT_JSON_OBJECT,
@@ -260,28 +359,41 @@ class _BlockChecker:
                     f"a line must hold one JSON object, not a JSON {_json_kind(row)}",
                 )
                 continue
-            text = row.get("text")
-            label = row.get("label")
-            group = row.get("group") if len(row) == 3 else None
-            if (
+            if surrogates(line, row):
+                self.finding(
+                    Rule.INVALID_UNICODE,
+                    line_number,
+                    "a string holds a lone surrogate escape (\\ud800-\\udfff without its "
+                    "pair), which is not a Unicode character",
+                )
+                continue
+            # Any: the checks below narrow them, but through a flag, which mypy cannot follow
+            text: Any = row.get("text")
+            label: Any = row.get("label")
+            group: Any = row.get("group") if len(row) == 3 else None
+            plain = None
+            inline = (
                 classification
-                and (len(row) == 2 or (type(group) is str and group and not group.isspace()))
-                and type(text) is str
                 and type(label) is str
+                and (label in clean_labels or clean_label(label))
+                and (len(row) == 2 or (type(group) is str and _clean_string(group)))
+                and type(text) is str
                 and text
                 and not text.isspace()
-                and label
-                and not label.isspace()
                 and len(text) <= max_text
                 and (label_set is None or label in label_set)
-            ):
+            )
+            if inline:
+                plain = plain_of(text)
+                if plain is None or len(plain[0]) != len(text):  # not plain ASCII: look closer
+                    inline = _clean_string(text)
+            if inline:
                 # the common case, inline: a {"text", "label"} row, maybe with a "group", that
                 # passes every rule; the canonical row is {"group", "id", "label", "text"}
                 known = labels.get(label)
                 if known is None:
                     known = self.new_label(label)
                 index, label_json = known
-                plain = plain_of(text)
                 if plain is not None:
                     raw, folded = plain
                     body = b'"label":' + label_json + b',"text":"' + raw + b'"}'
@@ -320,22 +432,35 @@ class _BlockChecker:
         for name in ("group", "slice"):
             if name in row:
                 value = row[name]
-                if type(value) is not str or not value.strip():
+                if type(value) is not str or is_blank(value):
                     drop |= self.finding(
                         Rule.WRONG_TYPE, line, f"{name!r} must be a non-empty string", name
                     )
                 else:
+                    drop |= not self.control_rule(name, value, line)
                     fields[name] = value
         if "tags" in row:
             tags = row["tags"]
-            if type(tags) is not list or any(type(t) is not str or not t.strip() for t in tags):
+            if type(tags) is not list or any(type(t) is not str or is_blank(t) for t in tags):
                 drop |= self.finding(
                     Rule.WRONG_TYPE, line, "'tags' must be a list of non-empty strings", "tags"
                 )
             else:
+                for tag in tags:
+                    if not self.control_rule("tags", tag, line):
+                        drop = True
+                        break
                 fields["tags"] = tags
                 if tags and "slice" not in fields:
                     fields["slice"] = tags[0]
+        if "slice" in fields and len(fields["slice"]) > rules.max_slice_length:
+            drop |= self.finding(
+                Rule.SLICE_TOO_LONG,
+                line,
+                f"the slice is {len(fields['slice'])} characters long, more than "
+                f"{rules.max_slice_length}",
+                "slice" if "slice" in row else "tags",
+            )
         if "weight" in row:
             weight = row["weight"]
             # an int may be too big for a float, so only floats go through isfinite
@@ -350,8 +475,11 @@ class _BlockChecker:
                     "'weight' must be a finite, non-negative number",
                     "weight",
                 )
-        if "id" in row and (type(row["id"]) is not str or not row["id"].strip()):
-            drop |= self.finding(Rule.WRONG_TYPE, line, "'id' must be a non-empty string", "id")
+        if "id" in row:
+            if type(row["id"]) is not str or is_blank(row["id"]):
+                drop |= self.finding(Rule.WRONG_TYPE, line, "'id' must be a non-empty string", "id")
+            else:
+                drop |= not self.control_rule("id", row["id"], line)
         if rules.task_type is TaskType.CLASSIFICATION:
             drop |= not self.classification_fields(row, fields, line)
         else:
@@ -371,12 +499,25 @@ class _BlockChecker:
         return value
 
     def text_rules(self, name: str, value: str, line: int) -> bool:
-        """``empty_text``; False when the finding leaves the row out."""
-        if not value or value.isspace():
-            return not self.finding(
-                Rule.EMPTY_TEXT, line, f"{name!r} is empty or whitespace only", name
+        """``empty_text`` and ``control_character``; False when a finding leaves the row out."""
+        keep = True
+        if is_blank(value):
+            keep = not self.finding(
+                Rule.EMPTY_TEXT,
+                line,
+                f"{name!r} is empty, or only whitespace and invisible characters",
+                name,
             )
-        return True
+        return self.control_rule(name, value, line) and keep
+
+    def control_rule(self, name: str, value: str, line: int) -> bool:
+        """``control_character``; False when the finding leaves the row out."""
+        index = first_control_character(value)
+        if index < 0:
+            return True
+        return not self.finding(
+            Rule.CONTROL_CHARACTER, line, describe_control_character(name, value, index), name
+        )
 
     def length_rule(self, name: str, length: int, line: int) -> bool:
         """``text_too_long``; False when the finding leaves the row out."""
@@ -398,6 +539,15 @@ class _BlockChecker:
         keep = self.text_rules("text", text, line)
         keep = self.text_rules("label", label, line) and keep
         keep = self.length_rule("text", len(text), line) and keep
+        limit = self.rules.max_label_length
+        if len(label) > limit:
+            self.finding(
+                Rule.LABEL_TOO_LONG,
+                line,
+                f"the label is {len(label)} characters long, more than {limit}",
+                "label",
+            )
+            return False  # and too long to quote in any other finding
         label_set = self.rules.label_set
         if label_set is not None and label not in label_set:
             keep = (
@@ -459,10 +609,17 @@ class _BlockChecker:
             )
             return False
         keep = True
-        if any(not m["content"] or m["content"].isspace() for m in clean):
+        if any(is_blank(m["content"]) for m in clean):
             keep = not self.finding(
-                Rule.EMPTY_TEXT, line, "a message's content is empty or whitespace only", "messages"
+                Rule.EMPTY_TEXT,
+                line,
+                "a message's content is empty, or only whitespace and invisible characters",
+                "messages",
             )
+        for message in clean:
+            if not self.control_rule("messages", message["content"], line):
+                keep = False
+                break
         keep = self.length_rule("messages", sum(len(m["content"]) for m in clean), line) and keep
         fields["messages"] = clean
         return keep
@@ -501,7 +658,7 @@ def canonical_members(fields: dict[str, Any]) -> list[str]:
     (hashed into the derived id) and the row with it (:func:`with_id`).
     """
     return [
-        f'"{key}":{encode_basestring(value) if type(value) is str else _canonical_json(value)}'
+        f'"{key}":{encode_basestring(value) if type(value) is str else canonical_json(value)}'
         for key, value in sorted(fields.items())
     ]
 
@@ -511,6 +668,19 @@ def with_id(members: list[str], row_id: str) -> str:
     cut = sum(1 for member in members if member[1 : member.index('"', 1)] < "id")
     spliced = [*members[:cut], f'"id":{encode_basestring(row_id)}', *members[cut:]]
     return f"{{{','.join(spliced)}}}"
+
+
+def _clean_string(value: str) -> bool:
+    """Whether ``value`` shows something and holds no control character (the checks of
+    ``empty_text`` and ``control_character``)."""
+    return not is_blank(value) and first_control_character(value) < 0
+
+
+def shown_name(name: str) -> str:
+    """A client's key or field name as a finding quotes it: short, and printable."""
+    if len(name) <= _NAME_SHOWN and name.isprintable():
+        return name
+    return repr(name[:_NAME_SHOWN]) + ("…" if len(name) > _NAME_SHOWN else "")
 
 
 def too_long_message(rules: RowRules) -> str:
@@ -532,7 +702,7 @@ def _decode_line(line: bytes) -> str | _Unreadable:
         return _Unreadable(
             Rule.NOT_UTF8, f"not valid UTF-8 (first bad byte at column {error.start + 1})"
         )
-    return text[:-1] if text.endswith("\r") else text
+    return text
 
 
 def _is_json(line: str) -> bool:

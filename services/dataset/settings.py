@@ -9,6 +9,9 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.dataset.domain import ValueBounds
+from services.dataset.near_duplicate_rows import DEFAULT_MAX_ROWS as DEFAULT_NEAR_DUPLICATE_MAX_ROWS
+from shared.near_duplicates import DEFAULT_THRESHOLD as DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from shared.settings import ServiceSettings
 
 
@@ -30,6 +33,40 @@ class DatasetSettings(ServiceSettings):
         ge=1024,
         description="Longest JSONL line, in bytes; longer is `line_too_long` (never buffered).",
     )
+    max_label_length: int = Field(
+        default=ValueBounds.max_label_length,
+        ge=1,
+        description="Longest label, in code points; longer is `label_too_long`.",
+    )
+    max_labels: int = Field(
+        default=ValueBounds.max_labels,
+        ge=2,
+        description="Most distinct labels in one version; more is `too_many_labels`.",
+    )
+    max_slice_length: int = Field(
+        default=ValueBounds.max_slice_length,
+        ge=1,
+        description="Longest slice (`slice`, or the first of `tags`), in code points; longer is "
+        "`slice_too_long`.",
+    )
+    max_slices: int = Field(
+        default=ValueBounds.max_slices,
+        ge=1,
+        description="Most distinct slices in one version; more is `too_many_slices`.",
+    )
+    near_duplicate_threshold: float = Field(
+        default=DEFAULT_NEAR_DUPLICATE_THRESHOLD,
+        ge=0,
+        le=1,
+        description="Estimated Jaccard similarity (of 5-byte shingles, MinHash/LSH) from which "
+        "two inputs are reported as `near_duplicates`; 0 turns the check off.",
+    )
+    near_duplicate_max_rows: int = Field(
+        default=DEFAULT_NEAR_DUPLICATE_MAX_ROWS,
+        ge=0,
+        description="Most rows the near-duplicate check runs on (it keeps the texts, about 1 ms "
+        "per row); a larger version reports `near_duplicate_check_skipped`.",
+    )
     report_line_numbers: int = Field(
         default=20, ge=1, le=1000, description="Line numbers a report keeps per finding."
     )
@@ -43,3 +80,12 @@ class DatasetSettings(ServiceSettings):
         default_factory=list,
         description="Folders ImportDatasetVersion may read `file://` URIs from, and the data dir.",
     )
+
+    def value_bounds(self) -> ValueBounds:
+        """The bounds on label and slice names these settings make."""
+        return ValueBounds(
+            max_label_length=self.max_label_length,
+            max_labels=self.max_labels,
+            max_slice_length=self.max_slice_length,
+            max_slices=self.max_slices,
+        )

@@ -22,6 +22,10 @@ row with an ``id``) to a sink as it goes. Nothing holds the whole upload:
   size, on top of a constant: the blocks in flight, and label and slice counts per distinct
   value. Findings keep counts and the first ``max_line_numbers`` line numbers per rule and
   field.
+* **Label churn** (:mod:`services.dataset.churn`) looks each block's kept rows up in the
+  parent's input fingerprints (12 bytes per parent row, read before the upload starts).
+* **Near-duplicates** (:mod:`services.dataset.near_duplicate_rows`) are the exception: that
+  check keeps the kept rows' normalized texts, so it runs only up to a row limit.
 
 Fingerprints are 64 bits (ids, inputs) and 32 more bits for a row's content under an id: two
 different rows or inputs share one with probability about ``n² / 2⁶⁵`` (below one in a million
@@ -32,7 +36,6 @@ hash.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -41,24 +44,31 @@ from typing import Any
 
 import numpy as np
 
+from services.dataset.churn import ChurnCounter, ParentLabels
 from services.dataset.domain import (
+    DEFAULT_VALUE_BOUNDS,
     Finding,
+    LabelChurn,
     Rule,
     SchemaPolicy,
     Severity,
     TaskType,
+    ValueBounds,
     ordered_findings,
 )
 from services.dataset.fingerprints import FingerprintIndex
+from services.dataset.near_duplicate_rows import NearDuplicateRows
 from services.dataset.rows import (
     BlockResult,
     RowFinding,
     RowRules,
-    canonical_json,
     check_block,
     id_fingerprint,
+    shown_name,
     too_long_message,
 )
+from shared.canonical_jsonl import canonical_json, parse_line
+from shared.input_text import normalize_input_text
 
 BOM = b"\xef\xbb\xbf"
 #: Bytes of complete lines checked together (amortises per-block costs; bounds memory).
@@ -80,6 +90,9 @@ class ValidationResult:
     row_count: int
     label_distribution: tuple[tuple[str, int], ...]
     slice_distribution: tuple[tuple[str, int], ...]
+    #: How the labels of rows shared with the parent changed; None without a parent to
+    #: compare with (or when reading stopped early).
+    label_churn: LabelChurn | None = None
 
     @property
     def has_errors(self) -> bool:
@@ -110,14 +123,21 @@ class FindingRecorder:
         if line and len(entry[1]) < self._max_lines:
             entry[1].append(line)
 
+    def add_lines(self, rule: Rule, lines: list[int], count: int, message: str) -> None:
+        """``count`` occurrences, the first of them at ``lines``."""
+        self.add(rule, 0, message, count=count)
+        entry = self._entries[(rule, "")]
+        entry[1].extend(lines[: self._max_lines - len(entry[1])])
+
     def add_row_finding(self, finding: RowFinding) -> None:
         rule = Rule(finding.rule)
         if rule is not Rule.UNKNOWN_FIELD:
             self.add(rule, finding.line, finding.message, finding.field)
             return
         for name in finding.names:
-            if name not in self._unknown_names and len(self._unknown_names) < _UNKNOWN_FIELDS_NAMED:
-                self._unknown_names.append(name)
+            shown, names = shown_name(name), self._unknown_names
+            if shown not in names and len(names) < _UNKNOWN_FIELDS_NAMED:
+                names.append(shown)
         self.add(rule, finding.line, "")
         shown = ", ".join(self._unknown_names)
         self._entries[(rule, "")][2] = (
@@ -159,10 +179,15 @@ class StreamingValidator:
         executor: Executor | None = None,
         max_in_flight: int = 4,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
+        bounds: ValueBounds = DEFAULT_VALUE_BOUNDS,
+        parent_labels: ParentLabels | None = None,
+        near_duplicate_threshold: float = 0.0,
+        near_duplicate_max_rows: int = 0,
     ) -> None:
         self._task = task_type
         self._policy = policy
-        self._rules = RowRules.of(task_type, policy, max_line_bytes=max_line_bytes)
+        self._bounds = bounds
+        self._rules = RowRules.of(task_type, policy, max_line_bytes=max_line_bytes, bounds=bounds)
         self._sink = sink
         self._executor = executor
         self._max_in_flight = max(1, max_in_flight)
@@ -183,6 +208,16 @@ class StreamingValidator:
         self._label_names: list[str] = []
         self._label_counts = np.zeros(0, dtype=np.int64)
         self._slice_counts: dict[str, int] = {}
+        self._churn = (
+            ChurnCounter(parent_labels, max_line_numbers)
+            if parent_labels is not None and task_type is TaskType.CLASSIFICATION
+            else None
+        )
+        self._near_duplicates = (
+            NearDuplicateRows(near_duplicate_threshold, near_duplicate_max_rows)
+            if near_duplicate_threshold > 0 and task_type is TaskType.CLASSIFICATION
+            else None
+        )
 
     @property
     def lines_read(self) -> int:
@@ -253,6 +288,7 @@ class StreamingValidator:
             row_count=self.row_count,
             label_distribution=tuple(labels),
             slice_distribution=tuple(sorted(self._slice_counts.items())),
+            label_churn=self._churn.result() if self._churn is not None and complete else None,
         )
 
     def close(self) -> None:
@@ -285,6 +321,13 @@ class StreamingValidator:
         findings = self.findings
         for finding in result.findings:
             findings.add_row_finding(finding)
+        if result.crlf_count:
+            findings.add_lines(
+                Rule.CRLF_LINE_END,
+                result.crlf_lines,
+                result.crlf_count,
+                "lines ended in CRLF; the canonical content ends them in LF",
+            )
         count = result.row_count
         if count == 0:
             return
@@ -310,9 +353,8 @@ class StreamingValidator:
                     repeats.append(i)
         if self._task is TaskType.CLASSIFICATION:
             self._label_rules(result, line_numbers, keep)
-        for i, value in result.slices:
-            if keep[i]:
-                self._slice_counts[value] = self._slice_counts.get(value, 0) + 1
+        self._slice_rules(result, line_numbers, keep)
+        self._collect_texts(result, line_numbers, keep)
         if findings.error_seen:
             self.row_count += int(keep.sum())
             return  # the content will be rejected: no point writing it
@@ -336,12 +378,27 @@ class StreamingValidator:
             self._sink(b"\n".join(kept))
 
     def _label_rules(self, result: BlockResult, line_numbers: np.ndarray, keep: np.ndarray) -> None:
-        """``conflicting_labels`` and the label counts of the kept rows."""
-        to_global = np.array([self._label_index(name) for name in result.labels], dtype=np.uint32)
+        """``too_many_labels``, ``conflicting_labels`` and the label counts of the kept rows."""
+        to_global = np.array([self._label_index(name) for name in result.labels], dtype=np.int64)
         labels = to_global[np.frombuffer(result.label_indexes, dtype=np.uint32)]
-        _, first_labels = self._inputs.observe(
-            np.frombuffer(result.input_keys, dtype=">u8").astype(np.uint64), labels
-        )
+        input_keys = np.frombuffer(result.input_keys, dtype=">u8").astype(np.uint64)
+        known = labels >= 0  # the rows whose label is within the limit on distinct labels
+        first_labels = labels.copy()
+        if known.all():
+            first_labels[:] = self._inputs.observe(input_keys, labels.astype(np.uint32))[1]
+        else:
+            limit = self._bounds.max_labels
+            for i in np.flatnonzero(~known).tolist():
+                self.findings.add(
+                    Rule.TOO_MANY_LABELS,
+                    int(line_numbers[i]),
+                    f"more than {limit} distinct labels, this service's limit",
+                    "label",
+                )
+            keep &= known
+            first_labels[known] = self._inputs.observe(
+                input_keys[known], labels[known].astype(np.uint32)
+            )[1]
         for i in np.flatnonzero(first_labels != labels).tolist():
             self.findings.add(
                 Rule.CONFLICTING_LABELS,
@@ -352,6 +409,11 @@ class StreamingValidator:
             )
             if self.findings.is_error(Rule.CONFLICTING_LABELS):
                 keep[i] = False
+        if self._churn is not None:
+            names = self._label_names
+            self._churn.observe(
+                input_keys[keep], [names[i] for i in labels[keep].tolist()], line_numbers[keep]
+            )
         counts = np.bincount(labels[keep], minlength=len(self._label_names))
         if len(self._label_counts) < len(counts):
             grown = np.zeros(len(counts), dtype=np.int64)
@@ -359,16 +421,48 @@ class StreamingValidator:
             self._label_counts = grown
         self._label_counts[: len(counts)] += counts
 
+    def _slice_rules(self, result: BlockResult, line_numbers: np.ndarray, keep: np.ndarray) -> None:
+        """``too_many_slices`` and the slice counts of the kept rows."""
+        slice_counts, max_slices = self._slice_counts, self._bounds.max_slices
+        for i, value in result.slices:
+            if keep[i]:
+                seen = slice_counts.get(value)
+                if seen is None and len(slice_counts) >= max_slices:
+                    self.findings.add(
+                        Rule.TOO_MANY_SLICES,
+                        int(line_numbers[i]),
+                        f"more than {max_slices} distinct slices, this service's limit",
+                        "slice",
+                    )
+                    keep[i] = False
+                else:
+                    slice_counts[value] = (seen or 0) + 1
+
+    def _collect_texts(
+        self, result: BlockResult, line_numbers: np.ndarray, keep: np.ndarray
+    ) -> None:
+        """The kept rows' normalized inputs, for the near-duplicate check (when it runs)."""
+        if self._near_duplicates is None or self._near_duplicates.skipped:
+            return
+        add = self._near_duplicates.add
+        lines = result.content.split(b"\n")
+        for i in np.flatnonzero(keep).tolist():
+            line = int(line_numbers[i])
+            add(line, normalize_input_text(parse_line(lines[i].decode(), line)["text"]))
+
     def _label_index(self, label: str) -> int:
+        """The label's global index; -1 for a new one past the limit on distinct labels."""
         index = self._labels.get(label)
         if index is None:
+            if len(self._label_names) >= self._bounds.max_labels:
+                return -1
             index = self._labels[label] = len(self._label_names)
             self._label_names.append(label)
         return index
 
     def _repeat(self, line: bytes, id_key: int, row_key: int, line_number: int) -> bytes | None:
         """An exact repeat's line with the next ``~n`` id; None if that id is taken."""
-        row = json.loads(line)
+        row = parse_line(line.decode(), line_number)
         repeat = self._repeats[id_key] = self._repeats.get(id_key, 1) + 1
         row["id"] = f"{row['id']}~{repeat}"
         taken, _ = self._ids.observe(
@@ -392,6 +486,8 @@ class StreamingValidator:
             return
         if self._task is not TaskType.CLASSIFICATION:
             return
+        if self._near_duplicates is not None:
+            self._near_duplicate_rule(self._near_duplicates)
         counts = {name: int(self._label_counts[i]) for i, name in enumerate(self._label_names)}
         classes = self._rules.label_set if self._rules.label_set is not None else set(counts)
         policy = self._policy
@@ -423,3 +519,25 @@ class StreamingValidator:
                     f"{policy.max_imbalance_ratio:g}",
                     "label",
                 )
+
+    def _near_duplicate_rule(self, rows: NearDuplicateRows) -> None:
+        if rows.skipped:
+            self.findings.add(
+                Rule.NEAR_DUPLICATE_CHECK_SKIPPED,
+                0,
+                f"more than {rows.max_rows} rows, this service's limit for the near-duplicate "
+                "check: it did not run",
+            )
+            return
+        found = rows.groups()
+        if not found.groups:
+            return
+        self.findings.add_lines(
+            Rule.NEAR_DUPLICATES,
+            found.lines(),
+            found.row_count,
+            f"{len(found.groups)} group(s) of rows with near-duplicate inputs ({found.row_count} "
+            f"rows; estimated Jaccard similarity of their 5-byte shingles >= "
+            f"{rows.threshold:g}); the splitter keeps each group in one part: "
+            f"{found.describe()}",
+        )

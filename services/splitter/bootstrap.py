@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from services.splitter.adapters.datasets import DatasetLookup
 from services.splitter.adapters.tables import SplitterBase
 from services.splitter.entrypoints import events
 from services.splitter.entrypoints.grpc_api import SplitterServicer
 from services.splitter.metrics import SplitterMetrics
+from services.splitter.settings import SplitterSettings
 from shared.events import Subscription
 from shared.grpc import ServiceRegistration
 from shared.runtime import ServiceContext, ServiceSpec
@@ -17,6 +19,9 @@ SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["SplitterService"].full_n
 
 
 def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
+    settings = context.settings
+    if not isinstance(settings, SplitterSettings):  # a plain ServiceSettings in some tests
+        settings = SplitterSettings()
     return [
         ServiceRegistration(
             SERVICE_NAME,
@@ -25,6 +30,9 @@ def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
                 context.artifacts,
                 SplitterMetrics.of(context.registry),
                 source=context.source,
+                versions=DatasetLookup(
+                    settings.dataset_target, timeout=settings.dataset_timeout_seconds
+                ),
             ),
             service_pb2_grpc.add_SplitterServiceServicer_to_server,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
@@ -32,12 +33,18 @@ from services.splitter.domain import (
 )
 from services.splitter.domain.names import ANY_VERSION
 from services.splitter.metrics import SplitterMetrics
-from shared.artifacts import LocalArtifactStore
-from shared.errors import FieldViolation, InvalidArgument, NotFound
+from shared.artifacts import ArtifactStore
+from shared.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from shared.events import stage_event
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
 
 log = logging.getLogger(__name__)
+
+
+class VersionLookup(Protocol):
+    """Asks the dataset service about a version (None: unknown; LookupError: cannot ask)."""
+
+    def fetch(self, name: str) -> DatasetVersionRef | None: ...
 
 
 def _split_version(
@@ -45,7 +52,7 @@ def _split_version(
     version: DatasetVersionRef,
     spec: SplitSpec,
     *,
-    artifacts: LocalArtifactStore,
+    artifacts: ArtifactStore,
     metrics: SplitterMetrics,
     source: str,
     trigger: str,
@@ -104,27 +111,57 @@ def _split_version(
     return split, True
 
 
+def _find_version(
+    sessions: sessionmaker[Session],
+    version_name: DatasetVersionName,
+    versions: VersionLookup | None,
+) -> DatasetVersionRef:
+    """The version as DatasetVersioned announced it or, before that event arrives, as the
+    dataset service describes it (read-your-writes: a client may split what it just uploaded).
+
+    A version learnt by asking is not recorded: recording is what DatasetVersioned does, and
+    its arrival still splits the version by its policy. Raises NotFound when neither knows
+    it, Unavailable when the dataset service cannot be asked.
+    """
+    name = str(version_name)
+    with sessions() as session:
+        known = SplitterRepository(session).get_dataset_version(name)
+    if known is not None:
+        return known
+    if versions is None:
+        raise NotFound("dataset version", name)
+    try:
+        fetched = versions.fetch(name)
+    except LookupError as error:
+        raise Unavailable(
+            f"dataset version {name!r} is not known to the splitter yet, and {error}"
+        ) from error
+    if fetched is None:
+        raise NotFound("dataset version", name)
+    return fetched
+
+
 def create_split(
     sessions: sessionmaker[Session],
     version_name: DatasetVersionName,
     spec: SplitSpec | None,
     *,
-    artifacts: LocalArtifactStore,
+    artifacts: ArtifactStore,
     metrics: SplitterMetrics,
     source: str,
+    versions: VersionLookup | None = None,
 ) -> tuple[Split, bool]:
-    """CreateSplit: split a known version with ``spec`` (``None``: the dataset's policy).
+    """CreateSplit: split a version with ``spec`` (``None``: the dataset's policy). A version
+    no DatasetVersioned announced yet is asked of the dataset service through ``versions``.
 
     Idempotent: the same version and resolved spec return the existing split and stage nothing.
     """
     if spec is not None:
         validate_spec(spec, field_prefix="spec.")
+    version = _find_version(sessions, version_name, versions)
     try:
         with sessions.begin() as session:
             repository = SplitterRepository(session)
-            version = repository.get_dataset_version(str(version_name))
-            if version is None:
-                raise NotFound("dataset version", str(version_name))
             if spec is None:
                 spec = _policy_of(repository, version_name.dataset_id).spec
             return _split_version(
@@ -152,7 +189,7 @@ def on_dataset_versioned(
     session: Session,
     version: DatasetVersionRef,
     *,
-    artifacts: LocalArtifactStore,
+    artifacts: ArtifactStore,
     metrics: SplitterMetrics,
     source: str,
 ) -> Split | None:

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
 
 
 class SplitterSettings(ServiceSettings):
-    """Ports, database and artifact root of the splitter service."""
+    """Ports, database, artifact root and the dataset service it asks, of the splitter."""
 
     service_name: ClassVar[str] = "splitter"
     model_config = SettingsConfigDict(env_prefix="TUNELINE_SPLITTER_", extra="ignore", frozen=True)
 
     grpc_port: int = 50052
     metrics_port: int = 9102
+    dataset_target: str = Field(
+        default="127.0.0.1:50051",
+        description="The dataset service, asked (with a deadline) about versions no "
+        "DatasetVersioned has announced to the splitter yet.",
+    )
+    dataset_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Deadline of a call to the dataset service."
+    )

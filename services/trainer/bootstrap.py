@@ -16,12 +16,14 @@ from services.trainer import handlers
 from services.trainer.adapters.metrics import TrainerMetrics
 from services.trainer.adapters.models import ModelCatalog
 from services.trainer.adapters.notifications import JobChanges
+from services.trainer.adapters.registry import RegistryModels
 from services.trainer.adapters.repository import Pricing
 from services.trainer.adapters.splits import SplitterLookup
-from services.trainer.adapters.supervisor import JobSupervisor, SupervisorConfig
 from services.trainer.adapters.tables import TrainerBase
+from services.trainer.adapters.token_counts import SplitTokenCounter
 from services.trainer.entrypoints import events
 from services.trainer.entrypoints.grpc_api import TrainerServicer
+from services.trainer.entrypoints.supervisor import JobSupervisor, SupervisorConfig
 from services.trainer.settings import TrainerSettings
 from shared.events import Subscription
 from shared.grpc import ServiceRegistration
@@ -73,6 +75,11 @@ def trainer_parts(context: ServiceContext) -> TrainerParts:
         source=context.source,
         software_versions=software_versions(),
         splits=SplitterLookup(settings.splitter_target, timeout=settings.splitter_timeout_seconds),
+        target_models=RegistryModels(
+            settings.registry_target, timeout=settings.registry_timeout_seconds
+        ),
+        token_counter=SplitTokenCounter(context.artifacts),
+        default_tokens_per_device_second=settings.estimate_tokens_per_device_second,
     )
     changes = JobChanges()
     metrics = TrainerMetrics(context.registry, context.sessions)
@@ -90,7 +97,9 @@ def trainer_parts(context: ServiceContext) -> TrainerParts:
             max_worker_restarts=settings.max_worker_restarts,
             cancel_grace_seconds=settings.cancel_grace_seconds,
             fault_oom_above_batch=settings.fault_oom_above_batch,
+            fault_hold_after_step=settings.fault_hold_after_step,
             log_level=context.common.log_level,
+            s3_endpoint_url=context.common.s3_endpoint_url,
         ),
     )
     parts = TrainerParts(settings, handler_context, models, changes, metrics, supervisor)

@@ -90,10 +90,19 @@ class FailureReason(StrEnum):
 
 
 class StopReason(StrEnum):
+    """Why training stopped: a stopping rule (the job succeeded), a cancel, or a failure."""
+
     MAX_STEPS = "MAX_STEPS"
     EPOCHS_COMPLETED = "EPOCHS_COMPLETED"
     EARLY_STOPPING = "EARLY_STOPPING"
     MAX_DURATION = "MAX_DURATION"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+
+    @property
+    def completed(self) -> bool:
+        """A stopping rule ended training: the adapter is as trained as the job asked."""
+        return self not in (StopReason.CANCELLED, StopReason.FAILED)
 
 
 class AdapterMethod(StrEnum):
@@ -632,6 +641,95 @@ def compute_cost(
     )
 
 
+@dataclass(frozen=True)
+class ThroughputSample:
+    """What one finished run processed, how long it took, and on what: an estimate's basis.
+    ``device_seconds`` is the whole attempt (loading the model and data, validation, writing
+    checkpoints); ``training_seconds`` the training loop alone."""
+
+    tokens_processed: int
+    device_seconds: float
+    training_seconds: float
+    device_type: str
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """What a job is expected to process and cost before it runs (see the proto)."""
+
+    train_examples: int
+    train_tokens: int
+    planned_steps: int
+    estimated_tokens: int
+    tokens_per_device_second: float
+    overhead_device_seconds: float
+    measured_runs: int
+    device_type: str
+    cost: Cost
+
+
+def examples_processed(train_examples: int, total_steps: int, hp: Hyperparameters) -> int:
+    """Train examples the planned steps draw, every pass counted (the last step of an epoch
+    takes what is left of it)."""
+    per_step = max(1, hp.batch_size) * max(1, hp.gradient_accumulation_steps)
+    per_epoch = steps_per_epoch(train_examples, hp)
+    full_epochs, rest = divmod(total_steps, per_epoch)
+    return full_epochs * train_examples + min(rest * per_step, train_examples)
+
+
+def estimate_training(
+    *,
+    train_examples: int,
+    train_tokens: int,
+    total_steps: int,
+    hp: Hyperparameters,
+    samples: Sequence[ThroughputSample],
+    default_tokens_per_device_second: float,
+    price_per_device_hour: Decimal,
+    currency: str,
+) -> TrainingEstimate:
+    """Tokens from the data: its mean tokens per train row times the rows the planned steps
+    draw. Device time from ``samples``, earlier runs of the same base model (oldest first), of
+    which those on the newest one's device type count: the training loop's throughput pooled
+    over them (total tokens over total loop time) for the tokens, plus the median of their
+    fixed time per run (device time outside the loop: loading, validation, checkpoints), which
+    a tokens-only rate would wrongly scale with the data. Without samples, a deliberately low
+    ``default_tokens_per_device_second`` and no fixed time. Cost at the price."""
+    drawn = examples_processed(train_examples, total_steps, hp)
+    tokens = round(train_tokens * drawn / train_examples) if train_examples else 0
+    usable = [
+        s
+        for s in samples
+        if s.tokens_processed > 0 and s.training_seconds > 0 and s.device_seconds > 0
+    ]
+    device_type = usable[-1].device_type if usable else ""
+    basis = [s for s in usable if s.device_type == device_type]
+    throughput = default_tokens_per_device_second
+    overhead = 0.0
+    if basis:
+        throughput = sum(s.tokens_processed for s in basis) / sum(s.training_seconds for s in basis)
+        fixed = sorted(max(0.0, s.device_seconds - s.training_seconds) for s in basis)
+        middle = len(fixed) // 2
+        overhead = fixed[middle] if len(fixed) % 2 else (fixed[middle - 1] + fixed[middle]) / 2
+    return TrainingEstimate(
+        train_examples=train_examples,
+        train_tokens=train_tokens,
+        planned_steps=total_steps,
+        estimated_tokens=tokens,
+        tokens_per_device_second=throughput,
+        overhead_device_seconds=overhead,
+        measured_runs=len(basis),
+        device_type=device_type,
+        cost=compute_cost(
+            device_seconds=overhead + tokens / throughput,
+            tokens_processed=tokens,
+            price_per_device_hour=price_per_device_hour,
+            currency=currency,
+            device_type=device_type,
+        ),
+    )
+
+
 def estimate_eta_seconds(step: int, total_steps: int, seconds_per_step: float) -> float | None:
     """Seconds to ``total_steps`` at the recent pace; None before there is a pace."""
     if step <= 0 or seconds_per_step <= 0 or total_steps <= step:
@@ -663,6 +761,37 @@ class LossPoint:
     validation_loss: float | None = None
 
 
+class RowSkipReason(StrEnum):
+    """Why training left a row of its split out (see ``RowSkipReason`` in the contract)."""
+
+    #: The chat template does not let the assistant's tokens be told apart from the rest.
+    UNMASKABLE_CHAT = "UNMASKABLE_CHAT"
+    #: Truncation to ``max_seq_length`` left no completion token to learn from.
+    NO_LOSS_TOKEN = "NO_LOSS_TOKEN"  # noqa: S105 - a reason, not a password
+
+
+@dataclass(frozen=True)
+class SkippedRows:
+    """Rows of the split that training leaves out, for one reason."""
+
+    reason: RowSkipReason
+    count: int
+    #: The first few of their row ids, in split order.
+    example_row_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineFallback:
+    """The engine could not use a feature and took a slower path (a warning and a metric)."""
+
+    #: What was asked for, e.g. ``packing``.
+    feature: str
+    #: Why not, a short label, e.g. ``unsupported_signature`` or ``kernel_error``.
+    reason: str
+    #: The details, for the log.
+    detail: str = ""
+
+
 @dataclass(frozen=True)
 class Progress:
     """A snapshot of a running job (see ``TrainingProgress``)."""
@@ -679,6 +808,8 @@ class Progress:
     eta_seconds: float | None = None
     elapsed_seconds: float = 0.0
     update_time: datetime | None = None
+    #: Rows of the split training leaves out, by reason (known once a worker encoded them).
+    skipped_rows: tuple[SkippedRows, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -779,6 +910,8 @@ class CheckpointRecord:
     cost: Cost
     create_time: datetime
     artifact_deleted: bool = False
+    #: Why training stopped, on the checkpoint written when it stopped (``is_final``).
+    stop_reason: StopReason | None = None
 
 
 @dataclass(frozen=True)

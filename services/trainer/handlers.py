@@ -54,11 +54,13 @@ from services.trainer.domain import (
     SplitInfo,
     StopReason,
     TaskType,
+    TrainingEstimate,
     TrainingJob,
     TrainingPolicy,
     can_transition,
     checkpoint_name,
     checkpoints_to_delete,
+    estimate_training,
     from_jsonable,
     planned_steps,
     policy_job_id,
@@ -80,9 +82,17 @@ from shared.errors import (
     InvalidArgument,
     NotFound,
     PreconditionViolation,
+    Unavailable,
 )
 from shared.events import stage_event
-from shared.modeling import InvalidModelReference, ModelNotFound, ModelRefused, ResolvedModel
+from shared.local_paths import without_local_paths
+from shared.modeling import (
+    DataUnavailable,
+    InvalidModelReference,
+    ModelNotFound,
+    ModelRefused,
+    ResolvedModel,
+)
 from shared.modeling.packaged import PACKAGED_MODELS
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
 from shared.protobuf import duration_from_seconds, timestamp_from_datetime
@@ -105,6 +115,31 @@ class SplitLookup(Protocol):
     def fetch(self, name: str) -> SplitInfo | None: ...
 
 
+class TargetModels(Protocol):
+    """Asks the registry whether a model exists (LookupError: cannot ask); see
+    :class:`services.trainer.adapters.registry.RegistryModels`."""
+
+    def exists(self, name: str) -> bool: ...
+
+
+class TokenCounter(Protocol):
+    """Counts a split's train tokens as training encodes them (see
+    :class:`services.trainer.adapters.token_counts.SplitTokenCounter`); raises
+    ``DataUnavailable`` when the split's files cannot be read."""
+
+    def train_tokens(
+        self, split: SplitInfo, model: ResolvedModel, max_length: int
+    ) -> TrainTokenCount: ...
+
+
+class TrainTokenCount(Protocol):
+    @property
+    def examples(self) -> int: ...
+
+    @property
+    def tokens(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class Context:
     """What handlers need besides the session."""
@@ -114,6 +149,12 @@ class Context:
     source: str
     software_versions: dict[str, str]
     splits: SplitLookup | None = None
+    #: None: target models are not checked (handler tests about other things).
+    target_models: TargetModels | None = None
+    #: None: CreateTrainingJob with ``validate_only`` is refused as unavailable.
+    token_counter: TokenCounter | None = None
+    #: Throughput an estimate assumes with no earlier run to measure (deliberately low).
+    default_tokens_per_device_second: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +183,8 @@ MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
 #: ``PreconditionViolation.type`` of a base model the server will not load (pickle weights,
 #: remote code …), and ``FieldViolation.reason`` of a malformed name or path.
 MODEL_REFUSED = "MODEL_REFUSED"
+#: ``PreconditionViolation.type`` of a ``target_model`` the registry does not have.
+TARGET_MODEL_NOT_FOUND = "TARGET_MODEL_NOT_FOUND"
 
 
 def _check_model(
@@ -212,6 +255,35 @@ def _refuse_unavailable(unavailable: list[PreconditionViolation]) -> None:
         + ("not in the server's models" if missing else "refused by the server"),
         unavailable,
     )
+
+
+def _require_target_model(target_model: str, context: Context) -> None:
+    """Refuse a target model the registry does not have (a typo must not cost a training run).
+
+    FAILED_PRECONDITION (``TARGET_MODEL_NOT_FOUND``, the model as subject) when the registry
+    says it does not exist; UNAVAILABLE, which the caller may retry, when the registry cannot
+    be asked: the job is not queued on a guess. The registry never deletes a model, so a model
+    found once stays found.
+    """
+    if context.target_models is None:
+        return
+    try:
+        exists = context.target_models.exists(target_model)
+    except LookupError as error:
+        raise Unavailable(
+            f"cannot check that the target model {target_model!r} exists: {error}; retry later"
+        ) from error
+    if not exists:
+        raise FailedPrecondition(
+            f"target model {target_model!r} is not registered",
+            [
+                PreconditionViolation(
+                    TARGET_MODEL_NOT_FOUND,
+                    target_model,
+                    "the registry has no such model; create it first (`tuneline models create`)",
+                )
+            ],
+        )
 
 
 def _resolved_config(
@@ -289,7 +361,8 @@ def create_training_job(
     """CreateTrainingJob: validate everything (spec, split, base model), then queue the job.
 
     Raises InvalidArgument with every field violation at once, AlreadyExists for a taken id,
-    FailedPrecondition for a split the trainer cannot find. A repeated ``request_id`` returns
+    FailedPrecondition for a split the trainer cannot find or a target model the registry does
+    not have, Unavailable when the registry cannot be asked. A repeated ``request_id`` returns
     the job the first request created.
     """
     repo = TrainerRepository(session)
@@ -297,6 +370,53 @@ def create_training_job(
         existing = repo.job_row_by_request_id(command.request_id)
         if existing is not None:
             return job_from_row(existing, context.pricing)
+    job, _model = _validated_job(repo, command, context)
+    row = repo.add_job(job, now=_now())
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent request with the same id or request_id won
+        session.rollback()
+        raise AlreadyExists("TrainingJob", job.name) from None
+    return job_from_row(row, context.pricing)
+
+
+def estimate_training_job(
+    session: Session, command: CreateJobCommand, context: Context
+) -> tuple[TrainingJob, TrainingEstimate]:
+    """CreateTrainingJob with ``validate_only``: every check a real request gets, then the
+    estimate of its tokens (the split's train rows encoded as training will), device time
+    (throughput of earlier SUCCEEDED runs of the same base model on the newest run's device
+    type, else the configured default) and cost. Creates nothing."""
+    repo = TrainerRepository(session)
+    job, model = _validated_job(repo, command, context)
+    if context.token_counter is None:
+        raise Unavailable("this trainer does not estimate jobs")
+    hp = job.config.hyperparameters
+    try:
+        counted = context.token_counter.train_tokens(job.split, model, hp.max_seq_length)
+    except DataUnavailable as error:
+        raise FailedPrecondition(
+            f"the split {job.split.name} cannot be read to count its tokens",
+            [PreconditionViolation("SPLIT_UNREADABLE", job.split.name, str(error))],
+        ) from None
+    total_steps = planned_steps(max(1, counted.examples), hp)
+    estimate = estimate_training(
+        train_examples=counted.examples,
+        train_tokens=counted.tokens,
+        total_steps=total_steps,
+        hp=hp,
+        samples=repo.throughput_samples(model.files_sha256),
+        default_tokens_per_device_second=context.default_tokens_per_device_second,
+        price_per_device_hour=context.pricing.price_per_device_hour,
+        currency=context.pricing.currency,
+    )
+    return replace(job, name="", total_steps=total_steps), estimate
+
+
+def _validated_job(
+    repo: TrainerRepository, command: CreateJobCommand, context: Context
+) -> tuple[TrainingJob, ResolvedModel]:
+    """The job a CreateTrainingJob request describes, every check passed, not yet stored."""
     prefix = "training_job"
     violations: list[FieldViolation] = list(command.violations)
     if command.job_id and not RESOURCE_ID.match(command.job_id):
@@ -330,6 +450,7 @@ def create_training_job(
                 )
             ],
         )
+    _require_target_model(command.target_model, context)
     name = JOB_PREFIX + (command.job_id or f"j-{uuid.uuid4().hex[:20]}")
     if repo.job_row(name) is not None:
         raise AlreadyExists("TrainingJob", name)
@@ -342,13 +463,7 @@ def create_training_job(
         request_id=command.request_id,
         context=context,
     )
-    row = repo.add_job(job, now=_now())
-    try:
-        session.flush()
-    except IntegrityError:  # a concurrent request with the same id or request_id won
-        session.rollback()
-        raise AlreadyExists("TrainingJob", name) from None
-    return job_from_row(row, context.pricing)
+    return job, model
 
 
 def get_training_job(
@@ -424,6 +539,7 @@ def cancel_training_job(session: Session, name: str, reason: str, context: Conte
     row.cancel_reason = reason
     if state is JobState.QUEUED:
         row.state = JobState.CANCELLED.value
+        row.stop_reason = StopReason.CANCELLED.value
         row.end_time = now
     row.update_time = now
     return job_from_row(row, context.pricing)
@@ -444,7 +560,7 @@ def get_checkpoint(
     if job_row is None:
         raise NotFound("TrainingJob", row.job)
     job = job_from_row(job_row, context.pricing)
-    return checkpoint_from_row(row, job.target_model), job
+    return checkpoint_from_row(row, job), job
 
 
 def list_checkpoints(
@@ -479,7 +595,7 @@ def list_checkpoints(
             job_row = repo.job_row(row.job)
             assert job_row is not None
             jobs[row.job] = job_from_row(job_row, context.pricing)
-        items.append((checkpoint_from_row(row, jobs[row.job].target_model), jobs[row.job]))
+        items.append((checkpoint_from_row(row, jobs[row.job]), jobs[row.job]))
     return Page(items, token)
 
 
@@ -500,7 +616,13 @@ class SetPolicyCommand:
 def set_training_policy(
     session: Session, command: SetPolicyCommand, context: Context
 ) -> TrainingPolicy:
-    """SetTrainingPolicy: validate the template as a job would be, then create or replace."""
+    """SetTrainingPolicy: validate the template as a job would be, check the target model
+    with the registry, then create or replace.
+
+    The jobs a policy makes later, on SplitCreated, do not ask the registry again: the model
+    was there when the policy was set and the registry never deletes one, so the Kafka consumer
+    never waits on (or fails for) the registry.
+    """
     prefix = "training_policy"
     violations: list[FieldViolation] = list(command.violations)
     policy_id = command.name.removeprefix(POLICY_PREFIX)
@@ -525,6 +647,7 @@ def set_training_policy(
     if violations:
         raise InvalidArgument("the training policy is invalid", violations)
     _refuse_unavailable(unavailable)
+    _require_target_model(command.target_model, context)
     repo = TrainerRepository(session)
     now = _now()
     row = repo.policy_row(command.name)
@@ -693,6 +816,7 @@ def record_started(session: Session, name: str, message: WorkerStarted, context:
             total_steps=message.total_steps,
             tokens_seen=message.tokens_seen,
             update_time=now,
+            skipped_rows=message.skipped_rows,
         ),
     )
     row.update_time = now
@@ -747,6 +871,7 @@ def record_progress(session: Session, name: str, message: WorkerProgress) -> Non
             eta_seconds=message.eta_seconds,
             elapsed_seconds=message.elapsed_seconds,
             update_time=now,
+            skipped_rows=progress.skipped_rows,
         ),
     )
     row.training_seconds_done = message.elapsed_seconds
@@ -776,12 +901,18 @@ def record_checkpoint(
 ) -> CheckpointOutcome:
     """A checkpoint is in the artifact store: record it once per (job, step), mark the best,
     apply retention, and stage CheckpointReady. A step already recorded (a resumed run
-    redoing it) is not announced again."""
+    redoing it) is not announced again.
+
+    The final checkpoint says why training stopped (``stop_reason``); the job keeps the reason,
+    so the checkpoint's resource shows it too. A CANCELLED one is partly trained: CheckpointReady
+    says so, and the registry never promotes it automatically."""
     repo = TrainerRepository(session)
     row = repo.job_row(name)
     if row is None:
         return CheckpointOutcome(False, [message.state_uri])
     now = _now()
+    if message.is_final and message.stop_reason is not None:
+        row.stop_reason = message.stop_reason.value
     old_state = row.latest_state_uri
     row.latest_state_uri = message.state_uri
     row.training_seconds_done = message.elapsed_seconds
@@ -835,7 +966,7 @@ def record_checkpoint(
     row.latest_checkpoint = checkpoint.name
     row.update_time = now
     job = job_from_row(row, context.pricing)
-    record = checkpoint_from_row(checkpoint, job.target_model)
+    record = checkpoint_from_row(checkpoint, job)
     event = events_pb2.CheckpointReady(
         checkpoint=record.name,
         training_job=name,
@@ -855,6 +986,8 @@ def record_checkpoint(
     )
     if record.validation_loss is not None:
         event.validation_loss = record.validation_loss
+    if record.stop_reason is not None:
+        event.stop_reason = protos.stop_reason_to_proto(record.stop_reason)  # type: ignore[assignment]
     stage_event(session, event, source=context.source, subject=record.name)
     return CheckpointOutcome(True, deletions)
 
@@ -909,6 +1042,7 @@ def record_finished(
     row.update_time = now
     if message.cancelled:
         row.state = JobState.CANCELLED.value
+        row.stop_reason = StopReason.CANCELLED.value
         return JobState.CANCELLED
     row.state = JobState.SUCCEEDED.value
     row.stop_reason = (message.stop_reason or StopReason.MAX_STEPS).value
@@ -945,15 +1079,19 @@ def record_finished(
 def record_failed(
     session: Session, name: str, reason: FailureReason, message: str, context: Context
 ) -> bool:
-    """The job failed for ``reason``: FAILED, stage TrainingJobFailed. False if already over."""
+    """The job failed for ``reason``: FAILED, stage TrainingJobFailed. False if already over.
+
+    The message is for API clients: local paths quoted from torch, transformers or the OS are
+    cut to their last component."""
     row = TrainerRepository(session).job_row(name)
     if row is None or JobState(row.state).terminal:
         return False
     now = _now()
     _close_attempt(row, now)
     row.state = JobState.FAILED.value
+    row.stop_reason = StopReason.FAILED.value
     row.failure_reason = reason.value
-    row.failure_message = message[:10_000]
+    row.failure_message = without_local_paths(message)[:10_000]
     row.end_time = now
     row.update_time = now
     _stage_failed(session, row, context, now=now)
@@ -993,6 +1131,7 @@ def record_worker_lost(
     row.update_time = now
     if row.cancel_requested:
         row.state = JobState.CANCELLED.value
+        row.stop_reason = StopReason.CANCELLED.value
         row.end_time = now
         return JobState.CANCELLED
     if crashed:
@@ -1017,6 +1156,7 @@ def cancel_without_worker(session: Session, name: str) -> bool:
     now = _now()
     _close_attempt(row, now)
     row.state = JobState.CANCELLED.value
+    row.stop_reason = StopReason.CANCELLED.value
     row.end_time = now
     row.update_time = now
     return True

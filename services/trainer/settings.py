@@ -47,6 +47,12 @@ class TrainerSettings(ServiceSettings):
     currency: str = Field(
         default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the price."
     )
+    estimate_tokens_per_device_second: float = Field(
+        default=100.0,
+        gt=0,
+        description="Throughput a job estimate (`jobs create --dry-run`) assumes when no earlier "
+        "run of the base model measured one; deliberately low, so a first estimate errs high.",
+    )
     max_worker_restarts: int = Field(
         default=3,
         ge=0,
@@ -66,9 +72,25 @@ class TrainerSettings(ServiceSettings):
     splitter_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Deadline of a call to the splitter."
     )
+    registry_target: str = Field(
+        default="127.0.0.1:50055",
+        description="The registry, asked (with a deadline) whether a job's or policy's target "
+        "model exists before the job or policy is accepted.",
+    )
+    registry_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Deadline of a call to the registry."
+    )
     fault_oom_above_batch: int = Field(
         default=0,
         ge=0,
         description="Testing only: workers raise a CUDA out-of-memory error for micro-batches "
         "larger than this (0: off).",
+    )
+    fault_hold_after_step: int = Field(
+        default=0,
+        ge=0,
+        description="Testing only: a worker that reaches this step in a job's first run (not a "
+        "resume) holds there, its progress and any checkpoint reported, until it is halted or "
+        "cancelled (0: off). Lets a test crash or stop a job at a known point instead of racing "
+        "it.",
     )

@@ -9,8 +9,9 @@ this package is the one implementation both use. Modules:
 * :mod:`shared.modeling.data` — read a split manifest and the canonical JSONL into train /
   validation / test rows, checking digests;
 * :mod:`shared.modeling.encoding` — encode rows for a task (classification: text → label id;
-  causal LM: prompt tokens masked with ``-100``, chat template for ``messages``), and the
-  generation prompt for exact-match scoring;
+  causal LM: prompt tokens masked with ``-100``, chat template for ``messages``; rows that
+  cannot be used are skipped and counted by reason), and the generation prompt for
+  exact-match scoring;
 * :mod:`shared.modeling.adapters` — the ``tuneline_adapter.json`` every checkpoint carries
   (task, label order, max length, base model digest);
 * :mod:`shared.modeling.loading` *(imports torch)* — tokenizer, base model for a task,
@@ -58,8 +59,12 @@ from shared.modeling.data import (
 from shared.modeling.encoding import (
     IGNORE_INDEX,
     EncodedExample,
+    EncodedRows,
     GenerationPrompt,
+    SkipReason,
     TaskKind,
+    UnmaskableChat,
+    encode_dataset_rows,
     encode_rows,
     generation_prompt,
 )
@@ -90,6 +95,7 @@ __all__ = [
     "AdapterMetadata",
     "DataUnavailable",
     "EncodedExample",
+    "EncodedRows",
     "FolderHashCache",
     "GenerationPrompt",
     "InvalidModelReference",
@@ -99,13 +105,16 @@ __all__ = [
     "ModelingError",
     "ResolvedModel",
     "Row",
+    "SkipReason",
     "SplitManifest",
     "SplitRows",
     "TaskKind",
+    "UnmaskableChat",
     "check_adapter_folder",
     "check_model_folder",
     "classification_labels",
     "default_models_root",
+    "encode_dataset_rows",
     "encode_rows",
     "file_sha256",
     "folder_sha256",

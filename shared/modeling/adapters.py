@@ -64,13 +64,15 @@ def read_adapter_metadata(folder: Path) -> AdapterMetadata:
         doc = json.loads(path.read_text(encoding="utf-8"))
         metadata = AdapterMetadata(**doc)
         TaskKind(metadata.task_type)
-    except (OSError, ValueError, TypeError) as error:
-        raise ModelLoadFailed(
-            f"adapter folder {folder} has no valid {METADATA_FILE}: {error}"
-        ) from error
+    except OSError as error:
+        # no folder in messages: they reach API clients (a failed job or evaluation)
+        raise ModelLoadFailed(f"the adapter's {METADATA_FILE}: {error.strerror}") from error
+    except (ValueError, TypeError) as error:
+        raise ModelLoadFailed(f"the adapter has no valid {METADATA_FILE}: {error}") from error
     if metadata.format_version > FORMAT_VERSION:
         raise ModelLoadFailed(
-            f"{path} has format {metadata.format_version}; this code reads up to {FORMAT_VERSION}"
+            f"the adapter's {METADATA_FILE} has format {metadata.format_version}; this code "
+            f"reads up to {FORMAT_VERSION}"
         )
     return metadata
 
@@ -78,12 +80,12 @@ def read_adapter_metadata(folder: Path) -> AdapterMetadata:
 def check_adapter_folder(folder: Path) -> None:
     """Refuse an adapter folder that is incomplete or holds pickle files."""
     if not folder.is_dir():
-        raise ModelLoadFailed(f"no adapter folder at {folder}")
+        raise ModelLoadFailed(f"no adapter folder {folder.name!r}")
     pickles = tuple(
         p.name for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES
     )
     if pickles:
-        raise ModelRefused(f"adapter folder {folder} holds pickle files {pickles}", pickles)
+        raise ModelRefused(f"the adapter holds pickle files {pickles}", pickles)
     for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE):
         if not (folder / name).is_file():
-            raise ModelLoadFailed(f"adapter folder {folder} lacks {name}")
+            raise ModelLoadFailed(f"the adapter lacks {name}")

@@ -4,7 +4,8 @@ The formats are the ones the services agreed on (COMMON.md):
 
 * the **canonical dataset JSONL** — one JSON object per line, every row with a string ``id``;
   classification rows carry ``text`` and ``label``, causal-LM rows ``prompt`` + ``completion``
-  or ``messages``; optional ``group``, ``slice``, ``tags``, ``weight``;
+  or ``messages``; optional ``group``, ``slice``, ``tags``, ``weight``; read by the
+  platform's one reader, :mod:`shared.canonical_jsonl`;
 * the **split manifest** — one JSON document with ``dataset_version``,
   ``dataset_content_sha256``, ``dataset_artifact_uri``, ``spec``, ``parts`` (row ids per part,
   in dataset order), ``stats`` and ``overlap_count``.
@@ -23,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.canonical_jsonl import CanonicalJsonlError, Row, read_rows
 from shared.modeling.errors import DataUnavailable
-
-#: A canonical row, as parsed from its JSON line.
-Row = dict[str, Any]
 
 PARTS = ("train", "validation", "test")
 
@@ -57,15 +56,19 @@ class SplitRows:
 
 
 def _read_checked(path: Path, expected_sha256: str | None, what: str) -> bytes:
+    # messages say what the file is, not where: they end up in failure messages API clients
+    # read, and the server's paths are none of theirs
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise DataUnavailable(f"cannot read the {what} at {path}: {error}") from error
+        raise DataUnavailable(
+            f"cannot read the {what}: {error.strerror or type(error).__name__}"
+        ) from error
     if expected_sha256:
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256:
             raise DataUnavailable(
-                f"the {what} at {path} has sha256 {actual}, expected {expected_sha256}: "
+                f"the {what} has sha256 {actual}, expected {expected_sha256}: "
                 "it changed or is not the artifact the event announced"
             )
     return data
@@ -90,34 +93,22 @@ def read_split_manifest(path: Path, *, expected_sha256: str | None = None) -> Sp
             overlap_count=int(doc.get("overlap_count", 0)),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise DataUnavailable(f"the split manifest at {path} is malformed: {error!r}") from error
+        raise DataUnavailable(f"the split manifest is malformed: {error!r}") from error
     return manifest
 
 
 def parse_canonical_jsonl(data: bytes, *, source: str = "dataset") -> list[Row]:
-    """Rows of canonical JSONL bytes, in order; each must be an object with a string ``id``."""
-    rows: list[Row] = []
+    """Rows of canonical JSONL bytes, in order (:mod:`shared.canonical_jsonl`, the one reader)."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataUnavailable(f"{source} is not UTF-8: {error}") from error
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as error:
-            raise DataUnavailable(f"{source} line {number} is not JSON: {error}") from error
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-            raise DataUnavailable(f"{source} line {number} is not a row with a string id")
-        rows.append(row)
-    return rows
+        return read_rows(data)
+    except CanonicalJsonlError as error:
+        raise DataUnavailable(f"{source} is not canonical JSONL: {error}") from error
 
 
 def read_canonical_rows(path: Path, *, expected_sha256: str | None = None) -> list[Row]:
     """Every row of a canonical dataset JSONL, in order, checking its sha256 when given."""
     return parse_canonical_jsonl(
-        _read_checked(path, expected_sha256, "dataset JSONL"), source=str(path)
+        _read_checked(path, expected_sha256, "dataset JSONL"), source="the dataset JSONL"
     )
 
 

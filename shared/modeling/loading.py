@@ -68,10 +68,15 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, **SAFE_LOAD_KWARGS)
     except (OSError, ValueError, KeyError) as error:
-        raise ModelLoadFailed(f"cannot load the tokenizer of {model_dir}: {error}") from error
+        # the model by its folder's name, not its path: messages reach API clients
+        raise ModelLoadFailed(
+            f"cannot load the tokenizer of model {model_dir.name!r}: {error}"
+        ) from error
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
-            raise ModelLoadFailed(f"the tokenizer of {model_dir} has neither pad nor EOS token")
+            raise ModelLoadFailed(
+                f"the tokenizer of model {model_dir.name!r} has neither pad nor EOS token"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -119,7 +124,8 @@ def load_base_model(
         else:
             loaded = AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelLoadFailed(f"cannot load {model.path} for {kind.value}: {error}") from error
+        shown = model.model_name or model.model_path or model.path.name
+        raise ModelLoadFailed(f"cannot load model {shown!r} for {kind.value}: {error}") from error
     return loaded.to(target)
 
 
@@ -133,7 +139,7 @@ def load_adapter(base: PreTrainedModel, adapter_dir: Path, *, trainable: bool = 
     try:
         model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=trainable)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelLoadFailed(f"cannot load the adapter in {adapter_dir}: {error}") from error
+        raise ModelLoadFailed(f"cannot load the adapter: {error}") from error
     if not trainable:
         model.eval()
     return model
@@ -176,7 +182,8 @@ def load_checkpoint(
     )
     if base.files_sha256 != metadata.base_model_files_sha256:
         raise ModelLoadFailed(
-            f"base model {base.path} has files_sha256 {base.files_sha256}, but the adapter was "
+            f"base model {base.model_name or base.model_path!r} has files_sha256 "
+            f"{base.files_sha256}, but the adapter was "
             f"trained on {metadata.base_model_files_sha256}"
         )
     tokenizer = load_tokenizer(base.path)

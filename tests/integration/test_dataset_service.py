@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -24,14 +24,17 @@ import pytest
 
 from services.dataset import bootstrap
 from services.dataset.settings import DatasetSettings
+from shared.grpc import ClientSecurity
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.datasets import rotten_tomatoes_rows, stored_artifacts, to_jsonl
 from tests.fixtures.events import header, read_records
+from tests.fixtures.pki import LocalCA, TokenIssuer, spiffe_id
+from tests.fixtures.waiting import eventually
 from tuneline.client import InvalidArgumentError, TunelineError, UnavailableError
 from tuneline.client.dataset import DatasetClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
-from tuneline.dataset.v1 import events_pb2, resources_pb2
+from tuneline.dataset.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
 from tuneline.devtools.kafka import free_port
 
 pytestmark = pytest.mark.integration
@@ -72,13 +75,6 @@ def metric(runtime: ServiceRuntime, name: str, **labels: str) -> float:
     return runtime.context.registry.get_sample_value(name, labels) or 0.0
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_real_reviews_uploaded_become_a_version_and_an_event(
     client: DatasetClient,
     service: ServiceRuntime,
@@ -112,8 +108,14 @@ def test_real_reviews_uploaded_become_a_version_and_an_event(
     report = client.get_report(response.report)
     assert report.dataset_version == version.name
     assert report.lines_read == 3000
-    # the real data has a few exact repeats: kept, numbered, reported as warnings
-    assert [f.rule_id for f in report.findings] == ["duplicate_row"]
+    # the real data has a few exact repeats (kept, numbered) and two reviews that are
+    # truncations of others (near-duplicates): both reported as warnings
+    assert [(f.rule_id, f.severity) for f in report.findings] == [
+        ("duplicate_row", resources_pb2.VALIDATION_SEVERITY_WARNING),
+        ("near_duplicates", resources_pb2.VALIDATION_SEVERITY_WARNING),
+    ]
+    (near,) = [f for f in report.findings if f.rule_id == "near_duplicates"]
+    assert (near.count, len(near.line_numbers)) == (4, 4)
     assert version.row_count == 3000
 
     (record,) = events_about(kafka_bootstrap, dataset.name, expected=1)
@@ -131,7 +133,7 @@ def test_real_reviews_uploaded_become_a_version_and_an_event(
     assert event.artifact_uri == version.artifact_uri
     assert event.report == response.report
     assert event.report_summary.outcome == resources_pb2.VALIDATION_OUTCOME_ACCEPTED
-    assert list(event.report_summary.warning_rule_ids) == ["duplicate_row"]
+    assert list(event.report_summary.warning_rule_ids) == ["duplicate_row", "near_duplicates"]
     assert event.lineage.uploader == "alice@example.com"
     assert event.lineage.source == "reviews.jsonl"
     assert event.lineage.source_sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
@@ -165,22 +167,24 @@ def test_a_client_cancelling_mid_upload_leaves_nothing(
     def chunks() -> Iterator[bytes]:
         for start in range(0, halfway, chunk):
             yield content[start : start + chunk]
-        release.wait(30)  # the client stalls here, and then gives up
+        release.wait(600)  # the client stalls here until the test has cancelled
         yield content[halfway:]
 
     upload = client.start_upload(dataset.name, chunks())
     store = service.context.artifacts
     received = lambda: metric(service, "tuneline_dataset_ingest_bytes_total", source="upload")  # noqa: E731
-    wait_until(lambda: received() >= halfway - chunk)
+    eventually(lambda: received() >= halfway - chunk, timeout=120, what="half the upload to arrive")
     assert len(store.temp_entries()) == 1, "the content is being spooled"
 
     assert upload.cancel()
     release.set()
-    wait_until(
+    eventually(
         lambda: (
             metric(service, "tuneline_dataset_ingests_total", source="upload", outcome="aborted")
             == 1
-        )
+        ),
+        timeout=120,
+        what="the upload to be recorded as aborted",
     )
     with pytest.raises(TunelineError) as caught:
         upload.result()
@@ -239,6 +243,52 @@ def test_import_from_a_file_uri_in_the_data_dir(
     assert caught.value.violations[0].reason == "OUTSIDE_IMPORT_ROOTS"
 
 
+def test_label_churn_against_the_parent_blocks_unless_the_request_allows_it(
+    client: DatasetClient, service: ServiceRuntime, tmp_path: Path, unique: str
+) -> None:
+    dataset = client.create_dataset(f"churn-{unique}", "classification")
+    rows = rotten_tomatoes_rows(300)
+    parent = client.upload_version(dataset.name, to_jsonl(rows)).dataset_version
+    flip = {"fresh": "rotten", "rotten": "fresh"}
+    relabelled = [
+        {**row, "label": flip[row["label"]]} if i % 10 < 7 else row for i, row in enumerate(rows)
+    ]
+    source = tmp_path / "incoming" / "relabelled.jsonl"
+    source.parent.mkdir()
+    source.write_bytes(to_jsonl(relabelled))
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.import_version(dataset.name, source.as_uri())
+    (violation,) = [v for v in caught.value.violations if v.field == "label_churn"]
+    assert violation.description.startswith("lines 1, 2, 3, 4, 5, 6, 7, 11, 12, 13 (")
+    assert list(client.list_versions(dataset.name)) == [parent]
+
+    # the override travels in the request (the SDK does not expose it yet: the raw stub)
+    channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}")
+    with channel:
+        response = service_pb2_grpc.DatasetServiceStub(channel).ImportDatasetVersion(
+            service_pb2.ImportDatasetVersionRequest(
+                dataset=dataset.name,
+                source_uri=source.as_uri(),
+                allow_label_churn=True,
+                label_churn_reason="second annotation pass",
+            ),
+            timeout=30,
+        )
+    lineage = response.dataset_version.lineage
+    assert (lineage.parent_version, lineage.label_churn_override) == (
+        parent.name,
+        "second annotation pass",
+    )
+    report = client.get_report(response.dataset_version.report)
+    (finding,) = [f for f in report.findings if f.rule_id == "label_churn"]
+    assert finding.severity == resources_pb2.VALIDATION_SEVERITY_WARNING
+    assert finding.count == sum(
+        a["label"] != b["label"] for a, b in zip(rows, relabelled, strict=True)
+    )
+    assert report.lineage.label_churn_override == "second annotation pass"
+
+
 def test_the_service_runs_as_its_own_process(
     kafka_bootstrap: str, tmp_path: Path, unique: str
 ) -> None:
@@ -277,7 +327,8 @@ def test_the_service_runs_as_its_own_process(
         event = events_pb2.DatasetVersioned.FromString(record.value)  # type: ignore[attr-defined]
         assert (event.dataset_version, event.row_count) == (version.name, 2000)
         assert event.content_sha256 == version.content_sha256
-        assert event.lineage.uploader == "bob"  # the authenticated principal wins
+        # a client's own x-tuneline-principal is ignored: only a trusted proxy may assert one
+        assert event.lineage.uploader == "anonymous"
         metrics = (
             urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
             .read()
@@ -334,3 +385,40 @@ def test_the_cli_creates_pushes_shows_lists_and_reports(
     assert "wrong_type" in shown
     assert "missing_field" in shown
     assert "rejected" in run("report", name)
+
+
+def test_with_auth_the_uploader_is_the_token_subject_not_the_metadata(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ca = LocalCA(tmp_path / "pki")
+    server_cert = ca.issue("dataset", uri=spiffe_id("service", "dataset"), server=True)
+    tokens = TokenIssuer(tmp_path / "jwks.json")
+    runtime = build_runtime(
+        bootstrap.SPEC,
+        CommonSettings(
+            kafka_bootstrap=kafka_bootstrap,
+            data_dir=tmp_path / "data",
+            auth_mode="enforce",
+            tls_cert_file=server_cert.cert_file,
+            tls_key_file=server_cert.key_file,
+            auth_jwt_jwks_file=tokens.jwks_file,
+            auth_jwt_issuer=tokens.issuer,
+        ),
+        DatasetSettings(grpc_port=0, metrics_port=0, validation_workers=0),
+    )
+    runtime.start()
+    security = ClientSecurity(
+        tls=True, ca_file=ca.ca_file, token=tokens.token("dana@example.com", ["editor"])
+    )
+    try:
+        with DatasetClient(f"127.0.0.1:{runtime.grpc_port}", security=security) as client:
+            dataset = client.create_dataset(f"auth-{os.getpid()}", "classification")
+            response = client.upload_version(
+                dataset.name,
+                to_jsonl(rotten_tomatoes_rows(50)),
+                uploader="mallory",
+                metadata=[("x-tuneline-principal", "mallory")],
+            )
+        assert response.dataset_version.lineage.uploader == "dana@example.com"
+    finally:
+        runtime.stop()

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +42,7 @@ from tests.fixtures.adapters import cached_classification_adapter, flip_labels
 from tests.fixtures.evaluation_inputs import StoredSplit, checkpoint_ready, store_split
 from tests.fixtures.events import header, read_records, start_group_at_end
 from tests.fixtures.trainer_data import rotten_tomatoes_rows
+from tests.fixtures.waiting import eventually
 from tuneline.cli.main import app as cli
 from tuneline.client.errors import InvalidArgumentError, NotFoundError
 from tuneline.client.evaluator import EvaluatorClient
@@ -64,16 +64,6 @@ CHECKPOINT_READY = topic_for(trainer_events.CheckpointReady)
 SPLIT_CREATED = topic_for(splitter_events.SplitCreated)
 DATASET_VERSIONED = topic_for(dataset_events.DatasetVersioned)
 LABELS = ["fresh", "rotten"]
-
-
-def _eventually(probe: Callable[[], T | None], *, timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -272,10 +262,12 @@ def test_a_trained_checkpoint_passes_is_promoted_and_a_flipped_one_regresses(
     assert accuracy.delta_ci_lower > 0
     assert accuracy.outcome == common_pb2.COMPARISON_OUTCOME_WITHIN_TOLERANCE
     assert accuracy.tolerance == pytest.approx(0.02)
+    assert accuracy.reason.startswith("within tolerance")
+    assert 0.02 < accuracy.minimum_detectable_effect < 0.3
 
-    production = _eventually(
+    production = eventually(
         lambda: stack.registry.production(stack.model).checkpoint or None,
-        timeout=30,
+        timeout=120,
         what="the registry to promote the passing checkpoint",
     )
     assert stack.registry.production(stack.model).sha256 == good.sha256
@@ -292,7 +284,9 @@ def test_a_trained_checkpoint_passes_is_promoted_and_a_flipped_one_regresses(
     assert detected.delta < -0.2
     assert detected.delta_ci_lower < detected.delta < detected.delta_ci_upper < 0
     assert detected.p_value < 0.001
-    assert detected.confidence_level == pytest.approx(0.95)
+    assert detected.confidence_level == pytest.approx(0.90)  # 1 - 2 alpha: one-sided tests
+    assert detected.regressions[0].reason.startswith("worse than tolerated")
+    assert detected.regressions[0].adjusted_p_value < 0.05
     assert detected.example_count == len(stack.split.validation_ids)
     assert detected.baseline == pytest.approx(metrics[("accuracy", "")])
     [flipped_record] = stack.records(COMPLETED, flipped.checkpoint)
@@ -303,7 +297,16 @@ def test_a_trained_checkpoint_passes_is_promoted_and_a_flipped_one_regresses(
     assert flipped_completed.baseline.reused
     # staged in one transaction, EvaluationCompleted first: the relay sends them in that order
     assert flipped_record.timestamp <= regression_record.timestamp
-    time.sleep(1.0)  # give the registry the chance to (wrongly) move production
+    # the registry has applied the verdict (it could have moved production by now): it did not
+    eventually(
+        lambda: list(
+            stack.registry.list_checkpoints(
+                stack.model, verdict=common_pb2.EVALUATION_VERDICT_REGRESSED
+            )
+        ),
+        timeout=60,
+        what="the registry to record the REGRESSED verdict",
+    )
     assert stack.registry.production(stack.model).checkpoint == production
 
     # -- the same CheckpointReady again (a new event id): evaluated once ----------------------

@@ -1,5 +1,9 @@
 """Dataset and splitter as separate processes on a real broker: upload → DatasetVersioned →
-SplitCreated, with the split's manifest checked against the uploaded rows."""
+SplitCreated, with the split's manifest checked against the uploaded rows.
+
+Twice: on the default backends (SQLite files, local artifact folders; id ``sqlite``) and on the
+shared ones a multi-node deployment uses (a PostgreSQL database per service and S3 artifact
+roots on a real S3-compatible server; id ``postgresql``)."""
 
 from __future__ import annotations
 
@@ -10,16 +14,19 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from urllib.parse import urlparse
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared.artifacts import artifact_store_from_uri
 from shared.events import Envelope, topic_for
 from tests.fixtures.datasets import rotten_tomatoes_rows, to_jsonl
 from tests.fixtures.events import read_records, start_group_at_end
+from tests.fixtures.postgresql import fresh_postgresql_database
 from tuneline.client.dataset import DatasetClient
 from tuneline.client.splitter import SplitterClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
@@ -56,7 +63,28 @@ def _wait_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
     raise AssertionError(f"not SERVING on {port}:\n{log.read_text()[-3000:]}")
 
 
-def test_upload_drives_a_split_across_processes(kafka_bootstrap, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backends(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The storage settings of both services: none (the defaults), or PostgreSQL + S3."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    admin_url = request.getfixturevalue("postgresql_admin_url")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = request.getfixturevalue("s3_bucket")
+    settings = {
+        "TUNELINE_S3_ENDPOINT_URL": endpoint,
+        **{name: os.environ[name] for name in os.environ if name.startswith("AWS_")},
+    }
+    with ExitStack() as stack:
+        for service in ("dataset", "splitter"):
+            url = stack.enter_context(fresh_postgresql_database(admin_url))
+            settings[f"TUNELINE_{service.upper()}_DATABASE_URL"] = url
+            settings[f"TUNELINE_{service.upper()}_ARTIFACT_ROOT"] = f"s3://{bucket}/{service}"
+        yield settings
+
+
+def test_upload_drives_a_split_across_processes(kafka_bootstrap, tmp_path, backends):
     run = uuid.uuid4().hex[:8]
     group = f"tuneline-splitter-pipeline-{run}"
     start_group_at_end(kafka_bootstrap, group, [topic_for(dataset_events.DatasetVersioned)])
@@ -67,10 +95,13 @@ def test_upload_drives_a_split_across_processes(kafka_bootstrap, tmp_path):
         "TUNELINE_DATA_DIR": str(tmp_path / "data"),
         "TUNELINE_SPLITTER_CONSUMER_GROUP": group,
         "TUNELINE_DATASET_VALIDATION_WORKERS": "0",
+        "TUNELINE_AUTH_MODE": "insecure",  # explicit: the environment above was cleared
+        **backends,
     }
     for name, (grpc_port, metrics_port) in ports.items():
         env[f"TUNELINE_{name.upper()}_GRPC_PORT"] = str(grpc_port)
         env[f"TUNELINE_{name.upper()}_METRICS_PORT"] = str(metrics_port)
+    env["TUNELINE_SPLITTER_DATASET_TARGET"] = f"127.0.0.1:{ports['dataset'][0]}"
     processes = {
         name: _start(name, env, tmp_path / f"{name}.log") for name in ("dataset", "splitter")
     }
@@ -117,13 +148,19 @@ def test_upload_drives_a_split_across_processes(kafka_bootstrap, tmp_path):
         assert sum(counts.values()) == len(rows)
         assert 0.7 < counts[common_pb2.SPLIT_PART_TRAIN] / len(rows) < 0.9, "default 80/20"
 
-        manifest_bytes = Path(urlparse(created.manifest_uri).path).read_bytes()
+        # read back as another process would: through the store the URIs belong to
+        store = artifact_store_from_uri(
+            backends.get("TUNELINE_SPLITTER_ARTIFACT_ROOT", tmp_path / "reader"),
+            readable_roots=[tmp_path / "data"],
+            s3_endpoint_url=backends.get("TUNELINE_S3_ENDPOINT_URL"),
+            cache_dir=tmp_path / "cache",
+        )
+        assert created.manifest_uri.startswith("s3://" if backends else "file://")
+        manifest_bytes = store.materialize(created.manifest_uri).read_bytes()
         assert hashlib.sha256(manifest_bytes).hexdigest() == created.manifest_sha256
         manifest = json.loads(manifest_bytes)
-        canonical = [
-            json.loads(line)
-            for line in Path(urlparse(version.artifact_uri).path).read_text().splitlines()
-        ]
+        with store.open(version.artifact_uri) as handle:
+            canonical = [json.loads(line) for line in handle.read().decode().splitlines()]
         group_of = {row["id"]: row["group"] for row in canonical}
         train = {group_of[i] for i in manifest["parts"]["train"]}
         validation = {group_of[i] for i in manifest["parts"]["validation"]}

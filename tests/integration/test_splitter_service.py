@@ -12,23 +12,29 @@ import json
 import os
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from typer.testing import CliRunner
 
+from services.dataset import bootstrap as dataset_bootstrap
+from services.dataset.settings import DatasetSettings
 from services.splitter.bootstrap import SPEC
 from services.splitter.settings import SplitterSettings
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
+from shared.input_text import normalize_input_text
+from shared.near_duplicates import near_duplicate_groups
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.dataset_side import DatasetSide
-from tests.fixtures.datasets import rotten_tomatoes_rows
+from tests.fixtures.datasets import rotten_tomatoes_rows, to_jsonl
 from tests.fixtures.events import header, start_group_at_end
+from tests.fixtures.waiting import eventually
 from tuneline.cli.main import app as cli
+from tuneline.client.dataset import DatasetClient
 from tuneline.client.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -46,14 +52,27 @@ SPLIT_CREATED = topic_for(events_pb2.SplitCreated)
 T = TypeVar("T")
 
 
-def _eventually(probe: Callable[[], T | None], *, timeout: float = 30.0, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result is not None and result is not False:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+def _components_by_group_and_text(rows: list[dict[str, Any]]) -> int:
+    """How many groups rows form when a shared ``group``, a shared normalised text or a pair of
+    near-duplicate texts joins them (computed here independently of the splitter's grouping,
+    with a plain union-find over the shared near-duplicate definition's pairs)."""
+    parent: dict[str, str] = {}
+
+    def find(node: str) -> str:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for row in rows:
+        group, text = f"group:{row['group']}", f"text:{normalize_input_text(row['text'])}"
+        parent[find(group)] = find(text)
+    texts = list(dict.fromkeys(normalize_input_text(row["text"]) for row in rows))
+    for members in near_duplicate_groups(texts):
+        for member in members[1:]:
+            parent[find(f"text:{texts[member]}")] = find(f"text:{texts[members[0]]}")
+    return len({find(f"group:{row['group']}") for row in rows})
 
 
 @dataclass
@@ -90,13 +109,36 @@ def dataset_side(
 
 
 @pytest.fixture(scope="module")
-def splitter(dataset_side: DatasetSide) -> Iterator[Splitter]:
+def dataset_service(dataset_side: DatasetSide) -> Iterator[ServiceRuntime]:
+    """The real dataset service, which the splitter asks about versions it has not heard of
+    (it knows none of those the tests store and announce themselves: NOT_FOUND)."""
+    runtime = build_runtime(
+        dataset_bootstrap.SPEC,
+        CommonSettings(kafka_bootstrap=dataset_side.bootstrap, data_dir=dataset_side.data_dir),
+        DatasetSettings(grpc_port=0, metrics_port=0, validation_workers=0),
+    )
+    runtime.start()
+    try:
+        yield runtime
+    finally:
+        runtime.stop()
+
+
+@pytest.fixture(scope="module")
+def splitter(dataset_side: DatasetSide, dataset_service: ServiceRuntime) -> Iterator[Splitter]:
     group = f"test-splitter-{os.getpid()}-{time.time_ns()}"
     start_group_at_end(dataset_side.bootstrap, group, [DATASET_VERSIONED])
     runtime = build_runtime(
         SPEC,
         CommonSettings(kafka_bootstrap=dataset_side.bootstrap, data_dir=dataset_side.data_dir),
-        SplitterSettings(grpc_port=0, metrics_port=0, consumer_group=group),
+        SplitterSettings(
+            grpc_port=0,
+            metrics_port=0,
+            consumer_group=group,
+            dataset_target=f"127.0.0.1:{dataset_service.grpc_port}",
+            # a loaded machine must not turn the dataset service's answer into UNAVAILABLE
+            dataset_timeout_seconds=60,
+        ),
     )
     runtime.start()
     try:
@@ -168,7 +210,8 @@ def test_dataset_versioned_becomes_split_created_with_its_manifest(
 
     split = splitter.client.get_split(created.split)
     assert split.manifest_sha256 == created.manifest_sha256
-    assert split.group_count == len(set(movie.values()))
+    # a review quoted under two movies joins them: the groups are the movies, merged by text
+    assert split.group_count == _components_by_group_and_text(rows)
     assert [s.name for s in splitter.client.list_splits(f"{event.dataset_version}")] == [
         created.split
     ]
@@ -191,10 +234,11 @@ def test_a_twice_delivered_dataset_versioned_makes_one_split(
     assert len(records) == 1
     assert [s.name for s in splitter.client.list_splits(event.dataset_version)] == [created.split]
     # all three were taken off the topic: one applied, one skipped by id, one found known
-    _eventually(
+    eventually(
         lambda: (
             'tuneline_split_versions_not_split_total{reason="already_seen"}' in splitter.metrics()
         ),
+        timeout=120,
         what="the third delivery to be handled",
     )
     assert (
@@ -218,7 +262,7 @@ def test_explicit_create_split_is_idempotent(
         except NotFoundError:
             return None  # the DatasetVersioned is not consumed yet
 
-    split, created = _eventually(create, what="the version to be known")
+    split, created = eventually(create, timeout=120, what="the version to be known")
     assert created
     assert split.spec.ratios.test == pytest.approx(0.1)
     again, created_again = splitter.client.create_split(
@@ -238,6 +282,25 @@ def test_explicit_create_split_is_idempotent(
     assert sorted(e.split for e in events) == sorted([split.name, hashed.name])
     listed = [s.name for s in splitter.client.list_splits(f"{dataset}/versions/-", page_size=1)]
     assert listed == [hashed.name, split.name], "newest first, across pages of one"
+
+
+def test_a_version_can_be_split_the_moment_its_upload_returns(
+    splitter: Splitter, dataset_service: ServiceRuntime, dataset_side: DatasetSide, unique: str
+) -> None:
+    """Read-your-writes: no waiting for DatasetVersioned to reach the splitter, no retry."""
+    dataset_id = f"ryw-{unique}"
+    with DatasetClient(f"127.0.0.1:{dataset_service.grpc_port}") as datasets:
+        datasets.create_dataset(dataset_id, "classification")
+        uploaded = datasets.upload_version(dataset_id, to_jsonl(dataset_side.reviews(400)))
+    version = uploaded.dataset_version
+
+    split, created = splitter.client.create_split(version.name, _stratified(0.8, 0.1, 0.1, seed=5))
+
+    assert created
+    assert split.dataset_version == version.name
+    assert split.dataset_content_sha256 == version.content_sha256
+    assert sum(p.row_count for p in split.parts) == version.row_count
+    assert split.overlap_count == 0
 
 
 def test_bad_requests_get_precise_statuses_and_store_nothing(
@@ -302,7 +365,7 @@ def test_bad_requests_get_precise_statuses_and_store_nothing(
         except FailedPreconditionError as error:
             return error
 
-    error = _eventually(create, what="the version to be known")
+    error = eventually(create, timeout=120, what="the version to be known")
     assert isinstance(error, FailedPreconditionError)
     assert [v.reason for v in error.violations] == ["TOO_FEW_GROUPS"]
     assert list(splitter.client.list_splits(f"{dataset}/versions/-")) == []
@@ -337,7 +400,7 @@ def test_the_cli_creates_shows_and_lists_splits(
         )
         return result if result.exit_code == 0 else None
 
-    result = _eventually(create, what="the CLI to create the split")
+    result = eventually(create, timeout=120, what="the CLI to create the split")
     assert "created:" in result.output
     (split,) = splitter.client.list_splits(event.dataset_version)
     assert split.spec.ratios.validation == pytest.approx(0.25)

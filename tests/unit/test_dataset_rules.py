@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from services.dataset import handlers
 from services.dataset.domain import (
+    DEFAULT_VALUE_BOUNDS,
     Finding,
     Outcome,
     SchemaPolicy,
@@ -27,8 +28,11 @@ from services.dataset.domain import (
     SourceKind,
     TaskType,
     ValidationReport,
+    ValueBounds,
 )
 from services.dataset.handlers import DatasetDeps, IngestRequest, IngestResult
+from services.dataset.settings import DatasetSettings
+from shared.canonical_jsonl import Row, read_rows
 from shared.errors import InvalidArgument
 from shared.events import OutboxEvent
 from shared.grpc.errors import to_rpc_status
@@ -68,6 +72,12 @@ def upload(deps: DatasetDeps, content: bytes, *, chunk: int = 1000, **request: A
         IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD, **request),
         iter(chunks),
     )
+
+
+def stored_rows(deps: DatasetDeps, result: IngestResult) -> list[Row]:
+    """The rows of an accepted upload's version, as every service reads them."""
+    assert result.version is not None
+    return read_rows(deps.store.local_path(result.version.artifact_uri).read_bytes())
 
 
 def lines(rows: list[dict[str, Any]]) -> list[bytes]:
@@ -363,3 +373,209 @@ def test_every_problem_of_a_bad_upload_is_reported_at_once(deps: DatasetDeps) ->
     }
     assert result.report.lines_read == 5
     assert result.report.name in result.message
+
+
+# -- what JSON allows but a row cannot mean (issue 12) -------------------------------------------
+
+
+def test_a_lone_surrogate_escape_is_invalid_unicode_not_an_internal_error(
+    deps: DatasetDeps,
+) -> None:
+    create(deps)
+    content = with_lines(
+        {
+            3: b'{"text": "half an emoji \\ud83d here", "label": "fresh"}\n',
+            7: b'{"text": "a fine text", "label": "\\udfff"}\n',
+            9: b'{"text": "a fine text", "label": "fresh", "\\uD800": 1}\n',
+            12: b'{"text": "a fine text", "label": "fresh", "tags": ["\\udc00"]}\n',
+        }
+    )
+    result = rejected(deps, content)
+    finding = result.finding["invalid_unicode"]
+    assert (finding.count, finding.line_numbers) == (4, (3, 7, 9, 12))
+    assert set(result.finding) == {"invalid_unicode"}
+    assert result.violations[0].description.startswith("lines 3, 7, 9, 12: ")
+
+
+def test_a_surrogate_pair_escape_is_one_character_and_fine(deps: DatasetDeps) -> None:
+    create(deps)
+    result = upload(
+        deps, with_line(2, b'{"text": "a film \\ud83c\\udfac to see", "label": "fresh"}\n')
+    )
+    assert result.version is not None
+    (row,) = [r for r in stored_rows(deps, result) if "\U0001f3ac" in r["text"]]
+    assert row["text"] == "a film \U0001f3ac to see"
+
+
+def test_a_key_repeated_in_one_object_is_ambiguous(deps: DatasetDeps) -> None:
+    create(deps)
+    content = with_lines(
+        {
+            4: b'{"text": "a fine text", "label": "fresh", "label": "rotten"}\n',
+            6: b'{"text": "one", "label": "fresh", "text": "two"}\n',
+        }
+    )
+    result = rejected(deps, content)
+    finding = result.finding["duplicate_key"]
+    assert (finding.count, finding.line_numbers) == (2, (4, 6))
+    assert "the key label more than once" in finding.message
+
+
+def test_a_repeated_key_inside_a_chat_message_is_ambiguous(deps: DatasetDeps) -> None:
+    create(deps, TaskType.CAUSAL_LM)
+    good = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(5)]
+    chat = (
+        b'{"messages": [{"role": "user", "content": "hi"}, '
+        b'{"role": "assistant", "content": "hello", "content": "bye"}]}\n'
+    )
+    result = rejected(deps, b"".join([*lines(good[:2]), chat, *lines(good[2:])]))
+    assert result.finding["duplicate_key"].line_numbers == (3,)
+
+
+@pytest.mark.parametrize(
+    ("escaped", "code"),
+    [("\\u0000", "0000"), ("\\u001b", "001B"), ("\\u007f", "007F"), ("\\u0090", "0090")],
+)
+def test_control_characters_in_text_are_rejected(
+    deps: DatasetDeps, escaped: str, code: str
+) -> None:
+    create(deps)
+    content = with_lines(
+        {
+            2: f'{{"text": "nul{escaped}inside", "label": "fresh"}}\n'.encode(),
+            5: f'{{"text": "a fine text", "label": "fr{escaped}esh"}}\n'.encode(),
+            8: f'{{"text": "a fine text", "label": "fresh", "group": "g{escaped}"}}\n'.encode(),
+        }
+    )
+    result = rejected(deps, content)
+    found = {f.field: f for f in result.report.findings if f.rule.value == "control_character"}
+    assert {field: f.line_numbers for field, f in found.items()} == {
+        "text": (2,),
+        "label": (5,),
+        "group": (8,),
+    }
+    assert f"control character U+{code} at character 4" in found["text"].message
+
+
+def test_a_policy_may_keep_control_characters_with_a_warning(deps: DatasetDeps) -> None:
+    create(deps, severities={"control_character": "warning"})
+    result = upload(deps, with_line(2, b'{"text": "nul\\u0000inside", "label": "fresh"}\n'))
+    assert result.version is not None
+    finding = {f.rule.value: f for f in result.report.findings}["control_character"]
+    assert (finding.severity, finding.line_numbers) == (Severity.WARNING, (2,))
+    assert "nul\x00inside" in [row["text"] for row in stored_rows(deps, result)]
+
+
+def test_line_and_paragraph_separators_tabs_and_next_line_are_text(deps: DatasetDeps) -> None:
+    create(deps)
+    texts = ["two\u2028lines", "two\u2029paragraphs", "next\u0085line", "tab\tand\r\nbreak"]
+    rows = [*BASE, *({"text": text, "label": "fresh"} for text in texts)]
+    result = upload(deps, to_jsonl(rows))
+    assert result.version is not None
+    assert result.report.findings == ()
+    assert [row["text"] for row in stored_rows(deps, result)][-4:] == texts
+
+
+@pytest.mark.parametrize(
+    "invisible",
+    [
+        "\u200b",  # zero width space
+        "\u200b\u200c\u200d",  # and non-joiner, joiner
+        "\u2060\ufeff",  # word joiner, zero width no-break space
+        " \u00ad\u200e ",  # soft hyphen, left-to-right mark, between spaces
+        "\u3164\u115f",  # Hangul fillers
+        "\ufe0f\U000e0041",  # a variation selector, a tag character
+        "\u2800",  # braille pattern blank
+    ],
+)
+def test_text_of_invisible_characters_only_is_empty(deps: DatasetDeps, invisible: str) -> None:
+    create(deps)
+    content = with_lines(
+        {
+            2: json.dumps({"text": invisible, "label": "fresh"}).encode() + b"\n",
+            6: json.dumps({"text": "a fine text", "label": invisible}).encode() + b"\n",
+        }
+    )
+    result = rejected(deps, content)
+    found = {
+        f.field: f.line_numbers for f in result.report.findings if f.rule.value == "empty_text"
+    }
+    assert found == {"text": (2,), "label": (6,)}
+
+
+def test_invisible_characters_between_visible_ones_are_fine(deps: DatasetDeps) -> None:
+    create(deps)
+    family = "\U0001f469\u200d\U0001f467"  # one emoji, joined by a zero width joiner
+    result = upload(
+        deps, with_line(2, json.dumps({"text": family, "label": "fresh"}).encode() + b"\n")
+    )
+    assert result.version is not None
+    assert result.report.findings == ()
+
+
+def test_a_label_or_a_slice_over_the_length_limit(deps: DatasetDeps) -> None:
+    create(deps, label_set=("fresh", "rotten"))
+    long = "x" * (DEFAULT_VALUE_BOUNDS.max_label_length + 1)
+    content = with_lines(
+        {
+            3: json.dumps({"text": "a fine text", "label": long}).encode() + b"\n",
+            5: json.dumps({"text": "some text", "label": "fresh", "slice": long}).encode() + b"\n",
+            7: json.dumps({"text": "more text", "label": "fresh", "tags": [long]}).encode() + b"\n",
+        }
+    )
+    result = rejected(deps, content)
+    label = result.finding["label_too_long"]
+    assert (label.line_numbers, label.field) == ((3,), "label")
+    assert f"{len(long)} characters long, more than {len(long) - 1}" in label.message
+    assert "label_not_in_set" not in result.finding  # the label is not quoted anywhere
+    slices = {
+        f.field: f.line_numbers for f in result.report.findings if f.rule.value == "slice_too_long"
+    }
+    assert slices == {"slice": (5,), "tags": (7,)}
+
+
+def test_distinct_labels_and_slices_are_bounded(tmp_path: Path) -> None:
+    deps = make_dataset_deps(tmp_path, value_bounds=ValueBounds(max_labels=3, max_slices=2))
+    create(deps, min_rows_per_class=1)
+    rows = [{**row, "slice": f"movie-{i % 3}"} if i < 6 else row for i, row in enumerate(BASE)]
+    rows += [{"text": f"review {i}", "label": f"label-{i}"} for i in range(3)]
+    result = rejected(deps, to_jsonl(rows))
+    slices = result.finding["too_many_slices"]
+    assert (slices.line_numbers, slices.field) == ((3, 6), "slice")  # movie-2's rows
+    labels = result.finding["too_many_labels"]
+    # fresh, rotten, label-0 fit; label-1 and label-2 do not
+    assert labels.line_numbers == (len(BASE) + 2, len(BASE) + 3)
+    assert "more than 3 distinct labels" in labels.message
+    deps.sessions.kw["bind"].dispose()
+
+
+def test_the_bounds_come_from_the_settings() -> None:
+    settings = DatasetSettings(max_label_length=10, max_labels=5, max_slice_length=7, max_slices=3)
+    assert settings.value_bounds() == ValueBounds(
+        max_label_length=10, max_labels=5, max_slice_length=7, max_slices=3
+    )
+
+
+def test_normalised_quirks_are_reported_as_info(deps: DatasetDeps) -> None:
+    create(deps)
+    clean = to_jsonl(BASE)
+    first = upload(deps, clean)
+    assert first.report.findings == ()
+    crlf = {3, 4, 9}
+    quirky = b"\xef\xbb\xbf" + b"".join(
+        line.replace(b"\n", b"\r\n") if number in crlf else line
+        for number, line in enumerate(lines(BASE), start=1)
+    ).rstrip(b"\n")
+    again = upload(deps, quirky)
+    # the same rows: the same version, and the report says what was changed to get there
+    assert again.version == first.version
+    assert not again.created
+    infos = {f.rule.value: f for f in again.report.findings}
+    assert {rule: (f.severity, f.line_numbers) for rule, f in infos.items()} == {
+        "bom": (Severity.INFO, (1,)),
+        "crlf_line_end": (Severity.INFO, (3, 4, 9)),
+        "missing_final_newline": (Severity.INFO, (len(BASE),)),
+    }
+    assert infos["crlf_line_end"].count == 3
+    assert again.report.summary.info_count == 5
+    assert again.report.summary.outcome is Outcome.ACCEPTED

@@ -14,6 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.dataset.characters import first_control_character, is_blank
 from services.dataset.domain import SchemaPolicy, Severity, TaskType
 from services.dataset.rows import (
     RowRules,
@@ -80,6 +81,7 @@ def test_chunk_boundaries_never_change_the_outcome(cuts: list[int]) -> None:
     result = expected
     assert {f.rule.value: f.line_numbers for f in result.findings} == {
         "bom": (1,),
+        "crlf_line_end": tuple(range(1, 21)),  # 30 of them; a report keeps the first 20
         "blank_line": (32,),
         "duplicate_row": (34, 35),
         "not_utf8": (33,),
@@ -121,6 +123,7 @@ def test_worker_processes_give_the_same_result_as_the_calling_thread() -> None:
     assert in_workers == in_thread
     assert in_thread[0].row_count == 3000 + 30 + 1 + 2
     assert {f.rule.value for f in in_thread[0].findings} == {
+        "crlf_line_end",
         "blank_line",
         "duplicate_row",
         "not_utf8",
@@ -142,18 +145,29 @@ def test_severity_overrides_keep_or_drop_rows() -> None:
 
 # -- the canonical serialisation --------------------------------------------------------------
 
-_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
-_rows = st.fixed_dictionaries(
-    {"text": _text, "label": _text},
-    optional={
-        "group": _text,
-        "completion": _text,
-        "slice": _text,
-        "tags": st.lists(_text, max_size=3),
-        "weight": st.one_of(st.integers(0, 10**30), st.floats(0, 1e300)),
-        "messages": st.lists(st.fixed_dictionaries({"role": _text, "content": _text}), max_size=2),
-    },
-)
+_char = st.characters(codec="utf-8", exclude_categories=("Cs",))
+_text = st.text(_char, max_size=30)
+#: Text the text rules accept: no control character that is not text (``control_character``).
+_clean_text = st.text(_char.filter(lambda c: first_control_character(c) < 0), max_size=30)
+
+
+def _rows_of(text: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {"text": text, "label": text},
+        optional={
+            "group": text,
+            "completion": text,
+            "slice": text,
+            "tags": st.lists(text, max_size=3),
+            "weight": st.one_of(st.integers(0, 10**30), st.floats(0, 1e300)),
+            "messages": st.lists(
+                st.fixed_dictionaries({"role": text, "content": text}), max_size=2
+            ),
+        },
+    )
+
+
+_rows = _rows_of(_text)
 
 
 @settings(max_examples=200, deadline=None)
@@ -174,7 +188,7 @@ def _reference_line(row: dict[str, Any]) -> bytes:
     return (canonical_json({**row, "id": row_id}) + "\n").encode()
 
 
-_nonblank = _text.filter(lambda t: t.strip())
+_nonblank = _clean_text.filter(lambda t: not is_blank(t))
 
 
 @settings(max_examples=300, deadline=None)
@@ -196,13 +210,15 @@ def test_the_inline_fast_path_writes_data_md_canonical_rows(
 
 
 @settings(max_examples=200, deadline=None)
-@given(row=_rows.filter(lambda r: r["text"].strip() and r["label"].strip()))
+@given(
+    row=_rows_of(_clean_text).filter(lambda r: not (is_blank(r["text"]) or is_blank(r["label"])))
+)
 def test_the_general_path_writes_data_md_canonical_rows(row: dict[str, Any]) -> None:
     row = {k: v for k, v in row.items() if k not in ("completion", "messages")}
-    if "tags" in row and not all(t.strip() for t in row["tags"]):
+    if "tags" in row and any(is_blank(t) for t in row["tags"]):
         del row["tags"]
     for name in ("group", "slice"):
-        if name in row and not row[name].strip():
+        if name in row and is_blank(row[name]):
             del row[name]
     result = check_block(json.dumps(row).encode() + b"\n", 1, RULES)
     assert result.findings == []

@@ -1,12 +1,18 @@
 """The worker process for real: jobs cross the pipe, failures keep their reason, a worker that
-dies fails only its job and the next job gets a fresh one, a stop abandons the running job."""
+dies fails only its job and the next job gets a fresh one, a stop abandons the running job.
+
+Tests that act on a job *while it runs* give it a named pipe as its split manifest: the worker
+blocks opening it until the test opens the writing end, so the test knows the job is in the
+worker's hands (and cannot finish) before it kills or stops it. No test races a timer.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,19 +86,36 @@ def test_an_engine_failure_keeps_its_reason_across_the_pipe(worker, tmp_path):
     assert "adapter" in failure.value.message
 
 
+def _job_held_on_its_input(tmp_path: Path) -> tuple[ScoringJob, Path]:
+    """A job whose split manifest is a named pipe that nobody writes: it runs until killed."""
+    job = _job(tmp_path)
+    pipe = tmp_path / "held-manifest.json"
+    os.mkfifo(pipe)
+    held_sets = tuple(dataclasses.replace(s, manifest_path=str(pipe)) for s in job.sets)
+    return dataclasses.replace(job, sets=held_sets), pipe
+
+
+def _when_the_worker_reads(pipe: Path, then: Callable[[], None]) -> threading.Thread:
+    """Run ``then`` once the worker has opened ``pipe`` (opening the writing end blocks until a
+    reader opens the other one), then let the worker's read end with EOF."""
+
+    def act() -> None:
+        writer = os.open(pipe, os.O_WRONLY)
+        try:
+            then()
+        finally:
+            os.close(writer)
+
+    thread = threading.Thread(target=act)
+    thread.start()
+    return thread
+
+
 def test_a_killed_worker_fails_its_job_and_the_next_job_gets_a_new_one(worker, tmp_path):
-    # long enough to be killed while it runs: 4,000 rows once finished within the second the
-    # killer waited on an idle machine; 20,000 rows and half a second leave a wide margin
-    job = _job(tmp_path, rows=20_000)
+    job, pipe = _job_held_on_its_input(tmp_path)
     first_pid = worker.pid
     assert first_pid is not None
-
-    def kill_soon() -> None:
-        time.sleep(0.5)
-        os.kill(first_pid, signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_soon)
-    killer.start()
+    killer = _when_the_worker_reads(pipe, lambda: os.kill(first_pid, signal.SIGKILL))
     with pytest.raises(ScoringFailed) as failure:
         worker.run(job, timeout=300)
     killer.join()
@@ -106,9 +129,10 @@ def test_a_killed_worker_fails_its_job_and_the_next_job_gets_a_new_one(worker, t
 
 def test_a_job_past_its_timeout_is_killed(tmp_path):
     slow = EvaluationWorker(poll_seconds=0.05)
+    job, _ = _job_held_on_its_input(tmp_path)  # never written: it cannot finish in time
     try:
         with pytest.raises(ScoringFailed) as failure:
-            slow.run(_job(tmp_path, rows=4000), timeout=0.5)
+            slow.run(job, timeout=0.5)
         assert failure.value.reason is FailureReason.INTERNAL
         assert "limit" in failure.value.message
         assert slow.pid is None
@@ -118,18 +142,19 @@ def test_a_job_past_its_timeout_is_killed(tmp_path):
 
 def test_stopping_abandons_the_running_job(tmp_path):
     stopping = EvaluationWorker(poll_seconds=0.05)
+    job, pipe = _job_held_on_its_input(tmp_path)
     outcome: list[BaseException] = []
 
     def run() -> None:
         try:
-            stopping.run(_job(tmp_path, rows=4000), timeout=300)
+            stopping.run(job, timeout=300)
         except BaseException as error:  # noqa: BLE001 - recorded for the assertion
             outcome.append(error)
 
     runner = threading.Thread(target=run)
     runner.start()
-    time.sleep(0.5)
-    stopping.stop()
-    runner.join(30)
+    stopper = _when_the_worker_reads(pipe, stopping.stop)
+    stopper.join(60)
+    runner.join(60)
     assert len(outcome) == 1
     assert isinstance(outcome[0], WorkerStopped)

@@ -1,8 +1,10 @@
-"""The splitter's domain: group keys, spec validation, both strategies, the manifest.
+"""The splitter's domain: grouping keys, spec validation, both strategies, the manifest.
 
 Property tests (hypothesis) cover what must hold for *every* dataset: splits are deterministic,
-disjoint, cover every row, keep groups together, HASH is append-stable, and STRATIFIED meets its
-per-label targets (exactly with one row per group, within a group's size otherwise).
+disjoint, cover every row, keep groups together (no text and no explicit group ever straddles
+parts, however the two keys chain rows together), HASH is append-stable (a row moves only when
+new rows merge its group into another), and STRATIFIED meets its per-label targets (exactly
+with one row per group, within a group's size otherwise).
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from services.splitter.domain import (
     TaskType,
     UnsplittableVersion,
     assign_rows,
-    group_key,
+    explicit_group,
     group_positions,
     split_dataset,
     split_id_for,
     split_row,
+    text_key,
     validate_spec,
 )
 from services.splitter.domain import manifest as manifest_module
@@ -62,18 +65,23 @@ TWO_PARTS = SplitRatios(train=0.8, validation=0.2)
 # -- group keys -------------------------------------------------------------------------------
 
 
-def test_group_key_prefers_the_explicit_group_and_falls_back_to_normalized_text() -> None:
+def test_a_row_keeps_its_normalized_text_and_its_explicit_group_apart() -> None:
     classification = TaskType.CLASSIFICATION
-    assert group_key({"text": "A  B", "label": "x", "group": "movie-1"}, classification) == (
-        "movie-1"
-    )
-    assert group_key({"text": "A  B", "label": "x"}, classification) == "a b"
-    assert group_key({"text": "A  B", "label": "x", "group": ""}, classification) == "a b"
+    row = {"id": "r1", "text": "A  B", "label": "x", "group": "movie-1"}
+    assert text_key(row, classification) == "a b"
+    assert explicit_group(row) == "movie-1"
+    assert explicit_group({"text": "A  B", "label": "x", "group": ""}) is None
+    assert explicit_group({"text": "A  B", "label": "x"}) is None
+    reduced = SplitRow("r1", "a b", "x", "movie-1")
+    assert split_row(row, classification, dataset_version=VERSION.name, line=1) == reduced
+    rows = SplitRows()
+    rows.add(row, classification, dataset_version=VERSION.name, line=1)  # the inlined path
+    assert list(rows) == [reduced]
 
 
-def test_group_key_of_causal_lm_rows_uses_prompt_or_non_assistant_messages() -> None:
+def test_text_key_of_causal_lm_rows_uses_prompt_or_non_assistant_messages() -> None:
     causal = TaskType.CAUSAL_LM
-    assert group_key({"prompt": " What is  2+2? ", "completion": "4"}, causal) == "what is 2+2?"
+    assert text_key({"prompt": " What is  2+2? ", "completion": "4"}, causal) == "what is 2+2?"
     chat = {
         "messages": [
             {"role": "system", "content": "Be brief."},
@@ -83,7 +91,7 @@ def test_group_key_of_causal_lm_rows_uses_prompt_or_non_assistant_messages() -> 
         ]
     }
     # the answers do not matter: the same question asked twice is the same group
-    assert group_key(chat, causal) == "be brief. what is 2+2? and 3+3?"
+    assert text_key(chat, causal) == "be brief. what is 2+2? and 3+3?"
 
 
 @pytest.mark.parametrize(
@@ -208,7 +216,7 @@ def test_every_row_lands_in_exactly_one_used_part_and_groups_stay_together(rows,
     assert set(parts) <= set(spec.parts_in_use)
     part_of_group: dict[str, set[Part]] = defaultdict(set)
     for row, part in zip(rows, parts, strict=True):
-        part_of_group[row.group_key].add(part)
+        part_of_group[row.text_key].add(part)
     assert all(len(found) == 1 for found in part_of_group.values())
     assert len(groups) == len(part_of_group)
 
@@ -268,18 +276,119 @@ def test_stratified_meets_per_label_targets_exactly_with_one_row_per_group(
 def test_stratified_misses_targets_by_less_than_a_group(rows, ratios) -> None:
     spec = SplitSpec(strategy=SplitStrategy.STRATIFIED, ratios=ratios, seed=7)
     _, parts = assign_rows(rows, spec)
-    sizes = Counter(row.group_key for row in rows)
+    sizes = Counter(row.text_key for row in rows)
     for label in {row.label for row in rows}:
         label_rows = [
             (row, part) for row, part in zip(rows, parts, strict=True) if row.label == label
         ]
-        largest = max(sizes[row.group_key] for row, _ in label_rows)
+        largest = max(sizes[row.text_key] for row, _ in label_rows)
         targets = row_targets(len(label_rows), spec)
         counted = Counter(part for _, part in label_rows)
         others = len(spec.parts_in_use) - 1
         for part in spec.parts_in_use:
             assert counted[part] - targets[part] <= largest - 1
             assert targets[part] - counted[part] <= others * (largest - 1)
+
+
+@st.composite
+def grouped_datasets(draw, *, max_rows: int = 120, prefix: str = "r") -> list[SplitRow]:
+    """Rows whose texts and explicit groups both repeat and cross: the same text under several
+    groups, one group over several texts, rows with no group among them."""
+    count = draw(st.integers(0, max_rows))
+    texts = st.integers(0, max(1, count // 2)).map(lambda t: f"text {t}")
+    groups = st.none() | st.integers(0, max(1, count // 4)).map(lambda g: f"g{g}")
+    return [SplitRow(f"{prefix}{i}", draw(texts), draw(labels), draw(groups)) for i in range(count)]
+
+
+def _straddling(rows: list[SplitRow], parts: list[Part]) -> list[str]:
+    """Texts and explicit groups with rows in more than one part."""
+    found: dict[str, set[Part]] = defaultdict(set)
+    for row, part in zip(rows, parts, strict=True):
+        found[f"text {row.text_key}"].add(part)
+        if row.group is not None:
+            found[f"group {row.group}"].add(part)
+    return sorted(key for key, where in found.items() if len(where) > 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=grouped_datasets(), spec=specs)
+def test_no_text_and_no_explicit_group_ever_straddles_parts(rows, spec) -> None:
+    groups, parts = assign_rows(rows, spec)
+    assert _straddling(rows, parts) == []
+    assert set(parts) <= set(spec.parts_in_use)
+    # a group is exactly what the two keys chain together: rows of one group share a part
+    assert len(groups.row_groups) == len(rows)
+    assert _parts_by_row(rows, spec) == _parts_by_row(list(rows), spec)  # deterministic
+    if spec.strategy is SplitStrategy.HASH:
+        assert _parts_by_row(rows[::-1], spec) == _parts_by_row(rows, spec)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=grouped_datasets(), spec=specs)
+def test_the_manifest_of_grouped_rows_passes_its_own_overlap_check(rows, spec) -> None:
+    try:
+        manifest = split_dataset(VERSION, rows, spec)
+    except UnsplittableVersion:
+        return  # too few groups for the parts: refused, not leaked
+    assert manifest.overlap_count == 0
+    groups, _ = assign_rows(rows, spec)
+    assert manifest.group_count == len(groups) == sum(s.groups for s in manifest.stats)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=grouped_datasets(),
+    added=grouped_datasets(max_rows=40, prefix="new-"),
+    ratios=st.sampled_from([TWO_PARTS, THREE_PARTS]),
+    seed=st.integers(-(2**63), 2**63 - 1),
+)
+def test_hash_moves_a_grouped_row_only_when_new_rows_merge_its_group(
+    rows, added, ratios, seed
+) -> None:
+    spec = SplitSpec(strategy=SplitStrategy.HASH, ratios=ratios, seed=seed)
+    grown = rows + added
+    before_groups, before = assign_rows(rows, spec)
+    after_groups, after = assign_rows(grown, spec)
+    for index in range(len(rows)):
+        key_before = before_groups.keys[before_groups.row_groups[index]]
+        key_after = after_groups.keys[after_groups.row_groups[index]]
+        if key_before == key_after:  # its group kept its key: it did not move
+            assert after[index] is before[index]
+    # rows with texts and groups of their own never move anything
+    fresh = [row._replace(text_key=f"fresh {row.text_key}", group=None) for row in added]
+    _, with_fresh = assign_rows(rows + fresh, spec)
+    assert with_fresh[: len(rows)] == before
+
+
+def test_the_same_text_under_two_explicit_groups_stays_in_one_part() -> None:
+    rows = [
+        SplitRow("a", "the very same review", "pos", "movie-1"),
+        SplitRow("b", "the very same review", "pos", "movie-2"),
+        SplitRow("c", "another review of movie 2", "neg", "movie-2"),
+        SplitRow("d", "no group", "neg"),
+    ]
+    for seed in range(20):
+        for strategy in SplitStrategy:
+            spec = SplitSpec(strategy=strategy, ratios=TWO_PARTS, seed=seed)
+            groups, parts = assign_rows(rows, spec)
+            assert groups.keys == ["movie-1", "no group"]  # the smallest group name keys it
+            assert parts[0] is parts[1] is parts[2], (seed, strategy)
+
+
+def test_a_dataset_whose_groups_keep_to_their_texts_splits_as_by_group_alone() -> None:
+    """Append-stability across the change: when no text crosses groups, the group name is the
+    group's key, exactly as when the explicit group replaced the text."""
+    rows = [
+        SplitRow(f"r{i}", f"text {i}", "pos", f"g{i // 3}" if i % 2 else None) for i in range(90)
+    ]
+    spec = SplitSpec(ratios=THREE_PARTS, seed=5)
+    groups, parts = assign_rows(rows, spec)
+    by_key = dict(zip(groups.keys, group_positions(spec.seed, groups.keys), strict=True))
+    for row, part in zip(rows, parts, strict=True):
+        key = row.group if row.group is not None else row.text_key
+        only = assign_rows([SplitRow(row.id, key, row.label)], spec)[1][0]
+        assert part is only
+        assert key in by_key
 
 
 def test_hash_ratios_hold_in_expectation_and_the_seed_matters() -> None:
@@ -349,7 +458,7 @@ def test_manifest_has_the_agreed_format_and_consistent_stats(strategy) -> None:
         }
     all_ids = [i for part in document["parts"].values() for i in part]
     assert sorted(all_ids) == sorted(order)
-    assert manifest.group_count == len({row.group_key for row in rows})
+    assert manifest.group_count == len({row.text_key for row in rows})
     assert sum(s.groups for s in manifest.stats) == manifest.group_count
 
 
@@ -375,15 +484,15 @@ def test_an_overlapping_assignment_fails_loudly(monkeypatch) -> None:
     rows = _labelled_rows(40)
     real_assign = manifest_module.assign_rows
 
-    def leaky_assign(rows_, spec_):
-        groups, parts = real_assign(rows_, spec_)
+    def leaky_assign(rows_, spec_, **options):
+        groups, parts = real_assign(rows_, spec_, **options)
         # a bug: one row of a two-row group goes elsewhere
         twin = next(i for i, row in enumerate(rows_) if groups.sizes()[groups.row_groups[i]] > 1)
         parts[twin] = Part.VALIDATION if parts[twin] is Part.TRAIN else Part.TRAIN
         return groups, parts
 
     monkeypatch.setattr(manifest_module, "assign_rows", leaky_assign)
-    with pytest.raises(SplitIntegrityError, match="1 group key"):
+    with pytest.raises(SplitIntegrityError, match="1 text"):
         split_dataset(VERSION, rows, DEFAULT_SPEC)
 
 

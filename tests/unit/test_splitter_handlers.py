@@ -39,7 +39,7 @@ from services.splitter.domain import (
 from services.splitter.metrics import SplitterMetrics
 from shared.artifacts import LocalArtifactStore
 from shared.db import create_database_engine, create_schema, create_session_factory
-from shared.errors import InvalidArgument, NotFound
+from shared.errors import InvalidArgument, NotFound, Unavailable
 from shared.events import Envelope, OutboxEvent
 from tests.fixtures.dataset_side import write_dataset_version
 from tests.fixtures.datasets import rotten_tomatoes_rows
@@ -97,8 +97,8 @@ class Splitter:
 
 
 @pytest.fixture
-def splitter(tmp_path: Path) -> Iterator[Splitter]:
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'splitter' / 'splitter.db'}")
+def splitter(tmp_path: Path, database_url: str) -> Iterator[Splitter]:
+    engine = create_database_engine(database_url)
     create_schema(engine, [SplitterBase.metadata])
     registry = CollectorRegistry()
     yield Splitter(
@@ -428,3 +428,70 @@ def test_create_split_losing_a_race_returns_the_winner(splitter: Splitter, monke
     assert splitter.split_count() == 1
     assert len(splitter.staged_events()) == 1
     assert splitter.metric("tuneline_splits_created_total", strategy="HASH", trigger="rpc") == 0
+
+
+class _FakeDatasetService:
+    """The dataset service as DatasetLookup answers for it: versions it stored, LookupError
+    while it is down."""
+
+    def __init__(self, *versions: DatasetVersionRef, down: bool = False) -> None:
+        self.versions = {v.name: v for v in versions}
+        self.down = down
+        self.asked: list[str] = []
+
+    def fetch(self, name: str) -> DatasetVersionRef | None:
+        self.asked.append(name)
+        if self.down:
+            raise LookupError("the dataset service could not be asked (UNAVAILABLE)")
+        return self.versions.get(name)
+
+
+def _create_asking(splitter: Splitter, name: str, dataset_service: _FakeDatasetService, spec=None):
+    return handlers.create_split(
+        splitter.sessions,
+        DatasetVersionName.parse(name, field="parent"),
+        spec,
+        artifacts=splitter.artifacts,
+        metrics=splitter.metrics,
+        source=SOURCE,
+        versions=dataset_service,
+    )
+
+
+def test_create_split_asks_the_dataset_service_about_a_version_not_announced_yet(
+    splitter: Splitter,
+) -> None:
+    version = _version(splitter, "reviews", _reviews(300))
+    dataset_service = _FakeDatasetService(version)
+    spec = SplitSpec(strategy=SplitStrategy.STRATIFIED, seed=3)
+
+    split, created = _create_asking(splitter, version.name, dataset_service, spec)
+
+    assert created
+    assert dataset_service.asked == [version.name]
+    assert split.dataset_version == version.name
+    assert split.dataset_content_sha256 == version.content_sha256
+    assert [e.split for e in splitter.staged_events()] == [split.name]
+    # what was asked is not recorded: DatasetVersioned, when it arrives, still splits the
+    # version by its policy
+    by_policy = splitter.consume(version)
+    assert by_policy is not None
+    assert by_policy.spec == SplitSpec()
+    assert splitter.split_count() == 2
+    # known now: nothing more is asked
+    again, created_again = _create_asking(splitter, version.name, dataset_service, spec)
+    assert (again, created_again) == (split, False)
+    assert dataset_service.asked == [version.name]
+
+
+def test_a_version_the_dataset_service_lacks_is_not_found_and_a_down_one_unavailable(
+    splitter: Splitter,
+) -> None:
+    name = "datasets/reviews/versions/v0123456789abcdef"
+    with pytest.raises(NotFound):
+        _create_asking(splitter, name, _FakeDatasetService())
+    with pytest.raises(Unavailable) as unavailable:
+        _create_asking(splitter, name, _FakeDatasetService(down=True))
+    assert name in unavailable.value.message
+    assert splitter.split_count() == 0
+    assert splitter.staged_events() == []

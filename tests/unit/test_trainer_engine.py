@@ -6,17 +6,23 @@ broken inputs fail with the right reason."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import json
+import random
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from services.trainer.adapters.engine import attention
+from services.trainer.adapters.engine import attention, loop
+from services.trainer.adapters.engine import state as state_module
 from services.trainer.adapters.engine.loop import (
     TrainingHalted,
     batch_loss,
@@ -33,6 +39,11 @@ from services.trainer.adapters.engine.plan import (
     WorkerProgress,
     WorkerStarted,
 )
+from services.trainer.adapters.engine.state import (
+    LoopPosition,
+    load_training_state,
+    save_training_state,
+)
 from services.trainer.domain import (
     AdapterMethod,
     AdapterSpec,
@@ -40,16 +51,18 @@ from services.trainer.domain import (
     CheckpointPolicy,
     FailureReason,
     Hyperparameters,
+    RowSkipReason,
     StoppingRules,
     StopReason,
     TargetPreset,
     TaskType,
     resolve_adapter,
     resolve_checkpointing,
+    resolve_for_device,
     resolve_hyperparameters,
     resolve_stopping,
 )
-from shared.artifacts import LocalArtifactStore
+from shared.artifacts import LocalArtifactStore, artifact_store_from_uri
 from shared.modeling import (
     IGNORE_INDEX,
     encode_rows,
@@ -157,6 +170,7 @@ def test_every_adapter_method_writes_checkpoints_peft_loads(
     checkpoints = of(WorkerCheckpoint, messages)
     assert [c.step for c in checkpoints] == [4, 8]
     assert checkpoints[-1].is_final
+    assert [c.stop_reason for c in checkpoints] == [None, StopReason.MAX_STEPS]
     (finished,) = of(WorkerFinished, messages)
     assert finished.stop_reason is StopReason.MAX_STEPS
     folder = local(workspace, checkpoints[-1].artifact_uri)
@@ -320,6 +334,8 @@ def test_cancel_stops_between_steps_and_writes_a_final_checkpoint(
     (final,) = of(WorkerCheckpoint, messages)
     assert final.step == 3
     assert final.is_final
+    # final, but partly trained: it says so, so that nothing promotes it as the job's result
+    assert final.stop_reason is StopReason.CANCELLED
 
 
 def test_early_stopping_ends_an_overfitting_run_and_keeps_the_best(
@@ -366,6 +382,132 @@ def test_out_of_memory_is_retried_once_with_half_the_micro_batch(workspace: dict
         train(dataclasses.replace(plan, fault_oom_above_batch=2, artifact_prefix="jobs/oom2"))
     assert raised.value.reason is FailureReason.OUT_OF_MEMORY
     assert "micro-batch of 4" in raised.value.message
+
+
+def test_out_of_memory_is_released_after_leaving_the_handler(
+    workspace: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the error is being handled its traceback pins the failed step's tensors: memory
+    is released once no exception is in flight, and the failed session is gone by then."""
+    releases: list[tuple[object, int]] = []
+    release = loop.release_memory
+
+    def watched(device: torch.device) -> None:
+        release(device)
+        live = sum(type(o) is loop.TrainingSession for o in gc.get_objects())
+        releases.append((sys.exc_info()[1], live))
+
+    monkeypatch.setattr(loop, "release_memory", watched)
+    plan = make_plan(workspace, batch_size=8, max_steps=2, prefix="jobs/oom-release")
+    messages = train(dataclasses.replace(plan, fault_oom_above_batch=4))
+    assert len(of(WorkerOomRetry, messages)) == 1
+    assert releases == [(None, 0)]  # no exception in flight, no session left to hold memory
+
+
+def test_the_grad_scaler_state_is_checkpointed_and_restored(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu")
+    scaled = {
+        "scale": 512.0,
+        "growth_factor": 2.0,
+        "backoff_factor": 0.5,
+        "growth_interval": 2000,
+        "_growth_tracker": 37,
+    }
+    scaler.load_state_dict(scaled)
+    save_training_state(
+        tmp_path, model=model, optimizer=optimizer, position=LoopPosition(step=5), scaler=scaler
+    )
+    fresh = torch.amp.GradScaler("cpu")
+    position = load_training_state(tmp_path, model=model, optimizer=optimizer, scaler=fresh)
+    assert position.step == 5
+    assert fresh.state_dict() == scaler.state_dict()
+    assert fresh.get_scale() == 512.0
+
+
+def test_random_generators_are_restored_in_a_defined_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    save_training_state(tmp_path, model=model, optimizer=optimizer, position=LoopPosition())
+    drawn = (random.random(), np.random.rand(), torch.rand(1).item())
+    # twelve CUDA devices saved: device 10 is restored after device 9, not after device 1
+    devices = 12
+    rng = load_file(str(tmp_path / state_module.RNG_FILE))
+    rng.update({f"cuda.{i}": torch.full((4,), i, dtype=torch.uint8) for i in range(devices)})
+    save_file(rng, str(tmp_path / state_module.RNG_FILE))
+    order: list[str] = []
+    restore = (random.setstate, np.random.set_state, torch.set_rng_state)
+    monkeypatch.setattr(random, "setstate", lambda s: (order.append("python"), restore[0](s)))
+    monkeypatch.setattr(np.random, "set_state", lambda s: (order.append("numpy"), restore[1](s)))
+    monkeypatch.setattr(torch, "set_rng_state", lambda s: (order.append("torch"), restore[2](s)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: devices)
+    monkeypatch.setattr(
+        torch.cuda,
+        "set_rng_state_all",
+        lambda states: order.append("cuda " + " ".join(str(int(t[0])) for t in states)),
+    )
+    load_training_state(tmp_path, model=model, optimizer=optimizer)
+    assert order == ["python", "numpy", "torch", "cuda " + " ".join(map(str, range(devices)))]
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == drawn
+
+
+#: Like templates that strip earlier turns' reasoning: an earlier answer is rewritten, so it
+#: cannot be found in the whole conversation's rendering.
+_REWRITING_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
+    "[unused1] assistant : okay [SEP] {% else %}[unused1] {{ m['role'] }} : {{ m['content'] }} "
+    "[SEP] {% endif %}{% endfor %}{% if add_generation_prompt %}[unused1] assistant : {% endif %}"
+)
+
+
+def test_rows_the_chat_template_cannot_mask_are_skipped_and_reported_not_fatal(
+    workspace: dict[str, Any],
+) -> None:
+    folder = workspace["root"] / "llama-rewriting"
+    build_tiny_llama(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = _REWRITING_CHAT_TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    two_answers = [
+        {
+            "id": f"two-{i}",
+            "messages": [
+                {"role": "user", "content": f"hi {i}"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "and again"},
+                {"role": "assistant", "content": "hello again"},
+            ],
+        }
+        for i in range(6)
+    ]
+    plain = [
+        {"id": f"p-{i}", "prompt": f"question {i} is", "completion": " answer"} for i in range(24)
+    ]
+    split = write_split(workspace["root"] / "rewritten", two_answers + plain, validation_fraction=0)
+    model = resolve_base_model(model_path=str(folder), models_root=workspace["root"])
+    plan = dataclasses.replace(
+        make_plan(workspace, task=TaskType.CAUSAL_LM, split=split, max_steps=2, prefix="jobs/mask"),
+        model_dir=str(model.path),
+        base_model=BaseModelRef(
+            model_path=str(folder), files_sha256=model.files_sha256, model_type="llama"
+        ),
+    )
+    messages = train(plan)
+    (started,) = of(WorkerStarted, messages)
+    (skipped,) = started.skipped_rows
+    assert skipped.reason is RowSkipReason.UNMASKABLE_CHAT
+    assert skipped.count == 6
+    assert set(skipped.example_row_ids) == {f"two-{i}" for i in range(6)}
+    assert started.train_examples == 24
+    assert of(WorkerFinished, messages)[0].stop_reason is StopReason.MAX_STEPS
 
 
 def test_changed_model_files_and_corrupt_data_fail_with_their_reason(
@@ -426,6 +568,12 @@ def test_the_varlen_attention_path_computes_the_padded_loss(
     """The CUDA kernel is not here; its plumbing is: cu_seq_lens travel through peft and the
     model to the registered attention function, shapes in and out are right."""
     monkeypatch.setattr(attention, "varlen_attn", _reference_varlen)
+    _packed_equals_padded(workspace)
+
+
+def _packed_equals_padded(workspace: dict[str, Any]) -> None:
+    """The tiny Llama (4 query heads, 2 K/V heads) gives the same loss packed through the
+    registered varlen attention (whatever ``varlen_attn`` is now) as padded through sdpa."""
     attention.register_varlen_attention()
     folder = workspace["models"] / "llama"
     tokenizer = load_tokenizer(folder)
@@ -448,6 +596,63 @@ def test_the_varlen_attention_path_computes_the_padded_loss(
         packed, weight = batch_loss(varlen, pack_batch(examples), TaskType.CAUSAL_LM, varlen=True)
     assert int(weight) == sum(e.loss_tokens for e in examples)
     assert packed.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _torch_2_9_varlen(  # noqa: PLR0917 - torch 2.9's varlen_attn signature
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    is_causal: bool = False,
+    return_aux: object = None,
+) -> torch.Tensor:
+    """torch 2.9.1's ``varlen_attn`` (the production trainer image): ``is_causal`` only, no
+    ``scale``, ``window_size`` or ``enable_gqa``; as many K/V heads as query heads."""
+    assert is_causal
+    assert key.shape[1] == query.shape[1], "2.9 is given one K/V head per query head"
+    return _reference_varlen(
+        query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, window_size=(-1, 0)
+    )
+
+
+def test_the_varlen_path_runs_on_torch_2_9s_signature(
+    workspace: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(attention, "varlen_attn", _torch_2_9_varlen)
+    _packed_equals_padded(workspace)
+    # a softmax scale other than 1/sqrt(dim) is folded into the query
+    q, k, v = (torch.randn(7, 4, 8) for _ in range(3))
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    scaled = attention.call_varlen(q, k[:, :2], v[:, :2], cu, 4, scaling=0.2)
+    expected = _reference_varlen(
+        q, k[:, :2], v[:, :2], cu, cu, 4, 4, scale=0.2, window_size=(-1, 0), enable_gqa=True
+    )
+    assert torch.allclose(scaled, expected, atol=1e-5)
+
+
+def test_packing_without_a_usable_varlen_kernel_is_a_reported_fallback(
+    workspace: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_causal_option(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k):  # noqa: PLR0917
+        raise AssertionError("never called without a causal option")
+
+    monkeypatch.setattr(attention, "varlen_attn", no_causal_option)
+    plan = make_plan(workspace, task=TaskType.CAUSAL_LM, prefix="jobs/fallback")
+    hp = dataclasses.replace(
+        resolve_for_device(plan.hyperparameters, TaskType.CAUSAL_LM, cuda=True), packing=True
+    )
+    implementation, fallback = loop.attention_for(plan, hp, torch.device("cuda"))
+    assert implementation is None
+    assert fallback is not None
+    assert (fallback.feature, fallback.reason) == ("packing", "unsupported_signature")
+    assert "is_causal" in fallback.detail
+    assert (
+        loop.attention_for(plan, dataclasses.replace(hp, packing=False), torch.device("cuda"))[1]
+        is None
+    )
 
 
 @pytest.mark.gpu
@@ -500,3 +705,36 @@ def test_on_cuda_packed_varlen_batches_train_in_bf16(workspace: dict[str, Any]) 
     assert started.hyperparameters.precision.value == "BF16"
     assert started.device_type.startswith("cuda:")
     assert of(WorkerFinished, messages)[0].stop_reason is StopReason.MAX_STEPS
+
+
+def test_checkpoints_go_to_an_s3_store_and_a_resume_reads_its_state_back(
+    workspace: dict[str, Any], s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    """The worker opens the trainer's store from the plan: on S3, checkpoints are folder
+    artifacts there and a resume materializes the state it names."""
+    policy = CheckpointPolicy(every_n_steps=3)
+    plan = dataclasses.replace(
+        make_plan(workspace, checkpointing=policy, max_steps=6, prefix="jobs/s3"),
+        artifact_root=f"s3://{s3_bucket}/trainer",
+        artifact_s3_endpoint_url=s3_endpoint,
+    )
+    signals = StopSignals()
+    first: list[WorkerMessage] = []
+
+    def report(message: WorkerMessage) -> None:
+        first.append(message)
+        if isinstance(message, WorkerCheckpoint) and message.step == 3:
+            signals.halt = True
+
+    with pytest.raises(TrainingHalted):
+        run_training(plan, report, signals)
+    [halted_at] = of(WorkerCheckpoint, first)
+    assert halted_at.state_uri.startswith(f"s3://{s3_bucket}/trainer/jobs/s3/states/")
+    second = train(dataclasses.replace(plan, resume_state_uri=halted_at.state_uri))
+    (started,) = of(WorkerStarted, second)
+    assert started.step == 3
+    final = of(WorkerCheckpoint, second)[-1]
+    store = artifact_store_from_uri(plan.artifact_root, s3_endpoint_url=s3_endpoint)
+    folder = store.materialize(final.artifact_uri)
+    assert folder_sha256(folder) == final.sha256  # the checkpoint contract's digest
+    assert (folder / "adapter_config.json").is_file()

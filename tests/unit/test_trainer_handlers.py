@@ -5,31 +5,37 @@ change with the events it stages in the outbox, once."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.trainer import handlers
+from services.trainer.adapters import protos
 from services.trainer.adapters.engine.plan import (
     WorkerCheckpoint,
     WorkerFinished,
     WorkerProgress,
     WorkerStarted,
 )
+from services.trainer.adapters.metrics import TrainerMetrics
 from services.trainer.adapters.repository import Pricing, TrainerRepository
 from services.trainer.adapters.tables import TrainerBase
 from services.trainer.domain import (
     AdapterSpec,
     BaseModelRef,
+    EngineFallback,
     FailureReason,
     Hyperparameters,
     JobConfig,
     JobState,
     Precision,
+    RowSkipReason,
+    SkippedRows,
     SplitInfo,
     StoppingRules,
     StopReason,
@@ -38,7 +44,13 @@ from services.trainer.domain import (
     resolve_for_device,
 )
 from shared.db import create_database_engine, create_schema, create_session_factory
-from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from shared.events import OutboxEvent
 from shared.modeling import InvalidModelReference, ModelNotFound, ModelRefused, ResolvedModel
 from tuneline.common.v1 import resources_pb2 as common_pb2
@@ -76,6 +88,21 @@ class FakeSplitter:
         return self.known.get(name)
 
 
+class FakeRegistry:
+    """The registry as RegistryModels answers for it: its models, LookupError while down."""
+
+    def __init__(self, *models: str, down: bool = False) -> None:
+        self.models = set(models)
+        self.down = down
+        self.asked: list[str] = []
+
+    def exists(self, name: str) -> bool:
+        self.asked.append(name)
+        if self.down:
+            raise LookupError("the registry could not be asked (UNAVAILABLE)")
+        return name in self.models
+
+
 def split_info(name: str = SPLIT, task: TaskType = TaskType.CLASSIFICATION) -> SplitInfo:
     version = name.split("/splits/", maxsplit=1)[0]
     return SplitInfo(
@@ -94,8 +121,8 @@ def split_info(name: str = SPLIT, task: TaskType = TaskType.CLASSIFICATION) -> S
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'trainer.db'}")
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = create_database_engine(database_url)
     create_schema(engine, [TrainerBase.metadata])
     yield create_session_factory(engine)
     engine.dispose()
@@ -109,6 +136,7 @@ def context() -> handlers.Context:
         source="tuneline/trainer",
         software_versions={"torch": "2.x"},
         splits=FakeSplitter({}),
+        target_models=FakeRegistry("models/sentiment", "models/m"),
     )
 
 
@@ -391,8 +419,9 @@ def started(step: int = 0, tokens: int = 0) -> WorkerStarted:
 
 
 def checkpoint(
-    step: int, validation_loss: float | None, *, final: bool = False
+    step: int, validation_loss: float | None, *, stop: StopReason | None = None
 ) -> WorkerCheckpoint:
+    """A checkpoint as the worker reports it; with ``stop``, the final one."""
     return WorkerCheckpoint(
         step=step,
         epoch=step / 13,
@@ -403,8 +432,9 @@ def checkpoint(
         sha256="e" * 64,
         size_bytes=1234,
         state_uri=f"file:///a/jobs/j1/states/step-{step}",
-        is_final=final,
+        is_final=stop is not None,
         elapsed_seconds=float(step),
+        stop_reason=stop,
     )
 
 
@@ -443,7 +473,7 @@ def test_a_run_is_recorded_with_its_events_once(sessions, context) -> None:
             session, name, checkpoint(20, 0.9), context, keep_best_k=1
         )
         final = handlers.record_checkpoint(
-            session, name, checkpoint(30, 0.8, final=True), context, keep_best_k=1
+            session, name, checkpoint(30, 0.8, stop=StopReason.MAX_STEPS), context, keep_best_k=1
         )
         finished = WorkerFinished(30, 2.3, 0.2, 30.0, 3000, StopReason.MAX_STEPS)
         assert handlers.record_finished(session, name, finished, context) is JobState.SUCCEEDED
@@ -457,6 +487,11 @@ def test_a_run_is_recorded_with_its_events_once(sessions, context) -> None:
     ready = staged(sessions, events_pb2.CheckpointReady)
     assert [c.step for c in ready] == [10, 20, 30]
     assert [c.is_best for c in ready] == [True, False, False]
+    assert [c.stop_reason for c in ready] == [
+        resources_pb2.TRAINING_STOP_REASON_UNSPECIFIED,
+        resources_pb2.TRAINING_STOP_REASON_UNSPECIFIED,
+        resources_pb2.TRAINING_STOP_REASON_MAX_STEPS,
+    ]
     assert ready[0].lineage.checkpoint == f"{name}/checkpoints/step-10"
     assert ready[0].lineage.base_model.files_sha256 == "a" * 64
     assert ready[0].lineage.hyperparameters.precision == common_pb2.PRECISION_FP32
@@ -477,6 +512,99 @@ def test_a_run_is_recorded_with_its_events_once(sessions, context) -> None:
     assert job.cost.tokens_processed == 3000
     assert job.cost.device_seconds >= 0
     assert [p.step for p in trend] == [10]
+
+
+def test_a_cancelled_jobs_final_checkpoint_says_it_was_cancelled(sessions, context) -> None:
+    known_split(sessions)
+    create(sessions, context, command())
+    name = "trainingJobs/j1"
+    with sessions() as session, session.begin():
+        handlers.begin_attempt(session, name, device="cpu", pid=42)
+        handlers.record_started(session, name, started(), context)
+        handlers.record_checkpoint(session, name, checkpoint(10, 0.65), context, keep_best_k=0)
+        handlers.cancel_training_job(session, name, "enough", context)
+        # the worker stops at step 13 and writes the checkpoint of the cancel on its way out
+        handlers.record_checkpoint(
+            session, name, checkpoint(13, None, stop=StopReason.CANCELLED), context, keep_best_k=0
+        )
+        finished = WorkerFinished(13, 1.0, 0.3, 13.0, 1300, cancelled=True)
+        assert handlers.record_finished(session, name, finished, context) is JobState.CANCELLED
+    ready = staged(sessions, events_pb2.CheckpointReady)
+    assert [(c.step, c.is_final, c.stop_reason) for c in ready] == [
+        (10, False, resources_pb2.TRAINING_STOP_REASON_UNSPECIFIED),
+        (13, True, resources_pb2.TRAINING_STOP_REASON_CANCELLED),
+    ]
+    with sessions() as session:
+        final, job = handlers.get_checkpoint(session, f"{name}/checkpoints/step-13", context)
+        along_the_way, _ = handlers.get_checkpoint(session, f"{name}/checkpoints/step-10", context)
+    assert final.stop_reason is StopReason.CANCELLED
+    assert along_the_way.stop_reason is None
+    assert job.stop_reason is StopReason.CANCELLED
+    assert protos.checkpoint_to_proto(final, job.lineage(final.name)).stop_reason == (
+        resources_pb2.TRAINING_STOP_REASON_CANCELLED
+    )
+    assert staged(sessions, events_pb2.TrainingJobCompleted) == []
+
+
+def test_a_failed_or_queued_cancelled_job_says_why_it_stopped(sessions, context) -> None:
+    known_split(sessions)
+    create(sessions, context, command("failing"))
+    create(sessions, context, command("queued"))
+    with sessions() as session, session.begin():
+        handlers.begin_attempt(session, "trainingJobs/failing", device="cpu", pid=None)
+        handlers.record_failed(
+            session, "trainingJobs/failing", FailureReason.INTERNAL, "boom", context
+        )
+        handlers.cancel_training_job(session, "trainingJobs/queued", "", context)
+    with sessions() as session:
+        failed, _ = handlers.get_training_job(session, "trainingJobs/failing", context)
+        cancelled, _ = handlers.get_training_job(session, "trainingJobs/queued", context)
+    assert failed.stop_reason is StopReason.FAILED
+    assert cancelled.stop_reason is StopReason.CANCELLED
+    assert protos.job_to_proto(failed).stop_reason == resources_pb2.TRAINING_STOP_REASON_FAILED
+
+
+def test_rows_a_worker_left_out_show_in_the_jobs_progress(sessions, context) -> None:
+    known_split(sessions)
+    create(sessions, context, command())
+    name = "trainingJobs/j1"
+    skipped = (SkippedRows(RowSkipReason.UNMASKABLE_CHAT, 3, ("c1", "c2", "c3")),)
+    with sessions() as session, session.begin():
+        handlers.begin_attempt(session, name, device="cpu", pid=42)
+        handlers.record_started(session, name, replace(started(), skipped_rows=skipped), context)
+        handlers.record_progress(
+            session,
+            name,
+            WorkerProgress(10, 30, 0.8, 0.7, 1e-4, 900.0, 1000, 3.0, 6.0, 0.65, True, 0.7),
+        )
+    with sessions() as session:
+        job, _ = handlers.get_training_job(session, name, context)
+    assert job.progress.skipped_rows == skipped  # kept across progress snapshots
+    (shown,) = protos.job_to_proto(job).progress.skipped_rows
+    assert shown.reason == resources_pb2.ROW_SKIP_REASON_UNMASKABLE_CHAT
+    assert (shown.row_count, list(shown.example_row_ids)) == (3, ["c1", "c2", "c3"])
+
+
+def test_engine_fallbacks_and_skipped_rows_are_counted(sessions) -> None:
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics(registry, sessions)
+    metrics.record_worker_start(
+        [EngineFallback("packing", "unsupported_signature", "varlen_attn(...)")],
+        [SkippedRows(RowSkipReason.NO_LOSS_TOKEN, 4)],
+    )
+    assert (
+        registry.get_sample_value(
+            "tuneline_trainer_engine_fallbacks_total",
+            {"feature": "packing", "reason": "unsupported_signature"},
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "tuneline_trainer_rows_skipped_total", {"reason": "NO_LOSS_TOKEN"}
+        )
+        == 4
+    )
 
 
 def test_repeated_crashes_fail_the_job(sessions, context) -> None:
@@ -530,3 +658,131 @@ def test_jobs_list_newest_first_page_by_page(sessions, context) -> None:
             page_token=token or "bogus",
             context=context,
         )
+
+
+# -- the target model ------------------------------------------------------------------------------
+
+
+def test_a_target_model_the_registry_lacks_is_refused_before_anything_is_queued(
+    sessions, context
+) -> None:
+    known_split(sessions)
+    typo = replace(command(), target_model="models/sentimnet")
+    with pytest.raises(FailedPrecondition) as raised:
+        create(sessions, context, typo)
+    assert [(v.type, v.subject) for v in raised.value.violations] == [
+        ("TARGET_MODEL_NOT_FOUND", "models/sentimnet")
+    ]
+    with sessions() as session:
+        assert TrainerRepository(session).list_job_rows(limit=10) == []
+    assert create(sessions, context, command()).target_model == "models/sentiment"
+
+
+def test_an_unreachable_registry_makes_create_unavailable_not_a_guess(sessions, context) -> None:
+    known_split(sessions)
+    down = replace(context, target_models=FakeRegistry("models/sentiment", down=True))
+    with pytest.raises(Unavailable):
+        create(sessions, down, command())
+    with sessions() as session:
+        assert TrainerRepository(session).list_job_rows(limit=10) == []
+    with sessions() as session, session.begin(), pytest.raises(Unavailable):
+        handlers.set_training_policy(session, policy(), down)
+
+
+def test_a_policy_is_checked_once_when_set_and_its_jobs_never_wait_on_the_registry(
+    sessions, context
+) -> None:
+    registry = context.target_models
+    assert isinstance(registry, FakeRegistry)
+    unknown = replace(policy(), target_model="models/nope")
+    with sessions() as session, session.begin(), pytest.raises(FailedPrecondition) as raised:
+        handlers.set_training_policy(session, unknown, context)
+    assert raised.value.violations[0].type == "TARGET_MODEL_NOT_FOUND"
+    with sessions() as session, session.begin():
+        handlers.set_training_policy(session, policy(), context)
+    asked = list(registry.asked)
+    registry.down = True  # the registry is down when the split arrives: the job is still made
+    with sessions() as session, session.begin():
+        (made,) = handlers.on_split_created(session, split_info(), context)
+    assert registry.asked == asked
+    with sessions() as session:
+        row = TrainerRepository(session).job_row(made)
+    assert row is not None
+    assert row.state == JobState.QUEUED.value
+
+
+def test_a_failure_message_keeps_no_local_path(sessions, context) -> None:
+    known_split(sessions)
+    create(sessions, context, command())
+    name = "trainingJobs/j1"
+    quoted = "DATA_UNAVAILABLE: [Errno 2] No such file: '/srv/tuneline/splitter/artifacts/m.json'"
+    with sessions() as session, session.begin():
+        handlers.begin_attempt(session, name, device="cpu", pid=None)
+        assert handlers.record_failed(
+            session, name, FailureReason.DATA_UNAVAILABLE, quoted, context
+        )
+    (failed,) = staged(sessions, events_pb2.TrainingJobFailed)
+    assert failed.failure_message == "DATA_UNAVAILABLE: [Errno 2] No such file: '…/m.json'"
+    with sessions() as session:
+        job, _ = handlers.get_training_job(session, name, context)
+    assert job.failure_message == failed.failure_message
+
+
+# -- estimates ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Counted:
+    examples: int
+    tokens: int
+
+
+class FakeTokenCounter:
+    """The split's train part as the tokenizer would count it: 100 rows, 50 tokens each."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, int]] = []
+
+    def train_tokens(self, split: SplitInfo, model: ResolvedModel, max_length: int) -> _Counted:
+        self.asked.append((split.name, model.files_sha256, max_length))
+        return _Counted(examples=100, tokens=5000)
+
+
+def test_a_dry_run_checks_the_job_estimates_it_and_creates_nothing(
+    sessions: sessionmaker[Session], context: handlers.Context
+):
+    known_split(sessions)
+    counter = FakeTokenCounter()
+    estimating = replace(context, token_counter=counter, default_tokens_per_device_second=50.0)
+    with sessions() as session, session.begin():
+        planned, estimate = handlers.estimate_training_job(session, command(), estimating)
+    assert counter.asked == [(SPLIT, "a" * 64, 512)]
+    assert planned.name == ""
+    assert planned.total_steps == estimate.planned_steps == 30
+    # 13 steps an epoch of 100 rows at 8 a step: two epochs (26 steps), then 4 steps of 8 rows
+    assert estimate.estimated_tokens == 50 * (2 * 100 + 4 * 8)
+    assert (estimate.measured_runs, estimate.device_type) == (0, "")
+    assert estimate.cost.device_seconds == pytest.approx(estimate.estimated_tokens / 50.0)
+    assert estimate.cost.amount == Decimal("0.232000000")  # 232 s at 3.60 an hour
+    with sessions() as session:
+        listed = handlers.list_training_jobs(
+            session,
+            target_model="",
+            state=None,
+            split="",
+            page_size=0,
+            page_token="",
+            context=context,
+        )
+    assert listed.items == []
+
+
+def test_a_dry_run_is_refused_as_a_create_would_be(
+    sessions: sessionmaker[Session], context: handlers.Context
+):
+    estimating = replace(context, token_counter=FakeTokenCounter())
+    with sessions() as session, session.begin(), pytest.raises(FailedPrecondition):
+        handlers.estimate_training_job(session, command(), estimating)  # the split is unknown
+    known_split(sessions)
+    with sessions() as session, session.begin(), pytest.raises(InvalidArgument):
+        handlers.estimate_training_job(session, command(cfg=config(learning_rate=-1.0)), estimating)

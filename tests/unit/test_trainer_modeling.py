@@ -7,10 +7,15 @@ import hashlib
 import json
 import subprocess
 import sys
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
+from tokenizers import AddedToken, Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from tokenizers.processors import TemplateProcessing
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from shared.modeling import (
     IGNORE_INDEX,
@@ -18,7 +23,9 @@ from shared.modeling import (
     InvalidModelReference,
     ModelNotFound,
     ModelRefused,
+    SkipReason,
     TaskKind,
+    encode_dataset_rows,
     encode_rows,
     folder_sha256,
     generation_prompt,
@@ -182,9 +189,12 @@ def test_long_causal_rows_keep_the_completion_start_and_the_prompt_end(models: P
     kept_completion = [t for t in example.labels if t != IGNORE_INDEX]
     completion = tokenizer("nine ten", add_special_tokens=False)["input_ids"]
     assert kept_completion == [*completion, tokenizer.eos_token_id]
-    full_prompt = tokenizer(row["prompt"])["input_ids"]
+    full_prompt = tokenizer(row["prompt"])["input_ids"]  # [CLS] one … eight [SEP]
     kept_prompt = list(example.input_ids[: example.length - len(kept_completion)])
-    assert kept_prompt == full_prompt[-len(kept_prompt) :]  # the prompt's end survives
+    # the prompt's end survives, inside the special tokens the tokenizer puts around it
+    assert kept_prompt[0] == tokenizer.cls_token_id
+    assert kept_prompt[-1] == full_prompt[-1] == tokenizer.sep_token_id
+    assert kept_prompt[1:] == full_prompt[len(full_prompt) - len(kept_prompt) + 1 :]
 
 
 def test_chat_rows_carry_loss_on_assistant_turns_only(models: Path) -> None:
@@ -222,3 +232,146 @@ def test_rows_with_nothing_to_learn_are_dropped(models: Path) -> None:
             "causal_lm",
             max_length=32,
         )
+
+
+# -- a tiny Llama-style tokenizer: a BOS before every prompt, chat markers as special tokens --
+
+
+_WORDS = (  # noqa: SIM905 - one string split once reads better than a word list
+    "one two three four five six seven eight nine ten what is the answer hello there hi friend "
+    "bye now see you be brief question okay"
+).split()
+_SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level, with ``<s>`` added before every text (like Llama's tokenizer) and
+    ``<|end|>`` closing each chat turn."""
+    vocab = {token: index for index, token in enumerate([*_SPECIALS, *_WORDS, "?", ":", "."])}
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = Whitespace()
+    core.add_special_tokens([AddedToken(t, special=True) for t in _SPECIALS])
+    core.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def _chat(tokenizer: PreTrainedTokenizerFast, template: str) -> PreTrainedTokenizerFast:
+    copy = deepcopy(tokenizer)
+    copy.chat_template = template
+    return copy
+
+
+def _learned(tokenizer: PreTrainedTokenizerFast, example) -> str:
+    return tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX])
+
+
+def test_truncating_a_long_prompt_keeps_its_bos_first(bos_tokenizer) -> None:
+    row = {"id": "q", "prompt": "one two three four five six seven eight", "completion": "nine"}
+    bos = bos_tokenizer.bos_token_id
+    assert bos_tokenizer(row["prompt"])["input_ids"][0] == bos
+    (example,) = encode_rows(bos_tokenizer, [row], TaskKind.CAUSAL_LM, max_length=6)
+    assert example.length == 6
+    assert example.input_ids[0] == bos  # the model never saw a sequence without it
+    # <s> + the prompt's end (half the budget) + the completion and EOS
+    assert bos_tokenizer.decode(example.input_ids[1:]) == "six seven eight nine </s>"
+    assert example.labels is not None
+    assert _learned(bos_tokenizer, example) == "nine </s>"
+    prompt = generation_prompt(bos_tokenizer, row, max_length=4)
+    assert prompt.prompt_ids[0] == bos
+    assert bos_tokenizer.decode(prompt.prompt_ids[1:]) == "six seven eight"
+
+
+def test_truncating_a_chat_generation_prompt_keeps_its_bos_first(bos_tokenizer) -> None:
+    tokenizer = _chat(
+        bos_tokenizer,
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> "
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}",
+    )
+    messages = [
+        {"role": "user", "content": "one two three four five six"},
+        {"role": "assistant", "content": "seven"},
+    ]
+    prompt = generation_prompt(tokenizer, {"id": "c", "messages": messages}, max_length=4)
+    assert prompt.prompt_ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(prompt.prompt_ids[1:]) == "six <|end|> <|assistant|>"
+
+
+CONVERSATION = [
+    {"role": "system", "content": "be brief ."},
+    {"role": "user", "content": "what is the answer ?"},
+    {"role": "assistant", "content": "hi friend"},
+    {"role": "user", "content": "hello there"},
+    {"role": "assistant", "content": "see you"},
+]
+
+
+def test_a_template_that_moves_the_system_prompt_is_masked_by_offsets(bos_tokenizer) -> None:
+    """Like Mistral's: the system prompt goes into the *last* user turn, so the rendering of
+    a conversation's start is not a prefix of the whole rendering."""
+    tokenizer = _chat(
+        bos_tokenizer,
+        "{{ bos_token }}{% set last = namespace(i=0) %}"
+        "{% for m in messages %}{% if m['role'] == 'user' %}{% set last.i = loop.index %}"
+        "{% endif %}{% endfor %}"
+        "{% for m in messages %}{% if m['role'] == 'user' %}<|user|> "
+        "{% if loop.index == last.i and messages[0]['role'] == 'system' %}"
+        "{{ messages[0]['content'] }} {% endif %}{{ m['content'] }} <|end|> "
+        "{% elif m['role'] == 'assistant' %}<|assistant|> {{ m['content'] }} <|end|> "
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}",
+    )
+    encoded = encode_dataset_rows(
+        tokenizer, [{"id": "c", "messages": CONVERSATION}], "causal_lm", max_length=128
+    )
+    assert encoded.skipped == {}
+    (example,) = encoded.examples
+    # each answer and the end-of-turn token closing it; nothing of the prompts
+    assert _learned(tokenizer, example) == "hi friend <|end|> see you <|end|>"
+    assert example.input_ids[0] == tokenizer.bos_token_id
+    full = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    assert list(example.input_ids) == tokenizer(full, add_special_tokens=False)["input_ids"]
+
+
+def test_a_template_with_generation_blocks_gives_its_own_assistant_mask(bos_tokenizer) -> None:
+    tokenizer = _chat(
+        bos_tokenizer,
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}<|assistant|> "
+        "{% generation %}{{ m['content'] }} <|end|>{% endgeneration %} "
+        "{% else %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endif %}{% endfor %}",
+    )
+    (example,) = encode_rows(
+        tokenizer, [{"id": "c", "messages": CONVERSATION}], "causal_lm", max_length=128
+    )
+    assert _learned(tokenizer, example) == "hi friend <|end|> see you <|end|>"
+
+
+def test_a_row_the_template_cannot_mask_is_skipped_and_counted_not_fatal(bos_tokenizer) -> None:
+    """Earlier answers are replaced (as templates that strip reasoning do), so the first one
+    is nowhere in the whole rendering: that row is left out, the others are trained."""
+    tokenizer = _chat(
+        bos_tokenizer,
+        "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
+        "<|assistant|> okay <|end|> {% else %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> "
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}",
+    )
+    rows = [
+        {"id": "two-answers", "messages": CONVERSATION},
+        {"id": "one-answer", "messages": CONVERSATION[:3]},
+        {"id": "plain", "prompt": "one two", "completion": "three"},
+    ]
+    encoded = encode_dataset_rows(tokenizer, rows, "causal_lm", max_length=128)
+    assert [e.row_id for e in encoded.examples] == ["one-answer", "plain"]
+    assert encoded.skipped == {SkipReason.UNMASKABLE_CHAT: ["two-answers"]}
+    assert _learned(tokenizer, encoded.examples[0]) == "hi friend <|end|>"
+    # a conversation whose answer truncation cuts off is skipped and counted too
+    short = encode_dataset_rows(tokenizer, rows[1:], "causal_lm", max_length=8)
+    assert [e.row_id for e in short.examples] == ["plain"]
+    assert short.skipped == {SkipReason.NO_LOSS_TOKEN: ["one-answer"]}

@@ -8,20 +8,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tuneline.cli.output import console, print_message, reported_errors, target
+from tuneline.cli.endpoints import target
+from tuneline.cli.output import console, print_message, reported_errors
 from tuneline.client.registry import RegistryClient, alias_name
 from tuneline.registry.v1 import resources_pb2
 
 app = typer.Typer(help="Aliases: show, history, watch.", no_args_is_help=True)
 
-REGISTRY_PORT = 50055
 
 ModelArg = Annotated[str, typer.Argument(help="sentiment, models/sentiment, or a full alias name.")]
 AliasOpt = Annotated[str, typer.Option("--alias", help="The alias id.")]
 
 
 def _client() -> RegistryClient:
-    return RegistryClient(target("registry", REGISTRY_PORT))
+    return RegistryClient(target("registry"))
 
 
 def _trigger(value: int) -> str:

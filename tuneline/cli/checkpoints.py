@@ -8,14 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tuneline.cli.output import console, print_message, reported_errors, target
+from tuneline.cli.endpoints import target
+from tuneline.cli.output import console, print_message, reported_errors
 from tuneline.client.registry import RegistryClient, checkpoint_name, model_name
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import resources_pb2
 
 app = typer.Typer(help="Registered checkpoints: show, list.", no_args_is_help=True)
-
-REGISTRY_PORT = 50055
 
 
 class VerdictFilter(StrEnum):
@@ -33,7 +32,7 @@ class ReviewFilter(StrEnum):
 
 
 def _client() -> RegistryClient:
-    return RegistryClient(target("registry", REGISTRY_PORT))
+    return RegistryClient(target("registry"))
 
 
 def _verdict(value: int) -> str:

@@ -15,6 +15,7 @@ from tuneline.devtools.kafka import (
     LocalKafka,
     LocalKafkaError,
 )
+from tuneline.devtools.stack import stack_home
 
 app = typer.Typer(
     help=(
@@ -27,7 +28,7 @@ app = typer.Typer(
 
 def default_home() -> Path:
     """``$TUNELINE_HOME/kafka``, else ``./.tuneline/kafka``."""
-    return Path(os.environ.get("TUNELINE_HOME") or ".tuneline") / "kafka"
+    return stack_home(os.environ) / "kafka"
 
 
 HomeOpt = Annotated[

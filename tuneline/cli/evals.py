@@ -11,14 +11,14 @@ import typer
 from google.protobuf import json_format
 from rich.table import Table
 
-from tuneline.cli.output import console, print_message, reported_errors, target
+from tuneline.cli.endpoints import target
+from tuneline.cli.output import console, print_message, reported_errors
 from tuneline.client.evaluator import EvaluatorClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import resources_pb2
 
 app = typer.Typer(help="Evaluations: show, list.", no_args_is_help=True)
 
-EVALUATOR_PORT = 50054
 
 _VERDICT_STYLES = {
     common_pb2.EVALUATION_VERDICT_PASSED: "green",
@@ -46,7 +46,7 @@ _VERDICT_FILTERS = {
 
 
 def _client() -> EvaluatorClient:
-    return EvaluatorClient(target("evaluator", EVALUATOR_PORT))
+    return EvaluatorClient(target("evaluator"))
 
 
 def _evaluation(name: str) -> str:

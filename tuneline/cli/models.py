@@ -10,7 +10,8 @@ import typer
 from google.protobuf import json_format
 from rich.table import Table
 
-from tuneline.cli.output import console, err_console, print_message, reported_errors, target
+from tuneline.cli.endpoints import target
+from tuneline.cli.output import console, err_console, print_message, reported_errors
 from tuneline.client.registry import RegistryClient, model_name
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import resources_pb2
@@ -19,8 +20,6 @@ app = typer.Typer(
     help="Registered models: create, show, list, prepare (packaged base models).",
     no_args_is_help=True,
 )
-
-REGISTRY_PORT = 50055
 
 
 class Task(StrEnum):
@@ -55,7 +54,7 @@ _PARTS = {
 
 
 def _client() -> RegistryClient:
-    return RegistryClient(target("registry", REGISTRY_PORT))
+    return RegistryClient(target("registry"))
 
 
 def _gate(spec: str) -> common_pb2.MetricGate:
@@ -77,7 +76,9 @@ def _golden(spec: str) -> common_pb2.EvaluationSet:
     """``LABEL=datasets/d/versions/v`` or ``LABEL=datasets/d/versions/v/splits/s``."""
     label, _, where = spec.partition("=")
     if not where:
-        raise typer.BadParameter(f"{spec!r}: use LABEL=DATASET_VERSION[/splits/SPLIT]")
+        raise typer.BadParameter(
+            f"{spec!r}: use LABEL=DATASET_VERSION or LABEL=DATASET_VERSION/splits/SPLIT"
+        )
     version, _, split = where.partition("/splits/")
     return common_pb2.EvaluationSet(
         label=label, dataset_version=version, split=f"{version}/splits/{split}" if split else ""
@@ -104,7 +105,9 @@ def create(
     eval_part: Annotated[Part, typer.Option(help="The part of the split.")] = Part.validation,
     golden: Annotated[
         list[str] | None,
-        typer.Option(help="Extra golden set, LABEL=DATASET_VERSION[/splits/S]; repeatable."),
+        typer.Option(
+            help="Extra golden set, LABEL=DATASET_VERSION or LABEL=…/splits/S; repeatable."
+        ),
     ] = None,
     gate: Annotated[
         list[str] | None,

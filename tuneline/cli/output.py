@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,11 +19,6 @@ _PIPED_WIDTH = None if sys.stdout.isatty() else 200
 
 console = Console(highlight=False, soft_wrap=True, width=_PIPED_WIDTH)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=_PIPED_WIDTH)
-
-
-def target(service: str, default_port: int) -> str:
-    """``host:port`` of a service: ``$TUNELINE_<SERVICE>_TARGET`` or loopback and its port."""
-    return os.environ.get(f"TUNELINE_{service.upper()}_TARGET", f"127.0.0.1:{default_port}")
 
 
 @contextmanager

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tuneline.cli.output import console, print_message, reported_errors, target
+from tuneline.cli.endpoints import target
+from tuneline.cli.output import console, print_message, reported_errors
 from tuneline.client.splitter import SplitterClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.splitter.v1 import resources_pb2
@@ -21,8 +22,6 @@ policy_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(policy_app, name="policy")
-
-SPLITTER_PORT = 50052
 
 
 class Strategy(StrEnum):
@@ -55,7 +54,7 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed (default 0).")
 
 
 def _client() -> SplitterClient:
-    return SplitterClient(target("splitter", SPLITTER_PORT))
+    return SplitterClient(target("splitter"))
 
 
 def _dataset(name: str) -> str:

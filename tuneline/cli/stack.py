@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,8 @@ from rich.table import Table
 from tuneline.cli.output import console, err_console
 from tuneline.devtools.kafka import LocalKafkaError
 from tuneline.devtools.stack import (
+    DEFAULT_HOME,
+    HOME_VARIABLE,
     LocalStack,
     StackAlreadyRunning,
     StackError,
@@ -23,7 +26,7 @@ from tuneline.devtools.stack import (
 
 HomeOpt = Annotated[
     Path,
-    typer.Option("--home", envvar="TUNELINE_HOME", help="Where the stack keeps its state."),
+    typer.Option("--home", envvar=HOME_VARIABLE, help="Where the stack keeps its state."),
 ]
 
 
@@ -45,29 +48,78 @@ def _print_endpoints(state: StackState) -> None:
     console.print(f"webhook token: {Path(state.home) / 'webhook-token'}")
 
 
+def _ports(
+    kafka_port: int | None,
+    kafka_controller_port: int | None,
+    grpc_port_base: int | None,
+    metrics_port_base: int | None,
+    webhook_port: int | None,
+) -> StackPorts:
+    """The documented variables, then the options over them (a base replaces every
+    per-service port variable of its kind)."""
+    ports = StackPorts.from_environment(os.environ)
+    if kafka_port is not None:
+        ports = replace(ports, kafka=kafka_port)
+    if kafka_controller_port is not None:
+        ports = replace(ports, kafka_controller=kafka_controller_port)
+    if grpc_port_base is not None:
+        ports = replace(ports, grpc_base=grpc_port_base, grpc={})
+    if metrics_port_base is not None:
+        ports = replace(ports, metrics_base=metrics_port_base, metrics={})
+    if webhook_port is not None:
+        ports = replace(ports, webhook=webhook_port)
+    return ports
+
+
 def up(
-    home: HomeOpt = Path(".tuneline"),
+    home: HomeOpt = DEFAULT_HOME,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Return once everything is SERVING.")
     ] = False,
-    kafka_port: Annotated[int, typer.Option(help="Kafka broker port.")] = 19092,
-    kafka_controller_port: Annotated[int, typer.Option(help="Kafka controller port.")] = 19093,
+    kafka_port: Annotated[
+        int | None,
+        typer.Option(help="Kafka broker port (default: $TUNELINE_KAFKA_PORT, or 19092)."),
+    ] = None,
+    kafka_controller_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Kafka controller port (default: $TUNELINE_KAFKA_CONTROLLER_PORT, or 19093)."
+        ),
+    ] = None,
     grpc_port_base: Annotated[
-        int, typer.Option(help="gRPC port of dataset; the others follow.")
-    ] = 50051,
+        int | None,
+        typer.Option(
+            help="gRPC port of dataset, the others following (default: each "
+            "$TUNELINE_<SERVICE>_GRPC_PORT, or 50051 and on)."
+        ),
+    ] = None,
     metrics_port_base: Annotated[
-        int, typer.Option(help="Metrics port of dataset; the others follow.")
-    ] = 9101,
-    webhook_port: Annotated[int, typer.Option(help="Registry's Alertmanager webhook.")] = 9095,
+        int | None,
+        typer.Option(
+            help="Metrics port of dataset, the others following (default: each "
+            "$TUNELINE_<SERVICE>_METRICS_PORT, or 9101 and on)."
+        ),
+    ] = None,
+    webhook_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Registry's Alertmanager webhook (default: $TUNELINE_REGISTRY_WEBHOOK_PORT, "
+            "or 9095)."
+        ),
+    ] = None,
 ) -> None:
-    """Start Kafka and the five services, wait until all are SERVING; Ctrl-C stops them."""
-    ports = StackPorts(
-        kafka=kafka_port,
-        kafka_controller=kafka_controller_port,
-        grpc_base=grpc_port_base,
-        metrics_base=metrics_port_base,
-        webhook=webhook_port,
-    )
+    """Start Kafka and the five services, wait until all are SERVING; Ctrl-C stops them.
+
+    Ports: the options, else the variables the services read (TUNELINE_<SERVICE>_GRPC_PORT …),
+    else the defaults. Other commands find the services through the home's stack.json.
+    """
+    try:
+        ports = _ports(
+            kafka_port, kafka_controller_port, grpc_port_base, metrics_port_base, webhook_port
+        )
+    except StackError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
     stack = LocalStack(home, ports)
     try:
         with console.status("Starting Kafka and the services…"):
@@ -103,7 +155,7 @@ def up(
         raise typer.Exit(1)
 
 
-def down(home: HomeOpt = Path(".tuneline")) -> None:
+def down(home: HomeOpt = DEFAULT_HOME) -> None:
     """Stop the stack started from --home (services drain first, then Kafka)."""
     stack = LocalStack(home)
     state = stack.running()

@@ -5,7 +5,9 @@
 (``.tuneline`` by default: ``kafka/``, ``data/`` with SQLite files and artifacts, ``logs/``
 with one log per service, and ``stack.json`` describing what runs where). It waits until every
 service's health check reports SERVING. ``stack.json`` is also the lock that makes a second
-``up`` say that a stack is already running instead of fighting over the ports.
+``up`` say that a stack is already running instead of fighting over the ports, and how the
+command line finds the services of a running stack wherever their ports are
+(:func:`running_stack`).
 """
 
 from __future__ import annotations
@@ -31,11 +33,22 @@ from tuneline.devtools.kafka import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, Local
 
 #: Start order follows the event flow, so each consumer's producer is already up.
 SERVICE_NAMES = ("dataset", "splitter", "trainer", "evaluator", "registry")
-#: Services that call another over gRPC: the setting naming the peer, and the peer.
-PEER_TARGETS = {
-    "trainer": ("SPLITTER_TARGET", "splitter"),
-    "evaluator": ("REGISTRY_TARGET", "registry"),
+#: Services that call others over gRPC: the setting naming each peer, and the peer.
+PEER_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "splitter": (("DATASET_TARGET", "dataset"),),
+    "trainer": (("SPLITTER_TARGET", "splitter"), ("REGISTRY_TARGET", "registry")),
+    "evaluator": (("REGISTRY_TARGET", "registry"),),
 }
+#: Where ``tuneline up``/``down`` keep their state unless ``TUNELINE_HOME`` says otherwise.
+DEFAULT_HOME = Path(".tuneline")
+HOME_VARIABLE = "TUNELINE_HOME"
+#: The stack's description (and lock), under its home.
+STATE_FILE = "stack.json"
+
+
+def stack_home(env: Mapping[str, str]) -> Path:
+    """The home of ``tuneline up``: ``$TUNELINE_HOME``, else ``.tuneline``."""
+    return Path(env.get(HOME_VARIABLE) or DEFAULT_HOME)
 
 
 class StackError(RuntimeError):
@@ -105,13 +118,58 @@ def _alive(pid: int) -> bool:
 
 @dataclass
 class StackPorts:
-    """Ports of the stack; services get consecutive ports from the two bases."""
+    """Ports of the stack. Services get consecutive ports from the two bases (dataset first,
+    in :data:`SERVICE_NAMES` order, which gives each service its settings' default port),
+    except those set one by one in ``grpc`` and ``metrics``."""
 
     kafka: int = DEFAULT_PORT
     kafka_controller: int = DEFAULT_CONTROLLER_PORT
     grpc_base: int = 50051
     metrics_base: int = 9101
     webhook: int = 9095
+    #: gRPC ports of single services, by service name; they win over ``grpc_base``.
+    grpc: dict[str, int] = field(default_factory=dict)
+    #: Metrics ports of single services, by service name; they win over ``metrics_base``.
+    metrics: dict[str, int] = field(default_factory=dict)
+
+    def grpc_port(self, service: str) -> int:
+        return self.grpc.get(service, self.grpc_base + SERVICE_NAMES.index(service))
+
+    def metrics_port(self, service: str) -> int:
+        return self.metrics.get(service, self.metrics_base + SERVICE_NAMES.index(service))
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> StackPorts:
+        """The ports the configuration documents, where ``env`` sets them, else the defaults:
+        ``TUNELINE_KAFKA_PORT``, ``TUNELINE_KAFKA_CONTROLLER_PORT``,
+        ``TUNELINE_<SERVICE>_GRPC_PORT``, ``TUNELINE_<SERVICE>_METRICS_PORT`` and
+        ``TUNELINE_REGISTRY_WEBHOOK_PORT`` — the variables the broker and each service read
+        when run on their own, so ``tuneline up`` puts everything where they say."""
+        defaults = cls()
+
+        def port(variable: str, default: int) -> int:
+            value = env.get(variable, "").strip()
+            if not value:
+                return default
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise StackError(f"{variable}={value!r} is not a port (1-65535)")
+            return int(value)
+
+        def per_service(kind: str) -> dict[str, int]:
+            ports = {}
+            for name in SERVICE_NAMES:
+                variable = f"TUNELINE_{name.upper()}_{kind}_PORT"
+                if env.get(variable, "").strip():
+                    ports[name] = port(variable, 0)
+            return ports
+
+        return cls(
+            kafka=port("TUNELINE_KAFKA_PORT", defaults.kafka),
+            kafka_controller=port("TUNELINE_KAFKA_CONTROLLER_PORT", defaults.kafka_controller),
+            webhook=port("TUNELINE_REGISTRY_WEBHOOK_PORT", defaults.webhook),
+            grpc=per_service("GRPC"),
+            metrics=per_service("METRICS"),
+        )
 
     @classmethod
     def free(cls, *, attempts: int = 200) -> StackPorts:
@@ -162,7 +220,7 @@ class LocalStack:
         self.home = home.absolute()
         self.ports = ports or StackPorts()
         self.external_kafka = kafka_bootstrap
-        self.state_path = self.home / "stack.json"
+        self.state_path = self.home / STATE_FILE
         self.logs_dir = self.home / "logs"
         self.data_dir = self.home / "data"
         #: The bearer token Alertmanager (or a person) must present to the registry's webhook.
@@ -182,10 +240,7 @@ class LocalStack:
 
     def running(self) -> StackState | None:
         """The state of a live stack from this home: its supervisor or any service is alive."""
-        state = StackState.load(self.state_path)
-        if state and (_alive(state.pid) or any(_alive(s.pid) for s in state.services)):
-            return state
-        return None
+        return _live(StackState.load(self.state_path))
 
     def _service_env(self, service: ServiceProcess, base: Mapping[str, str]) -> dict[str, str]:
         prefix = f"TUNELINE_{service.name.upper()}_"
@@ -196,12 +251,16 @@ class LocalStack:
             f"{prefix}GRPC_PORT": str(service.grpc_port),
             f"{prefix}METRICS_PORT": str(service.metrics_port),
             "PYTHONUNBUFFERED": "1",
+            # The local stack runs without TLS and auth for now (services refuse to start
+            # without either unless told so); set TUNELINE_AUTH_MODE=enforce plus the
+            # TUNELINE_TLS_*/TUNELINE_AUTH_* files to run it secured.
+            "TUNELINE_AUTH_MODE": base.get("TUNELINE_AUTH_MODE", "insecure"),
         }
         for key, port in service.extra_ports.items():
             env[f"{prefix}{key.upper()}_PORT"] = str(port)
-        if service.name in PEER_TARGETS:
-            setting, peer = PEER_TARGETS[service.name]
-            env[f"{prefix}{setting}"] = next(s.target for s in self.plan() if s.name == peer)
+        targets = {s.name: s.target for s in self.plan()}
+        for setting, peer in PEER_TARGETS.get(service.name, ()):
+            env[f"{prefix}{setting}"] = targets[peer]
         if service.name == "registry":
             env[f"{prefix}WEBHOOK_TOKEN_FILE"] = str(self.webhook_token_path)
         return env
@@ -216,11 +275,11 @@ class LocalStack:
     def plan(self) -> list[ServiceProcess]:
         """The services with their ports, before anything starts."""
         services = []
-        for offset, name in enumerate(SERVICE_NAMES):
+        for name in SERVICE_NAMES:
             service = ServiceProcess(
                 name=name,
-                grpc_port=self.ports.grpc_base + offset,
-                metrics_port=self.ports.metrics_base + offset,
+                grpc_port=self.ports.grpc_port(name),
+                metrics_port=self.ports.metrics_port(name),
                 log=str(self.logs_dir / f"{name}.log"),
             )
             if name == "registry":
@@ -353,6 +412,19 @@ class LocalStack:
             if process.pid == pid:
                 return process.poll() is None
         return _alive(pid)
+
+
+def _live(state: StackState | None) -> StackState | None:
+    """``state`` if its supervisor or any of its services is alive."""
+    if state and (_alive(state.pid) or any(_alive(s.pid) for s in state.services)):
+        return state
+    return None
+
+
+def running_stack(env: Mapping[str, str]) -> StackState | None:
+    """The stack ``tuneline up`` runs from the home ``env`` names (``TUNELINE_HOME``), if one
+    is running: what its ``stack.json`` says, wherever its ports are."""
+    return _live(StackState.load(stack_home(env).absolute() / STATE_FILE))
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -23,6 +23,7 @@ from shared.errors import FieldViolation, InvalidArgument
 from shared.protobuf import set_timestamp, timestamp_from_datetime
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
+from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
 from tuneline.splitter.v1 import events_pb2, resources_pb2
 
 _STRATEGIES = {
@@ -78,27 +79,63 @@ def spec_from_proto(
     return SplitSpec(strategy=strategy, ratios=ratios, seed=message.seed)
 
 
+def _version_ref(
+    what: str,
+    fields: dict[str, str],
+    task_type: common_pb2.TaskType.ValueType,
+    row_count: int,
+    byte_count: int,
+) -> DatasetVersionRef:
+    """A version from what the dataset service said about it, refusing (``ValueError``) a
+    description that lacks what a split needs."""
+    known_task_type = _TASK_TYPES_FROM_PROTO.get(task_type)
+    if known_task_type is None:
+        raise ValueError(f"{what} {fields['name']!r} has no known task type")
+    missing = [name for name, value in fields.items() if not value]
+    if missing:
+        raise ValueError(f"{what} lacks {', '.join(missing)}")
+    return DatasetVersionRef(
+        name=fields["name"],
+        dataset=fields["dataset"],
+        content_sha256=fields["content_sha256"],
+        artifact_uri=fields["artifact_uri"],
+        task_type=known_task_type,
+        row_count=row_count,
+        byte_count=byte_count,
+    )
+
+
 def version_from_event(event: dataset_events_pb2.DatasetVersioned) -> DatasetVersionRef:
     """The version a DatasetVersioned event announces. Raises ``ValueError`` for an event
     that lacks what a split needs (a broken producer: the consumer dead-letters it)."""
-    task_type = _TASK_TYPES_FROM_PROTO.get(event.task_type)
-    if task_type is None:
-        raise ValueError(f"DatasetVersioned {event.dataset_version!r} has no known task type")
-    missing = [
-        name
-        for name in ("dataset_version", "dataset", "content_sha256", "artifact_uri")
-        if not getattr(event, name)
-    ]
-    if missing:
-        raise ValueError(f"DatasetVersioned lacks {', '.join(missing)}")
-    return DatasetVersionRef(
-        name=event.dataset_version,
-        dataset=event.dataset,
-        content_sha256=event.content_sha256,
-        artifact_uri=event.artifact_uri,
-        task_type=task_type,
-        row_count=event.row_count,
-        byte_count=event.byte_count,
+    return _version_ref(
+        "DatasetVersioned",
+        {
+            "name": event.dataset_version,
+            "dataset": event.dataset,
+            "content_sha256": event.content_sha256,
+            "artifact_uri": event.artifact_uri,
+        },
+        event.task_type,
+        event.row_count,
+        event.byte_count,
+    )
+
+
+def version_from_resource(version: dataset_pb2.DatasetVersion) -> DatasetVersionRef:
+    """The version as GetDatasetVersion describes it (before its DatasetVersioned arrived).
+    Raises ``ValueError`` for a description that lacks what a split needs."""
+    return _version_ref(
+        "DatasetVersion",
+        {
+            "name": version.name,
+            "dataset": version.name.partition("/versions/")[0],
+            "content_sha256": version.content_sha256,
+            "artifact_uri": version.artifact_uri,
+        },
+        version.task_type,
+        version.row_count,
+        version.byte_count,
     )
 
 

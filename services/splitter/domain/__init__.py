@@ -1,7 +1,8 @@
 """The splitter's domain: plain dataclasses and rules; no grpc, kafka, torch or SQL.
 
 * :mod:`.spec` — strategy, ratios, seed, their validation and the deterministic split id;
-* :mod:`.rows` — a row reduced to id, group key (the leakage guard) and label;
+* :mod:`.rows` — a row reduced to id, text key and explicit group (the leakage guard) and
+  label;
 * :mod:`.assignment` — the HASH and STRATIFIED strategies, over groups of rows;
 * :mod:`.manifest` — the split manifest, its stats and the overlap check;
 * :mod:`.names` — resource names; :mod:`.model` — the stored split and split policy.
@@ -23,8 +24,9 @@ from services.splitter.domain.rows import (
     SplitRow,
     SplitRows,
     TaskType,
-    group_key,
+    explicit_group,
     split_row,
+    text_key,
 )
 from services.splitter.domain.spec import (
     DEFAULT_SPEC,
@@ -58,10 +60,11 @@ __all__ = [
     "TaskType",
     "UnsplittableVersion",
     "assign_rows",
-    "group_key",
+    "explicit_group",
     "group_positions",
     "split_dataset",
     "split_id_for",
     "split_row",
+    "text_key",
     "validate_spec",
 ]

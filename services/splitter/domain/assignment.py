@@ -1,11 +1,30 @@
 """Assigning groups of rows to parts: the HASH and STRATIFIED strategies.
 
-Both work on *groups* (rows sharing a group key), never on single rows, so a group can never
-straddle two parts. Both are seeded through :func:`group_positions`: a 64-bit position of each
-group key derived from ``sha256(domain tag + seed + key)``:
+Both work on *groups*, never on single rows, so a group can never straddle two parts. A group
+is a connected set of rows: two rows are in one group when they share their normalized input
+text or their explicit ``group``, or when their texts are near-duplicates
+(:func:`shared.near_duplicates.near_duplicate_groups`: a paraphrase with a few words changed),
+directly or through a chain of rows (:class:`GroupIndex`, a union-find over texts and explicit
+groups, with near-duplicate texts linked). So the same text under two explicit groups joins the
+two groups, and no text, no near-duplicate pair and no explicit group ever straddles parts.
+
+Near-duplicates are looked for among at most :data:`NEAR_DUPLICATE_MAX_TEXTS` distinct texts
+(MinHash costs about a millisecond per text); a larger version is grouped by exact texts and
+explicit groups only, and :attr:`GroupIndex.near_duplicates_checked` says so.
+
+Each group has a key: the smallest explicit group name among its rows, or, for a group without
+explicit groups, its smallest text (its one text, unless near-duplicates joined several). Both
+strategies are seeded through :func:`group_positions`: a 64-bit position of each group key
+derived from ``sha256(domain tag + seed + key)``:
 
 * HASH maps the position against cumulative ratio boundaries in ``[0, 2**64)``. A group's part
-  depends on nothing but its key and the seed, so adding rows never moves existing ones.
+  depends on nothing but its key and the seed, so adding rows never moves existing ones, with
+  one exception: a new row that links groups that were apart (its text is in one and its
+  explicit group in another, or it brings an explicit group to rows of a text that had none)
+  merges them, and the merged group goes where its key, the smallest group name, sends it. The
+  rows of the other groups may move then: that is the leakage guard at work. A dataset where
+  every explicit group keeps to its own texts splits exactly as when the group alone was the
+  key.
 * STRATIFIED puts each group in the stratum of its (majority) label, computes exact per-part row
   targets per stratum by the largest-remainder method, lines the stratum's groups up in
   seeded-hash order and cuts the line at the targets (a group goes where its middle row
@@ -26,10 +45,13 @@ from itertools import accumulate
 
 from services.splitter.domain.rows import SplitRow, SplitRows
 from services.splitter.domain.spec import Part, SplitSpec, SplitStrategy
+from shared.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_groups
 
 #: Versions the hash: changing how positions are derived would move every row.
 _HASH_DOMAIN = b"tuneline.splitter.v1/group-position\x00"
 _POSITIONS = 1 << 64
+#: Most distinct texts searched for near-duplicates (about 100 s on one core).
+NEAR_DUPLICATE_MAX_TEXTS = 100_000
 
 
 def group_positions(seed: int, keys: Iterable[str]) -> list[int]:
@@ -45,21 +67,107 @@ def group_positions(seed: int, keys: Iterable[str]) -> list[int]:
     return positions
 
 
+class _KeyUnion:
+    """Union-find over the two kinds of grouping key (texts and explicit groups, kept apart:
+    a group named like some text is not that text)."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, int] = {}
+        self.groups: dict[str, int] = {}
+        self.parent: list[int] = []
+
+    def node(self, table: dict[str, int], key: str) -> int:
+        found = table.get(key)
+        if found is None:
+            found = table[key] = len(self.parent)
+            self.parent.append(found)
+        return found
+
+    def find(self, node: int) -> int:
+        parent = self.parent
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]  # path halving
+            node = parent[node]
+        return node
+
+    def union(self, first: int, second: int) -> None:
+        first, second = self.find(first), self.find(second)
+        if first != second:
+            # the older node stays the root: deterministic, whatever the input
+            self.parent[max(first, second)] = min(first, second)
+
+
 @dataclass(frozen=True)
 class GroupIndex:
     """The dataset's groups, and which group each row is in."""
 
-    #: Group keys in order of first appearance.
+    #: Group keys in order of first appearance: the smallest explicit group name among the
+    #: group's rows, or its one text when none of them has an explicit group.
     keys: list[str]
     #: For each row (in dataset order), the index of its group in ``keys``.
     row_groups: list[int]
+    #: The sets of distinct texts that near-duplicate edges joined (each sorted, two or more).
+    near_duplicate_texts: tuple[tuple[str, ...], ...] = ()
+    #: False when the version had too many distinct texts for the near-duplicate search (or
+    #: it was turned off): only exact texts and explicit groups joined rows.
+    near_duplicates_checked: bool = True
 
     @classmethod
-    def of(cls, rows: SplitRows) -> GroupIndex:
-        by_key: dict[str, int] = {}
-        # setdefault hands an existing key its index, a new key the next one
-        row_groups = [by_key.setdefault(key, len(by_key)) for key in rows.group_keys]
-        return cls(list(by_key), row_groups)
+    def of(
+        cls,
+        rows: SplitRows,
+        *,
+        near_duplicate_threshold: float = DEFAULT_THRESHOLD,
+        near_duplicate_max_texts: int = NEAR_DUPLICATE_MAX_TEXTS,
+    ) -> GroupIndex:
+        texts = list(dict.fromkeys(rows.text_keys))  # distinct, in order of first appearance
+        checked = near_duplicate_threshold > 0 and len(texts) <= near_duplicate_max_texts
+        similar = (
+            tuple(
+                tuple(sorted(texts[i] for i in group))
+                for group in near_duplicate_groups(texts, threshold=near_duplicate_threshold)
+            )
+            if checked
+            else ()
+        )
+        if not similar and not any(rows.groups):  # a group is a text
+            by_key: dict[str, int] = {}
+            # setdefault hands an existing key its index, a new key the next one
+            row_groups = [by_key.setdefault(key, len(by_key)) for key in rows.text_keys]
+            return cls(list(by_key), row_groups, similar, checked)
+        keys = _KeyUnion()
+        row_nodes: list[int] = []
+        for text, group in zip(rows.text_keys, rows.groups, strict=True):
+            node = keys.node(keys.texts, text)
+            if group is not None:
+                keys.union(node, keys.node(keys.groups, group))
+            row_nodes.append(node)
+        for members in similar:
+            first = keys.texts[members[0]]
+            for text in members[1:]:
+                keys.union(first, keys.texts[text])
+        name_of: dict[int, str] = {}  # root → the group's key
+        for group, node in keys.groups.items():
+            root = keys.find(node)
+            if root not in name_of or group < name_of[root]:
+                name_of[root] = group
+        no_groups: dict[int, str] = {}  # roots without explicit groups → their smallest text
+        for text, node in keys.texts.items():
+            root = keys.find(node)
+            if root not in name_of and (root not in no_groups or text < no_groups[root]):
+                no_groups[root] = text
+        name_of.update(no_groups)
+        index_of: dict[int, int] = {}
+        names: list[str] = []
+        row_groups = []
+        for node in row_nodes:
+            root = keys.find(node)
+            index = index_of.get(root)
+            if index is None:
+                index = index_of[root] = len(names)
+                names.append(name_of[root])
+            row_groups.append(index)
+        return cls(names, row_groups, similar, checked)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -166,12 +274,16 @@ def assign_groups_stratified(groups: GroupIndex, rows: SplitRows, spec: SplitSpe
 
 
 def assign_rows(
-    rows: SplitRows | Iterable[SplitRow], spec: SplitSpec
+    rows: SplitRows | Iterable[SplitRow],
+    spec: SplitSpec,
+    *,
+    near_duplicate_threshold: float = DEFAULT_THRESHOLD,
 ) -> tuple[GroupIndex, list[Part]]:
-    """The groups of ``rows`` and each row's part (aligned with ``rows``)."""
+    """The groups of ``rows`` and each row's part (aligned with ``rows``); 0 as the threshold
+    groups by exact texts and explicit groups only."""
     if not isinstance(rows, SplitRows):
         rows = SplitRows.of(rows)
-    groups = GroupIndex.of(rows)
+    groups = GroupIndex.of(rows, near_duplicate_threshold=near_duplicate_threshold)
     if spec.strategy is SplitStrategy.HASH:
         group_parts = assign_groups_by_hash(groups, spec)
     else:

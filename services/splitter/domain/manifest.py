@@ -3,7 +3,8 @@
 The manifest is the artifact trainer and evaluator read (COMMON.md, "Split manifest"): one JSON
 document, keys sorted, compact, newline-terminated, so the same content and spec always give
 the same bytes. Its overlap check is computed from the finished parts, independently of the
-strategy that produced them, and a non-zero overlap is a bug: it raises
+strategy and of the grouping that produced them (no normalized text, no set of near-duplicate
+texts and no explicit group may have rows in two parts), and a non-zero overlap is a bug: it raises
 :class:`SplitIntegrityError` instead of storing a leaky split.
 """
 
@@ -19,6 +20,7 @@ from services.splitter.domain.assignment import assign_rows
 from services.splitter.domain.rows import SplitRow, SplitRows, TaskType
 from services.splitter.domain.spec import PARTS, Part, SplitSpec
 from shared.errors import FailedPrecondition, PreconditionViolation
+from shared.near_duplicates import DEFAULT_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,10 @@ class SplitManifest:
     parts: dict[Part, list[str]]
     #: Stats per part, in :data:`PARTS` order.
     stats: tuple[PartStats, ...]
-    #: Group keys found in more than one part: always 0 in a manifest that exists.
+    #: Texts and explicit groups found in more than one part: always 0 in a manifest that
+    #: exists.
     overlap_count: int
-    #: Distinct group keys in the version.
+    #: Groups in the version (rows connected by a shared text or explicit group).
     group_count: int
 
     def to_document(self) -> dict[str, Any]:
@@ -111,8 +114,22 @@ def _check_unique_ids(version: str, ids: list[str]) -> None:
         seen.add(row_id)
 
 
+def _straddling(keys: Iterable[str | None], row_parts: list[Part]) -> list[str]:
+    """The keys (``None``: no key) whose rows landed in more than one part, sorted."""
+    part_of: dict[str, Part] = {}
+    straddling: set[str] = set()
+    for key, part in zip(keys, row_parts, strict=True):
+        if key is not None and part_of.setdefault(key, part) is not part:
+            straddling.add(key)
+    return sorted(straddling)
+
+
 def split_dataset(
-    version: DatasetVersionRef, rows: SplitRows | Iterable[SplitRow], spec: SplitSpec
+    version: DatasetVersionRef,
+    rows: SplitRows | Iterable[SplitRow],
+    spec: SplitSpec,
+    *,
+    near_duplicate_threshold: float = DEFAULT_THRESHOLD,
 ) -> SplitManifest:
     """Split ``rows`` (the version's rows, in dataset order) with ``spec``.
 
@@ -122,9 +139,9 @@ def split_dataset(
     """
     if not isinstance(rows, SplitRows):
         rows = SplitRows.of(rows)
-    ids, keys, labels = rows.ids, rows.group_keys, rows.labels
+    ids, labels = rows.ids, rows.labels
     _check_unique_ids(version.name, ids)
-    groups, row_parts = assign_rows(rows, spec)
+    groups, row_parts = assign_rows(rows, spec, near_duplicate_threshold=near_duplicate_threshold)
     in_use = spec.parts_in_use
     if len(groups) < len(in_use):
         raise UnsplittableVersion(
@@ -137,22 +154,25 @@ def split_dataset(
     # Everything below is recomputed from the finished assignment, not trusted from it.
     if len(row_parts) != len(ids):
         raise SplitIntegrityError(f"the split of {version.name} does not cover every row once")
-    part_of_key = dict(zip(keys, row_parts, strict=True))  # the last row of a group wins
-    if [part_of_key[key] for key in keys] != row_parts:
-        # some row disagrees with its group's last row: find every key that straddles parts
-        key_parts = set(zip(keys, row_parts, strict=True))
-        straddling = Counter(key for key, _ in key_parts)
-        overlapping = sorted(key for key, count in straddling.items() if count > 1)
+    overlapping = [f"text {key!r}" for key in _straddling(rows.text_keys, row_parts)]
+    overlapping += [f"group {key!r}" for key in _straddling(rows.groups, row_parts)]
+    similar_of = {text: members[0] for members in groups.near_duplicate_texts for text in members}
+    overlapping += [
+        f"near-duplicates of {key!r}"
+        for key in _straddling((similar_of.get(text) for text in rows.text_keys), row_parts)
+    ]
+    if overlapping:
         raise SplitIntegrityError(
-            f"{len(overlapping)} group key(s) of {version.name} landed in more than one part "
-            f"with {spec}; e.g. {overlapping[:3]!r}"
+            f"{len(overlapping)} text(s) or group(s) of {version.name} landed in more than one "
+            f"part with {spec}; e.g. {overlapping[:3]}"
         )
+    part_of_group = dict(zip(groups.row_groups, row_parts, strict=True))
     part_ids = {
         part: [row_id for row_id, row_part in zip(ids, row_parts, strict=True) if row_part is part]
         for part in PARTS
     }
     label_counts = Counter(zip(row_parts, labels, strict=True))
-    group_counts = Counter(part_of_key.values())
+    group_counts = Counter(part_of_group.values())
     stats = tuple(
         PartStats(
             part=part,
@@ -187,5 +207,5 @@ def split_dataset(
         parts=part_ids,
         stats=stats,
         overlap_count=0,  # checked above: an overlapping split never gets this far
-        group_count=len(part_of_key),
+        group_count=len(groups),
     )

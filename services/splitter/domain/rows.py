@@ -1,9 +1,12 @@
-"""What the splitter needs of a dataset row: its id, its group key and its label.
+"""What the splitter needs of a dataset row: its id, its two grouping keys and its label.
 
-The group key is the leakage guard (COMMON.md, "Group key"): the row's ``group`` when it has
-one, else its normalized input text (:func:`shared.input_text.normalize_input_text`), so
-that exact and near-exact repeats of an input (case, Unicode form, whitespace) can never sit
-in train and validation at once.
+The grouping keys are the leakage guard (COMMON.md, "Group key"): the row's normalized input
+text (:func:`shared.input_text.normalize_input_text`), so that exact and near-exact repeats of
+an input (case, Unicode form, whitespace) can never sit in train and validation at once, and
+its explicit ``group``, when it has one. Rows that share either key belong together, and so,
+transitively, do rows linked through a chain of shared keys (see
+:class:`services.splitter.domain.assignment.GroupIndex`): an explicit group joins rows, it
+never separates two rows with the same text.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ class SplitRow(NamedTuple):
     """One dataset row as the splitter sees it."""
 
     id: str
-    group_key: str
+    #: The row's normalized input text (see :func:`text_key`).
+    text_key: str
     #: The row's label for CLASSIFICATION; ``None`` for CAUSAL_LM.
     label: str | None
+    #: The row's explicit, non-empty ``group``; ``None`` when it has none.
+    group: str | None = None
 
 
 class MalformedDatasetRow(FailedPrecondition):
@@ -68,17 +74,20 @@ def _input_text(row: Mapping[str, object], task_type: TaskType) -> str:
     return _string_field(row, "prompt")
 
 
-def group_key(row: Mapping[str, object], task_type: TaskType) -> str:
-    """The row's group key: its non-empty ``group``, else its normalized input text.
+def text_key(row: Mapping[str, object], task_type: TaskType) -> str:
+    """The row's normalized input text.
 
     CLASSIFICATION input is ``text``; CAUSAL_LM input is ``prompt``, or for chat ``messages``
     the contents of every non-assistant message joined by newlines. Raises ``ValueError``
     when the row lacks its input.
     """
-    group = row.get("group")
-    if isinstance(group, str) and group:
-        return group
     return normalize_input_text(_input_text(row, task_type))
+
+
+def explicit_group(row: Mapping[str, object]) -> str | None:
+    """The row's ``group`` when it is a non-empty string, else ``None``."""
+    group = row.get("group")
+    return group if isinstance(group, str) and group else None
 
 
 def split_row(
@@ -87,11 +96,11 @@ def split_row(
     """Reduce one canonical dataset row (line ``line``, 1-based) to a :class:`SplitRow`."""
     try:
         row_id = _string_field(row, "id")
-        key = group_key(row, task_type)
+        key = text_key(row, task_type)
         label = _string_field(row, "label") if task_type is TaskType.CLASSIFICATION else None
     except ValueError as error:
         raise MalformedDatasetRow(dataset_version, line, str(error)) from None
-    return SplitRow(row_id, key, label)
+    return SplitRow(row_id, key, label, explicit_group(row))
 
 
 @dataclass
@@ -104,8 +113,10 @@ class SplitRows:
     """
 
     ids: list[str] = field(default_factory=list)
-    group_keys: list[str] = field(default_factory=list)
+    text_keys: list[str] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
+    #: Explicit groups; ``None`` for a row without one.
+    groups: list[str | None] = field(default_factory=list)
 
     @classmethod
     def of(cls, rows: Iterable[SplitRow]) -> SplitRows:
@@ -116,8 +127,9 @@ class SplitRows:
 
     def append(self, row: SplitRow) -> None:
         self.ids.append(row[0])
-        self.group_keys.append(row[1])
+        self.text_keys.append(row[1])
         self.labels.append(row[2])
+        self.groups.append(row[3])
 
     def add(
         self, row: Mapping[str, object], task_type: TaskType, *, dataset_version: str, line: int
@@ -129,10 +141,9 @@ class SplitRows:
             if type(row_id) is str and type(text) is str and type(label) is str:
                 group = row.get("group")
                 self.ids.append(row_id)
-                self.group_keys.append(
-                    group if type(group) is str and group else normalize_input_text(text)
-                )
+                self.text_keys.append(normalize_input_text(text))
                 self.labels.append(label)
+                self.groups.append(group if type(group) is str and group else None)
                 return
         self.append(split_row(row, task_type, dataset_version=dataset_version, line=line))
 
@@ -140,5 +151,5 @@ class SplitRows:
         return len(self.ids)
 
     def __iter__(self) -> Iterator[SplitRow]:
-        for row in zip(self.ids, self.group_keys, self.labels, strict=True):
+        for row in zip(self.ids, self.text_keys, self.labels, self.groups, strict=True):
             yield SplitRow(*row)

@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session
 from services.splitter import handlers
 from services.splitter.adapters.protos import version_from_event
 from services.splitter.metrics import SplitterMetrics
-from shared.artifacts import LocalArtifactStore
+from shared.artifacts import ArtifactStore
 from shared.events import ReceivedEvent, Subscription
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 
 
 def subscriptions(
-    artifacts: LocalArtifactStore, metrics: SplitterMetrics, *, source: str
+    artifacts: ArtifactStore, metrics: SplitterMetrics, *, source: str
 ) -> Sequence[Subscription]:
     """DatasetVersioned → record the version and split it by its dataset's policy."""
 

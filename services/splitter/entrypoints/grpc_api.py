@@ -13,8 +13,9 @@ from services.splitter import handlers
 from services.splitter.adapters.protos import policy_to_proto, spec_from_proto, split_to_proto
 from services.splitter.domain import DatasetVersionName, SplitPolicy
 from services.splitter.domain.names import parse_list_parent, parse_policy_name, parse_split_name
+from services.splitter.handlers import VersionLookup
 from services.splitter.metrics import SplitterMetrics
-from shared.artifacts import LocalArtifactStore
+from shared.artifacts import ArtifactStore
 from tuneline.splitter.v1 import service_pb2, service_pb2_grpc
 
 
@@ -24,15 +25,17 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        artifacts: LocalArtifactStore,
+        artifacts: ArtifactStore,
         metrics: SplitterMetrics,
         *,
         source: str,
+        versions: VersionLookup | None = None,
     ) -> None:
         self._sessions = sessions
         self._artifacts = artifacts
         self._metrics = metrics
         self._source = source
+        self._versions = versions
 
     def CreateSplit(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.CreateSplitRequest, context: grpc.ServicerContext
@@ -50,6 +53,7 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
             artifacts=self._artifacts,
             metrics=self._metrics,
             source=self._source,
+            versions=self._versions,
         )
         return service_pb2.CreateSplitResponse(split=split_to_proto(split), created=created)
 

@@ -6,7 +6,7 @@ also after a restart); the rest is recorded by the supervisor as workers report.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.trainer.adapters.repository import TrainerRepository
-from services.trainer.domain import JobState
+from services.trainer.domain import EngineFallback, JobState, SkippedRows
 
 
 class _JobStates(Collector):
@@ -113,3 +113,27 @@ class TrainerMetrics:
             ["state"],
             registry=registry,
         )
+        self.engine_fallbacks = Counter(
+            "tuneline_trainer_engine_fallbacks_total",
+            "Worker starts that could not use an engine feature and took a slower path, by "
+            "feature (packing) and reason (unsupported_signature, kernel_error, "
+            "no_attention_heads).",
+            ["feature", "reason"],
+            registry=registry,
+        )
+        self.rows_skipped = Counter(
+            "tuneline_trainer_rows_skipped_total",
+            "Split rows a worker start left out of training, by reason (UNMASKABLE_CHAT, "
+            "NO_LOSS_TOKEN); a resumed job's worker counts them again.",
+            ["reason"],
+            registry=registry,
+        )
+
+    def record_worker_start(
+        self, fallbacks: Sequence[EngineFallback], skipped: Sequence[SkippedRows]
+    ) -> None:
+        """What a worker reported when it started: fallbacks taken and rows left out."""
+        for fallback in fallbacks:
+            self.engine_fallbacks.labels(fallback.feature, fallback.reason).inc()
+        for rows in skipped:
+            self.rows_skipped.labels(rows.reason.value).inc(rows.count)

@@ -31,6 +31,7 @@ from services.trainer.domain import (
     StopReason,
     TargetPreset,
     TaskType,
+    TrainingEstimate,
     TrainingJob,
     TrainingPolicy,
     thin_loss_trend,
@@ -278,6 +279,21 @@ def cost_to_proto(cost: Cost) -> common_pb2.Cost:
     )
 
 
+def estimate_to_proto(estimate: TrainingEstimate) -> trainer_pb2.TrainingEstimate:
+    return trainer_pb2.TrainingEstimate(
+        train_examples=estimate.train_examples,
+        train_tokens=estimate.train_tokens,
+        planned_steps=estimate.planned_steps,
+        estimated_tokens=estimate.estimated_tokens,
+        tokens_per_device_second=estimate.tokens_per_device_second,
+        overhead_device_seconds=estimate.overhead_device_seconds,
+        measured_runs=estimate.measured_runs,
+        device_type=estimate.device_type,
+        estimated_device_seconds=estimate.cost.device_seconds,
+        estimated_cost=money(estimate.cost.amount, estimate.cost.currency),
+    )
+
+
 def base_model_to_proto(ref: BaseModelRef) -> common_pb2.BaseModel:
     message = common_pb2.BaseModel(
         files_sha256=ref.files_sha256, revision=ref.revision, architecture=ref.architecture
@@ -410,6 +426,14 @@ def progress_to_proto(job: TrainingJob) -> trainer_pb2.TrainingProgress:
         value = getattr(progress, name)
         if value is not None:
             setattr(message, name, value)
+    message.skipped_rows.extend(
+        trainer_pb2.SkippedRows(
+            reason=enum_to_proto(trainer_pb2.RowSkipReason, "ROW_SKIP_REASON", skipped.reason),
+            row_count=skipped.count,
+            example_row_ids=skipped.example_row_ids,
+        )
+        for skipped in progress.skipped_rows
+    )
     if progress.eta_seconds is not None and job.state is JobState.RUNNING:
         message.eta.CopyFrom(duration_from_seconds(progress.eta_seconds))
     message.elapsed.CopyFrom(duration_from_seconds(progress.elapsed_seconds))
@@ -475,6 +499,8 @@ def checkpoint_to_proto(record: CheckpointRecord, lineage: Lineage) -> trainer_p
     )
     if record.validation_loss is not None:
         message.validation_loss = record.validation_loss
+    if record.stop_reason is not None:
+        message.stop_reason = stop_reason_to_proto(record.stop_reason)  # type: ignore[assignment]
     return message
 
 

@@ -34,6 +34,7 @@ from services.trainer.domain import (
     SplitInfo,
     StopReason,
     TaskType,
+    ThroughputSample,
     TrainingJob,
     TrainingPolicy,
     compute_cost,
@@ -116,11 +117,13 @@ def job_from_row(row: JobRow, pricing: Pricing) -> TrainingJob:
     )
 
 
-def checkpoint_from_row(row: CheckpointRow, target_model: str) -> CheckpointRecord:
+def checkpoint_from_row(row: CheckpointRow, job: TrainingJob) -> CheckpointRecord:
+    """The checkpoint ``row`` of ``job``; the final one carries the job's stop reason (recorded
+    with it, see ``handlers.record_checkpoint``)."""
     return CheckpointRecord(
         name=row.name,
         training_job=row.job,
-        target_model=target_model,
+        target_model=job.target_model,
         step=row.step,
         epoch=row.epoch,
         train_loss=row.train_loss,
@@ -134,6 +137,7 @@ def checkpoint_from_row(row: CheckpointRow, target_model: str) -> CheckpointReco
         cost=from_jsonable(Cost, json.loads(row.cost_json)),
         create_time=utc(row.create_time) or datetime.now(UTC),
         artifact_deleted=row.artifact_deleted,
+        stop_reason=job.stop_reason if row.is_final else None,
     )
 
 
@@ -248,6 +252,26 @@ class TrainerRepository:
             .order_by(JobRow.create_time, JobRow.name)
         )
         return list(self.session.scalars(query))
+
+    def throughput_samples(self, base_model_sha256: str) -> list[ThroughputSample]:
+        """What every SUCCEEDED run of the base model (its files' SHA-256) processed, and on
+        which device type, oldest first."""
+        query = (
+            select(JobRow)
+            .where(JobRow.state == JobState.SUCCEEDED.value)
+            .order_by(JobRow.end_time, JobRow.name)
+        )
+        return [
+            ThroughputSample(
+                tokens_processed=row.tokens_processed_done,
+                device_seconds=row.device_seconds_done,
+                training_seconds=row.training_seconds_done,
+                device_type=row.device_type or row.device,
+            )
+            for row in self.session.scalars(query)
+            if json.loads(row.spec_json)["config"]["base_model"].get("files_sha256")
+            == base_model_sha256
+        ]
 
     def count_by_state(self) -> dict[str, int]:
         rows = self.session.execute(select(JobRow.state, func.count()).group_by(JobRow.state))

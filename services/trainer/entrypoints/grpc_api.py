@@ -103,6 +103,13 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
             config=config,
             violations=tuple(violations),
         )
+        if request.validate_only:
+            with self._sessions() as session, session.begin():
+                planned, estimate = handlers.estimate_training_job(session, command, self._context)
+            return service_pb2.CreateTrainingJobResponse(
+                training_job=protos.job_to_proto(planned),
+                estimate=protos.estimate_to_proto(estimate),
+            )
         with self._sessions() as session, session.begin():
             created = handlers.create_training_job(session, command, self._context)
         self._changes.notify()

@@ -1,6 +1,8 @@
 """The job supervisor: runs queued jobs in worker processes and records what they report.
 
-A background component of the trainer service (``ServiceSpec.background``), on its own thread:
+An entrypoint, like the gRPC servicer and the Kafka subscriptions: the messages of worker
+processes drive handlers the way RPCs and events do. A background component of the trainer
+service (``ServiceSpec.background``), on its own thread:
 
 * **scheduling** — one job per device at a time; interrupted RUNNING jobs (the service or a
   worker died) resume first, from their last checkpoint; then QUEUED jobs, oldest first;
@@ -55,7 +57,7 @@ from services.trainer.adapters.worker import (
     warm_up,
 )
 from services.trainer.domain import FailureReason, JobState, TrainingJob
-from shared.artifacts import ArtifactError, LocalArtifactStore
+from shared.artifacts import ArtifactError, ArtifactStore
 from shared.events import OutboxRelay
 from shared.modeling import ModelingError, ModelRefused
 
@@ -88,7 +90,10 @@ class SupervisorConfig:
     max_worker_restarts: int
     cancel_grace_seconds: float
     fault_oom_above_batch: int
+    fault_hold_after_step: int = 0
     log_level: str = "INFO"
+    #: Passed on to workers, which open the trainer's artifact store themselves.
+    s3_endpoint_url: str | None = None
 
 
 class JobSupervisor:
@@ -98,7 +103,7 @@ class JobSupervisor:
         self,
         *,
         sessions: sessionmaker[Session],
-        artifacts: LocalArtifactStore,
+        artifacts: ArtifactStore,
         models: ModelCatalog,
         context: handlers.Context,
         changes: JobChanges,
@@ -230,8 +235,8 @@ class JobSupervisor:
     def _plan(self, job: TrainingJob, row: Any, device: str) -> WorkerPlan:
         """Everything a worker needs, with local paths; raises for unusable inputs."""
         model = self._models.resolve(job.config.base_model)
-        manifest = self._artifacts.local_path(job.split.manifest_uri)
-        dataset = self._artifacts.local_path(job.split.dataset_artifact_uri)
+        manifest = self._artifacts.materialize(job.split.manifest_uri)
+        dataset = self._artifacts.materialize(job.split.dataset_artifact_uri)
         return WorkerPlan(
             job=job.name,
             task_type=job.task_type,
@@ -244,7 +249,7 @@ class JobSupervisor:
             hyperparameters=job.config.hyperparameters,
             stopping=job.config.stopping,
             checkpointing=job.config.checkpointing,
-            artifact_root=str(self._artifacts.root),
+            artifact_root=self._artifacts.location,
             artifact_prefix=f"jobs/{job.id}",
             device=device,
             micro_batch_size=row.micro_batch_size,
@@ -254,6 +259,8 @@ class JobSupervisor:
             allow_oom_retry=row.oom_retries == 0,
             cpu_threads=self._config.cpu_threads,
             fault_oom_above_batch=self._config.fault_oom_above_batch,
+            fault_hold_after_step=self._config.fault_hold_after_step,
+            artifact_s3_endpoint_url=self._config.s3_endpoint_url or "",
         )
 
     def _prepare(self, name: str, device: str) -> tuple[WorkerPlan, TrainingJob] | None:
@@ -340,6 +347,7 @@ class JobSupervisor:
         metrics = self._metrics
         if isinstance(message, WorkerStarted):
             active.last_step, active.last_tokens = message.step, message.tokens_seen
+            metrics.record_worker_start(message.fallbacks, message.skipped_rows)
             self._commit(lambda s: handlers.record_started(s, name, message, self._context))
         elif isinstance(message, WorkerProgress):
             self._count(active, message.step, message.tokens_seen)

@@ -55,9 +55,12 @@ from services.trainer.adapters.engine.state import (
 from services.trainer.domain import (
     AdapterMethod,
     EarlyStopping,
+    EngineFallback,
     FailureReason,
     Hyperparameters,
     Precision,
+    RowSkipReason,
+    SkippedRows,
     StopReason,
     TaskType,
     learning_rate_at,
@@ -66,17 +69,18 @@ from services.trainer.domain import (
     target_modules_for,
     warmup_steps_for,
 )
-from shared.artifacts import LocalArtifactStore
+from shared.artifacts import ArtifactStore, artifact_store_from_uri
 from shared.modeling import (
     AdapterMetadata,
     DataUnavailable,
     EncodedExample,
+    EncodedRows,
     FolderHashCache,
     ModelLoadFailed,
     ModelRefused,
     ResolvedModel,
     check_model_folder,
-    encode_rows,
+    encode_dataset_rows,
     folder_sha256,
     load_split_rows,
     write_adapter_metadata,
@@ -99,6 +103,8 @@ _LOSS_POINTS = 100
 _PROGRESS_EVERY_SECONDS = 1.0
 #: Steps the tokens/s and ETA averages look back over.
 _PACE_WINDOW = 20
+#: How often a held worker (``fault_hold_after_step``) looks for its halt or cancel.
+_HOLD_POLL_SECONDS = 0.05
 
 
 class TrainingHalted(Exception):
@@ -109,6 +115,10 @@ class _StepInterrupted(Exception):
     """A cancel or halt arrived between micro-batches; the partial step is dropped."""
 
 
+#: Row ids a skip report names, per reason (the count covers them all).
+_SKIPPED_IDS_SHOWN = 10
+
+
 @dataclass
 class TrainingData:
     """Encoded examples of a split and what encoding needed."""
@@ -117,10 +127,27 @@ class TrainingData:
     validation: list[EncodedExample]
     labels: list[str]
     pad_token_id: int
+    #: Rows of train and validation left out, by reason.
+    skipped: tuple[SkippedRows, ...] = ()
+
+
+def _skipped_rows(*parts: EncodedRows) -> tuple[SkippedRows, ...]:
+    by_reason: dict[str, list[str]] = {}
+    for part in parts:
+        for reason, row_ids in part.skipped.items():
+            by_reason.setdefault(reason.value, []).extend(row_ids)
+    return tuple(
+        SkippedRows(RowSkipReason(reason), len(ids), tuple(ids[:_SKIPPED_IDS_SHOWN]))
+        for reason, ids in sorted(by_reason.items())
+    )
 
 
 def prepare_data(plan: WorkerPlan, max_length: int) -> TrainingData:
-    """Read the split and encode its train and validation rows with the model's tokenizer."""
+    """Read the split and encode its train and validation rows with the model's tokenizer.
+
+    Rows encoding cannot use (a conversation the chat template cannot mask, a row truncation
+    leaves nothing to learn from) are left out and reported, with a warning; the job fails
+    only when no train row is left."""
     rows = load_split_rows(
         Path(plan.manifest_path),
         Path(plan.dataset_path),
@@ -130,13 +157,30 @@ def prepare_data(plan: WorkerPlan, max_length: int) -> TrainingData:
     task = plan.task_type.value
     if plan.task_type is TaskType.CLASSIFICATION and len(rows.labels) < 2:
         raise DataUnavailable(f"classification needs at least two labels, found {rows.labels}")
-    train = encode_rows(tokenizer, rows.train, task, max_length=max_length, labels=rows.labels)
-    validation = encode_rows(
+    train = encode_dataset_rows(
+        tokenizer, rows.train, task, max_length=max_length, labels=rows.labels
+    )
+    validation = encode_dataset_rows(
         tokenizer, rows.validation, task, max_length=max_length, labels=rows.labels
     )
-    if not train:
-        raise DataUnavailable("the split's train part has no row that can be trained on")
-    return TrainingData(train, validation, rows.labels, int(tokenizer.pad_token_id))
+    skipped = _skipped_rows(train, validation)
+    for skip in skipped:
+        log.warning(
+            "rows left out of training",
+            extra={
+                "reason": skip.reason.value,
+                "rows": skip.count,
+                "row_ids": skip.example_row_ids,
+            },
+        )
+    if not train.examples:
+        reasons = ", ".join(f"{s.count} {s.reason.value}" for s in skipped) or "none skipped"
+        raise DataUnavailable(
+            f"the split's train part has no row that can be trained on ({reasons})"
+        )
+    return TrainingData(
+        train.examples, validation.examples, rows.labels, int(tokenizer.pad_token_id), skipped
+    )
 
 
 def _resolved_model(plan: WorkerPlan) -> ResolvedModel:
@@ -218,23 +262,30 @@ def build_model(
     return model
 
 
-def _attention_for(plan: WorkerPlan, hp: Hyperparameters, device: torch.device) -> str | None:
-    """:data:`VARLEN_ATTENTION` when packing on a CUDA device whose kernel works, else None."""
+def attention_for(
+    plan: WorkerPlan, hp: Hyperparameters, device: torch.device
+) -> tuple[str | None, EngineFallback | None]:
+    """(:data:`VARLEN_ATTENTION`, None) when packing on a CUDA device whose kernel works;
+    (None, why not) when packing was asked for on CUDA but cannot use it; (None, None) when
+    packing was not asked for there."""
     if not hp.packing or device.type != "cuda":
-        return None
+        return None, None
     config = json.loads((Path(plan.model_dir) / "config.json").read_text())
     heads = int(config.get("num_attention_heads", 0))
     if not heads:
-        return None
+        return None, EngineFallback(
+            "packing", "no_attention_heads", "config.json has no num_attention_heads"
+        )
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
     assert hp.precision is not None
-    if not varlen_attention_available(
+    probe = varlen_attention_available(
         device, _DTYPES[hp.precision], heads=heads, kv_heads=kv_heads, head_dim=head_dim
-    ):
-        return None
+    )
+    if not probe:
+        return None, EngineFallback("packing", probe.reason, probe.detail)
     register_varlen_attention()
-    return VARLEN_ATTENTION
+    return VARLEN_ATTENTION, None
 
 
 def batch_loss(
@@ -364,15 +415,21 @@ class TrainingSession:
         micro_batch_size: int,
         report: Report,
         signals: StopSignals,
-        store: LocalArtifactStore,
+        store: ArtifactStore,
     ) -> None:
         self.task = plan.task_type
-        attention = _attention_for(plan, hp, device)
+        attention, fallback = attention_for(plan, hp, device)
         self.varlen = attention == VARLEN_ATTENTION
-        if hp.packing and device.type == "cuda" and not self.varlen:
+        self.fallbacks: tuple[EngineFallback, ...] = ()
+        if fallback is not None:
             # without the varlen kernel a packed row costs quadratic attention over all of it;
-            # length-grouped padded batches waste less
-            log.info("no varlen attention kernel: length-grouped padded batches instead")
+            # length-grouped padded batches waste less. Said loudly: it is a slower path.
+            log.warning(
+                "packing is off: no usable varlen attention kernel; length-grouped padded "
+                "batches instead",
+                extra={"reason": fallback.reason, "detail": fallback.detail},
+            )
+            self.fallbacks = (fallback,)
             hp = replace(hp, packing=False)
         self.plan, self.hp, self.data, self.device = plan, hp, data, device
         self.micro_batch_size = micro_batch_size
@@ -439,6 +496,8 @@ class TrainingSession:
                 train_examples=len(self.data.train),
                 validation_examples=len(self.data.validation),
                 tokens_seen=position.tokens_seen,
+                skipped_rows=self.data.skipped,
+                fallbacks=self.fallbacks,
             )
         )
         tracker = _ProgressTracker(
@@ -485,14 +544,16 @@ class TrainingSession:
                     or position.step % max(1, self.plan.checkpointing.every_n_steps) == 0
                 ):
                     position.elapsed_seconds = tracker.elapsed()
-                    self._checkpoint(epoch, validation_loss, is_final=stop is not None)
+                    self._checkpoint(epoch, validation_loss, stop_reason=stop)
+                self._maybe_hold(position.step, stop)
             if stop is None and not cancelled:
                 position.epoch_index += 1
                 position.step_in_epoch = 0
         epoch_done = position.epoch_index + position.step_in_epoch / max(1, len(groups))
         if cancelled and position.step > 0 and self.last_checkpoint_step != position.step:
             position.elapsed_seconds = tracker.elapsed()
-            self._checkpoint(epoch_done, None, is_final=True)
+            # final, but partly trained: the reason tells consumers not to promote it as done
+            self._checkpoint(epoch_done, None, stop_reason=StopReason.CANCELLED)
         finished = WorkerFinished(
             step=position.step,
             epoch=epoch_done,
@@ -508,7 +569,10 @@ class TrainingSession:
     def _restore(self, resume_state_uri: str) -> LoopPosition:
         if resume_state_uri:
             self.position = load_training_state(
-                self.store.local_path(resume_state_uri), model=self.model, optimizer=self.optimizer
+                self.store.materialize(resume_state_uri),
+                model=self.model,
+                optimizer=self.optimizer,
+                scaler=self.scaler,
             )
             self.last_state_uri = resume_state_uri
             self.last_checkpoint_step = self.position.step
@@ -523,6 +587,16 @@ class TrainingSession:
             examples_per_step=self.examples_per_step,
             group_by_length=not self.packing,
         )
+
+    def _maybe_hold(self, step: int, stop: StopReason | None) -> None:
+        """Test-only fault injection (``fault_hold_after_step``): park a job's first run at a
+        known step until a halt or a cancel arrives (the next :meth:`_interrupted` acts on it)."""
+        if stop is not None or self.plan.resume_state_uri:
+            return
+        if step != self.plan.fault_hold_after_step:
+            return
+        while not (self.signals.halt or self.signals.cancel):
+            time.sleep(_HOLD_POLL_SECONDS)
 
     def _interrupted(self) -> bool:
         """True on a cancel; raises :class:`TrainingHalted` on a halt."""
@@ -633,8 +707,11 @@ class TrainingSession:
         self.model.train()
         return float(total / weight) if float(weight) > 0 else None
 
-    def _checkpoint(self, epoch: float, validation_loss: float | None, *, is_final: bool) -> None:
-        """Write the adapter and the resumable state atomically, then report them."""
+    def _checkpoint(
+        self, epoch: float, validation_loss: float | None, *, stop_reason: StopReason | None
+    ) -> None:
+        """Write the adapter and the resumable state atomically, then report them; with a
+        ``stop_reason`` it is the final checkpoint, written because training stopped."""
         position = self.position
         step = position.step
         train_loss = (
@@ -666,7 +743,11 @@ class TrainingSession:
             stored = self.store.put_directory(f"{prefix}/checkpoints/step-{step}", adapter_dir)
             state_dir = Path(temp) / "state"
             save_training_state(
-                state_dir, model=self.model, optimizer=self.optimizer, position=position
+                state_dir,
+                model=self.model,
+                optimizer=self.optimizer,
+                position=position,
+                scaler=self.scaler,
             )
             state = self.store.put_directory(f"{prefix}/states/step-{step}", state_dir)
         self.last_state_uri = state.uri
@@ -682,8 +763,9 @@ class TrainingSession:
                 sha256=digest,
                 size_bytes=stored.size_bytes,
                 state_uri=state.uri,
-                is_final=is_final,
+                is_final=stop_reason is not None,
                 elapsed_seconds=position.elapsed_seconds,
+                stop_reason=stop_reason,
             )
         )
 
@@ -692,6 +774,15 @@ def _device_type(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return device.type
+
+
+def release_memory(device: torch.device) -> None:
+    """Collect what a failed session left (its model, optimizer, batches) and hand cached
+    CUDA blocks back. Call it outside any ``except`` block: while an exception is being
+    handled, its traceback keeps the frames of the failed step, and their tensors, alive."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def run_training(plan: WorkerPlan, report: Report, signals: StopSignals) -> WorkerFinished:
@@ -716,7 +807,9 @@ def run_training(plan: WorkerPlan, report: Report, signals: StopSignals) -> Work
         raise TrainingFailure(FailureReason.MODEL_LOAD_FAILED, str(error)) from error
     except DataUnavailable as error:
         raise TrainingFailure(FailureReason.DATA_UNAVAILABLE, str(error)) from error
-    store = LocalArtifactStore(Path(plan.artifact_root))
+    store = artifact_store_from_uri(
+        plan.artifact_root, s3_endpoint_url=plan.artifact_s3_endpoint_url or None
+    )
     micro = plan.micro_batch_size or int(hp.batch_size)
     resume_uri = plan.resume_state_uri
     retried = False
@@ -738,28 +831,28 @@ def run_training(plan: WorkerPlan, report: Report, signals: StopSignals) -> Work
             message = str(error).splitlines()[0]
             resume_uri = (session.last_state_uri if session else "") or resume_uri
             resume_step = session.last_checkpoint_step if session else 0
-            del session
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if retried or not plan.allow_oom_retry or micro <= 1:
-                raise TrainingFailure(
-                    FailureReason.OUT_OF_MEMORY,
-                    f"out of memory with a micro-batch of {micro} examples: {message}",
-                ) from None
-            retried = True
-            micro = (micro + 1) // 2
-            examples_per_step = int(hp.batch_size) * int(hp.gradient_accumulation_steps)
-            report(
-                WorkerOomRetry(
-                    micro_batch_size=micro,
-                    accumulation_steps=math.ceil(examples_per_step / micro),
-                    resume_step=max(0, resume_step),
-                    message=message,
-                )
-            )
-            log.warning(
-                "out of memory; retrying with a smaller micro-batch", extra={"micro_batch": micro}
-            )
         except (ModelLoadFailed, ModelRefused) as error:
             raise TrainingFailure(FailureReason.MODEL_LOAD_FAILED, str(error)) from error
+        # Out of memory, and out of the handler: only now is the error gone, and with it the
+        # traceback whose frames still held the failed step's batch and activations.
+        session = None
+        release_memory(device)
+        if retried or not plan.allow_oom_retry or micro <= 1:
+            raise TrainingFailure(
+                FailureReason.OUT_OF_MEMORY,
+                f"out of memory with a micro-batch of {micro} examples: {message}",
+            ) from None
+        retried = True
+        micro = (micro + 1) // 2
+        examples_per_step = int(hp.batch_size) * int(hp.gradient_accumulation_steps)
+        report(
+            WorkerOomRetry(
+                micro_batch_size=micro,
+                accumulation_steps=math.ceil(examples_per_step / micro),
+                resume_step=max(0, resume_step),
+                message=message,
+            )
+        )
+        log.warning(
+            "out of memory; retrying with a smaller micro-batch", extra={"micro_batch": micro}
+        )

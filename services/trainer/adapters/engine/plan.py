@@ -14,8 +14,10 @@ from services.trainer.domain import (
     AdapterSpec,
     BaseModelRef,
     CheckpointPolicy,
+    EngineFallback,
     FailureReason,
     Hyperparameters,
+    SkippedRows,
     StoppingRules,
     StopReason,
     TaskType,
@@ -40,8 +42,8 @@ class WorkerPlan:
     hyperparameters: Hyperparameters
     stopping: StoppingRules
     checkpointing: CheckpointPolicy
-    #: The trainer's artifact store root; checkpoints go under ``<prefix>/checkpoints/step-N``
-    #: and resumable states under ``<prefix>/states/step-N``.
+    #: The trainer's artifact store (a local path or ``s3://bucket/prefix``); checkpoints go
+    #: under ``<prefix>/checkpoints/step-N`` and resumable states under ``<prefix>/states/step-N``.
     artifact_root: str
     artifact_prefix: str
     device: str = "cpu"
@@ -59,6 +61,12 @@ class WorkerPlan:
     #: Test-only fault injection: raise a CUDA out-of-memory error for micro-batches larger
     #: than this many examples (0: off). Set from ``TUNELINE_TRAINER_FAULT_OOM_ABOVE_BATCH``.
     fault_oom_above_batch: int = 0
+    #: Test-only: after this step of a job's first run (a resume never holds; its progress and
+    #: checkpoint reported) the worker holds until it is halted or cancelled, so a test can
+    #: crash or stop it at a known point (0: off). ``TUNELINE_TRAINER_FAULT_HOLD_AFTER_STEP``.
+    fault_hold_after_step: int = 0
+    #: Endpoint of the S3-compatible server when ``artifact_root`` is ``s3://…`` (empty: AWS).
+    artifact_s3_endpoint_url: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return jsonable(self)
@@ -81,6 +89,10 @@ class WorkerStarted:
     train_examples: int
     validation_examples: int
     tokens_seen: int
+    #: Rows of the split left out of training and validation, by reason.
+    skipped_rows: tuple[SkippedRows, ...] = ()
+    #: Features the engine could not use here (e.g. packing without a varlen kernel).
+    fallbacks: tuple[EngineFallback, ...] = ()
     kind: str = "started"
 
 
@@ -119,6 +131,9 @@ class WorkerCheckpoint:
     state_uri: str
     is_final: bool
     elapsed_seconds: float
+    #: Why training stopped, on the checkpoint written when it stopped (``is_final``): a
+    #: stopping rule, or CANCELLED for the checkpoint a cancel writes on the way out.
+    stop_reason: StopReason | None = None
     kind: str = "checkpoint"
 
 
