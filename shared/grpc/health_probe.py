@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared.grpc.client import create_channel
+
 SERVING_EXIT = 0
 UNHEALTHY_EXIT = 1
 
@@ -24,8 +26,9 @@ def check(target: str, *, service: str = "", timeout: float = 3.0) -> str:
     """The health status name ``target`` reports for ``service`` ("" = the whole server).
 
     Raises ``grpc.RpcError`` when the call fails (nothing listening, deadline, unknown service).
+    Speaks TLS, with the process' own certificate, when the ``TUNELINE_TLS_*`` settings say so.
     """
-    with grpc.insecure_channel(target) as channel:
+    with create_channel(target, max_attempts=1, default_timeout=timeout) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=timeout
         )

@@ -4,9 +4,13 @@
 
 * ``grpc.health.v1`` health, SERVING for the overall server and each registered service;
 * server reflection, so ``grpcurl`` and Kubernetes' native gRPC probes work;
+* TLS or mutual TLS and the auth interceptor (:mod:`shared.grpc.auth`), as configured;
 * a metrics interceptor (``tuneline_grpc_server_handled_total`` by method and code,
   ``tuneline_grpc_server_handling_seconds``) on the Prometheus registry passed in;
 * the error-mapping interceptor: domain errors become statuses with rich details;
+* stream capacity (:mod:`shared.grpc.capacity`): workers reserved for unary calls, caps on
+  concurrent streams per server, method and client, and an idle timeout on uploads;
+* keepalive pings, so a watcher whose host vanished frees its stream slot;
 * a graceful stop: health turns NOT_SERVING first (load balancers stop sending), then
   in-flight RPCs get a grace period to drain.
 """
@@ -28,7 +32,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.errors import DomainError
+from shared.grpc.auth import ServerSecurity
+from shared.grpc.capacity import StreamCapacityInterceptor, StreamLimits
 from shared.grpc.errors import abort_with
+from shared.grpc.interception import rewrap_handler
+from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -137,22 +145,12 @@ class _ServerInterceptor(grpc.ServerInterceptor):
 
             return call
 
-        wrap = wrap_stream_response if handler.response_streaming else wrap_unary_response
-        factory: Any
-        behaviour: Any
-        if handler.unary_unary:
-            factory, behaviour = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-        elif handler.unary_stream:
-            factory, behaviour = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-        elif handler.stream_unary:
-            factory, behaviour = grpc.stream_unary_rpc_method_handler, handler.stream_unary
-        else:
-            factory, behaviour = grpc.stream_stream_rpc_method_handler, handler.stream_stream
-        return factory(
-            wrap(behaviour),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        def wrap(behaviour: Callable[..., Any], response_streaming: bool) -> Callable[..., Any]:
+            if response_streaming:
+                return wrap_stream_response(behaviour)
+            return wrap_unary_response(behaviour)
+
+        return rewrap_handler(handler, wrap)
 
 
 @dataclass(frozen=True)
@@ -180,10 +178,15 @@ class GrpcServer:
     #: Called first thing in :meth:`stop`, before draining: long-lived streams end on it
     #: cleanly instead of being cancelled when the grace period runs out.
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    #: The plaintext health-only server (Kubernetes' native gRPC probes speak no TLS), if any.
+    health_server: grpc.Server | None = None
+    health_port: int = 0
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         for name in ("", *self.service_names):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("gRPC server listening", extra={"port": self.port})
@@ -197,6 +200,8 @@ class GrpcServer:
             callback()
         self.health.enter_graceful_shutdown()
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         log.info("gRPC server stopped")
 
     def wait(self) -> None:
@@ -213,28 +218,67 @@ class GrpcServer:
             signal.signal(signum, handle)
 
 
+def server_keepalive_options(
+    keepalive_seconds: float, timeout_seconds: float
+) -> list[tuple[str, int]]:
+    """Ping clients on idle connections, and accept the clients' own keepalive pings.
+
+    Clients (:func:`shared.grpc.client.create_channel`) ping at the same interval while a call
+    is open; the server must allow pings that often or it answers them with GOAWAY.
+    """
+    interval_ms = int(keepalive_seconds * 1000)
+    return [
+        ("grpc.keepalive_time_ms", interval_ms),
+        ("grpc.keepalive_timeout_ms", int(timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", max(1000, interval_ms // 2)),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 def build_grpc_server(
     *,
     host: str,
     port: int,
     services: Iterable[ServiceRegistration],
     metrics: GrpcServerMetrics,
-    max_workers: int = 16,
+    limits: StreamLimits | None = None,
+    keepalive_seconds: float = 30.0,
+    keepalive_timeout_seconds: float = 10.0,
     grace_seconds: float = 10.0,
     max_message_bytes: int = 8 * 1024 * 1024,
+    security: ServerSecurity | None = None,
+    health_port: int | None = None,
 ) -> GrpcServer:
     """Create (not start) a server with health, reflection, metrics and error mapping.
 
-    ``port=0`` binds any free port; the bound port is on the returned object.
+    ``port=0`` binds any free port; the bound port is on the returned object. ``security``
+    (TLS and the auth interceptor) defaults to what the ``TUNELINE_AUTH_*``/``TUNELINE_TLS_*``
+    environment asks for, which refuses to build a server when nothing is configured.
+    ``health_port`` (``0``: any free) adds a plaintext port on ``host`` that serves
+    ``grpc.health.v1`` and nothing else, for probes that cannot speak TLS. ``limits`` sizes
+    the worker pool and caps streams (:class:`StreamLimits`' defaults when ``None``); the server
+    pings idle connections every ``keepalive_seconds`` and drops them after
+    ``keepalive_timeout_seconds`` without an answer.
     """
     services = tuple(services)
+    if security is None:
+        security = ServerSecurity.from_settings(CommonSettings())
+    interceptors: list[grpc.ServerInterceptor] = [_ServerInterceptor(metrics)]
+    if security.interceptor is not None:  # inside the metrics one, so denials are counted
+        interceptors.append(security.interceptor)
+    limits = limits or StreamLimits()
+    # innermost: the caller is authenticated by now, so streams are counted per principal
+    interceptors.append(StreamCapacityInterceptor(limits))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[_ServerInterceptor(metrics)],
+        futures.ThreadPoolExecutor(max_workers=limits.worker_threads, thread_name_prefix="grpc"),
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *server_keepalive_options(keepalive_seconds, keepalive_timeout_seconds),
         ],
     )
     for registration in services:
@@ -255,13 +299,30 @@ def build_grpc_server(
         ),
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if security.credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, security.credentials)
     if bound == 0:
         raise OSError(f"could not bind gRPC server to {host}:{port}")
+    health_server = None
+    bound_health = 0
+    if health_port is not None:
+        health_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
+            options=[("grpc.so_reuseport", 0)],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        bound_health = health_server.add_insecure_port(f"{host}:{health_port}")
+        if bound_health == 0:
+            raise OSError(f"could not bind the gRPC health port to {host}:{health_port}")
     return GrpcServer(
         server=server,
         port=bound,
         health=health_servicer,
         service_names=names,
         grace_seconds=grace_seconds,
+        health_server=health_server,
+        health_port=bound_health,
     )

@@ -3,10 +3,10 @@
 No logic lives here beyond the transport: reading an upload's header and chunks off the request
 stream, and turning a client that went away into ``UploadInterrupted``.
 
-The uploader of a version is the authenticated principal when the transport has one — an
-authenticating proxy or mesh sidecar puts it in the ``x-tuneline-principal`` metadata (and
-strips any value the client sent) — else the uploader the request declares, else
-``anonymous``.
+The uploader of a version is the caller the auth interceptor verified (client certificate,
+bearer token, or a trusted proxy's ``x-tuneline-principal``; see :mod:`shared.grpc.auth`). Only
+a server running without auth (``AUTH_MODE=insecure``) records the uploader the request
+declares, else ``anonymous``; metadata a client sets itself is never trusted.
 """
 
 from __future__ import annotations
@@ -28,20 +28,16 @@ from services.dataset.adapters.messages import (
 from services.dataset.domain import SourceKind, UploadInterrupted
 from services.dataset.handlers import DatasetDeps, IngestRequest
 from shared.errors import FieldViolation, InvalidArgument
+from shared.security import caller_name
 from tuneline.dataset.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
-#: Metadata key carrying the authenticated principal (set by the authenticating proxy).
-PRINCIPAL_METADATA_KEY = "x-tuneline-principal"
 ANONYMOUS = "anonymous"
 
 _JSONL_FORMATS = (resources_pb2.DATA_FORMAT_UNSPECIFIED, resources_pb2.DATA_FORMAT_JSONL)
 
 
-def _uploader(context: grpc.ServicerContext, declared: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == PRINCIPAL_METADATA_KEY and value:
-            return str(value)
-    return declared or ANONYMOUS
+def _uploader(declared: str) -> str:
+    return caller_name(declared or ANONYMOUS)
 
 
 def _check_format(value: int, field: str) -> None:
@@ -132,10 +128,12 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
             source_kind=SourceKind.UPLOAD,
             source=header.filename,
             parent_version=header.parent_version,
-            uploader=_uploader(context, header.uploader),
+            uploader=_uploader(header.uploader),
             content_length=header.content_length,
             content_sha256=header.content_sha256,
             validate_only=header.validate_only,
+            allow_label_churn=header.allow_label_churn,
+            label_churn_reason=header.label_churn_reason,
         )
         try:
             result = handlers.upload_version(self._deps, request, _chunks(messages))
@@ -164,9 +162,11 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
                 source_kind=SourceKind.IMPORT,
                 source=request.source_uri,
                 parent_version=request.parent_version,
-                uploader=_uploader(context, request.uploader),
+                uploader=_uploader(request.uploader),
                 content_sha256=request.content_sha256,
                 validate_only=request.validate_only,
+                allow_label_churn=request.allow_label_churn,
+                label_churn_reason=request.label_churn_reason,
             ),
         )
         return service_pb2.ImportDatasetVersionResponse(
