@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,8 +49,40 @@ def create_database_engine(url: str, *, echo: bool = False) -> Engine:
 def create_schema(engine: Engine, metadatas: Iterable[MetaData] = ()) -> None:
     """Create the plumbing tables and the service's own tables when missing."""
     PlumbingBase.metadata.create_all(engine)
+    add_missing_plumbing_columns(engine)
     for metadata in metadatas:
         metadata.create_all(engine)
+
+
+def add_missing_plumbing_columns(engine: Engine) -> list[str]:
+    """Add plumbing columns a database created by an older version lacks; returns them.
+
+    There are no migrations yet: tables are created at start. ``create_all`` never alters an
+    existing table, so columns added to the plumbing tables since (the outbox's delivery
+    bookkeeping) are added here. Only nullable or server-defaulted columns are ever added, so
+    the ``ALTER TABLE`` is safe on a populated table on SQLite and PostgreSQL alike.
+    """
+    inspector = inspect(engine)
+    added: list[str] = []
+    with engine.begin() as connection:
+        for table in PlumbingBase.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                if not column.nullable and column.server_default is None:
+                    raise RuntimeError(f"cannot add required column {table.name}.{column.name}")
+                kind = column.type.compile(dialect=engine.dialect)
+                default = ""
+                if column.server_default is not None:
+                    default = f" DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
+                quote = engine.dialect.identifier_preparer.quote
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {quote(table.name)} "
+                    f"ADD COLUMN {quote(column.name)} {kind}{default}"
+                )
+                added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -84,9 +84,26 @@ class FailedPrecondition(DomainError):
         self.violations: tuple[PreconditionViolation, ...] = tuple(violations)
 
 
+class Aborted(FailedPrecondition):
+    """A compare-and-set lost: the caller's view of the resource is stale (e.g. an expected
+    revision that is no longer current). Nothing changed; re-read and decide again.
+
+    A kind of failed precondition, mapped to ABORTED as AIP-154 asks for a stale etag and the
+    gRPC status guide asks for a failed test-and-set ("retry at a higher level").
+    """
+
+
 class ResourceExhausted(DomainError):
     """A limit was hit (upload size, queue capacity)."""
 
 
 class Unavailable(DomainError):
     """A dependency is down; the caller may retry later."""
+
+
+class Unauthenticated(DomainError):
+    """The caller did not prove who it is (no certificate or token, or a bad token)."""
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but none of its roles allows this call."""

@@ -4,27 +4,36 @@ A service describes itself with a :class:`ServiceSpec` — its tables, the event
 how to build its gRPC servicers and event subscriptions from a :class:`ServiceContext` — and
 :class:`ServiceRuntime` does the rest in one order for all five services:
 
-start: schema → temp clean-up → topics → outbox relay → consumer loop → gRPC (SERVING) →
-metrics endpoint. stop: health NOT_SERVING and drain RPCs → consumer → a last outbox pass →
+start: schema → temp clean-up → outbox relay → background components → gRPC (SERVING) →
+metrics endpoint, while a background thread ensures the topics and then starts the consumer
+loop. Kafka is not needed to serve: without it, the service still reaches SERVING (after
+``kafka_start_wait_seconds``), state changes commit and their events wait in the outbox until
+the broker returns. stop: health NOT_SERVING and drain RPCs → consumer → a last outbox pass →
 producer → metrics endpoint.
+
+Health follows the consumer loop too: NOT_SERVING while it is down after a crash (it restarts
+by itself), SERVING again once it polls.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Protocol
 
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.artifacts import LocalArtifactStore
-from shared.db import create_database_engine, create_schema, create_session_factory
+from shared.artifacts import ArtifactStore, artifact_store_from_uri
+from shared.db import create_database_engine, create_session_factory
 from shared.events import (
     ConsumerLoop,
     EventMetrics,
@@ -35,8 +44,11 @@ from shared.events import (
     topic_for,
 )
 from shared.grpc import GrpcServer, GrpcServerMetrics, ServiceRegistration, build_grpc_server
+from shared.grpc.auth import ServerSecurity
+from shared.grpc.capacity import StreamLimits
 from shared.logging import configure_logging
 from shared.metrics import MetricsServer, start_metrics_server
+from shared.migrations import upgrade_schema
 from shared.settings import CommonSettings, ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -52,7 +64,7 @@ class ServiceContext:
     registry: CollectorRegistry
     engine: Engine
     sessions: sessionmaker[Session]
-    artifacts: LocalArtifactStore
+    artifacts: ArtifactStore
     publisher: KafkaEventPublisher
     relay: OutboxRelay
     event_metrics: EventMetrics
@@ -97,7 +109,12 @@ class ServiceRuntime:
     consumer: ConsumerLoop | None
     components: Sequence[BackgroundComponent]
     metrics_server: MetricsServer | None = None
+    #: Set once the topics are ensured and the consumer loop started (Kafka was reachable).
+    kafka_ready: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
+    _lifecycle: threading.Lock = field(default_factory=threading.Lock)
+    _serving: bool = False
+    _kafka_setup: threading.Thread | None = None
 
     @property
     def grpc_port(self) -> int:
@@ -109,16 +126,26 @@ class ServiceRuntime:
 
     def start(self) -> None:
         ctx = self.context
-        topics = {topic_for(m) for m in self.spec.publishes}
-        if self.consumer:
-            topics |= set(self.consumer.topics)
-        ensure_topics(ctx.common.kafka_bootstrap, topics)
         ctx.relay.start()
         if self.consumer:
-            self.consumer.start()
+            self.consumer.on_health.append(self._consumer_health_changed)
+        self._kafka_setup = threading.Thread(
+            target=self._ensure_topics_then_consume, name="kafka-setup", daemon=True
+        )
+        self._kafka_setup.start()
+        # With a broker, start as before: topics exist and the consumer runs once start()
+        # returns. Without one, serve anyway after a short wait.
+        if not self.kafka_ready.wait(ctx.common.kafka_start_wait_seconds):
+            log.warning(
+                "Kafka not reachable; serving without it (events wait in the outbox)",
+                extra={"bootstrap": ctx.common.kafka_bootstrap},
+            )
         for component in self.components:
             component.start()
         self.grpc_server.start()
+        with self._lifecycle:
+            self._serving = True
+            self._publish_health()
         self.metrics_server = start_metrics_server(
             ctx.registry, host=ctx.settings.grpc_host, port=ctx.settings.metrics_port
         )
@@ -127,10 +154,56 @@ class ServiceRuntime:
             extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port},
         )
 
+    def _ensure_topics_then_consume(self) -> None:
+        """Create the topics (retrying until Kafka answers), then start the consumer loop."""
+        ctx = self.context
+        topics = {topic_for(m) for m in self.spec.publishes}
+        if self.consumer:
+            topics |= set(self.consumer.topics)
+        delay = 0.5
+        while not self._stopped.is_set():
+            try:
+                ensure_topics(ctx.common.kafka_bootstrap, topics)
+                break
+            except Exception as error:  # noqa: BLE001 - no broker yet: keep trying
+                log.warning(
+                    "could not ensure Kafka topics; retrying",
+                    extra={"error": repr(error), "retry_in_seconds": delay},
+                )
+                self._stopped.wait(delay)
+                delay = min(delay * 2, 30.0)
+        with self._lifecycle:
+            if self._stopped.is_set():
+                return
+            if self.consumer:
+                self.consumer.start()
+            self.kafka_ready.set()
+        ctx.relay.wake()  # events staged while Kafka was away go out now
+
+    def _consumer_health_changed(self, healthy: bool) -> None:
+        if not healthy:
+            log.error("consumer loop is down; health NOT_SERVING until it restarts")
+        with self._lifecycle:
+            self._publish_health()
+
+    def _publish_health(self) -> None:
+        """SERVING while the server runs and the consumer loop (if any) is up."""
+        if not self._serving or self._stopped.is_set():
+            return  # not serving yet, or the graceful stop owns health now
+        up = self.consumer is None or self.consumer.healthy
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.grpc_server.service_names):
+            self.grpc_server.health.set(name, status)
+
     def stop(self) -> None:
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        with self._lifecycle:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
         self.grpc_server.stop()
         if self.consumer:
             self.consumer.stop()
@@ -157,16 +230,24 @@ def build_runtime(
     """Wire the real adapters for ``spec``. Connects to nothing until ``start``."""
     registry = CollectorRegistry(auto_describe=True)
     engine = create_database_engine(settings.resolved_database_url(common))
-    create_schema(engine, spec.tables)
+    upgrade_schema(engine, spec.name, spec.tables)
     sessions = create_session_factory(engine)
-    artifacts = LocalArtifactStore(
-        settings.resolved_artifact_root(common), readable_roots=[common.data_dir]
+    artifacts = artifact_store_from_uri(
+        settings.resolved_artifact_root(common),
+        readable_roots=[common.data_dir],
+        s3_endpoint_url=common.s3_endpoint_url,
+        cache_dir=common.data_dir / spec.name / "artifact-cache",
     )
     artifacts.clean_temp()
     event_metrics = EventMetrics(registry)
     publisher = KafkaEventPublisher(common.kafka_bootstrap, client_id=f"tuneline-{spec.name}")
     relay = OutboxRelay(
-        sessions, publisher, metrics=event_metrics, poll_seconds=common.outbox_poll_seconds
+        sessions,
+        publisher,
+        metrics=event_metrics,
+        poll_seconds=common.outbox_poll_seconds,
+        park_after_attempts=common.outbox_park_after_attempts,
+        retention=timedelta(hours=common.outbox_retention_hours),
     )
     context = ServiceContext(
         name=spec.name,
@@ -190,6 +271,8 @@ def build_runtime(
             dlq_publisher=publisher,
             metrics=event_metrics,
             max_attempts=common.consumer_max_attempts,
+            retry_backoff_seconds=common.consumer_retry_backoff_seconds,
+            max_retry_backoff_seconds=common.consumer_max_retry_backoff_seconds,
             after_commit=relay.wake,
         )
         if subscriptions
@@ -201,6 +284,17 @@ def build_runtime(
         services=spec.grpc_services(context),
         metrics=GrpcServerMetrics(registry),
         grace_seconds=common.grpc_shutdown_grace_seconds,
+        limits=StreamLimits(
+            max_streams=common.grpc_max_streams,
+            max_streams_per_method=common.grpc_max_streams_per_method,
+            max_streams_per_client=common.grpc_max_streams_per_client,
+            unary_workers=common.grpc_unary_workers,
+            upload_idle_seconds=common.grpc_upload_idle_seconds,
+        ),
+        keepalive_seconds=common.grpc_keepalive_seconds,
+        keepalive_timeout_seconds=common.grpc_keepalive_timeout_seconds,
+        security=ServerSecurity.from_settings(common),
+        health_port=settings.grpc_health_port,
     )
     grpc_server.on_stop.append(context.stopping.set)
     return ServiceRuntime(
@@ -212,9 +306,26 @@ def build_runtime(
     )
 
 
-def run_service(spec: ServiceSpec, settings_type: type[ServiceSettings]) -> None:
-    """A service's ``main``: read settings once, configure logging, serve until signalled."""
+def run_service(
+    spec: ServiceSpec, settings_type: type[ServiceSettings], argv: Sequence[str] | None = None
+) -> None:
+    """A service's ``main``: read settings once, configure logging, serve until signalled.
+
+    With the one argument ``migrate`` it only brings its database schema to the newest
+    revision and exits (a deploy step or Kubernetes init container; serving migrates too).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args not in ([], ["migrate"]):
+        raise SystemExit(f"usage: python -m services.{spec.name}.entrypoints.main [migrate]")
     common = CommonSettings()
     settings = settings_type()
     configure_logging(spec.name, common.log_level, common.log_format)
+    if args == ["migrate"]:
+        engine = create_database_engine(settings.resolved_database_url(common))
+        try:
+            upgrade_schema(engine, spec.name, spec.tables)
+        finally:
+            engine.dispose()
+        log.info("database schema is at the newest revision")
+        return
     build_runtime(spec, common, settings).serve_forever()

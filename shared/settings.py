@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,19 +32,178 @@ class CommonSettings(BaseSettings):
         default=Path(".tuneline/data"),
         description="Root of local state: one SQLite file and one artifact folder per service.",
     )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description=(
+            "Endpoint of an S3-compatible server (MinIO, Ceph, moto) for `s3://` artifact roots; "
+            "unset: AWS S3 (credentials and region from the standard `AWS_*` variables)."
+        ),
+    )
     log_level: str = Field(default="INFO", description="Python logging level name.")
     log_format: Literal["json", "console"] = Field(
         default="json",
         description="`json` for machines (one object per line), `console` for people.",
     )
     consumer_max_attempts: int = Field(
-        default=3, ge=1, description="Attempts per Kafka message before it goes to the DLQ."
+        default=3,
+        ge=1,
+        description=(
+            "Attempts per Kafka message whose handler fails with an unknown error before it "
+            "goes to the DLQ (transient failures are retried until they apply)."
+        ),
     )
     outbox_poll_seconds: float = Field(
         default=0.2, gt=0, description="How often the outbox relay looks for unsent events."
     )
+    consumer_retry_backoff_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        description=(
+            "First wait before a failed Kafka message is tried again (doubles on each failure)."
+        ),
+    )
+    consumer_max_retry_backoff_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Longest wait between tries of a message whose handler fails transiently "
+            "(database or broker down); such messages are retried until they apply."
+        ),
+    )
+    outbox_park_after_attempts: int = Field(
+        default=10,
+        ge=1,
+        description=(
+            "Failed sends after which an outbox event with an unknown error is parked "
+            "(an event the broker refuses is parked at once; a broker outage never parks)."
+        ),
+    )
+    outbox_retention_hours: float = Field(
+        default=168.0, gt=0, description="How long sent outbox events are kept before pruning."
+    )
+    kafka_start_wait_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "How long a service waits at start for Kafka (topics) before serving without it; "
+            "topics are then ensured in the background and the outbox holds events."
+        ),
+    )
     grpc_shutdown_grace_seconds: float = Field(
         default=10.0, ge=0, description="Time in-flight RPCs get to finish on SIGTERM."
+    )
+    # -- gRPC capacity (shared/grpc/capacity.py): streams must not starve unary calls ------
+    grpc_unary_workers: int = Field(
+        default=16,
+        ge=1,
+        description="Server worker threads kept for unary calls, on top of the stream slots.",
+    )
+    grpc_max_streams: int = Field(
+        default=256,
+        ge=1,
+        description=(
+            "Streaming RPCs (watches, uploads) a server runs at once; each holds a worker thread. "
+            "Beyond it a new stream gets RESOURCE_EXHAUSTED."
+        ),
+    )
+    grpc_max_streams_per_method: int = Field(
+        default=128, ge=1, description="Streaming RPCs of one method a server runs at once."
+    )
+    grpc_max_streams_per_client: int = Field(
+        default=64,
+        ge=1,
+        description="Streaming RPCs of one client (principal, else peer host) at once.",
+    )
+    grpc_upload_idle_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A client-streaming upload that sends nothing for this long is cancelled.",
+    )
+    grpc_keepalive_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="Keepalive ping interval: servers on idle connections, clients in open calls.",
+    )
+    grpc_keepalive_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection whose keepalive ping is not answered in this time is closed.",
+    )
+
+    # -- transport security and authorisation (shared/security, shared/grpc/auth.py) ------
+    auth_mode: Literal["enforce", "insecure"] = Field(
+        default="enforce",
+        description=(
+            "`enforce`: TLS on every gRPC server, every call authenticated and authorised "
+            "(a server without `TLS_CERT_FILE` refuses to start). `insecure`: plaintext, no "
+            "checks, a warning at start; for tests and local debugging only."
+        ),
+    )
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate chain this process presents (server, and client to peers).",
+    )
+    tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of `TLS_CERT_FILE`."
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle clients trust for servers (default: the system roots).",
+    )
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle servers trust for client certificates (mutual TLS).",
+    )
+    tls_require_client_cert: bool = Field(
+        default=True,
+        description=(
+            "With `TLS_CLIENT_CA_FILE`: refuse handshakes without a trusted client certificate. "
+            "Off: no client certificate is asked for and callers identify with a bearer token."
+        ),
+    )
+    tls_server_name: str | None = Field(
+        default=None,
+        description="Host name clients check the server certificate against (default: target).",
+    )
+    auth_token: str | None = Field(
+        default=None, description="Bearer token (JWT) the SDK, CLI and peers send on each call."
+    )
+    auth_token_file: Path | None = Field(
+        default=None, description="File holding the bearer token; re-read on change."
+    )
+    auth_jwt_jwks_file: Path | None = Field(
+        default=None,
+        description="JWKS file of the keys bearer tokens are verified with; re-read on change.",
+    )
+    auth_jwt_issuer: str | None = Field(
+        default=None, description="Required `iss` of bearer tokens (needed with a JWKS file)."
+    )
+    auth_jwt_audience: str = Field(
+        default="tuneline", description="Required `aud` of bearer tokens."
+    )
+    auth_jwt_roles_claim: str = Field(
+        default="roles", description="Claim holding a token's Tuneline roles (a list)."
+    )
+    auth_jwt_leeway_seconds: float = Field(
+        default=30.0, ge=0, description="Clock skew allowed on `exp` and `nbf`."
+    )
+    auth_policy_file: Path | None = Field(
+        default=None,
+        description=(
+            "JSON file overriding the role table (`roles`: role → RPC full names) and binding "
+            "identities to roles (`bindings`: identity → roles)."
+        ),
+    )
+    auth_trusted_proxies: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Identities allowed to assert another caller in `x-tuneline-principal` metadata "
+            "(JSON list); the header is ignored from anyone else."
+        ),
+    )
+    auth_open_services: tuple[str, ...] = Field(
+        default=("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"),
+        description="gRPC services callable without credentials (probes, grpcurl); JSON list.",
     )
 
 
@@ -61,16 +220,37 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus metrics port (0: any free)."
     )
+    grpc_health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description=(
+            "Extra plaintext port serving only grpc.health.v1, for probes that speak no TLS "
+            "(Kubernetes' native gRPC probes); unset: none."
+        ),
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite file under the data dir."
     )
-    artifact_root: Path | None = Field(
-        default=None, description="Local artifact directory; default: under the data dir."
+    artifact_root: Path | str | None = Field(
+        default=None,
+        description=(
+            "Artifact store: a local directory, or `s3://bucket/prefix` for S3; "
+            "default: a directory under the data dir."
+        ),
     )
     consumer_group: str | None = Field(
         default=None,
         description="Kafka consumer group of its subscriptions; default: tuneline-<service>.",
     )
+
+    @field_validator("artifact_root", mode="before")
+    @classmethod
+    def _local_roots_are_paths(cls, value: object) -> object:
+        """``s3://…`` stays a URI (a Path would fold its ``//``); anything else is a path."""
+        if isinstance(value, str) and not value.startswith("s3://"):
+            return Path(value)
+        return value
 
     def resolved_database_url(self, common: CommonSettings) -> str:
         """The database URL, defaulting to ``<data_dir>/<service>/<service>.db``."""
@@ -83,7 +263,10 @@ class ServiceSettings(BaseSettings):
         """The Kafka consumer group, defaulting to ``tuneline-<service>``."""
         return self.consumer_group or f"tuneline-{self.service_name}"
 
-    def resolved_artifact_root(self, common: CommonSettings) -> Path:
-        """The artifact root, defaulting to ``<data_dir>/<service>/artifacts``."""
+    def resolved_artifact_root(self, common: CommonSettings) -> Path | str:
+        """The artifact root: an ``s3://`` URI as configured, or a resolved local folder
+        (default ``<data_dir>/<service>/artifacts``)."""
+        if isinstance(self.artifact_root, str):
+            return self.artifact_root
         root = self.artifact_root or common.data_dir / self.service_name / "artifacts"
         return root.resolve()

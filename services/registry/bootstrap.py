@@ -11,7 +11,8 @@ import logging
 from collections.abc import Sequence
 
 from services.registry.adapters.metrics import RegistryMetrics, RegistryStateCollector
-from services.registry.adapters.notifier import AliasMoveNotifier
+from services.registry.adapters.notifier import AliasMoveNotifier, AliasMovePoller
+from services.registry.adapters.repository import RegistryRepository
 from services.registry.adapters.tables import RegistryBase
 from services.registry.entrypoints.alert_webhook import AlertWebhookServer
 from services.registry.entrypoints.grpc_api import RegistryServicer
@@ -91,8 +92,17 @@ class _NotifierCloser:
 
 def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
     deps = registry_deps(context)
-    components: list[BackgroundComponent] = [_NotifierCloser(deps)]
     settings = _settings(context)
+    sessions = context.sessions
+
+    def newest_move() -> int:
+        with sessions() as session:
+            return RegistryRepository(session).newest_move_seq()
+
+    components: list[BackgroundComponent] = [
+        _NotifierCloser(deps),
+        AliasMovePoller(deps.notifier, newest_move, settings.watch_poll_seconds),
+    ]
     token = settings.resolved_webhook_token()
     if token is None:
         log.warning(

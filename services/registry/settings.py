@@ -44,8 +44,9 @@ class RegistrySettings(ServiceSettings):
         default=0.5,
         gt=0,
         description=(
-            "How often WatchAlias streams re-read the database even without a local wake-up "
-            "(moves committed by another replica)."
+            "How often the registry checks the database for alias moves committed by another "
+            "replica while WatchAlias streams are open (one query per interval for all streams; "
+            "idle streams block until woken)."
         ),
     )
 

@@ -1,17 +1,28 @@
 """Events on Kafka: envelope, publisher, transactional outbox and the consumer loop."""
 
-from shared.events.consumer import ConsumerLoop, ReceivedEvent, Subscription
+from shared.events.consumer import (
+    ConsumerLoop,
+    FailureKind,
+    ReceivedEvent,
+    Subscription,
+    TransientError,
+    classify_failure,
+)
 from shared.events.envelope import Envelope, EnvelopeError, dlq_topic_for, topic_for
 from shared.events.metrics import EventMetrics
-from shared.events.outbox import OutboxRelay, stage_event
-from shared.events.publisher import KafkaEventPublisher, ensure_topics
-from shared.events.tables import OutboxEvent, PlumbingBase, ProcessedEvent
+from shared.events.outbox import EventTooLarge, OutboxRelay, stage_event
+from shared.events.publisher import MAX_EVENT_BYTES, KafkaEventPublisher, ensure_topics
+from shared.events.tables import DeadLetteredRecord, OutboxEvent, PlumbingBase, ProcessedEvent
 
 __all__ = [
+    "MAX_EVENT_BYTES",
     "ConsumerLoop",
+    "DeadLetteredRecord",
     "Envelope",
     "EnvelopeError",
     "EventMetrics",
+    "EventTooLarge",
+    "FailureKind",
     "KafkaEventPublisher",
     "OutboxEvent",
     "OutboxRelay",
@@ -19,6 +30,8 @@ __all__ = [
     "ProcessedEvent",
     "ReceivedEvent",
     "Subscription",
+    "TransientError",
+    "classify_failure",
     "dlq_topic_for",
     "ensure_topics",
     "stage_event",

@@ -32,6 +32,13 @@ DLQ_SUFFIX = ".dlq"
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
+#: The longest ``ce_id`` accepted: the width of the event-id columns (``shared.events.tables``).
+MAX_EVENT_ID_LENGTH = 64
+#: What a ``ce_id`` may contain: UUIDs and other printable, unambiguous keys. Anything else (or
+#: longer) is refused at decode time, so it goes to the DLQ instead of failing the insert of
+#: its applied-marker on every redelivery.
+_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]*$")
+
 #: The trace the current handler runs in; events it publishes continue that trace.
 current_traceparent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "current_traceparent", default=None
@@ -52,6 +59,19 @@ def topic_for(message: Message | type[Message]) -> str:
 def dlq_topic_for(topic: str) -> str:
     """Where messages that keep failing on ``topic`` go."""
     return topic + DLQ_SUFFIX
+
+
+def check_event_id(event_id: str) -> None:
+    """Raise :class:`EnvelopeError` unless ``event_id`` fits the event-id columns."""
+    if len(event_id) > MAX_EVENT_ID_LENGTH:
+        raise EnvelopeError(
+            f"ce_id is {len(event_id)} characters long; at most {MAX_EVENT_ID_LENGTH} are allowed"
+        )
+    if not _EVENT_ID.match(event_id):
+        raise EnvelopeError(
+            f"ce_id {event_id[:80]!r} must be letters, digits and . _ : @ + = / - "
+            "(starting with a letter or digit)"
+        )
 
 
 def child_traceparent(parent: str | None = None) -> str:
@@ -154,6 +174,7 @@ class Envelope:
             raise EnvelopeError(f"unsupported ce_specversion {found['ce_specversion']!r}")
         if found.get("content-type", CONTENT_TYPE) != CONTENT_TYPE:
             raise EnvelopeError(f"unsupported content-type {found['content-type']!r}")
+        check_event_id(found["ce_id"])
         try:
             time = datetime.fromisoformat(found["ce_time"].replace("Z", "+00:00"))
         except ValueError as error:

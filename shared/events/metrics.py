@@ -51,3 +51,26 @@ class EventMetrics:
             "Events committed to the outbox and not yet acknowledged by Kafka.",
             registry=registry,
         )
+        self.outbox_parked = Gauge(
+            "tuneline_outbox_parked_events",
+            "Outbox events the relay gave up on (too large, refused); later events still flow.",
+            registry=registry,
+        )
+        self.outbox_send_failures = Counter(
+            "tuneline_outbox_send_failures_total",
+            "Outbox sends that failed (each retry counts), by topic.",
+            ("topic",),
+            registry=registry,
+        )
+        self.consumer_up = Gauge(
+            "tuneline_kafka_consumer_up",
+            "1 while the consumer loop runs, 0 while it is down after a crash (it restarts).",
+            ("group",),
+            registry=registry,
+        )
+        self.consumer_restarts = Counter(
+            "tuneline_kafka_consumer_restarts_total",
+            "Times the consumer loop crashed and was restarted.",
+            ("group",),
+            registry=registry,
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.events.envelope import Envelope
@@ -35,6 +35,22 @@ class OutboxEvent(PlumbingBase):
     published_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True, index=True
     )
+    # Delivery bookkeeping of the relay (`shared.events.outbox`). Every column below is
+    # nullable or has a server default, so `shared.db.create_schema` can add it to a table an
+    # older version created.
+    #: Failed sends so far; the next try waits an exponential backoff after the last one.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: Set when the row can never be sent as it is (too large, refused): later rows flow past
+    #: it, and `tuneline_outbox_parked_events` alerts. Clearing it re-queues the row.
+    parked_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    #: The relay holding the row while it sends it, until ``claimed_until`` (a lease): two
+    #: relays on one database never send the same row at the same time.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     def envelope(self) -> Envelope:
         return Envelope(
@@ -57,3 +73,21 @@ class ProcessedEvent(PlumbingBase):
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     topic: Mapped[str] = mapped_column(String(255))
     processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DeadLetteredRecord(PlumbingBase):
+    """A Kafka record a consumer group sent to the DLQ, by its position on the topic.
+
+    Written after the DLQ acknowledged it, so a redelivery of the same record (an offset commit
+    lost to a rebalance) is not dead-lettered twice. Keyed by position, not event id: a replay
+    of the event (a new record, ``tuneline dlq replay``) must be applied, not skipped.
+    """
+
+    __tablename__ = "dead_lettered_records"
+
+    consumer_group: Mapped[str] = mapped_column(String(255), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[str] = mapped_column(String(255))
+    dead_lettered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Integer, String, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from shared.db import create_database_engine, create_schema, create_session_factory
@@ -29,6 +28,7 @@ from shared.events import (
     topic_for,
 )
 from tests.fixtures.events import header, read_records, start_group_at_end
+from tests.fixtures.waiting import eventually
 from tuneline.dataset.v1 import events_pb2
 
 pytestmark = pytest.mark.integration
@@ -51,8 +51,8 @@ class Effect(_EffectBase):
 
 
 @pytest.fixture
-def effect_sessions(tmp_path: Path) -> sessionmaker[Session]:
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'consumer.db'}")
+def effect_sessions(database_url: str) -> sessionmaker[Session]:
+    engine = create_database_engine(database_url)
     create_schema(engine, [_EffectBase.metadata])
     return create_session_factory(engine)
 
@@ -73,15 +73,6 @@ def _event(subject: str, rows: int = 3) -> events_pb2.DatasetVersioned:
 def _effects(sessions: sessionmaker[Session], subject: str) -> list[Effect]:
     with sessions() as session:
         return list(session.scalars(select(Effect).where(Effect.subject == subject)))
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_round_trip_carries_every_cloudevents_header(kafka_bootstrap, publisher, unique):
@@ -130,9 +121,9 @@ _CRASHING_PUBLISHER = textwrap.dedent(
 
 
 def test_outbox_survives_a_crash_between_commit_and_send(
-    kafka_bootstrap, publisher, tmp_path, unique
+    kafka_bootstrap, publisher, database_url, unique
 ):
-    url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    url = database_url
     subject = f"datasets/crash-{unique}/versions/v1"
     crashed = subprocess.run(
         [sys.executable, "-c", _CRASHING_PUBLISHER, url, subject],
@@ -187,7 +178,11 @@ def test_the_same_event_delivered_twice_applies_once(
     loop = _consumer(kafka_bootstrap, effect_sessions, _record_effect, publisher, f"dup-{unique}")
     loop.start()
     try:
-        _wait_for(lambda: marker.id in {e.event_id for e in _effects(effect_sessions, subject)})
+        eventually(
+            lambda: marker.id in {e.event_id for e in _effects(effect_sessions, subject)},
+            timeout=120,
+            what="the marker event to apply",
+        )
     finally:
         loop.stop()
     applied = [e.event_id for e in _effects(effect_sessions, subject)]
@@ -232,7 +227,11 @@ def test_a_failing_handler_dead_letters_and_the_partition_moves_on(
     )
     loop.start()
     try:
-        _wait_for(lambda: len(_effects(effect_sessions, poison)) == 2)
+        eventually(
+            lambda: len(_effects(effect_sessions, poison)) == 2,
+            timeout=120,
+            what="both effects of the poison subject",
+        )
     finally:
         loop.stop()
 
@@ -241,8 +240,14 @@ def test_a_failing_handler_dead_letters_and_the_partition_moves_on(
     assert sorted(e.event_id for e in effects) == sorted(e.id for e in later)
     assert "must-roll-back" not in {e.event_id for e in effects}, "failed attempts left no state"
 
+    # other groups on a shared broker may dead-letter the same record: read this group's copy
     [dead] = read_records(
-        kafka_bootstrap, dlq_topic_for(TOPIC), lambda r: header(r, "ce_id") == bad.id, expected=1
+        kafka_bootstrap,
+        dlq_topic_for(TOPIC),
+        lambda r: (
+            header(r, "ce_id") == bad.id and header(r, "dlq_consumer_group") == f"dlq-{unique}"
+        ),
+        expected=1,
     )
     assert dead.value == bad.payload, "original bytes are kept"
     assert dead.key == bad.key
@@ -267,11 +272,14 @@ def test_an_undecodable_message_goes_to_the_dlq_without_retries(
     loop = _consumer(kafka_bootstrap, effect_sessions, _record_effect, publisher, f"bad-{unique}")
     loop.start()
     try:
-        _wait_for(lambda: _effects(effect_sessions, key))
+        eventually(lambda: _effects(effect_sessions, key), timeout=120, what="the effect")
     finally:
         loop.stop()
     [dead] = read_records(
-        kafka_bootstrap, dlq_topic_for(TOPIC), lambda r: r.key == key.encode(), expected=1
+        kafka_bootstrap,
+        dlq_topic_for(TOPIC),
+        lambda r: r.key == key.encode() and header(r, "dlq_consumer_group") == f"bad-{unique}",
+        expected=1,
     )
     assert "missing CloudEvents headers" in header(dead, "dlq_error")
     assert header(dead, "dlq_attempts") == "0"
@@ -282,19 +290,18 @@ def test_relay_thread_publishes_staged_events_and_tracks_pending(
 ):
     registry = CollectorRegistry()
     metrics = EventMetrics(registry)
-    relay = OutboxRelay(sqlite_sessions, publisher, metrics=metrics, poll_seconds=5.0)
+    # it would not poll within the test: only the wake can make it publish
+    relay = OutboxRelay(sqlite_sessions, publisher, metrics=metrics, poll_seconds=3600)
     relay.start()
     subject = f"datasets/relay-{unique}/versions/v1"
     try:
         with sqlite_sessions() as session, session.begin():
             for rows in range(5):
                 stage_event(session, _event(subject, rows), source="tuneline/test", subject=subject)
-        started = time.monotonic()
-        relay.wake()  # no waiting for the 5 s poll
+        relay.wake()
         records = read_records(
             kafka_bootstrap, TOPIC, lambda r: r.key == subject.encode(), expected=5, settle=0.5
         )
-        assert time.monotonic() - started < 5.0
     finally:
         relay.stop()
     rows_in_arrival_order = [EVENT.FromString(r.value).row_count for r in records]
@@ -306,3 +313,50 @@ def test_relay_thread_publishes_staged_events_and_tracks_pending(
             select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))
         )
     assert pending == 0
+
+
+def test_a_database_outage_is_retried_not_dead_lettered(
+    kafka_bootstrap, publisher, effect_sessions, unique
+):
+    """A handler whose database is locked five times in a row applies the event once; the
+    DLQ receives nothing (the event was valid all along)."""
+    subject = f"datasets/locked-{unique}/versions/v1"
+    envelope = Envelope.wrap(_event(subject), source="tuneline/test", subject=subject)
+    marker = Envelope.wrap(_event(subject), source="tuneline/test", subject=subject)
+    group = f"locked-{unique}"
+    start_group_at_end(kafka_bootstrap, group, [TOPIC])
+    calls: list[str] = []
+
+    def locked_five_times(event: ReceivedEvent, session: Session) -> None:
+        calls.append(event.envelope.id)
+        if event.envelope.id == envelope.id and calls.count(envelope.id) <= 5:
+            raise OperationalError("INSERT INTO test_effects", {}, Exception("database is locked"))
+        _record_effect(event, session)
+
+    publisher.publish(envelope)
+    publisher.publish(marker)  # same key: it waits behind the locked one
+    loop = _consumer(kafka_bootstrap, effect_sessions, locked_five_times, publisher, group)
+    loop.start()
+    try:
+        eventually(
+            lambda: marker.id in {e.event_id for e in _effects(effect_sessions, subject)},
+            timeout=120,
+            what="the marker event to apply",
+        )
+    finally:
+        loop.stop()
+
+    assert [e.event_id for e in _effects(effect_sessions, subject)] == [envelope.id, marker.id]
+    assert calls.count(envelope.id) == 6
+    # The DLQ holds nothing of this run: read it to its end (the marker proves we are past it).
+    dead = read_records(
+        kafka_bootstrap,
+        dlq_topic_for(TOPIC),
+        lambda r: (
+            header(r, "ce_id") in {envelope.id, marker.id}
+            and header(r, "dlq_consumer_group") == group
+        ),
+        expected=0,
+        settle=3.0,  # a whole read of the DLQ's partitions, not just the first poll
+    )
+    assert dead == []

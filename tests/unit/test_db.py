@@ -1,4 +1,4 @@
-"""The service database: SQLite file engine with WAL, and the plumbing schema."""
+"""The service database: SQLite file engine with WAL, PostgreSQL, and the plumbing schema."""
 
 from __future__ import annotations
 
@@ -64,15 +64,15 @@ def test_in_memory_sqlite_works(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_create_schema_creates_plumbing_and_service_tables(tmp_path: Path) -> None:
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+def test_create_schema_creates_plumbing_and_service_tables(database_url: str) -> None:
+    engine = create_database_engine(database_url)
     try:
         create_schema(engine, [_ServiceBase.metadata])
         create_schema(engine, [_ServiceBase.metadata])  # idempotent
 
         inspector = inspect(engine)
         tables = set(inspector.get_table_names())
-        assert {"outbox_events", "processed_events", "things"} <= tables
+        assert {"outbox_events", "processed_events", "dead_lettered_records", "things"} <= tables
         outbox_columns = {c["name"] for c in inspector.get_columns("outbox_events")}
         assert outbox_columns == {
             "seq",
@@ -84,6 +84,13 @@ def test_create_schema_creates_plumbing_and_service_tables(tmp_path: Path) -> No
             "traceparent",
             "payload",
             "published_at",
+            # the relay's delivery bookkeeping: backoff, parking, the lease of a replica
+            "attempts",
+            "last_error",
+            "next_attempt_at",
+            "parked_at",
+            "claimed_by",
+            "claimed_until",
         }
         processed_pk = inspector.get_pk_constraint("processed_events")["constrained_columns"]
         assert set(processed_pk) == {"consumer_group", "event_id"}
@@ -91,8 +98,8 @@ def test_create_schema_creates_plumbing_and_service_tables(tmp_path: Path) -> No
         engine.dispose()
 
 
-def test_session_factory_keeps_objects_usable_after_commit(tmp_path: Path) -> None:
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+def test_session_factory_keeps_objects_usable_after_commit(database_url: str) -> None:
+    engine = create_database_engine(database_url)
     try:
         create_schema(engine, [_ServiceBase.metadata])
         sessions = create_session_factory(engine)
@@ -108,7 +115,7 @@ def test_session_factory_keeps_objects_usable_after_commit(tmp_path: Path) -> No
         engine.dispose()
 
 
-def test_create_schema_alone_creates_the_plumbing_tables(tmp_path: Path) -> None:
+def test_create_schema_alone_creates_the_plumbing_tables(database_url: str) -> None:
     """A service that imports only ``shared.db`` must still get the outbox tables.
 
     Run in a fresh interpreter: in this process other imports have registered them already.
@@ -117,7 +124,7 @@ def test_create_schema_alone_creates_the_plumbing_tables(tmp_path: Path) -> None
         f"""
         from sqlalchemy import inspect
         from shared.db import create_database_engine, create_schema
-        engine = create_database_engine("sqlite:///{tmp_path / "fresh.db"}")
+        engine = create_database_engine({database_url!r})
         create_schema(engine)
         print(sorted(inspect(engine).get_table_names()))
         """
@@ -133,3 +140,32 @@ def test_create_schema_alone_creates_the_plumbing_tables(tmp_path: Path) -> None
     tables = result.stdout.strip()
     assert "outbox_events" in tables
     assert "processed_events" in tables
+
+
+def test_create_schema_adds_newer_plumbing_columns_to_an_older_postgresql_outbox(
+    postgresql_url: str,
+) -> None:
+    """The ``ALTER TABLE … ADD COLUMN`` that upgrades an older outbox in place is valid
+    PostgreSQL too (types and server defaults rendered for its dialect)."""
+    engine = create_database_engine(postgresql_url)
+    try:
+        with engine.begin() as connection:  # the outbox as the first release created it
+            connection.exec_driver_sql(
+                "CREATE TABLE outbox_events (seq SERIAL PRIMARY KEY, event_id VARCHAR(64) UNIQUE,"
+                " topic VARCHAR(255), subject VARCHAR(512), source VARCHAR(255),"
+                " time TIMESTAMP WITH TIME ZONE, traceparent VARCHAR(64), payload BYTEA,"
+                " published_at TIMESTAMP WITH TIME ZONE)"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO outbox_events (event_id, topic, subject, source, time, traceparent,"
+                " payload) VALUES ('e1', 't', 's/1', 'x', now(), '', '')"
+            )
+        create_schema(engine)
+        columns = {c["name"] for c in inspect(engine).get_columns("outbox_events")}
+        assert {"attempts", "claimed_by", "claimed_until", "parked_at"} <= columns
+        with create_session_factory(engine)() as session:
+            [event] = session.query(OutboxEvent).all()
+            assert event.event_id == "e1"
+            assert event.attempts == 0
+    finally:
+        engine.dispose()

@@ -8,7 +8,15 @@ from typing import Any
 import grpc
 import pytest
 
-from shared.grpc.client import _DefaultDeadline, create_channel, retry_service_config
+from shared.grpc.client import (
+    _DefaultDeadline,
+    create_channel,
+    retry_service_config,
+    retryable_methods,
+)
+from tuneline.client.base import with_request_id
+from tuneline.registry.v1 import service_pb2 as registry_pb2
+from tuneline.trainer.v1 import service_pb2 as trainer_pb2
 
 
 def _retry_policy(config: str) -> dict[str, Any]:
@@ -132,3 +140,44 @@ def test_server_streams_keep_the_callers_choice_of_no_deadline() -> None:
     interceptor.intercept_unary_stream(continuation, _Details(None), "req")
     interceptor.intercept_unary_stream(continuation, _Details(1.25), "req")
     assert [details.timeout for details in seen] == [None, 1.25]
+
+
+def test_only_reads_and_mutations_with_a_request_id_are_retryable() -> None:
+    registry = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
+    trainer = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
+    names = set(retryable_methods(registry, trainer))
+    prefix = "tuneline.registry.v1.RegistryService/"
+    for method in ("GetAlias", "ListModels", "WatchAlias", "RollbackModel", "PromoteCheckpoint"):
+        assert prefix + method in names
+    for method in ("ApproveCheckpoint", "RejectCheckpoint", "CreateModel"):
+        assert prefix + method not in names, "a repeat would not be recognised as one"
+    assert "tuneline.trainer.v1.TrainerService/CreateTrainingJob" in names
+    assert "tuneline.trainer.v1.TrainerService/CancelTrainingJob" not in names
+    assert "grpc.health.v1.Health/Check" in names
+
+
+def test_a_per_method_config_has_no_default_retry_and_names_each_method() -> None:
+    config = json.loads(
+        retry_service_config(retryable=["pkg.Svc/Get", "/pkg.Svc/Rollback"], max_attempts=3)
+    )
+    default, retried = config["methodConfig"]
+    assert default == {"name": [{}]}, "methods not listed are never retried"
+    assert retried["name"] == [
+        {"service": "pkg.Svc", "method": "Get"},
+        {"service": "pkg.Svc", "method": "Rollback"},
+    ]
+    assert retried["retryPolicy"]["maxAttempts"] == 3
+    with pytest.raises(ValueError, match=r"package\.Service/Method"):
+        retry_service_config(retryable=["NoMethod"])
+
+
+def test_with_request_id_fills_an_empty_id_on_a_copy_and_keeps_a_given_one() -> None:
+    request = registry_pb2.RollbackModelRequest(model="models/m", reason="r")
+    stamped = with_request_id(request)
+    assert stamped.request_id
+    assert request.request_id == "", "the caller's message is untouched"
+    assert with_request_id(request).request_id != stamped.request_id, "one id per call"
+    chosen = registry_pb2.RollbackModelRequest(model="models/m", request_id="mine")
+    assert with_request_id(chosen) is chosen
+    approve = registry_pb2.ApproveCheckpointRequest(checkpoint="c")
+    assert with_request_id(approve) is approve, "no field, nothing to fill"

@@ -1,4 +1,4 @@
-"""The transactional outbox and its relay, against SQLite and a fake publisher.
+"""The transactional outbox and its relay, against SQLite and PostgreSQL and a fake publisher.
 
 A fake publisher is enough here: these are unit tests of the relay's bookkeeping (ordering,
 marking, retrying); the real Kafka path is covered by the integration tests.
@@ -6,19 +6,23 @@ marking, retrying); the real Kafka path is covered by the integration tests.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_database_engine, create_schema, create_session_factory
-from shared.events import OutboxEvent, OutboxRelay, stage_event
+from shared.events import MAX_EVENT_BYTES, EventTooLarge, OutboxEvent, OutboxRelay, stage_event
 from shared.events.envelope import Envelope, current_traceparent
 from shared.events.metrics import EventMetrics
 
@@ -53,8 +57,9 @@ class _FakePublisher:
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on an empty database: SQLite and PostgreSQL (``tests/fixtures/postgresql.py``)."""
+    engine = create_database_engine(database_url)
     create_schema(engine)
     yield create_session_factory(engine)
     engine.dispose()
@@ -182,39 +187,272 @@ def test_relay_with_nothing_pending_sends_nothing(sessions: sessionmaker[Session
     assert publisher.sent == []
 
 
-def test_failed_acknowledgement_leaves_rows_pending_and_next_pass_sends_them(
+class _Clock:
+    """The relay's notion of now, moved by the test: backoffs and leases without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def _relay(sessions: sessionmaker[Session], publisher: object, **options: Any) -> OutboxRelay:
+    return OutboxRelay(sessions, publisher, **options)  # type: ignore[arg-type]
+
+
+def test_failed_acknowledgement_backs_off_then_the_next_due_pass_sends_in_order(
     sessions: sessionmaker[Session],
 ) -> None:
     staged = [_stage(sessions, n) for n in range(3)]
     publisher = _FakePublisher()
     publisher.fail = TimeoutError("broker did not acknowledge")
-    relay = OutboxRelay(sessions, publisher)  # type: ignore[arg-type]
+    clock = _Clock()
+    relay = _relay(sessions, publisher, clock=clock, retry_backoff_seconds=1.0)
 
-    with pytest.raises(TimeoutError):
-        relay.publish_pending()
-
-    assert len(_pending(sessions)) == 3, "no row may be marked when the batch failed"
+    assert relay.publish_pending() == 0, "a failing pass reports nothing sent and does not raise"
+    rows = _pending(sessions)
+    assert len(rows) == 3, "no row may be marked when its send failed"
+    # one subject: the rows behind the failing one wait for it, so their order holds
+    assert [row.attempts for row in rows] == [1, 0, 0]
+    assert "TimeoutError: broker did not acknowledge" in (rows[0].last_error or "")
+    assert all(row.parked_at is None for row in rows), "a broker outage never parks"
 
     publisher.fail = None
     publisher.sent.clear()
+    assert relay.publish_pending() == 0, "backing off: nothing is tried before the backoff ends"
+    assert publisher.sent == []
+
+    clock.advance(1.0)
     assert relay.publish_pending() == 3
     assert [e.id for e in publisher.sent] == [e.id for e in staged]
     assert _pending(sessions) == []
 
 
-def test_failure_on_a_later_row_marks_none_of_the_batch(sessions: sessionmaker[Session]) -> None:
+def test_backoff_doubles_and_is_capped(sessions: sessionmaker[Session]) -> None:
     _stage(sessions, 1)
-    _stage(sessions, 2)
+    publisher = _FakePublisher()
+    publisher.fail = ConnectionError("down")
+    clock = _Clock()
+    relay = _relay(
+        sessions, publisher, clock=clock, retry_backoff_seconds=1, max_retry_backoff_seconds=4
+    )
+    waits = []
+    for _ in range(5):
+        relay.publish_pending()
+        (row,) = _pending(sessions)
+        assert row.next_attempt_at is not None
+        wait = row.next_attempt_at.replace(tzinfo=UTC) - clock.now
+        waits.append(wait.total_seconds())
+        clock.advance(wait.total_seconds())
+    assert waits == [1, 2, 4, 4, 4]
 
-    class _SecondFails(_FakePublisher):
+
+def test_a_failing_row_does_not_hold_back_other_subjects(sessions: sessionmaker[Session]) -> None:
+    first = _stage(sessions, 1, subject="things/a")
+    bad = _stage(sessions, 2, subject="things/b")
+    behind_bad = _stage(sessions, 3, subject="things/b")
+    later = _stage(sessions, 4, subject="things/c")
+
+    class _RejectsB(_FakePublisher):
         def send(self, envelope: Envelope) -> _Future:
-            self.fail = RuntimeError("nack") if len(self.sent) == 1 else None
+            self.fail = RuntimeError("nack") if envelope.subject == "things/b" else None
             return super().send(envelope)
 
-    relay = OutboxRelay(sessions, _SecondFails())  # type: ignore[arg-type]
-    with pytest.raises(RuntimeError, match="nack"):
+    publisher = _RejectsB()
+    relay = _relay(sessions, publisher, clock=_Clock())
+    assert relay.publish_pending() == 2
+    published = {row.event_id for row in _rows(sessions) if row.published_at is not None}
+    assert published == {first.id, later.id}
+    # one subject's events stay in order: the row behind the failing one was not even tried
+    assert behind_bad.id not in {e.id for e in publisher.sent}
+    assert bad.id in {e.id for e in publisher.sent}
+
+
+def test_an_event_the_broker_refuses_is_parked_and_later_events_flow(
+    sessions: sessionmaker[Session],
+) -> None:
+    registry = CollectorRegistry()
+    metrics = EventMetrics(registry)
+    too_big = _stage(sessions, 1, subject="things/a")
+    behind = _stage(sessions, 2, subject="things/a")
+    other = _stage(sessions, 3, subject="things/b")
+
+    class _TooLarge(_FakePublisher):
+        def send(self, envelope: Envelope) -> _Future:
+            self.fail = (
+                MessageSizeTooLargeError("record too large") if envelope.id == too_big.id else None
+            )
+            return super().send(envelope)
+
+    publisher = _TooLarge()
+    clock = _Clock()
+    relay = _relay(sessions, publisher, clock=clock, metrics=metrics)
+    assert relay.publish_pending() == 1, "the other subject flows past the refused row"
+    assert relay.publish_pending() == 1, "once parked, the row no longer blocks its subject"
+
+    by_id = {row.event_id: row for row in _rows(sessions)}
+    assert by_id[too_big.id].parked_at is not None
+    assert by_id[too_big.id].published_at is None
+    assert "MessageSizeTooLargeError" in (by_id[too_big.id].last_error or "")
+    assert by_id[behind.id].published_at is not None
+    assert by_id[other.id].published_at is not None
+    assert _sample(registry, "tuneline_outbox_parked_events") == 1
+    assert _sample(registry, "tuneline_outbox_pending_events") == 0
+
+    clock.advance(3600)
+    publisher.sent.clear()
+    assert relay.publish_pending() == 0
+    assert publisher.sent == [], "a parked row is never retried by itself"
+
+
+def test_an_unknown_failure_parks_after_the_configured_attempts(
+    sessions: sessionmaker[Session],
+) -> None:
+    _stage(sessions, 1)
+    publisher = _FakePublisher()
+    publisher.fail = RuntimeError("serializer bug")
+    clock = _Clock()
+    relay = _relay(sessions, publisher, clock=clock, park_after_attempts=3)
+    for attempt in range(1, 4):
         relay.publish_pending()
-    assert len(_pending(sessions)) == 2
+        (row,) = _rows(sessions)
+        assert row.attempts == attempt
+        assert (row.parked_at is not None) == (attempt == 3)
+        clock.advance(3600)
+
+
+def test_a_broker_outage_never_parks(sessions: sessionmaker[Session]) -> None:
+    _stage(sessions, 1)
+    publisher = _FakePublisher()
+    publisher.fail = KafkaTimeoutError("Unable to bootstrap")
+    clock = _Clock()
+    relay = _relay(sessions, publisher, clock=clock, park_after_attempts=2)
+    for _ in range(5):
+        relay.publish_pending()
+        clock.advance(3600)
+    (row,) = _rows(sessions)
+    assert row.attempts == 5
+    assert row.parked_at is None
+
+
+def test_a_producer_that_cannot_connect_is_tried_once_per_pass_not_once_per_row(
+    sessions: sessionmaker[Session],
+) -> None:
+    for n in range(4):
+        _stage(sessions, n, subject=f"things/t{n}")
+
+    class _NoBroker(_FakePublisher):
+        def send(self, envelope: Envelope) -> _Future:
+            self.sent.append(envelope)
+            raise KafkaTimeoutError("Unable to bootstrap")  # after waiting out its timeout
+
+    publisher = _NoBroker()
+    assert _relay(sessions, publisher).publish_pending() == 0
+    assert len(publisher.sent) == 1
+    assert [row.attempts for row in _rows(sessions)] == [1, 1, 1, 1]
+
+
+def test_stage_event_refuses_an_event_over_the_size_limit(sessions: sessionmaker[Session]) -> None:
+    big = struct_pb2.Struct()
+    big.fields["blob"].string_value = "x" * (MAX_EVENT_BYTES + 1)
+    with sessions() as session:
+        with pytest.raises(EventTooLarge, match="limited to") as raised:
+            stage_event(session, big, source=SOURCE, subject="s/1")
+        assert raised.value.size > MAX_EVENT_BYTES
+        assert not session.new, "nothing was added to the session"
+    small = struct_pb2.Struct()
+    small.fields["blob"].string_value = "x" * 100
+    with sessions() as session, pytest.raises(EventTooLarge):
+        stage_event(session, small, source=SOURCE, subject="s/1", max_bytes=64)
+
+
+def test_two_relays_never_hold_the_same_row(sessions: sessionmaker[Session]) -> None:
+    _stage(sessions, 1, subject="things/a")
+    _stage(sessions, 2, subject="things/b")
+    clock = _Clock()
+    first = _relay(sessions, _FakePublisher(), clock=clock, relay_id="a", lease_seconds=60)
+    second = _relay(sessions, _FakePublisher(), clock=clock, relay_id="b", lease_seconds=60)
+
+    claimed = first._claim()
+    assert len(claimed) == 2
+    assert second._claim() == [], "rows under another relay's lease are not taken"
+
+    clock.advance(61)  # the first relay died mid-batch: its lease runs out
+    assert [c.seq for c in second._claim()] == [c.seq for c in claimed]
+
+
+def test_the_claim_skips_locked_rows_on_postgresql_and_needs_no_lock_on_sqlite(
+    sessions: sessionmaker[Session],
+) -> None:
+    query = _relay(sessions, _FakePublisher()).candidates_query(datetime.now(UTC))
+    assert "FOR UPDATE SKIP LOCKED" in str(query.compile(dialect=postgresql.dialect()))
+    assert "FOR UPDATE" not in str(query.compile(dialect=sqlite.dialect()))
+
+
+def test_two_relays_on_one_database_publish_each_row_once(database_url: str) -> None:
+    """Replicas of a service on one database: SQLite (compare-and-set alone) and PostgreSQL
+    (``FOR UPDATE SKIP LOCKED`` plus the compare-and-set)."""
+    engine = create_database_engine(database_url)
+    create_schema(engine)
+    sessions = create_session_factory(engine)
+    staged = [_stage(sessions, n, subject=f"things/t{n % 7}") for n in range(60)]
+    publishers = [_FakePublisher(), _FakePublisher()]
+    relays = [
+        _relay(sessions, publisher, batch_size=5, relay_id=name)
+        for publisher, name in zip(publishers, ("a", "b"), strict=True)
+    ]
+    threads = [threading.Thread(target=relay.publish_pending) for relay in relays]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for relay in relays:  # whatever a thread left (it ended its pass early) goes out now
+        relay.publish_pending()
+
+    sent = [e.id for publisher in publishers for e in publisher.sent]
+    assert sorted(sent) == sorted(e.id for e in staged), "every row once, none twice"
+    assert _pending(sessions) == []
+    engine.dispose()
+
+
+def test_sent_rows_are_pruned_after_the_retention(sessions: sessionmaker[Session]) -> None:
+    _stage(sessions, 1)
+    clock = _Clock()
+    relay = _relay(sessions, _FakePublisher(), clock=clock, retention=timedelta(hours=1))
+    assert relay.publish_pending() == 1
+    pending = _stage(sessions, 2)
+    relay_down = _relay(sessions, _FakePublisher(), clock=clock, retention=timedelta(hours=1))
+
+    clock.advance(1800)
+    assert relay_down.prune_sent() == 0, "inside the retention"
+    clock.advance(1801)
+    assert relay_down.prune_sent() == 1
+    assert [row.event_id for row in _rows(sessions)] == [pending.id], "unsent rows are kept"
+
+
+def test_create_schema_adds_the_relay_columns_to_an_older_outbox(tmp_path: Path) -> None:
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as connection:  # the outbox as the first release created it
+        connection.exec_driver_sql(
+            "CREATE TABLE outbox_events (seq INTEGER PRIMARY KEY, event_id VARCHAR(64) UNIQUE, "
+            "topic VARCHAR(255), subject VARCHAR(512), source VARCHAR(255), time DATETIME, "
+            "traceparent VARCHAR(64), payload BLOB, published_at DATETIME)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO outbox_events (event_id, topic, subject, source, time, traceparent, "
+            "payload) VALUES ('e1', 'google.protobuf.Timestamp', 's/1', 'x', "
+            "'2026-01-01 00:00:00.000000', '', X'')"
+        )
+    create_schema(engine)
+    sessions = create_session_factory(engine)
+    publisher = _FakePublisher()
+    assert _relay(sessions, publisher).publish_pending() == 1
+    assert [e.id for e in publisher.sent] == ["e1"]
+    engine.dispose()
 
 
 def _sample(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
@@ -228,7 +466,8 @@ def test_metrics_count_published_events_and_pending_gauge(
     registry = CollectorRegistry()
     metrics = EventMetrics(registry)
     publisher = _FakePublisher()
-    relay = OutboxRelay(sessions, publisher, metrics=metrics)  # type: ignore[arg-type]
+    clock = _Clock()
+    relay = _relay(sessions, publisher, metrics=metrics, clock=clock)
 
     _stage(sessions, 1)
     _stage(sessions, 2)
@@ -237,9 +476,9 @@ def test_metrics_count_published_events_and_pending_gauge(
         session.commit()
 
     publisher.fail = ConnectionError("down")
-    with pytest.raises(ConnectionError):
-        relay.publish_pending()
+    assert relay.publish_pending() == 0
     publisher.fail = None
+    clock.advance(3600)
 
     assert relay.publish_pending() == 3
 
@@ -250,6 +489,12 @@ def test_metrics_count_published_events_and_pending_gauge(
     assert (
         _sample(registry, "tuneline_events_published_total", {"topic": "google.protobuf.Struct"})
         == 1
+    )
+    assert (
+        _sample(
+            registry, "tuneline_outbox_send_failures_total", {"topic": "google.protobuf.Timestamp"}
+        )
+        >= 1
     )
     assert _sample(registry, "tuneline_outbox_pending_events") == 0
 
@@ -265,21 +510,21 @@ def test_pending_gauge_shows_the_backlog_while_the_broker_is_down(
 
     class _Down(_FakePublisher):
         def send(self, envelope: Envelope) -> _Future:
-            raise ConnectionError("no broker")
+            raise KafkaTimeoutError("no broker")
 
-    relay = OutboxRelay(sessions, _Down(), metrics=metrics)  # type: ignore[arg-type]
-    with pytest.raises(ConnectionError):
-        relay.publish_pending()
+    relay = _relay(sessions, _Down(), metrics=metrics)
+    assert relay.publish_pending() == 0
 
     assert _sample(registry, "tuneline_outbox_pending_events") == 2
+    assert _sample(registry, "tuneline_outbox_parked_events") == 0
 
 
 def test_published_counter_counts_each_event_once_despite_a_failed_pass(
     sessions: sessionmaker[Session],
 ) -> None:
-    """A batch that fails on its last row is re-sent whole; the counter must not double count."""
-    _stage(sessions, 1)
-    _stage(sessions, 2)
+    """A pass that fails on one row re-sends only that row; the counter counts each once."""
+    _stage(sessions, 1, subject="things/a")
+    _stage(sessions, 2, subject="things/b")
     registry = CollectorRegistry()
     metrics = EventMetrics(registry)
 
@@ -288,10 +533,13 @@ def test_published_counter_counts_each_event_once_despite_a_failed_pass(
             self.fail = RuntimeError("nack") if len(self.sent) == 1 else None
             return super().send(envelope)
 
-    relay = OutboxRelay(sessions, _SecondFailsOnce(), metrics=metrics)  # type: ignore[arg-type]
-    with pytest.raises(RuntimeError):
-        relay.publish_pending()
-    assert relay.publish_pending() == 2
+    publisher = _SecondFailsOnce()
+    clock = _Clock()
+    relay = _relay(sessions, publisher, metrics=metrics, clock=clock)
+    assert relay.publish_pending() == 1
+    clock.advance(3600)
+    assert relay.publish_pending() == 1
+    assert len(publisher.sent) == 3, "the acknowledged row was not sent again"
 
     assert (
         _sample(registry, "tuneline_events_published_total", {"topic": "google.protobuf.Timestamp"})
@@ -301,14 +549,14 @@ def test_published_counter_counts_each_event_once_despite_a_failed_pass(
 
 def test_background_relay_publishes_on_wake_and_on_stop(sessions: sessionmaker[Session]) -> None:
     publisher = _FakePublisher()
-    relay = OutboxRelay(sessions, publisher, poll_seconds=5)  # type: ignore[arg-type]
+    # it would not poll within the test: only the wake can make it publish
+    relay = OutboxRelay(sessions, publisher, poll_seconds=3600)  # type: ignore[arg-type]
     relay.start()
     try:
         envelope = _stage(sessions, 1)
         relay.wake()
-        for _ in range(200):
-            if publisher.sent:
-                break
+        deadline = time.monotonic() + 60
+        while not publisher.sent and time.monotonic() < deadline:
             time.sleep(0.005)
         assert [e.id for e in publisher.sent] == [envelope.id]
         last = _stage(sessions, 2)

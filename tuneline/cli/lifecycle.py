@@ -7,20 +7,27 @@ from typing import Annotated
 
 import typer
 
-from tuneline.cli.output import console, err_console, print_message, reported_errors, target
+from tuneline.cli.endpoints import target
+from tuneline.cli.output import console, err_console, print_message, reported_errors
 from tuneline.client.registry import RegistryClient, checkpoint_name, model_name
-
-REGISTRY_PORT = 50055
 
 CheckpointArg = Annotated[
     str, typer.Argument(help="models/{m}/checkpoints/{c}, or the id {c} with --model.")
 ]
 ModelOpt = Annotated[str, typer.Option(help="The model, when CHECKPOINT is a bare id.")]
 ReasonOpt = Annotated[str, typer.Option(help="Why (kept in the alias history).")]
+ExpectedRevisionOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Only move if the alias is still at this revision (as `tuneline aliases show` "
+        "showed it); otherwise fail with ABORTED and move nothing.",
+    ),
+]
 
 
 def _client() -> RegistryClient:
-    return RegistryClient(target("registry", REGISTRY_PORT))
+    return RegistryClient(target("registry"))
 
 
 def _me() -> str:
@@ -36,7 +43,14 @@ def promote(
     alias: Annotated[str, typer.Option(help="The alias to move.")] = "production",
     reason: ReasonOpt = "",
     actor: Annotated[str, typer.Option(help="Who is moving it (default: you).")] = "",
-    request_id: Annotated[str, typer.Option(help="Idempotency key: a retry moves once.")] = "",
+    request_id: Annotated[
+        str,
+        typer.Option(
+            help="Idempotency key (default: a new one per command); repeat a command with the "
+            "same key and it moves once."
+        ),
+    ] = "",
+    expected_revision: ExpectedRevisionOpt = None,
 ) -> None:
     """Move an alias (default production) to a checkpoint whose latest evaluation passed."""
     with reported_errors(), _client() as client:
@@ -46,6 +60,7 @@ def promote(
             actor=actor or _me(),
             reason=reason,
             request_id=request_id,
+            expected_revision=expected_revision,
         )
     if response.HasField("move"):
         err_console.print(
@@ -61,11 +76,15 @@ def approve(
     reason: Annotated[str, typer.Option(help="Why it may go to production.")],
     model: ModelOpt = "",
     reviewer: Annotated[str, typer.Option(help="Who approves (default: you).")] = "",
+    expected_revision: ExpectedRevisionOpt = None,
 ) -> None:
     """Approve a checkpoint pending review: it becomes production."""
     with reported_errors(), _client() as client:
         response = client.approve(
-            checkpoint_name(checkpoint, model), reviewer=reviewer or _me(), reason=reason
+            checkpoint_name(checkpoint, model),
+            reviewer=reviewer or _me(),
+            reason=reason,
+            expected_revision=expected_revision,
         )
     err_console.print(f"[green]approved[/green]; production → {response.alias.checkpoint}")
     print_message(response.alias)
@@ -92,7 +111,14 @@ def rollback(
         str, typer.Option("--to", help="An explicit earlier production checkpoint (name or id).")
     ] = "",
     actor: Annotated[str, typer.Option(help="Who is rolling back (default: you).")] = "",
-    request_id: Annotated[str, typer.Option(help="Idempotency key: a retry rolls back once.")] = "",
+    request_id: Annotated[
+        str,
+        typer.Option(
+            help="Idempotency key (default: a new one per command); repeat a command with the "
+            "same key and it rolls back once."
+        ),
+    ] = "",
+    expected_revision: ExpectedRevisionOpt = None,
 ) -> None:
     """Roll production back to the last good checkpoint (or --to an earlier one)."""
     with reported_errors(), _client() as client:
@@ -102,6 +128,7 @@ def rollback(
             target_checkpoint=checkpoint_name(to, model) if to else "",
             actor=actor or _me(),
             request_id=request_id,
+            expected_revision=expected_revision,
         )
     if response.HasField("move"):
         move = response.move

@@ -11,10 +11,13 @@ from tuneline.cli import (
     datasets,
     demo,
     dev,
+    dlq,
     evals,
     jobs,
     lifecycle,
     models,
+    report,
+    security,
     splits,
     stack,
 )
@@ -24,9 +27,11 @@ app = typer.Typer(
     help="Tuneline: turn a labelled dataset into a promoted, reversible fine-tuned adapter.",
     no_args_is_help=True,
 )
+app.callback()(security.connection_options)
 app.command()(stack.up)
 app.command()(stack.down)
 app.command()(demo.demo)
+app.command()(report.report)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(splits.app, name="splits")
 app.add_typer(jobs.app, name="jobs")
@@ -36,6 +41,7 @@ app.add_typer(checkpoints.app, name="checkpoints")
 app.add_typer(evals.app, name="evals")
 app.add_typer(aliases.app, name="aliases")
 lifecycle.register(app)
+app.add_typer(dlq.app, name="dlq")
 app.add_typer(dev.app, name="dev")
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,21 +8,25 @@ evaluator asking the registry for production) use these classes; nobody else bui
 
 from tuneline.client.base import ServiceClient
 from tuneline.client.errors import (
+    AbortedError,
     AlreadyExistsError,
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
     TunelineError,
     UnavailableError,
 )
 
 __all__ = [
+    "AbortedError",
     "AlreadyExistsError",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "NotFoundError",
+    "ResourceExhaustedError",
     "ServiceClient",
     "TunelineError",
     "UnavailableError",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from shared.grpc import ClientSecurity
 from tuneline.client.base import ServiceClient
 from tuneline.client.errors import TunelineError, from_rpc_error
 from tuneline.common.v1 import resources_pb2 as common_pb2
@@ -93,14 +94,17 @@ class UploadInProgress:
 class DatasetClient(ServiceClient):
     """Datasets, their versions and validation reports. See ``ServiceClient`` for channels."""
 
+    service = service_pb2.DESCRIPTOR.services_by_name["DatasetService"]
+
     def __init__(
         self,
         target: str | None = None,
         *,
         channel: grpc.Channel | None = None,
         timeout: float = 10.0,
+        security: ClientSecurity | None = None,
     ) -> None:
-        super().__init__(target, channel=channel, timeout=timeout)
+        super().__init__(target, channel=channel, timeout=timeout, security=security)
         self._stub = service_pb2_grpc.DatasetServiceStub(self.channel)
 
     # -- datasets ---------------------------------------------------------------------------
@@ -164,6 +168,7 @@ class DatasetClient(ServiceClient):
         parent_version: str = "",
         uploader: str = "",
         validate_only: bool = False,
+        label_churn_override: str = "",
         content_length: int | None = None,
         content_sha256: str = "",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
@@ -175,6 +180,9 @@ class DatasetClient(ServiceClient):
 
         For a path, ``filename`` and ``content_length`` default to the file's name and size;
         for bytes, to nothing and their length. The chunks are read lazily as gRPC sends them.
+        ``label_churn_override``: why this version may relabel many of its parent's rows; with
+        it, ``label_churn`` is a warning instead of a refusal, and the reason is kept in the
+        version's lineage.
         """
         chunks: Iterable[bytes]
         if isinstance(content, str | os.PathLike):
@@ -196,6 +204,8 @@ class DatasetClient(ServiceClient):
             content_length=content_length or 0,
             content_sha256=content_sha256,
             validate_only=validate_only,
+            allow_label_churn=bool(label_churn_override),
+            label_churn_reason=label_churn_override,
         )
 
         def requests() -> Iterator[service_pb2.UploadDatasetVersionRequest]:
@@ -222,6 +232,7 @@ class DatasetClient(ServiceClient):
         parent_version: str = "",
         uploader: str = "",
         validate_only: bool = False,
+        label_churn_override: str = "",
         content_length: int | None = None,
         content_sha256: str = "",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
@@ -238,6 +249,7 @@ class DatasetClient(ServiceClient):
             parent_version=parent_version,
             uploader=uploader,
             validate_only=validate_only,
+            label_churn_override=label_churn_override,
             content_length=content_length,
             content_sha256=content_sha256,
             chunk_bytes=chunk_bytes,
@@ -260,8 +272,10 @@ class DatasetClient(ServiceClient):
         uploader: str = "",
         content_sha256: str = "",
         validate_only: bool = False,
+        label_churn_override: str = "",
         timeout: float = DEFAULT_INGEST_TIMEOUT,
     ) -> service_pb2.ImportDatasetVersionResponse:
+        """Import from an artifact URI; ``label_churn_override`` as for :meth:`start_upload`."""
         request = service_pb2.ImportDatasetVersionRequest(
             dataset=dataset_name(dataset),
             source_uri=source_uri,
@@ -270,6 +284,8 @@ class DatasetClient(ServiceClient):
             uploader=uploader,
             content_sha256=content_sha256,
             validate_only=validate_only,
+            allow_label_churn=bool(label_churn_override),
+            label_churn_reason=label_churn_override,
         )
         return self._call(self._stub.ImportDatasetVersion, request, timeout=timeout)
 

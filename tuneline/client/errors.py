@@ -52,6 +52,15 @@ class FailedPreconditionError(TunelineError):
     """The system's state forbids the operation now; ``violations`` says why."""
 
 
+class AbortedError(TunelineError):
+    """A conditional write lost (e.g. a stale ``expected_revision``): nothing changed. Re-read
+    (``metadata`` has ``current_revision``) and decide again; do not blindly retry."""
+
+
+class ResourceExhaustedError(TunelineError):
+    """A server limit was hit (e.g. too many open streams); ``metadata`` names the cap."""
+
+
 class DeadlineExceededError(TunelineError):
     """The call did not finish within its deadline."""
 
@@ -65,6 +74,8 @@ _BY_CODE: dict[grpc.StatusCode, type[TunelineError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ABORTED: AbortedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
 }

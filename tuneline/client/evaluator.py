@@ -24,6 +24,8 @@ class EvaluatorClient(ServiceClient):
     ...     evaluation = evaluator.wait(evaluation.name)
     """
 
+    service = service_pb2.DESCRIPTOR.services_by_name["EvaluatorService"]
+
     def __init__(self, target: str | None = None, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
         self._stub = service_pb2_grpc.EvaluatorServiceStub(self.channel)

@@ -21,6 +21,8 @@ class RegistryClient(ServiceClient):
     has no earlier good checkpoint).
     """
 
+    service = service_pb2.DESCRIPTOR.services_by_name["RegistryService"]
+
     def __init__(self, target: str | None = None, **kwargs: object) -> None:
         super().__init__(target, **kwargs)  # type: ignore[arg-type]
         self._stub = service_pb2_grpc.RegistryServiceStub(self.channel)
@@ -102,17 +104,34 @@ class RegistryClient(ServiceClient):
         actor: str = "",
         reason: str = "",
         request_id: str = "",
+        expected_revision: int | None = None,
     ) -> service_pb2.PromoteCheckpointResponse:
+        """Move ``alias``; with ``expected_revision`` (the ``Alias.revision`` you last read) the
+        move only happens if the alias has not moved since, else ABORTED and nothing moves."""
         request = service_pb2.PromoteCheckpointRequest(
-            checkpoint=checkpoint, alias=alias, actor=actor, reason=reason, request_id=request_id
+            checkpoint=checkpoint,
+            alias=alias,
+            actor=actor,
+            reason=reason,
+            request_id=request_id,
+            expected_alias_revision=expected_revision,
         )
         return self._call(self._stub.PromoteCheckpoint, request)
 
     def approve(
-        self, checkpoint: str, *, reviewer: str, reason: str
+        self,
+        checkpoint: str,
+        *,
+        reviewer: str,
+        reason: str,
+        expected_revision: int | None = None,
     ) -> service_pb2.ApproveCheckpointResponse:
+        """Approve and promote; ``expected_revision`` guards production as in :meth:`promote`."""
         request = service_pb2.ApproveCheckpointRequest(
-            checkpoint=checkpoint, reviewer=reviewer, reason=reason
+            checkpoint=checkpoint,
+            reviewer=reviewer,
+            reason=reason,
+            expected_alias_revision=expected_revision,
         )
         return self._call(self._stub.ApproveCheckpoint, request)
 
@@ -130,13 +149,16 @@ class RegistryClient(ServiceClient):
         target_checkpoint: str = "",
         actor: str = "",
         request_id: str = "",
+        expected_revision: int | None = None,
     ) -> service_pb2.RollbackModelResponse:
+        """Roll production back; ``expected_revision`` guards it as in :meth:`promote`."""
         request = service_pb2.RollbackModelRequest(
             model=model,
             reason=reason,
             target_checkpoint=target_checkpoint,
             actor=actor,
             request_id=request_id,
+            expected_alias_revision=expected_revision,
         )
         return self._call(self._stub.RollbackModel, request)
 
@@ -145,13 +167,18 @@ class RegistryClient(ServiceClient):
         model: str,
         *,
         metric: str,
-        value: float,
+        value: float = 0.0,
+        successes: int = 0,
+        trials: int = 0,
         checkpoint: str = "",
         slice_name: str = "",
         example_count: int = 0,
         window_seconds: float | None = None,
         source: str = "",
+        request_id: str = "",
     ) -> resources_pb2.LiveQualityReport:
+        """Report ``successes`` of ``trials`` new labelled outcomes (the registry keeps a
+        confidence sequence of the rate), or, the older form, a bare ``value``."""
         request = service_pb2.ReportLiveQualityRequest(
             model=model,
             checkpoint=checkpoint,
@@ -160,6 +187,9 @@ class RegistryClient(ServiceClient):
             value=value,
             example_count=example_count,
             source=source,
+            successes=successes,
+            trials=trials,
+            request_id=request_id,
         )
         if window_seconds is not None:
             request.window.FromTimedelta(timedelta(seconds=window_seconds))

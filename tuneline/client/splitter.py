@@ -19,6 +19,8 @@ class SplitterClient(ServiceClient):
     ...     split, created = splitter.create_split("datasets/reviews/versions/v1")
     """
 
+    service = service_pb2.DESCRIPTOR.services_by_name["SplitterService"]
+
     def __init__(self, target: str | None = None, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
         self._stub = service_pb2_grpc.SplitterServiceStub(self.channel)

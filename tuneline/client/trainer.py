@@ -18,6 +18,8 @@ class TrainerClient(ServiceClient):
     ...         print(update.progress.step, update.progress.train_loss)
     """
 
+    service = service_pb2.DESCRIPTOR.services_by_name["TrainerService"]
+
     def __init__(self, target: str | None = None, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
         self._stub = service_pb2_grpc.TrainerServiceStub(self.channel)
@@ -34,6 +36,17 @@ class TrainerClient(ServiceClient):
             training_job=job, training_job_id=job_id, request_id=request_id
         )
         return self._call(self._stub.CreateTrainingJob, request).training_job
+
+    def estimate_training_job(
+        self, job: resources_pb2.TrainingJob, *, job_id: str = ""
+    ) -> tuple[resources_pb2.TrainingJob, resources_pb2.TrainingEstimate]:
+        """What ``job`` would be (defaults resolved, no name) and what it is expected to
+        process and cost, creating nothing (``validate_only``); errors as for a real create."""
+        request = service_pb2.CreateTrainingJobRequest(
+            training_job=job, training_job_id=job_id, validate_only=True
+        )
+        response = self._call(self._stub.CreateTrainingJob, request)
+        return response.training_job, response.estimate
 
     def get_training_job(self, name: str) -> resources_pb2.TrainingJob:
         """The job ``trainingJobs/{job}``, with its progress, loss curve and cost."""

@@ -2,6 +2,8 @@
 
 No logic lives here. Each call runs its handler in one transaction; the handlers' after-commit
 effects (metrics, waking the outbox relay and WatchAlias streams) fire when it commits.
+Whoever moves an alias or reviews a checkpoint is recorded as the caller the auth interceptor
+verified; the request's ``actor``/``reviewer`` only counts on a server without auth.
 """
 
 from __future__ import annotations
@@ -11,13 +13,28 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.registry import handlers
 from services.registry.handlers import RegistryDeps
+from shared.security import caller_name
 from tuneline.registry.v1 import service_pb2, service_pb2_grpc
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+
+def _attributed(request: M, field: str) -> M:
+    """``request`` with ``field`` (``actor``, ``reviewer``) naming the verified caller."""
+    declared = getattr(request, field)
+    name = caller_name(declared)
+    if name == declared:
+        return request
+    attributed = type(request)()
+    attributed.CopyFrom(request)
+    setattr(attributed, field, name)
+    return attributed
 
 
 class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
@@ -105,23 +122,38 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
             lambda s: handlers.watch_alias_start(s, request.name, request.after_revision)
         )
         yield from first
-        while context.is_active() and not self._stopping.is_set() and not notifier.closed:
-            generation = notifier.wait(generation, self._watch_poll_seconds)
-            if self._stopping.is_set() or notifier.closed:
-                return  # the server is stopping: end the stream with OK
-            after = last_revision
-            moves = self._in_transaction(
-                lambda s: handlers.watch_alias_moves(s, model, alias, after)  # noqa: B023 - called at once
-            )
-            for message in moves:
-                yield message
-                last_revision = message.move.revision
+        # an idle stream blocks on the notifier and reads the database only when woken; the
+        # client going away wakes it too, so its thread and stream slot are freed at once
+        ended = threading.Event()
+
+        def on_rpc_end() -> None:
+            ended.set()
+            notifier.interrupt()
+
+        if not context.add_callback(on_rpc_end):
+            return  # the RPC has already ended
+        with notifier.watching():
+            while not ended.is_set() and not self._stopping.is_set() and not notifier.closed:
+                seen = generation
+                generation = notifier.wait(generation, ended, self._watch_poll_seconds)
+                if self._stopping.is_set() or notifier.closed:
+                    return  # the server is stopping: end the stream with OK
+                if generation == seen or ended.is_set():
+                    continue  # nothing moved (a safety-net wake-up) or the client left
+                after = last_revision
+                moves = self._in_transaction(
+                    lambda s: handlers.watch_alias_moves(s, model, alias, after)  # noqa: B023 - called at once
+                )
+                for message in moves:
+                    yield message
+                    last_revision = message.move.revision
 
     # -- moving production ----------------------------------------------------------------
 
     def PromoteCheckpoint(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.PromoteCheckpointRequest, context: grpc.ServicerContext
     ) -> service_pb2.PromoteCheckpointResponse:
+        request = _attributed(request, "actor")
         alias, move = self._in_transaction(
             lambda s: handlers.promote_checkpoint(s, self._deps, request)
         )
@@ -130,11 +162,13 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
     def ApproveCheckpoint(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ApproveCheckpointRequest, context: grpc.ServicerContext
     ) -> service_pb2.ApproveCheckpointResponse:
+        request = _attributed(request, "reviewer")
         return self._in_transaction(lambda s: handlers.approve_checkpoint(s, self._deps, request))
 
     def RejectCheckpoint(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.RejectCheckpointRequest, context: grpc.ServicerContext
     ) -> service_pb2.RejectCheckpointResponse:
+        request = _attributed(request, "reviewer")
         return service_pb2.RejectCheckpointResponse(
             checkpoint=self._in_transaction(
                 lambda s: handlers.reject_checkpoint(s, self._deps, request)
@@ -144,6 +178,7 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
     def RollbackModel(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.RollbackModelRequest, context: grpc.ServicerContext
     ) -> service_pb2.RollbackModelResponse:
+        request = _attributed(request, "actor")
         alias, move = self._in_transaction(
             lambda s: handlers.rollback_model(s, self._deps, request)
         )
