@@ -126,6 +126,8 @@ def registry_process(bootstrap: str, data_dir: Path) -> Iterator[tuple[str, str]
         "TUNELINE_KAFKA_BOOTSTRAP": bootstrap,
         "TUNELINE_DATA_DIR": str(data_dir),
         "TUNELINE_LOG_LEVEL": "WARNING",
+        # a loopback benchmark of the service itself, not of TLS (bench/authz_overhead.py)
+        "TUNELINE_AUTH_MODE": "insecure",
         "TUNELINE_REGISTRY_GRPC_PORT": str(grpc_port),
         "TUNELINE_REGISTRY_METRICS_PORT": "0",
         "TUNELINE_REGISTRY_WEBHOOK_PORT": str(webhook_port),

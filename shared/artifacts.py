@@ -1,11 +1,19 @@
 """The artifact store: immutable blobs and folders addressed by URI.
 
+:class:`ArtifactStore` is what services depend on; :func:`artifact_store_from_uri` picks the
+implementation from the configured root: a local directory (``file://`` URIs, this module) or
+an S3 bucket prefix (``s3://bucket/prefix``, :mod:`shared.s3_artifacts`).
+
 Local directory by default (``file://`` URIs). Every write is atomic — bytes go to a temporary
 file under the store root, are fsynced, then renamed into place, and the folder is fsynced — so
 a reader never sees a half-written artifact and a crash leaves at most a temp file in
 ``.tmp/``, which :meth:`LocalArtifactStore.clean_temp` removes at start-up. Keys and URIs are
 validated so that nothing escapes the store root (no ``..``, no absolute keys, no symlink
 tricks). The sha256 of every artifact is computed while writing and returned.
+
+Errors name artifacts by their key (the path under their store's root), never by a local path
+or a ``file://`` URI: their messages reach API clients (a failed job's message, a refused
+split), and where the store lives on the server is none of theirs.
 """
 
 from __future__ import annotations
@@ -17,10 +25,10 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=@+-]*(/[A-Za-z0-9][A-Za-z0-9._=@+-]*)*$")
@@ -28,7 +36,20 @@ _CHUNK = 1024 * 1024
 
 
 class ArtifactError(ValueError):
-    """A key or URI the store refuses, or an artifact that is missing."""
+    """A key or URI the store refuses, or an artifact that is missing. The message names the
+    artifact by key; ``uri`` keeps the URI concerned, for logs."""
+
+    def __init__(self, message: str, *, uri: str = "") -> None:
+        super().__init__(message)
+        self.uri = uri
+
+
+def check_artifact_key(key: str) -> str:
+    """``key`` if it is a valid artifact key (relative, ``/``-separated, no ``..``, no leading
+    dot: names starting with a dot are the stores' own)."""
+    if not _KEY.match(key) or ".." in key.split("/"):
+        raise ArtifactError(f"invalid artifact key {key!r}")
+    return key
 
 
 @dataclass(frozen=True)
@@ -103,9 +124,92 @@ class ArtifactSpool(ArtifactWriter):
     def commit(self, key: str) -> StoredArtifact:
         """Put the bytes written so far at ``key`` atomically; no writes may follow."""
         if self.stored is not None:
-            raise ArtifactError(f"spool already committed to {self.stored.uri!r}")
+            raise ArtifactError("the spool was committed already", uri=self.stored.uri)
         self.stored = self._commit_to(key)
         return self.stored
+
+
+class ArtifactStore(Protocol):
+    """Immutable blobs and folders addressed by URI: what services read and write through.
+
+    Every write is atomic (a reader sees the whole artifact or nothing) and returns the
+    artifact's sha256; errors are :class:`ArtifactError` naming the artifact by key.
+    """
+
+    @property
+    def location(self) -> str:
+        """The store's root as configured (a local path or ``s3://bucket/prefix``), so another
+        process (a training worker) can open the same store with :func:`artifact_store_from_uri`."""
+        ...
+
+    def uri_for(self, key: str) -> str:
+        """The URI ``key`` has (or would have) in this store."""
+        ...
+
+    def key_of(self, uri: str) -> str:
+        """The key of the artifact at ``uri``: how errors and messages name it."""
+        ...
+
+    def open_spool(self) -> AbstractContextManager[ArtifactSpool]:
+        """Stream bytes whose key is chosen after writing (content-addressed artifacts)."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes) -> StoredArtifact: ...
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> StoredArtifact: ...
+
+    def put_directory(self, key: str, source: Path) -> StoredArtifact:
+        """Store folder ``source`` at ``key`` as a whole; an existing one is replaced."""
+        ...
+
+    def open(self, uri: str) -> BinaryIO:
+        """Read a blob; a store that keeps its sha256 verifies it by the end of the stream."""
+        ...
+
+    def exists(self, uri: str) -> bool: ...
+
+    def materialize(self, uri: str) -> Path:
+        """A local path holding the artifact (a file, or a folder for a directory artifact),
+        for code that needs one (training and evaluation workers). Remote stores download it
+        once into a local cache, verified against its sha256."""
+        ...
+
+    def delete(self, uri: str) -> None: ...
+
+    def clean_temp(self) -> int:
+        """Remove this store's leftovers of interrupted writes; returns how many."""
+        ...
+
+
+def artifact_store_from_uri(
+    root_or_uri: str | Path,
+    *,
+    readable_roots: Iterable[Path] = (),
+    s3_endpoint_url: str | None = None,
+    cache_dir: Path | None = None,
+) -> ArtifactStore:
+    """The artifact store configured as ``root_or_uri``: ``s3://bucket/prefix`` for S3 (or
+    any S3-compatible server at ``s3_endpoint_url``), a local path or ``file://`` URI otherwise.
+
+    ``readable_roots`` are other local roots a local store may read; ``cache_dir`` is where a
+    remote store materializes artifacts (default: a folder under the system temp directory).
+    """
+    text = str(root_or_uri)
+    if text.startswith("s3://"):
+        # boto3 is imported only where a store is on S3
+        from shared.s3_artifacts import S3ArtifactStore  # noqa: PLC0415
+
+        return S3ArtifactStore.from_uri(text, endpoint_url=s3_endpoint_url, cache_dir=cache_dir)
+    if text.startswith("file://"):
+        parsed = urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise ArtifactError(f"unsupported artifact root {text!r}", uri=text)
+        text = unquote(parsed.path)
+    elif "://" in text:
+        raise ArtifactError(
+            f"unsupported artifact root {text!r}: expected a path, file:// or s3://", uri=text
+        )
+    return LocalArtifactStore(Path(text), readable_roots=readable_roots)
 
 
 class LocalArtifactStore:
@@ -122,12 +226,14 @@ class LocalArtifactStore:
         self._tmp.mkdir(exist_ok=True)
         self._readable = (self.root, *(Path(r).resolve() for r in readable_roots))
 
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
     # -- names ----------------------------------------------------------------------------
 
     def _path_for_key(self, key: str) -> Path:
-        if not _KEY.match(key) or ".." in key.split("/"):
-            raise ArtifactError(f"invalid artifact key {key!r}")
-        path = (self.root / key).resolve()
+        path = (self.root / check_artifact_key(key)).resolve()
         if (
             not path.is_relative_to(self.root)
             or path == self._tmp
@@ -143,11 +249,22 @@ class LocalArtifactStore:
         """The local path behind ``uri``, refusing anything outside the readable roots."""
         parsed = urlparse(uri)
         if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-            raise ArtifactError(f"unsupported artifact URI {uri!r}: expected file:///…")
+            raise ArtifactError(
+                f"unsupported artifact URI scheme {parsed.scheme!r}: expected file:///…", uri=uri
+            )
         path = Path(unquote(parsed.path)).resolve()
         if not any(path.is_relative_to(root) for root in self._readable):
-            raise ArtifactError(f"artifact URI {uri!r} is outside the artifact store")
+            raise ArtifactError(
+                "the artifact URI is outside the artifact stores this service reads", uri=uri
+            )
         return path
+
+    def key_of(self, uri: str) -> str:
+        """The key of the artifact at ``uri``: its path under the (readable) store root that
+        holds it. How errors and messages name an artifact."""
+        path = self.local_path(uri)
+        root = next(r for r in self._readable if path.is_relative_to(r))
+        return path.relative_to(root).as_posix()
 
     # -- writing --------------------------------------------------------------------------
 
@@ -244,18 +361,22 @@ class LocalArtifactStore:
     def open(self, uri: str) -> BinaryIO:
         path = self.local_path(uri)
         if not path.is_file():
-            raise ArtifactError(f"artifact {uri!r} does not exist")
+            raise ArtifactError(f"artifact {self.key_of(uri)!r} does not exist", uri=uri)
         return path.open("rb")
 
     def exists(self, uri: str) -> bool:
         return self.local_path(uri).exists()
 
+    def materialize(self, uri: str) -> Path:
+        """The artifact's own path (no copy); it may not exist, for the caller to report."""
+        return self.local_path(uri)
+
     def delete(self, uri: str) -> None:
         path = self.local_path(uri)
         if not path.is_relative_to(self.root):
-            raise ArtifactError(f"artifact {uri!r} belongs to another store")
+            raise ArtifactError(f"artifact {self.key_of(uri)!r} belongs to another store", uri=uri)
         if path == self.root or path.is_relative_to(self._tmp):
-            raise ArtifactError(f"{uri!r} is the store itself, not an artifact")
+            raise ArtifactError("that URI names the store itself, not an artifact", uri=uri)
         if path.is_dir():
             shutil.rmtree(path)
         else:

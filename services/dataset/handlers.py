@@ -28,7 +28,9 @@ from services.dataset.adapters.messages import dataset_versioned
 from services.dataset.adapters.repository import DatasetRepository
 from services.dataset.adapters.sources import ImportSources
 from services.dataset.adapters.workers import ValidationWorkers
+from services.dataset.churn import ParentLabels
 from services.dataset.domain import (
+    DEFAULT_VALUE_BOUNDS,
     Dataset,
     DatasetVersion,
     Finding,
@@ -41,8 +43,10 @@ from services.dataset.domain import (
     TaskType,
     UploadInterrupted,
     ValidationReport,
+    ValueBounds,
     artifact_key,
     check_dataset_id,
+    label_churn_finding,
     ordered_findings,
     parse_dataset_name,
     parse_report_name,
@@ -51,10 +55,13 @@ from services.dataset.domain import (
     version_name,
 )
 from services.dataset.metrics import DatasetMetrics
+from services.dataset.near_duplicate_rows import DEFAULT_MAX_ROWS as DEFAULT_NEAR_DUPLICATE_MAX_ROWS
 from services.dataset.validation import StreamingValidator, ValidationResult
-from shared.artifacts import ArtifactSpool, LocalArtifactStore
+from shared.artifacts import ArtifactSpool, ArtifactStore
+from shared.canonical_jsonl import CanonicalJsonlReader
 from shared.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from shared.events import stage_event
+from shared.near_duplicates import DEFAULT_THRESHOLD as DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
 
 _SHA256_HEX = frozenset("0123456789abcdef")
@@ -71,6 +78,11 @@ class IngestLimits:
     max_upload_bytes: int
     max_line_bytes: int
     report_line_numbers: int = 20
+    value_bounds: ValueBounds = DEFAULT_VALUE_BOUNDS
+    #: The ``near_duplicates`` check's similarity threshold (0: the check is off) and the
+    #: most rows it runs on.
+    near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD
+    near_duplicate_max_rows: int = DEFAULT_NEAR_DUPLICATE_MAX_ROWS
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,7 @@ class DatasetDeps:
     """Everything the handlers use, wired by the bootstrap (and by tests, with real SQLite)."""
 
     sessions: sessionmaker[Session]
-    store: LocalArtifactStore
+    store: ArtifactStore
     metrics: DatasetMetrics
     limits: IngestLimits
     workers: ValidationWorkers
@@ -236,6 +248,10 @@ class IngestRequest:
     content_length: int = 0
     content_sha256: str = ""
     validate_only: bool = False
+    #: Accept label churn against the parent beyond the policy; needs ``label_churn_reason``,
+    #: which the lineage records.
+    allow_label_churn: bool = False
+    label_churn_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -275,6 +291,18 @@ def _check_request(request: IngestRequest, prefix: str) -> None:
         )
     if len(request.uploader) > 255:
         violations.append(FieldViolation(f"{prefix}uploader", "at most 255 characters", "TOO_LONG"))
+    if request.allow_label_churn and not request.label_churn_reason.strip():
+        violations.append(
+            FieldViolation(
+                f"{prefix}label_churn_reason",
+                "required with allow_label_churn: why the labels may change",
+                "REQUIRED",
+            )
+        )
+    if len(request.label_churn_reason) > 1024:
+        violations.append(
+            FieldViolation(f"{prefix}label_churn_reason", "at most 1024 characters", "TOO_LONG")
+        )
     if len(request.source) > 1024:
         field = f"{prefix}filename" if request.source_kind is SourceKind.UPLOAD else "source_uri"
         violations.append(FieldViolation(field, "at most 1024 characters", "TOO_LONG"))
@@ -295,15 +323,28 @@ def _ingest(deps: DatasetDeps, request: IngestRequest, chunks: Iterable[bytes]) 
         dataset = repo.get_dataset(dataset_id)
         if dataset is None:
             raise NotFound("dataset", request.dataset)
+        parent: DatasetVersion | None = None
         if request.parent_version:
             parent_dataset, parent_id = parse_version_name(
                 request.parent_version, field=f"{prefix}parent_version"
             )
-            if parent_dataset != dataset_id or repo.get_version(dataset_id, parent_id) is None:
+            if parent_dataset == dataset_id:
+                parent = repo.get_version(dataset_id, parent_id)
+            if parent is None:
                 raise NotFound("dataset version", request.parent_version)
+        elif dataset.latest_version:
+            parent = repo.get_version(*parse_version_name(dataset.latest_version))
+    override = request.label_churn_reason.strip() if request.allow_label_churn else ""
     try:
         with deps.store.open_spool() as spool:
-            result, extra = _validate(deps, dataset, request, chunks, spool)
+            result, extra = _validate(
+                deps, dataset, request, chunks, spool, _parent_labels(deps, dataset, parent)
+            )
+            if result.label_churn is not None:
+                churn = label_churn_finding(
+                    result.label_churn, dataset.policy, override_reason=override
+                )
+                extra.extend([churn] if churn is not None else [])
             findings = ordered_findings([*result.findings, *extra])
             report = ValidationReport(
                 dataset_id=dataset_id,
@@ -317,6 +358,7 @@ def _ingest(deps: DatasetDeps, request: IngestRequest, chunks: Iterable[bytes]) 
                     source_kind=request.source_kind,
                     source=request.source,
                     source_sha256=result.source_sha256,
+                    label_churn_override=override,
                 ),
                 validate_only=request.validate_only,
                 create_time=deps.clock(),
@@ -342,12 +384,23 @@ def _ingest(deps: DatasetDeps, request: IngestRequest, chunks: Iterable[bytes]) 
     return IngestResult(outcome.report, outcome.version, outcome.label == "created")
 
 
-def _validate(
+def _parent_labels(
+    deps: DatasetDeps, dataset: Dataset, parent: DatasetVersion | None
+) -> ParentLabels | None:
+    """The labels of the parent's inputs, for ``label_churn`` (CLASSIFICATION only)."""
+    if parent is None or dataset.task_type is not TaskType.CLASSIFICATION:
+        return None
+    with deps.store.open(parent.artifact_uri) as handle:
+        return ParentLabels.of_rows(parent.name, CanonicalJsonlReader(handle))
+
+
+def _validate(  # noqa: PLR0917 - one private step of _ingest
     deps: DatasetDeps,
     dataset: Dataset,
     request: IngestRequest,
     chunks: Iterable[bytes],
     spool: ArtifactSpool,
+    parent_labels: ParentLabels | None,
 ) -> tuple[ValidationResult, list[Finding]]:
     """Stream ``chunks`` through the validator into ``spool``; the findings about the transfer
     itself (size, declared length and hash) come second."""
@@ -360,6 +413,10 @@ def _validate(
         max_line_numbers=limits.report_line_numbers,
         executor=deps.workers.executor(),
         max_in_flight=2 * max(1, deps.workers.count),
+        bounds=limits.value_bounds,
+        parent_labels=parent_labels,
+        near_duplicate_threshold=limits.near_duplicate_threshold,
+        near_duplicate_max_rows=limits.near_duplicate_max_rows,
     )
     bytes_counter = deps.metrics.bytes.labels(request.source_kind.value)
     extra: list[Finding] = []

@@ -10,8 +10,10 @@ import pytest
 from services.dataset import handlers
 from services.dataset.domain import (
     DEFAULT_MAX_IMBALANCE_RATIO,
+    DEFAULT_MAX_LABEL_CHURN,
     DEFAULT_MAX_TEXT_LENGTH,
     DEFAULT_MIN_ROWS_PER_CLASS,
+    DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
     Outcome,
     SchemaPolicy,
     Severity,
@@ -24,8 +26,8 @@ from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_
 
 
 @pytest.fixture
-def deps(tmp_path: Path) -> Iterator[DatasetDeps]:
-    deps = make_dataset_deps(tmp_path)
+def deps(tmp_path: Path, database_url: str) -> Iterator[DatasetDeps]:
+    deps = make_dataset_deps(tmp_path, database_url=database_url)
     yield deps
     deps.sessions.kw["bind"].dispose()
 
@@ -51,6 +53,8 @@ def test_create_resolves_defaults_and_get_returns_the_same(deps: DatasetDeps) ->
         min_rows_per_class=DEFAULT_MIN_ROWS_PER_CLASS,
         max_imbalance_ratio=DEFAULT_MAX_IMBALANCE_RATIO,
         rule_severities={"duplicate_row": Severity.ERROR},
+        max_label_churn=DEFAULT_MAX_LABEL_CHURN,
+        min_shared_rows_for_churn=DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
     )
     assert handlers.get_dataset(deps, "datasets/reviews") == created
     with pytest.raises(AlreadyExists):

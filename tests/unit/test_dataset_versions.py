@@ -35,8 +35,8 @@ BASE = rotten_tomatoes_rows(40)
 
 
 @pytest.fixture
-def deps(tmp_path: Path) -> Iterator[DatasetDeps]:
-    deps = make_dataset_deps(tmp_path)
+def deps(tmp_path: Path, database_url: str) -> Iterator[DatasetDeps]:
+    deps = make_dataset_deps(tmp_path, database_url=database_url)
     yield deps
     deps.sessions.kw["bind"].dispose()
 

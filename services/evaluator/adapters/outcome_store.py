@@ -23,7 +23,7 @@ from services.evaluator.domain.outcomes import (
     ExampleOutcomes,
     TaskType,
 )
-from shared.artifacts import ArtifactError, LocalArtifactStore
+from shared.artifacts import ArtifactError, ArtifactStore
 
 
 class OutcomesUnreadable(Exception):
@@ -91,7 +91,7 @@ def outcomes_from_document(document: dict[str, Any]) -> ExampleOutcomes:
 class OutcomeArtifacts:
     """Writes and reads outcomes artifacts in the evaluator's artifact store."""
 
-    def __init__(self, artifacts: LocalArtifactStore) -> None:
+    def __init__(self, artifacts: ArtifactStore) -> None:
         self._artifacts = artifacts
 
     @staticmethod

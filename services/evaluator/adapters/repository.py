@@ -255,7 +255,12 @@ class EvaluatorRepository:
         return [(row.seq, self._to_domain(row)) for row in self.session.scalars(query)]
 
     def next_queued(self, now: datetime) -> Evaluation | None:
-        """The oldest queued evaluation that is not waiting for a dependency."""
+        """The oldest queued evaluation that is not waiting for a dependency.
+
+        On PostgreSQL the row stays locked until the transaction ends and rows locked by
+        another transaction are skipped, so two replicas claiming at once take different
+        evaluations (SQLite has one writer at a time and ignores the clause).
+        """
         row = self.session.scalars(
             select(EvaluationRow)
             .where(
@@ -263,6 +268,8 @@ class EvaluatorRepository:
                 EvaluationRow.not_before <= now,
             )
             .order_by(EvaluationRow.seq)
+            .limit(1)
+            .with_for_update(skip_locked=True)
         ).first()
         return self._to_domain(row) if row else None
 

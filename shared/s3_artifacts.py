@@ -1,0 +1,453 @@
+"""The artifact store on S3 (or any S3-compatible server): ``s3://bucket/prefix/<key>``.
+
+The same contract as :class:`shared.artifacts.LocalArtifactStore`, for stores that several
+replicas (and nodes) share:
+
+- **Whole or nothing.** Bytes are spooled to a local temp file while their sha256 is computed,
+  then uploaded in one go (boto3's managed transfer: multipart above ``multipart_threshold``,
+  streamed from the file, never held in memory). S3 makes an object visible only once its
+  upload completes.
+- **Verified.** Every object carries its sha256 as user metadata (``x-amz-meta-sha256``);
+  :meth:`S3ArtifactStore.open` checks it when the stream reaches its end and
+  :meth:`S3ArtifactStore.materialize` before the local copy appears.
+- **Folders without partial reads.** S3 has no atomic rename, so a folder is uploaded file by
+  file under a unique generation prefix (``<prefix>/.dirs/<uuid>/``) and only then is its
+  *manifest* object written at the folder's key, listing the files with their sizes and
+  hashes. Readers go through the manifest: before it exists there is no folder, after it every
+  file it names is complete.
+- **Local copies for workers.** :meth:`S3ArtifactStore.materialize` downloads an artifact once
+  into a content-addressed cache folder (the path includes the sha256), so a worker gets a local
+  path and a second materialization of the same content is free.
+
+Each store instance spools into its own temp folder (named after its process), so one
+replica's :meth:`clean_temp` never touches another live replica's in-flight writes; it removes
+the folders of processes that have died.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from shared.artifacts import (
+    ArtifactError,
+    ArtifactSpool,
+    ArtifactWriter,
+    StoredArtifact,
+    check_artifact_key,
+    directory_sha256,
+)
+
+_CHUNK = 1024 * 1024
+_SHA256 = "sha256"
+_KIND = "tuneline-kind"
+_DIRECTORY = "directory"
+#: Where folder generations live under the store prefix (keys never start with a dot).
+_GENERATIONS = ".dirs"
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+#: Multipart above 16 MiB, in 16 MiB parts, four at a time.
+DEFAULT_TRANSFER = TransferConfig(
+    multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4
+)
+
+
+def _missing(error: ClientError) -> bool:
+    return str(error.response.get("Error", {}).get("Code", "")) in _MISSING
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _VerifyingReader(io.RawIOBase):
+    """A response body that checks the object's sha256 when it has been read to its end."""
+
+    def __init__(self, body: Any, expected_sha256: str, key: str) -> None:
+        self._body = body
+        self._expected = expected_sha256
+        self._key = key
+        self._digest = hashlib.sha256()
+        self._verified = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._body.read(len(view))
+        if not data:
+            self._verify()
+            return 0
+        view[: len(data)] = data
+        self._digest.update(data)
+        return len(data)
+
+    def _verify(self) -> None:
+        if self._verified:
+            return
+        self._verified = True
+        actual = self._digest.hexdigest()
+        if self._expected and actual != self._expected:
+            raise ArtifactError(
+                f"artifact {self._key!r} is corrupt: sha256 {actual}, expected {self._expected}"
+            )
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+class S3ArtifactStore:
+    """Artifacts under ``s3://<bucket>/<prefix>/``; see the module docstring."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: Any = None,
+        endpoint_url: str | None = None,
+        cache_dir: Path | None = None,
+        transfer: TransferConfig = DEFAULT_TRANSFER,
+    ) -> None:
+        if not bucket:
+            raise ArtifactError("an s3:// artifact root needs a bucket: s3://bucket/prefix")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if self.prefix:
+            check_artifact_key(self.prefix)
+        self._client = client or boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            # path-style addressing: S3-compatible servers on a plain host:port need it
+            config=Config(s3={"addressing_style": "path"}) if endpoint_url else None,
+        )
+        self._transfer = transfer
+        self._cache = (
+            cache_dir or Path(tempfile.gettempdir()) / "tuneline-artifact-cache"
+        ).resolve()
+        self._cache.mkdir(parents=True, exist_ok=True)
+        # per process: clean_temp() of one replica never removes another live one's spools
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"spool-{os.getpid()}-", dir=self._cache))
+
+    @classmethod
+    def from_uri(
+        cls, uri: str, *, endpoint_url: str | None = None, cache_dir: Path | None = None
+    ) -> S3ArtifactStore:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3":
+            raise ArtifactError(f"not an s3:// URI: {uri!r}", uri=uri)
+        return cls(parsed.netloc, parsed.path, endpoint_url=endpoint_url, cache_dir=cache_dir)
+
+    # -- names ----------------------------------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _object_key(self, key: str) -> str:
+        check_artifact_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._object_key(key)}"
+
+    def _locate(self, uri: str) -> tuple[str, str]:
+        """``(bucket, object key)`` of ``uri``; any bucket this store's credentials can read."""
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ArtifactError(
+                f"unsupported artifact URI scheme {parsed.scheme!r}: expected s3://bucket/…",
+                uri=uri,
+            )
+        object_key = parsed.path.lstrip("/")
+        check_artifact_key(object_key)
+        return parsed.netloc, object_key
+
+    def key_of(self, uri: str) -> str:
+        bucket, object_key = self._locate(uri)
+        own = f"{self.prefix}/" if self.prefix else ""
+        if bucket == self.bucket and object_key.startswith(own):
+            return object_key[len(own) :]
+        return object_key
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _upload(self, path: Path, object_key: str, metadata: dict[str, str]) -> None:
+        with path.open("rb") as handle:
+            self._client.upload_fileobj(
+                handle,
+                self.bucket,
+                object_key,
+                ExtraArgs={"Metadata": metadata},
+                Config=self._transfer,
+            )
+
+    @contextmanager
+    def open_writer(self, key: str) -> Iterator[ArtifactWriter]:
+        """Stream bytes into ``key``; uploaded only if the block succeeds."""
+        object_key = self._object_key(key)
+        fd, temp_name = tempfile.mkstemp(dir=self._tmp, prefix="write-")
+        temp = Path(temp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                writer = ArtifactWriter(handle)
+                yield writer
+            self._upload(temp, object_key, {_SHA256: writer.sha256})
+            writer.stored = StoredArtifact(
+                f"s3://{self.bucket}/{object_key}", writer.sha256, writer.size_bytes
+            )
+        finally:
+            temp.unlink(missing_ok=True)
+
+    @contextmanager
+    def open_spool(self) -> Iterator[ArtifactSpool]:
+        """Spool bytes to a local temp file; :meth:`ArtifactSpool.commit` uploads them."""
+        fd, temp_name = tempfile.mkstemp(dir=self._tmp, prefix="spool-")
+        temp = Path(temp_name)
+        handle = os.fdopen(fd, "wb")
+
+        def commit_to(key: str) -> StoredArtifact:
+            object_key = self._object_key(key)
+            handle.close()
+            self._upload(temp, object_key, {_SHA256: spool.sha256})
+            return StoredArtifact(
+                f"s3://{self.bucket}/{object_key}", spool.sha256, spool.size_bytes
+            )
+
+        spool = ArtifactSpool(handle, commit_to)
+        try:
+            yield spool
+        finally:
+            handle.close()
+            temp.unlink(missing_ok=True)
+
+    def put_bytes(self, key: str, data: bytes) -> StoredArtifact:
+        return self.put_stream(key, [data])
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> StoredArtifact:
+        with self.open_writer(key) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+        assert writer.stored is not None
+        return writer.stored
+
+    def put_directory(self, key: str, source: Path) -> StoredArtifact:
+        """Upload folder ``source``'s files under a new generation, then its manifest at ``key``.
+
+        A folder already at ``key`` is replaced as a whole (its manifest is overwritten, then
+        its old generation deleted), never merged.
+        """
+        object_key = self._object_key(key)
+        previous = self._directory_manifest(object_key, missing_ok=True)
+        generation = f"{self.prefix}/{_GENERATIONS}" if self.prefix else _GENERATIONS
+        generation = f"{generation}/{uuid.uuid4().hex}"
+        files: list[dict[str, Any]] = []
+        for file in sorted(p for p in source.rglob("*") if p.is_file()):
+            relative = file.relative_to(source).as_posix()
+            sha = _file_sha256(file)
+            self._upload(file, f"{generation}/{relative}", {_SHA256: sha})
+            files.append({"path": relative, "size_bytes": file.stat().st_size, _SHA256: sha})
+        sha256 = directory_sha256(source)
+        size = sum(int(f["size_bytes"]) for f in files)
+        manifest = {
+            "kind": _DIRECTORY,
+            "generation": generation,
+            _SHA256: sha256,
+            "size_bytes": size,
+            "files": files,
+        }
+        self._client.put_object(
+            Bucket=self.bucket,
+            Key=object_key,
+            Body=json.dumps(manifest, sort_keys=True).encode(),
+            ContentType="application/json",
+            Metadata={_KIND: _DIRECTORY, _SHA256: sha256},
+        )
+        if previous is not None:
+            self._delete_prefix(str(previous["generation"]))
+        return StoredArtifact(f"s3://{self.bucket}/{object_key}", sha256, size)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _head(self, bucket: str, object_key: str, uri: str) -> dict[str, Any]:
+        try:
+            return cast(dict[str, Any], self._client.head_object(Bucket=bucket, Key=object_key))
+        except ClientError as error:
+            if _missing(error):
+                raise ArtifactError(
+                    f"artifact {self.key_of(uri)!r} does not exist", uri=uri
+                ) from error
+            raise
+
+    def _directory_manifest(
+        self, object_key: str, *, missing_ok: bool = False, bucket: str | None = None
+    ) -> dict[str, Any] | None:
+        bucket = bucket or self.bucket
+        try:
+            response = self._client.get_object(Bucket=bucket, Key=object_key)
+        except ClientError as error:
+            if missing_ok and _missing(error):
+                return None
+            raise
+        if response.get("Metadata", {}).get(_KIND) != _DIRECTORY:
+            response["Body"].close()
+            return None
+        with response["Body"] as body:
+            return cast(dict[str, Any], json.loads(body.read()))
+
+    def open(self, uri: str) -> BinaryIO:
+        bucket, object_key = self._locate(uri)
+        try:
+            response = self._client.get_object(Bucket=bucket, Key=object_key)
+        except ClientError as error:
+            if _missing(error):
+                raise ArtifactError(
+                    f"artifact {self.key_of(uri)!r} does not exist", uri=uri
+                ) from error
+            raise
+        metadata = response.get("Metadata", {})
+        if metadata.get(_KIND) == _DIRECTORY:
+            response["Body"].close()
+            raise ArtifactError(f"artifact {self.key_of(uri)!r} is a folder", uri=uri)
+        reader = _VerifyingReader(response["Body"], metadata.get(_SHA256, ""), self.key_of(uri))
+        return cast(BinaryIO, io.BufferedReader(reader, buffer_size=_CHUNK))
+
+    def exists(self, uri: str) -> bool:
+        bucket, object_key = self._locate(uri)
+        try:
+            self._client.head_object(Bucket=bucket, Key=object_key)
+        except ClientError as error:
+            if _missing(error):
+                return False
+            raise
+        return True
+
+    def _download(self, bucket: str, object_key: str, target: Path, expected: str) -> None:
+        """Download to ``target`` (a new file), checking ``expected`` sha256 if given."""
+        digest = hashlib.sha256()
+        with target.open("wb") as handle:
+            response = self._client.get_object(Bucket=bucket, Key=object_key)
+            with response["Body"] as body:
+                for chunk in iter(lambda: body.read(_CHUNK), b""):
+                    digest.update(chunk)
+                    handle.write(chunk)
+        if expected and digest.hexdigest() != expected:
+            raise ArtifactError(
+                f"artifact {object_key!r} is corrupt: sha256 {digest.hexdigest()}, "
+                f"expected {expected}"
+            )
+
+    def materialize(self, uri: str) -> Path:
+        bucket, object_key = self._locate(uri)
+        head = self._head(bucket, object_key, uri)
+        metadata = head.get("Metadata", {})
+        sha256 = metadata.get(_SHA256, "")
+        name = object_key.rsplit("/", 1)[-1]
+        target = self._cache / bucket / object_key / (sha256 or "unverified") / name
+        if sha256 and target.exists():
+            return target
+        staging = Path(tempfile.mkdtemp(dir=self._tmp, prefix="materialize-"))
+        try:
+            local = staging / name
+            if metadata.get(_KIND) == _DIRECTORY:
+                manifest = self._directory_manifest(object_key, bucket=bucket)
+                if manifest is None:  # replaced by a blob between the two requests
+                    raise ArtifactError(f"artifact {self.key_of(uri)!r} changed", uri=uri)
+                local.mkdir()
+                for entry in manifest["files"]:
+                    file = local / entry["path"]
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                    self._download(
+                        bucket, f"{manifest['generation']}/{entry['path']}", file, entry[_SHA256]
+                    )
+                if directory_sha256(local) != manifest[_SHA256]:
+                    raise ArtifactError(f"artifact {self.key_of(uri)!r} is corrupt", uri=uri)
+            else:
+                self._download(bucket, object_key, local, sha256)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(local, target)
+            except OSError:  # another process materialized the same content first
+                if not target.exists():
+                    raise
+            return target
+        except ClientError as error:
+            if _missing(error):
+                raise ArtifactError(
+                    f"artifact {self.key_of(uri)!r} is incomplete or was deleted", uri=uri
+                ) from error
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def _delete_prefix(self, prefix: str) -> None:
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{prefix}/"):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+    def delete(self, uri: str) -> None:
+        bucket, object_key = self._locate(uri)
+        own = f"{self.prefix}/" if self.prefix else ""
+        if bucket != self.bucket or not object_key.startswith(own):
+            raise ArtifactError(f"artifact {self.key_of(uri)!r} belongs to another store", uri=uri)
+        manifest = self._directory_manifest(object_key, missing_ok=True)
+        self._client.delete_object(Bucket=self.bucket, Key=object_key)
+        if manifest is not None:
+            self._delete_prefix(str(manifest["generation"]))
+
+    def temp_entries(self) -> list[Path]:
+        """What is left in this instance's spool folder (should be empty between writes)."""
+        return sorted(self._tmp.iterdir())
+
+    def clean_temp(self) -> int:
+        """Remove this store's spools, and the spool folders of processes that are gone
+        (crashed before cleaning up); returns how many entries went."""
+        entries = self.temp_entries()
+        for entry in entries:
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        removed = len(entries)
+        for folder in self._cache.glob("spool-*-*"):
+            pid = folder.name.split("-")[1]
+            if folder != self._tmp and pid.isdigit() and not _process_alive(int(pid)):
+                removed += sum(1 for _ in folder.iterdir())
+                shutil.rmtree(folder, ignore_errors=True)
+        return removed
