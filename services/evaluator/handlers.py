@@ -66,7 +66,7 @@ from services.evaluator.domain.evaluation import (
 )
 from services.evaluator.domain.gate import PairedSet, Verdict, judge
 from services.evaluator.domain.outcomes import ExampleMismatch, ExampleOutcomes
-from shared.artifacts import ArtifactError, LocalArtifactStore
+from shared.artifacts import ArtifactError, ArtifactStore
 from shared.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -365,7 +365,7 @@ class RunDependencies:
 
     sessions: sessionmaker[Session]
     registry: RegistryLookup
-    artifacts: LocalArtifactStore
+    artifacts: ArtifactStore
     score: Callable[[ScoringJob], ScoringResult]
     source: str
     models_root: Path
@@ -411,11 +411,11 @@ def claim_next(deps: RunDependencies) -> Evaluation | None:
 
 
 def _local_folder(
-    artifacts: LocalArtifactStore, uri: str, sha256: str, reason: FailureReason, what: str
+    artifacts: ArtifactStore, uri: str, sha256: str, reason: FailureReason, what: str
 ) -> Path:
     """The local adapter folder behind ``uri``, verified against its sha256."""
     try:
-        path = artifacts.local_path(uri)
+        path = artifacts.materialize(uri)
     except ArtifactError as error:
         raise EvaluationFailed(reason, f"{what}: {error}") from error
     if not path.is_dir():
@@ -429,7 +429,7 @@ def _local_folder(
 
 
 def _row_source(
-    repository: EvaluatorRepository, artifacts: LocalArtifactStore, evaluation_set: EvaluationSet
+    repository: EvaluatorRepository, artifacts: ArtifactStore, evaluation_set: EvaluationSet
 ) -> RowSource:
     """Where an evaluation set's rows are, from the SplitCreated / DatasetVersioned seen."""
     try:
@@ -448,9 +448,9 @@ def _row_source(
                 )
             return RowSource(
                 set_key=evaluation_set.key,
-                dataset_path=str(artifacts.local_path(split.dataset_artifact_uri)),
+                dataset_path=str(artifacts.materialize(split.dataset_artifact_uri)),
                 dataset_sha256=split.dataset_content_sha256,
-                manifest_path=str(artifacts.local_path(split.manifest_uri)),
+                manifest_path=str(artifacts.materialize(split.manifest_uri)),
                 manifest_sha256=split.manifest_sha256,
                 part=evaluation_set.part.value.lower(),
             )
@@ -462,7 +462,7 @@ def _row_source(
             )
         return RowSource(
             set_key=evaluation_set.key,
-            dataset_path=str(artifacts.local_path(version.artifact_uri)),
+            dataset_path=str(artifacts.materialize(version.artifact_uri)),
             dataset_sha256=version.content_sha256,
         )
     except ArtifactError as error:

@@ -10,11 +10,16 @@ The rules that matter most live here, each a pure function a unit test can drive
 * alerts: reading Alertmanager's webhook payload (:func:`parse_alertmanager_payload`) and
   deciding whether a firing alert is about the checkpoint in production now
   (:func:`alert_concerns_production`);
-* live quality: whether a measured value is past the model's floor.
+* live quality: whether a checkpoint is past the model's floor, from a bare value or from
+  counts through an always-valid confidence sequence (:func:`judge_live_quality`).
+
+"At least as good as production" is decided by the evaluator's own rule
+(``shared.stats.decision``), on the evaluator's family of gated comparisons, with no tolerance.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +33,9 @@ from shared.errors import (
     InvalidArgument,
     PreconditionViolation,
 )
+from shared.stats.decision import DifferenceOutcome, GatedDifference, judge_differences
+from shared.stats.paired import NormalDifference
+from shared.stats.sequential import DEFAULT_PRIOR, bernoulli_confidence_sequence
 
 #: User-chosen ids (model ids, alias ids), as every Tuneline API spells them.
 RESOURCE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -181,6 +189,54 @@ def is_past_floor(metric: str, value: float, floor: float | None) -> bool:
     return value < floor if higher_is_better(metric) else value > floor
 
 
+#: Each bound of a live quality confidence sequence is wrong with probability at most this,
+#: over a checkpoint's whole time in production: the false-rollback rate of a checkpoint that
+#: is at or above its floor.
+LIVE_QUALITY_ALPHA = 0.01
+#: Labelled outcomes a checkpoint needs before counted live quality can find it below its
+#: floor: no rollback on the first handful of feedback, however bad.
+LIVE_QUALITY_MIN_TRIALS = 100
+#: Weight, in outcomes, of the confidence sequence's prior, centred on the floor: the sequence
+#: is tightest where the decision is made (any prior fixed before the data keeps it valid).
+LIVE_QUALITY_PRIOR_WEIGHT = 20.0
+
+
+@dataclass(frozen=True)
+class LiveQuality:
+    """A production checkpoint's counted live quality so far, and what it says."""
+
+    successes: int
+    trials: int
+    lower_bound: float
+    upper_bound: float
+    below_floor: bool
+
+    @property
+    def rate(self) -> float:
+        return self.successes / self.trials if self.trials else math.nan
+
+    @property
+    def confidence_level(self) -> float:
+        return 1 - LIVE_QUALITY_ALPHA
+
+
+def judge_live_quality(successes: int, trials: int, floor: float | None) -> LiveQuality:
+    """Counted live quality of a success rate (higher is better) against the model's floor.
+
+    Below the floor once there are at least :data:`LIVE_QUALITY_MIN_TRIALS` outcomes and the
+    upper bound of the always-valid confidence sequence is below it: a checkpoint whose true
+    rate is at or above the floor is rolled back with probability at most
+    :data:`LIVE_QUALITY_ALPHA`, however often reports arrive.
+    """
+    prior = DEFAULT_PRIOR
+    if floor is not None:
+        centre = min(max(floor, 0.01), 0.99)
+        prior = (centre * LIVE_QUALITY_PRIOR_WEIGHT, (1 - centre) * LIVE_QUALITY_PRIOR_WEIGHT)
+    bounds = bernoulli_confidence_sequence(successes, trials, LIVE_QUALITY_ALPHA, prior)
+    below = floor is not None and trials >= LIVE_QUALITY_MIN_TRIALS and bounds.upper < floor
+    return LiveQuality(successes, trials, bounds.lower, bounds.upper, below)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """A candidate-versus-baseline comparison as the registry judges it."""
@@ -193,10 +249,18 @@ class Comparison:
     ci_upper: float
     higher_is_better: bool
     gated: bool
+    #: Standard error of ``delta`` under "no difference", as the evaluator measured it.
+    standard_error: float = 0.0
+    #: The comparison's share of alpha in the evaluator's family; 0 when it is not in it (and
+    #: for every comparison of an evaluation made before the family existed).
+    family_weight: float = 0.0
+    #: Of the interval: 1 - 2 alpha since the family exists (1 - alpha before).
+    confidence_level: float = 0.95
 
     @property
-    def significant_drop(self) -> bool:
-        """The candidate is worse and the interval of the difference excludes zero."""
+    def interval_shows_drop(self) -> bool:
+        """The candidate is worse and the interval of the difference excludes zero (the rule
+        for evaluations made before the evaluator reported its family)."""
         if self.higher_is_better:
             return self.delta < 0 and self.ci_upper < 0
         return self.delta > 0 and self.ci_lower > 0
@@ -204,6 +268,40 @@ class Comparison:
     def describe(self) -> str:
         where = f" in slice {self.slice!r}" if self.slice else ""
         return f"{self.metric}{where} changed by {self.delta:+.4f}"
+
+
+def significant_drops(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The gated comparisons that show the candidate worse than its baseline at all.
+
+    The gate's rule with a tolerance of zero, on the gate's own family (the same members, the
+    same weights, the same alpha, Holm across them), so the registry never finds a "drop" the
+    gate's statistics would not, nor more of them because there are many slices.
+    """
+    family = [
+        c
+        for c in comparisons
+        if c.family_weight > 0 and math.isfinite(c.delta) and c.standard_error >= 0
+    ]
+    if not family:
+        return [c for c in comparisons if c.gated and c.interval_shows_drop]
+    alpha = (1 - family[0].confidence_level) / 2
+    judgements = judge_differences(
+        [
+            GatedDifference(
+                NormalDifference(c.delta, c.standard_error),
+                tolerance=0.0,
+                higher_is_better=c.higher_is_better,
+                weight=c.family_weight,
+            )
+            for c in family
+        ],
+        alpha,
+    )
+    return [
+        c
+        for c, judgement in zip(family, judgements, strict=True)
+        if judgement.outcome is DifferenceOutcome.REGRESSED
+    ]
 
 
 class Decision(StrEnum):
@@ -239,6 +337,8 @@ class EvaluationFacts:
     candidate_review: ReviewState
     #: False when a later evaluation of the same checkpoint was attached already.
     is_latest_evaluation: bool = True
+    #: The trainer wrote the candidate as its job was cancelled or failed: partly trained.
+    candidate_training_interrupted: bool = False
 
 
 def decide_on_evaluation(facts: EvaluationFacts) -> EvaluationOutcome:  # noqa: PLR0911
@@ -251,6 +351,8 @@ def decide_on_evaluation(facts: EvaluationFacts) -> EvaluationOutcome:  # noqa: 
       significant drop of any size, even one the gate tolerated.
     * A checkpoint once rolled back for a regression or an alert is never promoted again
       automatically; a person can still promote it explicitly.
+    * Nor is a checkpoint whose training was cancelled or failed (a partly trained adapter,
+      however well it scores): passing an evaluation does not make it the job's result.
     * MANUAL moves ``candidate`` and waits for a reviewer.
     """
     if not facts.is_latest_evaluation:
@@ -265,6 +367,12 @@ def decide_on_evaluation(facts: EvaluationFacts) -> EvaluationOutcome:  # noqa: 
                 Decision.NONE, f"already reviewed ({facts.candidate_review.value})"
             )
         return EvaluationOutcome(Decision.AWAIT_REVIEW, "evaluation passed; awaiting review")
+    if facts.candidate_training_interrupted:
+        return EvaluationOutcome(
+            Decision.HOLD,
+            "its training job was cancelled or failed, so it is partly trained; "
+            "promote it explicitly if it is good",
+        )
     if facts.candidate_rolled_back:
         return EvaluationOutcome(
             Decision.HOLD, "it was rolled back before; promote it explicitly if it is good now"
@@ -277,7 +385,7 @@ def decide_on_evaluation(facts: EvaluationFacts) -> EvaluationOutcome:  # noqa: 
             f"compared with {baseline}, but production is now {production}; "
             "re-evaluate against production",
         )
-    drops = [c for c in facts.comparisons if c.gated and c.significant_drop]
+    drops = significant_drops(facts.comparisons)
     if drops:
         return EvaluationOutcome(
             Decision.HOLD,

@@ -38,6 +38,7 @@ from services.registry.adapters.tables import (
     AliasMoveRow,
     CheckpointRow,
     EvaluationRow,
+    LiveCountsRow,
     LiveQualityRow,
     ModelRow,
     RegressionRow,
@@ -53,6 +54,7 @@ from services.registry.domain import (
     Comparison,
     Decision,
     EvaluationFacts,
+    LiveQuality,
     MoveTrigger,
     PromotionPolicy,
     ReviewState,
@@ -62,7 +64,9 @@ from services.registry.domain import (
     checkpoint_name,
     choose_rollback_target,
     decide_on_evaluation,
+    higher_is_better,
     is_past_floor,
+    judge_live_quality,
     model_name,
     parse_alias_name,
     parse_checkpoint_name,
@@ -71,6 +75,7 @@ from services.registry.domain import (
 )
 from services.registry.validation import floor_of, validate_new_model
 from shared.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
@@ -86,6 +91,7 @@ from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
 from tuneline.registry.v1 import events_pb2, resources_pb2, service_pb2
 from tuneline.trainer.v1 import events_pb2 as trainer_events
+from tuneline.trainer.v1 import resources_pb2 as trainer_pb2
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,10 @@ _GATED_OUTCOMES = (
     common_pb2.COMPARISON_OUTCOME_REGRESSED,
 )
 _CHECKPOINT_READY = trainer_events.CheckpointReady.DESCRIPTOR.full_name
+#: CheckpointReady stop reasons of a partly trained adapter: never promoted automatically.
+_INTERRUPTED_TRAINING = frozenset(
+    {trainer_pb2.TRAINING_STOP_REASON_CANCELLED, trainer_pb2.TRAINING_STOP_REASON_FAILED}
+)
 _EVALUATION_COMPLETED = evaluator_events.EvaluationCompleted.DESCRIPTOR.full_name
 
 
@@ -306,6 +316,7 @@ def _register_checkpoint(
         size_bytes=message.size_bytes,
         lineage=message.lineage,
         cost=message.cost,
+        training_interrupted=message.stop_reason in _INTERRUPTED_TRAINING,
     )
     if message.HasField("validation_loss"):
         record.validation_loss = message.validation_loss
@@ -482,6 +493,9 @@ def _comparisons(event: evaluator_events.EvaluationCompleted) -> list[Comparison
                 common_pb2.COMPARISON_OUTCOME_WITHIN_TOLERANCE,
                 common_pb2.COMPARISON_OUTCOME_REGRESSED,
             ),
+            standard_error=c.standard_error,
+            family_weight=c.family_weight,
+            confidence_level=c.confidence_level,
         )
         for c in event.comparisons
     ]
@@ -544,6 +558,9 @@ def _attach_evaluation(  # noqa: PLR0917
             candidate_rolled_back=checkpoint.rolled_back,
             candidate_review=ReviewState(checkpoint.review_state),
             is_latest_evaluation=is_latest,
+            candidate_training_interrupted=resources_pb2.Checkpoint.FromString(
+                checkpoint.record
+            ).training_interrupted,
         )
     )
     repo.add_evaluation(
@@ -708,6 +725,56 @@ def _move_production_forward(
 # -- explicit moves and reviews ---------------------------------------------------------------
 
 
+def _revision_problems(expected: int | None) -> list[FieldViolation]:
+    if expected is not None and expected < 0:
+        return [FieldViolation("expected_alias_revision", "must be >= 0", "OUT_OF_RANGE")]
+    return []
+
+
+def _expected_revision(
+    request: service_pb2.PromoteCheckpointRequest
+    | service_pb2.ApproveCheckpointRequest
+    | service_pb2.RollbackModelRequest,
+) -> int | None:
+    """The caller's ``expected_alias_revision``; ``None`` when it asks for no check."""
+    if request.HasField("expected_alias_revision"):
+        return request.expected_alias_revision
+    return None
+
+
+def _check_alias_revision(
+    repo: RegistryRepository, model: str, alias: str, expected: int | None
+) -> None:
+    """Optimistic concurrency: ABORTED when the alias moved since the caller looked.
+
+    Called with the model locked, so nothing can move between this check and the caller's move.
+    """
+    if expected is None:
+        return
+    row = repo.get_alias(model, alias)
+    current = row.revision if row else 0
+    if current == expected:
+        return
+    subject = f"{model}/aliases/{alias}"
+    raise Aborted(
+        f"{subject} is at revision {current}, not the expected {expected}: it moved since it "
+        "was read; nothing changed (re-read the alias and decide again)",
+        [
+            PreconditionViolation(
+                "ALIAS_REVISION_MISMATCH",
+                subject,
+                f"expected revision {expected}, current revision {current}",
+            )
+        ],
+        metadata={
+            "alias": subject,
+            "expected_revision": str(expected),
+            "current_revision": str(current),
+            "current_checkpoint": row.checkpoint if row else "",
+        },
+    )
+
+
 def promote_checkpoint(
     session: Session, deps: RegistryDeps, request: service_pb2.PromoteCheckpointRequest
 ) -> tuple[resources_pb2.Alias, resources_pb2.AliasMove | None]:
@@ -717,6 +784,7 @@ def promote_checkpoint(
     problems = _optional_text(request.reason, "reason", limit=MAX_REASON)
     problems += _optional_text(request.actor, "actor", limit=200)
     problems += _optional_text(request.request_id, "request_id", limit=200)
+    problems += _revision_problems(_expected_revision(request))
     if not RESOURCE_ID.match(alias):
         problems.append(
             FieldViolation("alias", f"{alias!r} is not a valid alias id", "INVALID_FORMAT")
@@ -728,6 +796,7 @@ def promote_checkpoint(
     key = f"promote:{request.request_id}" if request.request_id else ""
     if key and repo.trigger_key(model.name, key) is not None:
         return alias_state(repo, model.name, alias), None
+    _check_alias_revision(repo, model.name, alias, _expected_revision(request))
     current = repo.get_alias(model.name, alias)
     if current is not None and current.checkpoint == checkpoint.name:
         return alias_state(repo, model.name, alias), None
@@ -820,6 +889,7 @@ def approve_checkpoint(
     session: Session, deps: RegistryDeps, request: service_pb2.ApproveCheckpointRequest
 ) -> service_pb2.ApproveCheckpointResponse:
     """ApproveCheckpoint: record the approval and promote to production (trigger APPROVAL)."""
+    _raise_if(_revision_problems(_expected_revision(request)), "the approval is invalid")
     repo = RegistryRepository(session)
     model, checkpoint = _review_subject(repo, request.checkpoint, request.reviewer, request.reason)
     response = service_pb2.ApproveCheckpointResponse()
@@ -829,6 +899,8 @@ def approve_checkpoint(
         return response
     if checkpoint.review_state != ReviewState.PENDING.value:
         raise _not_pending(checkpoint, "approve")
+    # the approval moves production, so a stale view of it refuses the approval as a whole
+    _check_alias_revision(repo, model.name, PRODUCTION, _expected_revision(request))
     if checkpoint.verdict != Verdict.PASSED.value:
         raise FailedPrecondition(
             f"cannot approve {checkpoint.name}: its latest evaluation is {checkpoint.verdict}",
@@ -983,6 +1055,7 @@ def rollback_model(
     problems = _require_text(request.reason, "reason")
     problems += _optional_text(request.actor, "actor", limit=200)
     problems += _optional_text(request.request_id, "request_id", limit=200)
+    problems += _revision_problems(_expected_revision(request))
     if request.target_checkpoint:
         try:
             target_model, _ = parse_checkpoint_name(
@@ -1004,6 +1077,7 @@ def rollback_model(
     key = f"rpc:{request.request_id}" if request.request_id else f"rpc:{uuid.uuid4()}"
     if repo.trigger_key(model.name, key) is not None:
         return alias_state(repo, model.name, PRODUCTION), None
+    _check_alias_revision(repo, model.name, PRODUCTION, _expected_revision(request))
     move = _roll_back(
         repo,
         deps,
@@ -1220,22 +1294,41 @@ def watch_alias_moves(
 # -- live quality -----------------------------------------------------------------------------
 
 
-def report_live_quality(
-    session: Session, deps: RegistryDeps, request: service_pb2.ReportLiveQualityRequest
-) -> resources_pb2.LiveQualityReport:
-    """ReportLiveQuality: record a live measurement of the production checkpoint.
-
-    A report about a checkpoint that is not production is refused (FAILED_PRECONDITION naming
-    the current one): the gauge the alert rules read only ever describes what serves traffic.
-    """
-    model_id = parse_model_name(request.model, field="model")
+def _check_live_quality_request(
+    request: service_pb2.ReportLiveQualityRequest, model_id: str
+) -> None:
     problems = _require_text(request.metric, "metric", limit=120)
     problems += _optional_text(request.slice, "slice", limit=200)
     problems += _optional_text(request.source, "source", limit=200)
+    problems += _optional_text(request.request_id, "request_id", limit=200)
     if not math.isfinite(request.value):
         problems.append(FieldViolation("value", "must be a finite number", "NOT_FINITE"))
     if request.example_count < 0:
         problems.append(FieldViolation("example_count", "must be >= 0", "OUT_OF_RANGE"))
+    if request.trials < 0:
+        problems.append(FieldViolation("trials", "must be >= 0", "OUT_OF_RANGE"))
+    elif not 0 <= request.successes <= request.trials:
+        problems.append(
+            FieldViolation(
+                "successes", f"must be in [0, trials = {request.trials}]", "OUT_OF_RANGE"
+            )
+        )
+    elif request.trials > 0:
+        if not higher_is_better(request.metric):
+            problems.append(
+                FieldViolation(
+                    "trials",
+                    f"counts are for success rates; {request.metric!r} is lower-is-better: "
+                    "report a bare value",
+                    "NOT_A_RATE",
+                )
+            )
+        if request.value != 0 and abs(request.value - request.successes / request.trials) > 1e-6:
+            problems.append(
+                FieldViolation(
+                    "value", "must be 0 or successes / trials when counts are given", "MISMATCH"
+                )
+            )
     if request.HasField("window") and request.window.ToTimedelta().total_seconds() < 0:
         problems.append(FieldViolation("window", "must not be negative", "OUT_OF_RANGE"))
     if request.checkpoint:
@@ -1251,8 +1344,61 @@ def report_live_quality(
                     )
                 )
     _raise_if(problems, "the live quality report is invalid")
+
+
+def _counted_live_quality(
+    repo: RegistryRepository,
+    model: ModelRow,
+    checkpoint: str,
+    request: service_pb2.ReportLiveQualityRequest,
+    *,
+    floor: float | None,
+    now: datetime,
+) -> LiveQuality:
+    """Add the report's counts to the checkpoint's totals (once per request id) and judge them."""
+    counts = repo.live_counts(model.name, checkpoint, request.metric, request.slice)
+    successes = counts.successes if counts is not None else 0
+    trials = counts.trials if counts is not None else 0
+    key = f"live:{request.request_id}" if request.request_id else ""
+    if not key or repo.trigger_key(model.name, key) is None:
+        successes += request.successes
+        trials += request.trials
+        if key:
+            repo.record_trigger_key(model.name, key, outcome="counted", move=None, now=now)
+    quality = judge_live_quality(successes, trials, floor)
+    repo.upsert_live_counts(
+        LiveCountsRow(
+            model=model.name,
+            checkpoint=checkpoint,
+            metric=request.metric,
+            slice=request.slice,
+            successes=successes,
+            trials=trials,
+            lower_bound=quality.lower_bound,
+            upper_bound=quality.upper_bound,
+            update_time=now,
+        )
+    )
+    return quality
+
+
+def report_live_quality(
+    session: Session, deps: RegistryDeps, request: service_pb2.ReportLiveQualityRequest
+) -> resources_pb2.LiveQualityReport:
+    """ReportLiveQuality: record a live measurement of the production checkpoint.
+
+    A report about a checkpoint that is not production is refused (FAILED_PRECONDITION naming
+    the current one): the gauges the alert rules read only ever describe what serves traffic.
+    A counted report (``trials`` > 0) adds to the checkpoint's totals, and the checkpoint is
+    below its floor when their confidence sequence says so (:func:`judge_live_quality`); a bare
+    ``value`` is compared with the floor as it is.
+    """
+    model_id = parse_model_name(request.model, field="model")
+    _check_live_quality_request(request, model_id)
     repo = RegistryRepository(session)
-    model = repo.get_model(request.model)
+    counted = request.trials > 0
+    # counts are read, added to and written back: one report of a model at a time
+    model = _locked_model(repo, request.model) if counted else repo.get_model(request.model)
     if model is None:
         raise NotFound("model", request.model)
     production = repo.production_checkpoint(model.name)
@@ -1276,16 +1422,27 @@ def report_live_quality(
         )
     definition = resources_pb2.Model.FromString(model.definition)
     floor = floor_of(definition, request.metric)
-    below = is_past_floor(request.metric, request.value, floor)
     report_time = datetime_from_timestamp(request, "report_time") or deps.clock()
+    quality = (
+        _counted_live_quality(repo, model, checkpoint, request, floor=floor, now=deps.clock())
+        if counted
+        else None
+    )
+    value = quality.rate if quality is not None else request.value
+    example_count = quality.trials if quality is not None else request.example_count
+    below = (
+        quality.below_floor
+        if quality is not None
+        else is_past_floor(request.metric, request.value, floor)
+    )
     repo.upsert_live_quality(
         LiveQualityRow(
             model=model.name,
             checkpoint=checkpoint,
             metric=request.metric,
             slice=request.slice,
-            value=request.value,
-            example_count=request.example_count,
+            value=value,
+            example_count=example_count,
             window_seconds=request.window.ToTimedelta().total_seconds()
             if request.HasField("window")
             else None,
@@ -1300,11 +1457,17 @@ def report_live_quality(
         checkpoint=checkpoint,
         metric=request.metric,
         slice=request.slice,
-        value=request.value,
-        example_count=request.example_count,
+        value=value,
+        example_count=example_count,
         below_floor=below,
         source=request.source,
     )
+    if quality is not None:
+        report.total_successes = quality.successes
+        report.total_trials = quality.trials
+        report.lower_bound = quality.lower_bound
+        report.upper_bound = quality.upper_bound
+        report.confidence_level = quality.confidence_level
     set_timestamp(report.report_time, report_time)
     if request.HasField("window"):
         report.window.CopyFrom(request.window)

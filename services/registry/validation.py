@@ -160,12 +160,13 @@ def _check_gate_policy(
                         "OUT_OF_RANGE",
                     )
                 )
-    if gate.significance_level != 0 and not 0 < gate.significance_level <= 0.5:
+    if gate.significance_level != 0 and not 0 < gate.significance_level < 0.5:
         problems.append(
             FieldViolation(
-                f"{path}.significance_level", "must be in (0, 0.5] (0: default)", "OUT_OF_RANGE"
+                f"{path}.significance_level", "must be in (0, 0.5) (0: default)", "OUT_OF_RANGE"
             )
         )
+    problems += _check_gate_roles(gate, task_type, path)
     for name in ("min_slice_size", "min_examples"):
         if getattr(gate, name) < 0:
             problems.append(
@@ -182,6 +183,33 @@ def _check_gate_policy(
     return problems
 
 
+def _check_gate_roles(
+    gate: common_pb2.GatePolicy, task_type: int, path: str
+) -> list[FieldViolation]:
+    """The primary metric is one of the gated ones; gated slices are named once each."""
+    problems = []
+    gated = [g.metric for g in gate.metrics] or [m for m, _ in _DEFAULT_GATES.get(task_type, ())]
+    if gate.primary_metric and gate.primary_metric not in gated:
+        problems.append(
+            FieldViolation(
+                f"{path}.primary_metric",
+                f"{gate.primary_metric!r} is not one of the gated metrics ({', '.join(gated)})",
+                "NOT_GATED",
+            )
+        )
+    slices: set[str] = set()
+    for index, slice_name in enumerate(gate.gated_slices):
+        field = f"{path}.gated_slices[{index}]"
+        if not slice_name.strip():
+            problems.append(FieldViolation(field, "must not be empty", "REQUIRED"))
+        elif len(slice_name) > 200:
+            problems.append(FieldViolation(field, "at most 200 characters", "TOO_LONG"))
+        elif slice_name in slices:
+            problems.append(FieldViolation(field, f"{slice_name!r} is listed twice", "DUPLICATE"))
+        slices.add(slice_name)
+    return problems
+
+
 def _resolve_gate_policy(gate: common_pb2.GatePolicy, task_type: int) -> None:
     if not gate.metrics:
         for metric, tolerance in _DEFAULT_GATES[task_type]:
@@ -192,6 +220,7 @@ def _resolve_gate_policy(gate: common_pb2.GatePolicy, task_type: int) -> None:
     gate.bootstrap_resamples = gate.bootstrap_resamples or DEFAULT_BOOTSTRAP_RESAMPLES
     if not gate.HasField("seed"):
         gate.seed = 0
+    gate.primary_metric = gate.primary_metric or gate.metrics[0].metric
 
 
 def validate_new_model(  # noqa: PLR0912 - one branch per field rule

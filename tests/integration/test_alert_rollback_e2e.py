@@ -5,9 +5,11 @@ the project's rule files (``for:`` shortened, 1 s scrape and evaluation interval
 the registry; ``/usr/bin/prometheus-alertmanager`` runs the project's ``alertmanager.yml``
 with its rollback webhook pointed at the registry (bearer token from a file, 1 s group wait).
 A model with a floor gets two checkpoints promoted through real CheckpointReady and
-EvaluationCompleted events; a live-quality report below the floor must then fire the alert,
-make Alertmanager call the webhook, roll production back to the first checkpoint, put one
-ModelRolledBack on Kafka, and resolve the alert.
+EvaluationCompleted events; live-quality reports with counts then feed the registry's
+confidence sequence: a first report too small to judge changes nothing, and once the upper
+bound is below the floor the alert must fire (the rule has no ``for:``), make Alertmanager call
+the webhook, roll production back to the first checkpoint, put one ModelRolledBack on Kafka,
+and resolve the alert.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ pytestmark = pytest.mark.integration
 
 ALERT = "TunelineModelLiveQualityBelowFloor"
 FLOOR = 0.7
-BAD_ACCURACY = 0.55
+#: Labelled outcomes of the bad checkpoint: 1,100 right of 2,000 (55 %).
+BAD_SUCCESSES, BAD_TRIALS = 1100, 2000
 #: 1 s scrape + 1 s evaluation + 1 s group wait + the webhook's transaction, with room for a
-#: loaded CI machine; the production path adds the rule's 2 minutes and a 10 s group wait.
+#: loaded CI machine; the production path adds a 15 s scrape and evaluation and a 10 s group
+#: wait (the counted rule has no `for:`).
 MAX_SECONDS_TO_ROLLBACK = 20.0
 CONSUMED = [
     topic_for(trainer_events.CheckpointReady),
@@ -108,7 +112,7 @@ def _promote_by_events(
     name = registry_checkpoint(model_id, job, 100)
     _wait_for(
         lambda: client.production(f"models/{model_id}").checkpoint == name,
-        timeout=30,
+        timeout=180,
         what=f"{name} in production",
     )
     return name
@@ -210,10 +214,10 @@ def test_live_quality_below_the_floor_rolls_production_back(
             )
         )
         alertmanager.wait_until(
-            lambda: http_ok(f"{alertmanager_url}/-/ready"), timeout=30, what="/-/ready"
+            lambda: http_ok(f"{alertmanager_url}/-/ready"), timeout=180, what="/-/ready"
         )
         prometheus.wait_until(
-            lambda: http_ok(f"{prometheus_url}/-/ready"), timeout=30, what="/-/ready"
+            lambda: http_ok(f"{prometheus_url}/-/ready"), timeout=180, what="/-/ready"
         )
         client = stack.enter_context(RegistryClient(f"127.0.0.1:{grpc_port}", timeout=30))
         registry.wait_until(lambda: _serving(client), timeout=60, what="a serving gRPC API")
@@ -234,26 +238,39 @@ def test_live_quality_below_the_floor_rolls_production_back(
                     f'tuneline_model_production_info{{model="{model_id}",checkpoint="{bad_id}"}}',
                 )
             ),
-            timeout=30,
+            timeout=180,
             what="Prometheus scraping the production checkpoint",
         )
         assert not _firing(prometheus_url, model_id)
 
+        # 20 outcomes are too few for any verdict, however bad they look
+        early = client.report_live_quality(
+            f"models/{model_id}",
+            metric="accuracy",
+            successes=5,
+            trials=20,
+            source="e2e-feedback",
+            request_id="e2e-window-1",
+        )
+        assert (early.total_trials, early.below_floor) == (20, False)
         started = time.monotonic()
         report = client.report_live_quality(
             f"models/{model_id}",
             metric="accuracy",
-            value=BAD_ACCURACY,
-            example_count=2000,
+            successes=BAD_SUCCESSES - 5,
+            trials=BAD_TRIALS - 20,
             window_seconds=300,
             source="e2e-feedback",
+            request_id="e2e-window-2",
         )
         assert report.checkpoint == bad
+        assert (report.total_successes, report.total_trials) == (BAD_SUCCESSES, BAD_TRIALS)
+        assert report.lower_bound < BAD_SUCCESSES / BAD_TRIALS < report.upper_bound < FLOOR
         assert report.below_floor
         assert report.floor == pytest.approx(FLOOR)
 
         alert = _wait_for(
-            lambda: _firing(prometheus_url, model_id), timeout=30, what=f"{ALERT} firing"
+            lambda: _firing(prometheus_url, model_id), timeout=180, what=f"{ALERT} firing"
         )
         fired_after = time.monotonic() - started
         assert alert["labels"] == {
@@ -264,11 +281,12 @@ def test_live_quality_below_the_floor_rolls_production_back(
             "checkpoint": bad_id,
             "metric": "accuracy",
         }
-        assert f"past the model's floor of {FLOOR:g}" in alert["annotations"]["description"]
+        assert f"below the model's floor of {FLOOR:g}" in alert["annotations"]["description"]
+        assert f"over {BAD_TRIALS} outcomes" in alert["annotations"]["description"]
 
         _wait_for(
             lambda: client.production(f"models/{model_id}").checkpoint == good,
-            timeout=30,
+            timeout=180,
             what="production rolled back to the first checkpoint",
         )
         rolled_back_after = time.monotonic() - started
@@ -287,7 +305,9 @@ def test_live_quality_below_the_floor_rolls_production_back(
         assert rolled.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_ALERT
         assert rolled.actor == "alertmanager"
         assert rolled.cause.startswith("alert:")
-        assert rolled.reason.startswith(f"Live accuracy of {model_id} is {BAD_ACCURACY:g}")
+        assert rolled.reason.startswith(
+            f"Live accuracy of {model_id} is at most {report.upper_bound:.4g}"
+        )
         server_seconds = (
             rolled.event_time.ToDatetime() - report.report_time.ToDatetime()
         ).total_seconds()
@@ -311,7 +331,7 @@ def test_live_quality_below_the_floor_rolls_production_back(
                     for a in prometheus_alerts(prometheus_url)
                 )
             ),
-            timeout=30,
+            timeout=180,
             what=f"{ALERT} to resolve after the rollback",
         )
         assert client.production(f"models/{model_id}").checkpoint == good

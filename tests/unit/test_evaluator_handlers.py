@@ -120,8 +120,8 @@ class Clock:
 
 
 @pytest.fixture
-def env(tmp_path: Path):
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'evaluator.db'}")
+def env(tmp_path: Path, database_url: str):
+    engine = create_database_engine(database_url)
     create_schema(engine, [EvaluatorBase.metadata])
     sessions = create_session_factory(engine)
     artifacts = LocalArtifactStore(tmp_path / "evaluator" / "artifacts", readable_roots=[tmp_path])
@@ -393,6 +393,21 @@ def test_an_unregistered_model_fails_without_scoring(env):
     [failed] = _run_all(env)
     assert failed.failure_reason is FailureReason.DATA_UNAVAILABLE
     assert "not registered" in failed.failure_message
+
+
+def test_two_replicas_claiming_at_once_take_different_evaluations(env):
+    """PostgreSQL: a queued evaluation another replica's open claim holds is skipped."""
+    if env.sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: claims are serialized, not skipped")
+    _announce(env, "job-a", quality=0.8)
+    _announce(env, "job-b", quality=0.8)
+    with env.sessions.begin() as other_replica:
+        held = EvaluatorRepository(other_replica).next_queued(env.clock())
+        claimed = handlers.claim_next(env.deps)
+        assert held is not None
+        assert claimed is not None
+        assert claimed.name != held.name
+        assert handlers.claim_next(env.deps) is None, "the held one is not taken twice"
 
 
 def test_interrupted_evaluations_are_queued_again(env):

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.evaluator.domain.gate import GatePolicy, PairedSet, judge
+from services.evaluator.domain.gate import Verdict as GateVerdict
+from services.evaluator.domain.outcomes import ClassificationOutcomes, TaskType
 from services.registry.domain import (
+    LIVE_QUALITY_MIN_TRIALS,
     NO_ROLLBACK_TARGET,
     AlertNotice,
     Comparison,
@@ -23,11 +28,13 @@ from services.registry.domain import (
     choose_rollback_target,
     decide_on_evaluation,
     is_past_floor,
+    judge_live_quality,
     parse_alertmanager_payload,
     parse_alias_name,
     parse_rfc3339,
     production_stack,
     registry_checkpoint_id,
+    significant_drops,
 )
 from shared.errors import FailedPrecondition, InvalidArgument
 from tuneline.client.alerts import alertmanager_notification
@@ -211,6 +218,81 @@ def test_ungated_comparisons_do_not_block():
     assert decide_on_evaluation(facts).decision is Decision.PROMOTE
 
 
+def _family_member(delta: float, standard_error: float, weight: float, **kwargs) -> Comparison:
+    return Comparison(
+        metric=kwargs.get("metric", "accuracy"),
+        slice=kwargs.get("slice", ""),
+        evaluation_set="",
+        delta=delta,
+        ci_lower=delta - 1.645 * standard_error,
+        ci_upper=delta + 1.645 * standard_error,
+        higher_is_better=True,
+        gated=True,
+        standard_error=standard_error,
+        family_weight=weight,
+        confidence_level=0.90,
+    )
+
+
+def test_one_unlucky_slice_among_many_does_not_hold_the_promotion():
+    # alone, a drop of 2 standard errors is significant (and its interval excludes zero)...
+    unlucky = _family_member(-0.006, 0.003, 0.2 / 17, slice="s07")
+    assert unlucky.interval_shows_drop
+    assert decide_on_evaluation(_facts(comparisons=[unlucky])).decision is Decision.HOLD
+    # ...but not as one of the gate's family of 18, where Holm counts every comparison
+    others = [_family_member(0.0, 0.003, 0.2 / 17, slice=f"s{i:02d}") for i in range(16)]
+    primary = _family_member(0.001, 0.002, 0.8)
+    facts = _facts(comparisons=[primary, unlucky, *others])
+    assert decide_on_evaluation(facts).decision is Decision.PROMOTE
+    # a clear drop still holds, in the family too
+    clear = _family_member(-0.02, 0.003, 0.2 / 17, slice="negation")
+    held = decide_on_evaluation(_facts(comparisons=[primary, clear, *others]))
+    assert held.decision is Decision.HOLD
+    assert "negation" in held.reason
+
+
+def test_the_registry_uses_the_gates_own_rule_and_family():
+    # 10,000 examples, 0.5 points worse for sure: within the 1-point tolerance, so the gate
+    # PASSES it; but it is not at least as good as production, so it is not auto-promoted
+    n, base_wrong = 10_000, 1000
+    truth = tuple("fresh" if i % 2 == 0 else "rotten" for i in range(n))
+
+    def outcomes(wrong: int) -> ClassificationOutcomes:
+        flip = {"fresh": "rotten", "rotten": "fresh"}
+        return ClassificationOutcomes(
+            example_ids=tuple(f"r-{i}" for i in range(n)),
+            slices=("",) * n,
+            true_labels=truth,
+            predicted_labels=tuple(flip[t] if i < wrong else t for i, t in enumerate(truth)),
+            losses=np.zeros(n),
+        )
+
+    result = judge(
+        [PairedSet("", outcomes(base_wrong + 50), outcomes(base_wrong))],
+        GatePolicy.resolve(TaskType.CLASSIFICATION),
+    )
+    assert result.verdict is GateVerdict.PASSED
+    comparisons = [
+        Comparison(
+            metric=c.metric,
+            slice=c.slice,
+            evaluation_set=c.evaluation_set,
+            delta=c.delta,
+            ci_lower=c.delta_ci_lower,
+            ci_upper=c.delta_ci_upper,
+            higher_is_better=c.higher_is_better,
+            gated=c.family_weight > 0,
+            standard_error=c.standard_error,
+            family_weight=c.family_weight,
+            confidence_level=c.confidence_level,
+        )
+        for c in result.comparisons
+    ]
+    drops = significant_drops(comparisons)
+    assert {c.metric for c in drops} == {"accuracy", "macro_f1"}
+    assert decide_on_evaluation(_facts(comparisons=comparisons)).decision is Decision.HOLD
+
+
 def test_a_baseline_production_has_moved_away_from_proves_nothing():
     facts = _facts(production_checkpoint="models/m/checkpoints/z")
     outcome = decide_on_evaluation(facts)
@@ -237,6 +319,15 @@ def test_stale_or_rolled_back_or_already_production_never_promotes():
     assert decide_on_evaluation(_facts(candidate_rolled_back=True)).decision is Decision.HOLD
     same = _facts(candidate_checkpoint="models/m/checkpoints/a")
     assert decide_on_evaluation(same).decision is Decision.NONE
+
+
+def test_a_checkpoint_whose_training_was_cancelled_or_failed_is_never_promoted_automatically():
+    outcome = decide_on_evaluation(_facts(candidate_training_interrupted=True))
+    assert outcome.decision is Decision.HOLD
+    assert "cancelled or failed" in outcome.reason
+    # a person may still look at it: MANUAL review is not automatic promotion
+    manual = _facts(policy=PromotionPolicy.MANUAL, candidate_training_interrupted=True)
+    assert decide_on_evaluation(manual).decision is Decision.AWAIT_REVIEW
 
 
 # -- alerts -----------------------------------------------------------------------------------
@@ -328,6 +419,21 @@ def test_floors_are_floors_for_fractions_and_ceilings_for_losses():
     assert is_past_floor("loss", 0.9, 0.8)
     assert not is_past_floor("loss", 0.7, 0.8)
     assert not is_past_floor("accuracy", 0.1, None)
+
+
+def test_counted_live_quality_waits_for_its_minimum_then_compares_the_upper_bound():
+    few = judge_live_quality(10, LIVE_QUALITY_MIN_TRIALS - 1, floor=0.7)
+    assert few.upper_bound < 0.7  # 10 right of 99: clearly bad, but too few to act on
+    assert not few.below_floor
+    bad = judge_live_quality(45, 100, floor=0.7)
+    assert bad.lower_bound < bad.rate < bad.upper_bound < 0.7
+    assert bad.below_floor
+    assert bad.confidence_level == pytest.approx(0.99)
+    # 66 % of 400 is below a floor of 0.7, but not surely: the sequence does not exclude it
+    unsure = judge_live_quality(264, 400, floor=0.7)
+    assert unsure.rate < 0.7 < unsure.upper_bound
+    assert not unsure.below_floor
+    assert not judge_live_quality(45, 100, floor=None).below_floor
 
 
 def test_registry_checkpoint_ids_keep_job_and_step_apart():

@@ -10,7 +10,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -23,6 +22,7 @@ from services.registry.adapters.metrics import RegistryMetrics, RegistryStateCol
 from services.registry.adapters.tables import (
     AliasMoveRow,
     DeferredEventRow,
+    EvaluationRow,
     ModelRow,
     RegistryBase,
     RegressionRow,
@@ -30,7 +30,7 @@ from services.registry.adapters.tables import (
 from services.registry.domain import parse_alertmanager_payload
 from services.registry.handlers import RegistryDeps
 from shared.db import create_database_engine, create_schema, create_session_factory
-from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.events import OutboxEvent
 from tests.fixtures.registry_events import (
     checkpoint_ready,
@@ -43,6 +43,7 @@ from tests.fixtures.registry_events import (
 from tuneline.client.alerts import alertmanager_notification
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import events_pb2, resources_pb2, service_pb2
+from tuneline.trainer.v1 import resources_pb2 as trainer_pb2
 
 T = TypeVar("T")
 START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -126,8 +127,8 @@ class Registry:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+def registry(database_url: str) -> Iterator[Registry]:
+    engine = create_database_engine(database_url)
     create_schema(engine, [RegistryBase.metadata])
     sessions = create_session_factory(engine)
     prometheus = CollectorRegistry()
@@ -302,6 +303,39 @@ def test_regressed_or_not_as_good_evaluations_do_not_promote(registry: Registry)
     assert not meh.ever_production
 
 
+def test_a_passed_checkpoint_of_a_cancelled_job_is_held_with_its_reason(registry: Registry):
+    registry.create()
+    ready = checkpoint_ready(MODEL, "cut", 100)
+    ready.stop_reason = trainer_pb2.TRAINING_STOP_REASON_CANCELLED
+    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, ready, event_id="cr-cut"))
+    registry.evaluate("cut", "evaluations/cut")  # passed, against the base model: would promote
+    assert registry.production() == ""
+    assert registry.outbox(events_pb2.ModelPromoted) == []
+    name = registry_checkpoint(MODEL, "cut", 100)
+    cut = registry.run(lambda s: handlers.get_checkpoint(s, name))
+    assert cut.training_interrupted
+    assert cut.verdict == common_pb2.EVALUATION_VERDICT_PASSED
+    with registry.sessions() as session:
+        (recorded,) = session.scalars(select(EvaluationRow).where(EvaluationRow.checkpoint == name))
+    assert recorded.decision == "HOLD"
+    assert "cancelled or failed" in recorded.decision_reason
+    # a checkpoint written when a stopping rule ended training promotes as before
+    done = checkpoint_ready(MODEL, "done", 100)
+    done.stop_reason = trainer_pb2.TRAINING_STOP_REASON_MAX_STEPS
+    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, done, event_id="cr-done"))
+    registry.evaluate("done", "evaluations/done")
+    assert registry.production() == registry_checkpoint(MODEL, "done", 100)
+    # a person can still promote the cancelled one explicitly
+    registry.run(
+        lambda s: handlers.promote_checkpoint(
+            s,
+            registry.deps,
+            service_pb2.PromoteCheckpointRequest(checkpoint=name, reason="looked at it"),
+        )
+    )
+    assert registry.production() == name
+
+
 # -- manual review ----------------------------------------------------------------------------
 
 
@@ -437,6 +471,81 @@ def test_rpc_rollback_is_idempotent_by_request_id_and_validates_input(registry: 
             )
         )
     assert {v.field for v in raised.value.violations} == {"reason", "target_checkpoint"}
+
+
+def test_a_stale_expected_revision_moves_nothing_and_a_current_one_moves(registry: Registry):
+    _three_in_production(registry)  # production: a, b, c → revision 3
+    model = f"models/{MODEL}"
+    rollback = service_pb2.RollbackModelRequest(
+        model=model, reason="latency spike", request_id="rb-1", expected_alias_revision=3
+    )
+    alias, move = registry.run(lambda s: handlers.rollback_model(s, registry.deps, rollback))
+    assert move is not None
+    assert (alias.checkpoint, alias.revision) == (registry_checkpoint(MODEL, "b", 100), 4)
+    # the same request retried after its success is a replay, not a stale write
+    _, replay = registry.run(lambda s: handlers.rollback_model(s, registry.deps, rollback))
+    assert replay is None
+    moves_before = len(registry.history())
+    promoted_before = len(registry.outbox(events_pb2.ModelPromoted))
+    stale_promote = service_pb2.PromoteCheckpointRequest(
+        checkpoint=registry_checkpoint(MODEL, "c", 100),
+        reason="saw rev 3",
+        expected_alias_revision=3,
+    )
+    with pytest.raises(Aborted) as raised:
+        registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, stale_promote))
+    assert raised.value.violations[0].type == "ALIAS_REVISION_MISMATCH"
+    assert raised.value.metadata["expected_revision"] == "3"
+    assert raised.value.metadata["current_revision"] == "4"
+    assert raised.value.metadata["current_checkpoint"] == registry_checkpoint(MODEL, "b", 100)
+    stale_rollback = service_pb2.RollbackModelRequest(
+        model=model, reason="again", expected_alias_revision=3
+    )
+    with pytest.raises(Aborted):
+        registry.run(lambda s: handlers.rollback_model(s, registry.deps, stale_rollback))
+    assert registry.production() == registry_checkpoint(MODEL, "b", 100)
+    assert len(registry.history()) == moves_before
+    assert len(registry.outbox(events_pb2.ModelPromoted)) == promoted_before
+    assert len(registry.outbox(events_pb2.ModelRolledBack)) == 1
+    fresh_promote = service_pb2.PromoteCheckpointRequest(
+        checkpoint=registry_checkpoint(MODEL, "a", 100), expected_alias_revision=4
+    )
+    alias, move = registry.run(
+        lambda s: handlers.promote_checkpoint(s, registry.deps, fresh_promote)
+    )
+    assert move is not None
+    assert (alias.checkpoint, alias.revision) == (registry_checkpoint(MODEL, "a", 100), 5)
+    with pytest.raises(InvalidArgument) as invalid:
+        registry.run(
+            lambda s: handlers.rollback_model(
+                s,
+                registry.deps,
+                service_pb2.RollbackModelRequest(
+                    model=model, reason="x", expected_alias_revision=-1
+                ),
+            )
+        )
+    assert [v.field for v in invalid.value.violations] == ["expected_alias_revision"]
+
+
+def test_an_approval_with_a_stale_view_of_production_records_nothing(registry: Registry):
+    registry.create(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
+    registry.checkpoint("a")
+    registry.evaluate("a", "evaluations/a")
+    name = registry_checkpoint(MODEL, "a", 100)
+    stale = service_pb2.ApproveCheckpointRequest(
+        checkpoint=name, reviewer="alice", reason="ok", expected_alias_revision=1
+    )
+    with pytest.raises(Aborted):
+        registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, stale))
+    checkpoint = registry.run(lambda s: handlers.get_checkpoint(s, name))
+    assert checkpoint.review_state == resources_pb2.REVIEW_STATE_PENDING
+    assert registry.production() == ""
+    current = service_pb2.ApproveCheckpointRequest(
+        checkpoint=name, reviewer="alice", reason="ok", expected_alias_revision=0
+    )
+    response = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, current))
+    assert (response.alias.checkpoint, response.alias.revision) == (name, 1)
 
 
 def test_alerts_roll_back_once_per_incident_and_ignore_resolved(registry: Registry):
@@ -578,6 +687,96 @@ def test_live_quality_is_exported_for_production_only(registry: Registry):
     rollback = service_pb2.RollbackModelRequest(model=f"models/{MODEL}", reason="live quality")
     registry.run(lambda s: handlers.rollback_model(s, registry.deps, rollback))
     assert registry.sample("tuneline_model_live_quality", **labels) is None
+
+
+def _report_counts(
+    registry: Registry, successes: int, trials: int, **fields: Any
+) -> resources_pb2.LiveQualityReport:
+    return registry.run(
+        lambda s: handlers.report_live_quality(
+            s,
+            registry.deps,
+            service_pb2.ReportLiveQualityRequest(
+                model=f"models/{MODEL}",
+                metric=fields.pop("metric", "accuracy"),
+                successes=successes,
+                trials=trials,
+                **fields,
+            ),
+        )
+    )
+
+
+def test_counted_live_quality_adds_up_once_per_request_and_is_judged_sequentially(
+    registry: Registry,
+):
+    registry.create(floor=0.7)
+    registry.promote_by_evaluation("a")
+    labels = {"model": MODEL, "checkpoint": "a.step-100", "metric": "accuracy", "slice": ""}
+    # 20 of 60 right: far below the floor, but fewer outcomes than any verdict needs
+    first = _report_counts(registry, 20, 60, request_id="window-1")
+    assert (first.total_successes, first.total_trials) == (20, 60)
+    assert first.value == pytest.approx(1 / 3)
+    assert first.upper_bound < 0.7
+    assert not first.below_floor
+    assert registry.sample("tuneline_model_live_quality_below_floor", **labels) == 0
+    # the same window again (a retry) is not counted twice
+    again = _report_counts(registry, 20, 60, request_id="window-1")
+    assert again.total_trials == 60
+    # another window: 80 of 180 in all, now enough to act on
+    second = _report_counts(registry, 60, 120, request_id="window-2")
+    assert (second.total_successes, second.total_trials) == (80, 180)
+    assert second.lower_bound < 80 / 180 < second.upper_bound < 0.7
+    assert second.confidence_level == pytest.approx(0.99)
+    assert second.below_floor
+    assert registry.sample("tuneline_model_live_quality_trials", **labels) == 180
+    assert registry.sample("tuneline_model_live_quality_upper_bound", **labels) == pytest.approx(
+        second.upper_bound
+    )
+    assert registry.sample("tuneline_model_live_quality_lower_bound", **labels) == pytest.approx(
+        second.lower_bound
+    )
+    assert registry.sample("tuneline_model_live_quality_below_floor", **labels) == 1
+    # once counted, a bare value above the floor does not hide what the counts show
+    registry.run(
+        lambda s: handlers.report_live_quality(
+            s,
+            registry.deps,
+            service_pb2.ReportLiveQualityRequest(
+                model=f"models/{MODEL}", metric="accuracy", value=0.9
+            ),
+        )
+    )
+    assert registry.sample("tuneline_model_live_quality_below_floor", **labels) == 1
+
+
+def test_a_good_checkpoint_is_not_below_its_floor_however_often_it_is_reported(
+    registry: Registry,
+):
+    registry.create(floor=0.7)
+    registry.promote_by_evaluation("a")
+    for window in range(20):
+        report = _report_counts(registry, 37, 50)  # 74 %, just above the floor
+        assert not report.below_floor, f"window {window}: {report}"
+    assert report.total_trials == 1000
+    assert report.lower_bound < 0.74 < report.upper_bound
+
+
+@pytest.mark.parametrize(
+    ("successes", "trials", "fields", "violation"),
+    [
+        (61, 60, {}, ("successes", "OUT_OF_RANGE")),
+        (1, -1, {}, ("trials", "OUT_OF_RANGE")),
+        (10, 20, {"metric": "loss"}, ("trials", "NOT_A_RATE")),
+        (10, 20, {"value": 0.7}, ("value", "MISMATCH")),
+    ],
+)
+def test_counted_live_quality_is_checked(registry: Registry, successes, trials, fields, violation):
+    registry.create(floor=0.7)
+    registry.promote_by_evaluation("a")
+    with pytest.raises(InvalidArgument) as raised:
+        _report_counts(registry, successes, trials, **fields)
+    assert (raised.value.violations[0].field, raised.value.violations[0].reason) == violation
 
 
 def test_side_effects_wait_for_the_commit(registry: Registry):

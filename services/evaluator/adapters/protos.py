@@ -32,6 +32,7 @@ from services.evaluator.domain.gate import (
     MetricValue,
     SignificanceTest,
     Verdict,
+    regression_severity,
 )
 from services.evaluator.domain.outcomes import TaskType
 from shared.protobuf import (
@@ -144,6 +145,8 @@ def gate_policy_from_proto(message: common_pb2.GatePolicy, task_type: TaskType) 
         test=test,
         bootstrap_resamples=message.bootstrap_resamples,
         seed=message.seed if message.HasField("seed") else None,
+        primary_metric=message.primary_metric,
+        gated_slices=tuple(message.gated_slices),
     )
 
 
@@ -155,6 +158,8 @@ def gate_policy_to_proto(policy: GatePolicy) -> common_pb2.GatePolicy:
         test=enum_to_proto(common_pb2.SignificanceTest, "SIGNIFICANCE_TEST", policy.test),
         bootstrap_resamples=policy.bootstrap_resamples,
         seed=policy.seed,
+        primary_metric=policy.primary_metric,
+        gated_slices=policy.gated_slices,
     )
     for gate in policy.metrics:
         entry = message.metrics.add(metric=gate.metric, tolerance=gate.tolerance)
@@ -236,6 +241,11 @@ def comparison_to_proto(comparison: MetricComparison) -> common_pb2.MetricCompar
         outcome=enum_to_proto(
             common_pb2.ComparisonOutcome, "COMPARISON_OUTCOME", comparison.outcome
         ),
+        minimum_detectable_effect=_finite(comparison.minimum_detectable_drop),
+        reason=comparison.reason,
+        standard_error=_finite(comparison.standard_error),
+        adjusted_p_value=comparison.adjusted_p_value,
+        family_weight=comparison.family_weight,
     )
 
 
@@ -271,6 +281,12 @@ def comparison_from_proto(message: common_pb2.MetricComparison) -> MetricCompari
                 ComparisonOutcome,
             ),
         ),
+        standard_error=message.standard_error,
+        minimum_detectable_drop=message.minimum_detectable_effect,
+        # comparisons stored before the family existed have no weight: not adjusted
+        adjusted_p_value=message.adjusted_p_value if message.family_weight > 0 else 1.0,
+        family_weight=message.family_weight,
+        reason=message.reason,
     )
 
 
@@ -353,7 +369,7 @@ def evaluation_from_proto(
     comparisons = tuple(comparison_from_proto(c) for c in message.comparisons)
     regressions = sorted(
         (c for c in comparisons if c.outcome is ComparisonOutcome.REGRESSED),
-        key=lambda c: (c.p_value, -c.drop),
+        key=regression_severity,
     )
     create_time = datetime_from_timestamp(message, "create_time")
     assert create_time is not None, "a stored evaluation always has a create time"

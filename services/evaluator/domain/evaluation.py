@@ -24,6 +24,7 @@ from services.evaluator.domain.gate import (
 )
 from services.evaluator.domain.outcomes import TaskType
 from shared.errors import FieldViolation, InvalidArgument
+from shared.local_paths import without_local_paths
 
 _EVALUATION_NAME = re.compile(r"^evaluations/([a-z0-9][a-z0-9-]{0,62})$")
 _MODEL_NAME = re.compile(r"^models/([a-z]([a-z0-9-]{0,61}[a-z0-9])?)$")
@@ -487,7 +488,8 @@ class Evaluation:
             state=EvaluationState.FAILED,
             verdict=Verdict.FAILED,
             failure_reason=reason,
-            failure_message=message[:4000],
+            # for API clients: local paths quoted from torch, transformers or the OS are cut
+            failure_message=without_local_paths(message)[:4000],
             baseline=baseline or self.baseline,
             example_count=self.example_count if example_count is None else example_count,
             start_time=self.start_time or now,

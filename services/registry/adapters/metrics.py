@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.adapters.tables import ModelRow
+from services.registry.domain import judge_live_quality
 from tuneline.registry.v1 import resources_pb2
 
 #: From a sub-second event-driven rollback to an alert that waited out its ``for:`` and
@@ -95,7 +96,8 @@ class RegistryMetrics:
 
 
 class RegistryStateCollector(Collector):
-    """Scrape-time gauges read from the database: production per model, live quality, floors."""
+    """Scrape-time gauges read from the database: production per model, live quality (and its
+    confidence sequence, for counted reports), floors."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
@@ -118,8 +120,26 @@ class RegistryStateCollector(Collector):
             ),
             GaugeMetricFamily(
                 "tuneline_model_live_quality_below_floor",
-                "1 when the latest live quality of the production checkpoint is past the "
-                "model's floor for that metric.",
+                "1 when the production checkpoint is past the model's floor for that metric: "
+                "counted live quality whose confidence sequence's upper bound is below the "
+                "floor (after the minimum of trials), or a bare reported value past it.",
+                labels=("model", "checkpoint", "metric", "slice"),
+            ),
+            GaugeMetricFamily(
+                "tuneline_model_live_quality_lower_bound",
+                "Lower bound of the always-valid confidence sequence of the production "
+                "checkpoint's counted live success rate.",
+                labels=("model", "checkpoint", "metric", "slice"),
+            ),
+            GaugeMetricFamily(
+                "tuneline_model_live_quality_upper_bound",
+                "Upper bound of the always-valid confidence sequence of the production "
+                "checkpoint's counted live success rate (compared with the floor).",
+                labels=("model", "checkpoint", "metric", "slice"),
+            ),
+            GaugeMetricFamily(
+                "tuneline_model_live_quality_trials",
+                "Labelled live outcomes counted for the production checkpoint so far.",
                 labels=("model", "checkpoint", "metric", "slice"),
             ),
             GaugeMetricFamily(
@@ -134,20 +154,35 @@ class RegistryStateCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        production, live, below, floors, parked = self._families()
+        production, live, below, lower, upper, trials, floors, parked = self._families()
         with self._sessions() as session:
             repo = RegistryRepository(session)
             for alias in repo.production_aliases():
                 model, checkpoint = _short(alias.model), _short(alias.checkpoint)
                 production.add_metric([model, checkpoint], 1)
+                counted = {
+                    (counts.metric, counts.slice): counts
+                    for counts in repo.live_counts_of(alias.model, alias.checkpoint)
+                }
                 for report in repo.live_quality_of(alias.model, alias.checkpoint):
                     labels = [model, checkpoint, report.metric, report.slice]
                     live.add_metric(labels, report.value)
-                    below.add_metric(labels, 1 if report.below_floor else 0)
+                    counts = counted.get((report.metric, report.slice))
+                    # once counted, the confidence sequence decides, whatever the last report
+                    below_floor = report.below_floor
+                    if counts is not None:
+                        sequence = judge_live_quality(counts.successes, counts.trials, report.floor)
+                        below_floor = sequence.below_floor
+                    below.add_metric(labels, 1 if below_floor else 0)
+                for (metric, slice_name), counts in counted.items():
+                    labels = [model, checkpoint, metric, slice_name]
+                    lower.add_metric(labels, counts.lower_bound)
+                    upper.add_metric(labels, counts.upper_bound)
+                    trials.add_metric(labels, counts.trials)
             for row in session.query(ModelRow).order_by(ModelRow.name):
                 definition = resources_pb2.Model.FromString(row.definition)
                 for gate in definition.gate_policy.metrics:
                     if gate.HasField("min_absolute_score"):
                         floors.add_metric([_short(row.name), gate.metric], gate.min_absolute_score)
             parked.add_metric([], repo.count_parked())
-        yield from (production, live, below, floors, parked)
+        yield from (production, live, below, lower, upper, trials, floors, parked)

@@ -23,6 +23,7 @@ from services.registry.adapters.tables import (
     CheckpointRow,
     DeferredEventRow,
     EvaluationRow,
+    LiveCountsRow,
     LiveQualityRow,
     ModelRow,
     RegressionRow,
@@ -289,6 +290,10 @@ class RegistryRepository:
             .limit(1)
         )
 
+    def newest_move_seq(self) -> int:
+        """The sequence number of the newest alias move of any model (0 when none)."""
+        return self.session.scalar(select(func.max(AliasMoveRow.seq))) or 0
+
     def moves_after_revision(self, model: str, alias: str, revision: int) -> list[AliasMoveRow]:
         return list(
             self.session.scalars(
@@ -409,6 +414,23 @@ class RegistryRepository:
             self.session.scalars(
                 select(LiveQualityRow).where(
                     LiveQualityRow.model == model, LiveQualityRow.checkpoint == checkpoint
+                )
+            )
+        )
+
+    def live_counts(
+        self, model: str, checkpoint: str, metric: str, slice_name: str
+    ) -> LiveCountsRow | None:
+        return self.session.get(LiveCountsRow, (model, checkpoint, metric, slice_name))
+
+    def upsert_live_counts(self, row: LiveCountsRow) -> None:
+        self.session.merge(row)
+
+    def live_counts_of(self, model: str, checkpoint: str) -> list[LiveCountsRow]:
+        return list(
+            self.session.scalars(
+                select(LiveCountsRow).where(
+                    LiveCountsRow.model == model, LiveCountsRow.checkpoint == checkpoint
                 )
             )
         )

@@ -209,3 +209,21 @@ class LiveQualityRow(RegistryBase):
     below_floor: Mapped[bool] = mapped_column(Boolean)
     source: Mapped[str] = mapped_column(String(200))
     report_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class LiveCountsRow(RegistryBase):
+    """Counted live quality per (model, checkpoint, metric, slice): the outcomes reported so
+    far and the bounds of their confidence sequence (a table of its own, so that databases
+    created before counts existed gain it without a migration)."""
+
+    __tablename__ = "registry_live_counts"
+
+    model: Mapped[str] = mapped_column(String(80), primary_key=True)
+    checkpoint: Mapped[str] = mapped_column(String(300), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(120), primary_key=True)
+    slice: Mapped[str] = mapped_column(String(200), primary_key=True)
+    successes: Mapped[int] = mapped_column(Integer)
+    trials: Mapped[int] = mapped_column(Integer)
+    lower_bound: Mapped[float] = mapped_column(Float)
+    upper_bound: Mapped[float] = mapped_column(Float)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
