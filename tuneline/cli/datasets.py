@@ -22,7 +22,8 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
-from tuneline.cli.output import console, err_console, print_message, reported_errors, target
+from tuneline.cli.endpoints import target
+from tuneline.cli.output import console, err_console, print_message, reported_errors
 from tuneline.client.dataset import DatasetClient, dataset_name
 from tuneline.client.errors import InvalidArgumentError
 from tuneline.common.v1 import resources_pb2 as common_pb2
@@ -31,8 +32,6 @@ from tuneline.dataset.v1 import resources_pb2
 app = typer.Typer(
     help="Datasets: create, push (upload with progress), show, list, report.", no_args_is_help=True
 )
-
-DATASET_PORT = 50051
 
 
 class TaskChoice(StrEnum):
@@ -46,7 +45,7 @@ class OutcomeChoice(StrEnum):
 
 
 def _client() -> DatasetClient:
-    return DatasetClient(target("dataset", DATASET_PORT))
+    return DatasetClient(target("dataset"))
 
 
 def _severities(specs: list[str]) -> dict[str, str]:
@@ -127,6 +126,14 @@ def push(
     validate_only: Annotated[
         bool, typer.Option("--validate-only", help="Validate and store the report only.")
     ] = False,
+    allow_label_churn: Annotated[
+        str,
+        typer.Option(
+            metavar="REASON",
+            help="Accept a version that relabels many of its parent's rows, saying why "
+            "(kept in the version's lineage).",
+        ),
+    ] = "",
     chunk_kib: Annotated[int, typer.Option(min=16, max=4096, help="Chunk size in KiB.")] = 1024,
 ) -> None:
     """Upload a JSONL file as a new version, with a progress bar (bytes/s and rows/s)."""
@@ -155,6 +162,7 @@ def push(
                 parent_version=parent,
                 uploader=uploader,
                 validate_only=validate_only,
+                label_churn_override=allow_label_churn,
                 chunk_bytes=chunk_kib * 1024,
                 progress=advance,
             )

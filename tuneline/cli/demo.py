@@ -313,7 +313,10 @@ def demo(
         summary = _play(config, StackEndpoints.of_stack(state, token), started)
     finally:
         if keep_running and summary is not None:
-            console.print(f"The stack keeps running: `tuneline down --home {home}` stops it.")
+            console.print(
+                f"The stack keeps running: with TUNELINE_HOME={home} the other commands reach "
+                f"it; `tuneline down --home {home}` stops it."
+            )
         else:
             with console.status("stopping the stack…"):
                 stack.down(state)
@@ -329,6 +332,10 @@ def demo(
             f"Held-out accuracy: base model {first.baseline_accuracy:.3f}, best fine-tuned "
             f"{best.accuracy:.3f} ({best.label} version, {best.steps} steps)."
         )
+    console.print(
+        f"The relabelled version was refused before training ({summary.churn_refusal}); "
+        "pushed with an override, the regression gate refused it too."
+    )
     if summary.rollback is not None:
         console.print(
             f"Rolled back by {summary.rollback.trigger} "

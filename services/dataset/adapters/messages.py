@@ -92,6 +92,8 @@ def policy_from_proto(message: resources_pb2.SchemaPolicy, *, field: str) -> Sch
         max_text_length=message.max_text_length,
         min_rows_per_class=message.min_rows_per_class,
         max_imbalance_ratio=message.max_imbalance_ratio,
+        max_label_churn=message.max_label_churn,
+        min_shared_rows_for_churn=message.min_shared_rows_for_churn,
         rule_severities=severities,
     )
 
@@ -106,6 +108,8 @@ def policy_to_proto(policy: SchemaPolicy) -> resources_pb2.SchemaPolicy:
         max_text_length=policy.max_text_length,
         min_rows_per_class=policy.min_rows_per_class,
         max_imbalance_ratio=policy.max_imbalance_ratio,
+        max_label_churn=policy.max_label_churn,
+        min_shared_rows_for_churn=policy.min_shared_rows_for_churn,
         rule_severities={rule: _SEVERITIES[s] for rule, s in policy.rule_severities.items()},
     )
 
@@ -135,6 +139,7 @@ def lineage_to_proto(lineage: Lineage) -> resources_pb2.DatasetVersionLineage:
         source_kind=_SOURCE_KINDS[lineage.source_kind],
         source=lineage.source,
         source_sha256=lineage.source_sha256,
+        label_churn_override=lineage.label_churn_override,
     )
 
 

@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 
 from services.dataset.adapters.tables import DatasetRow, DatasetVersionRow, ValidationReportRow
 from services.dataset.domain import (
+    DEFAULT_MAX_LABEL_CHURN,
+    DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
     Dataset,
     DatasetVersion,
     Finding,
@@ -205,6 +207,8 @@ def _policy_json(policy: SchemaPolicy) -> dict[str, Any]:
         "max_text_length": policy.max_text_length,
         "min_rows_per_class": policy.min_rows_per_class,
         "max_imbalance_ratio": policy.max_imbalance_ratio,
+        "max_label_churn": policy.max_label_churn,
+        "min_shared_rows_for_churn": policy.min_shared_rows_for_churn,
         "rule_severities": {rule: s.value for rule, s in policy.rule_severities.items()},
     }
 
@@ -216,6 +220,11 @@ def _policy(data: dict[str, Any]) -> SchemaPolicy:
         max_text_length=data["max_text_length"],
         min_rows_per_class=data["min_rows_per_class"],
         max_imbalance_ratio=data["max_imbalance_ratio"],
+        # policies stored before label churn existed: the defaults
+        max_label_churn=data.get("max_label_churn", DEFAULT_MAX_LABEL_CHURN),
+        min_shared_rows_for_churn=data.get(
+            "min_shared_rows_for_churn", DEFAULT_MIN_SHARED_ROWS_FOR_CHURN
+        ),
         rule_severities={rule: Severity(s) for rule, s in data["rule_severities"].items()},
     )
 
@@ -241,6 +250,7 @@ def _lineage_columns(lineage: Lineage) -> dict[str, str]:
         "source_kind": lineage.source_kind.value,
         "source": lineage.source,
         "source_sha256": lineage.source_sha256,
+        "label_churn_override": lineage.label_churn_override,
     }
 
 
@@ -251,6 +261,7 @@ def _lineage(row: DatasetVersionRow | ValidationReportRow) -> Lineage:
         source_kind=SourceKind(row.source_kind),
         source=row.source,
         source_sha256=row.source_sha256,
+        label_churn_override=row.label_churn_override,
     )
 
 

@@ -51,6 +51,8 @@ class LineageColumns:
     source_kind: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(2048), default="")
     source_sha256: Mapped[str] = mapped_column(String(64), default="")
+    #: Why label churn beyond the policy was allowed; empty when it was not.
+    label_churn_override: Mapped[str] = mapped_column(String(1024), default="")
 
 
 class DatasetVersionRow(LineageColumns, DatasetBase):

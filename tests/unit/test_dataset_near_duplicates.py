@@ -1,0 +1,129 @@
+"""Near-duplicate inputs: real reviews and paraphrase-like edits of them (a few words changed).
+
+The shared MinHash/LSH grouping finds every edited review's pair and nothing between unrelated
+reviews; the dataset gate reports the groups as a warning naming their lines, and skips the
+check (saying so) past its row limit.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from services.dataset import handlers
+from services.dataset.domain import Rule, SchemaPolicy, Severity, SourceKind, TaskType
+from services.dataset.handlers import DatasetDeps, IngestRequest, IngestResult
+from shared.input_text import normalize_input_text
+from shared.near_duplicates import near_duplicate_groups, near_duplicates_in
+from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_jsonl
+
+SUBSTITUTES = ("truly", "rather", "picture", "story", "somewhat", "utterly")
+
+
+def long_distinct_reviews(count: int, *, min_words: int = 15) -> list[dict[str, str]]:
+    """Real reviews of at least ``min_words`` words, distinct once normalized."""
+    seen: set[str] = set()
+    rows = []
+    for row in rotten_tomatoes_rows():
+        key = normalize_input_text(row["text"])
+        if len(key.split()) >= min_words and key not in seen:
+            seen.add(key)
+            rows.append(row)
+            if len(rows) == count:
+                return rows
+    raise AssertionError("not enough long reviews")
+
+
+def paraphrase(text: str, rng: random.Random, words: int = 2) -> str:
+    """``text`` with ``words`` of its words replaced by others: a near-duplicate, not a repeat."""
+    tokens = text.split()
+    for position in rng.sample(range(len(tokens)), words):
+        tokens[position] = rng.choice([w for w in SUBSTITUTES if w != tokens[position]])
+    return " ".join(tokens)
+
+
+REVIEWS = long_distinct_reviews(400)
+
+
+def test_paraphrases_of_real_reviews_join_their_originals_and_nothing_else() -> None:
+    rng = random.Random(5)
+    originals = [normalize_input_text(row["text"]) for row in REVIEWS]
+    edited = [normalize_input_text(paraphrase(row["text"], rng)) for row in REVIEWS[:100]]
+    groups = near_duplicate_groups(originals + edited)
+    pairs = {tuple(group) for group in groups}
+    found = {(i, 400 + i) for i in range(100)} & pairs
+    assert len(found) >= 95  # two of ~20 words changed: a MinHash estimate may miss a few
+    assert all(len(group) == 2 and group[1] - group[0] == 400 for group in groups)
+    assert near_duplicate_groups(originals) == []  # distinct real reviews stay apart
+    assert near_duplicate_groups(originals + edited) == groups  # deterministic
+
+
+@pytest.fixture
+def deps(tmp_path: Path) -> Iterator[DatasetDeps]:
+    deps = make_dataset_deps(tmp_path)
+    yield deps
+    deps.sessions.kw["bind"].dispose()
+
+
+def upload(deps: DatasetDeps, rows: list[dict[str, str]]) -> IngestResult:
+    return handlers.upload_version(
+        deps,
+        IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD),
+        iter([to_jsonl(rows)]),
+    )
+
+
+def test_the_gate_warns_naming_the_lines_of_each_group(deps: DatasetDeps) -> None:
+    handlers.create_dataset(
+        deps, dataset_id="reviews", task_type=TaskType.CLASSIFICATION, policy=SchemaPolicy()
+    )
+    rng = random.Random(9)
+    rows = [dict(row) for row in REVIEWS[:200]]
+    # lines 201-203 paraphrase lines 1, 2 and 3; line 204 repeats line 201 up to case
+    rows += [{**rows[i], "text": paraphrase(rows[i]["text"], rng, words=1)} for i in range(3)]
+    rows.append({**rows[200], "text": rows[200]["text"].upper()})
+
+    result = upload(deps, rows)
+
+    assert result.version is not None
+    (finding,) = [f for f in result.report.findings if f.rule is Rule.NEAR_DUPLICATES]
+    assert finding.severity is Severity.WARNING
+    assert finding.count == 7
+    assert finding.line_numbers == (1, 2, 3, 201, 202, 203, 204)
+    assert "3 group(s)" in finding.message
+    assert "lines 1, 201, 204; lines 2, 202; lines 3, 203" in finding.message
+
+
+def test_past_the_row_limit_the_check_says_it_was_skipped(tmp_path: Path) -> None:
+    deps = make_dataset_deps(tmp_path)
+    deps = replace(deps, limits=replace(deps.limits, near_duplicate_max_rows=50))
+    handlers.create_dataset(
+        deps, dataset_id="reviews", task_type=TaskType.CLASSIFICATION, policy=SchemaPolicy()
+    )
+    rows = [*REVIEWS[:60], {**REVIEWS[0], "text": REVIEWS[0]["text"] + " indeed"}]
+    result = upload(deps, rows)
+    rules = {f.rule: f.severity for f in result.report.findings}
+    assert rules[Rule.NEAR_DUPLICATE_CHECK_SKIPPED] is Severity.INFO
+    assert Rule.NEAR_DUPLICATES not in rules
+    deps.sessions.kw["bind"].dispose()
+
+
+def test_contamination_names_the_evaluation_rows_with_near_duplicates_in_training() -> None:
+    rng = random.Random(13)
+    train = [normalize_input_text(row["text"]) for row in REVIEWS[:300]]
+    clean = [normalize_input_text(row["text"]) for row in REVIEWS[300:]]
+    leaked = [normalize_input_text(paraphrase(row["text"], rng)) for row in REVIEWS[:20]]
+    copied = [text.upper() for text in train[20:25]]  # equal once normalized
+    evaluation = clean + leaked + [normalize_input_text(text) for text in copied]
+
+    found = near_duplicates_in(evaluation, train)
+
+    assert set(found) <= set(range(100, 125))  # no clean evaluation row is flagged
+    assert len(found) >= 23  # every copy, and (a MinHash estimate) nearly every paraphrase
+    for query, matches in found.items():
+        assert matches == [query - 100]  # each names the training row it came from
+    assert near_duplicates_in(clean, train) == {}
