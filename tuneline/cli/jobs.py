@@ -16,14 +16,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from tuneline.cli.output import console, err_console, print_message, reported_errors, target
+from tuneline.cli.endpoints import target
+from tuneline.cli.output import console, err_console, print_message, reported_errors
 from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.trainer.v1 import resources_pb2
 
 app = typer.Typer(help="Training jobs: create, show, list, cancel, watch.", no_args_is_help=True)
-
-TRAINER_PORT = 50053
 
 
 class Method(StrEnum):
@@ -77,7 +76,7 @@ _TERMINAL = {
 
 
 def _client() -> TrainerClient:
-    return TrainerClient(target("trainer", TRAINER_PORT))
+    return TrainerClient(target("trainer"))
 
 
 def _job_name(job: str) -> str:
@@ -96,6 +95,31 @@ def _styled_state(job: resources_pb2.TrainingJob) -> str:
 
 def _money(money: common_pb2.Money) -> str:
     return f"{money.units + money.nanos / 1e9:.4f} {money.currency_code}"
+
+
+def _print_estimate(
+    planned: resources_pb2.TrainingJob, estimate: resources_pb2.TrainingEstimate
+) -> None:
+    basis = (
+        f"measured on {estimate.measured_runs} earlier run(s) on {estimate.device_type}"
+        if estimate.measured_runs
+        else "the server's conservative default (no earlier run of this base model)"
+    )
+    table = Table("estimate", "value", title="dry run: nothing was created")
+    table.add_row("train rows", str(estimate.train_examples))
+    table.add_row("train tokens (one pass)", str(estimate.train_tokens))
+    table.add_row("planned steps", str(estimate.planned_steps))
+    table.add_row("tokens to process", str(estimate.estimated_tokens))
+    table.add_row("throughput", f"{estimate.tokens_per_device_second:.1f} tokens/device-s, {basis}")
+    table.add_row("fixed time per run", f"{estimate.overhead_device_seconds:.1f} s")
+    table.add_row("device time", f"{estimate.estimated_device_seconds:.1f} s")
+    table.add_row("cost", _money(estimate.estimated_cost))
+    console.print(table)
+    console.print(
+        f"on {planned.base_model.model_name or planned.base_model.model_path}, "
+        f"batch {planned.hyperparameters.batch_size}, "
+        f"max_seq_length {planned.hyperparameters.max_seq_length}"
+    )
 
 
 @app.command()
@@ -141,6 +165,13 @@ def create(
     watch_progress: Annotated[
         bool, typer.Option("--watch", help="Watch the job's progress after creating it.")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the job and estimate its tokens, device time and cost; create nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Queue a training job; every unset option takes the server's default."""
     base = common_pb2.BaseModel()
@@ -182,6 +213,11 @@ def create(
             every_n_steps=checkpoint_every, keep_best_k=keep_best
         ),
     )
+    if dry_run:
+        with reported_errors(), _client() as client:
+            planned, estimate = client.estimate_training_job(job, job_id=job_id)
+        _print_estimate(planned, estimate)
+        return
     with reported_errors(), _client() as client:
         created = client.create_training_job(job, job_id=job_id)
     console.print(
