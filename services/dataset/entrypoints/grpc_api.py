@@ -48,8 +48,15 @@ def _check_format(value: int, field: str) -> None:
         )
 
 
-def _chunks(messages: Iterator[service_pb2.UploadDatasetVersionRequest]) -> Iterator[bytes]:
-    """The content bytes after the header; ``UploadInterrupted`` if the client goes away."""
+def _chunks(
+    messages: Iterator[service_pb2.UploadDatasetVersionRequest], context: grpc.ServicerContext
+) -> Iterator[bytes]:
+    """The content bytes after the header; ``UploadInterrupted`` if the client goes away.
+
+    A call that ends while its stream is read (the client cancelled, the deadline passed, the
+    server cut an idle stream) may end the request iterator as if the client had finished:
+    only ``context.is_active()`` tells the two apart, so half an upload never counts as whole.
+    """
     try:
         for message in messages:
             if message.WhichOneof("payload") != "chunk":
@@ -64,6 +71,8 @@ def _chunks(messages: Iterator[service_pb2.UploadDatasetVersionRequest]) -> Iter
             yield message.chunk
     except grpc.RpcError as error:  # the stream broke: cancelled, deadline, connection lost
         raise UploadInterrupted(str(error)) from error
+    if not context.is_active():
+        raise UploadInterrupted("the call ended before the upload did")
 
 
 class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
@@ -136,7 +145,7 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
             label_churn_reason=header.label_churn_reason,
         )
         try:
-            result = handlers.upload_version(self._deps, request, _chunks(messages))
+            result = handlers.upload_version(self._deps, request, _chunks(messages, context))
         except UploadInterrupted:
             return service_pb2.UploadDatasetVersionResponse()  # nobody is listening any more
         return service_pb2.UploadDatasetVersionResponse(
