@@ -212,7 +212,25 @@ def artifact_store_from_uri(
     return LocalArtifactStore(Path(text), readable_roots=readable_roots)
 
 
-class LocalArtifactStore:
+class WriterBackedStore:
+    """``put_bytes`` and ``put_stream`` for a store, written once on top of its
+    :meth:`open_writer` (the one place a store decides how bytes become an artifact)."""
+
+    def open_writer(self, key: str) -> AbstractContextManager[ArtifactWriter]:
+        raise NotImplementedError
+
+    def put_bytes(self, key: str, data: bytes) -> StoredArtifact:
+        return self.put_stream(key, [data])
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> StoredArtifact:
+        with self.open_writer(key) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+        assert writer.stored is not None
+        return writer.stored
+
+
+class LocalArtifactStore(WriterBackedStore):
     """Artifacts under one root directory, addressed as ``file:///<root>/<key>``.
 
     ``readable_roots`` lists other stores' roots this one may read from (a service reading
@@ -319,16 +337,6 @@ class LocalArtifactStore:
         finally:
             handle.close()
             temp.unlink(missing_ok=True)
-
-    def put_bytes(self, key: str, data: bytes) -> StoredArtifact:
-        return self.put_stream(key, [data])
-
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> StoredArtifact:
-        with self.open_writer(key) as writer:
-            for chunk in chunks:
-                writer.write(chunk)
-        assert writer.stored is not None
-        return writer.stored
 
     def put_directory(self, key: str, source: Path) -> StoredArtifact:
         """Copy folder ``source`` to ``key`` atomically (copy to temp, fsync, rename).

@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -49,6 +49,7 @@ from shared.artifacts import (
     ArtifactSpool,
     ArtifactWriter,
     StoredArtifact,
+    WriterBackedStore,
     check_artifact_key,
     directory_sha256,
 )
@@ -128,7 +129,7 @@ class _VerifyingReader(io.RawIOBase):
         super().close()
 
 
-class S3ArtifactStore:
+class S3ArtifactStore(WriterBackedStore):
     """Artifacts under ``s3://<bucket>/<prefix>/``; see the module docstring."""
 
     def __init__(
@@ -252,16 +253,6 @@ class S3ArtifactStore:
         finally:
             handle.close()
             temp.unlink(missing_ok=True)
-
-    def put_bytes(self, key: str, data: bytes) -> StoredArtifact:
-        return self.put_stream(key, [data])
-
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> StoredArtifact:
-        with self.open_writer(key) as writer:
-            for chunk in chunks:
-                writer.write(chunk)
-        assert writer.stored is not None
-        return writer.stored
 
     def put_directory(self, key: str, source: Path) -> StoredArtifact:
         """Upload folder ``source``'s files under a new generation, then its manifest at ``key``.
