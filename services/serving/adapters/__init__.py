@@ -1,0 +1,1 @@
+"""Adapters of the serving service: torch engine, artifact fetch, registry, metrics, protos."""
