@@ -6,8 +6,11 @@ an S3 bucket prefix (``s3://bucket/prefix``, :mod:`shared.s3_artifacts`).
 
 Local directory by default (``file://`` URIs). Every write is atomic — bytes go to a temporary
 file under the store root, are fsynced, then renamed into place, and the folder is fsynced — so
-a reader never sees a half-written artifact and a crash leaves at most a temp file in
-``.tmp/``, which :meth:`LocalArtifactStore.clean_temp` removes at start-up. Keys and URIs are
+a reader never sees a half-written artifact and a crash leaves at most a temp file in the
+store's temp folder, which :meth:`LocalArtifactStore.clean_temp` removes at start-up. Replicas
+sharing one root (a ReadWriteMany volume) each write under their own folder in ``.tmp/``, held
+by a lock for the life of the process: ``clean_temp`` removes its own leftovers and the folders
+of replicas that are gone, never another live replica's in-flight upload. Keys and URIs are
 validated so that nothing escapes the store root (no ``..``, no absolute keys, no symlink
 tricks). The sha256 of every artifact is computed while writing and returned.
 
@@ -18,10 +21,12 @@ split), and where the store lives on the server is none of theirs.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -59,6 +64,83 @@ class StoredArtifact:
     uri: str
     sha256: str
     size_bytes: int
+
+
+_LOCK_SUFFIX = ".lock"
+#: Held shared while a replica claims its temp folder, exclusively while one sweeps: a sweep
+#: never sees a claim half-made (a lock file not yet locked, a folder without its lock).
+_SWEEP_LOCK = ".sweep"
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+@contextmanager
+def _flocked(path: Path, operation: int) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, operation)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _ReplicaTemp:
+    """One store instance's temp folder ``.tmp/<host>-<pid>-<random>/`` and the lock that says
+    it is in use, ``.tmp/<same name>.lock``: held (``flock``) until the process exits, however
+    it exits. ``flock`` works across hosts on NFS (Linux emulates it with POSIX locks there),
+    so replicas on different nodes sharing a volume see each other's locks too."""
+
+    folder: Path
+    lock_fd: int
+
+    @classmethod
+    def claim(cls, tmp: Path) -> _ReplicaTemp:
+        base = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with _flocked(tmp / _SWEEP_LOCK, fcntl.LOCK_SH):
+            lock_fd = os.open(tmp / f"{base}{_LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT | os.O_EXCL)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            folder = tmp / base
+            folder.mkdir()
+        return cls(folder, lock_fd)
+
+    def __del__(self) -> None:
+        # releases the lock; the folder is then swept by the next clean_temp of any replica
+        os.close(self.lock_fd)
+
+    def remove_abandoned(self) -> int:
+        """Remove the temp folders of replicas whose lock is free (they are gone) and
+        leftovers of stores from before per-replica folders (entries directly in ``.tmp/``);
+        returns how many entries went."""
+        tmp = self.folder.parent
+        removed = 0
+        with _flocked(tmp / _SWEEP_LOCK, fcntl.LOCK_EX):
+            live = {self.folder.name}
+            for lock in tmp.glob(f"*{_LOCK_SUFFIX}"):
+                folder = lock.with_suffix("")
+                if folder == self.folder:
+                    continue
+                fd = os.open(lock, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # its replica is alive
+                    live.add(folder.name)
+                    continue
+                finally:
+                    os.close(fd)
+                lock.unlink()
+            for entry in tmp.iterdir():
+                if entry.name in live or entry.name == _SWEEP_LOCK or entry.suffix == _LOCK_SUFFIX:
+                    continue
+                # a gone replica's folder counts its entries; an older store's leftover, itself
+                removed += sum(1 for _ in entry.iterdir()) if entry.is_dir() else 1
+                _remove(entry)
+        return removed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -242,11 +324,17 @@ class LocalArtifactStore(WriterBackedStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)
+        self._replica = _ReplicaTemp.claim(self._tmp)
         self._readable = (self.root, *(Path(r).resolve() for r in readable_roots))
 
     @property
     def location(self) -> str:
         return str(self.root)
+
+    @property
+    def temp_folder(self) -> Path:
+        """This replica's temp folder under ``.tmp/``: where its in-flight writes are."""
+        return self._replica.folder
 
     # -- names ----------------------------------------------------------------------------
 
@@ -294,7 +382,7 @@ class LocalArtifactStore(WriterBackedStore):
         resulting :class:`StoredArtifact` is available as ``writer.stored`` afterwards.
         """
         target = self._path_for_key(key)
-        fd, temp_name = tempfile.mkstemp(dir=self._tmp, prefix="write-")
+        fd, temp_name = tempfile.mkstemp(dir=self._replica.folder, prefix="write-")
         temp = Path(temp_name)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -317,7 +405,7 @@ class LocalArtifactStore(WriterBackedStore):
         :meth:`open_writer`). Whatever is not committed when the block ends, normally or by an
         exception, is removed: a spool never leaves a temp file behind.
         """
-        fd, temp_name = tempfile.mkstemp(dir=self._tmp, prefix="spool-")
+        fd, temp_name = tempfile.mkstemp(dir=self._replica.folder, prefix="spool-")
         temp = Path(temp_name)
         handle = os.fdopen(fd, "wb")
 
@@ -344,7 +432,7 @@ class LocalArtifactStore(WriterBackedStore):
         An existing folder at ``key`` is replaced as a whole, never merged.
         """
         target = self._path_for_key(key)
-        staging = Path(tempfile.mkdtemp(dir=self._tmp, prefix="dir-"))
+        staging = Path(tempfile.mkdtemp(dir=self._replica.folder, prefix="dir-"))
         try:
             copy = staging / "content"
             shutil.copytree(source, copy)
@@ -391,15 +479,14 @@ class LocalArtifactStore(WriterBackedStore):
             path.unlink(missing_ok=True)
 
     def temp_entries(self) -> list[Path]:
-        """What is left in the temp folder (should be empty between writes)."""
-        return sorted(self._tmp.iterdir())
+        """What is left in this replica's temp folder (should be empty between writes)."""
+        return sorted(self._replica.folder.iterdir())
 
     def clean_temp(self) -> int:
-        """Remove leftovers of writes interrupted by a crash; returns how many."""
+        """Remove leftovers of writes interrupted by a crash: this replica's, and those of
+        replicas that are gone (their lock is free); returns how many. Another live
+        replica's temp folder is never touched."""
         entries = self.temp_entries()
         for entry in entries:
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-        return len(entries)
+            _remove(entry)
+        return len(entries) + self._replica.remove_abandoned()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -332,15 +334,55 @@ def test_directory_sha256_does_not_confuse_file_boundaries(tmp_path: Path) -> No
     assert directory_sha256(two_files) != directory_sha256(one_file)
 
 
-def test_clean_temp_removes_leftovers(store: LocalArtifactStore) -> None:
+def test_clean_temp_removes_its_own_leftovers_and_an_older_layouts(
+    store: LocalArtifactStore,
+) -> None:
     tmp = store.root / ".tmp"
-    (tmp / "write-crashed").write_bytes(b"half")
+    (tmp / "write-crashed").write_bytes(b"half")  # written by a store before replica folders
     (tmp / "dir-crashed" / "content").mkdir(parents=True)
     (tmp / "dir-crashed" / "content" / "f").write_bytes(b"x")
+    [own] = [entry for entry in tmp.iterdir() if entry.is_dir() and entry.name != "dir-crashed"]
+    (own / "spool-crashed").write_bytes(b"half")
     store.put_bytes("kept", b"kept")
 
-    assert len(store.temp_entries()) == 2
-    assert store.clean_temp() == 2
+    assert len(store.temp_entries()) == 1
+    assert store.clean_temp() == 3
     assert store.temp_entries() == []
     assert store.clean_temp() == 0
     assert (store.root / "kept").read_bytes() == b"kept"
+    assert not (tmp / "write-crashed").exists()
+    assert not (tmp / "dir-crashed").exists()
+
+
+def test_clean_temp_of_one_replica_spares_another_live_replicas_upload(tmp_path: Path) -> None:
+    first = LocalArtifactStore(tmp_path / "shared")
+    second = LocalArtifactStore(tmp_path / "shared")  # another replica on the same volume
+    with first.open_spool() as spool:
+        spool.write(b"in flight")
+        assert second.clean_temp() == 0
+        assert len(first.temp_entries()) == 1
+        stored = spool.commit("upload")
+    with second.open(stored.uri) as handle:
+        assert handle.read() == b"in flight"
+
+
+def test_clean_temp_removes_the_folder_of_a_replica_that_died(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    crashed = (
+        "import os, sys\n"
+        "from shared.artifacts import LocalArtifactStore\n"
+        "store = LocalArtifactStore(__import__('pathlib').Path(sys.argv[1]))\n"
+        "writing = store.open_spool()\n"
+        "spool = writing.__enter__()\n"
+        "spool.write(b'half an upload')\n"
+        "os._exit(0)  # no clean-up: as a SIGKILL would leave it\n"
+    )
+    subprocess.run([sys.executable, "-c", crashed, str(root)], check=True)
+    leftovers = [p for p in (root / ".tmp").rglob("spool-*") if p.is_file()]
+    assert len(leftovers) == 1
+    survivor = LocalArtifactStore(root)
+    assert survivor.clean_temp() == 1
+    assert not leftovers[0].exists()
+    assert sorted(p.name for p in (root / ".tmp").iterdir()) == sorted(
+        [".sweep", survivor.temp_folder.name, f"{survivor.temp_folder.name}.lock"]
+    )
