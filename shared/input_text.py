@@ -8,6 +8,7 @@ near-duplicates in one part (its leakage guard). One definition, so both always 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 
 
 def normalize_input_text(text: str) -> str:
@@ -29,3 +30,31 @@ def normalize_input_text(text: str) -> str:
         return " ".join(lowered.split())
     # str.split() with no argument splits on runs of any Unicode whitespace and drops the ends
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def near_duplicate_text(row: Mapping[str, object]) -> str | None:
+    """The normalized text on which a row's near-duplicates are judged, ``None`` when the row
+    has none of the fields below.
+
+    A classification row's ``text``. A causal-LM row's prompt *and* completion, joined by a
+    newline — for chat ``messages``, every message's content: two rows that teach the same
+    answer to a reworded question are the same lesson, whereas their prompts alone may be too
+    short to compare ("Summarise:") or may differ in wording only. The dataset gate, the
+    splitter and the evaluator's contamination check all use this one definition.
+    """
+    text = row.get("text")
+    if isinstance(text, str):
+        return normalize_input_text(text)
+    messages = row.get("messages")
+    if isinstance(messages, list):
+        contents = [
+            message["content"]
+            for message in messages
+            if isinstance(message, Mapping) and isinstance(message.get("content"), str)
+        ]
+        return normalize_input_text("\n".join(contents)) if contents else None
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, str):
+        answer = completion if isinstance(completion, str) else ""
+        return normalize_input_text(f"{prompt}\n{answer}")
+    return None

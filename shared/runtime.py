@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
@@ -50,6 +50,8 @@ from shared.logging import configure_logging
 from shared.metrics import MetricsServer, start_metrics_server
 from shared.migrations import upgrade_schema
 from shared.settings import CommonSettings, ServiceSettings
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +80,34 @@ class ServiceContext:
         return f"tuneline/{self.name}"
 
 
+def service_settings(context: ServiceContext, settings_type: type[SettingsT]) -> SettingsT:
+    """The context's settings as the service's own ``settings_type``; that type's defaults
+    where a test built the context from plain :class:`ServiceSettings`."""
+    settings = context.settings
+    return settings if isinstance(settings, settings_type) else settings_type()
+
+
 class BackgroundComponent(Protocol):
     """Something with ``start()`` and ``stop()`` that lives as long as the service."""
 
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+class CloseOnStop:
+    """A background component that only calls ``close`` when the service stops: a client
+    channel, a notifier's waits. Components stop in reverse order, so list it first to have
+    it run after everything that still uses what it closes."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        self._close()
 
 
 @dataclass(frozen=True)
@@ -248,6 +272,8 @@ def build_runtime(
         poll_seconds=common.outbox_poll_seconds,
         park_after_attempts=common.outbox_park_after_attempts,
         retention=timedelta(hours=common.outbox_retention_hours),
+        # replicas on one host (tuneline up, compose) must not share a lease holder's id
+        relay_id=settings.replica_id(),
     )
     context = ServiceContext(
         name=spec.name,

@@ -13,6 +13,8 @@ Two layers, both pydantic-settings models:
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -258,6 +260,14 @@ class ServiceSettings(BaseSettings):
             return self.database_url
         path = (common.data_dir / self.service_name / f"{self.service_name}.db").resolve()
         return f"sqlite:///{path}"
+
+    def replica_id(self) -> str:
+        """Which of its service's replicas this process is: its host and gRPC port. Two
+        replicas on one host listen on different ports; a replica restarted in place keeps its
+        id, so it takes back the outbox rows it had leased at once instead of waiting out the
+        lease (``shared.events.outbox``). A process on any free port is its own replica."""
+        port = str(self.grpc_port) if self.grpc_port else f"pid{os.getpid()}"
+        return f"{socket.gethostname()}:{port}"
 
     def resolved_consumer_group(self) -> str:
         """The Kafka consumer group, defaulting to ``tuneline-<service>``."""

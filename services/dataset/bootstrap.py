@@ -8,21 +8,25 @@ runtime calls ``grpc_services`` and ``background`` separately with the same cont
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
+from services.dataset.adapters.label_auditor import AuditorSettings, ProcessLabelAuditor
 from services.dataset.adapters.sources import ImportSources
 from services.dataset.adapters.tables import DatasetBase
 from services.dataset.adapters.workers import ValidationWorkers
+from services.dataset.entrypoints.audit_runner import AuditRunner
 from services.dataset.entrypoints.grpc_api import DatasetServicer
 from services.dataset.handlers import DatasetDeps, IngestLimits
 from services.dataset.metrics import DatasetMetrics
 from services.dataset.settings import DatasetSettings
 from shared.grpc import ServiceRegistration
-from shared.runtime import BackgroundComponent, ServiceContext, ServiceSpec
+from shared.runtime import BackgroundComponent, ServiceContext, ServiceSpec, service_settings
 from tuneline.dataset.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
 
 _DEPS_KEY = "_dataset_deps"
+_AUDIT_RUNNER_KEY = "_dataset_audit_runner"
 
 
 def dataset_deps(context: ServiceContext) -> DatasetDeps:
@@ -30,9 +34,7 @@ def dataset_deps(context: ServiceContext) -> DatasetDeps:
     existing = getattr(context, _DEPS_KEY, None)
     if isinstance(existing, DatasetDeps):
         return existing
-    settings = context.settings
-    if not isinstance(settings, DatasetSettings):  # a plain ServiceSettings in some tests
-        settings = DatasetSettings()
+    settings = service_settings(context, DatasetSettings)
     deps = DatasetDeps(
         sessions=context.sessions,
         store=context.artifacts,
@@ -50,6 +52,19 @@ def dataset_deps(context: ServiceContext) -> DatasetDeps:
         event_source=context.source,
         relay_wake=context.relay.wake,
     )
+    if settings.label_audit_enabled:
+        auditor = ProcessLabelAuditor(
+            AuditorSettings(
+                encoder=settings.label_audit_encoder,
+                models_root=settings.models_root,
+                folds=settings.label_audit_folds,
+                timeout_seconds=settings.label_audit_timeout_seconds,
+            )
+        )
+        # the runner never wakes itself: it can hold the deps without its own wake
+        runner = AuditRunner(deps, auditor, poll_seconds=settings.label_audit_poll_seconds)
+        deps = replace(deps, audit_wake=runner.wake)
+        setattr(context, _AUDIT_RUNNER_KEY, runner)
     setattr(context, _DEPS_KEY, deps)
     return deps
 
@@ -65,14 +80,16 @@ def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
 
 
 def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
-    """The validation worker pool: stopped with the service."""
-    return [dataset_deps(context).workers]
+    """The validation worker pool and the label-audit loop: stopped with the service."""
+    deps = dataset_deps(context)
+    runner = getattr(context, _AUDIT_RUNNER_KEY, None)
+    return [deps.workers, *([runner] if isinstance(runner, AuditRunner) else [])]
 
 
 SPEC = ServiceSpec(
     name="dataset",
     tables=[DatasetBase.metadata],
-    publishes=[events_pb2.DatasetVersioned],
+    publishes=[events_pb2.DatasetVersioned, events_pb2.DatasetAudited],
     grpc_services=grpc_services,
     background=background,
 )

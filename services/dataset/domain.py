@@ -18,7 +18,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from services.dataset.label_audit import (
+    DEFAULT_ACTION as DEFAULT_LABEL_AUDIT_ACTION,
+)
+from services.dataset.label_audit import (
+    DEFAULT_MAX_NOISE_RATE as DEFAULT_MAX_LABEL_NOISE_RATE,
+)
+from services.dataset.label_audit import (
+    LabelAuditAction,
+    LabelAuditPolicy,
+)
 from shared.errors import FieldViolation, InvalidArgument
+from shared.ownership import Owner
 
 # -- names -------------------------------------------------------------------------------------
 
@@ -311,6 +322,10 @@ class SchemaPolicy:
     max_label_churn: float = 0.0
     #: Fewest shared rows for ``max_label_churn`` to block; 0 means the default.
     min_shared_rows_for_churn: int = 0
+    #: The label audit's action above ``max_label_noise_rate``; ``None`` means the default.
+    label_audit_action: LabelAuditAction | None = None
+    #: Largest estimated label noise rate the label audit accepts, in (0, 1); 0 means the default.
+    max_label_noise_rate: float = 0.0
 
     def resolved(
         self, task_type: TaskType, *, field_prefix: str = "dataset.schema_policy"
@@ -355,6 +370,7 @@ class SchemaPolicy:
                     "OUT_OF_RANGE",
                 )
             )
+        violations += self._label_audit_violations(field_prefix)
         labels = self.label_set
         if labels and task_type is not TaskType.CLASSIFICATION:
             violations.append(
@@ -396,7 +412,27 @@ class SchemaPolicy:
             max_label_churn=self.max_label_churn or DEFAULT_MAX_LABEL_CHURN,
             min_shared_rows_for_churn=self.min_shared_rows_for_churn
             or DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
+            label_audit_action=self.label_audit_action or DEFAULT_LABEL_AUDIT_ACTION,
+            max_label_noise_rate=self.max_label_noise_rate or DEFAULT_MAX_LABEL_NOISE_RATE,
             rule_severities=dict(sorted(self.rule_severities.items())),
+        )
+
+    def _label_audit_violations(self, field_prefix: str) -> list[FieldViolation]:
+        if self.max_label_noise_rate == 0 or 0 < self.max_label_noise_rate < 1:
+            return []
+        return [
+            FieldViolation(
+                f"{field_prefix}.max_label_noise_rate",
+                "must be in (0, 1) (0: default)",
+                "OUT_OF_RANGE",
+            )
+        ]
+
+    def label_audit_policy(self) -> LabelAuditPolicy:
+        """The label audit's policy (defaults filled in)."""
+        return LabelAuditPolicy(
+            self.label_audit_action or DEFAULT_LABEL_AUDIT_ACTION,
+            self.max_label_noise_rate or DEFAULT_MAX_LABEL_NOISE_RATE,
         )
 
     def severity(self, rule: Rule) -> Severity:
@@ -417,6 +453,7 @@ class Dataset:
     version_count: int = 0
     create_time: datetime | None = None
     update_time: datetime | None = None
+    owner: Owner = field(default_factory=Owner)
 
     @property
     def name(self) -> str:

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.dataset.adapters.messages import dataset_versioned
+from services.dataset.adapters.label_auditor import AuditFailed
+from services.dataset.adapters.messages import dataset_audited, dataset_versioned
 from services.dataset.adapters.repository import DatasetRepository
 from services.dataset.adapters.sources import ImportSources
 from services.dataset.adapters.workers import ValidationWorkers
@@ -54,6 +56,12 @@ from services.dataset.domain import (
     version_id_for,
     version_name,
 )
+from services.dataset.label_audit import (
+    DatasetAudit,
+    LabelAuditFindings,
+    LabelAuditVerdict,
+    NotAuditable,
+)
 from services.dataset.metrics import DatasetMetrics
 from services.dataset.near_duplicate_rows import DEFAULT_MAX_ROWS as DEFAULT_NEAR_DUPLICATE_MAX_ROWS
 from services.dataset.validation import StreamingValidator, ValidationResult
@@ -62,6 +70,7 @@ from shared.canonical_jsonl import CanonicalJsonlReader
 from shared.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from shared.events import stage_event
 from shared.near_duplicates import DEFAULT_THRESHOLD as DEFAULT_NEAR_DUPLICATE_THRESHOLD
+from shared.ownership import Owner
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
 
 _SHA256_HEX = frozenset("0123456789abcdef")
@@ -99,6 +108,8 @@ class DatasetDeps:
     clock: Callable[[], datetime] = field(default=_now)
     #: Called after a version's transaction committed, so its event goes out at once.
     relay_wake: Callable[[], None] = field(default=lambda: None)
+    #: Called after a version's transaction committed, so its label audit starts at once.
+    audit_wake: Callable[[], None] = field(default=lambda: None)
 
 
 # -- datasets ----------------------------------------------------------------------------------
@@ -112,9 +123,11 @@ def create_dataset(
     policy: SchemaPolicy,
     display_name: str = "",
     description: str = "",
+    owner: Owner | None = None,
 ) -> Dataset:
     check_dataset_id(dataset_id)
-    violations = []
+    owner = owner or Owner()
+    violations = owner.problems("dataset.owner")
     if len(display_name) > 200:
         violations.append(
             FieldViolation("dataset.display_name", "at most 200 characters", "TOO_LONG")
@@ -134,6 +147,7 @@ def create_dataset(
         description=description,
         create_time=now,
         update_time=now,
+        owner=owner,
     )
     with deps.sessions.begin() as session:
         repo = DatasetRepository(session)
@@ -541,12 +555,41 @@ def _commit_version(  # noqa: PLR0917 - one private step of _ingest
             repo.record_new_version(dataset_id, name, policy, now)
             repo.add_report(report)
             stage_event(session, dataset_versioned(version), source=deps.event_source, subject=name)
+            _request_audit(deps, session, version, policy)
     except BaseException:
         if committed_uri:
             _remove_orphan(deps, dataset_id, version_id, committed_uri)
         raise
     deps.relay_wake()
+    deps.audit_wake()
     return _Outcome(report, version, "created")
+
+
+def _request_audit(
+    deps: DatasetDeps, session: Session, version: DatasetVersion, policy: SchemaPolicy
+) -> None:
+    """The new version's label audit: PENDING (the audit runner picks it up), or SKIPPED and
+    announced at once for CAUSAL_LM, whose rows have no labels."""
+    audit = DatasetAudit(
+        dataset_id=version.dataset_id,
+        version_id=version.version_id,
+        content_sha256=version.content_sha256,
+        task_type=version.task_type.value,
+        policy=policy.label_audit_policy(),
+        row_count=version.row_count,
+        create_time=version.create_time or deps.clock(),
+    )
+    if version.task_type is not TaskType.CLASSIFICATION:
+        audit = audit.finished(
+            LabelAuditVerdict.SKIPPED,
+            f"label_audit: {version.task_type.value} rows have no labels to audit",
+            audit.create_time,
+        )
+        stage_event(
+            session, dataset_audited(audit), source=deps.event_source, subject=audit.dataset_version
+        )
+        deps.metrics.audited(audit)
+    DatasetRepository(session).add_audit(audit)
 
 
 def _labels_outside(policy: SchemaPolicy, result: ValidationResult) -> Finding | None:
@@ -602,3 +645,99 @@ def rejection(report: ValidationReport) -> InvalidArgument:
         violations,
         metadata={"report": report.name},
     )
+
+
+# -- label audits ------------------------------------------------------------------------------
+
+
+class LabelAuditor(Protocol):
+    """Audits one version's labels (a worker process in the service; a stub in tests)."""
+
+    @property
+    def encoder(self) -> str: ...
+
+    def audit(self, texts: Sequence[str], labels: Sequence[str]) -> LabelAuditFindings:
+        """Raises :class:`NotAuditable` (SKIPPED) or :class:`AuditFailed` (FAILED)."""
+        ...
+
+
+def get_audit(deps: DatasetDeps, name: str) -> DatasetAudit:
+    """GetDatasetAudit: ``name`` is ``datasets/{dataset}/versions/{version}/audit``."""
+    version_name_part, _, suffix = name.rpartition("/")
+    if suffix != "audit":
+        raise InvalidArgument(
+            "invalid audit name",
+            [
+                FieldViolation(
+                    "name", "must be datasets/{dataset}/versions/{version}/audit", "INVALID_FORMAT"
+                )
+            ],
+        )
+    dataset_id, version_id = parse_version_name(version_name_part, field="name")
+    with deps.sessions() as session:
+        audit = DatasetRepository(session).get_audit(dataset_id, version_id)
+    if audit is None:
+        raise NotFound("dataset audit", name)
+    return audit
+
+
+def run_pending_audits(deps: DatasetDeps, auditor: LabelAuditor, *, limit: int = 1) -> int:
+    """Audit up to ``limit`` PENDING versions, oldest first: store each verdict and stage its
+    ``DatasetAudited`` in one transaction. Returns how many were finished."""
+    with deps.sessions() as session:
+        pending = DatasetRepository(session).pending_audits(limit)
+    finished = 0
+    for audit in pending:
+        done = _audited(deps, auditor, audit)
+        with deps.sessions.begin() as session:
+            if not DatasetRepository(session).complete_audit(done):
+                continue  # another replica finished it first
+            stage_event(
+                session,
+                dataset_audited(done),
+                source=deps.event_source,
+                subject=done.dataset_version,
+            )
+        deps.relay_wake()
+        deps.metrics.audited(done)
+        finished += 1
+    return finished
+
+
+def _audited(deps: DatasetDeps, auditor: LabelAuditor, audit: DatasetAudit) -> DatasetAudit:
+    started = time.perf_counter()
+    with deps.sessions() as session:
+        version = DatasetRepository(session).get_version(audit.dataset_id, audit.version_id)
+    if version is None:  # there is no delete RPC; be exact anyway
+        return audit.finished(LabelAuditVerdict.FAILED, "the version is gone", deps.clock())
+    if version.task_type is not TaskType.CLASSIFICATION:  # a version from before the audit
+        return audit.finished(
+            LabelAuditVerdict.SKIPPED,
+            f"label_audit: {version.task_type.value} rows have no labels to audit",
+            deps.clock(),
+        )
+    texts: list[str] = []
+    labels: list[str] = []
+    with deps.store.open(version.artifact_uri) as handle:
+        for row in CanonicalJsonlReader(handle):
+            texts.append(str(row["text"]))
+            labels.append(str(row["label"]))
+    try:
+        findings = auditor.audit(texts, labels)
+    except NotAuditable as reason:
+        return audit.finished(
+            LabelAuditVerdict.SKIPPED,
+            f"label_audit: {reason}",
+            deps.clock(),
+            encoder=auditor.encoder,
+        )
+    except AuditFailed as reason:
+        return audit.finished(
+            LabelAuditVerdict.FAILED,
+            f"label_audit: {reason}",
+            deps.clock(),
+            encoder=auditor.encoder,
+        )
+    finally:
+        deps.metrics.audit_duration.observe(time.perf_counter() - started)
+    return audit.audited(findings, deps.clock(), encoder=auditor.encoder)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.dataset.domain import Finding
+from services.dataset.label_audit import DatasetAudit
 
 #: From a small upload answered in milliseconds to a gigabyte taking minutes.
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -51,6 +52,38 @@ class DatasetMetrics:
             buckets=_DURATION_BUCKETS,
             registry=registry,
         )
+
+        self.audits = Counter(
+            "tuneline_dataset_label_audits_total",
+            "Finished label audits of versions, by verdict.",
+            ("verdict",),
+            registry=registry,
+        )
+        self.audit_duration = Histogram(
+            "tuneline_dataset_label_audit_duration_seconds",
+            "Time one label audit took (reading rows, embeddings, out-of-fold fits, cleanlab).",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.label_noise = Gauge(
+            "tuneline_dataset_label_noise_rate",
+            "Estimated label noise rate of the dataset's latest audited version.",
+            ("dataset",),
+            registry=registry,
+        )
+        self.suspected_rows = Gauge(
+            "tuneline_dataset_label_audit_suspected_rows",
+            "Rows suspected of a wrong label in the dataset's latest audited version.",
+            ("dataset",),
+            registry=registry,
+        )
+
+    def audited(self, audit: DatasetAudit) -> None:
+        self.audits.labels(audit.verdict.value).inc()
+        if audit.findings is not None:
+            dataset = f"datasets/{audit.dataset_id}"
+            self.label_noise.labels(dataset).set(audit.findings.noise_rate)
+            self.suspected_rows.labels(dataset).set(audit.findings.suspected_count)
 
     def ingested(
         self,

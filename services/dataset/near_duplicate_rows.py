@@ -1,9 +1,11 @@
 """The ``near_duplicates`` check of an upload: rows whose inputs nearly repeat other rows'.
 
-:class:`NearDuplicateRows` takes the normalized input text of each kept row, in line order,
-and at the end groups them with :func:`shared.near_duplicates.near_duplicate_groups`. Rows with
-the same normalized input are one text here (exact repeats have their own rules); a group is
-reported when it holds at least two different texts, with the line numbers of all its rows.
+:class:`NearDuplicateRows` takes the near-duplicate text of each kept row, in line order
+(:func:`shared.input_text.near_duplicate_text`: the normalized input; for causal LM, prompt
+and completion together), and at the end groups them with
+:func:`shared.near_duplicates.near_duplicate_groups`. Rows with the same text are one text here
+(exact repeats have their own rules); a group is reported when it holds at least two different
+texts, with the line numbers of all its rows.
 
 Unlike the other cross-row rules this one keeps the texts themselves, and MinHash costs about
 a millisecond per row on one core, so it runs only up to ``max_rows`` rows; past that the

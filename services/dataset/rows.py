@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any, NamedTuple, cast
 
+import jsonschema
+
 from services.dataset.characters import (
     describe_control_character,
     first_control_character,
@@ -57,7 +59,17 @@ _ROLES = frozenset({"system", "user", "assistant"})
 _FIELDS = {
     TaskType.CLASSIFICATION: frozenset({"id", "text", "label", "group", "slice", "tags", "weight"}),
     TaskType.CAUSAL_LM: frozenset(
-        {"id", "prompt", "completion", "messages", "group", "slice", "tags", "weight"}
+        {
+            "id",
+            "prompt",
+            "completion",
+            "messages",
+            "group",
+            "slice",
+            "tags",
+            "weight",
+            "json_schema",
+        }
     ),
 }
 #: Bytes a JSON string holds as they are: printable ASCII but quote and backslash, and every
@@ -561,6 +573,8 @@ class _BlockChecker:
         return keep
 
     def causal_lm_fields(self, row: dict[str, Any], fields: dict[str, Any], line: int) -> bool:
+        if "json_schema" in row and not self.json_schema(row["json_schema"], fields, line):
+            return False
         if "messages" in row:
             if "prompt" in row or "completion" in row:
                 self.finding(
@@ -581,6 +595,23 @@ class _BlockChecker:
         fields["prompt"] = prompt
         fields["completion"] = completion
         return keep
+
+    def json_schema(self, schema: object, fields: dict[str, Any], line: int) -> bool:
+        """A causal-LM row's ``json_schema``: the JSON Schema its answer must satisfy (``{}``:
+        any JSON document); the evaluator scores ``json_valid`` on such rows."""
+        problem = ""
+        if type(schema) is not dict:
+            problem = f"'json_schema' must be a JSON Schema object, not {_json_kind(schema)}"
+        else:
+            try:
+                jsonschema.validators.validator_for(schema).check_schema(schema)
+            except jsonschema.SchemaError as error:
+                problem = f"'json_schema' is not a valid JSON Schema: {error.message[:200]}"
+        if problem:
+            self.finding(Rule.WRONG_TYPE, line, problem, "json_schema")
+            return False
+        fields["json_schema"] = schema
+        return True
 
     def messages(self, messages: object, fields: dict[str, Any], line: int) -> bool:
         if type(messages) is not list or not messages:

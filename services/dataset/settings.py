@@ -10,7 +10,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.dataset.domain import ValueBounds
+from services.dataset.label_audit import DEFAULT_FOLDS as DEFAULT_AUDIT_FOLDS
 from services.dataset.near_duplicate_rows import DEFAULT_MAX_ROWS as DEFAULT_NEAR_DUPLICATE_MAX_ROWS
+from shared.modeling.models import default_models_root
+from shared.modeling.packaged import ENCODER
 from shared.near_duplicates import DEFAULT_THRESHOLD as DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from shared.settings import ServiceSettings
 
@@ -79,6 +82,30 @@ class DatasetSettings(ServiceSettings):
     import_roots: list[Path] = Field(
         default_factory=list,
         description="Folders ImportDatasetVersion may read `file://` URIs from, and the data dir.",
+    )
+
+    label_audit_enabled: bool = Field(
+        default=True,
+        description="Audit the labels of every new CLASSIFICATION version in a worker process "
+        "(false: audits stay PENDING and the trainer's policies wait).",
+    )
+    label_audit_encoder: str = Field(
+        default=ENCODER,
+        description="Model (a name in `models_root`) whose frozen, mean-pooled embeddings the "
+        "label audit fits its out-of-fold logistic regression on.",
+    )
+    models_root: Path = Field(
+        default_factory=default_models_root,
+        description="Folder of base models (shared with the trainer and the evaluator).",
+    )
+    label_audit_folds: int = Field(
+        default=DEFAULT_AUDIT_FOLDS, ge=2, le=20, description="Folds of the out-of-fold fits."
+    )
+    label_audit_timeout_seconds: float = Field(
+        default=3600, gt=0, description="Longest one label audit may run before it is FAILED."
+    )
+    label_audit_poll_seconds: float = Field(
+        default=5, gt=0, description="How often PENDING audits are looked for besides wake-ups."
     )
 
     def value_bounds(self) -> ValueBounds:

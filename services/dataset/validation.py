@@ -68,7 +68,7 @@ from services.dataset.rows import (
     too_long_message,
 )
 from shared.canonical_jsonl import canonical_json, parse_line
-from shared.input_text import normalize_input_text
+from shared.input_text import near_duplicate_text
 
 BOM = b"\xef\xbb\xbf"
 #: Bytes of complete lines checked together (amortises per-block costs; bounds memory).
@@ -215,7 +215,7 @@ class StreamingValidator:
         )
         self._near_duplicates = (
             NearDuplicateRows(near_duplicate_threshold, near_duplicate_max_rows)
-            if near_duplicate_threshold > 0 and task_type is TaskType.CLASSIFICATION
+            if near_duplicate_threshold > 0
             else None
         )
 
@@ -441,14 +441,15 @@ class StreamingValidator:
     def _collect_texts(
         self, result: BlockResult, line_numbers: np.ndarray, keep: np.ndarray
     ) -> None:
-        """The kept rows' normalized inputs, for the near-duplicate check (when it runs)."""
+        """The kept rows' near-duplicate texts (:func:`shared.input_text.near_duplicate_text`:
+        the input; for CAUSAL_LM prompt and completion), for the near-duplicate check."""
         if self._near_duplicates is None or self._near_duplicates.skipped:
             return
         add = self._near_duplicates.add
         lines = result.content.split(b"\n")
         for i in np.flatnonzero(keep).tolist():
             line = int(line_numbers[i])
-            add(line, normalize_input_text(parse_line(lines[i].decode(), line)["text"]))
+            add(line, near_duplicate_text(parse_line(lines[i].decode(), line)) or "")
 
     def _label_index(self, label: str) -> int:
         """The label's global index; -1 for a new one past the limit on distinct labels."""
@@ -484,10 +485,10 @@ class StreamingValidator:
         if self.row_count == 0:
             findings.add(Rule.EMPTY_DATASET, 0, "the content has no rows")
             return
-        if self._task is not TaskType.CLASSIFICATION:
-            return
         if self._near_duplicates is not None:
             self._near_duplicate_rule(self._near_duplicates)
+        if self._task is not TaskType.CLASSIFICATION:
+            return
         counts = {name: int(self._label_counts[i]) for i, name in enumerate(self._label_names)}
         classes = self._rules.label_set if self._rules.label_set is not None else set(counts)
         policy = self._policy
@@ -532,11 +533,13 @@ class StreamingValidator:
         found = rows.groups()
         if not found.groups:
             return
+        compared = "inputs" if self._task is TaskType.CLASSIFICATION else "prompts and completions"
         self.findings.add_lines(
             Rule.NEAR_DUPLICATES,
             found.lines(),
             found.row_count,
-            f"{len(found.groups)} group(s) of rows with near-duplicate inputs ({found.row_count} "
+            f"{len(found.groups)} group(s) of rows with near-duplicate {compared} "
+            f"({found.row_count} "
             f"rows; estimated Jaccard similarity of their 5-byte shingles >= "
             f"{rows.threshold:g}); the splitter keeps each group in one part: "
             f"{found.describe()}",

@@ -14,6 +14,7 @@ from services.evaluator.adapters.metrics import EvaluatorMetrics, register_backl
 from services.evaluator.adapters.registry_gateway import RegistryGateway
 from services.evaluator.adapters.tables import EvaluatorBase
 from services.evaluator.adapters.worker import EvaluationWorker
+from services.evaluator.domain.data_checks import DataCheckPolicy
 from services.evaluator.domain.evaluation import CheckpointSelection
 from services.evaluator.entrypoints.grpc_api import EvaluatorServicer
 from services.evaluator.entrypoints.subscriptions import evaluator_subscriptions
@@ -22,7 +23,14 @@ from services.evaluator.handlers import RunDependencies, ServiceDefaults
 from services.evaluator.settings import EvaluatorSettings
 from shared.events import Subscription
 from shared.grpc import ServiceRegistration
-from shared.runtime import BackgroundComponent, ServiceContext, ServiceSpec
+from shared.running_claims import RunningClaims
+from shared.runtime import (
+    BackgroundComponent,
+    CloseOnStop,
+    ServiceContext,
+    ServiceSpec,
+    service_settings,
+)
 from tuneline.client.registry import RegistryClient
 from tuneline.evaluator.v1 import events_pb2, service_pb2, service_pb2_grpc
 
@@ -42,35 +50,26 @@ class EvaluatorWiring:
     supervisor: EvaluationSupervisor
 
 
-class _RegistryChannelCloser:
-    """Closes the registry channel when the service stops (started first, stopped last)."""
-
-    def __init__(self, registry: RegistryGateway) -> None:
-        self._registry = registry
-
-    def start(self) -> None:
-        return None
-
-    def stop(self) -> None:
-        self._registry.close()
-
-
-def _settings(context: ServiceContext) -> EvaluatorSettings:
-    settings = context.settings
-    if not isinstance(settings, EvaluatorSettings):  # a plain ServiceSettings in some tests
-        settings = EvaluatorSettings()
-    return settings
-
-
 def wiring(context: ServiceContext) -> EvaluatorWiring:
     """Build the instance's parts once per context. Connects to nothing yet."""
     existing = getattr(context, _WIRING_KEY, None)
     if isinstance(existing, EvaluatorWiring):
         return existing
-    settings = _settings(context)
+    settings = service_settings(context, EvaluatorSettings)
     defaults = ServiceDefaults(
         checkpoint_selection=CheckpointSelection(settings.default_checkpoint_selection),
         max_seq_length=settings.max_seq_length,
+        parity_max_examples=settings.parity_max_examples,
+        data_checks=DataCheckPolicy(
+            contamination_max_share=settings.contamination_max_share,
+            similarity_threshold=settings.near_duplicate_threshold,
+            shift_min_effect=settings.shift_min_effect,
+            shift_significance_level=settings.shift_significance_level,
+            shift_permutations=settings.shift_permutations,
+            shift_max_rows=settings.shift_max_rows,
+            far_max_share=settings.far_max_share,
+            shift_enabled=settings.shift_check,
+        ),
     )
     metrics = EvaluatorMetrics(context.registry)
     register_backlog(context.registry, context.sessions)
@@ -90,7 +89,11 @@ def wiring(context: ServiceContext) -> EvaluatorWiring:
         defaults=defaults,
         dependency_wait_seconds=settings.dependency_wait_seconds,
         metrics=metrics,
+        conditions=lambda: worker.conditions(
+            settings.device, timeout=settings.evaluation_timeout_seconds
+        ),
         on_events_staged=context.relay.wake,
+        claims=RunningClaims(context.engine, "evaluations"),
     )
     supervisor = EvaluationSupervisor(deps, worker, poll_seconds=settings.poll_seconds)
     built = EvaluatorWiring(settings, defaults, metrics, registry, supervisor)
@@ -117,7 +120,7 @@ def subscriptions(context: ServiceContext) -> Sequence[Subscription]:
 
 def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
     parts = wiring(context)
-    return [_RegistryChannelCloser(parts.registry), parts.supervisor]
+    return [CloseOnStop(parts.registry.close), parts.supervisor]
 
 
 SPEC = ServiceSpec(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -25,12 +25,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.evaluator.adapters import protos
 from services.evaluator.adapters.metrics import EvaluatorMetrics
 from services.evaluator.adapters.outcome_store import OutcomeArtifacts, OutcomesUnreadable
+from services.evaluator.adapters.release import (
+    check_parity,
+    discard_merged_staging,
+    parity_job,
+)
 from services.evaluator.adapters.repository import (
     CHECKPOINT_READY_KEY,
     REQUEST_KEY,
     EvaluatorRepository,
 )
 from services.evaluator.adapters.scoring import (
+    DataChecksJob,
     RowSource,
     ScoringFailed,
     ScoringJob,
@@ -38,6 +44,7 @@ from services.evaluator.adapters.scoring import (
     SubjectRole,
     SubjectSpec,
 )
+from services.evaluator.domain.data_checks import DataCheckPolicy, DataChecks, skipped
 from services.evaluator.domain.evaluation import (
     Baseline,
     BaselineChoice,
@@ -53,8 +60,11 @@ from services.evaluator.domain.evaluation import (
     ModelSpec,
     RegisteredCheckpoint,
     ScoredSubject,
+    ScoringConditions,
     ScoringSettings,
     UnknownToRegistry,
+    best_at_end,
+    best_at_end_reason,
     check_evaluation_name,
     check_model_name,
     check_registry_checkpoint_name,
@@ -76,8 +86,15 @@ from shared.errors import (
     Unavailable,
 )
 from shared.events import ReceivedEvent, stage_event
-from shared.modeling import ModelingError, folder_sha256, resolve_base_model
+from shared.modeling import (
+    ModelingError,
+    folder_sha256,
+    read_adapter_metadata,
+    resolve_base_model,
+)
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
+from shared.running_claims import RunningClaims
+from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
 from tuneline.trainer.v1 import events_pb2 as trainer_events_pb2
@@ -105,8 +122,12 @@ class RegistryLookup(Protocol):
 class ServiceDefaults:
     """What applies when a model has no evaluation policy, and service-wide scoring limits."""
 
-    checkpoint_selection: CheckpointSelection = CheckpointSelection.FINAL
+    checkpoint_selection: CheckpointSelection = CheckpointSelection.BEST_AT_END
     max_seq_length: int = 512
+    #: Rows of the primary set the parity check compares merged and unmerged on (0: none).
+    parity_max_examples: int = 64
+    #: Contamination, coverage and shift of the primary set against the training rows.
+    data_checks: DataCheckPolicy = field(default_factory=DataCheckPolicy)
 
 
 def effective_policy(
@@ -140,24 +161,58 @@ def on_checkpoint_ready(
         log.warning("checkpoint without a target model", extra={"checkpoint": checkpoint.name})
         return None
     policy = effective_policy(repository, checkpoint.target_model, defaults)
-    if not policy.checkpoint_selection.selects(
-        is_best=checkpoint.is_best, is_final=checkpoint.is_final
-    ):
+    selection = policy.checkpoint_selection
+    if selection is CheckpointSelection.BEST_AT_END:
+        chosen = _best_at_end(repository, checkpoint)
+    elif selection.selects(is_best=checkpoint.is_best, is_final=checkpoint.is_final):
+        chosen = (checkpoint, selection.reason(checkpoint))
+    else:
+        chosen = None
+    if chosen is None:
         if metrics:
             metrics.skipped.labels(checkpoint.target_model.rsplit("/", 1)[-1]).inc()
         return None
-    dedupe_key = CHECKPOINT_READY_KEY + checkpoint.name
+    target, reason = chosen
+    dedupe_key = CHECKPOINT_READY_KEY + target.name
     if repository.by_dedupe_key(dedupe_key) is not None:
         return None
     evaluation = Evaluation(
         name=new_evaluation_name(),
-        checkpoint=checkpoint,
-        model=checkpoint.target_model,
+        checkpoint=target,
+        model=target.target_model,
         create_time=clock(),
-        task_type=checkpoint.task_type,
+        task_type=target.task_type,
+        selection=selection,
+        selection_reason=reason,
     )
     repository.add_evaluation(evaluation, dedupe_key=dedupe_key)
     return evaluation
+
+
+def _best_at_end(
+    repository: EvaluatorRepository, announced: CheckpointRef
+) -> tuple[CheckpointRef, str] | None:
+    """The job's best checkpoint, once both it and the job's final checkpoint are known.
+
+    The final CheckpointReady names the best; the two events travel under different record
+    keys, so either may arrive first: whichever completes the pair queues the evaluation.
+    """
+    if announced.is_final:
+        final: CheckpointRef | None = announced
+    else:
+        final = repository.final_checkpoint_of(announced.training_job)
+    if final is None:
+        return None
+    wanted = best_at_end(final)
+    if wanted == announced.name:
+        chosen: CheckpointRef | None = announced
+    elif announced.is_final:
+        chosen = repository.checkpoint(wanted)
+    else:
+        chosen = None  # not the best of its job
+    if chosen is None:
+        return None
+    return chosen, best_at_end_reason(chosen, final)
 
 
 def on_split_created(
@@ -271,6 +326,7 @@ def evaluate_checkpoint(
         create_time=clock(),
         requested_baseline=baseline_checkpoint,
         request_id=request_id,
+        selection_reason="requested by EvaluateCheckpoint",
     ).resolved(spec)
     repository.add_evaluation(
         evaluation, dedupe_key=REQUEST_KEY + request_id if request_id else None
@@ -375,8 +431,14 @@ class RunDependencies:
     dependency_wait_seconds: float = 120.0
     metrics: EvaluatorMetrics | None = None
     clock: Clock = utc_now
+    #: Which device, dtype and library versions the engine scores under (asked of the worker;
+    #: part of the key of stored outcomes). ``None``: not known, as with fake scorers.
+    conditions: Callable[[], ScoringConditions] | None = None
     #: Called after a commit that staged events (wakes the outbox relay).
     on_events_staged: Callable[[], None] = lambda: None
+    #: Which RUNNING evaluations a live replica works on (PostgreSQL advisory locks), so a
+    #: replica that starts re-queues only those whose replica is gone.
+    claims: RunningClaims = field(default_factory=lambda: RunningClaims(None, "evaluations"))
 
     @property
     def outcome_artifacts(self) -> OutcomeArtifacts:
@@ -389,25 +451,41 @@ def _retry_delay(waited: timedelta) -> timedelta:
 
 
 def requeue_interrupted(deps: RunDependencies) -> int:
-    """Evaluations left RUNNING by a stopped service run again from the start."""
+    """Evaluations left RUNNING by a stopped replica run again from the start; those a live
+    replica (this one included) still works on are left alone."""
     with deps.sessions.begin() as session:
         repository = EvaluatorRepository(session)
-        interrupted = repository.running()
+        interrupted = [
+            evaluation
+            for evaluation in repository.running()
+            if not deps.claims.held_elsewhere(evaluation.name)
+        ]
         for evaluation in interrupted:
             repository.save(evaluation.requeued())
     return len(interrupted)
 
 
 def claim_next(deps: RunDependencies) -> Evaluation | None:
-    """Mark the oldest runnable queued evaluation RUNNING and return it."""
+    """Mark the oldest runnable queued evaluation RUNNING and return it, claimed in
+    ``deps.claims`` until :func:`release_claim`. The claim is taken before the RUNNING mark
+    commits, so no other replica ever sees the row RUNNING and unclaimed."""
     with deps.sessions.begin() as session:
         repository = EvaluatorRepository(session)
         evaluation = repository.next_queued(deps.clock())
-        if evaluation is None:
+        if evaluation is None or not deps.claims.take(evaluation.name):
             return None
-        started = evaluation.started(deps.clock())
-        repository.save(started)
-        return started
+        try:
+            started = evaluation.started(deps.clock())
+            repository.save(started)
+        except BaseException:
+            deps.claims.release(evaluation.name)
+            raise
+    return started
+
+
+def release_claim(deps: RunDependencies, evaluation: Evaluation) -> None:
+    """The replica is done with ``evaluation`` (whatever its outcome)."""
+    deps.claims.release(evaluation.name)
 
 
 def _local_folder(
@@ -513,6 +591,17 @@ def _choose_baseline(
     return BaselineChoice(BaselineKind.BASE_MODEL, ScoredSubject(base_model=base))
 
 
+def _training_max_length(adapter_folder: Path, default: int) -> int:
+    """The token limit the adapter was trained with (its ``tuneline_adapter.json``), so that
+    candidate and baseline are scored on the examples exactly as training saw them; the
+    service's ``default`` when the folder does not say (the engine then refuses the folder)."""
+    try:
+        trained = read_adapter_metadata(adapter_folder).max_seq_length
+    except ModelingError:
+        return default
+    return trained if trained > 0 else default
+
+
 @dataclass
 class _Scored:
     """Candidate and baseline outcomes per set, and which baseline sets were reused."""
@@ -533,20 +622,16 @@ def _score(
     sources: Sequence[RowSource],
     policy: EvaluationPolicy,
     scoring: ScoringSettings,
+    candidate_path: Path,
+    data_checks: DataChecksJob | None,
 ) -> _Scored:
-    """Score the candidate, and the baseline on every set it has no stored outcomes for."""
+    """Score the candidate, and the baseline on every set it has no stored outcomes for
+    under the same ``scoring`` settings and conditions (others are scored again, not paired)."""
     fingerprint = scoring.fingerprint(model.task_type)
     candidate_subject = ScoredSubject(
         base_model=evaluation.checkpoint.base_model,
         adapter_sha256=evaluation.checkpoint.sha256,
         adapter_uri=evaluation.checkpoint.artifact_uri,
-    )
-    candidate_path = _local_folder(
-        deps.artifacts,
-        evaluation.checkpoint.artifact_uri,
-        evaluation.checkpoint.sha256,
-        FailureReason.CHECKPOINT_UNAVAILABLE,
-        "the candidate checkpoint",
     )
     baseline_key = choice.subject.store_key
     stored: dict[str, ExampleOutcomes] = {}
@@ -599,8 +684,14 @@ def _score(
         models_root=str(deps.models_root),
         allowed_roots=tuple(str(r) for r in deps.allowed_roots),
         device=deps.device,
+        parity=parity_job(evaluation, sources[0], deps.defaults.parity_max_examples),
+        data_checks=data_checks,
     )
-    result = deps.score(job)
+    try:
+        result = deps.score(job)
+    except BaseException:
+        discard_merged_staging(job.parity)
+        raise
     candidate = {
         s.set_key: result.outcomes[(candidate_subject.store_key, s.set_key)] for s in sources
     }
@@ -712,11 +803,20 @@ def run_evaluation(deps: RunDependencies, evaluation: Evaluation) -> Evaluation 
             policy = effective_policy(repository, model.name, deps.defaults)
             sources = [_row_source(repository, deps.artifacts, s) for s in model.evaluation_sets]
         choice = _choose_baseline(evaluation, model, deps)
+        candidate_path = _local_folder(
+            deps.artifacts,
+            evaluation.checkpoint.artifact_uri,
+            evaluation.checkpoint.sha256,
+            FailureReason.CHECKPOINT_UNAVAILABLE,
+            "the candidate checkpoint",
+        )
         scoring = ScoringSettings(
             max_generation_examples=policy.max_generation_examples,
             max_new_tokens=policy.max_new_tokens,
-            max_seq_length=deps.defaults.max_seq_length,
+            max_seq_length=_training_max_length(candidate_path, deps.defaults.max_seq_length),
+            conditions=deps.conditions() if deps.conditions else None,
         )
+        checks_job = _data_checks_job(deps, evaluation)
         scored = _score(
             deps,
             evaluation,
@@ -725,6 +825,8 @@ def run_evaluation(deps: RunDependencies, evaluation: Evaluation) -> Evaluation 
             sources=sources,
             policy=policy,
             scoring=scoring,
+            candidate_path=candidate_path,
+            data_checks=checks_job,
         )
         sets = [
             PairedSet(s.label, scored.candidate[source.set_key], scored.baseline[source.set_key])
@@ -745,8 +847,13 @@ def run_evaluation(deps: RunDependencies, evaluation: Evaluation) -> Evaluation 
             reused=scored.baseline_reused,
         )
         finished = evaluation.succeeded(
-            result, baseline, len(scored.candidate[sources[0].set_key]), deps.clock()
+            result,
+            baseline,
+            len(scored.candidate[sources[0].set_key]),
+            deps.clock(),
+            data_checks=scored.result.data_checks or _not_checked(checks_job),
         )
+        finished = replace(finished, parity=check_parity(deps.artifacts, model, scored.result))
         _store_outcomes(deps, evaluation, model, scoring.fingerprint(model.task_type), scored)
         if deps.metrics and scored.result.seconds > 0:
             deps.metrics.examples_per_second.labels(scored.result.device).set(
@@ -758,6 +865,39 @@ def run_evaluation(deps: RunDependencies, evaluation: Evaluation) -> Evaluation 
         finished = evaluation.failed(failure.reason, failure.message, deps.clock())
     _finish(deps, finished)
     return finished
+
+
+def _not_checked(checks_job: DataChecksJob | None) -> DataChecks:
+    if checks_job is None:
+        return skipped(
+            "", "the candidate's lineage names no split whose rows the evaluator can read"
+        )
+    return skipped(checks_job.training_split, "the scorer did not run the data checks")
+
+
+def _data_checks_job(deps: RunDependencies, evaluation: Evaluation) -> DataChecksJob | None:
+    """Where the candidate's training rows are: the train part of its lineage's split (None
+    when the lineage names no split the evaluator has seen announced)."""
+    lineage = common_pb2.Lineage.FromString(evaluation.checkpoint.lineage)
+    if not lineage.split:
+        return None
+    with deps.sessions() as session:
+        split = EvaluatorRepository(session).split_location(lineage.split)
+    if split is None:
+        return None
+    try:
+        training = RowSource(
+            set_key=f"{lineage.split}#train",
+            dataset_path=str(deps.artifacts.materialize(split.dataset_artifact_uri)),
+            dataset_sha256=split.dataset_content_sha256,
+            manifest_path=str(deps.artifacts.materialize(split.manifest_uri)),
+            manifest_sha256=split.manifest_sha256,
+            part="train",
+        )
+    except ArtifactError as error:
+        log.warning("training rows unavailable", extra={"error": str(error)})
+        return None
+    return DataChecksJob(training, lineage.split, deps.defaults.data_checks)
 
 
 def _resolve_model(deps: RunDependencies, evaluation: Evaluation) -> ModelSpec:

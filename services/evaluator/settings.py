@@ -44,16 +44,84 @@ class EvaluatorSettings(ServiceSettings):
         default_factory=list,
         description="Extra folders base models named by absolute `model_path` may live in.",
     )
-    default_checkpoint_selection: Literal["ALL", "BEST_AND_FINAL", "FINAL", "NONE"] = Field(
-        default="FINAL",
+    default_checkpoint_selection: Literal[
+        "ALL", "BEST_AND_FINAL", "FINAL", "NONE", "BEST_AT_END"
+    ] = Field(
+        default="BEST_AT_END",
         description=(
             "Which checkpoints CheckpointReady evaluates for a model that has no evaluation "
-            "policy set. FINAL: one verdict per training job, which keeps a CPU-only pipeline "
-            "quick; SetEvaluationPolicy chooses per model."
+            "policy set. BEST_AT_END: one verdict per training job, on its best checkpoint by "
+            "validation loss once the job has ended (what should be promoted, and quick on a "
+            "CPU-only pipeline); SetEvaluationPolicy chooses per model."
         ),
     )
     max_seq_length: int = Field(
-        default=512, ge=8, description="Token limit of an evaluated example (longer: truncated)."
+        default=512,
+        ge=8,
+        description=(
+            "Token limit of an evaluated example (longer: truncated) when the candidate's "
+            "adapter does not record the limit it was trained with; when it does, candidate "
+            "and baseline are scored with that one."
+        ),
+    )
+    parity_max_examples: int = Field(
+        default=64,
+        ge=0,
+        description=(
+            "Rows of the primary evaluation set on which the parity check compares the merged "
+            "and the unmerged candidate (fp32 logits, bf16 agreement); 0 skips the numeric "
+            "part (the profile lint and the fingerprint check still run)."
+        ),
+    )
+    contamination_max_share: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description=(
+            "Share of primary evaluation rows with a near-duplicate in the candidate's training "
+            "rows past which the evaluation is contaminated and cannot PASS (it reports "
+            "INSUFFICIENT_DATA). 1 %: memorised rows lift a metric by at most their share, "
+            "below the tolerance a gate uses."
+        ),
+    )
+    near_duplicate_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Estimated Jaccard similarity (5-byte shingles) from which an evaluation row and a "
+            "training row are near-duplicates (the dataset gate's and the splitter's default)."
+        ),
+    )
+    shift_min_effect: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description=(
+            "Effect size (AUC - 0.5 of a classifier telling evaluation from training rows) "
+            "from which a shift is flagged, when its permutation p-value is also at most "
+            "`shift_significance_level`. Reported, never blocking."
+        ),
+    )
+    shift_significance_level: float = Field(default=0.01, gt=0, lt=1)
+    shift_permutations: int = Field(default=200, ge=19, le=10_000)
+    shift_max_rows: int = Field(
+        default=1000,
+        ge=20,
+        description="Rows of each side embedded for the shift check (a seeded subset beyond).",
+    )
+    far_max_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description=(
+            "Share of evaluation rows farther from every training row than 99 % of training "
+            "rows are from each other, past which a shift is flagged (1 % expected)."
+        ),
+    )
+    shift_check: bool = Field(
+        default=True,
+        description="Run the shift check (embeds up to 3 x shift_max_rows texts per evaluation).",
     )
     device: str | None = Field(
         default=None,

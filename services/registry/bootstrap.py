@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import timedelta
 
 from services.registry.adapters.metrics import RegistryMetrics, RegistryStateCollector
 from services.registry.adapters.notifier import AliasMoveNotifier, AliasMovePoller
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.adapters.tables import RegistryBase
-from services.registry.entrypoints.alert_webhook import AlertWebhookServer
+from services.registry.domain import LiveQualityRule, RollbackBreaker
+from services.registry.entrypoints.alert_webhook import AlertWebhookServer, WebhookLimits
 from services.registry.entrypoints.grpc_api import RegistryServicer
 from services.registry.entrypoints.subscriptions import registry_subscriptions
 from services.registry.handlers import RegistryDeps
 from services.registry.settings import RegistrySettings
 from shared.events import Subscription
 from shared.grpc import ServiceRegistration
-from shared.runtime import BackgroundComponent, ServiceContext, ServiceSpec
+from shared.runtime import (
+    BackgroundComponent,
+    CloseOnStop,
+    ServiceContext,
+    ServiceSpec,
+    service_settings,
+)
 from tuneline.registry.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -47,16 +55,28 @@ def registry_deps(context: ServiceContext) -> RegistryDeps:
         metrics=metrics,
         notifier=AliasMoveNotifier(),
         wake_relay=context.relay.wake,
+        live_quality=live_quality_rule(service_settings(context, RegistrySettings)),
+        rollback_breaker=rollback_breaker(service_settings(context, RegistrySettings)),
     )
     setattr(context, _DEPS_KEY, deps)
     return deps
 
 
-def _settings(context: ServiceContext) -> RegistrySettings:
-    settings = context.settings
-    if not isinstance(settings, RegistrySettings):  # a plain ServiceSettings in some tests
-        settings = RegistrySettings()
-    return settings
+def live_quality_rule(settings: RegistrySettings) -> LiveQualityRule:
+    """The live quality rule the settings ask for."""
+    return LiveQualityRule(
+        alpha=settings.live_quality_alpha,
+        min_trials=settings.live_quality_min_trials,
+        prior_weight=settings.live_quality_prior_weight,
+    )
+
+
+def rollback_breaker(settings: RegistrySettings) -> RollbackBreaker:
+    """The automatic-rollback circuit breaker the settings ask for."""
+    return RollbackBreaker(
+        limit=settings.auto_rollback_limit,
+        window=timedelta(seconds=settings.auto_rollback_window_seconds),
+    )
 
 
 def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
@@ -64,7 +84,7 @@ def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
         context.sessions,
         registry_deps(context),
         stopping=context.stopping,
-        watch_poll_seconds=_settings(context).watch_poll_seconds,
+        watch_poll_seconds=service_settings(context, RegistrySettings).watch_poll_seconds,
     )
     return [
         ServiceRegistration(
@@ -77,22 +97,9 @@ def subscriptions(context: ServiceContext) -> Sequence[Subscription]:
     return registry_subscriptions(registry_deps(context))
 
 
-class _NotifierCloser:
-    """Ends WatchAlias waits when the service stops (started first, stopped last)."""
-
-    def __init__(self, deps: RegistryDeps) -> None:
-        self._deps = deps
-
-    def start(self) -> None:
-        return None
-
-    def stop(self) -> None:
-        self._deps.notifier.close()
-
-
 def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
     deps = registry_deps(context)
-    settings = _settings(context)
+    settings = service_settings(context, RegistrySettings)
     sessions = context.sessions
 
     def newest_move() -> int:
@@ -100,7 +107,7 @@ def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
             return RegistryRepository(session).newest_move_seq()
 
     components: list[BackgroundComponent] = [
-        _NotifierCloser(deps),
+        CloseOnStop(deps.notifier.close),
         AliasMovePoller(deps.notifier, newest_move, settings.watch_poll_seconds),
     ]
     token = settings.resolved_webhook_token()
@@ -118,6 +125,13 @@ def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
             token=token,
             sessions=context.sessions,
             deps=deps,
+            limits=WebhookLimits(
+                max_connections=settings.webhook_max_connections,
+                read_timeout_seconds=settings.webhook_read_timeout_seconds,
+                request_timeout_seconds=settings.webhook_request_timeout_seconds,
+                max_body_bytes=settings.webhook_max_body_bytes,
+                max_json_depth=settings.webhook_max_json_depth,
+            ),
         )
     )
     return components

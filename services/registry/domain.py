@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -191,14 +191,68 @@ def is_past_floor(metric: str, value: float, floor: float | None) -> bool:
 
 #: Each bound of a live quality confidence sequence is wrong with probability at most this,
 #: over a checkpoint's whole time in production: the false-rollback rate of a checkpoint that
-#: is at or above its floor.
+#: is at or above its floor (the default of ``TUNELINE_REGISTRY_LIVE_QUALITY_ALPHA``).
 LIVE_QUALITY_ALPHA = 0.01
 #: Labelled outcomes a checkpoint needs before counted live quality can find it below its
-#: floor: no rollback on the first handful of feedback, however bad.
+#: floor: no rollback on the first handful of feedback, however bad (the default of
+#: ``TUNELINE_REGISTRY_LIVE_QUALITY_MIN_TRIALS``).
 LIVE_QUALITY_MIN_TRIALS = 100
 #: Weight, in outcomes, of the confidence sequence's prior, centred on the floor: the sequence
-#: is tightest where the decision is made (any prior fixed before the data keeps it valid).
+#: is tightest where the decision is made (any prior fixed before the data keeps it valid;
+#: the default of ``TUNELINE_REGISTRY_LIVE_QUALITY_PRIOR_WEIGHT``).
 LIVE_QUALITY_PRIOR_WEIGHT = 20.0
+
+
+@dataclass(frozen=True)
+class LiveQualityRule:
+    """How counted live quality is judged: the error rate of the confidence sequence, the
+    outcomes needed before any verdict, and the weight of its prior (a service setting)."""
+
+    alpha: float = LIVE_QUALITY_ALPHA
+    min_trials: int = LIVE_QUALITY_MIN_TRIALS
+    prior_weight: float = LIVE_QUALITY_PRIOR_WEIGHT
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"live quality alpha must be in (0, 1), not {self.alpha}")
+        if self.min_trials < 1:
+            raise ValueError(f"live quality min_trials must be >= 1, not {self.min_trials}")
+        if not self.prior_weight > 0:
+            raise ValueError(f"live quality prior_weight must be > 0, not {self.prior_weight}")
+
+
+@dataclass(frozen=True)
+class RollbackBreaker:
+    """The per-model circuit breaker of automatic rollbacks (a service setting).
+
+    At most ``limit`` rollbacks by alert or regression within ``window``; the next automatic one
+    is refused and freezes the model's automation until a person unfreezes it. Something that
+    keeps rolling production back is more likely broken itself (a flapping alert, a bad floor)
+    than right every time, and each step walks production further into the past.
+    """
+
+    limit: int = 1
+    window: timedelta = timedelta(hours=1)
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"the rollback breaker's limit must be >= 1, not {self.limit}")
+        if self.window <= timedelta(0):
+            raise ValueError(f"the rollback breaker's window must be positive, not {self.window}")
+
+    def window_start(self, now: datetime) -> datetime:
+        return now - self.window
+
+    def trips(self, automatic_rollbacks_in_window: int) -> bool:
+        """Whether one more automatic rollback would exceed the limit."""
+        return automatic_rollbacks_in_window >= self.limit
+
+    def reason(self, automatic_rollbacks_in_window: int) -> str:
+        return (
+            f"{automatic_rollbacks_in_window} automatic rollback(s) within "
+            f"{self.window.total_seconds():.0f} s (limit {self.limit}): automation frozen "
+            "until a person unfreezes it"
+        )
 
 
 @dataclass(frozen=True)
@@ -210,31 +264,32 @@ class LiveQuality:
     lower_bound: float
     upper_bound: float
     below_floor: bool
+    #: Of the bounds: 1 - the rule's alpha.
+    confidence_level: float = 1 - LIVE_QUALITY_ALPHA
 
     @property
     def rate(self) -> float:
         return self.successes / self.trials if self.trials else math.nan
 
-    @property
-    def confidence_level(self) -> float:
-        return 1 - LIVE_QUALITY_ALPHA
 
-
-def judge_live_quality(successes: int, trials: int, floor: float | None) -> LiveQuality:
+def judge_live_quality(
+    successes: int, trials: int, floor: float | None, rule: LiveQualityRule | None = None
+) -> LiveQuality:
     """Counted live quality of a success rate (higher is better) against the model's floor.
 
-    Below the floor once there are at least :data:`LIVE_QUALITY_MIN_TRIALS` outcomes and the
-    upper bound of the always-valid confidence sequence is below it: a checkpoint whose true
-    rate is at or above the floor is rolled back with probability at most
-    :data:`LIVE_QUALITY_ALPHA`, however often reports arrive.
+    Below the floor once there are at least ``rule.min_trials`` outcomes and the upper bound
+    of the always-valid confidence sequence is below it: a checkpoint whose true rate is at or
+    above the floor is rolled back with probability at most ``rule.alpha``, however often
+    reports arrive.
     """
+    rule = rule or LiveQualityRule()
     prior = DEFAULT_PRIOR
     if floor is not None:
         centre = min(max(floor, 0.01), 0.99)
-        prior = (centre * LIVE_QUALITY_PRIOR_WEIGHT, (1 - centre) * LIVE_QUALITY_PRIOR_WEIGHT)
-    bounds = bernoulli_confidence_sequence(successes, trials, LIVE_QUALITY_ALPHA, prior)
-    below = floor is not None and trials >= LIVE_QUALITY_MIN_TRIALS and bounds.upper < floor
-    return LiveQuality(successes, trials, bounds.lower, bounds.upper, below)
+        prior = (centre * rule.prior_weight, (1 - centre) * rule.prior_weight)
+    bounds = bernoulli_confidence_sequence(successes, trials, rule.alpha, prior)
+    below = floor is not None and trials >= rule.min_trials and bounds.upper < floor
+    return LiveQuality(successes, trials, bounds.lower, bounds.upper, below, 1 - rule.alpha)
 
 
 @dataclass(frozen=True)
@@ -339,6 +394,36 @@ class EvaluationFacts:
     is_latest_evaluation: bool = True
     #: The trainer wrote the candidate as its job was cancelled or failed: partly trained.
     candidate_training_interrupted: bool = False
+    #: Why the evaluation's parity check FAILED ("" when it did not): what was evaluated is
+    #: not what would serve, so it is never promoted, automatically or by hand.
+    parity_failure: str = ""
+    #: The candidate's and production's training jobs and validation losses (``None``: never
+    #: validated), for the one-checkpoint-per-job rule.
+    candidate_job: CheckpointOfJob | None = None
+    production_job: CheckpointOfJob | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointOfJob:
+    """Where a checkpoint stands in its training job: the job, and its validation loss."""
+
+    training_job: str
+    validation_loss: float | None
+
+
+def better_checkpoint_of_same_job(
+    candidate: CheckpointOfJob | None, production: CheckpointOfJob | None
+) -> bool:
+    """True when production is a checkpoint of the candidate's own training job with a
+    validation loss at most the candidate's: the job's result is already in production, and a
+    later-passing, worse checkpoint of the same run must not replace it."""
+    if candidate is None or production is None or not candidate.training_job:
+        return False
+    if candidate.training_job != production.training_job:
+        return False
+    if candidate.validation_loss is None or production.validation_loss is None:
+        return False
+    return production.validation_loss <= candidate.validation_loss
 
 
 def decide_on_evaluation(facts: EvaluationFacts) -> EvaluationOutcome:  # noqa: PLR0911
@@ -353,12 +438,20 @@ def decide_on_evaluation(facts: EvaluationFacts) -> EvaluationOutcome:  # noqa: 
       automatically; a person can still promote it explicitly.
     * Nor is a checkpoint whose training was cancelled or failed (a partly trained adapter,
       however well it scores): passing an evaluation does not make it the job's result.
+    * One result per training job: when several checkpoints of a job pass (selection ALL or
+      BEST_AND_FINAL), the one with the lowest validation loss wins, whatever order the
+      verdicts arrive in — a checkpoint is held when production is a checkpoint of its own job
+      with a validation loss no higher than its own.
     * MANUAL moves ``candidate`` and waits for a reviewer.
+    * A FAILED parity check (merged vs unmerged, serving profile, tokenizer fingerprint) blocks
+      every promotion: what was evaluated is not what would serve.
     """
     if not facts.is_latest_evaluation:
         return EvaluationOutcome(Decision.NONE, "a later evaluation of this checkpoint exists")
     if facts.verdict is not Verdict.PASSED:
         return EvaluationOutcome(Decision.NONE, f"verdict {facts.verdict.value}")
+    if facts.parity_failure:
+        return EvaluationOutcome(Decision.NONE, facts.parity_failure)
     if facts.candidate_checkpoint == facts.production_checkpoint:
         return EvaluationOutcome(Decision.NONE, "already in production")
     if facts.policy is PromotionPolicy.MANUAL:
@@ -376,6 +469,16 @@ def decide_on_evaluation(facts: EvaluationFacts) -> EvaluationOutcome:  # noqa: 
     if facts.candidate_rolled_back:
         return EvaluationOutcome(
             Decision.HOLD, "it was rolled back before; promote it explicitly if it is good now"
+        )
+    if better_checkpoint_of_same_job(facts.candidate_job, facts.production_job):
+        assert facts.candidate_job is not None
+        assert facts.production_job is not None
+        return EvaluationOutcome(
+            Decision.HOLD,
+            f"production is already {facts.production_checkpoint}, a checkpoint of the same "
+            f"job with a validation loss of {facts.production_job.validation_loss:.4g} "
+            f"(this one: {facts.candidate_job.validation_loss:.4g}); only the best checkpoint "
+            "of a job by validation loss is promoted automatically",
         )
     if facts.baseline_checkpoint != facts.production_checkpoint:
         baseline = facts.baseline_checkpoint or "the base model"

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.registry import releases
 from services.registry.adapters.commit_hooks import after_commit
 from services.registry.adapters.metrics import RegistryMetrics
 from services.registry.adapters.notifier import AliasMoveNotifier
@@ -42,6 +43,8 @@ from services.registry.adapters.tables import (
     LiveQualityRow,
     ModelRow,
     RegressionRow,
+    RollbackBreakerRow,
+    TriggerKeyRow,
 )
 from services.registry.domain import (
     ALERTMANAGER_ACTOR,
@@ -51,13 +54,17 @@ from services.registry.domain import (
     RESOURCE_ID,
     SERVICE_ACTOR,
     AlertNotice,
+    CheckpointOfJob,
     Comparison,
     Decision,
     EvaluationFacts,
+    EvaluationOutcome,
     LiveQuality,
+    LiveQualityRule,
     MoveTrigger,
     PromotionPolicy,
     ReviewState,
+    RollbackBreaker,
     Verdict,
     alert_concerns_production,
     alias_name,
@@ -122,6 +129,10 @@ class RegistryDeps:
     #: Called after a commit that staged events (the outbox relay's ``wake``).
     wake_relay: Callable[[], None] = lambda: None
     clock: Callable[[], datetime] = _utcnow
+    #: How counted live quality is judged (TUNELINE_REGISTRY_LIVE_QUALITY_*).
+    live_quality: LiveQualityRule = field(default_factory=LiveQualityRule)
+    #: Automatic rollbacks allowed per model and window (TUNELINE_REGISTRY_AUTO_ROLLBACK_*).
+    rollback_breaker: RollbackBreaker = field(default_factory=RollbackBreaker)
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -146,6 +157,34 @@ def _raise_if(problems: list[FieldViolation], message: str) -> None:
         raise InvalidArgument(message, problems)
 
 
+def _request_key(kind: str, request_id: str) -> str:
+    """The trigger key recording a request id of one kind of RPC ("" without one)."""
+    return f"{kind}:{request_id}" if request_id else ""
+
+
+def _earlier_request(
+    repo: RegistryRepository, model: str, key: str, subject: str
+) -> TriggerKeyRow | None:
+    """The record of a request already applied with ``key`` (its ``outcome`` is its subject).
+
+    INVALID_ARGUMENT when the key was used for a request about another subject: a client bug
+    that must not pass for a retry.
+    """
+    if not key:
+        return None
+    earlier = repo.trigger_key(model, key)
+    if earlier is not None and earlier.outcome != subject:
+        raise InvalidArgument(
+            "request_id was already used for another request",
+            [
+                FieldViolation(
+                    "request_id", f"already used for {earlier.outcome}", "REQUEST_ID_REUSED"
+                )
+            ],
+        )
+    return earlier
+
+
 def _locked_model(repo: RegistryRepository, name: str) -> ModelRow:
     row = repo.lock_model(name)
     if row is None:
@@ -161,7 +200,18 @@ def _checkpoint_in(repo: RegistryRepository, name: str) -> CheckpointRow:
 
 
 def _model_proto(repo: RegistryRepository, row: ModelRow) -> resources_pb2.Model:
-    return model_to_proto(row, repo.aliases_of_model(row.name))
+    model = model_to_proto(row, repo.aliases_of_model(row.name))
+    freeze = repo.rollback_breaker(row.name)
+    if freeze is not None and freeze.frozen and freeze.freeze_time is not None:
+        model.automation_freeze.CopyFrom(
+            resources_pb2.AutomationFreeze(
+                reason=freeze.reason,
+                cause=freeze.cause,
+                automatic_rollbacks=freeze.automatic_rollbacks,
+            )
+        )
+        set_timestamp(model.automation_freeze.freeze_time, freeze.freeze_time)
+    return model
 
 
 def _checkpoint_proto(repo: RegistryRepository, row: CheckpointRow) -> resources_pb2.Checkpoint:
@@ -204,13 +254,26 @@ def _notify_moved(session: Session, deps: RegistryDeps) -> None:
 
 
 def create_model(
-    session: Session, deps: RegistryDeps, model_id: str, model: resources_pb2.Model | None
+    session: Session,
+    deps: RegistryDeps,
+    model_id: str,
+    model: resources_pb2.Model | None,
+    *,
+    request_id: str = "",
 ) -> resources_pb2.Model:
-    """CreateModel: validate, store, then register checkpoints that were waiting for it."""
+    """CreateModel: validate, store, then register checkpoints that were waiting for it.
+
+    A repeated ``request_id`` returns the model its first request created.
+    """
+    _raise_if(_optional_text(request_id, "request_id", limit=200), "the model is invalid")
     resolved = validate_new_model(model_id, model)
     name = model_name(model_id)
     repo = RegistryRepository(session)
-    if repo.get_model(name) is not None:
+    key = _request_key("create", request_id)
+    existing = repo.get_model(name)
+    if existing is not None:
+        if _earlier_request(repo, name, key, name) is not None:
+            return _model_proto(repo, existing)
         raise AlreadyExists("model", name)
     now = deps.clock()
     row = ModelRow(
@@ -226,10 +289,19 @@ def create_model(
         repo.add_model(row)
     except IntegrityError:  # created concurrently since the check above
         raise AlreadyExists("model", name) from None
+    if key:
+        repo.record_trigger_key(name, key, outcome=name, move=None, now=now)
     for parked in repo.parked_events(name, _CHECKPOINT_READY):
         message = trainer_events.CheckpointReady.FromString(parked.payload)
         parked.status, parked.reason = _register_checkpoint(repo, deps, row, message, now)
     return _model_proto(repo, row)
+
+
+def set_serving_profile(
+    session: Session, deps: RegistryDeps, request: service_pb2.SetServingProfileRequest
+) -> resources_pb2.Model:
+    """SetServingProfile: the next parity checks lint against the new profile."""
+    return releases.set_serving_profile(RegistryRepository(session), request, deps.clock())
 
 
 def get_model(session: Session, name: str) -> resources_pb2.Model:
@@ -320,6 +392,8 @@ def _register_checkpoint(
     )
     if message.HasField("validation_loss"):
         record.validation_loss = message.validation_loss
+    if message.HasField("tokenizer_fingerprint"):
+        record.tokenizer_fingerprint.CopyFrom(message.tokenizer_fingerprint)
     row = CheckpointRow(
         name=name,
         model=model.name,
@@ -517,6 +591,28 @@ def _baseline_in_registry(
     return baseline.checkpoint or f"unknown checkpoint {baseline.checkpoint_sha256[:12]}"
 
 
+def _job_interrupted(repo: RegistryRepository, checkpoint: CheckpointRow) -> bool:
+    """True when any checkpoint of the candidate's training job says training was interrupted.
+
+    BEST_AT_END evaluates a job's best checkpoint, usually an earlier one than the final; only the
+    final carries the stop reason, so a cancelled job's best would otherwise look fully trained
+    and be promoted automatically although somebody stopped the run on purpose."""
+    rows = [checkpoint]
+    if checkpoint.training_job:
+        rows += repo.list_checkpoints(
+            checkpoint.model, before_seq=None, limit=10_000, training_job=checkpoint.training_job
+        )
+    return any(resources_pb2.Checkpoint.FromString(row.record).training_interrupted for row in rows)
+
+
+def _place_in_job(row: CheckpointRow) -> CheckpointOfJob:
+    record = resources_pb2.Checkpoint.FromString(row.record)
+    return CheckpointOfJob(
+        training_job=record.training_job,
+        validation_loss=record.validation_loss if record.HasField("validation_loss") else None,
+    )
+
+
 def _attach_evaluation(  # noqa: PLR0917
     repo: RegistryRepository,
     deps: RegistryDeps,
@@ -539,6 +635,8 @@ def _attach_evaluation(  # noqa: PLR0917
         baseline_checkpoint=baseline,
         complete_time=event.event_time,
     )
+    if event.HasField("parity"):
+        record.parity.CopyFrom(event.parity)
     is_latest = (
         checkpoint.latest_evaluation_time is None
         or complete_time >= checkpoint.latest_evaluation_time
@@ -546,7 +644,9 @@ def _attach_evaluation(  # noqa: PLR0917
     if is_latest:
         checkpoint.verdict = verdict.value
         checkpoint.latest_evaluation_time = complete_time
+        releases.keep_merged_release(checkpoint, event.parity)
     production = repo.production_checkpoint(model.name)
+    production_row = repo.get_checkpoint(production) if production else None
     outcome = decide_on_evaluation(
         EvaluationFacts(
             policy=PromotionPolicy(model.promotion_policy),
@@ -558,11 +658,19 @@ def _attach_evaluation(  # noqa: PLR0917
             candidate_rolled_back=checkpoint.rolled_back,
             candidate_review=ReviewState(checkpoint.review_state),
             is_latest_evaluation=is_latest,
-            candidate_training_interrupted=resources_pb2.Checkpoint.FromString(
-                checkpoint.record
-            ).training_interrupted,
+            candidate_training_interrupted=_job_interrupted(repo, checkpoint),
+            candidate_job=_place_in_job(checkpoint),
+            production_job=_place_in_job(production_row) if production_row else None,
+            parity_failure=releases.parity_failure(event.parity),
         )
     )
+    freeze = repo.rollback_breaker(model.name)
+    if outcome.decision is Decision.PROMOTE and freeze is not None and freeze.frozen:
+        outcome = EvaluationOutcome(
+            Decision.HOLD,
+            f"{outcome.reason}; not promoted: {freeze.reason} (promote by hand, or "
+            "UnfreezeAutomation)",
+        )
     repo.add_evaluation(
         EvaluationRow(
             checkpoint=checkpoint.name,
@@ -676,6 +784,7 @@ def _stage_promoted(  # noqa: PLR0917
             task_type=model.task_type,  # type: ignore[arg-type]
             source_checkpoint=checkpoint.source_checkpoint,
             event_time=move_to_proto(move).move_time,
+            **releases.release_fields(record),
         ),
         source=deps.source,
         subject=model.name,
@@ -811,6 +920,7 @@ def promote_checkpoint(
                 )
             ],
         )
+    releases.refuse_failed_parity(repo, checkpoint)
     if (
         alias == PRODUCTION
         and model.promotion_policy == PromotionPolicy.MANUAL.value
@@ -888,12 +998,27 @@ def _not_pending(checkpoint: CheckpointRow, action: str) -> FailedPrecondition:
 def approve_checkpoint(
     session: Session, deps: RegistryDeps, request: service_pb2.ApproveCheckpointRequest
 ) -> service_pb2.ApproveCheckpointResponse:
-    """ApproveCheckpoint: record the approval and promote to production (trigger APPROVAL)."""
-    _raise_if(_revision_problems(_expected_revision(request)), "the approval is invalid")
+    """ApproveCheckpoint: record the approval and promote to production (trigger APPROVAL).
+
+    A repeated ``request_id`` records nothing and answers as the first request did, its move
+    included (the alias as it is now).
+    """
+    problems = _revision_problems(_expected_revision(request))
+    problems += _optional_text(request.request_id, "request_id", limit=200)
+    _raise_if(problems, "the approval is invalid")
     repo = RegistryRepository(session)
     model, checkpoint = _review_subject(repo, request.checkpoint, request.reviewer, request.reason)
     response = service_pb2.ApproveCheckpointResponse()
-    if checkpoint.review_state == ReviewState.APPROVED.value:
+    key = _request_key("approve", request.request_id)
+    earlier = _earlier_request(repo, model.name, key, checkpoint.name)
+    if earlier is not None or checkpoint.review_state == ReviewState.APPROVED.value:
+        earlier_move = repo.get_move(earlier.move_seq) if earlier and earlier.move_seq else None
+        if earlier_move is not None:
+            response.move.CopyFrom(move_to_proto(earlier_move))
+        if key and earlier is None:
+            repo.record_trigger_key(
+                model.name, key, outcome=checkpoint.name, move=None, now=deps.clock()
+            )
         response.checkpoint.CopyFrom(_checkpoint_proto(repo, checkpoint))
         response.alias.CopyFrom(alias_state(repo, model.name, PRODUCTION))
         return response
@@ -910,11 +1035,13 @@ def approve_checkpoint(
                 )
             ],
         )
+    releases.refuse_failed_parity(repo, checkpoint)
     now = deps.clock()
     checkpoint.review_state = ReviewState.APPROVED.value
     checkpoint.reviewer = request.reviewer
     checkpoint.review_reason = request.reason
     checkpoint.review_time = now
+    move = None
     if repo.production_checkpoint(model.name) != checkpoint.name:
         passed = repo.latest_passed_evaluation(checkpoint.name)
         move = _move_production_forward(
@@ -931,6 +1058,8 @@ def approve_checkpoint(
             now=now,
         )
         response.move.CopyFrom(move_to_proto(move))
+    if key:
+        repo.record_trigger_key(model.name, key, outcome=checkpoint.name, move=move, now=now)
     session.flush()
     response.checkpoint.CopyFrom(_checkpoint_proto(repo, checkpoint))
     response.alias.CopyFrom(alias_state(repo, model.name, PRODUCTION))
@@ -940,9 +1069,22 @@ def approve_checkpoint(
 def reject_checkpoint(
     session: Session, deps: RegistryDeps, request: service_pb2.RejectCheckpointRequest
 ) -> resources_pb2.Checkpoint:
-    """RejectCheckpoint: record the rejection; aliases do not move."""
+    """RejectCheckpoint: record the rejection; aliases do not move.
+
+    A repeated ``request_id`` records nothing and answers with the checkpoint.
+    """
+    _raise_if(
+        _optional_text(request.request_id, "request_id", limit=200), "the rejection is invalid"
+    )
     repo = RegistryRepository(session)
-    _, checkpoint = _review_subject(repo, request.checkpoint, request.reviewer, request.reason)
+    model, checkpoint = _review_subject(repo, request.checkpoint, request.reviewer, request.reason)
+    key = _request_key("reject", request.request_id)
+    if _earlier_request(repo, model.name, key, checkpoint.name) is not None:
+        return _checkpoint_proto(repo, checkpoint)
+    if key:
+        repo.record_trigger_key(
+            model.name, key, outcome=checkpoint.name, move=None, now=deps.clock()
+        )
     if checkpoint.review_state == ReviewState.REJECTED.value:
         return _checkpoint_proto(repo, checkpoint)
     if checkpoint.review_state != ReviewState.PENDING.value:
@@ -956,6 +1098,88 @@ def reject_checkpoint(
 
 
 # -- rollback ---------------------------------------------------------------------------------
+
+
+def _automation_frozen(
+    repo: RegistryRepository, deps: RegistryDeps, model: ModelRow, cause: str
+) -> bool:
+    """Whether an automatic rollback of ``model`` must be refused by the circuit breaker.
+
+    True when the model is frozen already, or when this rollback would exceed the breaker's
+    limit (counting automatic rollbacks in the window since the last unfreeze and since a person
+    last moved production): then the model freezes now (the caller holds its lock), which the
+    ``tuneline_model_automation_frozen`` gauge and its alert show to a person.
+    """
+    state = repo.rollback_breaker(model.name)
+    if state is not None and state.frozen:
+        return True
+    now = deps.clock()
+    breaker = deps.rollback_breaker
+    # rollbacks before an unfreeze, or before a person last moved production, were looked at
+    since = max(
+        moment
+        for moment in (
+            breaker.window_start(now),
+            state.counted_since if state is not None else None,
+            repo.last_move_by_a_person(model.name),
+        )
+        if moment is not None
+    )
+    recent = repo.automatic_rollbacks_since(model.name, since)
+    if not breaker.trips(recent):
+        return False
+    repo.save_rollback_breaker(
+        RollbackBreakerRow(
+            model=model.name,
+            frozen=True,
+            freeze_time=now,
+            reason=breaker.reason(recent),
+            cause=cause[:300],
+            automatic_rollbacks=recent,
+            counted_since=state.counted_since if state is not None else None,
+        )
+    )
+    log.error(
+        "rollback circuit breaker tripped: automation frozen",
+        extra={"model": model.name, "cause": cause, "automatic_rollbacks": recent},
+    )
+    return True
+
+
+def unfreeze_automation(
+    session: Session, deps: RegistryDeps, request: service_pb2.UnfreezeAutomationRequest
+) -> resources_pb2.Model:
+    """UnfreezeAutomation: automation may move the model's production again (no-op when it is
+    not frozen). Automatic rollbacks are counted afresh from now on."""
+    parse_model_name(request.model, field="model")
+    problems = _require_text(request.reason, "reason")
+    problems += _optional_text(request.actor, "actor", limit=200)
+    problems += _optional_text(request.request_id, "request_id", limit=200)
+    _raise_if(problems, "the unfreeze request is invalid")
+    repo = RegistryRepository(session)
+    model = _locked_model(repo, request.model)
+    key = _request_key("unfreeze", request.request_id)
+    if _earlier_request(repo, model.name, key, model.name) is None:
+        state = repo.rollback_breaker(model.name)
+        if state is not None and state.frozen:
+            was = state.reason
+            state.frozen = False
+            state.counted_since = deps.clock()
+            log.warning(
+                "automation unfrozen",
+                extra={
+                    "model": model.name,
+                    "actor": request.actor or "unknown",
+                    "reason": request.reason,
+                    "was": was,
+                },
+            )
+        if key:
+            repo.record_trigger_key(
+                model.name, key, outcome=model.name, move=None, now=deps.clock()
+            )
+    session.flush()
+    return _model_proto(repo, model)
 
 
 @dataclass(frozen=True)
@@ -1017,6 +1241,7 @@ def _roll_back(
             source_checkpoint=target.source_checkpoint,
             trigger_time=moved.trigger_time,
             event_time=moved.move_time,
+            **releases.release_fields(record),
         ),
         source=deps.source,
         subject=model.name,
@@ -1106,7 +1331,8 @@ def on_regression_detected(
     """Roll back when the regressed checkpoint is production; otherwise just record it.
 
     Returns the outcome (also the metric label): ``rolled_back``, ``not_production``,
-    ``no_rollback_target``, ``unknown_model`` or ``duplicate``.
+    ``no_rollback_target``, ``unknown_model``, ``duplicate`` or ``frozen`` (the rollback
+    circuit breaker refused it).
     """
     repo = RegistryRepository(session)
     now = deps.clock()
@@ -1126,6 +1352,8 @@ def on_regression_detected(
         if not about_production:
             outcome, detail = "not_production", "the regressed checkpoint is not production"
             repo.record_trigger_key(model.name, key, outcome=detail, move=None, now=now)
+        elif _automation_frozen(repo, deps, model, cause=message.evaluation):
+            outcome, detail = "frozen", "automation frozen by the rollback circuit breaker"
         else:
             where = f" in slice {message.slice!r}" if message.slice else ""
             reason = (
@@ -1180,7 +1408,8 @@ def on_alert(session: Session, deps: RegistryDeps, notice: AlertNotice) -> str: 
 
     Outcomes: ``rolled_back``, ``resolved`` (resolved alerts do nothing), ``no_model_label``,
     ``unknown_model``, ``duplicate`` (this incident rolled back already), ``not_production``
-    (the alert is about a checkpoint that is no longer production), ``no_rollback_target``.
+    (the alert is about a checkpoint that is no longer production), ``no_rollback_target``,
+    ``frozen`` (the rollback circuit breaker refused it; see :func:`_automation_frozen`).
     """
     if not notice.firing:
         return "resolved"
@@ -1203,6 +1432,9 @@ def on_alert(session: Session, deps: RegistryDeps, notice: AlertNotice) -> str: 
             model.name, notice.idempotency_key, outcome=why, move=None, now=deps.clock()
         )
         return "not_production"
+    if _automation_frozen(repo, deps, model, cause=notice.cause):
+        # no key recorded: once a person unfreezes, a still firing alert acts again
+        return "frozen"
     try:  # a refused rollback raises before writing anything
         _roll_back(
             repo,
@@ -1353,6 +1585,7 @@ def _counted_live_quality(
     request: service_pb2.ReportLiveQualityRequest,
     *,
     floor: float | None,
+    rule: LiveQualityRule,
     now: datetime,
 ) -> LiveQuality:
     """Add the report's counts to the checkpoint's totals (once per request id) and judge them."""
@@ -1365,7 +1598,7 @@ def _counted_live_quality(
         trials += request.trials
         if key:
             repo.record_trigger_key(model.name, key, outcome="counted", move=None, now=now)
-    quality = judge_live_quality(successes, trials, floor)
+    quality = judge_live_quality(successes, trials, floor, rule)
     repo.upsert_live_counts(
         LiveCountsRow(
             model=model.name,
@@ -1424,7 +1657,15 @@ def report_live_quality(
     floor = floor_of(definition, request.metric)
     report_time = datetime_from_timestamp(request, "report_time") or deps.clock()
     quality = (
-        _counted_live_quality(repo, model, checkpoint, request, floor=floor, now=deps.clock())
+        _counted_live_quality(
+            repo,
+            model,
+            checkpoint,
+            request,
+            floor=floor,
+            rule=deps.live_quality,
+            now=deps.clock(),
+        )
         if counted
         else None
     )

@@ -40,6 +40,34 @@ class RegistrySettings(ServiceSettings):
         default=None,
         description="File holding the bearer token (e.g. a mounted Kubernetes Secret).",
     )
+    webhook_max_connections: int = Field(
+        default=32,
+        ge=1,
+        description=(
+            "Connections the webhook serves at once; one more is answered 503 at once and closed."
+        ),
+    )
+    webhook_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait for the next bytes of a webhook request before it is cut.",
+    )
+    webhook_request_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Longest time a client may take to send a webhook request's headers and body, "
+            "however slowly it trickles them; then the connection is cut."
+        ),
+    )
+    webhook_max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Largest webhook body accepted (larger: 413)."
+    )
+    webhook_max_json_depth: int = Field(
+        default=32,
+        ge=4,
+        description="Deepest JSON nesting a webhook body may have (deeper: 400, never parsed).",
+    )
     watch_poll_seconds: float = Field(
         default=0.5,
         gt=0,
@@ -48,6 +76,47 @@ class RegistrySettings(ServiceSettings):
             "replica while WatchAlias streams are open (one query per interval for all streams; "
             "idle streams block until woken)."
         ),
+    )
+
+    live_quality_alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description=(
+            "Error rate of the live quality confidence sequence: the chance, over a "
+            "checkpoint's whole time in production, that counted live quality rolls back a "
+            "checkpoint that is at or above its floor."
+        ),
+    )
+    live_quality_min_trials: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "Labelled outcomes a production checkpoint needs before counted live quality can "
+            "find it below its floor."
+        ),
+    )
+    live_quality_prior_weight: float = Field(
+        default=20.0,
+        gt=0,
+        description=(
+            "Weight, in outcomes, of the confidence sequence's prior (centred on the floor); "
+            "larger is tighter near the floor and looser far from it."
+        ),
+    )
+
+    auto_rollback_limit: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Automatic rollbacks (by alert or regression) of one model allowed within "
+            "`auto_rollback_window_seconds`; the next one is refused and freezes the model's "
+            "automation (no automatic promotion or rollback) until a person calls "
+            "UnfreezeAutomation (`tuneline models unfreeze`)."
+        ),
+    )
+    auto_rollback_window_seconds: float = Field(
+        default=3600.0, gt=0, description="Window of the automatic rollback circuit breaker."
     )
 
     def resolved_webhook_token(self) -> str | None:

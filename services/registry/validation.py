@@ -11,6 +11,7 @@ import re
 
 from services.registry.domain import RESOURCE_ID, model_name
 from shared.errors import FieldViolation, InvalidArgument
+from shared.ownership import validate_budget, validate_owner
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import resources_pb2
 
@@ -223,6 +224,15 @@ def _resolve_gate_policy(gate: common_pb2.GatePolicy, task_type: int) -> None:
     gate.primary_metric = gate.primary_metric or gate.metrics[0].metric
 
 
+def _check_budget(budget: common_pb2.Budget, path: str) -> list[FieldViolation]:
+    limits = {
+        name: (limit.currency_code, limit.units, limit.nanos)
+        for name in ("max_cost_per_run", "max_cost_per_month")
+        if budget.HasField(name) and (limit := getattr(budget, name)) is not None
+    }
+    return validate_budget(limits, path)
+
+
 def validate_new_model(  # noqa: PLR0912 - one branch per field rule
     model_id: str, model: resources_pb2.Model | None
 ) -> resources_pb2.Model:
@@ -278,6 +288,11 @@ def validate_new_model(  # noqa: PLR0912 - one branch per field rule
     problems += _check_gate_policy(model.gate_policy, task_type, "model.gate_policy")
     if model.promotion_policy not in resources_pb2.PromotionPolicy.values():
         problems.append(FieldViolation("model.promotion_policy", "unknown policy", "INVALID_ENUM"))
+    owner = model.owner
+    problems += validate_owner(owner.team, owner.contact, owner.runbook_uri, "model.owner")
+    problems += _check_budget(model.budget, "model.budget")
+    if model.HasField("serving_profile"):
+        problems += check_serving_profile(model.serving_profile, "model.serving_profile")
     if problems:
         raise InvalidArgument(f"the model {model_name(model_id)} is invalid", problems)
 
@@ -297,6 +312,81 @@ def validate_new_model(  # noqa: PLR0912 - one branch per field rule
     _resolve_gate_policy(resolved.gate_policy, task_type)
     if resolved.promotion_policy == resources_pb2.PROMOTION_POLICY_UNSPECIFIED:
         resolved.promotion_policy = resources_pb2.PROMOTION_POLICY_MANUAL
+    if resolved.HasField("serving_profile"):
+        resolved.serving_profile.CopyFrom(resolved_serving_profile(resolved.serving_profile, 1))
+    return resolved
+
+
+#: The longest sequence a serving profile may state (a sanity bound, not an engine's).
+_MAX_PROFILE_SEQUENCE_LENGTH = 10_000_000
+
+
+def check_serving_profile(profile: common_pb2.ServingProfile, path: str) -> list[FieldViolation]:
+    """What is nonsensical in a serving profile (every violation, with its field path)."""
+    problems: list[FieldViolation] = []
+    if len(profile.engine) > 200:
+        problems.append(FieldViolation(f"{path}.engine", "at most 200 characters", "TOO_LONG"))
+    if profile.weights not in common_pb2.ServingWeights.values():
+        problems.append(FieldViolation(f"{path}.weights", "unknown weights kind", "INVALID_ENUM"))
+    if profile.dtype not in common_pb2.Precision.values():
+        problems.append(FieldViolation(f"{path}.dtype", "unknown dtype", "INVALID_ENUM"))
+    if profile.max_lora_rank < 0:
+        problems.append(
+            FieldViolation(f"{path}.max_lora_rank", "must be >= 0 (0: no limit)", "OUT_OF_RANGE")
+        )
+    for name, value in (
+        ("max_sequence_length", profile.max_sequence_length),
+        ("serving_tokenizer.max_sequence_length", profile.serving_tokenizer.max_sequence_length),
+    ):
+        if not 0 <= value <= _MAX_PROFILE_SEQUENCE_LENGTH:
+            problems.append(
+                FieldViolation(
+                    f"{path}.{name}",
+                    f"must be in [0, {_MAX_PROFILE_SEQUENCE_LENGTH}] (0: not limited)",
+                    "OUT_OF_RANGE",
+                )
+            )
+    tokenizer = profile.serving_tokenizer
+    for name in ("tokenizer_sha256", "chat_template_sha256"):
+        value = getattr(tokenizer, name)
+        if value and not _SHA256.match(value):
+            problems.append(
+                FieldViolation(
+                    f"{path}.serving_tokenizer.{name}",
+                    "must be a lowercase hexadecimal SHA-256 (64 characters)",
+                    "INVALID_FORMAT",
+                )
+            )
+    if any(token_id < 0 for token_id in tokenizer.end_of_turn_token_ids):
+        problems.append(
+            FieldViolation(
+                f"{path}.serving_tokenizer.end_of_turn_token_ids",
+                "token ids are >= 0",
+                "OUT_OF_RANGE",
+            )
+        )
+    if len(tokenizer.tokenizer_name) > 300:
+        problems.append(
+            FieldViolation(
+                f"{path}.serving_tokenizer.tokenizer_name", "at most 300 characters", "TOO_LONG"
+            )
+        )
+    return problems
+
+
+def resolved_serving_profile(
+    profile: common_pb2.ServingProfile, revision: int
+) -> common_pb2.ServingProfile:
+    """The profile as stored: defaults resolved, end-of-turn ids sorted, ``revision`` set."""
+    resolved = common_pb2.ServingProfile()
+    resolved.CopyFrom(profile)
+    if resolved.weights == common_pb2.SERVING_WEIGHTS_UNSPECIFIED:
+        resolved.weights = common_pb2.SERVING_WEIGHTS_ADAPTER
+    if resolved.HasField("serving_tokenizer"):
+        ids = sorted(set(resolved.serving_tokenizer.end_of_turn_token_ids))
+        del resolved.serving_tokenizer.end_of_turn_token_ids[:]
+        resolved.serving_tokenizer.end_of_turn_token_ids.extend(ids)
+    resolved.revision = revision
     return resolved
 
 

@@ -12,16 +12,14 @@ from services.splitter.metrics import SplitterMetrics
 from services.splitter.settings import SplitterSettings
 from shared.events import Subscription
 from shared.grpc import ServiceRegistration
-from shared.runtime import ServiceContext, ServiceSpec
+from shared.runtime import ServiceContext, ServiceSpec, service_settings
 from tuneline.splitter.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["SplitterService"].full_name
 
 
 def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
-    settings = context.settings
-    if not isinstance(settings, SplitterSettings):  # a plain ServiceSettings in some tests
-        settings = SplitterSettings()
+    settings = service_settings(context, SplitterSettings)
     return [
         ServiceRegistration(
             SERVICE_NAME,

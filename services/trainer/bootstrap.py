@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from services.trainer import handlers
 from services.trainer.adapters.metrics import TrainerMetrics
 from services.trainer.adapters.models import ModelCatalog
-from services.trainer.adapters.notifications import JobChanges
+from services.trainer.adapters.notifications import JobChangePoller, JobChanges
 from services.trainer.adapters.registry import RegistryModels
-from services.trainer.adapters.repository import Pricing
+from services.trainer.adapters.repository import Pricing, TrainerRepository
 from services.trainer.adapters.splits import SplitterLookup
 from services.trainer.adapters.tables import TrainerBase
 from services.trainer.adapters.token_counts import SplitTokenCounter
@@ -27,7 +27,13 @@ from services.trainer.entrypoints.supervisor import JobSupervisor, SupervisorCon
 from services.trainer.settings import TrainerSettings
 from shared.events import Subscription
 from shared.grpc import ServiceRegistration
-from shared.runtime import BackgroundComponent, ServiceContext, ServiceSpec
+from shared.runtime import (
+    BackgroundComponent,
+    CloseOnStop,
+    ServiceContext,
+    ServiceSpec,
+    service_settings,
+)
 from tuneline.trainer.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
@@ -65,9 +71,7 @@ def trainer_parts(context: ServiceContext) -> TrainerParts:
     existing = getattr(context, _PARTS_KEY, None)
     if isinstance(existing, TrainerParts):
         return existing
-    settings = context.settings
-    if not isinstance(settings, TrainerSettings):  # a plain ServiceSettings in some tests
-        settings = TrainerSettings()
+    settings = service_settings(context, TrainerSettings)
     models = ModelCatalog(settings.models_root, settings.allowed_model_roots)
     handler_context = handlers.Context(
         models=models,
@@ -80,9 +84,10 @@ def trainer_parts(context: ServiceContext) -> TrainerParts:
         ),
         token_counter=SplitTokenCounter(context.artifacts),
         default_tokens_per_device_second=settings.estimate_tokens_per_device_second,
+        wait_for_dataset_audit=settings.wait_for_dataset_audit,
     )
     changes = JobChanges()
-    metrics = TrainerMetrics(context.registry, context.sessions)
+    metrics = TrainerMetrics(context.registry, context.sessions, handler_context.pricing)
     supervisor = JobSupervisor(
         sessions=context.sessions,
         artifacts=context.artifacts,
@@ -125,7 +130,18 @@ def subscriptions(context: ServiceContext) -> Sequence[Subscription]:
 
 
 def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
-    return [trainer_parts(context).supervisor]
+    parts = trainer_parts(context)
+    sessions = context.sessions
+
+    def newest_job_change() -> object:
+        with sessions() as session:
+            return TrainerRepository(session).newest_job_change()
+
+    return [
+        CloseOnStop(parts.changes.close),
+        JobChangePoller(parts.changes, newest_job_change, parts.settings.watch_poll_seconds),
+        parts.supervisor,
+    ]
 
 
 SPEC = ServiceSpec(

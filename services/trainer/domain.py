@@ -25,6 +25,8 @@ from enum import StrEnum
 from typing import Any
 
 from shared.errors import FieldViolation
+from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
+from shared.ownership import Owner
 
 #: User-chosen ids (jobs, policies), as the contracts define them.
 RESOURCE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -87,6 +89,8 @@ class FailureReason(StrEnum):
     NON_FINITE_LOSS = "NON_FINITE_LOSS"
     WORKER_CRASHED = "WORKER_CRASHED"
     INTERNAL = "INTERNAL"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    LABEL_AUDIT_BLOCKED = "LABEL_AUDIT_BLOCKED"
 
 
 class StopReason(StrEnum):
@@ -98,6 +102,8 @@ class StopReason(StrEnum):
     MAX_DURATION = "MAX_DURATION"
     CANCELLED = "CANCELLED"
     FAILED = "FAILED"
+    #: The job's cost reached its per-run budget; it ends SUCCEEDED with what it trained.
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
 
     @property
     def completed(self) -> bool:
@@ -261,6 +267,41 @@ class JobConfig:
     stopping: StoppingRules = field(default_factory=StoppingRules)
     checkpointing: CheckpointPolicy = field(default_factory=CheckpointPolicy)
     display_name: str = ""
+
+
+class AuditVerdict(StrEnum):
+    """A dataset version's label-audit verdict (``DatasetAudited.verdict``)."""
+
+    PASSED = "PASSED"
+    WARNED = "WARNED"
+    BLOCKED = "BLOCKED"
+    SKIPPED = "SKIPPED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class DatasetAuditInfo:
+    """What the trainer keeps of a ``DatasetAudited``: only BLOCKED stops training."""
+
+    dataset_version: str
+    verdict: AuditVerdict
+    reason: str = ""
+    noise_rate: float = 0.0
+    suspected_count: int = 0
+    suspected_line_numbers: tuple[int, ...] = ()
+
+    @property
+    def blocks_training(self) -> bool:
+        return self.verdict is AuditVerdict.BLOCKED
+
+    def refusal(self) -> str:
+        """Why a job on this version is refused: the audit's rule and numbers, and rows."""
+        lines = ", ".join(str(n) for n in self.suspected_line_numbers[:20])
+        return (
+            f"dataset version {self.dataset_version} was blocked by its label audit: "
+            f"{self.reason or 'label_audit'}"
+            + (f" (suspected lines: {lines})" if lines and "lines" not in self.reason else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -668,6 +709,115 @@ class TrainingEstimate:
     cost: Cost
 
 
+@dataclass(frozen=True)
+class Budget:
+    """Spending limits in ``currency``; None: no limit."""
+
+    currency: str = ""
+    per_run: Decimal | None = None
+    per_month: Decimal | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.per_run is not None or self.per_month is not None
+
+
+@dataclass(frozen=True)
+class BudgetHolder:
+    """A budget and whose it is: ``models/{m}`` (from the registry) or ``trainingPolicies/{p}``."""
+
+    holder: str
+    budget: Budget
+
+
+@dataclass(frozen=True)
+class BudgetBreach:
+    """One limit a job would exceed: ``limit`` is ``max_cost_per_run`` or
+    ``max_cost_per_month``."""
+
+    holder: str
+    limit: str
+    description: str
+
+
+def _tighter(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def effective_budget(holders: Sequence[BudgetHolder], currency: str) -> Budget:
+    """Per limit, the tightest of the holders' budgets (all in ``currency``)."""
+    per_run: Decimal | None = None
+    per_month: Decimal | None = None
+    for held in holders:
+        per_run = _tighter(per_run, held.budget.per_run)
+        per_month = _tighter(per_month, held.budget.per_month)
+    return Budget(currency=currency, per_run=per_run, per_month=per_month)
+
+
+def budget_breaches(
+    holders: Sequence[BudgetHolder],
+    *,
+    estimated_cost: Decimal,
+    month_to_date: Mapping[str, Decimal],
+    currency: str,
+) -> list[BudgetBreach]:
+    """Every limit a job estimated at ``estimated_cost`` would exceed: a per-run limit below the
+    estimate, or a monthly limit below what the holder's jobs of this month already cost or
+    have committed (``month_to_date[holder]``) plus the estimate. A budget in another currency
+    than the trainer prices in cannot be compared: it is a breach too, saying so."""
+    breaches: list[BudgetBreach] = []
+    for held in holders:
+        budget = held.budget
+        if not budget.limited:
+            continue
+        if budget.currency != currency:
+            breaches.append(
+                BudgetBreach(
+                    held.holder,
+                    "currency_code",
+                    f"the budget is in {budget.currency}, the trainer prices in {currency}",
+                )
+            )
+            continue
+        if budget.per_run is not None and estimated_cost > budget.per_run:
+            breaches.append(
+                BudgetBreach(
+                    held.holder,
+                    "max_cost_per_run",
+                    f"the run is estimated at {currency} {estimated_cost:.2f}, over the per-run "
+                    f"budget of {currency} {budget.per_run:.2f}",
+                )
+            )
+        spent = month_to_date.get(held.holder, Decimal(0))
+        if budget.per_month is not None and spent + estimated_cost > budget.per_month:
+            breaches.append(
+                BudgetBreach(
+                    held.holder,
+                    "max_cost_per_month",
+                    f"this month's runs cost or committed {currency} {spent:.2f}; with this "
+                    f"run's estimated {currency} {estimated_cost:.2f} that is over the monthly "
+                    f"budget of {currency} {budget.per_month:.2f}",
+                )
+            )
+    return breaches
+
+
+def budget_exhausted(budget: Budget, cost: Cost) -> bool:
+    """A running job's cost has reached its per-run budget."""
+    return (
+        budget.per_run is not None
+        and budget.currency == cost.currency
+        and cost.amount >= budget.per_run
+    )
+
+
+def month_start(now: datetime) -> datetime:
+    """The first instant of ``now``'s calendar month (in ``now``'s time zone, UTC here)."""
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
 def examples_processed(train_examples: int, total_steps: int, hp: Hyperparameters) -> int:
     """Train examples the planned steps draw, every pass counted (the last step of an epoch
     takes what is left of it)."""
@@ -867,6 +1017,10 @@ class TrainingJob:
     accumulation_steps: int = 0
     oom_retries: int = 0
     crash_count: int = 0
+    #: The limits the job was admitted under (see the proto's ``TrainingJob.budget``).
+    budget: Budget = field(default_factory=Budget)
+    #: What the job was expected to process and cost when created; None when not estimated.
+    estimate: TrainingEstimate | None = None
 
     @property
     def id(self) -> str:
@@ -912,6 +1066,8 @@ class CheckpointRecord:
     artifact_deleted: bool = False
     #: Why training stopped, on the checkpoint written when it stopped (``is_final``).
     stop_reason: StopReason | None = None
+    #: The tokenizer it was trained with; None for checkpoints recorded before fingerprints.
+    tokenizer_fingerprint: TokenizerFingerprintRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -925,6 +1081,10 @@ class TrainingPolicy:
     disabled: bool = False
     create_time: datetime | None = None
     update_time: datetime | None = None
+    owner: Owner = field(default_factory=Owner)
+    budget: Budget = field(default_factory=Budget)
+    #: The target model's budget when the policy was set (see the trainer's PolicyRow).
+    model_budget: Budget = field(default_factory=Budget)
 
     @property
     def id(self) -> str:

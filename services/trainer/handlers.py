@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Generic, Protocol, TypeVar
 
 from sqlalchemy.exc import IntegrityError
@@ -44,12 +45,16 @@ from services.trainer.domain import (
     POLICY_PREFIX,
     RESOURCE_ID,
     BaseModelRef,
+    Budget,
+    BudgetHolder,
     CheckpointRecord,
+    DatasetAuditInfo,
     FailureReason,
     JobConfig,
     JobState,
     KeptCheckpoint,
     LossPoint,
+    Owner,
     Progress,
     SplitInfo,
     StopReason,
@@ -57,11 +62,14 @@ from services.trainer.domain import (
     TrainingEstimate,
     TrainingJob,
     TrainingPolicy,
+    budget_breaches,
     can_transition,
     checkpoint_name,
     checkpoints_to_delete,
+    effective_budget,
     estimate_training,
     from_jsonable,
+    month_start,
     planned_steps,
     policy_job_id,
     resolve_adapter,
@@ -75,6 +83,7 @@ from services.trainer.domain import (
     validate_model_name,
     validate_split_name,
 )
+from shared.artifacts import ArtifactError
 from shared.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -87,8 +96,8 @@ from shared.errors import (
 from shared.events import stage_event
 from shared.local_paths import without_local_paths
 from shared.modeling import (
-    DataUnavailable,
     InvalidModelReference,
+    ModelingError,
     ModelNotFound,
     ModelRefused,
     ResolvedModel,
@@ -116,10 +125,11 @@ class SplitLookup(Protocol):
 
 
 class TargetModels(Protocol):
-    """Asks the registry whether a model exists (LookupError: cannot ask); see
+    """Asks the registry about a model: None when it does not exist, else its budget (empty
+    when it has none); LookupError when the registry cannot be asked. See
     :class:`services.trainer.adapters.registry.RegistryModels`."""
 
-    def exists(self, name: str) -> bool: ...
+    def lookup(self, name: str) -> Budget | None: ...
 
 
 class TokenCounter(Protocol):
@@ -155,6 +165,9 @@ class Context:
     token_counter: TokenCounter | None = None
     #: Throughput an estimate assumes with no earlier run to measure (deliberately low).
     default_tokens_per_device_second: float = 100.0
+    #: Policies make a split's jobs only once its dataset version's ``DatasetAudited`` arrived
+    #: (the service's default); False makes them on ``SplitCreated`` (handler tests).
+    wait_for_dataset_audit: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +198,12 @@ MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
 MODEL_REFUSED = "MODEL_REFUSED"
 #: ``PreconditionViolation.type`` of a ``target_model`` the registry does not have.
 TARGET_MODEL_NOT_FOUND = "TARGET_MODEL_NOT_FOUND"
+#: ``PreconditionViolation.type`` of a budget a job would exceed; the subject is the budget's
+#: holder (``models/{m}`` or ``trainingPolicies/{p}``), the description names the limit.
+BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+#: ``PreconditionViolation.type`` of a split whose dataset version the label audit BLOCKED;
+#: the subject is the version, the description the audit's rule, numbers and rows.
+LABEL_AUDIT_BLOCKED = "LABEL_AUDIT_BLOCKED"
 
 
 def _check_model(
@@ -257,23 +276,24 @@ def _refuse_unavailable(unavailable: list[PreconditionViolation]) -> None:
     )
 
 
-def _require_target_model(target_model: str, context: Context) -> None:
-    """Refuse a target model the registry does not have (a typo must not cost a training run).
+def _require_target_model(target_model: str, context: Context) -> Budget:
+    """Refuse a target model the registry does not have (a typo must not cost a training run);
+    return the model's budget (empty when it has none, or when models are not checked).
 
     FAILED_PRECONDITION (``TARGET_MODEL_NOT_FOUND``, the model as subject) when the registry
     says it does not exist; UNAVAILABLE, which the caller may retry, when the registry cannot
-    be asked: the job is not queued on a guess. The registry never deletes a model, so a model
-    found once stays found.
+    be asked: the job is not queued on a guess, and a budget is never skipped for want of an
+    answer. The registry never deletes a model, so a model found once stays found.
     """
     if context.target_models is None:
-        return
+        return Budget()
     try:
-        exists = context.target_models.exists(target_model)
+        budget = context.target_models.lookup(target_model)
     except LookupError as error:
         raise Unavailable(
             f"cannot check that the target model {target_model!r} exists: {error}; retry later"
         ) from error
-    if not exists:
+    if budget is None:
         raise FailedPrecondition(
             f"target model {target_model!r} is not registered",
             [
@@ -284,6 +304,98 @@ def _require_target_model(target_model: str, context: Context) -> None:
                 )
             ],
         )
+    return budget
+
+
+def _estimate(
+    repo: TrainerRepository,
+    job: TrainingJob,
+    model: ResolvedModel,
+    context: Context,
+    *,
+    required: bool,
+) -> TrainingEstimate | None:
+    """The job's estimate (see :func:`estimate_training_job`); None when this trainer does not
+    estimate, or when the split (or the tokenizer) cannot be read and nothing ``required`` it:
+    training would then fail on its own, with DATA_UNAVAILABLE or MODEL_LOAD_FAILED."""
+    if context.token_counter is None:
+        return None
+    hp = job.config.hyperparameters
+    try:
+        counted = context.token_counter.train_tokens(job.split, model, hp.max_seq_length)
+    except (ModelingError, ArtifactError) as error:  # DataUnavailable is a ModelingError
+        if not required:
+            return None
+        raise FailedPrecondition(
+            f"the split {job.split.name} cannot be read to count its tokens",
+            [PreconditionViolation("SPLIT_UNREADABLE", job.split.name, str(error))],
+        ) from None
+    return estimate_training(
+        train_examples=counted.examples,
+        train_tokens=counted.tokens,
+        total_steps=planned_steps(max(1, counted.examples), hp),
+        hp=hp,
+        samples=repo.throughput_samples(model.files_sha256),
+        default_tokens_per_device_second=context.default_tokens_per_device_second,
+        price_per_device_hour=context.pricing.price_per_device_hour,
+        currency=context.pricing.currency,
+    )
+
+
+def _budget_check(
+    repo: TrainerRepository,
+    holders: list[BudgetHolder],
+    estimate: TrainingEstimate | None,
+    context: Context,
+) -> tuple[Budget, list[PreconditionViolation]]:
+    """The job's effective budget, and every limit its estimate would exceed: per run, the
+    estimate; per month, this month's spend of the holder's jobs (cost so far, or the estimate
+    of those still running or queued) plus the estimate."""
+    held = [h for h in holders if h.budget.limited]
+    if not held:
+        return Budget(), []
+    currency = context.pricing.currency
+    since = month_start(_now())
+    month_to_date = {
+        h.holder: repo.committed_spend(
+            since=since,
+            pricing=context.pricing,
+            training_policy=h.holder if h.holder.startswith(POLICY_PREFIX) else "",
+            target_model="" if h.holder.startswith(POLICY_PREFIX) else h.holder,
+        )
+        for h in held
+        if h.budget.per_month is not None
+    }
+    breaches = budget_breaches(
+        held,
+        estimated_cost=estimate.cost.amount if estimate is not None else Decimal(0),
+        month_to_date=month_to_date,
+        currency=currency,
+    )
+    violations = [
+        PreconditionViolation(BUDGET_EXCEEDED, b.holder, f"{b.limit}: {b.description}")
+        for b in breaches
+    ]
+    return effective_budget(held, currency), violations
+
+
+def _admitted(
+    repo: TrainerRepository,
+    job: TrainingJob,
+    model: ResolvedModel,
+    holders: list[BudgetHolder],
+    context: Context,
+    *,
+    estimate_required: bool = False,
+) -> TrainingJob:
+    """The job with its estimate and effective budget; FAILED_PRECONDITION
+    (``BUDGET_EXCEEDED``, one violation per limit) when it would exceed a budget."""
+    limited = any(h.budget.limited for h in holders)
+    estimate = _estimate(repo, job, model, context, required=estimate_required or limited)
+    budget, violations = _budget_check(repo, holders, estimate, context)
+    if violations:
+        raise FailedPrecondition("the training job would exceed its budget", violations)
+    return replace(job, budget=budget, estimate=estimate)
 
 
 def _resolved_config(
@@ -370,7 +482,8 @@ def create_training_job(
         existing = repo.job_row_by_request_id(command.request_id)
         if existing is not None:
             return job_from_row(existing, context.pricing)
-    job, _model = _validated_job(repo, command, context)
+    job, model, model_budget = _validated_job(repo, command, context)
+    job = _admitted(repo, job, model, [BudgetHolder(command.target_model, model_budget)], context)
     row = repo.add_job(job, now=_now())
     try:
         session.flush()
@@ -386,37 +499,29 @@ def estimate_training_job(
     """CreateTrainingJob with ``validate_only``: every check a real request gets, then the
     estimate of its tokens (the split's train rows encoded as training will), device time
     (throughput of earlier SUCCEEDED runs of the same base model on the newest run's device
-    type, else the configured default) and cost. Creates nothing."""
+    type, else the configured default) and cost, and the budget check a real request gets.
+    Creates nothing."""
     repo = TrainerRepository(session)
-    job, model = _validated_job(repo, command, context)
+    job, model, model_budget = _validated_job(repo, command, context)
     if context.token_counter is None:
         raise Unavailable("this trainer does not estimate jobs")
-    hp = job.config.hyperparameters
-    try:
-        counted = context.token_counter.train_tokens(job.split, model, hp.max_seq_length)
-    except DataUnavailable as error:
-        raise FailedPrecondition(
-            f"the split {job.split.name} cannot be read to count its tokens",
-            [PreconditionViolation("SPLIT_UNREADABLE", job.split.name, str(error))],
-        ) from None
-    total_steps = planned_steps(max(1, counted.examples), hp)
-    estimate = estimate_training(
-        train_examples=counted.examples,
-        train_tokens=counted.tokens,
-        total_steps=total_steps,
-        hp=hp,
-        samples=repo.throughput_samples(model.files_sha256),
-        default_tokens_per_device_second=context.default_tokens_per_device_second,
-        price_per_device_hour=context.pricing.price_per_device_hour,
-        currency=context.pricing.currency,
+    job = _admitted(
+        repo,
+        job,
+        model,
+        [BudgetHolder(command.target_model, model_budget)],
+        context,
+        estimate_required=True,
     )
-    return replace(job, name="", total_steps=total_steps), estimate
+    assert job.estimate is not None
+    return replace(job, name="", total_steps=job.estimate.planned_steps), job.estimate
 
 
 def _validated_job(
     repo: TrainerRepository, command: CreateJobCommand, context: Context
-) -> tuple[TrainingJob, ResolvedModel]:
-    """The job a CreateTrainingJob request describes, every check passed, not yet stored."""
+) -> tuple[TrainingJob, ResolvedModel, Budget]:
+    """The job a CreateTrainingJob request describes, every check passed, not yet stored, with
+    its target model's budget."""
     prefix = "training_job"
     violations: list[FieldViolation] = list(command.violations)
     if command.job_id and not RESOURCE_ID.match(command.job_id):
@@ -439,6 +544,12 @@ def _validated_job(
     _refuse_unavailable(unavailable)
     assert model is not None
     split = _find_split(repo, command.split, context)
+    audit = repo.dataset_audit(split.dataset_version)
+    if audit is not None and audit.blocks_training:
+        raise FailedPrecondition(
+            f"split {split.name} is of a dataset version its label audit blocked",
+            [PreconditionViolation(LABEL_AUDIT_BLOCKED, split.dataset_version, audit.refusal())],
+        )
     if command.task_type is not None and command.task_type is not split.task_type:
         raise InvalidArgument(
             "the task type does not match the split",
@@ -450,7 +561,7 @@ def _validated_job(
                 )
             ],
         )
-    _require_target_model(command.target_model, context)
+    model_budget = _require_target_model(command.target_model, context)
     name = JOB_PREFIX + (command.job_id or f"j-{uuid.uuid4().hex[:20]}")
     if repo.job_row(name) is not None:
         raise AlreadyExists("TrainingJob", name)
@@ -463,7 +574,7 @@ def _validated_job(
         request_id=command.request_id,
         context=context,
     )
-    return job, model
+    return job, model, model_budget
 
 
 def get_training_job(
@@ -611,6 +722,10 @@ class SetPolicyCommand:
     template_present: bool
     disabled: bool
     violations: tuple[FieldViolation, ...] = ()
+    owner: Owner = field(default_factory=Owner)
+    budget: Budget = field(default_factory=Budget)
+    #: Idempotency key: a repeat changes nothing and returns the policy as it is.
+    request_id: str = ""
 
 
 def set_training_policy(
@@ -620,11 +735,15 @@ def set_training_policy(
     with the registry, then create or replace.
 
     The jobs a policy makes later, on SplitCreated, do not ask the registry again: the model
-    was there when the policy was set and the registry never deletes one, so the Kafka consumer
-    never waits on (or fails for) the registry.
+    was there when the policy was set and the registry never deletes one, and its budget (fixed
+    when the model was created) is kept with the policy, so the Kafka consumer never waits on
+    (or fails for) the registry. A repeated ``request_id`` changes nothing (not even a policy
+    someone else set since) and returns the policy as stored.
     """
     prefix = "training_policy"
     violations: list[FieldViolation] = list(command.violations)
+    if len(command.request_id) > 128:
+        violations.append(FieldViolation("request_id", "at most 128 characters", "TOO_LONG"))
     policy_id = command.name.removeprefix(POLICY_PREFIX)
     if not command.name.startswith(POLICY_PREFIX) or not RESOURCE_ID.match(policy_id):
         violations.append(
@@ -647,9 +766,15 @@ def set_training_policy(
     if violations:
         raise InvalidArgument("the training policy is invalid", violations)
     _refuse_unavailable(unavailable)
-    _require_target_model(command.target_model, context)
     repo = TrainerRepository(session)
+    if command.request_id:
+        earlier = repo.policy_request(command.request_id)
+        if earlier is not None:
+            return _repeated_policy_request(repo, command, earlier.policy)
+    model_budget = _require_target_model(command.target_model, context)
     now = _now()
+    if command.request_id:
+        repo.record_policy_request(command.request_id, command.name, now)
     row = repo.policy_row(command.name)
     if row is None:
         row = PolicyRow(name=command.name, create_time=now)
@@ -658,8 +783,26 @@ def set_training_policy(
     row.target_model = command.target_model
     row.template_json = dumps(command.template)
     row.disabled = command.disabled
+    row.owner_json = dumps(command.owner)
+    row.budget_json = dumps(command.budget)
+    row.model_budget_json = dumps(model_budget)
     row.update_time = now
     session.flush()
+    return policy_from_row(row)
+
+
+def _repeated_policy_request(
+    repo: TrainerRepository, command: SetPolicyCommand, applied_to: str
+) -> TrainingPolicy:
+    """The answer to a SetTrainingPolicy whose ``request_id`` was applied already."""
+    if applied_to != command.name:
+        raise InvalidArgument(
+            "request_id was already used for another policy",
+            [FieldViolation("request_id", f"already used for {applied_to}", "REQUEST_ID_REUSED")],
+        )
+    row = repo.policy_row(applied_to)
+    if row is None:  # policies are never deleted; kept for a clear error all the same
+        raise NotFound("TrainingPolicy", applied_to)
     return policy_from_row(row)
 
 
@@ -690,17 +833,69 @@ def list_training_policies(
 
 
 def on_split_created(session: Session, split: SplitInfo, context: Context) -> list[str]:
-    """Remember the split; for each enabled policy on its dataset make the one job the
-    (policy, split) pair names — nothing if it exists. A template that no longer validates
-    (say its base model was removed) gives a FAILED job, announced by TrainingJobFailed, so the
-    problem is visible instead of silently skipped. Returns the names of the jobs made."""
+    """Remember the split and make its policies' jobs (:func:`_make_policy_jobs`) — unless
+    ``context.wait_for_dataset_audit`` and its dataset version's ``DatasetAudited`` has not
+    arrived yet: :func:`on_dataset_audited` makes them then. Returns the names of the jobs made."""
     repo = TrainerRepository(session)
     now = _now()
     repo.remember_split(split, now=now)
+    audit = repo.dataset_audit(split.dataset_version)
+    if audit is None and context.wait_for_dataset_audit:
+        return []
+    return _make_policy_jobs(session, split, audit, context, now=now)
+
+
+def on_dataset_audited(session: Session, audit: DatasetAuditInfo, context: Context) -> list[str]:
+    """Remember the version's audit; make the policy jobs of its splits known so far (those
+    that waited for it). A redelivered event makes nothing. Returns the names of the jobs made."""
+    repo = TrainerRepository(session)
+    now = _now()
+    if not repo.remember_dataset_audit(audit, now=now):
+        return []
+    dataset = audit.dataset_version.split("/versions/")[0]
+    created: list[str] = []
+    for split in repo.known_splits_of_version(dataset, audit.dataset_version):
+        created += _make_policy_jobs(session, split, audit, context, now=now)
+    return created
+
+
+def _make_policy_jobs(
+    session: Session,
+    split: SplitInfo,
+    audit: DatasetAuditInfo | None,
+    context: Context,
+    *,
+    now: datetime,
+) -> list[str]:
+    """For each enabled policy on the split's dataset make the one job the (policy, split) pair
+    names — nothing if it exists. A version the label audit BLOCKED gives FAILED jobs
+    (LABEL_AUDIT_BLOCKED: never started; the message names the rule and rows). A template that
+    no longer validates (say its base model was removed) gives a FAILED job, announced by
+    TrainingJobFailed, so the problem is visible instead of silently skipped; so does a job
+    that would exceed its model's or its policy's budget (BUDGET_EXCEEDED: it never starts; the
+    model's budget is the one kept with the policy)."""
+    repo = TrainerRepository(session)
     created: list[str] = []
     for policy in repo.enabled_policies_for(split.dataset):
         name = JOB_PREFIX + policy_job_id(policy.name, split.name)
         if repo.job_row(name) is not None:
+            continue
+        if audit is not None and audit.blocks_training:
+            job = _new_job(
+                name=name,
+                target_model=policy.target_model,
+                split=split,
+                config=policy.template,
+                training_policy=policy.name,
+                request_id="",
+                context=context,
+            )
+            job.state = JobState.FAILED
+            job.failure_reason = FailureReason.LABEL_AUDIT_BLOCKED
+            job.failure_message = audit.refusal()
+            row = repo.add_job(job, now=now)
+            _stage_failed(session, row, context, now=now)
+            created.append(name)
             continue
         violations: list[FieldViolation] = validate_job_config(policy.template, "job_template")
         unavailable: list[PreconditionViolation] = []
@@ -738,7 +933,25 @@ def on_split_created(session: Session, split: SplitInfo, context: Context) -> li
                 request_id="",
                 context=context,
             )
-            repo.add_job(job, now=now)
+            holders = [
+                BudgetHolder(policy.target_model, policy.model_budget),
+                BudgetHolder(policy.name, policy.budget),
+            ]
+            try:
+                job = _admitted(repo, job, model, holders, context)
+            except FailedPrecondition as refused:
+                job.state = JobState.FAILED
+                over_budget = all(v.type == BUDGET_EXCEEDED for v in refused.violations)
+                job.failure_reason = (
+                    FailureReason.BUDGET_EXCEEDED if over_budget else FailureReason.DATA_UNAVAILABLE
+                )
+                job.failure_message = "; ".join(
+                    f"{v.subject} {v.description}" for v in refused.violations
+                )
+                row = repo.add_job(job, now=now)
+                _stage_failed(session, row, context, now=now)
+            else:
+                repo.add_job(job, now=now)
         created.append(name)
     return created
 
@@ -945,6 +1158,9 @@ def record_checkpoint(
         is_best=is_best,
         is_final=message.is_final,
         cost_json=dumps(cost),
+        tokenizer_fingerprint_json=(
+            dumps(message.tokenizer_fingerprint.to_json()) if message.tokenizer_fingerprint else ""
+        ),
         create_time=now,
     )
     session.add(checkpoint)
@@ -988,6 +1204,13 @@ def record_checkpoint(
         event.validation_loss = record.validation_loss
     if record.stop_reason is not None:
         event.stop_reason = protos.stop_reason_to_proto(record.stop_reason)  # type: ignore[assignment]
+    if record.is_final:
+        # what BEST_AT_END evaluates: the job's result, not merely its last checkpoint
+        event.best_checkpoint = row.best_checkpoint or record.name
+    if record.tokenizer_fingerprint is not None:
+        event.tokenizer_fingerprint.CopyFrom(
+            protos.tokenizer_fingerprint_to_proto(record.tokenizer_fingerprint)
+        )
     stage_event(session, event, source=context.source, subject=record.name)
     return CheckpointOutcome(True, deletions)
 

@@ -21,6 +21,15 @@ class TrainerSettings(ServiceSettings):
 
     grpc_port: int = 50053
     metrics_port: int = 9103
+    watch_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "How often the trainer checks the database for job changes committed by another "
+            "replica while WatchTrainingJob streams are open (one query per interval for all "
+            "streams; idle streams block until woken)."
+        ),
+    )
     models_root: Path = Field(
         default_factory=default_models_root,
         description="Base models named by `model_name` live here (`tuneline models prepare`).",
@@ -52,6 +61,11 @@ class TrainerSettings(ServiceSettings):
         gt=0,
         description="Throughput a job estimate (`jobs create --dry-run`) assumes when no earlier "
         "run of the base model measured one; deliberately low, so a first estimate errs high.",
+    )
+    wait_for_dataset_audit: bool = Field(
+        default=True,
+        description="Training policies make a split's jobs only after its dataset version's "
+        "DatasetAudited (a BLOCKED version is never trained); false makes them on SplitCreated.",
     )
     max_worker_restarts: int = Field(
         default=3,

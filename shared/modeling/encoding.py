@@ -120,7 +120,8 @@ def _ids(tokenizer: Tokenizer, text: str, *, special: bool) -> list[int]:
     return [int(t) for t in tokenizer(text, add_special_tokens=special)["input_ids"]]
 
 
-def _row_slice(row: Row) -> str:
+def row_slice(row: Row) -> str:
+    """The row's slice: its `slice`, else its first tag, else "" (no slice)."""
     if isinstance(row.get("slice"), str):
         return str(row["slice"])
     tags = row.get("tags")
@@ -152,7 +153,7 @@ def encode_classification(
         input_ids=tuple(int(t) for t in ids),
         label=label_to_id[label],
         weight=_row_weight(row),
-        slice=_row_slice(row),
+        slice=row_slice(row),
     )
 
 
@@ -364,7 +365,7 @@ def encode_causal_lm(tokenizer: Tokenizer, row: Row, *, max_length: int) -> Enco
         input_ids=tuple(ids),
         labels=tuple(labels),
         weight=_row_weight(row),
-        slice=_row_slice(row),
+        slice=row_slice(row),
     )
 
 

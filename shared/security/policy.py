@@ -31,6 +31,7 @@ _SPLITTER = "tuneline.splitter.v1.SplitterService"
 _TRAINER = "tuneline.trainer.v1.TrainerService"
 _EVALUATOR = "tuneline.evaluator.v1.EvaluatorService"
 _REGISTRY = "tuneline.registry.v1.RegistryService"
+_SERVING = "tuneline.serving.v1.ServingService"
 
 
 def _rpcs(service: str, *methods: str) -> frozenset[str]:
@@ -47,6 +48,7 @@ _READS = (
         "ListDatasetVersions",
         "GetValidationReport",
         "ListValidationReports",
+        "GetDatasetAudit",
     )
     | _rpcs(_SPLITTER, "GetSplit", "ListSplits", "GetSplitPolicy")
     | _rpcs(
@@ -70,7 +72,21 @@ _READS = (
         "ListAliasHistory",
         "WatchAlias",
     )
+    | _rpcs(_SERVING, "GetServingState")
 )
+
+#: What the serving fleet calls on the registry: follow `production`, report live quality.
+_SERVING_FLEET = _rpcs(
+    _REGISTRY,
+    "GetModel",
+    "ListModels",
+    "GetCheckpoint",
+    "GetAlias",
+    "WatchAlias",
+    "ReportLiveQuality",
+)
+#: What an application calls on the serving fleet: predictions and their feedback.
+_INFERENCE = _rpcs(_SERVING, "Predict", "Generate", "SubmitFeedback", "GetServingState")
 
 #: The default table. People's roles include the reads, the way Kubernetes' `edit` includes
 #: `view`; service identities get exactly the calls their service makes, nothing else.
@@ -81,23 +97,26 @@ DEFAULT_ROLES: Mapping[str, frozenset[str]] = {
     | _rpcs(_SPLITTER, "CreateSplit", "SetSplitPolicy")
     | _rpcs(_TRAINER, "CreateTrainingJob", "SetTrainingPolicy")
     | _rpcs(_EVALUATOR, "EvaluateCheckpoint", "SetEvaluationPolicy")
-    | _rpcs(_REGISTRY, "CreateModel"),
+    | _rpcs(_REGISTRY, "CreateModel", "SetServingProfile")
+    | _INFERENCE,
     # moving `production` by decision: only reviewers (and automation inside the registry)
     "reviewer": _READS
     | _rpcs(_REGISTRY, "ApproveCheckpoint", "RejectCheckpoint", "PromoteCheckpoint"),
     "operator": _READS
-    | _rpcs(_REGISTRY, "RollbackModel", "ReportLiveQuality")
+    | _rpcs(_REGISTRY, "RollbackModel", "ReportLiveQuality", "UnfreezeAutomation")
     | _rpcs(_TRAINER, "CancelTrainingJob"),
-    # the serving fleet: follows `production` and reports how it does live
-    "serving": _rpcs(
-        _REGISTRY, "GetModel", "GetCheckpoint", "GetAlias", "WatchAlias", "ReportLiveQuality"
-    ),
+    # the serving fleet: follows `production` and reports how it does live (a token's role,
+    # or the serving service's own certificate identity below)
+    "serving": _SERVING_FLEET,
+    # an application using the serving fleet: predicts and sends feedback, nothing else
+    "inference": _INFERENCE,
     # what each service calls on its peers (services/*/adapters): nothing more
     "service:dataset": frozenset(),
     "service:splitter": _rpcs(_DATASET, "GetDatasetVersion"),
     "service:trainer": _rpcs(_SPLITTER, "GetSplit") | _rpcs(_REGISTRY, "GetModel"),
     "service:evaluator": _rpcs(_REGISTRY, "GetModel", "GetAlias", "GetCheckpoint"),
     "service:registry": frozenset(),
+    "service:serving": _SERVING_FLEET,
 }
 
 _SERVICE_IDENTITY = re.compile(r"^spiffe://[^/]+/service/(?P<service>[a-z][a-z0-9-]*)$")

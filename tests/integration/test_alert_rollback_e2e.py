@@ -4,22 +4,27 @@ The registry runs as its own process on a real broker; Debian's ``/usr/bin/prome
 the project's rule files (``for:`` shortened, 1 s scrape and evaluation intervals) and scrapes
 the registry; ``/usr/bin/prometheus-alertmanager`` runs the project's ``alertmanager.yml``
 with its rollback webhook pointed at the registry (bearer token from a file, 1 s group wait).
-A model with a floor gets two checkpoints promoted through real CheckpointReady and
-EvaluationCompleted events; live-quality reports with counts then feed the registry's
-confidence sequence: a first report too small to judge changes nothing, and once the upper
-bound is below the floor the alert must fire (the rule has no ``for:``), make Alertmanager call
-the webhook, roll production back to the first checkpoint, put one ModelRolledBack on Kafka,
-and resolve the alert.
+A model with a floor gets two checkpoints (real LoRA adapters on the packaged encoder) promoted
+through real CheckpointReady and EvaluationCompleted events, and the serving service (its own
+process) follows production. Traffic goes through it: Predict on the bad checkpoint, then
+labelled feedback, which serving counts and reports to the registry's confidence sequence. A
+first handful too small to judge changes nothing; once the upper bound is below the floor the
+alert must fire (the rule has no ``for:``), make Alertmanager call the webhook, roll production
+back to the first checkpoint, put one ModelRolledBack on Kafka, resolve the alert — and serving
+must swap back to the first checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
 import secrets
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +32,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
+from shared.modeling import default_models_root
+from shared.modeling.packaged import prepare_packaged_models
+from tests.fixtures.adapters import untrained_head_adapter
 from tests.fixtures.events import read_records, start_group_at_end
 from tests.fixtures.observability import (
     ALERTMANAGER_BINARY,
@@ -43,13 +51,17 @@ from tests.fixtures.observability import (
     write_prometheus_config,
 )
 from tests.fixtures.registry_events import (
+    BASE_MODEL,
     checkpoint_ready,
     evaluation_completed,
     model_definition,
     publish,
     registry_checkpoint,
 )
+from tests.fixtures.waiting import eventually
+from tuneline.client import TunelineError
 from tuneline.client.registry import RegistryClient
+from tuneline.client.serving import ServingClient
 from tuneline.devtools.kafka import free_port
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.registry.v1 import events_pb2, resources_pb2
@@ -59,8 +71,8 @@ pytestmark = pytest.mark.integration
 
 ALERT = "TunelineModelLiveQualityBelowFloor"
 FLOOR = 0.7
-#: Labelled outcomes of the bad checkpoint: 1,100 right of 2,000 (55 %).
-BAD_SUCCESSES, BAD_TRIALS = 1100, 2000
+#: The bad checkpoint's live traffic: 11 of every 20 predictions are right (55 %).
+BAD_RIGHT, BAD_OF = 11, 20
 #: 1 s scrape + 1 s evaluation + 1 s group wait + the webhook's transaction, with room for a
 #: loaded CI machine; the production path adds a 15 s scrape and evaluation and a 10 s group
 #: wait (the counted rule has no `for:`).
@@ -71,18 +83,11 @@ CONSUMED = [
     topic_for(evaluator_events.RegressionDetected),
 ]
 ROLLED_BACK = topic_for(events_pb2.ModelRolledBack)
+SERVING_CONSUMES = [topic_for(events_pb2.ModelPromoted), ROLLED_BACK]
+LABELS = ("fresh", "rotten")
+TEXTS = ("a gripping, funny film", "dull and far too long", "the cast is wonderful")
 
 T = TypeVar("T")
-
-
-def _wait_for(condition: Callable[[], T | None], *, timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _serving(client: RegistryClient) -> bool:
@@ -93,29 +98,101 @@ def _serving(client: RegistryClient) -> bool:
     return True
 
 
+def _adapter(artifacts: Path, job: str, seed: int) -> tuple[str, str]:
+    """A real LoRA adapter (its head from ``seed``) where the trainer keeps checkpoints."""
+    folder = artifacts / job / "step-100"
+    return untrained_head_adapter(folder, base_model_name=BASE_MODEL, labels=LABELS, seed=seed)
+
+
 def _promote_by_events(
-    client: RegistryClient, publisher: KafkaEventPublisher, model_id: str, job: str
+    client: RegistryClient,
+    publisher: KafkaEventPublisher,
+    model_id: str,
+    job: str,
+    artifact: tuple[str, str],
 ) -> str:
     """What the trainer and evaluator publish for a good checkpoint; returns its registry name."""
     baseline = client.production(f"models/{model_id}").checkpoint
-    publish(publisher, checkpoint_ready(model_id, job, 100))
-    publish(
-        publisher,
-        evaluation_completed(
-            model_id,
-            job,
-            100,
-            evaluation=f"evaluations/{model_id}-{job}",
-            baseline_checkpoint=baseline,
-        ),
+    ready = checkpoint_ready(model_id, job, 100)
+    ready.artifact_uri, ready.sha256 = artifact
+    publish(publisher, ready)
+    evaluation = evaluation_completed(
+        model_id,
+        job,
+        100,
+        evaluation=f"evaluations/{model_id}-{job}",
+        baseline_checkpoint=baseline,
     )
+    evaluation.checkpoint_sha256 = ready.sha256
+    publish(publisher, evaluation)
     name = registry_checkpoint(model_id, job, 100)
-    _wait_for(
+    eventually(
         lambda: client.production(f"models/{model_id}").checkpoint == name,
         timeout=180,
         what=f"{name} in production",
     )
     return name
+
+
+def _serves(serving: ServingClient, checkpoint: str) -> bool:
+    try:
+        return any(s.checkpoint == checkpoint for s in serving.state().served_models)
+    except TunelineError:
+        return False
+
+
+class LiveTraffic:
+    """Clients predicting and sending the true label, until stopped: on the bad checkpoint
+    ``BAD_RIGHT`` of every ``BAD_OF`` predictions are right, on any other all are."""
+
+    def __init__(self, serving: ServingClient, model: str, bad: str) -> None:
+        self.serving, self.model, self.bad = serving, model, bad
+        self.answered_by: list[str] = []
+        self.first_answer: dict[str, float] = {}
+        self.errors: list[Exception] = []
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._count = itertools.count()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            index = next(self._count)
+            try:
+                answer = self.serving.predict(self.model, TEXTS[index % len(TEXTS)])
+                right = answer.checkpoint != self.bad or index % BAD_OF < BAD_RIGHT
+                other = next(label for label in LABELS if label != answer.label)
+                self.serving.feedback(answer.prediction_id, label=answer.label if right else other)
+            except Exception as error:  # noqa: BLE001 - every failure is the finding
+                with self._lock:
+                    self.errors.append(error)
+                continue
+            with self._lock:
+                self.answered_by.append(answer.checkpoint)
+                self.first_answer.setdefault(answer.checkpoint, time.monotonic())
+
+    def served(self, checkpoint: str) -> int:
+        with self._lock:
+            return self.answered_by.count(checkpoint)
+
+
+def _traffic(serving: ServingClient, model: str, *, right: int, total: int) -> set[str]:
+    """``total`` predictions with labelled feedback, ``right`` of them right (the truth is
+    the predicted label, else the other one); returns the checkpoints that answered."""
+
+    def one(index: int) -> str:
+        answer = serving.predict(model, TEXTS[index % len(TEXTS)])
+        other = next(label for label in LABELS if label != answer.label)
+        serving.feedback(answer.prediction_id, label=answer.label if index < right else other)
+        return answer.checkpoint
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return set(pool.map(one, range(total)))
+
+
+def _live_trials(registry_metrics_url: str, model_id: str) -> float:
+    return _value(
+        scrape(registry_metrics_url), "tuneline_model_live_quality_trials", model=model_id
+    )
 
 
 def _firing(prometheus_url: str, model_id: str) -> dict[str, Any] | None:
@@ -224,12 +301,48 @@ def test_live_quality_below_the_floor_rolls_production_back(
         publisher = KafkaEventPublisher(kafka_bootstrap, client_id="test-alert-rollback")
         stack.callback(publisher.close)
 
-        # a model with a floor, and two good checkpoints promoted one after the other
+        # a model with a floor, the serving service following it, and two checkpoints (real
+        # adapters) promoted one after the other
         model_id = f"e2e-{uuid.uuid4().hex[:10]}"
+        model = f"models/{model_id}"
         client.create_model(model_id, model_definition(floor=FLOOR))
-        good = _promote_by_events(client, publisher, model_id, "good")
-        bad = _promote_by_events(client, publisher, model_id, "bad")
+        prepare_packaged_models(default_models_root(), names=(BASE_MODEL,))
+        artifacts = tmp_path / "data" / "trainer" / "artifacts"
+        serving_group = f"test-alert-serving-{uuid.uuid4().hex[:8]}"
+        ensure_topics(kafka_bootstrap, SERVING_CONSUMES)
+        start_group_at_end(kafka_bootstrap, serving_group, SERVING_CONSUMES)
+        serving_port = free_port()
+        serving_process = stack.enter_context(
+            managed(
+                "serving",
+                [sys.executable, "-m", "services.serving.entrypoints.main"],
+                tmp_path / "serving.log",
+                child_environment(
+                    TUNELINE_KAFKA_BOOTSTRAP=kafka_bootstrap,
+                    TUNELINE_DATA_DIR=str(tmp_path / "data"),
+                    TUNELINE_SERVING_GRPC_PORT=str(serving_port),
+                    TUNELINE_SERVING_METRICS_PORT=str(free_port()),
+                    TUNELINE_SERVING_REGISTRY_TARGET=f"127.0.0.1:{grpc_port}",
+                    TUNELINE_SERVING_MODELS=f'["{model}"]',
+                    TUNELINE_SERVING_CONSUMER_GROUP=serving_group,
+                    TUNELINE_SERVING_DEVICE="cpu",
+                    # batches by time only, so the test knows what each report holds
+                    TUNELINE_SERVING_REPORT_EVERY_FEEDBACKS="100000",
+                    TUNELINE_SERVING_REPORT_INTERVAL_SECONDS="0.5",
+                ),
+            )
+        )
+        serving = stack.enter_context(ServingClient(f"127.0.0.1:{serving_port}", timeout=60))
+        good = _promote_by_events(
+            client, publisher, model_id, "good", _adapter(artifacts, "good", seed=0)
+        )
+        bad = _promote_by_events(
+            client, publisher, model_id, "bad", _adapter(artifacts, "bad", seed=1)
+        )
         bad_id = bad.rsplit("/", 1)[-1]
+        serving_process.wait_until(
+            lambda: _serves(serving, bad), timeout=180, what="serving the bad checkpoint"
+        )
         # Prometheus scrapes the registry and sees what serves traffic
         prometheus.wait_until(
             lambda: bool(
@@ -243,33 +356,44 @@ def test_live_quality_below_the_floor_rolls_production_back(
         )
         assert not _firing(prometheus_url, model_id)
 
-        # 20 outcomes are too few for any verdict, however bad they look
-        early = client.report_live_quality(
-            f"models/{model_id}",
-            metric="accuracy",
-            successes=5,
-            trials=20,
-            source="e2e-feedback",
-            request_id="e2e-window-1",
+        # 20 labelled outcomes are too few for any verdict, however bad they look
+        first_bad_prediction = time.monotonic()
+        assert _traffic(serving, model, right=5, total=20) == {bad}
+        registry.wait_until(
+            lambda: _live_trials(registry_metrics_url, model_id) == 20,
+            timeout=60,
+            what="the first 20 outcomes counted",
         )
-        assert (early.total_trials, early.below_floor) == (20, False)
+        early = scrape(registry_metrics_url)
+        assert _value(early, "tuneline_model_live_quality_below_floor", model=model_id) == 0
+        # live traffic on the bad checkpoint (55 % right) until serving swaps back
+        traffic = LiveTraffic(serving, model, bad)
+        clients = [threading.Thread(target=traffic.run) for _ in range(3)]
+        for thread in clients:
+            thread.start()
+        stack.callback(lambda: [thread.join(60) for thread in clients])
+        stack.callback(traffic.stop.set)
+        labels = {"model": model_id, "checkpoint": bad_id}
+        registry.wait_until(
+            lambda: (
+                _value(
+                    scrape(registry_metrics_url),
+                    "tuneline_model_live_quality_below_floor",
+                    **labels,
+                )
+                == 1
+            ),
+            timeout=300,
+            what="the counted live quality surely below the floor",
+        )
         started = time.monotonic()
-        report = client.report_live_quality(
-            f"models/{model_id}",
-            metric="accuracy",
-            successes=BAD_SUCCESSES - 5,
-            trials=BAD_TRIALS - 20,
-            window_seconds=300,
-            source="e2e-feedback",
-            request_id="e2e-window-2",
-        )
-        assert report.checkpoint == bad
-        assert (report.total_successes, report.total_trials) == (BAD_SUCCESSES, BAD_TRIALS)
-        assert report.lower_bound < BAD_SUCCESSES / BAD_TRIALS < report.upper_bound < FLOOR
-        assert report.below_floor
-        assert report.floor == pytest.approx(FLOOR)
+        counted = scrape(registry_metrics_url)
+        upper = _value(counted, "tuneline_model_live_quality_upper_bound", **labels)
+        lower = _value(counted, "tuneline_model_live_quality_lower_bound", **labels)
+        assert lower < BAD_RIGHT / BAD_OF < upper < FLOOR
+        assert _value(counted, "tuneline_model_live_quality_trials", **labels) >= 100
 
-        alert = _wait_for(
+        alert = eventually(
             lambda: _firing(prometheus_url, model_id), timeout=180, what=f"{ALERT} firing"
         )
         fired_after = time.monotonic() - started
@@ -280,16 +404,27 @@ def test_live_quality_below_the_floor_rolls_production_back(
             "model": model_id,
             "checkpoint": bad_id,
             "metric": "accuracy",
+            "owner": "unowned",  # the model names no owner (rules/scorecard.yml)
         }
         assert f"below the model's floor of {FLOOR:g}" in alert["annotations"]["description"]
-        assert f"over {BAD_TRIALS} outcomes" in alert["annotations"]["description"]
+        assert re.search(r"over \d+ outcomes", alert["annotations"]["description"])
 
-        _wait_for(
+        eventually(
             lambda: client.production(f"models/{model_id}").checkpoint == good,
             timeout=180,
             what="production rolled back to the first checkpoint",
         )
         rolled_back_after = time.monotonic() - started
+        # serving follows: the next answers come from the first checkpoint again
+        serving_process.wait_until(
+            lambda: traffic.served(good) > 0, timeout=120, what="serving swapped back"
+        )
+        traffic.stop.set()
+        for thread in clients:
+            thread.join(60)
+        assert traffic.errors == [], "a request failed during the swap back"
+        swapped_back_after = traffic.first_answer[good] - first_bad_prediction
+        bad_served = traffic.served(bad) + 20
 
         # exactly one ModelRolledBack, caused by the alert
         records: list[Any] = read_records(
@@ -305,26 +440,24 @@ def test_live_quality_below_the_floor_rolls_production_back(
         assert rolled.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_ALERT
         assert rolled.actor == "alertmanager"
         assert rolled.cause.startswith("alert:")
-        assert rolled.reason.startswith(
-            f"Live accuracy of {model_id} is at most {report.upper_bound:.4g}"
-        )
-        server_seconds = (
-            rolled.event_time.ToDatetime() - report.report_time.ToDatetime()
-        ).total_seconds()
+        reason = re.match(rf"Live accuracy of {model_id} is at most ([0-9.e-]+)", rolled.reason)
+        assert reason, rolled.reason
+        assert float(reason[1]) < FLOOR
         alert_to_rollback = (
             rolled.event_time.ToDatetime() - rolled.trigger_time.ToDatetime()
         ).total_seconds()
         with capsys.disabled():
             print(
-                f"\nbad live-quality report → {ALERT} firing in Prometheus: {fired_after:.2f} s;"
-                f" → production rolled back (observed by GetAlias): {rolled_back_after:.2f} s"
-                f" (registry clock, report → rollback: {server_seconds:.2f} s;"
-                f" alert start → rollback: {alert_to_rollback:.2f} s)"
+                f"\nlive quality surely below the floor → {ALERT} firing in Prometheus:"
+                f" {fired_after:.2f} s; → production rolled back (observed by GetAlias):"
+                f" {rolled_back_after:.2f} s (registry clock, alert start → rollback:"
+                f" {alert_to_rollback:.2f} s); first bad prediction → serving swapped back:"
+                f" {swapped_back_after:.2f} s, {bad_served} bad predictions served"
             )
         assert rolled_back_after < MAX_SECONDS_TO_ROLLBACK
 
         # the alert resolves by itself: the old checkpoint's live series are gone
-        _wait_for(
+        eventually(
             lambda: (
                 not any(
                     a["labels"]["alertname"] == ALERT and a["labels"].get("model") == model_id
@@ -371,7 +504,7 @@ def test_live_quality_below_the_floor_rolls_production_back(
         assert last_move.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_ALERT
         assert last_move.to_checkpoint == good
 
-        for process in (prometheus, alertmanager, registry):
+        for process in (serving_process, prometheus, alertmanager, registry):
             assert process.stop() == 0, (
                 f"{process.name} did not stop cleanly:\n{process.log_tail()}"
             )

@@ -35,7 +35,8 @@ from tests.fixtures.secured_grpc import answering_services, call_rpc, every_rpc,
 
 PEOPLE = frozenset({"viewer", "editor", "reviewer", "operator"})
 READERS = PEOPLE  # every person's role includes the reads
-SERVING = frozenset({"serving"})
+#: The serving fleet: the `serving` role (a token) or the serving service's certificate.
+SERVING = frozenset({"serving", "service:serving"})
 
 #: Who may call what, written out from the issue's intent rather than derived from the table
 #: under test: `viewer` reads and watches; `editor` datasets, splits, jobs, policies, models;
@@ -52,6 +53,7 @@ EXPECTED: dict[str, frozenset[str]] = {
     "tuneline.dataset.v1.DatasetService/ListDatasetVersions": READERS,
     "tuneline.dataset.v1.DatasetService/GetValidationReport": READERS,
     "tuneline.dataset.v1.DatasetService/ListValidationReports": READERS,
+    "tuneline.dataset.v1.DatasetService/GetDatasetAudit": READERS,
     # splitter
     "tuneline.splitter.v1.SplitterService/CreateSplit": frozenset({"editor"}),
     "tuneline.splitter.v1.SplitterService/GetSplit": READERS | {"service:trainer"},
@@ -77,10 +79,11 @@ EXPECTED: dict[str, frozenset[str]] = {
     "tuneline.evaluator.v1.EvaluatorService/GetEvaluationPolicy": READERS,
     # registry
     "tuneline.registry.v1.RegistryService/CreateModel": frozenset({"editor"}),
+    "tuneline.registry.v1.RegistryService/SetServingProfile": frozenset({"editor"}),
     "tuneline.registry.v1.RegistryService/GetModel": READERS
     | SERVING
     | {"service:trainer", "service:evaluator"},
-    "tuneline.registry.v1.RegistryService/ListModels": READERS,
+    "tuneline.registry.v1.RegistryService/ListModels": READERS | SERVING,
     "tuneline.registry.v1.RegistryService/GetCheckpoint": READERS | SERVING | {"service:evaluator"},
     "tuneline.registry.v1.RegistryService/ListCheckpoints": READERS,
     "tuneline.registry.v1.RegistryService/GetAlias": READERS | SERVING | {"service:evaluator"},
@@ -90,7 +93,13 @@ EXPECTED: dict[str, frozenset[str]] = {
     "tuneline.registry.v1.RegistryService/ApproveCheckpoint": frozenset({"reviewer"}),
     "tuneline.registry.v1.RegistryService/RejectCheckpoint": frozenset({"reviewer"}),
     "tuneline.registry.v1.RegistryService/RollbackModel": frozenset({"operator"}),
-    "tuneline.registry.v1.RegistryService/ReportLiveQuality": frozenset({"operator", "serving"}),
+    "tuneline.registry.v1.RegistryService/ReportLiveQuality": frozenset({"operator"}) | SERVING,
+    "tuneline.registry.v1.RegistryService/UnfreezeAutomation": frozenset({"operator"}),
+    # serving
+    "tuneline.serving.v1.ServingService/Predict": frozenset({"editor", "inference"}),
+    "tuneline.serving.v1.ServingService/Generate": frozenset({"editor", "inference"}),
+    "tuneline.serving.v1.ServingService/SubmitFeedback": frozenset({"editor", "inference"}),
+    "tuneline.serving.v1.ServingService/GetServingState": READERS | {"inference"},
 }
 
 ROLES = sorted(DEFAULT_ROLES)

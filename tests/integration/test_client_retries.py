@@ -47,6 +47,10 @@ class _FlakyRegistry(service_pb2_grpc.RegistryServiceServicer):
         self._first_fails("ApproveCheckpoint", request, context)
         return service_pb2.ApproveCheckpointResponse()
 
+    def SetServingProfile(self, request, context):
+        self._first_fails("SetServingProfile", request, context)
+        return service_pb2.SetServingProfileResponse()
+
     def GetAlias(self, request, context):
         self._first_fails("GetAlias", request, context)
         return service_pb2.GetAliasResponse(alias=resources_pb2.Alias(name=request.name))
@@ -93,12 +97,21 @@ def test_a_caller_chosen_request_id_is_kept(flaky) -> None:
     assert [r.request_id for r in servicer.seen["RollbackModel"]] == ["ticket-42", "ticket-42"]
 
 
+def test_an_approval_is_retried_with_the_same_generated_request_id(flaky) -> None:
+    servicer, target = flaky
+    with _client(target) as client:
+        client.approve("models/m/checkpoints/c1", reviewer="ann", reason="looks good")
+    first, retry = servicer.seen["ApproveCheckpoint"]
+    assert first.request_id
+    assert retry.request_id == first.request_id
+
+
 def test_a_mutation_without_a_request_id_is_not_retried(flaky) -> None:
     servicer, target = flaky
     with _client(target) as client, pytest.raises(TunelineError) as raised:
-        client.approve("models/m/checkpoints/c1", reviewer="ann", reason="looks good")
+        client.set_serving_profile("models/m", None)
     assert raised.value.code == grpc.StatusCode.UNAVAILABLE
-    assert len(servicer.seen["ApproveCheckpoint"]) == 1, "never sent twice by the channel"
+    assert len(servicer.seen["SetServingProfile"]) == 1, "never sent twice by the channel"
 
 
 def test_reads_are_retried(flaky) -> None:

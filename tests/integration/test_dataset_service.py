@@ -47,7 +47,10 @@ def service(kafka_bootstrap: str, tmp_path: Path) -> Iterator[ServiceRuntime]:
     runtime = build_runtime(
         bootstrap.SPEC,
         CommonSettings(kafka_bootstrap=kafka_bootstrap, data_dir=tmp_path),
-        DatasetSettings(grpc_port=0, metrics_port=0, validation_workers=1),
+        # the label audit (a torch worker per service) has its own test module
+        DatasetSettings(
+            grpc_port=0, metrics_port=0, validation_workers=1, label_audit_enabled=False
+        ),
     )
     runtime.start()
     yield runtime

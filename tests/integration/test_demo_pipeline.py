@@ -6,13 +6,8 @@ their public APIs and events only: real Rotten Tomatoes reviews, real MiniLM LoR
 real evaluation against the base model and then against production.
 
 While the first dataset version flows through, every service is SIGKILLed once (its whole
-process group, workers included) at a moment it has work in hand, then started again:
-
-* dataset — as the first version is about to be uploaded (the stack loses its front door);
-* splitter — when that version's DatasetVersioned appears (it is splitting);
-* trainer — at the job's first intermediate checkpoint (training is half done);
-* evaluator — at the final CheckpointReady (the evaluation is queued or running);
-* registry — at EvaluationCompleted (it is deciding the promotion).
+process group, workers included) at a moment it has work in hand, then started again
+(:class:`tests.fixtures.crashes.Crashes` says which moment).
 
 The tests then check that every event came in causal order and that each effect happened
 exactly once, then the regression and rollback legs.
@@ -21,12 +16,9 @@ exactly once, then the regression and rollback legs.
 from __future__ import annotations
 
 import os
-import queue
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +27,28 @@ import pytest
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
 from shared.modeling import default_models_root
 from shared.modeling.packaged import prepare_packaged_models
+from tests.fixtures.crashes import Crashes, the_one_event
 from tests.fixtures.events import read_records, start_group_at_end
 from tests.fixtures.registry_events import publish, regression_detected
+from tests.fixtures.waiting import eventually
 from tuneline.client.dataset import DatasetClient
 from tuneline.client.errors import FailedPreconditionError
 from tuneline.client.evaluator import EvaluatorClient
 from tuneline.client.registry import RegistryClient
+from tuneline.client.serving import ServingClient
 from tuneline.client.splitter import SplitterClient
 from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
 from tuneline.demo.scenario import (
     DEMO_CHURN_OVERRIDE,
     ENCODER,
     DemoConfig,
-    DemoObserver,
     DemoSummary,
     StackEndpoints,
     run_demo,
 )
-from tuneline.demo.timeline import PIPELINE_EVENTS, SeenEvent
+from tuneline.demo.timeline import PIPELINE_EVENTS
 from tuneline.devtools.stack import SERVICE_NAMES, LocalStack, StackPorts, StackState
 from tuneline.registry.v1 import events_pb2 as registry_events
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
@@ -86,80 +81,6 @@ CONFIG = DemoConfig(
 
 
 @dataclass
-class Crashes(DemoObserver):
-    """Kills each service once at its moment in the first round, and restarts it."""
-
-    stack: LocalStack
-    kills: list[tuple[str, int, int]] = field(default_factory=list)  # service, old pid, new pid
-    errors: list[BaseException] = field(default_factory=list)
-    _pending: queue.Queue[str | None] = field(default_factory=queue.Queue)
-    _done: set[str] = field(default_factory=set)
-    _round: int = 0
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="crashes", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._pending.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout=300)
-
-    def settle(self, timeout: float = 300.0) -> None:
-        """Wait until every requested crash has been restarted."""
-        deadline = time.monotonic() + timeout
-        while self._pending.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.2)
-
-    def _crash(self, name: str) -> None:
-        if name not in self._done:
-            self._done.add(name)
-            self._pending.put(name)
-
-    def _work(self) -> None:
-        while (name := self._pending.get()) is not None:
-            try:
-                old = self._pid(name)
-                self.stack.kill_service(name)
-                self.stack.start_service(name, timeout=180)
-                self.kills.append((name, old, self._pid(name)))
-            except BaseException as error:  # noqa: BLE001 - reported by the test
-                self.errors.append(error)
-            finally:
-                self._pending.task_done()
-        self._pending.task_done()
-
-    def _pid(self, name: str) -> int:
-        state = self.stack.running()
-        assert state is not None
-        return next(s.pid for s in state.services if s.name == name)
-
-    # -- the moments --------------------------------------------------------------------------
-
-    def stage(self, title: str) -> None:
-        if title.startswith("Version 1"):
-            self._round = 1
-            self._crash("dataset")
-            self.settle()  # the upload needs the dataset service back
-
-    def event(self, seen: SeenEvent) -> None:
-        if self._round != 1:
-            return
-        message = seen.message
-        if seen.kind == "DatasetVersioned" and "heldout" not in message.dataset:
-            self._crash("splitter")
-        elif seen.kind == "CheckpointReady" and not message.is_final:
-            self._crash("trainer")
-        elif seen.kind == "CheckpointReady" and message.is_final:
-            self._crash("evaluator")
-        elif seen.kind == "EvaluationCompleted":
-            self._crash("registry")
-        elif seen.kind == "ModelPromoted":
-            self._round = 2
-
-
-@dataclass
 class DemoRun:
     summary: DemoSummary
     crashes: Crashes
@@ -181,16 +102,17 @@ def demo_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
         env[f"TUNELINE_{name.upper()}_CONSUMER_GROUP"] = group
     env["TUNELINE_TRAINER_MODELS_ROOT"] = str(models_root)
     env["TUNELINE_EVALUATOR_MODELS_ROOT"] = str(models_root)
+    env["TUNELINE_SERVING_MODELS_ROOT"] = str(models_root)
     env["TUNELINE_EVALUATOR_MAX_SEQ_LENGTH"] = str(CONFIG.max_seq_length)
     home: Path = tmp_path_factory.mktemp("demo-stack")
     stack = LocalStack(home, StackPorts.free(), kafka_bootstrap=kafka_bootstrap)
     state = stack.up(env=env, timeout=240)
-    crashes = Crashes(stack)
+    crashes = Crashes(stack, run_id=unique)  # other tests' events on the broker are no moments
     crashes.start()
     try:
         token = stack.webhook_token_path.read_text().strip()
         endpoints = StackEndpoints.of_stack(state, token)
-        summary = run_demo(CONFIG, endpoints, crashes)
+        summary = run_demo(replace(CONFIG, run_id=unique), endpoints, crashes)
         crashes.settle()
         for result in summary.rounds:  # shown with a failure, and with -s
             print(
@@ -201,18 +123,6 @@ def demo_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         crashes.stop()
         stack.down(state)
-
-
-def _index(events: list[SeenEvent], kind: str, **fields: object) -> int:
-    """The position of the one event of ``kind`` whose fields match (duplicates fail)."""
-    found = [
-        i
-        for i, seen in enumerate(events)
-        if seen.kind == kind and all(getattr(seen.message, k) == v for k, v in fields.items())
-    ]
-    ids = {events[i].id for i in found}
-    assert len(ids) == 1, f"{kind} {fields}: {len(ids)} distinct events"
-    return found[0]
 
 
 def test_every_service_was_killed_and_came_back(demo_run: DemoRun):
@@ -228,12 +138,14 @@ def test_every_service_was_killed_and_came_back(demo_run: DemoRun):
 def test_each_round_flows_in_causal_order_with_each_event_once(demo_run: DemoRun):
     events = demo_run.summary.events
     for result in demo_run.summary.rounds:
-        version = _index(events, "DatasetVersioned", dataset_version=result.dataset_version)
-        split = _index(events, "SplitCreated", dataset_version=result.dataset_version)
-        started = _index(events, "TrainingJobStarted", training_job=result.training_job)
-        final = _index(events, "CheckpointReady", checkpoint=result.checkpoint)
-        completed = _index(events, "TrainingJobCompleted", training_job=result.training_job)
-        evaluated = _index(events, "EvaluationCompleted", checkpoint=result.checkpoint)
+        version = the_one_event(events, "DatasetVersioned", dataset_version=result.dataset_version)
+        split = the_one_event(events, "SplitCreated", dataset_version=result.dataset_version)
+        started = the_one_event(events, "TrainingJobStarted", training_job=result.training_job)
+        final = the_one_event(events, "CheckpointReady", checkpoint=result.checkpoint)
+        completed = the_one_event(events, "TrainingJobCompleted", training_job=result.training_job)
+        evaluated = the_one_event(
+            events, "EvaluationCompleted", checkpoint=result.evaluated_checkpoint
+        )
         assert version < split < started < final < evaluated, result.label
         assert started < completed, result.label
         checkpoints = {
@@ -246,10 +158,14 @@ def test_each_round_flows_in_causal_order_with_each_event_once(demo_run: DemoRun
         assert len(steps) == len(set(steps)), (result.label, steps)
         assert result.checkpoint.endswith(f"step-{result.steps}")
         if result.promoted:
-            promoted = _index(events, "ModelPromoted", source_checkpoint=result.checkpoint)
+            promoted = the_one_event(
+                events, "ModelPromoted", source_checkpoint=result.evaluated_checkpoint
+            )
             assert evaluated < promoted
         else:
-            regressed = _index(events, "RegressionDetected", checkpoint=result.checkpoint)
+            regressed = the_one_event(
+                events, "RegressionDetected", checkpoint=result.evaluated_checkpoint
+            )
             assert evaluated < regressed
     assert [e.kind for e in events].count("TrainingJobFailed") == 0
 
@@ -275,7 +191,7 @@ def test_each_effect_was_applied_once_in_every_service(demo_run: DemoRun):
         }
         evaluations = list(evaluator.list_evaluations(model=summary.model))
         assert sorted(e.checkpoint for e in evaluations) == sorted(
-            r.checkpoint for r in summary.rounds
+            r.evaluated_checkpoint for r in summary.rounds
         )
         moves = list(registry.list_alias_history(f"{summary.model}/aliases/production"))
         registered = list(registry.list_checkpoints(summary.model))
@@ -312,6 +228,14 @@ def test_flipped_labels_are_refused_and_the_alert_rolls_back(demo_run: DemoRun):
     targets = {s.name: s.target for s in demo_run.state.services}
     with DatasetClient(targets["dataset"]) as datasets:
         versions = {v.name: v for v in datasets.list_versions(training_dataset)}
+        audits = {name: datasets.get_audit(name) for name in versions}
+    # ... the label audit saw the flipped labels (the demo lets it warn rather than block) and
+    # did not see noise beyond its limit in the clean versions
+    flipped_audit = audits[flipped.dataset_version]
+    assert flipped_audit.verdict == dataset_pb2.LABEL_AUDIT_VERDICT_WARNED
+    assert flipped_audit.noise_rate > flipped_audit.max_noise_rate
+    assert flipped_audit.suspected_count > 0
+    assert audits[grown.dataset_version].verdict == dataset_pb2.LABEL_AUDIT_VERDICT_PASSED
     # ... and the refusal stored no version; the override that let it in is in its lineage
     assert sorted(versions) == sorted(r.dataset_version for r in summary.rounds)
     assert versions[flipped.dataset_version].lineage.label_churn_override == DEMO_CHURN_OVERRIDE
@@ -326,7 +250,7 @@ def test_flipped_labels_are_refused_and_the_alert_rolls_back(demo_run: DemoRun):
     assert not [
         e
         for e in summary.events
-        if e.kind == "ModelPromoted" and e.message.source_checkpoint == flipped.checkpoint
+        if e.kind == "ModelPromoted" and e.message.source_checkpoint == flipped.evaluated_checkpoint
     ]
     rollback = summary.rollback
     assert rollback is not None
@@ -342,6 +266,30 @@ def test_flipped_labels_are_refused_and_the_alert_rolls_back(demo_run: DemoRun):
         if e.kind == "EvaluationCompleted"
     ]
     assert verdicts.count("EVALUATION_VERDICT_REGRESSED") == 1
+
+
+def test_serving_followed_production_back_to_the_first_checkpoint(demo_run: DemoRun):
+    """Killed when the first checkpoint was promoted, serving caught up through WatchAlias and
+    followed every move since: after the alert's rollback it serves the first checkpoint."""
+    summary = demo_run.summary
+    first = summary.rounds[0]
+    targets = {s.name: s.target for s in demo_run.state.services}
+    with ServingClient(targets["serving"]) as serving:
+        served = eventually(
+            lambda: next(
+                (
+                    s
+                    for s in serving.state().served_models
+                    if s.model == summary.model and s.checkpoint == first.registry_checkpoint
+                ),
+                None,
+            ),
+            timeout=120,
+            what=f"serving {first.registry_checkpoint}",
+        )
+        answer = serving.predict(summary.model, "a gripping, funny film")
+    assert answer.checkpoint == first.registry_checkpoint
+    assert served.alias_revision == 3  # promotion, promotion, rollback
 
 
 def test_rollback_by_event_and_by_rpc_reach_the_registry_process(

@@ -249,6 +249,18 @@ def test_a_trained_checkpoint_passes_is_promoted_and_a_flipped_one_regresses(
     assert completed.baseline.kind == evaluator_pb2.BASELINE_KIND_BASE_MODEL
     assert not completed.baseline.reused
     assert completed.lineage.checkpoint == good.checkpoint
+    # the default selection: the job's best by validation loss, once it ended (here the final)
+    assert completed.checkpoint_selection == evaluator_pb2.CHECKPOINT_SELECTION_BEST_AT_END
+    # the evaluation set was checked against the checkpoint's training rows (its lineage split)
+    checks = completed.data_checks
+    assert checks.training_split == stack.split.split
+    assert checks.contamination.status == evaluator_pb2.DATA_CHECK_STATUS_PASSED
+    assert checks.contamination.training_rows == len(stack.split.train_ids)
+    assert checks.coverage.status == evaluator_pb2.DATA_CHECK_STATUS_PASSED
+    assert {c.value for c in checks.coverage.labels} == set(LABELS)
+    assert checks.shift.status == evaluator_pb2.DATA_CHECK_STATUS_PASSED, checks.shift.reason
+    assert not checks.verdict_effect
+    assert "selection BEST_AT_END" in completed.selection_reason
     metrics = {(m.metric, m.slice): m.value for m in completed.metrics}
     baseline = {(m.metric, m.slice): m.value for m in completed.baseline.metrics}
     assert {"loss", "accuracy", "macro_f1", "recall/fresh", "recall/rotten"} <= {
@@ -271,6 +283,14 @@ def test_a_trained_checkpoint_passes_is_promoted_and_a_flipped_one_regresses(
         what="the registry to promote the passing checkpoint",
     )
     assert stack.registry.production(stack.model).sha256 == good.sha256
+    # the parity check ran on the way (no serving profile: lint and fingerprint skipped) and its
+    # merged release model is what production announces next to the adapter
+    assert completed.parity.verdict == common_pb2.PARITY_VERDICT_PASSED
+    assert completed.parity.fp32_max_abs_logit_delta <= 1e-4
+    assert completed.parity.merged_sha256
+    released = stack.registry.production(stack.model)
+    assert released.merged_sha256 == completed.parity.merged_sha256
+    assert released.merged_artifact_uri == completed.parity.merged_artifact_uri
 
     # -- a checkpoint trained on flipped labels against production -------------------------
     flipped = _announce(stack, flipped_adapter, "flipped", models_root)
@@ -346,6 +366,8 @@ def test_a_trained_checkpoint_passes_is_promoted_and_a_flipped_one_regresses(
     assert "REGRESSED" in shown.output
     assert "production_checkpoint" in shown.output
     assert f"regressed accuracy on primary/all: {detected.baseline:.4f}" in shown.output
+    assert f"data checks against {stack.split.split}" in shown.output
+    assert "contamination PASSED" in " ".join(shown.output.split())
     missing = CliRunner().invoke(cli, ["evals", "show", "doesnotexist"], env=env)
     assert missing.exit_code == 1
     assert "NOT_FOUND" in missing.output
@@ -378,5 +400,5 @@ def test_evaluate_checkpoint_answers_with_precise_statuses(stack: Stack):
         )
     assert [v.field for v in policy.value.violations] == ["evaluation_policy.batch_size"]
     default = stack.evaluator.get_evaluation_policy(stack.model)
-    assert default.checkpoint_selection == evaluator_pb2.CHECKPOINT_SELECTION_FINAL
+    assert default.checkpoint_selection == evaluator_pb2.CHECKPOINT_SELECTION_BEST_AT_END
     assert not default.HasField("update_time")

@@ -1,4 +1,4 @@
-"""``tuneline up``'s engine: a broker and five service processes, up, locked, and down."""
+"""``tuneline up``'s engine: a broker and six service processes, up, locked, and down."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_stack_comes_up_refuses_a_second_up_and_goes_down(tmp_path):
         "TUNELINE_KAFKA_CONTROLLER_PORT": free_port(),
         "TUNELINE_REGISTRY_WEBHOOK_PORT": free_port(),
     }
-    for name in ("dataset", "splitter", "trainer", "evaluator", "registry"):
+    for name in ("dataset", "splitter", "trainer", "evaluator", "registry", "serving"):
         moved[f"TUNELINE_{name.upper()}_GRPC_PORT"] = free_port()
         moved[f"TUNELINE_{name.upper()}_METRICS_PORT"] = free_port()
     env |= {variable: str(port) for variable, port in moved.items()}
@@ -48,6 +48,7 @@ def test_stack_comes_up_refuses_a_second_up_and_goes_down(tmp_path):
             "trainer",
             "evaluator",
             "registry",
+            "serving",
         ]
         for service in state.services:
             with grpc.insecure_channel(service.target) as channel:

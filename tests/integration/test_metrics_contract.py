@@ -1,6 +1,6 @@
 """Alert rules and dashboards only name metrics that something really exports.
 
-The five services boot in-process on the real broker (each with its own consumer group,
+The six services boot in-process on the real broker (each with its own consumer group,
 positioned at the end of its topics, so they sit idle), Alertmanager runs from Debian's
 binary, and each ``/metrics`` is scraped. Every metric name in every PromQL expression of
 ``deploy/prometheus/rules`` and ``deploy/grafana/dashboards`` (annotations and variable
@@ -27,6 +27,8 @@ from services.evaluator import bootstrap as evaluator_bootstrap
 from services.evaluator.settings import EvaluatorSettings
 from services.registry import bootstrap as registry_bootstrap
 from services.registry.settings import RegistrySettings
+from services.serving import bootstrap as serving_bootstrap
+from services.serving.settings import ServingSettings
 from services.splitter import bootstrap as splitter_bootstrap
 from services.splitter.settings import SplitterSettings
 from services.trainer import bootstrap as trainer_bootstrap
@@ -60,6 +62,7 @@ SERVICES: dict[str, tuple[Any, type[Any]]] = {
     "trainer": (trainer_bootstrap, TrainerSettings),
     "evaluator": (evaluator_bootstrap, EvaluatorSettings),
     "registry": (registry_bootstrap, RegistrySettings),
+    "serving": (serving_bootstrap, ServingSettings),
 }
 
 #: What every service exports through the shared runtime; proves each scrape was real.

@@ -12,21 +12,19 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.artifacts import artifact_store_from_uri
 from shared.events import Envelope, topic_for
 from tests.fixtures.datasets import rotten_tomatoes_rows, to_jsonl
 from tests.fixtures.events import read_records, start_group_at_end
 from tests.fixtures.postgresql import fresh_postgresql_database
+from tests.fixtures.waiting import wait_until_serving
 from tuneline.client.dataset import DatasetClient
 from tuneline.client.splitter import SplitterClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
@@ -45,22 +43,6 @@ def _start(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[byt
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
-
-
-def _wait_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise AssertionError(f"not SERVING on {port}:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -107,7 +89,12 @@ def test_upload_drives_a_split_across_processes(kafka_bootstrap, tmp_path, backe
     }
     try:
         for name, process in processes.items():
-            _wait_serving(ports[name][0], process, tmp_path / f"{name}.log")
+            wait_until_serving(
+                f"127.0.0.1:{ports[name][0]}",
+                timeout=90,
+                process=process,
+                log=tmp_path / f"{name}.log",
+            )
 
         rows = rotten_tomatoes_rows(2000, with_group=True)
         dataset_id = f"reviews-{run}"

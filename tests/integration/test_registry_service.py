@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,10 +45,12 @@ from tests.fixtures.registry_events import (
     registry_checkpoint,
     regression_detected,
 )
+from tests.fixtures.waiting import eventually
 from tuneline.client import (
     AbortedError,
     FailedPreconditionError,
     InvalidArgumentError,
+    NotFoundError,
     ResourceExhaustedError,
     TunelineError,
 )
@@ -70,6 +72,9 @@ CONSUMED = [
 ]
 PROMOTED = topic_for(events_pb2.ModelPromoted)
 ROLLED_BACK = topic_for(events_pb2.ModelRolledBack)
+
+#: A safety net for a broken build, never a measure of speed.
+WAIT_SECONDS = 120.0
 
 
 def _settings(**overrides: Any) -> RegistrySettings:
@@ -126,16 +131,6 @@ def publisher(kafka_bootstrap: str) -> Iterator[KafkaEventPublisher]:
     producer.close()
 
 
-def _wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or condition}")
-
-
 def _production(client: RegistryClient, model_id: str) -> str:
     return client.production(f"models/{model_id}").checkpoint
 
@@ -157,7 +152,11 @@ def _promote_by_events(
         ),
     )
     name = registry_checkpoint(model_id, job, 100)
-    _wait_for(lambda: _production(client, model_id) == name, what=f"{name} in production")
+    eventually(
+        lambda: _production(client, model_id) == name,
+        timeout=WAIT_SECONDS,
+        what=f"{name} in production",
+    )
     return name
 
 
@@ -240,12 +239,13 @@ def test_a_regressed_evaluation_is_not_promoted(service, client, publisher, kafk
         regression_detected(model_id, "flipped", 100, evaluation=f"evaluations/{model_id}-flipped"),
     )
     bad = registry_checkpoint(model_id, "flipped", 100)
-    _wait_for(
+    eventually(
         lambda: (
             client.get_checkpoint(bad).verdict == common_pb2.EVALUATION_VERDICT_REGRESSED
             if any(c.name == bad for c in client.list_checkpoints(f"models/{model_id}"))
             else False
         ),
+        timeout=WAIT_SECONDS,
         what="the regressed evaluation attached",
     )
     assert _production(client, model_id) == good
@@ -264,8 +264,9 @@ def test_manual_policy_sets_candidate_approve_promotes_and_reject_does_not(
             evaluation_completed(model_id, job, 100, evaluation=f"evaluations/{model_id}-{job}"),
         )
     rejected, approved = (registry_checkpoint(model_id, j, 100) for j in ("x", "y"))
-    _wait_for(
+    eventually(
         lambda: client.get_alias(f"models/{model_id}/aliases/candidate").revision == 2,
+        timeout=WAIT_SECONDS,
         what="candidate moved twice",
     )
     client.reject(rejected, reviewer="bob@example.com", reason="fails the fairness review")
@@ -329,6 +330,41 @@ def test_rollback_by_alertmanager_webhook(service, client, publisher, kafka_boot
     assert "below its floor" in rolled.reason
     history = list(client.list_alias_history(f"models/{model_id}/aliases/production"))
     assert [m.to_checkpoint for m in history] == [a, b, c, b]
+
+
+def test_a_second_automatic_rollback_is_refused_as_frozen_until_a_person_unfreezes(
+    service, client, publisher, monkeypatch: pytest.MonkeyPatch
+):
+    from typer.testing import CliRunner  # noqa: PLC0415 - the CLI command is checked here too
+
+    from tuneline.cli.main import app  # noqa: PLC0415
+
+    model_id = _new_model(client)
+    model = f"models/{model_id}"
+    a, b, _c = _three_in_production(client, publisher, model_id)
+    url = _webhook(service).url
+
+    def alert(fingerprint: str) -> str:
+        payload = alertmanager_notification(
+            model_id, fingerprint=fingerprint, starts_at=datetime.now(UTC)
+        )
+        status, body = _post(url, payload, TOKEN)
+        assert status == 200
+        return str(body["alerts"][0]["outcome"])
+
+    assert alert(uuid.uuid4().hex[:16]) == "rolled_back"
+    assert alert(uuid.uuid4().hex[:16]) == "frozen"  # the breaker's limit is 1 per hour
+    assert _production(client, model_id) == b
+    freeze = client.get_model(model).automation_freeze
+    assert freeze.automatic_rollbacks == 1
+    assert "automation frozen" in freeze.reason
+    monkeypatch.setenv("TUNELINE_REGISTRY_TARGET", f"127.0.0.1:{service.grpc_port}")
+    result = CliRunner().invoke(app, ["models", "unfreeze", model_id, "--reason", "alert fixed"])
+    assert result.exit_code == 0, result.output
+    assert "automation unfrozen" in result.output
+    assert not client.get_model(model).HasField("automation_freeze")
+    assert alert(uuid.uuid4().hex[:16]) == "rolled_back"
+    assert _production(client, model_id) == a
 
 
 def test_rollback_by_rpc_is_idempotent_and_refused_without_a_good_checkpoint(
@@ -412,7 +448,7 @@ def test_watch_alias_sees_every_move_in_order(service, client, publisher):
 
     watcher = threading.Thread(target=consume, daemon=True)
     watcher.start()
-    _wait_for(lambda: seen, what="the current state first")
+    eventually(lambda: seen, timeout=WAIT_SECONDS, what="the current state first")
     a, b, c = _three_in_production(client, publisher, model_id)
     client.rollback(f"models/{model_id}", reason="watch test")
     watcher.join(15)
@@ -558,7 +594,7 @@ def test_the_registry_process_rolls_back_by_alert_across_processes(
     )
     try:
         with RegistryClient(f"127.0.0.1:{grpc_port}", timeout=30) as registry:
-            _wait_for(lambda: _listening(registry), timeout=60, what="the registry process")
+            eventually(lambda: _listening(registry), timeout=60, what="the registry process")
             model_id = _new_model(registry)
             a, b = (_promote_by_events(registry, publisher, model_id, job) for job in "ab")
             payload = alertmanager_notification(
@@ -672,8 +708,9 @@ def test_with_mutual_tls_the_stored_reviewer_is_the_certificate_identity(
                 evaluation_completed(model_id, "x", 100, evaluation=f"evaluations/{model_id}-x"),
             )
             checkpoint = registry_checkpoint(model_id, "x", 100)
-            _wait_for(
+            eventually(
                 lambda: alice.get_alias(f"models/{model_id}/aliases/candidate").revision == 1,
+                timeout=WAIT_SECONDS,
                 what="candidate moved",
             )
             with pytest.raises(TunelineError) as denied:  # a viewer cannot approve
@@ -688,3 +725,53 @@ def test_with_mutual_tls_the_stored_reviewer_is_the_certificate_identity(
         assert promoted.actor == "alice"
     finally:
         runtime.stop()
+
+
+def test_a_failed_parity_check_blocks_promotion_over_grpc_with_its_reason(
+    service, client, publisher, kafka_bootstrap
+):
+    definition = model_definition(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
+    definition.serving_profile.CopyFrom(
+        common_pb2.ServingProfile(engine="vllm-0.6", max_lora_rank=16, supports_dora=False)
+    )
+    model_id = f"m-{uuid.uuid4().hex[:10]}"
+    created = client.create_model(model_id, definition)
+    assert created.serving_profile.revision == 1
+    with pytest.raises(InvalidArgumentError) as invalid:
+        client.set_serving_profile(
+            f"models/{model_id}", common_pb2.ServingProfile(max_lora_rank=-1)
+        )
+    assert invalid.value.violations[0].field == "serving_profile.max_lora_rank"
+    reason = "the adapter is DoRA and vllm-0.6 does not serve DoRA"
+    publish(publisher, checkpoint_ready(model_id, "dora", 100))
+    evaluation = evaluation_completed(model_id, "dora", 100, evaluation=f"evaluations/{model_id}")
+    evaluation.parity.CopyFrom(
+        common_pb2.ParityCheck(
+            verdict=common_pb2.PARITY_VERDICT_FAILED,
+            findings=[
+                common_pb2.ParityFinding(
+                    kind=common_pb2.PARITY_CHECK_KIND_DORA,
+                    verdict=common_pb2.PARITY_VERDICT_FAILED,
+                    reason=reason,
+                )
+            ],
+        )
+    )
+    publish(publisher, evaluation)
+    name = registry_checkpoint(model_id, "dora", 100)
+
+    def attached() -> resources_pb2.CheckpointEvaluation | None:
+        try:
+            return next(iter(client.get_checkpoint(name).evaluations), None)
+        except NotFoundError:  # CheckpointReady not consumed yet
+            return None
+
+    checkpoint = eventually(
+        attached, timeout=WAIT_SECONDS, what=f"the evaluation attached to {name}"
+    )
+    assert checkpoint.decision_reason == f"parity failed: {reason}"
+    with pytest.raises(FailedPreconditionError) as refused:
+        client.promote(name)
+    assert refused.value.violations[0].reason == "PARITY_FAILED"
+    assert reason in str(refused.value)
+    assert _production(client, model_id) == ""

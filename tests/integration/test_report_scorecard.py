@@ -45,6 +45,7 @@ from tests.fixtures.trainer_data import (
     write_split,
 )
 from tuneline.cli.main import app as cli
+from tuneline.client import ownership
 from tuneline.client.dataset import DatasetClient
 from tuneline.client.errors import FailedPreconditionError, InvalidArgumentError
 from tuneline.client.registry import RegistryClient
@@ -64,6 +65,7 @@ from tuneline.trainer.v1 import resources_pb2 as trainer_pb2
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 T = TypeVar("T")
+RUNBOOK = "https://runbooks.example.com/support-ml/scorecard"
 CONSUMED = [
     topic_for(trainer_events.CheckpointReady),
     topic_for(splitter_events.SplitCreated),
@@ -187,6 +189,9 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
                     metrics=[common_pb2.MetricGate(metric="accuracy", tolerance=0.02)]
                 ),
                 promotion_policy=registry_pb2.PROMOTION_POLICY_AUTOMATIC,
+                owner=ownership.owner("support-ml", "#support-ml", RUNBOOK),
+                # far above what the tiny runs cost: every run is admitted and runs through
+                budget=ownership.budget(per_run="100", per_month="1000"),
             ),
         )
         yield stack
@@ -578,10 +583,12 @@ def test_the_window_figures_match_what_the_services_recorded(
 
 
 def test_estimates_before_each_run_price_the_datas_tokens_at_the_measured_throughput(
-    stack: Stack, story: Story
+    stack: Stack, story: Story, card: Scorecard
 ):
     """The first run is priced at the conservative default; each later one at the throughput
-    the earlier runs of tiny-bert measured on this trainer's device type."""
+    the earlier runs of tiny-bert measured on this trainer's device type. Each job keeps its
+    estimate, and the scorecard shows the estimate's error per run."""
+    errors: list[float] = []
     for index, run in enumerate(("a", "b", "c")):
         estimate = story.estimates[run]
         actual = stack.trainer.get_training_job(story.jobs[run].name)
@@ -607,14 +614,39 @@ def test_estimates_before_each_run_price_the_datas_tokens_at_the_measured_throug
             estimate.overhead_device_seconds
             + estimate.estimated_tokens / estimate.tokens_per_device_second
         )
+        # the job recorded the same estimate when it was created, beside its actual cost
+        assert actual.estimate == estimate
+        assert actual.budget == stack.registry.get_model(stack.model).budget
         estimated = estimate.estimated_cost.units + estimate.estimated_cost.nanos / 1e9
         spent = actual.cost.amount.units + actual.cost.amount.nanos / 1e9
+        (row,) = [r for r in card.runs if r.run == actual.name]
+        assert row.estimate is not None
+        assert row.estimate.amount == pytest.approx(estimated)
+        assert row.estimate.tokens == estimate.estimated_tokens
+        assert row.estimate_error is not None
+        assert row.estimate_error.cost == pytest.approx((estimated - spent) / spent)
+        assert row.estimate_error.device_seconds == pytest.approx(
+            (estimate.estimated_device_seconds - actual.cost.device_seconds)
+            / actual.cost.device_seconds
+        )
+        errors.append(abs((estimated - spent) / spent))
         print(  # the figures for the record (pytest -s)
             f"{run}: estimated {estimate.estimated_tokens} tokens, "
             f"{estimate.estimated_device_seconds:.2f} device-s, {estimated:.6f} USD; "
             f"actual {actual.cost.tokens_processed} tokens, {actual.cost.device_seconds:.2f} "
             f"device-s, {spent:.6f} USD ({(estimated - spent) / spent:+.0%})"
         )
+    assert card.window.mean_absolute_estimate_error == pytest.approx(statistics.fmean(errors))
+
+
+def test_the_scorecard_names_the_owner_runbook_and_budget(stack: Stack, card: Scorecard):
+    model = stack.registry.get_model(stack.model)
+    assert (card.owner.team, card.owner.contact, card.owner.runbook_uri) == (
+        model.owner.team,
+        model.owner.contact,
+        RUNBOOK,
+    )
+    assert (card.budget.per_run, card.budget.per_month, card.budget.currency) == (100, 1000, "USD")
 
 
 def test_the_cli_prints_the_same_scorecard_as_json_and_writes_the_page(

@@ -7,13 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -30,6 +28,7 @@ from services.trainer import bootstrap as trainer_bootstrap
 from services.trainer.settings import TrainerSettings
 from shared.runtime import build_runtime
 from shared.settings import CommonSettings
+from tests.fixtures.waiting import wait_until_serving
 from tuneline.devtools.kafka import free_port
 
 pytestmark = pytest.mark.integration
@@ -43,21 +42,6 @@ SERVICES = {
 }
 
 
-def _wait_serving(target: str, service: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                if status.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise AssertionError(f"{service} at {target} never reported SERVING")
-
-
 @pytest.mark.parametrize("name", list(SERVICES))
 def test_service_boots_serves_health_reflection_and_metrics(name, kafka_bootstrap, tmp_path):
     bootstrap, settings_type = SERVICES[name]
@@ -66,7 +50,7 @@ def test_service_boots_serves_health_reflection_and_metrics(name, kafka_bootstra
     runtime.start()
     try:
         target = f"127.0.0.1:{runtime.grpc_port}"
-        _wait_serving(target, bootstrap.SERVICE_NAME, timeout=10)
+        wait_until_serving(target, service=bootstrap.SERVICE_NAME, timeout=60)
         with grpc.insecure_channel(target) as channel:
             services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
         assert bootstrap.SERVICE_NAME in services
@@ -99,7 +83,7 @@ def test_a_service_process_stops_gracefully_on_sigterm(kafka_bootstrap, tmp_path
         text=True,
     )
     try:
-        _wait_serving(f"127.0.0.1:{port}", registry_bootstrap.SERVICE_NAME)
+        wait_until_serving(f"127.0.0.1:{port}", service=registry_bootstrap.SERVICE_NAME, timeout=60)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:

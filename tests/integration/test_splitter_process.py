@@ -11,19 +11,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.splitter.bootstrap import SERVICE_NAME
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
 from tests.fixtures.dataset_side import DatasetSide
 from tests.fixtures.datasets import rotten_tomatoes_rows
 from tests.fixtures.events import start_group_at_end
+from tests.fixtures.waiting import wait_until_serving
 from tuneline.client.splitter import SplitterClient
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.devtools.kafka import free_port
@@ -44,23 +42,6 @@ def dataset_side(kafka_bootstrap: str, tmp_path: Path) -> Iterator[DatasetSide]:
         )
     finally:
         publisher.close()
-
-
-def _wait_serving(target: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                status = health.Check(
-                    health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1
-                )
-                if status.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise AssertionError(f"the splitter at {target} never reported SERVING")
 
 
 def test_the_service_runs_as_its_own_process(dataset_side: DatasetSide, unique: str) -> None:
@@ -84,7 +65,7 @@ def test_the_service_runs_as_its_own_process(dataset_side: DatasetSide, unique: 
         text=True,
     )
     try:
-        _wait_serving(f"127.0.0.1:{port}")
+        wait_until_serving(f"127.0.0.1:{port}", service=SERVICE_NAME, timeout=60)
         event = dataset_side.version(f"process-{unique}", dataset_side.reviews(300))
         dataset_side.announce(event)
         _, (created,) = dataset_side.split_events(event.dataset_version, expected=1, timeout=60)

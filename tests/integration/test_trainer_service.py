@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.events import header, read_records, start_group_at_end
 from tests.fixtures.trainer_data import build_tiny_bert, sentiment_rows, write_split
+from tests.fixtures.waiting import eventually
 from tuneline.cli.main import app as cli
 from tuneline.client.errors import (
     FailedPreconditionError,
@@ -42,6 +44,8 @@ from tuneline.client.errors import (
 from tuneline.client.registry import RegistryClient
 from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
+from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events_pb2
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
 from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
@@ -82,8 +86,9 @@ class Registry:
     def target(self) -> str:
         return f"127.0.0.1:{self.runtime.grpc_port}"
 
-    def register(self, model: str) -> str:
-        """Create ``model`` (``models/{id}``): classification on tiny-bert, reviewed by hand."""
+    def register(self, model: str, budget: common_pb2.Budget | None = None) -> str:
+        """Create ``model`` (``models/{id}``): classification on tiny-bert, reviewed by hand,
+        with ``budget`` if given."""
         with RegistryClient(self.target, timeout=30) as registry:
             registry.create_model(
                 model.removeprefix("models/"),
@@ -94,6 +99,7 @@ class Registry:
                         dataset_version="datasets/held-out/versions/v1"
                     ),
                     promotion_policy=registry_pb2.PROMOTION_POLICY_MANUAL,
+                    budget=budget,
                 ),
             )
         return model
@@ -177,10 +183,18 @@ def client(service: ServiceRuntime) -> Iterator[TrainerClient]:
 
 
 def publish_split(
-    bootstrap_servers: str, data_dir: Path, dataset: str, *, rows: int = 160, seed: int = 0
+    bootstrap_servers: str,
+    data_dir: Path,
+    dataset: str,
+    *,
+    rows: int = 160,
+    seed: int = 0,
+    audit: int = dataset_pb2.LABEL_AUDIT_VERDICT_PASSED,
+    audit_reason: str = "",
 ) -> splitter_events_pb2.SplitCreated:
     """Write a canonical JSONL + manifest where the splitter keeps them (under the data dir)
-    and publish SplitCreated as the splitter's outbox does."""
+    and publish SplitCreated as the splitter's outbox does; then the version's DatasetAudited
+    with verdict ``audit`` as the dataset service does (policies wait for it)."""
     version = f"{dataset}/versions/v{uuid.uuid4().hex[:8]}"
     written = write_split(
         data_dir / "splitter" / "artifacts" / version.replace("/", "_"),
@@ -218,6 +232,17 @@ def publish_split(
         )
     event.event_time.GetCurrentTime()
     send_event(bootstrap_servers, event, event.split)
+    audited = dataset_events_pb2.DatasetAudited(
+        dataset_version=version,
+        dataset=dataset,
+        content_sha256=written.dataset_sha256,
+        task_type=common_pb2.TASK_TYPE_CLASSIFICATION,
+        verdict=audit,  # type: ignore[arg-type]
+        reason=audit_reason,
+        suspected_line_numbers=[3, 17, 42] if audit_reason else [],
+        audit=f"{version}/audit",
+    )
+    send_event(bootstrap_servers, audited, version)
     return event
 
 
@@ -261,16 +286,14 @@ def wait_for(
     condition: Callable[[resources_pb2.TrainingJob], bool],
     timeout: float = 180.0,
 ) -> resources_pb2.TrainingJob:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def job_meeting_it() -> resources_pb2.TrainingJob | None:
         try:
             job = client.get_training_job(name)
         except NotFoundError:
-            job = None
-        if job is not None and condition(job):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"{name} never reached the condition; last: {job}")
+            return None
+        return job if condition(job) else None
+
+    return eventually(job_meeting_it, timeout=timeout, what=f"{name} to reach the condition")
 
 
 def events_of(bootstrap_servers: str, message_type: Any, job: str, expected: int) -> list[Any]:
@@ -306,6 +329,41 @@ def await_split(client: TrainerClient, split: str, timeout: float = 60.0) -> Non
 
 
 # -- tests ----------------------------------------------------------------------------------------
+
+
+def test_a_version_its_label_audit_blocked_is_never_trained(
+    service: ServiceRuntime, client: TrainerClient, registry: Registry, kafka_bootstrap: str
+) -> None:
+    unique = uuid.uuid4().hex[:8]
+    dataset = f"datasets/blocked-{unique}"
+    target = registry.register(f"models/blocked-{unique}")
+    policy = client.set_training_policy(
+        resources_pb2.TrainingPolicy(
+            name=f"trainingPolicies/blocked-{unique}",
+            dataset=dataset,
+            target_model=target,
+            job_template=tiny_template(),
+        )
+    )
+    reason = "label_audit: estimated label noise 31.0% is above the 25% allowed (policy block)"
+    event = publish_split(
+        kafka_bootstrap,
+        service.context.common.data_dir,
+        dataset,
+        audit=dataset_pb2.LABEL_AUDIT_VERDICT_BLOCKED,
+        audit_reason=reason,
+    )
+    name = "trainingJobs/" + policy_job_id(policy.name, event.split)
+    job = wait_for(client, name, lambda j: j.state == FAILED, timeout=60)
+    assert job.failure_reason == resources_pb2.TRAINING_FAILURE_REASON_LABEL_AUDIT_BLOCKED
+    assert reason in job.failure_message
+    assert "3, 17, 42" in job.failure_message
+    assert not job.HasField("start_time")
+    with pytest.raises(FailedPreconditionError) as refused:
+        client.create_training_job(job_for(event.split, tiny_template(), target))
+    (violation,) = refused.value.violations
+    assert (violation.reason, violation.field) == ("LABEL_AUDIT_BLOCKED", event.dataset_version)
+    assert reason in violation.description
 
 
 def test_split_created_trains_once_and_announces_checkpoints(
@@ -723,3 +781,73 @@ def test_the_cli_creates_lists_and_watches_a_job(
     )
     assert refused.exit_code == 1
     assert "MODEL_REFUSED" in refused.output or "pickle" in refused.output
+
+
+def test_a_budget_refuses_a_run_before_it_starts_and_stops_one_that_reaches_it(
+    registry: Registry, kafka_bootstrap: str, tmp_path: Path, models_root: Path, unique: str
+) -> None:
+    """The model's per-run budget, held by the registry and enforced by the trainer: a job
+    estimated over it is refused with the budget named; a job admitted under it that costs more
+    than estimated is stopped with a final checkpoint and BUDGET_EXHAUSTED."""
+    # a device-second costs USD 1, so the tiny run's budget is reached within seconds; the
+    # first run parks after step 2 until the supervisor stops it, whatever the machine's speed
+    runtime = _start(
+        registry,
+        kafka_bootstrap,
+        tmp_path,
+        models_root,
+        f"test-trainer-{unique}",
+        fault_hold_after_step=2,
+        price_per_device_hour=Decimal(3600),
+    )
+    try:
+        with TrainerClient(f"127.0.0.1:{runtime.grpc_port}", timeout=30) as client:
+            event = publish_split(kafka_bootstrap, tmp_path, f"datasets/b-{unique}")
+            await_split(client, event.split)
+            spec = job_for(event.split, tiny_template(), registry.register(f"models/f-{unique}"))
+            _planned, estimate = client.estimate_training_job(spec)
+            cost = estimate.estimated_cost
+            assert cost.currency_code == "USD"
+            assert estimate.estimated_device_seconds > 0
+
+            def budget(units: int, nanos: int) -> common_pb2.Budget:
+                limit = common_pb2.Money(currency_code="USD", units=units, nanos=nanos)
+                return common_pb2.Budget(max_cost_per_run=limit)
+
+            half = (cost.units * 1_000_000_000 + cost.nanos) // 2
+            spec.target_model = registry.register(
+                f"models/h-{unique}", budget(*divmod(half, 1_000_000_000))
+            )
+            with pytest.raises(FailedPreconditionError) as refused:
+                client.create_training_job(spec, job_id=f"over-{unique}")
+            (violation,) = refused.value.violations
+            assert (violation.reason, violation.field) == ("BUDGET_EXCEEDED", spec.target_model)
+            assert violation.description.startswith("max_cost_per_run:")
+            with pytest.raises(NotFoundError):
+                client.get_training_job(f"trainingJobs/over-{unique}")
+
+            spec.target_model = registry.register(
+                f"models/e-{unique}", budget(cost.units, cost.nanos)
+            )
+            name = client.create_training_job(spec, job_id=f"stop-{unique}").name
+            job = wait_for(client, name, lambda j: j.state in TERMINAL, timeout=240)
+            checkpoints = list(client.list_checkpoints(name))
+    finally:
+        runtime.stop()
+    assert job.state == SUCCEEDED, job.failure_message
+    assert job.stop_reason == resources_pb2.TRAINING_STOP_REASON_BUDGET_EXHAUSTED
+    assert job.budget.max_cost_per_run == cost
+    assert job.estimate.estimated_cost == cost  # recorded beside the actual
+    spent = job.cost.amount.units * 1_000_000_000 + job.cost.amount.nanos
+    assert spent >= cost.units * 1_000_000_000 + cost.nanos
+    assert 1 <= job.progress.step < 12  # stopped at a step boundary, before max_steps
+    final = checkpoints[-1]
+    assert final.is_final
+    assert final.step == job.progress.step
+    assert final.stop_reason == resources_pb2.TRAINING_STOP_REASON_BUDGET_EXHAUSTED
+    (ready,) = [
+        events_pb2.CheckpointReady.FromString(r.value)
+        for r in events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, len(checkpoints))
+        if events_pb2.CheckpointReady.FromString(r.value).is_final
+    ]
+    assert ready.stop_reason == resources_pb2.TRAINING_STOP_REASON_BUDGET_EXHAUSTED

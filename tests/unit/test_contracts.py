@@ -40,6 +40,7 @@ EXPECTED_RPCS: dict[str, dict[str, str]] = {
         "GetDatasetVersion": UNARY,
         "ListDatasetVersions": UNARY,
         "GetValidationReport": UNARY,
+        "GetDatasetAudit": UNARY,
     },
     "tuneline.splitter.v1.SplitterService": {
         "CreateSplit": UNARY,

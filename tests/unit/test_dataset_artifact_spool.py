@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.artifacts import ArtifactError, LocalArtifactStore
+from tests.fixtures.datasets import stored_artifacts
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_an_uncommitted_spool_leaves_nothing(store: LocalArtifactStore) -> None:
     with store.open_spool() as spool:
         spool.write(b"rejected content")
     assert store.temp_entries() == []
-    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+    assert stored_artifacts(store.root) == []
 
 
 def test_an_exception_in_the_block_leaves_nothing(store: LocalArtifactStore) -> None:

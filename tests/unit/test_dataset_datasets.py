@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 
 from services.dataset import handlers
+from services.dataset.adapters.messages import dataset_to_proto
 from services.dataset.domain import (
     DEFAULT_MAX_IMBALANCE_RATIO,
     DEFAULT_MAX_LABEL_CHURN,
+    DEFAULT_MAX_LABEL_NOISE_RATE,
     DEFAULT_MAX_TEXT_LENGTH,
     DEFAULT_MIN_ROWS_PER_CLASS,
     DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
+    LabelAuditAction,
     Outcome,
     SchemaPolicy,
     Severity,
@@ -22,6 +25,7 @@ from services.dataset.domain import (
 )
 from services.dataset.handlers import DatasetDeps, IngestRequest
 from shared.errors import AlreadyExists, InvalidArgument, NotFound
+from shared.ownership import Owner
 from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_jsonl
 
 
@@ -55,6 +59,8 @@ def test_create_resolves_defaults_and_get_returns_the_same(deps: DatasetDeps) ->
         rule_severities={"duplicate_row": Severity.ERROR},
         max_label_churn=DEFAULT_MAX_LABEL_CHURN,
         min_shared_rows_for_churn=DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
+        label_audit_action=LabelAuditAction.BLOCK,
+        max_label_noise_rate=DEFAULT_MAX_LABEL_NOISE_RATE,
     )
     assert handlers.get_dataset(deps, "datasets/reviews") == created
     with pytest.raises(AlreadyExists):
@@ -89,6 +95,35 @@ def test_invalid_ids_names_and_policies_name_every_field(deps: DatasetDeps) -> N
         handlers.get_dataset(deps, "reviews")  # not a resource name
     with pytest.raises(NotFound):
         handlers.get_dataset(deps, "datasets/absent")
+
+
+def test_a_dataset_keeps_its_owner_and_refuses_one_that_cannot_route_alerts(
+    deps: DatasetDeps,
+) -> None:
+    owner = Owner("support-ml", "#support-ml", "https://runbooks.example.com/reviews")
+    handlers.create_dataset(
+        deps,
+        dataset_id="reviews",
+        task_type=TaskType.CLASSIFICATION,
+        policy=SchemaPolicy(),
+        owner=owner,
+    )
+    stored = handlers.get_dataset(deps, "datasets/reviews")
+    assert stored.owner == owner
+    assert dataset_to_proto(stored).owner.runbook_uri == owner.runbook_uri
+    with pytest.raises(InvalidArgument) as raised:
+        handlers.create_dataset(
+            deps,
+            dataset_id="other",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(),
+            owner=Owner("Support ML", "x" * 201, "ftp://runbooks"),
+        )
+    assert {v.field for v in raised.value.violations} == {
+        "dataset.owner.team",
+        "dataset.owner.contact",
+        "dataset.owner.runbook_uri",
+    }
 
 
 def test_list_datasets_pages_by_name_and_filters_by_task(deps: DatasetDeps) -> None:

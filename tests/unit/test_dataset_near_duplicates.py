@@ -127,3 +127,29 @@ def test_contamination_names_the_evaluation_rows_with_near_duplicates_in_trainin
     for query, matches in found.items():
         assert matches == [query - 100]  # each names the training row it came from
     assert near_duplicates_in(clean, train) == {}
+
+
+def test_causal_lm_rows_are_compared_on_prompt_and_completion(deps: DatasetDeps) -> None:
+    """A chat dataset teaching one long answer under two unrelated short prompts: the prompts
+    alone are not near-duplicates, prompt and completion together are."""
+    handlers.create_dataset(
+        deps, dataset_id="reviews", task_type=TaskType.CAUSAL_LM, policy=SchemaPolicy()
+    )
+    rows: list[dict[str, str]] = [
+        {"prompt": f"Summarise review {i}.", "completion": row["text"]}
+        for i, row in enumerate(REVIEWS[:30])
+    ]
+    # lines 31 and 32 teach the answers of lines 1 and 2 under other prompts
+    rows += [
+        {"prompt": "What did the critic think?", "completion": REVIEWS[0]["text"]},
+        {"prompt": "Give me the gist, please!", "completion": REVIEWS[1]["text"]},
+    ]
+
+    result = upload(deps, rows)
+
+    assert result.version is not None
+    (finding,) = [f for f in result.report.findings if f.rule is Rule.NEAR_DUPLICATES]
+    assert finding.severity is Severity.WARNING
+    assert finding.line_numbers == (1, 2, 31, 32)
+    assert "near-duplicate prompts and completions" in finding.message
+    assert "lines 1, 31; lines 2, 32" in finding.message

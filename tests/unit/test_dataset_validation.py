@@ -264,3 +264,40 @@ def test_the_plain_text_shortcut_takes_typical_text_and_declines_the_rest() -> N
     assert plain_text("It\u2019s a \u201cfine\u201d film \u2014 really.") is not None
     for tricky in ("CAF\u00c9", "e\u0301", "\ufb01ne", "tab\there", 'a "quote"', "nbsp\u00a0"):
         assert plain_text(tricky) is None, tricky
+
+
+# -- causal-LM rows that declare a JSON schema --------------------------------------------------
+
+
+def test_a_causal_lm_row_keeps_its_json_schema_and_a_bad_schema_is_refused() -> None:
+    policy = SchemaPolicy().resolved(TaskType.CAUSAL_LM)
+    schema = {"type": "object", "required": ["city"]}
+    rows = [
+        {
+            "prompt": "Where? Answer in JSON.",
+            "completion": '{"city": "Paris"}',
+            "json_schema": schema,
+        },
+        {"prompt": "Any JSON.", "completion": "[1, 2]", "json_schema": {}},
+    ]
+    written = bytearray()
+    validator = StreamingValidator(
+        TaskType.CAUSAL_LM, policy, written.extend, max_line_bytes=1 << 20
+    )
+    validator.feed(to_jsonl(rows))
+    result = validator.finish()
+    assert result.row_count == 2
+    assert not result.has_errors
+    kept = [json.loads(line) for line in bytes(written).splitlines()]
+    assert [row["json_schema"] for row in kept] == [schema, {}]
+
+    for bad in ("an object", {"type": "no-such-type"}):
+        refused = StreamingValidator(
+            TaskType.CAUSAL_LM, policy, lambda _: None, max_line_bytes=1 << 20
+        )
+        refused.feed(to_jsonl([{"prompt": "p", "completion": "c", "json_schema": bad}]))
+        outcome = refused.finish()
+        assert outcome.row_count == 0
+        assert any(
+            f.rule == "wrong_type" and "json_schema" in f.message for f in outcome.findings
+        ), outcome.findings

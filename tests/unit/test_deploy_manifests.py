@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
-SERVICE_NAMES = ("dataset", "splitter", "trainer", "evaluator", "registry")
-GPU_SERVICES = {"trainer", "evaluator"}
+SERVICE_NAMES = ("dataset", "splitter", "trainer", "evaluator", "registry", "serving")
+GPU_SERVICES = {"trainer", "evaluator", "serving"}  # torch on a CUDA base image
 SERVICE_UID = "10001"
 
 
@@ -167,7 +167,11 @@ def test_service_ports_probes_and_settings_agree(overlay: str, name: str) -> Non
     assert config[f"{prefix}GRPC_HOST"] == "0.0.0.0"
     assert int(config[f"{prefix}GRPC_PORT"]) == ports.grpc
     assert int(config[f"{prefix}METRICS_PORT"]) == ports.metrics
-    env_from = [e["configMapRef"]["name"].rsplit("-", 1)[0] for e in container["envFrom"]]
+    env_from = [
+        e["configMapRef"]["name"].rsplit("-", 1)[0]
+        for e in container["envFrom"]
+        if "configMapRef" in e  # prod adds the optional S3 credentials' Secret
+    ]
     assert env_from == ["tuneline-common", f"{name}-config"]
 
     service_ports = {p["name"]: p for p in _objects(directory, "Service")[name]["spec"]["ports"]}
@@ -195,7 +199,11 @@ def test_service_pods_run_as_the_image_user_with_resources(overlay: str, name: s
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     data_dir = _config_map(f"overlays/{overlay}", "tuneline-common")["TUNELINE_DATA_DIR"]
     volume = _volume_mount_of(deployment, data_dir)
-    assert volume["persistentVolumeClaim"]["claimName"] == "tuneline-data"
+    if overlay == "prod":  # artifacts in S3: the data folder is the pod's own scratch space
+        assert "emptyDir" in volume
+        assert "persistentVolumeClaim" not in volume
+    else:
+        assert volume["persistentVolumeClaim"]["claimName"] == "tuneline-data"
     assert "/tmp" in mounts, "the root filesystem is read-only outside dev"
 
 
@@ -242,21 +250,68 @@ def test_a_single_gpu_trainer_is_replaced_not_rolled() -> None:
         assert strategy["type"] == "Recreate"
 
 
-def test_prod_uses_postgres_shared_storage_and_an_external_kafka() -> None:
-    for name in SERVICE_NAMES:
+def test_prod_uses_postgres_s3_and_an_external_kafka() -> None:
+    # serving keeps no state of its own: one consumer group and SQLite file per pod, on /tmp
+    serving = _config_map("overlays/prod", "serving-config")
+    assert serving["TUNELINE_SERVING_DATABASE_URL"].startswith("sqlite:////tmp/")
+    for name in (n for n in SERVICE_NAMES if n != "serving"):
         env = {
             e["name"]: e for e in _container(_objects("overlays/prod", "Deployment")[name])["env"]
         }
         reference = env[f"TUNELINE_{name.upper()}_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
         assert reference == {"name": "tuneline-postgres", "key": f"{name}-database-url"}
-    claim = _objects("overlays/prod", "PersistentVolumeClaim")["tuneline-data"]
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    roots = set()
+    for name in SERVICE_NAMES:
+        root = _config_map("overlays/prod", f"{name}-config")[
+            f"TUNELINE_{name.upper()}_ARTIFACT_ROOT"
+        ]
+        assert root.startswith("s3://"), root
+        assert root.endswith(f"/{name}"), root
+        roots.add(root.rsplit("/", 1)[0])
+        container = _container(_objects("overlays/prod", "Deployment")[name])
+        assert {"secretRef": {"name": "tuneline-s3", "optional": True}} in container["envFrom"]
+    assert len(roots) == 1, "one bucket, a prefix per service"
+    assert not _objects("overlays/prod", "PersistentVolumeClaim"), "no shared volume with S3"
     assert "StatefulSet" not in {d["kind"] for d in _render("overlays/prod")}
     assert (
         _config_map("overlays/prod", "tuneline-common")["TUNELINE_KAFKA_BOOTSTRAP"]
         != (_config_map("overlays/dev", "tuneline-common")["TUNELINE_KAFKA_BOOTSTRAP"])
     )
     assert not _objects("overlays/prod", "Secret"), "production secrets are created out of band"
+
+
+@pytest.mark.parametrize("name", [n for n in SERVICE_NAMES if n != "serving"])
+def test_prod_pods_migrate_their_schema_before_they_start(name: str) -> None:
+    deployment = _objects("overlays/prod", "Deployment")[name]
+    (migrate,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert migrate["image"] == _container(deployment)["image"]
+    assert migrate["command"] == ["python", "-m", f"services.{name}.entrypoints.main", "migrate"]
+    variable = f"TUNELINE_{name.upper()}_DATABASE_URL"
+    (database,) = [e for e in migrate["env"] if e["name"] == variable]
+    (served,) = [e for e in _container(deployment)["env"] if e["name"] == variable]
+    assert database == served, "the init container migrates the database the service uses"
+    assert migrate["envFrom"] == [
+        {"configMapRef": {"name": ref["configMapRef"]["name"]}}
+        for ref in _container(deployment)["envFrom"]
+        if "configMapRef" in ref
+    ]
+    assert migrate["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "memory" in migrate["resources"]["limits"]
+
+
+def test_prod_runs_replicas_of_every_service_but_the_trainer_under_disruption_budgets() -> None:
+    deployments = _objects("overlays/prod", "Deployment")
+    budgets = _objects("overlays/prod", "PodDisruptionBudget")
+    assert deployments["trainer"]["spec"]["replicas"] == 1  # one pod per GPU node
+    assert "trainer" not in budgets
+    for name in (n for n in SERVICE_NAMES if n != "trainer"):
+        assert deployments[name]["spec"]["replicas"] >= 2, name
+        budget = budgets[name]["spec"]
+        assert budget["minAvailable"] == 1, name
+        pods = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert budget["selector"]["matchLabels"].items() <= pods.items(), name
+        rolling = deployments[name]["spec"]["strategy"]
+        assert rolling["type"] == "RollingUpdate", f"{name}: replicas are replaced one by one"
 
 
 # --- the rollback webhook's secret --------------------------------------------------------

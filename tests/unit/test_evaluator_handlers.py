@@ -17,6 +17,13 @@ from services.evaluator.adapters.protos import checkpoint_ref_from_event
 from services.evaluator.adapters.repository import EvaluatorRepository
 from services.evaluator.adapters.scoring import ScoringFailed, ScoringJob, ScoringResult
 from services.evaluator.adapters.tables import EvaluatorBase
+from services.evaluator.domain.data_checks import (
+    Contamination,
+    Coverage,
+    DataChecks,
+    DataCheckStatus,
+    Shift,
+)
 from services.evaluator.domain.evaluation import (
     BaseModelRef,
     CheckpointSelection,
@@ -26,6 +33,7 @@ from services.evaluator.domain.evaluation import (
     FailureReason,
     ModelSpec,
     RegisteredCheckpoint,
+    ScoringConditions,
     UnknownToRegistry,
 )
 from services.evaluator.domain.gate import GatePolicy, Verdict
@@ -34,9 +42,12 @@ from shared.artifacts import LocalArtifactStore
 from shared.db import create_database_engine, create_schema, create_session_factory
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.events import Envelope, OutboxEvent, ReceivedEvent
-from shared.modeling import load_split_rows
+from shared.modeling import AdapterMetadata, load_split_rows, write_adapter_metadata
+from shared.running_claims import RunningClaims
 from tests.fixtures.evaluation_inputs import checkpoint_ready, review_rows, store_split
+from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
+from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
 
 MODEL = "models/sentiment"
 BASE_SHA = "b" * 64
@@ -150,6 +161,7 @@ def env(tmp_path: Path, database_url: str):
         dependency_wait_seconds=60,
         clock=clock,
         on_events_staged=lambda: staged.append(1),
+        claims=RunningClaims(engine, "evaluations"),
     )
     with sessions.begin() as session:
         handlers.on_split_created(_received(split_event), session)
@@ -176,11 +188,31 @@ def _received(message, event_id: str | None = None) -> ReceivedEvent:
     return ReceivedEvent(message, envelope, envelope.topic, 0, 0)
 
 
-def _announce(env, job: str, *, quality: float, is_final: bool = True, step: int = 10):
+def _checkpoint_event(
+    env,
+    job: str,
+    *,
+    quality: float,
+    is_final: bool = True,
+    step: int = 10,
+    trained_max_length: int | None = None,
+):
+    """A CheckpointReady for a fake adapter of ``job`` that scores ``quality``."""
     adapter = env.tmp / "adapters" / job
     adapter.mkdir(parents=True, exist_ok=True)
     (adapter / "adapter_config.json").write_text(f'{{"job": "{job}"}}')
     (adapter / "adapter_model.safetensors").write_bytes(job.encode() * 10)
+    if trained_max_length is not None:
+        write_adapter_metadata(
+            adapter,
+            AdapterMetadata(
+                task_type="classification",
+                labels=["neg", "pos"],
+                max_seq_length=trained_max_length,
+                base_model_files_sha256=BASE_SHA,
+                base_model_name="tiny-bert",
+            ),
+        )
     event = checkpoint_ready(
         env.tmp,
         adapter,
@@ -193,6 +225,26 @@ def _announce(env, job: str, *, quality: float, is_final: bool = True, step: int
         is_final=is_final,
     )
     env.scorer.quality[f"checkpoint:{event.sha256}"] = quality
+    return event
+
+
+def _announce(
+    env,
+    job: str,
+    *,
+    quality: float,
+    is_final: bool = True,
+    step: int = 10,
+    trained_max_length: int | None = None,
+):
+    event = _checkpoint_event(
+        env,
+        job,
+        quality=quality,
+        is_final=is_final,
+        step=step,
+        trained_max_length=trained_max_length,
+    )
     with env.sessions.begin() as session:
         queued = handlers.on_checkpoint_ready(
             _received(event), session, defaults=env.deps.defaults, clock=env.clock
@@ -244,6 +296,63 @@ def test_the_checkpoint_selection_decides_what_is_queued(env):
     assert final is not None
 
 
+def _announce_step(env, job: str, step: int, loss: float | None, *, best: str = ""):
+    """Announce one checkpoint of ``job`` with BEST_AT_END in force; ``best`` marks the final
+    one (it names the job's best, as the trainer's final CheckpointReady does)."""
+    event = _checkpoint_event(env, f"{job}-step{step}", quality=0.8, step=step)
+    event.checkpoint = f"trainingJobs/{job}/checkpoints/step-{step}"
+    event.training_job = f"trainingJobs/{job}"
+    event.is_final = bool(best)
+    event.best_checkpoint = f"trainingJobs/{job}/checkpoints/{best}" if best else ""
+    if loss is not None:
+        event.validation_loss = loss
+    defaults = handlers.ServiceDefaults()  # BEST_AT_END
+    with env.sessions.begin() as session:
+        return handlers.on_checkpoint_ready(
+            _received(event), session, defaults=defaults, clock=env.clock
+        )
+
+
+def test_best_at_end_is_the_default_and_evaluates_the_job_s_best_checkpoint(env):
+    assert handlers.ServiceDefaults().checkpoint_selection is CheckpointSelection.BEST_AT_END
+    # announced along the way, nothing is queued: the job has not ended
+    assert _announce_step(env, "run", 10, 0.52) is None
+    assert _announce_step(env, "run", 20, 0.61) is None
+    # the final checkpoint names step 10 as the best: step 10 is what is evaluated
+    queued = _announce_step(env, "run", 30, 0.64, best="step-10")
+    assert queued is not None
+    assert queued.checkpoint.name == "trainingJobs/run/checkpoints/step-10"
+    assert queued.selection is CheckpointSelection.BEST_AT_END
+    assert queued.selection_reason == (
+        "the job's best checkpoint by validation loss: step 10, validation loss 0.52; the final "
+        "checkpoint, step 30, validation loss 0.64 (selection BEST_AT_END)"
+    )
+    # a re-announced final queues nothing more
+    assert _announce_step(env, "run", 30, 0.64, best="step-10") is None
+    [evaluation] = _run_all(env)
+    [completed] = [o for o in _outbox(env) if o.topic.endswith("EvaluationCompleted")]
+    message = evaluator_events.EvaluationCompleted.FromString(completed.payload)
+    assert message.checkpoint == "trainingJobs/run/checkpoints/step-10"
+    assert message.checkpoint_selection == evaluator_pb2.CHECKPOINT_SELECTION_BEST_AT_END
+    assert message.selection_reason == evaluation.selection_reason == queued.selection_reason
+
+
+def test_best_at_end_waits_for_the_best_checkpoint_announced_after_the_final_one(env):
+    # the two events travel under different record keys: the final may come first
+    assert _announce_step(env, "late", 30, 0.70, best="step-20") is None
+    assert _announce_step(env, "late", 10, 0.90) is None  # not the best
+    queued = _announce_step(env, "late", 20, 0.60)
+    assert queued is not None
+    assert queued.checkpoint.name == "trainingJobs/late/checkpoints/step-20"
+
+
+def test_best_at_end_evaluates_the_final_checkpoint_of_a_job_that_never_validated(env):
+    queued = _announce_step(env, "unvalidated", 30, None, best="step-30")
+    assert queued is not None
+    assert queued.checkpoint.name == "trainingJobs/unvalidated/checkpoints/step-30"
+    assert "no validated checkpoint" in queued.selection_reason
+
+
 def test_a_better_candidate_passes_against_the_base_model_and_events_are_staged(env):
     event, _ = _announce(env, "job-good", quality=0.85)
     [evaluation] = _run_all(env)
@@ -279,6 +388,50 @@ def test_the_second_evaluation_reuses_the_stored_baseline(env):
     assert second.baseline.reused is True
     assert [len(job.subjects) for job in env.scorer.jobs] == [2, 1], "no second base scoring"
     assert first.baseline.metrics == second.baseline.metrics
+
+
+def _conditions(device_type: str, dtype: str, torch_version: str = "2.13.0"):
+    return ScoringConditions(device_type, dtype, torch_version, "5.24.0", "0.21.0")
+
+
+def test_a_baseline_stored_under_other_conditions_is_scored_again_not_paired(env):
+    env.deps.conditions = lambda: _conditions("cpu", "float32")
+    _announce(env, "job-cpu", quality=0.8)
+    [on_cpu] = _run_all(env)
+    env.deps.conditions = lambda: _conditions("cuda", "bfloat16")
+    _announce(env, "job-gpu", quality=0.81)
+    [on_gpu] = _run_all(env)
+    env.deps.conditions = lambda: _conditions("cuda", "bfloat16", torch_version="2.14.0")
+    _announce(env, "job-new-torch", quality=0.82)
+    [new_torch] = _run_all(env)
+    env.deps.conditions = lambda: _conditions("cuda", "bfloat16")
+    _announce(env, "job-gpu-again", quality=0.83)
+    [gpu_again] = _run_all(env)
+
+    assert [e.baseline.reused for e in (on_cpu, on_gpu, new_torch, gpu_again)] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert [len(job.subjects) for job in env.scorer.jobs] == [2, 2, 2, 1]
+    assert [job.scoring.conditions.device_type for job in env.scorer.jobs] == [
+        "cpu",
+        "cuda",
+        "cuda",
+        "cuda",
+    ]
+
+
+def test_candidate_and_baseline_are_scored_with_the_adapter_s_training_length(env):
+    _announce(env, "job-96", quality=0.8, trained_max_length=96)
+    _announce(env, "job-plain", quality=0.8)
+    _run_all(env)
+    trained, plain = env.scorer.jobs
+    assert trained.scoring.max_seq_length == 96
+    assert len(trained.subjects) == 2, "the baseline is scored at the same length"
+    assert plain.scoring.max_seq_length == env.deps.defaults.max_seq_length
+    assert len(plain.subjects) == 2, "a baseline scored at another length is not paired"
 
 
 def test_a_production_checkpoint_scored_as_a_candidate_is_reused_as_the_baseline(env):
@@ -414,9 +567,29 @@ def test_interrupted_evaluations_are_queued_again(env):
     _announce(env, "job-crash", quality=0.8)
     claimed = handlers.claim_next(env.deps)
     assert claimed.state is EvaluationState.RUNNING
+    env.deps.claims.release(claimed.name)  # the stopped service's claims went with it
     assert handlers.requeue_interrupted(env.deps) == 1
     again = handlers.claim_next(env.deps)
     assert again.name == claimed.name
+
+
+def test_a_starting_replica_requeues_only_what_a_stopped_replica_left_running(env):
+    """PostgreSQL: a RUNNING evaluation whose replica lives (its claim is held) stays put; one
+    whose replica is gone (no claim: its session died with it) is queued again."""
+    if not env.deps.claims.enabled:
+        pytest.skip("SQLite runs one replica: what is RUNNING at start is all its own")
+    _announce(env, "job-live", quality=0.8)
+    _announce(env, "job-gone", quality=0.8)
+    live = handlers.claim_next(env.deps)
+    gone = handlers.claim_next(env.deps)
+    assert live is not None
+    assert gone is not None
+    env.deps.claims.release(gone.name)  # what the server does when a replica's session dies
+    assert handlers.requeue_interrupted(env.deps) == 1
+    again = handlers.claim_next(env.deps)
+    assert again is not None
+    assert again.name == gone.name
+    assert handlers.claim_next(env.deps) is None, "the live replica's evaluation is not taken"
 
 
 # -- RPC handlers -----------------------------------------------------------------------------
@@ -592,3 +765,61 @@ def test_checkpoint_refs_round_trip_through_the_stored_event(env):
         stored = EvaluatorRepository(session).checkpoint(event.checkpoint)
     assert stored == checkpoint_ref_from_event(event)
     assert stored.base_model.files_sha256 == BASE_SHA
+
+
+def test_a_contaminated_evaluation_set_withholds_a_pass_and_says_why_in_its_event(env):
+    """The scorer is asked to compare the primary set with the train part of the candidate's
+    lineage split; a contaminated finding turns PASSED into INSUFFICIENT_DATA."""
+    contaminated = DataChecks(
+        env.split.split,
+        Contamination(
+            DataCheckStatus.FLAGGED,
+            "30 of 200 evaluation rows (15.0%) have a near-duplicate among 200 training rows",
+            evaluation_rows=200,
+            training_rows=200,
+            contaminated_rows=30,
+            max_share=0.01,
+            similarity_threshold=0.5,
+            row_ids=("r-1", "r-2"),
+        ),
+        Coverage(DataCheckStatus.FLAGGED, "never evaluated: labels 'neg'", (), ()),
+        Shift(DataCheckStatus.PASSED, "no shift", auc=0.52, p_value=0.3, permutations=200),
+    )
+    scorer = env.scorer
+
+    def scoring_with_checks(job: ScoringJob) -> ScoringResult:
+        result = scorer(job)
+        result.data_checks = contaminated
+        return result
+
+    env.deps.score = scoring_with_checks
+    _announce(env, "job-leaky", quality=0.85)
+    [evaluation] = _run_all(env)
+
+    checks_job = scorer.jobs[-1].data_checks
+    assert checks_job is not None
+    assert checks_job.training_split == env.split.split
+    assert checks_job.training.part == "train"
+    assert checks_job.training.manifest_sha256 == env.split.manifest_sha256
+    assert evaluation.verdict is Verdict.INSUFFICIENT_DATA
+    assert evaluation.data_checks is not None
+    assert evaluation.data_checks.verdict_effect.startswith("PASSED withheld")
+    completed = evaluator_events.EvaluationCompleted.FromString(_outbox(env)[0].payload)
+    assert completed.verdict == common_pb2.EVALUATION_VERDICT_INSUFFICIENT_DATA
+    assert completed.data_checks.contamination.status == evaluator_pb2.DATA_CHECK_STATUS_FLAGGED
+    assert completed.data_checks.contamination.contaminated_share == pytest.approx(0.15)
+    assert list(completed.data_checks.contamination.evaluation_row_ids) == ["r-1", "r-2"]
+    assert completed.data_checks.verdict_effect == evaluation.data_checks.verdict_effect
+    assert completed.data_checks.shift.effect_size == pytest.approx(0.02)
+    with env.sessions() as session:
+        stored = handlers.get_evaluation(session, evaluation.name)
+    assert stored.data_checks == evaluation.data_checks
+
+
+def test_without_data_checks_from_the_scorer_the_checks_are_skipped_with_a_reason(env):
+    _announce(env, "job-plain", quality=0.85)
+    [evaluation] = _run_all(env)
+    assert evaluation.verdict is Verdict.PASSED
+    assert evaluation.data_checks is not None
+    assert evaluation.data_checks.contamination.status is DataCheckStatus.SKIPPED
+    assert "did not run" in evaluation.data_checks.contamination.reason

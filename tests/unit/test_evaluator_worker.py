@@ -15,7 +15,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import peft
 import pytest
+import torch
+import transformers
 
 from services.evaluator.adapters.scoring import (
     RowSource,
@@ -67,6 +70,24 @@ def _job(tmp_path: Path, *, adapter: str = "", rows: int = 40) -> ScoringJob:
         models_root=str(tmp_path / "models"),
         device="cpu",
     )
+
+
+def test_the_worker_says_what_it_scores_under_and_refuses_other_conditions(worker, tmp_path):
+    conditions = worker.conditions("cpu", timeout=300)
+    assert conditions.device_type == "cpu"
+    assert conditions.dtype == "float32"
+    assert conditions.torch_version == torch.__version__
+    assert conditions.transformers_version == transformers.__version__
+    assert conditions.peft_version == peft.__version__
+    job = _job(tmp_path)
+    matching = dataclasses.replace(
+        job, scoring=dataclasses.replace(job.scoring, conditions=conditions)
+    )
+    assert worker.run(matching, timeout=300).outcomes
+    other = dataclasses.replace(conditions, device_type="cuda", dtype="bfloat16")
+    elsewhere = dataclasses.replace(job, scoring=dataclasses.replace(job.scoring, conditions=other))
+    with pytest.raises(ScoringFailed, match="expects to be scored under"):
+        worker.run(elsewhere, timeout=300)
 
 
 def test_a_job_is_scored_in_the_worker_process(worker, tmp_path):

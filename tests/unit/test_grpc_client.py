@@ -147,11 +147,20 @@ def test_only_reads_and_mutations_with_a_request_id_are_retryable() -> None:
     trainer = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
     names = set(retryable_methods(registry, trainer))
     prefix = "tuneline.registry.v1.RegistryService/"
-    for method in ("GetAlias", "ListModels", "WatchAlias", "RollbackModel", "PromoteCheckpoint"):
+    for method in (
+        "GetAlias",
+        "ListModels",
+        "WatchAlias",
+        "RollbackModel",
+        "PromoteCheckpoint",
+        "ApproveCheckpoint",
+        "RejectCheckpoint",
+        "CreateModel",
+    ):
         assert prefix + method in names
-    for method in ("ApproveCheckpoint", "RejectCheckpoint", "CreateModel"):
-        assert prefix + method not in names, "a repeat would not be recognised as one"
+    assert prefix + "SetServingProfile" not in names, "a repeat would not be recognised as one"
     assert "tuneline.trainer.v1.TrainerService/CreateTrainingJob" in names
+    assert "tuneline.trainer.v1.TrainerService/SetTrainingPolicy" in names
     assert "tuneline.trainer.v1.TrainerService/CancelTrainingJob" not in names
     assert "grpc.health.v1.Health/Check" in names
 
@@ -179,5 +188,5 @@ def test_with_request_id_fills_an_empty_id_on_a_copy_and_keeps_a_given_one() -> 
     assert with_request_id(request).request_id != stamped.request_id, "one id per call"
     chosen = registry_pb2.RollbackModelRequest(model="models/m", request_id="mine")
     assert with_request_id(chosen) is chosen
-    approve = registry_pb2.ApproveCheckpointRequest(checkpoint="c")
-    assert with_request_id(approve) is approve, "no field, nothing to fill"
+    profile = registry_pb2.SetServingProfileRequest(model="models/m")
+    assert with_request_id(profile) is profile, "no field, nothing to fill"

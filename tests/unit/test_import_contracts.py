@@ -78,7 +78,7 @@ def _service_of(target: str) -> str | None:
 
 
 def test_the_contracts_see_every_service() -> None:
-    assert {"dataset", "splitter", "trainer", "evaluator", "registry"} <= set(SERVICES)
+    assert {"dataset", "splitter", "trainer", "evaluator", "registry", "serving"} <= set(SERVICES)
     # the reader below understands relative imports the way Python does
     assert _imports(ROOT / "services" / "trainer" / "__init__.py") is not None
 

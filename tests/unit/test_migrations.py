@@ -20,7 +20,7 @@ from shared.db import create_database_engine, create_schema
 from shared.events.tables import PlumbingBase
 from shared.migrations import schema_differences, upgrade_schema
 
-SERVICES = ["dataset", "splitter", "trainer", "evaluator", "registry"]
+SERVICES = ["dataset", "splitter", "trainer", "evaluator", "registry", "serving"]
 
 
 def _tables(service: str) -> list:

@@ -175,6 +175,22 @@ def test_alertmanager_configuration_is_valid() -> None:
         ),
         (["alertname=TunelineServiceDown", "job=registry", "severity=critical"], "sre"),
         (["alertname=TunelineModelQualityBelowFloor", "model=support"], "sre"),
+        # by owner: a team with a route gets its alerts; a rollback still goes to the webhook
+        (
+            ["alertname=TunelineModelRolledBack", "model=support", "owner=support-ml"],
+            "team-support-ml",
+        ),
+        (
+            [
+                "action=rollback",
+                "alertname=TunelineModelLiveQualityBelowFloor",
+                "model=support",
+                "owner=support-ml",
+            ],
+            "registry-rollback",
+        ),
+        (["alertname=TunelineModelRolledBack", "model=reviews", "owner=unowned"], "sre"),
+        (["alertname=TunelineServiceDown", "job=registry", "owner=platform"], "sre"),
     ],
 )
 def test_alerts_route_to_the_right_receiver(labels: list[str], receiver: str) -> None:
@@ -230,6 +246,22 @@ def test_rollback_alerts_name_the_model_and_the_checkpoint() -> None:
                     assert {"model", "checkpoint"} <= alert["exp_labels"].keys(), check
                     checked.add(check["alertname"])
     assert checked == rollback_alerts
+
+
+def test_every_alert_names_an_owner() -> None:
+    """An alert about a model joins the model's owner (``tuneline:model_owner``); an alert about
+    the platform says ``owner: platform``; and every tested firing alert shows its owner."""
+    join = "* on (model) group_left (owner) tuneline:model_owner"
+    for rule in _alert_rules():
+        static = rule["labels"].get("owner")
+        joined = join in " ".join(rule["expr"].split())
+        assert bool(static) != joined, f"{rule['alert']}: a static owner or the join, not both"
+        assert static in (None, "platform"), rule["alert"]
+    for path in RULE_TEST_FILES:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                for alert in check.get("exp_alerts") or []:
+                    assert alert["exp_labels"].get("owner"), (path.name, check["alertname"])
 
 
 # --- Grafana dashboards -------------------------------------------------------------------

@@ -16,9 +16,11 @@ from services.registry.domain import (
     LIVE_QUALITY_MIN_TRIALS,
     NO_ROLLBACK_TARGET,
     AlertNotice,
+    CheckpointOfJob,
     Comparison,
     Decision,
     EvaluationFacts,
+    LiveQualityRule,
     MoveTrigger,
     ProductionMove,
     PromotionPolicy,
@@ -330,6 +332,32 @@ def test_a_checkpoint_whose_training_was_cancelled_or_failed_is_never_promoted_a
     assert decide_on_evaluation(manual).decision is Decision.AWAIT_REVIEW
 
 
+def test_within_a_job_the_checkpoint_with_the_lowest_validation_loss_wins_in_any_order():
+    best = CheckpointOfJob("trainingJobs/j", 1.20)
+    later_worse = CheckpointOfJob("trainingJobs/j", 1.35)
+    # the best passed first and is production: a worse one of the same job passing later holds
+    held = decide_on_evaluation(_facts(candidate_job=later_worse, production_job=best))
+    assert held.decision is Decision.HOLD
+    assert "only the best checkpoint of a job" in held.reason
+    assert "1.2" in held.reason
+    # the worse one passed first: the best one still replaces it when it passes
+    assert (
+        decide_on_evaluation(_facts(candidate_job=best, production_job=later_worse)).decision
+        is Decision.PROMOTE
+    )
+    # an equal loss does not churn production
+    assert (
+        decide_on_evaluation(_facts(candidate_job=best, production_job=best)).decision
+        is Decision.HOLD
+    )
+    # another job, or no validation loss to compare, is judged on the evaluation alone
+    other_job = CheckpointOfJob("trainingJobs/k", 1.50)
+    unvalidated = CheckpointOfJob("trainingJobs/j", None)
+    for candidate, production in ((other_job, best), (unvalidated, best), (later_worse, None)):
+        facts = _facts(candidate_job=candidate, production_job=production)
+        assert decide_on_evaluation(facts).decision is Decision.PROMOTE
+
+
 # -- alerts -----------------------------------------------------------------------------------
 
 START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -434,6 +462,30 @@ def test_counted_live_quality_waits_for_its_minimum_then_compares_the_upper_boun
     assert unsure.rate < 0.7 < unsure.upper_bound
     assert not unsure.below_floor
     assert not judge_live_quality(45, 100, floor=None).below_floor
+
+
+def test_the_live_quality_rule_sets_the_minimum_the_error_rate_and_the_prior():
+    # the defaults are the ones the module documents
+    assert judge_live_quality(45, 100, 0.7) == judge_live_quality(45, 100, 0.7, LiveQualityRule())
+    # a lower minimum acts on fewer outcomes; a higher one waits
+    assert judge_live_quality(20, 60, 0.7, LiveQualityRule(min_trials=50)).below_floor
+    assert not judge_live_quality(45, 100, 0.7, LiveQualityRule(min_trials=200)).below_floor
+    # a smaller alpha widens the bounds and reports its own confidence level
+    strict = judge_live_quality(45, 100, 0.7, LiveQualityRule(alpha=0.0001))
+    default = judge_live_quality(45, 100, 0.7)
+    assert strict.upper_bound > default.upper_bound
+    assert strict.confidence_level == pytest.approx(0.9999)
+    # the prior's weight pulls the bounds towards the floor it is centred on
+    heavy = judge_live_quality(45, 100, 0.7, LiveQualityRule(prior_weight=2000.0))
+    assert heavy.upper_bound > default.upper_bound
+
+
+@pytest.mark.parametrize(
+    "arguments", [{"alpha": 0.0}, {"alpha": 1.0}, {"min_trials": 0}, {"prior_weight": 0.0}]
+)
+def test_a_live_quality_rule_out_of_range_is_refused(arguments):
+    with pytest.raises(ValueError, match="live quality"):
+        LiveQualityRule(**arguments)
 
 
 def test_registry_checkpoint_ids_keep_job_and_step_apart():

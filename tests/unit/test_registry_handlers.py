@@ -40,6 +40,7 @@ from tests.fixtures.registry_events import (
     registry_checkpoint,
     regression_detected,
 )
+from tuneline.client import ownership
 from tuneline.client.alerts import alertmanager_notification
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import events_pb2, resources_pb2, service_pb2
@@ -185,6 +186,44 @@ def test_create_model_lists_every_violation_by_field_path(registry: Registry):
     }
     with registry.sessions() as session:
         assert session.scalar(select(ModelRow)) is None
+
+
+def test_a_model_keeps_its_owner_and_budget_and_exports_the_owner_for_alerts(registry: Registry):
+    definition = model_definition()
+    definition.owner.CopyFrom(
+        ownership.owner("support-ml", "#support-ml", "https://runbooks.example.com/m1")
+    )
+    definition.budget.CopyFrom(ownership.budget(per_run="5", per_month="100.50"))
+    registry.run(lambda s: handlers.create_model(s, registry.deps, "m1", definition))
+    stored = registry.run(lambda s: handlers.get_model(s, "models/m1"))
+    assert stored.owner == definition.owner
+    assert stored.budget.max_cost_per_month.units == 100
+    assert stored.budget.max_cost_per_month.nanos == 500_000_000
+    labels = {
+        "model": "m1",
+        "owner": "support-ml",
+        "contact": "#support-ml",
+        "runbook": "https://runbooks.example.com/m1",
+    }
+    assert registry.sample("tuneline_model_owner_info", **labels) == 1
+    registry.run(lambda s: handlers.create_model(s, registry.deps, "m2", model_definition()))
+    unowned = {"model": "m2", "owner": "unowned", "contact": "", "runbook": ""}
+    assert registry.sample("tuneline_model_owner_info", **unowned) == 1
+
+
+def test_an_owner_or_budget_that_cannot_work_is_refused_by_field(registry: Registry):
+    definition = model_definition()
+    definition.owner.CopyFrom(ownership.owner("Support ML", runbook_uri="file:///etc/passwd"))
+    definition.budget.max_cost_per_run.CopyFrom(ownership.money("-1", "USD"))
+    definition.budget.max_cost_per_month.CopyFrom(ownership.money("10", "EUR"))
+    with pytest.raises(InvalidArgument) as raised:
+        registry.run(lambda s: handlers.create_model(s, registry.deps, "m1", definition))
+    assert {v.field: v.reason for v in raised.value.violations} == {
+        "model.owner.team": "INVALID_FORMAT",
+        "model.owner.runbook_uri": "INVALID_FORMAT",
+        "model.budget.max_cost_per_run": "NOT_POSITIVE",
+        "model.budget.max_cost_per_month.currency_code": "CURRENCY_MISMATCH",
+    }
 
 
 # -- checkpoints and evaluations --------------------------------------------------------------
@@ -334,6 +373,66 @@ def test_a_passed_checkpoint_of_a_cancelled_job_is_held_with_its_reason(registry
         )
     )
     assert registry.production() == name
+
+
+def test_the_best_checkpoint_of_a_cancelled_job_is_held_too(registry: Registry):
+    """BEST_AT_END evaluates the job's best, an earlier checkpoint than the cancelled final:
+    only the final carries the stop reason, and the job's interruption still holds the best."""
+    registry.create()
+    best = checkpoint_ready(MODEL, "cut", 20)
+    best.is_final = False
+    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, best, event_id="cr-20"))
+    final = checkpoint_ready(MODEL, "cut", 30)
+    final.validation_loss = 0.6
+    final.stop_reason = trainer_pb2.TRAINING_STOP_REASON_CANCELLED
+    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, final, event_id="cr-30"))
+    passed = evaluation_completed(MODEL, "cut", 20, evaluation="evaluations/cut-best")
+    registry.run(
+        lambda s: handlers.on_evaluation_completed(s, registry.deps, passed, event_id="e-best")
+    )
+    assert registry.production() == ""
+    assert registry.outbox(events_pb2.ModelPromoted) == []
+    with registry.sessions() as session:
+        (recorded,) = session.scalars(
+            select(EvaluationRow).where(
+                EvaluationRow.checkpoint == registry_checkpoint(MODEL, "cut", 20)
+            )
+        )
+    assert recorded.decision == "HOLD"
+    assert "cancelled or failed" in recorded.decision_reason
+
+
+def test_of_several_passing_checkpoints_of_one_job_the_lowest_validation_loss_wins(
+    registry: Registry,
+):
+    """Selection ALL: every checkpoint of job "run" passes; verdicts arrive best first."""
+    registry.create()
+    for step, loss in ((20, 0.40), (30, 0.55)):
+        ready = checkpoint_ready(MODEL, "run", step)
+        ready.validation_loss = loss
+        registry.run(
+            lambda s, r=ready: handlers.on_checkpoint_ready(
+                s, registry.deps, r, event_id=f"cr-run-{r.step}"
+            )
+        )
+    best, worse = registry_checkpoint(MODEL, "run", 20), registry_checkpoint(MODEL, "run", 30)
+
+    def passes(step: int, baseline: str) -> None:
+        event = evaluation_completed(
+            MODEL, "run", step, evaluation=f"evaluations/run-{step}", baseline_checkpoint=baseline
+        )
+        registry.run(
+            lambda s: handlers.on_evaluation_completed(s, registry.deps, event, event_id=f"e{step}")
+        )
+
+    passes(20, "")
+    assert registry.production() == best
+    passes(30, best)  # at least as good as the best, but later and worse on validation
+    assert registry.production() == best
+    with registry.sessions() as session:
+        (held,) = session.scalars(select(EvaluationRow).where(EvaluationRow.checkpoint == worse))
+    assert held.decision == "HOLD"
+    assert "only the best checkpoint of a job by validation loss" in held.decision_reason
 
 
 # -- manual review ----------------------------------------------------------------------------
@@ -793,3 +892,163 @@ def test_side_effects_wait_for_the_commit(registry: Registry):
     assert registry.production() == registry_checkpoint(MODEL, "c", 100)
     assert registry.sample("tuneline_model_rollbacks_total", model=MODEL, trigger="manual") is None
     assert registry.deps.notifier.generation == generation
+
+
+# -- request ids of the review and create RPCs (issue #14) ----------------------------------
+
+
+def test_create_model_retried_with_its_request_id_returns_the_model(registry: Registry):
+    definition = model_definition()
+    first = registry.run(
+        lambda s: handlers.create_model(s, registry.deps, "m1", definition, request_id="c1")
+    )
+    retry = registry.run(
+        lambda s: handlers.create_model(s, registry.deps, "m1", definition, request_id="c1")
+    )
+    assert retry == first
+    with pytest.raises(AlreadyExists):  # another request for a taken id is still refused
+        registry.run(
+            lambda s: handlers.create_model(s, registry.deps, "m1", definition, request_id="c2")
+        )
+    with pytest.raises(AlreadyExists):
+        registry.run(lambda s: handlers.create_model(s, registry.deps, "m1", definition))
+
+
+def test_an_approval_retried_with_its_request_id_answers_as_the_first(registry: Registry):
+    registry.create(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
+    for job in ("a", "b"):
+        registry.checkpoint(job)
+        registry.evaluate(job, f"evaluations/{job}")
+    a, b = (registry_checkpoint(MODEL, job, 100) for job in ("a", "b"))
+    approve = service_pb2.ApproveCheckpointRequest(
+        checkpoint=a, reviewer="alice", reason="good", request_id="approve-1"
+    )
+    first = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+    retry = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+    assert first.move.to_checkpoint == a
+    assert retry.move == first.move, "the retry gets the first answer, its move included"
+    assert retry.alias == first.alias
+    assert len(registry.outbox(events_pb2.ModelPromoted)) == 1
+    reused = service_pb2.ApproveCheckpointRequest(
+        checkpoint=b, reviewer="alice", reason="good", request_id="approve-1"
+    )
+    with pytest.raises(InvalidArgument) as raised:
+        registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, reused))
+    assert raised.value.violations[0].reason == "REQUEST_ID_REUSED"
+    assert registry.production() == a
+
+
+def test_a_rejection_retried_with_its_request_id_records_nothing_more(registry: Registry):
+    registry.create(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
+    for job in ("a", "b"):
+        registry.checkpoint(job)
+        registry.evaluate(job, f"evaluations/{job}")
+    a, b = (registry_checkpoint(MODEL, job, 100) for job in ("a", "b"))
+    reject = service_pb2.RejectCheckpointRequest(
+        checkpoint=a, reviewer="bob", reason="bias", request_id="reject-1"
+    )
+    first = registry.run(lambda s: handlers.reject_checkpoint(s, registry.deps, reject))
+    retry = registry.run(lambda s: handlers.reject_checkpoint(s, registry.deps, reject))
+    assert retry.review == first.review
+    reused = service_pb2.RejectCheckpointRequest(
+        checkpoint=b, reviewer="bob", reason="bias", request_id="reject-1"
+    )
+    with pytest.raises(InvalidArgument):
+        registry.run(lambda s: handlers.reject_checkpoint(s, registry.deps, reused))
+    too_long = service_pb2.RejectCheckpointRequest(
+        checkpoint=b, reviewer="bob", reason="bias", request_id="x" * 201
+    )
+    with pytest.raises(InvalidArgument):
+        registry.run(lambda s: handlers.reject_checkpoint(s, registry.deps, too_long))
+
+
+# -- the rollback circuit breaker (issue #13) -------------------------------------------------
+
+
+def test_a_second_automatic_rollback_in_the_window_is_refused_and_freezes_automation(
+    registry: Registry,
+):
+    _three_in_production(registry)
+    a, b = (registry_checkpoint(MODEL, job, 100) for job in ("a", "b"))
+    (alert,) = parse_alertmanager_payload(
+        alertmanager_notification(MODEL, fingerprint="fp1", starts_at=registry.deps.clock())
+    )
+    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, alert)) == "rolled_back"
+    assert registry.sample("tuneline_model_automation_frozen", model=MODEL) is None
+    # the limit (1 per hour by default) is reached: the next automatic rollback is refused
+    regression = regression_detected(MODEL, "b", 100, evaluation="evaluations/golden-b")
+    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, regression))
+    assert outcome == "frozen"
+    assert registry.production() == b
+    assert registry.sample("tuneline_model_automation_frozen", model=MODEL) == 1
+    model = registry.run(lambda s: handlers.get_model(s, f"models/{MODEL}"))
+    assert model.automation_freeze.automatic_rollbacks == 1
+    assert model.automation_freeze.cause == "evaluations/golden-b"
+    (later,) = parse_alertmanager_payload(
+        alertmanager_notification(MODEL, fingerprint="fp2", starts_at=registry.deps.clock())
+    )
+    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, later)) == "frozen"
+    # no automatic promotion either while frozen: a passing checkpoint is held
+    registry.checkpoint("d")
+    registry.evaluate("d", "evaluations/d", baseline_checkpoint=b)
+    assert registry.production() == b
+    held = registry.run(
+        lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "d", 100))
+    ).evaluations[-1]
+    assert held.decision == "HOLD"
+    assert "automation frozen" in held.decision_reason
+    assert len(registry.outbox(events_pb2.ModelRolledBack)) == 1
+    # a person unfreezes; automatic rollbacks count afresh from then on
+    unfreeze = service_pb2.UnfreezeAutomationRequest(
+        model=f"models/{MODEL}", reason="alert fixed", actor="oncall", request_id="u1"
+    )
+    unfrozen = registry.run(lambda s: handlers.unfreeze_automation(s, registry.deps, unfreeze))
+    assert not unfrozen.HasField("automation_freeze")
+    assert registry.sample("tuneline_model_automation_frozen", model=MODEL) is None
+    again = registry.run(lambda s: handlers.unfreeze_automation(s, registry.deps, unfreeze))
+    assert not again.HasField("automation_freeze")
+    regression = regression_detected(MODEL, "b", 100, evaluation="evaluations/golden-b2")
+    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, regression))
+    assert outcome == "rolled_back"
+    assert registry.production() == a
+
+
+def test_manual_rollbacks_do_not_count_toward_the_breaker(registry: Registry):
+    _three_in_production(registry)
+    rollback = service_pb2.RollbackModelRequest(model=f"models/{MODEL}", reason="p99 latency")
+    registry.run(lambda s: handlers.rollback_model(s, registry.deps, rollback))
+    regression = regression_detected(MODEL, "b", 100, evaluation="evaluations/golden-b")
+    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, regression))
+    assert outcome == "rolled_back"
+
+
+def test_an_unfreeze_needs_a_reason_and_a_known_model(registry: Registry):
+    registry.create()
+    with pytest.raises(InvalidArgument):
+        registry.run(
+            lambda s: handlers.unfreeze_automation(
+                s, registry.deps, service_pb2.UnfreezeAutomationRequest(model=f"models/{MODEL}")
+            )
+        )
+    with pytest.raises(NotFound):
+        registry.run(
+            lambda s: handlers.unfreeze_automation(
+                s,
+                registry.deps,
+                service_pb2.UnfreezeAutomationRequest(model="models/nope", reason="r"),
+            )
+        )
+
+
+def test_a_person_moving_production_restarts_the_breakers_count(registry: Registry):
+    _three_in_production(registry)
+    c = registry_checkpoint(MODEL, "c", 100)
+    (alert,) = parse_alertmanager_payload(
+        alertmanager_notification(MODEL, fingerprint="fp1", starts_at=registry.deps.clock())
+    )
+    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, alert)) == "rolled_back"
+    promote = service_pb2.PromoteCheckpointRequest(checkpoint=c, actor="sre", reason="re-check")
+    registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, promote))
+    regression = regression_detected(MODEL, "c", 100, evaluation="evaluations/golden-c")
+    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, regression))
+    assert outcome == "rolled_back"

@@ -4,6 +4,7 @@ rollback, the cost trend, and what each checkpoint's row says, on hand-built his
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,14 +12,18 @@ import pytest
 from tuneline.cli.report import scorecard_json, sparkline
 from tuneline.report.scorecard import (
     AliasMove,
+    Budget,
     Checkpoint,
     Comparison,
     Cost,
+    Estimate,
     Evaluation,
     LossPoint,
     MetricValue,
     ModelHistory,
+    Owner,
     TrainingRun,
+    budget_text,
     build_scorecard,
     human_duration,
     linear_trend,
@@ -274,3 +279,53 @@ def test_the_json_form_is_plain_values():
     assert payload["window"]["start"] == _at(0).isoformat()
     assert payload["checkpoints"][0]["gated"]["candidate"] == 0.82
     assert not math.isnan(payload["window"]["regression_rate"]["upper"])
+
+
+def test_each_run_shows_its_estimate_beside_the_actual_and_the_estimates_error():
+    history = _history()
+    runs = dict(history.runs)
+    # a: estimated 0.06 for an actual 0.05 (+20 %); b: 0.045 for 0.06 (-25 %)
+    runs["trainingJobs/a"] = replace(
+        runs["trainingJobs/a"], estimate=Estimate(1200, 36.0, 0.06, "USD")
+    )
+    runs["trainingJobs/b"] = replace(
+        runs["trainingJobs/b"], estimate=Estimate(900, 27.0, 0.045, "USD")
+    )
+    # c stopped at its budget: a SUCCEEDED run, its shortfall is the estimate's error too
+    runs["trainingJobs/c"] = replace(
+        runs["trainingJobs/c"],
+        estimate=Estimate(1000, 24.0, 0.04, "USD"),
+        stop_reason="BUDGET_EXHAUSTED",
+    )
+    # d failed: an early stop is not the estimate's error
+    runs["trainingJobs/d"] = replace(
+        runs["trainingJobs/d"], state="FAILED", estimate=Estimate(1000, 10.0, 0.01, "USD")
+    )
+    card = build_scorecard(replace(history, runs=runs), start=_at(0), end=_at(60))
+    by_run = {r.run.rsplit("/", 1)[-1]: r for r in card.runs}
+    a = by_run["a"].estimate_error
+    assert a is not None
+    assert a.cost == pytest.approx(0.2)
+    assert a.tokens == pytest.approx(0.2)  # 1200 estimated, 1000 processed
+    assert a.device_seconds == pytest.approx(36.0 / 30.0 - 1)
+    assert by_run["b"].estimate_error.cost == pytest.approx(-0.25)
+    assert by_run["c"].estimate_error.cost == pytest.approx(0.04 / 0.08 - 1)
+    assert by_run["c"].stop_reason == "BUDGET_EXHAUSTED"
+    assert by_run["d"].estimate_error is None
+    assert by_run["e"].estimate is None
+    assert by_run["e"].estimate_error is None
+    assert card.window.mean_absolute_estimate_error == pytest.approx((0.2 + 0.25 + 0.5) / 3)
+
+
+def test_the_scorecard_names_the_owner_runbook_and_budget():
+    history = replace(
+        _history(),
+        owner=Owner("support-ml", "#support-ml", "https://runbooks.example.com/sentiment"),
+        budget=Budget(per_run=5.0, per_month=100.0, currency="USD"),
+    )
+    card = build_scorecard(history, start=_at(0), end=_at(60))
+    assert card.owner.team == "support-ml"
+    assert card.owner.runbook_uri == "https://runbooks.example.com/sentiment"
+    assert budget_text(card.budget) == "USD 5.00 per run, USD 100.00 per month"
+    assert budget_text(Budget()) == "none"
+    assert scorecard_json(card)["owner"]["contact"] == "#support-ml"

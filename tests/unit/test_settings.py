@@ -8,6 +8,9 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
+from services.registry.bootstrap import live_quality_rule
+from services.registry.domain import LiveQualityRule
+from services.registry.settings import RegistrySettings
 from shared.settings import CommonSettings, ServiceSettings
 
 
@@ -216,3 +219,18 @@ def test_explicit_values_win_over_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_
     settings = _TestSettings()
     assert settings.resolved_database_url(common) == "sqlite:////elsewhere/x.db"
     assert settings.resolved_artifact_root(common) == (tmp_path / "b").resolve()
+
+
+def test_registry_live_quality_rule_comes_from_its_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert live_quality_rule(RegistrySettings()) == LiveQualityRule()
+    monkeypatch.setenv("TUNELINE_REGISTRY_LIVE_QUALITY_ALPHA", "0.001")
+    monkeypatch.setenv("TUNELINE_REGISTRY_LIVE_QUALITY_MIN_TRIALS", "250")
+    monkeypatch.setenv("TUNELINE_REGISTRY_LIVE_QUALITY_PRIOR_WEIGHT", "5")
+    assert live_quality_rule(RegistrySettings()) == LiveQualityRule(
+        alpha=0.001, min_trials=250, prior_weight=5.0
+    )
+    monkeypatch.setenv("TUNELINE_REGISTRY_LIVE_QUALITY_ALPHA", "1.5")
+    with pytest.raises(ValidationError):
+        RegistrySettings()

@@ -30,6 +30,7 @@ from services.splitter.domain import (
 from services.splitter.domain import manifest as manifest_module
 from services.splitter.domain.assignment import GroupIndex
 from shared.input_text import normalize_input_text
+from shared.near_duplicates import near_duplicate_groups
 from tests.fixtures.datasets import rotten_tomatoes_rows
 
 SUBSTITUTES = ("truly", "rather", "picture", "story", "somewhat", "utterly")
@@ -146,3 +147,38 @@ def test_explicit_groups_and_near_duplicates_join_transitively() -> None:
     for row_id, group in zip(rows.ids, groups.row_groups, strict=True):
         members[group].add(row_id)
     assert members == {0: {"a", "b", "c"}, 1: {"d"}}
+
+
+def test_causal_lm_rows_teaching_one_answer_under_reworded_prompts_stay_in_one_part() -> None:
+    """For causal LM the splitter compares prompt and completion together: two short prompts
+    that share little (not near-duplicates alone) with the same long answer are one lesson."""
+    answers = [
+        normalize_input_text(row["text"])
+        for row in rotten_tomatoes_rows()
+        if len(row["text"].split()) >= 25
+    ][:40]
+    rows = SplitRows()
+    for i, answer in enumerate(answers):
+        rows.add(
+            {"id": f"a-{i}", "prompt": f"Review film {i}.", "completion": answer},
+            TaskType.CAUSAL_LM,
+            dataset_version=VERSION.name,
+            line=2 * i + 1,
+        )
+        rows.add(
+            {"id": f"b-{i}", "prompt": f"Write a critique of movie #{i}!", "completion": answer},
+            TaskType.CAUSAL_LM,
+            dataset_version=VERSION.name,
+            line=2 * i + 2,
+        )
+    prompts = rows.text_keys[:2]
+    assert near_duplicate_groups(prompts) == []  # the prompts alone are not near-duplicates
+    spec = SplitSpec(SplitStrategy.HASH, SplitRatios(0.5, 0.5, 0.0), 0)
+    groups, parts = assign_rows(rows, spec)
+    assert len(groups) == len(answers)
+    for i in range(len(answers)):
+        assert groups.row_groups[2 * i] == groups.row_groups[2 * i + 1]
+        assert parts[2 * i] is parts[2 * i + 1]
+    assert ("review film 0.", "write a critique of movie #0!") in groups.near_duplicate_texts
+    unjoined, _ = assign_rows(rows, spec, near_duplicate_threshold=0)
+    assert len(unjoined) == 2 * len(answers)

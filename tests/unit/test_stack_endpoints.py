@@ -31,8 +31,16 @@ def test_with_nothing_set_each_service_gets_its_settings_default_port() -> None:
         "trainer": 50053,
         "evaluator": 50054,
         "registry": 50055,
+        "serving": 50056,
     }
-    assert [ports.metrics_port(name) for name in SERVICE_NAMES] == [9101, 9102, 9103, 9104, 9105]
+    assert [ports.metrics_port(name) for name in SERVICE_NAMES] == [
+        9101,
+        9102,
+        9103,
+        9104,
+        9105,
+        9106,
+    ]
     assert (ports.kafka, ports.kafka_controller, ports.webhook) == (19092, 19093, 9095)
 
 
@@ -73,6 +81,43 @@ def test_every_service_is_told_where_its_peers_listen(tmp_path: Path) -> None:
     for name, peers in PEER_TARGETS.items():
         for setting, _peer in peers:
             assert f"TUNELINE_{name.upper()}_{setting}" in envs[name]
+
+
+def test_replicas_get_their_own_ports_and_logs_and_peers_reach_all_of_them(
+    tmp_path: Path,
+) -> None:
+    ports = StackPorts(grpc_base=41000, metrics_base=45000)
+    stack = LocalStack(
+        tmp_path / "home",
+        ports,
+        services=("dataset", "splitter", "registry"),
+        replicas={"dataset": 2},
+    )
+    planned = stack.plan()
+    assert stack.plan() is planned, "planned once: the ports of replicas do not move"
+    assert [s.instance for s in planned] == ["dataset", "dataset-1", "splitter", "registry"]
+    first, second = planned[0], planned[1]
+    assert (first.grpc_port, first.metrics_port) == (41000, 45000)
+    taken = {p for s in planned for p in (s.grpc_port, s.metrics_port, *s.extra_ports.values())}
+    assert len(taken) == 9, "every process listens on ports of its own"
+    assert Path(second.log).name == "dataset-1.log"
+    both = f"ipv4:127.0.0.1:{first.grpc_port},127.0.0.1:{second.grpc_port}"
+    assert stack.peer_target("dataset") == both
+    assert stack.peer_target("registry") == "127.0.0.1:41004"
+    splitter_env = stack._service_env(planned[2], {})
+    assert splitter_env["TUNELINE_SPLITTER_DATASET_TARGET"] == both
+    with pytest.raises(StackError, match="trainer is not part of this stack"):
+        stack.peer_target("trainer")
+
+
+@pytest.mark.parametrize(
+    ("services", "replicas"), [(("dataset", "nosuch"), {}), (SERVICE_NAMES, {"dataset": 0})]
+)
+def test_a_stack_of_unknown_services_or_no_replicas_is_refused(
+    tmp_path: Path, services: tuple[str, ...], replicas: dict[str, int]
+) -> None:
+    with pytest.raises(StackError):
+        LocalStack(tmp_path / "home", services=services, replicas=replicas)
 
 
 def _write_running_stack(home: Path) -> None:

@@ -72,6 +72,7 @@ from shared.modeling import (
 )
 from shared.modeling.batching import pack_batch, pad_batch
 from shared.modeling.loading import load_checkpoint, load_tokenizer
+from shared.modeling.tokenizer_fingerprint import tokenizer_fingerprint_from_extra
 from tests.fixtures.trainer_data import (
     WrittenSplit,
     build_tiny_bert,
@@ -272,10 +273,18 @@ def test_causal_lm_trains_packed_on_prompt_completion_and_chat_rows(
     assert started.train_examples > 0
     validations = [m.validation_loss for m in of(WorkerProgress, messages) if m.validation_loss]
     assert len(validations) == 2
-    folder = local(workspace, of(WorkerCheckpoint, messages)[-1].artifact_uri)
+    last = of(WorkerCheckpoint, messages)[-1]
+    folder = local(workspace, last.artifact_uri)
     config = json.loads((folder / "adapter_config.json").read_text())
     attached = {name.rsplit(".", 1)[-1] for name in config["target_modules"]}
     assert {"gate_proj", "up_proj", "down_proj", "q_proj"} <= attached
+    # the tokenizer it trained with: reported, and written into the folder itself
+    fingerprint = last.tokenizer_fingerprint
+    assert fingerprint is not None
+    assert fingerprint.chat_template_sha256  # the tiny model's chat template
+    assert fingerprint.max_sequence_length == started.hyperparameters.max_seq_length
+    metadata = read_adapter_metadata(folder)
+    assert tokenizer_fingerprint_from_extra(metadata.extra) == fingerprint
 
 
 def test_a_halted_run_resumes_exactly_where_it_stopped(workspace: dict[str, Any]) -> None:
@@ -336,6 +345,35 @@ def test_cancel_stops_between_steps_and_writes_a_final_checkpoint(
     assert final.is_final
     # final, but partly trained: it says so, so that nothing promotes it as the job's result
     assert final.stop_reason is StopReason.CANCELLED
+
+
+def test_an_exhausted_budget_ends_the_run_after_its_step_with_a_validated_final_checkpoint(
+    workspace: dict[str, Any],
+) -> None:
+    signals = StopSignals()
+    messages: list[WorkerMessage] = []
+
+    def report(message: WorkerMessage) -> None:
+        messages.append(message)
+        if isinstance(message, WorkerProgress) and message.step == 2:
+            signals.budget_exhausted = True  # what the supervisor sends when the cost reaches it
+
+    plan = make_plan(
+        workspace,
+        stopping=StoppingRules(eval_every_n_steps=2),  # a progress report at step 2
+        checkpointing=CheckpointPolicy(every_n_steps=1000),
+        max_steps=1000,
+        prefix="jobs/budget",
+    )
+    run_training(plan, report, signals)
+    (finished,) = of(WorkerFinished, messages)
+    assert not finished.cancelled  # a stopping rule: the job succeeds with what it trained
+    assert finished.stop_reason is StopReason.BUDGET_EXHAUSTED
+    assert finished.step == 3  # the step under way when the signal came is finished
+    (final,) = of(WorkerCheckpoint, messages)
+    assert (final.step, final.is_final) == (3, True)
+    assert final.stop_reason is StopReason.BUDGET_EXHAUSTED
+    assert final.validation_loss is not None  # validated as it stopped, like a time limit
 
 
 def test_early_stopping_ends_an_overfitting_run_and_keeps_the_best(

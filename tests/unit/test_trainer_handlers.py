@@ -4,8 +4,11 @@ change with the events it stages in the outbox, once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,11 +26,14 @@ from services.trainer.adapters.engine.plan import (
     WorkerStarted,
 )
 from services.trainer.adapters.metrics import TrainerMetrics
+from services.trainer.adapters.notifications import JobChanges
 from services.trainer.adapters.repository import Pricing, TrainerRepository
 from services.trainer.adapters.tables import TrainerBase
 from services.trainer.domain import (
     AdapterSpec,
     BaseModelRef,
+    Budget,
+    Cost,
     EngineFallback,
     FailureReason,
     Hyperparameters,
@@ -40,9 +46,12 @@ from services.trainer.domain import (
     StoppingRules,
     StopReason,
     TaskType,
+    budget_exhausted,
+    month_start,
     policy_job_id,
     resolve_for_device,
 )
+from services.trainer.entrypoints import grpc_api as trainer_grpc_api
 from shared.db import create_database_engine, create_schema, create_session_factory
 from shared.errors import (
     AlreadyExists,
@@ -53,8 +62,11 @@ from shared.errors import (
 )
 from shared.events import OutboxEvent
 from shared.modeling import InvalidModelReference, ModelNotFound, ModelRefused, ResolvedModel
+from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
+from tuneline.client import ownership
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.trainer.v1 import events_pb2, resources_pb2
+from tuneline.trainer.v1 import service_pb2 as trainer_service_pb2
 
 SPLIT = "datasets/reviews/versions/v1/splits/s1"
 
@@ -89,18 +101,22 @@ class FakeSplitter:
 
 
 class FakeRegistry:
-    """The registry as RegistryModels answers for it: its models, LookupError while down."""
+    """The registry as RegistryModels answers for it: its models (with their budgets),
+    LookupError while down."""
 
-    def __init__(self, *models: str, down: bool = False) -> None:
+    def __init__(
+        self, *models: str, down: bool = False, budgets: dict[str, Budget] | None = None
+    ) -> None:
         self.models = set(models)
         self.down = down
+        self.budgets = budgets or {}
         self.asked: list[str] = []
 
-    def exists(self, name: str) -> bool:
+    def lookup(self, name: str) -> Budget | None:
         self.asked.append(name)
         if self.down:
             raise LookupError("the registry could not be asked (UNAVAILABLE)")
-        return name in self.models
+        return self.budgets.get(name, Budget()) if name in self.models else None
 
 
 def split_info(name: str = SPLIT, task: TaskType = TaskType.CLASSIFICATION) -> SplitInfo:
@@ -381,6 +397,23 @@ def test_a_split_makes_one_job_per_policy_however_often_it_arrives(sessions, con
     assert rows[0].state == JobState.QUEUED.value
 
 
+def test_a_policy_set_retried_with_its_request_id_changes_nothing_twice(sessions, context) -> None:
+    first = replace(policy(), request_id="set-1")
+    with sessions() as session, session.begin():
+        handlers.set_training_policy(session, first, context)
+    with sessions() as session, session.begin():  # someone else turns it off meanwhile
+        handlers.set_training_policy(session, policy(disabled=True), context)
+    with sessions() as session, session.begin():  # the first call's retry
+        answered = handlers.set_training_policy(session, first, context)
+    assert answered.disabled, "the retry did not overwrite the later change"
+    with sessions() as session:
+        assert TrainerRepository(session).policy_row("trainingPolicies/reviews").disabled
+    other = replace(policy("trainingPolicies/other"), request_id="set-1")
+    with sessions() as session, session.begin(), pytest.raises(InvalidArgument) as raised:
+        handlers.set_training_policy(session, other, context)
+    assert raised.value.violations[0].reason == "REQUEST_ID_REUSED"
+
+
 def test_a_policy_whose_model_disappeared_makes_a_visible_failed_job(sessions, context) -> None:
     with sessions() as session, session.begin():
         handlers.set_training_policy(session, policy(), context)
@@ -487,6 +520,8 @@ def test_a_run_is_recorded_with_its_events_once(sessions, context) -> None:
     ready = staged(sessions, events_pb2.CheckpointReady)
     assert [c.step for c in ready] == [10, 20, 30]
     assert [c.is_best for c in ready] == [True, False, False]
+    # the final checkpoint names the job's best: what BEST_AT_END evaluates
+    assert [c.best_checkpoint for c in ready] == ["", "", f"{name}/checkpoints/step-10"]
     assert [c.stop_reason for c in ready] == [
         resources_pb2.TRAINING_STOP_REASON_UNSPECIFIED,
         resources_pb2.TRAINING_STOP_REASON_UNSPECIFIED,
@@ -546,6 +581,26 @@ def test_a_cancelled_jobs_final_checkpoint_says_it_was_cancelled(sessions, conte
     assert staged(sessions, events_pb2.TrainingJobCompleted) == []
 
 
+def test_the_tokenizer_fingerprint_travels_with_the_checkpoint(sessions, context) -> None:
+    known_split(sessions)
+    create(sessions, context, command())
+    name = "trainingJobs/j1"
+    fingerprint = TokenizerFingerprintRecord("tiny-llama", "a" * 64, "c" * 64, (2, 7), 96)
+    with sessions() as session, session.begin():
+        handlers.begin_attempt(session, name, device="cpu", pid=42)
+        handlers.record_started(session, name, started(), context)
+        message = replace(checkpoint(10, 0.65), tokenizer_fingerprint=fingerprint)
+        handlers.record_checkpoint(session, name, message, context, keep_best_k=0)
+    (ready,) = staged(sessions, events_pb2.CheckpointReady)
+    assert ready.tokenizer_fingerprint.tokenizer_sha256 == "a" * 64
+    assert list(ready.tokenizer_fingerprint.end_of_turn_token_ids) == [2, 7]
+    with sessions() as session:
+        record, job = handlers.get_checkpoint(session, f"{name}/checkpoints/step-10", context)
+    assert record.tokenizer_fingerprint == fingerprint
+    resource = protos.checkpoint_to_proto(record, job.lineage(record.name))
+    assert resource.tokenizer_fingerprint == ready.tokenizer_fingerprint
+
+
 def test_a_failed_or_queued_cancelled_job_says_why_it_stopped(sessions, context) -> None:
     known_split(sessions)
     create(sessions, context, command("failing"))
@@ -585,9 +640,9 @@ def test_rows_a_worker_left_out_show_in_the_jobs_progress(sessions, context) -> 
     assert (shown.row_count, list(shown.example_row_ids)) == (3, ["c1", "c2", "c3"])
 
 
-def test_engine_fallbacks_and_skipped_rows_are_counted(sessions) -> None:
+def test_engine_fallbacks_and_skipped_rows_are_counted(sessions, context) -> None:
     registry = CollectorRegistry()
-    metrics = TrainerMetrics(registry, sessions)
+    metrics = TrainerMetrics(registry, sessions, context.pricing)
     metrics.record_worker_start(
         [EngineFallback("packing", "unsupported_signature", "varlen_attn(...)")],
         [SkippedRows(RowSkipReason.NO_LOSS_TOKEN, 4)],
@@ -786,3 +841,289 @@ def test_a_dry_run_is_refused_as_a_create_would_be(
     known_split(sessions)
     with sessions() as session, session.begin(), pytest.raises(InvalidArgument):
         handlers.estimate_training_job(session, command(cfg=config(learning_rate=-1.0)), estimating)
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+# With FakeTokenCounter and 50 tokens per device-second the default job is estimated at
+# 11,600 tokens, 232 device-seconds, USD 0.232 (see the dry-run test above).
+
+
+def _budgeted(
+    context: handlers.Context, *, per_run: str | None = None, per_month: str | None = None
+) -> handlers.Context:
+    budget = Budget(
+        currency="USD",
+        per_run=Decimal(per_run) if per_run else None,
+        per_month=Decimal(per_month) if per_month else None,
+    )
+    registry = FakeRegistry("models/sentiment", budgets={"models/sentiment": budget})
+    return replace(
+        context,
+        target_models=registry,
+        token_counter=FakeTokenCounter(),
+        default_tokens_per_device_second=50.0,
+    )
+
+
+def test_a_job_records_its_estimate_and_the_budget_it_was_admitted_under(sessions, context):
+    known_split(sessions)
+    budgeted = _budgeted(context, per_run="0.50", per_month="10")
+    job = create(sessions, budgeted, command())
+    assert job.estimate is not None
+    assert job.estimate.cost.amount == Decimal("0.232000000")
+    assert job.budget == Budget("USD", Decimal("0.50"), Decimal("10"))
+    with sessions() as session:
+        stored, _ = handlers.get_training_job(session, job.name, budgeted)
+    message = protos.job_to_proto(stored)
+    assert message.estimate.estimated_cost.nanos == 232_000_000
+    assert message.estimate.estimated_device_seconds == pytest.approx(232.0)
+    assert (message.budget.max_cost_per_run.units, message.budget.max_cost_per_run.nanos) == (
+        0,
+        500_000_000,
+    )
+
+
+def test_a_job_estimated_over_its_per_run_budget_is_refused_before_it_starts(sessions, context):
+    known_split(sessions)
+    budgeted = _budgeted(context, per_run="0.20")
+    with pytest.raises(FailedPrecondition) as refused:
+        create(sessions, budgeted, command())
+    (violation,) = refused.value.violations
+    assert (violation.type, violation.subject) == (handlers.BUDGET_EXCEEDED, "models/sentiment")
+    assert violation.description.startswith("max_cost_per_run:")
+    assert "USD 0.23" in violation.description
+    assert "USD 0.20" in violation.description
+    with sessions() as session, session.begin(), pytest.raises(FailedPrecondition):
+        handlers.estimate_training_job(session, command(), budgeted)  # a dry run says so too
+    with sessions() as session:
+        assert TrainerRepository(session).job_row("trainingJobs/j1") is None
+
+
+def test_the_monthly_budget_counts_what_this_months_jobs_cost_or_are_expected_to(sessions, context):
+    known_split(sessions)
+    budgeted = _budgeted(context, per_month="0.50")
+    create(sessions, budgeted, command("j1"))  # queued: its estimate (0.232) is committed
+    create(sessions, budgeted, command("j2"))  # 0.464 of 0.50
+    with pytest.raises(FailedPrecondition) as refused:
+        create(sessions, budgeted, command("j3"))  # 0.696 > 0.50
+    (violation,) = refused.value.violations
+    assert violation.description.startswith("max_cost_per_month:")
+    assert "USD 0.46" in violation.description
+    with sessions() as session, session.begin():
+        row = TrainerRepository(session).job_row("trainingJobs/j1")
+        assert row is not None
+        row.create_time = month_start(handlers._now()) - timedelta(seconds=1)
+    create(sessions, budgeted, command("j3"))  # last month's job no longer counts
+
+
+def test_a_budget_in_another_currency_than_the_price_is_refused(sessions, context):
+    known_split(sessions)
+    euros = replace(context.pricing, currency="EUR")
+    with pytest.raises(FailedPrecondition) as refused:
+        create(sessions, replace(_budgeted(context, per_run="5"), pricing=euros), command())
+    assert refused.value.violations[0].description.startswith("currency_code:")
+
+
+def test_a_policy_job_over_budget_fails_before_it_starts_and_says_so(sessions, context):
+    budgeted = _budgeted(context)
+    over = replace(policy(), budget=Budget("USD", per_run=Decimal("0.10")))
+    with sessions() as session, session.begin():
+        stored = handlers.set_training_policy(session, over, budgeted)
+    assert stored.budget.per_run == Decimal("0.10")
+    with sessions() as session, session.begin():
+        (name,) = handlers.on_split_created(session, split_info(), budgeted)
+    with sessions() as session:
+        job, _ = handlers.get_training_job(session, name, budgeted)
+    assert job.state is JobState.FAILED
+    assert job.failure_reason is FailureReason.BUDGET_EXCEEDED
+    assert "trainingPolicies/reviews max_cost_per_run:" in job.failure_message
+    (failed,) = staged(sessions, events_pb2.TrainingJobFailed)
+    assert failed.failure_reason == resources_pb2.TRAINING_FAILURE_REASON_BUDGET_EXCEEDED
+
+
+def test_a_policy_keeps_its_models_budget_so_its_jobs_never_wait_on_the_registry(sessions, context):
+    budgeted = _budgeted(context, per_run="0.10")  # the model's budget, not the policy's
+    with sessions() as session, session.begin():
+        handlers.set_training_policy(session, policy(), budgeted)
+    down = replace(budgeted, target_models=FakeRegistry("models/sentiment", down=True))
+    with sessions() as session, session.begin():
+        (name,) = handlers.on_split_created(session, split_info(), down)
+    with sessions() as session:
+        job, _ = handlers.get_training_job(session, name, down)
+    assert job.failure_reason is FailureReason.BUDGET_EXCEEDED
+    assert "models/sentiment max_cost_per_run:" in job.failure_message
+
+
+def test_a_running_job_has_exhausted_its_budget_once_its_cost_reaches_it():
+    budget = Budget("USD", per_run=Decimal("0.50"))
+    assert not budget_exhausted(budget, Cost(amount=Decimal("0.49"), currency="USD"))
+    assert budget_exhausted(budget, Cost(amount=Decimal("0.50"), currency="USD"))
+    assert not budget_exhausted(Budget(), Cost(amount=Decimal("1000"), currency="USD"))
+
+
+def test_finished_runs_and_their_cost_are_exported_per_model(sessions, context):
+    """What ``tuneline:model_cost_per_run:1d`` divides: runs that ended and their cost."""
+    registry = CollectorRegistry()
+    TrainerMetrics(registry, sessions, context.pricing)
+    known_split(sessions)
+    create(sessions, context, command("j1"))
+    create(sessions, context, command("j2"))  # still queued: not counted
+    with sessions() as session, session.begin():
+        row = TrainerRepository(session).job_row("trainingJobs/j1")
+        assert row is not None
+        row.state, row.device_seconds_done = JobState.SUCCEEDED.value, 500.0
+    assert registry.get_sample_value("tuneline_trainer_model_runs", {"model": "sentiment"}) == 1
+    cost = registry.get_sample_value(
+        "tuneline_trainer_model_run_cost", {"model": "sentiment", "currency": "USD"}
+    )
+    assert cost == pytest.approx(0.5)  # 500 device-seconds at 3.60 an hour
+
+
+def test_a_policys_owner_and_budget_are_read_checked_by_field_and_shown(sessions, context):
+    violations: list = []
+    bad_owner = common_pb2.Owner(team="Support ML", runbook_uri="runbooks/support")
+    protos.owner_from_proto(bad_owner, "training_policy.owner", violations)
+    bad_budget = ownership.budget(per_run="-1")
+    bad_budget.max_cost_per_month.CopyFrom(ownership.money("10", "EUR"))
+    protos.budget_from_proto(bad_budget, "training_policy.budget", violations)
+    assert {v.field: v.reason for v in violations} == {
+        "training_policy.owner.team": "INVALID_FORMAT",
+        "training_policy.owner.runbook_uri": "INVALID_FORMAT",
+        "training_policy.budget.max_cost_per_run": "NOT_POSITIVE",
+        "training_policy.budget.max_cost_per_month.currency_code": "CURRENCY_MISMATCH",
+    }
+    violations.clear()
+    owner = protos.owner_from_proto(
+        ownership.owner("support-ml", "#support-ml", "https://runbooks.example.com/s"),
+        "training_policy.owner",
+        violations,
+    )
+    budget = protos.budget_from_proto(
+        ownership.budget(per_run="2.5", per_month="40"), "training_policy.budget", violations
+    )
+    assert violations == []
+    assert budget == Budget("USD", Decimal("2.5"), Decimal("40"))
+    with sessions() as session, session.begin():
+        stored = handlers.set_training_policy(
+            session, replace(policy(), owner=owner, budget=budget), context
+        )
+    shown = protos.policy_to_proto(stored)
+    assert shown.owner.team == "support-ml"
+    assert (shown.budget.max_cost_per_run.units, shown.budget.max_cost_per_run.nanos) == (
+        2,
+        500_000_000,
+    )
+
+
+# -- WatchTrainingJob waits on the change notifier (issue #14) ----------------------------------
+
+
+class _CountingSessions:
+    """A session factory that counts the sessions (database reads) it opens."""
+
+    def __init__(self, inner: sessionmaker[Session]) -> None:
+        self._inner = inner
+        self.opened = 0
+
+    def __call__(self) -> Session:
+        self.opened += 1
+        return self._inner()
+
+
+class _CountingChanges(JobChanges):
+    """Counts the waits that returned; ``idle`` is set after 20 of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+        self.first_wait = threading.Event()
+        self.idle = threading.Event()
+
+    def wait(self, seen_generation: int, ended: threading.Event, timeout: float) -> int:
+        generation = super().wait(seen_generation, ended, timeout)
+        self.waits += 1
+        self.first_wait.set()
+        if self.waits >= 20:
+            self.idle.set()
+        return generation
+
+
+class _RpcContext:
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self.callbacks.append(callback)
+        return True
+
+    def is_active(self) -> bool:
+        return True
+
+
+def test_an_idle_watch_reads_nothing_until_a_change_wakes_it(
+    sessions, context, monkeypatch
+) -> None:
+    known_split(sessions)
+    create(sessions, context, command())
+    # safety-net wake-ups every few ms: each is a chance to poll, and none may read
+    monkeypatch.setattr(trainer_grpc_api, "_WATCH_SAFETY_SECONDS", 0.005)
+    counting = _CountingSessions(sessions)
+    changes = _CountingChanges()
+    servicer = trainer_grpc_api.TrainerServicer(
+        counting,  # type: ignore[arg-type]
+        context,
+        changes,
+        stopping=threading.Event(),
+    )
+    request = trainer_service_pb2.WatchTrainingJobRequest(name="trainingJobs/j1")
+    received: queue.Queue[object] = queue.Queue()
+
+    def consume() -> None:
+        for response in servicer.WatchTrainingJob(request, _RpcContext()):  # type: ignore[arg-type]
+            received.put(response)
+        received.put("ended")
+
+    watcher = threading.Thread(target=consume, daemon=True)
+    watcher.start()
+    first = received.get(timeout=30)
+    assert first.training_job.state == resources_pb2.TRAINING_JOB_STATE_QUEUED  # type: ignore[attr-defined]
+    assert changes.first_wait.wait(30)
+    reads_while_idle = counting.opened
+    assert changes.idle.wait(30)
+    assert counting.opened == reads_while_idle, "20 wake-ups without a change read nothing"
+    assert changes.watchers == 1
+    with sessions() as session, session.begin():
+        handlers.cancel_training_job(session, "trainingJobs/j1", "", context)
+    changes.notify()  # what the RPC handler does after its commit
+    update = received.get(timeout=30)
+    assert update.training_job.state == resources_pb2.TRAINING_JOB_STATE_CANCELLED  # type: ignore[attr-defined]
+    assert received.get(timeout=30) == "ended"  # terminal: the stream ends
+    watcher.join(30)
+    assert changes.watchers == 0
+
+
+def test_a_watch_ends_when_its_client_leaves_or_the_notifier_closes(sessions, context) -> None:
+    known_split(sessions)
+    create(sessions, context, command())
+    changes = JobChanges()
+    servicer = trainer_grpc_api.TrainerServicer(
+        sessions, context, changes, stopping=threading.Event()
+    )
+    request = trainer_service_pb2.WatchTrainingJobRequest(name="trainingJobs/j1")
+    rpc = _RpcContext()
+    stream = servicer.WatchTrainingJob(request, rpc)  # type: ignore[arg-type]
+    next(stream)
+    ended = threading.Thread(target=lambda: list(stream), daemon=True)
+    ended.start()
+    while not rpc.callbacks:  # the stream registers its callback before it waits
+        threading.Event().wait(0.01)
+    rpc.callbacks[0]()  # the client went away
+    ended.join(30)
+    assert not ended.is_alive()
+    closing = servicer.WatchTrainingJob(request, _RpcContext())  # type: ignore[arg-type]
+    next(closing)
+    stopped = threading.Thread(target=lambda: list(closing), daemon=True)
+    stopped.start()
+    changes.close()  # the service is stopping
+    stopped.join(30)
+    assert not stopped.is_alive()

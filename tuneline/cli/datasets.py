@@ -1,4 +1,4 @@
-"""``tuneline datasets``: Datasets: create, push (upload with progress), show, list, report."""
+"""``tuneline datasets``: create, push (upload with progress), show, list, report, audit."""
 
 from __future__ import annotations
 
@@ -24,13 +24,15 @@ from rich.text import Text
 
 from tuneline.cli.endpoints import target
 from tuneline.cli.output import console, err_console, print_message, reported_errors
+from tuneline.cli.ownership import ContactOption, OwnerOption, RunbookOption, owner_option
 from tuneline.client.dataset import DatasetClient, dataset_name
 from tuneline.client.errors import InvalidArgumentError
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import resources_pb2
 
 app = typer.Typer(
-    help="Datasets: create, push (upload with progress), show, list, report.", no_args_is_help=True
+    help="Datasets: create, push (upload with progress), show, list, report, audit.",
+    no_args_is_help=True,
 )
 
 
@@ -82,8 +84,11 @@ def create(
     ] = None,
     display_name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
     description: Annotated[str, typer.Option(help="Free-text description.")] = "",
+    owner_team: OwnerOption = "",
+    owner_contact: ContactOption = "",
+    runbook: RunbookOption = "",
 ) -> None:
-    """Create a dataset with its task type and validation policy."""
+    """Create a dataset with its task type, validation policy, owner and runbook."""
     with reported_errors(), _client() as client:
         created = client.create_dataset(
             dataset_id,
@@ -95,6 +100,7 @@ def create(
             rule_severities=_severities(severity or []),
             display_name=display_name,
             description=description,
+            owner=owner_option(owner_team, owner_contact, runbook),
         )
     err_console.print(f"[green]created[/green] {created.name}")
     print_message(created)
@@ -324,3 +330,56 @@ def report(
             finding.message,
         )
     console.print(table)
+
+
+@app.command()
+def audit(
+    version: Annotated[str, typer.Argument(help="A dataset version, datasets/{d}/versions/{v}.")],
+    json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the audit as JSON (every suspected row's line number)."),
+    ] = False,
+    rows: Annotated[
+        int, typer.Option("--rows", min=0, help="Suspected rows to show (0: all stored).")
+    ] = 20,
+) -> None:
+    """Show a version's label audit: verdict, estimated noise per class, suspected rows."""
+    with reported_errors(), _client() as client:
+        found = client.get_audit(version, max_rows=0 if json else rows)
+    if json:
+        print_message(found)
+        return
+    verdict = _enum_name(resources_pb2.LabelAuditVerdict, found.verdict, "LABEL_AUDIT_VERDICT_")
+    action = _enum_name(resources_pb2.LabelAuditAction, found.action, "LABEL_AUDIT_ACTION_")
+    console.print(
+        f"[bold]{found.dataset_version}[/bold]: label audit {verdict.upper()} "
+        f"(policy: {action} above {found.max_noise_rate:.0%} estimated noise)"
+    )
+    if found.reason:
+        console.print(found.reason)
+    if found.verdict in (
+        resources_pb2.LABEL_AUDIT_VERDICT_PENDING,
+        resources_pb2.LABEL_AUDIT_VERDICT_SKIPPED,
+        resources_pb2.LABEL_AUDIT_VERDICT_FAILED,
+    ):
+        return
+    console.print(
+        f"estimated noise {found.noise_rate:.1%}; {found.suspected_count:,} of "
+        f"{found.row_count:,} rows suspected; out-of-fold accuracy "
+        f"{found.out_of_fold_accuracy:.1%} ({found.folds} folds, encoder {found.encoder})"
+    )
+    _print_table(
+        ["label", "rows", "suspected", "est. noise"],
+        [
+            [c.label, f"{c.row_count:,}", f"{c.suspected_count:,}", f"{c.noise_rate:.1%}"]
+            for c in found.classes
+        ],
+    )
+    _print_table(
+        ["line", "given", "suggested", "label quality"],
+        [
+            [str(r.line_number), r.given_label, r.suggested_label, f"{r.label_quality:.3f}"]
+            for r in found.suspected_rows
+        ],
+        caption=f"all rows: tuneline datasets audit {found.dataset_version} --json",
+    )

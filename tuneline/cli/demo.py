@@ -22,11 +22,11 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from shared.modeling import ModelingError, default_models_root
 from shared.modeling.packaged import prepare_packaged_models
 from tuneline.cli.output import console, err_console
+from tuneline.cli.report import print_scorecard, read_scorecard
 from tuneline.client.errors import TunelineError
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.demo.corpus import CorpusError, rotten_tomatoes_path
@@ -42,7 +42,8 @@ from tuneline.demo.scenario import (
 from tuneline.demo.timeline import SeenEvent
 from tuneline.devtools.kafka import LocalKafka, LocalKafkaError
 from tuneline.devtools.stack import LocalStack, StackError, StackPorts, StackState
-from tuneline.registry.v1 import resources_pb2 as registry_pb2
+from tuneline.report import page
+from tuneline.report.scorecard import Scorecard
 from tuneline.trainer.v1 import resources_pb2 as trainer_pb2
 
 #: Training budgets with a GPU: more data, more passes, longer inputs (minutes on one GPU).
@@ -175,49 +176,33 @@ def _describe(seen: SeenEvent) -> str:  # noqa: PLR0911 - one line per event typ
             return seen.subject
 
 
-def _summary_tables(summary: DemoSummary) -> list[Table]:
-    versions = Table(title="Dataset versions and what became of them", title_justify="left")
-    for column in ("round", "version", "rows", "train/val", "steps", "loss first→last", "cost"):
-        versions.add_column(column)
-    versions.add_column("accuracy (baseline → candidate)")
-    versions.add_column("outcome")
-    for result in summary.rounds:
-        trend = [loss for _step, loss, _val in result.loss_trend if loss is not None]
-        loss = f"{trend[0]:.3f} → {trend[-1]:.3f}" if trend else "-"
-        accuracy = (
-            f"{result.baseline_accuracy:.3f} → {result.accuracy:.3f}"
-            if result.accuracy is not None and result.baseline_accuracy is not None
-            else "-"
-        )
-        outcome = (
-            "[green]promoted[/green]"
-            if result.promoted
-            else f"[red]{result.verdict}[/red]: {result.regression}"
-        )
-        versions.add_row(
-            result.label,
-            result.dataset_version.rsplit("/", 1)[-1],
-            str(result.rows),
-            f"{result.train_rows}/{result.validation_rows}",
-            str(result.steps),
-            loss,
-            f"{result.cost} ({result.device_seconds:.0f} device-s)",
-            accuracy,
-            outcome,
-        )
-    history = Table(title=f"Alias history of {summary.model}", title_justify="left")
-    for column in ("rev", "alias", "from", "to", "trigger", "reason"):
-        history.add_column(column)
-    for move in summary.alias_history:
-        history.add_row(
-            str(move.revision),
-            move.alias.rsplit("/", 1)[-1],
-            move.from_checkpoint.rsplit("/", 1)[-1] or "∅",
-            move.to_checkpoint.rsplit("/", 1)[-1] or "∅",
-            registry_pb2.AliasMoveTrigger.Name(move.trigger).removeprefix("ALIAS_MOVE_TRIGGER_"),
-            move.reason,
-        )
-    return [versions, history]
+def _scorecard(state: StackState, model: str) -> Scorecard | None:
+    """``tuneline report`` of the demo's model, read while its stack still runs; None (after
+    saying why) when the services cannot answer."""
+    targets = {service.name: service.target for service in state.services}
+    try:
+        with console.status(f"reading the scorecard of {model}…"):
+            return read_scorecard(
+                model,
+                days=1.0,
+                registry=targets["registry"],
+                trainer=targets["trainer"],
+                evaluator=targets["evaluator"],
+                dataset=targets["dataset"],
+            )
+    except TunelineError as error:
+        err_console.print(f"[yellow]no scorecard:[/yellow] {error}")
+        return None
+
+
+def _report(card: Scorecard, home: Path) -> None:
+    """The demo ends with `tuneline report` of its model: every run's estimate beside its
+    actual cost, the verdicts with their intervals, the rollback, the regression rate; and the
+    same as a page with plots that opens offline."""
+    print_scorecard(card)
+    page_file = home / "report.html"
+    page_file.write_text(page.render(card), encoding="utf-8")
+    console.print(f"The scorecard with its plots, offline: {page_file}")
 
 
 def _start_stack(home: Path, ports: StackPorts) -> tuple[LocalStack, StackState]:
@@ -308,9 +293,11 @@ def demo(
     stack, state = _start_stack(home, ports)
     console.print(f"Stack up in {time.monotonic() - started:.0f} s; logs in {stack.logs_dir}")
     summary = None
+    card: Scorecard | None = None
     try:
         token = stack.webhook_token_path.read_text().strip()
         summary = _play(config, StackEndpoints.of_stack(state, token), started)
+        card = _scorecard(state, summary.model) if summary is not None else None
     finally:
         if keep_running and summary is not None:
             console.print(
@@ -323,8 +310,6 @@ def demo(
     if summary is None:
         err_console.print(f"service logs: {stack.logs_dir}")
         raise typer.Exit(1)
-    for table in _summary_tables(summary):
-        console.print(table)
     first, *_ = summary.rounds
     best = max((r for r in summary.rounds if r.promoted), key=lambda r: r.accuracy or 0.0)
     if first.baseline_accuracy is not None and best.accuracy is not None:
@@ -342,4 +327,13 @@ def demo(
             f"{summary.rollback.seconds_to_rollback * 1000:.0f} ms after the webhook POST; "
             f"production is {summary.production_checkpoint}."
         )
+    if summary.live is not None and summary.live.seconds_to_swap_back is not None:
+        console.print(
+            f"Live traffic: {summary.live.bad_predictions} bad predictions of "
+            f"{summary.live.predictions} served by {summary.live.checkpoint}; serving swapped "
+            f"back to {summary.live.swapped_back_to} {summary.live.seconds_to_swap_back:.1f} s "
+            "after the first bad prediction."
+        )
+    if card is not None:
+        _report(card, home)
     console.print(f"[bold]Demo finished in {time.monotonic() - started:.0f} s.[/bold]")

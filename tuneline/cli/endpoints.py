@@ -17,7 +17,7 @@ from tuneline.devtools.stack import StackPorts, running_stack
 
 def target(service: str, env: Mapping[str, str] | None = None) -> str:
     """``host:port`` of ``service`` (``dataset``, ``splitter``, ``trainer``, ``evaluator``,
-    ``registry``), looked up in ``env`` (default: this process' environment)."""
+    ``registry``, ``serving``), looked up in ``env`` (default: this process' environment)."""
     env = os.environ if env is None else env
     prefix = f"TUNELINE_{service.upper()}_"
     if explicit := env.get(f"{prefix}TARGET", "").strip():

@@ -142,6 +142,44 @@ def show(
             f"[{c.delta_ci_lower:+.4f}, {c.delta_ci_upper:+.4f}], p {c.p_value:.2g}, "
             f"tolerance {c.tolerance:g})"
         )
+    if evaluation.HasField("data_checks"):
+        print_data_checks(evaluation.data_checks)
+
+
+_CHECK_STYLES = {
+    resources_pb2.DATA_CHECK_STATUS_PASSED: "green",
+    resources_pb2.DATA_CHECK_STATUS_FLAGGED: "yellow",
+    resources_pb2.DATA_CHECK_STATUS_SKIPPED: "dim",
+}
+
+
+def print_data_checks(checks: resources_pb2.EvaluationDataChecks) -> None:
+    """Contamination, coverage and shift of the evaluation set against the training rows."""
+    console.print(f"data checks against {checks.training_split or 'no training split'}")
+    for title, check in (
+        ("contamination", checks.contamination),
+        ("coverage", checks.coverage),
+        ("shift", checks.shift),
+    ):
+        status = resources_pb2.DataCheckStatus.Name(check.status).removeprefix("DATA_CHECK_STATUS_")
+        style = _CHECK_STYLES.get(check.status, "white")
+        console.print(f"  {title:<14}[{style}]{status}[/]  {check.reason}")
+    if checks.contamination.evaluation_row_ids:
+        console.print(f"  contaminated rows: {', '.join(checks.contamination.evaluation_row_ids)}")
+    if checks.coverage.labels or checks.coverage.slices:
+        table = Table("label / slice", "training rows", "evaluation rows")
+        for kind, counts in (("label", checks.coverage.labels), ("slice", checks.coverage.slices)):
+            for count in counts:
+                untested = count.training_rows and not count.evaluation_rows
+                shown = (
+                    f"[yellow]{count.evaluation_rows}[/]"
+                    if untested
+                    else str(count.evaluation_rows)
+                )
+                table.add_row(f"{kind} {count.value}", str(count.training_rows), shown)
+        console.print(table)
+    if checks.verdict_effect:
+        console.print(f"[yellow]verdict[/yellow]  {checks.verdict_effect}")
 
 
 @app.command("list")

@@ -16,8 +16,10 @@ from tuneline.cli import (
     jobs,
     lifecycle,
     models,
+    outbox,
     report,
     security,
+    serving,
     splits,
     stack,
 )
@@ -41,7 +43,9 @@ app.add_typer(checkpoints.app, name="checkpoints")
 app.add_typer(evals.app, name="evals")
 app.add_typer(aliases.app, name="aliases")
 lifecycle.register(app)
+serving.register(app)
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(outbox.app, name="outbox")
 app.add_typer(dev.app, name="dev")
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,16 @@ from rich.table import Table
 
 from tuneline.cli.endpoints import target
 from tuneline.cli.output import console, err_console, print_message, reported_errors
+from tuneline.cli.ownership import (
+    ContactOption,
+    CurrencyOption,
+    MaxCostPerMonthOption,
+    MaxCostPerRunOption,
+    OwnerOption,
+    RunbookOption,
+    budget_option,
+    owner_option,
+)
 from tuneline.client.registry import RegistryClient, model_name
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import resources_pb2
@@ -133,8 +143,24 @@ def create(
             dir_okay=False,
         ),
     ] = None,
+    serving_profile: Annotated[
+        Path | None,
+        typer.Option(
+            help="A tuneline.common.v1.ServingProfile in JSON: the engine's constraints the "
+            "parity check lints against (see `tuneline models set-serving-profile`).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    owner_team: OwnerOption = "",
+    owner_contact: ContactOption = "",
+    runbook: RunbookOption = "",
+    max_cost_per_run: MaxCostPerRunOption = None,
+    max_cost_per_month: MaxCostPerMonthOption = None,
+    budget_currency: CurrencyOption = "USD",
 ) -> None:
-    """Create a model: its task, base model, evaluation set, gate and promotion policy."""
+    """Create a model: its task, base model, evaluation set, gate and promotion policy, its
+    owner and runbook, and its training budget."""
     if from_json is not None:
         model = json_format.Parse(from_json.read_text(encoding="utf-8"), resources_pb2.Model())
     else:
@@ -161,10 +187,70 @@ def create(
             if eval_split:
                 model.evaluation_set.split = eval_split
                 model.evaluation_set.part = _PARTS[eval_part]
+    if serving_profile is not None:
+        model.serving_profile.CopyFrom(_serving_profile(serving_profile))
+    if (owner := owner_option(owner_team, owner_contact, runbook)) is not None:
+        model.owner.CopyFrom(owner)
+    budget = budget_option(max_cost_per_run, max_cost_per_month, budget_currency)
+    if budget is not None:
+        model.budget.CopyFrom(budget)
     with reported_errors(), _client() as client:
         created = client.create_model(model_id, model)
     err_console.print(f"[green]created[/green] {created.name}")
     print_message(created)
+
+
+def _serving_profile(path: Path) -> common_pb2.ServingProfile:
+    try:
+        return json_format.Parse(path.read_text(encoding="utf-8"), common_pb2.ServingProfile())
+    except json_format.ParseError as error:
+        raise typer.BadParameter(f"{path}: not a ServingProfile in JSON: {error}") from None
+
+
+@app.command("set-serving-profile")
+def set_serving_profile(
+    name: Annotated[str, typer.Argument(help="sentiment or models/sentiment")],
+    profile: Annotated[
+        Path | None,
+        typer.Argument(
+            help='A tuneline.common.v1.ServingProfile in JSON, e.g. {"engine": "vllm-0.6", '
+            '"maxLoraRank": 16, "supportsDora": false, "maxSequenceLength": 4096}.',
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the model's profile.")] = False,
+) -> None:
+    """Set the serving engine's constraints that the parity check lints each checkpoint
+    against before promotion (adapter or merged weights, max LoRA rank, DoRA,
+    modules_to_save, max length, the serving tokenizer)."""
+    if (profile is None) == (not clear):
+        raise typer.BadParameter("give a profile file, or --clear")
+    message = _serving_profile(profile) if profile is not None else None
+    with reported_errors(), _client() as client:
+        model = client.set_serving_profile(model_name(name), message)
+    revision = model.serving_profile.revision
+    err_console.print(
+        f"[green]serving profile {'set' if message else 'cleared'}[/green] on {model.name}"
+        + (f" (revision {revision})" if message else "")
+    )
+    print_message(model.serving_profile)
+
+
+@app.command()
+def unfreeze(
+    name: Annotated[str, typer.Argument(help="sentiment or models/sentiment")],
+    reason: Annotated[str, typer.Option("--reason", help="Why automation may act again.")],
+) -> None:
+    """Let automation promote and roll back the model again after the rollback circuit
+    breaker froze it (too many automatic rollbacks in its window)."""
+    with reported_errors(), _client() as client:
+        before = client.get_model(model_name(name))
+        model = client.unfreeze_automation(model_name(name), reason=reason)
+    if before.HasField("automation_freeze"):
+        err_console.print(f"[green]automation unfrozen[/green] on {model.name}")
+    else:
+        err_console.print(f"{model.name} was not frozen: nothing changed")
 
 
 @app.command()

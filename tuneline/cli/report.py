@@ -22,7 +22,7 @@ from tuneline.client.registry import RegistryClient, model_name
 from tuneline.client.trainer import TrainerClient
 from tuneline.report import page
 from tuneline.report.collector import Sources, collect
-from tuneline.report.scorecard import Scorecard, build_scorecard, human_duration
+from tuneline.report.scorecard import Scorecard, budget_text, build_scorecard, human_duration
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
 _VERDICT_STYLES = {
@@ -94,6 +94,20 @@ def _summary_table(card: Scorecard) -> Table:
         f"latest {gated[-1]:.4f}" if gated else "—",
         sparkline(gated),
     )
+    error = window.mean_absolute_estimate_error
+    table.add_row(
+        "cost estimate error",
+        "—" if error is None else f"mean |error| {error:.0%}",
+        sparkline([r.estimate_error.cost if r.estimate_error else None for r in card.runs]),
+    )
+    table.add_row("budget", escape(budget_text(card.budget)), "")
+    owner = card.owner
+    table.add_row(
+        "owner",
+        escape(" · ".join(part for part in (owner.team or "unowned", owner.contact) if part)),
+        "",
+    )
+    table.add_row("runbook", escape(owner.runbook_uri or "—"), "")
     return table
 
 
@@ -140,15 +154,33 @@ def _checkpoints_table(card: Scorecard) -> Table:
 
 
 def _runs_table(card: Scorecard) -> Table:
-    table = Table("run", "state", "device", "tokens", "device-s", "cost", "loss", title="runs")
+    table = Table(
+        "run",
+        "state",
+        "device",
+        "tokens (est.)",
+        "device-s (est.)",
+        "cost (est.)",
+        "estimate error",
+        "loss",
+        title="runs: actual (estimate before the run)",
+    )
     for r in card.runs:
+        estimate = r.estimate
+        cost_error = r.estimate_error.cost if r.estimate_error else None
+        state = f"{r.state} ({r.stop_reason})" if r.stop_reason else r.state
         table.add_row(
             escape(_short(r.run)),
-            r.state,
+            state,
             r.device_type,
-            str(r.tokens),
-            f"{r.device_seconds:.1f}",
-            f"{r.amount:.4f} {r.currency}",
+            f"{r.tokens} ({estimate.tokens})" if estimate else str(r.tokens),
+            f"{r.device_seconds:.1f} ({estimate.device_seconds:.1f})"
+            if estimate
+            else f"{r.device_seconds:.1f}",
+            f"{r.amount:.4f} ({estimate.amount:.4f}) {r.currency}"
+            if estimate
+            else f"{r.amount:.4f} {r.currency}",
+            "—" if cost_error is None else f"{cost_error:+.0%}",
             sparkline([p.train_loss for p in r.loss_curve]),
         )
     return table
@@ -170,22 +202,43 @@ def report(
     Reads the registry (lineage, verdicts, alias history), the trainer (loss curves, cost),
     the evaluator (intervals, slices) and the dataset service (when data was pushed).
     """
-    end = datetime.now(UTC)
-    with reported_errors(), ExitStack() as clients:
-        sources = Sources(
-            registry=clients.enter_context(RegistryClient(target("registry"))),
-            trainer=clients.enter_context(TrainerClient(target("trainer"))),
-            evaluator=clients.enter_context(EvaluatorClient(target("evaluator"))),
-            dataset=clients.enter_context(DatasetClient(target("dataset"))),
+    with reported_errors():
+        card = read_scorecard(
+            model_name(model),
+            days=days,
+            registry=target("registry"),
+            trainer=target("trainer"),
+            evaluator=target("evaluator"),
+            dataset=target("dataset"),
         )
-        history = collect(sources, model_name(model))
-    card = build_scorecard(history, start=end - timedelta(days=days), end=end)
     if html_file is not None:
         html_file.write_text(page.render(card), encoding="utf-8")
         err_console.print(f"wrote {html_file}")
     if as_json:
         console.print_json(json.dumps(scorecard_json(card)))
         return
+    print_scorecard(card)
+
+
+def read_scorecard(
+    model: str, *, days: float, registry: str, trainer: str, evaluator: str, dataset: str
+) -> Scorecard:
+    """``models/{model}``'s scorecard over the last ``days``, read from the services at those
+    targets (raises ``TunelineError`` when the registry cannot answer)."""
+    end = datetime.now(UTC)
+    with ExitStack() as clients:
+        sources = Sources(
+            registry=clients.enter_context(RegistryClient(registry)),
+            trainer=clients.enter_context(TrainerClient(trainer)),
+            evaluator=clients.enter_context(EvaluatorClient(evaluator)),
+            dataset=clients.enter_context(DatasetClient(dataset)),
+        )
+        history = collect(sources, model)
+    return build_scorecard(history, start=end - timedelta(days=days), end=end)
+
+
+def print_scorecard(card: Scorecard) -> None:
+    """The scorecard as ``tuneline report`` prints it: what is missing, then its tables."""
     for gap in card.gaps:
         err_console.print(f"[yellow]missing:[/yellow] {gap}")
     console.print(_summary_table(card))

@@ -121,9 +121,14 @@ class DatasetClient(ServiceClient):
         rule_severities: Mapping[str, str] | None = None,
         display_name: str = "",
         description: str = "",
+        owner: common_pb2.Owner | None = None,
+        label_audit_action: str = "",
+        max_label_noise_rate: float = 0.0,
     ) -> resources_pb2.Dataset:
         """Create a dataset; zeros take the server defaults. ``rule_severities`` maps rule ids
-        to ``error``/``warning``/``info``."""
+        to ``error``/``warning``/``info``; ``owner`` (see :func:`tuneline.client.ownership.owner`)
+        says who answers for its data. ``label_audit_action`` (``report``/``warn``/``block``)
+        is what the label audit does above ``max_label_noise_rate`` estimated noise."""
         policy = resources_pb2.SchemaPolicy(
             label_set=list(label_set),
             max_text_length=max_text_length,
@@ -133,6 +138,10 @@ class DatasetClient(ServiceClient):
                 rule: SEVERITIES[severity.lower()]
                 for rule, severity in (rule_severities or {}).items()
             },
+            label_audit_action=resources_pb2.LabelAuditAction.Value(
+                f"LABEL_AUDIT_ACTION_{label_audit_action.upper() or 'UNSPECIFIED'}"
+            ),
+            max_label_noise_rate=max_label_noise_rate,
         )
         request = service_pb2.CreateDatasetRequest(
             dataset_id=dataset_id,
@@ -141,6 +150,7 @@ class DatasetClient(ServiceClient):
                 schema_policy=policy,
                 display_name=display_name,
                 description=description,
+                owner=owner,
             ),
         )
         return self._call(self._stub.CreateDataset, request).dataset
@@ -302,6 +312,13 @@ class DatasetClient(ServiceClient):
         return self._paginate(
             self._stub.ListDatasetVersions, request, "dataset_versions", page_size=page_size
         )
+
+    def get_audit(self, version: str, *, max_rows: int = 0) -> resources_pb2.DatasetAudit:
+        """The label audit of ``version`` (``datasets/{d}/versions/{v}``, or the audit's own
+        name ``…/audit``); PENDING until it finishes. ``max_rows`` > 0 caps the suspected rows."""
+        name = version if version.endswith("/audit") else f"{version}/audit"
+        request = service_pb2.GetDatasetAuditRequest(name=name, max_rows=max_rows)
+        return self._call(self._stub.GetDatasetAudit, request).dataset_audit
 
     def get_report(self, name: str) -> resources_pb2.ValidationReport:
         request = service_pb2.GetValidationReportRequest(name=name)

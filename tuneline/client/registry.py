@@ -29,9 +29,24 @@ class RegistryClient(ServiceClient):
 
     # -- models ---------------------------------------------------------------------------
 
-    def create_model(self, model_id: str, model: resources_pb2.Model) -> resources_pb2.Model:
-        request = service_pb2.CreateModelRequest(model_id=model_id, model=model)
+    def create_model(
+        self, model_id: str, model: resources_pb2.Model, *, request_id: str = ""
+    ) -> resources_pb2.Model:
+        """Create a model; a retry with the same ``request_id`` (one is generated when empty)
+        returns the model the first call created."""
+        request = service_pb2.CreateModelRequest(
+            model_id=model_id, model=model, request_id=request_id
+        )
         return self._call(self._stub.CreateModel, request).model
+
+    def set_serving_profile(
+        self, model: str, profile: common_pb2.ServingProfile | None
+    ) -> resources_pb2.Model:
+        """Set the model's serving profile (``None`` clears it); returns the model."""
+        request = service_pb2.SetServingProfileRequest(model=model)
+        if profile is not None:
+            request.serving_profile.CopyFrom(profile)
+        return self._call(self._stub.SetServingProfile, request).model
 
     def get_model(self, name: str) -> resources_pb2.Model:
         return self._call(self._stub.GetModel, service_pb2.GetModelRequest(name=name)).model
@@ -125,6 +140,7 @@ class RegistryClient(ServiceClient):
         reviewer: str,
         reason: str,
         expected_revision: int | None = None,
+        request_id: str = "",
     ) -> service_pb2.ApproveCheckpointResponse:
         """Approve and promote; ``expected_revision`` guards production as in :meth:`promote`."""
         request = service_pb2.ApproveCheckpointRequest(
@@ -132,12 +148,15 @@ class RegistryClient(ServiceClient):
             reviewer=reviewer,
             reason=reason,
             expected_alias_revision=expected_revision,
+            request_id=request_id,
         )
         return self._call(self._stub.ApproveCheckpoint, request)
 
-    def reject(self, checkpoint: str, *, reviewer: str, reason: str) -> resources_pb2.Checkpoint:
+    def reject(
+        self, checkpoint: str, *, reviewer: str, reason: str, request_id: str = ""
+    ) -> resources_pb2.Checkpoint:
         request = service_pb2.RejectCheckpointRequest(
-            checkpoint=checkpoint, reviewer=reviewer, reason=reason
+            checkpoint=checkpoint, reviewer=reviewer, reason=reason, request_id=request_id
         )
         return self._call(self._stub.RejectCheckpoint, request).checkpoint
 
@@ -161,6 +180,16 @@ class RegistryClient(ServiceClient):
             expected_alias_revision=expected_revision,
         )
         return self._call(self._stub.RollbackModel, request)
+
+    def unfreeze_automation(
+        self, model: str, *, reason: str, actor: str = "", request_id: str = ""
+    ) -> resources_pb2.Model:
+        """Let automation move ``model``'s production again after the rollback circuit breaker
+        froze it; returns the model."""
+        request = service_pb2.UnfreezeAutomationRequest(
+            model=model, reason=reason, actor=actor, request_id=request_id
+        )
+        return self._call(self._stub.UnfreezeAutomation, request).model
 
     def report_live_quality(
         self,

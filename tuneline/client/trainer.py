@@ -106,11 +106,14 @@ class TrainerClient(ServiceClient):
     # -- policies -----------------------------------------------------------------------------
 
     def set_training_policy(
-        self, policy: resources_pb2.TrainingPolicy
+        self, policy: resources_pb2.TrainingPolicy, *, request_id: str = ""
     ) -> resources_pb2.TrainingPolicy:
         """Create or replace a policy: every SplitCreated of ``policy.dataset`` makes one job
-        for ``policy.target_model`` from ``policy.job_template``."""
-        request = service_pb2.SetTrainingPolicyRequest(training_policy=policy)
+        for ``policy.target_model`` from ``policy.job_template``. A retry with the same
+        ``request_id`` (one is generated when empty) changes nothing twice."""
+        request = service_pb2.SetTrainingPolicyRequest(
+            training_policy=policy, request_id=request_id
+        )
         return self._call(self._stub.SetTrainingPolicy, request).training_policy
 
     def get_training_policy(self, name: str) -> resources_pb2.TrainingPolicy:

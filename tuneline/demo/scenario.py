@@ -12,8 +12,12 @@
    training is paid for (``label_churn``: most rows it shares with its parent changed label).
    Pushed again with an explicit override (a reason, kept in its lineage), it is trained, and
    the regression gate catches it too: RegressionDetected, production unchanged.
-5. An Alertmanager notification about the model reaches the registry's webhook: production
-   rolls back to the checkpoint before.
+5. Live traffic goes through the serving service, which follows production: the reviews'
+   labels have drifted (they are the relabelled version's), so the production checkpoint
+   answers badly and the labelled feedback reaches the registry as live quality counts.
+   An Alertmanager notification about the model reaches the registry's webhook: production
+   rolls back to the checkpoint before, and serving swaps back to it. The demo tells the time
+   from the first bad prediction to the swap back, and how many bad predictions were served.
 
 :func:`run_demo` waits on the :class:`~tuneline.demo.timeline.EventTimeline` for each event of
 each round (matching them by lineage, not by timing) and reports through a
@@ -35,10 +39,12 @@ from tuneline.client.alerts import alertmanager_notification, post_alertmanager_
 from tuneline.client.dataset import DatasetClient
 from tuneline.client.errors import InvalidArgumentError, TunelineError
 from tuneline.client.registry import RegistryClient
+from tuneline.client.serving import ServingClient
 from tuneline.client.splitter import SplitterClient
 from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events
+from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
 from tuneline.demo.corpus import SENTIMENT_LABELS, demo_corpus, to_jsonl
 from tuneline.demo.timeline import EventTimeline, SeenEvent, TimelineTimeout
 from tuneline.devtools.stack import StackState
@@ -91,6 +97,8 @@ class DemoConfig:
     seed: int = 0
     #: Seconds each awaited event may take (training rounds are the slow ones).
     event_timeout: float = 600.0
+    #: Live predictions (with labelled feedback) served before the alert.
+    live_predictions: int = 200
     #: Suffix of every id, so that runs on one stack never collide; empty picks a fresh one.
     run_id: str = ""
 
@@ -109,6 +117,8 @@ class StackEndpoints:
     registry: str
     webhook_url: str
     webhook_token: str
+    #: The serving service; empty: the demo sends no live traffic.
+    serving: str = ""
 
     @classmethod
     def of_stack(cls, state: StackState, webhook_token: str) -> StackEndpoints:
@@ -123,6 +133,7 @@ class StackEndpoints:
             registry=targets["registry"],
             webhook_url=f"http://127.0.0.1:{registry.extra_ports['webhook']}/v1/alerts",
             webhook_token=webhook_token,
+            serving=targets.get("serving", ""),
         )
 
 
@@ -162,6 +173,9 @@ class RoundResult:
     device_seconds: float = 0.0
     cost: str = ""
     checkpoint: str = ""
+    #: The checkpoint the evaluator judged (and the registry promoted): the job's best one by
+    #: validation loss (the evaluator's default BEST_AT_END selection), else its final one.
+    evaluated_checkpoint: str = ""
     registry_checkpoint: str = ""
     verdict: str = ""
     accuracy: float | None = None
@@ -182,6 +196,19 @@ class RollbackResult:
 
 
 @dataclass
+class LiveTrafficResult:
+    """Live traffic through the serving service, from the bad model to the swap back."""
+
+    checkpoint: str
+    predictions: int
+    #: Predictions the feedback said were wrong.
+    bad_predictions: int
+    #: From the first bad prediction to serving answering from the restored checkpoint.
+    seconds_to_swap_back: float | None = None
+    swapped_back_to: str = ""
+
+
+@dataclass
 class DemoSummary:
     """What the demo did, for the summary table and for tests."""
 
@@ -195,6 +222,7 @@ class DemoSummary:
     production_checkpoint: str
     events: list[SeenEvent]
     wall_seconds: float
+    live: LiveTrafficResult | None = None
 
 
 def _money(amount: common_pb2.Money) -> str:
@@ -243,11 +271,14 @@ class _Demo:
         self.splitter = SplitterClient(endpoints.splitter, timeout=30)
         self.trainer = TrainerClient(endpoints.trainer, timeout=30)
         self.registry = RegistryClient(endpoints.registry, timeout=30)
+        self.serving = ServingClient(endpoints.serving, timeout=30) if endpoints.serving else None
+        self._first_bad_prediction = 0.0
 
     def close(self) -> None:
         self.timeline.close()
-        for client in (self.datasets, self.splitter, self.trainer, self.registry):
-            client.close()
+        for client in (self.datasets, self.splitter, self.trainer, self.registry, self.serving):
+            if client is not None:
+                client.close()
 
     def wait(
         self,
@@ -299,6 +330,19 @@ class _Demo:
             return f"label_churn: {finding.message} (first lines {lines}, …)"
         raise DemoError(f"{version.name} was accepted although most of its labels changed")
 
+    def label_audit(self, version: str) -> str:
+        """The label audit of ``version`` in one line (it is done: training waited for it)."""
+        audit = self.datasets.get_audit(version, max_rows=5)
+        verdict = dataset_pb2.LabelAuditVerdict.Name(audit.verdict).removeprefix(
+            "LABEL_AUDIT_VERDICT_"
+        )
+        lines = ", ".join(str(row.line_number) for row in audit.suspected_rows)
+        return (
+            f"label audit {verdict}: estimated noise {audit.noise_rate:.0%} of "
+            f"{audit.row_count} rows (over {audit.max_noise_rate:.0%}), "
+            f"{audit.suspected_count} suspected (first lines {lines}, …)"
+        )
+
     def set_up(self, evaluation_rows: list[dict[str, str]]) -> str:
         config = self.config
         self.observer.stage("Held-out evaluation set and the model")
@@ -340,6 +384,10 @@ class _Demo:
             "classification",
             label_set=SENTIMENT_LABELS,
             display_name="Rotten Tomatoes reviews",
+            # the label audit BLOCKs above its noise rate by default; the demo lets it warn so
+            # that the flipped version, once its churn refusal is overridden, still shows the
+            # third line of defence (the regression gate) after the audit has had its say
+            label_audit_action="warn",
         )
         hyperparameters = common_pb2.Hyperparameters(
             learning_rate=config.learning_rate,
@@ -421,8 +469,10 @@ class _Demo:
         result.device_seconds = completed.cost.device_seconds
         result.cost = _money(completed.cost.amount)
         result.checkpoint = completed.final_checkpoint
+        result.evaluated_checkpoint = completed.best_checkpoint or completed.final_checkpoint
         evaluation = self.wait(
-            evaluator_events.EvaluationCompleted, lambda e: e.checkpoint == result.checkpoint
+            evaluator_events.EvaluationCompleted,
+            lambda e: e.checkpoint == result.evaluated_checkpoint,
         )
         result.verdict = common_pb2.EvaluationVerdict.Name(evaluation.verdict).removeprefix(
             "EVALUATION_VERDICT_"
@@ -439,13 +489,15 @@ class _Demo:
             )
         if expect_promotion:
             promoted = self.wait(
-                registry_events.ModelPromoted, lambda e: e.source_checkpoint == result.checkpoint
+                registry_events.ModelPromoted,
+                lambda e: e.source_checkpoint == result.evaluated_checkpoint,
             )
             result.registry_checkpoint = promoted.to_checkpoint
             result.promoted = True
         else:
             regression = self.wait(
-                evaluator_events.RegressionDetected, lambda e: e.checkpoint == result.checkpoint
+                evaluator_events.RegressionDetected,
+                lambda e: e.checkpoint == result.evaluated_checkpoint,
             )
             result.regression = (
                 f"{regression.metric}{' in ' + regression.slice if regression.slice else ''} "
@@ -472,6 +524,63 @@ class _Demo:
                 time.sleep(1.0)
                 continue
             return
+
+    # -- live traffic -------------------------------------------------------------------------
+
+    def _wait_serving(self, serving: ServingClient, checkpoint: str) -> None:
+        deadline = time.monotonic() + self.config.event_timeout
+        while time.monotonic() < deadline:
+            try:
+                if any(
+                    s.model == self.model and s.checkpoint == checkpoint
+                    for s in serving.state().served_models
+                ):
+                    return
+            except TunelineError:
+                pass  # not answering yet: ask again
+            time.sleep(0.2)
+        raise DemoError(f"the serving service never served {checkpoint}")
+
+    def live_traffic(self, production: str, rows: list[dict[str, str]]) -> LiveTrafficResult | None:
+        """Predict each row through the serving service and send its (drifted) true label."""
+        if self.serving is None:
+            return None
+        self.observer.stage(f"Live traffic through the serving service: {len(rows)} reviews")
+        self._wait_serving(self.serving, production)
+        result = LiveTrafficResult(checkpoint=production, predictions=0, bad_predictions=0)
+        for row in rows:
+            answer = self.serving.predict(self.model, row["text"])
+            feedback = self.serving.feedback(answer.prediction_id, label=row["label"])
+            result.predictions += 1
+            if not feedback.success:
+                if not result.bad_predictions:
+                    self._first_bad_prediction = time.monotonic()
+                result.bad_predictions += 1
+        self.observer.note(
+            f"{result.bad_predictions} of {result.predictions} predictions of {production} "
+            "were wrong; the counts went to the registry as live quality"
+        )
+        return result
+
+    def swapped_back(self, live: LiveTrafficResult, restored: str) -> None:
+        """Wait until serving answers from ``restored``; time it from the first bad answer."""
+        if self.serving is None:
+            return
+        self._wait_serving(self.serving, restored)
+        answer = self.serving.predict(self.model, "a gripping, funny film")
+        if answer.checkpoint != restored:
+            raise DemoError(f"serving answered from {answer.checkpoint}, not {restored}")
+        live.swapped_back_to = restored
+        if live.bad_predictions:
+            live.seconds_to_swap_back = time.monotonic() - self._first_bad_prediction
+        self.observer.note(
+            f"serving swapped back to {restored}"
+            + (
+                f" {live.seconds_to_swap_back:.1f} s after the first bad prediction"
+                if live.seconds_to_swap_back is not None
+                else ""
+            )
+        )
 
     # -- the alert ----------------------------------------------------------------------------
 
@@ -524,17 +633,30 @@ def _demo(config: DemoConfig, endpoints: StackEndpoints, observer: DemoObserver)
         demo.close()
 
 
-def run_demo(
+def run_first_round(
     config: DemoConfig, endpoints: StackEndpoints, observer: DemoObserver | None = None
 ) -> DemoSummary:
-    """Play the whole story; raises :class:`DemoError` (or ``TimelineTimeout``) when the
-    pipeline does not do what it should."""
+    """The set-up and the first round only: one version pushed, split, trained, evaluated
+    against the base model and promoted. For tests about how the services run (replicas,
+    crashes) rather than about the story; raises like :func:`run_demo`."""
+    return run_demo(config, endpoints, observer, first_round_only=True)
+
+
+def run_demo(
+    config: DemoConfig,
+    endpoints: StackEndpoints,
+    observer: DemoObserver | None = None,
+    *,
+    first_round_only: bool = False,
+) -> DemoSummary:
+    """Play the whole story (or only its first round); raises :class:`DemoError` (or
+    ``TimelineTimeout``) when the pipeline does not do what it should."""
     observer = observer or DemoObserver()
     started = time.monotonic()
     corpus = demo_corpus(
         evaluation_rows=config.evaluation_rows,
         first_rows=config.first_rows,
-        grown_rows=config.grown_rows,
+        grown_rows=config.first_rows if first_round_only else config.grown_rows,
         flip_fraction=config.flip_fraction,
         seed=config.seed,
     )
@@ -543,6 +665,18 @@ def run_demo(
             evaluation_version = demo.set_up(corpus.evaluation)
             observer.stage(f"Version 1: {len(corpus.first)} reviews")
             first = demo.play_round("first", corpus.first, "", expect_promotion=True)
+            if first_round_only:
+                return DemoSummary(
+                    model=demo.model,
+                    evaluation_version=evaluation_version,
+                    rounds=[first],
+                    rollback=None,
+                    churn_refusal="",
+                    alias_history=list(demo.registry.list_alias_history(f"{demo.model}/aliases/-")),
+                    production_checkpoint=demo.production(),
+                    events=demo.timeline.events(),
+                    wall_seconds=time.monotonic() - started,
+                )
             observer.stage(f"Version 2: grown to {len(corpus.grown)} reviews, clean")
             grown = demo.play_round(
                 "grown", corpus.grown, first.dataset_version, expect_promotion=True
@@ -560,14 +694,20 @@ def run_demo(
                 expect_promotion=False,
                 label_churn_override=DEMO_CHURN_OVERRIDE,
             )
+            observer.note(demo.label_audit(flipped.dataset_version))
             if demo.production() != grown.registry_checkpoint:
                 raise DemoError("production moved after a regression")
             observer.note(f"production unchanged: {grown.registry_checkpoint}")
+            live = demo.live_traffic(
+                grown.registry_checkpoint, corpus.flipped[: config.live_predictions]
+            )
             rollback = demo.fire_alert(grown.registry_checkpoint)
             if rollback.to_checkpoint != first.registry_checkpoint:
                 raise DemoError(
                     f"rolled back to {rollback.to_checkpoint}, not {first.registry_checkpoint}"
                 )
+            if live is not None:
+                demo.swapped_back(live, first.registry_checkpoint)
         except TimelineTimeout as error:
             raise DemoError(f"the pipeline stalled: {error}") from error
         history = list(demo.registry.list_alias_history(f"{demo.model}/aliases/-"))
@@ -581,4 +721,5 @@ def run_demo(
             production_checkpoint=demo.production(),
             events=demo.timeline.events(),
             wall_seconds=time.monotonic() - started,
+            live=live,
         )

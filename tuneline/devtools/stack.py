@@ -1,4 +1,4 @@
-"""The local stack: a Kafka broker and the five services as separate processes.
+"""The local stack: a Kafka broker and the six services as separate processes.
 
 ``tuneline up`` uses :class:`LocalStack` to start the broker, then each service with
 ``python -m services.<name>.entrypoints.main`` and its own ports, all under one home
@@ -8,6 +8,12 @@ service's health check reports SERVING. ``stack.json`` is also the lock that mak
 ``up`` say that a stack is already running instead of fighting over the ports, and how the
 command line finds the services of a running stack wherever their ports are
 (:func:`running_stack`).
+
+A stack may also run a subset of the services, and several replicas of one (``replicas``): the
+cross-process replica test runs two of dataset, splitter, evaluator and registry. A replica
+after the first has its own free ports and log (``<service>-<n>.log``); its peers reach all of
+a service's replicas through one multi-address target, failing over as a Kubernetes Service
+routes around a dead pod.
 """
 
 from __future__ import annotations
@@ -22,22 +28,23 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tuneline.devtools.kafka import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka
+from tuneline.devtools.kafka import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port
 
 #: Start order follows the event flow, so each consumer's producer is already up.
-SERVICE_NAMES = ("dataset", "splitter", "trainer", "evaluator", "registry")
+SERVICE_NAMES = ("dataset", "splitter", "trainer", "evaluator", "registry", "serving")
 #: Services that call others over gRPC: the setting naming each peer, and the peer.
 PEER_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "splitter": (("DATASET_TARGET", "dataset"),),
     "trainer": (("SPLITTER_TARGET", "splitter"), ("REGISTRY_TARGET", "registry")),
     "evaluator": (("REGISTRY_TARGET", "registry"),),
+    "serving": (("REGISTRY_TARGET", "registry"),),
 }
 #: Where ``tuneline up``/``down`` keep their state unless ``TUNELINE_HOME`` says otherwise.
 DEFAULT_HOME = Path(".tuneline")
@@ -73,10 +80,17 @@ class ServiceProcess:
     pid: int = 0
     log: str = ""
     extra_ports: dict[str, int] = field(default_factory=dict)
+    #: 0 for a service's first (or only) process; its further replicas count from 1.
+    replica: int = 0
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def instance(self) -> str:
+        """The process's name in the stack: the service's, plus ``-<n>`` for replica n."""
+        return self.name if self.replica == 0 else f"{self.name}-{self.replica}"
 
 
 @dataclass
@@ -214,9 +228,20 @@ class LocalStack:
         ports: StackPorts | None = None,
         *,
         kafka_bootstrap: str | None = None,
+        services: Sequence[str] = SERVICE_NAMES,
+        replicas: Mapping[str, int] | None = None,
     ) -> None:
         """``kafka_bootstrap`` points the services at a broker that is already running (one
-        this stack neither starts nor stops); without it the stack runs its own."""
+        this stack neither starts nor stops); without it the stack runs its own. ``services``
+        picks which services run (in :data:`SERVICE_NAMES` order), ``replicas`` how many
+        processes some of them get (default one)."""
+        unknown = sorted({*services, *(replicas or {})} - set(SERVICE_NAMES))
+        if unknown:
+            raise StackError(f"no such services: {', '.join(unknown)}")
+        if any(count < 1 for count in (replicas or {}).values()):
+            raise StackError("a service runs as one replica at least")
+        self.service_names = tuple(name for name in SERVICE_NAMES if name in services)
+        self.replicas = dict(replicas or {})
         self.home = home.absolute()
         self.ports = ports or StackPorts()
         self.external_kafka = kafka_bootstrap
@@ -230,9 +255,11 @@ class LocalStack:
             port=self.ports.kafka,
             controller_port=self.ports.kafka_controller,
         )
+        #: by instance name (:attr:`ServiceProcess.instance`)
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._env: Mapping[str, str] = os.environ
         self._state: StackState | None = None
+        self._plan: list[ServiceProcess] | None = None
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -258,9 +285,9 @@ class LocalStack:
         }
         for key, port in service.extra_ports.items():
             env[f"{prefix}{key.upper()}_PORT"] = str(port)
-        targets = {s.name: s.target for s in self.plan()}
         for setting, peer in PEER_TARGETS.get(service.name, ()):
-            env[f"{prefix}{setting}"] = targets[peer]
+            if peer in self.service_names:
+                env[f"{prefix}{setting}"] = self.peer_target(peer)
         if service.name == "registry":
             env[f"{prefix}WEBHOOK_TOKEN_FILE"] = str(self.webhook_token_path)
         return env
@@ -273,19 +300,34 @@ class LocalStack:
                 handle.write(secrets.token_urlsafe(32))
 
     def plan(self) -> list[ServiceProcess]:
-        """The services with their ports, before anything starts."""
-        services = []
-        for name in SERVICE_NAMES:
-            service = ServiceProcess(
-                name=name,
-                grpc_port=self.ports.grpc_port(name),
-                metrics_port=self.ports.metrics_port(name),
-                log=str(self.logs_dir / f"{name}.log"),
-            )
-            if name == "registry":
-                service.extra_ports["webhook"] = self.ports.webhook
-            services.append(service)
-        return services
+        """The service processes with their ports, before anything starts (the same list on
+        every call). A service's first process gets its ports from :class:`StackPorts`, any
+        further replica free ones."""
+        if self._plan is None:
+            self._plan = []
+            for name in self.service_names:
+                for replica in range(self.replicas.get(name, 1)):
+                    first = replica == 0
+                    service = ServiceProcess(
+                        name=name,
+                        grpc_port=self.ports.grpc_port(name) if first else free_port(),
+                        metrics_port=self.ports.metrics_port(name) if first else free_port(),
+                        replica=replica,
+                    )
+                    service.log = str(self.logs_dir / f"{service.instance}.log")
+                    if name == "registry":
+                        webhook = self.ports.webhook if first else free_port()
+                        service.extra_ports["webhook"] = webhook
+                    self._plan.append(service)
+        return self._plan
+
+    def peer_target(self, name: str) -> str:
+        """The gRPC target that reaches service ``name``: its one process, or every replica
+        in one target (gRPC's default ``pick_first`` moves to the next when one dies)."""
+        addresses = [s.target for s in self.plan() if s.name == name]
+        if not addresses:
+            raise StackError(f"{name} is not part of this stack")
+        return addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
 
     def up(self, *, timeout: float = 180.0, env: Mapping[str, str] | None = None) -> StackState:
         """Start everything and wait for SERVING; on any failure, stop what started."""
@@ -329,20 +371,21 @@ class LocalStack:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us
             )
-        self._processes[service.name] = process
+        self._processes[service.instance] = process
         service.pid = process.pid
 
     def _service(self, name: str) -> ServiceProcess:
         if self._state is None:
             raise StackError("the stack was not started by this process")
         for service in self._state.services:
-            if service.name == name:
+            if service.instance == name:
                 return service
         raise StackError(f"no service named {name!r}")
 
     def kill_service(self, name: str) -> None:
-        """SIGKILL one service's whole process group (its worker processes included), as a
-        crash or an OOM kill would, and reap it."""
+        """SIGKILL one service process's whole process group (its worker processes included),
+        as a crash or an OOM kill would, and reap it. ``name`` is the process's
+        :attr:`~ServiceProcess.instance` (the service's name for its first process)."""
         self._service(name)
         process = self._processes[name]
         with contextlib.suppress(ProcessLookupError):
@@ -360,13 +403,13 @@ class LocalStack:
         self._wait_serving(service, time.monotonic() + timeout)
 
     def _wait_serving(self, service: ServiceProcess, deadline: float) -> None:
-        process = self._processes[service.name]
+        process = self._processes[service.instance]
         with grpc.insecure_channel(service.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if process.poll() is not None:
                     raise StackError(
-                        f"{service.name} exited with {process.returncode} while starting; "
+                        f"{service.instance} exited with {process.returncode} while starting; "
                         f"last lines of {service.log}:\n{_tail(Path(service.log))}"
                     )
                 try:
@@ -376,7 +419,7 @@ class LocalStack:
                 except grpc.RpcError:
                     pass
                 time.sleep(0.25)
-        raise StackError(f"{service.name} did not report SERVING in time; see {service.log}")
+        raise StackError(f"{service.instance} did not report SERVING in time; see {service.log}")
 
     def first_exited(self) -> tuple[str, int] | None:
         """A service started by this process that has exited, with its code, if any."""

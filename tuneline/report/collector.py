@@ -132,6 +132,36 @@ def evaluation_from_evaluator(
     )
 
 
+def estimate(job: trainer_pb2.TrainingJob) -> scorecard.Estimate | None:
+    """The estimate the trainer recorded when the job was created; None for older jobs."""
+    if not job.HasField("estimate"):
+        return None
+    recorded = job.estimate
+    return scorecard.Estimate(
+        tokens=recorded.estimated_tokens,
+        device_seconds=recorded.estimated_device_seconds,
+        amount=money(recorded.estimated_cost),
+        currency=recorded.estimated_cost.currency_code,
+    )
+
+
+def owner(model: registry_pb2.Model) -> scorecard.Owner:
+    return scorecard.Owner(
+        team=model.owner.team, contact=model.owner.contact, runbook_uri=model.owner.runbook_uri
+    )
+
+
+def budget(model: registry_pb2.Model) -> scorecard.Budget:
+    limits = model.budget
+    per_run = limits.max_cost_per_run if limits.HasField("max_cost_per_run") else None
+    per_month = limits.max_cost_per_month if limits.HasField("max_cost_per_month") else None
+    return scorecard.Budget(
+        per_run=money(per_run) if per_run is not None else None,
+        per_month=money(per_month) if per_month is not None else None,
+        currency=next((m.currency_code for m in (per_run, per_month) if m is not None), ""),
+    )
+
+
 def run_from_trainer(job: trainer_pb2.TrainingJob) -> scorecard.TrainingRun:
     return scorecard.TrainingRun(
         name=job.name,
@@ -148,6 +178,14 @@ def run_from_trainer(job: trainer_pb2.TrainingJob) -> scorecard.TrainingRun:
         create_time=when(job.create_time),
         start_time=when(job.start_time),
         end_time=when(job.end_time),
+        estimate=estimate(job),
+        stop_reason=(
+            trainer_pb2.TrainingStopReason.Name(job.stop_reason).removeprefix(
+                "TRAINING_STOP_REASON_"
+            )
+            if job.stop_reason
+            else ""
+        ),
     )
 
 
@@ -210,6 +248,8 @@ def collect(sources: Sources, model: str) -> scorecard.ModelHistory:
         moves=tuple(_move(m) for m in moves),
         dataset_push_times=pushed,
         gaps=tuple(gaps),
+        owner=owner(definition),
+        budget=budget(definition),
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from tuneline.report.scorecard import Scorecard, human_duration
+from tuneline.report.scorecard import Scorecard, budget_text, human_duration
 
 #: The ids of the page's figures, in order; tests look for them.
 FIGURE_IDS = ("metric-per-version", "loss-curves", "cost-per-run", "regression-rate")
@@ -106,6 +106,19 @@ def cost_figure(card: Scorecard) -> go.Figure:
     currency = next((r.currency for r in card.runs if r.currency), "")
     figure = go.Figure()
     figure.add_trace(go.Bar(x=runs, y=[r.amount for r in card.runs], name=f"cost {currency}"))
+    estimated = [
+        (run, r.estimate.amount) for run, r in zip(runs, card.runs, strict=True) if r.estimate
+    ]
+    if estimated:
+        figure.add_trace(
+            go.Scatter(
+                x=[run for run, _ in estimated],
+                y=[amount for _, amount in estimated],
+                mode="markers",
+                marker={"symbol": "line-ew-open", "size": 18, "line": {"width": 3}},
+                name="estimated before the run",
+            )
+        )
     trend = card.window.cost_per_run
     if trend is not None and len(runs) > 1:
         start = trend.mean - trend.slope * (len(runs) - 1) / 2
@@ -174,13 +187,65 @@ def _summary(card: Scorecard) -> str:
         if trend
         else "— (no runs)"
     )
+    error = window.mean_absolute_estimate_error
     rows = [
         ("regression rate", rate_text),
         ("rollbacks", str(window.rollbacks)),
         ("mean time to rollback", human_duration(window.mean_time_to_rollback_seconds)),
         ("cost per run", cost_text),
+        ("cost estimate error", "—" if error is None else f"mean |error| {error:.0%}"),
+        ("budget", budget_text(card.budget)),
     ]
     return _table(("figure", "value"), ((html.escape(a), html.escape(b)) for a, b in rows))
+
+
+def _owner(card: Scorecard) -> str:
+    owner = card.owner
+    parts = [
+        f"owner {html.escape(owner.team or 'unowned')}",
+        *([html.escape(owner.contact)] if owner.contact else []),
+    ]
+    if owner.runbook_uri.startswith(("https://", "http://")):
+        link = html.escape(owner.runbook_uri, quote=True)
+        parts.append(f"<a href='{link}'>runbook</a>")
+    return "<p class='owner'>" + " · ".join(parts) + "</p>"
+
+
+def _percent(error: float | None) -> str:
+    return "—" if error is None else f"{error:+.0%}"
+
+
+def _runs(card: Scorecard) -> str:
+    rows = []
+    for r in card.runs:
+        estimate, error = r.estimate, r.estimate_error
+        rows.append(
+            (
+                html.escape(_short(r.run)),
+                html.escape(r.state),
+                html.escape(r.stop_reason or "—"),
+                f"{estimate.tokens:,}" if estimate else "—",
+                f"{r.tokens:,}",
+                f"{estimate.device_seconds:.1f}" if estimate else "—",
+                f"{r.device_seconds:.1f}",
+                f"{estimate.amount:.4f}" if estimate else "—",
+                f"{r.amount:.4f}",
+                _percent(error.cost if error else None),
+            )
+        )
+    headers = (
+        "run",
+        "state",
+        "stopped by",
+        "tokens est.",
+        "tokens",
+        "device-s est.",
+        "device-s",
+        f"cost est. ({next((r.currency for r in card.runs if r.currency), '')})",
+        "cost",
+        "estimate error",
+    )
+    return _table(headers, rows)
 
 
 def _checkpoints(card: Scorecard) -> str:
@@ -251,6 +316,7 @@ def render(card: Scorecard) -> str:
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
         f"<h1>{title}</h1><p class='muted'>window {window.start:%Y-%m-%d %H:%M} to "
         f"{window.end:%Y-%m-%d %H:%M} UTC · gated metric {html.escape(card.primary_metric)}</p>"
-        f"{gaps}{_summary(card)}<div class='grid'>{divs}</div>"
-        f"<h2>Checkpoints</h2>{_checkpoints(card)}</body></html>"
+        f"{_owner(card)}{gaps}{_summary(card)}<div class='grid'>{divs}</div>"
+        f"<h2>Checkpoints</h2>{_checkpoints(card)}"
+        f"<h2>Runs: estimate and actual</h2>{_runs(card)}</body></html>"
     )

@@ -15,16 +15,21 @@ The figures, and how each is defined:
   REGRESSED, over those evaluated with a decided verdict: PASSED, REGRESSED or
   INSUFFICIENT_DATA) with a Wilson score interval; the number of rollbacks of ``production``;
   the mean time to rollback (trigger → committed move, the registry's own
-  ``tuneline_model_rollback_seconds``); and the cost per run with its least-squares trend.
+  ``tuneline_model_rollback_seconds``); and the cost per run with its least-squares trend;
+- per run: the trainer's estimate made when the job was created (tokens, device-seconds, cost)
+  beside the actual, and the estimate's error, ``(estimate - actual) / actual`` (positive: the
+  estimate was too high), with the mean absolute cost error over the window's runs;
+- the model's owner (team, contact, runbook) and budget (per run, per month).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from statistics import NormalDist, fmean
+from statistics import fmean
+
+from shared.stats.proportions import wilson_bounds
 
 #: Verdicts that judge a checkpoint (FAILED means the evaluation itself broke).
 DECIDED_VERDICTS = frozenset({"PASSED", "REGRESSED", "INSUFFICIENT_DATA"})
@@ -95,6 +100,16 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """What the trainer expected a run to process and cost when it was created."""
+
+    tokens: int
+    device_seconds: float
+    amount: float
+    currency: str = ""
+
+
+@dataclass(frozen=True)
 class TrainingRun:
     """A training job, as the trainer recorded it."""
 
@@ -105,6 +120,27 @@ class TrainingRun:
     create_time: datetime | None
     start_time: datetime | None = None
     end_time: datetime | None = None
+    estimate: Estimate | None = None
+    #: Why training stopped, e.g. ``MAX_STEPS``, ``BUDGET_EXHAUSTED``; "" while it runs.
+    stop_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who answers for the model, and their runbook."""
+
+    team: str = ""
+    contact: str = ""
+    runbook_uri: str = ""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The model's spending limits (None: no limit), in ``currency``."""
+
+    per_run: float | None = None
+    per_month: float | None = None
+    currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -153,6 +189,8 @@ class ModelHistory:
     dataset_push_times: dict[str, datetime]
     #: What could not be read (a service down, a record gone), for the report to say so.
     gaps: tuple[str, ...] = ()
+    owner: Owner = field(default_factory=Owner)
+    budget: Budget = field(default_factory=Budget)
 
 
 # -- what the scorecard says ------------------------------------------------------------------
@@ -189,6 +227,15 @@ class CheckpointScore:
 
 
 @dataclass(frozen=True)
+class EstimateError:
+    """``(estimate - actual) / actual`` per quantity; None where the actual is zero."""
+
+    tokens: float | None
+    device_seconds: float | None
+    cost: float | None
+
+
+@dataclass(frozen=True)
 class RunCost:
     run: str
     state: str
@@ -199,6 +246,10 @@ class RunCost:
     tokens: int
     device_type: str
     loss_curve: tuple[LossPoint, ...]
+    estimate: Estimate | None = None
+    #: Only for a SUCCEEDED run with an estimate (see :func:`estimate_error`).
+    estimate_error: EstimateError | None = None
+    stop_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -233,6 +284,8 @@ class WindowSummary:
     mean_time_to_rollback_seconds: float | None
     runs: int
     cost_per_run: Trend | None
+    #: Mean of ``|estimate error of cost|`` over the window's finished runs with an estimate.
+    mean_absolute_estimate_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -245,29 +298,19 @@ class Scorecard:
     window: WindowSummary
     regression_history: tuple[RegressionRatePoint, ...] = ()
     gaps: tuple[str, ...] = field(default=())
+    owner: Owner = field(default_factory=Owner)
+    budget: Budget = field(default_factory=Budget)
 
 
 # -- statistics -------------------------------------------------------------------------------
 
 
 def wilson_interval(successes: int, trials: int, level: float = 0.95) -> Interval | None:
-    """Wilson score interval of a binomial proportion; None when there are no trials.
-
-    Unlike the normal (Wald) interval it stays inside [0, 1] and is sensible at 0 of n and
-    n of n, which is where a model's regression rate usually is.
-    """
+    """Wilson score interval of a binomial proportion; None when there are no trials."""
     if trials <= 0:
         return None
-    if not 0 <= successes <= trials:
-        raise ValueError(f"successes must be in [0, {trials}], got {successes}")
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    lower = 0.0 if successes == 0 else max(0.0, centre - half)
-    upper = 1.0 if successes == trials else min(1.0, centre + half)
-    return Interval(p, lower, upper, level)
+    lower, upper = wilson_bounds(successes, trials, level)
+    return Interval(successes / trials, lower, upper, level)
 
 
 def linear_trend(values: Sequence[float]) -> Trend | None:
@@ -282,6 +325,30 @@ def linear_trend(values: Sequence[float]) -> Trend | None:
         sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / spread if spread else 0.0
     )
     return Trend(slope=slope, first=values[0], last=values[-1], mean=mean_y)
+
+
+def relative_error(estimate: float, actual: float) -> float | None:
+    """``(estimate - actual) / actual``; None when nothing was actually spent."""
+    return (estimate - actual) / actual if actual > 0 else None
+
+
+def estimate_error(run: TrainingRun) -> EstimateError | None:
+    """How far the run's estimate was from what it really processed and cost: only for a run
+    that SUCCEEDED (a failed or cancelled run stopped early, so its shortfall is not the
+    estimate's error), and only when the currencies agree."""
+    estimate = run.estimate
+    if estimate is None or run.state != "SUCCEEDED":
+        return None
+    cost_error = (
+        relative_error(estimate.amount, run.cost.amount)
+        if estimate.currency == run.cost.currency
+        else None
+    )
+    return EstimateError(
+        tokens=relative_error(estimate.tokens, run.cost.tokens),
+        device_seconds=relative_error(estimate.device_seconds, run.cost.device_seconds),
+        cost=cost_error,
+    )
 
 
 def mean_time_to_rollback(rollbacks: Iterable[AliasMove]) -> float | None:
@@ -420,9 +487,17 @@ def build_scorecard(history: ModelHistory, *, start: datetime, end: datetime) ->
             tokens=r.cost.tokens,
             device_type=r.cost.device_type,
             loss_curve=r.loss_curve,
+            estimate=r.estimate,
+            estimate_error=estimate_error(r),
+            stop_reason=r.stop_reason,
         )
         for r in runs
     )
+    cost_errors = [
+        abs(r.estimate_error.cost)
+        for r in run_costs
+        if r.estimate_error is not None and r.estimate_error.cost is not None
+    ]
     summary = WindowSummary(
         start=start,
         end=end,
@@ -433,6 +508,7 @@ def build_scorecard(history: ModelHistory, *, start: datetime, end: datetime) ->
         mean_time_to_rollback_seconds=mean_time_to_rollback(rollbacks),
         runs=len(run_costs),
         cost_per_run=linear_trend([r.amount for r in run_costs]),
+        mean_absolute_estimate_error=fmean(cost_errors) if cost_errors else None,
     )
     return Scorecard(
         model=history.model,
@@ -443,6 +519,8 @@ def build_scorecard(history: ModelHistory, *, start: datetime, end: datetime) ->
         window=summary,
         regression_history=tuple(regression_history),
         gaps=history.gaps,
+        owner=history.owner,
+        budget=history.budget,
     )
 
 
@@ -458,3 +536,13 @@ def human_duration(seconds: float | None) -> str:
     minutes, secs = divmod(rest, 60)
     hours += span.days * 24
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def budget_text(budget: Budget) -> str:
+    """``USD 5.00 per run, USD 100.00 per month``; ``none`` without limits."""
+    limits = [
+        f"{budget.currency} {amount:.2f} per {period}"
+        for amount, period in ((budget.per_run, "run"), (budget.per_month, "month"))
+        if amount is not None
+    ]
+    return ", ".join(limits) or "none"

@@ -19,7 +19,15 @@ from services.dataset.domain import (
     TaskType,
     ValidationReport,
 )
+from services.dataset.label_audit import (
+    ClassNoise,
+    DatasetAudit,
+    LabelAuditAction,
+    LabelAuditVerdict,
+    SuspectedRow,
+)
 from shared.errors import FieldViolation, InvalidArgument
+from shared.ownership import Owner
 from shared.protobuf import timestamp_from_datetime
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2, resources_pb2
@@ -41,6 +49,22 @@ _SOURCE_KINDS = {
     SourceKind.UPLOAD: resources_pb2.DATASET_SOURCE_KIND_UPLOAD,
     SourceKind.IMPORT: resources_pb2.DATASET_SOURCE_KIND_IMPORT,
 }
+_AUDIT_ACTIONS = {
+    LabelAuditAction.REPORT: resources_pb2.LABEL_AUDIT_ACTION_REPORT,
+    LabelAuditAction.WARN: resources_pb2.LABEL_AUDIT_ACTION_WARN,
+    LabelAuditAction.BLOCK: resources_pb2.LABEL_AUDIT_ACTION_BLOCK,
+}
+_AUDIT_ACTIONS_BY_NUMBER = {number: action for action, number in _AUDIT_ACTIONS.items()}
+_AUDIT_VERDICTS = {
+    LabelAuditVerdict.PENDING: resources_pb2.LABEL_AUDIT_VERDICT_PENDING,
+    LabelAuditVerdict.PASSED: resources_pb2.LABEL_AUDIT_VERDICT_PASSED,
+    LabelAuditVerdict.WARNED: resources_pb2.LABEL_AUDIT_VERDICT_WARNED,
+    LabelAuditVerdict.BLOCKED: resources_pb2.LABEL_AUDIT_VERDICT_BLOCKED,
+    LabelAuditVerdict.SKIPPED: resources_pb2.LABEL_AUDIT_VERDICT_SKIPPED,
+    LabelAuditVerdict.FAILED: resources_pb2.LABEL_AUDIT_VERDICT_FAILED,
+}
+#: Suspected rows' line numbers a DatasetAudited event carries (the audit has them all).
+_LINES_IN_EVENT = 100
 
 
 # -- requests -> domain ------------------------------------------------------------------------
@@ -94,6 +118,8 @@ def policy_from_proto(message: resources_pb2.SchemaPolicy, *, field: str) -> Sch
         max_imbalance_ratio=message.max_imbalance_ratio,
         max_label_churn=message.max_label_churn,
         min_shared_rows_for_churn=message.min_shared_rows_for_churn,
+        label_audit_action=_AUDIT_ACTIONS_BY_NUMBER.get(message.label_audit_action),
+        max_label_noise_rate=message.max_label_noise_rate,
         rule_severities=severities,
     )
 
@@ -110,6 +136,10 @@ def policy_to_proto(policy: SchemaPolicy) -> resources_pb2.SchemaPolicy:
         max_imbalance_ratio=policy.max_imbalance_ratio,
         max_label_churn=policy.max_label_churn,
         min_shared_rows_for_churn=policy.min_shared_rows_for_churn,
+        label_audit_action=_AUDIT_ACTIONS[policy.label_audit_action]
+        if policy.label_audit_action
+        else resources_pb2.LABEL_AUDIT_ACTION_UNSPECIFIED,
+        max_label_noise_rate=policy.max_label_noise_rate,
         rule_severities={rule: _SEVERITIES[s] for rule, s in policy.rule_severities.items()},
     )
 
@@ -125,7 +155,16 @@ def dataset_to_proto(dataset: Dataset) -> resources_pb2.Dataset:
         version_count=dataset.version_count,
         create_time=timestamp_from_datetime(dataset.create_time),
         update_time=timestamp_from_datetime(dataset.update_time),
+        owner=common_pb2.Owner(
+            team=dataset.owner.team,
+            contact=dataset.owner.contact,
+            runbook_uri=dataset.owner.runbook_uri,
+        ),
     )
+
+
+def owner_from_proto(owner: common_pb2.Owner) -> Owner:
+    return Owner(team=owner.team, contact=owner.contact, runbook_uri=owner.runbook_uri)
 
 
 def task_type_to_proto(task_type: TaskType) -> common_pb2.TaskType.ValueType:
@@ -216,4 +255,72 @@ def dataset_versioned(version: DatasetVersion) -> events_pb2.DatasetVersioned:
         report_summary=summary_to_proto(version.summary),
         lineage=lineage_to_proto(version.lineage),
         event_time=timestamp_from_datetime(version.create_time),
+    )
+
+
+def _suspected_row_to_proto(row: SuspectedRow) -> resources_pb2.SuspectedLabelError:
+    return resources_pb2.SuspectedLabelError(
+        line_number=row.line_number,
+        given_label=row.given_label,
+        suggested_label=row.suggested_label,
+        label_quality=row.label_quality,
+    )
+
+
+def _class_noise_to_proto(noise: ClassNoise) -> resources_pb2.LabelNoise:
+    return resources_pb2.LabelNoise(
+        label=noise.label,
+        row_count=noise.row_count,
+        suspected_count=noise.suspected_count,
+        noise_rate=noise.noise_rate,
+    )
+
+
+def audit_to_proto(audit: DatasetAudit, *, max_rows: int = 0) -> resources_pb2.DatasetAudit:
+    """The audit resource; ``max_rows`` > 0 keeps that many suspected rows."""
+    message = resources_pb2.DatasetAudit(
+        name=audit.name,
+        dataset_version=audit.dataset_version,
+        verdict=_AUDIT_VERDICTS[audit.verdict],
+        reason=audit.reason,
+        action=_AUDIT_ACTIONS[audit.policy.action],
+        max_noise_rate=audit.policy.max_noise_rate,
+        encoder=audit.encoder,
+        row_count=audit.row_count,
+        create_time=timestamp_from_datetime(audit.create_time),
+    )
+    if audit.complete_time is not None:
+        message.complete_time.CopyFrom(timestamp_from_datetime(audit.complete_time))
+    findings = audit.findings
+    if findings is not None:
+        rows = findings.suspected_rows[:max_rows] if max_rows > 0 else findings.suspected_rows
+        message.noise_rate = findings.noise_rate
+        message.suspected_count = findings.suspected_count
+        message.folds = findings.folds
+        message.out_of_fold_accuracy = findings.out_of_fold_accuracy
+        message.classes.extend(_class_noise_to_proto(c) for c in findings.classes)
+        message.suspected_rows.extend(_suspected_row_to_proto(r) for r in rows)
+    return message
+
+
+def dataset_audited(audit: DatasetAudit) -> events_pb2.DatasetAudited:
+    """The event announcing a finished audit."""
+    assert audit.complete_time is not None
+    findings = audit.findings
+    return events_pb2.DatasetAudited(
+        dataset_version=audit.dataset_version,
+        dataset=f"datasets/{audit.dataset_id}",
+        content_sha256=audit.content_sha256,
+        task_type=_TASK_TYPES[TaskType(audit.task_type)],
+        verdict=_AUDIT_VERDICTS[audit.verdict],
+        reason=audit.reason,
+        action=_AUDIT_ACTIONS[audit.policy.action],
+        max_noise_rate=audit.policy.max_noise_rate,
+        noise_rate=findings.noise_rate if findings else 0.0,
+        suspected_count=findings.suspected_count if findings else 0,
+        suspected_line_numbers=[
+            row.line_number for row in (findings.suspected_rows if findings else ())
+        ][:_LINES_IN_EVENT],
+        audit=audit.name,
+        event_time=timestamp_from_datetime(audit.complete_time),
     )

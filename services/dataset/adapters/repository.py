@@ -12,13 +12,19 @@ set — is therefore current until the commit.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from services.dataset.adapters.tables import DatasetRow, DatasetVersionRow, ValidationReportRow
+from services.dataset.adapters.tables import (
+    DatasetAuditRow,
+    DatasetRow,
+    DatasetVersionRow,
+    ValidationReportRow,
+)
 from services.dataset.domain import (
     DEFAULT_MAX_LABEL_CHURN,
     DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
@@ -35,6 +41,16 @@ from services.dataset.domain import (
     TaskType,
     ValidationReport,
 )
+from services.dataset.label_audit import (
+    DEFAULT_ACTION,
+    DEFAULT_MAX_NOISE_RATE,
+    DatasetAudit,
+    LabelAuditAction,
+    LabelAuditFindings,
+    LabelAuditPolicy,
+    LabelAuditVerdict,
+)
+from shared.ownership import Owner
 
 
 def _utc(value: datetime) -> datetime:
@@ -77,6 +93,7 @@ class DatasetRepository:
                 display_name=dataset.display_name,
                 description=dataset.description,
                 policy=_policy_json(dataset.policy),
+                owner=asdict(dataset.owner),
                 latest_version="",
                 version_count=0,
                 create_time=dataset.create_time,
@@ -196,6 +213,64 @@ class DatasetRepository:
             query = query.where(ValidationReportRow.seq < before_seq)
         return [(row.seq, _report(row)) for row in self.session.scalars(query)]
 
+    # -- label audits -----------------------------------------------------------------------
+
+    def add_audit(self, audit: DatasetAudit) -> None:
+        self.session.add(
+            DatasetAuditRow(
+                dataset_id=audit.dataset_id,
+                version_id=audit.version_id,
+                content_sha256=audit.content_sha256,
+                task_type=audit.task_type,
+                row_count=audit.row_count,
+                verdict=audit.verdict.value,
+                reason=audit.reason,
+                action=audit.policy.action.value,
+                max_noise_rate=audit.policy.max_noise_rate,
+                encoder=audit.encoder,
+                findings=audit.findings.to_json() if audit.findings else {},
+                create_time=audit.create_time,
+                complete_time=audit.complete_time,
+            )
+        )
+        self.session.flush()
+
+    def get_audit(self, dataset_id: str, version_id: str) -> DatasetAudit | None:
+        row = self._audit_row(dataset_id, version_id)
+        return _audit(row) if row else None
+
+    def pending_audits(self, limit: int) -> list[DatasetAudit]:
+        """PENDING audits, oldest first."""
+        query = (
+            select(DatasetAuditRow)
+            .where(DatasetAuditRow.verdict == LabelAuditVerdict.PENDING.value)
+            .order_by(DatasetAuditRow.seq)
+            .limit(limit)
+        )
+        return [_audit(row) for row in self.session.scalars(query)]
+
+    def complete_audit(self, audit: DatasetAudit) -> bool:
+        """Store a finished audit over its PENDING row; ``False`` if it was no longer pending
+        (another replica finished it first)."""
+        row = self._audit_row(audit.dataset_id, audit.version_id)
+        if row is None or row.verdict != LabelAuditVerdict.PENDING.value:
+            return False
+        row.verdict = audit.verdict.value
+        row.reason = audit.reason[:4096]
+        row.encoder = audit.encoder
+        row.findings = audit.findings.to_json() if audit.findings else {}
+        row.complete_time = audit.complete_time
+        self.session.flush()
+        return True
+
+    def _audit_row(self, dataset_id: str, version_id: str) -> DatasetAuditRow | None:
+        return self.session.scalar(
+            select(DatasetAuditRow).where(
+                DatasetAuditRow.dataset_id == dataset_id,
+                DatasetAuditRow.version_id == version_id,
+            )
+        )
+
 
 # -- rows <-> domain ---------------------------------------------------------------------------
 
@@ -209,6 +284,8 @@ def _policy_json(policy: SchemaPolicy) -> dict[str, Any]:
         "max_imbalance_ratio": policy.max_imbalance_ratio,
         "max_label_churn": policy.max_label_churn,
         "min_shared_rows_for_churn": policy.min_shared_rows_for_churn,
+        "label_audit_action": policy.label_audit_action.value if policy.label_audit_action else "",
+        "max_label_noise_rate": policy.max_label_noise_rate,
         "rule_severities": {rule: s.value for rule, s in policy.rule_severities.items()},
     }
 
@@ -225,6 +302,9 @@ def _policy(data: dict[str, Any]) -> SchemaPolicy:
         min_shared_rows_for_churn=data.get(
             "min_shared_rows_for_churn", DEFAULT_MIN_SHARED_ROWS_FOR_CHURN
         ),
+        # policies stored before the label audit existed: the defaults
+        label_audit_action=LabelAuditAction(data.get("label_audit_action") or DEFAULT_ACTION),
+        max_label_noise_rate=data.get("max_label_noise_rate") or DEFAULT_MAX_NOISE_RATE,
         rule_severities={rule: Severity(s) for rule, s in data["rule_severities"].items()},
     )
 
@@ -240,6 +320,7 @@ def _dataset(row: DatasetRow) -> Dataset:
         version_count=row.version_count,
         create_time=_utc(row.create_time),
         update_time=_utc(row.update_time),
+        owner=Owner(**(row.owner or {})),
     )
 
 
@@ -337,4 +418,21 @@ def _report(row: ValidationReportRow) -> ValidationReport:
         validate_only=row.validate_only,
         create_time=_utc(row.create_time),
         dataset_version=row.dataset_version,
+    )
+
+
+def _audit(row: DatasetAuditRow) -> DatasetAudit:
+    return DatasetAudit(
+        dataset_id=row.dataset_id,
+        version_id=row.version_id,
+        content_sha256=row.content_sha256,
+        task_type=row.task_type,
+        policy=LabelAuditPolicy(LabelAuditAction(row.action), row.max_noise_rate),
+        row_count=row.row_count,
+        create_time=_utc(row.create_time),
+        verdict=LabelAuditVerdict(row.verdict),
+        reason=row.reason,
+        encoder=row.encoder,
+        findings=LabelAuditFindings.from_json(row.findings) if row.findings else None,
+        complete_time=_utc(row.complete_time) if row.complete_time else None,
     )

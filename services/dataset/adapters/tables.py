@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     Index,
     Integer,
     String,
@@ -35,6 +36,8 @@ class DatasetRow(DatasetBase):
     display_name: Mapped[str] = mapped_column(String(200), default="")
     description: Mapped[str] = mapped_column(String(4000), default="")
     policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: The dataset's ``Owner`` (team, contact, runbook_uri); ``{}`` when it has none.
+    owner: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     latest_version: Mapped[str] = mapped_column(String(255), default="")
     version_count: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -97,3 +100,32 @@ class ValidationReportRow(LineageColumns, DatasetBase):
     #: ``[{rule, severity, message, count, line_numbers, field}, …]`` in report order.
     findings: Mapped[list[Any]] = mapped_column(JSON)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DatasetAuditRow(DatasetBase):
+    """A version's label audit: added PENDING with the version, completed by the audit runner."""
+
+    __tablename__ = "dataset_audits"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "version_id"),
+        Index("ix_dataset_audits_verdict", "verdict"),
+    )
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    dataset_id: Mapped[str] = mapped_column(String(63))
+    version_id: Mapped[str] = mapped_column(String(63))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    task_type: Mapped[str] = mapped_column(String(32))
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    #: ``pending`` until the audit finishes, then its verdict.
+    verdict: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(4096), default="")
+    action: Mapped[str] = mapped_column(String(16))
+    max_noise_rate: Mapped[float] = mapped_column(Float)
+    encoder: Mapped[str] = mapped_column(String(255), default="")
+    #: :class:`~services.dataset.label_audit.LabelAuditFindings` as JSON; ``{}`` when none.
+    findings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    complete_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -17,8 +17,10 @@ import grpc
 
 from services.dataset import handlers
 from services.dataset.adapters.messages import (
+    audit_to_proto,
     dataset_to_proto,
     outcome_from_proto,
+    owner_from_proto,
     policy_from_proto,
     report_to_proto,
     summary_to_proto,
@@ -93,6 +95,7 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
             policy=policy_from_proto(request.dataset.schema_policy, field="dataset.schema_policy"),
             display_name=request.dataset.display_name,
             description=request.dataset.description,
+            owner=owner_from_proto(request.dataset.owner),
         )
         return service_pb2.CreateDatasetResponse(dataset=dataset_to_proto(dataset))
 
@@ -222,4 +225,16 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
         )
         return service_pb2.ListValidationReportsResponse(
             validation_reports=[report_to_proto(r) for r in reports], next_page_token=token
+        )
+
+    def GetDatasetAudit(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.GetDatasetAuditRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetDatasetAuditResponse:
+        if request.max_rows < 0:
+            raise InvalidArgument(
+                "invalid request", [FieldViolation("max_rows", "must be >= 0", "NEGATIVE")]
+            )
+        audit = handlers.get_audit(self._deps, request.name)
+        return service_pb2.GetDatasetAuditResponse(
+            dataset_audit=audit_to_proto(audit, max_rows=request.max_rows)
         )

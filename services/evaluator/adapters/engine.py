@@ -11,7 +11,14 @@ trusted) plus the adapter, encodes every row exactly as training did
   the argmax got right, and for a bounded, deterministic subset of examples (the first
   ``max_generation_examples`` by sha256 of their id, so the subset is spread over the set and
   identical for every model) whether greedy generation of at most ``max_new_tokens`` tokens
-  equals the completion (after collapsing whitespace).
+  equals the completion (after collapsing whitespace). Generation stops at every end-of-turn
+  id: the generation config's, the tokenizer's EOS, and the chat template's end-of-turn token
+  (``<|im_end|>`` …), so a chat model's answer ends where its turn does; the generated answer's
+  word-overlap F1 and ROUGE-L against the completion, and, for rows that declare a
+  ``json_schema``, whether it is JSON the schema accepts (:mod:`.text_metrics`).
+
+When the job asks (:class:`~.scoring.DataChecksJob`), the primary set is also compared with the
+candidate's training rows: contamination, coverage and shift (:mod:`.data_checks`).
 
 Speed: examples are sorted by length and cut into batches of at most ``batch_size`` examples
 and ``max_batch_tokens`` padded tokens, so little compute goes to padding; every forward pass
@@ -23,9 +30,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import importlib.metadata
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 
+from services.evaluator.adapters.data_checks import run_data_checks
+from services.evaluator.adapters.parity import parity_for_job
 from services.evaluator.adapters.scoring import (
     RowSource,
     ScoringFailed,
@@ -43,11 +53,14 @@ from services.evaluator.adapters.scoring import (
     SubjectRole,
     SubjectSpec,
 )
-from services.evaluator.domain.evaluation import FailureReason
+from services.evaluator.adapters.text_metrics import json_valid, rouge_l, token_f1
+from services.evaluator.domain.data_checks import DataChecks, skipped
+from services.evaluator.domain.evaluation import FailureReason, ScoringConditions
 from services.evaluator.domain.outcomes import (
     CausalLMOutcomes,
     ClassificationOutcomes,
     ExampleOutcomes,
+    FloatArray,
     TaskType,
 )
 from shared.modeling import (
@@ -68,7 +81,14 @@ from shared.modeling import (
     resolve_base_model,
 )
 from shared.modeling.batching import pad_batch
-from shared.modeling.loading import load_adapter, load_base_model, load_tokenizer, resolve_device
+from shared.modeling.loading import (
+    default_dtype,
+    load_adapter,
+    load_base_model,
+    load_tokenizer,
+    resolve_device,
+)
+from shared.modeling.tokenizer_fingerprint import end_of_turn_token_ids
 
 _TASK_KINDS = {
     TaskType.CLASSIFICATION: TaskKind.CLASSIFICATION,
@@ -84,6 +104,8 @@ class LoadedSubject:
     tokenizer: Any
     labels: tuple[str, ...]
     max_length: int
+    #: The base model's folder (its ``generation_config.json`` names end-of-turn ids too).
+    model_dir: Path | None = None
 
 
 # -- reading rows -----------------------------------------------------------------------------
@@ -189,7 +211,11 @@ def load_subject(
             model = load_adapter(bare, adapter_dir)
     model.eval()
     return LoadedSubject(
-        model, tokenizer, tuple(labels), _max_length(bare, job.scoring.max_seq_length)
+        model,
+        tokenizer,
+        tuple(labels),
+        _max_length(bare, job.scoring.max_seq_length),
+        model_dir=base.path,
     )
 
 
@@ -274,13 +300,20 @@ def _normalized(text: str) -> str:
     return " ".join(text.split())
 
 
-def _exact_matches(
+def stop_token_ids(loaded: LoadedSubject) -> tuple[int, ...]:
+    """Where greedy generation stops: every end-of-turn id of the model's generation config,
+    the tokenizer's EOS and its chat template's end-of-turn tokens (the same ids the
+    tokenizer fingerprint records)."""
+    return end_of_turn_token_ids(loaded.tokenizer, loaded.model_dir)
+
+
+def generate_answers(
     loaded: LoadedSubject,
     rows: Sequence[Row],
     job: ScoringJob,
     device: torch.device,
-) -> dict[str, bool]:
-    """Greedy generation versus the completion, for the rows given."""
+) -> dict[str, tuple[str, str]]:
+    """Greedy generation for the rows given: (generated text, reference) per row id."""
     tokenizer = loaded.tokenizer
     budget = max(2, loaded.max_length - job.scoring.max_new_tokens)
     try:
@@ -288,7 +321,8 @@ def _exact_matches(
     except DataUnavailable as error:
         raise ScoringFailed(FailureReason.DATA_UNAVAILABLE, str(error)) from error
     pad_id = int(tokenizer.pad_token_id)
-    results: dict[str, bool] = {}
+    stop_ids = list(stop_token_ids(loaded))
+    results: dict[str, tuple[str, str]] = {}
     batches = length_batches(
         [len(p.prompt_ids) for p in prompts],
         batch_size=job.batch_size,
@@ -315,11 +349,11 @@ def _exact_matches(
                 top_p=None,
                 top_k=None,
                 pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stop_ids,
             )
             for row, prompt in enumerate(chosen):
                 text = tokenizer.decode(generated[row, width:], skip_special_tokens=True)
-                results[prompt.row_id] = _normalized(text) == _normalized(prompt.reference)
+                results[prompt.row_id] = (text, prompt.reference)
     return results
 
 
@@ -358,9 +392,25 @@ def score_causal_lm(
             del logits, token_losses
     kept = {e.row_id for e in examples}
     chosen = generation_subset(sorted(kept), job.scoring.max_generation_examples)
-    matches = _exact_matches(loaded, [r for r in rows if r["id"] in chosen], job, device)
-    exact = np.asarray(
-        [float(matches[e.row_id]) if e.row_id in matches else math.nan for e in examples]
+    generated_rows = [r for r in rows if r["id"] in chosen]
+    answers = generate_answers(loaded, generated_rows, job, device)
+    schemas = {r["id"]: r["json_schema"] for r in generated_rows if "json_schema" in r}
+
+    def per_example(measure: Callable[[str, str, str], float]) -> FloatArray:
+        return np.asarray(
+            [
+                measure(e.row_id, *answers[e.row_id]) if e.row_id in answers else math.nan
+                for e in examples
+            ]
+        )
+
+    exact = per_example(lambda _, text, ref: float(_normalized(text) == _normalized(ref)))
+    f1 = per_example(lambda _, text, ref: token_f1(text, ref))
+    rouge = per_example(lambda _, text, ref: rouge_l(text, ref))
+    json_ok = per_example(
+        lambda row_id, text, _: (
+            float(json_valid(text, schemas[row_id])) if row_id in schemas else math.nan
+        )
     )
     return CausalLMOutcomes(
         example_ids=tuple(e.row_id for e in examples),
@@ -369,6 +419,9 @@ def score_causal_lm(
         token_counts=token_counts,
         correct_tokens=correct_tokens,
         exact_matches=exact,
+        token_f1=f1,
+        rouge_l=rouge,
+        json_valid=json_ok,
     )
 
 
@@ -380,10 +433,54 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _installed_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def scoring_conditions(device_name: str | None) -> ScoringConditions:
+    """The conditions :func:`score` computes under on ``device_name`` (``None``: CUDA if any)."""
+    device = resolve_device(device_name)
+    return ScoringConditions(
+        device_type=device.type,
+        dtype=str(default_dtype(device)).removeprefix("torch."),
+        torch_version=torch.__version__,
+        transformers_version=_installed_version("transformers"),
+        peft_version=_installed_version("peft"),
+    )
+
+
+def _data_checks(
+    job: ScoringJob, rows: dict[str, list[Row]], hashes: FolderHashCache
+) -> DataChecks | None:
+    """The job's data checks on its primary set, when it asks for them."""
+    checks = job.data_checks
+    if checks is None:
+        return None
+    try:
+        training = read_rows(checks.training)
+    except ScoringFailed as error:
+        return skipped(checks.training_split, f"the training rows are unavailable: {error}")
+    return run_data_checks(job, checks, rows[job.sets[0].set_key], training, hashes)
+
+
 def score(job: ScoringJob) -> ScoringResult:
-    """Score every subject of ``job`` on every set; raises :class:`ScoringFailed`."""
+    """Score every subject of ``job`` on every set; raises :class:`ScoringFailed`.
+
+    A job that names its conditions is refused unless this process computes under exactly
+    those (its outcomes would be stored under a key that does not describe them).
+    """
     started = time.perf_counter()
     device = resolve_device(job.device)
+    expected = job.scoring.conditions
+    if expected is not None and (actual := scoring_conditions(job.device)) != expected:
+        raise ScoringFailed(
+            FailureReason.INTERNAL,
+            f"the job expects to be scored under {expected.key}, this worker scores under "
+            f"{actual.key}",
+        )
     hashes = FolderHashCache()
     rows = {source.set_key: read_rows(source) for source in job.sets}
     outcomes: dict[tuple[str, str], ExampleOutcomes] = {}
@@ -417,6 +514,8 @@ def score(job: ScoringJob) -> ScoringResult:
                 del loaded
                 _release(device)
             subject_seconds[subject.subject_key] = time.perf_counter() - subject_started
+        parity = parity_for_job(job, rows, device, hashes)
+        data_checks = _data_checks(job, rows, hashes)
     except torch.cuda.OutOfMemoryError as error:
         _release(device)
         raise ScoringFailed(FailureReason.OUT_OF_MEMORY, str(error)) from error
@@ -432,4 +531,6 @@ def score(job: ScoringJob) -> ScoringResult:
         examples_scored=scored,
         load_seconds=load_seconds,
         subject_seconds=subject_seconds,
+        parity=parity,
+        data_checks=data_checks,
     )

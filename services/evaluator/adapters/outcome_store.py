@@ -54,6 +54,9 @@ def outcomes_to_document(outcomes: ExampleOutcomes) -> dict[str, Any]:
             "token_counts": [int(v) for v in outcomes.token_counts.tolist()],
             "correct_tokens": [int(v) for v in outcomes.correct_tokens.tolist()],
             "exact_matches": _floats(outcomes.exact_matches),
+            "token_f1": _floats(outcomes.token_f1),
+            "rouge_l": _floats(outcomes.rouge_l),
+            "json_valid": _floats(outcomes.json_valid),
         }
     raise TypeError(f"unknown outcomes type {type(outcomes).__name__}")
 
@@ -83,6 +86,10 @@ def outcomes_from_document(document: dict[str, Any]) -> ExampleOutcomes:
             token_counts=_array(document["token_counts"], np.int64),
             correct_tokens=_array(document["correct_tokens"], np.int64),
             exact_matches=_array(document["exact_matches"], np.float64),
+            # absent from documents stored before these metrics: not measured (NaN)
+            token_f1=_array(document.get("token_f1", []), np.float64),
+            rouge_l=_array(document.get("rouge_l", []), np.float64),
+            json_valid=_array(document.get("json_valid", []), np.float64),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise OutcomesUnreadable(f"malformed outcomes document: {error!r}") from error

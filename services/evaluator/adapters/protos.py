@@ -10,6 +10,15 @@ from __future__ import annotations
 import math
 from typing import cast
 
+from services.evaluator.adapters.data_check_protos import (
+    data_checks_from_proto,
+    data_checks_to_proto,
+)
+from services.evaluator.adapters.parity_protos import (
+    parity_from_proto,
+    parity_to_proto,
+    serving_profile_from_proto,
+)
 from services.evaluator.domain.evaluation import (
     Baseline,
     BaselineKind,
@@ -180,6 +189,11 @@ def model_spec_from_proto(model: registry_pb2.Model) -> ModelSpec:
         evaluation_set=evaluation_set_from_proto(model.evaluation_set),
         golden_sets=tuple(evaluation_set_from_proto(s) for s in model.golden_sets),
         gate_policy=gate_policy_from_proto(model.gate_policy, task_type),
+        serving_profile=(
+            serving_profile_from_proto(model.serving_profile)
+            if model.HasField("serving_profile")
+            else None
+        ),
     )
 
 
@@ -196,6 +210,8 @@ def checkpoint_ref_from_event(event: trainer_events_pb2.CheckpointReady) -> Chec
         task_type=task_type_from_proto(event.lineage.task_type),
         base_model=base_model_from_proto(event.lineage.base_model),
         lineage=event.lineage.SerializeToString(deterministic=True),
+        validation_loss=event.validation_loss if event.HasField("validation_loss") else None,
+        best_checkpoint=event.best_checkpoint,
     )
 
 
@@ -339,7 +355,10 @@ def evaluation_to_proto(evaluation: Evaluation) -> evaluator_pb2.Evaluation:
         failure_message=evaluation.failure_message,
         example_count=evaluation.example_count,
         lineage=_lineage(evaluation.checkpoint),
+        selection_reason=evaluation.selection_reason,
     )
+    if evaluation.selection is not None:
+        message.checkpoint_selection = selection_to_proto(evaluation.selection)
     if evaluation.primary_set is not None:
         message.evaluation_set.CopyFrom(evaluation_set_to_proto(evaluation.primary_set))
     message.golden_sets.extend(evaluation_set_to_proto(s) for s in evaluation.golden_sets)
@@ -347,6 +366,10 @@ def evaluation_to_proto(evaluation: Evaluation) -> evaluator_pb2.Evaluation:
         message.gate_policy.CopyFrom(gate_policy_to_proto(evaluation.gate_policy))
     if evaluation.baseline is not None:
         message.baseline.CopyFrom(baseline_to_proto(evaluation.baseline))
+    if evaluation.parity is not None:
+        message.parity.CopyFrom(parity_to_proto(evaluation.parity))
+    if evaluation.data_checks is not None:
+        message.data_checks.CopyFrom(data_checks_to_proto(evaluation.data_checks))
     set_timestamp(message.create_time, evaluation.create_time)
     set_timestamp(message.start_time, evaluation.start_time)
     set_timestamp(message.end_time, evaluation.end_time)
@@ -408,6 +431,12 @@ def evaluation_from_proto(
         start_time=datetime_from_timestamp(message, "start_time"),
         end_time=datetime_from_timestamp(message, "end_time"),
         regressions=tuple(regressions),
+        parity=parity_from_proto(message.parity),
+        data_checks=(
+            data_checks_from_proto(message.data_checks) if message.HasField("data_checks") else None
+        ),
+        selection=selection_from_proto(message.checkpoint_selection),
+        selection_reason=message.selection_reason,
     )
 
 
@@ -442,11 +471,17 @@ def evaluation_completed_event(evaluation: Evaluation) -> events_pb2.EvaluationC
         failure_message=resource.failure_message,
         example_count=resource.example_count,
         lineage=resource.lineage,
+        checkpoint_selection=resource.checkpoint_selection,
+        selection_reason=resource.selection_reason,
     )
     if resource.HasField("evaluation_set"):
         event.evaluation_set.CopyFrom(resource.evaluation_set)
     if resource.HasField("baseline"):
         event.baseline.CopyFrom(resource.baseline)
+    if resource.HasField("parity"):
+        event.parity.CopyFrom(resource.parity)
+    if resource.HasField("data_checks"):
+        event.data_checks.CopyFrom(resource.data_checks)
     set_timestamp(event.event_time, evaluation.end_time)
     return event
 

@@ -100,6 +100,21 @@ class EvaluatorRepository:
         row.event = event.SerializeToString(deterministic=True)
         return protos.checkpoint_ref_from_event(event)
 
+    def final_checkpoint_of(self, training_job: str) -> CheckpointRef | None:
+        """The final checkpoint announced for ``training_job`` (``None`` while it runs)."""
+        row = self.session.scalars(
+            select(CheckpointRow)
+            .where(CheckpointRow.name.startswith(f"{training_job}/checkpoints/", autoescape=True))
+            .where(CheckpointRow.is_final.is_(True))
+            .order_by(CheckpointRow.name)
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        return protos.checkpoint_ref_from_event(
+            trainer_events_pb2.CheckpointReady.FromString(row.event)
+        )
+
     def checkpoint(self, name: str) -> CheckpointRef | None:
         row = self.session.get(CheckpointRow, name)
         if row is None:

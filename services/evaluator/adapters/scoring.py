@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from services.evaluator.domain.evaluation import BaseModelRef, FailureReason, ScoringSettings
+from services.evaluator.adapters.parity_job import ParityJob, ParityMeasured
+from services.evaluator.domain.data_checks import DataCheckPolicy, DataChecks
+from services.evaluator.domain.evaluation import (
+    BaseModelRef,
+    FailureReason,
+    ScoringSettings,
+)
 from services.evaluator.domain.outcomes import ExampleOutcomes, TaskType
 
 
@@ -37,6 +43,18 @@ class RowSource:
     manifest_path: str = ""
     manifest_sha256: str = ""
     part: str = "validation"
+
+
+@dataclass(frozen=True)
+class DataChecksJob:
+    """Compare the job's primary set with the candidate's training rows (``adapters.data_checks``).
+
+    ``training`` is the train part of the split named by the candidate's lineage.
+    """
+
+    training: RowSource
+    training_split: str
+    policy: DataCheckPolicy
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,17 @@ class ScoringJob:
     #: Upper bound on padded tokens per forward batch (the logits of a large vocabulary are
     #: big: 8192 positions x 49k classes is 1.6 GB in fp32).
     max_batch_tokens: int = 4096
+    #: Also measure the candidate's merged-versus-unmerged parity (see ``adapters.parity``).
+    parity: ParityJob | None = None
+    #: Also check the primary set for contamination, coverage and shift.
+    data_checks: DataChecksJob | None = None
+
+
+@dataclass(frozen=True)
+class ConditionsRequest:
+    """Ask the engine which :class:`ScoringConditions` it would score under on ``device``."""
+
+    device: str | None = None
 
 
 @dataclass
@@ -80,6 +109,10 @@ class ScoringResult:
     load_seconds: float = 0.0
     #: Wall-clock seconds per subject key, loading included.
     subject_seconds: dict[str, float] = field(default_factory=dict)
+    #: The candidate's parity numbers, when the job asked for them.
+    parity: ParityMeasured | None = None
+    #: The data checks, when the job asked for them.
+    data_checks: DataChecks | None = None
 
 
 class ScoringFailed(Exception):

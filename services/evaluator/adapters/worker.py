@@ -2,7 +2,8 @@
 
 The service process never imports torch: it spawns one worker (``spawn``, so no CUDA or lock
 state is inherited from a threaded parent) that imports the engine once and then scores jobs
-sent over a pipe. One worker means one evaluation at a time on the device. The worker stays up
+sent over a pipe (and, asked, says which device, dtype and library versions it scores
+under). One worker means one evaluation at a time on the device. The worker stays up
 between jobs (importing torch and transformers costs seconds), and a worker that dies — a
 segfault, the kernel's OOM killer — fails only the job it was running; the next job spawns a
 fresh one. A job past its timeout, or a service that is stopping, kills the worker.
@@ -20,8 +21,13 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from services.evaluator.adapters.scoring import ScoringFailed, ScoringJob, ScoringResult
-from services.evaluator.domain.evaluation import FailureReason
+from services.evaluator.adapters.scoring import (
+    ConditionsRequest,
+    ScoringFailed,
+    ScoringJob,
+    ScoringResult,
+)
+from services.evaluator.domain.evaluation import FailureReason, ScoringConditions
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,9 @@ def _worker_main(connection: Connection) -> None:
         if job is None:
             return
         try:
+            if isinstance(job, ConditionsRequest):
+                connection.send(("ok", engine.scoring_conditions(job.device)))
+                continue
             result = engine.score(job)
         except ScoringFailed as failure:
             connection.send(("failed", (failure.reason.value, failure.message)))
@@ -99,6 +108,17 @@ class EvaluationWorker:
 
     def run(self, job: ScoringJob, *, timeout: float) -> ScoringResult:
         """Score ``job`` in the worker; raises :class:`ScoringFailed` or :class:`WorkerStopped`."""
+        result: ScoringResult = self._exchange(job, timeout=timeout)
+        return result
+
+    def conditions(self, device: str | None, *, timeout: float) -> ScoringConditions:
+        """The conditions the worker scores under on ``device`` (asked of the worker itself:
+        the service process does not import torch)."""
+        answer: ScoringConditions = self._exchange(ConditionsRequest(device), timeout=timeout)
+        return answer
+
+    def _exchange(self, request: ScoringJob | ConditionsRequest, *, timeout: float) -> Any:
+        """Send ``request`` to the worker and wait for its answer (see :meth:`run`)."""
         with self._lock:
             if self._stopping.is_set():
                 raise WorkerStopped("the evaluation worker is stopping")
@@ -106,7 +126,7 @@ class EvaluationWorker:
             assert self._connection is not None
             assert self._process is not None
             connection, process = self._connection, self._process
-            connection.send(job)
+            connection.send(request)
             deadline = time.monotonic() + timeout
             while True:
                 if self._stopping.is_set():
@@ -141,8 +161,7 @@ class EvaluationWorker:
                 if kind == "ready":
                     continue
                 if kind == "ok":
-                    result: ScoringResult = payload
-                    return result
+                    return payload
                 if kind == "failed":
                     reason_value, text = payload
                     raise ScoringFailed(FailureReason(reason_value), text)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
+from services.evaluator.domain.data_checks import DataChecks
 from services.evaluator.domain.gate import (
     GatePolicy,
     GateResult,
@@ -23,6 +24,7 @@ from services.evaluator.domain.gate import (
     Verdict,
 )
 from services.evaluator.domain.outcomes import TaskType
+from services.evaluator.domain.parity import ParityResult, ServingProfileSpec
 from shared.errors import FieldViolation, InvalidArgument
 from shared.local_paths import without_local_paths
 
@@ -91,14 +93,21 @@ class BaselineKind(StrEnum):
 
 
 class CheckpointSelection(StrEnum):
-    """Which checkpoints a CheckpointReady event evaluates."""
+    """Which checkpoints a CheckpointReady event evaluates.
+
+    BEST_AT_END (the default) evaluates one checkpoint per job, once it has ended: its best by
+    validation loss, which is what should be promoted (see :func:`best_at_end`). The others
+    decide per checkpoint as it is announced (:meth:`selects`).
+    """
 
     ALL = "ALL"
     BEST_AND_FINAL = "BEST_AND_FINAL"
     FINAL = "FINAL"
     NONE = "NONE"
+    BEST_AT_END = "BEST_AT_END"
 
     def selects(self, *, is_best: bool, is_final: bool) -> bool:
+        """Whether a checkpoint is evaluated as it is announced (BEST_AT_END: never alone)."""
         if self is CheckpointSelection.ALL:
             return True
         if self is CheckpointSelection.BEST_AND_FINAL:
@@ -106,6 +115,17 @@ class CheckpointSelection(StrEnum):
         if self is CheckpointSelection.FINAL:
             return is_final
         return False
+
+    def reason(self, checkpoint: CheckpointRef) -> str:
+        """Why :meth:`selects` took ``checkpoint``, in words."""
+        if checkpoint.is_final:
+            return f"the job's final checkpoint, step {checkpoint.step} (selection {self.value})"
+        if self is CheckpointSelection.BEST_AND_FINAL:
+            return (
+                f"the job's best checkpoint by validation loss when written, step "
+                f"{checkpoint.step} (selection {self.value})"
+            )
+        return f"checkpoint of step {checkpoint.step} (selection {self.value}: every one)"
 
 
 class SplitPart(StrEnum):
@@ -236,6 +256,40 @@ class CheckpointRef:
     base_model: BaseModelRef
     #: The trainer's ``Lineage`` message, serialized; passed through to events untouched.
     lineage: bytes = b""
+    #: Validation loss at this step; ``None`` when not validated here.
+    validation_loss: float | None = None
+    #: On a final checkpoint: the job's kept checkpoint with the lowest validation loss
+    #: (empty from trainers that do not say, or on other checkpoints).
+    best_checkpoint: str = ""
+
+
+def _loss(checkpoint: CheckpointRef) -> str:
+    if checkpoint.validation_loss is None:
+        return "not validated"
+    return f"validation loss {checkpoint.validation_loss:.4g}"
+
+
+def best_at_end(final: CheckpointRef) -> str:
+    """The checkpoint BEST_AT_END evaluates for the job whose final checkpoint is ``final``."""
+    return final.best_checkpoint or final.name
+
+
+def best_at_end_reason(chosen: CheckpointRef, final: CheckpointRef) -> str:
+    """Why BEST_AT_END evaluates ``chosen`` for the job that ended with ``final``."""
+    if chosen.name == final.name:
+        if chosen.validation_loss is None:
+            return (
+                f"the job's final checkpoint, step {final.step}: the job has no validated "
+                "checkpoint to prefer (selection BEST_AT_END)"
+            )
+        return (
+            f"the job's best checkpoint by validation loss, which is its final one: step "
+            f"{final.step}, {_loss(final)} (selection BEST_AT_END)"
+        )
+    return (
+        f"the job's best checkpoint by validation loss: step {chosen.step}, {_loss(chosen)}; "
+        f"the final checkpoint, step {final.step}, {_loss(final)} (selection BEST_AT_END)"
+    )
 
 
 @dataclass(frozen=True)
@@ -259,6 +313,8 @@ class ModelSpec:
     evaluation_set: EvaluationSet
     golden_sets: tuple[EvaluationSet, ...]
     gate_policy: GatePolicy
+    #: The serving engine's constraints the parity check lints against; None: no profile.
+    serving_profile: ServingProfileSpec | None = None
 
     @property
     def evaluation_sets(self) -> tuple[EvaluationSet, ...]:
@@ -271,12 +327,38 @@ def evaluation_sets_key(sets: Sequence[EvaluationSet]) -> str:
 
 
 @dataclass(frozen=True)
+class ScoringConditions:
+    """Where and how the engine computes: what changes the numbers besides the settings.
+
+    The same adapter scored in bf16 on a GPU and in fp32 on a CPU, or under another torch,
+    transformers or peft release, gives slightly different losses and can flip a prediction,
+    so stored outcomes are only paired with outcomes computed under equal conditions.
+    """
+
+    device_type: str
+    dtype: str
+    torch_version: str
+    transformers_version: str
+    peft_version: str
+
+    @property
+    def key(self) -> str:
+        return (
+            f"device={self.device_type};dtype={self.dtype};torch={self.torch_version};"
+            f"transformers={self.transformers_version};peft={self.peft_version}"
+        )
+
+
+@dataclass(frozen=True)
 class ScoringSettings:
     """Engine settings that change the numbers (so results are only reused when equal)."""
 
     max_generation_examples: int
     max_new_tokens: int
     max_seq_length: int
+    #: Where the engine computes; ``None`` lets the engine use its defaults (tests, benches),
+    #: which then key stored outcomes as "conditions unknown".
+    conditions: ScoringConditions | None = None
 
     def fingerprint(self, task_type: TaskType) -> str:
         """A short digest of what matters for ``task_type`` (generation: causal LM only)."""
@@ -287,6 +369,8 @@ class ScoringSettings:
                 f"clm;len={self.max_seq_length};gen={self.max_generation_examples};"
                 f"new={self.max_new_tokens}"
             )
+        if self.conditions is not None:
+            text += ";" + self.conditions.key
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -431,6 +515,13 @@ class Evaluation:
     end_time: datetime | None = None
     #: Regressed comparisons, most severe first (kept for the RegressionDetected event).
     regressions: tuple[MetricComparison, ...] = field(default=())
+    #: The rule that chose the checkpoint (``None``: asked for by EvaluateCheckpoint), and why.
+    selection: CheckpointSelection | None = None
+    selection_reason: str = ""
+    #: Merged-vs-unmerged parity, profile lint and fingerprint check; None until checked.
+    parity: ParityResult | None = None
+    #: Contamination, coverage and shift of the primary set; None until checked.
+    data_checks: DataChecks | None = None
 
     @property
     def primary_set(self) -> EvaluationSet | None:
@@ -460,12 +551,24 @@ class Evaluation:
         return replace(self, state=EvaluationState.QUEUED, start_time=None)
 
     def succeeded(
-        self, result: GateResult, baseline: Baseline, example_count: int, now: datetime
+        self,
+        result: GateResult,
+        baseline: Baseline,
+        example_count: int,
+        now: datetime,
+        *,
+        data_checks: DataChecks | None = None,
     ) -> Evaluation:
+        """Terminal with the gate's verdict, as the data checks let it stand (a contaminated
+        set cannot PASS: :meth:`DataChecks.applied_to`)."""
+        verdict = result.verdict
+        if data_checks is not None:
+            verdict, data_checks = data_checks.applied_to(verdict)
         return replace(
             self,
             state=EvaluationState.SUCCEEDED,
-            verdict=result.verdict,
+            verdict=verdict,
+            data_checks=data_checks,
             metrics=result.candidate_metrics,
             baseline=baseline,
             comparisons=result.comparisons,

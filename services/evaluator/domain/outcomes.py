@@ -18,13 +18,17 @@ Metric names and units follow ``tuneline.common.v1.MetricValue``:
 * causal_lm: ``loss`` (cross-entropy per completion token, nats), ``token_accuracy`` (share of
   completion tokens whose argmax prediction is right), ``exact_match`` (share of generated
   examples whose greedy generation equals the completion; only a bounded subset is generated,
-  so its example count may be smaller).
+  so its example count may be smaller), ``token_f1`` and ``rouge_l`` (mean word-overlap F1 and
+  ROUGE-L F-measure of the generated answer against the completion, over generated examples),
+  ``json_valid`` (share of generated examples whose row declares a ``json_schema`` that
+  generated a JSON document the schema accepts). All are per example, so all are paired.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
@@ -40,6 +44,9 @@ MACRO_F1 = "macro_f1"
 RECALL_PREFIX = "recall/"
 TOKEN_ACCURACY = "token_accuracy"  # noqa: S105 - a metric name, not a secret
 EXACT_MATCH = "exact_match"
+TOKEN_F1 = "token_f1"  # noqa: S105 - a metric name, not a secret
+ROUGE_L = "rouge_l"
+JSON_VALID = "json_valid"
 
 
 class TaskType(StrEnum):
@@ -56,7 +63,7 @@ def higher_is_better(metric: str) -> bool:
 
 def per_example_binary(metric: str) -> bool:
     """Whether the metric is a mean of one 0/1 outcome per example (McNemar applies)."""
-    return metric in (ACCURACY, EXACT_MATCH)
+    return metric in (ACCURACY, EXACT_MATCH, JSON_VALID)
 
 
 class ExampleMismatch(ValueError):
@@ -161,9 +168,19 @@ class ClassificationOutcomes:
         return samples
 
 
+def _not_measured() -> FloatArray:
+    return np.empty(0)
+
+
+def _mean_of_defined(weights: FloatArray, values: FloatArray) -> FloatArray:
+    """Weighted mean of the finite ``values`` per weight row (NaN where none is finite)."""
+    defined = np.isfinite(values)
+    return _ratio(weights @ np.where(defined, values, 0.0), weights @ defined.astype(np.float64))
+
+
 @dataclass(frozen=True, eq=False)
 class CausalLMOutcomes:
-    """Per-example causal-LM results over the completion tokens, and greedy exact match."""
+    """Per-example causal-LM results over the completion tokens, and of greedy generation."""
 
     example_ids: tuple[str, ...]
     slices: tuple[str, ...]
@@ -175,10 +192,27 @@ class CausalLMOutcomes:
     correct_tokens: IntArray
     #: 1.0 / 0.0 for generated examples, NaN for examples not generated.
     exact_matches: FloatArray
+    #: Word-overlap F1 and ROUGE-L of the generated answer, NaN for examples not generated.
+    #: Left empty (outcomes stored before these metrics existed): NaN for every example.
+    token_f1: FloatArray = field(default_factory=_not_measured)
+    rouge_l: FloatArray = field(default_factory=_not_measured)
+    #: 1.0 / 0.0 for generated examples whose row declares a JSON schema, NaN for the others.
+    json_valid: FloatArray = field(default_factory=_not_measured)
 
     def __post_init__(self) -> None:
         n = len(self.example_ids)
-        columns = (self.loss_sums, self.token_counts, self.correct_tokens, self.exact_matches)
+        for name in ("token_f1", "rouge_l", "json_valid"):
+            if getattr(self, name).shape == (0,):
+                object.__setattr__(self, name, np.full(n, math.nan))
+        columns = (
+            self.loss_sums,
+            self.token_counts,
+            self.correct_tokens,
+            self.exact_matches,
+            self.token_f1,
+            self.rouge_l,
+            self.json_valid,
+        )
         if len(self.slices) != n or any(column.shape != (n,) for column in columns):
             raise ValueError("every per-example column needs one entry per example")
 
@@ -198,16 +232,22 @@ class CausalLMOutcomes:
             token_counts=self.token_counts[indices],
             correct_tokens=self.correct_tokens[indices],
             exact_matches=self.exact_matches[indices],
+            token_f1=self.token_f1[indices],
+            rouge_l=self.rouge_l[indices],
+            json_valid=self.json_valid[indices],
         )
 
     def aligned_to(self, example_ids: Sequence[str]) -> CausalLMOutcomes:
         return self.select(_order_for(self.example_ids, example_ids))
 
     def correctness(self, metric: str) -> FloatArray | None:
-        """1.0/0.0 per generated example (NaN if not generated) for ``exact_match``."""
-        if metric != EXACT_MATCH:
-            return None
-        return self.exact_matches
+        """1.0/0.0 per example where defined (NaN elsewhere) for ``exact_match`` and
+        ``json_valid``."""
+        if metric == EXACT_MATCH:
+            return self.exact_matches
+        if metric == JSON_VALID:
+            return self.json_valid
+        return None
 
     def metric_counts(self) -> dict[str, int]:
         scored = int(np.count_nonzero(self.token_counts > 0))
@@ -215,6 +255,9 @@ class CausalLMOutcomes:
             LOSS: scored,
             TOKEN_ACCURACY: scored,
             EXACT_MATCH: int(np.count_nonzero(self.generated)),
+            TOKEN_F1: int(np.count_nonzero(np.isfinite(self.token_f1))),
+            ROUGE_L: int(np.count_nonzero(np.isfinite(self.rouge_l))),
+            JSON_VALID: int(np.count_nonzero(np.isfinite(self.json_valid))),
         }
 
     def metric_samples(self, weights: IntArray | FloatArray) -> dict[str, FloatArray]:
@@ -227,6 +270,9 @@ class CausalLMOutcomes:
             EXACT_MATCH: _ratio(
                 weights @ np.nan_to_num(self.exact_matches, nan=0.0), weights @ generated
             ),
+            TOKEN_F1: _mean_of_defined(weights, self.token_f1),
+            ROUGE_L: _mean_of_defined(weights, self.rouge_l),
+            JSON_VALID: _mean_of_defined(weights, self.json_valid),
         }
 
 

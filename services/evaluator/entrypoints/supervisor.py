@@ -3,9 +3,10 @@
 A background component of the service (``ServiceSpec.background``). Its thread claims the
 oldest runnable queued evaluation, runs it through
 :func:`services.evaluator.handlers.run_evaluation` (registry, stored baselines, the worker, the
-gate, the result and its events committed together), and looks again. Evaluations a previous
-run left RUNNING go back to the queue at start; one that is running when the service stops goes
-back too, and runs again next time.
+gate, the result and its events committed together), and looks again. Evaluations a stopped
+replica left RUNNING go back to the queue (at start, and now and then when idle); those a live
+replica still runs are claimed (``shared.running_claims``) and left alone. One that is running
+when the service stops goes back too, and runs again next time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from services.evaluator.adapters.worker import EvaluationWorker, WorkerStopped
 from services.evaluator.domain.evaluation import FailureReason
 
 log = logging.getLogger(__name__)
+
+#: Idle polls between looks for evaluations a stopped replica left RUNNING (about 30 s at the
+#: default half-second poll): cheap, and a dead replica's work waits at most that long.
+ORPHAN_CHECK_EVERY_IDLE_PASSES = 60
 
 
 class EvaluationSupervisor:
@@ -38,6 +43,7 @@ class EvaluationSupervisor:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._idle_passes = 0
 
     def start(self) -> None:
         requeued = handlers.requeue_interrupted(self._deps)
@@ -73,7 +79,18 @@ class EvaluationSupervisor:
             handlers.fail_evaluation(
                 self._deps, evaluation, FailureReason.INTERNAL, f"{type(error).__name__}: {error}"
             )
+        finally:
+            handlers.release_claim(self._deps, evaluation)
         return True
+
+    def requeue_orphans(self) -> None:
+        """Another replica may have died mid-evaluation since start-up: with claims that can
+        tell (PostgreSQL), look now and then, not only when this replica starts."""
+        if not self._deps.claims.enabled:
+            return  # one replica (SQLite): its own start-up already re-queued everything
+        requeued = handlers.requeue_interrupted(self._deps)
+        if requeued:
+            log.info("evaluations of a stopped replica queued again", extra={"count": requeued})
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -83,5 +100,11 @@ class EvaluationSupervisor:
                 log.exception("supervisor pass failed")
                 busy = False
             if not busy:
+                self._idle_passes += 1
+                if self._idle_passes % ORPHAN_CHECK_EVERY_IDLE_PASSES == 0:
+                    try:
+                        self.requeue_orphans()
+                    except Exception:
+                        log.exception("looking for evaluations of stopped replicas failed")
                 self._wake.wait(self._poll_seconds)
                 self._wake.clear()

@@ -23,6 +23,8 @@ from tuneline.registry.v1 import resources_pb2
 
 #: From a sub-second event-driven rollback to an alert that waited out its ``for:`` and
 #: Alertmanager's group wait.
+#: The ``owner`` label of a model without an owner team: Alertmanager's default route takes it.
+UNOWNED = "unowned"
 _ROLLBACK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -58,7 +60,8 @@ class RegistryMetrics:
         self.regressions = Counter(
             "tuneline_registry_regressions_received_total",
             "RegressionDetected events received, by what the registry did "
-            "(rolled_back, not_production, no_rollback_target, unknown_model, duplicate).",
+            "(rolled_back, not_production, no_rollback_target, unknown_model, duplicate, "
+            "frozen).",
             ("model", "outcome"),
             registry=registry,
         )
@@ -148,13 +151,28 @@ class RegistryStateCollector(Collector):
                 labels=("model", "metric"),
             ),
             GaugeMetricFamily(
+                "tuneline_model_owner_info",
+                "1 per model, labelled with its owner (team), contact and runbook: alert rules "
+                "join on `model` to give every model alert an `owner` label.",
+                labels=("model", "owner", "contact", "runbook"),
+            ),
+            GaugeMetricFamily(
+                "tuneline_model_automation_frozen",
+                "1 per model whose automation the rollback circuit breaker froze (too many "
+                "automatic rollbacks in its window): nothing automatic moves its production "
+                "until a person unfreezes it.",
+                labels=("model",),
+            ),
+            GaugeMetricFamily(
                 "tuneline_registry_parked_events",
                 "Events waiting for their model or checkpoint to be registered.",
             ),
         )
 
     def collect(self) -> Iterator[Metric]:
-        production, live, below, lower, upper, trials, floors, parked = self._families()
+        production, live, below, lower, upper, trials, floors, owners, frozen, parked = (
+            self._families()
+        )
         with self._sessions() as session:
             repo = RegistryRepository(session)
             for alias in repo.production_aliases():
@@ -184,5 +202,12 @@ class RegistryStateCollector(Collector):
                 for gate in definition.gate_policy.metrics:
                     if gate.HasField("min_absolute_score"):
                         floors.add_metric([_short(row.name), gate.metric], gate.min_absolute_score)
+                owner = definition.owner
+                # a model nobody claimed still gets a route: the platform team's catch-all
+                owners.add_metric(
+                    [_short(row.name), owner.team or UNOWNED, owner.contact, owner.runbook_uri], 1
+                )
+            for model_name in repo.frozen_models():
+                frozen.add_metric([_short(model_name)], 1)
             parked.add_metric([], repo.count_parked())
-        yield from (production, live, below, lower, upper, trials, floors, parked)
+        yield from (production, live, below, lower, upper, trials, floors, owners, frozen, parked)

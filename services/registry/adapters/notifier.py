@@ -5,88 +5,26 @@ database only after a wake-up. Moves committed in this process wake the streams 
 handlers notify after commit); moves committed by another replica of the registry (sharing one
 PostgreSQL database) are noticed by one :class:`AliasMovePoller` per process, which reads the
 newest move's sequence number every few hundred milliseconds while any stream is open. So a
-hundred idle watchers cost one small query per interval, not a hundred.
+hundred idle watchers cost one small query per interval, not a hundred. The mechanism is
+:mod:`shared.change_notifier`'s.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
-log = logging.getLogger(__name__)
+from shared.change_notifier import ChangeNotifier, ChangePoller
 
 
-class AliasMoveNotifier:
-    """A generation counter with a condition variable; closing it ends every wait."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._generation = 0
-        self._closed = False
-        self._watchers = 0
-
-    @property
-    def generation(self) -> int:
-        with self._condition:
-            return self._generation
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def watchers(self) -> int:
-        """Streams waiting for moves now (the poller only reads the database while any are)."""
-        with self._condition:
-            return self._watchers
-
-    @contextmanager
-    def watching(self) -> Iterator[None]:
-        with self._condition:
-            self._watchers += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._watchers -= 1
-
-    def notify(self) -> None:
-        with self._condition:
-            self._generation += 1
-            self._condition.notify_all()
-
-    def interrupt(self) -> None:
-        """Make every wait re-check its ``ended`` event (a stream's client went away)."""
-        with self._condition:
-            self._condition.notify_all()
-
-    def wait(self, seen_generation: int, ended: threading.Event, timeout: float) -> int:
-        """Block until a move newer than ``seen_generation``, ``ended``, close, or ``timeout``.
-
-        The timeout is only a safety net (the service stopping); returning the same generation
-        means nothing moved and the caller need not read the database.
-        """
-        with self._condition:
-            self._condition.wait_for(
-                lambda: self._closed or ended.is_set() or self._generation != seen_generation,
-                timeout,
-            )
-            return self._generation
-
-    def close(self) -> None:
-        """End every stream's wait: the service is stopping."""
-        with self._condition:
-            self._closed = True
-            self._condition.notify_all()
+class AliasMoveNotifier(ChangeNotifier):
+    """Wakes WatchAlias streams: notified after every committed alias move."""
 
 
-class AliasMovePoller:
+class AliasMovePoller(ChangePoller):
     """Notifies when the newest alias move in the database changes (another replica moved).
 
     ``newest_move`` reads a number that grows with every committed move (the history's
-    sequence); it is called every ``interval_seconds`` while streams are watching.
+    sequence).
     """
 
     def __init__(
@@ -95,34 +33,4 @@ class AliasMovePoller:
         newest_move: Callable[[], int],
         interval_seconds: float,
     ) -> None:
-        self._notifier = notifier
-        self._newest_move = newest_move
-        self._interval = interval_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="alias-move-poller", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        seen: int | None = None
-        while not self._stop.wait(self._interval):
-            if not self._notifier.watchers:
-                seen = None  # nobody to wake; re-read from scratch when someone watches
-                continue
-            try:
-                newest = self._newest_move()
-            except Exception:  # a database blip must not end the poller
-                log.warning("could not read the newest alias move", exc_info=True)
-                continue
-            # the first read after watching began has no baseline: a stream may have started
-            # just before a remote move, so wake it once to re-read
-            if newest != seen:
-                self._notifier.notify()
-            seen = newest
+        super().__init__(notifier, newest_move, interval_seconds, name="alias-move-poller")

@@ -27,6 +27,7 @@ from services.registry.adapters.tables import (
     LiveQualityRow,
     ModelRow,
     RegressionRow,
+    RollbackBreakerRow,
     TriggerKeyRow,
 )
 from services.registry.domain import (
@@ -327,6 +328,56 @@ class RegistryRepository:
         return self.session.get(AliasMoveRow, seq)
 
     # -- idempotency ----------------------------------------------------------------------
+
+    # -- the rollback circuit breaker ----------------------------------------------------
+
+    def automatic_rollbacks_since(self, model: str, since: datetime) -> int:
+        """Rollbacks of ``model``'s production by alert or regression from ``since`` on."""
+        automatic = [MoveTrigger.ROLLBACK_ALERT.value, MoveTrigger.ROLLBACK_REGRESSION.value]
+        return int(
+            self.session.scalar(
+                select(func.count())
+                .select_from(AliasMoveRow)
+                .where(
+                    AliasMoveRow.model == model,
+                    AliasMoveRow.alias == PRODUCTION,
+                    AliasMoveRow.trigger.in_(automatic),
+                    AliasMoveRow.move_time >= since,
+                )
+            )
+            or 0
+        )
+
+    def last_move_by_a_person(self, model: str) -> datetime | None:
+        """When a person last moved ``model``'s production (promotion, approval, rollback)."""
+        by_people = [
+            MoveTrigger.MANUAL.value,
+            MoveTrigger.APPROVAL.value,
+            MoveTrigger.ROLLBACK_MANUAL.value,
+        ]
+        return self.session.scalar(
+            select(func.max(AliasMoveRow.move_time)).where(
+                AliasMoveRow.model == model,
+                AliasMoveRow.alias == PRODUCTION,
+                AliasMoveRow.trigger.in_(by_people),
+            )
+        )
+
+    def rollback_breaker(self, model: str) -> RollbackBreakerRow | None:
+        return self.session.get(RollbackBreakerRow, model)
+
+    def save_rollback_breaker(self, breaker: RollbackBreakerRow) -> None:
+        self.session.merge(breaker)
+        self.session.flush()
+
+    def frozen_models(self) -> list[str]:
+        return list(
+            self.session.scalars(
+                select(RollbackBreakerRow.model)
+                .where(RollbackBreakerRow.frozen.is_(True))
+                .order_by(RollbackBreakerRow.model)
+            )
+        )
 
     def trigger_key(self, model: str, key: str) -> TriggerKeyRow | None:
         return self.session.get(TriggerKeyRow, (model, key))

@@ -74,7 +74,10 @@ def model_to_proto(row: ModelRow, aliases: Sequence[AliasRow]) -> resources_pb2.
 
 
 def evaluation_to_proto(row: EvaluationRow) -> resources_pb2.CheckpointEvaluation:
-    return resources_pb2.CheckpointEvaluation.FromString(row.record)
+    evaluation = resources_pb2.CheckpointEvaluation.FromString(row.record)
+    evaluation.decision = row.decision
+    evaluation.decision_reason = row.decision_reason
+    return evaluation
 
 
 def checkpoint_to_proto(
@@ -138,6 +141,10 @@ def alias_to_proto(
         result.artifact_uri = record.artifact_uri
         result.sha256 = record.sha256
         result.base_model.CopyFrom(record.lineage.base_model)
+        result.merged_artifact_uri = record.merged_artifact_uri
+        result.merged_sha256 = record.merged_sha256
+        if record.HasField("tokenizer_fingerprint"):
+            result.tokenizer_fingerprint.CopyFrom(record.tokenizer_fingerprint)
     return result
 
 

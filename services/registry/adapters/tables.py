@@ -156,6 +156,27 @@ class TriggerKeyRow(RegistryBase):
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class RollbackBreakerRow(RegistryBase):
+    """A model's rollback circuit breaker: frozen or not, and from when rollbacks count.
+
+    While ``frozen``, nothing automatic moves the model's production: no promotion by
+    evaluation, no rollback by alert or regression. Unfreezing sets ``counted_since``, so the
+    rollbacks that tripped the breaker do not trip it again at once.
+    """
+
+    __tablename__ = "registry_rollback_breakers"
+
+    model: Mapped[str] = mapped_column(String(80), primary_key=True)
+    frozen: Mapped[bool] = mapped_column(Boolean)
+    freeze_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    #: What tripped the breaker: the refused trigger's cause.
+    cause: Mapped[str] = mapped_column(String(300))
+    automatic_rollbacks: Mapped[int] = mapped_column(Integer)
+    #: Automatic rollbacks before this (the last unfreeze) no longer count.
+    counted_since: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
 class DeferredEventRow(RegistryBase):
     """An event kept because what it refers to is not registered (yet), or was refused.
 

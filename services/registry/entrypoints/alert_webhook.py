@@ -8,19 +8,30 @@ ModelRolledBack is in the outbox); Alertmanager retries anything else.
 Answers: 200 with a JSON summary (one outcome per alert: ``rolled_back``, ``duplicate``,
 ``resolved``, ``not_production``, ``unknown_model``, ``no_model_label``,
 ``no_rollback_target``); 401 without the right token; 400 for a body that is not the webhook
-format; 404 for another path; 405 for another method; 411/413 for a missing or oversized
-body; 500 when the database failed (Alertmanager retries; the same incident still rolls back
-once). Runs as a background component of the service on the stdlib ``ThreadingHTTPServer``.
+format (a negative or malformed Content-Length, JSON nested deeper than
+:attr:`WebhookLimits.max_json_depth`); 404 for another path; 405 for another method; 411/413 for
+a missing or oversized body; 503 when :attr:`WebhookLimits.max_connections` are open already;
+500 when the database failed (Alertmanager retries; the same incident still rolls back once).
+Runs as a background component of the service on the stdlib ``ThreadingHTTPServer``.
+
+A client cannot hold a thread: every read waits at most ``read_timeout_seconds`` and the whole
+request (headers and body) must arrive within ``request_timeout_seconds``, so a client that
+trickles bytes or never finishes its body is cut. One request per connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
+import re
+import socket
 import threading
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,7 +41,86 @@ from services.registry.handlers import RegistryDeps
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
+_CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
+_BUSY_BODY = b'{"error":"too many connections"}\n'
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode()
+    + _BUSY_BODY
+)
+
+
+@dataclass(frozen=True)
+class WebhookLimits:
+    """What one client may cost the webhook (TUNELINE_REGISTRY_WEBHOOK_*)."""
+
+    max_connections: int = 32
+    read_timeout_seconds: float = 10.0
+    request_timeout_seconds: float = 30.0
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+
+
+def json_nesting_depth(body: bytes) -> int:
+    """How deeply arrays and objects nest in ``body`` (brackets inside strings do not count).
+
+    A linear scan done before parsing, so a deeply nested body is refused without recursing.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # closing quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+class _CappedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection up to a cap; beyond it a 503 is written at once and closed."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any, *, max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse_busy(self, request: socket.socket) -> None:
+        log.warning("alert webhook refused a connection: too many open")
+        try:
+            request.settimeout(1.0)
+            request.sendall(_BUSY_RESPONSE)
+        except OSError:
+            pass
+        finally:
+            self.shutdown_request(request)
 
 
 class AlertWebhookServer:
@@ -45,6 +135,7 @@ class AlertWebhookServer:
         token: str,
         sessions: sessionmaker[Session],
         deps: RegistryDeps,
+        limits: WebhookLimits | None = None,
     ) -> None:
         if not token:
             raise ValueError("the alert webhook needs a bearer token")
@@ -52,6 +143,7 @@ class AlertWebhookServer:
         self._token = token.encode()
         self._sessions = sessions
         self._deps = deps
+        self.limits = limits or WebhookLimits()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -67,8 +159,11 @@ class AlertWebhookServer:
         return f"http://{self._host}:{self.port}{self.path}"
 
     def start(self) -> None:
-        server = ThreadingHTTPServer((self._host, self._requested_port), self._handler_class())
-        server.daemon_threads = True
+        server = _CappedHTTPServer(
+            (self._host, self._requested_port),
+            self._handler_class(),
+            max_connections=self.limits.max_connections,
+        )
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -119,20 +214,46 @@ class AlertWebhookServer:
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         webhook = self
+        limits = self.limits
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "tuneline-registry-webhook"
             protocol_version = "HTTP/1.1"
+            #: every read of the socket waits at most this long (StreamRequestHandler applies it)
+            timeout = limits.read_timeout_seconds
+
+            def setup(self) -> None:
+                super().setup()
+                # a client trickling bytes under the read timeout is still cut at the deadline
+                self._deadline = threading.Timer(limits.request_timeout_seconds, self._cut)
+                self._deadline.daemon = True
+                self._deadline.start()
+
+            def _cut(self) -> None:
+                log.warning("alert webhook cut a request that was too slow to arrive")
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+
+            def _request_arrived(self) -> None:
+                self._deadline.cancel()
+
+            def finish(self) -> None:
+                self._deadline.cancel()
+                with contextlib.suppress(OSError):  # the client is gone or was cut
+                    super().finish()
 
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("webhook request: " + format, *args)
 
             def _reply(self, status: HTTPStatus, body: dict[str, object]) -> None:
                 data = json.dumps(body, separators=(",", ":")).encode()
+                self._request_arrived()
+                self.close_connection = True
                 self.send_response(status)
                 if status == HTTPStatus.UNAUTHORIZED:
                     self.send_header("WWW-Authenticate", 'Bearer realm="tuneline-registry"')
                 self.send_header("Content-Type", "application/json")
+                self.send_header("Connection", "close")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -155,20 +276,38 @@ class AlertWebhookServer:
                 if length_header is None:
                     self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
                     return
+                if not _CONTENT_LENGTH.match(length_header.strip()):
+                    self._reply(
+                        HTTPStatus.BAD_REQUEST,
+                        {"error": "Content-Length must be a non-negative decimal integer"},
+                    )
+                    return
+                length = int(length_header)
+                if length > limits.max_body_bytes:
+                    self._reply(
+                        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        {"error": f"body over {limits.max_body_bytes} bytes"},
+                    )
+                    return
                 try:
-                    length = int(length_header)
-                except ValueError:
-                    self._reply(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
-                    return
-                if length > MAX_BODY_BYTES:
+                    body = self.rfile.read(length)
+                except OSError:  # read timeout, or cut at the request deadline
                     self.close_connection = True
-                    self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
                     return
-                body = self.rfile.read(length)
+                if len(body) < length:  # the client closed (or was cut) before its body ended
+                    self.close_connection = True
+                    return
+                self._request_arrived()
+                if json_nesting_depth(body) > limits.max_json_depth:
+                    self._reply(
+                        HTTPStatus.BAD_REQUEST,
+                        {"error": f"JSON nested deeper than {limits.max_json_depth} levels"},
+                    )
+                    return
                 try:
                     document = json.loads(body)
                     results = webhook.handle_alerts(document)
-                except ValueError as error:
+                except (ValueError, RecursionError) as error:
                     self._reply(HTTPStatus.BAD_REQUEST, {"error": str(error)})
                     return
                 except Exception:  # answer 500 so Alertmanager retries

@@ -64,7 +64,9 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
     ) -> service_pb2.CreateModelResponse:
         model = request.model if request.HasField("model") else None
         created = self._in_transaction(
-            lambda s: handlers.create_model(s, self._deps, request.model_id, model)
+            lambda s: handlers.create_model(
+                s, self._deps, request.model_id, model, request_id=request.request_id
+            )
         )
         return service_pb2.CreateModelResponse(model=created)
 
@@ -183,6 +185,25 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
             lambda s: handlers.rollback_model(s, self._deps, request)
         )
         return service_pb2.RollbackModelResponse(alias=alias, move=move)
+
+    def SetServingProfile(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.SetServingProfileRequest, context: grpc.ServicerContext
+    ) -> service_pb2.SetServingProfileResponse:
+        return service_pb2.SetServingProfileResponse(
+            model=self._in_transaction(
+                lambda s: handlers.set_serving_profile(s, self._deps, request)
+            )
+        )
+
+    def UnfreezeAutomation(  # noqa: N802 - the generated servicer's method name
+        self, request: service_pb2.UnfreezeAutomationRequest, context: grpc.ServicerContext
+    ) -> service_pb2.UnfreezeAutomationResponse:
+        request = _attributed(request, "actor")
+        return service_pb2.UnfreezeAutomationResponse(
+            model=self._in_transaction(
+                lambda s: handlers.unfreeze_automation(s, self._deps, request)
+            )
+        )
 
     def ReportLiveQuality(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ReportLiveQualityRequest, context: grpc.ServicerContext

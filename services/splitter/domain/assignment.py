@@ -3,7 +3,10 @@
 Both work on *groups*, never on single rows, so a group can never straddle two parts. A group
 is a connected set of rows: two rows are in one group when they share their normalized input
 text or their explicit ``group``, or when their texts are near-duplicates
-(:func:`shared.near_duplicates.near_duplicate_groups`: a paraphrase with a few words changed),
+(:func:`shared.near_duplicates.near_duplicate_groups`: a paraphrase with a few words changed;
+for causal LM the texts compared are prompt and completion together,
+:func:`shared.input_text.near_duplicate_text`, so one answer taught under reworded prompts
+stays in one part),
 directly or through a chain of rows (:class:`GroupIndex`, a union-find over texts and explicit
 groups, with near-duplicate texts linked). So the same text under two explicit groups joins the
 two groups, and no text, no near-duplicate pair and no explicit group ever straddles parts.
@@ -120,12 +123,19 @@ class GroupIndex:
         near_duplicate_threshold: float = DEFAULT_THRESHOLD,
         near_duplicate_max_texts: int = NEAR_DUPLICATE_MAX_TEXTS,
     ) -> GroupIndex:
-        texts = list(dict.fromkeys(rows.text_keys))  # distinct, in order of first appearance
+        # near-duplicates are judged on the text keys, or for causal LM on prompt + completion;
+        # either way a near-duplicate set is recorded as the text keys of its rows
+        compared = rows.similarity_texts or rows.text_keys
+        keys_of: dict[str, set[str]] = {}
+        for text, key in zip(compared, rows.text_keys, strict=True):
+            keys_of.setdefault(text, set()).add(key)
+        texts = list(keys_of)  # distinct, in order of first appearance
         checked = near_duplicate_threshold > 0 and len(texts) <= near_duplicate_max_texts
         similar = (
             tuple(
-                tuple(sorted(texts[i] for i in group))
+                members
                 for group in near_duplicate_groups(texts, threshold=near_duplicate_threshold)
+                if len(members := tuple(sorted({k for i in group for k in keys_of[texts[i]]}))) > 1
             )
             if checked
             else ()

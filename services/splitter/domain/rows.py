@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from shared.errors import FailedPrecondition, PreconditionViolation
-from shared.input_text import normalize_input_text
+from shared.input_text import near_duplicate_text, normalize_input_text
 
 
 class TaskType(StrEnum):
@@ -117,6 +117,10 @@ class SplitRows:
     labels: list[str | None] = field(default_factory=list)
     #: Explicit groups; ``None`` for a row without one.
     groups: list[str | None] = field(default_factory=list)
+    #: CAUSAL_LM only: each row's prompt and completion, normalized
+    #: (:func:`shared.input_text.near_duplicate_text`), on which near-duplicates are judged;
+    #: empty otherwise (the text keys are judged).
+    similarity_texts: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, rows: Iterable[SplitRow]) -> SplitRows:
@@ -145,7 +149,10 @@ class SplitRows:
                 self.labels.append(label)
                 self.groups.append(group if type(group) is str and group else None)
                 return
-        self.append(split_row(row, task_type, dataset_version=dataset_version, line=line))
+        reduced = split_row(row, task_type, dataset_version=dataset_version, line=line)
+        self.append(reduced)
+        if task_type is TaskType.CAUSAL_LM:
+            self.similarity_texts.append(near_duplicate_text(row) or reduced.text_key)
 
     def __len__(self) -> int:
         return len(self.ids)

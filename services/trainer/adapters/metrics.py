@@ -1,7 +1,8 @@
 """The trainer's Prometheus metrics, on the service's own registry.
 
-Jobs by state and the queue depth are read from the database at scrape time (always right,
-also after a restart); the rest is recorded by the supervisor as workers report.
+Jobs by state, the queue depth and the finished runs per model with their cost are read from
+the database at scrape time (always right, also after a restart); the rest is recorded by the
+supervisor as workers report.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.trainer.adapters.repository import TrainerRepository
-from services.trainer.domain import EngineFallback, JobState, SkippedRows
+from services.trainer.adapters.repository import Pricing, TrainerRepository
+from services.trainer.domain import EngineFallback, JobState, SkippedRows, compute_cost
 
 
 class _JobStates(Collector):
@@ -39,11 +40,52 @@ class _JobStates(Collector):
         )
 
 
+class _RunCosts(Collector):
+    """``tuneline_trainer_model_runs{model}`` and ``tuneline_trainer_model_run_cost{model,
+    currency}``: every finished run per target model and what they cost together, from the
+    database. Both only grow, so ``delta`` over a window is the runs and the cost of that
+    window, and their ratio the cost per run (``tuneline:model_cost_per_run:1d``)."""
+
+    def __init__(self, sessions: sessionmaker[Session], pricing: Pricing) -> None:
+        self._sessions = sessions
+        self._pricing = pricing
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._sessions() as session:
+            finished = TrainerRepository(session).finished_runs_by_model()
+        runs = GaugeMetricFamily(
+            "tuneline_trainer_model_runs",
+            "Training runs that ended (succeeded, failed or cancelled), per target model.",
+            labels=["model"],
+        )
+        cost = GaugeMetricFamily(
+            "tuneline_trainer_model_run_cost",
+            "Total cost of the training runs that ended, per target model.",
+            labels=["model", "currency"],
+        )
+        for model, count, device_seconds in finished:
+            short = model.removeprefix("models/")
+            runs.add_metric([short], count)
+            priced = compute_cost(
+                device_seconds=device_seconds,
+                tokens_processed=0,
+                price_per_device_hour=self._pricing.price_per_device_hour,
+                currency=self._pricing.currency,
+                device_type="",
+            )
+            cost.add_metric([short, self._pricing.currency], float(priced.amount))
+        yield runs
+        yield cost
+
+
 class TrainerMetrics:
     """Every trainer metric, registered on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, sessions: sessionmaker[Session], pricing: Pricing
+    ) -> None:
         registry.register(_JobStates(sessions))
+        registry.register(_RunCosts(sessions, pricing))
         job = ["training_job"]
         self.steps = Counter(
             "tuneline_trainer_steps_total",

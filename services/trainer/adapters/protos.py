@@ -13,10 +13,13 @@ from typing import Any
 from services.trainer.domain import (
     AdapterMethod,
     AdapterSpec,
+    AuditVerdict,
     BaseModelRef,
+    Budget,
     CheckpointPolicy,
     CheckpointRecord,
     Cost,
+    DatasetAuditInfo,
     FailureReason,
     Hyperparameters,
     JobConfig,
@@ -24,6 +27,7 @@ from services.trainer.domain import (
     LearningRateSchedule,
     Lineage,
     LossPoint,
+    Owner,
     Precision,
     Progress,
     SplitInfo,
@@ -37,6 +41,8 @@ from services.trainer.domain import (
     thin_loss_trend,
 )
 from shared.errors import FieldViolation
+from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
+from shared.ownership import money_amount, validate_budget, validate_owner
 from shared.protobuf import (
     duration_from_seconds,
     enum_field_from_proto,
@@ -46,6 +52,8 @@ from shared.protobuf import (
     timestamp_from_datetime,
 )
 from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
+from tuneline.dataset.v1 import resources_pb2 as dataset_resources_pb2
 from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
 from tuneline.splitter.v1 import resources_pb2 as splitter_pb2
 from tuneline.trainer.v1 import resources_pb2 as trainer_pb2
@@ -257,6 +265,36 @@ def _split_info(  # noqa: PLR0917 - the fields of SplitCreated and Split, in ord
     )
 
 
+def owner_from_proto(
+    message: common_pb2.Owner, prefix: str, violations: list[FieldViolation]
+) -> Owner:
+    violations += validate_owner(message.team, message.contact, message.runbook_uri, prefix)
+    return Owner(team=message.team, contact=message.contact, runbook_uri=message.runbook_uri)
+
+
+def budget_from_proto(
+    message: common_pb2.Budget, prefix: str, violations: list[FieldViolation]
+) -> Budget:
+    """A budget (see :func:`shared.ownership.validate_budget`)."""
+    limits: dict[str, common_pb2.Money] = {
+        name: getattr(message, name)
+        for name in ("max_cost_per_run", "max_cost_per_month")
+        if message.HasField(name)
+    }
+    problems = validate_budget(
+        {name: (m.currency_code, m.units, m.nanos) for name, m in limits.items()}, prefix
+    )
+    violations += problems
+    if problems:
+        return Budget()
+    amounts = {name: money_amount(m.units, m.nanos) for name, m in limits.items()}
+    return Budget(
+        currency=next((m.currency_code for m in limits.values()), ""),
+        per_run=amounts.get("max_cost_per_run"),
+        per_month=amounts.get("max_cost_per_month"),
+    )
+
+
 # -- out -----------------------------------------------------------------------------------------
 
 
@@ -292,6 +330,19 @@ def estimate_to_proto(estimate: TrainingEstimate) -> trainer_pb2.TrainingEstimat
         estimated_device_seconds=estimate.cost.device_seconds,
         estimated_cost=money(estimate.cost.amount, estimate.cost.currency),
     )
+
+
+def owner_to_proto(owner: Owner) -> common_pb2.Owner:
+    return common_pb2.Owner(team=owner.team, contact=owner.contact, runbook_uri=owner.runbook_uri)
+
+
+def budget_to_proto(budget: Budget) -> common_pb2.Budget:
+    message = common_pb2.Budget()
+    if budget.per_run is not None:
+        message.max_cost_per_run.CopyFrom(money(budget.per_run, budget.currency))
+    if budget.per_month is not None:
+        message.max_cost_per_month.CopyFrom(money(budget.per_month, budget.currency))
+    return message
 
 
 def base_model_to_proto(ref: BaseModelRef) -> common_pb2.BaseModel:
@@ -476,6 +527,10 @@ def job_to_proto(
     )
     for name in ("create_time", "start_time", "end_time", "update_time"):
         set_timestamp(getattr(message, name), getattr(job, name))
+    if job.budget.limited:
+        message.budget.CopyFrom(budget_to_proto(job.budget))
+    if job.estimate is not None:
+        message.estimate.CopyFrom(estimate_to_proto(job.estimate))
     return message
 
 
@@ -501,7 +556,23 @@ def checkpoint_to_proto(record: CheckpointRecord, lineage: Lineage) -> trainer_p
         message.validation_loss = record.validation_loss
     if record.stop_reason is not None:
         message.stop_reason = stop_reason_to_proto(record.stop_reason)  # type: ignore[assignment]
+    if record.tokenizer_fingerprint is not None:
+        message.tokenizer_fingerprint.CopyFrom(
+            tokenizer_fingerprint_to_proto(record.tokenizer_fingerprint)
+        )
     return message
+
+
+def tokenizer_fingerprint_to_proto(
+    record: TokenizerFingerprintRecord,
+) -> common_pb2.TokenizerFingerprint:
+    return common_pb2.TokenizerFingerprint(
+        tokenizer_name=record.tokenizer_name,
+        tokenizer_sha256=record.tokenizer_sha256,
+        chat_template_sha256=record.chat_template_sha256,
+        end_of_turn_token_ids=list(record.end_of_turn_token_ids),
+        max_sequence_length=record.max_sequence_length,
+    )
 
 
 def policy_to_proto(policy: TrainingPolicy) -> trainer_pb2.TrainingPolicy:
@@ -512,6 +583,10 @@ def policy_to_proto(policy: TrainingPolicy) -> trainer_pb2.TrainingPolicy:
         job_template=template_to_proto(policy.template),
         disabled=policy.disabled,
     )
+    if policy.owner != Owner():
+        message.owner.CopyFrom(owner_to_proto(policy.owner))
+    if policy.budget.limited:
+        message.budget.CopyFrom(budget_to_proto(policy.budget))
     for name in ("create_time", "update_time"):
         set_timestamp(getattr(message, name), getattr(policy, name))
     return message
@@ -534,3 +609,23 @@ def state_from_proto(number: int) -> JobState | None:
         if value == number:
             return state
     return None
+
+
+def dataset_audit_from_event(event: dataset_events_pb2.DatasetAudited) -> DatasetAuditInfo:
+    """What the trainer keeps of a DatasetAudited; ValueError for a verdict it cannot act on."""
+    prefix = "LABEL_AUDIT_VERDICT_"
+    verdict_name = dataset_resources_pb2.LabelAuditVerdict.Name(event.verdict)
+    try:
+        verdict = AuditVerdict(verdict_name.removeprefix(prefix))
+    except ValueError:
+        raise ValueError(f"DatasetAudited with verdict {verdict_name}") from None
+    if not event.dataset_version:
+        raise ValueError("DatasetAudited without dataset_version")
+    return DatasetAuditInfo(
+        dataset_version=event.dataset_version,
+        verdict=verdict,
+        reason=event.reason,
+        noise_rate=event.noise_rate,
+        suspected_count=event.suspected_count,
+        suspected_line_numbers=tuple(event.suspected_line_numbers),
+    )

@@ -18,29 +18,36 @@ from sqlalchemy.orm import Session
 
 from services.trainer.adapters.tables import (
     CheckpointRow,
+    DatasetAuditRow,
     JobRow,
     KnownSplitRow,
     LossPointRow,
+    PolicyRequestRow,
     PolicyRow,
 )
 from services.trainer.domain import (
+    Budget,
     CheckpointRecord,
     Cost,
+    DatasetAuditInfo,
     FailureReason,
     JobConfig,
     JobState,
     LossPoint,
+    Owner,
     Progress,
     SplitInfo,
     StopReason,
     TaskType,
     ThroughputSample,
+    TrainingEstimate,
     TrainingJob,
     TrainingPolicy,
     compute_cost,
     from_jsonable,
     jsonable,
 )
+from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -114,6 +121,10 @@ def job_from_row(row: JobRow, pricing: Pricing) -> TrainingJob:
         accumulation_steps=row.accumulation_steps,
         oom_retries=row.oom_retries,
         crash_count=row.crash_count,
+        budget=from_jsonable(Budget, spec.get("budget") or {}),
+        estimate=(
+            from_jsonable(TrainingEstimate, spec["estimate"]) if spec.get("estimate") else None
+        ),
     )
 
 
@@ -138,6 +149,11 @@ def checkpoint_from_row(row: CheckpointRow, job: TrainingJob) -> CheckpointRecor
         create_time=utc(row.create_time) or datetime.now(UTC),
         artifact_deleted=row.artifact_deleted,
         stop_reason=job.stop_reason if row.is_final else None,
+        tokenizer_fingerprint=(
+            TokenizerFingerprintRecord.from_json(json.loads(row.tokenizer_fingerprint_json))
+            if row.tokenizer_fingerprint_json
+            else None
+        ),
     )
 
 
@@ -150,6 +166,9 @@ def policy_from_row(row: PolicyRow) -> TrainingPolicy:
         disabled=row.disabled,
         create_time=utc(row.create_time),
         update_time=utc(row.update_time),
+        owner=from_jsonable(Owner, json.loads(row.owner_json or "{}")),
+        budget=from_jsonable(Budget, json.loads(row.budget_json or "{}")),
+        model_budget=from_jsonable(Budget, json.loads(row.model_budget_json or "{}")),
     )
 
 
@@ -163,6 +182,14 @@ class TrainerRepository:
 
     def job_row(self, name: str) -> JobRow | None:
         return self.session.get(JobRow, name)
+
+    def newest_job_change(self) -> tuple[int, datetime | None]:
+        """A value that differs after any job is created or updated: how many jobs there are
+        and the newest ``update_time`` (one small aggregate for every watcher)."""
+        count, newest = self.session.execute(
+            select(func.count(), func.max(JobRow.update_time)).select_from(JobRow)
+        ).one()
+        return int(count), newest
 
     def job_row_by_request_id(self, request_id: str) -> JobRow | None:
         return self.session.scalars(select(JobRow).where(JobRow.request_id == request_id)).first()
@@ -180,6 +207,8 @@ class TrainerRepository:
                     "config": job.config,
                     "split": job.split,
                     "software_versions": dict(job.software_versions),
+                    "budget": job.budget,
+                    "estimate": job.estimate,
                 }
             ),
             state=job.state.value,
@@ -253,6 +282,31 @@ class TrainerRepository:
         )
         return list(self.session.scalars(query))
 
+    def committed_spend(
+        self,
+        *,
+        since: datetime,
+        pricing: Pricing,
+        target_model: str = "",
+        training_policy: str = "",
+    ) -> Decimal:
+        """What the jobs created since ``since`` for ``target_model`` (or by
+        ``training_policy``) cost so far, plus what the unfinished ones are still expected to
+        cost (their estimate beyond their cost so far): spend a monthly budget must cover."""
+        query = select(JobRow).where(JobRow.create_time >= since)
+        if target_model:
+            query = query.where(JobRow.target_model == target_model)
+        if training_policy:
+            query = query.where(JobRow.training_policy == training_policy)
+        total = Decimal(0)
+        for row in self.session.scalars(query):
+            job = job_from_row(row, pricing)
+            spent = job.cost.amount
+            if not job.state.terminal and job.estimate is not None:
+                spent = max(spent, job.estimate.cost.amount)
+            total += spent
+        return total
+
     def throughput_samples(self, base_model_sha256: str) -> list[ThroughputSample]:
         """What every SUCCEEDED run of the base model (its files' SHA-256) processed, and on
         which device type, oldest first."""
@@ -272,6 +326,16 @@ class TrainerRepository:
             if json.loads(row.spec_json)["config"]["base_model"].get("files_sha256")
             == base_model_sha256
         ]
+
+    def finished_runs_by_model(self) -> list[tuple[str, int, float]]:
+        """Per target model: its terminal jobs and their device-seconds, summed."""
+        terminal = [s.value for s in JobState if s.terminal]
+        rows = self.session.execute(
+            select(JobRow.target_model, func.count(), func.sum(JobRow.device_seconds_done))
+            .where(JobRow.state.in_(terminal))
+            .group_by(JobRow.target_model)
+        )
+        return [(model, count, float(seconds or 0.0)) for model, count, seconds in rows]
 
     def count_by_state(self) -> dict[str, int]:
         rows = self.session.execute(select(JobRow.state, func.count()).group_by(JobRow.state))
@@ -343,6 +407,12 @@ class TrainerRepository:
     def policy_row(self, name: str) -> PolicyRow | None:
         return self.session.get(PolicyRow, name)
 
+    def policy_request(self, request_id: str) -> PolicyRequestRow | None:
+        return self.session.get(PolicyRequestRow, request_id)
+
+    def record_policy_request(self, request_id: str, policy: str, now: datetime) -> None:
+        self.session.add(PolicyRequestRow(request_id=request_id, policy=policy, create_time=now))
+
     def list_policy_rows(
         self, *, dataset: str = "", after: str | None = None, limit: int
     ) -> list[PolicyRow]:
@@ -366,6 +436,33 @@ class TrainerRepository:
     def known_split(self, name: str) -> SplitInfo | None:
         row = self.session.get(KnownSplitRow, name)
         return None if row is None else from_jsonable(SplitInfo, json.loads(row.info_json))
+
+    def known_splits_of_version(self, dataset: str, dataset_version: str) -> list[SplitInfo]:
+        rows = self.session.scalars(
+            select(KnownSplitRow)
+            .where(KnownSplitRow.dataset == dataset)
+            .order_by(KnownSplitRow.name)
+        )
+        splits = [from_jsonable(SplitInfo, json.loads(row.info_json)) for row in rows]
+        return [split for split in splits if split.dataset_version == dataset_version]
+
+    # -- dataset audits ---------------------------------------------------------------------------
+
+    def dataset_audit(self, dataset_version: str) -> DatasetAuditInfo | None:
+        row = self.session.get(DatasetAuditRow, dataset_version)
+        return None if row is None else from_jsonable(DatasetAuditInfo, json.loads(row.info_json))
+
+    def remember_dataset_audit(self, audit: DatasetAuditInfo, *, now: datetime) -> bool:
+        """Keep the audit; ``False`` when it was already known (a redelivered event)."""
+        if self.session.get(DatasetAuditRow, audit.dataset_version) is not None:
+            return False
+        self.session.add(
+            DatasetAuditRow(
+                dataset_version=audit.dataset_version, info_json=dumps(audit), create_time=now
+            )
+        )
+        self.session.flush()
+        return True
 
     def remember_split(self, split: SplitInfo, *, now: datetime) -> None:
         if self.session.get(KnownSplitRow, split.name) is None:

@@ -92,6 +92,8 @@ class CheckpointRow(TrainerBase):
     is_final: Mapped[bool] = mapped_column(Boolean, default=False)
     cost_json: Mapped[str] = mapped_column(Text)
     artifact_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The tokenizer it was trained with, as JSON ("": not recorded, older checkpoints).
+    tokenizer_fingerprint_json: Mapped[str] = mapped_column(Text, default="", server_default="")
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -119,8 +121,25 @@ class PolicyRow(TrainerBase):
     target_model: Mapped[str] = mapped_column(String(128))
     template_json: Mapped[str] = mapped_column(Text)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The policy's ``Owner`` and ``Budget`` as JSON documents ("{}": none).
+    owner_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    budget_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    #: The target model's ``Budget`` as the registry said when the policy was set (a model's
+    #: budget is fixed when it is created), so jobs made on SplitCreated never wait on the
+    #: registry.
+    model_budget_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PolicyRequestRow(TrainerBase):
+    """A SetTrainingPolicy ``request_id`` already applied: its retry changes nothing."""
+
+    __tablename__ = "trainer_policy_requests"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(128))
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class KnownSplitRow(TrainerBase):
@@ -130,5 +149,16 @@ class KnownSplitRow(TrainerBase):
 
     name: Mapped[str] = mapped_column(String(512), primary_key=True)
     dataset: Mapped[str] = mapped_column(String(256), index=True)
+    info_json: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DatasetAuditRow(TrainerBase):
+    """A dataset version's label-audit verdict (from DatasetAudited): policies wait for it."""
+
+    __tablename__ = "trainer_dataset_audits"
+
+    dataset_version: Mapped[str] = mapped_column(String(512), primary_key=True)
+    #: The ``DatasetAuditInfo`` as JSON (verdict, reason, noise rate, suspected lines).
     info_json: Mapped[str] = mapped_column(Text)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -47,6 +47,8 @@ PRELOAD = ["services.trainer.adapters.engine.loop"]
 
 CANCEL = "cancel"
 HALT = "halt"
+#: The job's cost reached its per-run budget: stop after the current step, with a checkpoint.
+BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 def worker_context() -> ForkServerContext:
@@ -163,6 +165,8 @@ def worker_main(
                 return
             if command == CANCEL:
                 signals.cancel = True
+            elif command == BUDGET_EXHAUSTED:
+                signals.budget_exhausted = True
             elif command == HALT:
                 signals.halt = True
                 return

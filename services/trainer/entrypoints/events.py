@@ -11,13 +11,16 @@ from services.trainer import handlers
 from services.trainer.adapters import protos
 from services.trainer.adapters.notifications import JobChanges
 from shared.events import ReceivedEvent, Subscription
+from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
 
 log = logging.getLogger(__name__)
 
 
 def subscriptions(context: handlers.Context, changes: JobChanges) -> Sequence[Subscription]:
-    """SplitCreated → remember the split, make the jobs its dataset's policies ask for."""
+    """SplitCreated → remember the split, make the jobs its dataset's policies ask for (once
+    its version's audit is known); DatasetAudited → remember the verdict, make the jobs of the
+    splits that waited for it (FAILED ones when it BLOCKED the version)."""
 
     def on_split_created(
         event: ReceivedEvent[splitter_events_pb2.SplitCreated], session: Session
@@ -35,4 +38,26 @@ def subscriptions(context: handlers.Context, changes: JobChanges) -> Sequence[Su
             log.info("jobs created for a new split", extra={"split": split.name, "jobs": created})
             changes.notify()  # the supervisor re-reads the queue after this commit
 
-    return [Subscription(splitter_events_pb2.SplitCreated, on_split_created)]
+    def on_dataset_audited(
+        event: ReceivedEvent[dataset_events_pb2.DatasetAudited], session: Session
+    ) -> None:
+        try:
+            audit = protos.dataset_audit_from_event(event.message)
+        except ValueError as error:
+            log.warning(
+                "ignoring a DatasetAudited",
+                extra={"dataset_version": event.message.dataset_version, "error": str(error)},
+            )
+            return
+        created = handlers.on_dataset_audited(session, audit, context)
+        if created:
+            log.info(
+                "jobs created for an audited dataset version",
+                extra={"dataset_version": audit.dataset_version, "jobs": created},
+            )
+            changes.notify()
+
+    return [
+        Subscription(splitter_events_pb2.SplitCreated, on_split_created),
+        Subscription(dataset_events_pb2.DatasetAudited, on_dataset_audited),
+    ]

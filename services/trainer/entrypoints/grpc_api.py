@@ -20,7 +20,9 @@ from shared.errors import FieldViolation, InvalidArgument
 from tuneline.trainer.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
 #: A watch re-reads its job at least this often, notification or not.
-_WATCH_POLL_SECONDS = 1.0
+#: The longest an idle WatchTrainingJob stream waits without a wake-up before it checks
+#: whether the server is stopping (a safety net: changes and stopping wake it at once).
+_WATCH_SAFETY_SECONDS = 30.0
 
 
 def _require_name(value: str, field: str, prefix: str) -> None:
@@ -171,22 +173,43 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
         self, request: service_pb2.WatchTrainingJobRequest, context: grpc.ServicerContext
     ) -> Iterator[service_pb2.WatchTrainingJobResponse]:
         _require_name(request.name, "name", "trainingJobs/")
-        seen = self._changes.version
+        changes = self._changes
+        # read the generation before the first snapshot, so a change committed in between
+        # still wakes the loop below instead of being missed
+        seen = changes.generation
         job = self._read(request.name)
         yield service_pb2.WatchTrainingJobResponse(
             progress=protos.progress_to_proto(job), training_job=self._job(request.name)
         )
         last = (job.state, job.update_time)
-        while not job.state.terminal and context.is_active() and not self._stopping.is_set():
-            seen = self._changes.wait(seen, _WATCH_POLL_SECONDS)
-            job = self._read(request.name)
-            if (job.state, job.update_time) == last:
-                continue
-            response = service_pb2.WatchTrainingJobResponse(progress=protos.progress_to_proto(job))
-            if job.state is not last[0]:
-                response.training_job.CopyFrom(self._job(request.name))
-            last = (job.state, job.update_time)
-            yield response
+        # an idle stream blocks on the notifier and reads the database only when woken; the
+        # client going away wakes it too, so its thread and stream slot are freed at once
+        ended = threading.Event()
+
+        def on_rpc_end() -> None:
+            ended.set()
+            changes.interrupt()
+
+        if not context.add_callback(on_rpc_end):
+            return  # the RPC has already ended
+        with changes.watching():
+            while not job.state.terminal and not ended.is_set() and not self._stopping.is_set():
+                before = seen
+                seen = changes.wait(seen, ended, _WATCH_SAFETY_SECONDS)
+                if changes.closed or self._stopping.is_set():
+                    return  # the server is stopping: end the stream with OK
+                if seen == before or ended.is_set():
+                    continue  # nothing changed (a safety-net wake-up) or the client left
+                job = self._read(request.name)
+                if (job.state, job.update_time) == last:
+                    continue  # another job changed
+                response = service_pb2.WatchTrainingJobResponse(
+                    progress=protos.progress_to_proto(job)
+                )
+                if job.state is not last[0]:
+                    response.training_job.CopyFrom(self._job(request.name))
+                last = (job.state, job.update_time)
+                yield response
 
     def _read(self, name: str) -> TrainingJob:
         with self._sessions() as session:
@@ -234,6 +257,8 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
         template = protos.template_from_proto(
             policy.job_template, "training_policy.job_template", violations
         )
+        owner = protos.owner_from_proto(policy.owner, "training_policy.owner", violations)
+        budget = protos.budget_from_proto(policy.budget, "training_policy.budget", violations)
         command = handlers.SetPolicyCommand(
             name=policy.name,
             dataset=policy.dataset,
@@ -242,6 +267,9 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
             template_present=policy.HasField("job_template"),
             disabled=policy.disabled,
             violations=tuple(violations),
+            owner=owner,
+            budget=budget,
+            request_id=request.request_id,
         )
         with self._sessions() as session, session.begin():
             stored = handlers.set_training_policy(session, command, self._context)

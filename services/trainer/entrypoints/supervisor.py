@@ -11,6 +11,9 @@ service (``ServiceSpec.background``), on its own thread:
   the outbox; then the outbox relay and the watchers are woken;
 * **cancelling** — a cancel request sends the worker ``cancel``; it writes a final checkpoint
   and stops within seconds, or is killed after the grace period;
+* **budgets** — a job whose cost so far reaches its per-run budget is sent
+  ``budget_exhausted``: it finishes its step, writes a final checkpoint and ends SUCCEEDED
+  with stop reason BUDGET_EXHAUSTED (the supervisor prices device time, the worker does not);
 * **crashes** — a worker that dies without a result is restarted from the last checkpoint, up
   to ``max_worker_restarts`` times, then the job fails with WORKER_CRASHED;
 * **shutdown** — workers are halted (nothing written), their jobs stay RUNNING and resume when
@@ -49,6 +52,7 @@ from services.trainer.adapters.models import ModelCatalog
 from services.trainer.adapters.notifications import JobChanges
 from services.trainer.adapters.repository import TrainerRepository, job_from_row, utc
 from services.trainer.adapters.worker import (
+    BUDGET_EXHAUSTED,
     CANCEL,
     HALT,
     WorkerHandle,
@@ -56,7 +60,7 @@ from services.trainer.adapters.worker import (
     start_worker,
     warm_up,
 )
-from services.trainer.domain import FailureReason, JobState, TrainingJob
+from services.trainer.domain import FailureReason, JobState, TrainingJob, budget_exhausted
 from shared.artifacts import ArtifactError, ArtifactStore
 from shared.events import OutboxRelay
 from shared.modeling import ModelingError, ModelRefused
@@ -75,6 +79,7 @@ class _Active:
     device: str
     handle: WorkerHandle
     cancel_sent_at: float | None = None
+    budget_stop_sent: bool = False
     settled: bool = False
     last_step: int = 0
     last_tokens: int = 0
@@ -178,6 +183,7 @@ class JobSupervisor:
     def _cycle(self) -> None:
         self._pump()
         self._enforce_cancels()
+        self._enforce_budgets()
         self._schedule()
 
     def _wait(self) -> None:
@@ -471,6 +477,35 @@ class JobSupervisor:
             elif now - active.cancel_sent_at > self._config.cancel_grace_seconds:
                 log.warning("cancelled worker did not stop; killing it", extra={"job": active.job})
                 active.handle.process.kill()
+
+    def _enforce_budgets(self) -> None:
+        """Stop (with a checkpoint) every running job whose cost reached its per-run budget."""
+        with self._lock:
+            actives = [a for a in self._active.values() if not a.budget_stop_sent]
+        if not actives:
+            return
+        with self._sessions() as session:
+            repo = TrainerRepository(session)
+            exhausted = []
+            for active in actives:
+                row = repo.job_row(active.job)
+                if row is None:
+                    continue
+                job = job_from_row(row, self._context.pricing)
+                if budget_exhausted(job.budget, job.cost):
+                    exhausted.append((active, job))
+        for active, job in exhausted:
+            active.handle.send(BUDGET_EXHAUSTED)
+            active.budget_stop_sent = True
+            log.info(
+                "per-run budget reached; stopping the job with a checkpoint",
+                extra={
+                    "job": job.name,
+                    "cost": str(job.cost.amount),
+                    "budget": str(job.budget.per_run),
+                    "currency": job.cost.currency,
+                },
+            )
 
     def _halt_all(self) -> None:
         """Service shutdown: halt workers, record their attempts; jobs stay RUNNING."""

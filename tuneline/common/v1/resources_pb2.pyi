@@ -342,6 +342,118 @@ COMPARISON_OUTCOME_NOT_GATED: ComparisonOutcome.ValueType  # 4
 """Reported for information; the metric is not gated."""
 Global___ComparisonOutcome: _TypeAlias = ComparisonOutcome  # noqa: Y015
 
+class _ServingWeights:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ServingWeightsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServingWeights.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SERVING_WEIGHTS_UNSPECIFIED: _ServingWeights.ValueType  # 0
+    """Not set; treated as SERVING_WEIGHTS_ADAPTER."""
+    SERVING_WEIGHTS_ADAPTER: _ServingWeights.ValueType  # 1
+    """The base model plus the LoRA/DoRA adapter, applied at run time."""
+    SERVING_WEIGHTS_MERGED: _ServingWeights.ValueType  # 2
+    """A merged model (adapter folded into the base weights), for engines without LoRA support."""
+
+class ServingWeights(_ServingWeights, metaclass=_ServingWeightsEnumTypeWrapper):
+    """Which weights a serving engine loads."""
+
+SERVING_WEIGHTS_UNSPECIFIED: ServingWeights.ValueType  # 0
+"""Not set; treated as SERVING_WEIGHTS_ADAPTER."""
+SERVING_WEIGHTS_ADAPTER: ServingWeights.ValueType  # 1
+"""The base model plus the LoRA/DoRA adapter, applied at run time."""
+SERVING_WEIGHTS_MERGED: ServingWeights.ValueType  # 2
+"""A merged model (adapter folded into the base weights), for engines without LoRA support."""
+Global___ServingWeights: _TypeAlias = ServingWeights  # noqa: Y015
+
+class _ParityVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ParityVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ParityVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PARITY_VERDICT_UNSPECIFIED: _ParityVerdict.ValueType  # 0
+    """Not checked (older evaluations, or the evaluation failed before the check)."""
+    PARITY_VERDICT_PASSED: _ParityVerdict.ValueType  # 1
+    """Within the goals: what is evaluated is what will serve."""
+    PARITY_VERDICT_FAILED: _ParityVerdict.ValueType  # 2
+    """A difference beyond the goals or a constraint the serving engine violates. Blocks promotion."""
+    PARITY_VERDICT_SKIPPED: _ParityVerdict.ValueType  # 3
+    """Not checked, for the reason given (e.g. the model has no serving profile)."""
+
+class ParityVerdict(_ParityVerdict, metaclass=_ParityVerdictEnumTypeWrapper):
+    """The outcome of a parity check, or of one of its parts."""
+
+PARITY_VERDICT_UNSPECIFIED: ParityVerdict.ValueType  # 0
+"""Not checked (older evaluations, or the evaluation failed before the check)."""
+PARITY_VERDICT_PASSED: ParityVerdict.ValueType  # 1
+"""Within the goals: what is evaluated is what will serve."""
+PARITY_VERDICT_FAILED: ParityVerdict.ValueType  # 2
+"""A difference beyond the goals or a constraint the serving engine violates. Blocks promotion."""
+PARITY_VERDICT_SKIPPED: ParityVerdict.ValueType  # 3
+"""Not checked, for the reason given (e.g. the model has no serving profile)."""
+Global___ParityVerdict: _TypeAlias = ParityVerdict  # noqa: Y015
+
+class _ParityCheckKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ParityCheckKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ParityCheckKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PARITY_CHECK_KIND_UNSPECIFIED: _ParityCheckKind.ValueType  # 0
+    """Not set."""
+    PARITY_CHECK_KIND_FP32_LOGITS: _ParityCheckKind.ValueType  # 1
+    """fp32: max |logit difference| between the merged and the unmerged model."""
+    PARITY_CHECK_KIND_BF16_AGREEMENT: _ParityCheckKind.ValueType  # 2
+    """bf16: label agreement (CLASSIFICATION) or greedy token agreement (CAUSAL_LM) between the
+    merged and the unmerged model.
+    """
+    PARITY_CHECK_KIND_ADAPTER_RANK: _ParityCheckKind.ValueType  # 3
+    """The adapter's rank against the profile's `max_lora_rank`."""
+    PARITY_CHECK_KIND_DORA: _ParityCheckKind.ValueType  # 4
+    """A DoRA adapter on an engine without DoRA support."""
+    PARITY_CHECK_KIND_MODULES_TO_SAVE: _ParityCheckKind.ValueType  # 5
+    """`modules_to_save` weights on an engine that drops them."""
+    PARITY_CHECK_KIND_MAX_SEQUENCE_LENGTH: _ParityCheckKind.ValueType  # 6
+    """The training max sequence length against the profile's `max_sequence_length`."""
+    PARITY_CHECK_KIND_TOKENIZER: _ParityCheckKind.ValueType  # 7
+    """The tokenizer (name and content hash) against the profile's serving tokenizer."""
+    PARITY_CHECK_KIND_CHAT_TEMPLATE: _ParityCheckKind.ValueType  # 8
+    """The chat template hash against the profile's serving tokenizer."""
+    PARITY_CHECK_KIND_END_OF_TURN: _ParityCheckKind.ValueType  # 9
+    """The end-of-turn token ids against the profile's serving tokenizer."""
+    PARITY_CHECK_KIND_TOKENIZER_MAX_LENGTH: _ParityCheckKind.ValueType  # 10
+    """The training max sequence length against the serving tokenizer's."""
+
+class ParityCheckKind(_ParityCheckKind, metaclass=_ParityCheckKindEnumTypeWrapper):
+    """One part of the parity check."""
+
+PARITY_CHECK_KIND_UNSPECIFIED: ParityCheckKind.ValueType  # 0
+"""Not set."""
+PARITY_CHECK_KIND_FP32_LOGITS: ParityCheckKind.ValueType  # 1
+"""fp32: max |logit difference| between the merged and the unmerged model."""
+PARITY_CHECK_KIND_BF16_AGREEMENT: ParityCheckKind.ValueType  # 2
+"""bf16: label agreement (CLASSIFICATION) or greedy token agreement (CAUSAL_LM) between the
+merged and the unmerged model.
+"""
+PARITY_CHECK_KIND_ADAPTER_RANK: ParityCheckKind.ValueType  # 3
+"""The adapter's rank against the profile's `max_lora_rank`."""
+PARITY_CHECK_KIND_DORA: ParityCheckKind.ValueType  # 4
+"""A DoRA adapter on an engine without DoRA support."""
+PARITY_CHECK_KIND_MODULES_TO_SAVE: ParityCheckKind.ValueType  # 5
+"""`modules_to_save` weights on an engine that drops them."""
+PARITY_CHECK_KIND_MAX_SEQUENCE_LENGTH: ParityCheckKind.ValueType  # 6
+"""The training max sequence length against the profile's `max_sequence_length`."""
+PARITY_CHECK_KIND_TOKENIZER: ParityCheckKind.ValueType  # 7
+"""The tokenizer (name and content hash) against the profile's serving tokenizer."""
+PARITY_CHECK_KIND_CHAT_TEMPLATE: ParityCheckKind.ValueType  # 8
+"""The chat template hash against the profile's serving tokenizer."""
+PARITY_CHECK_KIND_END_OF_TURN: ParityCheckKind.ValueType  # 9
+"""The end-of-turn token ids against the profile's serving tokenizer."""
+PARITY_CHECK_KIND_TOKENIZER_MAX_LENGTH: ParityCheckKind.ValueType  # 10
+"""The training max sequence length against the serving tokenizer's."""
+Global___ParityCheckKind: _TypeAlias = ParityCheckKind  # noqa: Y015
+
 @_typing.final
 class LabelCount(_message.Message):
     """How many rows carry one label (or one slice value, where a field says so)."""
@@ -399,6 +511,80 @@ class Money(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Money: _TypeAlias = Money  # noqa: Y015
+
+@_typing.final
+class Owner(_message.Message):
+    """Who answers for a resource (a dataset, a model, a training policy) and the playbook they
+    follow when it misbehaves. Alerts about the resource carry `team` as their `owner` label.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    CONTACT_FIELD_NUMBER: _builtins.int
+    RUNBOOK_URI_FIELD_NUMBER: _builtins.int
+    team: _builtins.str
+    """Optional. The owning team, e.g. `search-quality`; lower_snake or kebab case, at most 63
+    characters (it becomes a Prometheus label value and an Alertmanager route).
+    """
+    contact: _builtins.str
+    """Optional. How to reach the owner, e.g. `#search-quality` or `oncall@example.com`; at
+    most 200 characters.
+    """
+    runbook_uri: _builtins.str
+    """Optional. The runbook for this resource, an `https://` (or `http://`) URL; at most 2000
+    characters.
+    """
+    def __init__(
+        self,
+        *,
+        team: _builtins.str = ...,
+        contact: _builtins.str = ...,
+        runbook_uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "runbook_uri", b"runbook_uri", "team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Owner: _TypeAlias = Owner  # noqa: Y015
+
+@_typing.final
+class Budget(_message.Message):
+    """Spending limits on training. A training job that would exceed one is refused before it
+    starts (FAILED_PRECONDITION, `PreconditionViolation.type` `BUDGET_EXCEEDED`), and a running
+    job that reaches `max_cost_per_run` is stopped with a final checkpoint
+    (`TRAINING_STOP_REASON_BUDGET_EXHAUSTED`). Amounts use the trainer's pricing currency.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_COST_PER_RUN_FIELD_NUMBER: _builtins.int
+    MAX_COST_PER_MONTH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def max_cost_per_run(self) -> Global___Money:
+        """Optional. The most one training run may cost; unset means no limit."""
+
+    @_builtins.property
+    def max_cost_per_month(self) -> Global___Money:
+        """Optional. The most the training runs of one calendar month (UTC) may cost together;
+        unset means no limit.
+        """
+
+    def __init__(
+        self,
+        *,
+        max_cost_per_run: Global___Money | None = ...,
+        max_cost_per_month: Global___Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_cost_per_month", b"max_cost_per_month", "max_cost_per_run", b"max_cost_per_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_cost_per_month", b"max_cost_per_month", "max_cost_per_run", b"max_cost_per_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Budget: _TypeAlias = Budget  # noqa: Y015
 
 @_typing.final
 class Cost(_message.Message):
@@ -823,9 +1009,11 @@ class MetricValue(_message.Message):
     """One metric value, overall or for one slice, on one evaluation set.
 
     Metric names: CLASSIFICATION: `loss`, `accuracy`, `macro_f1`, `recall/<label>`;
-    CAUSAL_LM: `loss`, `token_accuracy`, `exact_match`. `loss` is mean cross-entropy in nats
-    per example (per completion token for CAUSAL_LM); lower is better. The others are fractions
-    in [0, 1]; higher is better. Live quality reports may use other names.
+    CAUSAL_LM: `loss`, `token_accuracy`, `exact_match`, `token_f1`, `rouge_l` (word-overlap F1 and
+    ROUGE-L of greedy generation), `json_valid` (rows that declare a `json_schema`). `loss` is
+    mean cross-entropy in nats per example (per completion token for CAUSAL_LM); lower is better.
+    The others are fractions in [0, 1]; higher is better. Live quality reports may use other
+    names.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1085,3 +1273,234 @@ class GatePolicy(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___GatePolicy: _TypeAlias = GatePolicy  # noqa: Y015
+
+@_typing.final
+class TokenizerFingerprint(_message.Message):
+    """What a model's tokenization looks like, so that serving can prove it tokenizes the way
+    training did. Recorded by the trainer with each checkpoint; a serving profile may state the
+    one its stack uses.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENIZER_NAME_FIELD_NUMBER: _builtins.int
+    TOKENIZER_SHA256_FIELD_NUMBER: _builtins.int
+    CHAT_TEMPLATE_SHA256_FIELD_NUMBER: _builtins.int
+    END_OF_TURN_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    tokenizer_name: _builtins.str
+    """Output only (Optional in a serving profile). The tokenizer's name: the base model folder
+    name (or the `name_or_path` the tokenizer reports).
+    """
+    tokenizer_sha256: _builtins.str
+    """Output only (Optional in a serving profile: empty means not compared). SHA-256 over the
+    tokenizer's canonical content: its vocabulary, merges, added and special tokens and
+    normalisation settings as serialised by the tokenizer backend with sorted keys, so that
+    the same tokenizer saved by two library versions hashes the same.
+    """
+    chat_template_sha256: _builtins.str
+    """Output only. SHA-256 of the chat template text; empty when the tokenizer has none."""
+    max_sequence_length: _builtins.int
+    """Output only (Optional in a serving profile: 0 means not compared). The maximum sequence
+    length in tokens used in training (for a serving stack: the longest it accepts).
+    """
+    @_builtins.property
+    def end_of_turn_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Output only. Every token id that ends a turn, sorted ascending: the tokenizer's eos, the
+        generation config's eos ids and the chat template's end-of-turn tokens (e.g. `<|im_end|>`).
+        """
+
+    def __init__(
+        self,
+        *,
+        tokenizer_name: _builtins.str = ...,
+        tokenizer_sha256: _builtins.str = ...,
+        chat_template_sha256: _builtins.str = ...,
+        end_of_turn_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        max_sequence_length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_template_sha256", b"chat_template_sha256", "end_of_turn_token_ids", b"end_of_turn_token_ids", "max_sequence_length", b"max_sequence_length", "tokenizer_name", b"tokenizer_name", "tokenizer_sha256", b"tokenizer_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenizerFingerprint: _TypeAlias = TokenizerFingerprint  # noqa: Y015
+
+@_typing.final
+class ServingProfile(_message.Message):
+    """The constraints of the engine a model is served by. Checked before promotion (the parity
+    check's profile lint): a checkpoint the engine would refuse or silently change fails.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENGINE_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    MAX_LORA_RANK_FIELD_NUMBER: _builtins.int
+    SUPPORTS_DORA_FIELD_NUMBER: _builtins.int
+    SUPPORTS_MODULES_TO_SAVE_FIELD_NUMBER: _builtins.int
+    MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    SERVING_TOKENIZER_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    engine: _builtins.str
+    """Optional. The engine, free text, e.g. `vllm-0.6`, `tuneline-serving`; at most 200 characters."""
+    weights: Global___ServingWeights.ValueType
+    """Optional. Adapter or merged weights; unset means ADAPTER."""
+    dtype: Global___Precision.ValueType
+    """Optional. The dtype the engine serves in. FP32: merge drift in bf16 cannot reach it, so the
+    bf16 agreement part of the parity check is SKIPPED; unset means the engine's default,
+    taken to be half precision (bf16 agreement is judged).
+    """
+    max_lora_rank: _builtins.int
+    """Optional. Largest LoRA rank the engine accepts, >= 0; 0 means no limit. Ignored with
+    MERGED weights (the merge removes the rank).
+    """
+    supports_dora: _builtins.bool
+    """Optional. Whether the engine serves DoRA adapters unmerged. Ignored with MERGED weights."""
+    supports_modules_to_save: _builtins.bool
+    """Optional. Whether the engine loads `modules_to_save` weights (e.g. a trained
+    classification head) from the adapter. Ignored with MERGED weights.
+    """
+    max_sequence_length: _builtins.int
+    """Optional. Longest sequence the engine accepts in tokens, >= 0; 0 means no limit. A
+    checkpoint trained on longer sequences fails the lint.
+    """
+    revision: _builtins.int
+    """Output only. Times the profile was set on its model, 1, 2, 3…; an evaluation records the
+    revision it checked against.
+    """
+    @_builtins.property
+    def serving_tokenizer(self) -> Global___TokenizerFingerprint:
+        """Optional. The tokenizer the serving stack uses; unset means not compared. Each non-empty
+        field is compared with the checkpoint's recorded fingerprint.
+        """
+
+    def __init__(
+        self,
+        *,
+        engine: _builtins.str = ...,
+        weights: Global___ServingWeights.ValueType = ...,
+        dtype: Global___Precision.ValueType = ...,
+        max_lora_rank: _builtins.int = ...,
+        supports_dora: _builtins.bool = ...,
+        supports_modules_to_save: _builtins.bool = ...,
+        max_sequence_length: _builtins.int = ...,
+        serving_tokenizer: Global___TokenizerFingerprint | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving_tokenizer", b"serving_tokenizer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "engine", b"engine", "max_lora_rank", b"max_lora_rank", "max_sequence_length", b"max_sequence_length", "revision", b"revision", "serving_tokenizer", b"serving_tokenizer", "supports_dora", b"supports_dora", "supports_modules_to_save", b"supports_modules_to_save", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServingProfile: _TypeAlias = ServingProfile  # noqa: Y015
+
+@_typing.final
+class ParityFinding(_message.Message):
+    """The result of one part of the parity check."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    kind: Global___ParityCheckKind.ValueType
+    """Output only. Which part."""
+    verdict: Global___ParityVerdict.ValueType
+    """Output only. How it came out."""
+    reason: _builtins.str
+    """Output only. Why, for humans, e.g. `adapter rank 16 is over the engine's max_lora_rank 8`."""
+    def __init__(
+        self,
+        *,
+        kind: Global___ParityCheckKind.ValueType = ...,
+        verdict: Global___ParityVerdict.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reason", b"reason", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParityFinding: _TypeAlias = ParityFinding  # noqa: Y015
+
+@_typing.final
+class ParityCheck(_message.Message):
+    """Evidence that what was evaluated is what will serve: the merged model against the unmerged
+    one on a bounded subset of the evaluation set, the serving profile's lint, and the
+    checkpoint's tokenizer fingerprint against the profile's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERDICT_FIELD_NUMBER: _builtins.int
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    FP32_MAX_ABS_LOGIT_DELTA_FIELD_NUMBER: _builtins.int
+    BF16_AGREEMENT_FIELD_NUMBER: _builtins.int
+    BF16_COMPARED_COUNT_FIELD_NUMBER: _builtins.int
+    EXAMPLE_COUNT_FIELD_NUMBER: _builtins.int
+    FP32_TOLERANCE_FIELD_NUMBER: _builtins.int
+    BF16_MIN_AGREEMENT_FIELD_NUMBER: _builtins.int
+    MERGED_ARTIFACT_URI_FIELD_NUMBER: _builtins.int
+    MERGED_SHA256_FIELD_NUMBER: _builtins.int
+    SERVING_PROFILE_REVISION_FIELD_NUMBER: _builtins.int
+    verdict: Global___ParityVerdict.ValueType
+    """Output only. FAILED when any finding FAILED; PASSED when none failed and the numeric
+    parity ran; SKIPPED when nothing could be checked.
+    """
+    fp32_max_abs_logit_delta: _builtins.float
+    """Output only. Max |logit difference| between merged and unmerged model in fp32, over the
+    examples checked (every class logit, or every next-token logit of the prompt positions).
+    """
+    bf16_agreement: _builtins.float
+    """Output only. Share, in [0, 1], of labels (CLASSIFICATION) or greedy tokens (CAUSAL_LM) on
+    which merged and unmerged models agree in bf16.
+    """
+    bf16_compared_count: _builtins.int
+    """Output only. Labels or greedy tokens compared for `bf16_agreement`."""
+    example_count: _builtins.int
+    """Output only. Examples of the evaluation set checked (a bounded subset)."""
+    fp32_tolerance: _builtins.float
+    """Output only. The goal `fp32_max_abs_logit_delta` had to meet."""
+    bf16_min_agreement: _builtins.float
+    """Output only. The goal `bf16_agreement` had to meet."""
+    merged_artifact_uri: _builtins.str
+    """Optional: empty when no merged model was produced. The merged release artifact (a
+    safetensors model folder, adapter folded in), content-addressed in the artifact store.
+    """
+    merged_sha256: _builtins.str
+    """Optional: empty with `merged_artifact_uri`. SHA-256 over that folder (same convention as
+    the adapter's).
+    """
+    serving_profile_revision: _builtins.int
+    """Optional: 0 when the model had no serving profile. The profile revision checked against."""
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParityFinding]:
+        """Output only. Every part, in ParityCheckKind order."""
+
+    def __init__(
+        self,
+        *,
+        verdict: Global___ParityVerdict.ValueType = ...,
+        findings: _abc.Iterable[Global___ParityFinding] | None = ...,
+        fp32_max_abs_logit_delta: _builtins.float = ...,
+        bf16_agreement: _builtins.float = ...,
+        bf16_compared_count: _builtins.int = ...,
+        example_count: _builtins.int = ...,
+        fp32_tolerance: _builtins.float = ...,
+        bf16_min_agreement: _builtins.float = ...,
+        merged_artifact_uri: _builtins.str = ...,
+        merged_sha256: _builtins.str = ...,
+        serving_profile_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bf16_agreement", b"bf16_agreement", "bf16_compared_count", b"bf16_compared_count", "bf16_min_agreement", b"bf16_min_agreement", "example_count", b"example_count", "findings", b"findings", "fp32_max_abs_logit_delta", b"fp32_max_abs_logit_delta", "fp32_tolerance", b"fp32_tolerance", "merged_artifact_uri", b"merged_artifact_uri", "merged_sha256", b"merged_sha256", "serving_profile_revision", b"serving_profile_revision", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParityCheck: _TypeAlias = ParityCheck  # noqa: Y015

@@ -106,3 +106,82 @@ class DatasetVersioned(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetVersioned: _TypeAlias = DatasetVersioned  # noqa: Y015
+
+@_typing.final
+class DatasetAudited(_message.Message):
+    """A dataset version's label audit finished (PASSED, WARNED, BLOCKED, SKIPPED or FAILED). Emitted
+    once per version, after DatasetVersioned. The trainer's policies wait for it: a BLOCKED
+    version is never trained.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_VERSION_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    CONTENT_SHA256_FIELD_NUMBER: _builtins.int
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    MAX_NOISE_RATE_FIELD_NUMBER: _builtins.int
+    NOISE_RATE_FIELD_NUMBER: _builtins.int
+    SUSPECTED_COUNT_FIELD_NUMBER: _builtins.int
+    SUSPECTED_LINE_NUMBERS_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    dataset_version: _builtins.str
+    """Always set. The audited version, `datasets/{dataset}/versions/{version}`. Record key."""
+    dataset: _builtins.str
+    """Always set. The dataset, `datasets/{dataset}`."""
+    content_sha256: _builtins.str
+    """Always set. SHA-256 of the version's canonical content."""
+    task_type: _resources_pb2.TaskType.ValueType
+    """Always set. The dataset's task type."""
+    verdict: _resources_pb2_1.LabelAuditVerdict.ValueType
+    """Always set. The verdict (never PENDING or UNSPECIFIED)."""
+    reason: _builtins.str
+    """Optional. The rule and numbers behind the verdict, or why it was SKIPPED/FAILED."""
+    action: _resources_pb2_1.LabelAuditAction.ValueType
+    """Always set. The policy applied (resolved)."""
+    max_noise_rate: _builtins.float
+    """Always set. The policy's threshold (resolved)."""
+    noise_rate: _builtins.float
+    """Set when audited. Estimated share of rows with a wrong label."""
+    suspected_count: _builtins.int
+    """Set when audited. Rows suspected of a wrong label."""
+    audit: _builtins.str
+    """Always set. The audit, `datasets/{dataset}/versions/{version}/audit` (GetDatasetAudit)."""
+    @_builtins.property
+    def suspected_line_numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Set when audited. Line numbers of the most suspicious rows (at most 100; the full list is in
+        the audit).
+        """
+
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """Always set. When the audit finished."""
+
+    def __init__(
+        self,
+        *,
+        dataset_version: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        content_sha256: _builtins.str = ...,
+        task_type: _resources_pb2.TaskType.ValueType = ...,
+        verdict: _resources_pb2_1.LabelAuditVerdict.ValueType = ...,
+        reason: _builtins.str = ...,
+        action: _resources_pb2_1.LabelAuditAction.ValueType = ...,
+        max_noise_rate: _builtins.float = ...,
+        noise_rate: _builtins.float = ...,
+        suspected_count: _builtins.int = ...,
+        suspected_line_numbers: _abc.Iterable[_builtins.int] | None = ...,
+        audit: _builtins.str = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "audit", b"audit", "content_sha256", b"content_sha256", "dataset", b"dataset", "dataset_version", b"dataset_version", "event_time", b"event_time", "max_noise_rate", b"max_noise_rate", "noise_rate", b"noise_rate", "reason", b"reason", "suspected_count", b"suspected_count", "suspected_line_numbers", b"suspected_line_numbers", "task_type", b"task_type", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetAudited: _TypeAlias = DatasetAudited  # noqa: Y015

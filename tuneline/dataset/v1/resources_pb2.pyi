@@ -123,6 +123,74 @@ DATASET_SOURCE_KIND_IMPORT: DatasetSourceKind.ValueType  # 2
 """ImportDatasetVersion from an artifact URI."""
 Global___DatasetSourceKind: _TypeAlias = DatasetSourceKind  # noqa: Y015
 
+class _LabelAuditAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LabelAuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LabelAuditAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LABEL_AUDIT_ACTION_UNSPECIFIED: _LabelAuditAction.ValueType  # 0
+    """The server default: BLOCK."""
+    LABEL_AUDIT_ACTION_REPORT: _LabelAuditAction.ValueType  # 1
+    """Record and announce the audit, nothing else."""
+    LABEL_AUDIT_ACTION_WARN: _LabelAuditAction.ValueType  # 2
+    """The verdict is WARNED: the version may be trained, flagged."""
+    LABEL_AUDIT_ACTION_BLOCK: _LabelAuditAction.ValueType  # 3
+    """The verdict is BLOCKED: the version is never trained."""
+
+class LabelAuditAction(_LabelAuditAction, metaclass=_LabelAuditActionEnumTypeWrapper):
+    """What the label audit does when a version's estimated label noise rate is above the policy's
+    `max_label_noise_rate`.
+    """
+
+LABEL_AUDIT_ACTION_UNSPECIFIED: LabelAuditAction.ValueType  # 0
+"""The server default: BLOCK."""
+LABEL_AUDIT_ACTION_REPORT: LabelAuditAction.ValueType  # 1
+"""Record and announce the audit, nothing else."""
+LABEL_AUDIT_ACTION_WARN: LabelAuditAction.ValueType  # 2
+"""The verdict is WARNED: the version may be trained, flagged."""
+LABEL_AUDIT_ACTION_BLOCK: LabelAuditAction.ValueType  # 3
+"""The verdict is BLOCKED: the version is never trained."""
+Global___LabelAuditAction: _TypeAlias = LabelAuditAction  # noqa: Y015
+
+class _LabelAuditVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LabelAuditVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LabelAuditVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LABEL_AUDIT_VERDICT_UNSPECIFIED: _LabelAuditVerdict.ValueType  # 0
+    LABEL_AUDIT_VERDICT_PENDING: _LabelAuditVerdict.ValueType  # 1
+    """The audit has not finished yet."""
+    LABEL_AUDIT_VERDICT_PASSED: _LabelAuditVerdict.ValueType  # 2
+    """The estimated noise rate is within the policy (or the policy only reports)."""
+    LABEL_AUDIT_VERDICT_WARNED: _LabelAuditVerdict.ValueType  # 3
+    """Above the policy's threshold, and the policy warns."""
+    LABEL_AUDIT_VERDICT_BLOCKED: _LabelAuditVerdict.ValueType  # 4
+    """Above the policy's threshold, and the policy blocks: never trained."""
+    LABEL_AUDIT_VERDICT_SKIPPED: _LabelAuditVerdict.ValueType  # 5
+    """Not auditable (`reason` says why): CAUSAL_LM rows have no labels; too few rows per class."""
+    LABEL_AUDIT_VERDICT_FAILED: _LabelAuditVerdict.ValueType  # 6
+    """The audit could not run (`reason` says why); the version is not blocked by it."""
+
+class LabelAuditVerdict(_LabelAuditVerdict, metaclass=_LabelAuditVerdictEnumTypeWrapper):
+    """The label audit's verdict on a version."""
+
+LABEL_AUDIT_VERDICT_UNSPECIFIED: LabelAuditVerdict.ValueType  # 0
+LABEL_AUDIT_VERDICT_PENDING: LabelAuditVerdict.ValueType  # 1
+"""The audit has not finished yet."""
+LABEL_AUDIT_VERDICT_PASSED: LabelAuditVerdict.ValueType  # 2
+"""The estimated noise rate is within the policy (or the policy only reports)."""
+LABEL_AUDIT_VERDICT_WARNED: LabelAuditVerdict.ValueType  # 3
+"""Above the policy's threshold, and the policy warns."""
+LABEL_AUDIT_VERDICT_BLOCKED: LabelAuditVerdict.ValueType  # 4
+"""Above the policy's threshold, and the policy blocks: never trained."""
+LABEL_AUDIT_VERDICT_SKIPPED: LabelAuditVerdict.ValueType  # 5
+"""Not auditable (`reason` says why): CAUSAL_LM rows have no labels; too few rows per class."""
+LABEL_AUDIT_VERDICT_FAILED: LabelAuditVerdict.ValueType  # 6
+"""The audit could not run (`reason` says why); the version is not blocked by it."""
+Global___LabelAuditVerdict: _TypeAlias = LabelAuditVerdict  # noqa: Y015
+
 @_typing.final
 class SchemaPolicy(_message.Message):
     """What a dataset's versions must satisfy, and how strictly.
@@ -164,6 +232,8 @@ class SchemaPolicy(_message.Message):
     RULE_SEVERITIES_FIELD_NUMBER: _builtins.int
     MAX_LABEL_CHURN_FIELD_NUMBER: _builtins.int
     MIN_SHARED_ROWS_FOR_CHURN_FIELD_NUMBER: _builtins.int
+    LABEL_AUDIT_ACTION_FIELD_NUMBER: _builtins.int
+    MAX_LABEL_NOISE_RATE_FIELD_NUMBER: _builtins.int
     label_set_derived: _builtins.bool
     """Output only. True when `label_set` was derived from the first accepted version rather
     than declared.
@@ -189,6 +259,14 @@ class SchemaPolicy(_message.Message):
     """Optional. Fewest shared rows for `max_label_churn` to apply, >= 1; below it churn is only
     a warning. 0 means the server default (50).
     """
+    label_audit_action: Global___LabelAuditAction.ValueType
+    """Optional. What the label audit does when its estimated label noise rate is above
+    `max_label_noise_rate` (CLASSIFICATION); UNSPECIFIED means the server default (BLOCK).
+    """
+    max_label_noise_rate: _builtins.float
+    """Optional. Largest estimated label noise rate the label audit accepts, in (0, 1); 0 means
+    the server default (0.25).
+    """
     @_builtins.property
     def label_set(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. The allowed labels (CLASSIFICATION only). Empty on create means "derive from
@@ -213,10 +291,12 @@ class SchemaPolicy(_message.Message):
         rule_severities: _abc.Mapping[_builtins.str, Global___ValidationSeverity.ValueType] | None = ...,
         max_label_churn: _builtins.float = ...,
         min_shared_rows_for_churn: _builtins.int = ...,
+        label_audit_action: Global___LabelAuditAction.ValueType = ...,
+        max_label_noise_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_set", b"label_set", "label_set_derived", b"label_set_derived", "max_imbalance_ratio", b"max_imbalance_ratio", "max_label_churn", b"max_label_churn", "max_text_length", b"max_text_length", "min_rows_per_class", b"min_rows_per_class", "min_shared_rows_for_churn", b"min_shared_rows_for_churn", "rule_severities", b"rule_severities"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_audit_action", b"label_audit_action", "label_set", b"label_set", "label_set_derived", b"label_set_derived", "max_imbalance_ratio", b"max_imbalance_ratio", "max_label_churn", b"max_label_churn", "max_label_noise_rate", b"max_label_noise_rate", "max_text_length", b"max_text_length", "min_rows_per_class", b"min_rows_per_class", "min_shared_rows_for_churn", b"min_shared_rows_for_churn", "rule_severities", b"rule_severities"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -237,6 +317,7 @@ class Dataset(_message.Message):
     VERSION_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `datasets/{dataset}`; the id is chosen by `CreateDatasetRequest.dataset_id`."""
     display_name: _builtins.str
@@ -265,6 +346,10 @@ class Dataset(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the dataset (its policy or latest version) last changed."""
 
+    @_builtins.property
+    def owner(self) -> _resources_pb2.Owner:
+        """Optional. Who answers for the dataset's data, and their runbook."""
+
     def __init__(
         self,
         *,
@@ -277,10 +362,11 @@ class Dataset(_message.Message):
         version_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        owner: _resources_pb2.Owner | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "schema_policy", b"schema_policy", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "owner", b"owner", "schema_policy", b"schema_policy", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "latest_version", b"latest_version", "name", b"name", "schema_policy", b"schema_policy", "task_type", b"task_type", "update_time", b"update_time", "version_count", b"version_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "latest_version", b"latest_version", "name", b"name", "owner", b"owner", "schema_policy", b"schema_policy", "task_type", b"task_type", "update_time", b"update_time", "version_count", b"version_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,3 +665,169 @@ class DatasetVersion(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetVersion: _TypeAlias = DatasetVersion  # noqa: Y015
+
+@_typing.final
+class SuspectedLabelError(_message.Message):
+    """A row whose given label the label audit suspects is wrong."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_NUMBER_FIELD_NUMBER: _builtins.int
+    GIVEN_LABEL_FIELD_NUMBER: _builtins.int
+    SUGGESTED_LABEL_FIELD_NUMBER: _builtins.int
+    LABEL_QUALITY_FIELD_NUMBER: _builtins.int
+    line_number: _builtins.int
+    """Always set. 1-based line of the row in the version's canonical content."""
+    given_label: _builtins.str
+    """Always set. The label the row has."""
+    suggested_label: _builtins.str
+    """Always set. The label the out-of-fold model predicts."""
+    label_quality: _builtins.float
+    """Always set. Label quality (predicted probability of the given label), in [0, 1]; the lower,
+    the more suspicious.
+    """
+    def __init__(
+        self,
+        *,
+        line_number: _builtins.int = ...,
+        given_label: _builtins.str = ...,
+        suggested_label: _builtins.str = ...,
+        label_quality: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["given_label", b"given_label", "label_quality", b"label_quality", "line_number", b"line_number", "suggested_label", b"suggested_label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspectedLabelError: _TypeAlias = SuspectedLabelError  # noqa: Y015
+
+@_typing.final
+class LabelNoise(_message.Message):
+    """The label audit's estimate for one class."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    ROW_COUNT_FIELD_NUMBER: _builtins.int
+    SUSPECTED_COUNT_FIELD_NUMBER: _builtins.int
+    NOISE_RATE_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    """Always set. The given label."""
+    row_count: _builtins.int
+    """Always set. Rows given this label."""
+    suspected_count: _builtins.int
+    """Always set. Of them, rows suspected of a wrong label."""
+    noise_rate: _builtins.float
+    """Always set. Estimated share of the rows given this label whose true label is another."""
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        row_count: _builtins.int = ...,
+        suspected_count: _builtins.int = ...,
+        noise_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "noise_rate", b"noise_rate", "row_count", b"row_count", "suspected_count", b"suspected_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabelNoise: _TypeAlias = LabelNoise  # noqa: Y015
+
+@_typing.final
+class DatasetAudit(_message.Message):
+    """The label audit of one dataset version: confident learning (cleanlab) on out-of-fold
+    logistic-regression probabilities over frozen text embeddings.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DATASET_VERSION_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    MAX_NOISE_RATE_FIELD_NUMBER: _builtins.int
+    NOISE_RATE_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    SUSPECTED_COUNT_FIELD_NUMBER: _builtins.int
+    SUSPECTED_ROWS_FIELD_NUMBER: _builtins.int
+    ENCODER_FIELD_NUMBER: _builtins.int
+    FOLDS_FIELD_NUMBER: _builtins.int
+    OUT_OF_FOLD_ACCURACY_FIELD_NUMBER: _builtins.int
+    ROW_COUNT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Always set. `datasets/{dataset}/versions/{version}/audit`."""
+    dataset_version: _builtins.str
+    """Always set. The audited version."""
+    verdict: Global___LabelAuditVerdict.ValueType
+    """Always set. The verdict."""
+    reason: _builtins.str
+    """Optional. Why: the rule and numbers behind a WARNED/BLOCKED verdict, or why it was SKIPPED
+    or FAILED.
+    """
+    action: Global___LabelAuditAction.ValueType
+    """Always set. The policy applied (resolved)."""
+    max_noise_rate: _builtins.float
+    """Always set. The policy's threshold (resolved)."""
+    noise_rate: _builtins.float
+    """Set once audited. Estimated share of rows with a wrong label."""
+    suspected_count: _builtins.int
+    """Set once audited. Rows suspected of a wrong label."""
+    encoder: _builtins.str
+    """Set once audited. The model whose frozen embeddings were used (a models-root name)."""
+    folds: _builtins.int
+    """Set once audited. Folds of the out-of-fold predictions."""
+    out_of_fold_accuracy: _builtins.float
+    """Set once audited. Accuracy of the out-of-fold predictions against the given labels."""
+    row_count: _builtins.int
+    """Always set. Rows of the version."""
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelNoise]:
+        """Set once audited. Per-class estimates, sorted by label."""
+
+    @_builtins.property
+    def suspected_rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___SuspectedLabelError]:
+        """Set once audited. The suspected rows, most suspicious first (at most the request's
+        `max_rows`; all stored ones when it is 0).
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Always set. When the audit was requested (the version was accepted)."""
+
+    @_builtins.property
+    def complete_time(self) -> _timestamp_pb2.Timestamp:
+        """Set once audited. When the audit finished."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dataset_version: _builtins.str = ...,
+        verdict: Global___LabelAuditVerdict.ValueType = ...,
+        reason: _builtins.str = ...,
+        action: Global___LabelAuditAction.ValueType = ...,
+        max_noise_rate: _builtins.float = ...,
+        noise_rate: _builtins.float = ...,
+        classes: _abc.Iterable[Global___LabelNoise] | None = ...,
+        suspected_count: _builtins.int = ...,
+        suspected_rows: _abc.Iterable[Global___SuspectedLabelError] | None = ...,
+        encoder: _builtins.str = ...,
+        folds: _builtins.int = ...,
+        out_of_fold_accuracy: _builtins.float = ...,
+        row_count: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        complete_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "classes", b"classes", "complete_time", b"complete_time", "create_time", b"create_time", "dataset_version", b"dataset_version", "encoder", b"encoder", "folds", b"folds", "max_noise_rate", b"max_noise_rate", "name", b"name", "noise_rate", b"noise_rate", "out_of_fold_accuracy", b"out_of_fold_accuracy", "reason", b"reason", "row_count", b"row_count", "suspected_count", b"suspected_count", "suspected_rows", b"suspected_rows", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetAudit: _TypeAlias = DatasetAudit  # noqa: Y015

@@ -629,3 +629,53 @@ class ListValidationReportsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListValidationReportsResponse: _TypeAlias = ListValidationReportsResponse  # noqa: Y015
+
+@_typing.final
+class GetDatasetAuditRequest(_message.Message):
+    """Request of DatasetService.GetDatasetAudit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MAX_ROWS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. `datasets/{dataset}/versions/{version}/audit`."""
+    max_rows: _builtins.int
+    """Optional. Most suspected rows returned, >= 0; 0 means all stored ones."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        max_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_rows", b"max_rows", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetAuditRequest: _TypeAlias = GetDatasetAuditRequest  # noqa: Y015
+
+@_typing.final
+class GetDatasetAuditResponse(_message.Message):
+    """Response of DatasetService.GetDatasetAudit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dataset_audit(self) -> _resources_pb2.DatasetAudit:
+        """Always set. The audit."""
+
+    def __init__(
+        self,
+        *,
+        dataset_audit: _resources_pb2.DatasetAudit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset_audit", b"dataset_audit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_audit", b"dataset_audit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetAuditResponse: _TypeAlias = GetDatasetAuditResponse  # noqa: Y015

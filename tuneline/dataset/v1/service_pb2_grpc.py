@@ -85,6 +85,11 @@ class DatasetServiceStub:
                 request_serializer=tuneline_dot_dataset_dot_v1_dot_service__pb2.ListValidationReportsRequest.SerializeToString,
                 response_deserializer=tuneline_dot_dataset_dot_v1_dot_service__pb2.ListValidationReportsResponse.FromString,
                 _registered_method=True)
+        self.GetDatasetAudit = channel.unary_unary(
+                '/tuneline.dataset.v1.DatasetService/GetDatasetAudit',
+                request_serializer=tuneline_dot_dataset_dot_v1_dot_service__pb2.GetDatasetAuditRequest.SerializeToString,
+                response_deserializer=tuneline_dot_dataset_dot_v1_dot_service__pb2.GetDatasetAuditResponse.FromString,
+                _registered_method=True)
 
 
 class DatasetServiceServicer:
@@ -162,6 +167,13 @@ class DatasetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDatasetAudit(self, request, context):
+        """The label audit of a version (PENDING until it finishes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +221,11 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     servicer.ListValidationReports,
                     request_deserializer=tuneline_dot_dataset_dot_v1_dot_service__pb2.ListValidationReportsRequest.FromString,
                     response_serializer=tuneline_dot_dataset_dot_v1_dot_service__pb2.ListValidationReportsResponse.SerializeToString,
+            ),
+            'GetDatasetAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDatasetAudit,
+                    request_deserializer=tuneline_dot_dataset_dot_v1_dot_service__pb2.GetDatasetAuditRequest.FromString,
+                    response_serializer=tuneline_dot_dataset_dot_v1_dot_service__pb2.GetDatasetAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -460,6 +477,33 @@ class DatasetService:
             '/tuneline.dataset.v1.DatasetService/ListValidationReports',
             tuneline_dot_dataset_dot_v1_dot_service__pb2.ListValidationReportsRequest.SerializeToString,
             tuneline_dot_dataset_dot_v1_dot_service__pb2.ListValidationReportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDatasetAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneline.dataset.v1.DatasetService/GetDatasetAudit',
+            tuneline_dot_dataset_dot_v1_dot_service__pb2.GetDatasetAuditRequest.SerializeToString,
+            tuneline_dot_dataset_dot_v1_dot_service__pb2.GetDatasetAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,8 @@ class DatasetServiceStub:
     """Gets a validation report, of an accepted or a rejected upload."""
     ListValidationReports: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListValidationReportsRequest, _service_pb2.ListValidationReportsResponse]
     """Lists a dataset's validation reports, newest first."""
+    GetDatasetAudit: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetDatasetAuditRequest, _service_pb2.GetDatasetAuditResponse]
+    """The label audit of a version (PENDING until it finishes)."""
 
 @_typing.type_check_only
 class DatasetServiceAsyncStub(DatasetServiceStub):
@@ -95,6 +97,8 @@ class DatasetServiceAsyncStub(DatasetServiceStub):
     """Gets a validation report, of an accepted or a rejected upload."""
     ListValidationReports: _aio.UnaryUnaryMultiCallable[_service_pb2.ListValidationReportsRequest, _service_pb2.ListValidationReportsResponse]  # type: ignore[assignment]
     """Lists a dataset's validation reports, newest first."""
+    GetDatasetAudit: _aio.UnaryUnaryMultiCallable[_service_pb2.GetDatasetAuditRequest, _service_pb2.GetDatasetAuditResponse]  # type: ignore[assignment]
+    """The label audit of a version (PENDING until it finishes)."""
 
 class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
     """Datasets as a versioned interface: validated, immutable, content-addressed versions.
@@ -180,5 +184,13 @@ class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.ListValidationReportsResponse, _abc.Awaitable[_service_pb2.ListValidationReportsResponse]]:
         """Lists a dataset's validation reports, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetDatasetAudit(
+        self,
+        request: _service_pb2.GetDatasetAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.GetDatasetAuditResponse, _abc.Awaitable[_service_pb2.GetDatasetAuditResponse]]:
+        """The label audit of a version (PENDING until it finishes)."""
 
 def add_DatasetServiceServicer_to_server(servicer: DatasetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

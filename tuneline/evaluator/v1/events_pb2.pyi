@@ -46,6 +46,10 @@ class EvaluationCompleted(_message.Message):
     EXAMPLE_COUNT_FIELD_NUMBER: _builtins.int
     LINEAGE_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    PARITY_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_SELECTION_FIELD_NUMBER: _builtins.int
+    SELECTION_REASON_FIELD_NUMBER: _builtins.int
+    DATA_CHECKS_FIELD_NUMBER: _builtins.int
     evaluation: _builtins.str
     """Always set. The evaluation, `evaluations/{evaluation}`. Record key."""
     model: _builtins.str
@@ -62,6 +66,12 @@ class EvaluationCompleted(_message.Message):
     """Optional: empty unless FAILED. Details, for humans."""
     example_count: _builtins.int
     """Always set. Examples in the primary evaluation set (0 when FAILED before reading it)."""
+    checkpoint_selection: _resources_pb2_1.CheckpointSelection.ValueType
+    """Always set. The rule that chose the checkpoint for evaluation (UNSPECIFIED: requested by
+    EvaluateCheckpoint), and why (see Evaluation.selection_reason).
+    """
+    selection_reason: _builtins.str
+    """Always set. Why this checkpoint was evaluated."""
     @_builtins.property
     def evaluation_set(self) -> _resources_pb2.EvaluationSet:
         """Always set. The primary evaluation set, pinned."""
@@ -92,6 +102,16 @@ class EvaluationCompleted(_message.Message):
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """Always set. When the evaluation became terminal."""
 
+    @_builtins.property
+    def parity(self) -> _resources_pb2.ParityCheck:
+        """Optional: unset when FAILED before the check ran. The parity check (see Evaluation.parity)."""
+
+    @_builtins.property
+    def data_checks(self) -> _resources_pb2_1.EvaluationDataChecks:
+        """Optional: unset when FAILED before the checks ran. Contamination, coverage and shift of
+        the evaluation set against the candidate's training data (see Evaluation.data_checks).
+        """
+
     def __init__(
         self,
         *,
@@ -110,10 +130,14 @@ class EvaluationCompleted(_message.Message):
         example_count: _builtins.int = ...,
         lineage: _resources_pb2.Lineage | None = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        parity: _resources_pb2.ParityCheck | None = ...,
+        checkpoint_selection: _resources_pb2_1.CheckpointSelection.ValueType = ...,
+        selection_reason: _builtins.str = ...,
+        data_checks: _resources_pb2_1.EvaluationDataChecks | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "evaluation_set", b"evaluation_set", "event_time", b"event_time", "lineage", b"lineage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "data_checks", b"data_checks", "evaluation_set", b"evaluation_set", "event_time", b"event_time", "lineage", b"lineage", "parity", b"parity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "checkpoint", b"checkpoint", "checkpoint_sha256", b"checkpoint_sha256", "comparisons", b"comparisons", "evaluation", b"evaluation", "evaluation_set", b"evaluation_set", "event_time", b"event_time", "example_count", b"example_count", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "golden_sets", b"golden_sets", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "checkpoint", b"checkpoint", "checkpoint_selection", b"checkpoint_selection", "checkpoint_sha256", b"checkpoint_sha256", "comparisons", b"comparisons", "data_checks", b"data_checks", "evaluation", b"evaluation", "evaluation_set", b"evaluation_set", "event_time", b"event_time", "example_count", b"example_count", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "golden_sets", b"golden_sets", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "parity", b"parity", "selection_reason", b"selection_reason", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -140,9 +140,16 @@ class _CheckpointSelectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_C
     CHECKPOINT_SELECTION_BEST_AND_FINAL: _CheckpointSelection.ValueType  # 2
     """Checkpoints that were the job's best when written (`is_best`), and final checkpoints."""
     CHECKPOINT_SELECTION_FINAL: _CheckpointSelection.ValueType  # 3
-    """Final checkpoints only."""
+    """Final checkpoints only (the last one written, `patience` validations after the best when
+    early stopping ended the job).
+    """
     CHECKPOINT_SELECTION_NONE: _CheckpointSelection.ValueType  # 4
     """None: only EvaluateCheckpoint evaluates."""
+    CHECKPOINT_SELECTION_BEST_AT_END: _CheckpointSelection.ValueType  # 5
+    """Once per job, when it has ended: the job's best checkpoint by validation loss (the final
+    CheckpointReady's `best_checkpoint`; the final one when the job never validated). The
+    default: what is evaluated is what should be promoted.
+    """
 
 class CheckpointSelection(_CheckpointSelection, metaclass=_CheckpointSelectionEnumTypeWrapper):
     """Which checkpoints are evaluated automatically on CheckpointReady."""
@@ -154,10 +161,45 @@ CHECKPOINT_SELECTION_ALL: CheckpointSelection.ValueType  # 1
 CHECKPOINT_SELECTION_BEST_AND_FINAL: CheckpointSelection.ValueType  # 2
 """Checkpoints that were the job's best when written (`is_best`), and final checkpoints."""
 CHECKPOINT_SELECTION_FINAL: CheckpointSelection.ValueType  # 3
-"""Final checkpoints only."""
+"""Final checkpoints only (the last one written, `patience` validations after the best when
+early stopping ended the job).
+"""
 CHECKPOINT_SELECTION_NONE: CheckpointSelection.ValueType  # 4
 """None: only EvaluateCheckpoint evaluates."""
+CHECKPOINT_SELECTION_BEST_AT_END: CheckpointSelection.ValueType  # 5
+"""Once per job, when it has ended: the job's best checkpoint by validation loss (the final
+CheckpointReady's `best_checkpoint`; the final one when the job never validated). The
+default: what is evaluated is what should be promoted.
+"""
 Global___CheckpointSelection: _TypeAlias = CheckpointSelection  # noqa: Y015
+
+class _DataCheckStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DataCheckStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataCheckStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATA_CHECK_STATUS_UNSPECIFIED: _DataCheckStatus.ValueType  # 0
+    """Not checked (evaluations from before the check)."""
+    DATA_CHECK_STATUS_PASSED: _DataCheckStatus.ValueType  # 1
+    """Checked; nothing past its threshold."""
+    DATA_CHECK_STATUS_FLAGGED: _DataCheckStatus.ValueType  # 2
+    """Checked; past its threshold (the reason says how far)."""
+    DATA_CHECK_STATUS_SKIPPED: _DataCheckStatus.ValueType  # 3
+    """Could not run (no training split in the lineage, too few rows …); the reason says why."""
+
+class DataCheckStatus(_DataCheckStatus, metaclass=_DataCheckStatusEnumTypeWrapper):
+    """The outcome of one data check."""
+
+DATA_CHECK_STATUS_UNSPECIFIED: DataCheckStatus.ValueType  # 0
+"""Not checked (evaluations from before the check)."""
+DATA_CHECK_STATUS_PASSED: DataCheckStatus.ValueType  # 1
+"""Checked; nothing past its threshold."""
+DATA_CHECK_STATUS_FLAGGED: DataCheckStatus.ValueType  # 2
+"""Checked; past its threshold (the reason says how far)."""
+DATA_CHECK_STATUS_SKIPPED: DataCheckStatus.ValueType  # 3
+"""Could not run (no training split in the lineage, too few rows …); the reason says why."""
+Global___DataCheckStatus: _TypeAlias = DataCheckStatus  # noqa: Y015
 
 @_typing.final
 class Baseline(_message.Message):
@@ -239,6 +281,10 @@ class Evaluation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    PARITY_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_SELECTION_FIELD_NUMBER: _builtins.int
+    SELECTION_REASON_FIELD_NUMBER: _builtins.int
+    DATA_CHECKS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `evaluations/{evaluation}`."""
     checkpoint: _builtins.str
@@ -263,6 +309,14 @@ class Evaluation(_message.Message):
     """Output only. Details of the failure, for humans; empty unless FAILED."""
     example_count: _builtins.int
     """Output only. Examples in the primary evaluation set."""
+    checkpoint_selection: Global___CheckpointSelection.ValueType
+    """Output only. The rule that chose this checkpoint for evaluation; UNSPECIFIED when
+    EvaluateCheckpoint asked for it.
+    """
+    selection_reason: _builtins.str
+    """Output only. Why this checkpoint was evaluated, e.g. "the job's best checkpoint by
+    validation loss (1.21 at step 40; the final checkpoint, step 60, had 1.30)".
+    """
     @_builtins.property
     def evaluation_set(self) -> _resources_pb2.EvaluationSet:
         """Output only. The primary evaluation set (the model's regression suite), pinned."""
@@ -305,6 +359,19 @@ class Evaluation(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When it became terminal; unset before."""
 
+    @_builtins.property
+    def parity(self) -> _resources_pb2.ParityCheck:
+        """Output only. Merged versus unmerged parity, the serving profile's lint and the tokenizer
+        fingerprint check; unset until terminal. A FAILED parity blocks promotion.
+        """
+
+    @_builtins.property
+    def data_checks(self) -> Global___EvaluationDataChecks:
+        """Output only. The evaluation set next to the candidate's training data: contamination,
+        coverage and shift; unset until terminal (and on evaluations from before these checks).
+        A contaminated set turns a PASSED verdict into INSUFFICIENT_DATA (see verdict_effect).
+        """
+
     def __init__(
         self,
         *,
@@ -328,14 +395,283 @@ class Evaluation(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        parity: _resources_pb2.ParityCheck | None = ...,
+        checkpoint_selection: Global___CheckpointSelection.ValueType = ...,
+        selection_reason: _builtins.str = ...,
+        data_checks: Global___EvaluationDataChecks | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "create_time", b"create_time", "end_time", b"end_time", "evaluation_set", b"evaluation_set", "gate_policy", b"gate_policy", "lineage", b"lineage", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "create_time", b"create_time", "data_checks", b"data_checks", "end_time", b"end_time", "evaluation_set", b"evaluation_set", "gate_policy", b"gate_policy", "lineage", b"lineage", "parity", b"parity", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "checkpoint", b"checkpoint", "checkpoint_sha256", b"checkpoint_sha256", "comparisons", b"comparisons", "create_time", b"create_time", "end_time", b"end_time", "evaluation_set", b"evaluation_set", "example_count", b"example_count", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "gate_policy", b"gate_policy", "golden_sets", b"golden_sets", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "name", b"name", "start_time", b"start_time", "state", b"state", "task_type", b"task_type", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "checkpoint", b"checkpoint", "checkpoint_selection", b"checkpoint_selection", "checkpoint_sha256", b"checkpoint_sha256", "comparisons", b"comparisons", "create_time", b"create_time", "data_checks", b"data_checks", "end_time", b"end_time", "evaluation_set", b"evaluation_set", "example_count", b"example_count", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "gate_policy", b"gate_policy", "golden_sets", b"golden_sets", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "name", b"name", "parity", b"parity", "selection_reason", b"selection_reason", "start_time", b"start_time", "state", b"state", "task_type", b"task_type", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Evaluation: _TypeAlias = Evaluation  # noqa: Y015
+
+@_typing.final
+class Contamination(_message.Message):
+    """Evaluation rows with a near-duplicate among the candidate's training rows (MinHash over
+    character shingles of the text; for causal LM, of prompt and completion).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EVALUATION_ROWS_FIELD_NUMBER: _builtins.int
+    TRAINING_ROWS_FIELD_NUMBER: _builtins.int
+    CONTAMINATED_ROWS_FIELD_NUMBER: _builtins.int
+    CONTAMINATED_SHARE_FIELD_NUMBER: _builtins.int
+    MAX_SHARE_FIELD_NUMBER: _builtins.int
+    SIMILARITY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    EVALUATION_ROW_IDS_FIELD_NUMBER: _builtins.int
+    status: Global___DataCheckStatus.ValueType
+    """Output only. FLAGGED: the contaminated share exceeds max_share."""
+    reason: _builtins.str
+    """Output only. The finding in words."""
+    evaluation_rows: _builtins.int
+    """Output only. Rows of the primary evaluation set."""
+    training_rows: _builtins.int
+    """Output only. Rows of the train part of the candidate's split."""
+    contaminated_rows: _builtins.int
+    """Output only. Evaluation rows with a near-duplicate (or an equal text) in training."""
+    contaminated_share: _builtins.float
+    """Output only. contaminated_rows / evaluation_rows."""
+    max_share: _builtins.float
+    """Output only. The policy's limit on contaminated_share."""
+    similarity_threshold: _builtins.float
+    """Output only. Estimated Jaccard similarity from which two texts are near-duplicates."""
+    @_builtins.property
+    def evaluation_row_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. Ids of the first contaminated evaluation rows (at most 20), in set order."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___DataCheckStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        evaluation_rows: _builtins.int = ...,
+        training_rows: _builtins.int = ...,
+        contaminated_rows: _builtins.int = ...,
+        contaminated_share: _builtins.float = ...,
+        max_share: _builtins.float = ...,
+        similarity_threshold: _builtins.float = ...,
+        evaluation_row_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contaminated_rows", b"contaminated_rows", "contaminated_share", b"contaminated_share", "evaluation_row_ids", b"evaluation_row_ids", "evaluation_rows", b"evaluation_rows", "max_share", b"max_share", "reason", b"reason", "similarity_threshold", b"similarity_threshold", "status", b"status", "training_rows", b"training_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Contamination: _TypeAlias = Contamination  # noqa: Y015
+
+@_typing.final
+class CoverageCount(_message.Message):
+    """Rows of one label or slice in training and in the evaluation set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    TRAINING_ROWS_FIELD_NUMBER: _builtins.int
+    EVALUATION_ROWS_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """Output only. The label or slice."""
+    training_rows: _builtins.int
+    """Output only. Rows in the train part of the candidate's split."""
+    evaluation_rows: _builtins.int
+    """Output only. Rows in the primary evaluation set."""
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        training_rows: _builtins.int = ...,
+        evaluation_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_rows", b"evaluation_rows", "training_rows", b"training_rows", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CoverageCount: _TypeAlias = CoverageCount  # noqa: Y015
+
+@_typing.final
+class Coverage(_message.Message):
+    """What the evaluation set tests of what the candidate was trained on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    SLICES_FIELD_NUMBER: _builtins.int
+    UNTESTED_LABELS_FIELD_NUMBER: _builtins.int
+    UNTESTED_SLICES_FIELD_NUMBER: _builtins.int
+    status: Global___DataCheckStatus.ValueType
+    """Output only. FLAGGED: some trained label or slice has no evaluation row."""
+    reason: _builtins.str
+    """Output only. The finding in words."""
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___CoverageCount]:
+        """Output only. Per label (classification), sorted by label."""
+
+    @_builtins.property
+    def slices(self) -> _containers.RepeatedCompositeFieldContainer[Global___CoverageCount]:
+        """Output only. Per slice, sorted by slice (rows without a slice are not counted)."""
+
+    @_builtins.property
+    def untested_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. Labels with training rows and no evaluation row."""
+
+    @_builtins.property
+    def untested_slices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. Slices with training rows and no evaluation row."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___DataCheckStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        labels: _abc.Iterable[Global___CoverageCount] | None = ...,
+        slices: _abc.Iterable[Global___CoverageCount] | None = ...,
+        untested_labels: _abc.Iterable[_builtins.str] | None = ...,
+        untested_slices: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "reason", b"reason", "slices", b"slices", "status", b"status", "untested_labels", b"untested_labels", "untested_slices", b"untested_slices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Coverage: _TypeAlias = Coverage  # noqa: Y015
+
+@_typing.final
+class Shift(_message.Message):
+    """Whether the evaluation set comes from the training data's distribution, on embeddings of
+    the base model: a classifier two-sample test calibrated by permutation, and the share of
+    evaluation rows far from every training row.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AUC_FIELD_NUMBER: _builtins.int
+    EFFECT_SIZE_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    PERMUTATIONS_FIELD_NUMBER: _builtins.int
+    MIN_EFFECT_FIELD_NUMBER: _builtins.int
+    SIGNIFICANCE_LEVEL_FIELD_NUMBER: _builtins.int
+    FAR_SHARE_FIELD_NUMBER: _builtins.int
+    FAR_DISTANCE_FIELD_NUMBER: _builtins.int
+    FAR_QUANTILE_FIELD_NUMBER: _builtins.int
+    FAR_MAX_SHARE_FIELD_NUMBER: _builtins.int
+    TRAINING_ROWS_FIELD_NUMBER: _builtins.int
+    EVALUATION_ROWS_FIELD_NUMBER: _builtins.int
+    status: Global___DataCheckStatus.ValueType
+    """Output only. FLAGGED: effect_size >= min_effect with p_value <= significance_level, or
+    far_share > far_max_share.
+    """
+    reason: _builtins.str
+    """Output only. The finding in words."""
+    auc: _builtins.float
+    """Output only. Out-of-fold AUC of a classifier telling evaluation from training rows."""
+    effect_size: _builtins.float
+    """Output only. auc - 0.5 (0: indistinguishable)."""
+    p_value: _builtins.float
+    """Output only. Permutation p-value of the AUC."""
+    permutations: _builtins.int
+    """Output only. Permutations behind p_value."""
+    min_effect: _builtins.float
+    """Output only. The policy's effect size threshold."""
+    significance_level: _builtins.float
+    """Output only. The policy's significance level."""
+    far_share: _builtins.float
+    """Output only. Share of evaluation rows farther from every training row than far_distance."""
+    far_distance: _builtins.float
+    """Output only. The far_quantile of training rows' own nearest-neighbour cosine distances."""
+    far_quantile: _builtins.float
+    """Output only. The quantile calibrating far_distance."""
+    far_max_share: _builtins.float
+    """Output only. The policy's limit on far_share."""
+    training_rows: _builtins.int
+    """Output only. Training rows compared (a seeded subset of large sets)."""
+    evaluation_rows: _builtins.int
+    """Output only. Evaluation rows compared."""
+    def __init__(
+        self,
+        *,
+        status: Global___DataCheckStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        auc: _builtins.float = ...,
+        effect_size: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        permutations: _builtins.int = ...,
+        min_effect: _builtins.float = ...,
+        significance_level: _builtins.float = ...,
+        far_share: _builtins.float = ...,
+        far_distance: _builtins.float = ...,
+        far_quantile: _builtins.float = ...,
+        far_max_share: _builtins.float = ...,
+        training_rows: _builtins.int = ...,
+        evaluation_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "effect_size", b"effect_size", "evaluation_rows", b"evaluation_rows", "far_distance", b"far_distance", "far_max_share", b"far_max_share", "far_quantile", b"far_quantile", "far_share", b"far_share", "min_effect", b"min_effect", "p_value", b"p_value", "permutations", b"permutations", "reason", b"reason", "significance_level", b"significance_level", "status", b"status", "training_rows", b"training_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Shift: _TypeAlias = Shift  # noqa: Y015
+
+@_typing.final
+class EvaluationDataChecks(_message.Message):
+    """The primary evaluation set next to the train part of the candidate's split."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAINING_SPLIT_FIELD_NUMBER: _builtins.int
+    CONTAMINATION_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    SHIFT_FIELD_NUMBER: _builtins.int
+    VERDICT_EFFECT_FIELD_NUMBER: _builtins.int
+    training_split: _builtins.str
+    """Output only. The split whose train part was compared (from the candidate's lineage),
+    `datasets/{dataset}/versions/{version}/splits/{split}`; empty when none was known.
+    """
+    verdict_effect: _builtins.str
+    """Output only. What the checks did to the verdict, e.g. "PASSED withheld: the evaluation
+    set is contaminated (...)"; empty when they did nothing.
+    """
+    @_builtins.property
+    def contamination(self) -> Global___Contamination:
+        """Output only. Near-duplicates of evaluation rows in training."""
+
+    @_builtins.property
+    def coverage(self) -> Global___Coverage:
+        """Output only. Per label and slice counts."""
+
+    @_builtins.property
+    def shift(self) -> Global___Shift:
+        """Output only. Distribution shift."""
+
+    def __init__(
+        self,
+        *,
+        training_split: _builtins.str = ...,
+        contamination: Global___Contamination | None = ...,
+        coverage: Global___Coverage | None = ...,
+        shift: Global___Shift | None = ...,
+        verdict_effect: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contamination", b"contamination", "coverage", b"coverage", "shift", b"shift"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contamination", b"contamination", "coverage", b"coverage", "shift", b"shift", "training_split", b"training_split", "verdict_effect", b"verdict_effect"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationDataChecks: _TypeAlias = EvaluationDataChecks  # noqa: Y015
 
 @_typing.final
 class EvaluationPolicy(_message.Message):
@@ -356,7 +692,7 @@ class EvaluationPolicy(_message.Message):
     """Required on set. `models/{model}/evaluationPolicy`."""
     checkpoint_selection: Global___CheckpointSelection.ValueType
     """Optional. Which checkpoints CheckpointReady evaluates. A model that never set a policy
-    gets the evaluator's default, FINAL (TUNELINE_EVALUATOR_DEFAULT_CHECKPOINT_SELECTION
+    gets the evaluator's default, BEST_AT_END (TUNELINE_EVALUATOR_DEFAULT_CHECKPOINT_SELECTION
     changes it); left unset in SetEvaluationPolicy, it is stored as ALL.
     """
     max_generation_examples: _builtins.int

@@ -44,6 +44,9 @@ class ModelPromoted(_message.Message):
     TASK_TYPE_FIELD_NUMBER: _builtins.int
     SOURCE_CHECKPOINT_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    MERGED_ARTIFACT_URI_FIELD_NUMBER: _builtins.int
+    MERGED_SHA256_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Always set. The model, `models/{model}`. Record key."""
     alias: _builtins.str
@@ -76,6 +79,12 @@ class ModelPromoted(_message.Message):
     """Always set. The trainer's name for the new checkpoint,
     `trainingJobs/{job}/checkpoints/{checkpoint}`.
     """
+    merged_artifact_uri: _builtins.str
+    """Optional: empty when the checkpoint has no merged release artifact. The merged model
+    folder (safetensors, adapter folded in) for engines without LoRA support.
+    """
+    merged_sha256: _builtins.str
+    """Optional: empty with `merged_artifact_uri`. SHA-256 over that folder."""
     @_builtins.property
     def base_model(self) -> _resources_pb2_1.BaseModel:
         """Always set. The base model the adapter sits on."""
@@ -83,6 +92,10 @@ class ModelPromoted(_message.Message):
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """Always set. When the alias moved."""
+
+    @_builtins.property
+    def tokenizer_fingerprint(self) -> _resources_pb2_1.TokenizerFingerprint:
+        """Optional: unset when not recorded. The new checkpoint's tokenizer fingerprint."""
 
     def __init__(
         self,
@@ -102,10 +115,13 @@ class ModelPromoted(_message.Message):
         task_type: _resources_pb2_1.TaskType.ValueType = ...,
         source_checkpoint: _builtins.str = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        merged_artifact_uri: _builtins.str = ...,
+        merged_sha256: _builtins.str = ...,
+        tokenizer_fingerprint: _resources_pb2_1.TokenizerFingerprint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "event_time", b"event_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "event_time", b"event_time", "tokenizer_fingerprint", b"tokenizer_fingerprint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "artifact_uri", b"artifact_uri", "base_model", b"base_model", "evaluation", b"evaluation", "event_time", b"event_time", "from_checkpoint", b"from_checkpoint", "model", b"model", "reason", b"reason", "revision", b"revision", "sha256", b"sha256", "source_checkpoint", b"source_checkpoint", "task_type", b"task_type", "to_checkpoint", b"to_checkpoint", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "artifact_uri", b"artifact_uri", "base_model", b"base_model", "evaluation", b"evaluation", "event_time", b"event_time", "from_checkpoint", b"from_checkpoint", "merged_artifact_uri", b"merged_artifact_uri", "merged_sha256", b"merged_sha256", "model", b"model", "reason", b"reason", "revision", b"revision", "sha256", b"sha256", "source_checkpoint", b"source_checkpoint", "task_type", b"task_type", "to_checkpoint", b"to_checkpoint", "tokenizer_fingerprint", b"tokenizer_fingerprint", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -133,6 +149,9 @@ class ModelRolledBack(_message.Message):
     SOURCE_CHECKPOINT_FIELD_NUMBER: _builtins.int
     TRIGGER_TIME_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    MERGED_ARTIFACT_URI_FIELD_NUMBER: _builtins.int
+    MERGED_SHA256_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Always set. The model, `models/{model}`. Record key."""
     alias: _builtins.str
@@ -161,6 +180,12 @@ class ModelRolledBack(_message.Message):
     """Always set. The trainer's name for the restored checkpoint,
     `trainingJobs/{job}/checkpoints/{checkpoint}`.
     """
+    merged_artifact_uri: _builtins.str
+    """Optional: empty when the restored checkpoint has no merged release artifact. The merged
+    model folder (safetensors, adapter folded in).
+    """
+    merged_sha256: _builtins.str
+    """Optional: empty with `merged_artifact_uri`. SHA-256 over that folder."""
     @_builtins.property
     def base_model(self) -> _resources_pb2_1.BaseModel:
         """Always set. The base model the adapter sits on."""
@@ -174,6 +199,10 @@ class ModelRolledBack(_message.Message):
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """Always set. When the alias moved."""
+
+    @_builtins.property
+    def tokenizer_fingerprint(self) -> _resources_pb2_1.TokenizerFingerprint:
+        """Optional: unset when not recorded. The restored checkpoint's tokenizer fingerprint."""
 
     def __init__(
         self,
@@ -194,10 +223,13 @@ class ModelRolledBack(_message.Message):
         source_checkpoint: _builtins.str = ...,
         trigger_time: _timestamp_pb2.Timestamp | None = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        merged_artifact_uri: _builtins.str = ...,
+        merged_sha256: _builtins.str = ...,
+        tokenizer_fingerprint: _resources_pb2_1.TokenizerFingerprint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "event_time", b"event_time", "trigger_time", b"trigger_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "event_time", b"event_time", "tokenizer_fingerprint", b"tokenizer_fingerprint", "trigger_time", b"trigger_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "artifact_uri", b"artifact_uri", "base_model", b"base_model", "cause", b"cause", "event_time", b"event_time", "from_checkpoint", b"from_checkpoint", "model", b"model", "reason", b"reason", "revision", b"revision", "sha256", b"sha256", "source_checkpoint", b"source_checkpoint", "task_type", b"task_type", "to_checkpoint", b"to_checkpoint", "trigger", b"trigger", "trigger_time", b"trigger_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "artifact_uri", b"artifact_uri", "base_model", b"base_model", "cause", b"cause", "event_time", b"event_time", "from_checkpoint", b"from_checkpoint", "merged_artifact_uri", b"merged_artifact_uri", "merged_sha256", b"merged_sha256", "model", b"model", "reason", b"reason", "revision", b"revision", "sha256", b"sha256", "source_checkpoint", b"source_checkpoint", "task_type", b"task_type", "to_checkpoint", b"to_checkpoint", "tokenizer_fingerprint", b"tokenizer_fingerprint", "trigger", b"trigger", "trigger_time", b"trigger_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -151,6 +151,10 @@ class Model(_message.Message):
     CANDIDATE_CHECKPOINT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SERVING_PROFILE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    AUTOMATION_FREEZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `models/{model}`; the id is chosen by `CreateModelRequest.model_id`."""
     display_name: _builtins.str
@@ -193,6 +197,31 @@ class Model(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the model or one of its aliases last changed."""
 
+    @_builtins.property
+    def serving_profile(self) -> _resources_pb2.ServingProfile:
+        """Optional. The serving engine's constraints, checked by the evaluator's parity check
+        before promotion; unset means the lint and fingerprint parts of the check are SKIPPED.
+        Set at CreateModel or by SetServingProfile (which bumps its `revision`).
+        """
+
+    @_builtins.property
+    def owner(self) -> _resources_pb2.Owner:
+        """Optional. Who answers for the model and its runbook; alerts about the model carry
+        `owner.team` as their `owner` label.
+        """
+
+    @_builtins.property
+    def budget(self) -> _resources_pb2.Budget:
+        """Optional. Spending limits on the model's training runs, enforced by the trainer (which
+        asks the registry when a job is created).
+        """
+
+    @_builtins.property
+    def automation_freeze(self) -> Global___AutomationFreeze:
+        """Output only. Set while the rollback circuit breaker has frozen the model's automation:
+        no automatic promotion or rollback until a person calls UnfreezeAutomation.
+        """
+
     def __init__(
         self,
         *,
@@ -209,10 +238,14 @@ class Model(_message.Message):
         candidate_checkpoint: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        serving_profile: _resources_pb2.ServingProfile | None = ...,
+        owner: _resources_pb2.Owner | None = ...,
+        budget: _resources_pb2.Budget | None = ...,
+        automation_freeze: Global___AutomationFreeze | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "create_time", b"create_time", "evaluation_set", b"evaluation_set", "gate_policy", b"gate_policy", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["automation_freeze", b"automation_freeze", "base_model", b"base_model", "budget", b"budget", "create_time", b"create_time", "evaluation_set", b"evaluation_set", "gate_policy", b"gate_policy", "owner", b"owner", "serving_profile", b"serving_profile", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "candidate_checkpoint", b"candidate_checkpoint", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "evaluation_set", b"evaluation_set", "gate_policy", b"gate_policy", "golden_sets", b"golden_sets", "name", b"name", "production_checkpoint", b"production_checkpoint", "promotion_policy", b"promotion_policy", "task_type", b"task_type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automation_freeze", b"automation_freeze", "base_model", b"base_model", "budget", b"budget", "candidate_checkpoint", b"candidate_checkpoint", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "evaluation_set", b"evaluation_set", "gate_policy", b"gate_policy", "golden_sets", b"golden_sets", "name", b"name", "owner", b"owner", "production_checkpoint", b"production_checkpoint", "promotion_policy", b"promotion_policy", "serving_profile", b"serving_profile", "task_type", b"task_type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -267,6 +300,9 @@ class CheckpointEvaluation(_message.Message):
     COMPARISONS_FIELD_NUMBER: _builtins.int
     BASELINE_CHECKPOINT_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    PARITY_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    DECISION_REASON_FIELD_NUMBER: _builtins.int
     evaluation: _builtins.str
     """Output only. The evaluation, `evaluations/{evaluation}`."""
     verdict: _resources_pb2.EvaluationVerdict.ValueType
@@ -274,6 +310,15 @@ class CheckpointEvaluation(_message.Message):
     baseline_checkpoint: _builtins.str
     """Output only. The baseline checkpoint, `models/{model}/checkpoints/{checkpoint}`; empty
     when the baseline was the base model.
+    """
+    decision: _builtins.str
+    """Output only. What the registry did on it: `PROMOTE`, `AWAIT_REVIEW`, `HOLD` (passed, but
+    not promotable automatically) or `NONE` (not promotable: verdict, parity, or already in
+    production); empty for evaluations attached before decisions were shown.
+    """
+    decision_reason: _builtins.str
+    """Output only. Why, for humans, e.g. `parity failed: the adapter is DoRA and vllm-0.6 does
+    not serve DoRA`.
     """
     @_builtins.property
     def evaluation_set(self) -> _resources_pb2.EvaluationSet:
@@ -291,6 +336,12 @@ class CheckpointEvaluation(_message.Message):
     def complete_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the evaluation completed."""
 
+    @_builtins.property
+    def parity(self) -> _resources_pb2.ParityCheck:
+        """Output only. The evaluation's parity check; a FAILED one blocks promotion. Unset
+        (UNSPECIFIED verdict) for evaluations made before the check existed.
+        """
+
     def __init__(
         self,
         *,
@@ -301,10 +352,13 @@ class CheckpointEvaluation(_message.Message):
         comparisons: _abc.Iterable[_resources_pb2.MetricComparison] | None = ...,
         baseline_checkpoint: _builtins.str = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
+        parity: _resources_pb2.ParityCheck | None = ...,
+        decision: _builtins.str = ...,
+        decision_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "evaluation_set", b"evaluation_set"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "evaluation_set", b"evaluation_set", "parity", b"parity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_checkpoint", b"baseline_checkpoint", "comparisons", b"comparisons", "complete_time", b"complete_time", "evaluation", b"evaluation", "evaluation_set", b"evaluation_set", "metrics", b"metrics", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_checkpoint", b"baseline_checkpoint", "comparisons", b"comparisons", "complete_time", b"complete_time", "decision", b"decision", "decision_reason", b"decision_reason", "evaluation", b"evaluation", "evaluation_set", b"evaluation_set", "metrics", b"metrics", "parity", b"parity", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -338,6 +392,9 @@ class Checkpoint(_message.Message):
     ROLLED_BACK_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     TRAINING_INTERRUPTED_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    MERGED_ARTIFACT_URI_FIELD_NUMBER: _builtins.int
+    MERGED_SHA256_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `models/{model}/checkpoints/{checkpoint}`; the id derives from the trainer's
     checkpoint name (job and step). Treat it as opaque.
@@ -377,6 +434,12 @@ class Checkpoint(_message.Message):
     (`CheckpointReady.stop_reason` CANCELLED or FAILED): a partly trained adapter. It can be
     evaluated and promoted explicitly, but never automatically.
     """
+    merged_artifact_uri: _builtins.str
+    """Output only. The merged release artifact (safetensors model folder, adapter folded in) of
+    its latest parity check; empty when none was produced.
+    """
+    merged_sha256: _builtins.str
+    """Output only. SHA-256 over that folder; empty with `merged_artifact_uri`."""
     @_builtins.property
     def lineage(self) -> _resources_pb2.Lineage:
         """Output only. Full lineage: enough to reproduce the checkpoint."""
@@ -400,6 +463,12 @@ class Checkpoint(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When it was registered (on CheckpointReady)."""
+
+    @_builtins.property
+    def tokenizer_fingerprint(self) -> _resources_pb2.TokenizerFingerprint:
+        """Output only. The tokenizer it was trained with (from CheckpointReady); unset for
+        checkpoints registered before fingerprints existed.
+        """
 
     def __init__(
         self,
@@ -426,10 +495,13 @@ class Checkpoint(_message.Message):
         rolled_back: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         training_interrupted: _builtins.bool = ...,
+        tokenizer_fingerprint: _resources_pb2.TokenizerFingerprint | None = ...,
+        merged_artifact_uri: _builtins.str = ...,
+        merged_sha256: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "create_time", b"create_time", "lineage", b"lineage", "review", b"review", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "create_time", b"create_time", "lineage", b"lineage", "review", b"review", "tokenizer_fingerprint", b"tokenizer_fingerprint", "validation_loss", b"validation_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "aliases", b"aliases", "artifact_uri", b"artifact_uri", "cost", b"cost", "create_time", b"create_time", "epoch", b"epoch", "evaluations", b"evaluations", "ever_production", b"ever_production", "lineage", b"lineage", "name", b"name", "review", b"review", "review_state", b"review_state", "rolled_back", b"rolled_back", "sha256", b"sha256", "size_bytes", b"size_bytes", "source_checkpoint", b"source_checkpoint", "step", b"step", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_interrupted", b"training_interrupted", "training_job", b"training_job", "validation_loss", b"validation_loss", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "aliases", b"aliases", "artifact_uri", b"artifact_uri", "cost", b"cost", "create_time", b"create_time", "epoch", b"epoch", "evaluations", b"evaluations", "ever_production", b"ever_production", "lineage", b"lineage", "merged_artifact_uri", b"merged_artifact_uri", "merged_sha256", b"merged_sha256", "name", b"name", "review", b"review", "review_state", b"review_state", "rolled_back", b"rolled_back", "sha256", b"sha256", "size_bytes", b"size_bytes", "source_checkpoint", b"source_checkpoint", "step", b"step", "tokenizer_fingerprint", b"tokenizer_fingerprint", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_interrupted", b"training_interrupted", "training_job", b"training_job", "validation_loss", b"validation_loss", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_loss: _TypeAlias = _typing.Literal["validation_loss"]  # noqa: Y015
     _WhichOneofArgType__validation_loss: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss"]  # noqa: Y015
@@ -450,6 +522,9 @@ class Alias(_message.Message):
     ARTIFACT_URI_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     BASE_MODEL_FIELD_NUMBER: _builtins.int
+    MERGED_ARTIFACT_URI_FIELD_NUMBER: _builtins.int
+    MERGED_SHA256_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `models/{model}/aliases/{alias}`."""
     checkpoint: _builtins.str
@@ -462,6 +537,10 @@ class Alias(_message.Message):
     """Output only. The checkpoint's artifact, so a serving fleet needs no second lookup."""
     sha256: _builtins.str
     """Output only. SHA-256 over the checkpoint's artifact."""
+    merged_artifact_uri: _builtins.str
+    """Output only. The checkpoint's merged release artifact; empty when none."""
+    merged_sha256: _builtins.str
+    """Output only. SHA-256 over the merged artifact; empty with `merged_artifact_uri`."""
     @_builtins.property
     def last_move(self) -> Global___AliasMove:
         """Output only. The latest move; unset when never moved."""
@@ -469,6 +548,10 @@ class Alias(_message.Message):
     @_builtins.property
     def base_model(self) -> _resources_pb2.BaseModel:
         """Output only. The base model the adapter sits on."""
+
+    @_builtins.property
+    def tokenizer_fingerprint(self) -> _resources_pb2.TokenizerFingerprint:
+        """Output only. The checkpoint's tokenizer fingerprint; unset when not recorded."""
 
     def __init__(
         self,
@@ -480,10 +563,13 @@ class Alias(_message.Message):
         artifact_uri: _builtins.str = ...,
         sha256: _builtins.str = ...,
         base_model: _resources_pb2.BaseModel | None = ...,
+        merged_artifact_uri: _builtins.str = ...,
+        merged_sha256: _builtins.str = ...,
+        tokenizer_fingerprint: _resources_pb2.TokenizerFingerprint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "last_move", b"last_move"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "last_move", b"last_move", "tokenizer_fingerprint", b"tokenizer_fingerprint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uri", b"artifact_uri", "base_model", b"base_model", "checkpoint", b"checkpoint", "last_move", b"last_move", "name", b"name", "revision", b"revision", "sha256", b"sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uri", b"artifact_uri", "base_model", b"base_model", "checkpoint", b"checkpoint", "last_move", b"last_move", "merged_artifact_uri", b"merged_artifact_uri", "merged_sha256", b"merged_sha256", "name", b"name", "revision", b"revision", "sha256", b"sha256", "tokenizer_fingerprint", b"tokenizer_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -655,3 +741,39 @@ class LiveQualityReport(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__floor) -> _WhichOneofReturnType__floor | None: ...
 
 Global___LiveQualityReport: _TypeAlias = LiveQualityReport  # noqa: Y015
+
+@_typing.final
+class AutomationFreeze(_message.Message):
+    """Why a model's automation is frozen: its automatic rollbacks hit the circuit breaker's limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FREEZE_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    AUTOMATIC_ROLLBACKS_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Always set. Why, e.g. `3 automatic rollbacks within 3600 s (limit 2)`."""
+    cause: _builtins.str
+    """Always set. What tripped it: the refused trigger's cause (an alert incident, an evaluation)."""
+    automatic_rollbacks: _builtins.int
+    """Always set. Automatic rollbacks counted in the window when it froze."""
+    @_builtins.property
+    def freeze_time(self) -> _timestamp_pb2.Timestamp:
+        """Always set. When it froze."""
+
+    def __init__(
+        self,
+        *,
+        freeze_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        cause: _builtins.str = ...,
+        automatic_rollbacks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["freeze_time", b"freeze_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automatic_rollbacks", b"automatic_rollbacks", "cause", b"cause", "freeze_time", b"freeze_time", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutomationFreeze: _TypeAlias = AutomationFreeze  # noqa: Y015

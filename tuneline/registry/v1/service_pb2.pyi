@@ -30,9 +30,14 @@ class CreateModelRequest(_message.Message):
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """Required. The model id, the `{model}` of `models/{model}`; matches
     `^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`.
+    """
+    request_id: _builtins.str
+    """Optional. Idempotency key (e.g. a UUID): a repeated request with the same key returns the
+    model the first one created instead of ALREADY_EXISTS.
     """
     @_builtins.property
     def model(self) -> _resources_pb2.Model:
@@ -43,10 +48,11 @@ class CreateModelRequest(_message.Message):
         *,
         model_id: _builtins.str = ...,
         model: _resources_pb2.Model | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_id", b"model_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_id", b"model_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -546,6 +552,7 @@ class ApproveCheckpointRequest(_message.Message):
     REVIEWER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     EXPECTED_ALIAS_REVISION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     checkpoint: _builtins.str
     """Required. The checkpoint pending review, `models/{model}/checkpoints/{checkpoint}`."""
     reviewer: _builtins.str
@@ -557,6 +564,10 @@ class ApproveCheckpointRequest(_message.Message):
     revision the reviewer last saw. When it is stale nothing is recorded or moved and the call
     fails with ABORTED. Unset: no check.
     """
+    request_id: _builtins.str
+    """Optional. Idempotency key (e.g. a UUID): a repeated request with the same key records
+    nothing more and answers as the first one did (its move included).
+    """
     def __init__(
         self,
         *,
@@ -564,10 +575,11 @@ class ApproveCheckpointRequest(_message.Message):
         reviewer: _builtins.str = ...,
         reason: _builtins.str = ...,
         expected_alias_revision: _builtins.int | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision", "expected_alias_revision", b"expected_alias_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision", "checkpoint", b"checkpoint", "expected_alias_revision", b"expected_alias_revision", "reason", b"reason", "reviewer", b"reviewer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision", "checkpoint", b"checkpoint", "expected_alias_revision", b"expected_alias_revision", "reason", b"reason", "request_id", b"request_id", "reviewer", b"reviewer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_alias_revision: _TypeAlias = _typing.Literal["expected_alias_revision"]  # noqa: Y015
     _WhichOneofArgType__expected_alias_revision: _TypeAlias = _typing.Literal["_expected_alias_revision", b"_expected_alias_revision"]  # noqa: Y015
@@ -620,22 +632,28 @@ class RejectCheckpointRequest(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     REVIEWER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     checkpoint: _builtins.str
     """Required. The checkpoint pending review, `models/{model}/checkpoints/{checkpoint}`."""
     reviewer: _builtins.str
     """Required. Who rejects, e.g. `alice@example.com`."""
     reason: _builtins.str
     """Required. Why, at most 1000 characters."""
+    request_id: _builtins.str
+    """Optional. Idempotency key (e.g. a UUID): a repeated request with the same key records
+    nothing more and answers with the checkpoint.
+    """
     def __init__(
         self,
         *,
         checkpoint: _builtins.str = ...,
         reviewer: _builtins.str = ...,
         reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "reason", b"reason", "reviewer", b"reviewer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "reason", b"reason", "request_id", b"request_id", "reviewer", b"reviewer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -855,3 +873,113 @@ class ReportLiveQualityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportLiveQualityResponse: _TypeAlias = ReportLiveQualityResponse  # noqa: Y015
+
+@_typing.final
+class SetServingProfileRequest(_message.Message):
+    """Request of RegistryService.SetServingProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SERVING_PROFILE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Required. The model, `models/{model}`."""
+    @_builtins.property
+    def serving_profile(self) -> _resources_pb2_1.ServingProfile:
+        """Optional. The new profile; unset clears it."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        serving_profile: _resources_pb2_1.ServingProfile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving_profile", b"serving_profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "serving_profile", b"serving_profile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetServingProfileRequest: _TypeAlias = SetServingProfileRequest  # noqa: Y015
+
+@_typing.final
+class SetServingProfileResponse(_message.Message):
+    """Response of RegistryService.SetServingProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> _resources_pb2.Model:
+        """Always set. The model, with the profile and its new revision."""
+
+    def __init__(
+        self,
+        *,
+        model: _resources_pb2.Model | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetServingProfileResponse: _TypeAlias = SetServingProfileResponse  # noqa: Y015
+
+@_typing.final
+class UnfreezeAutomationRequest(_message.Message):
+    """Request of RegistryService.UnfreezeAutomation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Required. The model, `models/{model}`."""
+    reason: _builtins.str
+    """Required. Why automation may act again, at most 1000 characters."""
+    actor: _builtins.str
+    """Optional. Who unfreezes, when the transport does not authenticate."""
+    request_id: _builtins.str
+    """Optional. Idempotency key (e.g. a UUID)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model", b"model", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnfreezeAutomationRequest: _TypeAlias = UnfreezeAutomationRequest  # noqa: Y015
+
+@_typing.final
+class UnfreezeAutomationResponse(_message.Message):
+    """Response of RegistryService.UnfreezeAutomation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> _resources_pb2.Model:
+        """Always set. The model, `automation_freeze` unset."""
+
+    def __init__(
+        self,
+        *,
+        model: _resources_pb2.Model | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnfreezeAutomationResponse: _TypeAlias = UnfreezeAutomationResponse  # noqa: Y015

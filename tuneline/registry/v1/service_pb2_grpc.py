@@ -104,6 +104,16 @@ class RegistryServiceStub:
                 request_serializer=tuneline_dot_registry_dot_v1_dot_service__pb2.ReportLiveQualityRequest.SerializeToString,
                 response_deserializer=tuneline_dot_registry_dot_v1_dot_service__pb2.ReportLiveQualityResponse.FromString,
                 _registered_method=True)
+        self.SetServingProfile = channel.unary_unary(
+                '/tuneline.registry.v1.RegistryService/SetServingProfile',
+                request_serializer=tuneline_dot_registry_dot_v1_dot_service__pb2.SetServingProfileRequest.SerializeToString,
+                response_deserializer=tuneline_dot_registry_dot_v1_dot_service__pb2.SetServingProfileResponse.FromString,
+                _registered_method=True)
+        self.UnfreezeAutomation = channel.unary_unary(
+                '/tuneline.registry.v1.RegistryService/UnfreezeAutomation',
+                request_serializer=tuneline_dot_registry_dot_v1_dot_service__pb2.UnfreezeAutomationRequest.SerializeToString,
+                response_deserializer=tuneline_dot_registry_dot_v1_dot_service__pb2.UnfreezeAutomationResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -217,6 +227,24 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetServingProfile(self, request, context):
+        """Sets (or, with `serving_profile` unset, clears) a model's serving profile; the next
+        evaluations' parity checks lint against it. INVALID_ARGUMENT on a nonsensical profile
+        (e.g. a negative rank).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnfreezeAutomation(self, request, context):
+        """Lets automation move a model's `production` again after its rollback circuit breaker
+        froze it (too many automatic rollbacks in a window; see `Model.automation_freeze`).
+        A no-op for a model that is not frozen. Idempotent with `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -284,6 +312,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ReportLiveQuality,
                     request_deserializer=tuneline_dot_registry_dot_v1_dot_service__pb2.ReportLiveQualityRequest.FromString,
                     response_serializer=tuneline_dot_registry_dot_v1_dot_service__pb2.ReportLiveQualityResponse.SerializeToString,
+            ),
+            'SetServingProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServingProfile,
+                    request_deserializer=tuneline_dot_registry_dot_v1_dot_service__pb2.SetServingProfileRequest.FromString,
+                    response_serializer=tuneline_dot_registry_dot_v1_dot_service__pb2.SetServingProfileResponse.SerializeToString,
+            ),
+            'UnfreezeAutomation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnfreezeAutomation,
+                    request_deserializer=tuneline_dot_registry_dot_v1_dot_service__pb2.UnfreezeAutomationRequest.FromString,
+                    response_serializer=tuneline_dot_registry_dot_v1_dot_service__pb2.UnfreezeAutomationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -642,6 +680,60 @@ class RegistryService:
             '/tuneline.registry.v1.RegistryService/ReportLiveQuality',
             tuneline_dot_registry_dot_v1_dot_service__pb2.ReportLiveQualityRequest.SerializeToString,
             tuneline_dot_registry_dot_v1_dot_service__pb2.ReportLiveQualityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServingProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneline.registry.v1.RegistryService/SetServingProfile',
+            tuneline_dot_registry_dot_v1_dot_service__pb2.SetServingProfileRequest.SerializeToString,
+            tuneline_dot_registry_dot_v1_dot_service__pb2.SetServingProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnfreezeAutomation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneline.registry.v1.RegistryService/UnfreezeAutomation',
+            tuneline_dot_registry_dot_v1_dot_service__pb2.UnfreezeAutomationRequest.SerializeToString,
+            tuneline_dot_registry_dot_v1_dot_service__pb2.UnfreezeAutomationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,16 @@ class RegistryServiceStub:
     model's floor). Reports with counts (`successes` of `trials`) feed an always-valid
     confidence sequence of the checkpoint's success rate; a bare `value` is recorded as is.
     """
+    SetServingProfile: _grpc.UnaryUnaryMultiCallable[_service_pb2.SetServingProfileRequest, _service_pb2.SetServingProfileResponse]
+    """Sets (or, with `serving_profile` unset, clears) a model's serving profile; the next
+    evaluations' parity checks lint against it. INVALID_ARGUMENT on a nonsensical profile
+    (e.g. a negative rank).
+    """
+    UnfreezeAutomation: _grpc.UnaryUnaryMultiCallable[_service_pb2.UnfreezeAutomationRequest, _service_pb2.UnfreezeAutomationResponse]
+    """Lets automation move a model's `production` again after its rollback circuit breaker
+    froze it (too many automatic rollbacks in a window; see `Model.automation_freeze`).
+    A no-op for a model that is not frozen. Idempotent with `request_id`.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -132,6 +142,16 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     gauges labelled with model, checkpoint, metric and slice (alert rules compare them with the
     model's floor). Reports with counts (`successes` of `trials`) feed an always-valid
     confidence sequence of the checkpoint's success rate; a bare `value` is recorded as is.
+    """
+    SetServingProfile: _aio.UnaryUnaryMultiCallable[_service_pb2.SetServingProfileRequest, _service_pb2.SetServingProfileResponse]  # type: ignore[assignment]
+    """Sets (or, with `serving_profile` unset, clears) a model's serving profile; the next
+    evaluations' parity checks lint against it. INVALID_ARGUMENT on a nonsensical profile
+    (e.g. a negative rank).
+    """
+    UnfreezeAutomation: _aio.UnaryUnaryMultiCallable[_service_pb2.UnfreezeAutomationRequest, _service_pb2.UnfreezeAutomationResponse]  # type: ignore[assignment]
+    """Lets automation move a model's `production` again after its rollback circuit breaker
+    froze it (too many automatic rollbacks in a window; see `Model.automation_freeze`).
+    A no-op for a model that is not frozen. Idempotent with `request_id`.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -260,6 +280,28 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         gauges labelled with model, checkpoint, metric and slice (alert rules compare them with the
         model's floor). Reports with counts (`successes` of `trials`) feed an always-valid
         confidence sequence of the checkpoint's success rate; a bare `value` is recorded as is.
+        """
+
+    @_abc_1.abstractmethod
+    def SetServingProfile(
+        self,
+        request: _service_pb2.SetServingProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.SetServingProfileResponse, _abc.Awaitable[_service_pb2.SetServingProfileResponse]]:
+        """Sets (or, with `serving_profile` unset, clears) a model's serving profile; the next
+        evaluations' parity checks lint against it. INVALID_ARGUMENT on a nonsensical profile
+        (e.g. a negative rank).
+        """
+
+    @_abc_1.abstractmethod
+    def UnfreezeAutomation(
+        self,
+        request: _service_pb2.UnfreezeAutomationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.UnfreezeAutomationResponse, _abc.Awaitable[_service_pb2.UnfreezeAutomationResponse]]:
+        """Lets automation move a model's `production` again after its rollback circuit breaker
+        froze it (too many automatic rollbacks in a window; see `Model.automation_freeze`).
+        A no-op for a model that is not frozen. Idempotent with `request_id`.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -113,6 +113,8 @@ class CheckpointReady(_message.Message):
     COST_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     STOP_REASON_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    BEST_CHECKPOINT_FIELD_NUMBER: _builtins.int
     checkpoint: _builtins.str
     """Always set. The checkpoint, `trainingJobs/{job}/checkpoints/{checkpoint}`. Record key."""
     training_job: _builtins.str
@@ -148,6 +150,12 @@ class CheckpointReady(_message.Message):
     checkpoint written when it stopped (`is_final`). CANCELLED or FAILED mark a partly trained
     adapter: consumers may evaluate it, but the registry never promotes it automatically.
     """
+    best_checkpoint: _builtins.str
+    """Optional: set on the final checkpoint (`is_final`) only. The job's kept checkpoint with
+    the lowest validation loss, `trainingJobs/{job}/checkpoints/{checkpoint}` (this one when
+    it is the best or the job never validated): what an evaluator selecting BEST_AT_END
+    evaluates, as TrainingJobCompleted.best_checkpoint says too.
+    """
     @_builtins.property
     def lineage(self) -> _resources_pb2.Lineage:
         """Always set. Full lineage, `checkpoint` included."""
@@ -159,6 +167,10 @@ class CheckpointReady(_message.Message):
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """Always set. When the checkpoint was written."""
+
+    @_builtins.property
+    def tokenizer_fingerprint(self) -> _resources_pb2.TokenizerFingerprint:
+        """Always set. The tokenizer it was trained with (see Checkpoint.tokenizer_fingerprint)."""
 
     def __init__(
         self,
@@ -180,10 +192,12 @@ class CheckpointReady(_message.Message):
         cost: _resources_pb2.Cost | None = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
         stop_reason: _resources_pb2_1.TrainingStopReason.ValueType = ...,
+        tokenizer_fingerprint: _resources_pb2.TokenizerFingerprint | None = ...,
+        best_checkpoint: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "event_time", b"event_time", "lineage", b"lineage", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "event_time", b"event_time", "lineage", b"lineage", "tokenizer_fingerprint", b"tokenizer_fingerprint", "validation_loss", b"validation_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "artifact_uri", b"artifact_uri", "checkpoint", b"checkpoint", "cost", b"cost", "epoch", b"epoch", "event_time", b"event_time", "is_best", b"is_best", "is_final", b"is_final", "lineage", b"lineage", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step", "stop_reason", b"stop_reason", "target_model", b"target_model", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "artifact_uri", b"artifact_uri", "best_checkpoint", b"best_checkpoint", "checkpoint", b"checkpoint", "cost", b"cost", "epoch", b"epoch", "event_time", b"event_time", "is_best", b"is_best", "is_final", b"is_final", "lineage", b"lineage", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step", "stop_reason", b"stop_reason", "target_model", b"target_model", "tokenizer_fingerprint", b"tokenizer_fingerprint", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_loss: _TypeAlias = _typing.Literal["validation_loss"]  # noqa: Y015
     _WhichOneofArgType__validation_loss: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss"]  # noqa: Y015

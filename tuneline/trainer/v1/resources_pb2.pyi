@@ -88,6 +88,16 @@ class _TrainingFailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[
     """The worker process died repeatedly, beyond the resume limit."""
     TRAINING_FAILURE_REASON_INTERNAL: _TrainingFailureReason.ValueType  # 7
     """Any other error; see the failure message."""
+    TRAINING_FAILURE_REASON_BUDGET_EXCEEDED: _TrainingFailureReason.ValueType  # 8
+    """A job a training policy created would exceed its model's or its policy's budget (see
+    `TrainingJob.budget`); it never started. CreateTrainingJob refuses such a job instead
+    (FAILED_PRECONDITION, `BUDGET_EXCEEDED`).
+    """
+    TRAINING_FAILURE_REASON_LABEL_AUDIT_BLOCKED: _TrainingFailureReason.ValueType  # 9
+    """A job a training policy created for a dataset version whose label audit BLOCKED it
+    (`DatasetAudited`); it never started. The failure message names the rule and the rows.
+    CreateTrainingJob refuses such a job instead (FAILED_PRECONDITION, `LABEL_AUDIT_BLOCKED`).
+    """
 
 class TrainingFailureReason(_TrainingFailureReason, metaclass=_TrainingFailureReasonEnumTypeWrapper):
     """Why a training job failed."""
@@ -112,6 +122,16 @@ TRAINING_FAILURE_REASON_WORKER_CRASHED: TrainingFailureReason.ValueType  # 6
 """The worker process died repeatedly, beyond the resume limit."""
 TRAINING_FAILURE_REASON_INTERNAL: TrainingFailureReason.ValueType  # 7
 """Any other error; see the failure message."""
+TRAINING_FAILURE_REASON_BUDGET_EXCEEDED: TrainingFailureReason.ValueType  # 8
+"""A job a training policy created would exceed its model's or its policy's budget (see
+`TrainingJob.budget`); it never started. CreateTrainingJob refuses such a job instead
+(FAILED_PRECONDITION, `BUDGET_EXCEEDED`).
+"""
+TRAINING_FAILURE_REASON_LABEL_AUDIT_BLOCKED: TrainingFailureReason.ValueType  # 9
+"""A job a training policy created for a dataset version whose label audit BLOCKED it
+(`DatasetAudited`); it never started. The failure message names the rule and the rows.
+CreateTrainingJob refuses such a job instead (FAILED_PRECONDITION, `LABEL_AUDIT_BLOCKED`).
+"""
 Global___TrainingFailureReason: _TypeAlias = TrainingFailureReason  # noqa: Y015
 
 class _TrainingStopReason:
@@ -138,6 +158,10 @@ class _TrainingStopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tr
     """An error stopped it (see `TrainingJob.failure_reason`). A checkpoint written as it stopped
     is partly trained and is never promoted automatically.
     """
+    TRAINING_STOP_REASON_BUDGET_EXHAUSTED: _TrainingStopReason.ValueType  # 7
+    """The job's cost reached its per-run budget (`TrainingJob.budget`). The job SUCCEEDED with
+    what it trained so far: the final checkpoint is written, like MAX_DURATION.
+    """
 
 class TrainingStopReason(_TrainingStopReason, metaclass=_TrainingStopReasonEnumTypeWrapper):
     """Why training stopped: the stopping rule that ended a successful job (MAX_STEPS,
@@ -163,6 +187,10 @@ trained and is never promoted automatically.
 TRAINING_STOP_REASON_FAILED: TrainingStopReason.ValueType  # 6
 """An error stopped it (see `TrainingJob.failure_reason`). A checkpoint written as it stopped
 is partly trained and is never promoted automatically.
+"""
+TRAINING_STOP_REASON_BUDGET_EXHAUSTED: TrainingStopReason.ValueType  # 7
+"""The job's cost reached its per-run budget (`TrainingJob.budget`). The job SUCCEEDED with
+what it trained so far: the final checkpoint is written, like MAX_DURATION.
 """
 Global___TrainingStopReason: _TypeAlias = TrainingStopReason  # noqa: Y015
 
@@ -614,6 +642,8 @@ class TrainingJob(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `trainingJobs/{job}`."""
     display_name: _builtins.str
@@ -702,6 +732,20 @@ class TrainingJob(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the job last changed."""
 
+    @_builtins.property
+    def budget(self) -> _resources_pb2.Budget:
+        """Output only. The spending limits the job was admitted under: per limit, the tighter of its
+        target model's (from the registry) and its training policy's. A running job is stopped
+        (BUDGET_EXHAUSTED) when its cost reaches `max_cost_per_run`. Unset when neither has one.
+        """
+
+    @_builtins.property
+    def estimate(self) -> Global___TrainingEstimate:
+        """Output only. What the job was expected to process and cost when it was created (see
+        CreateTrainingJob `validate_only`); `cost` is the actual. Unset for jobs created before
+        estimates were recorded, or when the split could not be read to count its tokens.
+        """
+
     def __init__(
         self,
         *,
@@ -732,10 +776,12 @@ class TrainingJob(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        budget: _resources_pb2.Budget | None = ...,
+        estimate: Global___TrainingEstimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "base_model", b"base_model", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "hyperparameters", b"hyperparameters", "lineage", b"lineage", "progress", b"progress", "start_time", b"start_time", "stopping_rules", b"stopping_rules", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "base_model", b"base_model", "budget", b"budget", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "estimate", b"estimate", "hyperparameters", b"hyperparameters", "lineage", b"lineage", "progress", b"progress", "start_time", b"start_time", "stopping_rules", b"stopping_rules", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "attempt_count", b"attempt_count", "base_model", b"base_model", "best_checkpoint", b"best_checkpoint", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "device", b"device", "display_name", b"display_name", "end_time", b"end_time", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "hyperparameters", b"hyperparameters", "latest_checkpoint", b"latest_checkpoint", "lineage", b"lineage", "loss_trend", b"loss_trend", "name", b"name", "progress", b"progress", "split", b"split", "start_time", b"start_time", "state", b"state", "stop_reason", b"stop_reason", "stopping_rules", b"stopping_rules", "target_model", b"target_model", "task_type", b"task_type", "training_policy", b"training_policy", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "attempt_count", b"attempt_count", "base_model", b"base_model", "best_checkpoint", b"best_checkpoint", "budget", b"budget", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "device", b"device", "display_name", b"display_name", "end_time", b"end_time", "estimate", b"estimate", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "hyperparameters", b"hyperparameters", "latest_checkpoint", b"latest_checkpoint", "lineage", b"lineage", "loss_trend", b"loss_trend", "name", b"name", "progress", b"progress", "split", b"split", "start_time", b"start_time", "state", b"state", "stop_reason", b"stop_reason", "stopping_rules", b"stopping_rules", "target_model", b"target_model", "task_type", b"task_type", "training_policy", b"training_policy", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -766,6 +812,7 @@ class Checkpoint(_message.Message):
     COST_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     STOP_REASON_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `trainingJobs/{job}/checkpoints/{checkpoint}`; one checkpoint per step."""
     training_job: _builtins.str
@@ -814,6 +861,12 @@ class Checkpoint(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When it was written."""
 
+    @_builtins.property
+    def tokenizer_fingerprint(self) -> _resources_pb2.TokenizerFingerprint:
+        """Output only. The tokenizer it was trained with: name, content hash, chat template hash,
+        end-of-turn ids and the max sequence length used.
+        """
+
     def __init__(
         self,
         *,
@@ -834,10 +887,11 @@ class Checkpoint(_message.Message):
         cost: _resources_pb2.Cost | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         stop_reason: Global___TrainingStopReason.ValueType = ...,
+        tokenizer_fingerprint: _resources_pb2.TokenizerFingerprint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "create_time", b"create_time", "lineage", b"lineage", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "create_time", b"create_time", "lineage", b"lineage", "tokenizer_fingerprint", b"tokenizer_fingerprint", "validation_loss", b"validation_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "artifact_uri", b"artifact_uri", "cost", b"cost", "create_time", b"create_time", "epoch", b"epoch", "is_best", b"is_best", "is_final", b"is_final", "lineage", b"lineage", "name", b"name", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step", "stop_reason", b"stop_reason", "target_model", b"target_model", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "artifact_uri", b"artifact_uri", "cost", b"cost", "create_time", b"create_time", "epoch", b"epoch", "is_best", b"is_best", "is_final", b"is_final", "lineage", b"lineage", "name", b"name", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step", "stop_reason", b"stop_reason", "target_model", b"target_model", "tokenizer_fingerprint", b"tokenizer_fingerprint", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_loss: _TypeAlias = _typing.Literal["validation_loss"]  # noqa: Y015
     _WhichOneofArgType__validation_loss: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss"]  # noqa: Y015
@@ -860,6 +914,8 @@ class TrainingPolicy(_message.Message):
     DISABLED_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required on set. `trainingPolicies/{policy}`; the id matches
     `^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`.
@@ -882,6 +938,16 @@ class TrainingPolicy(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the policy was last set."""
 
+    @_builtins.property
+    def owner(self) -> _resources_pb2.Owner:
+        """Optional. Who answers for the policy's jobs, and their runbook."""
+
+    @_builtins.property
+    def budget(self) -> _resources_pb2.Budget:
+        """Optional. Spending limits on the jobs the policy creates, on top of the target model's
+        (the tighter limit wins).
+        """
+
     def __init__(
         self,
         *,
@@ -892,10 +958,12 @@ class TrainingPolicy(_message.Message):
         disabled: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        owner: _resources_pb2.Owner | None = ...,
+        budget: _resources_pb2.Budget | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job_template", b"job_template", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "create_time", b"create_time", "job_template", b"job_template", "owner", b"owner", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dataset", b"dataset", "disabled", b"disabled", "job_template", b"job_template", "name", b"name", "target_model", b"target_model", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "create_time", b"create_time", "dataset", b"dataset", "disabled", b"disabled", "job_template", b"job_template", "name", b"name", "owner", b"owner", "target_model", b"target_model", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -419,6 +419,11 @@ class SetTrainingPolicyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TRAINING_POLICY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional. Idempotency key (e.g. a UUID): a repeated request with the same key changes
+    nothing (not even a policy set by someone else since) and returns the policy.
+    """
     @_builtins.property
     def training_policy(self) -> _resources_pb2.TrainingPolicy:
         """Required. The policy; `name` says which."""
@@ -427,10 +432,11 @@ class SetTrainingPolicyRequest(_message.Message):
         self,
         *,
         training_policy: _resources_pb2.TrainingPolicy | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training_policy", b"training_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["training_policy", b"training_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "training_policy", b"training_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

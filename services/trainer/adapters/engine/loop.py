@@ -87,6 +87,11 @@ from shared.modeling import (
 )
 from shared.modeling.batching import Batch, pack_batch, pad_batch
 from shared.modeling.loading import load_base_model, load_tokenizer, resolve_device
+from shared.modeling.tokenizer_fingerprint import (
+    TokenizerFingerprintRecord,
+    fingerprint_tokenizer,
+    tokenizer_fingerprint_extra,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +134,8 @@ class TrainingData:
     pad_token_id: int
     #: Rows of train and validation left out, by reason.
     skipped: tuple[SkippedRows, ...] = ()
+    #: The tokenizer as trained with (recorded with every checkpoint).
+    tokenizer_fingerprint: TokenizerFingerprintRecord | None = None
 
 
 def _skipped_rows(*parts: EncodedRows) -> tuple[SkippedRows, ...]:
@@ -178,8 +185,19 @@ def prepare_data(plan: WorkerPlan, max_length: int) -> TrainingData:
         raise DataUnavailable(
             f"the split's train part has no row that can be trained on ({reasons})"
         )
+    fingerprint = fingerprint_tokenizer(
+        tokenizer,
+        name=plan.base_model.model_name or Path(plan.model_dir).name,
+        max_sequence_length=max_length,
+        model_dir=Path(plan.model_dir),
+    )
     return TrainingData(
-        train.examples, validation.examples, rows.labels, int(tokenizer.pad_token_id), skipped
+        train.examples,
+        validation.examples,
+        rows.labels,
+        int(tokenizer.pad_token_id),
+        skipped,
+        fingerprint,
     )
 
 
@@ -595,7 +613,7 @@ class TrainingSession:
             return
         if step != self.plan.fault_hold_after_step:
             return
-        while not (self.signals.halt or self.signals.cancel):
+        while not (self.signals.halt or self.signals.cancel or self.signals.budget_exhausted):
             time.sleep(_HOLD_POLL_SECONDS)
 
     def _interrupted(self) -> bool:
@@ -624,6 +642,8 @@ class TrainingSession:
         limit = self.plan.stopping.max_duration_seconds
         if limit is not None and elapsed_seconds >= limit:
             return StopReason.MAX_DURATION
+        if self.signals.budget_exhausted:
+            return StopReason.BUDGET_EXHAUSTED
         return None
 
     def _step(self, group: list[int], step: int) -> tuple[float, int, float]:
@@ -737,6 +757,7 @@ class TrainingSession:
                     base_model_type=base.model_type,
                     training_job=self.plan.job,
                     step=step,
+                    extra=tokenizer_fingerprint_extra(self.data.tokenizer_fingerprint),
                 ),
             )
             digest = folder_sha256(adapter_dir)
@@ -766,6 +787,7 @@ class TrainingSession:
                 is_final=stop_reason is not None,
                 elapsed_seconds=position.elapsed_seconds,
                 stop_reason=stop_reason,
+                tokenizer_fingerprint=self.data.tokenizer_fingerprint,
             )
         )
 

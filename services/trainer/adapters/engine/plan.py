@@ -24,6 +24,7 @@ from services.trainer.domain import (
     from_jsonable,
     jsonable,
 )
+from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ class WorkerCheckpoint:
     #: Why training stopped, on the checkpoint written when it stopped (``is_final``): a
     #: stopping rule, or CANCELLED for the checkpoint a cancel writes on the way out.
     stop_reason: StopReason | None = None
+    #: The tokenizer as trained with; None only from workers older than fingerprints.
+    tokenizer_fingerprint: TokenizerFingerprintRecord | None = None
     kind: str = "checkpoint"
 
 
@@ -217,8 +220,11 @@ class StopSignals:
 
     ``cancel``: stop, write a final checkpoint, report cancelled. ``halt``: stop at once and
     write nothing (the service is going away; the job resumes later from its last checkpoint).
+    ``budget_exhausted``: the job's cost reached its per-run budget; finish the step, validate,
+    write the final checkpoint and report BUDGET_EXHAUSTED, like a time limit.
     """
 
     cancel: bool = False
     halt: bool = False
+    budget_exhausted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
