@@ -28,12 +28,15 @@ with rich; the cross-process test uses the same function with small sizes.
 from __future__ import annotations
 
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tuneline.client.alerts import alertmanager_notification, post_alertmanager_notification
 from tuneline.client.dataset import DatasetClient
@@ -99,6 +102,10 @@ class DemoConfig:
     event_timeout: float = 600.0
     #: Live predictions (with labelled feedback) served before the alert.
     live_predictions: int = 200
+    #: The model's accuracy floor (its gate's ``min_absolute_score``): live quality whose
+    #: always-valid upper bound falls below it fires the rollback alert. Chance level for two
+    #: labels, so only a model that is worse than guessing on live traffic is rolled back.
+    live_floor: float = 0.5
     #: Suffix of every id, so that runs on one stack never collide; empty picks a fresh one.
     run_id: str = ""
 
@@ -119,6 +126,9 @@ class StackEndpoints:
     webhook_token: str
     #: The serving service; empty: the demo sends no live traffic.
     serving: str = ""
+    #: The registry's Prometheus endpoint, read the way the alert rule reads it; empty: the
+    #: alert is sent without waiting for the live-quality test to fail.
+    registry_metrics_url: str = ""
 
     @classmethod
     def of_stack(cls, state: StackState, webhook_token: str) -> StackEndpoints:
@@ -134,6 +144,7 @@ class StackEndpoints:
             webhook_url=f"http://127.0.0.1:{registry.extra_ports['webhook']}/v1/alerts",
             webhook_token=webhook_token,
             serving=targets.get("serving", ""),
+            registry_metrics_url=f"http://127.0.0.1:{registry.metrics_port}/metrics",
         )
 
 
@@ -362,7 +373,11 @@ class _Demo:
         self.observer.note(f"evaluation set {evaluation.name}: {evaluation.row_count} rows")
         gate = common_pb2.GatePolicy(
             metrics=[
-                common_pb2.MetricGate(metric="accuracy", tolerance=config.tolerance),
+                common_pb2.MetricGate(
+                    metric="accuracy",
+                    tolerance=config.tolerance,
+                    min_absolute_score=config.live_floor,
+                ),
                 common_pb2.MetricGate(metric="macro_f1", tolerance=config.tolerance),
             ],
             seed=config.seed,
@@ -584,7 +599,31 @@ class _Demo:
 
     # -- the alert ----------------------------------------------------------------------------
 
+    def live_quality_below_floor(self, production: str) -> None:
+        """Wait, as Prometheus would, until the registry says the live accuracy of
+        ``production`` is below its floor: the upper bound of its always-valid confidence
+        sequence, over the counts serving reported, fell under ``live_floor``."""
+        url = self.endpoints.registry_metrics_url
+        if not url:
+            return
+        checkpoint = production.rsplit("/", 1)[-1]
+        deadline = time.monotonic() + self.config.event_timeout
+        while True:
+            series = _live_quality_series(url, self.model_id, checkpoint)
+            if series.get("tuneline_model_live_quality_below_floor") == 1.0:
+                break
+            if time.monotonic() > deadline:
+                raise DemoError(f"live accuracy of {production} never fell below its floor")
+            time.sleep(0.5)
+        self.observer.note(
+            f"live accuracy {series.get('tuneline_model_live_quality', 0):.0%} over "
+            f"{series.get('tuneline_model_live_quality_trials', 0):.0f} labelled predictions; "
+            f"its upper bound {series.get('tuneline_model_live_quality_upper_bound', 0):.0%} "
+            f"is below the floor {self.config.live_floor:.0%}: the alert rule fires"
+        )
+
     def fire_alert(self, production: str) -> RollbackResult:
+        self.live_quality_below_floor(production)
         self.observer.stage("Alertmanager fires: live accuracy below its floor")
         already = len(self.timeline)
         notification = alertmanager_notification(
@@ -631,6 +670,22 @@ def _demo(config: DemoConfig, endpoints: StackEndpoints, observer: DemoObserver)
         yield demo
     finally:
         demo.close()
+
+
+def _live_quality_series(metrics_url: str, model_id: str, checkpoint: str) -> dict[str, float]:
+    """The registry's live-quality gauges of one production checkpoint (all traffic)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("tuneline_model_live_quality"):
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            wanted = (labels.get("model"), labels.get("checkpoint"), labels.get("slice", ""))
+            if wanted == (model_id, checkpoint, ""):
+                found[sample.name] = sample.value
+    return found
 
 
 def run_first_round(
