@@ -6,15 +6,20 @@ SQLite (one file per service) by default, PostgreSQL by URL. The plumbing tables
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 from shared.events.tables import PlumbingBase
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def create_database_engine(url: str, *, echo: bool = False) -> Engine:
@@ -88,3 +93,23 @@ def add_missing_plumbing_columns(engine: Engine) -> list[str]:
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects usable after commit (handlers return them)."""
     return sessionmaker(engine, expire_on_commit=False, future=True)
+
+
+#: How often a transaction that lost a compare-and-set is run again before giving up.
+CONFLICT_ATTEMPTS = 5
+
+
+def run_in_transaction(sessions: sessionmaker[Session], work: Callable[[Session], T]) -> T:
+    """``work(session)`` in one transaction, run again on fresh state when it lost a
+    compare-and-set: a row versioned with ``version_id_col`` that another transaction changed
+    after ``work`` read it (StaleDataError; the transaction was rolled back, nothing of it
+    stays). ``work`` decides again from what it reads, so neither change is lost."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            with sessions() as session, session.begin():
+                return work(session)
+        except StaleDataError:
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            log.info("a concurrent change won; running the transaction again")
+    raise AssertionError("unreachable")

@@ -93,6 +93,7 @@ from shared.modeling import (
     resolve_base_model,
 )
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
+from shared.request_ids import refuse_reused_request_id, request_id_violations
 from shared.running_claims import RunningClaims
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
@@ -384,15 +385,30 @@ def set_evaluation_policy(
     max_generation_examples: int,
     max_new_tokens: int,
     batch_size: int,
+    request_id: str = "",
     clock: Clock = utc_now,
 ) -> EvaluationPolicy:
-    """Create or replace a model's evaluation policy; returns it with defaults resolved."""
+    """Create or replace a model's evaluation policy; returns it with defaults resolved.
+
+    A repeated ``request_id`` changes nothing (not even a policy someone else set since) and
+    returns the policy as stored; the same id about another model is refused."""
+    if problems := request_id_violations(request_id):
+        raise InvalidArgument("request_id is invalid", problems)
     if not name:
         raise InvalidArgument(
             "evaluation_policy.name is required",
             [FieldViolation("evaluation_policy.name", "required", "REQUIRED")],
         )
     model = model_of_policy(name, "evaluation_policy.name")
+    repository = EvaluatorRepository(session)
+    if request_id:
+        applied_to = repository.policy_request(request_id)
+        if applied_to is not None:
+            refuse_reused_request_id(applied_to, name)
+            stored = repository.policy(model)
+            if stored is None:  # policies are never deleted; kept for a clear error all the same
+                raise NotFound("EvaluationPolicy", name)
+            return stored
     policy = resolve_policy(
         model,
         checkpoint_selection=checkpoint_selection,
@@ -401,7 +417,10 @@ def set_evaluation_policy(
         batch_size=batch_size,
         update_time=clock(),
     )
-    EvaluatorRepository(session).set_policy(policy)
+    if request_id:
+        assert policy.update_time is not None
+        repository.record_policy_request(request_id, name, policy.update_time)
+    repository.set_policy(policy)
     return policy
 
 

@@ -31,12 +31,13 @@ from services.splitter.domain import (
     split_id_for,
     validate_spec,
 )
-from services.splitter.domain.names import ANY_VERSION
+from services.splitter.domain.names import ANY_VERSION, policy_name
 from services.splitter.metrics import SplitterMetrics
 from shared.artifacts import ArtifactStore
 from shared.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from shared.events import stage_event
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
+from shared.request_ids import refuse_reused_request_id, request_id_violations
 
 log = logging.getLogger(__name__)
 
@@ -272,11 +273,27 @@ def _policy_of(repository: SplitterRepository, dataset_id: str) -> SplitPolicy:
     return repository.get_policy(dataset_id) or SplitPolicy(dataset_id=dataset_id)
 
 
-def set_split_policy(sessions: sessionmaker[Session], policy: SplitPolicy) -> SplitPolicy:
-    """SetSplitPolicy: validate, then create or replace. Existing splits stay as they are."""
+def set_split_policy(
+    sessions: sessionmaker[Session], policy: SplitPolicy, *, request_id: str = ""
+) -> SplitPolicy:
+    """SetSplitPolicy: validate, then create or replace. Existing splits stay as they are.
+
+    A repeated ``request_id`` changes nothing (not even a policy someone else set since) and
+    returns the policy as stored; the same id about another dataset is refused."""
+    if problems := request_id_violations(request_id):
+        raise InvalidArgument("request_id is invalid", problems)
     validate_spec(policy.spec, field_prefix="split_policy.spec.")
     with sessions.begin() as session:
-        return SplitterRepository(session).put_policy(policy, now=datetime.now(UTC))
+        repository = SplitterRepository(session)
+        if request_id:
+            applied_to = repository.policy_request(request_id)
+            if applied_to is not None:
+                refuse_reused_request_id(policy_name(applied_to), policy_name(policy.dataset_id))
+                return _policy_of(repository, policy.dataset_id)
+        now = datetime.now(UTC)
+        if request_id:
+            repository.record_policy_request(request_id, policy.dataset_id, now)
+        return repository.put_policy(policy, now=now)
 
 
 def get_split_policy(sessions: sessionmaker[Session], dataset_id: str) -> SplitPolicy:

@@ -272,11 +272,15 @@ class OutboxRelay:
                     unreachable = error
         sent: list[_Claimed] = []
         failed: list[tuple[_Claimed, BaseException]] = []
+        # One deadline for the whole batch, not one per row: while the broker refuses every
+        # write (fewer in-sync replicas than min.insync.replicas) or is unreachable, a batch
+        # of N rows fails after send_timeout, not N times it.
+        deadline = time.monotonic() + self._send_timeout
         for row, future, queue_error in futures:
             failure = queue_error
             if failure is None:
                 try:
-                    future.get(timeout=self._send_timeout)  # type: ignore[union-attr]
+                    future.get(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
                 except Exception as send_error:  # noqa: BLE001 - recorded on the row below
                     failure = send_error
             if failure is None:

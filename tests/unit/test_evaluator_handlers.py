@@ -759,6 +759,45 @@ def test_policies_resolve_defaults_and_refuse_bad_values(env):
     assert read == stored
 
 
+def test_a_policy_set_retried_with_its_request_id_changes_nothing_twice(env):
+    """What a channel retry after a lost response does: the first answer again, no change."""
+
+    def set_policy(name: str, examples: int, request_id: str):
+        with env.sessions.begin() as session:
+            return handlers.set_evaluation_policy(
+                session,
+                name=name,
+                checkpoint_selection=None,
+                max_generation_examples=examples,
+                max_new_tokens=0,
+                batch_size=8,
+                request_id=request_id,
+                clock=env.clock,
+            )
+
+    name = "models/fresh/evaluationPolicy"
+    first = set_policy(name, 10, "retry-me")
+    env.clock.now += timedelta(minutes=1)
+    assert set_policy(name, 10, "retry-me") == first, "not written again (same update_time)"
+    set_policy(name, 20, "someone-else")  # a later change by another caller
+    env.clock.now += timedelta(minutes=1)
+    late_retry = set_policy(name, 10, "retry-me")
+    assert late_retry.max_generation_examples == 20, "a late retry does not undo the later change"
+    with pytest.raises(InvalidArgument) as reused:
+        set_policy("models/other/evaluationPolicy", 10, "retry-me")
+    [violation] = reused.value.violations
+    assert (violation.field, violation.reason) == ("request_id", "REQUEST_ID_REUSED")
+    assert name in violation.description
+    with env.sessions() as session:
+        untouched = handlers.get_evaluation_policy(
+            session, "models/other/evaluationPolicy", env.deps.defaults
+        )
+    assert untouched.update_time is None, "the refused request changed nothing"
+    with pytest.raises(InvalidArgument) as too_long:
+        set_policy(name, 10, "x" * 129)
+    assert [v.reason for v in too_long.value.violations] == ["TOO_LONG"]
+
+
 def test_checkpoint_refs_round_trip_through_the_stored_event(env):
     event, _queued = _announce(env, "job-ref", quality=0.8)
     with env.sessions() as session:

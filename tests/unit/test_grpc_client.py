@@ -15,7 +15,9 @@ from shared.grpc.client import (
     retryable_methods,
 )
 from tuneline.client.base import with_request_id
+from tuneline.evaluator.v1 import service_pb2 as evaluator_pb2
 from tuneline.registry.v1 import service_pb2 as registry_pb2
+from tuneline.splitter.v1 import service_pb2 as splitter_pb2
 from tuneline.trainer.v1 import service_pb2 as trainer_pb2
 
 
@@ -163,6 +165,20 @@ def test_only_reads_and_mutations_with_a_request_id_are_retryable() -> None:
     assert "tuneline.trainer.v1.TrainerService/SetTrainingPolicy" in names
     assert "tuneline.trainer.v1.TrainerService/CancelTrainingJob" not in names
     assert "grpc.health.v1.Health/Check" in names
+
+
+def test_every_policy_setter_carries_a_request_id_so_the_sdk_may_retry_it() -> None:
+    services = [
+        evaluator_pb2.DESCRIPTOR.services_by_name["EvaluatorService"],
+        splitter_pb2.DESCRIPTOR.services_by_name["SplitterService"],
+        trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"],
+    ]
+    names = set(retryable_methods(*services))
+    assert "tuneline.evaluator.v1.EvaluatorService/SetEvaluationPolicy" in names
+    assert "tuneline.splitter.v1.SplitterService/SetSplitPolicy" in names
+    assert "tuneline.trainer.v1.TrainerService/SetTrainingPolicy" in names
+    stamped = with_request_id(splitter_pb2.SetSplitPolicyRequest())
+    assert len(stamped.request_id) == 32, "the SDK fills one in"
 
 
 def test_a_per_method_config_has_no_default_retry_and_names_each_method() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tuneline.devtools import kafka as local_kafka
-from tuneline.devtools.kafka import KafkaPrerequisiteError, LocalKafka
+from tuneline.devtools.kafka import KafkaPrerequisiteError, LocalKafka, LocalKafkaCluster
 
 
 def _read_properties(path: Path) -> dict[str, str]:
@@ -181,3 +181,47 @@ def test_a_jar_dir_without_a_marker_is_used_as_is(tmp_path: Path) -> None:
     libs.mkdir()
     (libs / "kafka_2.13-4.1.1.jar").touch()
     assert LocalKafka(home=tmp_path / "home", cache_dir=libs).is_provisioned()
+
+
+def test_a_cluster_node_is_a_voter_of_one_static_quorum_with_replicated_internal_topics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = LocalKafkaCluster(
+        home=tmp_path / "cluster", port=39092, controller_port=39093, cache_dir=tmp_path / "libs"
+    )
+    assert [(n.node_id, n.port, n.controller_port) for n in cluster.nodes] == [
+        (1, 39092, 39093),
+        (2, 39094, 39095),
+        (3, 39096, 39097),
+    ]
+    assert cluster.bootstrap == "127.0.0.1:39092,127.0.0.1:39094,127.0.0.1:39096"
+    second = cluster.node(2)
+    assert second.home == tmp_path / "cluster" / "node-2"
+    props = _read_properties(second.write_config())
+    assert props["node.id"] == "2"
+    assert props["controller.quorum.voters"] == (
+        "1@127.0.0.1:39093,2@127.0.0.1:39095,3@127.0.0.1:39097"
+    )
+    assert "controller.quorum.bootstrap.servers" not in props
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:39094,CONTROLLER://127.0.0.1:39095"
+    assert props["offsets.topic.replication.factor"] == "3"
+    assert props["transaction.state.log.min.isr"] == "2"
+    assert props["min.insync.replicas"] == "2"
+    assert props["default.replication.factor"] == "3"
+
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    fmt = second.format_command("MkU3OEVBNTcwNTJENDM2Qk")
+    assert "--standalone" not in fmt  # a static quorum is formatted without it
+    assert "-Xmx256m" in second.java_command("kafka.Kafka", str(second.config_path))
+
+    assert LocalKafkaCluster.from_home(tmp_path / "cluster") is None  # not started yet
+
+
+def test_a_cluster_of_one_and_explicit_ports(tmp_path: Path) -> None:
+    single = LocalKafkaCluster(home=tmp_path / "one", brokers=1, cache_dir=tmp_path / "libs")
+    props = _read_properties(single.nodes[0].write_config())
+    assert props["offsets.topic.replication.factor"] == "1"
+    assert props["min.insync.replicas"] == "1"
+    with pytest.raises(ValueError, match="port pairs"):
+        LocalKafkaCluster(home=tmp_path / "two", brokers=2, node_ports=[(1, 2)])

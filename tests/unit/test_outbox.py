@@ -146,7 +146,8 @@ def test_relay_publishes_in_seq_order_and_marks_rows(sessions: sessionmaker[Sess
     assert [e.id for e in publisher.sent] == [e.id for e in staged]
     assert publisher.sent == staged
     assert [e.decode(timestamp_pb2.Timestamp).seconds for e in publisher.sent] == list(range(5))
-    assert all(f.timeouts == [7.5] for f in publisher.futures)
+    # each acknowledgement is awaited once, within the batch's send timeout
+    assert all(len(f.timeouts) == 1 and 0 < (f.timeouts[0] or 0) <= 7.5 for f in publisher.futures)
     rows = _rows(sessions)
     assert all(row.published_at is not None for row in rows)
     assert all(
@@ -354,6 +355,40 @@ def test_a_producer_that_cannot_connect_is_tried_once_per_pass_not_once_per_row(
     assert _relay(sessions, publisher).publish_pending() == 0
     assert len(publisher.sent) == 1
     assert [row.attempts for row in _rows(sessions)] == [1, 1, 1, 1]
+
+
+def test_a_batch_the_broker_never_acknowledges_waits_one_send_timeout_in_all(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below min.insync.replicas the producer retries every record until its own timeout: the
+    relay gives the whole batch ``send_timeout``, not each row."""
+    for n in range(5):
+        _stage(sessions, n, subject=f"things/t{n}")
+    now = [1000.0]
+    monkeypatch.setattr("shared.events.outbox.time.monotonic", lambda: now[0])
+
+    class _Unacknowledged(_Future):
+        def get(self, timeout: float | None = None) -> object:
+            self.timeouts.append(timeout)
+            now[0] += timeout or 0.0  # waits out the timeout it was given
+            raise KafkaTimeoutError("Timeout waiting for future")
+
+    class _Refusing(_FakePublisher):
+        def send(self, envelope: Envelope) -> _Future:
+            self.sent.append(envelope)
+            future = _Unacknowledged()
+            self.futures.append(future)
+            return future
+
+    publisher = _Refusing()
+    assert _relay(sessions, publisher, send_timeout=10.0).publish_pending() == 0
+    assert len(publisher.sent) == 5
+    waited = [t for f in publisher.futures for t in f.timeouts]
+    assert waited[0] == 10.0
+    assert sum(t or 0.0 for t in waited) == 10.0
+    rows = _rows(sessions)
+    assert [row.attempts for row in rows] == [1] * 5
+    assert all(row.published_at is None and row.parked_at is None for row in rows)
 
 
 def test_stage_event_refuses_an_event_over_the_size_limit(sessions: sessionmaker[Session]) -> None:

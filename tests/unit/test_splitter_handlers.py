@@ -398,6 +398,40 @@ def test_split_policy_defaults_set_and_invalid_input(splitter: Splitter) -> None
     assert handlers.get_split_policy(splitter.sessions, "reviews") == stored, "left unchanged"
 
 
+def test_a_split_policy_set_retried_with_its_request_id_changes_nothing_twice(
+    splitter: Splitter,
+) -> None:
+    """What a channel retry after a lost response does: the first answer again, no change."""
+    first_spec = SplitSpec(seed=1)
+    first = handlers.set_split_policy(
+        splitter.sessions, SplitPolicy("reviews", first_spec), request_id="retry-me"
+    )
+    retried = handlers.set_split_policy(
+        splitter.sessions, SplitPolicy("reviews", first_spec), request_id="retry-me"
+    )
+    assert retried == first, "not written again (same update_time)"
+    later = handlers.set_split_policy(
+        splitter.sessions, SplitPolicy("reviews", SplitSpec(seed=2)), request_id="someone-else"
+    )
+    late_retry = handlers.set_split_policy(
+        splitter.sessions, SplitPolicy("reviews", first_spec), request_id="retry-me"
+    )
+    assert late_retry == later, "a late retry does not undo the later change"
+    with pytest.raises(InvalidArgument) as reused:
+        handlers.set_split_policy(
+            splitter.sessions, SplitPolicy("movies", first_spec), request_id="retry-me"
+        )
+    [violation] = reused.value.violations
+    assert (violation.field, violation.reason) == ("request_id", "REQUEST_ID_REUSED")
+    assert "datasets/reviews/splitPolicy" in violation.description
+    assert handlers.get_split_policy(splitter.sessions, "movies").update_time is None
+    with pytest.raises(InvalidArgument) as too_long:
+        handlers.set_split_policy(
+            splitter.sessions, SplitPolicy("reviews", first_spec), request_id="x" * 129
+        )
+    assert [v.reason for v in too_long.value.violations] == ["TOO_LONG"]
+
+
 def test_a_split_whose_transaction_rolls_back_is_not_counted(splitter: Splitter) -> None:
     version = _version(splitter, "reviews", _reviews(100))
     with splitter.sessions() as session, session.begin():

@@ -1,4 +1,5 @@
-"""``tuneline dev kafka start|stop|status``: a real single-node Kafka broker on loopback."""
+"""``tuneline dev kafka start|stop|status``: a real Kafka broker (or a three-broker cluster) on
+loopback."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from tuneline.devtools.kafka import (
     DEFAULT_CONTROLLER_PORT,
     DEFAULT_PORT,
     LocalKafka,
+    LocalKafkaCluster,
     LocalKafkaError,
 )
 from tuneline.devtools.stack import stack_home
 
 app = typer.Typer(
     help=(
-        "A local single-node Apache Kafka 4 (KRaft) broker, from jars Maven resolves from "
-        "Maven Central once and caches."
+        "A local Apache Kafka 4 (KRaft) broker, or a cluster of brokers (--brokers 3), from "
+        "jars Maven resolves from Maven Central once and caches."
     ),
     no_args_is_help=True,
 )
@@ -54,8 +56,50 @@ ControllerPortOpt = Annotated[
 ]
 
 
+BrokersOpt = Annotated[
+    int,
+    typer.Option(
+        "--brokers",
+        envvar="TUNELINE_KAFKA_BROKERS",
+        min=1,
+        help=(
+            "Brokers to run: 1, or a KRaft cluster whose node i listens on --port + 2i "
+            "(controller --controller-port + 2i); services then create topics with "
+            "replication factor min(3, brokers) and min.insync.replicas 2 where there are 3."
+        ),
+    ),
+]
+
+
 def _broker(home: Path | None, port: int, controller_port: int) -> LocalKafka:
     return LocalKafka(home=home or default_home(), port=port, controller_port=controller_port)
+
+
+def _cluster(home: Path | None) -> LocalKafkaCluster | None:
+    """The cluster started from ``home``, if that home holds one."""
+    return LocalKafkaCluster.from_home(home or default_home())
+
+
+def _start_cluster(
+    home: Path | None, brokers: int, port: int, controller_port: int, timeout: float
+) -> None:
+    cluster = LocalKafkaCluster(
+        home=home or default_home(), brokers=brokers, port=port, controller_port=controller_port
+    )
+    if not cluster.nodes[0].is_provisioned():
+        console.print(
+            f"Resolving Apache Kafka's jars with Maven into {cluster.nodes[0].libs_dir} ..."
+        )
+    try:
+        bootstrap = cluster.start(timeout=timeout)
+    except LocalKafkaError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"Kafka cluster of {brokers} brokers on [bold]{bootstrap}[/bold]; started in "
+        f"{cluster.startup_seconds:.1f} s."
+    )
+    console.print(f"home: {cluster.home}\nexport TUNELINE_KAFKA_BOOTSTRAP={bootstrap}")
 
 
 @app.command()
@@ -66,8 +110,12 @@ def start(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the broker to serve metadata.")
     ] = 120.0,
+    brokers: BrokersOpt = 1,
 ) -> None:
-    """Provision (first time), format (first time) and start the broker; wait until it is ready."""
+    """Provision (first time), format (first time) and start the broker(s); wait until ready."""
+    if brokers > 1:
+        _start_cluster(home, brokers, port, controller_port, timeout)
+        return
     kafka = _broker(home, port, controller_port)
     reused = kafka.running_pid() is not None
     if not reused and not kafka.is_provisioned():
@@ -95,7 +143,15 @@ def stop(
         float, typer.Option("--timeout", help="Seconds to wait after SIGTERM before SIGKILL.")
     ] = 30.0,
 ) -> None:
-    """Stop the broker started from --home (SIGTERM, then SIGKILL after --timeout)."""
+    """Stop the broker(s) started from --home (SIGTERM, then SIGKILL after --timeout)."""
+    cluster = _cluster(home)
+    if cluster is not None:
+        running = cluster.running()
+        if cluster.stop(timeout=timeout):
+            console.print(f"Kafka cluster nodes {running} on {cluster.bootstrap} stopped.")
+        else:
+            console.print(f"Kafka is not running (home {cluster.home}).")
+        return
     kafka = _broker(home, DEFAULT_PORT, DEFAULT_CONTROLLER_PORT)
     status = kafka.status()
     if kafka.stop(timeout=timeout):
@@ -112,8 +168,20 @@ def status(
 ) -> None:
     """Say whether the broker from --home runs, its pid, bootstrap and start-up time.
 
-    Exits 0 when it runs and 3 when it does not.
+    Exits 0 when it runs and 3 when it does not (a cluster: when none of its nodes runs).
     """
+    cluster = _cluster(home)
+    if cluster is not None:
+        running = cluster.running()
+        if not running:
+            console.print(f"Kafka is not running (home {cluster.home}).")
+            raise typer.Exit(3)
+        console.print(
+            f"Kafka cluster: nodes {running} of {len(cluster.nodes)} running on "
+            f"[bold]{cluster.bootstrap}[/bold]."
+        )
+        console.print(f"home: {cluster.home}")
+        return
     kafka = _broker(home, port, controller_port)
     st = kafka.status()
     if st.running:

@@ -86,10 +86,14 @@ class EvaluatorClient(ServiceClient):
             time.sleep(poll_seconds)
 
     def set_evaluation_policy(
-        self, policy: resources_pb2.EvaluationPolicy
+        self, policy: resources_pb2.EvaluationPolicy, *, request_id: str = ""
     ) -> resources_pb2.EvaluationPolicy:
-        """Create or replace a model's policy (``policy.name``: ``models/{m}/evaluationPolicy``)."""
-        request = service_pb2.SetEvaluationPolicyRequest(evaluation_policy=policy)
+        """Create or replace a model's policy (``policy.name``: ``models/{m}/evaluationPolicy``).
+        A retry with the same ``request_id`` (one is generated when empty) changes nothing
+        twice."""
+        request = service_pb2.SetEvaluationPolicyRequest(
+            evaluation_policy=policy, request_id=request_id
+        )
         return self._call(self._stub.SetEvaluationPolicy, request).evaluation_policy
 
     def get_evaluation_policy(self, model: str) -> resources_pb2.EvaluationPolicy:

@@ -58,15 +58,17 @@ class SplitterClient(ServiceClient):
         spec: resources_pb2.SplitSpec | None = None,
         *,
         auto_split_disabled: bool = False,
+        request_id: str = "",
     ) -> resources_pb2.SplitPolicy:
         """Create or replace the split policy of ``dataset`` (``datasets/{d}``); returns it with
-        its defaults resolved."""
+        its defaults resolved. A retry with the same ``request_id`` (one is generated when
+        empty) changes nothing twice."""
         policy = resources_pb2.SplitPolicy(
             name=f"{dataset}/splitPolicy", auto_split_disabled=auto_split_disabled
         )
         if spec is not None:
             policy.spec.CopyFrom(spec)
-        request = service_pb2.SetSplitPolicyRequest(split_policy=policy)
+        request = service_pb2.SetSplitPolicyRequest(split_policy=policy, request_id=request_id)
         return self._call(self._stub.SetSplitPolicy, request).split_policy
 
     def get_split_policy(self, dataset: str) -> resources_pb2.SplitPolicy:

@@ -1,4 +1,4 @@
-"""A real single-node Apache Kafka (KRaft) broker for local development and tests.
+"""A real Apache Kafka (KRaft) broker, or a three-node cluster, for local development and tests.
 
 Kafka's jars are resolved from Maven Central with Maven (``deploy/kafka/pom.xml``) once and cached;
 the broker then runs as ``java -cp '<libs>/*' kafka.Kafka server.properties``, exactly as Kafka's
@@ -6,6 +6,10 @@ own ``bin/kafka-server-start.sh`` does, in combined broker+controller mode on lo
 
 All state (configuration, data, logs, pid file) lives under one ``home`` directory, so a broker
 started by one process (``tuneline dev kafka start``) can be found and stopped by another.
+
+:class:`LocalKafkaCluster` runs several such nodes (``home/node-<id>``), each a broker and a
+voter of one static controller quorum, from the same jars: the replicated set-up (RF 3,
+``min.insync.replicas=2``) the fault-injection suite kills brokers of.
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
+
+from shared.events.publisher import min_insync_replicas_for
 
 #: Used when the pom cannot be read; the pom's ``kafka.version`` property is the source of truth.
 DEFAULT_KAFKA_VERSION = "4.1.1"
@@ -207,6 +214,13 @@ class LocalKafka:
     port: int = DEFAULT_PORT
     controller_port: int = DEFAULT_CONTROLLER_PORT
     heap: str = DEFAULT_HEAP
+    #: This node's id; 1 for a single broker.
+    node_id: int = _NODE_ID
+    #: ``id@host:port,...`` of a static controller quorum (a cluster); ``None``: this node alone
+    #: is a dynamic single-voter quorum (formatted with ``--standalone``).
+    quorum_voters: str | None = None
+    #: Replicas of Kafka's internal topics (consumer offsets, transactions); the cluster size.
+    internal_replication_factor: int = 1
     cache_dir: Path | None = None
     pom: Path = field(default_factory=default_pom)
     #: Extra broker settings, applied over the generated ones.
@@ -397,11 +411,19 @@ class LocalKafka:
 
     def server_properties(self) -> dict[str, str]:
         """The broker settings :meth:`start` writes to ``server.properties``."""
+        replicas = self.internal_replication_factor
+        # a write must reach two copies where there are three (Kafka's durability guidance)
+        min_isr = min_insync_replicas_for(replicas)
+        quorum = (
+            {"controller.quorum.voters": self.quorum_voters}
+            if self.quorum_voters
+            else {"controller.quorum.bootstrap.servers": f"{_HOST}:{self.controller_port}"}
+        )
         props: dict[str, object] = {
-            # KRaft, combined mode, one node
+            # KRaft, combined mode: this node is a broker and a controller
             "process.roles": "broker,controller",
-            "node.id": _NODE_ID,
-            "controller.quorum.bootstrap.servers": f"{_HOST}:{self.controller_port}",
+            "node.id": self.node_id,
+            **quorum,
             "listeners": (
                 f"PLAINTEXT://{_HOST}:{self.port},CONTROLLER://{_HOST}:{self.controller_port}"
             ),
@@ -410,17 +432,17 @@ class LocalKafka:
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": self.data_dir,
-            # one broker: every internal topic has one replica
+            # internal topics have a replica per node (one broker: one)
             "num.partitions": 1,
-            "default.replication.factor": 1,
-            "min.insync.replicas": 1,
-            "offsets.topic.replication.factor": 1,
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": 1,
-            "transaction.state.log.replication.factor": 1,
-            "transaction.state.log.min.isr": 1,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": 1,
-            "share.coordinator.state.topic.replication.factor": 1,
-            "share.coordinator.state.topic.min.isr": 1,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": 0,
             # services create their own topics
             "auto.create.topics.enable": "false",
@@ -468,6 +490,8 @@ class LocalKafka:
         return (self.data_dir / "meta.properties").is_file()
 
     def format_command(self, cluster_id: str) -> list[str]:
+        # a static quorum (controller.quorum.voters) is formatted without --standalone
+        standalone = () if self.quorum_voters else ("--standalone",)
         return self.java_command(
             "kafka.tools.StorageTool",
             "format",
@@ -475,16 +499,17 @@ class LocalKafka:
             str(self.config_path),
             "--cluster-id",
             cluster_id,
-            "--standalone",
+            *standalone,
             "--ignore-formatted",
             jvm_opts=_TOOL_JVM_OPTS,
         )
 
-    def format_storage(self) -> None:
-        """Format the KRaft storage once (a single-node dynamic quorum: ``--standalone``)."""
+    def format_storage(self, cluster_id: str | None = None) -> None:
+        """Format the KRaft storage once: a single-node dynamic quorum (``--standalone``), or a
+        node of the static quorum ``cluster_id`` names (every node gets the same id)."""
         if self.is_formatted():
             return
-        cmd = self.format_command(new_cluster_id())
+        cmd = self.format_command(cluster_id or new_cluster_id())
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if proc.returncode != 0:
             raise KafkaStartError(
@@ -532,13 +557,7 @@ class LocalKafka:
         """Start the broker (or reuse the one running from this home); return the bootstrap."""
         pid = self.running_pid()
         if pid is not None:
-            state = self._read_state()
-            running_bootstrap = state.get("bootstrap", self.bootstrap)
-            if running_bootstrap != self.bootstrap:
-                raise KafkaStartError(
-                    f"A broker from {self.home} is already running on {running_bootstrap} "
-                    f"(pid {pid}), not on {self.bootstrap}; stop it first."
-                )
+            self._check_running_bootstrap(pid)
             self._wait_ready(time.monotonic() + timeout, pid)
             return self.bootstrap
 
@@ -547,7 +566,24 @@ class LocalKafka:
         self.provision()  # a cold Maven run counts neither toward the timeout nor start-up time
         self.provision_seconds = round(time.monotonic() - provision_began, 3)
         began = time.monotonic()
-        deadline = began + timeout
+        pid = self.launch()
+        self.wait_started(pid, began, began + timeout)
+        return self.bootstrap
+
+    def _check_running_bootstrap(self, pid: int) -> None:
+        running_bootstrap = self._read_state().get("bootstrap", self.bootstrap)
+        if running_bootstrap != self.bootstrap:
+            raise KafkaStartError(
+                f"A broker from {self.home} is already running on {running_bootstrap} "
+                f"(pid {pid}), not on {self.bootstrap}; stop it first."
+            )
+
+    def launch(self, cluster_id: str | None = None) -> int:
+        """Write the configuration, format (first time) and spawn the JVM; returns its pid.
+
+        Does not wait: the nodes of a cluster are all launched before any can serve (a broker
+        waits for its controller quorum). :meth:`wait_started` waits.
+        """
         for port in (self.port, self.controller_port):
             if not _port_free(port):
                 raise KafkaStartError(
@@ -555,7 +591,7 @@ class LocalKafka:
                     f"{self.home}); choose other ports."
                 )
         self.write_config()
-        self.format_storage()
+        self.format_storage(cluster_id)
 
         self.pid_path.unlink(missing_ok=True)
         with self.stdout_log.open("wb") as out:  # the JVM's own output, this start only
@@ -570,6 +606,11 @@ class LocalKafka:
             )
         pid = self._proc.pid
         self.pid_path.write_text(f"{pid}\n")
+        return pid
+
+    def wait_started(self, pid: int, began: float, deadline: float) -> None:
+        """Wait until the launched broker ``pid`` serves metadata (kill it if it does not);
+        record its state."""
         try:
             self._wait_ready(deadline, pid)
         except BaseException:
@@ -582,6 +623,7 @@ class LocalKafka:
                     "pid": pid,
                     "bootstrap": self.bootstrap,
                     "controller": f"{_HOST}:{self.controller_port}",
+                    "node_id": self.node_id,
                     "startup_seconds": self.startup_seconds,
                     "provision_seconds": self.provision_seconds,
                     "started_at": time.time(),
@@ -590,7 +632,6 @@ class LocalKafka:
                 indent=2,
             )
         )
-        return self.bootstrap
 
     def _failure(self, why: str) -> KafkaStartError:
         parts = [f"Local Kafka broker {why} (home {self.home})."]
@@ -612,7 +653,7 @@ class LocalKafka:
                 raise self._failure("exited during start-up")
             if time.monotonic() >= deadline:
                 raise self._failure("did not serve metadata before the timeout")
-            if _port_open(self.port) and _serves_metadata(self.bootstrap):
+            if _port_open(self.port) and _serves_metadata(self.bootstrap, self.node_id):
                 return
             time.sleep(0.1)
 
@@ -627,9 +668,23 @@ class LocalKafka:
         self.state_path.unlink(missing_ok=True)
         return stopped
 
+    def crash(self) -> bool:
+        """SIGKILL the broker (no clean shutdown: a crashed machine); ``True`` if one ran.
+
+        Its home stays as it is, so :meth:`start` brings the same node back with its data.
+        """
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        self._kill(pid, grace=0.0)
+        self.pid_path.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+        return True
+
     def _kill(self, pid: int, grace: float) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+        if grace > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and not self._exited(pid):
             time.sleep(0.1)
@@ -648,6 +703,196 @@ class LocalKafka:
                 time.sleep(0.05)
 
 
+#: Ports of node ``i`` (0-based) of a cluster: ``port + 2 i`` and ``controller_port + 2 i``, so
+#: the default 19092/19093 give brokers 19092, 19094, 19096 and controllers 19093, 19095, 19097.
+CLUSTER_PORT_STRIDE = 2
+#: Heap (and compiler) of each node of a cluster: three JVMs share a development machine, and
+#: the C1 compiler alone starts them much sooner on few cores (throughput matters little here).
+DEFAULT_CLUSTER_HEAP = "-Xmx256m -Xms128m -XX:TieredStopAtLevel=1"
+_CLUSTER_STATE = "cluster.json"
+# How fast the controllers notice a dead broker and move its partitions' leadership: a few
+# seconds instead of Kafka's 9 s, so a killed broker costs the fault suite little time.
+_CLUSTER_FAILOVER = {
+    "broker.heartbeat.interval.ms": "500",
+    "broker.session.timeout.ms": "3000",
+    "replica.lag.time.max.ms": "5000",
+}
+
+
+@dataclass
+class LocalKafkaCluster:
+    """``brokers`` KRaft nodes on loopback, each a broker and a voter of one static quorum.
+
+    Node ``i`` (ids 1..n) lives in ``home/node-<i>``; internal topics get a replica per node
+    (at most 3) and ``min.insync.replicas`` 2 where there are 3. One node can be crashed
+    (:meth:`LocalKafka.crash`) and started again (:meth:`start_node`) while the others serve:
+    a majority of the controller quorum survives the loss of one of three.
+    """
+
+    home: Path
+    brokers: int = 3
+    port: int = DEFAULT_PORT
+    controller_port: int = DEFAULT_CONTROLLER_PORT
+    heap: str = DEFAULT_CLUSTER_HEAP
+    cache_dir: Path | None = None
+    pom: Path = field(default_factory=default_pom)
+    #: Extra broker settings for every node, applied over the generated ones.
+    overrides: dict[str, str] = field(default_factory=dict)
+    #: Ports given explicitly, one ``(broker, controller)`` pair per node (tests pick free
+    #: ones); by default they follow :data:`CLUSTER_PORT_STRIDE`.
+    node_ports: list[tuple[int, int]] | None = None
+    startup_seconds: float | None = field(default=None, init=False)
+    nodes: list[LocalKafka] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.brokers < 1:
+            raise ValueError("a cluster needs at least one broker")
+        self.home = Path(self.home).expanduser().absolute()
+        ports = self.node_ports or [
+            (self.port + CLUSTER_PORT_STRIDE * i, self.controller_port + CLUSTER_PORT_STRIDE * i)
+            for i in range(self.brokers)
+        ]
+        if len(ports) != self.brokers:
+            raise ValueError(f"{self.brokers} brokers need {self.brokers} port pairs")
+        voters = ",".join(
+            f"{i + 1}@{_HOST}:{controller}" for i, (_, controller) in enumerate(ports)
+        )
+        overrides = {**_CLUSTER_FAILOVER, **self.overrides}
+        self.nodes = [
+            LocalKafka(
+                home=self.home / f"node-{i + 1}",
+                port=port,
+                controller_port=controller,
+                heap=self.heap,
+                cache_dir=self.cache_dir,
+                pom=self.pom,
+                overrides=dict(overrides),
+                node_id=i + 1,
+                quorum_voters=voters,
+                internal_replication_factor=min(3, self.brokers),
+            )
+            for i, (port, controller) in enumerate(ports)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's broker address, comma-separated: clients survive any one being down."""
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def running_bootstrap(self) -> str:
+        """The running nodes' broker addresses: an admin client that bootstraps from a dead
+        node's address gives up instead of trying the next."""
+        return ",".join(node.bootstrap for node in self.nodes if node.running_pid() is not None)
+
+    @property
+    def state_path(self) -> Path:
+        return self.home / _CLUSTER_STATE
+
+    def node(self, node_id: int) -> LocalKafka:
+        return self.nodes[node_id - 1]
+
+    def _cluster_id(self) -> str:
+        """The id every node is formatted with: kept in ``cluster.json`` from the first start."""
+        try:
+            known = json.loads(self.state_path.read_text()).get("cluster_id")
+        except (OSError, ValueError):
+            known = None
+        return str(known) if known else new_cluster_id()
+
+    def start(self, timeout: float = 180.0) -> str:
+        """Launch every node that is not running, wait until all serve; return the bootstrap."""
+        first = self.nodes[0]
+        first.check_java_version()
+        first.provision()
+        cluster_id = self._cluster_id()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._write_state(cluster_id)
+        began = time.monotonic()
+        launched: list[tuple[LocalKafka, int]] = []
+        try:
+            self._format(cluster_id)
+            for node in self.nodes:
+                pid = node.running_pid()
+                if pid is not None:
+                    node._check_running_bootstrap(pid)
+                launched.append((node, pid if pid is not None else node.launch(cluster_id)))
+            for node, pid in launched:
+                node.wait_started(pid, began, began + timeout)
+        except BaseException:
+            self.stop(timeout=5.0)
+            raise
+        self.startup_seconds = round(time.monotonic() - began, 3)
+        self._write_state(cluster_id)
+        return self.bootstrap
+
+    def _format(self, cluster_id: str) -> None:
+        """Format the stopped nodes' storage side by side (one short JVM each)."""
+        stopped = [node for node in self.nodes if node.running_pid() is None]
+        for node in stopped:
+            node.write_config()
+        with ThreadPoolExecutor(max_workers=len(stopped) or 1) as pool:
+            for done in [pool.submit(node.format_storage, cluster_id) for node in stopped]:
+                done.result()
+
+    def start_node(self, node_id: int, timeout: float = 120.0) -> None:
+        """Bring one (crashed or stopped) node back with its data; wait until it serves."""
+        node = self.node(node_id)
+        if node.running_pid() is not None:
+            return
+        began = time.monotonic()
+        pid = node.launch(self._cluster_id())
+        node.wait_started(pid, began, began + timeout)
+
+    def _write_state(self, cluster_id: str) -> None:
+        self.state_path.write_text(
+            json.dumps(
+                {
+                    "cluster_id": cluster_id,
+                    "brokers": self.brokers,
+                    "bootstrap": self.bootstrap,
+                    "nodes": [
+                        {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port}
+                        for n in self.nodes
+                    ],
+                    "startup_seconds": self.startup_seconds,
+                },
+                indent=2,
+            )
+        )
+
+    def running(self) -> list[int]:
+        """Ids of the nodes that run."""
+        return [node.node_id for node in self.nodes if node.running_pid() is not None]
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop every node (SIGTERM, then SIGKILL after ``timeout``); ``True`` if any ran.
+
+        The nodes get SIGTERM together: a broker that shuts down cleanly waits for the
+        controller quorum, which its peers stopping one by one would take away from it.
+        """
+        pids = [(node, node.running_pid()) for node in self.nodes]
+        for _, pid in pids:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        for node, _ in pids:
+            node.stop(timeout=timeout)
+        return any(pid is not None for _, pid in pids)
+
+    @classmethod
+    def from_home(cls, home: Path, **settings: Any) -> LocalKafkaCluster | None:
+        """The cluster ``home`` holds (from its ``cluster.json``), else ``None``."""
+        try:
+            state = json.loads((Path(home) / _CLUSTER_STATE).read_text())
+        except (OSError, ValueError):
+            return None
+        ports = [(int(n["port"]), int(n["controller_port"])) for n in state.get("nodes", [])]
+        if not ports:
+            return None
+        return cls(home=Path(home), brokers=len(ports), node_ports=ports, **settings)
+
+
 def _port_open(port: int, host: str = _HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
@@ -664,7 +909,7 @@ def _port_free(port: int, host: str = _HOST) -> bool:
         return True
 
 
-def _serves_metadata(bootstrap: str) -> bool:
+def _serves_metadata(bootstrap: str, node_id: int = _NODE_ID) -> bool:
     """One metadata round trip with kafka-python's admin client; ``True`` if our node is in it."""
     admin = None
     try:
@@ -682,7 +927,7 @@ def _serves_metadata(bootstrap: str) -> bool:
         if admin is not None:
             with contextlib.suppress(Exception):
                 admin.close()
-    return any(_broker_id(b) == _NODE_ID for b in cluster.get("brokers") or [])
+    return any(_broker_id(b) == node_id for b in cluster.get("brokers") or [])
 
 
 def _admin_timeouts(admin_cls: Any, timeout_ms: int) -> dict[str, int]:

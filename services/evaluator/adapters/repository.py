@@ -17,6 +17,7 @@ from services.evaluator.adapters import protos
 from services.evaluator.adapters.tables import (
     CheckpointRow,
     DatasetVersionLocationRow,
+    EvaluationPolicyRequestRow,
     EvaluationPolicyRow,
     EvaluationRow,
     ScoredOutcomesRow,
@@ -333,6 +334,16 @@ class EvaluatorRepository:
                 batch_size=policy.batch_size,
                 update_time=policy.update_time,
             )
+        )
+
+    def policy_request(self, request_id: str) -> str | None:
+        """The policy a SetEvaluationPolicy with ``request_id`` was applied to, if any."""
+        row = self.session.get(EvaluationPolicyRequestRow, request_id)
+        return None if row is None else row.policy
+
+    def record_policy_request(self, request_id: str, policy: str, now: datetime) -> None:
+        self.session.add(
+            EvaluationPolicyRequestRow(request_id=request_id, policy=policy, create_time=now)
         )
 
     # -- stored outcomes -------------------------------------------------------------------

@@ -113,6 +113,16 @@ class EvaluationPolicyRow(EvaluatorBase):
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class EvaluationPolicyRequestRow(EvaluatorBase):
+    """A SetEvaluationPolicy ``request_id`` already applied: its retry changes nothing."""
+
+    __tablename__ = "evaluator_policy_requests"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(200))
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ScoredOutcomesRow(EvaluatorBase):
     """Per-example outcomes of one subject (checkpoint or bare base model) on one evaluation
     set version, under one scoring configuration. Baselines are looked up here, so a

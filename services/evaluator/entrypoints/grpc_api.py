@@ -119,6 +119,7 @@ class EvaluatorServicer(service_pb2_grpc.EvaluatorServiceServicer):
                 max_generation_examples=policy.max_generation_examples,
                 max_new_tokens=policy.max_new_tokens,
                 batch_size=policy.batch_size,
+                request_id=request.request_id,
             )
         )
         return service_pb2.SetEvaluationPolicyResponse(

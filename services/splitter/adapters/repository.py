@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from services.splitter.adapters.tables import (
     DatasetVersionRecord,
     SplitPolicyRecord,
+    SplitPolicyRequestRecord,
     SplitRecord,
 )
 from services.splitter.domain import (
@@ -153,6 +154,16 @@ class SplitterRepository:
         stored = self.get_policy(policy.dataset_id)
         assert stored is not None
         return stored
+
+    def policy_request(self, request_id: str) -> str | None:
+        """The dataset id a SetSplitPolicy with ``request_id`` was applied to, if any."""
+        record = self._session.get(SplitPolicyRequestRecord, request_id)
+        return None if record is None else record.dataset_id
+
+    def record_policy_request(self, request_id: str, dataset_id: str, now: datetime) -> None:
+        self._session.add(
+            SplitPolicyRequestRecord(request_id=request_id, dataset_id=dataset_id, create_time=now)
+        )
 
     # -- splits -----------------------------------------------------------------------------
 

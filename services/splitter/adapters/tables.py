@@ -42,6 +42,16 @@ class SplitPolicyRecord(SplitterBase):
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SplitPolicyRequestRecord(SplitterBase):
+    """A SetSplitPolicy ``request_id`` already applied: its retry changes nothing."""
+
+    __tablename__ = "split_policy_requests"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class SplitRecord(SplitterBase):
     """A split whose manifest is in the artifact store. Immutable once written."""
 

@@ -92,6 +92,7 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
             SplitPolicy(
                 dataset_id=dataset_id, spec=spec, auto_split_disabled=message.auto_split_disabled
             ),
+            request_id=request.request_id,
         )
         return service_pb2.SetSplitPolicyResponse(split_policy=policy_to_proto(policy))
 

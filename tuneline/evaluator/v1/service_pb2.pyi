@@ -215,6 +215,12 @@ class SetEvaluationPolicyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVALUATION_POLICY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional. Idempotency key (e.g. a UUID): a repeated request with the same key changes
+    nothing (not even a policy set by someone else since) and returns the policy; the same key
+    sent about another policy gives INVALID_ARGUMENT (reason REQUEST_ID_REUSED).
+    """
     @_builtins.property
     def evaluation_policy(self) -> _resources_pb2.EvaluationPolicy:
         """Required. The policy; `name` says which model's."""
@@ -223,10 +229,11 @@ class SetEvaluationPolicyRequest(_message.Message):
         self,
         *,
         evaluation_policy: _resources_pb2.EvaluationPolicy | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation_policy", b"evaluation_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_policy", b"evaluation_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_policy", b"evaluation_policy", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

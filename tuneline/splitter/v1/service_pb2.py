@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tuneline.splitter.v1 import resources_pb2 as tuneline_dot_splitter_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"tuneline/splitter/v1/service.proto\x12\x14tuneline.splitter.v1\x1a$tuneline/splitter/v1/resources.proto\"S\n\x12\x43reateSplitRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12-\n\x04spec\x18\x02 \x01(\x0b\x32\x1f.tuneline.splitter.v1.SplitSpec\"R\n\x13\x43reateSplitResponse\x12*\n\x05split\x18\x01 \x01(\x0b\x32\x1b.tuneline.splitter.v1.Split\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\x0fGetSplitRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x10GetSplitResponse\x12*\n\x05split\x18\x01 \x01(\x0b\x32\x1b.tuneline.splitter.v1.Split\"J\n\x11ListSplitsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x12ListSplitsResponse\x12+\n\x06splits\x18\x01 \x03(\x0b\x32\x1b.tuneline.splitter.v1.Split\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x15SetSplitPolicyRequest\x12\x37\n\x0csplit_policy\x18\x01 \x01(\x0b\x32!.tuneline.splitter.v1.SplitPolicy\"Q\n\x16SetSplitPolicyResponse\x12\x37\n\x0csplit_policy\x18\x01 \x01(\x0b\x32!.tuneline.splitter.v1.SplitPolicy\"%\n\x15GetSplitPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x16GetSplitPolicyResponse\x12\x37\n\x0csplit_policy\x18\x01 \x01(\x0b\x32!.tuneline.splitter.v1.SplitPolicy2\x8b\x04\n\x0fSplitterService\x12\x62\n\x0b\x43reateSplit\x12(.tuneline.splitter.v1.CreateSplitRequest\x1a).tuneline.splitter.v1.CreateSplitResponse\x12Y\n\x08GetSplit\x12%.tuneline.splitter.v1.GetSplitRequest\x1a&.tuneline.splitter.v1.GetSplitResponse\x12_\n\nListSplits\x12\'.tuneline.splitter.v1.ListSplitsRequest\x1a(.tuneline.splitter.v1.ListSplitsResponse\x12k\n\x0eSetSplitPolicy\x12+.tuneline.splitter.v1.SetSplitPolicyRequest\x1a,.tuneline.splitter.v1.SetSplitPolicyResponse\x12k\n\x0eGetSplitPolicy\x12+.tuneline.splitter.v1.GetSplitPolicyRequest\x1a,.tuneline.splitter.v1.GetSplitPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"tuneline/splitter/v1/service.proto\x12\x14tuneline.splitter.v1\x1a$tuneline/splitter/v1/resources.proto\"S\n\x12\x43reateSplitRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12-\n\x04spec\x18\x02 \x01(\x0b\x32\x1f.tuneline.splitter.v1.SplitSpec\"R\n\x13\x43reateSplitResponse\x12*\n\x05split\x18\x01 \x01(\x0b\x32\x1b.tuneline.splitter.v1.Split\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\x0fGetSplitRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x10GetSplitResponse\x12*\n\x05split\x18\x01 \x01(\x0b\x32\x1b.tuneline.splitter.v1.Split\"J\n\x11ListSplitsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x12ListSplitsResponse\x12+\n\x06splits\x18\x01 \x03(\x0b\x32\x1b.tuneline.splitter.v1.Split\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x15SetSplitPolicyRequest\x12\x37\n\x0csplit_policy\x18\x01 \x01(\x0b\x32!.tuneline.splitter.v1.SplitPolicy\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Q\n\x16SetSplitPolicyResponse\x12\x37\n\x0csplit_policy\x18\x01 \x01(\x0b\x32!.tuneline.splitter.v1.SplitPolicy\"%\n\x15GetSplitPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x16GetSplitPolicyResponse\x12\x37\n\x0csplit_policy\x18\x01 \x01(\x0b\x32!.tuneline.splitter.v1.SplitPolicy2\x8b\x04\n\x0fSplitterService\x12\x62\n\x0b\x43reateSplit\x12(.tuneline.splitter.v1.CreateSplitRequest\x1a).tuneline.splitter.v1.CreateSplitResponse\x12Y\n\x08GetSplit\x12%.tuneline.splitter.v1.GetSplitRequest\x1a&.tuneline.splitter.v1.GetSplitResponse\x12_\n\nListSplits\x12\'.tuneline.splitter.v1.ListSplitsRequest\x1a(.tuneline.splitter.v1.ListSplitsResponse\x12k\n\x0eSetSplitPolicy\x12+.tuneline.splitter.v1.SetSplitPolicyRequest\x1a,.tuneline.splitter.v1.SetSplitPolicyResponse\x12k\n\x0eGetSplitPolicy\x12+.tuneline.splitter.v1.GetSplitPolicyRequest\x1a,.tuneline.splitter.v1.GetSplitPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,13 +45,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSPLITSRESPONSE']._serialized_start=440
   _globals['_LISTSPLITSRESPONSE']._serialized_end=530
   _globals['_SETSPLITPOLICYREQUEST']._serialized_start=532
-  _globals['_SETSPLITPOLICYREQUEST']._serialized_end=612
-  _globals['_SETSPLITPOLICYRESPONSE']._serialized_start=614
-  _globals['_SETSPLITPOLICYRESPONSE']._serialized_end=695
-  _globals['_GETSPLITPOLICYREQUEST']._serialized_start=697
-  _globals['_GETSPLITPOLICYREQUEST']._serialized_end=734
-  _globals['_GETSPLITPOLICYRESPONSE']._serialized_start=736
-  _globals['_GETSPLITPOLICYRESPONSE']._serialized_end=817
-  _globals['_SPLITTERSERVICE']._serialized_start=820
-  _globals['_SPLITTERSERVICE']._serialized_end=1343
+  _globals['_SETSPLITPOLICYREQUEST']._serialized_end=632
+  _globals['_SETSPLITPOLICYRESPONSE']._serialized_start=634
+  _globals['_SETSPLITPOLICYRESPONSE']._serialized_end=715
+  _globals['_GETSPLITPOLICYREQUEST']._serialized_start=717
+  _globals['_GETSPLITPOLICYREQUEST']._serialized_end=754
+  _globals['_GETSPLITPOLICYRESPONSE']._serialized_start=756
+  _globals['_GETSPLITPOLICYRESPONSE']._serialized_end=837
+  _globals['_SPLITTERSERVICE']._serialized_start=840
+  _globals['_SPLITTERSERVICE']._serialized_end=1363
 # @@protoc_insertion_point(module_scope)

@@ -190,6 +190,12 @@ class SetSplitPolicyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPLIT_POLICY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional. Idempotency key (e.g. a UUID): a repeated request with the same key changes
+    nothing (not even a policy set by someone else since) and returns the policy; the same key
+    sent about another policy gives INVALID_ARGUMENT (reason REQUEST_ID_REUSED).
+    """
     @_builtins.property
     def split_policy(self) -> _resources_pb2.SplitPolicy:
         """Required. The policy; `name` says which dataset's."""
@@ -198,10 +204,11 @@ class SetSplitPolicyRequest(_message.Message):
         self,
         *,
         split_policy: _resources_pb2.SplitPolicy | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["split_policy", b"split_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["split_policy", b"split_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "split_policy", b"split_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
