@@ -133,6 +133,8 @@ def registry_process(bootstrap: str, data_dir: Path) -> Iterator[tuple[str, str]
         "TUNELINE_REGISTRY_WEBHOOK_PORT": str(webhook_port),
         "TUNELINE_REGISTRY_WEBHOOK_TOKEN": TOKEN,
         "TUNELINE_REGISTRY_CONSUMER_GROUP": group,
+        # the events name synthetic artifacts (tests/fixtures/registry_events.py)
+        "TUNELINE_REGISTRY_VERIFY_ARTIFACTS": "false",
     }
     log = (data_dir / "registry.log").open("w")
     process = subprocess.Popen(

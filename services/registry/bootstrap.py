@@ -11,11 +11,12 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
+from services.registry.adapters.artifact_checks import ArtifactVerifier
 from services.registry.adapters.metrics import RegistryMetrics, RegistryStateCollector
 from services.registry.adapters.notifier import AliasMoveNotifier, AliasMovePoller
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.adapters.tables import RegistryBase
-from services.registry.domain import LiveQualityRule, RollbackBreaker
+from services.registry.domain import LiveQualityRule, RollbackAlertPolicy, RollbackBreaker
 from services.registry.entrypoints.alert_webhook import AlertWebhookServer, WebhookLimits
 from services.registry.entrypoints.grpc_api import RegistryServicer
 from services.registry.entrypoints.subscriptions import registry_subscriptions
@@ -50,6 +51,7 @@ def registry_deps(context: ServiceContext) -> RegistryDeps:
         return existing
     metrics = RegistryMetrics(context.registry)
     context.registry.register(RegistryStateCollector(context.sessions))
+    settings = service_settings(context, RegistrySettings)
     deps = RegistryDeps(
         source=context.source,
         metrics=metrics,
@@ -57,6 +59,12 @@ def registry_deps(context: ServiceContext) -> RegistryDeps:
         wake_relay=context.relay.wake,
         live_quality=live_quality_rule(service_settings(context, RegistrySettings)),
         rollback_breaker=rollback_breaker(service_settings(context, RegistrySettings)),
+        rollback_alerts=RollbackAlertPolicy(frozenset(settings.rollback_alert_names)),
+        artifacts=ArtifactVerifier(
+            context.artifacts, settings.resolved_trainer_artifact_root(context.common)
+        )
+        if settings.verify_artifacts
+        else None,
     )
     setattr(context, _DEPS_KEY, deps)
     return deps

@@ -605,6 +605,7 @@ class AlertNotice:
     checkpoint_id: str  # "" when the alert names no checkpoint
     summary: str
     alertname: str
+    action: str = ""  # the alert's `action` label: only "rollback" may roll back
 
     @property
     def firing(self) -> bool:
@@ -681,9 +682,37 @@ def parse_alertmanager_payload(document: Any) -> list[AlertNotice]:
                 checkpoint_id=_id_from_label(str(labels.get("checkpoint") or ""), "models/"),
                 summary=str(annotations.get("summary") or ""),
                 alertname=str(labels.get("alertname") or ""),
+                action=str(labels.get("action") or ""),
             )
         )
     return notices
+
+
+#: The alerts of ``deploy/prometheus/rules`` labelled ``action="rollback"``: the default of
+#: TUNELINE_REGISTRY_ROLLBACK_ALERT_NAMES (a test keeps the two in step).
+DEFAULT_ROLLBACK_ALERTS = (
+    "TunelineModelLiveQualityBelowFloor",
+    "TunelineModelLiveQualityValueBelowFloor",
+    "TunelineModelOfflineQualityBelowFloor",
+)
+ROLLBACK_ACTION = "rollback"
+
+
+@dataclass(frozen=True)
+class RollbackAlertPolicy:
+    """Which alerts may roll a model back: labelled ``action="rollback"`` and named on the
+    allow-list. Any other alert reaching the webhook (a routing mistake, a label a rule author
+    copied, a forged notification with the token) is acknowledged and ignored."""
+
+    alertnames: frozenset[str] = frozenset(DEFAULT_ROLLBACK_ALERTS)
+
+    def why_ignored(self, notice: AlertNotice) -> str:
+        """Why ``notice`` may not roll anything back, or "" when it may."""
+        if notice.action != ROLLBACK_ACTION:
+            return f'the alert is not labelled action="{ROLLBACK_ACTION}"'
+        if notice.alertname not in self.alertnames:
+            return f"alert {notice.alertname!r} is not on the rollback allow-list"
+        return ""
 
 
 def alert_concerns_production(

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.registry import releases
+from services.registry.adapters.artifact_checks import CONTENT, LOCATION, ArtifactVerifier
 from services.registry.adapters.commit_hooks import after_commit
 from services.registry.adapters.metrics import RegistryMetrics
 from services.registry.adapters.notifier import AliasMoveNotifier
@@ -64,6 +65,7 @@ from services.registry.domain import (
     MoveTrigger,
     PromotionPolicy,
     ReviewState,
+    RollbackAlertPolicy,
     RollbackBreaker,
     Verdict,
     alert_concerns_production,
@@ -133,6 +135,11 @@ class RegistryDeps:
     live_quality: LiveQualityRule = field(default_factory=LiveQualityRule)
     #: Automatic rollbacks allowed per model and window (TUNELINE_REGISTRY_AUTO_ROLLBACK_*).
     rollback_breaker: RollbackBreaker = field(default_factory=RollbackBreaker)
+    #: Alerts that may roll back (TUNELINE_REGISTRY_ROLLBACK_ALERT_NAMES).
+    rollback_alerts: RollbackAlertPolicy = field(default_factory=RollbackAlertPolicy)
+    #: Checks checkpoint artifacts at their source (the trainer's artifact root, a re-hash
+    #: before a move); None trusts the events (TUNELINE_REGISTRY_VERIFY_ARTIFACTS=false).
+    artifacts: ArtifactVerifier | None = None
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -372,6 +379,10 @@ def _register_checkpoint(
     if mismatch:
         log.warning("checkpoint refused", extra={"checkpoint": message.checkpoint, "why": mismatch})
         return REFUSED, mismatch
+    outside = deps.artifacts.location_problem(message.artifact_uri) if deps.artifacts else ""
+    if outside:
+        _artifact_refused(deps, model.name, message.checkpoint, LOCATION, outside)
+        return REFUSED, outside
     name = checkpoint_name(
         model.name.removeprefix("models/"), registry_checkpoint_id(message.checkpoint)
     )
@@ -424,6 +435,40 @@ def _register_checkpoint(
         _attach_evaluation(repo, deps, model, row, evaluation, now)
         parked.status, parked.reason = APPLIED, f"attached to {name}"
     return APPLIED, f"registered as {name}"
+
+
+def _artifact_refused(
+    deps: RegistryDeps, model: str, checkpoint: str, check: str, why: str
+) -> None:
+    """Log and count an artifact the registry will not trust (counted at once: a refused
+    promotion rolls its transaction back, and the refusal still happened)."""
+    log.error(
+        "checkpoint artifact refused",
+        extra={"model": model, "checkpoint": checkpoint, "check": check, "why": why},
+    )
+    if deps.metrics:
+        deps.metrics.artifacts_refused.labels(model.removeprefix("models/"), check).inc()
+
+
+def _unverified_artifact(deps: RegistryDeps, checkpoint: CheckpointRow) -> str:
+    """Why the checkpoint's artifact is not the one its record names (re-hashed now), or ""."""
+    if deps.artifacts is None:
+        return ""
+    record = resources_pb2.Checkpoint.FromString(checkpoint.record)
+    problem = deps.artifacts.content_problem(record.artifact_uri, record.sha256)
+    if problem:
+        _artifact_refused(deps, checkpoint.model, checkpoint.name, CONTENT, problem)
+    return problem
+
+
+def _refuse_unverified_artifact(deps: RegistryDeps, checkpoint: CheckpointRow) -> None:
+    """FAILED_PRECONDITION unless the checkpoint's artifact re-hashes to its recorded sha256."""
+    problem = _unverified_artifact(deps, checkpoint)
+    if problem:
+        raise FailedPrecondition(
+            f"{checkpoint.name} cannot be promoted: its artifact failed verification: {problem}",
+            [PreconditionViolation("ARTIFACT_UNVERIFIED", checkpoint.name, problem)],
+        )
 
 
 def _defer(
@@ -670,6 +715,14 @@ def _attach_evaluation(  # noqa: PLR0917
             Decision.HOLD,
             f"{outcome.reason}; not promoted: {freeze.reason} (promote by hand, or "
             "UnfreezeAutomation)",
+        )
+    unverified = (
+        _unverified_artifact(deps, checkpoint) if outcome.decision is Decision.PROMOTE else ""
+    )
+    if unverified:
+        outcome = EvaluationOutcome(
+            Decision.HOLD,
+            f"{outcome.reason}; not promoted: artifact verification failed: {unverified}",
         )
     repo.add_evaluation(
         EvaluationRow(
@@ -921,6 +974,7 @@ def promote_checkpoint(
             ],
         )
     releases.refuse_failed_parity(repo, checkpoint)
+    _refuse_unverified_artifact(deps, checkpoint)
     if (
         alias == PRODUCTION
         and model.promotion_policy == PromotionPolicy.MANUAL.value
@@ -1036,6 +1090,8 @@ def approve_checkpoint(
             ],
         )
     releases.refuse_failed_parity(repo, checkpoint)
+    if repo.production_checkpoint(model.name) != checkpoint.name:
+        _refuse_unverified_artifact(deps, checkpoint)
     now = deps.clock()
     checkpoint.review_state = ReviewState.APPROVED.value
     checkpoint.reviewer = request.reviewer
@@ -1409,10 +1465,23 @@ def on_alert(session: Session, deps: RegistryDeps, notice: AlertNotice) -> str: 
     Outcomes: ``rolled_back``, ``resolved`` (resolved alerts do nothing), ``no_model_label``,
     ``unknown_model``, ``duplicate`` (this incident rolled back already), ``not_production``
     (the alert is about a checkpoint that is no longer production), ``no_rollback_target``,
-    ``frozen`` (the rollback circuit breaker refused it; see :func:`_automation_frozen`).
+    ``frozen`` (the rollback circuit breaker refused it; see :func:`_automation_frozen`),
+    ``ignored`` (not labelled ``action="rollback"``, or not on the allow-list: nothing done).
     """
     if not notice.firing:
         return "resolved"
+    ignored = deps.rollback_alerts.why_ignored(notice)
+    if ignored:
+        log.warning(
+            "alert ignored: it may not roll back",
+            extra={
+                "fingerprint": notice.fingerprint,
+                "alertname": notice.alertname,
+                "model": notice.model_id,
+                "why": ignored,
+            },
+        )
+        return "ignored"
     if not notice.model_id:
         return "no_model_label"
     repo = RegistryRepository(session)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from services.registry.domain import DEFAULT_ROLLBACK_ALERTS
+from shared.artifacts import root_uri
+from shared.settings import CommonSettings, ServiceSettings, artifact_root_value
 
 
 class RegistrySettings(ServiceSettings):
@@ -118,6 +120,39 @@ class RegistrySettings(ServiceSettings):
     auto_rollback_window_seconds: float = Field(
         default=3600.0, gt=0, description="Window of the automatic rollback circuit breaker."
     )
+    rollback_alert_names: tuple[str, ...] = Field(
+        default=DEFAULT_ROLLBACK_ALERTS,
+        description=(
+            "Alert names (JSON list) the webhook may roll back on; the alert must also be "
+            'labelled action="rollback". Others are acknowledged and ignored.'
+        ),
+    )
+
+    verify_artifacts: bool = Field(
+        default=True,
+        description=(
+            "Register a checkpoint only if its artifact URI lies under the trainer's artifact "
+            "root, and re-hash the artifact before an alias moves to it (false: trust the "
+            "events' URI and sha256; for tests feeding synthetic events only)."
+        ),
+    )
+    trainer_artifact_root: Path | str | None = Field(
+        default=None,
+        description=(
+            "The trainer's artifact root (as TUNELINE_TRAINER_ARTIFACT_ROOT): a local folder "
+            "(inside the data dir) or `s3://bucket/prefix`; default: the trainer's default, "
+            "`<data_dir>/trainer/artifacts`."
+        ),
+    )
+
+    @field_validator("trainer_artifact_root", mode="before")
+    @classmethod
+    def _local_trainer_root_is_a_path(cls, value: object) -> object:
+        return artifact_root_value(value)
+
+    def resolved_trainer_artifact_root(self, common: CommonSettings) -> str:
+        """The trainer's artifact root as a URI (``file:///…`` or ``s3://bucket/prefix``)."""
+        return root_uri(self.trainer_artifact_root or common.data_dir / "trainer" / "artifacts")
 
     def resolved_webhook_token(self) -> str | None:
         """The bearer token, from the setting or the file; ``None`` disables the webhook."""

@@ -15,7 +15,8 @@ A failing record is never skipped silently. What happens depends on the failure
   timeout): the partition is sought back to the record and paused, and the record is tried
   again after an exponential backoff (capped), for as long as it takes. It is never
   dead-lettered: the event is valid, the infrastructure is not.
-* **permanent** (an undecodable record, an invalid ``ce_id``, a domain error): the original
+* **permanent** (an undecodable record, an invalid ``ce_id``, a ``ce_source`` that is not the
+  event type's producer when the loop is given ``producers``, a domain error): the original
   key, value and headers go to ``<topic>.dlq`` with the error, topic, partition, offset and
   attempts as extra ``dlq_*`` headers, and the partition moves on.
 * **unknown** (anything else): retried like a transient failure, ``max_attempts`` times in
@@ -34,7 +35,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -49,6 +50,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.errors import DomainError, ResourceExhausted, Unavailable
 from shared.events.envelope import Envelope, EnvelopeError, current_traceparent, dlq_topic_for
 from shared.events.metrics import EventMetrics
+from shared.events.producers import UntrustedEventSource, check_event_source
 from shared.events.publisher import KafkaEventPublisher
 from shared.events.tables import DeadLetteredRecord, ProcessedEvent
 
@@ -161,6 +163,7 @@ class ConsumerLoop:
         after_commit: Callable[[], None] | None = None,
         on_health: Callable[[bool], None] | None = None,
         consumer_factory: Callable[[], KafkaConsumer] | None = None,
+        producers: Mapping[str, str] | None = None,
     ) -> None:
         self._subscriptions = {s.topic: s for s in subscriptions}
         if not self._subscriptions:
@@ -182,6 +185,9 @@ class ConsumerLoop:
         #: (the runtime turns gRPC health NOT_SERVING meanwhile).
         self.on_health: list[Callable[[bool], None]] = [on_health] if on_health else []
         self._consumer_factory = consumer_factory or self._kafka_consumer
+        #: Event type → the only ``ce_source`` accepted for it (``shared.events.producers``);
+        #: ``None`` accepts any source (tests of the loop itself).
+        self._producers = producers
         self._failing: dict[TopicPartition, _FailingRecord] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -382,8 +388,12 @@ class ConsumerLoop:
             subscription = self._subscriptions.get(envelope.type)
             if subscription is None:
                 raise EnvelopeError(f"no handler for ce_type {envelope.type!r} on {topic}")
+            if self._producers is not None:
+                check_event_source(envelope.type, envelope.source, self._producers)
             message = envelope.decode(subscription.message_type)
         except EnvelopeError as error:
+            if isinstance(error, UntrustedEventSource):
+                self._refused(record, error)
             failing.dead_letter_error = error
             return False
         event = ReceivedEvent(message, envelope, topic, record.partition, record.offset)
@@ -414,6 +424,20 @@ class ConsumerLoop:
         if applied and self._after_commit:
             self._after_commit()
         return True
+
+    def _refused(self, record: Any, error: UntrustedEventSource) -> None:
+        """Count and log an event refused for its ``ce_source`` (it goes to the DLQ next)."""
+        if self._metrics:
+            self._metrics.refused.labels(record.topic, "untrusted_source").inc()
+        log.error(
+            "event refused: not from its producer",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error": str(error),
+            },
+        )
 
     def _schedule_retry(self, partition: TopicPartition, failing: _FailingRecord) -> None:
         exponent = max(0, failing.tries - 1)

@@ -21,6 +21,13 @@ class EventMetrics:
             ("topic", "outcome"),
             registry=registry,
         )
+        self.refused = Counter(
+            "tuneline_events_refused_total",
+            "Events refused before any effect, by reason (untrusted_source: ce_source is not "
+            "the event type's producer); each also goes to the DLQ.",
+            ("topic", "reason"),
+            registry=registry,
+        )
         self.handler_failures = Counter(
             "tuneline_event_handler_failures_total",
             "Handler attempts that raised (each retry counts).",

@@ -52,7 +52,8 @@ def _registry(bootstrap: str, data_dir: Path, group: str, **common: Any) -> Serv
     runtime = build_runtime(
         SPEC,
         CommonSettings(kafka_bootstrap=bootstrap, data_dir=data_dir, **common),
-        RegistrySettings(grpc_port=0, metrics_port=0, consumer_group=group),
+        # the events name synthetic artifacts (tests/fixtures/registry_events.py)
+        RegistrySettings(grpc_port=0, metrics_port=0, consumer_group=group, verify_artifacts=False),
     )
     runtime.start()
     return runtime

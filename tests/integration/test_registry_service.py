@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.registry.bootstrap import SPEC
 from services.registry.entrypoints.alert_webhook import AlertWebhookServer
 from services.registry.settings import RegistrySettings
-from shared.events import KafkaEventPublisher, ensure_topics, topic_for
+from shared.events import Envelope, KafkaEventPublisher, dlq_topic_for, ensure_topics, topic_for
 from shared.grpc import ClientSecurity, create_channel
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
@@ -85,6 +85,9 @@ def _settings(**overrides: Any) -> RegistrySettings:
         "webhook_token": TOKEN,
         "consumer_group": f"test-registry-{uuid.uuid4().hex[:8]}",
         "watch_poll_seconds": 0.2,
+        # the events here name synthetic artifacts (tests/fixtures/registry_events.py); the
+        # artifact checks have their own tests (tests/unit/test_registry_handlers.py)
+        "verify_artifacts": False,
     }
     values.update(overrides)
     return RegistrySettings(**values)
@@ -216,6 +219,44 @@ def test_a_passed_evaluation_promotes_automatically_and_announces_it(
     assert checkpoint.lineage.split.endswith("/splits/s1")
     assert checkpoint.aliases == ["production"]
     assert checkpoint.evaluations[0].verdict == common_pb2.EVALUATION_VERDICT_PASSED
+
+
+def _dead_lettered_by(group: str, key: str) -> Any:
+    """DLQ records of ``key`` from consumer ``group`` (other groups on the broker, say an
+    evaluator that also consumes CheckpointReady, dead-letter their own copy)."""
+    return lambda record: (
+        record.key == key.encode() and header(record, "dlq_consumer_group") == group
+    )
+
+
+def test_forged_events_from_another_source_go_to_the_dlq_and_move_nothing(
+    service, client, publisher, kafka_bootstrap
+):
+    """A CheckpointReady and a PASSED EvaluationCompleted written by someone other than the
+    trainer and the evaluator (ce_source tuneline/dataset) never reach the registry's handlers."""
+    model_id = _new_model(client)
+    job = f"forged-{model_id}"  # the record keys are unique on the shared broker's DLQs
+    forged = [
+        checkpoint_ready(model_id, job, 100),
+        evaluation_completed(model_id, job, 100, evaluation=f"evaluations/{model_id}-x"),
+    ]
+    for message in forged:
+        subject = getattr(message, message.DESCRIPTOR.fields[0].name)
+        publisher.publish(Envelope.wrap(message, source="tuneline/dataset", subject=subject))
+    for message in forged:
+        subject = getattr(message, message.DESCRIPTOR.fields[0].name)
+        (dead,) = read_records(
+            kafka_bootstrap,
+            dlq_topic_for(topic_for(message)),
+            _dead_lettered_by(service.consumer.group_id, subject),
+            expected=1,
+            timeout=WAIT_SECONDS,
+        )
+        assert "is not 'tuneline/" in header(dead, "dlq_error")
+        assert header(dead, "ce_source") == "tuneline/dataset"
+    assert _production(client, model_id) == ""
+    with pytest.raises(NotFoundError):
+        client.get_checkpoint(registry_checkpoint(model_id, job, 100))
 
 
 def test_a_regressed_evaluation_is_not_promoted(service, client, publisher, kafka_bootstrap):
@@ -584,6 +625,7 @@ def test_the_registry_process_rolls_back_by_alert_across_processes(
         "TUNELINE_REGISTRY_WEBHOOK_PORT": str(webhook_port),
         "TUNELINE_REGISTRY_WEBHOOK_TOKEN": TOKEN,
         "TUNELINE_REGISTRY_CONSUMER_GROUP": group,
+        "TUNELINE_REGISTRY_VERIFY_ARTIFACTS": "false",  # synthetic artifacts, as above
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "services.registry.entrypoints.main"],

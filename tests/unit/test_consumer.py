@@ -142,10 +142,14 @@ class _FakeDlq:
 
 
 def _record(
-    offset: int, event_id: str, *, headers: list[tuple[str, bytes]] | None = None
+    offset: int,
+    event_id: str,
+    *,
+    headers: list[tuple[str, bytes]] | None = None,
+    source: str = "tuneline/test",
 ) -> _Record:
     envelope = Envelope.wrap(
-        EVENT(seconds=offset), source="tuneline/test", subject="things/t1", event_id=event_id
+        EVENT(seconds=offset), source=source, subject="things/t1", event_id=event_id
     )
     return _Record(
         TOPIC,
@@ -181,6 +185,7 @@ def _run_until(
     registry: CollectorRegistry | None = None,
     health: list[bool] | None = None,
     factory: Callable[[], Any] | None = None,
+    producers: dict[str, str] | None = None,
 ) -> ConsumerLoop:
     loop = ConsumerLoop(
         bootstrap="unused:0",
@@ -196,6 +201,7 @@ def _run_until(
         poll_timeout_ms=5,
         on_health=health.append if health is not None else None,
         consumer_factory=factory or (lambda: kafka),
+        producers=producers,
     )
     finished = threading.Event()
 
@@ -451,3 +457,40 @@ def test_a_dead_letter_whose_marker_fails_to_commit_is_not_sent_twice(
     assert len(dlq.sent) == 1, "the retry recorded the marker without sending again"
     with sessions() as session:
         assert session.get(DeadLetteredRecord, ("g", TOPIC, 0, 0)) is not None
+
+
+def test_an_event_from_another_source_than_its_producer_is_dead_lettered_unapplied(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A record a foreign client wrote (wrong ``ce_source``) never reaches the handler."""
+    kafka = _FakeKafka([_record(0, "forged", source="tuneline/dataset"), _record(1, "genuine")])
+    dlq = _FakeDlq()
+    registry = CollectorRegistry()
+    _run_until(
+        kafka,
+        sessions,
+        _apply,
+        lambda: kafka.committed == 2,
+        dlq=dlq,
+        registry=registry,
+        producers={TOPIC: "tuneline/test"},
+    )
+    assert _effects(sessions) == ["genuine"]
+    [(topic, dead_headers)] = dlq.sent
+    assert topic == f"{TOPIC}.dlq"
+    error = dict(dead_headers)["dlq_error"].decode()
+    assert error.startswith("UntrustedEventSource:")
+    assert "'tuneline/dataset' is not 'tuneline/test'" in error
+    refused = registry.get_sample_value(
+        "tuneline_events_refused_total", {"topic": TOPIC, "reason": "untrusted_source"}
+    )
+    assert refused == 1
+
+
+def test_an_event_type_without_a_producer_is_refused(sessions: sessionmaker[Session]) -> None:
+    kafka = _FakeKafka([_record(0, "orphan"), _record(1, "also")])
+    dlq = _FakeDlq()
+    _run_until(kafka, sessions, _apply, lambda: kafka.committed == 2, dlq=dlq, producers={})
+    assert _effects(sessions) == []
+    assert len(dlq.sent) == 2
+    assert b"no service produces" in dict(dlq.sent[0][1])["dlq_error"]

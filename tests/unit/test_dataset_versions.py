@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from services.dataset import handlers
+from services.dataset.adapters.sources import ImportSources
 from services.dataset.domain import (
     Outcome,
     SchemaPolicy,
@@ -20,7 +22,8 @@ from services.dataset.domain import (
     TaskType,
 )
 from services.dataset.handlers import DatasetDeps, IngestRequest, IngestResult
-from shared.errors import InvalidArgument, NotFound
+from services.dataset.settings import DatasetSettings
+from shared.errors import InvalidArgument, NotFound, PermissionDenied
 from shared.events import Envelope, OutboxEvent
 from tests.fixtures.datasets import (
     make_dataset_deps,
@@ -318,6 +321,57 @@ def test_import_reads_files_inside_the_allowed_roots_only(tmp_path: Path) -> Non
             ),
         )
     deps.sessions.kw["bind"].dispose()
+
+
+def _import(deps: DatasetDeps, uri: str) -> object:
+    return handlers.import_version(
+        deps, IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.IMPORT, source=uri)
+    )
+
+
+def test_imports_never_follow_a_symlink_even_inside_the_roots(tmp_path: Path) -> None:
+    root = tmp_path / "imports"
+    (root / "real").mkdir(parents=True)
+    deps = make_dataset_deps(tmp_path / "svc", import_roots=[root])
+    create(deps)
+    source = root / "real" / "reviews.jsonl"
+    source.write_bytes(to_jsonl(BASE))
+    (root / "link.jsonl").symlink_to(source)  # the last component is a link
+    (root / "linked-folder").symlink_to(root / "real", target_is_directory=True)
+    for link in (root / "link.jsonl", root / "linked-folder" / "reviews.jsonl"):
+        with pytest.raises(PermissionDenied) as caught:
+            _import(deps, link.as_uri())
+        assert caught.value.metadata == {"field": "source_uri", "reason": "SYMLINK_REFUSED"}
+    assert _import(deps, source.as_uri()).created  # type: ignore[attr-defined]
+    deps.sessions.kw["bind"].dispose()
+
+
+def test_imports_refuse_dot_dot_fifos_folders_and_the_data_dir(tmp_path: Path) -> None:
+    root = tmp_path / "imports"
+    root.mkdir()
+    deps = make_dataset_deps(tmp_path / "svc", import_roots=[root])
+    create(deps)
+    with pytest.raises(InvalidArgument) as caught:
+        _import(deps, f"{root.as_uri()}/../svc/dataset.db")
+    assert caught.value.violations[0].reason == "INVALID_PATH"
+    os.mkfifo(root / "pipe.jsonl")  # opening it must neither hang nor read
+    (root / "folder.jsonl").mkdir()
+    for name in ("pipe.jsonl", "folder.jsonl"):
+        with pytest.raises(PermissionDenied) as denied:
+            _import(deps, (root / name).as_uri())
+        assert denied.value.metadata["reason"] == "NOT_A_REGULAR_FILE"
+    deps.sessions.kw["bind"].dispose()
+
+
+def test_no_folder_is_an_import_root_by_default(tmp_path: Path) -> None:
+    """The wiring adds nothing to TUNELINE_DATASET_IMPORT_ROOTS (the data dir neither: the
+    dataset service's integration test imports its own database and is refused)."""
+    settings = DatasetSettings()
+    assert settings.import_roots == []
+    sources = ImportSources(settings.import_roots)
+    with pytest.raises(InvalidArgument) as caught:
+        sources.resolve((tmp_path / "registry" / "registry.db").as_uri())
+    assert caught.value.violations[0].reason == "OUTSIDE_IMPORT_ROOTS"
 
 
 def test_ingest_metrics(deps: DatasetDeps) -> None:

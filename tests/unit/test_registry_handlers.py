@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.registry import handlers
+from services.registry.adapters.artifact_checks import ArtifactVerifier
 from services.registry.adapters.metrics import RegistryMetrics, RegistryStateCollector
 from services.registry.adapters.tables import (
     AliasMoveRow,
@@ -27,11 +29,13 @@ from services.registry.adapters.tables import (
     RegistryBase,
     RegressionRow,
 )
-from services.registry.domain import parse_alertmanager_payload
+from services.registry.domain import RollbackAlertPolicy, parse_alertmanager_payload
 from services.registry.handlers import RegistryDeps
+from shared.artifacts import LocalArtifactStore, root_uri
 from shared.db import create_database_engine, create_schema, create_session_factory
 from shared.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from shared.events import OutboxEvent
+from shared.modeling.models import folder_sha256
 from tests.fixtures.registry_events import (
     checkpoint_ready,
     comparison,
@@ -39,6 +43,7 @@ from tests.fixtures.registry_events import (
     model_definition,
     registry_checkpoint,
     regression_detected,
+    sha_of,
 )
 from tuneline.client import ownership
 from tuneline.client.alerts import alertmanager_notification
@@ -257,6 +262,135 @@ def test_a_checkpoint_of_another_task_type_is_refused_and_recorded(registry: Reg
     assert "CAUSAL_LM" in refused.reason
     with pytest.raises(NotFound):
         registry.run(lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "lm", 100)))
+
+
+# -- artifacts are checked at their source ---------------------------------------------------
+
+
+@dataclass
+class TrainerArea:
+    """A trainer artifact root on disk, and the verifier the registry checks it with."""
+
+    root: Path
+
+    def write_adapter(self, job: str, content: bytes = b"lora weights") -> tuple[str, str]:
+        """An adapter folder as the trainer stores it; returns (artifact_uri, sha256)."""
+        folder = self.root / job / "checkpoints" / "step-100"
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(content)
+        (folder / "tuneline_adapter.json").write_text("{}")
+        return folder.as_uri(), folder_sha256(folder)
+
+
+@pytest.fixture
+def trainer_area(registry: Registry, tmp_path: Path) -> TrainerArea:
+    """The registry verifies artifacts against ``tmp_path/trainer`` (its data dir is tmp_path)."""
+    store = LocalArtifactStore(tmp_path / "registry", readable_roots=[tmp_path])
+    registry.deps.artifacts = ArtifactVerifier(store, root_uri(tmp_path / "trainer"))
+    return TrainerArea((tmp_path / "trainer").resolve())
+
+
+def _ready_at(job: str, uri: str, sha256: str) -> Any:
+    event = checkpoint_ready(MODEL, job, 100)
+    event.artifact_uri, event.sha256 = uri, sha256
+    return event
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "{tmp}/registry/attacker/adapter",  # another service's area
+        "{tmp}/trainer/../evil/adapter",  # climbs out of the root
+        "{tmp}/trainer/.tmp/adapter",  # the store's own folder, not an artifact
+        "{tmp}/trainer-evil/adapter",  # a sibling whose name starts like the root
+    ],
+)
+def test_a_checkpoint_whose_artifact_is_outside_the_trainers_area_is_refused(
+    registry: Registry, trainer_area: TrainerArea, tmp_path: Path, where: str
+):
+    registry.create()
+    uri = "file://" + where.format(tmp=tmp_path.resolve())
+    forged = _ready_at("forged", uri, sha_of("anything"))
+    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, forged, event_id="f"))
+    with registry.sessions() as session:
+        (refused,) = session.scalars(select(DeferredEventRow))
+    assert refused.status == "REFUSED"
+    assert "not in the trainer's artifact area" in refused.reason
+    with pytest.raises(NotFound):
+        registry.run(
+            lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "forged", 100))
+        )
+    assert (
+        registry.sample("tuneline_registry_artifacts_refused_total", model=MODEL, check="location")
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://attacker-bucket/trainer/j/checkpoints/step-1", "file://evil.example/trainer/a"]
+)
+def test_another_scheme_bucket_or_host_is_refused(
+    registry: Registry, trainer_area: TrainerArea, uri: str
+):
+    registry.create()
+    forged = _ready_at("forged", uri, sha_of("anything"))
+    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, forged, event_id="f"))
+    with registry.sessions() as session:
+        (refused,) = session.scalars(select(DeferredEventRow))
+    assert refused.status == "REFUSED"
+
+
+def test_an_artifact_that_does_not_rehash_to_its_sha256_never_reaches_production(
+    registry: Registry, trainer_area: TrainerArea
+):
+    registry.create(policy=resources_pb2.PROMOTION_POLICY_AUTOMATIC)
+    uri, sha256 = trainer_area.write_adapter("swapped")
+    registry.run(
+        lambda s: handlers.on_checkpoint_ready(
+            s, registry.deps, _ready_at("swapped", uri, sha256), event_id="cr"
+        )
+    )
+    # the bytes change after the trainer recorded them (a swapped or corrupted adapter)
+    (trainer_area.root / "swapped/checkpoints/step-100/adapter_model.safetensors").write_bytes(
+        b"an attacker's weights"
+    )
+    registry.evaluate("swapped", "evaluations/swapped")  # PASSED: would promote
+    assert registry.production() == ""
+    assert registry.outbox(events_pb2.ModelPromoted) == []
+    name = registry_checkpoint(MODEL, "swapped", 100)
+    with registry.sessions() as session:
+        (held,) = session.scalars(select(EvaluationRow).where(EvaluationRow.checkpoint == name))
+    assert held.decision == "HOLD"
+    assert "artifact verification failed" in held.decision_reason
+    with pytest.raises(FailedPrecondition) as caught:
+        registry.run(
+            lambda s: handlers.promote_checkpoint(
+                s, registry.deps, service_pb2.PromoteCheckpointRequest(checkpoint=name)
+            )
+        )
+    assert caught.value.violations[0].type == "ARTIFACT_UNVERIFIED"
+    assert "sha256" in caught.value.violations[0].description
+    assert registry.production() == ""
+    assert (
+        registry.sample("tuneline_registry_artifacts_refused_total", model=MODEL, check="sha256")
+        == 2
+    )
+
+
+def test_an_artifact_that_rehashes_to_its_sha256_is_promoted(
+    registry: Registry, trainer_area: TrainerArea
+):
+    registry.create()
+    uri, sha256 = trainer_area.write_adapter("genuine")
+    registry.run(
+        lambda s: handlers.on_checkpoint_ready(
+            s, registry.deps, _ready_at("genuine", uri, sha256), event_id="cr"
+        )
+    )
+    registry.evaluate("genuine", "evaluations/genuine")
+    assert registry.production() == registry_checkpoint(MODEL, "genuine", 100)
+    (promoted,) = registry.outbox(events_pb2.ModelPromoted)
+    assert (promoted.artifact_uri, promoted.sha256) == (uri, sha256)
 
 
 def test_the_same_checkpoint_announced_twice_is_registered_once(registry: Registry):
@@ -662,6 +796,51 @@ def test_alerts_roll_back_once_per_incident_and_ignore_resolved(registry: Regist
     assert rolled.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_ALERT
     assert (rolled.actor, rolled.cause) == ("alertmanager", "alert:fp1")
     assert rolled.trigger_time.ToDatetime(UTC) == starts
+
+
+@pytest.mark.parametrize(
+    ("alertname", "action"),
+    [
+        ("TunelineModelLiveQualityBelowFloor", ""),  # no action="rollback" label
+        ("TunelineModelLiveQualityBelowFloor", "page"),
+        ("TunelineServiceDown", "rollback"),  # labelled, but not on the allow-list
+    ],
+)
+def test_alerts_not_labelled_for_rollback_or_not_allow_listed_are_ignored(
+    registry: Registry, alertname: str, action: str
+):
+    _three_in_production(registry)
+    before = registry.production()
+    (notice,) = parse_alertmanager_payload(
+        alertmanager_notification(
+            MODEL,
+            fingerprint="fp-ignored",
+            starts_at=registry.deps.clock(),
+            alertname=alertname,
+            action=action,
+        )
+    )
+    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, notice)) == "ignored"
+    assert registry.production() == before
+    assert registry.outbox(events_pb2.ModelRolledBack) == []
+
+
+def test_the_rollback_allow_list_is_configurable(registry: Registry):
+    _three_in_production(registry)
+    registry.deps.rollback_alerts = RollbackAlertPolicy(frozenset({"CustomQualityAlert"}))
+    (shipped,) = parse_alertmanager_payload(
+        alertmanager_notification(MODEL, fingerprint="fp1", starts_at=registry.deps.clock())
+    )
+    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, shipped)) == "ignored"
+    (custom,) = parse_alertmanager_payload(
+        alertmanager_notification(
+            MODEL,
+            fingerprint="fp2",
+            starts_at=registry.deps.clock(),
+            alertname="CustomQualityAlert",
+        )
+    )
+    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, custom)) == "rolled_back"
 
 
 def test_concurrent_triggers_about_one_incident_roll_back_exactly_once(registry: Registry):

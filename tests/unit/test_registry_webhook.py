@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from services.registry.adapters.metrics import RegistryMetrics
 from services.registry.adapters.tables import RegistryBase
 from services.registry.entrypoints.alert_webhook import (
     AlertWebhookServer,
@@ -32,7 +34,9 @@ TOKEN = "webhook-test-token"
 CLIENT_TIMEOUT = 20.0
 
 
-def _start(tmp_path: Path, limits: WebhookLimits) -> AlertWebhookServer:
+def _start(
+    tmp_path: Path, limits: WebhookLimits, deps: RegistryDeps | None = None
+) -> AlertWebhookServer:
     engine = create_database_engine(f"sqlite:///{tmp_path / 'registry.db'}")
     create_schema(engine, [RegistryBase.metadata])
     webhook = AlertWebhookServer(
@@ -41,7 +45,7 @@ def _start(tmp_path: Path, limits: WebhookLimits) -> AlertWebhookServer:
         path="/v1/alerts",
         token=TOKEN,
         sessions=create_session_factory(engine),
-        deps=RegistryDeps(),
+        deps=deps or RegistryDeps(),
         limits=limits,
     )
     webhook.start()
@@ -101,6 +105,31 @@ def test_a_well_formed_alert_is_answered_and_the_connection_closed(webhook):
     assert response.status == 200
     assert json.loads(response.read())["alerts"][0]["outcome"] == "unknown_model"
     assert response.getheader("Connection") == "close"
+
+
+def test_an_alert_not_labelled_for_rollback_is_acknowledged_ignored_and_counted(tmp_path):
+    prometheus = CollectorRegistry()
+    webhook = _start(tmp_path, WebhookLimits(), RegistryDeps(metrics=RegistryMetrics(prometheus)))
+    try:
+        payload = alertmanager_notification(
+            "sentiment", fingerprint="f1", starts_at=datetime.now(UTC), action=""
+        )
+        client = http.client.HTTPConnection("127.0.0.1", webhook.port, timeout=CLIENT_TIMEOUT)
+        client.request(
+            "POST",
+            "/v1/alerts",
+            json.dumps(payload).encode(),
+            {"Authorization": f"Bearer {TOKEN}"},
+        )
+        response = client.getresponse()
+        assert response.status == 200  # acknowledged: Alertmanager must not retry it
+        assert json.loads(response.read())["alerts"][0]["outcome"] == "ignored"
+        ignored = prometheus.get_sample_value(
+            "tuneline_registry_alerts_received_total", {"outcome": "ignored"}
+        )
+        assert ignored == 1
+    finally:
+        webhook.stop()
 
 
 @pytest.mark.parametrize("length", ["-1", "-999999", "abc", "+5", "1_0", "0x10", ""])

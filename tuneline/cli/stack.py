@@ -46,6 +46,14 @@ def _print_endpoints(state: StackState) -> None:
     console.print(f"data:  {state.data_dir}")
     console.print(f"logs:  {Path(state.services[0].log).parent}/<service>.log")
     console.print(f"webhook token: {Path(state.home) / 'webhook-token'}")
+    credentials = state.client_credentials()
+    if credentials is None:
+        console.print("[yellow]insecure: plaintext gRPC, no authentication[/yellow]")
+    else:
+        console.print(
+            f"secured: mutual TLS, calls authorised; CA {credentials.ca_file}, the commands' "
+            f"certificate {credentials.cli.cert_file} (local-admin)"
+        )
 
 
 def _ports(
@@ -107,11 +115,22 @@ def up(
             "or 9095)."
         ),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Plaintext gRPC and no authentication or authorisation (debugging only).",
+        ),
+    ] = False,
 ) -> None:
-    """Start Kafka and the five services, wait until all are SERVING; Ctrl-C stops them.
+    """Start Kafka and the services, wait until all are SERVING; Ctrl-C stops them.
 
-    Ports: the options, else the variables the services read (TUNELINE_<SERVICE>_GRPC_PORT …),
-    else the defaults. Other commands find the services through the home's stack.json.
+    Secured by default, as production runs: a local CA under HOME/pki issues each service a
+    certificate, every call is mutual TLS and authorised, and the other commands call the
+    stack with the certificate made for them (local-admin: viewer, editor, reviewer,
+    operator). Ports: the options, else the variables the services read
+    (TUNELINE_<SERVICE>_GRPC_PORT …), else the defaults. Other commands find the services and
+    the credentials through the home's stack.json.
     """
     try:
         ports = _ports(
@@ -120,7 +139,7 @@ def up(
     except StackError as error:
         err_console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    stack = LocalStack(home, ports)
+    stack = LocalStack(home, ports, secure=not insecure)
     try:
         with console.status("Starting Kafka and the services…"):
             state = stack.up()

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 #: The alert the shipped Prometheus rules raise when live quality falls below its floor.
-LIVE_QUALITY_ALERT = "ModelLiveQualityBelowFloor"
+LIVE_QUALITY_ALERT = "TunelineModelLiveQualityBelowFloor"
 
 
 def _alertmanager_time(moment: datetime) -> str:
@@ -35,11 +35,14 @@ def alertmanager_notification(
     metric: str = "accuracy",
     summary: str = "",
     receiver: str = "tuneline-registry-rollback",
+    action: str = "rollback",
 ) -> dict[str, Any]:
     """One alert about ``model_id`` wrapped in a webhook notification (version 4).
 
     ``fingerprint`` and ``starts_at`` identify the alert: Alertmanager re-sends the same pair
-    while the alert keeps firing, and the registry acts on it once.
+    while the alert keeps firing, and the registry acts on it once. The registry rolls back
+    only on alerts labelled ``action="rollback"`` whose name is on its allow-list (``action=""``
+    leaves the label out).
     """
     if status not in ("firing", "resolved"):
         raise ValueError("status must be 'firing' or 'resolved'")
@@ -49,6 +52,8 @@ def alertmanager_notification(
         "metric": metric,
         "severity": "critical",
     }
+    if action:
+        labels["action"] = action
     if checkpoint_id:
         labels["checkpoint"] = checkpoint_id
     annotations = {

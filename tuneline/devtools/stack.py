@@ -28,14 +28,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared.security.tls import channel_credentials
 from tuneline.devtools.kafka import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port
+from tuneline.devtools.local_pki import (
+    LOCAL_SERVER_NAME,
+    LocalCredentials,
+    ensure_local_credentials,
+    local_credentials,
+)
 
 #: Start order follows the event flow, so each consumer's producer is already up.
 SERVICE_NAMES = ("dataset", "splitter", "trainer", "evaluator", "registry", "serving")
@@ -102,6 +109,13 @@ class StackState:
     kafka_bootstrap: str
     data_dir: str
     services: list[ServiceProcess]
+    #: The folder of the stack's CA and credentials when it runs secured (mutual TLS and
+    #: auth); empty for a plaintext stack.
+    pki: str = ""
+
+    def client_credentials(self) -> LocalCredentials | None:
+        """The command line's credentials for this stack, when it runs secured."""
+        return local_credentials(Path(self.pki)) if self.pki else None
 
     @classmethod
     def load(cls, path: Path) -> StackState | None:
@@ -230,11 +244,14 @@ class LocalStack:
         kafka_bootstrap: str | None = None,
         services: Sequence[str] = SERVICE_NAMES,
         replicas: Mapping[str, int] | None = None,
+        secure: bool = False,
     ) -> None:
         """``kafka_bootstrap`` points the services at a broker that is already running (one
         this stack neither starts nor stops); without it the stack runs its own. ``services``
         picks which services run (in :data:`SERVICE_NAMES` order), ``replicas`` how many
-        processes some of them get (default one)."""
+        processes some of them get (default one). ``secure`` runs it as production runs:
+        a local CA under ``<home>/pki`` (see :mod:`tuneline.devtools.local_pki`), mutual TLS
+        on every call and auth enforced; without it, plaintext and no checks."""
         unknown = sorted({*services, *(replicas or {})} - set(SERVICE_NAMES))
         if unknown:
             raise StackError(f"no such services: {', '.join(unknown)}")
@@ -250,6 +267,9 @@ class LocalStack:
         self.data_dir = self.home / "data"
         #: The bearer token Alertmanager (or a person) must present to the registry's webhook.
         self.webhook_token_path = self.home / "webhook-token"
+        self.secure = secure
+        self.pki_dir = self.home / "pki"
+        self.credentials: LocalCredentials | None = None
         self.kafka = LocalKafka(
             home=self.home / "kafka",
             port=self.ports.kafka,
@@ -278,11 +298,11 @@ class LocalStack:
             f"{prefix}GRPC_PORT": str(service.grpc_port),
             f"{prefix}METRICS_PORT": str(service.metrics_port),
             "PYTHONUNBUFFERED": "1",
-            # The local stack runs without TLS and auth for now (services refuse to start
-            # without either unless told so); set TUNELINE_AUTH_MODE=enforce plus the
-            # TUNELINE_TLS_*/TUNELINE_AUTH_* files to run it secured.
-            "TUNELINE_AUTH_MODE": base.get("TUNELINE_AUTH_MODE", "insecure"),
         }
+        if self.credentials is not None:
+            env.update(self.credentials.service_environment(service.name))
+        else:  # services refuse to start without TLS unless told so
+            env["TUNELINE_AUTH_MODE"] = base.get("TUNELINE_AUTH_MODE", "insecure")
         for key, port in service.extra_ports.items():
             env[f"{prefix}{key.upper()}_PORT"] = str(port)
         for setting, peer in PEER_TARGETS.get(service.name, ()):
@@ -337,6 +357,8 @@ class LocalStack:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._ensure_webhook_token()
+        if self.secure:
+            self.credentials = ensure_local_credentials(self.pki_dir, self.service_names)
         if self.external_kafka is None:
             self.kafka.start(timeout=timeout)
         self._env = dict(env if env is not None else os.environ)
@@ -347,6 +369,7 @@ class LocalStack:
             kafka_bootstrap=self.kafka_bootstrap,
             data_dir=str(self.data_dir),
             services=services,
+            pki=str(self.pki_dir) if self.credentials else "",
         )
         self._state = state
         try:
@@ -404,7 +427,7 @@ class LocalStack:
 
     def _wait_serving(self, service: ServiceProcess, deadline: float) -> None:
         process = self._processes[service.instance]
-        with grpc.insecure_channel(service.target) as channel:
+        with self._channel(service.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if process.poll() is not None:
@@ -420,6 +443,18 @@ class LocalStack:
                     pass
                 time.sleep(0.25)
         raise StackError(f"{service.instance} did not report SERVING in time; see {service.log}")
+
+    def _channel(self, target: str) -> grpc.Channel:
+        """A channel to one of the stack's services, as the command line's identity."""
+        if self.credentials is None:
+            return grpc.insecure_channel(target)
+        credentials = channel_credentials(
+            ca_file=self.credentials.ca_file,
+            cert_file=self.credentials.cli.cert_file,
+            key_file=self.credentials.cli.key_file,
+        )
+        options = [("grpc.ssl_target_name_override", LOCAL_SERVER_NAME)]
+        return grpc.secure_channel(target, credentials, options=options)
 
     def first_exited(self) -> tuple[str, int] | None:
         """A service started by this process that has exited, with its code, if any."""
@@ -455,6 +490,25 @@ class LocalStack:
             if process.pid == pid:
                 return process.poll() is None
         return _alive(pid)
+
+
+@contextlib.contextmanager
+def calling_as_local_admin(state: StackState) -> Iterator[None]:
+    """Within it, clients that take their security from the environment (the SDK's default)
+    call the secured stack ``state`` with the credentials it made for the command line; a
+    plaintext stack changes nothing. The environment is restored after."""
+    credentials = state.client_credentials()
+    chosen = credentials.client_environment() if credentials is not None else {}
+    before = {variable: os.environ.get(variable) for variable in chosen}
+    os.environ.update(chosen)
+    try:
+        yield
+    finally:
+        for variable, value in before.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
 
 
 def _live(state: StackState | None) -> StackState | None:

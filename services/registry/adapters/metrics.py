@@ -83,6 +83,14 @@ class RegistryMetrics:
             ("model",),
             registry=registry,
         )
+        self.artifacts_refused = Counter(
+            "tuneline_registry_artifacts_refused_total",
+            "Checkpoint artifacts the registry refused to trust, by check: location (a "
+            "CheckpointReady URI outside the trainer's artifact root; the event is REFUSED) or "
+            "sha256 (the artifact re-hashed before a move differs; nothing moves).",
+            ("model", "check"),
+            registry=registry,
+        )
         self.events_deferred = Counter(
             "tuneline_registry_events_deferred_total",
             "Events kept aside: PARKED until their model or checkpoint exists, or REFUSED.",

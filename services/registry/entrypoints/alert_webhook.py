@@ -7,12 +7,14 @@ ModelRolledBack is in the outbox); Alertmanager retries anything else.
 
 Answers: 200 with a JSON summary (one outcome per alert: ``rolled_back``, ``duplicate``,
 ``resolved``, ``not_production``, ``unknown_model``, ``no_model_label``,
-``no_rollback_target``); 401 without the right token; 400 for a body that is not the webhook
-format (a negative or malformed Content-Length, JSON nested deeper than
-:attr:`WebhookLimits.max_json_depth`); 404 for another path; 405 for another method; 411/413 for
-a missing or oversized body; 503 when :attr:`WebhookLimits.max_connections` are open already;
-500 when the database failed (Alertmanager retries; the same incident still rolls back once).
-Runs as a background component of the service on the stdlib ``ThreadingHTTPServer``.
+``no_rollback_target``, ``frozen``, ``ignored`` — an alert not labelled ``action="rollback"``
+or not on TUNELINE_REGISTRY_ROLLBACK_ALERT_NAMES is acknowledged and does nothing); 401 without
+the right token; 400 for a body that is not the webhook format (a negative or malformed
+Content-Length, JSON nested deeper than :attr:`WebhookLimits.max_json_depth`); 404 for another
+path; 405 for another method; 411/413 for a missing or oversized body; 503 when
+:attr:`WebhookLimits.max_connections` are open already; 500 when the database failed
+(Alertmanager retries; the same incident still rolls back once). Runs as a background component
+of the service on the stdlib ``ThreadingHTTPServer``.
 
 A client cannot hold a thread: every read waits at most ``read_timeout_seconds`` and the whole
 request (headers and body) must arrive within ``request_timeout_seconds``, so a client that
