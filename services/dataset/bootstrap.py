@@ -48,9 +48,12 @@ def dataset_deps(context: ServiceContext) -> DatasetDeps:
             near_duplicate_max_rows=settings.near_duplicate_max_rows,
         ),
         workers=ValidationWorkers(settings.validation_workers),
-        import_sources=ImportSources([*settings.import_roots, context.common.data_dir]),
+        # the data dir holds every service's database and artifacts: never an import root
+        # unless configured
+        import_sources=ImportSources(settings.import_roots),
         event_source=context.source,
         relay_wake=context.relay.wake,
+        parent_shift=settings.parent_shift_policy(),
     )
     if settings.label_audit_enabled:
         auditor = ProcessLabelAuditor(

@@ -64,14 +64,25 @@ from services.dataset.label_audit import (
 )
 from services.dataset.metrics import DatasetMetrics
 from services.dataset.near_duplicate_rows import DEFAULT_MAX_ROWS as DEFAULT_NEAR_DUPLICATE_MAX_ROWS
+from services.dataset.parent_shift import (
+    MIN_ROWS as MIN_PARENT_SHIFT_ROWS,
+)
+from services.dataset.parent_shift import (
+    ParentShift,
+    ParentShiftPolicy,
+    judge_parent_shift,
+    skipped_shift,
+)
 from services.dataset.validation import StreamingValidator, ValidationResult
 from shared.artifacts import ArtifactSpool, ArtifactStore
 from shared.canonical_jsonl import CanonicalJsonlReader
 from shared.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from shared.events import stage_event
+from shared.input_text import normalize_input_text
 from shared.near_duplicates import DEFAULT_THRESHOLD as DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from shared.ownership import Owner
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
+from shared.stats.two_sample import TwoSampleResult
 
 _SHA256_HEX = frozenset("0123456789abcdef")
 #: Line numbers quoted in one violation of a rejected upload's error.
@@ -110,6 +121,8 @@ class DatasetDeps:
     relay_wake: Callable[[], None] = field(default=lambda: None)
     #: Called after a version's transaction committed, so its label audit starts at once.
     audit_wake: Callable[[], None] = field(default=lambda: None)
+    #: When the audit flags a version's texts as shifted from its parent's (report only).
+    parent_shift: ParentShiftPolicy = field(default_factory=ParentShiftPolicy)
 
 
 # -- datasets ----------------------------------------------------------------------------------
@@ -286,8 +299,8 @@ def upload_version(
 
 def import_version(deps: DatasetDeps, request: IngestRequest) -> IngestResult:
     """Validate and version the file behind ``request.source`` (a ``file://`` URI)."""
-    path = deps.import_sources.resolve(request.source)
-    return _ingest(deps, request, ImportSources.chunks(path))
+    handle = deps.import_sources.open(request.source)
+    return _ingest(deps, request, ImportSources.chunks(handle))
 
 
 def _check_request(request: IngestRequest, prefix: str) -> None:
@@ -660,6 +673,18 @@ class LabelAuditor(Protocol):
         """Raises :class:`NotAuditable` (SKIPPED) or :class:`AuditFailed` (FAILED)."""
         ...
 
+    def parent_shift(
+        self,
+        version_texts: Sequence[str],
+        parent_texts: Sequence[str],
+        *,
+        permutations: int,
+        max_rows: int,
+    ) -> TwoSampleResult:
+        """The two-sample test of the parent's texts against the version's (embedded with
+        :attr:`encoder`). Raises :class:`AuditFailed`."""
+        ...
+
 
 def get_audit(deps: DatasetDeps, name: str) -> DatasetAudit:
     """GetDatasetAudit: ``name`` is ``datasets/{dataset}/versions/{version}/audit``."""
@@ -722,22 +747,53 @@ def _audited(deps: DatasetDeps, auditor: LabelAuditor, audit: DatasetAudit) -> D
         for row in CanonicalJsonlReader(handle):
             texts.append(str(row["text"]))
             labels.append(str(row["label"]))
+    findings: LabelAuditFindings | None = None
+    unaudited: tuple[LabelAuditVerdict, str] | None = None
     try:
         findings = auditor.audit(texts, labels)
     except NotAuditable as reason:
-        return audit.finished(
-            LabelAuditVerdict.SKIPPED,
-            f"label_audit: {reason}",
-            deps.clock(),
-            encoder=auditor.encoder,
-        )
+        unaudited = LabelAuditVerdict.SKIPPED, f"label_audit: {reason}"
     except AuditFailed as reason:
-        return audit.finished(
-            LabelAuditVerdict.FAILED,
-            f"label_audit: {reason}",
-            deps.clock(),
-            encoder=auditor.encoder,
-        )
+        unaudited = LabelAuditVerdict.FAILED, f"label_audit: {reason}"
     finally:
         deps.metrics.audit_duration.observe(time.perf_counter() - started)
-    return audit.audited(findings, deps.clock(), encoder=auditor.encoder)
+    shift = _parent_shift(deps, auditor, version, texts)
+    if findings is None:
+        assert unaudited is not None
+        return audit.finished(*unaudited, deps.clock(), encoder=auditor.encoder, parent_shift=shift)
+    return audit.audited(findings, deps.clock(), encoder=auditor.encoder, parent_shift=shift)
+
+
+def _parent_shift(
+    deps: DatasetDeps, auditor: LabelAuditor, version: DatasetVersion, texts: Sequence[str]
+) -> ParentShift | None:
+    """The shift of the texts ``version`` adds to its parent against the parent's; None
+    without a parent (see :mod:`services.dataset.parent_shift` for why only the added ones)."""
+    parent_name = version.lineage.parent_version
+    policy = deps.parent_shift
+    if not parent_name:
+        return None
+    if not policy.enabled:
+        return skipped_shift(parent_name, policy, "turned off")
+    with deps.sessions() as session:
+        parent = DatasetRepository(session).get_version(*parse_version_name(parent_name))
+    if parent is None:  # there is no delete RPC; be exact anyway
+        return skipped_shift(parent_name, policy, "the parent version is gone")
+    with deps.store.open(parent.artifact_uri) as handle:
+        parent_texts = [str(row["text"]) for row in CanonicalJsonlReader(handle)]
+    inherited = {normalize_input_text(text) for text in parent_texts}
+    added = [text for text in texts if normalize_input_text(text) not in inherited]
+    if len(added) < MIN_PARENT_SHIFT_ROWS or len(parent_texts) < MIN_PARENT_SHIFT_ROWS:
+        return skipped_shift(
+            parent_name,
+            policy,
+            f"{len(added)} rows added to {len(parent_texts)} of the parent; the test needs "
+            f"{MIN_PARENT_SHIFT_ROWS} of each",
+        )
+    try:
+        test = auditor.parent_shift(
+            added, parent_texts, permutations=policy.permutations, max_rows=policy.max_rows
+        )
+    except AuditFailed as reason:
+        return skipped_shift(parent_name, policy, f"no embeddings: {reason}")
+    return judge_parent_shift(parent_name, test, policy)

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.dataset.domain import Finding
 from services.dataset.label_audit import DatasetAudit
+from services.dataset.parent_shift import ParentShiftStatus
 
 #: From a small upload answered in milliseconds to a gigabyte taking minutes.
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -77,13 +78,38 @@ class DatasetMetrics:
             ("dataset",),
             registry=registry,
         )
+        self.parent_shift_effect = Gauge(
+            "tuneline_dataset_parent_shift_effect_size",
+            "AUC - 0.5 of the classifier two-sample test between the dataset's latest audited "
+            "version's texts and its parent's (0: indistinguishable; report only).",
+            ("dataset",),
+            registry=registry,
+        )
+        self.parent_shift_p_value = Gauge(
+            "tuneline_dataset_parent_shift_p_value",
+            "Permutation p-value of that test.",
+            ("dataset",),
+            registry=registry,
+        )
+        self.parent_shifts = Counter(
+            "tuneline_dataset_parent_shifts_total",
+            "Shift tests of audited versions against their parents, by status.",
+            ("status",),
+            registry=registry,
+        )
 
     def audited(self, audit: DatasetAudit) -> None:
         self.audits.labels(audit.verdict.value).inc()
+        dataset = f"datasets/{audit.dataset_id}"
         if audit.findings is not None:
-            dataset = f"datasets/{audit.dataset_id}"
             self.label_noise.labels(dataset).set(audit.findings.noise_rate)
             self.suspected_rows.labels(dataset).set(audit.findings.suspected_count)
+        shift = audit.parent_shift
+        if shift is not None:
+            self.parent_shifts.labels(shift.status.value).inc()
+            if shift.status is not ParentShiftStatus.SKIPPED:
+                self.parent_shift_effect.labels(dataset).set(shift.effect_size)
+                self.parent_shift_p_value.labels(dataset).set(shift.p_value)
 
     def ingested(
         self,

@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from services.dataset.domain import ValueBounds
 from services.dataset.label_audit import DEFAULT_FOLDS as DEFAULT_AUDIT_FOLDS
 from services.dataset.near_duplicate_rows import DEFAULT_MAX_ROWS as DEFAULT_NEAR_DUPLICATE_MAX_ROWS
+from services.dataset.parent_shift import ParentShiftPolicy
 from shared.modeling.models import default_models_root
 from shared.modeling.packaged import ENCODER
 from shared.near_duplicates import DEFAULT_THRESHOLD as DEFAULT_NEAR_DUPLICATE_THRESHOLD
@@ -81,7 +82,8 @@ class DatasetSettings(ServiceSettings):
     )
     import_roots: list[Path] = Field(
         default_factory=list,
-        description="Folders ImportDatasetVersion may read `file://` URIs from, and the data dir.",
+        description="Folders ImportDatasetVersion may read `file://` URIs from (none by "
+        "default; the data dir is not one unless listed). Symlinks below them are refused.",
     )
 
     label_audit_enabled: bool = Field(
@@ -107,6 +109,31 @@ class DatasetSettings(ServiceSettings):
     label_audit_poll_seconds: float = Field(
         default=5, gt=0, description="How often PENDING audits are looked for besides wake-ups."
     )
+    parent_shift_enabled: bool = Field(
+        default=True,
+        description="With the label audit, test whether the texts a version adds shifted from "
+        "its parent's (a classifier two-sample test on the audit encoder's embeddings; report "
+        "only).",
+    )
+    parent_shift_min_effect: float = Field(
+        default=ParentShiftPolicy.min_effect,
+        gt=0,
+        le=0.5,
+        description="Effect size (AUC - 0.5) from which the parent shift is flagged (at "
+        "p <= 0.01).",
+    )
+    parent_shift_max_rows: int = Field(
+        default=ParentShiftPolicy.max_rows,
+        ge=10,
+        description="Rows of each side the parent-shift test embeds (a seeded subset beyond).",
+    )
+
+    def parent_shift_policy(self) -> ParentShiftPolicy:
+        return ParentShiftPolicy(
+            min_effect=self.parent_shift_min_effect,
+            max_rows=self.parent_shift_max_rows,
+            enabled=self.parent_shift_enabled,
+        )
 
     def value_bounds(self) -> ValueBounds:
         """The bounds on label and slice names these settings make."""

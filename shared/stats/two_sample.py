@@ -57,6 +57,11 @@ class TwoSampleResult:
     def effect_size(self) -> float:
         return self.auc - 0.5
 
+    def separates(self, *, min_effect: float, significance_level: float) -> bool:
+        """Whether the samples differ by at least ``min_effect``, shown at ``significance_level``
+        (both must hold: the p-value alone flags trivia at large n)."""
+        return self.effect_size >= min_effect and self.p_value <= significance_level
+
 
 @dataclass(frozen=True)
 class FarShare:

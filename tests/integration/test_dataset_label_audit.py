@@ -4,7 +4,9 @@ Real reviews with 30 % of their labels flipped go up through the SDK; the servic
 new version in its worker process (the packaged MiniLM's frozen embeddings + TF-IDF, cleanlab),
 blocks it by the default policy, announces ``DatasetAudited`` on the broker, answers
 GetDatasetAudit, exports the audit's metrics, and ``tuneline datasets audit VERSION --json``
-lists every suspected row by line number.
+lists every suspected row by line number. A dataset created by the CLI with a REPORT policy gets
+a version of film plot descriptions after one of reviews: the audit flags its shift against the
+parent, announces it, exports it and the CLI shows it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from shared.modeling.models import default_models_root
 from shared.modeling.packaged import ENCODER, prepare_packaged_models
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
-from tests.fixtures.datasets import rotten_tomatoes_rows, to_jsonl
+from tests.fixtures.datasets import plot_description_rows, rotten_tomatoes_rows, to_jsonl
 from tests.fixtures.events import read_records
 from tuneline.cli.main import app
 from tuneline.client.dataset import DatasetClient
@@ -108,3 +110,58 @@ def test_a_noisy_version_is_audited_blocked_announced_and_shown(
     assert table.exit_code == 0, table.output
     assert "BLOCKED" in table.output
     assert str(lines[0]) in table.output
+
+
+def test_a_version_from_another_source_is_flagged_against_its_parent_and_shown(
+    service: ServiceRuntime,
+    kafka_bootstrap: str,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = f"127.0.0.1:{service.grpc_port}"
+    monkeypatch.setenv("TUNELINE_DATASET_TARGET", target)
+    runner = CliRunner()
+    name = f"shift-{unique}"
+    created = runner.invoke(
+        app,
+        [
+            *("datasets", "create", name, "--task", "classification"),
+            *("--label-audit-action", "report", "--max-label-noise-rate", "0.4"),
+        ],
+    )
+    assert created.exit_code == 0, created.output
+    reviews = list({row["text"]: row for row in rotten_tomatoes_rows(400)}.values())[:150]
+    with DatasetClient(target) as client:
+        policy = client.get_dataset(name).schema_policy
+        assert policy.label_audit_action == resources_pb2.LABEL_AUDIT_ACTION_REPORT
+        assert policy.max_label_noise_rate == pytest.approx(0.4)
+        parent = client.upload_version(name, to_jsonl(reviews)).dataset_version.name
+        plots = client.upload_version(name, to_jsonl(plot_description_rows(150)))
+        version = plots.dataset_version.name
+        assert plots.dataset_version.lineage.parent_version == parent
+
+        (record,) = read_records(
+            kafka_bootstrap,
+            TOPIC,
+            lambda r: r.key == version.encode(),  # type: ignore[attr-defined]
+            expected=1,
+            timeout=600,
+            settle=2.0,
+        )
+    event = events_pb2.DatasetAudited.FromString(record.value)  # type: ignore[attr-defined]
+    shift = event.parent_shift
+    assert shift.status == resources_pb2.PARENT_SHIFT_STATUS_FLAGGED, shift.reason
+    assert shift.parent_version == parent
+    assert shift.effect_size > 0.3
+    assert (shift.parent_rows, shift.version_rows) == (150, 150)
+    assert event.verdict != resources_pb2.LABEL_AUDIT_VERDICT_BLOCKED  # report only, REPORT
+    assert service.context.registry.get_sample_value(
+        "tuneline_dataset_parent_shift_effect_size", {"dataset": f"datasets/{name}"}
+    ) == pytest.approx(shift.effect_size)
+
+    shown = runner.invoke(app, ["datasets", "audit", version])
+    assert shown.exit_code == 0, shown.output
+    assert f"shift against the parent {parent}: FLAGGED" in shown.output
+    as_json = runner.invoke(app, ["datasets", "audit", version, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.output)["parent_shift"]["status"] == "PARENT_SHIFT_STATUS_FLAGGED"

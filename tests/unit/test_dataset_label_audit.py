@@ -17,7 +17,12 @@ import pytest
 from sqlalchemy import select
 
 from services.dataset import handlers
-from services.dataset.adapters.audit_engine import AuditJob, audit_rows
+from services.dataset.adapters.audit_engine import (
+    AuditJob,
+    ShiftJob,
+    audit_rows,
+    measure_parent_shift,
+)
 from services.dataset.adapters.label_auditor import AuditorSettings, ProcessLabelAuditor
 from services.dataset.domain import SchemaPolicy, SourceKind, TaskType
 from services.dataset.handlers import DatasetDeps, IngestRequest
@@ -34,6 +39,7 @@ from services.dataset.label_audit import (
 from shared.events import OutboxEvent
 from shared.modeling.models import default_models_root
 from shared.modeling.packaged import ENCODER, prepare_packaged_models
+from shared.stats.two_sample import TwoSampleResult
 from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_jsonl
 from tuneline.dataset.v1 import events_pb2, resources_pb2
 
@@ -73,6 +79,24 @@ class InProcessAuditor:
 
     def audit(self, texts: Sequence[str], labels: Sequence[str]) -> LabelAuditFindings:
         return audit_rows(AuditJob(tuple(texts), tuple(labels), ENCODER, str(self.models_root)))
+
+    def parent_shift(
+        self,
+        version_texts: Sequence[str],
+        parent_texts: Sequence[str],
+        *,
+        permutations: int,
+        max_rows: int,
+    ) -> TwoSampleResult:
+        job = ShiftJob(
+            tuple(version_texts),
+            tuple(parent_texts),
+            ENCODER,
+            str(self.models_root),
+            permutations=permutations,
+            max_rows=max_rows,
+        )
+        return measure_parent_shift(job)
 
 
 @pytest.fixture

@@ -12,12 +12,20 @@ from typer.testing import CliRunner
 from services.registry.domain import parse_alertmanager_payload
 from tuneline.cli.main import app
 from tuneline.client.alerts import alertmanager_notification, post_alertmanager_notification
-from tuneline.demo.corpus import demo_corpus, flip_labels, rotten_tomatoes_reviews
+from tuneline.demo.corpus import (
+    CorpusError,
+    demo_corpus,
+    flip_labels,
+    rotten_tomatoes_reviews,
+    states_its_verdict,
+)
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    return demo_corpus(evaluation_rows=200, first_rows=300, grown_rows=900, flip_fraction=0.7)
+    return demo_corpus(
+        evaluation_rows=200, first_rows=300, grown_rows=900, flip_fraction=0.7, narrow_rows=60
+    )
 
 
 def test_the_corpus_is_the_real_rotten_tomatoes_snippets_once_each():
@@ -56,9 +64,27 @@ def test_flipping_changes_about_the_asked_share_and_nothing_else(corpus):
     assert again == corpus.flipped[:100]
 
 
+def test_the_narrow_version_is_a_balanced_subset_that_states_its_verdict(corpus):
+    assert len(corpus.narrow) == 60
+    assert Counter(row["label"] for row in corpus.narrow) == {"fresh": 30, "rotten": 30}
+    # a subset of the grown version: no label changes against it
+    assert {tuple(row.items()) for row in corpus.narrow} <= {
+        tuple(row.items()) for row in corpus.grown
+    }
+    assert all(states_its_verdict(row) for row in corpus.narrow)
+    assert not states_its_verdict({"text": "A brilliant, funny film.", "label": "rotten"})
+    assert states_its_verdict({"text": "Dull. Tedious!", "label": "rotten"})
+    with pytest.raises(CorpusError, match="balanced rows"):
+        demo_corpus(
+            evaluation_rows=200, first_rows=300, grown_rows=900, flip_fraction=0.7, narrow_rows=900
+        )
+
+
 def test_the_cut_is_the_same_on_every_run(corpus):
     assert (
-        demo_corpus(evaluation_rows=200, first_rows=300, grown_rows=900, flip_fraction=0.7)
+        demo_corpus(
+            evaluation_rows=200, first_rows=300, grown_rows=900, flip_fraction=0.7, narrow_rows=60
+        )
         == corpus
     )
 

@@ -46,6 +46,12 @@ class OutcomeChoice(StrEnum):
     rejected = "rejected"
 
 
+class AuditActionChoice(StrEnum):
+    report = "report"
+    warn = "warn"
+    block = "block"
+
+
 def _client() -> DatasetClient:
     return DatasetClient(target("dataset"))
 
@@ -82,13 +88,39 @@ def create(
         list[str] | None,
         typer.Option(help="Severity override RULE=error|warning|info; repeatable."),
     ] = None,
+    label_audit_action: Annotated[
+        AuditActionChoice | None,
+        typer.Option(
+            help="What the label audit does above --max-label-noise-rate estimated noise "
+            "(default: block)."
+        ),
+    ] = None,
+    max_label_noise_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Largest estimated label noise rate accepted (0: 0.25)."
+        ),
+    ] = 0.0,
+    max_label_churn: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Largest share of the rows shared with the parent that may change label "
+            "before label_churn takes its severity (0: 0.2).",
+        ),
+    ] = 0.0,
+    min_shared_rows_for_churn: Annotated[
+        int,
+        typer.Option(min=0, help="Fewest shared rows for --max-label-churn to apply (0: 50)."),
+    ] = 0,
     display_name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
     description: Annotated[str, typer.Option(help="Free-text description.")] = "",
     owner_team: OwnerOption = "",
     owner_contact: ContactOption = "",
     runbook: RunbookOption = "",
 ) -> None:
-    """Create a dataset with its task type, validation policy, owner and runbook."""
+    """Create a dataset with its task type, validation and audit policy, owner and runbook."""
     with reported_errors(), _client() as client:
         created = client.create_dataset(
             dataset_id,
@@ -101,6 +133,10 @@ def create(
             display_name=display_name,
             description=description,
             owner=owner_option(owner_team, owner_contact, runbook),
+            label_audit_action=label_audit_action.value if label_audit_action else "",
+            max_label_noise_rate=max_label_noise_rate,
+            max_label_churn=max_label_churn,
+            min_shared_rows_for_churn=min_shared_rows_for_churn,
         )
     err_console.print(f"[green]created[/green] {created.name}")
     print_message(created)
@@ -343,12 +379,34 @@ def audit(
         int, typer.Option("--rows", min=0, help="Suspected rows to show (0: all stored).")
     ] = 20,
 ) -> None:
-    """Show a version's label audit: verdict, estimated noise per class, suspected rows."""
+    """Show a version's label audit: verdict, estimated noise per class, suspected rows, and
+    the shift of the rows it adds against its parent."""
     with reported_errors(), _client() as client:
         found = client.get_audit(version, max_rows=0 if json else rows)
     if json:
         print_message(found)
         return
+    _print_label_audit(found)
+    if found.HasField("parent_shift"):
+        _print_parent_shift(found.parent_shift)
+
+
+def _print_parent_shift(shift: resources_pb2.ParentShift) -> None:
+    status = _enum_name(resources_pb2.ParentShiftStatus, shift.status, "PARENT_SHIFT_STATUS_")
+    style = "yellow" if shift.status == resources_pb2.PARENT_SHIFT_STATUS_FLAGGED else "bold"
+    console.print(f"shift against the parent {shift.parent_version}: [{style}]{status.upper()}[/]")
+    if shift.status != resources_pb2.PARENT_SHIFT_STATUS_SKIPPED:
+        console.print(
+            f"effect {shift.effect_size:+.3f} (AUC {shift.auc:.3f}; flagged from "
+            f"{shift.min_effect:g} at p <= {shift.significance_level:g}), permutation p = "
+            f"{shift.p_value:.3g} ({shift.permutations}); {shift.version_rows:,} added rows "
+            f"against {shift.parent_rows:,} of the parent; report only"
+        )
+    else:
+        console.print(shift.reason, markup=False)
+
+
+def _print_label_audit(found: resources_pb2.DatasetAudit) -> None:
     verdict = _enum_name(resources_pb2.LabelAuditVerdict, found.verdict, "LABEL_AUDIT_VERDICT_")
     action = _enum_name(resources_pb2.LabelAuditAction, found.action, "LABEL_AUDIT_ACTION_")
     console.print(

@@ -124,11 +124,16 @@ class DatasetClient(ServiceClient):
         owner: common_pb2.Owner | None = None,
         label_audit_action: str = "",
         max_label_noise_rate: float = 0.0,
+        max_label_churn: float = 0.0,
+        min_shared_rows_for_churn: int = 0,
     ) -> resources_pb2.Dataset:
         """Create a dataset; zeros take the server defaults. ``rule_severities`` maps rule ids
         to ``error``/``warning``/``info``; ``owner`` (see :func:`tuneline.client.ownership.owner`)
         says who answers for its data. ``label_audit_action`` (``report``/``warn``/``block``)
-        is what the label audit does above ``max_label_noise_rate`` estimated noise."""
+        is what the label audit does above ``max_label_noise_rate`` estimated noise;
+        ``max_label_churn`` the share of rows shared with the parent that may change label
+        (when at least ``min_shared_rows_for_churn`` are shared) before ``label_churn`` takes
+        its severity."""
         policy = resources_pb2.SchemaPolicy(
             label_set=list(label_set),
             max_text_length=max_text_length,
@@ -142,6 +147,8 @@ class DatasetClient(ServiceClient):
                 f"LABEL_AUDIT_ACTION_{label_audit_action.upper() or 'UNSPECIFIED'}"
             ),
             max_label_noise_rate=max_label_noise_rate,
+            max_label_churn=max_label_churn,
+            min_shared_rows_for_churn=min_shared_rows_for_churn,
         )
         request = service_pb2.CreateDatasetRequest(
             dataset_id=dataset_id,

@@ -4,6 +4,11 @@
 and 5,405 ``rotten`` snippets with their movie, plus plot descriptions (other categories) that
 are left out. The file is read directly; the package's own loader falls back to a URL.
 
+The narrow version is what a keyword query would pull from the grown one: only the reviews
+that state their verdict in so many words (:data:`VERDICT_WORDS`). Its labels are as clean as
+the corpus's, but there are few of them and all of one kind, so a model trained on it learns
+little that carries over to the held-out reviews.
+
 Leakage is avoided by movie: a fixed share of movies (chosen by a hash of the title) forms the
 held-out evaluation pool, so no movie reviewed in the evaluation set is seen in training. Rows
 carry their movie as ``group`` so the splitter keeps each movie's reviews in one part, too.
@@ -18,12 +23,50 @@ import hashlib
 import importlib.util
 import json
 import random
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 SENTIMENT_LABELS = ("fresh", "rotten")
+
+#: Words that state a review's verdict outright, per label: the narrow version keeps a review
+#: only when it uses a word of its own label's list.
+VERDICT_WORDS: dict[str, frozenset[str]] = {
+    "fresh": frozenset(
+        {
+            "best",
+            "brilliant",
+            "wonderful",
+            "great",
+            "masterpiece",
+            "delightful",
+            "terrific",
+            "beautiful",
+            "funny",
+            "excellent",
+            "superb",
+            "charming",
+        }
+    ),
+    "rotten": frozenset(
+        {
+            "worst",
+            "boring",
+            "dull",
+            "bad",
+            "awful",
+            "terrible",
+            "mess",
+            "tedious",
+            "stupid",
+            "lame",
+            "waste",
+            "fails",
+        }
+    ),
+}
 
 
 class CorpusError(RuntimeError):
@@ -93,23 +136,35 @@ def flip_labels(
     return flipped
 
 
+def states_its_verdict(row: Mapping[str, Any]) -> bool:
+    """Whether the review uses one of its own label's :data:`VERDICT_WORDS`."""
+    words = set(re.findall(r"[a-z]+", str(row["text"]).lower()))
+    return bool(words & VERDICT_WORDS.get(str(row["label"]), frozenset()))
+
+
 @dataclass(frozen=True)
 class DemoCorpus:
-    """The demo's data: a held-out evaluation set and three versions of the training dataset."""
+    """The demo's data: a held-out evaluation set and four versions of the training dataset."""
 
     evaluation: list[dict[str, str]]
     first: list[dict[str, str]]
     grown: list[dict[str, str]]
     flipped: list[dict[str, str]]
+    #: The first of the grown version's reviews that state their verdict
+    #: (:func:`states_its_verdict`), balanced: a subset, so no label changes against it.
+    narrow: list[dict[str, str]]
 
 
-def _balanced(rows: list[dict[str, str]], count: int) -> list[dict[str, str]]:
-    """``count`` rows alternating between the labels (the corpus is 58 % fresh): a small
-    model trained for a minute on skewed data learns to answer the majority label."""
+def _balanced(rows: list[dict[str, str]], count: int | None = None) -> list[dict[str, str]]:
+    """``count`` rows (all there are, if None) alternating between the labels (the corpus is
+    58 % fresh): a small model trained for a minute on skewed data learns to answer the
+    majority label."""
     by_label: dict[str, list[dict[str, str]]] = {label: [] for label in SENTIMENT_LABELS}
     for row in rows:
         by_label[row["label"]].append(row)
     interleaved = [row for pair in zip(*by_label.values(), strict=False) for row in pair]
+    if count is None:
+        return interleaved
     if len(interleaved) < count:
         raise CorpusError(f"the corpus has {len(interleaved)} balanced rows; asked for {count}")
     return interleaved[:count]
@@ -121,12 +176,14 @@ def demo_corpus(
     first_rows: int,
     grown_rows: int,
     flip_fraction: float,
+    narrow_rows: int | None = None,
     seed: int = 0,
     evaluation_movie_share: float = 0.15,
 ) -> DemoCorpus:
     """Cut the corpus, balanced between the labels: evaluation rows from held-out movies;
     ``first`` and ``grown`` (a superset of ``first``: more rows of the same corpus) from the
-    others; ``flipped`` = ``grown`` with ``flip_fraction`` of its labels flipped."""
+    others; ``flipped`` = ``grown`` with ``flip_fraction`` of its labels flipped; ``narrow`` =
+    ``narrow_rows`` (all, if None) of the rows of ``grown`` that state their verdict, balanced."""
     if not 0 < first_rows <= grown_rows:
         raise ValueError("need 0 < first_rows <= grown_rows")
     held_out: list[dict[str, str]] = []
@@ -143,6 +200,7 @@ def demo_corpus(
         first=grown[:first_rows],
         grown=grown,
         flipped=flip_labels(grown, SENTIMENT_LABELS, flip_fraction, seed=seed),
+        narrow=_balanced([row for row in grown if states_its_verdict(row)], narrow_rows),
     )
 
 

@@ -10,9 +10,17 @@
    compared with production and replaces it.
 4. A version with most labels flipped is pushed: the dataset service refuses it before any
    training is paid for (``label_churn``: most rows it shares with its parent changed label).
-   Pushed again with an explicit override (a reason, kept in its lineage), it is trained, and
-   the regression gate catches it too: RegressionDetected, production unchanged.
-5. Live traffic goes through the serving service, which follows production: the reviews'
+   Pushed again with an explicit override (a reason, kept in its lineage), it is stored, and
+   its label audit (the dataset's default policy: BLOCK above 25 % estimated noise) blocks it:
+   DatasetAudited BLOCKED → the training policy's job for its split FAILS with
+   LABEL_AUDIT_BLOCKED without ever starting. Nothing is trained on it.
+5. A narrow version is pushed: only the grown version's reviews that state their verdict in so
+   many words (a keyword pull, :func:`tuneline.demo.corpus.states_its_verdict`). Its data
+   checks pass — no label changed against its parent, its audit finds its labels clean, the
+   evaluation set covers what it trains on — but it is small and of one kind: the checkpoint
+   trained on it is worse than production on the held-out reviews, and the regression gate
+   refuses it: RegressionDetected, production unchanged.
+6. Live traffic goes through the serving service, which follows production: the reviews'
    labels have drifted (they are the relabelled version's), so the production checkpoint
    answers badly and the labelled feedback reaches the registry as live quality counts.
    An Alertmanager notification about the model reaches the registry's webhook: production
@@ -52,6 +60,7 @@ from tuneline.demo.corpus import SENTIMENT_LABELS, demo_corpus, to_jsonl
 from tuneline.demo.timeline import EventTimeline, SeenEvent, TimelineTimeout
 from tuneline.devtools.stack import StackState
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
+from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
 from tuneline.registry.v1 import events_pb2 as registry_events
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
 from tuneline.splitter.v1 import events_pb2 as splitter_events
@@ -73,7 +82,7 @@ class DemoError(RuntimeError):
 
 #: Why the demo overrides the label-churn refusal of its flipped version: to show the second
 #: line of defence. Kept in the version's lineage like any override.
-DEMO_CHURN_OVERRIDE = "demo: let the regression gate judge a relabelled version too"
+DEMO_CHURN_OVERRIDE = "demo: let the label audit judge a relabelled version too"
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,12 @@ class DemoConfig:
     first_rows: int = 1200
     grown_rows: int = 3000
     flip_fraction: float = 0.7
+    #: Reviews of the narrow version: few enough that a model trained on them for the steps
+    #: they give (``narrow_rows`` x 0.8 train part x ``epochs`` / ``batch_size``: 8 here)
+    #: has not learned yet; a random sample that small would not pass the label audit (its
+    #: probe estimates 25-40 % noise on 50-120 clean reviews), reviews that state their
+    #: verdict do (about 2 %).
+    narrow_rows: int = 160
     base_model: str = ENCODER
     lora_rank: int = 8
     batch_size: int = 16
@@ -194,6 +209,34 @@ class RoundResult:
     baseline: str = ""
     promoted: bool = False
     regression: str = ""
+    #: The version's label audit in one line (see :meth:`_Demo.label_audit`).
+    audit: str = ""
+    #: The evaluator's data checks of the evaluation set against the round's training split.
+    data_checks: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class BlockedVersion:
+    """A version its label audit blocked: stored, split, but never trained."""
+
+    dataset_version: str
+    rows: int
+    #: The label-churn finding that refused the same rows before the override.
+    churn_refusal: str
+    #: The audit's verdict (BLOCKED), numbers and rule, as DatasetAudited announced them.
+    verdict: str
+    noise_rate: float
+    max_noise_rate: float
+    suspected_count: int
+    audit_reason: str
+    #: The audit in one line, with its first suspected rows (see :meth:`_Demo.label_audit`).
+    audit: str
+    split: str
+    #: The training policy's job for the split: FAILED with LABEL_AUDIT_BLOCKED, never started.
+    training_job: str
+    failure_reason: str
+    failure_message: str
     seconds: float = 0.0
 
 
@@ -225,6 +268,7 @@ class DemoSummary:
 
     model: str
     evaluation_version: str
+    #: The versions that were trained: first, grown and (the whole story) narrow.
     rounds: list[RoundResult]
     rollback: RollbackResult | None
     #: The label-churn finding that refused the flipped version before any training.
@@ -234,6 +278,8 @@ class DemoSummary:
     events: list[SeenEvent]
     wall_seconds: float
     live: LiveTrafficResult | None = None
+    #: The flipped version, stopped by its label audit (None in a first-round-only run).
+    blocked: BlockedVersion | None = None
 
 
 def _money(amount: common_pb2.Money) -> str:
@@ -249,6 +295,23 @@ def _overall(metrics: Any, metric: str) -> float | None:
         if value.metric == metric and not value.slice:
             return float(value.value)
     return None
+
+
+def _score(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3f}"
+
+
+def _data_checks(checks: Any) -> str:
+    """The evaluator's data checks of one evaluation in one line."""
+    status = evaluator_pb2.DataCheckStatus.Name
+    return ", ".join(
+        f"{what} {status(check.status).removeprefix('DATA_CHECK_STATUS_')}"
+        for what, check in (
+            ("contamination", checks.contamination),
+            ("coverage", checks.coverage),
+            ("shift", checks.shift),
+        )
+    )
 
 
 def _worst_comparison(comparisons: Any) -> str:
@@ -341,17 +404,72 @@ class _Demo:
             return f"label_churn: {finding.message} (first lines {lines}, …)"
         raise DemoError(f"{version.name} was accepted although most of its labels changed")
 
+    def stopped_by_label_audit(
+        self, rows: list[dict[str, str]], parent: str, churn_refusal: str
+    ) -> BlockedVersion:
+        """Push ``rows`` again, with the churn override, and expect its label audit to block it:
+        DatasetAudited BLOCKED, and the training policy's job for its split FAILED with
+        LABEL_AUDIT_BLOCKED, never started (a TrainingJobStarted for the split fails the demo)."""
+        started = time.monotonic()
+        version = self.push(
+            self.dataset_id, "relabelled", rows, parent, label_churn_override=DEMO_CHURN_OVERRIDE
+        )
+        audited = self.wait(
+            dataset_events.DatasetAudited, lambda e: e.dataset_version == version.name
+        )
+        verdict = dataset_pb2.LabelAuditVerdict.Name(audited.verdict).removeprefix(
+            "LABEL_AUDIT_VERDICT_"
+        )
+        if audited.verdict != dataset_pb2.LABEL_AUDIT_VERDICT_BLOCKED:
+            raise DemoError(
+                f"the label audit of {version.name} said {verdict}, not BLOCKED: {audited.reason}"
+            )
+        split = self.wait(splitter_events.SplitCreated, lambda e: e.dataset_version == version.name)
+        refused = self.wait(
+            trainer_events.TrainingJobFailed,
+            lambda e: e.lineage.split == split.split,
+            [(trainer_events.TrainingJobStarted, lambda e: e.lineage.split == split.split)],
+        )
+        reason = trainer_pb2.TrainingFailureReason.Name(refused.failure_reason).removeprefix(
+            "TRAINING_FAILURE_REASON_"
+        )
+        if refused.failure_reason != trainer_pb2.TRAINING_FAILURE_REASON_LABEL_AUDIT_BLOCKED:
+            raise DemoError(f"{refused.training_job} failed for {reason}, not the label audit")
+        return BlockedVersion(
+            dataset_version=version.name,
+            rows=version.row_count,
+            churn_refusal=churn_refusal,
+            verdict=verdict,
+            noise_rate=audited.noise_rate,
+            max_noise_rate=audited.max_noise_rate,
+            suspected_count=audited.suspected_count,
+            audit_reason=audited.reason,
+            audit=self.label_audit(version.name),
+            split=split.split,
+            training_job=refused.training_job,
+            failure_reason=reason,
+            failure_message=refused.failure_message,
+            seconds=time.monotonic() - started,
+        )
+
     def label_audit(self, version: str) -> str:
-        """The label audit of ``version`` in one line (it is done: training waited for it)."""
-        audit = self.datasets.get_audit(version, max_rows=5)
+        """The label audit of ``version`` in one line: its verdict, the estimated noise against
+        the policy's limit, per label, and the first suspected rows (it is done: training, or
+        its refusal, waited for it)."""
+        audit = self.datasets.get_audit(version, max_rows=3)
         verdict = dataset_pb2.LabelAuditVerdict.Name(audit.verdict).removeprefix(
             "LABEL_AUDIT_VERDICT_"
         )
-        lines = ", ".join(str(row.line_number) for row in audit.suspected_rows)
+        comparison = "above" if audit.noise_rate > audit.max_noise_rate else "within"
+        per_label = ", ".join(f"{c.label} {c.noise_rate:.0%}" for c in audit.classes)
+        rows = "; ".join(
+            f"line {row.line_number} {row.given_label}→{row.suggested_label}"
+            for row in audit.suspected_rows
+        )
         return (
-            f"label audit {verdict}: estimated noise {audit.noise_rate:.0%} of "
-            f"{audit.row_count} rows (over {audit.max_noise_rate:.0%}), "
-            f"{audit.suspected_count} suspected (first lines {lines}, …)"
+            f"label audit {verdict}: estimated noise {audit.noise_rate:.1%} ({per_label}), "
+            f"{comparison} the {audit.max_noise_rate:.0%} allowed; {audit.suspected_count} of "
+            f"{audit.row_count} rows suspected" + (f" ({rows}, …)" if rows else "")
         )
 
     def set_up(self, evaluation_rows: list[dict[str, str]]) -> str:
@@ -399,10 +517,7 @@ class _Demo:
             "classification",
             label_set=SENTIMENT_LABELS,
             display_name="Rotten Tomatoes reviews",
-            # the label audit BLOCKs above its noise rate by default; the demo lets it warn so
-            # that the flipped version, once its churn refusal is overridden, still shows the
-            # third line of defence (the regression gate) after the audit has had its say
-            label_audit_action="warn",
+            # the label audit's default policy: BLOCK above 25 % estimated label noise
         )
         hyperparameters = common_pb2.Hyperparameters(
             learning_rate=config.learning_rate,
@@ -466,6 +581,7 @@ class _Demo:
         )
         job = started_event.training_job
         result.training_job = job
+        result.audit = self.label_audit(version.name)  # done: the policy's job waited for it
         self.watch_training(job)
         completed = self.wait(
             trainer_events.TrainingJobCompleted,
@@ -495,6 +611,7 @@ class _Demo:
         result.accuracy = _overall(evaluation.metrics, "accuracy")
         result.baseline_accuracy = _overall(evaluation.baseline.metrics, "accuracy")
         result.baseline = evaluation.baseline.checkpoint or "base model"
+        result.data_checks = _data_checks(evaluation.data_checks)
         expected = "PASSED" if expect_promotion else "REGRESSED"
         if result.verdict != expected:
             detail = evaluation.failure_message or _worst_comparison(evaluation.comparisons)
@@ -713,6 +830,7 @@ def run_demo(
         first_rows=config.first_rows,
         grown_rows=config.first_rows if first_round_only else config.grown_rows,
         flip_fraction=config.flip_fraction,
+        narrow_rows=None if first_round_only else config.narrow_rows,
         seed=config.seed,
     )
     with _demo(config, endpoints, observer) as demo:
@@ -741,15 +859,27 @@ def run_demo(
             observer.stage(f"Version 3: {config.flip_fraction:.0%} of the labels flipped")
             churn_refusal = demo.refused_for_label_churn(corpus.flipped, grown.dataset_version)
             observer.note(f"refused before any training: {churn_refusal}")
-            observer.note("pushed again with an override: the regression gate must catch it too")
-            flipped = demo.play_round(
-                "flipped",
-                corpus.flipped,
-                grown.dataset_version,
-                expect_promotion=False,
-                label_churn_override=DEMO_CHURN_OVERRIDE,
+            observer.note("pushed again with an override: its label audit must stop it")
+            blocked = demo.stopped_by_label_audit(
+                corpus.flipped, grown.dataset_version, churn_refusal
             )
-            observer.note(demo.label_audit(flipped.dataset_version))
+            observer.note(blocked.audit)
+            observer.note(
+                f"{blocked.training_job} {blocked.failure_reason}, never started: "
+                f"{blocked.failure_message}"
+            )
+            observer.stage(
+                f"Version 4: narrow — the {len(corpus.narrow)} reviews that state their verdict"
+            )
+            narrow = demo.play_round(
+                "narrow", corpus.narrow, grown.dataset_version, expect_promotion=False
+            )
+            observer.note(f"{narrow.audit}; evaluation data checks: {narrow.data_checks}")
+            observer.note(
+                f"{narrow.steps} steps on {narrow.train_rows} reviews: accuracy "
+                f"{_score(narrow.accuracy)} against production's "
+                f"{_score(narrow.baseline_accuracy)}; {narrow.regression}"
+            )
             if demo.production() != grown.registry_checkpoint:
                 raise DemoError("production moved after a regression")
             observer.note(f"production unchanged: {grown.registry_checkpoint}")
@@ -769,7 +899,7 @@ def run_demo(
         return DemoSummary(
             model=demo.model,
             evaluation_version=evaluation_version,
-            rounds=[first, grown, flipped],
+            rounds=[first, grown, narrow],
             rollback=rollback,
             churn_refusal=churn_refusal,
             alias_history=history,
@@ -777,4 +907,5 @@ def run_demo(
             events=demo.timeline.events(),
             wall_seconds=time.monotonic() - started,
             live=live,
+            blocked=blocked,
         )

@@ -28,6 +28,7 @@ from tuneline.trainer.v1 import events_pb2 as trainer_events
 #: Every event of the pipeline, in the order the flow produces them.
 PIPELINE_EVENTS: tuple[type[Message], ...] = (
     dataset_events.DatasetVersioned,
+    dataset_events.DatasetAudited,
     splitter_events.SplitCreated,
     trainer_events.TrainingJobStarted,
     trainer_events.CheckpointReady,

@@ -3,7 +3,9 @@
 :func:`audit_rows` embeds the rows' texts with the configured encoder's frozen backbone
 (:class:`shared.modeling.embeddings.TextEmbedder`) and runs
 :func:`services.dataset.label_audit.audit_labels` on the vectors and the texts' TF-IDF view.
-The gRPC process imports this module only to name :func:`audit_rows` to the worker pool; torch
+:func:`measure_parent_shift` embeds a seeded subset of a version's and its parent's texts with
+the same encoder and runs the classifier two-sample test of :mod:`shared.stats.two_sample`.
+The gRPC process imports this module only to name these functions to the worker pool; torch
 is imported on the first call, in the worker, which keeps the loaded encoder between audits.
 """
 
@@ -23,6 +25,7 @@ from services.dataset.label_audit import (
     audit_labels,
     word_features,
 )
+from shared.stats.two_sample import TwoSampleResult, classifier_two_sample_test
 
 if TYPE_CHECKING:
     from shared.modeling.embeddings import TextEmbedder
@@ -63,3 +66,49 @@ def audit_rows(job: AuditJob) -> LabelAuditFindings:
     :class:`~services.dataset.label_audit.NotAuditable` and the model loaders' errors."""
     views = [embed(job.texts, job.encoder, job.models_root, job.device), word_features(job.texts)]
     return audit_labels(views, job.labels, folds=job.folds, seed=job.seed)
+
+
+@dataclass(frozen=True)
+class ShiftJob:
+    """A version's and its parent's texts to compare, picklable (sent to the worker)."""
+
+    version_texts: tuple[str, ...]
+    parent_texts: tuple[str, ...]
+    encoder: str
+    models_root: str
+    permutations: int
+    max_rows: int
+    seed: int = 0
+    device: str | None = None
+
+
+def _subset(texts: Sequence[str], limit: int, seed: int) -> list[str]:
+    """At most ``limit`` of ``texts``, a seeded sample (only these are embedded)."""
+    if len(texts) <= limit:
+        return list(texts)
+    chosen = np.random.default_rng(seed).choice(len(texts), size=limit, replace=False)
+    return [texts[i] for i in np.sort(chosen)]
+
+
+def measure_parent_shift(job: ShiftJob) -> TwoSampleResult:
+    """The classifier two-sample test of the parent's (reference) against the version's
+    (sample) embeddings, on at most ``job.max_rows`` texts of each."""
+    parent = embed(
+        _subset(job.parent_texts, job.max_rows, job.seed),
+        job.encoder,
+        job.models_root,
+        job.device,
+    )
+    version = embed(
+        _subset(job.version_texts, job.max_rows, job.seed + 1),
+        job.encoder,
+        job.models_root,
+        job.device,
+    )
+    return classifier_two_sample_test(
+        parent.astype(np.float64),
+        version.astype(np.float64),
+        permutations=job.permutations,
+        max_rows=job.max_rows,
+        seed=job.seed,
+    )

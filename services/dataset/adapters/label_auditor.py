@@ -12,17 +12,27 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from services.dataset.adapters.audit_engine import AuditJob, audit_rows
+from services.dataset.adapters.audit_engine import (
+    AuditJob,
+    ShiftJob,
+    audit_rows,
+    measure_parent_shift,
+)
 from services.dataset.label_audit import DEFAULT_FOLDS, LabelAuditFindings, NotAuditable
+from shared.stats.two_sample import TwoSampleResult
 
 log = logging.getLogger(__name__)
+
+_Job = TypeVar("_Job")
+_Result = TypeVar("_Result")
 
 
 class AuditFailed(Exception):
@@ -76,7 +86,35 @@ class ProcessLabelAuditor:
             seed=self.settings.seed,
             device=self.settings.device,
         )
-        future = self._executor().submit(audit_rows, job)
+        return self._in_worker(audit_rows, job)
+
+    def parent_shift(
+        self,
+        version_texts: Sequence[str],
+        parent_texts: Sequence[str],
+        *,
+        permutations: int,
+        max_rows: int,
+    ) -> TwoSampleResult:
+        """The two-sample test of the parent's texts against the version's, on the audit's
+        encoder (:func:`~services.dataset.adapters.audit_engine.measure_parent_shift`).
+        Raises :class:`AuditFailed`."""
+        job = ShiftJob(
+            version_texts=tuple(version_texts),
+            parent_texts=tuple(parent_texts),
+            encoder=self.settings.encoder,
+            models_root=str(self.settings.models_root),
+            permutations=permutations,
+            max_rows=max_rows,
+            seed=self.settings.seed,
+            device=self.settings.device,
+        )
+        return self._in_worker(measure_parent_shift, job)
+
+    def _in_worker(self, work: Callable[[_Job], _Result], job: _Job) -> _Result:
+        """``work(job)`` in the worker; its failures as :class:`AuditFailed` (but
+        :class:`NotAuditable`, which is raised as is)."""
+        future = self._executor().submit(work, job)
         try:
             return future.result(timeout=self.settings.timeout_seconds)
         except NotAuditable:

@@ -26,6 +26,7 @@ from services.dataset.label_audit import (
     LabelAuditVerdict,
     SuspectedRow,
 )
+from services.dataset.parent_shift import ParentShift, ParentShiftStatus
 from shared.errors import FieldViolation, InvalidArgument
 from shared.ownership import Owner
 from shared.protobuf import timestamp_from_datetime
@@ -62,6 +63,11 @@ _AUDIT_VERDICTS = {
     LabelAuditVerdict.BLOCKED: resources_pb2.LABEL_AUDIT_VERDICT_BLOCKED,
     LabelAuditVerdict.SKIPPED: resources_pb2.LABEL_AUDIT_VERDICT_SKIPPED,
     LabelAuditVerdict.FAILED: resources_pb2.LABEL_AUDIT_VERDICT_FAILED,
+}
+_PARENT_SHIFT_STATUSES = {
+    ParentShiftStatus.PASSED: resources_pb2.PARENT_SHIFT_STATUS_PASSED,
+    ParentShiftStatus.FLAGGED: resources_pb2.PARENT_SHIFT_STATUS_FLAGGED,
+    ParentShiftStatus.SKIPPED: resources_pb2.PARENT_SHIFT_STATUS_SKIPPED,
 }
 #: Suspected rows' line numbers a DatasetAudited event carries (the audit has them all).
 _LINES_IN_EVENT = 100
@@ -300,7 +306,25 @@ def audit_to_proto(audit: DatasetAudit, *, max_rows: int = 0) -> resources_pb2.D
         message.out_of_fold_accuracy = findings.out_of_fold_accuracy
         message.classes.extend(_class_noise_to_proto(c) for c in findings.classes)
         message.suspected_rows.extend(_suspected_row_to_proto(r) for r in rows)
+    if audit.parent_shift is not None:
+        message.parent_shift.CopyFrom(parent_shift_to_proto(audit.parent_shift))
     return message
+
+
+def parent_shift_to_proto(shift: ParentShift) -> resources_pb2.ParentShift:
+    return resources_pb2.ParentShift(
+        parent_version=shift.parent_version,
+        status=_PARENT_SHIFT_STATUSES[shift.status],
+        reason=shift.reason,
+        auc=shift.auc,
+        effect_size=shift.effect_size,
+        p_value=shift.p_value,
+        permutations=shift.permutations,
+        parent_rows=shift.parent_rows,
+        version_rows=shift.version_rows,
+        min_effect=shift.min_effect,
+        significance_level=shift.significance_level,
+    )
 
 
 def dataset_audited(audit: DatasetAudit) -> events_pb2.DatasetAudited:
@@ -323,4 +347,5 @@ def dataset_audited(audit: DatasetAudit) -> events_pb2.DatasetAudited:
         ][:_LINES_IN_EVENT],
         audit=audit.name,
         event_time=timestamp_from_datetime(audit.complete_time),
+        parent_shift=parent_shift_to_proto(audit.parent_shift) if audit.parent_shift else None,
     )

@@ -50,6 +50,7 @@ from services.dataset.label_audit import (
     LabelAuditPolicy,
     LabelAuditVerdict,
 )
+from services.dataset.parent_shift import ParentShift
 from shared.ownership import Owner
 
 
@@ -231,6 +232,7 @@ class DatasetRepository:
                 findings=audit.findings.to_json() if audit.findings else {},
                 create_time=audit.create_time,
                 complete_time=audit.complete_time,
+                parent_shift=audit.parent_shift.to_json() if audit.parent_shift else {},
             )
         )
         self.session.flush()
@@ -260,6 +262,7 @@ class DatasetRepository:
         row.encoder = audit.encoder
         row.findings = audit.findings.to_json() if audit.findings else {}
         row.complete_time = audit.complete_time
+        row.parent_shift = audit.parent_shift.to_json() if audit.parent_shift else {}
         self.session.flush()
         return True
 
@@ -435,4 +438,5 @@ def _audit(row: DatasetAuditRow) -> DatasetAudit:
         encoder=row.encoder,
         findings=LabelAuditFindings.from_json(row.findings) if row.findings else None,
         complete_time=_utc(row.complete_time) if row.complete_time else None,
+        parent_shift=ParentShift.from_json(row.parent_shift) if row.parent_shift else None,
     )

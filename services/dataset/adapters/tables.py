@@ -129,3 +129,5 @@ class DatasetAuditRow(DatasetBase):
     findings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     complete_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: :class:`~services.dataset.parent_shift.ParentShift` as JSON; ``{}`` when none.
+    parent_shift: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")

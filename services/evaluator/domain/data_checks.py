@@ -261,9 +261,8 @@ def check_coverage(
 
 def judge_shift(test: TwoSampleResult, far: FarShare, policy: DataCheckPolicy) -> Shift:
     """The shift check's verdict from its two measurements (see the module doc)."""
-    separable = (
-        test.effect_size >= policy.shift_min_effect
-        and test.p_value <= policy.shift_significance_level
+    separable = test.separates(
+        min_effect=policy.shift_min_effect, significance_level=policy.shift_significance_level
     )
     too_far = far.share > policy.far_max_share
     reason = (

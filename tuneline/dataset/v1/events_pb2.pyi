@@ -129,6 +129,7 @@ class DatasetAudited(_message.Message):
     SUSPECTED_LINE_NUMBERS_FIELD_NUMBER: _builtins.int
     AUDIT_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    PARENT_SHIFT_FIELD_NUMBER: _builtins.int
     dataset_version: _builtins.str
     """Always set. The audited version, `datasets/{dataset}/versions/{version}`. Record key."""
     dataset: _builtins.str
@@ -161,6 +162,12 @@ class DatasetAudited(_message.Message):
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """Always set. When the audit finished."""
 
+    @_builtins.property
+    def parent_shift(self) -> _resources_pb2_1.ParentShift:
+        """Optional: set when the version has a parent and was audited (CLASSIFICATION). The shift of
+        the texts the version adds against its parent's; report only (it never changes `verdict`).
+        """
+
     def __init__(
         self,
         *,
@@ -177,10 +184,11 @@ class DatasetAudited(_message.Message):
         suspected_line_numbers: _abc.Iterable[_builtins.int] | None = ...,
         audit: _builtins.str = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        parent_shift: _resources_pb2_1.ParentShift | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "parent_shift", b"parent_shift"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "audit", b"audit", "content_sha256", b"content_sha256", "dataset", b"dataset", "dataset_version", b"dataset_version", "event_time", b"event_time", "max_noise_rate", b"max_noise_rate", "noise_rate", b"noise_rate", "reason", b"reason", "suspected_count", b"suspected_count", "suspected_line_numbers", b"suspected_line_numbers", "task_type", b"task_type", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "audit", b"audit", "content_sha256", b"content_sha256", "dataset", b"dataset", "dataset_version", b"dataset_version", "event_time", b"event_time", "max_noise_rate", b"max_noise_rate", "noise_rate", b"noise_rate", "parent_shift", b"parent_shift", "reason", b"reason", "suspected_count", b"suspected_count", "suspected_line_numbers", b"suspected_line_numbers", "task_type", b"task_type", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

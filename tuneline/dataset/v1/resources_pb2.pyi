@@ -191,6 +191,32 @@ LABEL_AUDIT_VERDICT_FAILED: LabelAuditVerdict.ValueType  # 6
 """The audit could not run (`reason` says why); the version is not blocked by it."""
 Global___LabelAuditVerdict: _TypeAlias = LabelAuditVerdict  # noqa: Y015
 
+class _ParentShiftStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ParentShiftStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ParentShiftStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PARENT_SHIFT_STATUS_UNSPECIFIED: _ParentShiftStatus.ValueType  # 0
+    PARENT_SHIFT_STATUS_PASSED: _ParentShiftStatus.ValueType  # 1
+    """The test ran; the texts are not shown to differ by at least `min_effect`."""
+    PARENT_SHIFT_STATUS_FLAGGED: _ParentShiftStatus.ValueType  # 2
+    """The effect size reaches `min_effect` and p <= `significance_level`: the texts shifted."""
+    PARENT_SHIFT_STATUS_SKIPPED: _ParentShiftStatus.ValueType  # 3
+    """The test did not run (`reason` says why: too few rows, no encoder, turned off)."""
+
+class ParentShiftStatus(_ParentShiftStatus, metaclass=_ParentShiftStatusEnumTypeWrapper):
+    """Whether a classifier two-sample test tells the texts a version adds from its parent's."""
+
+PARENT_SHIFT_STATUS_UNSPECIFIED: ParentShiftStatus.ValueType  # 0
+PARENT_SHIFT_STATUS_PASSED: ParentShiftStatus.ValueType  # 1
+"""The test ran; the texts are not shown to differ by at least `min_effect`."""
+PARENT_SHIFT_STATUS_FLAGGED: ParentShiftStatus.ValueType  # 2
+"""The effect size reaches `min_effect` and p <= `significance_level`: the texts shifted."""
+PARENT_SHIFT_STATUS_SKIPPED: ParentShiftStatus.ValueType  # 3
+"""The test did not run (`reason` says why: too few rows, no encoder, turned off)."""
+Global___ParentShiftStatus: _TypeAlias = ParentShiftStatus  # noqa: Y015
+
 @_typing.final
 class SchemaPolicy(_message.Message):
     """What a dataset's versions must satisfy, and how strictly.
@@ -760,6 +786,7 @@ class DatasetAudit(_message.Message):
     ROW_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    PARENT_SHIFT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Always set. `datasets/{dataset}/versions/{version}/audit`."""
     dataset_version: _builtins.str
@@ -804,6 +831,13 @@ class DatasetAudit(_message.Message):
     def complete_time(self) -> _timestamp_pb2.Timestamp:
         """Set once audited. When the audit finished."""
 
+    @_builtins.property
+    def parent_shift(self) -> Global___ParentShift:
+        """Set once audited, when the version has a parent (CLASSIFICATION). Whether the texts the
+        version adds come from another distribution than its parent's. Report only: it never
+        changes the verdict.
+        """
+
     def __init__(
         self,
         *,
@@ -823,11 +857,79 @@ class DatasetAudit(_message.Message):
         row_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
+        parent_shift: Global___ParentShift | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "parent_shift", b"parent_shift"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "classes", b"classes", "complete_time", b"complete_time", "create_time", b"create_time", "dataset_version", b"dataset_version", "encoder", b"encoder", "folds", b"folds", "max_noise_rate", b"max_noise_rate", "name", b"name", "noise_rate", b"noise_rate", "out_of_fold_accuracy", b"out_of_fold_accuracy", "reason", b"reason", "row_count", b"row_count", "suspected_count", b"suspected_count", "suspected_rows", b"suspected_rows", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "classes", b"classes", "complete_time", b"complete_time", "create_time", b"create_time", "dataset_version", b"dataset_version", "encoder", b"encoder", "folds", b"folds", "max_noise_rate", b"max_noise_rate", "name", b"name", "noise_rate", b"noise_rate", "out_of_fold_accuracy", b"out_of_fold_accuracy", "parent_shift", b"parent_shift", "reason", b"reason", "row_count", b"row_count", "suspected_count", b"suspected_count", "suspected_rows", b"suspected_rows", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetAudit: _TypeAlias = DatasetAudit  # noqa: Y015
+
+@_typing.final
+class ParentShift(_message.Message):
+    """The shift between the texts a version adds and its parent's texts: a classifier two-sample
+    test on frozen text embeddings, calibrated by permutation (out-of-fold AUC of a linear
+    discriminant).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_VERSION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AUC_FIELD_NUMBER: _builtins.int
+    EFFECT_SIZE_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    PERMUTATIONS_FIELD_NUMBER: _builtins.int
+    PARENT_ROWS_FIELD_NUMBER: _builtins.int
+    VERSION_ROWS_FIELD_NUMBER: _builtins.int
+    MIN_EFFECT_FIELD_NUMBER: _builtins.int
+    SIGNIFICANCE_LEVEL_FIELD_NUMBER: _builtins.int
+    parent_version: _builtins.str
+    """Always set. The parent version compared with, `datasets/{dataset}/versions/{version}`."""
+    status: Global___ParentShiftStatus.ValueType
+    """Always set."""
+    reason: _builtins.str
+    """Always set. The numbers in words, or why the test was SKIPPED."""
+    auc: _builtins.float
+    """Set unless SKIPPED. Out-of-fold AUC telling the version's rows from the parent's (0.5: none)."""
+    effect_size: _builtins.float
+    """Set unless SKIPPED. `auc - 0.5`, the effect size the status is judged on."""
+    p_value: _builtins.float
+    """Set unless SKIPPED. Permutation p-value of the AUC."""
+    permutations: _builtins.int
+    """Set unless SKIPPED. Permutations behind `p_value`."""
+    parent_rows: _builtins.int
+    """Set unless SKIPPED. Parent rows embedded (a seeded subset beyond the service's limit)."""
+    version_rows: _builtins.int
+    """Set unless SKIPPED. Rows the version adds (texts the parent does not have) embedded
+    (likewise). Rows kept from the parent are left out: they are the parent's rows.
+    """
+    min_effect: _builtins.float
+    """Always set. The effect size from which a shift is flagged."""
+    significance_level: _builtins.float
+    """Always set. The p-value at or under which a shift is flagged."""
+    def __init__(
+        self,
+        *,
+        parent_version: _builtins.str = ...,
+        status: Global___ParentShiftStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        auc: _builtins.float = ...,
+        effect_size: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        permutations: _builtins.int = ...,
+        parent_rows: _builtins.int = ...,
+        version_rows: _builtins.int = ...,
+        min_effect: _builtins.float = ...,
+        significance_level: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "effect_size", b"effect_size", "min_effect", b"min_effect", "p_value", b"p_value", "parent_rows", b"parent_rows", "parent_version", b"parent_version", "permutations", b"permutations", "reason", b"reason", "significance_level", b"significance_level", "status", b"status", "version_rows", b"version_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParentShift: _TypeAlias = ParentShift  # noqa: Y015
