@@ -585,9 +585,10 @@ def test_the_window_figures_match_what_the_services_recorded(
 def test_estimates_before_each_run_price_the_datas_tokens_at_the_measured_throughput(
     stack: Stack, story: Story, card: Scorecard
 ):
-    """The first run is priced at the conservative default; each later one at the throughput
-    the earlier runs of tiny-bert measured on this trainer's device type. Each job keeps its
-    estimate, and the scorecard shows the estimate's error per run."""
+    """The first run is priced at the conservative default; each later one from the earlier
+    runs of tiny-bert on this trainer's device type: the newest run's time outside its loop
+    plus the work (train tokens and a third of the validation tokens) at their loops' rate.
+    Each job keeps its estimate, and the scorecard shows the estimate's error per run."""
     errors: list[float] = []
     for index, run in enumerate(("a", "b", "c")):
         estimate = story.estimates[run]
@@ -597,22 +598,29 @@ def test_estimates_before_each_run_price_the_datas_tokens_at_the_measured_throug
         assert estimate.device_type == ("" if index == 0 else actual.cost.device_type)
         # the planned steps draw 64 of the split's rows: the mean row's tokens times 64
         assert estimate.estimated_tokens == pytest.approx(actual.cost.tokens_processed, rel=0.15)
+        # validated at steps 4 and 8, as planned: the validation part twice
+        assert sum(p.HasField("validation_loss") for p in actual.loss_trend) == 2
+        assert estimate.estimated_validation_tokens > 0
         if index:
-            # the loop's throughput and the median time outside it, as the trainer recorded them
-            # (its loop time is read back as a Duration: compared to its precision)
             earlier = [stack.trainer.get_training_job(story.jobs[r].name) for r in "abc"[:index]]
+            # each run's loop time as the trainer recorded it (read back as a Duration: compared
+            # to its precision), its work, and its whole device time
             loop_seconds = [j.progress.elapsed.ToTimedelta().total_seconds() for j in earlier]
-            measured = sum(j.cost.tokens_processed for j in earlier) / sum(loop_seconds)
-            assert estimate.tokens_per_device_second == pytest.approx(measured, rel=1e-4)
-            outside = [
-                j.cost.device_seconds - s for j, s in zip(earlier, loop_seconds, strict=True)
+            work = [
+                j.cost.tokens_processed + j.estimate.estimated_validation_tokens / 3
+                for j in earlier
             ]
-            assert estimate.overhead_device_seconds == pytest.approx(
-                statistics.median(outside), abs=1e-3
-            )
+            device = [j.cost.device_seconds for j in earlier]
+            # the loops' pooled rate; the newest run's time outside its loop (the first run
+            # started cold)
+            rate = sum(work) / sum(loop_seconds)
+            fixed = device[-1] - loop_seconds[-1]
+            assert estimate.tokens_per_device_second == pytest.approx(rate, rel=1e-4)
+            assert estimate.overhead_device_seconds == pytest.approx(fixed, abs=1e-3)
         assert estimate.estimated_device_seconds == pytest.approx(
             estimate.overhead_device_seconds
-            + estimate.estimated_tokens / estimate.tokens_per_device_second
+            + (estimate.estimated_tokens + estimate.estimated_validation_tokens / 3)
+            / estimate.tokens_per_device_second
         )
         # the job recorded the same estimate when it was created, beside its actual cost
         assert actual.estimate == estimate

@@ -317,6 +317,40 @@ def test_each_run_shows_its_estimate_beside_the_actual_and_the_estimates_error()
     assert card.window.mean_absolute_estimate_error == pytest.approx((0.2 + 0.25 + 0.5) / 3)
 
 
+def test_a_run_cut_short_is_compared_with_its_estimate_prorated_to_the_steps_it_ran():
+    history = _history()
+    runs = dict(history.runs)
+    # a: 60 steps estimated at 60 s (15 s of it fixed) and USD 0.06; early stopping at step 40.
+    # Prorated: 15 + 45 x 40/60 = 45 s, USD 0.06 x 45/60 = 0.045, 1200 x 40/60 = 800 tokens
+    # against the actual 30 s, USD 0.05, 1000 tokens.
+    estimate = Estimate(1200, 60.0, 0.06, "USD", planned_steps=60, fixed_device_seconds=15.0)
+    runs["trainingJobs/a"] = replace(
+        runs["trainingJobs/a"],
+        estimate=estimate,
+        steps_completed=40,
+        stop_reason="EARLY_STOPPING",
+    )
+    # b ran all its planned steps: compared as estimated
+    runs["trainingJobs/b"] = replace(
+        runs["trainingJobs/b"],
+        estimate=Estimate(900, 27.0, 0.045, "USD", planned_steps=30, fixed_device_seconds=5.0),
+        steps_completed=30,
+    )
+    card = build_scorecard(replace(history, runs=runs), start=_at(0), end=_at(60))
+    by_run = {r.run.rsplit("/", 1)[-1]: r for r in card.runs}
+    a = by_run["a"].estimate_error
+    assert a is not None
+    assert a.prorated_steps == (40, 60)
+    assert a.device_seconds == pytest.approx(45.0 / 30.0 - 1)
+    assert a.cost == pytest.approx(0.045 / 0.05 - 1)
+    assert a.tokens == pytest.approx(800 / 1000 - 1)
+    assert by_run["a"].estimate == estimate  # the table still shows what was estimated
+    b = by_run["b"].estimate_error
+    assert b.prorated_steps is None
+    assert b.cost == pytest.approx(0.045 / 0.06 - 1)
+    assert card.window.mean_absolute_estimate_error == pytest.approx((0.1 + 0.25) / 2)
+
+
 def test_the_scorecard_names_the_owner_runbook_and_budget():
     history = replace(
         _history(),

@@ -22,7 +22,13 @@ from tuneline.client.registry import RegistryClient, model_name
 from tuneline.client.trainer import TrainerClient
 from tuneline.report import page
 from tuneline.report.collector import Sources, collect
-from tuneline.report.scorecard import Scorecard, budget_text, build_scorecard, human_duration
+from tuneline.report.scorecard import (
+    RunCost,
+    Scorecard,
+    budget_text,
+    build_scorecard,
+    human_duration,
+)
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
 _VERDICT_STYLES = {
@@ -153,6 +159,17 @@ def _checkpoints_table(card: Scorecard) -> Table:
     return table
 
 
+def _error_text(run: RunCost) -> str:
+    """The cost estimate's error; for a run cut short, of the estimate prorated to its steps."""
+    error = run.estimate_error
+    if error is None or error.cost is None:
+        return "—"
+    if error.prorated_steps is None:
+        return f"{error.cost:+.0%}"
+    ran, planned = error.prorated_steps
+    return f"{error.cost:+.0%} (prorated to {ran}/{planned} steps)"
+
+
 def _runs_table(card: Scorecard) -> Table:
     table = Table(
         "run",
@@ -167,7 +184,6 @@ def _runs_table(card: Scorecard) -> Table:
     )
     for r in card.runs:
         estimate = r.estimate
-        cost_error = r.estimate_error.cost if r.estimate_error else None
         state = f"{r.state} ({r.stop_reason})" if r.stop_reason else r.state
         table.add_row(
             escape(_short(r.run)),
@@ -180,7 +196,7 @@ def _runs_table(card: Scorecard) -> Table:
             f"{r.amount:.4f} ({estimate.amount:.4f}) {r.currency}"
             if estimate
             else f"{r.amount:.4f} {r.currency}",
-            "—" if cost_error is None else f"{cost_error:+.0%}",
+            _error_text(r),
             sparkline([p.train_loss for p in r.loss_curve]),
         )
     return table

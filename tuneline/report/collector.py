@@ -142,6 +142,8 @@ def estimate(job: trainer_pb2.TrainingJob) -> scorecard.Estimate | None:
         device_seconds=recorded.estimated_device_seconds,
         amount=money(recorded.estimated_cost),
         currency=recorded.estimated_cost.currency_code,
+        planned_steps=recorded.planned_steps,
+        fixed_device_seconds=recorded.overhead_device_seconds,
     )
 
 
@@ -179,6 +181,7 @@ def run_from_trainer(job: trainer_pb2.TrainingJob) -> scorecard.TrainingRun:
         start_time=when(job.start_time),
         end_time=when(job.end_time),
         estimate=estimate(job),
+        steps_completed=job.progress.step,
         stop_reason=(
             trainer_pb2.TrainingStopReason.Name(job.stop_reason).removeprefix(
                 "TRAINING_STOP_REASON_"

@@ -230,7 +230,12 @@ def _runs(card: Scorecard) -> str:
                 f"{r.device_seconds:.1f}",
                 f"{estimate.amount:.4f}" if estimate else "—",
                 f"{r.amount:.4f}",
-                _percent(error.cost if error else None),
+                _percent(error.cost if error else None)
+                + (
+                    f" (prorated to {error.prorated_steps[0]}/{error.prorated_steps[1]} steps)"
+                    if error and error.prorated_steps and error.cost is not None
+                    else ""
+                ),
             )
         )
     headers = (

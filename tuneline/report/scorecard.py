@@ -18,7 +18,10 @@ The figures, and how each is defined:
   ``tuneline_model_rollback_seconds``); and the cost per run with its least-squares trend;
 - per run: the trainer's estimate made when the job was created (tokens, device-seconds, cost)
   beside the actual, and the estimate's error, ``(estimate - actual) / actual`` (positive: the
-  estimate was too high), with the mean absolute cost error over the window's runs;
+  estimate was too high), with the mean absolute cost error over the window's runs. A run cut
+  short (early stopping, a budget, a time limit) is compared with its estimate prorated to the
+  steps it ran (the fixed time whole, the rest in proportion): what the estimator would have
+  said of the run that happened, so that stopping early is not counted as its error;
 - the model's owner (team, contact, runbook) and budget (per run, per month).
 """
 
@@ -107,6 +110,9 @@ class Estimate:
     device_seconds: float
     amount: float
     currency: str = ""
+    #: The steps estimated (0: not recorded), and the fixed device time per run it assumed.
+    planned_steps: int = 0
+    fixed_device_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ class TrainingRun:
     estimate: Estimate | None = None
     #: Why training stopped, e.g. ``MAX_STEPS``, ``BUDGET_EXHAUSTED``; "" while it runs.
     stop_reason: str = ""
+    #: Optimizer steps completed (0: not recorded).
+    steps_completed: int = 0
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,9 @@ class EstimateError:
     tokens: float | None
     device_seconds: float | None
     cost: float | None
+    #: Set for a run cut short: the steps it ran and the steps estimated, to which the
+    #: estimate was prorated before comparing.
+    prorated_steps: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -332,13 +343,38 @@ def relative_error(estimate: float, actual: float) -> float | None:
     return (estimate - actual) / actual if actual > 0 else None
 
 
+def estimate_for_steps(estimate: Estimate, steps: int) -> Estimate:
+    """``estimate`` prorated to a run of ``steps`` of its planned steps: its fixed device time
+    whole, its tokens and the rest of its time (and cost, which is time at a price) in
+    proportion."""
+    if not estimate.planned_steps or steps >= estimate.planned_steps:
+        return estimate
+    share = steps / estimate.planned_steps
+    fixed = min(estimate.fixed_device_seconds, estimate.device_seconds)
+    seconds = fixed + (estimate.device_seconds - fixed) * share
+    return Estimate(
+        tokens=round(estimate.tokens * share),
+        device_seconds=seconds,
+        amount=estimate.amount * seconds / estimate.device_seconds
+        if estimate.device_seconds
+        else 0.0,
+        currency=estimate.currency,
+        planned_steps=steps,
+        fixed_device_seconds=fixed,
+    )
+
+
 def estimate_error(run: TrainingRun) -> EstimateError | None:
     """How far the run's estimate was from what it really processed and cost: only for a run
     that SUCCEEDED (a failed or cancelled run stopped early, so its shortfall is not the
-    estimate's error), and only when the currencies agree."""
-    estimate = run.estimate
-    if estimate is None or run.state != "SUCCEEDED":
+    estimate's error), and only when the currencies agree. A run that stopped before its
+    planned steps is compared with the estimate prorated to the steps it ran (see
+    :func:`estimate_for_steps`)."""
+    if run.estimate is None or run.state != "SUCCEEDED":
         return None
+    planned = run.estimate.planned_steps
+    cut_short = 0 < run.steps_completed < planned
+    estimate = estimate_for_steps(run.estimate, run.steps_completed) if cut_short else run.estimate
     cost_error = (
         relative_error(estimate.amount, run.cost.amount)
         if estimate.currency == run.cost.currency
@@ -348,6 +384,7 @@ def estimate_error(run: TrainingRun) -> EstimateError | None:
         tokens=relative_error(estimate.tokens, run.cost.tokens),
         device_seconds=relative_error(estimate.device_seconds, run.cost.device_seconds),
         cost=cost_error,
+        prorated_steps=(run.steps_completed, planned) if cut_short else None,
     )
 
 
