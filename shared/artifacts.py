@@ -7,12 +7,14 @@ an S3 bucket prefix (``s3://bucket/prefix``, :mod:`shared.s3_artifacts`).
 Local directory by default (``file://`` URIs). Every write is atomic — bytes go to a temporary
 file under the store root, are fsynced, then renamed into place, and the folder is fsynced — so
 a reader never sees a half-written artifact and a crash leaves at most a temp file in the
-store's temp folder, which :meth:`LocalArtifactStore.clean_temp` removes at start-up. Replicas
-sharing one root (a ReadWriteMany volume) each write under their own folder in ``.tmp/``, held
-by a lock for the life of the process: ``clean_temp`` removes its own leftovers and the folders
-of replicas that are gone, never another live replica's in-flight upload. Keys and URIs are
-validated so that nothing escapes the store root (no ``..``, no absolute keys, no symlink
-tricks). The sha256 of every artifact is computed while writing and returned.
+store's temp folder, which :meth:`LocalArtifactStore.clean_temp` removes at start-up. A folder
+replacing another is swapped in (see :func:`_swap_into_place`): a crash leaves the old folder or
+the new one under its key, never neither. Replicas sharing one root (a ReadWriteMany volume)
+each write under their own folder in ``.tmp/``, held by a lock for the life of the process:
+``clean_temp`` removes its own leftovers and the folders of replicas that are gone, never
+another live replica's in-flight upload. Keys and URIs are validated so that nothing escapes
+the store root (no ``..``, no absolute keys, no symlink tricks). The sha256 of every artifact
+is computed while writing and returned.
 
 Errors name artifacts by their key (the path under their store's root), never by a local path
 or a ``file://`` URI: their messages reach API clients (a failed job's message, a refused
@@ -21,8 +23,11 @@ split), and where the store lives on the server is none of theirs.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -35,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
+
+log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=@+-]*(/[A-Za-z0-9][A-Za-z0-9._=@+-]*)*$")
 _CHUNK = 1024 * 1024
@@ -49,12 +56,77 @@ class ArtifactError(ValueError):
         self.uri = uri
 
 
+#: What a write says when its filesystem is full or its quota is spent.
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DISK_FULL_WORDS = (
+    *(os.strerror(code) for code in sorted(_DISK_FULL_ERRNOS)),
+    "StorageFull",  # safetensors' Rust io::ErrorKind
+)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or one it was raised from) is a full disk: an OSError with ENOSPC or
+    EDQUOT, or a library's wrapper of one that kept only its words (torch's and safetensors'
+    writers raise RuntimeError-like errors quoting the OS)."""
+    seen: BaseException | None = error
+    for _ in range(10):  # a chain of causes, never a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(words in str(seen) for words in _DISK_FULL_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def check_artifact_key(key: str) -> str:
     """``key`` if it is a valid artifact key (relative, ``/``-separated, no ``..``, no leading
     dot: names starting with a dot are the stores' own)."""
     if not _KEY.match(key) or ".." in key.split("/"):
         raise ArtifactError(f"invalid artifact key {key!r}")
     return key
+
+
+def root_uri(root: Path | str) -> str:
+    """A store root as a URI: ``s3://bucket/prefix`` as it is, a local folder as ``file://``."""
+    if isinstance(root, str) and "://" in root:
+        return root
+    return Path(root).resolve().as_uri()
+
+
+def artifact_uri_problem(uri: str, root: str) -> str:  # noqa: PLR0911 - one answer per problem
+    """Why ``uri`` does not name an artifact under the store root ``root`` (a ``file://`` or
+    ``s3://`` URI, see :func:`root_uri`), or ``""`` when it does.
+
+    Textual and strict, for URIs another service announced: the same scheme, host or bucket,
+    then the root's path or prefix, then a valid artifact key (no ``..``, no ``.``-names, no
+    empty segments, nothing percent-escaped into them); no query or fragment.
+    """
+    parsed, base = urlparse(uri), urlparse(root)
+    if parsed.scheme != base.scheme:
+        return f"scheme {parsed.scheme or '(none)'!r} is not the artifact root's {base.scheme!r}"
+    if parsed.query or parsed.fragment or parsed.params:
+        return "an artifact URI has no query, parameters or fragment"
+    if base.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            return f"host {parsed.netloc!r}: a file:// artifact URI names no host"
+        prefix = unquote(base.path).rstrip("/")
+        path = unquote(parsed.path)
+    elif base.scheme == "s3":
+        if parsed.netloc != base.netloc:
+            return f"bucket {parsed.netloc!r} is not the artifact root's {base.netloc!r}"
+        prefix = unquote(base.path).strip("/")
+        path = unquote(parsed.path).lstrip("/")
+    else:
+        return f"unsupported artifact root scheme {base.scheme!r}"
+    if prefix and not path.startswith(prefix + "/"):
+        return f"it is not under the artifact root {root}"
+    try:
+        check_artifact_key(path[len(prefix) + 1 :] if prefix else path)
+    except ArtifactError as error:
+        return f"{error} under the artifact root"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -138,6 +210,8 @@ class _ReplicaTemp:
                 if entry.name in live or entry.name == _SWEEP_LOCK or entry.suffix == _LOCK_SUFFIX:
                     continue
                 # a gone replica's folder counts its entries; an older store's leftover, itself
+                if entry.is_dir():
+                    _restore_interrupted_swaps(entry)
                 removed += sum(1 for _ in entry.iterdir()) if entry.is_dir() else 1
                 _remove(entry)
         return removed
@@ -149,6 +223,80 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: ``renameat2`` flag: swap two paths in one step (Linux 3.15+; ext4, xfs, btrfs, tmpfs).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+#: In a ``put_directory`` staging folder: the path a folder was moved away from, written (and
+#: fsynced) before the first of two renames where the filesystem cannot swap.
+_RESTORE_TO = "restore-to"
+_PREVIOUS = "previous"
+
+
+def exchange_paths(first: Path, second: Path) -> None:
+    """Swap two existing paths atomically (``renameat2(RENAME_EXCHANGE)``): at no moment is
+    either name missing. OSError (ENOSYS, EINVAL, EOPNOTSUPP) where the platform or the
+    filesystem (e.g. NFS) cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE):
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(first), None, str(second))
+
+
+def _swap_into_place(new: Path, target: Path, staging: Path) -> None:
+    """Put folder ``new`` at ``target``; a folder already there ends up under ``staging``.
+
+    A new key is one rename. An existing folder is swapped with the new one in one step where
+    the filesystem can; elsewhere it is moved aside and the new one renamed in, with the way
+    back written down first in ``staging``: if the process dies between the two renames,
+    :func:`_restore_interrupted_swap` (run by ``clean_temp`` at start-up) puts the old folder
+    back. Either way a crash never loses the artifact that was there.
+    """
+    if not target.exists():
+        os.replace(new, target)
+    else:
+        try:
+            exchange_paths(new, target)
+        except OSError as error:
+            if error.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            journal = staging / _RESTORE_TO
+            journal.write_text(str(target))
+            with journal.open("rb") as handle:
+                os.fsync(handle.fileno())
+            _fsync_dir(staging)
+            os.replace(target, staging / _PREVIOUS)
+            os.replace(new, target)
+    _fsync_dir(target.parent)
+
+
+def _restore_interrupted_swap(staging: Path) -> Path | None:
+    """Undo half of a two-rename swap that a crash interrupted: the old folder goes back to
+    its key if the new one never got there. Returns where a folder was put back."""
+    journal, previous = staging / _RESTORE_TO, staging / _PREVIOUS
+    if not journal.is_file() or not previous.is_dir():
+        return None
+    target = Path(journal.read_text())
+    if target.exists():  # the new folder made it: the old one is just a leftover
+        return None
+    os.replace(previous, target)
+    _fsync_dir(target.parent)
+    return target
+
+
+def _restore_interrupted_swaps(folder: Path) -> None:
+    """Run :func:`_restore_interrupted_swap` over a replica temp folder's staging folders."""
+    for staging in folder.glob("dir-*"):
+        if (restored := _restore_interrupted_swap(staging)) is not None:
+            log.warning(
+                "put back an artifact folder a crash had left moved aside",
+                extra={"path": restored.name},
+            )
 
 
 def directory_sha256(path: Path) -> str:
@@ -427,9 +575,11 @@ class LocalArtifactStore(WriterBackedStore):
             temp.unlink(missing_ok=True)
 
     def put_directory(self, key: str, source: Path) -> StoredArtifact:
-        """Copy folder ``source`` to ``key`` atomically (copy to temp, fsync, rename).
+        """Copy folder ``source`` to ``key`` atomically (copy to temp, fsync, swap in).
 
-        An existing folder at ``key`` is replaced as a whole, never merged.
+        An existing folder at ``key`` is replaced as a whole, never merged, and never removed
+        before the new one is in place: see :func:`_swap_into_place`. A crash at any point
+        leaves ``key`` holding the old folder or the new one, complete.
         """
         target = self._path_for_key(key)
         staging = Path(tempfile.mkdtemp(dir=self._replica.folder, prefix="dir-"))
@@ -443,11 +593,7 @@ class LocalArtifactStore(WriterBackedStore):
             size = sum(f.stat().st_size for f in copy.rglob("*") if f.is_file())
             sha = directory_sha256(copy)
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                old = staging / f"old-{uuid.uuid4().hex}"
-                os.replace(target, old)
-            os.replace(copy, target)
-            _fsync_dir(target.parent)
+            _swap_into_place(copy, target, staging)
             return StoredArtifact(target.as_uri(), sha, size)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -486,6 +632,7 @@ class LocalArtifactStore(WriterBackedStore):
         """Remove leftovers of writes interrupted by a crash: this replica's, and those of
         replicas that are gone (their lock is free); returns how many. Another live
         replica's temp folder is never touched."""
+        _restore_interrupted_swaps(self._replica.folder)
         entries = self.temp_entries()
         for entry in entries:
             _remove(entry)

@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 
-def _lock_key(namespace: str, name: str) -> int:
-    """A signed 64-bit advisory-lock key for ``name`` in ``namespace``."""
+def advisory_lock_key(namespace: str, name: str) -> int:
+    """A signed 64-bit PostgreSQL advisory-lock key for ``name`` in ``namespace``."""
     digest = hashlib.sha256(f"{namespace}\0{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
@@ -53,7 +53,7 @@ class RunningClaims:
         try:
             taken = bool(
                 connection.execute(
-                    select(func.pg_try_advisory_lock(_lock_key(self._namespace, name)))
+                    select(func.pg_try_advisory_lock(advisory_lock_key(self._namespace, name)))
                 ).scalar()
             )
             connection.commit()  # the lock is the session's, not the transaction's
@@ -73,7 +73,9 @@ class RunningClaims:
         if connection is None:
             return
         try:
-            connection.execute(select(func.pg_advisory_unlock(_lock_key(self._namespace, name))))
+            connection.execute(
+                select(func.pg_advisory_unlock(advisory_lock_key(self._namespace, name)))
+            )
             connection.commit()
         finally:
             connection.close()
@@ -82,7 +84,7 @@ class RunningClaims:
         """True while some live session (this process' own claims included) holds ``name``."""
         if self._engine is None:
             return False
-        key = _lock_key(self._namespace, name)
+        key = advisory_lock_key(self._namespace, name)
         with self._engine.connect() as connection:
             free = bool(connection.execute(select(func.pg_try_advisory_lock(key))).scalar())
             if free:

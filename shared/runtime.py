@@ -43,6 +43,7 @@ from shared.events import (
     ensure_topics,
     topic_for,
 )
+from shared.events.producers import EVENT_PRODUCERS, service_source
 from shared.grpc import GrpcServer, GrpcServerMetrics, ServiceRegistration, build_grpc_server
 from shared.grpc.auth import ServerSecurity
 from shared.grpc.capacity import StreamLimits
@@ -77,7 +78,7 @@ class ServiceContext:
     @property
     def source(self) -> str:
         """``ce_source`` of the events this service emits."""
-        return f"tuneline/{self.name}"
+        return service_source(self.name)
 
 
 def service_settings(context: ServiceContext, settings_type: type[SettingsT]) -> SettingsT:
@@ -187,7 +188,12 @@ class ServiceRuntime:
         delay = 0.5
         while not self._stopped.is_set():
             try:
-                ensure_topics(ctx.common.kafka_bootstrap, topics)
+                ensure_topics(
+                    ctx.common.kafka_bootstrap,
+                    topics,
+                    replication_factor=ctx.common.kafka_replication_factor,
+                    min_insync_replicas=ctx.common.kafka_min_insync_replicas,
+                )
                 break
             except Exception as error:  # noqa: BLE001 - no broker yet: keep trying
                 log.warning(
@@ -300,6 +306,8 @@ def build_runtime(
             retry_backoff_seconds=common.consumer_retry_backoff_seconds,
             max_retry_backoff_seconds=common.consumer_max_retry_backoff_seconds,
             after_commit=relay.wake,
+            # every service accepts an event only from the service that produces its type
+            producers=EVENT_PRODUCERS,
         )
         if subscriptions
         else None

@@ -30,6 +30,22 @@ class CommonSettings(BaseSettings):
     kafka_bootstrap: str = Field(
         default="127.0.0.1:19092", description="Kafka bootstrap servers, comma-separated."
     )
+    kafka_replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Replicas of each topic a service creates; unset: min(3, brokers that answer). "
+            "Set it (3) in production so a broker down at start cannot lower it."
+        ),
+    )
+    kafka_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "`min.insync.replicas` of the topics a service creates; unset: 2 where the "
+            "replication factor is 3 or more, else 1."
+        ),
+    )
     data_dir: Path = Field(
         default=Path(".tuneline/data"),
         description="Root of local state: one SQLite file and one artifact folder per service.",
@@ -209,6 +225,14 @@ class CommonSettings(BaseSettings):
     )
 
 
+def artifact_root_value(value: object) -> object:
+    """An artifact root setting as read: ``s3://…`` stays a URI (a Path would fold its ``//``);
+    any other string is a local path."""
+    if isinstance(value, str) and not value.startswith("s3://"):
+        return Path(value)
+    return value
+
+
 class ServiceSettings(BaseSettings):
     """Per-service settings. Subclasses set ``service_name`` and ``env_prefix``."""
 
@@ -249,10 +273,7 @@ class ServiceSettings(BaseSettings):
     @field_validator("artifact_root", mode="before")
     @classmethod
     def _local_roots_are_paths(cls, value: object) -> object:
-        """``s3://…`` stays a URI (a Path would fold its ``//``); anything else is a path."""
-        if isinstance(value, str) and not value.startswith("s3://"):
-            return Path(value)
-        return value
+        return artifact_root_value(value)
 
     def resolved_database_url(self, common: CommonSettings) -> str:
         """The database URL, defaulting to ``<data_dir>/<service>/<service>.db``."""

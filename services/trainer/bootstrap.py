@@ -23,10 +23,15 @@ from services.trainer.adapters.tables import TrainerBase
 from services.trainer.adapters.token_counts import SplitTokenCounter
 from services.trainer.entrypoints import events
 from services.trainer.entrypoints.grpc_api import TrainerServicer
-from services.trainer.entrypoints.supervisor import JobSupervisor, SupervisorConfig
+from services.trainer.entrypoints.supervisor import (
+    CLAIM_NAMESPACE,
+    JobSupervisor,
+    SupervisorConfig,
+)
 from services.trainer.settings import TrainerSettings
 from shared.events import Subscription
 from shared.grpc import ServiceRegistration
+from shared.running_claims import RunningClaims
 from shared.runtime import (
     BackgroundComponent,
     CloseOnStop,
@@ -84,6 +89,7 @@ def trainer_parts(context: ServiceContext) -> TrainerParts:
         ),
         token_counter=SplitTokenCounter(context.artifacts),
         default_tokens_per_device_second=settings.estimate_tokens_per_device_second,
+        default_overhead_device_seconds=settings.estimate_overhead_device_seconds,
         wait_for_dataset_audit=settings.wait_for_dataset_audit,
     )
     changes = JobChanges()
@@ -99,6 +105,7 @@ def trainer_parts(context: ServiceContext) -> TrainerParts:
         config=SupervisorConfig(
             devices=settings.devices,
             cpu_threads=settings.cpu_threads,
+            ranks_per_job=settings.ranks_per_job,
             max_worker_restarts=settings.max_worker_restarts,
             cancel_grace_seconds=settings.cancel_grace_seconds,
             fault_oom_above_batch=settings.fault_oom_above_batch,
@@ -106,6 +113,7 @@ def trainer_parts(context: ServiceContext) -> TrainerParts:
             log_level=context.common.log_level,
             s3_endpoint_url=context.common.s3_endpoint_url,
         ),
+        claims=RunningClaims(context.engine, CLAIM_NAMESPACE),
     )
     parts = TrainerParts(settings, handler_context, models, changes, metrics, supervisor)
     setattr(context, _PARTS_KEY, parts)

@@ -19,7 +19,7 @@ import typing
 from collections import abc
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 from typing import Any
@@ -657,6 +657,26 @@ class Cost:
     device_count: int = 1
 
 
+def device_slots(devices: Sequence[str], ranks_per_job: int) -> list[str]:
+    """The slots jobs run in, one job per slot. One device each; for data-parallel jobs of
+    ``ranks_per_job`` ranks, that many CUDA devices per slot (``cuda:0,cuda:1``; devices left
+    over run nothing), while the CPU stays one slot its ranks share."""
+    if ranks_per_job <= 1:
+        return list(devices)
+    cuda = [device for device in devices if device.startswith("cuda")]
+    slots = [
+        ",".join(cuda[start : start + ranks_per_job])
+        for start in range(0, len(cuda) - ranks_per_job + 1, ranks_per_job)
+    ]
+    return slots + [device for device in devices if not device.startswith("cuda")]
+
+
+def devices_in(slot: str) -> int:
+    """How many devices a job's device slot holds: ``cuda:0`` one, ``cuda:0,cuda:1`` two (a
+    data-parallel job's ranks, one per device); ``cpu`` one, however many processes share it."""
+    return max(1, sum(1 for device in slot.split(",") if device.strip()))
+
+
 def compute_cost(
     *,
     device_seconds: float,
@@ -685,13 +705,17 @@ def compute_cost(
 @dataclass(frozen=True)
 class ThroughputSample:
     """What one finished run processed, how long it took, and on what: an estimate's basis.
-    ``device_seconds`` is the whole attempt (loading the model and data, validation, writing
-    checkpoints); ``training_seconds`` the training loop alone."""
+    ``device_seconds`` is every attempt, whole (starting the worker, loading the model and
+    data, the loop); ``training_seconds`` the loop, validations and checkpoint writes
+    included; ``tokens_processed`` the train tokens the loop drew, ``validation_tokens`` those
+    its validations read (rows x evaluations x mean tokens per row; 0: not known)."""
 
     tokens_processed: int
     device_seconds: float
     training_seconds: float
     device_type: str
+    validation_tokens: int = 0
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
@@ -707,6 +731,8 @@ class TrainingEstimate:
     measured_runs: int
     device_type: str
     cost: Cost
+    #: Tokens the planned validations read (0 for jobs estimated before this was counted).
+    estimated_validation_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -813,6 +839,20 @@ def budget_exhausted(budget: Budget, cost: Cost) -> bool:
     )
 
 
+#: The wait after the first attempt that ended on a full disk; it doubles with each such
+#: attempt in a row, up to the cap, until a checkpoint is written again.
+DISK_FULL_FIRST_WAIT = timedelta(seconds=30)
+DISK_FULL_MAX_WAIT = timedelta(minutes=15)
+
+
+def disk_full_wait(attempts_in_a_row: int) -> timedelta:
+    """How long a job waits before resuming after its ``attempts_in_a_row``-th (1-based)
+    attempt in a row that ran out of disk: room for an operator (or retention) to free space
+    without the job hammering a full disk."""
+    doublings = min(max(attempts_in_a_row, 1) - 1, 10)
+    return min(DISK_FULL_FIRST_WAIT * 2**doublings, DISK_FULL_MAX_WAIT)
+
+
 def month_start(now: datetime) -> datetime:
     """The first instant of ``now``'s calendar month (in ``now``'s time zone, UTC here)."""
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -827,6 +867,73 @@ def examples_processed(train_examples: int, total_steps: int, hp: Hyperparameter
     return full_epochs * train_examples + min(rest * per_step, train_examples)
 
 
+#: What reading a validation token costs next to training on one: a forward pass against a
+#: forward and a backward pass (about 2 of 6 FLOPs per parameter and token).
+VALIDATION_TOKEN_WEIGHT = 1 / 3
+
+
+def evaluations_planned(total_steps: int, eval_every_n_steps: int) -> int:
+    """Validations a run of ``total_steps`` makes: at every multiple of ``eval_every_n_steps``
+    and at its last step."""
+    if total_steps <= 0:
+        return 0
+    every = max(1, eval_every_n_steps)
+    return total_steps // every + (1 if total_steps % every else 0)
+
+
+def work_tokens(train_tokens: float, validation_tokens: float) -> float:
+    """A run's work in train-token equivalents: its validations weighed at
+    :data:`VALIDATION_TOKEN_WEIGHT`."""
+    return train_tokens + VALIDATION_TOKEN_WEIGHT * validation_tokens
+
+
+@dataclass(frozen=True)
+class DeviceTimeModel:
+    """``device_seconds = fixed_seconds + work / work_per_second`` (work in train-token
+    equivalents, see :func:`work_tokens`), and how many runs measured it (0: the defaults)."""
+
+    fixed_seconds: float
+    work_per_second: float
+    measured_runs: int
+    device_type: str
+
+
+def fit_device_time(
+    samples: Sequence[ThroughputSample],
+    *,
+    default_work_per_second: float,
+    default_fixed_seconds: float,
+) -> DeviceTimeModel:
+    """Device time as fixed time plus work, from ``samples`` (earlier runs of one base model,
+    oldest first), of which those on the newest one's device type count, and of those the
+    runs that went through in one attempt when there are any (a resumed run paid for a second
+    start and for the steps it redid since its checkpoint).
+
+    The rate: their work over their training loops' time, pooled. The fixed time: the newest
+    run's time outside its loop (starting the worker, importing the training stack, loading
+    model and data). Not a median or a regression over all runs: the first run after the
+    machine or the trainer started reads everything from a cold disk, and its start took 10
+    to 17 times a later one's in the measured runs (61.5 s against 6.1 s and 3.5 s for
+    tiny-bert), which a fit over every run would keep charging to warm runs; the loop itself
+    is not slowed by it. No run: ``default_work_per_second`` (deliberately low) and
+    ``default_fixed_seconds``."""
+    usable = [
+        s
+        for s in samples
+        if s.tokens_processed > 0 and s.training_seconds > 0 and s.device_seconds > 0
+    ]
+    if not usable:
+        return DeviceTimeModel(default_fixed_seconds, default_work_per_second, 0, "")
+    device_type = usable[-1].device_type
+    on_device = [s for s in usable if s.device_type == device_type]
+    basis = [s for s in on_device if s.attempts <= 1] or on_device
+    work = sum(work_tokens(s.tokens_processed, s.validation_tokens) for s in basis)
+    rate = work / sum(s.training_seconds for s in basis)
+    newest = basis[-1]
+    fixed = max(0.0, newest.device_seconds - newest.training_seconds)
+    return DeviceTimeModel(fixed, rate, len(basis), device_type)
+
+
 def estimate_training(
     *,
     train_examples: int,
@@ -837,45 +944,44 @@ def estimate_training(
     default_tokens_per_device_second: float,
     price_per_device_hour: Decimal,
     currency: str,
+    validation_examples: int = 0,
+    eval_every_n_steps: int = 0,
+    default_overhead_device_seconds: float = 0.0,
 ) -> TrainingEstimate:
     """Tokens from the data: its mean tokens per train row times the rows the planned steps
-    draw. Device time from ``samples``, earlier runs of the same base model (oldest first), of
-    which those on the newest one's device type count: the training loop's throughput pooled
-    over them (total tokens over total loop time) for the tokens, plus the median of their
-    fixed time per run (device time outside the loop: loading, validation, checkpoints), which
-    a tokens-only rate would wrongly scale with the data. Without samples, a deliberately low
-    ``default_tokens_per_device_second`` and no fixed time. Cost at the price."""
+    draw; the validations read ``validation_examples`` rows of the same mean length at each of
+    the planned evaluations. Device time from :func:`fit_device_time` on ``samples``; cost at
+    the price. ``tokens_per_device_second`` is the fitted work rate (train-token equivalents)."""
     drawn = examples_processed(train_examples, total_steps, hp)
     tokens = round(train_tokens * drawn / train_examples) if train_examples else 0
-    usable = [
-        s
-        for s in samples
-        if s.tokens_processed > 0 and s.training_seconds > 0 and s.device_seconds > 0
-    ]
-    device_type = usable[-1].device_type if usable else ""
-    basis = [s for s in usable if s.device_type == device_type]
-    throughput = default_tokens_per_device_second
-    overhead = 0.0
-    if basis:
-        throughput = sum(s.tokens_processed for s in basis) / sum(s.training_seconds for s in basis)
-        fixed = sorted(max(0.0, s.device_seconds - s.training_seconds) for s in basis)
-        middle = len(fixed) // 2
-        overhead = fixed[middle] if len(fixed) % 2 else (fixed[middle - 1] + fixed[middle]) / 2
+    per_row = train_tokens / train_examples if train_examples else 0.0
+    validation_tokens = (
+        round(per_row * validation_examples * evaluations_planned(total_steps, eval_every_n_steps))
+        if eval_every_n_steps > 0
+        else 0
+    )
+    model = fit_device_time(
+        samples,
+        default_work_per_second=default_tokens_per_device_second,
+        default_fixed_seconds=default_overhead_device_seconds,
+    )
     return TrainingEstimate(
         train_examples=train_examples,
         train_tokens=train_tokens,
         planned_steps=total_steps,
         estimated_tokens=tokens,
-        tokens_per_device_second=throughput,
-        overhead_device_seconds=overhead,
-        measured_runs=len(basis),
-        device_type=device_type,
+        tokens_per_device_second=model.work_per_second,
+        overhead_device_seconds=model.fixed_seconds,
+        measured_runs=model.measured_runs,
+        device_type=model.device_type,
+        estimated_validation_tokens=validation_tokens,
         cost=compute_cost(
-            device_seconds=overhead + tokens / throughput,
+            device_seconds=model.fixed_seconds
+            + work_tokens(tokens, validation_tokens) / model.work_per_second,
             tokens_processed=tokens,
             price_per_device_hour=price_per_device_hour,
             currency=currency,
-            device_type=device_type,
+            device_type=model.device_type,
         ),
     )
 
@@ -1021,6 +1127,9 @@ class TrainingJob:
     budget: Budget = field(default_factory=Budget)
     #: What the job was expected to process and cost when created; None when not estimated.
     estimate: TrainingEstimate | None = None
+    #: Why a RUNNING job is not training now (a full disk), and when it is tried again.
+    status_message: str = ""
+    resume_time: datetime | None = None
 
     @property
     def id(self) -> str:

@@ -66,6 +66,8 @@ from services.trainer.domain import (
     can_transition,
     checkpoint_name,
     checkpoints_to_delete,
+    devices_in,
+    disk_full_wait,
     effective_budget,
     estimate_training,
     from_jsonable,
@@ -105,6 +107,7 @@ from shared.modeling import (
 from shared.modeling.packaged import PACKAGED_MODELS
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
 from shared.protobuf import duration_from_seconds, timestamp_from_datetime
+from shared.request_ids import refuse_reused_request_id, request_id_violations
 from tuneline.trainer.v1 import events_pb2
 
 # -- dependencies ------------------------------------------------------------------------------
@@ -165,6 +168,8 @@ class Context:
     token_counter: TokenCounter | None = None
     #: Throughput an estimate assumes with no earlier run to measure (deliberately low).
     default_tokens_per_device_second: float = 100.0
+    #: Fixed device time per run an estimate assumes with no earlier run to measure it.
+    default_overhead_device_seconds: float = 0.0
     #: Policies make a split's jobs only once its dataset version's ``DatasetAudited`` arrived
     #: (the service's default); False makes them on ``SplitCreated`` (handler tests).
     wait_for_dataset_audit: bool = False
@@ -339,6 +344,9 @@ def _estimate(
         default_tokens_per_device_second=context.default_tokens_per_device_second,
         price_per_device_hour=context.pricing.price_per_device_hour,
         currency=context.pricing.currency,
+        validation_examples=job.split.validation_rows,
+        eval_every_n_steps=job.config.stopping.eval_every_n_steps,
+        default_overhead_device_seconds=context.default_overhead_device_seconds,
     )
 
 
@@ -350,11 +358,15 @@ def _budget_check(
 ) -> tuple[Budget, list[PreconditionViolation]]:
     """The job's effective budget, and every limit its estimate would exceed: per run, the
     estimate; per month, this month's spend of the holder's jobs (cost so far, or the estimate
-    of those still running or queued) plus the estimate."""
+    of those still running or queued) plus the estimate, read while no other admission against
+    the same holder can commit (the caller's transaction must store the job before ending)."""
     held = [h for h in holders if h.budget.limited]
     if not held:
         return Budget(), []
     currency = context.pricing.currency
+    monthly = [h.holder for h in held if h.budget.per_month is not None]
+    if monthly:  # held until the job is stored and committed (see serialise_admission)
+        repo.serialise_admission(monthly)
     since = month_start(_now())
     month_to_date = {
         h.holder: repo.committed_spend(
@@ -742,8 +754,7 @@ def set_training_policy(
     """
     prefix = "training_policy"
     violations: list[FieldViolation] = list(command.violations)
-    if len(command.request_id) > 128:
-        violations.append(FieldViolation("request_id", "at most 128 characters", "TOO_LONG"))
+    violations += request_id_violations(command.request_id)
     policy_id = command.name.removeprefix(POLICY_PREFIX)
     if not command.name.startswith(POLICY_PREFIX) or not RESOURCE_ID.match(policy_id):
         violations.append(
@@ -795,11 +806,7 @@ def _repeated_policy_request(
     repo: TrainerRepository, command: SetPolicyCommand, applied_to: str
 ) -> TrainingPolicy:
     """The answer to a SetTrainingPolicy whose ``request_id`` was applied already."""
-    if applied_to != command.name:
-        raise InvalidArgument(
-            "request_id was already used for another policy",
-            [FieldViolation("request_id", f"already used for {applied_to}", "REQUEST_ID_REUSED")],
-        )
+    refuse_reused_request_id(applied_to, command.name)
     row = repo.policy_row(applied_to)
     if row is None:  # policies are never deleted; kept for a clear error all the same
         raise NotFound("TrainingPolicy", applied_to)
@@ -959,13 +966,21 @@ def _make_policy_jobs(
 # -- the supervisor's records ------------------------------------------------------------------
 
 
-def runnable_jobs(session: Session) -> list[str]:
+def runnable_jobs(session: Session, now: datetime | None = None) -> list[str]:
     """Jobs waiting for a device, in the order they get one: interrupted RUNNING jobs
-    (resumes) first, then QUEUED jobs oldest first."""
+    (resumes) first, then QUEUED jobs oldest first. A job waiting out a full disk
+    (``blocked_until``) is left out until then, unless it was cancelled meanwhile."""
+    now = now or _now()
     rows = TrainerRepository(session).job_rows_in([JobState.RUNNING, JobState.QUEUED])
-    running = [r.name for r in rows if r.state == JobState.RUNNING.value]
+    running = [r.name for r in rows if r.state == JobState.RUNNING.value and not _blocked(r, now)]
     queued = [r.name for r in rows if r.state == JobState.QUEUED.value]
     return running + queued
+
+
+def _blocked(row: JobRow, now: datetime) -> bool:
+    """Whether the job waits out a full disk at ``now`` (a cancelled one waits for nothing)."""
+    until = utc(row.blocked_until)
+    return until is not None and until > now and not row.cancel_requested
 
 
 def _progress(row: JobRow) -> Progress:
@@ -1000,7 +1015,9 @@ def _close_attempt(row: JobRow, now: datetime) -> None:
     """Add the finished attempt's device time and tokens to the job's totals."""
     started = utc(row.attempt_started_at)
     if started is not None:
-        row.device_seconds_done += max(0.0, (now - started).total_seconds())
+        # every device of the slot was held for the attempt's time
+        elapsed = max(0.0, (now - started).total_seconds())
+        row.device_seconds_done += elapsed * devices_in(row.device)
         row.tokens_processed_done += max(0, _progress(row).tokens_seen - row.attempt_tokens_start)
     row.attempt_started_at = None
     row.worker_pid = None
@@ -1020,6 +1037,7 @@ def record_started(session: Session, name: str, message: WorkerStarted, context:
     row.device = message.device
     row.device_type = message.device_type
     row.attempt_tokens_start = message.tokens_seen
+    row.blocked_reason, row.blocked_until = "", None  # training again
     progress = _progress(row)
     _set_progress(
         row,
@@ -1180,6 +1198,7 @@ def record_checkpoint(
     best_row = min(validated, key=lambda c: (c.validation_loss, -c.step)) if validated else None
     row.best_checkpoint = best_row.name if best_row else ""
     row.latest_checkpoint = checkpoint.name
+    row.disk_full_count = 0  # a checkpoint was written: the disk has room again
     row.update_time = now
     job = job_from_row(row, context.pricing)
     record = checkpoint_from_row(checkpoint, job)
@@ -1368,6 +1387,37 @@ def record_worker_lost(
                 context,
             )
             return JobState.FAILED
+    return None
+
+
+def record_disk_full(
+    session: Session, name: str, message: str, *, now: datetime | None = None
+) -> JobState | None:
+    """The worker's attempt ended on a full disk (it wrote nothing half-done). The job stays
+    RUNNING and resumes from its last complete checkpoint after :func:`disk_full_wait` (it says
+    so in ``status_message``); a cancelled one becomes CANCELLED. Returns the new terminal
+    state, if any."""
+    row = TrainerRepository(session).job_row(name)
+    if row is None or JobState(row.state).terminal:
+        return None
+    now = now or _now()
+    _close_attempt(row, now)
+    row.update_time = now
+    if row.cancel_requested:
+        row.state = JobState.CANCELLED.value
+        row.stop_reason = StopReason.CANCELLED.value
+        row.end_time = now
+        row.blocked_reason, row.blocked_until = "", None
+        return JobState.CANCELLED
+    row.disk_full_count += 1
+    resume_at = now + disk_full_wait(row.disk_full_count)
+    last = f"its last complete checkpoint, {row.latest_checkpoint}" if row.latest_checkpoint else ""
+    row.blocked_reason = (
+        f"{without_local_paths(message)[:2000]} (attempt {row.attempt_count}); resuming "
+        f"from {last or 'the start'} at {resume_at.isoformat(timespec='seconds')}: free space "
+        "on the trainer's artifact store"
+    )
+    row.blocked_until = resume_at
     return None
 
 

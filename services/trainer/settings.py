@@ -48,6 +48,14 @@ class TrainerSettings(ServiceSettings):
         ge=0,
         description="Torch threads of a worker training on the CPU (0: torch's default).",
     )
+    ranks_per_job: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Data-parallel ranks each job trains with, launched by `torchrun` on this "
+        "node: one CUDA device per rank (jobs take that many devices each), or gloo processes "
+        "sharing the CPU. 1: one process per job.",
+    )
     price_per_device_hour: Decimal = Field(
         default=Decimal("2.50"),
         ge=0,
@@ -61,6 +69,12 @@ class TrainerSettings(ServiceSettings):
         gt=0,
         description="Throughput a job estimate (`jobs create --dry-run`) assumes when no earlier "
         "run of the base model measured one; deliberately low, so a first estimate errs high.",
+    )
+    estimate_overhead_device_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Fixed device time per run (starting the worker, loading the model and "
+        "data) a job estimate assumes when no earlier run of the base model measured it.",
     )
     wait_for_dataset_audit: bool = Field(
         default=True,

@@ -49,7 +49,11 @@ def service(kafka_bootstrap: str, tmp_path: Path) -> Iterator[ServiceRuntime]:
         CommonSettings(kafka_bootstrap=kafka_bootstrap, data_dir=tmp_path),
         # the label audit (a torch worker per service) has its own test module
         DatasetSettings(
-            grpc_port=0, metrics_port=0, validation_workers=1, label_audit_enabled=False
+            grpc_port=0,
+            metrics_port=0,
+            validation_workers=1,
+            label_audit_enabled=False,
+            import_roots=[tmp_path / "incoming"],
         ),
     )
     runtime.start()
@@ -237,7 +241,7 @@ def test_a_rejected_upload_answers_with_violations_and_keeps_only_its_report(
     assert events_about(kafka_bootstrap, dataset.name, expected=0) == []
 
 
-def test_import_from_a_file_uri_in_the_data_dir(
+def test_import_from_a_file_uri_in_an_import_root(
     client: DatasetClient, service: ServiceRuntime, tmp_path: Path, unique: str
 ) -> None:
     dataset = client.create_dataset(f"imp-{unique}", "classification")
@@ -255,6 +259,19 @@ def test_import_from_a_file_uri_in_the_data_dir(
     with pytest.raises(InvalidArgumentError) as caught:
         client.import_version(dataset.name, "file:///etc/hostname")
     assert caught.value.violations[0].reason == "OUTSIDE_IMPORT_ROOTS"
+    # the data dir (every service's database and artifacts) is not an import root
+    database = tmp_path / "dataset" / "dataset.db"
+    assert database.is_file()
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.import_version(dataset.name, database.as_uri())
+    assert caught.value.violations[0].reason == "OUTSIDE_IMPORT_ROOTS"
+    # a symlink inside the root is not followed, even to a file inside the root
+    link = source.parent / "link.jsonl"
+    link.symlink_to(source)
+    with pytest.raises(TunelineError) as denied:
+        client.import_version(dataset.name, link.as_uri())
+    assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert denied.value.metadata["reason"] == "SYMLINK_REFUSED"
 
 
 def test_label_churn_against_the_parent_blocks_unless_the_request_allows_it(

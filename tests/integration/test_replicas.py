@@ -122,6 +122,8 @@ def replicated_run(
             group = f"test-replicas-{name}-{run_id}"
             start_group_at_end(kafka_bootstrap, group, topics)
             env[f"{prefix}CONSUMER_GROUP"] = group
+        # the registry registers (and re-hashes) only checkpoints in the trainer's area
+        env["TUNELINE_REGISTRY_TRAINER_ARTIFACT_ROOT"] = f"s3://{bucket}/trainer"
         home: Path = tmp_path_factory.mktemp("replicas-stack")
         stack = LocalStack(
             home,

@@ -783,6 +783,94 @@ def test_the_cli_creates_lists_and_watches_a_job(
     assert "MODEL_REFUSED" in refused.output or "pickle" in refused.output
 
 
+def test_the_cli_sets_lists_and_shows_a_policy_with_its_owner_and_budgets(
+    *,
+    service: ServiceRuntime,
+    client: TrainerClient,
+    registry: Registry,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = registry.register(f"models/pol-{unique}")
+    name = f"trainingPolicies/pol-{unique}"
+    monkeypatch.setenv("TUNELINE_TRAINER_TARGET", f"127.0.0.1:{service.grpc_port}")
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps tables to the terminal's width
+    runner = CliRunner()
+    incomplete = runner.invoke(cli, ["policies", "set", f"pol-{unique}", "--owner", "ml"])
+    assert incomplete.exit_code == 2
+    assert "--dataset, --target-model, --base-model" in incomplete.output
+    created = runner.invoke(
+        cli,
+        [
+            "policies",
+            "set",
+            f"pol-{unique}",
+            "--dataset",
+            f"datasets/pol-{unique}",
+            "--target-model",
+            model,
+            "--base-model",
+            "tiny-bert",
+            "--owner",
+            "support-ml",
+            "--owner-contact",
+            "#support-ml",
+            "--runbook",
+            "https://runbooks.example.com/pol",
+            "--max-cost-per-run",
+            "2.50",
+            "--max-cost-per-month",
+            "40",
+        ],
+    )
+    assert created.exit_code == 0, created.output
+    assert f"set {name}" in created.output
+    # a change names only what changes: the rest (dataset, template, owner team) is kept
+    changed = runner.invoke(
+        cli,
+        [
+            "policies",
+            "set",
+            name,
+            "--runbook",
+            "https://runbooks.example.com/pol-v2",
+            "--max-cost-per-month",
+            "30",
+            "--disabled",
+        ],
+    )
+    assert changed.exit_code == 0, changed.output
+    stored = client.get_training_policy(name)
+    assert (stored.dataset, stored.target_model) == (f"datasets/pol-{unique}", model)
+    assert stored.job_template.base_model.model_name == "tiny-bert"
+    assert (stored.owner.team, stored.owner.contact, stored.owner.runbook_uri) == (
+        "support-ml",
+        "#support-ml",
+        "https://runbooks.example.com/pol-v2",
+    )
+    per_run, per_month = stored.budget.max_cost_per_run, stored.budget.max_cost_per_month
+    assert (per_run.units, per_run.nanos, per_run.currency_code) == (2, 500_000_000, "USD")
+    assert (per_month.units, per_month.nanos, per_month.currency_code) == (30, 0, "USD")
+    assert stored.disabled
+    listed = runner.invoke(cli, ["policies", "list", "--dataset", f"datasets/pol-{unique}"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = [line for line in listed.output.splitlines() if name in line]
+    for shown in ("tiny-bert", "support-ml (#support-ml)", "2.50 USD/run", "30.00 USD/month"):
+        assert shown in row
+    assert row.rstrip(" │").endswith("no")
+    got = runner.invoke(cli, ["policies", "get", f"pol-{unique}"])
+    assert got.exit_code == 0, got.output
+    assert '"runbook_uri": "https://runbooks.example.com/pol-v2"' in got.output
+    cleared = runner.invoke(cli, ["policies", "set", name, "--no-budget", "--enabled"])
+    assert cleared.exit_code == 0, cleared.output
+    stored = client.get_training_policy(name)
+    assert not stored.HasField("budget") or not (
+        stored.budget.HasField("max_cost_per_run") or stored.budget.HasField("max_cost_per_month")
+    )
+    assert not stored.disabled
+    assert stored.owner.team == "support-ml"
+
+
 def test_a_budget_refuses_a_run_before_it_starts_and_stops_one_that_reaches_it(
     registry: Registry, kafka_bootstrap: str, tmp_path: Path, models_root: Path, unique: str
 ) -> None:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import errno
+import gc
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from shared.artifacts import ArtifactError, LocalArtifactStore, StoredArtifact, directory_sha256
+from shared import artifacts
+from shared.artifacts import (
+    ArtifactError,
+    LocalArtifactStore,
+    StoredArtifact,
+    artifact_uri_problem,
+    directory_sha256,
+    root_uri,
+)
 
 
 @pytest.fixture
@@ -386,3 +397,128 @@ def test_clean_temp_removes_the_folder_of_a_replica_that_died(tmp_path: Path) ->
     assert sorted(p.name for p in (root / ".tmp").iterdir()) == sorted(
         [".sweep", survivor.temp_folder.name, f"{survivor.temp_folder.name}.lock"]
     )
+
+
+# -- put_directory under crashes ------------------------------------------------------------------
+
+
+class _Crash(BaseException):
+    """The process dying at a chosen point of put_directory: nothing after it runs."""
+
+
+def _put_dying_at(
+    monkeypatch: pytest.MonkeyPatch, store: LocalArtifactStore, source: Path, point: int
+) -> bool:
+    """``put_directory("out", source)`` with the process dying at ``point``: point 2k is just
+    before the k-th rename or swap, 2k+1 just after it. No clean-up runs after the death (as a
+    SIGKILL would leave it). True when the put finished before reaching ``point``."""
+    passed = 0
+
+    def dying(call):  # type: ignore[no-untyped-def]
+        def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal passed
+            if passed == point:
+                raise _Crash
+            passed += 1
+            result = call(*args, **kwargs)
+            if passed == point:
+                raise _Crash
+            passed += 1
+            return result
+
+        return wrapped
+
+    with monkeypatch.context() as patched:
+        patched.setattr(artifacts.os, "replace", dying(os.replace))
+        patched.setattr(artifacts, "exchange_paths", dying(artifacts.exchange_paths))
+        patched.setattr(artifacts.shutil, "rmtree", lambda *a, **k: None)
+        try:
+            store.put_directory("out", source)
+        except _Crash:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("can_swap", [True, False], ids=["rename-exchange", "two-renames"])
+def test_a_crash_anywhere_in_put_directory_leaves_the_old_or_the_new_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, can_swap: bool
+) -> None:
+    """Whichever step the process dies at, the key holds one complete version after restart;
+    where the filesystem can swap (RENAME_EXCHANGE), it never lacks one even before."""
+    if not can_swap:
+
+        def cannot_swap(first: Path, second: Path) -> None:
+            raise OSError(errno.ENOSYS, "no renameat2 here (as on NFS)")
+
+        monkeypatch.setattr(artifacts, "exchange_paths", cannot_swap)
+    old = _tree(tmp_path / "old", {"adapter.safetensors": b"old" * 10, "old-only": b"o"})
+    new = _tree(tmp_path / "new", {"adapter.safetensors": b"new" * 10, "new-only": b"n"})
+    versions = {directory_sha256(old): "old", directory_sha256(new): "new"}
+    root = tmp_path / "store"
+    outcomes = []
+    for point in range(20):
+        shutil.rmtree(root, ignore_errors=True)
+        store = LocalArtifactStore(root)
+        store.put_directory("out", old)
+        finished = _put_dying_at(monkeypatch, store, new, point)
+        target = root / "out"
+        if can_swap:
+            assert directory_sha256(target) in versions, f"nothing complete at point {point}"
+        del store  # the process is gone: its temp folder's lock is released
+        gc.collect()
+        restarted = LocalArtifactStore(root)
+        restarted.clean_temp()  # what every service runs at start-up
+        outcomes.append(versions[directory_sha256(target)])
+        assert [p.name for p in (root / ".tmp").rglob("*") if "dir-" in str(p)] == []
+        if finished:
+            assert outcomes[-1] == "new"
+            break
+    else:
+        pytest.fail("put_directory never finished")
+    assert "old" in outcomes  # deaths before the swap kept the old version
+
+
+def test_a_full_disk_during_put_directory_keeps_the_old_folder_and_no_leftover(
+    store: LocalArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put_directory("out", _tree(tmp_path / "v1", {"a": b"1"}))
+
+    def disk_full(fd: int) -> None:  # where delayed allocation reports a full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifacts.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left") as raised:
+        store.put_directory("out", _tree(tmp_path / "v2", {"a": b"2"}))
+    assert raised.value.errno == errno.ENOSPC
+    assert (store.root / "out" / "a").read_bytes() == b"1"
+    assert store.temp_entries() == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "root", "problem"),
+    [
+        ("file:///d/trainer/artifacts/j/checkpoints/step-1", "file:///d/trainer/artifacts", ""),
+        ("file:///d/trainer/artifacts/a%40b", "file:///d/trainer/artifacts", ""),
+        ("s3://bkt/trainer/j/checkpoints/step-1", "s3://bkt/trainer", ""),
+        ("s3://bkt/any/key", "s3://bkt", ""),
+        ("file:///d/trainer/artifacts/../registry/r.db", "file:///d/trainer/artifacts", "invalid"),
+        ("file:///d/trainer/artifacts/a/%2E%2E/b", "file:///d/trainer/artifacts", "invalid"),
+        ("file:///d/trainer/artifacts/.tmp/x", "file:///d/trainer/artifacts", "invalid"),
+        ("file:///d/trainer/artifacts/", "file:///d/trainer/artifacts", "invalid"),
+        ("file:///d/trainer/artifactsX/a", "file:///d/trainer/artifacts", "not under"),
+        ("file://host/d/trainer/artifacts/a", "file:///d/trainer/artifacts", "host"),
+        ("file:///d/trainer/artifacts/a?x=1", "file:///d/trainer/artifacts", "query"),
+        ("s3://bkt/trainer/a", "file:///d/trainer/artifacts", "scheme"),
+        ("s3://other/trainer/a", "s3://bkt/trainer", "bucket"),
+        ("s3://bkt/evaluator/a", "s3://bkt/trainer", "not under"),
+        ("https://bkt/trainer/a", "s3://bkt/trainer", "scheme"),
+    ],
+)
+def test_artifact_uris_must_lie_under_the_root(uri: str, root: str, problem: str) -> None:
+    found = artifact_uri_problem(uri, root)
+    assert (found == "") if not problem else (problem in found), found
+
+
+def test_a_local_root_is_a_file_uri_and_an_s3_root_stays(tmp_path: Path) -> None:
+    assert root_uri(tmp_path / "x" / ".." / "y") == (tmp_path / "y").resolve().as_uri()
+    assert root_uri("s3://bkt/trainer") == "s3://bkt/trainer"

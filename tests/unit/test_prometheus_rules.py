@@ -248,6 +248,15 @@ def test_rollback_alerts_name_the_model_and_the_checkpoint() -> None:
     assert checked == rollback_alerts
 
 
+def test_the_registry_allow_lists_exactly_the_rollback_alerts() -> None:
+    """The webhook ignores alerts off TUNELINE_REGISTRY_ROLLBACK_ALERT_NAMES: its default is
+    every rule labelled action="rollback", so a new rollback rule must be added there too."""
+    rollback_alerts = {
+        r["alert"] for r in _alert_rules() if r["labels"].get("action") == "rollback"
+    }
+    assert set(RegistrySettings().rollback_alert_names) == rollback_alerts
+
+
 def test_every_alert_names_an_owner() -> None:
     """An alert about a model joins the model's owner (``tuneline:model_owner``); an alert about
     the platform says ``owner: platform``; and every tested firing alert shows its owner."""

@@ -32,6 +32,7 @@ from services.trainer.adapters.engine.plan import (
     StopSignals,
     TrainingFailure,
     WorkerCheckpoint,
+    WorkerDiskFull,
     WorkerFinished,
     WorkerMessage,
     WorkerOomRetry,
@@ -50,17 +51,12 @@ from services.trainer.domain import (
     BaseModelRef,
     CheckpointPolicy,
     FailureReason,
-    Hyperparameters,
     RowSkipReason,
     StoppingRules,
     StopReason,
     TargetPreset,
     TaskType,
-    resolve_adapter,
-    resolve_checkpointing,
     resolve_for_device,
-    resolve_hyperparameters,
-    resolve_stopping,
 )
 from shared.artifacts import LocalArtifactStore, artifact_store_from_uri
 from shared.modeling import (
@@ -74,12 +70,12 @@ from shared.modeling.batching import pack_batch, pad_batch
 from shared.modeling.loading import load_checkpoint, load_tokenizer
 from shared.modeling.tokenizer_fingerprint import tokenizer_fingerprint_from_extra
 from tests.fixtures.trainer_data import (
-    WrittenSplit,
     build_tiny_bert,
     build_tiny_llama,
     sentiment_rows,
     write_split,
 )
+from tests.fixtures.trainer_plans import make_plan
 
 
 @pytest.fixture(scope="module")
@@ -105,47 +101,6 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ]
     chat = write_split(root / "chat", chat_rows, validation_fraction=0.25)
     return {"root": root, "models": models, "sentiment": sentiment, "chat": chat}
-
-
-def make_plan(
-    workspace: dict[str, Any],
-    *,
-    task: TaskType = TaskType.CLASSIFICATION,
-    adapter: AdapterSpec | None = None,
-    stopping: StoppingRules | None = None,
-    checkpointing: CheckpointPolicy | None = None,
-    split: WrittenSplit | None = None,
-    prefix: str = "jobs/j",
-    **hyper: Any,
-) -> WorkerPlan:
-    name = "bert" if task is TaskType.CLASSIFICATION else "llama"
-    model = resolve_base_model(model_name=name, models_root=workspace["models"])
-    written = split or workspace["sentiment" if task is TaskType.CLASSIFICATION else "chat"]
-    hp = resolve_hyperparameters(
-        Hyperparameters(**{"batch_size": 8, "learning_rate": 1e-2, "max_steps": 8, **hyper}), 128
-    )
-    rules = resolve_stopping(stopping or StoppingRules(eval_every_n_steps=4), 6)
-    return WorkerPlan(
-        job="trainingJobs/j",
-        task_type=task,
-        model_dir=str(model.path),
-        base_model=BaseModelRef(
-            model_name=name,
-            files_sha256=model.files_sha256,
-            model_type=model.model_type,
-            architecture=model.architecture,
-        ),
-        manifest_path=str(written.manifest_path),
-        manifest_sha256=written.manifest_sha256,
-        dataset_path=str(written.dataset_path),
-        adapter=resolve_adapter(adapter or AdapterSpec(rank=4), task, model.model_type),
-        hyperparameters=hp,
-        stopping=rules,
-        checkpointing=resolve_checkpointing(checkpointing or CheckpointPolicy(), rules),
-        artifact_root=str(workspace["root"] / "artifacts"),
-        artifact_prefix=prefix,
-        cpu_threads=1,
-    )
 
 
 def train(plan: WorkerPlan, signals: StopSignals | None = None) -> list[WorkerMessage]:
@@ -776,3 +731,42 @@ def test_checkpoints_go_to_an_s3_store_and_a_resume_reads_its_state_back(
     folder = store.materialize(final.artifact_uri)
     assert folder_sha256(folder) == final.sha256  # the checkpoint contract's digest
     assert (folder / "adapter_config.json").is_file()
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_no_half_checkpoint_and_resumes_from_the_last(
+    workspace: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while the step-6 state is written: the worker reports a resumable full disk,
+    the step-6 adapter already stored is removed (a checkpoint is adapter and state), and a
+    resume from the step-3 state, once space is back, trains on to the end."""
+    from services.trainer.adapters.worker import train_and_report  # noqa: PLC0415
+
+    policy = CheckpointPolicy(every_n_steps=3)
+    plan = make_plan(workspace, checkpointing=policy, max_steps=9, prefix="jobs/full-disk")
+    root = Path(plan.artifact_root)
+    real_put = LocalArtifactStore.put_directory
+
+    def put_until_the_disk_fills(self: LocalArtifactStore, key: str, source: Path) -> Any:
+        if key.endswith("states/step-6"):
+            raise OSError(28, "No space left on device")
+        return real_put(self, key, source)
+
+    reports: list[WorkerMessage] = []
+    with monkeypatch.context() as full:
+        full.setattr(LocalArtifactStore, "put_directory", put_until_the_disk_fills)
+        train_and_report(plan, reports.append, StopSignals())
+    disk_full = [m for m in reports if isinstance(m, WorkerDiskFull)]
+    assert len(disk_full) == 1
+    assert "No space left on device" in disk_full[0].message
+    assert [c.step for c in of(WorkerCheckpoint, reports)] == [3]
+    jobs = root / "jobs" / "full-disk"
+    assert sorted(p.name for p in (jobs / "checkpoints").iterdir()) == ["step-3"]
+    assert sorted(p.name for p in (jobs / "states").iterdir()) == ["step-3"]
+    assert list((root / ".tmp").rglob("dir-*")) == [], "no staging folder is left"
+
+    last_good = of(WorkerCheckpoint, reports)[-1].state_uri
+    resumed = train(dataclasses.replace(plan, resume_state_uri=last_good))
+    (started,) = of(WorkerStarted, resumed)
+    assert started.step == 3
+    assert [c.step for c in of(WorkerCheckpoint, resumed)] == [6, 9]
+    assert of(WorkerFinished, resumed)

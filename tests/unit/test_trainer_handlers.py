@@ -817,8 +817,11 @@ def test_a_dry_run_checks_the_job_estimates_it_and_creates_nothing(
     # 13 steps an epoch of 100 rows at 8 a step: two epochs (26 steps), then 4 steps of 8 rows
     assert estimate.estimated_tokens == 50 * (2 * 100 + 4 * 8)
     assert (estimate.measured_runs, estimate.device_type) == (0, "")
-    assert estimate.cost.device_seconds == pytest.approx(estimate.estimated_tokens / 50.0)
-    assert estimate.cost.amount == Decimal("0.232000000")  # 232 s at 3.60 an hour
+    # validated at steps 13, 26 and 30 over the 20 validation rows of 50 tokens, a validation
+    # token weighing a third of a train token
+    assert estimate.estimated_validation_tokens == 3 * 20 * 50
+    assert estimate.cost.device_seconds == pytest.approx((11_600 + 3 * 20 * 50 / 3) / 50.0)
+    assert estimate.cost.amount == Decimal("0.252000000")  # 252 s at 3.60 an hour
     with sessions() as session:
         listed = handlers.list_training_jobs(
             session,
@@ -845,7 +848,8 @@ def test_a_dry_run_is_refused_as_a_create_would_be(
 
 # -- budgets ---------------------------------------------------------------------------------------
 # With FakeTokenCounter and 50 tokens per device-second the default job is estimated at
-# 11,600 tokens, 232 device-seconds, USD 0.232 (see the dry-run test above).
+# 11,600 train tokens and 3,000 validation tokens, 252 device-seconds, USD 0.252 (see the
+# dry-run test above).
 
 
 def _budgeted(
@@ -870,13 +874,14 @@ def test_a_job_records_its_estimate_and_the_budget_it_was_admitted_under(session
     budgeted = _budgeted(context, per_run="0.50", per_month="10")
     job = create(sessions, budgeted, command())
     assert job.estimate is not None
-    assert job.estimate.cost.amount == Decimal("0.232000000")
+    assert job.estimate.cost.amount == Decimal("0.252000000")
     assert job.budget == Budget("USD", Decimal("0.50"), Decimal("10"))
     with sessions() as session:
         stored, _ = handlers.get_training_job(session, job.name, budgeted)
     message = protos.job_to_proto(stored)
-    assert message.estimate.estimated_cost.nanos == 232_000_000
-    assert message.estimate.estimated_device_seconds == pytest.approx(232.0)
+    assert message.estimate.estimated_cost.nanos == 252_000_000
+    assert message.estimate.estimated_device_seconds == pytest.approx(252.0)
+    assert message.estimate.estimated_validation_tokens == 3000
     assert (message.budget.max_cost_per_run.units, message.budget.max_cost_per_run.nanos) == (
         0,
         500_000_000,
@@ -891,7 +896,7 @@ def test_a_job_estimated_over_its_per_run_budget_is_refused_before_it_starts(ses
     (violation,) = refused.value.violations
     assert (violation.type, violation.subject) == (handlers.BUDGET_EXCEEDED, "models/sentiment")
     assert violation.description.startswith("max_cost_per_run:")
-    assert "USD 0.23" in violation.description
+    assert "USD 0.25" in violation.description
     assert "USD 0.20" in violation.description
     with sessions() as session, session.begin(), pytest.raises(FailedPrecondition):
         handlers.estimate_training_job(session, command(), budgeted)  # a dry run says so too
@@ -901,19 +906,63 @@ def test_a_job_estimated_over_its_per_run_budget_is_refused_before_it_starts(ses
 
 def test_the_monthly_budget_counts_what_this_months_jobs_cost_or_are_expected_to(sessions, context):
     known_split(sessions)
-    budgeted = _budgeted(context, per_month="0.50")
-    create(sessions, budgeted, command("j1"))  # queued: its estimate (0.232) is committed
-    create(sessions, budgeted, command("j2"))  # 0.464 of 0.50
+    budgeted = _budgeted(context, per_month="0.55")
+    create(sessions, budgeted, command("j1"))  # queued: its estimate (0.252) is committed
+    create(sessions, budgeted, command("j2"))  # 0.504 of 0.55
     with pytest.raises(FailedPrecondition) as refused:
-        create(sessions, budgeted, command("j3"))  # 0.696 > 0.50
+        create(sessions, budgeted, command("j3"))  # 0.756 > 0.55
     (violation,) = refused.value.violations
     assert violation.description.startswith("max_cost_per_month:")
-    assert "USD 0.46" in violation.description
+    assert "USD 0.50" in violation.description
     with sessions() as session, session.begin():
         row = TrainerRepository(session).job_row("trainingJobs/j1")
         assert row is not None
         row.create_time = month_start(handlers._now()) - timedelta(seconds=1)
     create(sessions, budgeted, command("j3"))  # last month's job no longer counts
+
+
+class _RacingTokenCounter(FakeTokenCounter):
+    """Answers no request before ``parties`` requests have asked: they all reach the budget
+    check together, the moment a race between them would let each see the other's spend as
+    not yet there."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.together = threading.Barrier(parties)
+
+    def train_tokens(self, split: SplitInfo, model: ResolvedModel, max_length: int) -> _Counted:
+        counted = super().train_tokens(split, model, max_length)
+        self.together.wait(timeout=120)  # a safety net, not a condition of the test
+        return counted
+
+
+def test_two_concurrent_jobs_cannot_both_fit_a_monthly_budget_that_holds_one(sessions, context):
+    known_split(sessions)
+    # 0.252 each: one fits in 0.30, two do not
+    racing = replace(_budgeted(context, per_month="0.30"), token_counter=_RacingTokenCounter(2))
+    outcomes: queue.Queue[tuple[str, str]] = queue.Queue()
+
+    def request(job_id: str) -> None:
+        try:
+            outcomes.put(("admitted", create(sessions, racing, command(job_id)).name))
+        except FailedPrecondition as refused:
+            outcomes.put(("refused", refused.violations[0].description))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            outcomes.put(("error", repr(error)))
+
+    threads = [threading.Thread(target=request, args=(job_id,)) for job_id in ("j1", "j2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results = sorted(outcomes.get_nowait() for _ in threads)
+    assert [kind for kind, _ in results] == ["admitted", "refused"], results
+    assert results[1][1].startswith("max_cost_per_month:")
+    assert "USD 0.25" in results[1][1]  # the admitted job's committed estimate
+    with sessions() as session:
+        repo = TrainerRepository(session)
+        stored = [repo.job_row(f"trainingJobs/{job_id}") for job_id in ("j1", "j2")]
+    assert sum(row is not None for row in stored) == 1
 
 
 def test_a_budget_in_another_currency_than_the_price_is_refused(sessions, context):

@@ -29,6 +29,7 @@ from tuneline.cli.output import console, err_console
 from tuneline.cli.report import print_scorecard, read_scorecard
 from tuneline.client.errors import TunelineError
 from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
 from tuneline.demo.corpus import CorpusError, rotten_tomatoes_path
 from tuneline.demo.scenario import (
     ENCODER,
@@ -41,7 +42,13 @@ from tuneline.demo.scenario import (
 )
 from tuneline.demo.timeline import SeenEvent
 from tuneline.devtools.kafka import LocalKafka, LocalKafkaError
-from tuneline.devtools.stack import LocalStack, StackError, StackPorts, StackState
+from tuneline.devtools.stack import (
+    LocalStack,
+    StackError,
+    StackPorts,
+    StackState,
+    calling_as_local_admin,
+)
 from tuneline.report import page
 from tuneline.report.scorecard import Scorecard
 from tuneline.trainer.v1 import resources_pb2 as trainer_pb2
@@ -65,6 +72,7 @@ _EVENT_STYLE = {
     "ModelRolledBack": "bold yellow",
     "ModelPromoted": "bold green",
     "TrainingJobFailed": "bold red",
+    "DatasetAudited": "magenta",
 }
 
 
@@ -148,6 +156,14 @@ def _describe(seen: SeenEvent) -> str:  # noqa: PLR0911 - one line per event typ
     match seen.kind:
         case "DatasetVersioned":
             return f"{message.dataset_version} ({message.row_count} rows)"
+        case "DatasetAudited":
+            verdict = dataset_pb2.LabelAuditVerdict.Name(message.verdict)
+            return (
+                f"{message.dataset_version}: label audit "
+                f"{verdict.removeprefix('LABEL_AUDIT_VERDICT_')}, estimated noise "
+                f"{message.noise_rate:.1%} (limit {message.max_noise_rate:.0%}), "
+                f"{message.suspected_count} rows suspected"
+            )
         case "SplitCreated":
             sizes = "/".join(str(part.row_count) for part in message.parts)
             return f"{message.split.rsplit('/', 1)[-1]} (rows per part {sizes})"
@@ -156,6 +172,9 @@ def _describe(seen: SeenEvent) -> str:  # noqa: PLR0911 - one line per event typ
         case "CheckpointReady":
             final = " final" if message.is_final else ""
             return f"step {message.step}{final}, train loss {message.train_loss:.3f}"
+        case "TrainingJobFailed":
+            reason = trainer_pb2.TrainingFailureReason.Name(message.failure_reason)
+            return f"{message.training_job}: {reason.removeprefix('TRAINING_FAILURE_REASON_')}"
         case "TrainingJobCompleted":
             return f"{message.training_job} after {message.steps_completed} steps"
         case "EvaluationCompleted":
@@ -205,8 +224,47 @@ def _report(card: Scorecard, home: Path) -> None:
     console.print(f"The scorecard with its plots, offline: {page_file}")
 
 
-def _start_stack(home: Path, ports: StackPorts) -> tuple[LocalStack, StackState]:
-    stack = LocalStack(home, ports)
+def _print_story(summary: DemoSummary) -> None:
+    """What happened to each version, in a few lines, after the run."""
+    first, *_ = summary.rounds
+    best = max((r for r in summary.rounds if r.promoted), key=lambda r: r.accuracy or 0.0)
+    if first.baseline_accuracy is not None and best.accuracy is not None:
+        console.print(
+            f"Held-out accuracy: base model {first.baseline_accuracy:.3f}, best fine-tuned "
+            f"{best.accuracy:.3f} ({best.label} version, {best.steps} steps)."
+        )
+    blocked = summary.blocked
+    if blocked is not None:
+        console.print(
+            f"The relabelled version was refused before training ({summary.churn_refusal}); "
+            f"pushed with an override, its label audit blocked it (estimated label noise "
+            f"{blocked.noise_rate:.1%} above the {blocked.max_noise_rate:.0%} allowed, "
+            f"{blocked.suspected_count} of {blocked.rows} rows suspected): no training ran."
+        )
+    narrow = summary.rounds[-1]
+    if narrow.label == "narrow":
+        console.print(
+            f"The narrow version ({narrow.rows} reviews that state their verdict) passed its data"
+            f" checks and trained for {narrow.steps} steps; the regression gate refused it: "
+            f"{narrow.regression}."
+        )
+    if summary.rollback is not None:
+        console.print(
+            f"Rolled back by {summary.rollback.trigger} "
+            f"{summary.rollback.seconds_to_rollback * 1000:.0f} ms after the webhook POST; "
+            f"production is {summary.production_checkpoint}."
+        )
+    if summary.live is not None and summary.live.seconds_to_swap_back is not None:
+        console.print(
+            f"Live traffic: {summary.live.bad_predictions} bad predictions of "
+            f"{summary.live.predictions} served by {summary.live.checkpoint}; serving swapped "
+            f"back to {summary.live.swapped_back_to} {summary.live.seconds_to_swap_back:.1f} s "
+            "after the first bad prediction."
+        )
+
+
+def _start_stack(home: Path, ports: StackPorts, *, secure: bool) -> tuple[LocalStack, StackState]:
+    stack = LocalStack(home, ports, secure=secure)
     if stack.running():
         err_console.print(
             f"[red]error:[/red] a demo stack is already running from {home}; "
@@ -258,6 +316,13 @@ def demo(
     metrics_port_base: Annotated[int, typer.Option(help="Metrics port of dataset.")] = 9201,
     kafka_port: Annotated[int, typer.Option(help="Kafka broker port.")] = 19192,
     webhook_port: Annotated[int, typer.Option(help="Registry's webhook port.")] = 9195,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Run the demo's stack on plaintext gRPC without authentication (debugging).",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole story on real data: three dataset versions, automatic promotion, a
     refused regression and an alert-driven rollback, then a summary. Minutes on a CPU.
@@ -290,14 +355,15 @@ def demo(
         metrics_base=metrics_port_base,
         webhook=webhook_port,
     )
-    stack, state = _start_stack(home, ports)
+    stack, state = _start_stack(home, ports, secure=not insecure)
     console.print(f"Stack up in {time.monotonic() - started:.0f} s; logs in {stack.logs_dir}")
     summary = None
     card: Scorecard | None = None
     try:
         token = stack.webhook_token_path.read_text().strip()
-        summary = _play(config, StackEndpoints.of_stack(state, token), started)
-        card = _scorecard(state, summary.model) if summary is not None else None
+        with calling_as_local_admin(state):
+            summary = _play(config, StackEndpoints.of_stack(state, token), started)
+            card = _scorecard(state, summary.model) if summary is not None else None
     finally:
         if keep_running and summary is not None:
             console.print(
@@ -310,30 +376,7 @@ def demo(
     if summary is None:
         err_console.print(f"service logs: {stack.logs_dir}")
         raise typer.Exit(1)
-    first, *_ = summary.rounds
-    best = max((r for r in summary.rounds if r.promoted), key=lambda r: r.accuracy or 0.0)
-    if first.baseline_accuracy is not None and best.accuracy is not None:
-        console.print(
-            f"Held-out accuracy: base model {first.baseline_accuracy:.3f}, best fine-tuned "
-            f"{best.accuracy:.3f} ({best.label} version, {best.steps} steps)."
-        )
-    console.print(
-        f"The relabelled version was refused before training ({summary.churn_refusal}); "
-        "pushed with an override, the regression gate refused it too."
-    )
-    if summary.rollback is not None:
-        console.print(
-            f"Rolled back by {summary.rollback.trigger} "
-            f"{summary.rollback.seconds_to_rollback * 1000:.0f} ms after the webhook POST; "
-            f"production is {summary.production_checkpoint}."
-        )
-    if summary.live is not None and summary.live.seconds_to_swap_back is not None:
-        console.print(
-            f"Live traffic: {summary.live.bad_predictions} bad predictions of "
-            f"{summary.live.predictions} served by {summary.live.checkpoint}; serving swapped "
-            f"back to {summary.live.swapped_back_to} {summary.live.seconds_to_swap_back:.1f} s "
-            "after the first bad prediction."
-        )
+    _print_story(summary)
     if card is not None:
         _report(card, home)
     console.print(f"[bold]Demo finished in {time.monotonic() - started:.0f} s.[/bold]")

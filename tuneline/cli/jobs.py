@@ -110,7 +110,12 @@ def _print_estimate(
     table.add_row("train tokens (one pass)", str(estimate.train_tokens))
     table.add_row("planned steps", str(estimate.planned_steps))
     table.add_row("tokens to process", str(estimate.estimated_tokens))
-    table.add_row("throughput", f"{estimate.tokens_per_device_second:.1f} tokens/device-s, {basis}")
+    table.add_row("validation tokens", str(estimate.estimated_validation_tokens))
+    table.add_row(
+        "throughput",
+        f"{estimate.tokens_per_device_second:.1f} train tokens/device-s (a validation token "
+        f"counts a third), {basis}",
+    )
     table.add_row("fixed time per run", f"{estimate.overhead_device_seconds:.1f} s")
     table.add_row("device time", f"{estimate.estimated_device_seconds:.1f} s")
     table.add_row("cost", _money(estimate.estimated_cost))

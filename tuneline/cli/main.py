@@ -17,6 +17,7 @@ from tuneline.cli import (
     lifecycle,
     models,
     outbox,
+    policies,
     report,
     security,
     serving,
@@ -37,6 +38,7 @@ app.command()(report.report)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(splits.app, name="splits")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(policies.app, name="policies")
 models.app.command("prepare")(base_models.prepare)
 app.add_typer(models.app, name="models")
 app.add_typer(checkpoints.app, name="checkpoints")

@@ -135,6 +135,12 @@ class TrainerMetrics:
         self.checkpoints = Counter(
             "tuneline_trainer_checkpoints_total", "Checkpoints announced.", registry=registry
         )
+        self.disk_full = Counter(
+            "tuneline_trainer_disk_full_total",
+            "Worker attempts that ended because a write ran out of disk space (ENOSPC or a "
+            "quota); each such job resumes from its last complete checkpoint after a wait.",
+            registry=registry,
+        )
         self.failures = Counter(
             "tuneline_trainer_job_failures_total",
             "Jobs that failed, by failure reason.",

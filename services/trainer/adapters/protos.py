@@ -329,6 +329,7 @@ def estimate_to_proto(estimate: TrainingEstimate) -> trainer_pb2.TrainingEstimat
         device_type=estimate.device_type,
         estimated_device_seconds=estimate.cost.device_seconds,
         estimated_cost=money(estimate.cost.amount, estimate.cost.currency),
+        estimated_validation_tokens=estimate.estimated_validation_tokens,
     )
 
 
@@ -524,8 +525,9 @@ def job_to_proto(
         lineage=lineage_to_proto(job.lineage()),
         attempt_count=job.attempt_count,
         device=job.device,
+        status_message=job.status_message,
     )
-    for name in ("create_time", "start_time", "end_time", "update_time"):
+    for name in ("create_time", "start_time", "end_time", "update_time", "resume_time"):
         set_timestamp(getattr(message, name), getattr(job, name))
     if job.budget.limited:
         message.budget.CopyFrom(budget_to_proto(job.budget))

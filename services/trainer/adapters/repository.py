@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import false, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from services.trainer.adapters.tables import (
@@ -44,10 +44,15 @@ from services.trainer.domain import (
     TrainingJob,
     TrainingPolicy,
     compute_cost,
+    devices_in,
     from_jsonable,
     jsonable,
 )
 from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
+from shared.running_claims import advisory_lock_key
+
+#: Namespace of the advisory locks that serialise admission per budget holder.
+_ADMISSION_LOCKS = "trainer-budget-admission"
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -74,7 +79,8 @@ def job_cost(row: JobRow, pricing: Pricing, *, now: datetime | None = None) -> C
     seconds = row.device_seconds_done
     started = utc(row.attempt_started_at)
     if started is not None:
-        seconds += max(0.0, ((now or datetime.now(UTC)) - started).total_seconds())
+        elapsed = max(0.0, ((now or datetime.now(UTC)) - started).total_seconds())
+        seconds += elapsed * devices_in(row.device)
     progress = json.loads(row.progress_json or "{}")
     tokens = row.tokens_processed_done
     if started is not None:
@@ -85,6 +91,7 @@ def job_cost(row: JobRow, pricing: Pricing, *, now: datetime | None = None) -> C
         price_per_device_hour=pricing.price_per_device_hour,
         currency=pricing.currency,
         device_type=row.device_type or row.device,
+        device_count=devices_in(row.device),
     )
 
 
@@ -121,6 +128,8 @@ def job_from_row(row: JobRow, pricing: Pricing) -> TrainingJob:
         accumulation_steps=row.accumulation_steps,
         oom_retries=row.oom_retries,
         crash_count=row.crash_count,
+        status_message=row.blocked_reason,
+        resume_time=utc(row.blocked_until),
         budget=from_jsonable(Budget, spec.get("budget") or {}),
         estimate=(
             from_jsonable(TrainingEstimate, spec["estimate"]) if spec.get("estimate") else None
@@ -282,6 +291,25 @@ class TrainerRepository:
         )
         return list(self.session.scalars(query))
 
+    def serialise_admission(self, holders: Sequence[str]) -> None:
+        """Until this transaction ends, be the only one admitting jobs against ``holders``'
+        budgets, so that two requests cannot both read a month's spend, both fit, and both be
+        admitted. PostgreSQL: a transaction-scoped advisory lock per holder, taken in name
+        order so that two admissions never wait on each other. SQLite has one writer at a
+        time but reads outside it, so the transaction takes the write lock now, with a write
+        that changes nothing: the spend it reads next cannot change before it commits."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            for holder in sorted(set(holders)):
+                key = advisory_lock_key(_ADMISSION_LOCKS, holder)
+                self.session.execute(select(func.pg_advisory_xact_lock(key)))
+            return
+        self.session.execute(
+            update(JobRow)
+            .where(false())
+            .values(name=JobRow.name)
+            .execution_options(synchronize_session=False)
+        )
+
     def committed_spend(
         self,
         *,
@@ -308,24 +336,51 @@ class TrainerRepository:
         return total
 
     def throughput_samples(self, base_model_sha256: str) -> list[ThroughputSample]:
-        """What every SUCCEEDED run of the base model (its files' SHA-256) processed, and on
-        which device type, oldest first."""
+        """What every SUCCEEDED run of the base model (its files' SHA-256) processed, in how
+        many attempts, and on which device type, oldest first. Its validation tokens: the
+        validations its loss curve records, times its split's validation rows, times the mean
+        tokens per train row its estimate counted (0 when it was not estimated)."""
         query = (
             select(JobRow)
             .where(JobRow.state == JobState.SUCCEEDED.value)
             .order_by(JobRow.end_time, JobRow.name)
         )
-        return [
-            ThroughputSample(
-                tokens_processed=row.tokens_processed_done,
-                device_seconds=row.device_seconds_done,
-                training_seconds=row.training_seconds_done,
-                device_type=row.device_type or row.device,
+        runs: list[tuple[JobRow, dict[str, Any]]] = []
+        for row in self.session.scalars(query):
+            spec = json.loads(row.spec_json)
+            if spec["config"]["base_model"].get("files_sha256") == base_model_sha256:
+                runs.append((row, spec))
+        counted = self.session.execute(
+            select(LossPointRow.job, func.count())
+            .where(
+                LossPointRow.job.in_([row.name for row, _ in runs]),
+                LossPointRow.validation_loss.is_not(None),
             )
-            for row in self.session.scalars(query)
-            if json.loads(row.spec_json)["config"]["base_model"].get("files_sha256")
-            == base_model_sha256
-        ]
+            .group_by(LossPointRow.job)
+        )
+        validations = {job: count for job, count in counted}
+        samples = []
+        for row, spec in runs:
+            estimate = spec.get("estimate") or {}
+            per_row = (
+                estimate["train_tokens"] / estimate["train_examples"]
+                if estimate.get("train_examples")
+                else 0.0
+            )
+            validation_rows = spec["split"].get("validation_rows", 0)
+            samples.append(
+                ThroughputSample(
+                    tokens_processed=row.tokens_processed_done,
+                    device_seconds=row.device_seconds_done,
+                    training_seconds=row.training_seconds_done,
+                    device_type=row.device_type or row.device,
+                    validation_tokens=round(
+                        per_row * validation_rows * validations.get(row.name, 0)
+                    ),
+                    attempts=max(1, row.attempt_count - row.oom_retries),
+                )
+            )
+        return samples
 
     def finished_runs_by_model(self) -> list[tuple[str, int, float]]:
         """Per target model: its terminal jobs and their device-seconds, summed."""

@@ -69,6 +69,18 @@ class JobRow(TrainerBase):
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: Why a RUNNING job is not training now (e.g. a full disk) and when it is tried again.
+    blocked_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: Attempts that ended on a full disk in a row: the wait before the next one doubles.
+    disk_full_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Compare-and-set of every change: each UPDATE matches the version it read and bumps it
+    #: (``version_id_col``), so of two transactions changing one job at once (a cancel and the
+    #: start of an attempt) the later fails with StaleDataError and is retried on fresh state
+    #: (``shared.db.run_in_transaction``) instead of overwriting the other.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+    __mapper_args__ = {"version_id_col": version}
 
 
 class CheckpointRow(TrainerBase):

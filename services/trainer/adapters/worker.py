@@ -22,23 +22,29 @@ import multiprocessing
 import multiprocessing.forkserver
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from services.trainer.adapters.engine.plan import (
     StopSignals,
     TrainingFailure,
+    WorkerDiskFull,
     WorkerFailed,
     WorkerMessage,
     WorkerPlan,
     encode_message,
 )
 from services.trainer.domain import FailureReason
+from shared.artifacts import is_disk_full
 from shared.logging import configure_logging
+
+if TYPE_CHECKING:
+    from services.trainer.adapters.engine.distributed import DataParallelGroup
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +141,30 @@ def probe_devices(stop: threading.Event, timeout: float = 300.0) -> list[str] | 
     return ["cpu"]
 
 
+class WorkerLauncher(Protocol):
+    """How the supervisor gets workers: :class:`ForkedWorkers` in the service; tests that are
+    about scheduling, not training, give it workers that need no torch."""
+
+    def warm_up(self) -> None: ...
+
+    def start(self, plan: WorkerPlan, *, log_level: str) -> WorkerHandle: ...
+
+    def probe_devices(self, stop: threading.Event) -> list[str] | None: ...
+
+
+class ForkedWorkers:
+    """Workers forked from the torch-preloaded forkserver (see the module docstring)."""
+
+    def warm_up(self) -> None:
+        warm_up()
+
+    def start(self, plan: WorkerPlan, *, log_level: str) -> WorkerHandle:
+        return start_worker(plan, log_level=log_level)
+
+    def probe_devices(self, stop: threading.Event) -> list[str] | None:
+        return probe_devices(stop)
+
+
 def _probe_main(writer: Connection) -> None:
     import torch  # noqa: PLC0415 - only worker processes import torch
 
@@ -146,48 +176,79 @@ def _probe_main(writer: Connection) -> None:
 def worker_main(
     plan_json: dict[str, Any], messages: Connection, control: Connection, log_level: str
 ) -> None:
-    """The worker process: train the plan, report, exit."""
+    """The worker process: train the plan (here, or as the ranks of a data-parallel launch),
+    report, exit."""
     plan = WorkerPlan.from_json(plan_json)
     configure_logging("trainer-worker", log_level)
-    signals = StopSignals()
-    send_lock = threading.Lock()
+    try:
+        if plan.world_size > 1:
+            # imported here: torchrun's module imports this one for the rank side
+            from services.trainer.adapters.torchrun import run_ranks  # noqa: PLC0415
 
-    def report(message: WorkerMessage) -> None:
-        with send_lock:
-            messages.send(encode_message(message))
+            run_ranks(plan, messages, control)
+            return
+        signals = StopSignals()
+        send_lock = threading.Lock()
 
-    def listen() -> None:
-        while True:
-            try:
-                command = control.recv()
-            except (EOFError, OSError):
-                signals.halt = True  # the service is gone
-                return
-            if command == CANCEL:
-                signals.cancel = True
-            elif command == BUDGET_EXHAUSTED:
-                signals.budget_exhausted = True
-            elif command == HALT:
-                signals.halt = True
-                return
+        def report(message: WorkerMessage) -> None:
+            with send_lock:
+                messages.send(encode_message(message))
 
-    threading.Thread(target=listen, name="worker-control", daemon=True).start()
+        threading.Thread(
+            target=listen_for_control, args=(control, signals), name="worker-control", daemon=True
+        ).start()
+        train_and_report(plan, report, signals)
+    finally:
+        messages.close()
+
+
+def listen_for_control(control: Connection, signals: StopSignals) -> None:
+    """Turn the supervisor's commands into ``signals`` until a halt or the channel's end."""
+    while True:
+        try:
+            command = control.recv()
+        except (EOFError, OSError):
+            signals.halt = True  # the service is gone
+            return
+        if command == CANCEL:
+            signals.cancel = True
+        elif command == BUDGET_EXHAUSTED:
+            signals.budget_exhausted = True
+        elif command == HALT:
+            signals.halt = True
+            return
+
+
+def train_and_report(
+    plan: WorkerPlan,
+    report: Callable[[WorkerMessage], None],
+    signals: StopSignals,
+    group: DataParallelGroup | None = None,
+) -> None:
+    """Train, and report how it ended: a halt ends silently (the job resumes later); a
+    contract failure with its reason; a full disk as :class:`WorkerDiskFull` (the job resumes
+    when space may be back); anything else as INTERNAL with its type."""
     # imported here, in the worker: the forkserver preloaded it, the service never does
+    from services.trainer.adapters.engine.distributed import (  # noqa: PLC0415 - torch stays out of the service
+        SOLO,
+    )
     from services.trainer.adapters.engine.loop import (  # noqa: PLC0415 - torch stays out of the service
         TrainingHalted,
         run_training,
     )
 
     try:
-        run_training(plan, report, signals)
+        run_training(plan, report, signals, group or SOLO)
     except TrainingHalted:
         log.info("worker halted", extra={"job": plan.job})
     except TrainingFailure as failure:
         report(WorkerFailed(reason=failure.reason, message=failure.message))
     except Exception as error:  # anything unexpected is INTERNAL, with its type
+        if is_disk_full(error):  # resumable: the store's writes are atomic, none is half-done
+            log.warning("disk full; the job resumes later", extra={"job": plan.job})
+            report(WorkerDiskFull(message=f"disk full: {error}"))
+            return
         log.exception("training failed", extra={"job": plan.job})
         report(
             WorkerFailed(reason=FailureReason.INTERNAL, message=f"{type(error).__name__}: {error}")
         )
-    finally:
-        messages.close()

@@ -16,6 +16,7 @@ from services.trainer import handlers
 from services.trainer.adapters import protos
 from services.trainer.adapters.notifications import JobChanges
 from services.trainer.domain import TrainingJob
+from shared.db import run_in_transaction
 from shared.errors import FieldViolation, InvalidArgument
 from tuneline.trainer.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
@@ -164,8 +165,11 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
         self, request: service_pb2.CancelTrainingJobRequest, context: grpc.ServicerContext
     ) -> service_pb2.CancelTrainingJobResponse:
         _require_name(request.name, "name", "trainingJobs/")
-        with self._sessions() as session, session.begin():
-            handlers.cancel_training_job(session, request.name, request.reason, self._context)
+        # compare-and-set: a cancel racing the start of an attempt is decided again, not lost
+        run_in_transaction(
+            self._sessions,
+            lambda s: handlers.cancel_training_job(s, request.name, request.reason, self._context),
+        )
         self._changes.notify()
         return service_pb2.CancelTrainingJobResponse(training_job=self._job(request.name))
 

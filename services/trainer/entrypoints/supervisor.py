@@ -14,10 +14,20 @@ service (``ServiceSpec.background``), on its own thread:
 * **budgets** — a job whose cost so far reaches its per-run budget is sent
   ``budget_exhausted``: it finishes its step, writes a final checkpoint and ends SUCCEEDED
   with stop reason BUDGET_EXHAUSTED (the supervisor prices device time, the worker does not);
+* **full disks** — an attempt that runs out of disk space ends without a half-written
+  checkpoint; the job stays RUNNING, says "disk full" in its status message, and resumes from
+  its last complete checkpoint after a wait that doubles while the disk stays full;
 * **crashes** — a worker that dies without a result is restarted from the last checkpoint, up
   to ``max_worker_restarts`` times, then the job fails with WORKER_CRASHED;
 * **shutdown** — workers are halted (nothing written), their jobs stay RUNNING and resume when
-  the service starts again.
+  the service starts again;
+* **nodes** — one trainer process runs per node, all on one database. A node runs a job only
+  while it holds the job's claim (``shared.running_claims``: a PostgreSQL advisory lock on a
+  session of its own), taken before the job is marked RUNNING and released when its worker
+  ends, so each attempt runs on exactly one node. A node that dies loses its claims with its
+  database session: its RUNNING jobs are then free for any node to resume from their last
+  checkpoint, while those a live node runs are never touched. On SQLite (one node) claims are
+  always granted and every RUNNING job found at start-up is this node's own.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from multiprocessing.connection import wait as wait_for_connections
 from pathlib import Path
 from typing import Any
@@ -38,6 +49,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.trainer import handlers
 from services.trainer.adapters.engine.plan import (
     WorkerCheckpoint,
+    WorkerDiskFull,
     WorkerFailed,
     WorkerFinished,
     WorkerMessage,
@@ -55,19 +67,28 @@ from services.trainer.adapters.worker import (
     BUDGET_EXHAUSTED,
     CANCEL,
     HALT,
+    ForkedWorkers,
     WorkerHandle,
-    probe_devices,
-    start_worker,
-    warm_up,
+    WorkerLauncher,
 )
-from services.trainer.domain import FailureReason, JobState, TrainingJob, budget_exhausted
+from services.trainer.domain import (
+    FailureReason,
+    JobState,
+    TrainingJob,
+    budget_exhausted,
+    device_slots,
+)
 from shared.artifacts import ArtifactError, ArtifactStore
+from shared.db import run_in_transaction
 from shared.events import OutboxRelay
 from shared.modeling import ModelingError, ModelRefused
+from shared.running_claims import RunningClaims
 
 log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.25
+#: The claims' namespace: a job's name is unique among the trainer's claims.
+CLAIM_NAMESPACE = "training-jobs"
 _HALT_WAIT_SECONDS = 10.0
 
 
@@ -96,6 +117,8 @@ class SupervisorConfig:
     cancel_grace_seconds: float
     fault_oom_above_batch: int
     fault_hold_after_step: int = 0
+    #: Ranks per job (``torchrun`` processes, data-parallel); 1: one process per job.
+    ranks_per_job: int = 1
     log_level: str = "INFO"
     #: Passed on to workers, which open the trainer's artifact store themselves.
     s3_endpoint_url: str | None = None
@@ -115,6 +138,8 @@ class JobSupervisor:
         metrics: TrainerMetrics,
         relay: OutboxRelay,
         config: SupervisorConfig,
+        claims: RunningClaims | None = None,
+        workers: WorkerLauncher | None = None,
     ) -> None:
         self._sessions = sessions
         self._artifacts = artifacts
@@ -124,6 +149,9 @@ class JobSupervisor:
         self._metrics = metrics
         self._relay = relay
         self._config = config
+        #: The jobs this node runs (see "nodes" in the module docstring).
+        self._claims = claims or RunningClaims(None, CLAIM_NAMESPACE)
+        self._workers = workers or ForkedWorkers()
         self._devices: list[str] = []
         self._active: dict[str, _Active] = {}
         self._stop = threading.Event()
@@ -161,14 +189,15 @@ class JobSupervisor:
         if configured and configured != "auto":
             self._devices = [d.strip() for d in configured.split(",") if d.strip()]
         else:
-            self._devices = probe_devices(self._stop) or []
+            self._devices = self._workers.probe_devices(self._stop) or []
+        self._devices = device_slots(self._devices, self._config.ranks_per_job)
         if self._devices:
             log.info("devices known", extra={"devices": self._devices})
         return bool(self._devices)
 
     def _run(self) -> None:
         try:
-            warm_up()  # the forkserver imports torch now, so the first job starts fast
+            self._workers.warm_up()  # the forkserver imports torch now: the first job starts fast
             self._reap_orphans()
             while not self._stop.is_set():
                 try:
@@ -199,9 +228,9 @@ class JobSupervisor:
     # -- transactions -------------------------------------------------------------------------
 
     def _commit(self, work: Any) -> Any:
-        """Run ``work(session)`` in one transaction, then wake the relay and the watchers."""
-        with self._sessions() as session, session.begin():
-            result = work(session)
+        """Run ``work(session)`` in one transaction (again on fresh state if a concurrent
+        change to the job won, see ``JobRow.version``), then wake the relay and the watchers."""
+        result = run_in_transaction(self._sessions, work)
         self._relay.wake()
         self._changes.notify()
         return result
@@ -229,13 +258,21 @@ class JobSupervisor:
         for name, cancel_requested in waiting:
             if not free:
                 return
-            # a running job between a crash and its resume was cancelled: nothing to stop
-            if cancel_requested and self._commit(
-                lambda s, n=name: handlers.cancel_without_worker(s, n)
-            ):
-                self._metrics.jobs_finished.labels(JobState.CANCELLED.value).inc()
-                continue
-            if self._launch(name, free[0]):
+            if not self._claims.take(name):
+                continue  # a live node runs it
+            launched = False
+            try:
+                # a running job between a crash and its resume was cancelled: nothing to stop
+                if cancel_requested and self._commit(
+                    lambda s, n=name: handlers.cancel_without_worker(s, n)
+                ):
+                    self._metrics.jobs_finished.labels(JobState.CANCELLED.value).inc()
+                    continue
+                launched = self._launch(name, free[0])
+            finally:
+                if not launched:
+                    self._claims.release(name)
+            if launched:
                 free.pop(0)
 
     def _plan(self, job: TrainingJob, row: Any, device: str) -> WorkerPlan:
@@ -264,6 +301,7 @@ class JobSupervisor:
             elapsed_before_seconds=row.training_seconds_done,
             allow_oom_retry=row.oom_retries == 0,
             cpu_threads=self._config.cpu_threads,
+            world_size=self._config.ranks_per_job,
             fault_oom_above_batch=self._config.fault_oom_above_batch,
             fault_hold_after_step=self._config.fault_hold_after_step,
             artifact_s3_endpoint_url=self._config.s3_endpoint_url or "",
@@ -289,7 +327,37 @@ class JobSupervisor:
         self._fail(name, *failure)
         return None
 
+    def _claimed_runnable(self, name: str) -> bool:
+        """Whether ``name``, now claimed by this node, still waits to run (another node may
+        have run it to the end since the list was read). A RUNNING job whose attempt is still
+        open was left by a node that died: that attempt is closed first, as a halt at its
+        last report."""
+        with self._sessions() as session:
+            row = TrainerRepository(session).job_row(name)
+            if row is None or row.state not in (JobState.QUEUED.value, JobState.RUNNING.value):
+                return False
+            abandoned = row.state == JobState.RUNNING.value and row.attempt_started_at is not None
+            last_seen = utc(row.update_time)
+        if abandoned:
+            log.warning("resuming a job a stopped node left running", extra={"job": name})
+            self._settle_abandoned(name, last_seen)
+            return self._claimed_runnable(name)
+        return True
+
+    def _settle_abandoned(self, name: str, last_seen: datetime | None) -> JobState | None:
+        """Close the attempt a stopped process left open; its device time ended when it last
+        reported, not now. The job stays RUNNING (to resume) unless it was cancelled."""
+        state: JobState | None = self._commit(
+            lambda s: handlers.record_worker_lost(
+                s, name, crashed=False, max_restarts=0, context=self._context, ended_at=last_seen
+            )
+        )
+        return state
+
     def _launch(self, name: str, device: str) -> bool:
+        """Start a worker for ``name`` (claimed by this node) on ``device``."""
+        if not self._claimed_runnable(name):
+            return False
         prepared = self._prepare(name, device)
         if prepared is None:
             return False
@@ -298,7 +366,7 @@ class JobSupervisor:
         if not self._commit(lambda s: handlers.begin_attempt(s, name, device=device, pid=None)):
             return False
         try:
-            handle = start_worker(plan, log_level=self._config.log_level)
+            handle = self._workers.start(plan, log_level=self._config.log_level)
         except Exception as error:  # a worker that cannot start fails its job
             log.exception("worker failed to start", extra={"job": name})
             self._fail(name, FailureReason.INTERNAL, f"the worker could not start: {error}")
@@ -390,6 +458,13 @@ class JobSupervisor:
             active.settled = True
             self._fail(name, message.reason, message.message)
             self._update_cost(name)
+        elif isinstance(message, WorkerDiskFull):
+            active.settled = True
+            metrics.disk_full.inc()
+            state = self._commit(lambda s: handlers.record_disk_full(s, name, message.message))
+            if state is not None:
+                metrics.jobs_finished.labels(state.value).inc()
+            self._update_cost(name)
 
     def _count(self, active: _Active, step: int, tokens: int) -> None:
         if step > active.last_step:
@@ -452,6 +527,8 @@ class JobSupervisor:
                 self._metrics.worker_restarts.labels("crash").inc()
             if state is not None:
                 self._metrics.jobs_finished.labels(state.value).inc()
+        # finished, failed, or RUNNING to resume from its checkpoint: on any node, this one too
+        self._claims.release(active.job)
         self._changes.notify()
 
     # -- cancelling and halting -----------------------------------------------------------------
@@ -530,28 +607,32 @@ class JobSupervisor:
                         s, a.job, crashed=False, max_restarts=0, context=self._context
                     )
                 )
+            self._claims.release(active.job)
         with self._lock:
             self._active.clear()
 
     def _reap_orphans(self) -> None:
-        """Workers of a previous service process halt when it dies; make sure none is left
-        training a job this process is about to resume."""
+        """Close the attempts of RUNNING jobs no live process runs (a previous run of this
+        service, or a stopped node), so they resume; those a live node holds are left alone.
+
+        Workers of a stopped process halt when its pipes close. With one node (no claims) a
+        worker of this service's previous run may still be finishing a step on this machine:
+        it is killed. With claims the pid may be another node's, meaningless here, and is left.
+        """
         with self._sessions() as session:
             rows = TrainerRepository(session).job_rows_in([JobState.RUNNING])
             interrupted = [(r.name, r.worker_pid, utc(r.update_time)) for r in rows]
-        for name, pid, _last_seen in interrupted:
-            if pid is None or not _is_worker(pid):
-                continue
-            log.warning("stopping an orphaned worker", extra={"job": name, "pid": pid})
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for name, _pid, last_seen in interrupted:
-            # its device time ended when it last reported, not now
-            self._commit(
-                lambda s, n=name, t=last_seen: handlers.record_worker_lost(
-                    s, n, crashed=False, max_restarts=0, context=self._context, ended_at=t
-                )
-            )
+        for name, pid, last_seen in interrupted:
+            if not self._claims.take(name):
+                continue  # a live node runs it
+            try:
+                if not self._claims.enabled and pid is not None and _is_worker(pid):
+                    log.warning("stopping an orphaned worker", extra={"job": name, "pid": pid})
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self._settle_abandoned(name, last_seen)
+            finally:
+                self._claims.release(name)
 
 
 def _set_pid(session: Session, name: str, pid: int | None) -> None:

@@ -552,6 +552,7 @@ class TrainingEstimate(_message.Message):
     ESTIMATED_DEVICE_SECONDS_FIELD_NUMBER: _builtins.int
     ESTIMATED_COST_FIELD_NUMBER: _builtins.int
     OVERHEAD_DEVICE_SECONDS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_VALIDATION_TOKENS_FIELD_NUMBER: _builtins.int
     train_examples: _builtins.int
     """Output only. Rows of the split's train part that training can use."""
     train_tokens: _builtins.int
@@ -565,9 +566,11 @@ class TrainingEstimate(_message.Message):
     job's `cost.tokens_processed` will say).
     """
     tokens_per_device_second: _builtins.float
-    """Output only. The training loop's throughput assumed, in tokens per device-second:
-    measured on earlier runs of the same base model on the same device type (their tokens over
-    their training-loop time), else the server's conservative default.
+    """Output only. The throughput assumed, in train tokens per device-second (a validation
+    token counts a third: a forward pass against a forward and a backward one): fitted on
+    earlier runs of the same base model on the same device type (least squares of their device
+    time on their work with two runs or more of different sizes, else their work over their
+    training-loop time), else the server's conservative default.
     """
     measured_runs: _builtins.int
     """Output only. Earlier runs the throughput was measured on; 0 means the default was used."""
@@ -577,11 +580,17 @@ class TrainingEstimate(_message.Message):
     """
     estimated_device_seconds: _builtins.float
     """Output only. Device time expected: `overhead_device_seconds` plus
-    `estimated_tokens / tokens_per_device_second`.
+    `(estimated_tokens + estimated_validation_tokens / 3) / tokens_per_device_second`.
     """
     overhead_device_seconds: _builtins.float
-    """Output only. Device time a run spends outside its training loop (loading the model and
-    data, validation, checkpoints): the median over the measured runs; 0 with the default.
+    """Output only. Fixed device time per run (starting the worker, loading the model and
+    data): the fitted intercept, or the median time the measured runs spent outside their
+    training loop, else the server's default.
+    """
+    estimated_validation_tokens: _builtins.int
+    """Output only. Tokens the planned validations read: the split's validation rows at the
+    train rows' mean length, times the evaluations planned (every `eval_every_n_steps` and the
+    last step). 0 for jobs estimated before this field.
     """
     @_builtins.property
     def estimated_cost(self) -> _resources_pb2.Money:
@@ -600,10 +609,11 @@ class TrainingEstimate(_message.Message):
         estimated_device_seconds: _builtins.float = ...,
         estimated_cost: _resources_pb2.Money | None = ...,
         overhead_device_seconds: _builtins.float = ...,
+        estimated_validation_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_cost", b"estimated_cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_type", b"device_type", "estimated_cost", b"estimated_cost", "estimated_device_seconds", b"estimated_device_seconds", "estimated_tokens", b"estimated_tokens", "measured_runs", b"measured_runs", "overhead_device_seconds", b"overhead_device_seconds", "planned_steps", b"planned_steps", "tokens_per_device_second", b"tokens_per_device_second", "train_examples", b"train_examples", "train_tokens", b"train_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_type", b"device_type", "estimated_cost", b"estimated_cost", "estimated_device_seconds", b"estimated_device_seconds", "estimated_tokens", b"estimated_tokens", "estimated_validation_tokens", b"estimated_validation_tokens", "measured_runs", b"measured_runs", "overhead_device_seconds", b"overhead_device_seconds", "planned_steps", b"planned_steps", "tokens_per_device_second", b"tokens_per_device_second", "train_examples", b"train_examples", "train_tokens", b"train_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -644,6 +654,8 @@ class TrainingJob(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     ESTIMATE_FIELD_NUMBER: _builtins.int
+    STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
+    RESUME_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `trainingJobs/{job}`."""
     display_name: _builtins.str
@@ -678,6 +690,12 @@ class TrainingJob(_message.Message):
     """Output only. Worker starts so far: 1, plus one per resume after a crash or OOM retry."""
     device: _builtins.str
     """Output only. The device the job runs or ran on, e.g. `cuda:0`, `cpu`."""
+    status_message: _builtins.str
+    """Output only. Why a RUNNING job is not training right now, for humans; empty while it
+    trains or waits for a device. E.g. "disk full: ..." after a checkpoint could not be
+    written: the attempt ended, nothing half-written was kept, and the job resumes from its
+    last complete checkpoint at `resume_time`.
+    """
     @_builtins.property
     def base_model(self) -> _resources_pb2.BaseModel:
         """Required. The base model; the stored job has `files_sha256` resolved."""
@@ -746,6 +764,10 @@ class TrainingJob(_message.Message):
         estimates were recorded, or when the split could not be read to count its tokens.
         """
 
+    @_builtins.property
+    def resume_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When a job waiting on `status_message` is tried again; unset otherwise."""
+
     def __init__(
         self,
         *,
@@ -778,10 +800,12 @@ class TrainingJob(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         budget: _resources_pb2.Budget | None = ...,
         estimate: Global___TrainingEstimate | None = ...,
+        status_message: _builtins.str = ...,
+        resume_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "base_model", b"base_model", "budget", b"budget", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "estimate", b"estimate", "hyperparameters", b"hyperparameters", "lineage", b"lineage", "progress", b"progress", "start_time", b"start_time", "stopping_rules", b"stopping_rules", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "base_model", b"base_model", "budget", b"budget", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "estimate", b"estimate", "hyperparameters", b"hyperparameters", "lineage", b"lineage", "progress", b"progress", "resume_time", b"resume_time", "start_time", b"start_time", "stopping_rules", b"stopping_rules", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "attempt_count", b"attempt_count", "base_model", b"base_model", "best_checkpoint", b"best_checkpoint", "budget", b"budget", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "device", b"device", "display_name", b"display_name", "end_time", b"end_time", "estimate", b"estimate", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "hyperparameters", b"hyperparameters", "latest_checkpoint", b"latest_checkpoint", "lineage", b"lineage", "loss_trend", b"loss_trend", "name", b"name", "progress", b"progress", "split", b"split", "start_time", b"start_time", "state", b"state", "stop_reason", b"stop_reason", "stopping_rules", b"stopping_rules", "target_model", b"target_model", "task_type", b"task_type", "training_policy", b"training_policy", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "attempt_count", b"attempt_count", "base_model", b"base_model", "best_checkpoint", b"best_checkpoint", "budget", b"budget", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "device", b"device", "display_name", b"display_name", "end_time", b"end_time", "estimate", b"estimate", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "hyperparameters", b"hyperparameters", "latest_checkpoint", b"latest_checkpoint", "lineage", b"lineage", "loss_trend", b"loss_trend", "name", b"name", "progress", b"progress", "resume_time", b"resume_time", "split", b"split", "start_time", b"start_time", "state", b"state", "status_message", b"status_message", "stop_reason", b"stop_reason", "stopping_rules", b"stopping_rules", "target_model", b"target_model", "task_type", b"task_type", "training_policy", b"training_policy", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

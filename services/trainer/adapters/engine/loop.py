@@ -35,6 +35,7 @@ from services.trainer.adapters.engine.attention import (
     register_varlen_attention,
     varlen_attention_available,
 )
+from services.trainer.adapters.engine.distributed import SOLO, DataParallelGroup
 from services.trainer.adapters.engine.plan import (
     StopSignals,
     TrainingFailure,
@@ -110,6 +111,11 @@ _PROGRESS_EVERY_SECONDS = 1.0
 _PACE_WINDOW = 20
 #: How often a held worker (``fault_hold_after_step``) looks for its halt or cancel.
 _HOLD_POLL_SECONDS = 0.05
+
+#: What rank 0 heard on its control channel, as every rank agrees it at a step boundary.
+_GO_ON, _CANCEL, _HALT = 0, 1, 2
+#: Stopping decisions as numbers a collective can carry (None: go on).
+_STOP_CODES: list[StopReason | None] = [None, *StopReason]
 
 
 class TrainingHalted(Exception):
@@ -434,8 +440,10 @@ class TrainingSession:
         report: Report,
         signals: StopSignals,
         store: ArtifactStore,
+        group: DataParallelGroup = SOLO,
     ) -> None:
         self.task = plan.task_type
+        self.group = group
         attention, fallback = attention_for(plan, hp, device)
         self.varlen = attention == VARLEN_ATTENTION
         self.fallbacks: tuple[EngineFallback, ...] = ()
@@ -455,6 +463,7 @@ class TrainingSession:
         self.report, self.signals, self.store = report, signals, store
         self.packing = bool(hp.packing) and self.task is TaskType.CAUSAL_LM
         self.model = build_model(plan, hp, data, device, attention)
+        group.copy_from_main(self.model.parameters())
         self.optimizer = self._optimizer()
         assert hp.precision is not None
         self.autocast_dtype = None if hp.precision is Precision.FP32 else _DTYPES[hp.precision]
@@ -507,9 +516,10 @@ class TrainingSession:
             WorkerStarted(
                 step=position.step,
                 total_steps=self.total_steps,
-                device=str(self.device),
+                # the whole slot: the job's cost counts every device its ranks hold
+                device=self.plan.device if self.group.distributed else str(self.device),
                 device_type=_device_type(self.device),
-                device_count=1,
+                device_count=self.group.world_size,
                 hyperparameters=self.hp,
                 train_examples=len(self.data.train),
                 validation_examples=len(self.data.validation),
@@ -609,18 +619,21 @@ class TrainingSession:
     def _maybe_hold(self, step: int, stop: StopReason | None) -> None:
         """Test-only fault injection (``fault_hold_after_step``): park a job's first run at a
         known step until a halt or a cancel arrives (the next :meth:`_interrupted` acts on it)."""
-        if stop is not None or self.plan.resume_state_uri:
-            return
+        if stop is not None or self.plan.resume_state_uri or not self.group.is_main:
+            return  # the other ranks wait for rank 0 in the step's first collective
         if step != self.plan.fault_hold_after_step:
             return
         while not (self.signals.halt or self.signals.cancel or self.signals.budget_exhausted):
             time.sleep(_HOLD_POLL_SECONDS)
 
     def _interrupted(self) -> bool:
-        """True on a cancel; raises :class:`TrainingHalted` on a halt."""
-        if self.signals.halt:
+        """True on a cancel; raises :class:`TrainingHalted` on a halt (rank 0's signals,
+        agreed by every rank)."""
+        heard = _HALT if self.signals.halt else _CANCEL if self.signals.cancel else _GO_ON
+        decided = self.group.decide(heard, self.device)
+        if decided == _HALT:
             raise TrainingHalted
-        return self.signals.cancel
+        return decided == _CANCEL
 
     def _validate_and_judge(self, early: EarlyStopping) -> float | None:
         """Validate, and let early stopping see the loss (remembered for a resume)."""
@@ -634,6 +647,12 @@ class TrainingSession:
         return validation_loss
 
     def _stop_reason(self, step: int, elapsed_seconds: float) -> StopReason | None:
+        """Rank 0's stopping decision (its clock, its budget signal), on every rank."""
+        local = self._local_stop_reason(step, elapsed_seconds)
+        code = self.group.decide(_STOP_CODES.index(local), self.device)
+        return _STOP_CODES[code]
+
+    def _local_stop_reason(self, step: int, elapsed_seconds: float) -> StopReason | None:
         hp = self.hp
         if step >= self.total_steps:
             if hp.max_steps and step >= hp.max_steps:
@@ -652,13 +671,15 @@ class TrainingSession:
         denominator = max(_loss_weight(examples, self.task), 1e-12)
         accumulated = torch.zeros((), device=self.device)
         tokens = 0
-        for indices in micro_batches(
+        every_batch = micro_batches(
             group,
             self.lengths,
             micro_batch_size=self.micro_batch_size,
             group_by_length=not self.packing,
-        ):
-            if self.signals.cancel or self.signals.halt:
+        )
+        for indices in self.group.share(every_batch, self.lengths):
+            # alone, a cancel stops mid-step; ranks stop together, at the step's end
+            if not self.group.distributed and (self.signals.cancel or self.signals.halt):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise _StepInterrupted
             batch = self._batch([self.data.train[i] for i in indices]).to(self.device)
@@ -669,6 +690,10 @@ class TrainingSession:
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             accumulated += total.detach()
             tokens += batch.tokens
+        if self.group.distributed:
+            self.group.sum_gradients(self.model.parameters())
+            self.group.sum(accumulated)
+            tokens = int(self.group.sum(torch.tensor([tokens], device=self.device)).item())
         rate = learning_rate_at(
             step,
             peak=self.hp.learning_rate,
@@ -716,7 +741,9 @@ class TrainingSession:
         weight = torch.zeros((), device=self.device, dtype=torch.float64)
         ordered = sorted(examples, key=lambda e: -e.length)
         size = max(1, self.micro_batch_size * 2)
-        for start in range(0, len(ordered), size):
+        starts = range(0, len(ordered), size)
+        for piece in self.group.shard(len(starts)):  # each rank its share, summed below
+            start = starts[piece]
             batch = self._batch(ordered[start : start + size]).to(self.device)
             with self._autocast():
                 batch_total, batch_weight = batch_loss(
@@ -724,6 +751,8 @@ class TrainingSession:
                 )
             total += batch_total.double()
             weight += batch_weight.double()
+        self.group.sum(total)
+        self.group.sum(weight)
         self.model.train()
         return float(total / weight) if float(weight) > 0 else None
 
@@ -740,6 +769,9 @@ class TrainingSession:
             else position.last_train_loss
         )
         position.checkpoint_loss_sum, position.checkpoint_loss_steps = 0.0, 0
+        if not self.group.is_main:  # the ranks' weights are identical: rank 0 writes them
+            self.last_checkpoint_step = step
+            return
         prefix = self.plan.artifact_prefix
         with tempfile.TemporaryDirectory(prefix="tuneline-checkpoint-") as temp:
             adapter_dir = Path(temp) / "adapter"
@@ -762,15 +794,21 @@ class TrainingSession:
             )
             digest = folder_sha256(adapter_dir)
             stored = self.store.put_directory(f"{prefix}/checkpoints/step-{step}", adapter_dir)
-            state_dir = Path(temp) / "state"
-            save_training_state(
-                state_dir,
-                model=self.model,
-                optimizer=self.optimizer,
-                position=position,
-                scaler=self.scaler,
-            )
-            state = self.store.put_directory(f"{prefix}/states/step-{step}", state_dir)
+            try:
+                state_dir = Path(temp) / "state"
+                save_training_state(
+                    state_dir,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    position=position,
+                    scaler=self.scaler,
+                )
+                state = self.store.put_directory(f"{prefix}/states/step-{step}", state_dir)
+            except BaseException:
+                # a checkpoint is the adapter and its state: without the state (a full disk,
+                # a halt) the adapter alone is never announced, so it is not kept either
+                self.store.delete(stored.uri)
+                raise
         self.last_state_uri = state.uri
         self.last_checkpoint_step = step
         self.report(
@@ -807,14 +845,22 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_training(plan: WorkerPlan, report: Report, signals: StopSignals) -> WorkerFinished:
+def run_training(
+    plan: WorkerPlan,
+    report: Report,
+    signals: StopSignals,
+    group: DataParallelGroup = SOLO,
+) -> WorkerFinished:
     """Train as ``plan`` says, reporting through ``report``; returns the finishing message.
+    With a ``group`` of several ranks this process is one of them (see :mod:`.distributed`).
 
     Out of memory: retried once (if the plan allows) from the last checkpoint written, with
-    half the micro-batch; the effective batch stays the same. Raises :class:`TrainingFailure`
-    with the reason for everything the contracts name, :class:`TrainingHalted` on a halt.
+    half the micro-batch; the effective batch stays the same. Not across ranks: there the
+    attempt fails and the job resumes from its last checkpoint. Raises
+    :class:`TrainingFailure` with the reason for everything the contracts name,
+    :class:`TrainingHalted` on a halt.
     """
-    device = resolve_device(plan.device)
+    device = resolve_device(group.device_of(plan.device))
     if plan.cpu_threads > 0:
         torch.set_num_threads(plan.cpu_threads)
     hp = resolve_for_device(plan.hyperparameters, plan.task_type, cuda=device.type == "cuda")
@@ -847,6 +893,7 @@ def run_training(plan: WorkerPlan, report: Report, signals: StopSignals) -> Work
                 report=report,
                 signals=signals,
                 store=store,
+                group=group,
             )
             return session.run(resume_uri)
         except torch.OutOfMemoryError as error:
@@ -859,7 +906,7 @@ def run_training(plan: WorkerPlan, report: Report, signals: StopSignals) -> Work
         # traceback whose frames still held the failed step's batch and activations.
         session = None
         release_memory(device)
-        if retried or not plan.allow_oom_retry or micro <= 1:
+        if retried or not plan.allow_oom_retry or micro <= 1 or group.distributed:
             raise TrainingFailure(
                 FailureReason.OUT_OF_MEMORY,
                 f"out of memory with a micro-batch of {micro} examples: {message}",

@@ -47,7 +47,11 @@ class WorkerPlan:
     #: under ``<prefix>/checkpoints/step-N`` and resumable states under ``<prefix>/states/step-N``.
     artifact_root: str
     artifact_prefix: str
+    #: The device slot: ``cpu``, ``cuda:0``, or for a data-parallel job one CUDA device per
+    #: rank, ``cuda:0,cuda:1`` (rank ``r`` trains on the ``r``-th).
     device: str = "cpu"
+    #: Ranks the job trains with, data-parallel (``torchrun``; see ``engine.distributed``).
+    world_size: int = 1
     #: The micro-batch and accumulation to use (an OOM retry halves / doubles them).
     micro_batch_size: int = 0
     accumulation_steps: int = 0
@@ -175,6 +179,16 @@ class WorkerFailed:
     kind: str = "failed"
 
 
+@dataclass(frozen=True)
+class WorkerDiskFull:
+    """A write ran out of space (ENOSPC or a quota): the attempt ends, nothing half-written
+    is left, and the job resumes from its last complete checkpoint once space may be back."""
+
+    message: str
+    step: int = 0
+    kind: str = "disk_full"
+
+
 WorkerMessage = (
     WorkerStarted
     | WorkerProgress
@@ -182,6 +196,7 @@ WorkerMessage = (
     | WorkerOomRetry
     | WorkerFinished
     | WorkerFailed
+    | WorkerDiskFull
 )
 
 _KINDS: dict[str, type[Any]] = {
@@ -191,6 +206,7 @@ _KINDS: dict[str, type[Any]] = {
     "oom_retry": WorkerOomRetry,
     "finished": WorkerFinished,
     "failed": WorkerFailed,
+    "disk_full": WorkerDiskFull,
 }
 
 
