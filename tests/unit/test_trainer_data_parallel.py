@@ -42,32 +42,18 @@ from services.trainer.domain import (
     devices_in,
 )
 from shared.artifacts import LocalArtifactStore
-from tests.fixtures.trainer_data import (
-    build_tiny_bert,
-    build_tiny_llama,
-    sentiment_rows,
-    write_split,
-)
-from tests.fixtures.trainer_plans import make_plan
+from tests.fixtures.trainer_plans import engine_workspace, make_plan
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("data-parallel")
-    models = root / "models"
     # no dropout anywhere: each rank draws its own masks, so only a dropout-free run can match
     # the single process to rounding
-    build_tiny_bert(models / "bert", dropout=0.0)
-    build_tiny_llama(models / "llama")
-    sentiment = write_split(
-        root / "sentiment", sentiment_rows(64, seed=1), validation_fraction=0.25
-    )
-    chat = write_split(
-        root / "chat",
+    return engine_workspace(
+        tmp_path_factory.mktemp("data-parallel"),
         [{"prompt": f"question {i} is", "completion": f" answer {i % 5}"} for i in range(48)],
-        validation_fraction=0.25,
+        bert_dropout=0.0,
     )
-    return {"root": root, "models": models, "sentiment": sentiment, "chat": chat}
 
 
 def _plan(

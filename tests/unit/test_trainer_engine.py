@@ -70,23 +70,16 @@ from shared.modeling.batching import pack_batch, pad_batch
 from shared.modeling.loading import load_checkpoint, load_tokenizer
 from shared.modeling.tokenizer_fingerprint import tokenizer_fingerprint_from_extra
 from tests.fixtures.trainer_data import (
-    build_tiny_bert,
     build_tiny_llama,
     sentiment_rows,
     write_split,
 )
-from tests.fixtures.trainer_plans import make_plan
+from tests.fixtures.trainer_plans import engine_workspace, make_plan
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("engine")
-    models = root / "models"
-    build_tiny_bert(models / "bert")
-    build_tiny_llama(models / "llama")
-    sentiment = write_split(
-        root / "sentiment", sentiment_rows(64, seed=1), validation_fraction=0.25
-    )
     chat_rows: list[dict[str, Any]] = [
         {"prompt": f"question {i} is", "completion": f" answer {i % 5}"} for i in range(40)
     ]
@@ -99,8 +92,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         }
         for i in range(8)
     ]
-    chat = write_split(root / "chat", chat_rows, validation_fraction=0.25)
-    return {"root": root, "models": models, "sentiment": sentiment, "chat": chat}
+    return engine_workspace(root, chat_rows)
 
 
 def train(plan: WorkerPlan, signals: StopSignals | None = None) -> list[WorkerMessage]:

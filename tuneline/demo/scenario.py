@@ -115,7 +115,8 @@ class DemoConfig:
     seed: int = 0
     #: Seconds each awaited event may take (training rounds are the slow ones).
     event_timeout: float = 600.0
-    #: Live predictions (with labelled feedback) served before the alert.
+    #: Live predictions (with labelled feedback) served at a time: traffic keeps coming, a
+    #: batch at a time, until the registry's live-quality test decides (or the rows run out).
     live_predictions: int = 200
     #: The model's accuracy floor (its gate's ``min_absolute_score``): live quality whose
     #: always-valid upper bound falls below it fires the rollback alert. Chance level for two
@@ -674,25 +675,49 @@ class _Demo:
         raise DemoError(f"the serving service never served {checkpoint}")
 
     def live_traffic(self, production: str, rows: list[dict[str, str]]) -> LiveTrafficResult | None:
-        """Predict each row through the serving service and send its (drifted) true label."""
+        """Predict rows through the serving service and send their (drifted) true labels, a
+        batch of ``live_predictions`` at a time, as traffic keeps coming, until the registry's
+        always-valid test says the live accuracy is below the floor (or ``rows`` run out):
+        how many labelled answers that takes depends on how bad they are, not on a count
+        fixed in advance."""
         if self.serving is None:
             return None
-        self.observer.stage(f"Live traffic through the serving service: {len(rows)} reviews")
+        batch = max(1, self.config.live_predictions)
+        self.observer.stage(f"Live traffic through the serving service: {batch} reviews at a time")
         self._wait_serving(self.serving, production)
         result = LiveTrafficResult(checkpoint=production, predictions=0, bad_predictions=0)
-        for row in rows:
-            answer = self.serving.predict(self.model, row["text"])
-            feedback = self.serving.feedback(answer.prediction_id, label=row["label"])
-            result.predictions += 1
-            if not feedback.success:
-                if not result.bad_predictions:
-                    self._first_bad_prediction = time.monotonic()
-                result.bad_predictions += 1
-        self.observer.note(
-            f"{result.bad_predictions} of {result.predictions} predictions of {production} "
-            "were wrong; the counts went to the registry as live quality"
-        )
+        for start in range(0, len(rows), batch):
+            for row in rows[start : start + batch]:
+                answer = self.serving.predict(self.model, row["text"])
+                feedback = self.serving.feedback(answer.prediction_id, label=row["label"])
+                result.predictions += 1
+                if not feedback.success:
+                    if not result.bad_predictions:
+                        self._first_bad_prediction = time.monotonic()
+                    result.bad_predictions += 1
+            self.observer.note(
+                f"{result.bad_predictions} of {result.predictions} predictions of {production} "
+                "were wrong; the counts went to the registry as live quality"
+            )
+            if self._live_test_decided(production, result.predictions):
+                break
         return result
+
+    def _live_test_decided(self, production: str, trials: int) -> bool:
+        """Whether the registry, once it has counted ``trials`` labelled answers, finds the
+        live accuracy of ``production`` below the floor (True too when it cannot be asked)."""
+        url = self.endpoints.registry_metrics_url
+        if not url:
+            return True
+        checkpoint = production.rsplit("/", 1)[-1]
+        deadline = time.monotonic() + self.config.event_timeout
+        while True:
+            series = _live_quality_series(url, self.model_id, checkpoint)
+            if series.get("tuneline_model_live_quality_trials", 0) >= trials:
+                return series.get("tuneline_model_live_quality_below_floor") == 1.0
+            if time.monotonic() > deadline:
+                raise DemoError(f"the registry never counted {trials} live answers")
+            time.sleep(0.5)
 
     def swapped_back(self, live: LiveTrafficResult, restored: str) -> None:
         """Wait until serving answers from ``restored``; time it from the first bad answer."""
@@ -883,9 +908,7 @@ def run_demo(
             if demo.production() != grown.registry_checkpoint:
                 raise DemoError("production moved after a regression")
             observer.note(f"production unchanged: {grown.registry_checkpoint}")
-            live = demo.live_traffic(
-                grown.registry_checkpoint, corpus.flipped[: config.live_predictions]
-            )
+            live = demo.live_traffic(grown.registry_checkpoint, corpus.flipped)
             rollback = demo.fire_alert(grown.registry_checkpoint)
             if rollback.to_checkpoint != first.registry_checkpoint:
                 raise DemoError(

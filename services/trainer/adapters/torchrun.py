@@ -32,11 +32,9 @@ from pathlib import Path
 
 from services.trainer.adapters.engine.plan import (
     StopSignals,
-    WorkerMessage,
     WorkerPlan,
-    encode_message,
 )
-from services.trainer.adapters.worker import HALT, listen_for_control, train_and_report
+from services.trainer.adapters.worker import HALT, train_and_report, train_over
 from shared.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -161,24 +159,13 @@ def rank_main(plan_file: str, address: str) -> None:
     )
 
     group = DataParallelGroup.from_environment(plan.device.split(":", 1)[0])
-    signals = StopSignals()
     try:
-        if not group.is_main:
-            train_and_report(plan, lambda _message: None, signals, group)
+        if not group.is_main:  # rank 0 reports for all; the others hear it in the collectives
+            train_and_report(plan, lambda _message: None, StopSignals(), group)
             return
         authkey = bytes.fromhex(os.environ[AUTHKEY_ENV])
-        connection = Client(address, family="AF_UNIX", authkey=authkey)
-        send_lock = threading.Lock()
-
-        def report(message: WorkerMessage) -> None:
-            with send_lock:
-                connection.send(encode_message(message))
-
-        threading.Thread(
-            target=listen_for_control, args=(connection, signals), name="rank-control", daemon=True
-        ).start()
-        with connection:
-            train_and_report(plan, report, signals, group)
+        with Client(address, family="AF_UNIX", authkey=authkey) as connection:
+            train_over(plan, connection, connection, group)
     finally:
         group.close()
 

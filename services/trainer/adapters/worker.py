@@ -187,19 +187,30 @@ def worker_main(
 
             run_ranks(plan, messages, control)
             return
-        signals = StopSignals()
-        send_lock = threading.Lock()
-
-        def report(message: WorkerMessage) -> None:
-            with send_lock:
-                messages.send(encode_message(message))
-
-        threading.Thread(
-            target=listen_for_control, args=(control, signals), name="worker-control", daemon=True
-        ).start()
-        train_and_report(plan, report, signals)
+        train_over(plan, messages, control)
     finally:
         messages.close()
+
+
+def train_over(
+    plan: WorkerPlan,
+    messages: Connection,
+    control: Connection,
+    group: DataParallelGroup | None = None,
+) -> None:
+    """Train ``plan`` speaking the worker protocol: messages sent on ``messages`` in order,
+    commands heard on ``control`` (the supervisor's pipes, or rank 0's relay connection)."""
+    signals = StopSignals()
+    send_lock = threading.Lock()
+
+    def report(message: WorkerMessage) -> None:
+        with send_lock:
+            messages.send(encode_message(message))
+
+    threading.Thread(
+        target=listen_for_control, args=(control, signals), name="worker-control", daemon=True
+    ).start()
+    train_and_report(plan, report, signals, group)
 
 
 def listen_for_control(control: Connection, signals: StopSignals) -> None:
