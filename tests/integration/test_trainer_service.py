@@ -120,7 +120,15 @@ def registry(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
         CommonSettings(
             kafka_bootstrap=kafka_bootstrap, data_dir=tmp_path_factory.mktemp("registry-data")
         ),
-        RegistrySettings(grpc_port=0, metrics_port=0, webhook_port=0, consumer_group=group),
+        RegistrySettings(
+            grpc_port=0,
+            metrics_port=0,
+            webhook_port=0,
+            consumer_group=group,
+            # the trainers of this module keep their artifacts in data dirs of their own, all
+            # under the session's temporary folder: the registry checks and re-hashes there
+            trainer_artifact_root=tmp_path_factory.getbasetemp(),
+        ),
     )
     runtime.start()
     try:
