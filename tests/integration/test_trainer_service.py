@@ -29,6 +29,7 @@ from services.trainer import bootstrap
 from services.trainer.domain import policy_job_id
 from services.trainer.settings import TrainerSettings
 from shared.events import Envelope, KafkaEventPublisher, ensure_topics, topic_for
+from shared.events.producers import EVENT_PRODUCERS
 from shared.modeling import folder_sha256, read_adapter_metadata
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
@@ -256,9 +257,11 @@ def publish_split(
 
 def send_event(bootstrap_servers: str, message: Any, subject: str) -> None:
     ensure_topics(bootstrap_servers, [topic_for(message)])
-    publisher = KafkaEventPublisher(bootstrap_servers, client_id="test-splitter")
+    publisher = KafkaEventPublisher(bootstrap_servers, client_id="test-publisher")
     try:
-        envelope = Envelope.wrap(message, source="tuneline/splitter", subject=subject)
+        # as its producing service sends it: consumers refuse an event from anyone else
+        source = EVENT_PRODUCERS[message.DESCRIPTOR.full_name]
+        envelope = Envelope.wrap(message, source=source, subject=subject)
         publisher.send(envelope).get(timeout=30)  # type: ignore[attr-defined]
     finally:
         publisher.close()
