@@ -290,11 +290,17 @@ class IngestResult:
 
 
 def upload_version(
-    deps: DatasetDeps, request: IngestRequest, chunks: Iterable[bytes]
+    deps: DatasetDeps,
+    request: IngestRequest,
+    chunks: Iterable[bytes],
+    still_connected: Callable[[], bool] = lambda: True,
 ) -> IngestResult:
     """Validate and version streamed content. ``chunks`` raises ``UploadInterrupted`` if the
-    client goes away; nothing is stored then."""
-    return _ingest(deps, request, chunks)
+    client goes away; nothing is stored then. ``still_connected`` is asked once more after
+    the content is validated, before anything is stored: a stream can end as if finished
+    before the transport says the client cancelled it, and half an upload must not become a
+    rejected report (or a version)."""
+    return _ingest(deps, request, chunks, still_connected)
 
 
 def import_version(deps: DatasetDeps, request: IngestRequest) -> IngestResult:
@@ -337,7 +343,12 @@ def _check_request(request: IngestRequest, prefix: str) -> None:
         raise InvalidArgument("invalid request", violations)
 
 
-def _ingest(deps: DatasetDeps, request: IngestRequest, chunks: Iterable[bytes]) -> IngestResult:
+def _ingest(
+    deps: DatasetDeps,
+    request: IngestRequest,
+    chunks: Iterable[bytes],
+    still_connected: Callable[[], bool] = lambda: True,
+) -> IngestResult:
     """Check the request, validate the content into a spool, then store the report (rejected,
     validate-only) or commit the version; see the module docstring."""
     started = time.perf_counter()
@@ -390,6 +401,8 @@ def _ingest(deps: DatasetDeps, request: IngestRequest, chunks: Iterable[bytes]) 
                 validate_only=request.validate_only,
                 create_time=deps.clock(),
             )
+            if not still_connected():
+                raise UploadInterrupted("the client went away before the upload was stored")
             if report.summary.outcome is Outcome.REJECTED or request.validate_only:
                 outcome = _store_report(deps, report)
             else:

@@ -27,6 +27,7 @@ from services.dataset.domain import (
     Severity,
     SourceKind,
     TaskType,
+    UploadInterrupted,
     ValidationReport,
     ValueBounds,
 )
@@ -174,6 +175,26 @@ def test_truncated_last_line(deps: DatasetDeps) -> None:
     result = rejected(deps, content)
     assert result.finding["truncated_last_line"].line_numbers == (len(BASE) + 1,)
     assert set(result.finding) == {"truncated_last_line"}
+
+
+def test_a_stream_that_ends_after_its_client_went_away_stores_nothing(deps: DatasetDeps) -> None:
+    """gRPC may end a cancelled upload's stream as if it were finished before the call is
+    known to be cancelled: the cut content must not become a rejected report (or a version)."""
+    create(deps)
+    content = to_jsonl(BASE) + b'{"text": "the client cancelled in the mid'
+    with pytest.raises(UploadInterrupted):
+        handlers.upload_version(
+            deps,
+            IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD),
+            iter([content]),
+            still_connected=lambda: False,
+        )
+    reports, _ = handlers.list_reports(
+        deps, parent="datasets/reviews", page_size=0, page_token="", outcome=None
+    )
+    assert reports == []
+    assert handlers.get_dataset(deps, "datasets/reviews").version_count == 0
+    assert stored_artifacts(deps.store.root) == [], "no artifact and no temp file"
 
 
 def test_a_complete_last_line_without_line_end_is_fine(deps: DatasetDeps) -> None:

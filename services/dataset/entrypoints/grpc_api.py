@@ -148,7 +148,9 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
             label_churn_reason=header.label_churn_reason,
         )
         try:
-            result = handlers.upload_version(self._deps, request, _chunks(messages, context))
+            result = handlers.upload_version(
+                self._deps, request, _chunks(messages, context), still_connected=context.is_active
+            )
         except UploadInterrupted:
             return service_pb2.UploadDatasetVersionResponse()  # nobody is listening any more
         return service_pb2.UploadDatasetVersionResponse(
