@@ -32,19 +32,15 @@ def normalize_input_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def near_duplicate_text(row: Mapping[str, object]) -> str | None:
-    """The normalized text on which a row's near-duplicates are judged, ``None`` when the row
-    has none of the fields below.
+def row_text(row: Mapping[str, object]) -> str | None:
+    """The text a row teaches, as written; ``None`` when the row has none of the fields below.
 
     A classification row's ``text``. A causal-LM row's prompt *and* completion, joined by a
-    newline — for chat ``messages``, every message's content: two rows that teach the same
-    answer to a reworded question are the same lesson, whereas their prompts alone may be too
-    short to compare ("Summarise:") or may differ in wording only. The dataset gate, the
-    splitter and the evaluator's contamination check all use this one definition.
+    newline — for chat ``messages``, every message's content.
     """
     text = row.get("text")
     if isinstance(text, str):
-        return normalize_input_text(text)
+        return text
     messages = row.get("messages")
     if isinstance(messages, list):
         contents = [
@@ -52,9 +48,22 @@ def near_duplicate_text(row: Mapping[str, object]) -> str | None:
             for message in messages
             if isinstance(message, Mapping) and isinstance(message.get("content"), str)
         ]
-        return normalize_input_text("\n".join(contents)) if contents else None
+        return "\n".join(contents) if contents else None
     prompt, completion = row.get("prompt"), row.get("completion")
     if isinstance(prompt, str):
         answer = completion if isinstance(completion, str) else ""
-        return normalize_input_text(f"{prompt}\n{answer}")
+        return f"{prompt}\n{answer}"
     return None
+
+
+def near_duplicate_text(row: Mapping[str, object]) -> str | None:
+    """The normalized text on which a row's near-duplicates are judged (:func:`row_text`,
+    normalized), ``None`` when the row has none.
+
+    For a causal-LM row that is its prompt *and* completion: two rows that teach the same
+    answer to a reworded question are the same lesson, whereas their prompts alone may be too
+    short to compare ("Summarise:") or may differ in wording only. The dataset gate, the
+    splitter and the evaluator's contamination check all use this one definition.
+    """
+    text = row_text(row)
+    return normalize_input_text(text) if text is not None else None

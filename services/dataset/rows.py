@@ -52,7 +52,7 @@ from services.dataset.domain import (
     ValueBounds,
 )
 from shared.canonical_jsonl import canonical_json
-from shared.input_text import normalize_input_text
+from shared.input_text import near_duplicate_text, normalize_input_text
 
 _DERIVED_ID = re.compile(r"^r-([0-9a-f]{16})$")
 _ROLES = frozenset({"system", "user", "assistant"})
@@ -163,6 +163,10 @@ class RowRules:
     error_rules: frozenset[str]
     max_label_length: int = ValueBounds.max_label_length
     max_slice_length: int = ValueBounds.max_slice_length
+    #: Whether each kept row's near-duplicate text comes back in the result
+    #: (``BlockResult.near_duplicate_texts``): the workers have the parsed row at hand, so the
+    #: service's own process need not parse and normalize every row a second time.
+    near_duplicate_texts: bool = False
 
     @classmethod
     def of(
@@ -213,6 +217,10 @@ class BlockResult:
     #: ``(row index, slice)`` for the rows that have a slice.
     slices: list[tuple[int, str]] = field(default_factory=list)
     findings: list[RowFinding] = field(default_factory=list)
+    #: When the rules ask for them: per row, its near-duplicate text
+    #: (:func:`shared.input_text.near_duplicate_text`, empty when it has none) in UTF-8, each
+    #: ending in ``\n`` (a normalized text has no line end: whitespace runs become a space).
+    near_duplicate_texts: bytearray = field(default_factory=bytearray)
     #: Lines that ended in CRLF (``crlf_line_end``): how many, and the first few.
     crlf_count: int = 0
     crlf_lines: list[int] = field(default_factory=list)
@@ -328,6 +336,7 @@ class _BlockChecker:
         label_set = rules.label_set
         max_text = rules.max_text_length
         classification = rules.task_type is TaskType.CLASSIFICATION
+        near_duplicate_texts = result.near_duplicate_texts if rules.near_duplicate_texts else None
         loads = _decoder.decode
         scan = _scan_json  # json.loads without its Python-level wrapping: a third faster
         sha256 = hashlib.sha256
@@ -423,6 +432,8 @@ class _BlockChecker:
                 keys += digest[:12]
                 input_keys += sha256(folded).digest()[:8]
                 label_indexes.append(index)
+                if near_duplicate_texts is not None:
+                    near_duplicate_texts += folded + b"\n"
             else:
                 fields = self.general_row(row, line_number)
                 if fields is not None:
@@ -676,6 +687,10 @@ class _BlockChecker:
             result.input_keys += hashlib.sha256(folded).digest()[:8]
             known = self.labels.get(fields["label"]) or self.new_label(fields["label"])
             result.label_indexes.append(known[0])
+        else:
+            folded = (near_duplicate_text(fields) or "").encode()
+        if self.rules.near_duplicate_texts:
+            result.near_duplicate_texts += folded + b"\n"
         if "slice" in fields:
             result.slices.append((index, fields["slice"]))
 

@@ -39,7 +39,7 @@ import hashlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,6 @@ from services.dataset.rows import (
     too_long_message,
 )
 from shared.canonical_jsonl import canonical_json, parse_line
-from shared.input_text import near_duplicate_text
 
 BOM = b"\xef\xbb\xbf"
 #: Bytes of complete lines checked together (amortises per-block costs; bounds memory).
@@ -218,6 +217,8 @@ class StreamingValidator:
             if near_duplicate_threshold > 0
             else None
         )
+        if self._near_duplicates is not None:
+            self._rules = replace(self._rules, near_duplicate_texts=True)
 
     @property
     def lines_read(self) -> int:
@@ -446,10 +447,9 @@ class StreamingValidator:
         if self._near_duplicates is None or self._near_duplicates.skipped:
             return
         add = self._near_duplicates.add
-        lines = result.content.split(b"\n")
+        texts = result.near_duplicate_texts.split(b"\n")
         for i in np.flatnonzero(keep).tolist():
-            line = int(line_numbers[i])
-            add(line, near_duplicate_text(parse_line(lines[i].decode(), line)) or "")
+            add(int(line_numbers[i]), texts[i].decode())
 
     def _label_index(self, label: str) -> int:
         """The label's global index; -1 for a new one past the limit on distinct labels."""

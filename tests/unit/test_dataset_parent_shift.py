@@ -58,10 +58,16 @@ def deps(tmp_path: Path) -> Iterator[DatasetDeps]:
 
 
 def upload(deps: DatasetDeps, rows: list[dict[str, str]], parent: str = "") -> str:
+    return upload_to(deps, "reviews", rows, parent=parent)
+
+
+def upload_to(
+    deps: DatasetDeps, dataset: str, rows: list[dict[str, str]], *, parent: str = ""
+) -> str:
     outcome = handlers.upload_version(
         deps,
         IngestRequest(
-            dataset="datasets/reviews", source_kind=SourceKind.UPLOAD, parent_version=parent
+            dataset=f"datasets/{dataset}", source_kind=SourceKind.UPLOAD, parent_version=parent
         ),
         iter([to_jsonl(rows)]),
     )
@@ -131,3 +137,40 @@ def test_a_turned_off_shift_test_is_skipped_with_its_reason(
     assert shift.parent_version == parent
     assert shift.status is ParentShiftStatus.SKIPPED
     assert "turned off" in shift.reason
+
+
+def test_a_causal_lm_version_is_measured_against_its_parent_and_its_labels_are_skipped(
+    deps: DatasetDeps, models_root: Path
+) -> None:
+    """Causal-LM rows have no labels to audit, but what they teach can shift: their prompt and
+    completion are compared with the parent's. Without a parent nothing waits on the encoder."""
+    handlers.create_dataset(
+        deps, dataset_id="writer", task_type=TaskType.CAUSAL_LM, policy=SchemaPolicy()
+    )
+
+    def lessons(texts: list[str], prompt: str) -> list[dict[str, str]]:
+        return [{"prompt": prompt, "completion": f" {text}"} for text in texts]
+
+    reviews = [row["text"] for row in distinct_reviews(ROWS, seed=17)]
+    plots = [row["text"] for row in plot_description_rows(ROWS)]
+    parent = upload_to(deps, "writer", lessons(reviews, "Write a film review."))
+    # announced at once: no parent, so no shift to measure and no labels to audit
+    parent_audit = handlers.get_audit(deps, f"{parent}/audit")
+    assert parent_audit.verdict is LabelAuditVerdict.SKIPPED
+    assert parent_audit.parent_shift is None
+    assert [event.dataset_version for event in audited_events(deps)] == [parent]
+
+    child = upload_to(deps, "writer", lessons(plots, "Write a film review."), parent=parent)
+    assert handlers.get_audit(deps, f"{child}/audit").verdict is LabelAuditVerdict.PENDING
+    assert handlers.run_pending_audits(deps, ShiftOnlyAuditor(models_root), limit=5) == 1
+
+    audit = handlers.get_audit(deps, f"{child}/audit")
+    assert audit.verdict is LabelAuditVerdict.SKIPPED
+    assert "no labels" in audit.reason
+    shifted = audit.parent_shift
+    assert shifted is not None
+    assert shifted.status is ParentShiftStatus.FLAGGED, shifted.reason
+    assert shifted.effect_size > 0.3
+    assert (shifted.parent_rows, shifted.version_rows) == (ROWS, ROWS)
+    events = {event.dataset_version: event for event in audited_events(deps)}
+    assert events[child].parent_shift.status == resources_pb2.PARENT_SHIFT_STATUS_FLAGGED
