@@ -115,7 +115,8 @@ DEFAULT_ROLES: Mapping[str, frozenset[str]] = {
     "service:splitter": _rpcs(_DATASET, "GetDatasetVersion"),
     "service:trainer": _rpcs(_SPLITTER, "GetSplit") | _rpcs(_REGISTRY, "GetModel"),
     "service:evaluator": _rpcs(_REGISTRY, "GetModel", "GetAlias", "GetCheckpoint"),
-    "service:registry": frozenset(),
+    # confirms a PASSED verdict before it counts (services/registry/adapters/verdict_checks.py)
+    "service:registry": _rpcs(_EVALUATOR, "GetEvaluation"),
     "service:serving": _SERVING_FLEET,
 }
 

@@ -13,6 +13,7 @@ from tuneline.cli.output import console, err_console
 from tuneline.devtools.kafka import (
     DEFAULT_CONTROLLER_PORT,
     DEFAULT_PORT,
+    BrokerSecurity,
     LocalKafka,
     LocalKafkaCluster,
     LocalKafkaError,
@@ -71,8 +72,27 @@ BrokersOpt = Annotated[
 ]
 
 
-def _broker(home: Path | None, port: int, controller_port: int) -> LocalKafka:
-    return LocalKafka(home=home or default_home(), port=port, controller_port=controller_port)
+SaslSslOpt = Annotated[
+    bool,
+    typer.Option(
+        "--sasl-ssl",
+        envvar="TUNELINE_KAFKA_SASL_SSL",
+        help=(
+            "Listen SASL_SSL only: TLS from a local CA, a SCRAM-SHA-512 user per service (plus "
+            "admin, the super user), and topic ACLs so each service writes only its own "
+            "topics. CA and password files live under <home>/security. The users are made "
+            "when the storage is formatted: a home first started without it needs a new one."
+        ),
+    ),
+]
+
+
+def _broker(
+    home: Path | None, port: int, controller_port: int, *, sasl_ssl: bool = False
+) -> LocalKafka:
+    home = home or default_home()
+    security = BrokerSecurity.ensure(home / "security") if sasl_ssl else None
+    return LocalKafka(home=home, port=port, controller_port=controller_port, security=security)
 
 
 def _cluster(home: Path | None) -> LocalKafkaCluster | None:
@@ -111,12 +131,16 @@ def start(
         float, typer.Option("--timeout", help="Seconds to wait for the broker to serve metadata.")
     ] = 120.0,
     brokers: BrokersOpt = 1,
+    sasl_ssl: SaslSslOpt = False,
 ) -> None:
     """Provision (first time), format (first time) and start the broker(s); wait until ready."""
     if brokers > 1:
+        if sasl_ssl:
+            err_console.print("[red]error:[/red] --sasl-ssl runs a single broker (--brokers 1)")
+            raise typer.Exit(2)
         _start_cluster(home, brokers, port, controller_port, timeout)
         return
-    kafka = _broker(home, port, controller_port)
+    kafka = _broker(home, port, controller_port, sasl_ssl=sasl_ssl)
     reused = kafka.running_pid() is not None
     if not reused and not kafka.is_provisioned():
         console.print(f"Resolving Apache Kafka's jars with Maven into {kafka.libs_dir} ...")
@@ -134,6 +158,14 @@ def start(
             f"started in {kafka.startup_seconds:.1f} s."
         )
     console.print(f"home: {kafka.home}\nlog:  {kafka.server_log}")
+    if kafka.security is not None:
+        console.print(
+            "SASL_SSL with ACLs; a service logs in as itself (TUNELINE_KAFKA_USERNAME=<service>, "
+            f"password file {kafka.security.folder / 'users'}/<service>.password). As admin:"
+        )
+        console.print(f"export TUNELINE_KAFKA_BOOTSTRAP={bootstrap}")
+        for name, value in kafka.security.client_environment(kafka.security.admin).items():
+            console.print(f"export {name}={value}")
 
 
 @app.command()

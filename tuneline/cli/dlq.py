@@ -14,6 +14,7 @@ from rich.table import Table
 
 from shared.events import KafkaEventPublisher
 from shared.events.dead_letters import DeadLetter, original_topic, read_dead_letters, replay
+from shared.events.security import kafka_client_security
 from shared.settings import CommonSettings
 from tuneline.cli.output import console, err_console
 
@@ -47,9 +48,15 @@ BootstrapOpt = Annotated[
 _DEFAULT_BOOTSTRAP = CommonSettings.model_fields["kafka_bootstrap"].default
 
 
+def _kafka_security() -> dict[str, object]:
+    """The command's Kafka credentials, from the same ``TUNELINE_KAFKA_*`` variables as a
+    service's (an operator's own SCRAM user, allowed to read and replay dead letters)."""
+    return kafka_client_security(CommonSettings())
+
+
 def _read(bootstrap: str, topic: str, group: str = "") -> list[DeadLetter]:
     try:
-        letters = read_dead_letters(bootstrap, topic)
+        letters = read_dead_letters(bootstrap, topic, security=_kafka_security())
     except Exception as error:  # noqa: BLE001 - any broker failure ends the command the same way
         err_console.print(
             f"[red]error:[/red] cannot read {escape(topic)}.dlq: {escape(str(error))}"
@@ -150,7 +157,9 @@ def replay_(
         raise typer.Exit(2)
     letters = _read(bootstrap, topic, group)
     chosen = letters if all_ else _find(letters, positions or [])
-    publisher = KafkaEventPublisher(bootstrap, client_id="tuneline-cli-dlq-replay")
+    publisher = KafkaEventPublisher(
+        bootstrap, client_id="tuneline-cli-dlq-replay", security=_kafka_security()
+    )
     try:
         sent = replay(publisher, topic, chosen)
     except Exception as error:  # noqa: BLE001 - report and fail, nothing half-done is hidden
