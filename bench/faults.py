@@ -12,12 +12,22 @@ effect rows:
   10 s request timeout, then resumed;
 * ``ISR below min``: the topic's ``min.insync.replicas`` is raised to 3 and one broker stopped,
   so writes are refused with NotEnoughReplicas and the outbox holds them; the broker returns.
+* ``only broker SIGKILL`` (on a single broker of its own, started once the cluster is gone):
+  the broker is SIGKILLed, the second half is acknowledged while it is down, and it is started
+  again on the same ports and log dirs; the same relay and consumer loop carry on.
+* ``lost gRPC reply`` (on the same cluster, the real registry in-process): ``--rollbacks``
+  RollbackModel calls through a proxy that drops each first response after the server sent it;
+  the SDK retries with its request id. Counted: acknowledged rollbacks against alias moves and
+  ModelRolledBack records; ``recover s`` is the slowest call. (``tests/faults`` runs one.)
+* ``16+N watchers``: ``--watchers`` WatchAlias streams open while ``--rollbacks`` rollbacks run,
+  Health SERVING after each. Counted: moves due to every watcher against moves received once
+  (applied) or twice (doubled); ``recover s`` is the slowest rollback.
 
 ``recover s`` is the time from the fault (the kill, the pause; for ``ISR below min`` the broker's
 return, since nothing may be written before it) until every acknowledged event is applied; for
-``no fault``, from the same point in the flow. The suite's version of the first and last
-scenarios runs in ``make test`` (``tests/faults``); the pause waits out timeouts on purpose and
-lives here.
+``no fault``, from the same point in the flow; for ``only broker SIGKILL``, from the kill, the
+restart included. Every scenario but the pause has a version in ``make test``
+(``tests/faults``); the pause waits out timeouts on purpose and lives here.
 
     .venv/bin/python bench/faults.py [--events 400] [--pause 15]
 
@@ -53,6 +63,7 @@ from tests.fixtures.broker_faults import (
     set_min_insync_replicas,
     wait_until,
 )
+from tests.fixtures.grpc_faults import lost_responses, watchers_during_rollbacks
 from tests.fixtures.waiting import eventually
 from tuneline.devtools.kafka import LocalKafkaCluster, free_port
 
@@ -153,6 +164,16 @@ def isr_below_min(cluster: LocalKafkaCluster, flow: EventFlow, half: int) -> flo
     return seconds
 
 
+def only_broker_sigkill(cluster: LocalKafkaCluster, flow: EventFlow, half: int) -> float:
+    [node] = cluster.nodes
+    assert node.crash(), "the broker was running"
+    began = time.monotonic()
+    flow.stage(half)  # acknowledged while no broker runs: the outbox holds them
+    cluster.start_node(node.node_id, timeout=APPLY_TIMEOUT)
+    _drain(flow)
+    return time.monotonic() - began
+
+
 def run_scenario(
     cluster: LocalKafkaCluster, workdir: Path, name: str, fault: Fault, events: int
 ) -> Outcome:
@@ -175,6 +196,12 @@ def main() -> None:
     parser.add_argument(
         "--pause", type=float, default=15.0, help="seconds the SIGSTOP scenario pauses a broker"
     )
+    parser.add_argument(
+        "--rollbacks", type=int, default=20, help="RollbackModel calls per gRPC scenario"
+    )
+    parser.add_argument(
+        "--watchers", type=int, default=48, help="open WatchAlias streams (16 + N) for a rollback"
+    )
     args = parser.parse_args()
     scenarios: list[tuple[str, Fault]] = [
         ("no fault", no_fault),
@@ -187,14 +214,14 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory(prefix="tuneline-faults-") as tmp:
         ports: list[int] = []
-        while len(ports) < 6:
+        while len(ports) < 8:  # three nodes of the cluster, then the single broker
             port = free_port()
             if port not in ports:
                 ports.append(port)
         cluster = LocalKafkaCluster(
             home=Path(tmp) / "kafka",
             brokers=3,
-            node_ports=list(zip(ports[::2], ports[1::2], strict=True)),
+            node_ports=list(zip(ports[:6:2], ports[1:6:2], strict=True)),
         )
         print("starting a three-broker cluster ...", flush=True)
         cluster.start(timeout=300)
@@ -204,19 +231,42 @@ def main() -> None:
             for name, fault in scenarios:
                 print(f"running {name} ...", flush=True)
                 outcomes.append(run_scenario(cluster, Path(tmp), name, fault, args.events))
+            print("running lost gRPC reply ...", flush=True)
+            count, seconds = lost_responses(cluster.bootstrap, Path(tmp) / "lost", args.rollbacks)
+            outcomes.append(Outcome("lost gRPC reply", count, seconds))
+            print("running 16+N watchers ...", flush=True)
+            count, seconds = watchers_during_rollbacks(
+                cluster.bootstrap, Path(tmp) / "watchers", args.rollbacks, args.watchers
+            )
+            outcomes.append(Outcome("16+N watchers", count, seconds))
         finally:
             for node in cluster.nodes:
+                node.crash()
+        single = LocalKafkaCluster(
+            home=Path(tmp) / "kafka-single", brokers=1, node_ports=[(ports[6], ports[7])]
+        )
+        print("starting a single broker ...", flush=True)
+        single.start(timeout=300)
+        try:
+            print("running only broker SIGKILL ...", flush=True)
+            outcomes.append(
+                run_scenario(
+                    single, Path(tmp), "only broker SIGKILL", only_broker_sigkill, args.events
+                )
+            )
+        finally:
+            for node in single.nodes:
                 node.crash()
     baseline = outcomes[0].recover_seconds
     print()
     print(
-        f"{'scenario':<16} {'acknowledged':>12} {'applied':>8} {'lost':>5} {'doubled':>8} "
+        f"{'scenario':<20} {'acknowledged':>12} {'applied':>8} {'lost':>5} {'doubled':>8} "
         f"{'recover s':>10} {'vs no fault':>12}"
     )
     for outcome in outcomes:
         c = outcome.count
         print(
-            f"{outcome.scenario:<16} {c.acknowledged:>12} {c.applied:>8} {c.lost:>5} "
+            f"{outcome.scenario:<20} {c.acknowledged:>12} {c.applied:>8} {c.lost:>5} "
             f"{c.doubled:>8} {outcome.recover_seconds:>10.1f} "
             f"{outcome.recover_seconds - baseline:>+11.1f}s"
         )

@@ -3,6 +3,7 @@
 from shared.events.consumer import (
     ConsumerLoop,
     FailureKind,
+    GroupMembershipLost,
     ReceivedEvent,
     Subscription,
     TransientError,
@@ -23,6 +24,7 @@ __all__ = [
     "EventMetrics",
     "EventTooLarge",
     "FailureKind",
+    "GroupMembershipLost",
     "KafkaEventPublisher",
     "OutboxEvent",
     "OutboxRelay",

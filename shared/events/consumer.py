@@ -26,12 +26,17 @@ The offset is committed only once the record is applied or acknowledged by the D
 that cannot be reached is retried like a transient failure. The loop supervises itself: a crash
 restarts it after a backoff, and ``on_health(False)`` is called meanwhile (the runtime turns
 gRPC health NOT_SERVING). A broker that is not there yet is not a crash: the loop waits for it.
+A consumer whose group membership is gone for good (every offset commit refused, without a
+pause as long as its ``session_timeout_ms`` (45 s by default) or a success in between, for
+longer than that timeout: kafka-python 3.0.12 was seen fetching and failing commits at 80% CPU,
+never rejoining) is a crash too: the loop closes it and starts a fresh one, which joins anew.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import logging
 import threading
 import time
@@ -48,10 +53,17 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import DomainError, ResourceExhausted, Unavailable
-from shared.events.envelope import Envelope, EnvelopeError, current_traceparent, dlq_topic_for
+from shared.events.envelope import (
+    DLQ_VALUE_OMITTED_HEADER,
+    Envelope,
+    EnvelopeError,
+    current_traceparent,
+    dlq_topic_for,
+)
 from shared.events.metrics import EventMetrics
 from shared.events.producers import UntrustedEventSource, check_event_source
-from shared.events.publisher import KafkaEventPublisher
+from shared.events.publisher import MAX_EVENT_BYTES, KafkaEventPublisher
+from shared.events.security import PLAINTEXT
 from shared.events.tables import DeadLetteredRecord, ProcessedEvent
 
 log = logging.getLogger(__name__)
@@ -87,6 +99,11 @@ class Subscription:
 
 class TransientError(Exception):
     """Raise from a handler when the event is fine but something it needs is not, yet."""
+
+
+class GroupMembershipLost(Exception):
+    """The group coordinator has refused this consumer's commits for longer than its session
+    timeout: its member is gone and the client did not rejoin. Only a new consumer will."""
 
 
 class FailureKind(enum.Enum):
@@ -164,6 +181,7 @@ class ConsumerLoop:
         on_health: Callable[[bool], None] | None = None,
         consumer_factory: Callable[[], KafkaConsumer] | None = None,
         producers: Mapping[str, str] | None = None,
+        security: Mapping[str, object] = PLAINTEXT,
     ) -> None:
         self._subscriptions = {s.topic: s for s in subscriptions}
         if not self._subscriptions:
@@ -188,7 +206,13 @@ class ConsumerLoop:
         #: Event type → the only ``ce_source`` accepted for it (``shared.events.producers``);
         #: ``None`` accepts any source (tests of the loop itself).
         self._producers = producers
+        #: kafka-python security settings (``shared.events.security``) of the consumer.
+        self._security = security
         self._failing: dict[TopicPartition, _FailingRecord] = {}
+        #: When offset commits began failing for want of a group membership (None: they work),
+        #: and when the last one was refused.
+        self._commits_refused_since: float | None = None
+        self._last_commit_refused = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._healthy = True
@@ -224,6 +248,7 @@ class ConsumerLoop:
 
     def _kafka_consumer(self) -> KafkaConsumer:
         return KafkaConsumer(
+            **self._security,
             bootstrap_servers=self._bootstrap,
             group_id=self._group_id,
             client_id=f"{self._group_id}-consumer",
@@ -297,6 +322,10 @@ class ConsumerLoop:
         # (a fresh process, about one start in four), leaving the service idle.
         for topic in self.topics:
             consumer.partitions_for_topic(topic)
+        self._commits_refused_since = None
+        # No rebalance listener to learn of rejoins: with one (a trivial callback), kafka-python
+        # 3.0.12's rebalance after a paused partition hung in 3 runs of 3 of
+        # test_events_on_kafka.py's database-outage test (cause not found).
         consumer.subscribe(self.topics)
         while not self._stop.is_set():
             self._resume_due(consumer)
@@ -315,6 +344,7 @@ class ConsumerLoop:
                         break
                     try:
                         consumer.commit({partition: OffsetAndMetadata(record.offset + 1, "", -1)})
+                        self._commits_refused_since = None
                     except (CommitFailedError, RebalanceInProgressError) as error:
                         # the group is rebalancing: the effect is committed in the database,
                         # so a redelivery after the rebalance is skipped by its event id
@@ -322,12 +352,33 @@ class ConsumerLoop:
                             "offset commit failed during a rebalance; polling again",
                             extra={"group": self._group_id, "error": repr(error)},
                         )
+                        self._check_membership(consumer, error)
                         # The rest of this batch is dropped: if the partition stays ours, fetch
                         # it again from the next record rather than from past the batch.
                         with contextlib.suppress(Exception):
                             consumer.seek(partition, record.offset + 1)
                         break
             self._record_lag(consumer)
+
+    def _check_membership(self, consumer: KafkaConsumer, error: KafkaError) -> None:
+        """Raise :class:`GroupMembershipLost` once commits have been refused for longer than
+        the session timeout, each soon after the last: a rebalance that long means this member
+        was dropped and its client is not rejoining (the next poll normally rejoins within a
+        heartbeat or two). A refusal after a quiet spell as long as the timeout starts afresh
+        (a later rebalance, not the same one)."""
+        now = time.monotonic()
+        config = getattr(consumer, "config", None) or {}
+        session_timeout = float(config.get("session_timeout_ms", 45_000)) / 1000
+        since_last, self._last_commit_refused = now - self._last_commit_refused, now
+        if self._commits_refused_since is None or since_last > session_timeout:
+            self._commits_refused_since = now
+            return
+        refused_for = now - self._commits_refused_since
+        if refused_for > session_timeout:
+            raise GroupMembershipLost(
+                f"offset commits refused for {refused_for:.1f} s (session timeout "
+                f"{session_timeout:g} s), last with {error!r}; restarting the consumer"
+            ) from error
 
     def _poll_timeout_ms_now(self) -> int:
         """Poll no longer than until the next paused partition is due again."""
@@ -500,7 +551,14 @@ class ConsumerLoop:
             )
 
     def _send_to_dlq(self, record: Any, error: BaseException, *, attempts: int) -> None:
-        """Keep the original bytes, add why and where it failed, and wait for the ack."""
+        """Keep the original bytes, add why and where it failed, and wait for the ack.
+
+        A record that would not fit the producer's request limit once the ``dlq_*`` headers
+        are added (another producer wrote it close to the broker's limit) is dead-lettered
+        without its value: ``dlq_value_omitted`` gives the value's size and sha256, and
+        ``dlq_topic``/``dlq_partition``/``dlq_offset`` say where the original still is. Sending
+        it whole would fail on every try and hold its partition forever.
+        """
         headers = list(record.headers or [])
         headers += [
             ("dlq_error", f"{type(error).__name__}: {error}"[:2000].encode()),
@@ -510,8 +568,13 @@ class ConsumerLoop:
             ("dlq_consumer_group", self._group_id.encode()),
             ("dlq_attempts", str(attempts).encode()),
         ]
+        value = record.value
+        if _record_bytes(record.key, value, headers) > MAX_EVENT_BYTES:
+            omitted = f"{len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()}"
+            headers.append((DLQ_VALUE_OMITTED_HEADER, omitted.encode()))
+            value = b""
         self._dlq.send_raw(
-            dlq_topic_for(record.topic), key=record.key, value=record.value, headers=headers
+            dlq_topic_for(record.topic), key=record.key, value=value, headers=headers
         ).get(timeout=30)  # type: ignore[attr-defined]
         if self._metrics:
             self._metrics.dead_lettered.labels(record.topic).inc()
@@ -525,3 +588,15 @@ class ConsumerLoop:
                 "error": repr(error),
             },
         )
+
+
+def _record_bytes(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+) -> int:
+    """A record's key, value and header bytes (the batch overhead is in the margin below
+    the request limit that :data:`MAX_EVENT_BYTES` keeps)."""
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(name) + len(content or b"") for name, content in headers)
+    )

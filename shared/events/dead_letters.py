@@ -10,13 +10,14 @@ it (which marks dead letters by position, not by event id) applies it once.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
 
-from shared.events.envelope import DLQ_SUFFIX, dlq_topic_for
+from shared.events.envelope import DLQ_SUFFIX, DLQ_VALUE_OMITTED_HEADER, dlq_topic_for
 from shared.events.publisher import KafkaEventPublisher
+from shared.events.security import PLAINTEXT
 
 #: Headers the consumer adds when it dead-letters a record; a replay leaves them out.
 DLQ_HEADER_PREFIX = "dlq_"
@@ -64,11 +65,18 @@ class DeadLetter:
 
 
 def read_dead_letters(
-    bootstrap: str, topic: str, *, limit: int | None = None, timeout: float = 30.0
+    bootstrap: str,
+    topic: str,
+    *,
+    limit: int | None = None,
+    timeout: float = 30.0,
+    security: Mapping[str, object] = PLAINTEXT,
 ) -> list[DeadLetter]:
     """Every record of ``topic``'s DLQ, oldest first per partition, read to its current end."""
     dlq = dlq_topic_for(original_topic(topic))
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        **security, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
     try:
         partitions = [
             TopicPartition(dlq, p) for p in sorted(consumer.partitions_for_topic(dlq) or ())
@@ -111,8 +119,18 @@ def replay(
     """Send each dead letter's original record back to its original topic; returns how many.
 
     The original topic is the ``dlq_topic`` header (``topic`` without ``.dlq`` if missing).
-    Waits for every acknowledgement.
+    Waits for every acknowledgement. Raises ``ValueError``, sending nothing, when one of them
+    was dead-lettered without its value (too large to send whole).
     """
+    letters = list(letters)
+    for letter in letters:  # all checked before any is sent: a replay is all or nothing
+        if letter.header(DLQ_VALUE_OMITTED_HEADER):
+            raise ValueError(
+                f"dead letter {letter.position} was kept without its value "
+                f"({letter.header(DLQ_VALUE_OMITTED_HEADER)}); the original is at "
+                f"{letter.header('dlq_topic')} {letter.header('dlq_partition')}:"
+                f"{letter.header('dlq_offset')}"
+            )
     futures = []
     for letter in letters:
         target = letter.header("dlq_topic") or original_topic(topic)

@@ -29,6 +29,9 @@ from google.protobuf.message import Message
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/protobuf"
 DLQ_SUFFIX = ".dlq"
+#: The header of a dead letter sent without its value (too large to send whole with the
+#: ``dlq_*`` headers added): the value's size and sha256. The original stays on its topic.
+DLQ_VALUE_OMITTED_HEADER = "dlq_value_omitted"
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaProducer
@@ -13,6 +13,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from shared.events.envelope import Envelope, dlq_topic_for
+from shared.events.security import PLAINTEXT
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def ensure_topics(
     with_dlq: bool = True,
     timeout_ms: int = 30_000,
     bootstrap_timeout_ms: int = 10_000,
+    security: Mapping[str, object] = PLAINTEXT,
 ) -> list[str]:
     """Create ``topics`` (and their ``.dlq`` twins) when missing; check the existing ones.
 
@@ -85,7 +87,8 @@ def ensure_topics(
     get :meth:`TopicDurability.for_cluster`'s replication factor and ``min.insync.replicas``.
     Existing topics are left as they are (Kafka does not change a replication factor in
     place); each one with fewer replicas or a lower ``min.insync.replicas`` than that is
-    logged as a warning and returned, one line per topic.
+    logged as a warning and returned, one line per topic. ``security`` is
+    :func:`shared.events.security.kafka_client_security`'s client settings.
     """
     wanted = set(topics)
     if with_dlq:
@@ -97,6 +100,7 @@ def ensure_topics(
         client_id="tuneline-admin",
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=bootstrap_timeout_ms,
+        **security,
     )
     try:
         brokers = [
@@ -203,6 +207,16 @@ def _min_insync_by_topic(described: object) -> dict[str, int]:
     return found
 
 
+def _failed_for_good(producer: KafkaProducer) -> bool:
+    """Whether kafka-python put this idempotent producer in its fatal-error state, where every
+    later send fails at once. 3.0.12 does so on any non-retriable broker error for one batch (a
+    record larger than the topic's ``max.message.bytes``, a write the ACLs refuse): one bad
+    record would otherwise silence the relay, or the DLQ, until the process restarts."""
+    manager = getattr(producer, "_transaction_manager", None)
+    has_fatal_error = getattr(manager, "has_fatal_error", None)
+    return bool(callable(has_fatal_error) and has_fatal_error())
+
+
 class KafkaEventPublisher:
     """Sends envelopes with the durability the outbox relies on.
 
@@ -211,7 +225,8 @@ class KafkaEventPublisher:
 
     The producer connects on first use, not on construction, so a service starts (and serves
     gRPC) while Kafka is down; a send then raises a ``KafkaError`` after ``bootstrap_timeout_ms``
-    and the outbox keeps the event for the next try.
+    and the outbox keeps the event for the next try. ``security`` is
+    :func:`shared.events.security.kafka_client_security`'s client settings (its SCRAM user).
     """
 
     def __init__(
@@ -221,8 +236,10 @@ class KafkaEventPublisher:
         client_id: str,
         request_timeout_ms: int = 30_000,
         bootstrap_timeout_ms: int = 10_000,
+        security: Mapping[str, object] = PLAINTEXT,
     ) -> None:
-        self._config = {
+        self._config: dict[str, object] = {
+            **security,
             "bootstrap_servers": bootstrap,
             "client_id": client_id,
             "acks": "all",
@@ -241,11 +258,20 @@ class KafkaEventPublisher:
 
     @property
     def _producer(self) -> KafkaProducer:
+        broken: KafkaProducer | None = None
         with self._lock:
             if self._closed:
                 raise RuntimeError("the publisher is closed")
             if self._producer_instance is not None:
-                return self._producer_instance
+                if not _failed_for_good(self._producer_instance):
+                    return self._producer_instance
+                broken, self._producer_instance = self._producer_instance, None
+        if broken is not None:
+            log.warning(
+                "the Kafka producer failed for good; connecting a new one",
+                extra={"client_id": self._config["client_id"]},
+            )
+            broken.close(timeout=0)
         # Connect outside the state lock, so close() never waits for a bootstrap timeout;
         # one connection attempt at a time.
         with self._connecting:

@@ -1,7 +1,8 @@
-"""One real three-broker KRaft cluster for the whole fault suite.
+"""One real three-broker KRaft cluster for the whole fault suite, and a single broker for the
+module that kills it.
 
-Always its own cluster, even where ``TUNELINE_KAFKA_BOOTSTRAP`` names a broker: the suite kills
-and stops brokers, which it must own. Three JVMs with small heaps on free loopback ports.
+Always brokers of its own, even where ``TUNELINE_KAFKA_BOOTSTRAP`` names one: the suite kills
+and stops brokers, which it must own. JVMs with small heaps on free loopback ports.
 """
 
 from __future__ import annotations
@@ -10,7 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tuneline.devtools.kafka import LocalKafkaCluster, free_port
+from tuneline.devtools.kafka import (
+    DEFAULT_CLUSTER_HEAP,
+    LocalKafka,
+    LocalKafkaCluster,
+    free_port,
+)
 
 BROKERS = 3
 
@@ -43,3 +49,24 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKaf
     finally:
         for node in cluster.nodes:  # its data is thrown away: no clean shutdown to wait for
             node.crash()
+
+
+@pytest.fixture(scope="module")
+def single_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A running single-node broker (topics with one replica) for one module.
+
+    A test that crashes it starts it again (same ports, same log dirs) before it ends. Only
+    the modules that ask for it start it; it has the small heap of a cluster node.
+    """
+    port, controller_port = _free_ports(2)
+    broker = LocalKafka(
+        home=tmp_path_factory.mktemp("kafka-single"),
+        port=port,
+        controller_port=controller_port,
+        heap=DEFAULT_CLUSTER_HEAP,
+    )
+    broker.start(timeout=180)
+    try:
+        yield broker
+    finally:
+        broker.crash()  # its data is thrown away: no clean shutdown to wait for

@@ -7,6 +7,7 @@ integration tests run the same loop on the real broker.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +17,12 @@ from typing import Any
 import pytest
 import sqlalchemy.exc
 from google.protobuf import timestamp_pb2
-from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Integer, String, select
@@ -36,6 +42,8 @@ from shared.events import (
     classify_failure,
 )
 from shared.events.envelope import EnvelopeError
+from shared.events.publisher import MAX_EVENT_BYTES
+from tests.fixtures.waiting import eventually
 
 EVENT = timestamp_pb2.Timestamp
 TOPIC = "google.protobuf.Timestamp"
@@ -73,6 +81,12 @@ class _FakeKafka:
     polls: int = 0
     closed: bool = False
     crash_on_poll: int | None = None  # raise once on that poll (a bug in the loop's path)
+    #: Raised by the next commits, one each (the group rebalancing).
+    commit_errors: list[Exception] = field(default_factory=list)
+    #: Every commit refused, and a new record whenever the partition is caught up: a consumer
+    #: whose member is gone and that never rejoins, under steady traffic.
+    memberless: bool = False
+    config: dict[str, Any] = field(default_factory=lambda: {"session_timeout_ms": 45_000})
 
     def partitions_for_topic(self, _topic: str) -> set[int]:
         return {0}
@@ -99,6 +113,8 @@ class _FakeKafka:
         self.polls += 1
         if self.crash_on_poll is not None and self.polls == self.crash_on_poll:
             raise RuntimeError("a bug in the loop's own path")
+        if self.memberless and self.next_offset >= len(self.records):
+            self.records.append(_record(len(self.records), f"e{len(self.records)}"))
         if PARTITION in self.paused_partitions or self.next_offset >= len(self.records):
             threading.Event().wait(min(timeout_ms, 5) / 1000)
             return {}
@@ -107,6 +123,10 @@ class _FakeKafka:
         return {PARTITION: batch}
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if self.memberless:
+            raise CommitFailedError("UnknownMemberIdError")
+        if self.commit_errors:
+            raise self.commit_errors.pop(0)
         self.committed = offsets[PARTITION].offset
 
     def highwater(self, _partition: TopicPartition) -> int:
@@ -131,6 +151,7 @@ class _FakeFuture:
 @dataclass
 class _FakeDlq:
     sent: list[tuple[str, list[tuple[str, bytes]]]] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
     failures_left: int = 0
 
     def send_raw(self, topic: str, *, key: Any, value: Any, headers: Any) -> _FakeFuture:
@@ -138,6 +159,7 @@ class _FakeDlq:
             self.failures_left -= 1
             return _FakeFuture(KafkaTimeoutError("DLQ broker unreachable"))
         self.sent.append((topic, headers))
+        self.values.append(value)
         return _FakeFuture(None)
 
 
@@ -203,18 +225,9 @@ def _run_until(
         consumer_factory=factory or (lambda: kafka),
         producers=producers,
     )
-    finished = threading.Event()
-
-    def watch() -> None:
-        while not done():
-            threading.Event().wait(0.005)
-        finished.set()
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     loop.start()
     try:
-        assert finished.wait(60), "the loop never reached the expected state"
+        eventually(done, timeout=60, what="the loop to reach the expected state")
     finally:
         loop.stop(timeout=10)
     return loop
@@ -302,6 +315,25 @@ def test_a_domain_error_is_dead_lettered_at_once(sessions: sessionmaker[Session]
     _run_until(kafka, sessions, handler, lambda: kafka.committed == 1, dlq=dlq)
     assert calls == ["refused"]
     assert len(dlq.sent) == 1
+
+
+def test_a_record_too_large_to_dead_letter_whole_is_dead_lettered_without_its_value(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Another producer wrote a record near the broker's limit: with the ``dlq_*`` headers it
+    would not fit, and sending it whole would fail forever and hold the partition."""
+    good = _record(0, "huge")
+    value = b"\xff" * (MAX_EVENT_BYTES - 100)  # no envelope decodes from it: poison
+    kafka = _FakeKafka([_Record(TOPIC, 0, 0, b"k", value, good.headers), _record(1, "after")])
+    dlq = _FakeDlq()
+    _run_until(kafka, sessions, _apply, lambda: kafka.committed == 2, dlq=dlq)
+
+    [(_, headers)] = dlq.sent
+    assert dlq.values == [b""]
+    omitted = dict(headers)["dlq_value_omitted"].decode()
+    assert omitted == f"{len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()}"
+    assert dict(headers)["dlq_offset"] == b"0", "where the original still is"
+    assert _effects(sessions) == ["after"], "the partition moved on"
 
 
 @pytest.mark.parametrize(
@@ -494,3 +526,47 @@ def test_an_event_type_without_a_producer_is_refused(sessions: sessionmaker[Sess
     assert _effects(sessions) == []
     assert len(dlq.sent) == 2
     assert b"no service produces" in dict(dlq.sent[0][1])["dlq_error"]
+
+
+def test_a_consumer_whose_commits_are_refused_past_its_session_timeout_is_replaced(
+    sessions: sessionmaker[Session],
+) -> None:
+    """kafka-python 3.0.12 once lost its membership and never rejoined: it kept fetching and
+    every commit failed. The loop closes such a consumer and starts a fresh one."""
+    memberless = _FakeKafka([_record(0, "e0")], memberless=True, config={"session_timeout_ms": 200})
+    fresh = _FakeKafka([_record(0, "e0"), _record(1, "e1")])
+    made: list[_FakeKafka] = []
+
+    def factory() -> _FakeKafka:
+        made.append([memberless, fresh][len(made)])
+        return made[-1]
+
+    health: list[bool] = []
+    loop = _run_until(
+        memberless,
+        sessions,
+        _apply,
+        lambda: fresh.committed == 2,
+        health=health,
+        factory=factory,
+    )
+    assert loop.restarts == 1
+    assert memberless.closed
+    assert health[:2] == [False, True], "down while replaced, up once the new one polls"
+    effects = _effects(sessions)
+    assert len(effects) == len(set(effects)), "the redeliveries were duplicates"
+    assert {"e0", "e1"} <= set(effects)
+
+
+def test_commits_refused_during_a_rebalance_keep_the_consumer(
+    sessions: sessionmaker[Session],
+) -> None:
+    """kafka-python rejoins on the next poll: a few refused commits are no reason to restart."""
+    kafka = _FakeKafka(
+        [_record(i, f"e{i}") for i in range(4)],
+        commit_errors=[RebalanceInProgressError(), CommitFailedError(), RebalanceInProgressError()],
+    )
+    loop = _run_until(kafka, sessions, _apply, lambda: kafka.committed == 4)
+    assert kafka.commit_errors == []
+    assert loop.restarts == 0
+    assert _effects(sessions) == ["e0", "e1", "e2", "e3"]

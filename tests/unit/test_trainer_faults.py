@@ -1,12 +1,16 @@
 """The trainer under faults, on a real database: a cancel racing the start of an attempt
-(compare-and-set on the job row, interleaved deterministically), and a full disk during a
-checkpoint (the attempt ends, the job resumes from its last complete checkpoint later)."""
+(compare-and-set on the job row, interleaved deterministically in both orders, then raced on
+real threads a thousand times), and a full disk during a checkpoint (the attempt ends, the job
+resumes from its last complete checkpoint later)."""
 
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Callable
-from datetime import timedelta
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -79,7 +83,7 @@ def _begin(session: Session) -> Any:
     return handlers.begin_attempt(session, JOB, device="cpu", pid=None)
 
 
-def _cancel(handler_context: handlers.Context) -> Callable[[Session], Any]:
+def _cancel(handler_context: handlers.TrainerDeps) -> Callable[[Session], Any]:
     return lambda session: handlers.cancel_training_job(session, JOB, "stop", handler_context)
 
 
@@ -144,6 +148,73 @@ def test_the_race_ends_the_same_way_every_time(sessions, context, monkeypatch) -
             assert row.attempt_count == 1
 
 
+#: Races in :func:`test_the_race_on_real_threads_ends_the_same_way_every_time`, per database.
+RACES = 1_000
+
+
+def _race_on_threads(
+    sessions: sessionmaker[Session], context: handlers.TrainerDeps, names: list[str]
+) -> dict[str, bool]:
+    """For each job in ``names``, ``begin_attempt`` and ``cancel_training_job`` on two threads
+    released together by a barrier, each in its own transaction (retried on a lost
+    compare-and-set, as the supervisor and the gRPC handler do); whether each attempt began.
+
+    Any error on either side (a compare-and-set that kept losing included) fails the test: it
+    breaks the barrier so the other side stops too, and is raised here."""
+    barrier = threading.Barrier(2, timeout=60)
+    began: dict[str, bool] = {}
+
+    def side(work: Callable[[str, Session], Any], record: bool) -> None:
+        try:
+            for name in names:
+                barrier.wait()
+                answer = run_in_transaction(sessions, partial(work, name))
+                if record:
+                    began[name] = answer is not None
+        except BaseException:
+            barrier.abort()
+            raise
+
+    def begin(name: str, session: Session) -> Any:
+        return handlers.begin_attempt(session, name, device="cpu", pid=None)
+
+    def cancel(name: str, session: Session) -> Any:
+        return handlers.cancel_training_job(session, name, "race", context)
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="race") as pool:
+        sides = [pool.submit(side, begin, True), pool.submit(side, cancel, False)]
+        for done in sides:
+            done.result()
+    return began
+
+
+def test_the_race_on_real_threads_ends_the_same_way_every_time(sessions, context) -> None:
+    """The same race with real concurrency, :data:`RACES` times: whichever commits first, the
+    job ends CANCELLED with no attempt ever begun, or RUNNING with one attempt and flagged for
+    cancel (its worker is told to stop); never RUNNING unflagged, never CANCELLED with an
+    attempt open, and every retried compare-and-set succeeds."""
+    known_split(sessions)
+    with sessions() as session, session.begin():  # one transaction: the race is what takes time
+        names = [
+            handlers.create_training_job(session, command(f"race{index}"), context).name
+            for index in range(RACES)
+        ]
+
+    began = _race_on_threads(sessions, context, names)
+
+    assert set(began) == set(names)
+    for name in names:
+        row = _row_state(sessions, name)
+        assert row.cancel_requested, name
+        if row.state == JobState.CANCELLED.value:
+            assert not began[name], f"{name}: cancelled, yet an attempt began"
+            assert (row.attempt_count, row.attempt_started_at) == (0, None), name
+        else:
+            assert row.state == JobState.RUNNING.value, (name, row.state)
+            assert began[name], f"{name}: running without an attempt"
+            assert row.attempt_count == 1, name
+
+
 # -- a full disk -----------------------------------------------------------------------------------
 
 
@@ -162,7 +233,7 @@ def test_a_full_disk_ends_the_attempt_and_the_job_resumes_from_its_last_checkpoi
     sessions, context
 ) -> None:
     _running_with_a_checkpoint(sessions, context)
-    now = handlers._now()
+    now = datetime.now(UTC)
 
     state = run_in_transaction(
         sessions,
@@ -215,7 +286,7 @@ def test_a_job_cancelled_while_it_waits_out_a_full_disk_is_cancelled_at_once(
     sessions, context
 ) -> None:
     _running_with_a_checkpoint(sessions, context)
-    now = handlers._now()
+    now = datetime.now(UTC)
     run_in_transaction(sessions, lambda s: handlers.record_disk_full(s, JOB, "disk full", now=now))
     run_in_transaction(sessions, _cancel(context))
     with sessions() as session:
