@@ -1,23 +1,32 @@
-"""Training throughput: a plain Hugging Face ``Trainer`` + peft baseline vs Tuneline's engine.
+"""Training throughput: Hugging Face ``Trainer`` + peft, plain and tuned, vs Tuneline's engine.
 
-Both train the same LoRA adapter on the same model, the same examples and the same
-hyperparameters, in one run, one after the other:
+All three train the same LoRA adapter (no dropout, the engine's default) on the same model, the
+same examples and the same hyperparameters, in one run, one after the other:
 
-* (a) baseline — ``transformers.Trainer`` with a peft model and default padding (each random
+* (a) HF default — ``transformers.Trainer`` with a peft model and default padding (each random
   batch padded to its longest example, labels padded with -100), the loss computed by the model
   over every position;
-* (b) engine — :class:`services.trainer.adapters.engine.loop.TrainingSession`, the code the
-  trainer's workers run: padding-free packed batches with varlen attention on CUDA
-  (length-grouped padded batches on CPU), logits only where a completion token is predicted.
+* (b) tuned HF — the same ``Trainer`` with HF's own padding-free path:
+  ``DataCollatorWithFlattening`` (one row per batch, ``position_ids`` restarting per example)
+  with FlashAttention-2 where it is installed on CUDA, else sdpa (transformers keeps attention
+  inside each example from the restarting positions), and Liger kernels (``use_liger_kernel``)
+  where installed on CUDA;
+* (c) engine — :class:`services.trainer.adapters.engine.loop.TrainingSession`, the code the
+  trainer's workers run: padding-free packed micro-batches by token budget with varlen attention
+  and compiled decoder layers on CUDA (length-grouped padded batches, eager, on CPU), logits only
+  where a completion token is predicted.
 
-It prints non-padding tokens per second of each (after a few warm-up steps), their ratio, peak
-memory, and model FLOPs utilisation: 4N FLOPs per token for LoRA (forward 2N, backward through
-the frozen weights 2N; N = the matmul parameters, the output head included) plus attention
-(12 * layers * hidden * mean attended length: forward and its two backward matmuls), against
-the device's bf16 peak (H200: 989 TFLOP/s dense).
+It prints which device ran, non-padding tokens per second of each (after a few warm-up steps),
+the ratios, peak memory, and model FLOPs utilisation: 4 FLOPs per parameter and token for LoRA
+(forward 2, backward through the frozen weights 2) for the decoder layers' matmuls on every
+token, for the output head only on the positions the run computes logits for (every token for
+HF, completion tokens for the engine), plus attention (12 * layers * hidden * mean attended
+length: forward and its two backward matmuls), against the device's dense bf16 peak (H100 SXM
+and H200: 989 TFLOP/s).
 
-    python bench/train_throughput.py --device cpu    # small model; goal: engine >= 0.95x
-    python bench/train_throughput.py --device cuda   # ~1.2B Llama-shaped model; goal >= 1.5x
+    python bench/train_throughput.py --device cpu    # small model; goal: engine >= 0.95x HF
+    python bench/train_throughput.py --device cuda   # ~1.2B Llama-shaped model; goals: >= 1.5x
+                                                     # HF default, >= 1.2x tuned HF, MFU >= 35%
 
 The model is built from a config with random weights (speed does not depend on them) and
 saved with ``save_pretrained``, so the engine loads it the way it loads any base model; no
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import random
 import resource
@@ -44,6 +54,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
+    DataCollatorWithFlattening,
     LlamaConfig,
     LlamaForCausalLM,
     Trainer,
@@ -70,11 +81,23 @@ from services.trainer.domain import (
     resolve_for_device,
     resolve_hyperparameters,
 )
+from services.trainer.settings import TrainerSettings
 from shared.artifacts import LocalArtifactStore
 from shared.modeling import IGNORE_INDEX, EncodedExample, folder_sha256
 
-#: Dense bf16 peaks, TFLOP/s, by a substring of the CUDA device name.
-BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+#: Dense bf16 peaks, TFLOP/s, by a substring of the CUDA device name (the first that matches:
+#: the H100 PCIe and NVL parts before the SXM one, whose name is "H100 80GB HBM3").
+BF16_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 125.0,
+}
+#: The adapter every run trains.
+LORA_RANK, LORA_ALPHA, LORA_TARGETS = 16, 32, ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 @dataclass(frozen=True)
@@ -140,8 +163,8 @@ def build_model(shape: Shape, folder: Path, device: torch.device) -> LlamaConfig
     return config
 
 
-def matmul_parameters(config: LlamaConfig) -> int:
-    """Parameters that do matmuls per token: every layer's, plus the output head."""
+def layer_parameters(config: LlamaConfig) -> int:
+    """Parameters that do matmuls on every token: the decoder layers'."""
     head_dim = config.hidden_size // config.num_attention_heads
     attention = (
         config.hidden_size
@@ -149,15 +172,28 @@ def matmul_parameters(config: LlamaConfig) -> int:
         * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
     )
     mlp = 3 * config.hidden_size * config.intermediate_size
-    return config.num_hidden_layers * (attention + mlp) + config.vocab_size * config.hidden_size
+    return config.num_hidden_layers * (attention + mlp)
 
 
-def flops_per_token(config: LlamaConfig, examples: list[EncodedExample]) -> float:
+def head_parameters(config: LlamaConfig) -> int:
+    return config.vocab_size * config.hidden_size
+
+
+def flops_per_token(
+    config: LlamaConfig, examples: list[EncodedExample], head_share: float
+) -> float:
+    """Model FLOPs per real token, the output head counted for ``head_share`` of the tokens
+    (the positions whose logits the run computes)."""
     mean_attended = sum(e.length * (e.length + 1) / 2 for e in examples) / sum(
         e.length for e in examples
     )
     attention = 12 * config.num_hidden_layers * config.hidden_size * mean_attended
-    return 4 * matmul_parameters(config) + attention
+    return 4 * layer_parameters(config) + 4 * head_parameters(config) * head_share + attention
+
+
+def completion_share(examples: list[EncodedExample]) -> float:
+    """The share of tokens whose next token is a completion token (the engine's logits)."""
+    return sum(e.loss_tokens for e in examples) / sum(e.length for e in examples)
 
 
 @dataclass
@@ -167,6 +203,8 @@ class Result:
     seconds: float
     tokens: int
     peak_memory_gb: float
+    #: Share of tokens the output head runs on.
+    head_share: float = 1.0
 
 
 def _reset_memory(device: torch.device) -> None:
@@ -197,6 +235,22 @@ class _StepClock(TrainerCallback):
         self.times.append(time.perf_counter())
 
 
+class _FlatteningCollator:
+    """``DataCollatorWithFlattening`` (one padding-free row, restarting ``position_ids``),
+    counting each batch's tokens."""
+
+    def __init__(self) -> None:
+        self.flatten = DataCollatorWithFlattening(
+            return_position_ids=True, separator_id=IGNORE_INDEX
+        )
+        self.real_tokens: list[int] = []
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        batch = self.flatten(features, return_tensors="pt")
+        self.real_tokens.append(int(batch["input_ids"].numel()))
+        return batch
+
+
 class _PaddingCollator:
     """Default padding, as ``DataCollatorForSeq2Seq`` does it: to the batch's longest, labels
     with -100; counts each batch's real tokens."""
@@ -219,31 +273,49 @@ class _PaddingCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def run_baseline(  # noqa: PLR0917 - the benchmark's inputs, the same for both runs
+def tuned_hf_setup(device: torch.device) -> tuple[str, bool] | str:
+    """(attention implementation, Liger on) of the tuned HF run here, or why it cannot run."""
+    try:
+        from transformers.masking_utils import (  # noqa: PLC0415, F401 - a feature probe
+            find_packed_sequence_indices,
+        )
+    except ImportError:
+        return "this transformers cannot keep sdpa attention inside flattened examples"
+    cuda = device.type == "cuda"
+    flash = cuda and importlib.util.find_spec("flash_attn") is not None
+    liger = cuda and importlib.util.find_spec("liger_kernel") is not None
+    return ("flash_attention_2" if flash else "sdpa"), liger
+
+
+def run_hf(  # noqa: PLR0917 - the benchmark's inputs, the same for every run
     folder: Path,
     examples: list[EncodedExample],
     shape: Shape,
     hp: Hyperparameters,
     device: torch.device,
     out: Path,
+    tuned: tuple[str, bool] | None = None,
 ) -> Result:
+    """HF default (padding, sdpa), or with ``tuned`` = (attention, Liger) the tuned HF run."""
     _reset_memory(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    attention, liger = tuned or ("sdpa", False)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attention)
     model = get_peft_model(
         model,
         LoraConfig(
             task_type="CAUSAL_LM",
-            r=16,
-            lora_alpha=32,
-            lora_dropout=0.05,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            r=LORA_RANK,
+            lora_alpha=LORA_ALPHA,
+            lora_dropout=0.0,
+            target_modules=LORA_TARGETS,
         ),
     )
-    collator = _PaddingCollator(pad_token_id=0)
+    collator = _FlatteningCollator() if tuned else _PaddingCollator(pad_token_id=0)
     clock = _StepClock(device)
     args = TrainingArguments(
-        output_dir=str(out / "baseline"),
+        output_dir=str(out / ("tuned" if tuned else "baseline")),
+        use_liger_kernel=liger,
         per_device_train_batch_size=shape.batch_size,
         gradient_accumulation_steps=1,
         learning_rate=hp.learning_rate,
@@ -269,9 +341,11 @@ def run_baseline(  # noqa: PLR0917 - the benchmark's inputs, the same for both r
     warm = shape.warmup_steps
     seconds = clock.times[-1] - clock.times[warm - 1]
     tokens = sum(collator.real_tokens[warm : len(clock.times)])
-    result = Result(
-        "baseline (HF Trainer, padding)", tokens / seconds, seconds, tokens, _peak_memory_gb(device)
-    )
+    if tuned:
+        name = f"tuned HF (flattening, {attention}{', Liger' if liger else ''})"
+    else:
+        name = "HF default (Trainer, padding)"
+    result = Result(name, tokens / seconds, seconds, tokens, _peak_memory_gb(device))
     del trainer, model
     return result
 
@@ -297,7 +371,7 @@ def run_engine(  # noqa: PLR0917 - the benchmark's inputs, the same for both run
         manifest_sha256="",
         dataset_path="",
         adapter=resolve_adapter(
-            AdapterSpec(rank=16, alpha=32.0, dropout=0.05), TaskType.CAUSAL_LM, "llama"
+            AdapterSpec(rank=LORA_RANK, alpha=float(LORA_ALPHA)), TaskType.CAUSAL_LM, "llama"
         ),
         hyperparameters=resolved,
         stopping=StoppingRules(eval_every_n_steps=10**9),
@@ -305,6 +379,8 @@ def run_engine(  # noqa: PLR0917 - the benchmark's inputs, the same for both run
         artifact_root=str(out / "engine-artifacts"),
         artifact_prefix="jobs/bench",
         device=str(device),
+        # the trainer's defaults (compiling: on CUDA only)
+        micro_batch_tokens=TrainerSettings.model_fields["micro_batch_tokens"].default,
     )
     data = TrainingData(train=examples, validation=[], labels=[], pad_token_id=0)
     progress: list[tuple[float, WorkerProgress]] = []
@@ -324,10 +400,15 @@ def run_engine(  # noqa: PLR0917 - the benchmark's inputs, the same for both run
         report=report,
         signals=StopSignals(),
         store=LocalArtifactStore(out / "engine-artifacts"),
+        micro_batch_tokens=plan.micro_batch_tokens,
     )
     attention = (
         "varlen" if session.varlen else ("sdpa, packed" if session.packing else "sdpa, padded")
     )
+    if any(f.feature == "compile" for f in session.fallbacks):
+        attention += ", compile failed"
+    elif plan.compile_layers or device.type == "cuda":
+        attention += ", compiled"
     session.run("")
     by_step = {m.step: (t, m.tokens_seen) for t, m in progress}
     start_time, start_tokens = by_step[shape.warmup_steps]
@@ -335,7 +416,9 @@ def run_engine(  # noqa: PLR0917 - the benchmark's inputs, the same for both run
     seconds = end_time - start_time
     tokens = end_tokens - start_tokens
     name = f"engine ({attention})"
-    result = Result(name, tokens / seconds, seconds, tokens, _peak_memory_gb(device))
+    result = Result(
+        name, tokens / seconds, seconds, tokens, _peak_memory_gb(device), completion_share(examples)
+    )
     del session
     return result
 
@@ -376,32 +459,53 @@ def main() -> None:
         ),
         shape.max_length,
     )
+    tuned = tuned_hf_setup(device)
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     with tempfile.TemporaryDirectory(prefix="tuneline-bench-") as temp:
         out = Path(temp)
         folder = out / "model"
         started = time.perf_counter()
         config = build_model(shape, folder, device)
         print(
-            f"model: Llama-shaped, {matmul_parameters(config) / 1e9:.3f}B matmul parameters, "
-            f"built and saved in {time.perf_counter() - started:.1f}s; "
+            f"model: Llama-shaped, "
+            f"{(layer_parameters(config) + head_parameters(config)) / 1e9:.3f}B matmul "
+            f"parameters, built and saved in {time.perf_counter() - started:.1f}s; "
             f"{len(examples)} examples of {shape.min_length}-{shape.max_length} tokens, "
-            f"batch {shape.batch_size}, {shape.steps} steps ({shape.warmup_steps} warm-up), "
-            f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}"
+            f"batch {shape.batch_size}, {shape.steps} steps ({shape.warmup_steps} warm-up); "
+            f"device: {device_name}"
         )
-        baselines, engines = [], []
+        if isinstance(tuned, str):
+            print(f"tuned HF row skipped: {tuned}")
+        runs: dict[str, list[Result]] = {"default": [], "tuned": [], "engine": []}
         for _ in range(max(1, args.repeat)):
-            baselines.append(run_baseline(folder, examples, shape, hp, device, out))
-            engines.append(run_engine(folder, examples, shape, hp, device, out))
-        baseline = max(baselines, key=lambda r: r.tokens_per_second)
-        engine = max(engines, key=lambda r: r.tokens_per_second)
-    per_token = flops_per_token(config, examples)
+            runs["default"].append(run_hf(folder, examples, shape, hp, device, out))
+            if not isinstance(tuned, str):
+                runs["tuned"].append(run_hf(folder, examples, shape, hp, device, out, tuned))
+            runs["engine"].append(run_engine(folder, examples, shape, hp, device, out))
+        best = {
+            kind: max(results, key=lambda r: r.tokens_per_second)
+            for kind, results in runs.items()
+            if results
+        }
     peak = args.peak_tflops
     if peak is None and device.type == "cuda":
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device_name), None)
+    print_results(best, config, examples, device, peak)
+
+
+def print_results(
+    best: dict[str, Result],
+    config: LlamaConfig,
+    examples: list[EncodedExample],
+    device: torch.device,
+    peak: float | None,
+) -> None:
+    """Each run's row, the ratios against their goals, and the same as one JSON line."""
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     memory = "peak GPU memory" if device.type == "cuda" else "peak process RSS"
     rows = []
-    for result in (baseline, engine):
+    for result in best.values():
+        per_token = flops_per_token(config, examples, result.head_share)
         mfu = f"{result.tokens_per_second * per_token / (peak * 1e12):.1%}" if peak else "n/a"
         rows.append(
             {
@@ -410,22 +514,42 @@ def main() -> None:
                 "measured_tokens": result.tokens,
                 "seconds": round(result.seconds, 2),
                 memory.replace(" ", "_") + "_gb": round(result.peak_memory_gb, 2),
+                "gflop_per_token": round(per_token / 1e9, 4),
                 "mfu": mfu,
             }
         )
         print(
-            f"{result.name:40s} {result.tokens_per_second:>12,.0f} non-padding tokens/s   "
+            f"{result.name:44s} {result.tokens_per_second:>12,.0f} non-padding tokens/s   "
             f"{memory} {result.peak_memory_gb:6.2f} GB   MFU {mfu}"
         )
-    ratio = engine.tokens_per_second / baseline.tokens_per_second
-    goal = 1.5 if device.type == "cuda" else 0.95
-    verdict = "met" if ratio >= goal else "NOT met"
+    engine = best["engine"].tokens_per_second
+    ratios = {"engine/hf_default": engine / best["default"].tokens_per_second}
+    goals = {"engine/hf_default": 1.5 if device.type == "cuda" else 0.95}
+    if "tuned" in best:
+        ratios["engine/tuned_hf"] = engine / best["tuned"].tokens_per_second
+        ratios["tuned_hf/hf_default"] = (
+            best["tuned"].tokens_per_second / best["default"].tokens_per_second
+        )
+        if device.type == "cuda":
+            goals["engine/tuned_hf"] = 1.2
+    for key, ratio in ratios.items():
+        goal = goals.get(key)
+        verdict = f" (goal >= {goal}x: {'met' if ratio >= goal else 'NOT met'})" if goal else ""
+        print(f"ratio {key}: {ratio:.2f}x{verdict}")
     print(
-        f"ratio engine/baseline: {ratio:.2f}x (goal >= {goal}x: {verdict}); "
-        f"MFU counts {per_token / 1e9:.2f} GFLOP per token (4N + attention)"
+        f"device: {device_name}; MFU counts the head only on the positions each run computes "
+        "logits for (every token for HF, completion tokens for the engine)"
         + ("" if peak else "; no bf16 peak known for this device (pass --peak-tflops)")
     )
-    print(json.dumps({"ratio": round(ratio, 3), "runs": rows}))
+    print(
+        json.dumps(
+            {
+                "device": device_name,
+                "ratios": {k: round(v, 3) for k, v in ratios.items()},
+                "runs": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

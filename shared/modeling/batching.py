@@ -47,6 +47,24 @@ class Batch:
         """Tensor positions, padding included."""
         return int(self.input_ids.numel())
 
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked host memory, so that copying it to a CUDA device with
+        ``non_blocking`` is asynchronous (from pageable memory the copy blocks)."""
+
+        def pin(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.pin_memory()
+
+        return replace(
+            self,
+            input_ids=self.input_ids.pin_memory(),
+            labels=self.labels.pin_memory(),
+            weights=self.weights.pin_memory(),
+            attention_mask=pin(self.attention_mask),
+            position_ids=pin(self.position_ids),
+            cu_seq_lens=pin(self.cu_seq_lens),
+            sequence_index=pin(self.sequence_index),
+        )
+
     def to(self, device: torch.device) -> Batch:
         """The same batch on ``device``."""
 

@@ -36,6 +36,7 @@ from services.trainer.adapters.worker import CANCEL
 from services.trainer.domain import (
     AdapterSpec,
     CheckpointPolicy,
+    Sharding,
     StoppingRules,
     TaskType,
     device_slots,
@@ -129,15 +130,84 @@ def test_two_ranks_reach_the_one_process_losses_and_adapter(workspace: dict[str,
         torch.testing.assert_close(tensor, solo_weights[name], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("task", [TaskType.CAUSAL_LM, TaskType.CLASSIFICATION])
+def test_fully_sharded_ranks_reach_the_one_process_losses_and_adapter_and_resume(
+    workspace: dict[str, Any], task: TaskType
+) -> None:
+    # one FSDP2 unit per decoder layer (Llama) or encoder layer (BERT, whose trained head
+    # copy stays whole like the adapter)
+    alone: list[WorkerMessage] = []
+    run_training(
+        _plan(workspace, task, f"jobs/alone-sharded-{task.value}"), alone.append, StopSignals()
+    )
+    sharded = _plan(
+        workspace,
+        task,
+        f"jobs/sharded-{task.value}",
+        world_size=2,
+        sharding=Sharding.FULLY_SHARDED,
+    )
+    ranked = _launch(sharded)
+
+    solo_checkpoints = _of(WorkerCheckpoint, alone)
+    checkpoints = _of(WorkerCheckpoint, ranked)
+    assert [c.step for c in checkpoints] == [c.step for c in solo_checkpoints] == [2, 4]
+    for one, two in zip(solo_checkpoints, checkpoints, strict=True):
+        assert two.train_loss == pytest.approx(one.train_loss, abs=1e-5)
+        assert two.validation_loss == pytest.approx(one.validation_loss, abs=1e-5)
+        assert two.tokens_seen == one.tokens_seen  # lock-step passes count no tokens
+    (finished,) = _of(WorkerFinished, ranked)
+    assert finished.step == 4
+    solo_weights = _adapter(workspace, solo_checkpoints[-1].artifact_uri)
+    weights = _adapter(workspace, checkpoints[-1].artifact_uri)
+    assert weights.keys() == solo_weights.keys()
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor, solo_weights[name], atol=1e-5, rtol=0)
+
+    # the sharded run's step-2 state resumes in one process to the same adapter
+    resumed: list[WorkerMessage] = []
+    run_training(
+        _plan(
+            workspace,
+            task,
+            f"jobs/sharded-resumed-{task.value}",
+            resume_state_uri=checkpoints[0].state_uri,
+        ),
+        resumed.append,
+        StopSignals(),
+    )
+    final = _of(WorkerCheckpoint, resumed)[-1]
+    assert final.step == 4
+    for name, tensor in _adapter(workspace, final.artifact_uri).items():
+        torch.testing.assert_close(tensor, solo_weights[name], atol=1e-5, rtol=0)
+
+
+def test_fully_sharded_ranks_run_as_many_passes_as_the_busiest() -> None:
+    lengths = [50, 10, 10, 10, 10, 10, 40, 5]
+    batches = [[0], [1, 2], [3], [4, 5], [6], [7]]
+    ranks = [DataParallelGroup(r, 3, r, fully_sharded=True) for r in range(3)]
+    shares = [rank.share(batches, lengths) for rank in ranks]
+    busiest = max(len(share) for share in shares)
+    for rank, share in zip(ranks, shares, strict=True):
+        assert len(share) + rank.passes_short(batches, lengths) == busiest
+        assert len(rank.shard(7)) + rank.shard_passes_short(7) == 3
+    # a step with fewer micro-batches than ranks: the idle rank still runs one pass
+    assert [rank.passes_short([[0]], lengths) for rank in ranks] == [0, 1, 1]
+    replicated = DataParallelGroup(1, 3, 1)  # whole weights: no collective in a forward
+    assert replicated.passes_short(batches, lengths) == replicated.shard_passes_short(7) == 0
+
+
+@pytest.mark.parametrize("sharding", list(Sharding))
 def test_a_cancel_reaches_every_rank_and_ends_the_launch_with_a_final_checkpoint(
-    workspace: dict[str, Any],
+    workspace: dict[str, Any], sharding: Sharding
 ) -> None:
     plan = _plan(
         workspace,
         TaskType.CLASSIFICATION,
-        "jobs/ranks-cancel",
+        f"jobs/ranks-cancel-{sharding.value}",
         max_steps=1000,
         world_size=2,
+        sharding=sharding,
         fault_hold_after_step=1,  # rank 0 waits after step 1; the other rank waits for it
     )
     plan = dataclasses.replace(

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib.util
 import itertools
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from services.trainer.adapters.engine import attention, loop
+from services.trainer.adapters.engine import attention, compilation, loop
 from services.trainer.adapters.engine import state as state_module
+from services.trainer.adapters.engine.fused_loss import fused_head_loss, liger_layer_kernels
 from services.trainer.adapters.engine.loop import (
     TrainingHalted,
     batch_loss,
@@ -202,6 +205,91 @@ def test_packed_batches_give_the_padded_loss_and_prompts_carry_none(
     assert packed_total.item() == pytest.approx(reference, rel=1e-5)
 
 
+def _head_loss_pair(workspace: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
+    """A LoRA-wrapped tiny Llama on ``device`` and a packed batch of three examples."""
+    folder = workspace["models"] / "llama"
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").to(device),
+        LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"]),
+    ).eval()
+    rows = [
+        {"id": "a", "prompt": "one two", "completion": " three"},
+        {"id": "b", "prompt": "four five six seven", "completion": " eight nine"},
+        {"id": "c", "prompt": "ten", "completion": " eleven twelve thirteen"},
+    ]
+    examples = encode_rows(load_tokenizer(folder), rows, "causal_lm", max_length=64)
+    return model, pack_batch(examples).to(device)
+
+
+def test_a_head_loss_over_the_decoders_hidden_states_gives_the_logits_loss(
+    workspace: dict[str, Any],
+) -> None:
+    """The fused path's plumbing (decoder hidden states of the kept positions, then one
+    head-and-loss call) with the head and loss written out: the logits path's loss."""
+    model, batch = _head_loss_pair(workspace, torch.device("cpu"))
+    head = model.get_output_embeddings()
+
+    def written_out(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = (hidden @ head.weight.T).float()
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+    with torch.no_grad():
+        expected, weight = batch_loss(model, batch, TaskType.CAUSAL_LM, varlen=False)
+        fused, fused_weight = batch_loss(
+            model, batch, TaskType.CAUSAL_LM, varlen=False, head_loss=written_out
+        )
+    assert fused_weight.item() == weight.item()
+    assert fused.item() == pytest.approx(expected.item(), rel=1e-5)
+    # Liger's kernels are CUDA only: on the CPU the engine keeps the logits path
+    assert fused_head_loss(model, torch.device("cpu")) is None
+    # and the layers keep their own RMSNorm, RoPE and SwiGLU (nothing swapped, no fallback)
+    before = {name: type(module) for name, module in model.named_modules()}
+    assert liger_layer_kernels(model, torch.device("cpu")) is None
+    assert {name: type(module) for name, module in model.named_modules()} == before
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None,
+    reason="needs a CUDA device and liger-kernel (the `liger` extra)",
+)
+def test_on_cuda_liger_fused_linear_cross_entropy_gives_the_logits_loss_and_gradients(
+    workspace: dict[str, Any],
+) -> None:
+    model, batch = _head_loss_pair(workspace, torch.device("cuda"))
+    fused = fused_head_loss(model, torch.device("cuda"))
+    assert fused is not None
+    results = []
+    for head_loss in (None, fused):
+        model.zero_grad(set_to_none=True)
+        total, _weight = batch_loss(
+            model, batch, TaskType.CAUSAL_LM, varlen=False, head_loss=head_loss
+        )
+        total.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((total.item(), grads))
+    (plain, plain_grads), (liger, liger_grads) = results
+    assert liger == pytest.approx(plain, rel=1e-4)
+    for a, b in zip(plain_grads, liger_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None,
+    reason="needs a CUDA device and liger-kernel (the `liger` extra)",
+)
+def test_on_cuda_liger_layer_kernels_keep_the_loss(workspace: dict[str, Any]) -> None:
+    """Eager layers on CUDA get Liger's RMSNorm, RoPE and SwiGLU: the same loss, other kernels."""
+    model, batch = _head_loss_pair(workspace, torch.device("cuda"))
+    with torch.no_grad():
+        plain, _ = batch_loss(model, batch, TaskType.CAUSAL_LM, varlen=False)
+    assert liger_layer_kernels(model, torch.device("cuda")) is None
+    with torch.no_grad():
+        fused, _ = batch_loss(model, batch, TaskType.CAUSAL_LM, varlen=False)
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-3)
+
+
 def test_causal_lm_trains_packed_on_prompt_completion_and_chat_rows(
     workspace: dict[str, Any],
 ) -> None:
@@ -234,6 +322,103 @@ def test_causal_lm_trains_packed_on_prompt_completion_and_chat_rows(
     assert tokenizer_fingerprint_from_extra(metadata.extra) == fingerprint
 
 
+def _step_losses(messages: list[WorkerMessage]) -> list[float]:
+    return [m.train_loss for m in of(WorkerProgress, messages) if m.log_point]
+
+
+def test_token_budget_micro_batches_give_the_example_batchs_losses(
+    workspace: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packed micro-batches of up to 48 tokens, accumulated to the step's 8 examples, train
+    to the same losses (fp32) as one micro-batch of the 8 examples."""
+    plan = make_plan(
+        workspace, task=TaskType.CAUSAL_LM, packing=True, max_steps=3, prefix="jobs/budget-a"
+    )
+    by_examples = train(plan)
+    packed: list[tuple[int, int]] = []
+
+    def watched(examples: Any) -> Any:
+        batch = pack_batch(examples)
+        packed.append((batch.tokens, batch.examples))
+        return batch
+
+    monkeypatch.setattr(loop, "pack_batch", watched)
+    by_tokens = train(dataclasses.replace(plan, micro_batch_tokens=48, artifact_prefix="jobs/b"))
+    assert len(packed) > 3  # more micro-batches than steps: the budget cut them
+    # training's within the budget, validation's (no gradients) within twice it
+    assert all(tokens <= 2 * 48 or examples == 1 for tokens, examples in packed)
+    assert any(tokens <= 48 and examples > 1 for tokens, examples in packed)
+    expected, actual = _step_losses(by_examples), _step_losses(by_tokens)
+    assert len(actual) == 3
+    assert actual == pytest.approx(expected, abs=1e-5)
+
+
+def test_losses_stay_on_the_device_until_a_progress_point_reads_them_together(
+    workspace: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No read-back (a device synchronisation) per step or micro-batch: 8 steps with loss
+    points every 4 read their losses back twice, 4 at a time."""
+    reads: list[list[float]] = []
+    read_back = loop.read_back
+
+    def watched(losses: list[torch.Tensor]) -> list[float]:
+        reads.append(read_back(losses))
+        return reads[-1]
+
+    monkeypatch.setattr(loop, "_LOSS_POINTS", 2)
+    monkeypatch.setattr(loop, "_PROGRESS_EVERY_SECONDS", 1e9)
+    monkeypatch.setattr(loop, "read_back", watched)
+    plan = make_plan(
+        workspace,
+        stopping=StoppingRules(eval_every_n_steps=8),
+        checkpointing=CheckpointPolicy(every_n_steps=8),
+        max_steps=8,
+        batch_size=4,
+        prefix="jobs/lazy-losses",
+    )
+    messages = train(plan)
+    assert [len(values) for values in reads] == [4, 4]
+    points = [m for m in of(WorkerProgress, messages) if m.log_point]
+    assert [p.step for p in points] == [4, 8]
+    assert points[0].train_loss == pytest.approx(sum(reads[0]) / 4)
+    assert of(WorkerFinished, messages)[0].final_train_loss == reads[1][-1]
+
+
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")),
+    reason="torch.compile on the CPU (inductor) needs a C++ compiler, and none is installed",
+)
+def test_compiled_decoder_layers_train_to_the_eager_losses(workspace: dict[str, Any]) -> None:
+    plan = make_plan(
+        workspace, task=TaskType.CAUSAL_LM, packing=True, max_steps=3, prefix="jobs/eager"
+    )
+    eager = train(dataclasses.replace(plan, compile_layers=False))
+    compiled = train(dataclasses.replace(plan, compile_layers=True, artifact_prefix="jobs/comp"))
+    assert of(WorkerStarted, compiled)[0].fallbacks == ()  # it did compile
+    assert _step_losses(compiled) == pytest.approx(_step_losses(eager), rel=1e-4)
+    # the compiled layers' weights are saved under the eager names
+    eager_uri = of(WorkerCheckpoint, eager)[-1].artifact_uri
+    compiled_uri = of(WorkerCheckpoint, compiled)[-1].artifact_uri
+    eager_weights = load_file(local(workspace, eager_uri) / "adapter_model.safetensors")
+    compiled_weights = load_file(local(workspace, compiled_uri) / "adapter_model.safetensors")
+    assert eager_weights.keys() == compiled_weights.keys()
+
+
+def test_a_failing_compile_falls_back_to_eager_with_a_reported_fallback(
+    workspace: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_backend(graph: Any, inputs: Any) -> Any:
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(compilation, "COMPILE_BACKEND", broken_backend)
+    plan = make_plan(workspace, task=TaskType.CAUSAL_LM, max_steps=2, prefix="jobs/nocomp")
+    messages = train(dataclasses.replace(plan, compile_layers=True))
+    (fallback,) = of(WorkerStarted, messages)[0].fallbacks
+    assert (fallback.feature, fallback.reason) == ("compile", "compile_failed")
+    assert "no compiler here" in fallback.detail
+    assert of(WorkerFinished, messages)[0].stop_reason is StopReason.MAX_STEPS
+
+
 def test_a_halted_run_resumes_exactly_where_it_stopped(workspace: dict[str, Any]) -> None:
     policy = CheckpointPolicy(every_n_steps=3)
     whole = train(make_plan(workspace, checkpointing=policy, max_steps=12, prefix="jobs/whole"))
@@ -262,6 +447,49 @@ def test_a_halted_run_resumes_exactly_where_it_stopped(workspace: dict[str, Any]
         else:
             assert checkpoint.validation_loss == pytest.approx(reference.validation_loss, rel=1e-5)
         assert checkpoint.tokens_seen == reference.tokens_seen
+
+
+def test_a_halt_between_checkpoints_writes_one_and_the_resumed_run_loses_no_step(
+    workspace: dict[str, Any],
+) -> None:
+    """The service stops (a halt) three steps after its last checkpoint: the worker writes a
+    checkpoint of those steps before it goes, and the next attempt starts there."""
+    stopping = StoppingRules(eval_every_n_steps=3)
+    policy = CheckpointPolicy(every_n_steps=1000)  # only the final one on schedule
+    whole = train(
+        make_plan(
+            workspace, stopping=stopping, checkpointing=policy, max_steps=6, prefix="jobs/whole"
+        )
+    )
+    signals = StopSignals()
+    first: list[WorkerMessage] = []
+
+    def report(message: WorkerMessage) -> None:
+        first.append(message)
+        if isinstance(message, WorkerProgress) and message.step == 3:
+            signals.halt = True
+
+    plan = make_plan(
+        workspace, stopping=stopping, checkpointing=policy, max_steps=6, prefix="jobs/halted"
+    )
+    with pytest.raises(TrainingHalted):
+        run_training(plan, report, signals)
+    (kept,) = of(WorkerCheckpoint, first)
+    assert kept.step == 3
+    assert not kept.is_final, "an ordinary checkpoint: the job is not over"
+    assert not of(WorkerFinished, first)
+
+    second = train(dataclasses.replace(plan, resume_state_uri=kept.state_uri))
+    (started,) = of(WorkerStarted, second)
+    assert started.step == 3
+    (final,) = of(WorkerCheckpoint, second)
+    (reference,) = of(WorkerCheckpoint, whole)
+    assert final.step == reference.step == 6
+    assert final.tokens_seen == reference.tokens_seen
+    # the same weights at step 6 (a checkpoint's train loss is the mean since the last one,
+    # so it differs by definition; the validation loss at the same step does not)
+    assert reference.validation_loss is not None
+    assert final.validation_loss == pytest.approx(reference.validation_loss, rel=1e-5)
 
 
 def test_cancel_stops_between_steps_and_writes_a_final_checkpoint(

@@ -13,6 +13,10 @@ module only connects it to the trainer's worker protocol:
   rank 0 and, if the launch has not ended after a grace period, kills its process group. A
   launch that ends without a finishing message is a crashed attempt, as for a single worker:
   the supervisor resumes the job from its last checkpoint, on any number of ranks.
+
+:class:`LocalTorchrun` is the local :class:`Launcher`; the Kubernetes one
+(:mod:`.kubernetes_launch`) runs the same rank module in pods and relays through the same code,
+rank 0 connecting over TCP (``host:port``) instead of the Unix socket.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ import threading
 from contextlib import suppress
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
+from typing import Protocol
 
 from services.trainer.adapters.engine.plan import (
     StopSignals,
     WorkerPlan,
 )
 from services.trainer.adapters.worker import HALT, train_and_report, train_over
+from services.trainer.domain import Sharding
 from shared.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,58 @@ def torchrun_command(plan_file: Path, address: str, world_size: int) -> list[str
     ]
 
 
+class RunningLaunch(Protocol):
+    """A launch of ranks as the relay sees it: local ``torchrun``, or a Kubernetes job."""
+
+    def ended(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the launch ended, or ``timeout`` seconds (then it may still run)."""
+
+    def kill(self) -> None:
+        """End every rank now (no-op once ended)."""
+
+
+class LocalLaunch:
+    """``torchrun`` on this node, in its own process group."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+
+    def ended(self) -> bool:
+        return self.process.poll() is not None
+
+    def wait(self, timeout: float | None = None) -> None:
+        with suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+
+    def kill(self) -> None:
+        _kill(self.process)
+
+
+class Launcher(Protocol):
+    """Runs a plan's ranks somewhere and relays for rank 0 until they ended (the worker's
+    side of the protocol: ``messages`` out, ``control`` in)."""
+
+    def run(self, plan: WorkerPlan, messages: Connection, control: Connection) -> None: ...
+
+
+class LocalTorchrun:
+    """The local launcher: the ranks as ``torchrun`` processes on the trainer's node."""
+
+    def run(self, plan: WorkerPlan, messages: Connection, control: Connection) -> None:
+        run_ranks(plan, messages, control)
+
+
+def relay_address(address: str) -> tuple[str, str | tuple[str, int]]:
+    """(socket family, address) of rank 0's relay: a Unix socket path on this node, or
+    ``host:port`` over TCP (ranks in pods elsewhere)."""
+    host, colon, port = address.rpartition(":")
+    if colon and "/" not in address and port.isdigit():
+        return "AF_INET", (host, int(port))
+    return "AF_UNIX", address
+
+
 def run_ranks(plan: WorkerPlan, messages: Connection, control: Connection) -> None:
     """Launch the plan's ranks under ``torchrun`` and relay for rank 0 until the launch ends."""
     with tempfile.TemporaryDirectory(prefix="tuneline-ranks-") as folder:
@@ -77,9 +135,7 @@ def run_ranks(plan: WorkerPlan, messages: Connection, control: Connection) -> No
                 start_new_session=True,  # one process group: the ranks die with the launch
             )
             try:
-                rank0 = _accept(listener, launch)
-                if rank0 is not None:
-                    _relay(rank0, messages, control, launch)
+                relay_rank0(listener, messages, control, LocalLaunch(launch))
                 launch.wait()
             finally:
                 _kill(launch)
@@ -97,7 +153,16 @@ def _python_path() -> str:
     return os.pathsep.join(part for part in (root, inherited) if part)
 
 
-def _accept(listener: Listener, launch: subprocess.Popen[bytes]) -> Connection | None:
+def relay_rank0(
+    listener: Listener, messages: Connection, control: Connection, launch: RunningLaunch
+) -> None:
+    """Wait for rank 0 to connect (or the launch to end first), then relay for it."""
+    rank0 = _accept(listener, launch)
+    if rank0 is not None:
+        _relay(rank0, messages, control, launch)
+
+
+def _accept(listener: Listener, launch: RunningLaunch) -> Connection | None:
     """Rank 0's connection; None when the launch ended before it connected."""
     accepted: list[Connection] = []
     done = threading.Event()
@@ -109,13 +174,13 @@ def _accept(listener: Listener, launch: subprocess.Popen[bytes]) -> Connection |
 
     threading.Thread(target=accept, name="ranks-accept", daemon=True).start()
     while not done.wait(_ACCEPT_POLL_SECONDS):
-        if launch.poll() is not None:
+        if launch.ended():
             return None
     return accepted[0] if accepted else None
 
 
 def _relay(
-    rank0: Connection, messages: Connection, control: Connection, launch: subprocess.Popen[bytes]
+    rank0: Connection, messages: Connection, control: Connection, launch: RunningLaunch
 ) -> None:
     """Rank 0's messages to the supervisor, the supervisor's commands to rank 0."""
 
@@ -128,9 +193,8 @@ def _relay(
             with suppress(OSError):
                 rank0.send(command)
             if command == HALT:
-                with suppress(subprocess.TimeoutExpired):
-                    launch.wait(HALT_GRACE_SECONDS)
-                _kill(launch)
+                launch.wait(HALT_GRACE_SECONDS)
+                launch.kill()
                 return
 
     threading.Thread(target=commands, name="ranks-control", daemon=True).start()
@@ -158,13 +222,16 @@ def rank_main(plan_file: str, address: str) -> None:
         DataParallelGroup,
     )
 
-    group = DataParallelGroup.from_environment(plan.device.split(":", 1)[0])
+    group = DataParallelGroup.from_environment(
+        plan.device.split(":", 1)[0], fully_sharded=plan.sharding is Sharding.FULLY_SHARDED
+    )
     try:
         if not group.is_main:  # rank 0 reports for all; the others hear it in the collectives
             train_and_report(plan, lambda _message: None, StopSignals(), group)
             return
         authkey = bytes.fromhex(os.environ[AUTHKEY_ENV])
-        with Client(address, family="AF_UNIX", authkey=authkey) as connection:
+        family, relay = relay_address(address)
+        with Client(relay, family=family, authkey=authkey) as connection:
             train_over(plan, connection, connection, group)
     finally:
         group.close()

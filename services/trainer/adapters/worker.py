@@ -45,6 +45,7 @@ from shared.logging import configure_logging
 
 if TYPE_CHECKING:
     from services.trainer.adapters.engine.distributed import DataParallelGroup
+    from services.trainer.adapters.torchrun import Launcher
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +182,30 @@ def worker_main(
     plan = WorkerPlan.from_json(plan_json)
     configure_logging("trainer-worker", log_level)
     try:
-        if plan.world_size > 1:
-            # imported here: torchrun's module imports this one for the rank side
-            from services.trainer.adapters.torchrun import run_ranks  # noqa: PLC0415
-
-            run_ranks(plan, messages, control)
+        launcher = launcher_for(plan)
+        if launcher is not None:
+            launcher.run(plan, messages, control)
             return
         train_over(plan, messages, control)
     finally:
         messages.close()
+
+
+def launcher_for(plan: WorkerPlan) -> Launcher | None:
+    """Who runs the plan's ranks: Kubernetes when the plan says so, ``torchrun`` on this node
+    for several ranks, None for one process (this worker trains itself)."""
+    # imported here: those modules import this one for the rank side
+    if plan.kubernetes is not None:
+        from services.trainer.adapters.kubernetes_launch import (  # noqa: PLC0415
+            KubernetesLauncher,
+        )
+
+        return KubernetesLauncher()
+    if plan.world_size > 1:
+        from services.trainer.adapters.torchrun import LocalTorchrun  # noqa: PLC0415
+
+        return LocalTorchrun()
+    return None
 
 
 def train_over(

@@ -43,6 +43,9 @@ class DataParallelGroup:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: The frozen base weights sharded across the ranks (FSDP2, see :mod:`.sharding`) rather
+    #: than whole on each: every forward is then a collective (see :meth:`passes_short`).
+    fully_sharded: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -54,7 +57,9 @@ class DataParallelGroup:
         return self.world_size > 1
 
     @classmethod
-    def from_environment(cls, device_type: str) -> DataParallelGroup:
+    def from_environment(
+        cls, device_type: str, *, fully_sharded: bool = False
+    ) -> DataParallelGroup:
         """Join the group ``torchrun`` describes in the environment (``RANK``, ``WORLD_SIZE``,
         ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``): NCCL on CUDA, gloo on the CPU."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -62,6 +67,7 @@ class DataParallelGroup:
             rank=int(os.environ.get("RANK", "0")),
             world_size=world_size,
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            fully_sharded=fully_sharded and world_size > 1,
         )
         if world_size > 1 and not dist.is_initialized():
             dist.init_process_group(
@@ -87,8 +93,13 @@ class DataParallelGroup:
         rank computes the same assignment from the same inputs."""
         if not self.distributed:
             return list(batches)
+        owner = self._owners(batches, lengths)
+        return [batch for index, batch in enumerate(batches) if owner[index] == self.rank]
+
+    def _owners(self, batches: Sequence[list[int]], lengths: Sequence[int]) -> list[int]:
+        """The rank of each of the step's micro-batches (see :meth:`share`)."""
         load = [(0, rank) for rank in range(self.world_size)]
-        owner: dict[int, int] = {}
+        owner = [0] * len(batches)
         by_weight = sorted(
             range(len(batches)), key=lambda b: (-sum(lengths[i] for i in batches[b]), b)
         )
@@ -96,7 +107,24 @@ class DataParallelGroup:
             tokens, rank = heapq.heappop(load)
             owner[index] = rank
             heapq.heappush(load, (tokens + sum(lengths[i] for i in batches[index]), rank))
-        return [batch for index, batch in enumerate(batches) if owner[index] == self.rank]
+        return owner
+
+    def passes_short(self, batches: Sequence[list[int]], lengths: Sequence[int]) -> int:
+        """Fully sharded: how many passes this rank's share of a step is short of the busiest
+        rank's, to make up with passes whose loss counts zero (every forward gathers weights
+        from all ranks, so all must run as many). 0 when the weights are not sharded."""
+        if not self.fully_sharded:
+            return 0
+        counts = [0] * self.world_size
+        for rank in self._owners(batches, lengths):
+            counts[rank] += 1
+        return max(counts) - counts[self.rank]
+
+    def shard_passes_short(self, count: int) -> int:
+        """:meth:`passes_short` for :meth:`shard`'s pieces of ``count``."""
+        if not self.fully_sharded:
+            return 0
+        return -(-count // self.world_size) - len(self.shard(count))
 
     def shard(self, count: int) -> range:
         """The indices of ``count`` equal pieces of work (validation batches) this rank takes."""

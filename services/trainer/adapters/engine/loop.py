@@ -22,7 +22,8 @@ import math
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,7 +36,14 @@ from services.trainer.adapters.engine.attention import (
     register_varlen_attention,
     varlen_attention_available,
 )
+from services.trainer.adapters.engine.compilation import compile_or_fall_back
 from services.trainer.adapters.engine.distributed import SOLO, DataParallelGroup
+from services.trainer.adapters.engine.fused_loss import (
+    HeadLoss,
+    decoder_of,
+    fused_head_loss,
+    liger_layer_kernels,
+)
 from services.trainer.adapters.engine.plan import (
     StopSignals,
     TrainingFailure,
@@ -47,7 +55,11 @@ from services.trainer.adapters.engine.plan import (
     WorkerProgress,
     WorkerStarted,
 )
-from services.trainer.adapters.engine.sampling import micro_batches, step_groups
+from services.trainer.adapters.engine.sampling import (
+    micro_batches,
+    step_groups,
+    token_budget_micro_batches,
+)
 from services.trainer.adapters.engine.state import (
     LoopPosition,
     load_training_state,
@@ -237,9 +249,13 @@ def build_model(
     data: TrainingData,
     device: torch.device,
     attn_implementation: str | None,
+    *,
+    load_device: torch.device | None = None,
 ) -> PeftModel:
     """The base model for the task with the plan's LoRA-family adapter on it, trainable
-    parameters in fp32 (base weights in bf16/fp16 on CUDA when that precision is asked)."""
+    parameters in fp32 (base weights in bf16/fp16 on CUDA when that precision is asked).
+    The base loads on ``load_device`` when given (fully sharded: the CPU, whence only each
+    rank's shards go to ``device``)."""
     assert hp.precision is not None
     assert hp.seed is not None
     weights_dtype = _DTYPES[hp.precision] if device.type == "cuda" else torch.float32
@@ -249,7 +265,7 @@ def build_model(
         plan.task_type.value,
         labels=data.labels,
         pad_token_id=data.pad_token_id,
-        device=device,
+        device=load_device or device,
         dtype=weights_dtype,
         attn_implementation=attn_implementation,
         head_seed=hp.seed,
@@ -313,12 +329,19 @@ def attention_for(
 
 
 def batch_loss(
-    model: torch.nn.Module, batch: Batch, task: TaskType, *, varlen: bool
+    model: torch.nn.Module,
+    batch: Batch,
+    task: TaskType,
+    *,
+    varlen: bool,
+    head_loss: HeadLoss | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ weight * cross-entropy, Σ weight) of a batch, in fp32.
 
     Causal LM: only positions whose next token carries loss get logits (a boolean
-    ``logits_to_keep``), so prompt and padding positions cost no vocabulary projection.
+    ``logits_to_keep``), so prompt and padding positions cost no vocabulary projection. With a
+    ``head_loss`` (see :mod:`.fused_loss`) the model's decoder gives the final hidden states and
+    ``head_loss`` takes the head and the cross-entropy of the kept positions in one.
     """
     if task is TaskType.CLASSIFICATION:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -344,10 +367,16 @@ def batch_loss(
             }
     else:
         kwargs["attention_mask"] = batch.attention_mask
-    logits = model(**kwargs).logits
-    logits = logits.reshape(-1, logits.shape[-1])
     selected = targets[keep[:, :-1]]
-    losses = torch.nn.functional.cross_entropy(logits.float(), selected, reduction="none")
+    decoder = decoder_of(model) if head_loss is not None else None
+    if head_loss is not None and decoder is not None:
+        del kwargs["logits_to_keep"]
+        hidden = decoder(**kwargs).last_hidden_state[keep]
+        losses = head_loss(hidden, selected)
+    else:
+        logits = model(**kwargs).logits
+        logits = logits.reshape(-1, logits.shape[-1])
+        losses = torch.nn.functional.cross_entropy(logits.float(), selected, reduction="none")
     if batch.sequence_index is not None:
         owners = batch.sequence_index[:, 1:][keep[:, :-1]]
         weights = batch.weights[owners]
@@ -385,20 +414,26 @@ class _ProgressTracker:
         """Training time of the job: earlier attempts plus this one."""
         return self._elapsed_before + time.monotonic() - self._started
 
-    def step_done(self, loss: float, tokens_seen: int) -> None:
+    def step_done(self, tokens_seen: int) -> None:
         self._pace.append((time.monotonic(), tokens_seen))
-        self._snapshot.append(loss)
-        self._interval.append(loss)
+
+    def losses_read(self, losses: list[float]) -> None:
+        """Train losses of steps done, once read back from the device."""
+        self._snapshot += losses
+        self._interval += losses
+
+    def due(self, step: int, *, validated: bool, final: bool) -> bool:
+        """Whether a progress message is due after ``step``."""
+        if step % self.log_every == 0 or final or validated:
+            return True
+        return time.monotonic() - self._last_sent >= _PROGRESS_EVERY_SECONDS
 
     def snapshot(
         self, step: int, epoch: float, rate: float, validation_loss: float | None, *, final: bool
-    ) -> WorkerProgress | None:
-        """The progress message due after ``step``, or None when none is due."""
+    ) -> WorkerProgress:
+        """The progress message after ``step`` (when :meth:`due`; losses read first)."""
         now = time.monotonic()
         log_point = step % self.log_every == 0 or final
-        due = log_point or validation_loss is not None
-        if not due and now - self._last_sent < _PROGRESS_EVERY_SECONDS:
-            return None
         (first_time, first_tokens), (last_time, last_tokens) = self._pace[0], self._pace[-1]
         seconds = last_time - first_time
         per_step = seconds / (len(self._pace) - 1) if len(self._pace) > 1 else 0.0
@@ -441,6 +476,7 @@ class TrainingSession:
         signals: StopSignals,
         store: ArtifactStore,
         group: DataParallelGroup = SOLO,
+        micro_batch_tokens: int = 0,
     ) -> None:
         self.task = plan.task_type
         self.group = group
@@ -462,8 +498,18 @@ class TrainingSession:
         self.examples_per_step = max(1, hp.batch_size) * max(1, hp.gradient_accumulation_steps)
         self.report, self.signals, self.store = report, signals, store
         self.packing = bool(hp.packing) and self.task is TaskType.CAUSAL_LM
-        self.model = build_model(plan, hp, data, device, attention)
+        # a token budget packs micro-batches; padded ones keep their example count
+        self.micro_batch_tokens = micro_batch_tokens if self.packing else 0
+        # fully sharded: the whole base model never sits on one device, only its shards do
+        load_device = torch.device("cpu") if group.fully_sharded else None
+        self.model = build_model(plan, hp, data, device, attention, load_device=load_device)
         group.copy_from_main(self.model.parameters())
+        if group.fully_sharded:
+            from services.trainer.adapters.engine.sharding import (  # noqa: PLC0415 - FSDP only
+                shard_frozen_weights,
+            )
+
+            shard_frozen_weights(self.model, device, group.world_size)
         self.optimizer = self._optimizer()
         assert hp.precision is not None
         self.autocast_dtype = None if hp.precision is Precision.FP32 else _DTYPES[hp.precision]
@@ -474,6 +520,30 @@ class TrainingSession:
         self.last_state_uri = ""
         self.last_checkpoint_step = -1
         self.position = LoopPosition()
+        #: The head and loss fused (Liger, CUDA) for causal LM; None: logits, then the loss.
+        # not fully sharded: it reads the head's weight outside the model's forward, where
+        # FSDP holds only this rank's shard of it
+        self.head_loss = (
+            fused_head_loss(self.model, device)
+            if self.task is TaskType.CAUSAL_LM and not group.fully_sharded
+            else None
+        )
+        #: Builds the next micro-batch ahead on CUDA (shut down when :meth:`run` ends).
+        self._prefetch = (
+            ThreadPoolExecutor(1, thread_name_prefix="tuneline-batches")
+            if device.type == "cuda"
+            else None
+        )
+        # by default only on CUDA: on the CPU compiling takes longer than short jobs gain
+        layers_compiled = False
+        if plan.compile_layers if plan.compile_layers is not None else device.type == "cuda":
+            self.model.train()
+            compiled = compile_or_fall_back(self.model, self._probe_loss, device)
+            self.fallbacks += () if compiled is None else (compiled,)
+            layers_compiled = compiled is None
+        if not layers_compiled:  # eager layers: on CUDA, Liger's fused kernels where installed
+            liger = liger_layer_kernels(self.model, device)
+            self.fallbacks += () if liger is None else (liger,)
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -494,6 +564,15 @@ class TrainingSession:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def _probe_loss(self) -> torch.Tensor:
+        """The mean loss of the first two training examples (to prove compiled layers work)."""
+        batch = self._batch(self.data.train[:2]).to(self.device)
+        with self._autocast():
+            total, weight = batch_loss(
+                self.model, batch, self.task, varlen=self.varlen, head_loss=self.head_loss
+            )
+        return total / weight.clamp_min(1e-12)
+
     def _batch(self, examples: list[EncodedExample]) -> Batch:
         if self.packing:
             return pack_batch(examples)
@@ -505,6 +584,13 @@ class TrainingSession:
         """Train until a stopping rule or a cancel; returns the finishing message (already
         reported). Raises :class:`TrainingHalted`, :class:`TrainingFailure`, or a CUDA
         out-of-memory error for the caller to retry."""
+        try:
+            return self._train(resume_state_uri)
+        finally:
+            if self._prefetch is not None:
+                self._prefetch.shutdown(cancel_futures=True)
+
+    def _train(self, resume_state_uri: str) -> WorkerFinished:
         position = self._restore(resume_state_uri)
         early = EarlyStopping(
             self.plan.stopping.early_stopping_patience,
@@ -533,50 +619,22 @@ class TrainingSession:
             elapsed_before=self.plan.elapsed_before_seconds,
             tokens_seen=position.tokens_seen,
         )
-        stop: StopReason | None = None
-        cancelled = False
-        groups: list[list[int]] = []
+        #: Steps' losses still on the device: read back together when something reports them.
+        unread: list[tuple[int, torch.Tensor]] = []
         self.model.train()
-        while stop is None and not cancelled:
-            groups = self._epoch_groups(position.epoch_index)
-            while stop is None and position.step_in_epoch < len(groups):
-                cancelled = self._interrupted()
-                if cancelled:
-                    break
-                try:
-                    loss, tokens, rate = self._step(groups[position.step_in_epoch], position.step)
-                except _StepInterrupted:
-                    cancelled = self._interrupted()
-                    break
-                position.step += 1
-                position.step_in_epoch += 1
-                position.tokens_seen += tokens
-                position.last_train_loss = loss
-                position.checkpoint_loss_sum += loss
-                position.checkpoint_loss_steps += 1
-                epoch = position.epoch_index + position.step_in_epoch / len(groups)
-                tracker.step_done(loss, position.tokens_seen)
-                stop = self._stop_reason(position.step, tracker.elapsed())
-                validation_loss = None
-                if position.step % max(1, self.plan.stopping.eval_every_n_steps) == 0 or stop:
-                    validation_loss = self._validate_and_judge(early)
-                    if stop is None and early.should_stop:
-                        stop = StopReason.EARLY_STOPPING
-                progress = tracker.snapshot(
-                    position.step, epoch, rate, validation_loss, final=stop is not None
-                )
-                if progress is not None:
-                    self.report(progress)
-                if (
-                    stop is not None
-                    or position.step % max(1, self.plan.checkpointing.every_n_steps) == 0
-                ):
-                    position.elapsed_seconds = tracker.elapsed()
-                    self._checkpoint(epoch, validation_loss, stop_reason=stop)
-                self._maybe_hold(position.step, stop)
-            if stop is None and not cancelled:
-                position.epoch_index += 1
-                position.step_in_epoch = 0
+        try:
+            stop, cancelled, groups = self._steps(position, early, tracker, unread)
+        except TrainingHalted:
+            # the service is going away: keep what was trained since the last checkpoint, so
+            # the resumed attempt does not redo it (the supervisor waits its grace period)
+            self._read_losses(unread, tracker)
+            if position.step > 0 and self.last_checkpoint_step != position.step:
+                position.elapsed_seconds = tracker.elapsed()
+                groups = self._epoch_groups(position.epoch_index)
+                epoch = position.epoch_index + position.step_in_epoch / max(1, len(groups))
+                self._checkpoint(epoch, None, stop_reason=None)
+            raise
+        self._read_losses(unread, tracker)
         epoch_done = position.epoch_index + position.step_in_epoch / max(1, len(groups))
         if cancelled and position.step > 0 and self.last_checkpoint_step != position.step:
             position.elapsed_seconds = tracker.elapsed()
@@ -593,6 +651,94 @@ class TrainingSession:
         )
         self.report(finished)
         return finished
+
+    def _steps(
+        self,
+        position: LoopPosition,
+        early: EarlyStopping,
+        tracker: _ProgressTracker,
+        unread: list[tuple[int, torch.Tensor]],
+    ) -> tuple[StopReason | None, bool, list[list[int]]]:
+        """Train step by step until a stopping rule or a cancel: ``(stop, cancelled, the last
+        epoch's groups)``. Raises :class:`TrainingHalted` at a step boundary on a halt."""
+        stop: StopReason | None = None
+        cancelled = False
+        groups: list[list[int]] = []
+        while stop is None and not cancelled:
+            groups = self._epoch_groups(position.epoch_index)
+            while stop is None and position.step_in_epoch < len(groups):
+                cancelled = self._interrupted()
+                if cancelled:
+                    break
+                try:
+                    loss, tokens, rate = self._step(groups[position.step_in_epoch], position.step)
+                except _StepInterrupted:
+                    cancelled = self._interrupted()
+                    break
+                unread.append((position.step, loss))
+                position.step += 1
+                position.step_in_epoch += 1
+                position.tokens_seen += tokens
+                epoch = position.epoch_index + position.step_in_epoch / len(groups)
+                tracker.step_done(position.tokens_seen)
+                stop = self._stop_reason(position.step, tracker.elapsed())
+                validation_loss = None
+                if position.step % max(1, self.plan.stopping.eval_every_n_steps) == 0 or stop:
+                    validation_loss = self._validate_and_judge(early)
+                    if stop is None and early.should_stop:
+                        stop = StopReason.EARLY_STOPPING
+                self._report_step(tracker, unread, epoch, rate, validation_loss, stop)
+                self._maybe_hold(position.step, stop)
+            if stop is None and not cancelled:
+                position.epoch_index += 1
+                position.step_in_epoch = 0
+        return stop, cancelled, groups
+
+    def _report_step(  # noqa: PLR0917 - what one step leaves to report
+        self,
+        tracker: _ProgressTracker,
+        unread: list[tuple[int, torch.Tensor]],
+        epoch: float,
+        rate: float,
+        validation_loss: float | None,
+        stop: StopReason | None,
+    ) -> None:
+        """The progress message and the checkpoint due after a step, if any; the losses are
+        read back from the device only then."""
+        step = self.position.step
+        checkpoint_due = (
+            stop is not None or step % max(1, self.plan.checkpointing.every_n_steps) == 0
+        )
+        final = stop is not None
+        progress_due = tracker.due(step, validated=validation_loss is not None, final=final)
+        if progress_due or checkpoint_due:
+            self._read_losses(unread, tracker)
+        if progress_due:
+            self.report(tracker.snapshot(step, epoch, rate, validation_loss, final=final))
+        if checkpoint_due:
+            self.position.elapsed_seconds = tracker.elapsed()
+            self._checkpoint(epoch, validation_loss, stop_reason=stop)
+
+    def _read_losses(
+        self, unread: list[tuple[int, torch.Tensor]], tracker: _ProgressTracker
+    ) -> None:
+        """Read the steps' losses back from the device in one transfer (one synchronisation,
+        not one per step) into the position and the tracker; fails on a non-finite one."""
+        if not unread:
+            return
+        values = read_back([loss for _step, loss in unread])
+        position = self.position
+        for (step, _loss), value in zip(unread, values, strict=True):
+            if not math.isfinite(value):
+                raise TrainingFailure(
+                    FailureReason.NON_FINITE_LOSS,
+                    f"the training loss became {value} at step {step + 1}",
+                )
+            position.last_train_loss = value
+            position.checkpoint_loss_sum += value
+            position.checkpoint_loss_steps += 1
+        tracker.losses_read(values)
+        unread.clear()
 
     def _restore(self, resume_state_uri: str) -> LoopPosition:
         if resume_state_uri:
@@ -665,31 +811,30 @@ class TrainingSession:
             return StopReason.BUDGET_EXHAUSTED
         return None
 
-    def _step(self, group: list[int], step: int) -> tuple[float, int, float]:
-        """One optimizer step over ``group``; returns (mean loss, real tokens, learning rate)."""
+    def _step(self, group: list[int], step: int) -> tuple[torch.Tensor, int, float]:
+        """One optimizer step over ``group``; returns (mean loss, still on the device; real
+        tokens; learning rate)."""
         examples = [self.data.train[i] for i in group]
         denominator = max(_loss_weight(examples, self.task), 1e-12)
         accumulated = torch.zeros((), device=self.device)
         tokens = 0
-        every_batch = micro_batches(
-            group,
-            self.lengths,
-            micro_batch_size=self.micro_batch_size,
-            group_by_length=not self.packing,
-        )
-        for indices in self.group.share(every_batch, self.lengths):
+        every_batch = self._micro_batches(group)
+        for batch in self._device_batches(self.group.share(every_batch, self.lengths)):
             # alone, a cancel stops mid-step; ranks stop together, at the step's end
             if not self.group.distributed and (self.signals.cancel or self.signals.halt):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise _StepInterrupted
-            batch = self._batch([self.data.train[i] for i in indices]).to(self.device)
             self._maybe_inject_oom(batch)
             with self._autocast():
-                total, _weight = batch_loss(self.model, batch, self.task, varlen=self.varlen)
+                total, _weight = batch_loss(
+                    self.model, batch, self.task, varlen=self.varlen, head_loss=self.head_loss
+                )
             scaled = total / denominator
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             accumulated += total.detach()
             tokens += batch.tokens
+        for _ in range(self.group.passes_short(every_batch, self.lengths)):
+            self._lockstep_pass([self.data.train[i] for i in every_batch[0]], backward=True)
         if self.group.distributed:
             self.group.sum_gradients(self.model.parameters())
             self.group.sum(accumulated)
@@ -715,12 +860,49 @@ class TrainingSession:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = float(accumulated) / denominator
-        if not math.isfinite(loss):
-            raise TrainingFailure(
-                FailureReason.NON_FINITE_LOSS, f"the training loss became {loss} at step {step + 1}"
+        return accumulated / denominator, tokens, rate
+
+    def _device_batches(self, pieces: list[list[int]]) -> Iterator[Batch]:
+        """The micro-batches of ``pieces`` on the device, in order. On CUDA a background
+        thread builds the next one in pinned memory while the current one trains, and its copy
+        to the device does not block; on the CPU each is built when it is needed."""
+        if self._prefetch is None:
+            for indices in pieces:
+                yield self._batch([self.data.train[i] for i in indices]).to(self.device)
+            return
+
+        def pinned(indices: list[int]) -> Batch:
+            return self._batch([self.data.train[i] for i in indices]).pin_memory()
+
+        upcoming: Future[Batch] | None = None
+        for number, indices in enumerate(pieces):
+            host = upcoming.result() if upcoming is not None else pinned(indices)
+            later = pieces[number + 1] if number + 1 < len(pieces) else None
+            upcoming = self._prefetch.submit(pinned, later) if later is not None else None
+            yield host.to(self.device)
+
+    def _micro_batches(self, group: list[int]) -> list[list[int]]:
+        if self.micro_batch_tokens:
+            return token_budget_micro_batches(
+                group, self.lengths, token_budget=self.micro_batch_tokens
             )
-        return loss, tokens, rate
+        return micro_batches(
+            group,
+            self.lengths,
+            micro_batch_size=self.micro_batch_size,
+            group_by_length=not self.packing,
+        )
+
+    def _lockstep_pass(self, examples: list[EncodedExample], *, backward: bool) -> None:
+        """A pass whose loss counts zero, so a fully sharded rank runs as many forwards (and
+        backwards) as the busiest rank: each one gathers the weights from every rank."""
+        batch = self._batch(examples).to(self.device)
+        with self._autocast():
+            total, _weight = batch_loss(
+                self.model, batch, self.task, varlen=self.varlen, head_loss=self.head_loss
+            )
+        if backward:
+            (total * 0.0).backward()
 
     def _maybe_inject_oom(self, batch: Batch) -> None:
         limit = self.plan.fault_oom_above_batch
@@ -739,18 +921,27 @@ class TrainingSession:
         self.model.eval()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         weight = torch.zeros((), device=self.device, dtype=torch.float64)
-        ordered = sorted(examples, key=lambda e: -e.length)
-        size = max(1, self.micro_batch_size * 2)
-        starts = range(0, len(ordered), size)
-        for piece in self.group.shard(len(starts)):  # each rank its share, summed below
-            start = starts[piece]
-            batch = self._batch(ordered[start : start + size]).to(self.device)
+        # no gradients kept: twice the training micro-batch fits
+        if self.micro_batch_tokens:
+            pieces = token_budget_micro_batches(
+                range(len(examples)),
+                [e.length for e in examples],
+                token_budget=2 * self.micro_batch_tokens,
+            )
+        else:
+            ordered = sorted(range(len(examples)), key=lambda i: -examples[i].length)
+            size = max(1, self.micro_batch_size * 2)
+            pieces = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        for piece in self.group.shard(len(pieces)):  # each rank its share, summed below
+            batch = self._batch([examples[i] for i in pieces[piece]]).to(self.device)
             with self._autocast():
                 batch_total, batch_weight = batch_loss(
-                    self.model, batch, self.task, varlen=self.varlen
+                    self.model, batch, self.task, varlen=self.varlen, head_loss=self.head_loss
                 )
             total += batch_total.double()
             weight += batch_weight.double()
+        for _ in range(self.group.shard_passes_short(len(pieces))):
+            self._lockstep_pass([examples[i] for i in pieces[0]], backward=False)
         self.group.sum(total)
         self.group.sum(weight)
         self.model.train()
@@ -830,6 +1021,11 @@ class TrainingSession:
         )
 
 
+def read_back(losses: list[torch.Tensor]) -> list[float]:
+    """Scalar tensors as floats, in one device-to-host copy."""
+    return [float(value) for value in torch.stack(losses).tolist()]
+
+
 def _device_type(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
@@ -843,6 +1039,14 @@ def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _token_budget(budget: int, micro_batch_size: int, batch_size: int) -> int:
+    """The micro-batch token budget, shrunk as far as an earlier OOM retry shrank the
+    micro-batch (the supervisor hands the retried size on to later attempts)."""
+    if budget and 0 < micro_batch_size < batch_size:
+        return max(1, budget * micro_batch_size // batch_size)
+    return budget
 
 
 def run_training(
@@ -879,6 +1083,7 @@ def run_training(
         plan.artifact_root, s3_endpoint_url=plan.artifact_s3_endpoint_url or None
     )
     micro = plan.micro_batch_size or int(hp.batch_size)
+    budget = _token_budget(plan.micro_batch_tokens, micro, int(hp.batch_size))
     resume_uri = plan.resume_state_uri
     retried = False
     while True:
@@ -894,6 +1099,7 @@ def run_training(
                 signals=signals,
                 store=store,
                 group=group,
+                micro_batch_tokens=budget,
             )
             return session.run(resume_uri)
         except torch.OutOfMemoryError as error:
@@ -913,6 +1119,7 @@ def run_training(
             ) from None
         retried = True
         micro = (micro + 1) // 2
+        budget = (budget + 1) // 2
         examples_per_step = int(hp.batch_size) * int(hp.gradient_accumulation_steps)
         report(
             WorkerOomRetry(

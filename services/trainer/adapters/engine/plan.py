@@ -17,6 +17,8 @@ from services.trainer.domain import (
     EngineFallback,
     FailureReason,
     Hyperparameters,
+    KubernetesLaunch,
+    Sharding,
     SkippedRows,
     StoppingRules,
     StopReason,
@@ -52,9 +54,19 @@ class WorkerPlan:
     device: str = "cpu"
     #: Ranks the job trains with, data-parallel (``torchrun``; see ``engine.distributed``).
     world_size: int = 1
+    #: How the ranks hold the base model: whole on each, or its frozen weights sharded (FSDP2).
+    sharding: Sharding = Sharding.DATA_PARALLEL
+    #: Where the ranks run: None on the trainer's node (``torchrun``), else in Kubernetes.
+    kubernetes: KubernetesLaunch | None = None
     #: The micro-batch and accumulation to use (an OOM retry halves / doubles them).
     micro_batch_size: int = 0
     accumulation_steps: int = 0
+    #: Packed causal-LM micro-batches by tokens: up to this many tokens each, no example split,
+    #: accumulated to the step's examples (0: ``micro_batch_size`` examples each). A smaller
+    #: ``micro_batch_size`` than the batch size (an OOM retry) scales it down alike.
+    micro_batch_tokens: int = 0
+    #: ``torch.compile`` each decoder layer (dynamic token dimension); None: on CUDA only.
+    compile_layers: bool | None = None
     #: ``file://`` URI of the training state to resume from; empty for a fresh start.
     resume_state_uri: str = ""
     #: Training time spent by earlier attempts (for ``max_duration``).

@@ -10,6 +10,12 @@ With ``group_by_length`` (padded batches), examples are sorted by length inside 
 :data:`MEGABATCH_STEPS` steps before they are cut, and the groups' order is shuffled again, so
 a micro-batch holds examples of similar length (little padding) while the order of steps stays
 random. Packed (padding-free) batches need no grouping.
+
+Packed batches can instead be cut by a *token budget* (:func:`token_budget_micro_batches`):
+each micro-batch holds up to that many tokens, no example split across two, so micro-batches
+have nearly the same size (steady shapes, predictable memory) whatever the examples' lengths.
+Which micro-batch an example lands in does not change the step's loss or gradient: every
+micro-batch's summed loss is divided by the whole step's loss weight.
 """
 
 from __future__ import annotations
@@ -59,3 +65,25 @@ def micro_batches(
     """Cut one step's examples into micro-batches (longest first when grouping by length)."""
     ordered = sorted(group, key=lambda i: -lengths[i]) if group_by_length else list(group)
     return [ordered[i : i + micro_batch_size] for i in range(0, len(ordered), micro_batch_size)]
+
+
+def token_budget_micro_batches(
+    group: Sequence[int], lengths: Sequence[int], *, token_budget: int
+) -> list[list[int]]:
+    """Cut one step's examples into micro-batches of at most ``token_budget`` tokens each,
+    never splitting an example (one longer than the budget goes alone): first-fit decreasing,
+    so the micro-batches are nearly full and as few as the budget allows. Deterministic."""
+    if token_budget < 1:
+        raise ValueError(f"the token budget must be positive, not {token_budget}")
+    batches: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(group, key=lambda i: -lengths[i]):
+        length = lengths[index]
+        slot = next((b for b, free in enumerate(room) if free >= length), None)
+        if slot is None:
+            batches.append([index])
+            room.append(token_budget - length)
+        else:
+            batches[slot].append(index)
+            room[slot] -= length
+    return batches
