@@ -1,15 +1,16 @@
 """The life cycle every service shares: wire, start, serve, stop gracefully.
 
 A service describes itself with a :class:`ServiceSpec` — its tables, the events it publishes,
-how to build its gRPC servicers and event subscriptions from a :class:`ServiceContext` — and
-:class:`ServiceRuntime` does the rest in one order for all five services:
+and one ``wire`` function that builds its parts (gRPC servicers, event subscriptions,
+background components, things to close) once from a :class:`ServiceContext` — and
+:class:`ServiceRuntime` does the rest in one order for every service:
 
 start: schema → temp clean-up → outbox relay → background components → gRPC (SERVING) →
 metrics endpoint, while a background thread ensures the topics and then starts the consumer
 loop. Kafka is not needed to serve: without it, the service still reaches SERVING (after
 ``kafka_start_wait_seconds``), state changes commit and their events wait in the outbox until
-the broker returns. stop: health NOT_SERVING and drain RPCs → consumer → a last outbox pass →
-producer → metrics endpoint.
+the broker returns. stop: health NOT_SERVING and drain RPCs → consumer → background components
+(in reverse) → what the wiring asked to close → a last outbox pass → producer → metrics endpoint.
 
 Health follows the consumer loop too: NOT_SERVING while it is down after a crash (it restarts
 by itself), SERVING again once it polls.
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
@@ -44,6 +45,7 @@ from shared.events import (
     topic_for,
 )
 from shared.events.producers import EVENT_PRODUCERS, service_source
+from shared.events.security import kafka_client_security
 from shared.grpc import GrpcServer, GrpcServerMetrics, ServiceRegistration, build_grpc_server
 from shared.grpc.auth import ServerSecurity
 from shared.grpc.capacity import StreamLimits
@@ -52,18 +54,19 @@ from shared.metrics import MetricsServer, start_metrics_server
 from shared.migrations import upgrade_schema
 from shared.settings import CommonSettings, ServiceSettings
 
+#: The service's own settings type: its ``wire`` gets them typed, with no fallback to check.
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ServiceContext:
+class ServiceContext(Generic[SettingsT]):
     """The wired infrastructure a service's adapters and handlers are built from."""
 
     name: str
     common: CommonSettings
-    settings: ServiceSettings
+    settings: SettingsT
     registry: CollectorRegistry
     engine: Engine
     sessions: sessionmaker[Session]
@@ -81,13 +84,6 @@ class ServiceContext:
         return service_source(self.name)
 
 
-def service_settings(context: ServiceContext, settings_type: type[SettingsT]) -> SettingsT:
-    """The context's settings as the service's own ``settings_type``; that type's defaults
-    where a test built the context from plain :class:`ServiceSettings`."""
-    settings = context.settings
-    return settings if isinstance(settings, settings_type) else settings_type()
-
-
 class BackgroundComponent(Protocol):
     """Something with ``start()`` and ``stop()`` that lives as long as the service."""
 
@@ -96,43 +92,61 @@ class BackgroundComponent(Protocol):
     def stop(self) -> None: ...
 
 
-class CloseOnStop:
-    """A background component that only calls ``close`` when the service stops: a client
-    channel, a notifier's waits. Components stop in reverse order, so list it first to have
-    it run after everything that still uses what it closes."""
+@runtime_checkable
+class SupportsClose(Protocol):
+    """A client channel, a notifier's waits: something to close once nothing uses it."""
 
-    def __init__(self, close: Callable[[], None]) -> None:
-        self._close = close
+    def close(self) -> None: ...
 
-    def start(self) -> None:
-        return None
 
-    def stop(self) -> None:
-        self._close()
+#: What :attr:`ServiceParts.close_on_stop` takes: an object with ``close()``, or the callable.
+Closer = SupportsClose | Callable[[], None]
 
 
 @dataclass(frozen=True)
-class ServiceSpec:
+class ServiceParts:
+    """What a service's ``wire`` built from its context: everything the runtime starts, serves
+    and stops. Built once per runtime, so the servicers, subscriptions and background
+    components share one set of dependencies (the same metrics, the same change notifiers)."""
+
+    grpc_services: Sequence[ServiceRegistration]
+    subscriptions: Sequence[Subscription] = ()
+    #: Start/stop hooks (a worker supervisor, a webhook server): started in order before gRPC
+    #: serves, stopped in reverse once RPCs drained and the consumer stopped.
+    background: Sequence[BackgroundComponent] = ()
+    #: Closed after every background component stopped, last listed first, so nothing that
+    #: still runs uses what they close.
+    close_on_stop: Sequence[Closer] = ()
+
+
+def _close(closer: Closer) -> None:
+    """Close one of :attr:`ServiceParts.close_on_stop`."""
+    if isinstance(closer, SupportsClose):
+        closer.close()
+    else:
+        closer()
+
+
+@dataclass(frozen=True)
+class ServiceSpec(Generic[SettingsT]):
     """What makes a service this service; everything else is the shared runtime."""
 
     name: str
     tables: Sequence[MetaData]
     publishes: Sequence[type[Message]]
-    grpc_services: Callable[[ServiceContext], Sequence[ServiceRegistration]]
-    subscriptions: Callable[[ServiceContext], Sequence[Subscription]] = lambda _ctx: ()
-    #: Extra start/stop hooks (a worker supervisor, a webhook server), started last.
-    background: Callable[[ServiceContext], Sequence[BackgroundComponent]] = lambda _ctx: ()
+    #: Builds the service's parts; the runtime calls it once, after the shared infrastructure.
+    wire: Callable[[ServiceContext[SettingsT]], ServiceParts]
 
 
 @dataclass
-class ServiceRuntime:
+class ServiceRuntime(Generic[SettingsT]):
     """A wired service; :meth:`start` and :meth:`stop` run the shared life cycle."""
 
-    spec: ServiceSpec
-    context: ServiceContext
+    spec: ServiceSpec[SettingsT]
+    context: ServiceContext[SettingsT]
     grpc_server: GrpcServer
     consumer: ConsumerLoop | None
-    components: Sequence[BackgroundComponent]
+    parts: ServiceParts
     metrics_server: MetricsServer | None = None
     #: Set once the topics are ensured and the consumer loop started (Kafka was reachable).
     kafka_ready: threading.Event = field(default_factory=threading.Event)
@@ -140,6 +154,11 @@ class ServiceRuntime:
     _lifecycle: threading.Lock = field(default_factory=threading.Lock)
     _serving: bool = False
     _kafka_setup: threading.Thread | None = None
+
+    @property
+    def components(self) -> Sequence[BackgroundComponent]:
+        """The background components, in start order."""
+        return self.parts.background
 
     @property
     def grpc_port(self) -> int:
@@ -193,6 +212,7 @@ class ServiceRuntime:
                     topics,
                     replication_factor=ctx.common.kafka_replication_factor,
                     min_insync_replicas=ctx.common.kafka_min_insync_replicas,
+                    security=kafka_client_security(ctx.common),
                 )
                 break
             except Exception as error:  # noqa: BLE001 - no broker yet: keep trying
@@ -239,6 +259,8 @@ class ServiceRuntime:
             self.consumer.stop()
         for component in reversed(self.components):
             component.stop()
+        for closer in reversed(self.parts.close_on_stop):
+            _close(closer)
         self.context.relay.stop()
         self.context.publisher.close()
         if self.metrics_server:
@@ -255,8 +277,8 @@ class ServiceRuntime:
 
 
 def build_runtime(
-    spec: ServiceSpec, common: CommonSettings, settings: ServiceSettings
-) -> ServiceRuntime:
+    spec: ServiceSpec[SettingsT], common: CommonSettings, settings: SettingsT
+) -> ServiceRuntime[SettingsT]:
     """Wire the real adapters for ``spec``. Connects to nothing until ``start``."""
     registry = CollectorRegistry(auto_describe=True)
     engine = create_database_engine(settings.resolved_database_url(common))
@@ -270,7 +292,11 @@ def build_runtime(
     )
     artifacts.clean_temp()
     event_metrics = EventMetrics(registry)
-    publisher = KafkaEventPublisher(common.kafka_bootstrap, client_id=f"tuneline-{spec.name}")
+    # the service's own Kafka user (SASL_SSL): the broker lets it write only its own topics
+    kafka_security = kafka_client_security(common)
+    publisher = KafkaEventPublisher(
+        common.kafka_bootstrap, client_id=f"tuneline-{spec.name}", security=kafka_security
+    )
     relay = OutboxRelay(
         sessions,
         publisher,
@@ -293,7 +319,8 @@ def build_runtime(
         relay=relay,
         event_metrics=event_metrics,
     )
-    subscriptions = spec.subscriptions(context)
+    parts = spec.wire(context)
+    subscriptions = parts.subscriptions
     consumer = (
         ConsumerLoop(
             bootstrap=common.kafka_bootstrap,
@@ -308,6 +335,7 @@ def build_runtime(
             after_commit=relay.wake,
             # every service accepts an event only from the service that produces its type
             producers=EVENT_PRODUCERS,
+            security=kafka_security,
         )
         if subscriptions
         else None
@@ -315,7 +343,7 @@ def build_runtime(
     grpc_server = build_grpc_server(
         host=settings.grpc_host,
         port=settings.grpc_port,
-        services=spec.grpc_services(context),
+        services=parts.grpc_services,
         metrics=GrpcServerMetrics(registry),
         grace_seconds=common.grpc_shutdown_grace_seconds,
         limits=StreamLimits(
@@ -329,6 +357,7 @@ def build_runtime(
         keepalive_timeout_seconds=common.grpc_keepalive_timeout_seconds,
         security=ServerSecurity.from_settings(common),
         health_port=settings.grpc_health_port,
+        reflection=common.grpc_reflection,
     )
     grpc_server.on_stop.append(context.stopping.set)
     return ServiceRuntime(
@@ -336,12 +365,12 @@ def build_runtime(
         context=context,
         grpc_server=grpc_server,
         consumer=consumer,
-        components=spec.background(context),
+        parts=parts,
     )
 
 
 def run_service(
-    spec: ServiceSpec, settings_type: type[ServiceSettings], argv: Sequence[str] | None = None
+    spec: ServiceSpec[SettingsT], settings_type: type[SettingsT], argv: Sequence[str] | None = None
 ) -> None:
     """A service's ``main``: read settings once, configure logging, serve until signalled.
 

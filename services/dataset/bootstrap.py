@@ -1,13 +1,11 @@
 """Wiring of the dataset service: what makes it this service on the shared runtime.
 
-One :class:`~services.dataset.handlers.DatasetDeps` per service instance is shared by the gRPC
-servicer and the validation worker pool's life cycle; it is kept on the context, because the
-runtime calls ``grpc_services`` and ``background`` separately with the same context.
+:func:`wire` builds one :class:`~services.dataset.handlers.DatasetDeps` per service instance,
+shared by the gRPC servicer, the validation worker pool and the label-audit loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 
 from services.dataset.adapters.label_auditor import AuditorSettings, ProcessLabelAuditor
@@ -20,21 +18,16 @@ from services.dataset.handlers import DatasetDeps, IngestLimits
 from services.dataset.metrics import DatasetMetrics
 from services.dataset.settings import DatasetSettings
 from shared.grpc import ServiceRegistration
-from shared.runtime import BackgroundComponent, ServiceContext, ServiceSpec, service_settings
+from shared.runtime import BackgroundComponent, ServiceContext, ServiceParts, ServiceSpec
 from tuneline.dataset.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name
 
-_DEPS_KEY = "_dataset_deps"
-_AUDIT_RUNNER_KEY = "_dataset_audit_runner"
 
-
-def dataset_deps(context: ServiceContext) -> DatasetDeps:
-    """The instance's dependencies, built once per context."""
-    existing = getattr(context, _DEPS_KEY, None)
-    if isinstance(existing, DatasetDeps):
-        return existing
-    settings = service_settings(context, DatasetSettings)
+def wire(context: ServiceContext[DatasetSettings]) -> ServiceParts:
+    """The servicer, the validation worker pool and (when enabled) the label-audit loop, on
+    one set of dependencies. Connects to nothing yet."""
+    settings = context.settings
     deps = DatasetDeps(
         sessions=context.sessions,
         store=context.artifacts,
@@ -55,6 +48,7 @@ def dataset_deps(context: ServiceContext) -> DatasetDeps:
         relay_wake=context.relay.wake,
         parent_shift=settings.parent_shift_policy(),
     )
+    background: list[BackgroundComponent] = [deps.workers]
     if settings.label_audit_enabled:
         auditor = ProcessLabelAuditor(
             AuditorSettings(
@@ -67,32 +61,22 @@ def dataset_deps(context: ServiceContext) -> DatasetDeps:
         # the runner never wakes itself: it can hold the deps without its own wake
         runner = AuditRunner(deps, auditor, poll_seconds=settings.label_audit_poll_seconds)
         deps = replace(deps, audit_wake=runner.wake)
-        setattr(context, _AUDIT_RUNNER_KEY, runner)
-    setattr(context, _DEPS_KEY, deps)
-    return deps
-
-
-def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
-    return [
-        ServiceRegistration(
-            SERVICE_NAME,
-            DatasetServicer(dataset_deps(context)),
-            service_pb2_grpc.add_DatasetServiceServicer_to_server,
-        )
-    ]
-
-
-def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
-    """The validation worker pool and the label-audit loop: stopped with the service."""
-    deps = dataset_deps(context)
-    runner = getattr(context, _AUDIT_RUNNER_KEY, None)
-    return [deps.workers, *([runner] if isinstance(runner, AuditRunner) else [])]
+        background.append(runner)
+    return ServiceParts(
+        grpc_services=[
+            ServiceRegistration(
+                SERVICE_NAME,
+                DatasetServicer(deps),
+                service_pb2_grpc.add_DatasetServiceServicer_to_server,
+            )
+        ],
+        background=background,
+    )
 
 
 SPEC = ServiceSpec(
     name="dataset",
     tables=[DatasetBase.metadata],
     publishes=[events_pb2.DatasetVersioned, events_pb2.DatasetAudited],
-    grpc_services=grpc_services,
-    background=background,
+    wire=wire,
 )

@@ -1,14 +1,10 @@
 """Wiring of the evaluator service: what makes it this service on the shared runtime.
 
-One :class:`EvaluatorWiring` per service instance is shared by the gRPC servicer, the Kafka
-subscriptions and the supervisor (the runtime calls ``grpc_services``, ``subscriptions`` and
-``background`` separately with the same context, so it is kept on the context).
+:func:`wire` builds one :class:`~services.evaluator.handlers.EvaluatorDeps` per service
+instance, shared by the gRPC servicer, the Kafka subscriptions and the supervisor.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from services.evaluator.adapters.metrics import EvaluatorMetrics, register_backlog
 from services.evaluator.adapters.registry_gateway import RegistryGateway
@@ -19,43 +15,20 @@ from services.evaluator.domain.evaluation import CheckpointSelection
 from services.evaluator.entrypoints.grpc_api import EvaluatorServicer
 from services.evaluator.entrypoints.subscriptions import evaluator_subscriptions
 from services.evaluator.entrypoints.supervisor import EvaluationSupervisor
-from services.evaluator.handlers import RunDependencies, ServiceDefaults
+from services.evaluator.handlers import EvaluatorDeps, ServiceDefaults
 from services.evaluator.settings import EvaluatorSettings
-from shared.events import Subscription
 from shared.grpc import ServiceRegistration
 from shared.running_claims import RunningClaims
-from shared.runtime import (
-    BackgroundComponent,
-    CloseOnStop,
-    ServiceContext,
-    ServiceSpec,
-    service_settings,
-)
+from shared.runtime import ServiceContext, ServiceParts, ServiceSpec
 from tuneline.client.registry import RegistryClient
 from tuneline.evaluator.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["EvaluatorService"].full_name
 
-_WIRING_KEY = "_evaluator_wiring"
 
-
-@dataclass
-class EvaluatorWiring:
-    """The instance's shared parts."""
-
-    settings: EvaluatorSettings
-    defaults: ServiceDefaults
-    metrics: EvaluatorMetrics
-    registry: RegistryGateway
-    supervisor: EvaluationSupervisor
-
-
-def wiring(context: ServiceContext) -> EvaluatorWiring:
-    """Build the instance's parts once per context. Connects to nothing yet."""
-    existing = getattr(context, _WIRING_KEY, None)
-    if isinstance(existing, EvaluatorWiring):
-        return existing
-    settings = service_settings(context, EvaluatorSettings)
+def wire(context: ServiceContext[EvaluatorSettings]) -> ServiceParts:
+    """The servicer, the subscriptions and the supervisor. Connects to nothing yet."""
+    settings = context.settings
     defaults = ServiceDefaults(
         checkpoint_selection=CheckpointSelection(settings.default_checkpoint_selection),
         max_seq_length=settings.max_seq_length,
@@ -77,7 +50,7 @@ def wiring(context: ServiceContext) -> EvaluatorWiring:
         RegistryClient(settings.registry_target, timeout=settings.registry_timeout_seconds)
     )
     worker = EvaluationWorker()
-    deps = RunDependencies(
+    deps = EvaluatorDeps(
         sessions=context.sessions,
         registry=registry,
         artifacts=context.artifacts,
@@ -96,38 +69,26 @@ def wiring(context: ServiceContext) -> EvaluatorWiring:
         claims=RunningClaims(context.engine, "evaluations"),
     )
     supervisor = EvaluationSupervisor(deps, worker, poll_seconds=settings.poll_seconds)
-    built = EvaluatorWiring(settings, defaults, metrics, registry, supervisor)
-    setattr(context, _WIRING_KEY, built)
-    return built
-
-
-def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
-    parts = wiring(context)
-    servicer = EvaluatorServicer(
-        context.sessions, parts.registry, parts.defaults, on_queued=parts.supervisor.wake
+    servicer = EvaluatorServicer(context.sessions, registry, defaults, on_queued=supervisor.wake)
+    return ServiceParts(
+        grpc_services=[
+            ServiceRegistration(
+                SERVICE_NAME, servicer, service_pb2_grpc.add_EvaluatorServiceServicer_to_server
+            )
+        ],
+        subscriptions=evaluator_subscriptions(
+            defaults,
+            metrics,
+            trainer_artifact_root=settings.resolved_trainer_artifact_root(context.common),
+        ),
+        background=[supervisor],
+        close_on_stop=[registry],
     )
-    return [
-        ServiceRegistration(
-            SERVICE_NAME, servicer, service_pb2_grpc.add_EvaluatorServiceServicer_to_server
-        )
-    ]
-
-
-def subscriptions(context: ServiceContext) -> Sequence[Subscription]:
-    parts = wiring(context)
-    return evaluator_subscriptions(parts.defaults, parts.metrics)
-
-
-def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
-    parts = wiring(context)
-    return [CloseOnStop(parts.registry.close), parts.supervisor]
 
 
 SPEC = ServiceSpec(
     name="evaluator",
     tables=[EvaluatorBase.metadata],
     publishes=[events_pb2.EvaluationCompleted, events_pb2.RegressionDetected],
-    grpc_services=grpc_services,
-    subscriptions=subscriptions,
-    background=background,
+    wire=wire,
 )

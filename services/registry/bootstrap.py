@@ -1,14 +1,14 @@
 """Wiring of the registry service: what makes it this service on the shared runtime.
 
-One :class:`RegistryDeps` per service instance is shared by the gRPC servicer, the Kafka
-subscriptions and the Alertmanager webhook, so all three update the same metrics and wake the
-same WatchAlias streams. The webhook runs only when a bearer token is configured.
+:func:`wire` builds one :class:`~services.registry.handlers.RegistryDeps` per service instance,
+shared by the gRPC servicer, the Kafka subscriptions and the Alertmanager webhook, so all three
+update the same metrics and wake the same WatchAlias streams. The webhook runs only when a
+bearer token is configured.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import timedelta
 
 from services.registry.adapters.artifact_checks import ArtifactVerifier
@@ -16,58 +16,82 @@ from services.registry.adapters.metrics import RegistryMetrics, RegistryStateCol
 from services.registry.adapters.notifier import AliasMoveNotifier, AliasMovePoller
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.adapters.tables import RegistryBase
+from services.registry.adapters.verdict_checks import VerdictConfirmer
 from services.registry.domain import LiveQualityRule, RollbackAlertPolicy, RollbackBreaker
 from services.registry.entrypoints.alert_webhook import AlertWebhookServer, WebhookLimits
 from services.registry.entrypoints.grpc_api import RegistryServicer
 from services.registry.entrypoints.subscriptions import registry_subscriptions
 from services.registry.handlers import RegistryDeps
 from services.registry.settings import RegistrySettings
-from shared.events import Subscription
 from shared.grpc import ServiceRegistration
-from shared.runtime import (
-    BackgroundComponent,
-    CloseOnStop,
-    ServiceContext,
-    ServiceSpec,
-    service_settings,
-)
+from shared.runtime import BackgroundComponent, ServiceContext, ServiceParts, ServiceSpec
+from tuneline.client.evaluator import EvaluatorClient
 from tuneline.registry.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 
-_DEPS_KEY = "_registry_deps"
 
-
-def registry_deps(context: ServiceContext) -> RegistryDeps:
-    """The instance's dependencies, built once per context (the three entrypoints share them).
-
-    Kept on the context itself because the runtime calls ``subscriptions``, ``grpc_services``
-    and ``background`` separately with the same context.
-    """
-    existing = getattr(context, _DEPS_KEY, None)
-    if isinstance(existing, RegistryDeps):
-        return existing
+def wire(context: ServiceContext[RegistrySettings]) -> ServiceParts:
+    """The servicer, the subscriptions, the alias-move poller and (with a token) the alert
+    webhook, on one set of dependencies. Connects to nothing yet."""
+    settings = context.settings
     metrics = RegistryMetrics(context.registry)
     context.registry.register(RegistryStateCollector(context.sessions))
-    settings = service_settings(context, RegistrySettings)
     deps = RegistryDeps(
         source=context.source,
         metrics=metrics,
         notifier=AliasMoveNotifier(),
         wake_relay=context.relay.wake,
-        live_quality=live_quality_rule(service_settings(context, RegistrySettings)),
-        rollback_breaker=rollback_breaker(service_settings(context, RegistrySettings)),
+        live_quality=live_quality_rule(settings),
+        rollback_breaker=rollback_breaker(settings),
         rollback_alerts=RollbackAlertPolicy(frozenset(settings.rollback_alert_names)),
         artifacts=ArtifactVerifier(
-            context.artifacts, settings.resolved_trainer_artifact_root(context.common)
+            context.artifacts,
+            settings.resolved_trainer_artifact_root(context.common),
+            evaluator_root=settings.resolved_evaluator_artifact_root(context.common),
         )
         if settings.verify_artifacts
         else None,
+        verdicts=verdict_confirmer(settings),
+        four_eyes=settings.four_eyes,
     )
-    setattr(context, _DEPS_KEY, deps)
-    return deps
+    servicer = RegistryServicer(
+        context.sessions,
+        deps,
+        stopping=context.stopping,
+        watch_poll_seconds=settings.watch_poll_seconds,
+    )
+    return ServiceParts(
+        grpc_services=[
+            ServiceRegistration(
+                SERVICE_NAME, servicer, service_pb2_grpc.add_RegistryServiceServicer_to_server
+            )
+        ],
+        subscriptions=registry_subscriptions(deps),
+        background=_background(context, deps),
+        close_on_stop=[deps.notifier, *([deps.verdicts] if deps.verdicts else [])],
+    )
+
+
+def verdict_confirmer(settings: RegistrySettings) -> VerdictConfirmer | None:
+    """Who confirms PASSED verdicts: the evaluator at TUNELINE_REGISTRY_EVALUATOR_TARGET.
+
+    Unset, the registry takes an EvaluationCompleted's verdict on its word — fine for tests
+    that feed it synthetic events, not for a deployment (every stack we ship sets it), hence
+    the warning.
+    """
+    if not settings.evaluator_target:
+        log.warning(
+            "verdicts are not confirmed with the evaluator: set "
+            "TUNELINE_REGISTRY_EVALUATOR_TARGET, or a forged PASSED EvaluationCompleted can "
+            "promote"
+        )
+        return None
+    return VerdictConfirmer(
+        EvaluatorClient(settings.evaluator_target, timeout=settings.evaluator_timeout_seconds)
+    )
 
 
 def live_quality_rule(settings: RegistrySettings) -> LiveQualityRule:
@@ -87,27 +111,11 @@ def rollback_breaker(settings: RegistrySettings) -> RollbackBreaker:
     )
 
 
-def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
-    servicer = RegistryServicer(
-        context.sessions,
-        registry_deps(context),
-        stopping=context.stopping,
-        watch_poll_seconds=service_settings(context, RegistrySettings).watch_poll_seconds,
-    )
-    return [
-        ServiceRegistration(
-            SERVICE_NAME, servicer, service_pb2_grpc.add_RegistryServiceServicer_to_server
-        )
-    ]
-
-
-def subscriptions(context: ServiceContext) -> Sequence[Subscription]:
-    return registry_subscriptions(registry_deps(context))
-
-
-def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
-    deps = registry_deps(context)
-    settings = service_settings(context, RegistrySettings)
+def _background(
+    context: ServiceContext[RegistrySettings], deps: RegistryDeps
+) -> list[BackgroundComponent]:
+    """The alias-move poller, and the alert webhook when a token is configured."""
+    settings = context.settings
     sessions = context.sessions
 
     def newest_move() -> int:
@@ -115,8 +123,7 @@ def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
             return RegistryRepository(session).newest_move_seq()
 
     components: list[BackgroundComponent] = [
-        CloseOnStop(deps.notifier.close),
-        AliasMovePoller(deps.notifier, newest_move, settings.watch_poll_seconds),
+        AliasMovePoller(deps.notifier, newest_move, settings.watch_poll_seconds)
     ]
     token = settings.resolved_webhook_token()
     if token is None:
@@ -149,7 +156,5 @@ SPEC = ServiceSpec(
     name="registry",
     tables=[RegistryBase.metadata],
     publishes=[events_pb2.ModelPromoted, events_pb2.ModelRolledBack],
-    grpc_services=grpc_services,
-    subscriptions=subscriptions,
-    background=background,
+    wire=wire,
 )

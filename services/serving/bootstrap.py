@@ -1,15 +1,12 @@
 """Wiring of the serving service: what makes it this service on the shared runtime.
 
-One :class:`ServingWiring` per service instance is shared by the gRPC servicer, the Kafka
-subscriptions and the background threads (the runtime builds them separately from one
-context, so it is kept on the context).
+:func:`wire` builds one :class:`~services.serving.handlers.deps.ServingDeps` per service
+instance, shared by the gRPC servicer, the Kafka subscriptions and the background threads.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.serving.adapters.artifacts import VerifiedArtifacts
@@ -24,33 +21,12 @@ from services.serving.entrypoints.reporter import LiveQualityReporter
 from services.serving.entrypoints.watcher import AliasWatcher
 from services.serving.handlers.deps import ServingDeps
 from services.serving.settings import ServingSettings
-from shared.events import Subscription
 from shared.grpc import ServiceRegistration
-from shared.runtime import (
-    BackgroundComponent,
-    CloseOnStop,
-    ServiceContext,
-    ServiceSpec,
-    service_settings,
-)
+from shared.runtime import ServiceContext, ServiceParts, ServiceSpec
 from tuneline.client.registry import RegistryClient, model_name
 from tuneline.serving.v1 import service_pb2, service_pb2_grpc
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name
-
-_WIRING_KEY = "_serving_wiring"
-
-
-@dataclass
-class ServingWiring:
-    """The instance's shared parts."""
-
-    settings: ServingSettings
-    deps: ServingDeps
-    loader: ReleaseLoader
-    reporter: LiveQualityReporter
-    watcher: AliasWatcher
-    reports: RegistryGateway
 
 
 def _registry(settings: ServingSettings) -> RegistryGateway:
@@ -58,12 +34,9 @@ def _registry(settings: ServingSettings) -> RegistryGateway:
     return RegistryGateway(client, metric=settings.live_quality_metric, source=settings.source)
 
 
-def wiring(context: ServiceContext) -> ServingWiring:
-    """Build the instance's parts once per context. Connects to nothing yet."""
-    existing = getattr(context, _WIRING_KEY, None)
-    if isinstance(existing, ServingWiring):
-        return existing
-    settings = service_settings(context, ServingSettings)
+def wire(context: ServiceContext[ServingSettings]) -> ServiceParts:
+    """The servicer, the subscriptions and the background threads. Connects to nothing yet."""
+    settings = context.settings
     models = [model_name(m) for m in settings.models]
     reports = _registry(settings)
     deps = ServingDeps(
@@ -88,45 +61,34 @@ def wiring(context: ServiceContext) -> ServingWiring:
     reporter = LiveQualityReporter(deps, interval_seconds=settings.report_interval_seconds)
     deps.report_due = reporter.wake
     loader = ReleaseLoader(deps)
+    # the watcher's own channel: its long-lived WatchAlias streams never wait behind reports
+    watched = _registry(settings)
     watcher = AliasWatcher(
-        _registry(settings),
+        watched,
         deps.table,
         loader.offer,
         models=models,
         retry_seconds=settings.watch_retry_seconds,
     )
-    built = ServingWiring(settings, deps, loader, reporter, watcher, reports)
-    setattr(context, _WIRING_KEY, built)
-    return built
-
-
-def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
-    return [
-        ServiceRegistration(
-            SERVICE_NAME,
-            ServingServicer(wiring(context).deps),
-            service_pb2_grpc.add_ServingServiceServicer_to_server,
-        )
-    ]
-
-
-def subscriptions(context: ServiceContext) -> Sequence[Subscription]:
-    parts = wiring(context)
-    return serving_subscriptions.subscriptions(parts.loader, parts.watcher)
-
-
-def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
-    """Started in order, stopped in reverse: the reporter's last pass before its channel
-    closes, the loader before the watcher that feeds it."""
-    parts = wiring(context)
-    return [CloseOnStop(parts.reports.close), parts.reporter, parts.loader, parts.watcher]
+    return ServiceParts(
+        grpc_services=[
+            ServiceRegistration(
+                SERVICE_NAME,
+                ServingServicer(deps),
+                service_pb2_grpc.add_ServingServiceServicer_to_server,
+            )
+        ],
+        subscriptions=serving_subscriptions.subscriptions(loader, watcher),
+        # started in order, stopped in reverse: the loader before the watcher that feeds it;
+        # the reporter's last pass before its channel closes
+        background=[reporter, loader, watcher],
+        close_on_stop=[reports, watched],
+    )
 
 
 SPEC = ServiceSpec(
     name="serving",
     tables=[],
     publishes=[],
-    grpc_services=grpc_services,
-    subscriptions=subscriptions,
-    background=background,
+    wire=wire,
 )

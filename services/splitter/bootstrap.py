@@ -1,45 +1,44 @@
-"""Wiring of the splitter service: what makes it this service on the shared runtime."""
+"""Wiring of the splitter service: what makes it this service on the shared runtime.
+
+:func:`wire` builds one :class:`~services.splitter.handlers.SplitterDeps` per service instance,
+shared by the gRPC servicer and the DatasetVersioned subscription (one set of metrics).
+"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from services.splitter.adapters.datasets import DatasetLookup
 from services.splitter.adapters.tables import SplitterBase
 from services.splitter.entrypoints import events
 from services.splitter.entrypoints.grpc_api import SplitterServicer
+from services.splitter.handlers import SplitterDeps
 from services.splitter.metrics import SplitterMetrics
 from services.splitter.settings import SplitterSettings
-from shared.events import Subscription
 from shared.grpc import ServiceRegistration
-from shared.runtime import ServiceContext, ServiceSpec, service_settings
+from shared.runtime import ServiceContext, ServiceParts, ServiceSpec
 from tuneline.splitter.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["SplitterService"].full_name
 
 
-def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
-    settings = service_settings(context, SplitterSettings)
-    return [
-        ServiceRegistration(
-            SERVICE_NAME,
-            SplitterServicer(
-                context.sessions,
-                context.artifacts,
-                SplitterMetrics.of(context.registry),
-                source=context.source,
-                versions=DatasetLookup(
-                    settings.dataset_target, timeout=settings.dataset_timeout_seconds
-                ),
-            ),
-            service_pb2_grpc.add_SplitterServiceServicer_to_server,
-        )
-    ]
-
-
-def subscriptions(context: ServiceContext) -> Sequence[Subscription]:
-    return events.subscriptions(
-        context.artifacts, SplitterMetrics.of(context.registry), source=context.source
+def wire(context: ServiceContext[SplitterSettings]) -> ServiceParts:
+    """The servicer and the DatasetVersioned subscription. Connects to nothing yet."""
+    settings = context.settings
+    deps = SplitterDeps(
+        sessions=context.sessions,
+        artifacts=context.artifacts,
+        metrics=SplitterMetrics(context.registry),
+        source=context.source,
+        versions=DatasetLookup(settings.dataset_target, timeout=settings.dataset_timeout_seconds),
+    )
+    return ServiceParts(
+        grpc_services=[
+            ServiceRegistration(
+                SERVICE_NAME,
+                SplitterServicer(deps),
+                service_pb2_grpc.add_SplitterServiceServicer_to_server,
+            )
+        ],
+        subscriptions=events.subscriptions(deps),
     )
 
 
@@ -47,6 +46,5 @@ SPEC = ServiceSpec(
     name="splitter",
     tables=[SplitterBase.metadata],
     publishes=[events_pb2.SplitCreated],
-    grpc_services=grpc_services,
-    subscriptions=subscriptions,
+    wire=wire,
 )

@@ -1,16 +1,13 @@
 """Wiring of the trainer service: what makes it this service on the shared runtime.
 
-One :class:`TrainerParts` per service instance is shared by the gRPC servicer, the
-SplitCreated subscription and the worker supervisor, so all three see the same change
-notifications and metrics. It is kept on the context because the runtime calls
-``grpc_services``, ``subscriptions`` and ``background`` separately with the same context.
+:func:`wire` builds one :class:`~services.trainer.handlers.TrainerDeps` per service instance,
+shared with one job-change notifier and one set of metrics by the gRPC servicer, the event
+subscriptions and the worker supervisor.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from services.trainer import handlers
 from services.trainer.adapters.metrics import TrainerMetrics
@@ -29,21 +26,13 @@ from services.trainer.entrypoints.supervisor import (
     SupervisorConfig,
 )
 from services.trainer.settings import TrainerSettings
-from shared.events import Subscription
 from shared.grpc import ServiceRegistration
 from shared.running_claims import RunningClaims
-from shared.runtime import (
-    BackgroundComponent,
-    CloseOnStop,
-    ServiceContext,
-    ServiceSpec,
-    service_settings,
-)
+from shared.runtime import ServiceContext, ServiceParts, ServiceSpec
 from tuneline.trainer.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 
-_PARTS_KEY = "_trainer_parts"
 #: Distributions whose versions every lineage records.
 _SOFTWARE = ("tuneline", "torch", "transformers", "peft", "safetensors")
 
@@ -59,26 +48,12 @@ def software_versions() -> dict[str, str]:
     return found
 
 
-@dataclass
-class TrainerParts:
-    """The instance's shared pieces."""
-
-    settings: TrainerSettings
-    context: handlers.Context
-    models: ModelCatalog
-    changes: JobChanges
-    metrics: TrainerMetrics
-    supervisor: JobSupervisor
-
-
-def trainer_parts(context: ServiceContext) -> TrainerParts:
-    """Build the shared pieces once per service context."""
-    existing = getattr(context, _PARTS_KEY, None)
-    if isinstance(existing, TrainerParts):
-        return existing
-    settings = service_settings(context, TrainerSettings)
+def wire(context: ServiceContext[TrainerSettings]) -> ServiceParts:
+    """The servicer, the subscriptions, the job-change poller and the worker supervisor.
+    Connects to nothing yet."""
+    settings = context.settings
     models = ModelCatalog(settings.models_root, settings.allowed_model_roots)
-    handler_context = handlers.Context(
+    deps = handlers.TrainerDeps(
         models=models,
         pricing=Pricing(settings.price_per_device_hour, settings.currency),
         source=context.source,
@@ -93,19 +68,23 @@ def trainer_parts(context: ServiceContext) -> TrainerParts:
         wait_for_dataset_audit=settings.wait_for_dataset_audit,
     )
     changes = JobChanges()
-    metrics = TrainerMetrics(context.registry, context.sessions, handler_context.pricing)
+    metrics = TrainerMetrics(context.registry, context.sessions, deps.pricing)
     supervisor = JobSupervisor(
         sessions=context.sessions,
         artifacts=context.artifacts,
         models=models,
-        context=handler_context,
+        context=deps,
         changes=changes,
         metrics=metrics,
         relay=context.relay,
         config=SupervisorConfig(
             devices=settings.devices,
             cpu_threads=settings.cpu_threads,
+            micro_batch_tokens=settings.micro_batch_tokens,
+            compile_layers=settings.compile,
             ranks_per_job=settings.ranks_per_job,
+            sharding=settings.sharding,
+            kubernetes=settings.kubernetes_launch(),
             max_worker_restarts=settings.max_worker_restarts,
             cancel_grace_seconds=settings.cancel_grace_seconds,
             fault_oom_above_batch=settings.fault_oom_above_batch,
@@ -115,41 +94,26 @@ def trainer_parts(context: ServiceContext) -> TrainerParts:
         ),
         claims=RunningClaims(context.engine, CLAIM_NAMESPACE),
     )
-    parts = TrainerParts(settings, handler_context, models, changes, metrics, supervisor)
-    setattr(context, _PARTS_KEY, parts)
-    return parts
-
-
-def grpc_services(context: ServiceContext) -> Sequence[ServiceRegistration]:
-    parts = trainer_parts(context)
-    servicer = TrainerServicer(
-        context.sessions, parts.context, parts.changes, stopping=context.stopping
-    )
-    return [
-        ServiceRegistration(
-            SERVICE_NAME, servicer, service_pb2_grpc.add_TrainerServiceServicer_to_server
-        )
-    ]
-
-
-def subscriptions(context: ServiceContext) -> Sequence[Subscription]:
-    parts = trainer_parts(context)
-    return events.subscriptions(parts.context, parts.changes)
-
-
-def background(context: ServiceContext) -> Sequence[BackgroundComponent]:
-    parts = trainer_parts(context)
+    servicer = TrainerServicer(context.sessions, deps, changes, stopping=context.stopping)
     sessions = context.sessions
 
     def newest_job_change() -> object:
         with sessions() as session:
             return TrainerRepository(session).newest_job_change()
 
-    return [
-        CloseOnStop(parts.changes.close),
-        JobChangePoller(parts.changes, newest_job_change, parts.settings.watch_poll_seconds),
-        parts.supervisor,
-    ]
+    return ServiceParts(
+        grpc_services=[
+            ServiceRegistration(
+                SERVICE_NAME, servicer, service_pb2_grpc.add_TrainerServiceServicer_to_server
+            )
+        ],
+        subscriptions=events.subscriptions(deps, changes),
+        background=[
+            JobChangePoller(changes, newest_job_change, settings.watch_poll_seconds),
+            supervisor,
+        ],
+        close_on_stop=[changes],
+    )
 
 
 SPEC = ServiceSpec(
@@ -161,7 +125,5 @@ SPEC = ServiceSpec(
         events_pb2.TrainingJobCompleted,
         events_pb2.TrainingJobFailed,
     ],
-    grpc_services=grpc_services,
-    subscriptions=subscriptions,
-    background=background,
+    wire=wire,
 )

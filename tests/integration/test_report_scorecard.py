@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +43,7 @@ from tests.fixtures.trainer_data import (
     sentiment_rows,
     write_split,
 )
+from tests.fixtures.waiting import eventually
 from tuneline.cli.main import app as cli
 from tuneline.client import ownership
 from tuneline.client.dataset import DatasetClient
@@ -79,15 +79,9 @@ _DECIDED = (
 )
 
 
-def _eventually(probe: Callable[[], T | None], *, timeout: float = 300, what: str) -> T:
-    """Until ``probe`` answers. Generous: on a shared broker the registry here also works
-    through every other test's events published meanwhile before it reaches ours."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := probe():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+#: Generous: on a shared broker the registry here also works through every other test's events
+#: published meanwhile before it reaches ours.
+_WAIT_SECONDS = 300
 
 
 @dataclass
@@ -211,7 +205,9 @@ def _push(stack: Stack, dataset_id: str, rows: list[dict[str, Any]]) -> str:
     returns the dataset version."""
     unique_rows = list({row["text"]: row for row in rows}.values())
     upload = [{"text": r["text"], "label": r["label"]} for r in unique_rows]
-    version = stack.dataset.upload_version(dataset_id, canonical_jsonl(upload)).dataset_version
+    version = stack.dataset.upload_dataset_version(
+        f"datasets/{dataset_id}", canonical_jsonl(upload)
+    ).dataset_version
     written = write_split(
         stack.data_dir / "splitter" / "artifacts" / version.name.replace("/", "_"),
         unique_rows,
@@ -270,7 +266,7 @@ def _await_split(trainer: TrainerClient, split: str) -> None:
         assert reasons == ["TASK_TYPE_MISMATCH"]
         return True
 
-    _eventually(known, what=f"the trainer to know {split}")
+    eventually(known, timeout=_WAIT_SECONDS, what=f"the trainer to know {split}")
 
 
 def _train(stack: Stack, split: str, learning_rate: float) -> tuple[trainer_pb2.TrainingJob, str]:
@@ -281,7 +277,7 @@ def _train(stack: Stack, split: str, learning_rate: float) -> tuple[trainer_pb2.
         job = stack.trainer.get_training_job(created.name)
         return job if job.state == trainer_pb2.TRAINING_JOB_STATE_SUCCEEDED else None
 
-    job = _eventually(finished, what=f"{created.name} to succeed")
+    job = eventually(finished, timeout=_WAIT_SECONDS, what=f"{created.name} to succeed")
 
     def registered() -> str | None:
         for checkpoint in stack.registry.list_checkpoints(stack.model, training_job=job.name):
@@ -289,7 +285,9 @@ def _train(stack: Stack, split: str, learning_rate: float) -> tuple[trainer_pb2.
                 return checkpoint.name
         return None
 
-    return job, _eventually(registered, what=f"{job.latest_checkpoint} in the registry")
+    return job, eventually(
+        registered, timeout=_WAIT_SECONDS, what=f"{job.latest_checkpoint} in the registry"
+    )
 
 
 def _comparison(
@@ -376,7 +374,7 @@ def _latest_decided(record: registry_pb2.Checkpoint) -> registry_pb2.CheckpointE
 
 
 def _production(stack: Stack) -> str:
-    return stack.registry.production(stack.model).checkpoint
+    return stack.registry.get_production_alias(stack.model).checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -413,12 +411,17 @@ def story(stack: Stack) -> Story:
             regressed=regressed,
         )
         if regressed:
-            _eventually(
+            eventually(
                 lambda run=run: _attached(stack, checkpoints[run], f"evaluations/{unique}-{run}"),
+                timeout=_WAIT_SECONDS,
                 what=f"{run}'s verdict",
             )
         else:
-            _eventually(lambda run=run: _production(stack) == checkpoints[run], what=f"{run} live")
+            eventually(
+                lambda run=run: _production(stack) == checkpoints[run],
+                timeout=_WAIT_SECONDS,
+                what=f"{run} live",
+            )
     # a golden-set re-evaluation of production (b) regresses: EvaluationCompleted and
     # RegressionDetected, as the evaluator publishes them
     golden = f"evaluations/{unique}-b-golden"
@@ -452,8 +455,16 @@ def story(stack: Stack) -> Story:
     )
     regression.event_time.GetCurrentTime()
     stack.publish(regression, "tuneline/evaluator", golden)
-    _eventually(lambda: _production(stack) == checkpoints["a"], what="the rollback to a")
-    _eventually(lambda: _attached(stack, checkpoints["b"], golden), what="b's golden evaluation")
+    eventually(
+        lambda: _production(stack) == checkpoints["a"],
+        timeout=_WAIT_SECONDS,
+        what="the rollback to a",
+    )
+    eventually(
+        lambda: _attached(stack, checkpoints["b"], golden),
+        timeout=_WAIT_SECONDS,
+        what="b's golden evaluation",
+    )
     return Story(versions, estimates, jobs, checkpoints, golden)
 
 
@@ -529,7 +540,7 @@ def test_every_checkpoint_row_matches_the_registry_trainer_and_dataset_records(
             assert row.data_to_production_seconds is None
             continue
         assert row.promoted_time == _when(promoted[0].move_time)
-        pushed = _when(stack.dataset.get_version(story.versions[run]).create_time)
+        pushed = _when(stack.dataset.get_dataset_version(story.versions[run]).create_time)
         assert row.data_to_production_seconds == pytest.approx(
             (_when(promoted[0].move_time) - pushed).total_seconds()
         )

@@ -5,12 +5,15 @@ result, waiting for dependencies, failures, and the RPC handlers' answers."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.evaluator import handlers
 from services.evaluator.adapters.protos import checkpoint_ref_from_event
@@ -44,10 +47,11 @@ from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavail
 from shared.events import Envelope, OutboxEvent, ReceivedEvent
 from shared.modeling import AdapterMetadata, load_split_rows, write_adapter_metadata
 from shared.running_claims import RunningClaims
-from tests.fixtures.evaluation_inputs import checkpoint_ready, review_rows, store_split
+from tests.fixtures.evaluation_inputs import StoredSplit, checkpoint_ready, review_rows, store_split
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
+from tuneline.splitter.v1 import events_pb2 as splitter_events
 
 MODEL = "models/sentiment"
 BASE_SHA = "b" * 64
@@ -130,8 +134,26 @@ class Clock:
         return self.now
 
 
+@dataclass
+class EvaluatorHarness:
+    """The evaluator's handlers wired as the service wires them, with fakes at the edges."""
+
+    tmp: Path
+    sessions: sessionmaker[Session]
+    deps: handlers.EvaluatorDeps
+    registry: FakeRegistry
+    scorer: FakeScorer
+    clock: Clock
+    #: The SplitCreated the evaluator has already taken in, and the split it describes.
+    split: splitter_events.SplitCreated
+    stored: StoredSplit
+    model: ModelSpec
+    #: One entry per time the handlers told the outbox relay that events were staged.
+    staged: list[int]
+
+
 @pytest.fixture
-def env(tmp_path: Path, database_url: str):
+def env(tmp_path: Path, database_url: str) -> Iterator[EvaluatorHarness]:
     engine = create_database_engine(database_url)
     create_schema(engine, [EvaluatorBase.metadata])
     sessions = create_session_factory(engine)
@@ -150,7 +172,7 @@ def env(tmp_path: Path, database_url: str):
     scorer = FakeScorer()
     clock = Clock()
     staged: list[int] = []
-    deps = handlers.RunDependencies(
+    deps = handlers.EvaluatorDeps(
         sessions=sessions,
         registry=registry,
         artifacts=artifacts,
@@ -166,20 +188,18 @@ def env(tmp_path: Path, database_url: str):
     with sessions.begin() as session:
         handlers.on_split_created(_received(split_event), session)
 
-    class Env:
-        pass
-
-    e = Env()
-    e.tmp, e.sessions, e.deps, e.registry, e.scorer, e.clock = (
-        tmp_path,
-        sessions,
-        deps,
-        registry,
-        scorer,
-        clock,
+    yield EvaluatorHarness(
+        tmp=tmp_path,
+        sessions=sessions,
+        deps=deps,
+        registry=registry,
+        scorer=scorer,
+        clock=clock,
+        split=split_event,
+        stored=stored,
+        model=model,
+        staged=staged,
     )
-    e.split, e.stored, e.model, e.staged = split_event, stored, model, staged
-    yield e
     engine.dispose()
 
 
@@ -189,7 +209,7 @@ def _received(message, event_id: str | None = None) -> ReceivedEvent:
 
 
 def _checkpoint_event(
-    env,
+    env: EvaluatorHarness,
     job: str,
     *,
     quality: float,
@@ -229,7 +249,7 @@ def _checkpoint_event(
 
 
 def _announce(
-    env,
+    env: EvaluatorHarness,
     job: str,
     *,
     quality: float,
@@ -252,7 +272,7 @@ def _announce(
     return event, queued
 
 
-def _run_all(env) -> list:
+def _run_all(env: EvaluatorHarness) -> list:
     finished = []
     while (claimed := handlers.claim_next(env.deps)) is not None:
         result = handlers.run_evaluation(env.deps, claimed)
@@ -262,12 +282,12 @@ def _run_all(env) -> list:
     return finished
 
 
-def _outbox(env) -> list[OutboxEvent]:
+def _outbox(env: EvaluatorHarness) -> list[OutboxEvent]:
     with env.sessions() as session:
         return list(session.scalars(select(OutboxEvent).order_by(OutboxEvent.seq)))
 
 
-def test_a_checkpoint_announced_twice_is_evaluated_once(env):
+def test_a_checkpoint_announced_twice_is_evaluated_once(env: EvaluatorHarness):
     event, queued = _announce(env, "job-a", quality=0.8)
     assert queued is not None
     assert queued.state is EvaluationState.QUEUED
@@ -280,7 +300,7 @@ def test_a_checkpoint_announced_twice_is_evaluated_once(env):
     assert len(env.scorer.jobs) == 1
 
 
-def test_the_checkpoint_selection_decides_what_is_queued(env):
+def test_the_checkpoint_selection_decides_what_is_queued(env: EvaluatorHarness):
     with env.sessions.begin() as session:
         handlers.set_evaluation_policy(
             session,
@@ -296,7 +316,9 @@ def test_the_checkpoint_selection_decides_what_is_queued(env):
     assert final is not None
 
 
-def _announce_step(env, job: str, step: int, loss: float | None, *, best: str = ""):
+def _announce_step(
+    env: EvaluatorHarness, job: str, step: int, loss: float | None, *, best: str = ""
+):
     """Announce one checkpoint of ``job`` with BEST_AT_END in force; ``best`` marks the final
     one (it names the job's best, as the trainer's final CheckpointReady does)."""
     event = _checkpoint_event(env, f"{job}-step{step}", quality=0.8, step=step)
@@ -313,7 +335,7 @@ def _announce_step(env, job: str, step: int, loss: float | None, *, best: str = 
         )
 
 
-def test_best_at_end_is_the_default_and_evaluates_the_job_s_best_checkpoint(env):
+def test_best_at_end_is_the_default_and_evaluates_the_job_s_best_checkpoint(env: EvaluatorHarness):
     assert handlers.ServiceDefaults().checkpoint_selection is CheckpointSelection.BEST_AT_END
     # announced along the way, nothing is queued: the job has not ended
     assert _announce_step(env, "run", 10, 0.52) is None
@@ -337,7 +359,9 @@ def test_best_at_end_is_the_default_and_evaluates_the_job_s_best_checkpoint(env)
     assert message.selection_reason == evaluation.selection_reason == queued.selection_reason
 
 
-def test_best_at_end_waits_for_the_best_checkpoint_announced_after_the_final_one(env):
+def test_best_at_end_waits_for_the_best_checkpoint_announced_after_the_final_one(
+    env: EvaluatorHarness,
+):
     # the two events travel under different record keys: the final may come first
     assert _announce_step(env, "late", 30, 0.70, best="step-20") is None
     assert _announce_step(env, "late", 10, 0.90) is None  # not the best
@@ -346,14 +370,18 @@ def test_best_at_end_waits_for_the_best_checkpoint_announced_after_the_final_one
     assert queued.checkpoint.name == "trainingJobs/late/checkpoints/step-20"
 
 
-def test_best_at_end_evaluates_the_final_checkpoint_of_a_job_that_never_validated(env):
+def test_best_at_end_evaluates_the_final_checkpoint_of_a_job_that_never_validated(
+    env: EvaluatorHarness,
+):
     queued = _announce_step(env, "unvalidated", 30, None, best="step-30")
     assert queued is not None
     assert queued.checkpoint.name == "trainingJobs/unvalidated/checkpoints/step-30"
     assert "no validated checkpoint" in queued.selection_reason
 
 
-def test_a_better_candidate_passes_against_the_base_model_and_events_are_staged(env):
+def test_a_better_candidate_passes_against_the_base_model_and_events_are_staged(
+    env: EvaluatorHarness,
+):
     event, _ = _announce(env, "job-good", quality=0.85)
     [evaluation] = _run_all(env)
 
@@ -380,7 +408,7 @@ def test_a_better_candidate_passes_against_the_base_model_and_events_are_staged(
     assert env.staged, "the relay was woken after the commit"
 
 
-def test_the_second_evaluation_reuses_the_stored_baseline(env):
+def test_the_second_evaluation_reuses_the_stored_baseline(env: EvaluatorHarness):
     _announce(env, "job-1", quality=0.8)
     _announce(env, "job-2", quality=0.82)
     first, second = _run_all(env)
@@ -394,7 +422,7 @@ def _conditions(device_type: str, dtype: str, torch_version: str = "2.13.0"):
     return ScoringConditions(device_type, dtype, torch_version, "5.24.0", "0.21.0")
 
 
-def test_a_baseline_stored_under_other_conditions_is_scored_again_not_paired(env):
+def test_a_baseline_stored_under_other_conditions_is_scored_again_not_paired(env: EvaluatorHarness):
     env.deps.conditions = lambda: _conditions("cpu", "float32")
     _announce(env, "job-cpu", quality=0.8)
     [on_cpu] = _run_all(env)
@@ -423,7 +451,9 @@ def test_a_baseline_stored_under_other_conditions_is_scored_again_not_paired(env
     ]
 
 
-def test_candidate_and_baseline_are_scored_with_the_adapter_s_training_length(env):
+def test_candidate_and_baseline_are_scored_with_the_adapter_s_training_length(
+    env: EvaluatorHarness,
+):
     _announce(env, "job-96", quality=0.8, trained_max_length=96)
     _announce(env, "job-plain", quality=0.8)
     _run_all(env)
@@ -434,7 +464,9 @@ def test_candidate_and_baseline_are_scored_with_the_adapter_s_training_length(en
     assert len(plain.subjects) == 2, "a baseline scored at another length is not paired"
 
 
-def test_a_production_checkpoint_scored_as_a_candidate_is_reused_as_the_baseline(env):
+def test_a_production_checkpoint_scored_as_a_candidate_is_reused_as_the_baseline(
+    env: EvaluatorHarness,
+):
     good, _ = _announce(env, "job-prod", quality=0.85)
     [promoted] = _run_all(env)
     env.registry.production_of[MODEL] = RegisteredCheckpoint(
@@ -466,7 +498,9 @@ def test_a_production_checkpoint_scored_as_a_candidate_is_reused_as_the_baseline
     assert promoted.verdict is Verdict.PASSED
 
 
-def test_a_registry_that_does_not_answer_is_waited_for_then_fails_the_evaluation(env):
+def test_a_registry_that_does_not_answer_is_waited_for_then_fails_the_evaluation(
+    env: EvaluatorHarness,
+):
     _announce(env, "job-wait", quality=0.8)
     env.registry.down = True
     claimed = handlers.claim_next(env.deps)
@@ -485,7 +519,7 @@ def test_a_registry_that_does_not_answer_is_waited_for_then_fails_the_evaluation
     assert message.failure_reason == 4
 
 
-def test_an_evaluation_set_not_announced_yet_waits_and_runs_once_it_is(env):
+def test_an_evaluation_set_not_announced_yet_waits_and_runs_once_it_is(env: EvaluatorHarness):
     env.registry.models[MODEL] = ModelSpec(
         **{
             **env.model.__dict__,
@@ -505,7 +539,7 @@ def test_an_evaluation_set_not_announced_yet_waits_and_runs_once_it_is(env):
     assert finished.primary_set.split == "datasets/late/versions/v1/splits/s1"
 
 
-def test_a_checkpoint_whose_files_changed_fails_as_unavailable_and_says_so(env):
+def test_a_checkpoint_whose_files_changed_fails_as_unavailable_and_says_so(env: EvaluatorHarness):
     event, _ = _announce(env, "job-tampered", quality=0.8)
     folder = Path(event.artifact_uri.removeprefix("file://"))
     (folder / "adapter_model.safetensors").write_bytes(b"something else")
@@ -517,7 +551,7 @@ def test_a_checkpoint_whose_files_changed_fails_as_unavailable_and_says_so(env):
     assert [o.topic.rsplit(".", 1)[-1] for o in _outbox(env)] == ["EvaluationCompleted"]
 
 
-def test_an_engine_failure_is_a_failed_evaluation_with_its_reason(env):
+def test_an_engine_failure_is_a_failed_evaluation_with_its_reason(env: EvaluatorHarness):
     _announce(env, "job-oom", quality=0.8)
     env.scorer.failure = ScoringFailed(FailureReason.OUT_OF_MEMORY, "CUDA out of memory")
     [failed] = _run_all(env)
@@ -526,7 +560,7 @@ def test_an_engine_failure_is_a_failed_evaluation_with_its_reason(env):
     assert failed.end_time is not None
 
 
-def test_an_unregistered_model_fails_without_scoring(env):
+def test_an_unregistered_model_fails_without_scoring(env: EvaluatorHarness):
     adapter = env.tmp / "adapters" / "orphan"
     adapter.mkdir(parents=True)
     (adapter / "adapter_model.safetensors").write_bytes(b"x")
@@ -548,7 +582,7 @@ def test_an_unregistered_model_fails_without_scoring(env):
     assert "not registered" in failed.failure_message
 
 
-def test_two_replicas_claiming_at_once_take_different_evaluations(env):
+def test_two_replicas_claiming_at_once_take_different_evaluations(env: EvaluatorHarness):
     """PostgreSQL: a queued evaluation another replica's open claim holds is skipped."""
     if env.sessions.kw["bind"].dialect.name != "postgresql":
         pytest.skip("SQLite has one writer at a time: claims are serialized, not skipped")
@@ -563,7 +597,7 @@ def test_two_replicas_claiming_at_once_take_different_evaluations(env):
         assert handlers.claim_next(env.deps) is None, "the held one is not taken twice"
 
 
-def test_interrupted_evaluations_are_queued_again(env):
+def test_interrupted_evaluations_are_queued_again(env: EvaluatorHarness):
     _announce(env, "job-crash", quality=0.8)
     claimed = handlers.claim_next(env.deps)
     assert claimed.state is EvaluationState.RUNNING
@@ -573,7 +607,9 @@ def test_interrupted_evaluations_are_queued_again(env):
     assert again.name == claimed.name
 
 
-def test_a_starting_replica_requeues_only_what_a_stopped_replica_left_running(env):
+def test_a_starting_replica_requeues_only_what_a_stopped_replica_left_running(
+    env: EvaluatorHarness,
+):
     """PostgreSQL: a RUNNING evaluation whose replica lives (its claim is held) stays put; one
     whose replica is gone (no claim: its session died with it) is queued again."""
     if not env.deps.claims.enabled:
@@ -595,7 +631,7 @@ def test_a_starting_replica_requeues_only_what_a_stopped_replica_left_running(en
 # -- RPC handlers -----------------------------------------------------------------------------
 
 
-def test_evaluate_checkpoint_is_idempotent_by_request_id_and_by_checkpoint(env):
+def test_evaluate_checkpoint_is_idempotent_by_request_id_and_by_checkpoint(env: EvaluatorHarness):
     event, _ = _announce(env, "job-rpc", quality=0.8)
     with env.sessions.begin() as session:
         existing = EvaluatorRepository(session).by_dedupe_key(
@@ -621,7 +657,7 @@ def test_evaluate_checkpoint_is_idempotent_by_request_id_and_by_checkpoint(env):
     assert repeated.name == forced.name
 
 
-def test_evaluate_checkpoint_refuses_what_it_cannot_evaluate(env):
+def test_evaluate_checkpoint_refuses_what_it_cannot_evaluate(env: EvaluatorHarness):
     event, _ = _announce(env, "job-refuse", quality=0.8)
     with env.sessions.begin() as session, pytest.raises(InvalidArgument) as invalid:
         handlers.evaluate_checkpoint(session, env.registry, checkpoint="checkpoints/7")
@@ -653,7 +689,7 @@ def test_evaluate_checkpoint_refuses_what_it_cannot_evaluate(env):
         handlers.evaluate_checkpoint(session, env.registry, checkpoint=event.checkpoint, force=True)
 
 
-def test_an_explicit_baseline_checkpoint_is_used(env):
+def test_an_explicit_baseline_checkpoint_is_used(env: EvaluatorHarness):
     good, _ = _announce(env, "job-x", quality=0.9)
     _run_all(env)
     name = f"{MODEL}/checkpoints/job-x.step-10"
@@ -686,7 +722,7 @@ def test_an_explicit_baseline_checkpoint_is_used(env):
     assert evaluation.baseline.reused is True
 
 
-def test_list_evaluations_pages_newest_first_and_filters(env):
+def test_list_evaluations_pages_newest_first_and_filters(env: EvaluatorHarness):
     names = []
     for i in range(5):
         env.clock.now += timedelta(seconds=1)
@@ -707,7 +743,7 @@ def test_list_evaluations_pages_newest_first_and_filters(env):
         assert handlers.list_evaluations(session, verdict=Verdict.PASSED)[0] == []
 
 
-def test_policies_resolve_defaults_and_refuse_bad_values(env):
+def test_policies_resolve_defaults_and_refuse_bad_values(env: EvaluatorHarness):
     with env.sessions() as session:
         default = handlers.get_evaluation_policy(
             session, "models/fresh/evaluationPolicy", env.deps.defaults
@@ -759,7 +795,7 @@ def test_policies_resolve_defaults_and_refuse_bad_values(env):
     assert read == stored
 
 
-def test_a_policy_set_retried_with_its_request_id_changes_nothing_twice(env):
+def test_a_policy_set_retried_with_its_request_id_changes_nothing_twice(env: EvaluatorHarness):
     """What a channel retry after a lost response does: the first answer again, no change."""
 
     def set_policy(name: str, examples: int, request_id: str):
@@ -798,7 +834,7 @@ def test_a_policy_set_retried_with_its_request_id_changes_nothing_twice(env):
     assert [v.reason for v in too_long.value.violations] == ["TOO_LONG"]
 
 
-def test_checkpoint_refs_round_trip_through_the_stored_event(env):
+def test_checkpoint_refs_round_trip_through_the_stored_event(env: EvaluatorHarness):
     event, _queued = _announce(env, "job-ref", quality=0.8)
     with env.sessions() as session:
         stored = EvaluatorRepository(session).checkpoint(event.checkpoint)
@@ -806,7 +842,9 @@ def test_checkpoint_refs_round_trip_through_the_stored_event(env):
     assert stored.base_model.files_sha256 == BASE_SHA
 
 
-def test_a_contaminated_evaluation_set_withholds_a_pass_and_says_why_in_its_event(env):
+def test_a_contaminated_evaluation_set_withholds_a_pass_and_says_why_in_its_event(
+    env: EvaluatorHarness,
+):
     """The scorer is asked to compare the primary set with the train part of the candidate's
     lineage split; a contaminated finding turns PASSED into INSUFFICIENT_DATA."""
     contaminated = DataChecks(
@@ -855,7 +893,9 @@ def test_a_contaminated_evaluation_set_withholds_a_pass_and_says_why_in_its_even
     assert stored.data_checks == evaluation.data_checks
 
 
-def test_without_data_checks_from_the_scorer_the_checks_are_skipped_with_a_reason(env):
+def test_without_data_checks_from_the_scorer_the_checks_are_skipped_with_a_reason(
+    env: EvaluatorHarness,
+):
     _announce(env, "job-plain", quality=0.85)
     [evaluation] = _run_all(env)
     assert evaluation.verdict is Verdict.PASSED

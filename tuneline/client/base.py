@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import grpc
@@ -16,6 +18,13 @@ from tuneline.client.errors import from_rpc_error
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
+
+#: How many items every ``list_*`` method asks for per page unless told otherwise (the
+#: server may send fewer; the iterator follows ``next_page_token`` either way).
+DEFAULT_PAGE_SIZE = 100
+#: How long ``wait()`` waits for a terminal state unless told otherwise, and how often it looks.
+DEFAULT_WAIT_TIMEOUT = 600.0
+DEFAULT_POLL_SECONDS = 0.5
 
 
 class ServiceClient:
@@ -89,16 +98,68 @@ class ServiceClient:
         request: Any,
         items_field: str,
         *,
-        page_size: int = 100,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> Iterator[Any]:
         """Yield every item of a standard ``List`` method, following ``next_page_token``."""
-        request.page_size = request.page_size or page_size
+        request.page_size = request.page_size or page_size or DEFAULT_PAGE_SIZE
         while True:
             response = self._call(method, request)
             yield from getattr(response, items_field)
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+    def _wait_until_terminal(
+        self,
+        get: Callable[[str], R],
+        name: str,
+        terminal_states: Collection[int],
+        *,
+        timeout: float,
+        poll_seconds: float,
+        state_field: str = "state",
+    ) -> R:
+        """Read ``name`` with ``get`` until its ``state_field`` is one of ``terminal_states``.
+
+        The ``wait()`` of every client whose resource ends in a terminal state; raises
+        ``TimeoutError`` (with the last state seen) when ``timeout`` seconds pass first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            resource = get(name)
+            state = getattr(resource, state_field)
+            if state in terminal_states:
+                return resource
+            if time.monotonic() >= deadline:
+                states = resource.DESCRIPTOR.fields_by_name[state_field].enum_type
+                seen = states.values_by_number[state].name if states else state
+                raise TimeoutError(f"{name} is still {seen} after {timeout:g} s")
+            time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+
+
+class DeprecatedAlias:
+    """An earlier SDK's method name, kept so old callers work: warns, then is ``new``.
+
+    >>> class RegistryClient(ServiceClient):
+    ...     promote = DeprecatedAlias("promote_checkpoint")
+    """
+
+    def __init__(self, new: str) -> None:
+        self.new = new
+        self.old = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.old = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        warnings.warn(
+            f"{type(instance).__name__}.{self.old} is deprecated: use {self.new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(instance, self.new)
 
 
 def with_request_id(request: Any) -> Any:

@@ -1,12 +1,14 @@
 """``DatasetClient``: the typed client of ``tuneline.dataset.v1.DatasetService``.
 
 Uploads stream a file (or any iterable of bytes) in chunks after a header; a progress callback
-sees bytes and lines sent so far. Names may be given in full (``datasets/reviews``) or, where
-the resource type is obvious, as the bare id (``reviews``).
+sees bytes and lines sent so far. Resources are named in full (``datasets/reviews``,
+``datasets/reviews/versions/v1``); only :meth:`DatasetClient.create_dataset` takes a bare id,
+as its RPC does. :func:`dataset_name` builds a name from an id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -14,7 +16,13 @@ from pathlib import Path
 import grpc
 
 from shared.grpc import ClientSecurity
-from tuneline.client.base import ServiceClient
+from tuneline.client.base import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_POLL_SECONDS,
+    DEFAULT_WAIT_TIMEOUT,
+    DeprecatedAlias,
+    ServiceClient,
+)
 from tuneline.client.errors import TunelineError, from_rpc_error
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import resources_pb2, service_pb2, service_pb2_grpc
@@ -40,6 +48,15 @@ OUTCOMES: Mapping[str, resources_pb2.ValidationOutcome.ValueType] = {
 
 #: ``progress(bytes_sent, lines_sent)``, called after every chunk.
 Progress = Callable[[int, int], None]
+
+#: An audit with one of these verdicts has finished; PENDING (and UNSPECIFIED) have not.
+_AUDIT_FINISHED = (
+    resources_pb2.LABEL_AUDIT_VERDICT_PASSED,
+    resources_pb2.LABEL_AUDIT_VERDICT_WARNED,
+    resources_pb2.LABEL_AUDIT_VERDICT_BLOCKED,
+    resources_pb2.LABEL_AUDIT_VERDICT_SKIPPED,
+    resources_pb2.LABEL_AUDIT_VERDICT_FAILED,
+)
 
 
 def dataset_name(dataset: str) -> str:
@@ -162,12 +179,13 @@ class DatasetClient(ServiceClient):
         )
         return self._call(self._stub.CreateDataset, request).dataset
 
-    def get_dataset(self, dataset: str) -> resources_pb2.Dataset:
-        request = service_pb2.GetDatasetRequest(name=dataset_name(dataset))
+    def get_dataset(self, name: str) -> resources_pb2.Dataset:
+        """The dataset ``datasets/{d}``."""
+        request = service_pb2.GetDatasetRequest(name=name)
         return self._call(self._stub.GetDataset, request).dataset
 
     def list_datasets(
-        self, *, task_type: str | int | None = None, page_size: int = 100
+        self, *, task_type: str | int | None = None, page_size: int = DEFAULT_PAGE_SIZE
     ) -> Iterator[resources_pb2.Dataset]:
         request = service_pb2.ListDatasetsRequest()
         if task_type is not None:
@@ -176,7 +194,7 @@ class DatasetClient(ServiceClient):
 
     # -- uploads and imports ----------------------------------------------------------------
 
-    def start_upload(
+    def start_upload_dataset_version(
         self,
         dataset: str,
         content: Path | str | bytes | Iterable[bytes],
@@ -193,13 +211,18 @@ class DatasetClient(ServiceClient):
         timeout: float = DEFAULT_INGEST_TIMEOUT,
         metadata: Iterable[tuple[str, str]] = (),
     ) -> UploadInProgress:
-        """Start streaming ``content`` (a file path, bytes, or an iterable of byte chunks).
+        """Start streaming ``content`` (a file path, bytes, or an iterable of byte chunks) as a
+        new version of ``dataset`` (``datasets/{d}``).
 
         For a path, ``filename`` and ``content_length`` default to the file's name and size;
         for bytes, to nothing and their length. The chunks are read lazily as gRPC sends them.
         ``label_churn_override``: why this version may relabel many of its parent's rows; with
         it, ``label_churn`` is a warning instead of a refusal, and the reason is kept in the
         version's lineage.
+
+        The stream ends with an ``end`` message (bytes and SHA-256 of what was sent), which
+        the header announces: a stream cut short (a cancel) can never be taken for a whole
+        upload, and one damaged on the way is refused.
         """
         chunks: Iterable[bytes]
         if isinstance(content, str | os.PathLike):
@@ -213,7 +236,7 @@ class DatasetClient(ServiceClient):
         else:
             chunks = content
         header = service_pb2.UploadDatasetVersionHeader(
-            dataset=dataset_name(dataset),
+            dataset=dataset,
             format=resources_pb2.DATA_FORMAT_JSONL,
             parent_version=parent_version,
             uploader=uploader,
@@ -223,24 +246,33 @@ class DatasetClient(ServiceClient):
             validate_only=validate_only,
             allow_label_churn=bool(label_churn_override),
             label_churn_reason=label_churn_override,
+            end_follows=True,
         )
 
         def requests() -> Iterator[service_pb2.UploadDatasetVersionRequest]:
             yield service_pb2.UploadDatasetVersionRequest(header=header)
             sent_bytes = sent_lines = 0
+            digest = hashlib.sha256()
             for chunk in chunks:
                 yield service_pb2.UploadDatasetVersionRequest(chunk=chunk)
+                sent_bytes += len(chunk)
+                digest.update(chunk)
                 if progress is not None:
-                    sent_bytes += len(chunk)
                     sent_lines += chunk.count(b"\n")
                     progress(sent_bytes, sent_lines)
+            # only a stream that gets here is whole: a cancelled one never says so
+            yield service_pb2.UploadDatasetVersionRequest(
+                end=service_pb2.UploadDatasetVersionEnd(
+                    content_length=sent_bytes, content_sha256=digest.hexdigest()
+                )
+            )
 
         call = self._stub.UploadDatasetVersion.future(
             requests(), timeout=timeout, metadata=tuple(metadata)
         )
         return UploadInProgress(call)
 
-    def upload_version(
+    def upload_dataset_version(
         self,
         dataset: str,
         content: Path | str | bytes | Iterable[bytes],
@@ -257,9 +289,10 @@ class DatasetClient(ServiceClient):
         timeout: float = DEFAULT_INGEST_TIMEOUT,
         metadata: Iterable[tuple[str, str]] = (),
     ) -> service_pb2.UploadDatasetVersionResponse:
-        """Upload and wait for the answer (see :meth:`start_upload`); interrupting the wait
-        (Ctrl-C) cancels the upload. A rejected upload raises ``InvalidArgumentError``."""
-        upload = self.start_upload(
+        """Upload and wait for the answer (see :meth:`start_upload_dataset_version`);
+        interrupting the wait (Ctrl-C) cancels the upload. A rejected upload raises
+        ``InvalidArgumentError``."""
+        upload = self.start_upload_dataset_version(
             dataset,
             content,
             filename=filename,
@@ -280,7 +313,7 @@ class DatasetClient(ServiceClient):
             upload.cancel()
             raise
 
-    def import_version(
+    def import_dataset_version(
         self,
         dataset: str,
         source_uri: str,
@@ -292,9 +325,10 @@ class DatasetClient(ServiceClient):
         label_churn_override: str = "",
         timeout: float = DEFAULT_INGEST_TIMEOUT,
     ) -> service_pb2.ImportDatasetVersionResponse:
-        """Import from an artifact URI; ``label_churn_override`` as for :meth:`start_upload`."""
+        """Import a new version of ``dataset`` (``datasets/{d}``) from an artifact URI;
+        ``label_churn_override`` as for :meth:`start_upload_dataset_version`."""
         request = service_pb2.ImportDatasetVersionRequest(
-            dataset=dataset_name(dataset),
+            dataset=dataset,
             source_uri=source_uri,
             format=resources_pb2.DATA_FORMAT_JSONL,
             parent_version=parent_version,
@@ -308,35 +342,68 @@ class DatasetClient(ServiceClient):
 
     # -- versions and reports ---------------------------------------------------------------
 
-    def get_version(self, name: str) -> resources_pb2.DatasetVersion:
+    def get_dataset_version(self, name: str) -> resources_pb2.DatasetVersion:
+        """The version ``datasets/{d}/versions/{v}``."""
         request = service_pb2.GetDatasetVersionRequest(name=name)
         return self._call(self._stub.GetDatasetVersion, request).dataset_version
 
-    def list_versions(
-        self, dataset: str, *, page_size: int = 100
+    def list_dataset_versions(
+        self, dataset: str, *, page_size: int = DEFAULT_PAGE_SIZE
     ) -> Iterator[resources_pb2.DatasetVersion]:
-        request = service_pb2.ListDatasetVersionsRequest(parent=dataset_name(dataset))
+        """Every version of ``dataset`` (``datasets/{d}``), fetched page by page."""
+        request = service_pb2.ListDatasetVersionsRequest(parent=dataset)
         return self._paginate(
             self._stub.ListDatasetVersions, request, "dataset_versions", page_size=page_size
         )
 
-    def get_audit(self, version: str, *, max_rows: int = 0) -> resources_pb2.DatasetAudit:
+    def get_dataset_audit(self, version: str, *, max_rows: int = 0) -> resources_pb2.DatasetAudit:
         """The label audit of ``version`` (``datasets/{d}/versions/{v}``, or the audit's own
         name ``…/audit``); PENDING until it finishes. ``max_rows`` > 0 caps the suspected rows."""
         name = version if version.endswith("/audit") else f"{version}/audit"
         request = service_pb2.GetDatasetAuditRequest(name=name, max_rows=max_rows)
         return self._call(self._stub.GetDatasetAudit, request).dataset_audit
 
-    def get_report(self, name: str) -> resources_pb2.ValidationReport:
+    def wait(
+        self,
+        name: str,
+        *,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+    ) -> resources_pb2.DatasetAudit:
+        """Poll the audit of ``name`` (a version, or its ``…/audit``) until it has a verdict
+        other than PENDING; ``TimeoutError`` after ``timeout`` seconds."""
+        return self._wait_until_terminal(
+            self.get_dataset_audit,
+            name,
+            _AUDIT_FINISHED,
+            timeout=timeout,
+            poll_seconds=poll_seconds,
+            state_field="verdict",
+        )
+
+    def get_validation_report(self, name: str) -> resources_pb2.ValidationReport:
+        """The report ``datasets/{d}/reports/{r}``."""
         request = service_pb2.GetValidationReportRequest(name=name)
         return self._call(self._stub.GetValidationReport, request).validation_report
 
-    def list_reports(
-        self, dataset: str, *, outcome: str | None = None, page_size: int = 100
+    def list_validation_reports(
+        self, dataset: str, *, outcome: str | None = None, page_size: int = DEFAULT_PAGE_SIZE
     ) -> Iterator[resources_pb2.ValidationReport]:
-        request = service_pb2.ListValidationReportsRequest(parent=dataset_name(dataset))
+        """Every validation report of ``dataset`` (``datasets/{d}``), accepted or rejected."""
+        request = service_pb2.ListValidationReportsRequest(parent=dataset)
         if outcome:
             request.outcome = OUTCOMES[outcome.lower()]
         return self._paginate(
             self._stub.ListValidationReports, request, "validation_reports", page_size=page_size
         )
+
+    # -- names of an earlier SDK ----------------------------------------------------------------
+
+    start_upload = DeprecatedAlias("start_upload_dataset_version")
+    upload_version = DeprecatedAlias("upload_dataset_version")
+    import_version = DeprecatedAlias("import_dataset_version")
+    get_version = DeprecatedAlias("get_dataset_version")
+    list_versions = DeprecatedAlias("list_dataset_versions")
+    get_audit = DeprecatedAlias("get_dataset_audit")
+    get_report = DeprecatedAlias("get_validation_report")
+    list_reports = DeprecatedAlias("list_validation_reports")

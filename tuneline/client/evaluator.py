@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from tuneline.client.base import ServiceClient
+from shared.service_ports import default_target
+from tuneline.client.base import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_POLL_SECONDS,
+    DEFAULT_WAIT_TIMEOUT,
+    ServiceClient,
+)
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
-#: The evaluator's default address (DESIGN: gRPC 50054).
-DEFAULT_TARGET = "127.0.0.1:50054"
+#: Where the evaluator listens by default.
+DEFAULT_TARGET = default_target("evaluator")
 
 _TERMINAL = (resources_pb2.EVALUATION_STATE_SUCCEEDED, resources_pb2.EVALUATION_STATE_FAILED)
 
@@ -62,28 +67,27 @@ class EvaluatorClient(ServiceClient):
         model: str = "",
         checkpoint: str = "",
         verdict: common_pb2.EvaluationVerdict.ValueType = common_pb2.EVALUATION_VERDICT_UNSPECIFIED,
-        page_size: int = 0,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> Iterator[resources_pb2.Evaluation]:
         """Every matching evaluation, newest first, fetched page by page."""
         request = service_pb2.ListEvaluationsRequest(
             model=model, checkpoint=checkpoint, verdict=verdict
         )
         return self._paginate(
-            self._stub.ListEvaluations, request, "evaluations", page_size=page_size or 100
+            self._stub.ListEvaluations, request, "evaluations", page_size=page_size
         )
 
     def wait(
-        self, name: str, *, timeout: float = 600.0, poll_seconds: float = 0.5
+        self,
+        name: str,
+        *,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
     ) -> resources_pb2.Evaluation:
         """Poll ``name`` until it is SUCCEEDED or FAILED; ``TimeoutError`` after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            evaluation = self.get_evaluation(name)
-            if evaluation.state in _TERMINAL:
-                return evaluation
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} is still {evaluation.state} after {timeout:.0f} s")
-            time.sleep(poll_seconds)
+        return self._wait_until_terminal(
+            self.get_evaluation, name, _TERMINAL, timeout=timeout, poll_seconds=poll_seconds
+        )
 
     def set_evaluation_policy(
         self, policy: resources_pb2.EvaluationPolicy, *, request_id: str = ""

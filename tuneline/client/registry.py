@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
-from tuneline.client.base import ServiceClient
+from shared.service_ports import default_target
+from tuneline.client.base import DEFAULT_PAGE_SIZE, DeprecatedAlias, ServiceClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
-#: The registry's default address (DESIGN: gRPC 50055).
-DEFAULT_TARGET = "127.0.0.1:50055"
+#: Where the registry listens by default.
+DEFAULT_TARGET = default_target("registry")
 
 
 class RegistryClient(ServiceClient):
@@ -51,9 +52,9 @@ class RegistryClient(ServiceClient):
     def get_model(self, name: str) -> resources_pb2.Model:
         return self._call(self._stub.GetModel, service_pb2.GetModelRequest(name=name)).model
 
-    def list_models(self, *, page_size: int = 0) -> Iterator[resources_pb2.Model]:
+    def list_models(self, *, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[resources_pb2.Model]:
         return self._paginate(
-            self._stub.ListModels, service_pb2.ListModelsRequest(page_size=page_size), "models"
+            self._stub.ListModels, service_pb2.ListModelsRequest(), "models", page_size=page_size
         )
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -69,33 +70,34 @@ class RegistryClient(ServiceClient):
         verdict: common_pb2.EvaluationVerdict.ValueType = common_pb2.EVALUATION_VERDICT_UNSPECIFIED,
         review_state: resources_pb2.ReviewState.ValueType = resources_pb2.REVIEW_STATE_UNSPECIFIED,
         training_job: str = "",
-        page_size: int = 0,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> Iterator[resources_pb2.Checkpoint]:
-        """A model's checkpoints, newest first."""
+        """A model's (``models/{m}``) checkpoints, newest first."""
         request = service_pb2.ListCheckpointsRequest(
-            parent=model,
-            verdict=verdict,
-            review_state=review_state,
-            training_job=training_job,
-            page_size=page_size,
+            parent=model, verdict=verdict, review_state=review_state, training_job=training_job
         )
-        return self._paginate(self._stub.ListCheckpoints, request, "checkpoints")
+        return self._paginate(
+            self._stub.ListCheckpoints, request, "checkpoints", page_size=page_size
+        )
 
     # -- aliases --------------------------------------------------------------------------
 
     def get_alias(self, name: str) -> resources_pb2.Alias:
         return self._call(self._stub.GetAlias, service_pb2.GetAliasRequest(name=name)).alias
 
-    def production(self, model: str) -> resources_pb2.Alias:
-        """The ``production`` alias of ``models/{model}`` (what a serving fleet loads)."""
+    def get_production_alias(self, model: str) -> resources_pb2.Alias:
+        """The ``production`` alias of ``models/{m}`` (what a serving fleet loads):
+        :meth:`get_alias` of ``models/{m}/aliases/production``."""
         return self.get_alias(f"{model}/aliases/production")
 
     def list_alias_history(
-        self, name: str, *, page_size: int = 0
+        self, name: str, *, page_size: int = DEFAULT_PAGE_SIZE
     ) -> Iterator[resources_pb2.AliasMove]:
         """Moves of one alias, or of every alias with ``models/{m}/aliases/-``, oldest first."""
-        request = service_pb2.ListAliasHistoryRequest(name=name, page_size=page_size)
-        return self._paginate(self._stub.ListAliasHistory, request, "alias_moves")
+        request = service_pb2.ListAliasHistoryRequest(name=name)
+        return self._paginate(
+            self._stub.ListAliasHistory, request, "alias_moves", page_size=page_size
+        )
 
     def watch_alias(
         self, name: str, *, after_revision: int = 0, timeout: float | None = None
@@ -111,7 +113,7 @@ class RegistryClient(ServiceClient):
 
     # -- moving production ----------------------------------------------------------------
 
-    def promote(
+    def promote_checkpoint(
         self,
         checkpoint: str,
         *,
@@ -133,7 +135,7 @@ class RegistryClient(ServiceClient):
         )
         return self._call(self._stub.PromoteCheckpoint, request)
 
-    def approve(
+    def approve_checkpoint(
         self,
         checkpoint: str,
         *,
@@ -142,7 +144,8 @@ class RegistryClient(ServiceClient):
         expected_revision: int | None = None,
         request_id: str = "",
     ) -> service_pb2.ApproveCheckpointResponse:
-        """Approve and promote; ``expected_revision`` guards production as in :meth:`promote`."""
+        """Approve and promote; ``expected_revision`` guards production as in
+        :meth:`promote_checkpoint`."""
         request = service_pb2.ApproveCheckpointRequest(
             checkpoint=checkpoint,
             reviewer=reviewer,
@@ -152,7 +155,7 @@ class RegistryClient(ServiceClient):
         )
         return self._call(self._stub.ApproveCheckpoint, request)
 
-    def reject(
+    def reject_checkpoint(
         self, checkpoint: str, *, reviewer: str, reason: str, request_id: str = ""
     ) -> resources_pb2.Checkpoint:
         request = service_pb2.RejectCheckpointRequest(
@@ -160,7 +163,7 @@ class RegistryClient(ServiceClient):
         )
         return self._call(self._stub.RejectCheckpoint, request).checkpoint
 
-    def rollback(
+    def rollback_model(
         self,
         model: str,
         *,
@@ -170,7 +173,8 @@ class RegistryClient(ServiceClient):
         request_id: str = "",
         expected_revision: int | None = None,
     ) -> service_pb2.RollbackModelResponse:
-        """Roll production back; ``expected_revision`` guards it as in :meth:`promote`."""
+        """Roll production of ``model`` (``models/{m}``) back; ``expected_revision`` guards it
+        as in :meth:`promote_checkpoint`."""
         request = service_pb2.RollbackModelRequest(
             model=model,
             reason=reason,
@@ -223,6 +227,14 @@ class RegistryClient(ServiceClient):
         if window_seconds is not None:
             request.window.FromTimedelta(timedelta(seconds=window_seconds))
         return self._call(self._stub.ReportLiveQuality, request).live_quality_report
+
+    # -- names of an earlier SDK ----------------------------------------------------------
+
+    production = DeprecatedAlias("get_production_alias")
+    promote = DeprecatedAlias("promote_checkpoint")
+    approve = DeprecatedAlias("approve_checkpoint")
+    reject = DeprecatedAlias("reject_checkpoint")
+    rollback = DeprecatedAlias("rollback_model")
 
 
 def model_name(ref: str) -> str:

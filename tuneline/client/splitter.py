@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from tuneline.client.base import ServiceClient
+from tuneline.client.base import DEFAULT_PAGE_SIZE, ServiceClient
 from tuneline.splitter.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
 #: Splitting reads the whole version and writes its manifest: allow it more than a lookup.
@@ -46,7 +46,9 @@ class SplitterClient(ServiceClient):
         request = service_pb2.GetSplitRequest(name=name)
         return self._call(self._stub.GetSplit, request).split
 
-    def list_splits(self, parent: str, *, page_size: int = 100) -> Iterator[resources_pb2.Split]:
+    def list_splits(
+        self, parent: str, *, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[resources_pb2.Split]:
         """Every split of ``parent`` (``datasets/{d}/versions/{v}``, or ``…/versions/-`` for
         all versions of a dataset), newest first, fetched page by page."""
         request = service_pb2.ListSplitsRequest(parent=parent)

@@ -5,8 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from tuneline.client.base import ServiceClient
+from tuneline.client.base import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_POLL_SECONDS,
+    DEFAULT_WAIT_TIMEOUT,
+    ServiceClient,
+)
 from tuneline.trainer.v1 import resources_pb2, service_pb2, service_pb2_grpc
+
+_TERMINAL = (
+    resources_pb2.TRAINING_JOB_STATE_SUCCEEDED,
+    resources_pb2.TRAINING_JOB_STATE_FAILED,
+    resources_pb2.TRAINING_JOB_STATE_CANCELLED,
+)
 
 
 class TrainerClient(ServiceClient):
@@ -61,7 +72,7 @@ class TrainerClient(ServiceClient):
             resources_pb2.TRAINING_JOB_STATE_UNSPECIFIED
         ),
         split: str = "",
-        page_size: int = 100,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> Iterator[resources_pb2.TrainingJob]:
         """Every job matching the filters, newest first, fetched page by page."""
         request = service_pb2.ListTrainingJobsRequest(
@@ -87,6 +98,19 @@ class TrainerClient(ServiceClient):
         stream = self._stub.WatchTrainingJob
         return self._stream(stream, request, timeout=timeout)  # type: ignore[arg-type]
 
+    def wait(
+        self,
+        name: str,
+        *,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+    ) -> resources_pb2.TrainingJob:
+        """Poll the job ``name`` until it is SUCCEEDED, FAILED or CANCELLED; ``TimeoutError``
+        after ``timeout`` seconds."""
+        return self._wait_until_terminal(
+            self.get_training_job, name, _TERMINAL, timeout=timeout, poll_seconds=poll_seconds
+        )
+
     # -- checkpoints --------------------------------------------------------------------------
 
     def get_checkpoint(self, name: str) -> resources_pb2.Checkpoint:
@@ -95,7 +119,7 @@ class TrainerClient(ServiceClient):
         return self._call(self._stub.GetCheckpoint, request).checkpoint
 
     def list_checkpoints(
-        self, job: str = "trainingJobs/-", *, page_size: int = 100
+        self, job: str = "trainingJobs/-", *, page_size: int = DEFAULT_PAGE_SIZE
     ) -> Iterator[resources_pb2.Checkpoint]:
         """The kept checkpoints of ``job`` ascending by step (default: every job's)."""
         request = service_pb2.ListCheckpointsRequest(parent=job)
@@ -122,7 +146,7 @@ class TrainerClient(ServiceClient):
         return self._call(self._stub.GetTrainingPolicy, request).training_policy
 
     def list_training_policies(
-        self, *, dataset: str = "", page_size: int = 100
+        self, *, dataset: str = "", page_size: int = DEFAULT_PAGE_SIZE
     ) -> Iterator[resources_pb2.TrainingPolicy]:
         """Every policy (of ``dataset``, when given), ordered by name."""
         request = service_pb2.ListTrainingPoliciesRequest(dataset=dataset)
