@@ -6,7 +6,7 @@ the same run and on the same file:
 
 * **baseline**: read the file line by line, ``hashlib.sha256`` every line, ``json.loads`` every
   line — the least any ingest must do;
-* **upload**: the full path — ``DatasetClient.upload_version`` over gRPC on loopback to the
+* **upload**: the full path — ``DatasetClient.upload_dataset_version`` over gRPC on loopback to the
   dataset service running as its own process (validate, canonicalise, hash, spool to the
   artifact store, commit the version, stage ``DatasetVersioned``), until the response; then
   until the event is on the broker.
@@ -46,12 +46,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from shared.events import ensure_topics, topic_for
+from shared.events.tail import consumer_at_end
 from tests.fixtures.datasets import rotten_tomatoes_rows
 from tuneline.client import UnavailableError
-from tuneline.client.dataset import DatasetClient
+from tuneline.client.dataset import DatasetClient, dataset_name
 from tuneline.dataset.v1 import events_pb2
 from tuneline.devtools.kafka import LocalKafka, free_port
 
@@ -236,16 +237,6 @@ def dataset_service(
             popen.wait()
 
 
-def consumer_at_end(bootstrap: str) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    partitions = [TopicPartition(TOPIC, p) for p in consumer.partitions_for_topic(TOPIC) or {0}]
-    consumer.assign(partitions)
-    consumer.seek_to_end()
-    for partition in partitions:
-        consumer.position(partition)  # resolve the end offsets now, before the upload
-    return consumer
-
-
 def wait_for_event(consumer: KafkaConsumer, version: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -267,13 +258,13 @@ class UploadTiming:
 
 def upload(service: Service, bootstrap: str, path: Path) -> UploadTiming:
     dataset = f"bench-{uuid.uuid4().hex[:10]}"
-    consumer = consumer_at_end(bootstrap)
+    consumer = consumer_at_end(bootstrap, [TOPIC])
     try:
         with DatasetClient(service.target) as client:
             client.create_dataset(dataset, "classification")
             cpu_before = service.cpu_seconds()
             started = time.perf_counter()
-            response = client.upload_version(dataset, path, timeout=3600)
+            response = client.upload_dataset_version(dataset_name(dataset), path, timeout=3600)
             answered = time.perf_counter()
             cpu_after = service.cpu_seconds()
             wait_for_event(consumer, response.dataset_version.name)

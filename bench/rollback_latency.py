@@ -32,15 +32,15 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kafka import KafkaConsumer, TopicPartition
 
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
+from shared.events.tail import consumer_at_end
 from tests.fixtures.events import start_group_at_end
 from tests.fixtures.registry_events import (
     checkpoint_ready,
@@ -71,17 +71,7 @@ class RollbackWatcher:
     """A consumer of ModelRolledBack that timestamps each record the moment it arrives."""
 
     def __init__(self, bootstrap: str) -> None:
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-        )
-        partitions = [
-            TopicPartition(ROLLED_BACK, p)
-            for p in sorted(self._consumer.partitions_for_topic(ROLLED_BACK) or ())
-        ]
-        self._consumer.assign(partitions)
-        self._consumer.seek_to_end()
-        for partition in partitions:
-            self._consumer.position(partition)  # resolve "end" now, before any trial
+        self._consumer = consumer_at_end(bootstrap, [ROLLED_BACK])
         self._arrivals: dict[str, tuple[float, events_pb2.ModelRolledBack]] = {}
         self._condition = threading.Condition()
         self._stop = threading.Event()
@@ -115,8 +105,11 @@ class RollbackWatcher:
 
 
 @contextlib.contextmanager
-def registry_process(bootstrap: str, data_dir: Path) -> Iterator[tuple[str, str]]:
-    """Run the registry as its own process; yields (gRPC target, webhook URL)."""
+def registry_process(
+    bootstrap: str, data_dir: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, str]]:
+    """Run the registry as its own process (``extra_env`` on top); yields (gRPC target,
+    webhook URL)."""
     grpc_port, webhook_port = free_port(), free_port()
     group = f"bench-registry-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, [*CONSUMED, ROLLED_BACK, topic_for(events_pb2.ModelPromoted)])
@@ -135,6 +128,7 @@ def registry_process(bootstrap: str, data_dir: Path) -> Iterator[tuple[str, str]
         "TUNELINE_REGISTRY_CONSUMER_GROUP": group,
         # the events name synthetic artifacts (tests/fixtures/registry_events.py)
         "TUNELINE_REGISTRY_VERIFY_ARTIFACTS": "false",
+        **(extra_env or {}),
     }
     log = (data_dir / "registry.log").open("w")
     process = subprocess.Popen(
@@ -169,9 +163,17 @@ def set_up_two_promotions(
     client: RegistryClient, publisher: KafkaEventPublisher, model_id: str
 ) -> str:
     """Create a model and promote checkpoints a then b through events; returns b's name."""
+    return promote_in_turn(client, publisher, model_id, ("a", "b"))
+
+
+def promote_in_turn(
+    client: RegistryClient, publisher: KafkaEventPublisher, model_id: str, jobs: Sequence[str]
+) -> str:
+    """Create a model and promote one checkpoint per job in turn, through events (as the
+    trainer and evaluator do); returns the last one's name."""
     client.create_model(model_id, model_definition())
     production = ""
-    for job in ("a", "b"):
+    for job in jobs:
         publish(publisher, checkpoint_ready(model_id, job, 100))
         publish(
             publisher,
@@ -185,7 +187,7 @@ def set_up_two_promotions(
         )
         production = registry_checkpoint(model_id, job, 100)
         deadline = time.monotonic() + 30
-        while client.production(f"models/{model_id}").checkpoint != production:
+        while client.get_production_alias(f"models/{model_id}").checkpoint != production:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{production} was not promoted")
             time.sleep(0.01)

@@ -95,6 +95,13 @@ def root_uri(root: Path | str) -> str:
     return Path(root).resolve().as_uri()
 
 
+def peer_root_uri(configured: Path | str | None, *, data_dir: Path, service: str) -> str:
+    """Another service's artifact root as a URI, for checking the URIs its events announce:
+    ``configured`` (that service's ``ARTIFACT_ROOT`` as the deployment sets it), else that
+    service's default, ``<data_dir>/<service>/artifacts``."""
+    return root_uri(configured or data_dir / service / "artifacts")
+
+
 def artifact_uri_problem(uri: str, root: str) -> str:  # noqa: PLR0911 - one answer per problem
     """Why ``uri`` does not name an artifact under the store root ``root`` (a ``file://`` or
     ``s3://`` URI, see :func:`root_uri`), or ``""`` when it does.

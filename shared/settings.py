@@ -46,6 +46,39 @@ class CommonSettings(BaseSettings):
             "replication factor is 3 or more, else 1."
         ),
     )
+    # -- Kafka client security (shared/events/security.py) --------------------------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description=(
+            "How producers, consumers and admin clients talk to Kafka: `SASL_SSL` (TLS plus a "
+            "SCRAM user; production), `SSL` (TLS, optionally a client certificate) or "
+            "`PLAINTEXT` (local development)."
+        ),
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism of `SASL_SSL`."
+    )
+    kafka_username: str | None = Field(
+        default=None, description="SCRAM user of this process (one per service)."
+    )
+    kafka_password: str | None = Field(
+        default=None,
+        description="Password of `KAFKA_USERNAME`; prefer `KAFKA_PASSWORD_FILE`.",
+    )
+    kafka_password_file: Path | None = Field(
+        default=None,
+        description="File holding the Kafka password (a mounted Kubernetes Secret); read at start.",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM CA bundle the Kafka clients trust for brokers (default: system roots).",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate presented to Kafka (mutual TLS)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of `KAFKA_SSL_CERTFILE`."
+    )
     data_dir: Path = Field(
         default=Path(".tuneline/data"),
         description="Root of local state: one SQLite file and one artifact folder per service.",
@@ -146,6 +179,13 @@ class CommonSettings(BaseSettings):
         default=10.0,
         gt=0,
         description="A connection whose keepalive ping is not answered in this time is closed.",
+    )
+    grpc_reflection: bool = Field(
+        default=True,
+        description=(
+            "Serve gRPC server reflection (what `grpcurl` lists and describes); off in "
+            "production, where it would hand any caller the full API surface."
+        ),
     )
 
     # -- transport security and authorisation (shared/security, shared/grpc/auth.py) ------

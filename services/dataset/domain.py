@@ -13,7 +13,6 @@ describe content that cannot become rows at all.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -28,32 +27,18 @@ from services.dataset.label_audit import (
     LabelAuditAction,
     LabelAuditPolicy,
 )
+from shared import names
 from shared.errors import FieldViolation, InvalidArgument
 from shared.ownership import Owner
 
-# -- names -------------------------------------------------------------------------------------
-
-_DATASET_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
-_DATASET_NAME = re.compile(r"^datasets/([a-z]([a-z0-9-]{0,61}[a-z0-9])?)$")
-_VERSION_NAME = re.compile(
-    r"^datasets/([a-z]([a-z0-9-]{0,61}[a-z0-9])?)/versions/([a-z0-9-]{1,63})$"
-)
-_REPORT_NAME = re.compile(r"^datasets/([a-z]([a-z0-9-]{0,61}[a-z0-9])?)/reports/([a-z0-9-]{1,63})$")
+# -- names ---------------------------------------------------------------------------------------
+# Names and ids follow shared.names (DATASET, DATASET_VERSION, VALIDATION_REPORT).
 
 #: Hex digits of the content sha256 in a version id (80 bits: collisions are not a concern).
 VERSION_ID_HEX_DIGITS = 20
 
 
-def dataset_name(dataset_id: str) -> str:
-    return f"datasets/{dataset_id}"
-
-
-def version_name(dataset_id: str, version_id: str) -> str:
-    return f"datasets/{dataset_id}/versions/{version_id}"
-
-
-def report_name(dataset_id: str, report_id: str) -> str:
-    return f"datasets/{dataset_id}/reports/{report_id}"
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 def version_id_for(content_sha256: str) -> str:
@@ -61,60 +46,19 @@ def version_id_for(content_sha256: str) -> str:
     return "v-" + content_sha256[:VERSION_ID_HEX_DIGITS]
 
 
-def check_dataset_id(dataset_id: str, *, field: str = "dataset_id") -> str:
-    if not _DATASET_ID.match(dataset_id):
-        raise InvalidArgument(
-            f"invalid dataset id {dataset_id!r}",
-            [
-                FieldViolation(
-                    field,
-                    "must match ^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$ (lower case, digits, hyphens)",
-                    "INVALID_ID",
-                )
-            ],
-        )
-    return dataset_id
-
-
-def parse_dataset_name(name: str, *, field: str = "name") -> str:
-    """``datasets/{d}`` → ``d``; INVALID_ARGUMENT for anything else."""
-    match = _DATASET_NAME.match(name)
-    if not match:
-        raise InvalidArgument(
-            f"invalid dataset name {name!r}",
-            [FieldViolation(field, "expected datasets/{dataset}", "INVALID_NAME")],
-        )
-    return match.group(1)
-
-
-def parse_version_name(name: str, *, field: str = "name") -> tuple[str, str]:
-    """``datasets/{d}/versions/{v}`` → ``(d, v)``; INVALID_ARGUMENT for anything else."""
-    match = _VERSION_NAME.match(name)
-    if not match:
-        raise InvalidArgument(
-            f"invalid dataset version name {name!r}",
-            [
-                FieldViolation(
-                    field, "expected datasets/{dataset}/versions/{version}", "INVALID_NAME"
-                )
-            ],
-        )
-    return match.group(1), match.group(3)
-
-
-def parse_report_name(name: str, *, field: str = "name") -> tuple[str, str]:
-    """``datasets/{d}/reports/{r}`` → ``(d, r)``; INVALID_ARGUMENT for anything else."""
-    match = _REPORT_NAME.match(name)
-    if not match:
-        raise InvalidArgument(
-            f"invalid validation report name {name!r}",
-            [FieldViolation(field, "expected datasets/{dataset}/reports/{report}", "INVALID_NAME")],
-        )
-    return match.group(1), match.group(3)
+def is_sha256_hex(value: str) -> bool:
+    """Whether ``value`` is a SHA-256 as the API writes it: 64 lowercase hexadecimal digits."""
+    return len(value) == 64 and set(value) <= _HEX_DIGITS
 
 
 class UploadInterrupted(Exception):
     """The client went away before the upload ended; nothing of it is stored."""
+
+
+class UploadCutShort(UploadInterrupted):
+    """The stream stopped before the end message its header announced: a cancel that reached
+    the server as a clean end of stream (or a client that forgot it). Nothing is stored; a
+    client still listening is told ``INVALID_ARGUMENT``."""
 
 
 # -- vocabulary --------------------------------------------------------------------------------
@@ -457,7 +401,7 @@ class Dataset:
 
     @property
     def name(self) -> str:
-        return dataset_name(self.dataset_id)
+        return names.DATASET.format(dataset=self.dataset_id)
 
 
 # -- reports and versions ------------------------------------------------------------------------
@@ -535,7 +479,7 @@ class ValidationReport:
 
     @property
     def name(self) -> str:
-        return report_name(self.dataset_id, self.report_id)
+        return names.VALIDATION_REPORT.format(dataset=self.dataset_id, report=self.report_id)
 
     @property
     def summary(self) -> Summary:
@@ -560,11 +504,11 @@ class DatasetVersion:
 
     @property
     def name(self) -> str:
-        return version_name(self.dataset_id, self.version_id)
+        return names.DATASET_VERSION.format(dataset=self.dataset_id, version=self.version_id)
 
     @property
     def dataset(self) -> str:
-        return dataset_name(self.dataset_id)
+        return names.DATASET.format(dataset=self.dataset_id)
 
 
 def artifact_key(dataset_id: str, version_id: str) -> str:

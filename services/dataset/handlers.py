@@ -47,14 +47,10 @@ from services.dataset.domain import (
     ValidationReport,
     ValueBounds,
     artifact_key,
-    check_dataset_id,
+    is_sha256_hex,
     label_churn_finding,
     ordered_findings,
-    parse_dataset_name,
-    parse_report_name,
-    parse_version_name,
     version_id_for,
-    version_name,
 )
 from services.dataset.label_audit import (
     DatasetAudit,
@@ -74,17 +70,17 @@ from services.dataset.parent_shift import (
     skipped_shift,
 )
 from services.dataset.validation import StreamingValidator, ValidationResult
+from shared import names
 from shared.artifacts import ArtifactSpool, ArtifactStore
 from shared.canonical_jsonl import CanonicalJsonlReader
 from shared.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from shared.events import stage_event
-from shared.input_text import normalize_input_text
+from shared.input_text import normalize_input_text, row_text
 from shared.near_duplicates import DEFAULT_THRESHOLD as DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from shared.ownership import Owner
 from shared.pagination import decode_page_token, encode_page_token, resolve_page_size
 from shared.stats.two_sample import TwoSampleResult
 
-_SHA256_HEX = frozenset("0123456789abcdef")
 #: Line numbers quoted in one violation of a rejected upload's error.
 _LINES_IN_VIOLATION = 10
 
@@ -138,7 +134,7 @@ def create_dataset(
     description: str = "",
     owner: Owner | None = None,
 ) -> Dataset:
-    check_dataset_id(dataset_id)
+    names.check_resource_id(dataset_id, field="dataset_id")
     owner = owner or Owner()
     violations = owner.problems("dataset.owner")
     if len(display_name) > 200:
@@ -171,7 +167,7 @@ def create_dataset(
 
 
 def get_dataset(deps: DatasetDeps, name: str) -> Dataset:
-    dataset_id = parse_dataset_name(name)
+    dataset_id = names.DATASET.parse(name)["dataset"]
     with deps.sessions() as session:
         dataset = DatasetRepository(session).get_dataset(dataset_id)
     if dataset is None:
@@ -199,7 +195,7 @@ def list_datasets(
 
 
 def get_version(deps: DatasetDeps, name: str) -> DatasetVersion:
-    dataset_id, version_id = parse_version_name(name)
+    dataset_id, version_id = names.DATASET_VERSION.ids(name)
     with deps.sessions() as session:
         version = DatasetRepository(session).get_version(dataset_id, version_id)
     if version is None:
@@ -210,7 +206,7 @@ def get_version(deps: DatasetDeps, name: str) -> DatasetVersion:
 def list_versions(
     deps: DatasetDeps, *, parent: str, page_size: int, page_token: str
 ) -> tuple[list[DatasetVersion], str]:
-    dataset_id = parse_dataset_name(parent, field="parent")
+    dataset_id = names.DATASET.parse(parent, field="parent")["dataset"]
     limit = resolve_page_size(page_size)
     query = {"parent": parent}
     position = decode_page_token(page_token, query)
@@ -228,7 +224,7 @@ def list_versions(
 
 
 def get_report(deps: DatasetDeps, name: str) -> ValidationReport:
-    dataset_id, report_id = parse_report_name(name)
+    dataset_id, report_id = names.VALIDATION_REPORT.ids(name)
     with deps.sessions() as session:
         report = DatasetRepository(session).get_report(dataset_id, report_id)
     if report is None:
@@ -239,7 +235,7 @@ def get_report(deps: DatasetDeps, name: str) -> ValidationReport:
 def list_reports(
     deps: DatasetDeps, *, parent: str, page_size: int, page_token: str, outcome: Outcome | None
 ) -> tuple[list[ValidationReport], str]:
-    dataset_id = parse_dataset_name(parent, field="parent")
+    dataset_id = names.DATASET.parse(parent, field="parent")["dataset"]
     limit = resolve_page_size(page_size)
     query = {"parent": parent, "outcome": outcome.value if outcome else ""}
     position = decode_page_token(page_token, query)
@@ -316,7 +312,7 @@ def _check_request(request: IngestRequest, prefix: str) -> None:
             FieldViolation(f"{prefix}content_length", "must be >= 0 (0: unknown)", "NEGATIVE")
         )
     sha = request.content_sha256
-    if sha and (len(sha) != 64 or not set(sha) <= _SHA256_HEX):
+    if sha and not is_sha256_hex(sha):
         violations.append(
             FieldViolation(
                 f"{prefix}content_sha256", "64 lowercase hexadecimal digits", "INVALID_SHA256"
@@ -354,7 +350,7 @@ def _ingest(
     started = time.perf_counter()
     prefix = "header." if request.source_kind is SourceKind.UPLOAD else ""
     source_label = request.source_kind.value
-    dataset_id = parse_dataset_name(request.dataset, field=f"{prefix}dataset")
+    dataset_id = names.DATASET.parse(request.dataset, field=f"{prefix}dataset")["dataset"]
     _check_request(request, prefix)
     with deps.sessions() as session:
         repo = DatasetRepository(session)
@@ -363,7 +359,7 @@ def _ingest(
             raise NotFound("dataset", request.dataset)
         parent: DatasetVersion | None = None
         if request.parent_version:
-            parent_dataset, parent_id = parse_version_name(
+            parent_dataset, parent_id = names.DATASET_VERSION.ids(
                 request.parent_version, field=f"{prefix}parent_version"
             )
             if parent_dataset == dataset_id:
@@ -371,7 +367,7 @@ def _ingest(
             if parent is None:
                 raise NotFound("dataset version", request.parent_version)
         elif dataset.latest_version:
-            parent = repo.get_version(*parse_version_name(dataset.latest_version))
+            parent = repo.get_version(*names.DATASET_VERSION.ids(dataset.latest_version))
     override = request.label_churn_reason.strip() if request.allow_label_churn else ""
     try:
         with deps.store.open_spool() as spool:
@@ -530,7 +526,7 @@ def _commit_version(  # noqa: PLR0917 - one private step of _ingest
     requested one, else the dataset's latest version at commit time."""
     dataset_id = dataset.dataset_id
     version_id = version_id_for(spool.sha256)
-    name = version_name(dataset_id, version_id)
+    name = names.DATASET_VERSION.format(dataset=dataset_id, version=version_id)
     committed_uri = ""
     spool.sync()  # the slow part of committing, done before taking the dataset's lock
     try:
@@ -595,7 +591,8 @@ def _request_audit(
     deps: DatasetDeps, session: Session, version: DatasetVersion, policy: SchemaPolicy
 ) -> None:
     """The new version's label audit: PENDING (the audit runner picks it up), or SKIPPED and
-    announced at once for CAUSAL_LM, whose rows have no labels."""
+    announced at once for a CAUSAL_LM version with nothing to embed: its rows have no labels,
+    and without a parent (or with the shift test off) there is no shift to measure either."""
     audit = DatasetAudit(
         dataset_id=version.dataset_id,
         version_id=version.version_id,
@@ -605,7 +602,9 @@ def _request_audit(
         row_count=version.row_count,
         create_time=version.create_time or deps.clock(),
     )
-    if version.task_type is not TaskType.CLASSIFICATION:
+    if version.task_type is not TaskType.CLASSIFICATION and not _measures_parent_shift(
+        deps, version
+    ):
         audit = audit.finished(
             LabelAuditVerdict.SKIPPED,
             f"label_audit: {version.task_type.value} rows have no labels to audit",
@@ -711,7 +710,7 @@ def get_audit(deps: DatasetDeps, name: str) -> DatasetAudit:
                 )
             ],
         )
-    dataset_id, version_id = parse_version_name(version_name_part, field="name")
+    dataset_id, version_id = names.DATASET_VERSION.ids(version_name_part, field="name")
     with deps.sessions() as session:
         audit = DatasetRepository(session).get_audit(dataset_id, version_id)
     if audit is None:
@@ -748,13 +747,19 @@ def _audited(deps: DatasetDeps, auditor: LabelAuditor, audit: DatasetAudit) -> D
         version = DatasetRepository(session).get_version(audit.dataset_id, audit.version_id)
     if version is None:  # there is no delete RPC; be exact anyway
         return audit.finished(LabelAuditVerdict.FAILED, "the version is gone", deps.clock())
-    if version.task_type is not TaskType.CLASSIFICATION:  # a version from before the audit
+    if version.task_type is not TaskType.CLASSIFICATION:
+        # no labels to audit; the texts still shift against the parent's (report only)
+        texts = _version_texts(deps, version)
+        shift = _parent_shift(deps, auditor, version, texts)
+        deps.metrics.audit_duration.observe(time.perf_counter() - started)
         return audit.finished(
             LabelAuditVerdict.SKIPPED,
             f"label_audit: {version.task_type.value} rows have no labels to audit",
             deps.clock(),
+            encoder=auditor.encoder if shift is not None else "",
+            parent_shift=shift,
         )
-    texts: list[str] = []
+    texts = []
     labels: list[str] = []
     with deps.store.open(version.artifact_uri) as handle:
         for row in CanonicalJsonlReader(handle):
@@ -777,6 +782,17 @@ def _audited(deps: DatasetDeps, auditor: LabelAuditor, audit: DatasetAudit) -> D
     return audit.audited(findings, deps.clock(), encoder=auditor.encoder, parent_shift=shift)
 
 
+def _measures_parent_shift(deps: DatasetDeps, version: DatasetVersion) -> bool:
+    return bool(version.lineage.parent_version) and deps.parent_shift.enabled
+
+
+def _version_texts(deps: DatasetDeps, version: DatasetVersion) -> list[str]:
+    """Every row's text as written (:func:`shared.input_text.row_text`), in file order."""
+    with deps.store.open(version.artifact_uri) as handle:
+        texts = (row_text(row) for row in CanonicalJsonlReader(handle))
+        return [text for text in texts if text is not None]
+
+
 def _parent_shift(
     deps: DatasetDeps, auditor: LabelAuditor, version: DatasetVersion, texts: Sequence[str]
 ) -> ParentShift | None:
@@ -789,11 +805,10 @@ def _parent_shift(
     if not policy.enabled:
         return skipped_shift(parent_name, policy, "turned off")
     with deps.sessions() as session:
-        parent = DatasetRepository(session).get_version(*parse_version_name(parent_name))
+        parent = DatasetRepository(session).get_version(*names.DATASET_VERSION.ids(parent_name))
     if parent is None:  # there is no delete RPC; be exact anyway
         return skipped_shift(parent_name, policy, "the parent version is gone")
-    with deps.store.open(parent.artifact_uri) as handle:
-        parent_texts = [str(row["text"]) for row in CanonicalJsonlReader(handle)]
+    parent_texts = _version_texts(deps, parent)
     inherited = {normalize_input_text(text) for text in parent_texts}
     added = [text for text in texts if normalize_input_text(text) not in inherited]
     if len(added) < MIN_PARENT_SHIFT_ROWS or len(parent_texts) < MIN_PARENT_SHIFT_ROWS:

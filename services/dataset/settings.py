@@ -16,6 +16,7 @@ from services.dataset.parent_shift import ParentShiftPolicy
 from shared.modeling.models import default_models_root
 from shared.modeling.packaged import ENCODER
 from shared.near_duplicates import DEFAULT_THRESHOLD as DEFAULT_NEAR_DUPLICATE_THRESHOLD
+from shared.service_ports import DEFAULT_PORTS
 from shared.settings import ServiceSettings
 
 
@@ -25,8 +26,8 @@ class DatasetSettings(ServiceSettings):
     service_name: ClassVar[str] = "dataset"
     model_config = SettingsConfigDict(env_prefix="TUNELINE_DATASET_", extra="ignore", frozen=True)
 
-    grpc_port: int = 50051
-    metrics_port: int = 9101
+    grpc_port: int = DEFAULT_PORTS["dataset"].grpc
+    metrics_port: int = DEFAULT_PORTS["dataset"].metrics
     max_upload_bytes: int = Field(
         default=2 * 1024**3,
         ge=1,

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.artifacts import peer_root_uri
 from shared.modeling.models import default_models_root
-from shared.settings import ServiceSettings
+from shared.service_ports import DEFAULT_PORTS, default_target
+from shared.settings import CommonSettings, ServiceSettings, artifact_root_value
 
 
 class EvaluatorSettings(ServiceSettings):
@@ -18,15 +20,23 @@ class EvaluatorSettings(ServiceSettings):
     service_name: ClassVar[str] = "evaluator"
     model_config = SettingsConfigDict(env_prefix="TUNELINE_EVALUATOR_", extra="ignore", frozen=True)
 
-    grpc_port: int = 50054
-    metrics_port: int = 9104
+    grpc_port: int = DEFAULT_PORTS["evaluator"].grpc
+    metrics_port: int = DEFAULT_PORTS["evaluator"].metrics
 
     registry_target: str = Field(
-        default="127.0.0.1:50055",
+        default=default_target("registry"),
         description="`host:port` of the registry (models, gate policies, `production`).",
     )
     registry_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Deadline of each call to the registry."
+    )
+    trainer_artifact_root: Path | str | None = Field(
+        default=None,
+        description=(
+            "The trainer's artifact root (as TUNELINE_TRAINER_ARTIFACT_ROOT): a CheckpointReady "
+            "whose `artifact_uri` lies elsewhere goes to the DLQ unevaluated; default: the "
+            "trainer's default, `<data_dir>/trainer/artifacts`."
+        ),
     )
     dependency_wait_seconds: float = Field(
         default=120.0,
@@ -133,3 +143,14 @@ class EvaluatorSettings(ServiceSettings):
     poll_seconds: float = Field(
         default=0.5, gt=0, description="How often the supervisor looks for queued evaluations."
     )
+
+    @field_validator("trainer_artifact_root", mode="before")
+    @classmethod
+    def _local_trainer_root_is_a_path(cls, value: object) -> object:
+        return artifact_root_value(value)
+
+    def resolved_trainer_artifact_root(self, common: CommonSettings) -> str:
+        """The trainer's artifact root as a URI (``file:///…`` or ``s3://bucket/prefix``)."""
+        return peer_root_uri(
+            self.trainer_artifact_root, data_dir=common.data_dir, service="trainer"
+        )

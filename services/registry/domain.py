@@ -11,7 +11,8 @@ The rules that matter most live here, each a pure function a unit test can drive
   deciding whether a firing alert is about the checkpoint in production now
   (:func:`alert_concerns_production`);
 * live quality: whether a checkpoint is past the model's floor, from a bare value or from
-  counts through an always-valid confidence sequence (:func:`judge_live_quality`).
+  counts through an always-valid confidence sequence (:func:`judge_live_quality`);
+* four eyes: whether a reviewer is one of a checkpoint's authors (:func:`four_eyes_conflict`).
 
 "At least as good as production" is decided by the evaluator's own rule
 (``shared.stats.decision``), on the evaluator's family of gated comparisons, with no tolerance.
@@ -27,22 +28,14 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from shared import names
 from shared.errors import (
     FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
     PreconditionViolation,
 )
 from shared.stats.decision import DifferenceOutcome, GatedDifference, judge_differences
 from shared.stats.paired import NormalDifference
 from shared.stats.sequential import DEFAULT_PRIOR, bernoulli_confidence_sequence
-
-#: User-chosen ids (model ids, alias ids), as every Tuneline API spells them.
-RESOURCE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
-_MODEL_NAME = re.compile(r"^models/([^/]+)$")
-_CHECKPOINT_NAME = re.compile(r"^models/([^/]+)/checkpoints/([^/]+)$")
-_ALIAS_NAME = re.compile(r"^models/([^/]+)/aliases/([^/]+)$")
-_TRAINER_CHECKPOINT = re.compile(r"^trainingJobs/([^/]+)/checkpoints/([^/]+)$")
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"
@@ -114,50 +107,38 @@ class Verdict(StrEnum):
 # -- names ------------------------------------------------------------------------------------
 
 
+# Names follow shared.names (MODEL, MODEL_CHECKPOINT, MODEL_ALIAS); these three have many
+# callers, so they stay as the registry's short spellings of it.
+
+
 def model_name(model_id: str) -> str:
-    return f"models/{model_id}"
+    return names.MODEL.format(model=model_id)
 
 
 def checkpoint_name(model_id: str, checkpoint_id: str) -> str:
-    return f"models/{model_id}/checkpoints/{checkpoint_id}"
+    return names.MODEL_CHECKPOINT.format(model=model_id, checkpoint=checkpoint_id)
 
 
 def alias_name(model_id: str, alias_id: str) -> str:
-    return f"models/{model_id}/aliases/{alias_id}"
-
-
-def _invalid_name(field: str, value: str, pattern: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"{field} must look like {pattern}",
-        [FieldViolation(field, f"{value!r} is not {pattern}", "INVALID_NAME")],
-    )
+    return names.MODEL_ALIAS.format(model=model_id, alias=alias_id)
 
 
 def parse_model_name(name: str, *, field: str = "name") -> str:
     """``models/{m}`` → ``m``; INVALID_ARGUMENT naming ``field`` otherwise."""
-    match = _MODEL_NAME.match(name)
-    if not match or not RESOURCE_ID.match(match.group(1)):
-        raise _invalid_name(field, name, "models/{model}")
-    return match.group(1)
+    return names.MODEL.parse(name, field=field)["model"]
 
 
 def parse_checkpoint_name(name: str, *, field: str = "name") -> tuple[str, str]:
     """``models/{m}/checkpoints/{c}`` → ``(m, c)``."""
-    match = _CHECKPOINT_NAME.match(name)
-    if not match or not RESOURCE_ID.match(match.group(1)):
-        raise _invalid_name(field, name, "models/{model}/checkpoints/{checkpoint}")
-    return match.group(1), match.group(2)
+    model, checkpoint = names.MODEL_CHECKPOINT.ids(name, field=field)
+    return model, checkpoint
 
 
 def parse_alias_name(name: str, *, field: str = "name", allow_all: bool = False) -> tuple[str, str]:
     """``models/{m}/aliases/{a}`` → ``(m, a)``; ``a`` may be ``-`` when ``allow_all``."""
-    match = _ALIAS_NAME.match(name)
-    if not match or not RESOURCE_ID.match(match.group(1)):
-        raise _invalid_name(field, name, "models/{model}/aliases/{alias}")
-    alias = match.group(2)
-    if not (RESOURCE_ID.match(alias) or (allow_all and alias == ALL_ALIASES)):
-        raise _invalid_name(field, name, "models/{model}/aliases/{alias}")
-    return match.group(1), alias
+    pattern = names.ANY_MODEL_ALIAS if allow_all else names.MODEL_ALIAS
+    model, alias = pattern.ids(name, field=field)
+    return model, alias
 
 
 def registry_checkpoint_id(source_checkpoint: str) -> str:
@@ -166,12 +147,9 @@ def registry_checkpoint_id(source_checkpoint: str) -> str:
     Job and checkpoint ids never contain a dot (``^[a-z]([a-z0-9-]…)``), so the id is
     unambiguous and a person can still read which job and step it came from.
     """
-    match = _TRAINER_CHECKPOINT.match(source_checkpoint)
-    if not match:
-        raise ValueError(
-            f"{source_checkpoint!r} is not trainingJobs/{{job}}/checkpoints/{{checkpoint}}"
-        )
-    return f"{match.group(1)}.{match.group(2)}"
+    if not names.TRAINER_CHECKPOINT.matches(source_checkpoint):
+        raise ValueError(f"{source_checkpoint!r} is not {names.TRAINER_CHECKPOINT.template}")
+    return ".".join(names.TRAINER_CHECKPOINT.ids(source_checkpoint))
 
 
 # -- metrics and gates ------------------------------------------------------------------------
@@ -497,6 +475,39 @@ def decide_on_evaluation(facts: EvaluationFacts) -> EvaluationOutcome:  # noqa: 
             + (f" (+{len(drops) - 3} more)" if len(drops) > 3 else ""),
         )
     return EvaluationOutcome(Decision.PROMOTE, "evaluation passed and no gated metric dropped")
+
+
+# -- four eyes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FourEyesConflict:
+    """Why a reviewer may not approve (or promote to production) a checkpoint: they made it."""
+
+    #: What they created: ``training_job`` (the job that produced the checkpoint) or ``model``.
+    created: str
+    #: The creator's identity, as verified when they created it.
+    creator: str
+
+
+def four_eyes_conflict(
+    reviewer: str, *, job_creator: str, model_creator: str
+) -> FourEyesConflict | None:
+    """The conflict when ``reviewer`` created the checkpoint's training job or its model.
+
+    The job's creator ran the training that produced the checkpoint, so approving it is
+    reviewing their own work. The model's creator is held too: they set the model's gates and
+    review policy, and for a job a training policy made (creator ``trainingPolicies/{p}``,
+    automation) they are the person nearest to the run. An empty creator (created without
+    auth) binds no one, and neither does an empty reviewer.
+    """
+    if not reviewer:
+        return None
+    if job_creator and reviewer == job_creator:
+        return FourEyesConflict("training_job", job_creator)
+    if model_creator and reviewer == model_creator:
+        return FourEyesConflict("model", model_creator)
+    return None
 
 
 # -- rollback ---------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.registry.domain import DEFAULT_ROLLBACK_ALERTS
-from shared.artifacts import root_uri
+from shared.artifacts import peer_root_uri
+from shared.service_ports import DEFAULT_PORTS
 from shared.settings import CommonSettings, ServiceSettings, artifact_root_value
 
 
@@ -19,8 +20,8 @@ class RegistrySettings(ServiceSettings):
     service_name: ClassVar[str] = "registry"
     model_config = SettingsConfigDict(env_prefix="TUNELINE_REGISTRY_", extra="ignore", frozen=True)
 
-    grpc_port: int = 50055
-    metrics_port: int = 9105
+    grpc_port: int = DEFAULT_PORTS["registry"].grpc
+    metrics_port: int = DEFAULT_PORTS["registry"].metrics
 
     webhook_host: str = Field(
         default="127.0.0.1", description="Address the Alertmanager webhook binds."
@@ -145,14 +146,56 @@ class RegistrySettings(ServiceSettings):
         ),
     )
 
-    @field_validator("trainer_artifact_root", mode="before")
+    evaluator_artifact_root: Path | str | None = Field(
+        default=None,
+        description=(
+            "The evaluator's artifact root (as TUNELINE_EVALUATOR_ARTIFACT_ROOT): an "
+            "EvaluationCompleted whose merged release URI lies elsewhere is REFUSED; default: "
+            "the evaluator's default, `<data_dir>/evaluator/artifacts`."
+        ),
+    )
+    evaluator_target: str | None = Field(
+        default=None,
+        description=(
+            "`host:port` of the evaluator, asked (GetEvaluation) to confirm every PASSED "
+            "EvaluationCompleted before it counts: a verdict the evaluator does not confirm is "
+            "REFUSED, an evaluator that does not answer is retried. Unset: verdicts are taken "
+            "from the events unconfirmed (a WARNING at start; for tests feeding synthetic "
+            "events). `tuneline up`, compose and Kubernetes set it."
+        ),
+    )
+    evaluator_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Deadline of each call to the evaluator."
+    )
+
+    four_eyes: bool = Field(
+        default=False,
+        description=(
+            "Four-eyes approval: whoever created a checkpoint's training job (the identity the "
+            "trainer verified on CreateTrainingJob, Checkpoint.job_creator) or its model (the "
+            "verified caller of CreateModel, Model.creator) may neither approve the checkpoint "
+            "nor promote it to production (PERMISSION_DENIED, reason FOUR_EYES); another "
+            "reviewer must. Automatic promotion is not affected. A deployment-wide policy, so "
+            "the people it binds cannot opt out."
+        ),
+    )
+
+    @field_validator("trainer_artifact_root", "evaluator_artifact_root", mode="before")
     @classmethod
-    def _local_trainer_root_is_a_path(cls, value: object) -> object:
+    def _local_peer_roots_are_paths(cls, value: object) -> object:
         return artifact_root_value(value)
 
     def resolved_trainer_artifact_root(self, common: CommonSettings) -> str:
         """The trainer's artifact root as a URI (``file:///…`` or ``s3://bucket/prefix``)."""
-        return root_uri(self.trainer_artifact_root or common.data_dir / "trainer" / "artifacts")
+        return peer_root_uri(
+            self.trainer_artifact_root, data_dir=common.data_dir, service="trainer"
+        )
+
+    def resolved_evaluator_artifact_root(self, common: CommonSettings) -> str:
+        """The evaluator's artifact root as a URI (where merged release models are written)."""
+        return peer_root_uri(
+            self.evaluator_artifact_root, data_dir=common.data_dir, service="evaluator"
+        )
 
     def resolved_webhook_token(self) -> str | None:
         """The bearer token, from the setting or the file; ``None`` disables the webhook."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import re
 
-from services.registry.domain import RESOURCE_ID, model_name
+from services.registry.domain import model_name
+from shared import names
 from shared.errors import FieldViolation, InvalidArgument
 from shared.ownership import validate_budget, validate_owner
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import resources_pb2
 
-_DATASET_VERSION = re.compile(r"^datasets/[a-z]([a-z0-9-]{0,61}[a-z0-9])?/versions/[^/\s]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _LABEL = re.compile(r"^[a-z0-9]+([_-][a-z0-9]+)*$")
 _MODEL_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -51,16 +51,11 @@ def _check_evaluation_set(
     version = evaluation_set.dataset_version
     if not version:
         problems.append(FieldViolation(f"{path}.dataset_version", "required", "REQUIRED"))
-    elif not _DATASET_VERSION.match(version):
-        problems.append(
-            FieldViolation(
-                f"{path}.dataset_version",
-                f"{version!r} is not datasets/{{dataset}}/versions/{{version}}",
-                "INVALID_NAME",
-            )
-        )
+    else:
+        problems += names.DATASET_VERSION.violations(version, field=f"{path}.dataset_version")
     split = evaluation_set.split
-    if split and version and not re.fullmatch(re.escape(version) + r"/splits/[^/\s]+", split):
+    is_split_of_version = names.SPLIT.matches(split) and split.startswith(f"{version}/splits/")
+    if split and version and not is_split_of_version:
         problems.append(
             FieldViolation(
                 f"{path}.split",
@@ -240,14 +235,8 @@ def validate_new_model(  # noqa: PLR0912 - one branch per field rule
     problems: list[FieldViolation] = []
     if not model_id:
         problems.append(FieldViolation("model_id", "required", "REQUIRED"))
-    elif not RESOURCE_ID.match(model_id):
-        problems.append(
-            FieldViolation(
-                "model_id",
-                f"{model_id!r} does not match ^[a-z]([a-z0-9-]{{0,61}}[a-z0-9])?$",
-                "INVALID_FORMAT",
-            )
-        )
+    else:
+        problems += names.id_violations(model_id, field="model_id", reason="INVALID_FORMAT")
     if model is None:
         problems.append(FieldViolation("model", "required", "REQUIRED"))
         raise InvalidArgument("the model is invalid", problems)
@@ -304,6 +293,7 @@ def validate_new_model(  # noqa: PLR0912 - one branch per field rule
         "candidate_checkpoint",
         "create_time",
         "update_time",
+        "creator",  # the verified caller, set by create_model: never the request's word
     ):
         resolved.ClearField(output_only)
     _resolve_evaluation_set(resolved.evaluation_set)

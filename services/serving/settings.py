@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.modeling.models import default_models_root
+from shared.service_ports import DEFAULT_PORTS, default_target
 from shared.settings import ServiceSettings
 
 
@@ -19,8 +20,8 @@ class ServingSettings(ServiceSettings):
     service_name: ClassVar[str] = "serving"
     model_config = SettingsConfigDict(env_prefix="TUNELINE_SERVING_", extra="ignore", frozen=True)
 
-    grpc_port: int = 50056
-    metrics_port: int = 9106
+    grpc_port: int = DEFAULT_PORTS["serving"].grpc
+    metrics_port: int = DEFAULT_PORTS["serving"].metrics
 
     models: list[str] = Field(
         default_factory=list,
@@ -30,7 +31,7 @@ class ServingSettings(ServiceSettings):
         ),
     )
     registry_target: str = Field(
-        default="127.0.0.1:50055",
+        default=default_target("registry"),
         description="`host:port` of the registry (WatchAlias, ReportLiveQuality).",
     )
     registry_timeout_seconds: float = Field(

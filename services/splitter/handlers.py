@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -31,8 +32,9 @@ from services.splitter.domain import (
     split_id_for,
     validate_spec,
 )
-from services.splitter.domain.names import ANY_VERSION, policy_name
+from services.splitter.domain.names import ANY_VERSION
 from services.splitter.metrics import SplitterMetrics
+from shared import names
 from shared.artifacts import ArtifactStore
 from shared.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from shared.events import stage_event
@@ -46,6 +48,19 @@ class VersionLookup(Protocol):
     """Asks the dataset service about a version (None: unknown; LookupError: cannot ask)."""
 
     def fetch(self, name: str) -> DatasetVersionRef | None: ...
+
+
+@dataclass(frozen=True)
+class SplitterDeps:
+    """What the servicer and the event subscription share, wired once by the bootstrap."""
+
+    sessions: sessionmaker[Session]
+    artifacts: ArtifactStore
+    metrics: SplitterMetrics
+    #: ``ce_source`` of the SplitCreated events staged.
+    source: str
+    #: Asks the dataset service about versions no DatasetVersioned event announced yet.
+    versions: VersionLookup | None = None
 
 
 def _split_version(
@@ -288,7 +303,10 @@ def set_split_policy(
         if request_id:
             applied_to = repository.policy_request(request_id)
             if applied_to is not None:
-                refuse_reused_request_id(policy_name(applied_to), policy_name(policy.dataset_id))
+                refuse_reused_request_id(
+                    names.SPLIT_POLICY.format(dataset=applied_to),
+                    names.SPLIT_POLICY.format(dataset=policy.dataset_id),
+                )
                 return _policy_of(repository, policy.dataset_id)
         now = datetime.now(UTC)
         if request_id:

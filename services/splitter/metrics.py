@@ -6,15 +6,7 @@ Consumer lag, event handling time and DLQ counts come from the shared event plum
 
 from __future__ import annotations
 
-import threading
-import weakref
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
-
-_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, SplitterMetrics] = (
-    weakref.WeakKeyDictionary()
-)
-_by_registry_lock = threading.Lock()
 
 
 class SplitterMetrics:
@@ -47,16 +39,3 @@ class SplitterMetrics:
             ("reason",),
             registry=registry,
         )
-
-    @classmethod
-    def of(cls, registry: CollectorRegistry) -> SplitterMetrics:
-        """The splitter's metrics on ``registry``, registered on first use.
-
-        The servicer and the event subscriptions are built separately from one service
-        context; both record into these same collectors (a second registration would clash).
-        """
-        with _by_registry_lock:
-            metrics = _by_registry.get(registry)
-            if metrics is None:
-                metrics = _by_registry[registry] = cls(registry)
-            return metrics

@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.service_ports import DEFAULT_PORTS, default_target
 from shared.settings import ServiceSettings
 
 
@@ -16,10 +17,10 @@ class SplitterSettings(ServiceSettings):
     service_name: ClassVar[str] = "splitter"
     model_config = SettingsConfigDict(env_prefix="TUNELINE_SPLITTER_", extra="ignore", frozen=True)
 
-    grpc_port: int = 50052
-    metrics_port: int = 9102
+    grpc_port: int = DEFAULT_PORTS["splitter"].grpc
+    metrics_port: int = DEFAULT_PORTS["splitter"].metrics
     dataset_target: str = Field(
-        default="127.0.0.1:50051",
+        default=default_target("dataset"),
         description="The dataset service, asked (with a deadline) about versions no "
         "DatasetVersioned has announced to the splitter yet.",
     )

@@ -28,13 +28,8 @@ from shared.errors import FieldViolation
 from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
 from shared.ownership import Owner
 
-#: User-chosen ids (jobs, policies), as the contracts define them.
-RESOURCE_ID = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 JOB_PREFIX = "trainingJobs/"
 POLICY_PREFIX = "trainingPolicies/"
-_MODEL_RESOURCE = re.compile(r"^models/[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
-_DATASET_RESOURCE = re.compile(r"^datasets/[^/]+$")
-_SPLIT_RESOURCE = re.compile(r"^datasets/[^/]+/versions/[^/]+/splits/[^/]+$")
 #: peft matches target modules by name suffix; a name is dotted identifiers.
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
@@ -455,30 +450,6 @@ def validate_job_config(config: JobConfig, prefix: str) -> list[FieldViolation]:
     return found
 
 
-def validate_model_name(value: str, field_path: str) -> list[FieldViolation]:
-    if not _MODEL_RESOURCE.match(value):
-        return [FieldViolation(field_path, "must be `models/{model}`", "INVALID_FORMAT")]
-    return []
-
-
-def validate_dataset_name(value: str, field_path: str) -> list[FieldViolation]:
-    if not _DATASET_RESOURCE.match(value):
-        return [FieldViolation(field_path, "must be `datasets/{dataset}`", "INVALID_FORMAT")]
-    return []
-
-
-def validate_split_name(value: str, field_path: str) -> list[FieldViolation]:
-    if not _SPLIT_RESOURCE.match(value):
-        return [
-            FieldViolation(
-                field_path,
-                "must be `datasets/{dataset}/versions/{version}/splits/{split}`",
-                "INVALID_FORMAT",
-            )
-        ]
-    return []
-
-
 def target_modules_for(adapter: AdapterSpec, model_type: str) -> tuple[str, ...] | str | None:
     """What LoRA attaches to: explicit modules, ``"all-linear"``, the architecture's default,
     or ``None`` when the architecture has no known default."""
@@ -505,7 +476,7 @@ def resolve_adapter(spec: AdapterSpec, task: TaskType, model_type: str) -> Adapt
         method=spec.method or AdapterMethod.LORA,
         rank=rank,
         alpha=spec.alpha or 2.0 * rank,
-        dropout=0.05 if spec.dropout is None else spec.dropout,
+        dropout=0.0 if spec.dropout is None else spec.dropout,
         target_modules=tuple(targets),
         target_preset=spec.target_preset or TargetPreset.DEFAULT,
         modules_to_save=tuple(modules_to_save),
@@ -655,6 +626,62 @@ class Cost:
     price_per_device_hour: Decimal = Decimal(0)
     device_type: str = ""
     device_count: int = 1
+
+
+class LauncherKind(StrEnum):
+    """Where a job's ranks run: ``torchrun`` on the trainer's node, or pods in Kubernetes."""
+
+    LOCAL = "local"
+    KUBERNETES = "kubernetes"
+
+
+class KubernetesWorkload(StrEnum):
+    """What the Kubernetes launcher submits: an Indexed Job with a headless Service (plain
+    Kubernetes), or a Kubeflow Trainer ``TrainJob`` on its torch-distributed runtime."""
+
+    INDEXED_JOB = "indexed_job"
+    TRAIN_JOB = "train_job"
+
+
+class LaunchPhase(StrEnum):
+    """A launch's state as the job sees it, from its Kubernetes job and pods."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class KubernetesLaunch:
+    """How the Kubernetes launcher runs a job's ranks (the ``TUNELINE_TRAINER_KUBERNETES_*``
+    settings): ``nodes`` pods, each a ``torchrun`` of ``world_size / nodes`` ranks."""
+
+    namespace: str
+    image: str
+    workload: KubernetesWorkload = KubernetesWorkload.INDEXED_JOB
+    nodes: int = 1
+    #: Kueue ``LocalQueue`` the launch is submitted to (admitted whole: gang scheduling);
+    #: empty: no Kueue, the pods are scheduled as they come.
+    queue: str = ""
+    service_account: str = ""
+    #: The PersistentVolumeClaim with the trainer's data folder, mounted at ``data_mount``
+    #: (where the plan's model, split and artifact paths point); empty: none.
+    data_claim: str = ""
+    data_mount: str = ""
+    #: The address the pods reach the trainer's relay at, and its port (0: any free one).
+    relay_host: str = ""
+    relay_port: int = 0
+    #: Kubeflow Trainer's runtime a ``TrainJob`` refers to.
+    runtime: str = "torch-distributed"
+
+
+class Sharding(StrEnum):
+    """How a job's ranks hold the base model: whole on each (data-parallel), or its frozen
+    weights split across them (fully sharded, for a model one device cannot hold)."""
+
+    DATA_PARALLEL = "data_parallel"
+    FULLY_SHARDED = "fully_sharded"
 
 
 def device_slots(devices: Sequence[str], ranks_per_job: int) -> list[str]:
@@ -1130,6 +1157,10 @@ class TrainingJob:
     #: Why a RUNNING job is not training now (a full disk), and when it is tried again.
     status_message: str = ""
     resume_time: datetime | None = None
+    #: Who created it: the verified caller of CreateTrainingJob, or the policy's name for a job
+    #: a training policy made (automation: no person chose that run); "" without auth. The
+    #: registry's four-eyes approval refuses it as approver of the job's checkpoints.
+    creator: str = ""
 
     @property
     def id(self) -> str:

@@ -20,8 +20,10 @@ from typing import Any, NamedTuple
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
+from shared.grpc.keepalive import client_keepalive_options
+from shared.grpc.reloading_channel import ReloadingChannel
 from shared.security.files import FileStamp, file_stamp
-from shared.security.tls import channel_credentials
+from shared.security.tls import ReloadingChannelCredentials
 from shared.settings import CommonSettings
 
 
@@ -101,7 +103,9 @@ class ClientSecurity:
     """How a channel proves the server's identity and its own: TLS files and a bearer token.
 
     ``tls=False`` is plaintext (the server must run ``AUTH_MODE=insecure``); a token is only
-    ever sent over TLS.
+    ever sent over TLS. The channel looks at the TLS files at most every
+    ``reload_check_seconds`` and moves new calls to a channel built from them when they changed
+    (:mod:`shared.grpc.reloading_channel`); a token file is looked at on every call.
     """
 
     tls: bool = False
@@ -111,6 +115,7 @@ class ClientSecurity:
     server_name: str | None = None
     token: str | None = None
     token_file: Path | None = None
+    reload_check_seconds: float = 5.0
 
     @classmethod
     def from_settings(cls, common: CommonSettings) -> ClientSecurity:
@@ -233,8 +238,8 @@ def create_channel(
     max_message_bytes: int = 8 * 1024 * 1024,
     security: ClientSecurity | None = None,
     retryable: Iterable[str] | None = None,
-    keepalive_seconds: float = 30.0,
-    keepalive_timeout_seconds: float = 10.0,
+    keepalive_seconds: float | None = None,
+    keepalive_timeout_seconds: float | None = None,
 ) -> grpc.Channel:
     """A channel to ``target`` (``host:port``) with deadlines and retries built in.
 
@@ -243,10 +248,20 @@ def create_channel(
     ``retryable`` restricts retries to those methods (:func:`retryable_methods`); the SDK's
     clients always pass it. While a call is open (a watch, an upload) the channel pings every
     ``keepalive_seconds``, so a dead server or a silently dropped connection is noticed within
-    ``keepalive_timeout_seconds`` instead of a watch hanging forever.
+    ``keepalive_timeout_seconds`` instead of a watch hanging forever; both default to
+    ``TUNELINE_GRPC_KEEPALIVE_SECONDS``/``_TIMEOUT_SECONDS``, and servers accept any interval
+    allowed there (:mod:`shared.grpc.keepalive`). With TLS files the channel follows them: a
+    renewed certificate is used by the next call, without the caller making a new channel
+    (:mod:`shared.grpc.reloading_channel`).
     """
     if security is None:
         security = ClientSecurity.from_environment()
+    if keepalive_seconds is None or keepalive_timeout_seconds is None:
+        common = CommonSettings()
+        keepalive_seconds = keepalive_seconds or common.grpc_keepalive_seconds
+        keepalive_timeout_seconds = (
+            keepalive_timeout_seconds or common.grpc_keepalive_timeout_seconds
+        )
     options: list[tuple[str, Any]] = [
         ("grpc.enable_retries", 1),
         (
@@ -260,10 +275,7 @@ def create_channel(
         ),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
-        ("grpc.keepalive_timeout_ms", int(keepalive_timeout_seconds * 1000)),
-        ("grpc.keepalive_permit_without_calls", 0),
-        ("grpc.http2.max_pings_without_data", 0),
+        *client_keepalive_options(keepalive_seconds, keepalive_timeout_seconds),
     ]
     bearer = None
     if not security.tls:
@@ -271,10 +283,19 @@ def create_channel(
     else:
         if security.server_name:
             options.append(("grpc.ssl_target_name_override", security.server_name))
-        credentials = channel_credentials(
+        credentials = ReloadingChannelCredentials(
             ca_file=security.ca_file, cert_file=security.cert_file, key_file=security.key_file
         )
-        channel = grpc.secure_channel(target, credentials, options=options)
+
+        def secure_channel(current: grpc.ChannelCredentials) -> grpc.Channel:
+            return grpc.secure_channel(target, current, options=options)
+
+        if credentials.files:
+            channel = ReloadingChannel(
+                secure_channel, credentials, check_seconds=security.reload_check_seconds
+            )
+        else:  # the system roots and no client certificate: no file to follow
+            channel = secure_channel(credentials.initial)
         if security.token is not None or security.token_file is not None:
             bearer = _BearerHeader(security.token, security.token_file)
     return grpc.intercept_channel(channel, _DefaultDeadline(default_timeout, bearer))

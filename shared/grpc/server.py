@@ -3,7 +3,7 @@
 :func:`build_grpc_server` returns a :class:`GrpcServer` that already has
 
 * ``grpc.health.v1`` health, SERVING for the overall server and each registered service;
-* server reflection, so ``grpcurl`` and Kubernetes' native gRPC probes work;
+* server reflection, so ``grpcurl`` works (unless turned off: production);
 * TLS or mutual TLS and the auth interceptor (:mod:`shared.grpc.auth`), as configured;
 * a metrics interceptor (``tuneline_grpc_server_handled_total`` by method and code,
   ``tuneline_grpc_server_handling_seconds``) on the Prometheus registry passed in;
@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as server_reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.errors import DomainError
@@ -36,6 +36,7 @@ from shared.grpc.auth import ServerSecurity
 from shared.grpc.capacity import StreamCapacityInterceptor, StreamLimits
 from shared.grpc.errors import abort_with
 from shared.grpc.interception import rewrap_handler
+from shared.grpc.keepalive import server_keepalive_options
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -218,24 +219,6 @@ class GrpcServer:
             signal.signal(signum, handle)
 
 
-def server_keepalive_options(
-    keepalive_seconds: float, timeout_seconds: float
-) -> list[tuple[str, int]]:
-    """Ping clients on idle connections, and accept the clients' own keepalive pings.
-
-    Clients (:func:`shared.grpc.client.create_channel`) ping at the same interval while a call
-    is open; the server must allow pings that often or it answers them with GOAWAY.
-    """
-    interval_ms = int(keepalive_seconds * 1000)
-    return [
-        ("grpc.keepalive_time_ms", interval_ms),
-        ("grpc.keepalive_timeout_ms", int(timeout_seconds * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", max(1000, interval_ms // 2)),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-
-
 def build_grpc_server(
     *,
     host: str,
@@ -249,6 +232,7 @@ def build_grpc_server(
     max_message_bytes: int = 8 * 1024 * 1024,
     security: ServerSecurity | None = None,
     health_port: int | None = None,
+    reflection: bool = True,
 ) -> GrpcServer:
     """Create (not start) a server with health, reflection, metrics and error mapping.
 
@@ -259,7 +243,8 @@ def build_grpc_server(
     ``grpc.health.v1`` and nothing else, for probes that cannot speak TLS. ``limits`` sizes
     the worker pool and caps streams (:class:`StreamLimits`' defaults when ``None``); the server
     pings idle connections every ``keepalive_seconds`` and drops them after
-    ``keepalive_timeout_seconds`` without an answer.
+    ``keepalive_timeout_seconds`` without an answer. ``reflection=False`` leaves server
+    reflection out (production: no API listing for whoever reaches the port).
     """
     services = tuple(services)
     if security is None:
@@ -291,14 +276,15 @@ def build_grpc_server(
     names = tuple(r.full_name for r in services)
     for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    if reflection:
+        server_reflection.enable_server_reflection(
+            (
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                server_reflection.SERVICE_NAME,
+            ),
+            server,
+        )
     address = f"{host}:{port}"
     if security.credentials is None:
         bound = server.add_insecure_port(address)

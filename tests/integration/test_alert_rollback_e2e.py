@@ -112,7 +112,7 @@ def _promote_by_events(
     artifact: tuple[str, str],
 ) -> str:
     """What the trainer and evaluator publish for a good checkpoint; returns its registry name."""
-    baseline = client.production(f"models/{model_id}").checkpoint
+    baseline = client.get_production_alias(f"models/{model_id}").checkpoint
     ready = checkpoint_ready(model_id, job, 100)
     ready.artifact_uri, ready.sha256 = artifact
     publish(publisher, ready)
@@ -127,7 +127,7 @@ def _promote_by_events(
     publish(publisher, evaluation)
     name = registry_checkpoint(model_id, job, 100)
     eventually(
-        lambda: client.production(f"models/{model_id}").checkpoint == name,
+        lambda: client.get_production_alias(f"models/{model_id}").checkpoint == name,
         timeout=180,
         what=f"{name} in production",
     )
@@ -136,7 +136,7 @@ def _promote_by_events(
 
 def _serves(serving: ServingClient, checkpoint: str) -> bool:
     try:
-        return any(s.checkpoint == checkpoint for s in serving.state().served_models)
+        return any(s.checkpoint == checkpoint for s in serving.get_serving_state().served_models)
     except TunelineError:
         return False
 
@@ -161,7 +161,9 @@ class LiveTraffic:
                 answer = self.serving.predict(self.model, TEXTS[index % len(TEXTS)])
                 right = answer.checkpoint != self.bad or index % BAD_OF < BAD_RIGHT
                 other = next(label for label in LABELS if label != answer.label)
-                self.serving.feedback(answer.prediction_id, label=answer.label if right else other)
+                self.serving.submit_feedback(
+                    answer.prediction_id, label=answer.label if right else other
+                )
             except Exception as error:  # noqa: BLE001 - every failure is the finding
                 with self._lock:
                     self.errors.append(error)
@@ -182,7 +184,9 @@ def _traffic(serving: ServingClient, model: str, *, right: int, total: int) -> s
     def one(index: int) -> str:
         answer = serving.predict(model, TEXTS[index % len(TEXTS)])
         other = next(label for label in LABELS if label != answer.label)
-        serving.feedback(answer.prediction_id, label=answer.label if index < right else other)
+        serving.submit_feedback(
+            answer.prediction_id, label=answer.label if index < right else other
+        )
         return answer.checkpoint
 
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -410,7 +414,7 @@ def test_live_quality_below_the_floor_rolls_production_back(
         assert re.search(r"over \d+ outcomes", alert["annotations"]["description"])
 
         eventually(
-            lambda: client.production(f"models/{model_id}").checkpoint == good,
+            lambda: client.get_production_alias(f"models/{model_id}").checkpoint == good,
             timeout=180,
             what="production rolled back to the first checkpoint",
         )
@@ -467,7 +471,7 @@ def test_live_quality_below_the_floor_rolls_production_back(
             timeout=180,
             what=f"{ALERT} to resolve after the rollback",
         )
-        assert client.production(f"models/{model_id}").checkpoint == good
+        assert client.get_production_alias(f"models/{model_id}").checkpoint == good
 
         # Alertmanager delivered it to the webhook with the right token; one rollback came of it
         alertmanager_metrics = scrape(f"{alertmanager_url}/metrics")

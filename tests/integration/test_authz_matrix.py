@@ -73,7 +73,7 @@ EXPECTED: dict[str, frozenset[str]] = {
     "tuneline.trainer.v1.TrainerService/ListTrainingPolicies": READERS,
     # evaluator
     "tuneline.evaluator.v1.EvaluatorService/EvaluateCheckpoint": frozenset({"editor"}),
-    "tuneline.evaluator.v1.EvaluatorService/GetEvaluation": READERS,
+    "tuneline.evaluator.v1.EvaluatorService/GetEvaluation": READERS | {"service:registry"},
     "tuneline.evaluator.v1.EvaluatorService/ListEvaluations": READERS,
     "tuneline.evaluator.v1.EvaluatorService/SetEvaluationPolicy": frozenset({"editor"}),
     "tuneline.evaluator.v1.EvaluatorService/GetEvaluationPolicy": READERS,

@@ -10,13 +10,12 @@ the evaluator publishes it: the registry records it and holds the checkpoint.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from shared.events import KafkaEventPublisher
 from shared.runtime import ServiceRuntime
 from tests.fixtures.registry_events import evaluation_completed, publish, registry_checkpoint
+from tests.fixtures.waiting import answer, eventually
 from tests.integration.test_trainer_service import (  # noqa: F401 - fixtures used by name
     CANCELLED,
     RUNNING,
@@ -47,13 +46,11 @@ def _registered(
     models: RegistryClient, name: str, timeout: float = 60.0
 ) -> registry_pb2.Checkpoint:
     """The registry's checkpoint ``name`` once it registered it (from CheckpointReady)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return models.get_checkpoint(name)
-        except NotFoundError:
-            assert time.monotonic() < deadline, f"the registry never registered {name}"
-            time.sleep(0.2)
+    return eventually(
+        answer(lambda: models.get_checkpoint(name), NotFoundError),
+        timeout=timeout,
+        what=f"the registry to register {name}",
+    )
 
 
 def test_a_cancelled_jobs_checkpoint_says_so_and_is_not_promoted_automatically(
@@ -112,12 +109,16 @@ def test_a_cancelled_jobs_checkpoint_says_so_and_is_not_promoted_automatically(
             publisher.flush()
         finally:
             publisher.close()
-        deadline = time.monotonic() + 60
-        while not (evaluated := models.get_checkpoint(checkpoint)).evaluations:
-            assert time.monotonic() < deadline, "the registry never attached the evaluation"
-            time.sleep(0.2)
+
+        def evaluated_checkpoint() -> registry_pb2.Checkpoint | None:
+            found = models.get_checkpoint(checkpoint)
+            return found if found.evaluations else None
+
+        evaluated = eventually(
+            evaluated_checkpoint, timeout=60, what="the registry to attach the evaluation"
+        )
         assert evaluated.verdict == common_pb2.EVALUATION_VERDICT_PASSED
         # held in the same transaction that attached the evaluation: nothing moved
         assert list(evaluated.aliases) == []
         assert not evaluated.ever_production
-        assert models.production(f"models/{model_id}").checkpoint == ""
+        assert models.get_production_alias(f"models/{model_id}").checkpoint == ""

@@ -74,7 +74,7 @@ def _client(target: str) -> RegistryClient:
 def test_a_rollback_is_retried_with_the_same_generated_request_id(flaky) -> None:
     servicer, target = flaky
     with _client(target) as client:
-        client.rollback("models/m", reason="bad canary")
+        client.rollback_model("models/m", reason="bad canary")
     first, retry = servicer.seen["RollbackModel"]
     assert first.request_id, "the SDK filled in a request id"
     assert retry.request_id == first.request_id, "the retry carries the same id"
@@ -83,8 +83,8 @@ def test_a_rollback_is_retried_with_the_same_generated_request_id(flaky) -> None
 def test_each_logical_call_gets_its_own_request_id(flaky) -> None:
     servicer, target = flaky
     with _client(target) as client:
-        client.promote("models/m/checkpoints/c1")
-        client.promote("models/m/checkpoints/c1")
+        client.promote_checkpoint("models/m/checkpoints/c1")
+        client.promote_checkpoint("models/m/checkpoints/c1")
     ids = [r.request_id for r in servicer.seen["PromoteCheckpoint"]]
     assert len(ids) == 3  # the first call was retried once, the second was not
     assert ids[0] == ids[1] != ids[2]
@@ -93,14 +93,14 @@ def test_each_logical_call_gets_its_own_request_id(flaky) -> None:
 def test_a_caller_chosen_request_id_is_kept(flaky) -> None:
     servicer, target = flaky
     with _client(target) as client:
-        client.rollback("models/m", reason="bad canary", request_id="ticket-42")
+        client.rollback_model("models/m", reason="bad canary", request_id="ticket-42")
     assert [r.request_id for r in servicer.seen["RollbackModel"]] == ["ticket-42", "ticket-42"]
 
 
 def test_an_approval_is_retried_with_the_same_generated_request_id(flaky) -> None:
     servicer, target = flaky
     with _client(target) as client:
-        client.approve("models/m/checkpoints/c1", reviewer="ann", reason="looks good")
+        client.approve_checkpoint("models/m/checkpoints/c1", reviewer="ann", reason="looks good")
     first, retry = servicer.seen["ApproveCheckpoint"]
     assert first.request_id
     assert retry.request_id == first.request_id

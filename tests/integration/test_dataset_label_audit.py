@@ -71,8 +71,8 @@ def test_a_noisy_version_is_audited_blocked_announced_and_shown(
     target = f"127.0.0.1:{service.grpc_port}"
     rows, flipped = noisy_reviews(600, 0.3)
     with DatasetClient(target) as client:
-        client.create_dataset(f"noisy-{unique}", task_type="classification")
-        version = client.upload_version(f"noisy-{unique}", to_jsonl(rows)).dataset_version.name
+        dataset = client.create_dataset(f"noisy-{unique}", task_type="classification")
+        version = client.upload_dataset_version(dataset.name, to_jsonl(rows)).dataset_version.name
 
         (record,) = read_records(
             kafka_bootstrap,
@@ -87,7 +87,7 @@ def test_a_noisy_version_is_audited_blocked_announced_and_shown(
         assert event.noise_rate > event.max_noise_rate
         assert event.suspected_line_numbers
 
-        audit = client.get_audit(version)
+        audit = client.get_dataset_audit(version)
     assert audit.verdict == resources_pb2.LABEL_AUDIT_VERDICT_BLOCKED
     assert audit.encoder == ENCODER
     assert audit.suspected_count == len(audit.suspected_rows)
@@ -132,11 +132,15 @@ def test_a_version_from_another_source_is_flagged_against_its_parent_and_shown(
     assert created.exit_code == 0, created.output
     reviews = list({row["text"]: row for row in rotten_tomatoes_rows(400)}.values())[:150]
     with DatasetClient(target) as client:
-        policy = client.get_dataset(name).schema_policy
+        policy = client.get_dataset(f"datasets/{name}").schema_policy
         assert policy.label_audit_action == resources_pb2.LABEL_AUDIT_ACTION_REPORT
         assert policy.max_label_noise_rate == pytest.approx(0.4)
-        parent = client.upload_version(name, to_jsonl(reviews)).dataset_version.name
-        plots = client.upload_version(name, to_jsonl(plot_description_rows(150)))
+        parent = client.upload_dataset_version(
+            f"datasets/{name}", to_jsonl(reviews)
+        ).dataset_version.name
+        plots = client.upload_dataset_version(
+            f"datasets/{name}", to_jsonl(plot_description_rows(150))
+        )
         version = plots.dataset_version.name
         assert plots.dataset_version.lineage.parent_version == parent
 

@@ -66,19 +66,21 @@ def test_no_upload_ends_in_an_internal_error(
     outcome = _upload(client, dataset.name, content)
     if isinstance(outcome, InvalidArgumentError):  # any other TunelineError fails the test
         assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
-        report = client.get_report(outcome.metadata["report"])
+        report = client.get_validation_report(outcome.metadata["report"])
         assert report.summary.outcome == resources_pb2.VALIDATION_OUTCOME_REJECTED
         assert client.get_dataset(dataset.name).version_count == 0
         assert stored_artifacts(data_dir / "dataset" / "artifacts") == artifacts
         return
     assert outcome.dataset_version.row_count > 0
-    assert client.get_report(outcome.report).dataset_version == outcome.dataset_version.name
+    assert (
+        client.get_validation_report(outcome.report).dataset_version == outcome.dataset_version.name
+    )
 
 
 def _upload(
     client: DatasetClient, dataset: str, content: bytes
 ) -> service_pb2.UploadDatasetVersionResponse | InvalidArgumentError:
     try:
-        return client.upload_version(dataset, content, chunk_bytes=64)
+        return client.upload_dataset_version(dataset, content, chunk_bytes=64)
     except InvalidArgumentError as error:
         return error

@@ -97,7 +97,7 @@ def registry_with_two_moves(
         with RegistryClient(f"127.0.0.1:{runtime.grpc_port}") as client:
             client.create_model(model_id, model_definition())
             for job in ("a", "b"):
-                baseline = client.production(model).checkpoint
+                baseline = client.get_production_alias(model).checkpoint
                 publish(publisher, checkpoint_ready(model_id, job, 100))
                 publish(
                     publisher,
@@ -111,7 +111,7 @@ def registry_with_two_moves(
                 )
                 name = registry_checkpoint(model_id, job, 100)
                 eventually(
-                    lambda n=name: client.production(model).checkpoint == n,
+                    lambda n=name: client.get_production_alias(model).checkpoint == n,
                     timeout=120,
                     what=f"production at {name}",
                 )
@@ -133,9 +133,11 @@ def test_the_registry_serves_and_rolls_back_without_kafka_and_publishes_later(
         assert _health(runtime) == SERVING
         assert not runtime.kafka_ready.is_set(), "there was no broker to reach"
         with RegistryClient(f"127.0.0.1:{runtime.grpc_port}") as client:
-            rolled = client.rollback(model, reason="broker outage drill", request_id="drill-1")
+            rolled = client.rollback_model(
+                model, reason="broker outage drill", request_id="drill-1"
+            )
             assert rolled.move.to_checkpoint == first
-            assert client.production(model).checkpoint == first
+            assert client.get_production_alias(model).checkpoint == first
         [waiting] = _pending_rollbacks(runtime, model)
         assert waiting.parked_at is None, "an outage never parks an event"
     finally:

@@ -282,8 +282,8 @@ def test_flipped_labels_are_stopped_before_any_training(demo_run: DemoRun):
     training_dataset = blocked.dataset_version.rsplit("/versions/", 1)[0]
     targets = {s.name: s.target for s in demo_run.state.services}
     with DatasetClient(targets["dataset"]) as datasets:
-        versions = {v.name: v for v in datasets.list_versions(training_dataset)}
-        audits = {name: datasets.get_audit(name) for name in versions}
+        versions = {v.name: v for v in datasets.list_dataset_versions(training_dataset)}
+        audits = {name: datasets.get_dataset_audit(name) for name in versions}
     # ... the refusal stored no version; the override that let the rows in is in the lineage
     assert sorted(versions) == sorted(
         [r.dataset_version for r in summary.rounds] + [blocked.dataset_version]
@@ -342,8 +342,8 @@ def test_a_narrow_version_passes_its_data_checks_and_the_gate_refuses_it(demo_ru
         assert (row["text"], row["label"]) in grown_rows
         assert set(re.findall(r"[a-z]+", row["text"].lower())) & VERDICT_WORDS[row["label"]]
     with DatasetClient(targets["dataset"]) as datasets:
-        version = datasets.get_version(narrow.dataset_version)
-        audit = datasets.get_audit(narrow.dataset_version)
+        version = datasets.get_dataset_version(narrow.dataset_version)
+        audit = datasets.get_dataset_audit(narrow.dataset_version)
     # its data checks pass: accepted without an override, no label changed against its
     # parent, no near-duplicates, its labels audited clean ...
     assert version.lineage.parent_version == grown.dataset_version
@@ -409,7 +409,7 @@ def test_serving_followed_production_back_to_the_first_checkpoint(demo_run: Demo
             lambda: next(
                 (
                     s
-                    for s in serving.state().served_models
+                    for s in serving.get_serving_state().served_models
                     if s.model == summary.model and s.checkpoint == first.registry_checkpoint
                 ),
                 None,
@@ -435,8 +435,10 @@ def test_rollback_by_event_and_by_rpc_reach_the_registry_process(
     targets = {s.name: s.target for s in demo_run.state.services}
     with RegistryClient(targets["registry"]) as registry:
         # a person puts the grown checkpoint back explicitly (automatic promotion never would)
-        registry.promote(grown.registry_checkpoint, actor="sre@example.com", reason="re-check")
-        assert registry.production(summary.model).checkpoint == grown.registry_checkpoint
+        registry.promote_checkpoint(
+            grown.registry_checkpoint, actor="sre@example.com", reason="re-check"
+        )
+        assert registry.get_production_alias(summary.model).checkpoint == grown.registry_checkpoint
         regression = regression_detected(model_id, job, grown.steps, evaluation="evaluations/x")
         regression.checkpoint_sha256 = registry.get_checkpoint(grown.registry_checkpoint).sha256
         publisher = KafkaEventPublisher(kafka_bootstrap, client_id="test-demo-regression")
@@ -465,5 +467,7 @@ def test_rollback_by_event_and_by_rpc_reach_the_registry_process(
             first.registry_checkpoint,
         )
         with pytest.raises(FailedPreconditionError):
-            registry.rollback(summary.model, reason="nothing good before the first checkpoint")
-        assert registry.production(summary.model).checkpoint == first.registry_checkpoint
+            registry.rollback_model(
+                summary.model, reason="nothing good before the first checkpoint"
+            )
+        assert registry.get_production_alias(summary.model).checkpoint == first.registry_checkpoint

@@ -49,6 +49,7 @@ from tuneline.client.evaluator import EvaluatorClient
 from tuneline.client.registry import RegistryClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events
+from tuneline.devtools.kafka import free_port
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
@@ -127,17 +128,24 @@ def stack(
         # a fresh group would replay every earlier run's events on a shared broker
         start_group_at_end(kafka_bootstrap, group, consumed)
     common = CommonSettings(kafka_bootstrap=kafka_bootstrap, data_dir=data_dir)
+    # the registry confirms every PASSED verdict with this evaluator before it counts
+    evaluator_port = free_port()
     registry_runtime = build_runtime(
         registry_bootstrap.SPEC,
         common,
-        RegistrySettings(grpc_port=0, metrics_port=0, consumer_group=groups["registry"]),
+        RegistrySettings(
+            grpc_port=0,
+            metrics_port=0,
+            consumer_group=groups["registry"],
+            evaluator_target=f"127.0.0.1:{evaluator_port}",
+        ),
     )
     registry_runtime.start()
     evaluator_runtime = build_runtime(
         evaluator_bootstrap.SPEC,
         common,
         EvaluatorSettings(
-            grpc_port=0,
+            grpc_port=evaluator_port,
             metrics_port=0,
             consumer_group=groups["evaluator"],
             registry_target=f"127.0.0.1:{registry_runtime.grpc_port}",
@@ -277,18 +285,19 @@ def test_a_trained_checkpoint_passes_is_promoted_and_a_flipped_one_regresses(
     assert accuracy.reason.startswith("within tolerance")
     assert 0.02 < accuracy.minimum_detectable_effect < 0.3
 
+    # promoted only once the registry confirmed the verdict with this evaluator (GetEvaluation)
     production = eventually(
-        lambda: stack.registry.production(stack.model).checkpoint or None,
+        lambda: stack.registry.get_production_alias(stack.model).checkpoint or None,
         timeout=120,
         what="the registry to promote the passing checkpoint",
     )
-    assert stack.registry.production(stack.model).sha256 == good.sha256
+    assert stack.registry.get_production_alias(stack.model).sha256 == good.sha256
     # the parity check ran on the way (no serving profile: lint and fingerprint skipped) and its
     # merged release model is what production announces next to the adapter
     assert completed.parity.verdict == common_pb2.PARITY_VERDICT_PASSED
     assert completed.parity.fp32_max_abs_logit_delta <= 1e-4
     assert completed.parity.merged_sha256
-    released = stack.registry.production(stack.model)
+    released = stack.registry.get_production_alias(stack.model)
     assert released.merged_sha256 == completed.parity.merged_sha256
     assert released.merged_artifact_uri == completed.parity.merged_artifact_uri
 
@@ -327,7 +336,7 @@ def test_a_trained_checkpoint_passes_is_promoted_and_a_flipped_one_regresses(
         timeout=60,
         what="the registry to record the REGRESSED verdict",
     )
-    assert stack.registry.production(stack.model).checkpoint == production
+    assert stack.registry.get_production_alias(stack.model).checkpoint == production
 
     # -- the same CheckpointReady again (a new event id): evaluated once ----------------------
     stack.publish(flipped, "tuneline/trainer")

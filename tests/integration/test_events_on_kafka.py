@@ -27,7 +27,13 @@ from shared.events import (
     stage_event,
     topic_for,
 )
-from tests.fixtures.events import header, read_records, start_group_at_end
+from tests.fixtures.events import (
+    header,
+    outbox_published,
+    read_published,
+    read_records,
+    start_group_at_end,
+)
 from tests.fixtures.waiting import eventually
 from tuneline.dataset.v1 import events_pb2
 
@@ -299,9 +305,10 @@ def test_relay_thread_publishes_staged_events_and_tracks_pending(
             for rows in range(5):
                 stage_event(session, _event(subject, rows), source="tuneline/test", subject=subject)
         relay.wake()
-        records = read_records(
-            kafka_bootstrap, TOPIC, lambda r: r.key == subject.encode(), expected=5, settle=0.5
+        eventually(
+            lambda: outbox_published(sqlite_sessions), timeout=60, what="the relay to publish all"
         )
+        records = read_published(kafka_bootstrap, TOPIC, lambda r: r.key == subject.encode())
     finally:
         relay.stop()
     rows_in_arrival_order = [EVENT.FromString(r.value).row_count for r in records]
@@ -349,14 +356,12 @@ def test_a_database_outage_is_retried_not_dead_lettered(
     assert [e.event_id for e in _effects(effect_sessions, subject)] == [envelope.id, marker.id]
     assert calls.count(envelope.id) == 6
     # The DLQ holds nothing of this run: read it to its end (the marker proves we are past it).
-    dead = read_records(
+    dead = read_published(
         kafka_bootstrap,
         dlq_topic_for(TOPIC),
         lambda r: (
             header(r, "ce_id") in {envelope.id, marker.id}
             and header(r, "dlq_consumer_group") == group
         ),
-        expected=0,
-        settle=3.0,  # a whole read of the DLQ's partitions, not just the first poll
     )
     assert dead == []

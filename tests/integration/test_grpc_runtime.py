@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import pytest
@@ -173,7 +172,14 @@ def test_a_server_stream_without_a_deadline_outlives_the_channel_default(served)
         health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(service=DATASET_SERVICE))
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-        time.sleep(0.8)  # well past the default deadline
+        # a unary call begun after the watch runs out of the default deadline: so has the watch's
+        stub = service_pb2_grpc.DatasetServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.GetDataset(service_pb2.GetDatasetRequest(name="datasets/slow"))
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # ...and the watch still delivers what changes after it
+        server.health.set(DATASET_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert watch.is_active()
         watch.cancel()
     finally:
@@ -188,6 +194,29 @@ def test_reflection_lists_the_services(served):
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     } <= services
+
+
+def test_reflection_turned_off_lists_nothing_and_health_still_answers():
+    """Production's TUNELINE_GRPC_REFLECTION=false: no API listing, probes unaffected."""
+    server = build_grpc_server(
+        host="127.0.0.1",
+        port=0,
+        services=[],
+        metrics=GrpcServerMetrics(CollectorRegistry()),
+        reflection=False,
+    )
+    server.start()
+    try:
+        with create_channel(f"127.0.0.1:{server.port}", default_timeout=5.0) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                ProtoReflectionDescriptorDatabase(channel).get_services()
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == (
+                health_pb2.HealthCheckResponse.SERVING
+            )
+    finally:
+        server.stop(grace=0)
 
 
 def test_health_is_serving_then_not_serving_on_stop(served):

@@ -24,7 +24,12 @@ from shared.grpc import (
 )
 from shared.grpc.auth import SecurityNotConfigured
 from shared.settings import CommonSettings
-from tests.fixtures.pki import IssuedCertificate, LocalCA, spiffe_id
+from tests.fixtures.pki import (
+    IssuedCertificate,
+    LocalCA,
+    lay_out_like_a_secret_volume,
+    spiffe_id,
+)
 from tests.fixtures.secured_grpc import answering_services, call_rpc, every_rpc
 
 RPC = {m.name: m for m in every_rpc()}
@@ -147,6 +152,41 @@ def test_the_server_certificate_rotates_without_a_restart(
     shutil.copy(renewed.cert_file, mtls.server_cert.cert_file)
     with mtls.channel(client, ca_file=new_ca.ca_file) as channel:
         assert call_rpc(channel, RPC["RollbackModel"]) == (grpc.StatusCode.OK, "ops-robot")
+
+
+def test_a_renewed_kubernetes_secret_volume_is_served_without_a_restart(tmp_path: Path) -> None:
+    """The prod overlay mounts each service's cert-manager Secret as a folder: a renewal swaps
+    the folder's ``..data`` link, and the next handshake presents the new certificate."""
+    ca = LocalCA(tmp_path / "pki")
+    first = ca.issue("server", uri=spiffe_id("service", "registry"), server=True)
+    volume = tmp_path / "tls"
+    volume.mkdir()
+    keys = {"tls.crt": first.cert_file, "tls.key": first.key_file, "ca.crt": ca.ca_file}
+    lay_out_like_a_secret_volume(volume, keys, "2026_01_01_00_00_00.1")
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"bindings": {"ops-robot": ["operator"]}}))
+    server = _serve(
+        CommonSettings(
+            auth_mode="enforce",
+            tls_cert_file=volume / "tls.crt",
+            tls_key_file=volume / "tls.key",
+            tls_client_ca_file=volume / "ca.crt",
+            auth_policy_file=policy,
+        )
+    )
+    try:
+        served = MutualTlsServer(server, ca, first)
+        client = ca.issue("client", common_name="ops-robot")
+        next_ca = LocalCA(tmp_path / "next-ca", name="next CA")
+        renewed = next_ca.issue("server-next", uri=spiffe_id("service", "registry"), server=True)
+        with served.channel(client, ca_file=next_ca.ca_file) as channel:
+            assert call_rpc(channel, RPC["RollbackModel"])[0] == grpc.StatusCode.UNAVAILABLE
+        keys |= {"tls.crt": renewed.cert_file, "tls.key": renewed.key_file}
+        lay_out_like_a_secret_volume(volume, keys, "2026_02_01_00_00_00.2")
+        with served.channel(client, ca_file=next_ca.ca_file) as channel:
+            assert call_rpc(channel, RPC["RollbackModel"]) == (grpc.StatusCode.OK, "ops-robot")
+    finally:
+        server.stop(0)
 
 
 def test_probes_without_tls_reach_health_and_only_health(mtls: MutualTlsServer) -> None:

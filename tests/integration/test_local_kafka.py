@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
+
+from tests.fixtures.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -18,10 +19,9 @@ def test_round_trip_through_the_broker(kafka_bootstrap: str) -> None:
     try:
         # NewTopic works on kafka-python 2.x and (deprecated) 3.x alike.
         admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        deadline = time.monotonic() + 30
-        while topic not in admin.list_topics():
-            assert time.monotonic() < deadline, f"{topic} never showed up in metadata"
-            time.sleep(0.1)
+        eventually(
+            lambda: topic in admin.list_topics(), timeout=30, what=f"{topic} in the metadata"
+        )
     finally:
         admin.close()
 
@@ -47,11 +47,11 @@ def test_round_trip_through_the_broker(kafka_bootstrap: str) -> None:
         enable_auto_commit=False,
     )
     try:
-        records = []
-        deadline = time.monotonic() + 60
-        while not records and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
+        records = eventually(
+            lambda: [r for batch in consumer.poll(timeout_ms=500).values() for r in batch],
+            timeout=60,
+            what=f"a record on {topic}",
+        )
     finally:
         consumer.close()
 

@@ -100,7 +100,9 @@ def test_upload_drives_a_split_across_processes(kafka_bootstrap, tmp_path, backe
         dataset_id = f"reviews-{run}"
         with DatasetClient(f"127.0.0.1:{ports['dataset'][0]}") as datasets:
             datasets.create_dataset(dataset_id, "classification")
-            uploaded = datasets.upload_version(dataset_id, to_jsonl(rows, newline="\r\n"))
+            uploaded = datasets.upload_dataset_version(
+                f"datasets/{dataset_id}", to_jsonl(rows, newline="\r\n")
+            )
         version = uploaded.dataset_version
         assert uploaded.created
         assert version.row_count == len(rows)

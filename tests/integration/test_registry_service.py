@@ -26,15 +26,24 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.registry.bootstrap import SPEC
 from services.registry.entrypoints.alert_webhook import AlertWebhookServer
 from services.registry.settings import RegistrySettings
+from shared.db import create_database_engine, create_session_factory
 from shared.events import Envelope, KafkaEventPublisher, dlq_topic_for, ensure_topics, topic_for
 from shared.grpc import ClientSecurity, create_channel
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
-from tests.fixtures.events import header, read_records, start_group_at_end
+from tests.fixtures.events import (
+    event_applied,
+    header,
+    outbox_published,
+    read_published,
+    read_records,
+    start_group_at_end,
+)
 from tests.fixtures.pki import LocalCA, spiffe_id
 from tests.fixtures.registry_events import (
     checkpoint_ready,
@@ -135,7 +144,7 @@ def publisher(kafka_bootstrap: str) -> Iterator[KafkaEventPublisher]:
 
 
 def _production(client: RegistryClient, model_id: str) -> str:
-    return client.production(f"models/{model_id}").checkpoint
+    return client.get_production_alias(f"models/{model_id}").checkpoint
 
 
 def _promote_by_events(
@@ -163,14 +172,19 @@ def _promote_by_events(
     return name
 
 
-def _records(bootstrap: str, topic: str, model_id: str, expected: int, settle: float = 1.0):
-    records = read_records(
-        bootstrap,
-        topic,
-        lambda r: r.key == f"models/{model_id}".encode(),
-        expected=expected,
-        settle=settle,
+def _records(bootstrap: str, topic: str, model_id: str, sessions: sessionmaker[Session]):
+    """Every ``topic`` record about the model, once the registry published all it staged.
+
+    Read after a committed change (an RPC answered, a state seen): the outbox drained is the
+    signal that a second, wrong event would be on the broker by now.
+    """
+    eventually(
+        lambda: outbox_published(sessions),
+        timeout=WAIT_SECONDS,
+        what="the registry's outbox published",
     )
+    key = f"models/{model_id}".encode()
+    records = read_published(bootstrap, topic, lambda r: r.key == key)
     message_type = events_pb2.ModelPromoted if topic == PROMOTED else events_pb2.ModelRolledBack
     return [(r, message_type.FromString(r.value)) for r in records]
 
@@ -208,7 +222,7 @@ def test_a_passed_evaluation_promotes_automatically_and_announces_it(
 ):
     model_id = _new_model(client)
     name = _promote_by_events(client, publisher, model_id, "a")
-    ((record, promoted),) = _records(kafka_bootstrap, PROMOTED, model_id, expected=1)
+    ((record, promoted),) = _records(kafka_bootstrap, PROMOTED, model_id, service.context.sessions)
     assert header(record, "ce_type") == "tuneline.registry.v1.ModelPromoted"
     assert header(record, "ce_source") == "tuneline/registry"
     assert promoted.to_checkpoint == name
@@ -275,7 +289,7 @@ def test_a_regressed_evaluation_is_not_promoted(service, client, publisher, kafk
             comparisons=[comparison(-0.3, significant=True)],
         ),
     )
-    publish(
+    regression = publish(
         publisher,
         regression_detected(model_id, "flipped", 100, evaluation=f"evaluations/{model_id}-flipped"),
     )
@@ -290,8 +304,18 @@ def test_a_regressed_evaluation_is_not_promoted(service, client, publisher, kafk
         what="the regressed evaluation attached",
     )
     assert _production(client, model_id) == good
-    assert len(_records(kafka_bootstrap, PROMOTED, model_id, expected=1, settle=1.5)) == 1
-    assert _records(kafka_bootstrap, ROLLED_BACK, model_id, expected=0, settle=0.5) == []
+    # the regression had its chance to move something, and all that was staged is published
+    eventually(
+        lambda: (
+            event_applied(service.context.sessions, regression.id)
+            and outbox_published(service.context.sessions)
+        ),
+        timeout=WAIT_SECONDS,
+        what="the regression applied and the registry's outbox published",
+    )
+    key = f"models/{model_id}".encode()
+    assert len(read_published(kafka_bootstrap, PROMOTED, lambda r: r.key == key)) == 1
+    assert read_published(kafka_bootstrap, ROLLED_BACK, lambda r: r.key == key) == []
 
 
 def test_manual_policy_sets_candidate_approve_promotes_and_reject_does_not(
@@ -310,15 +334,17 @@ def test_manual_policy_sets_candidate_approve_promotes_and_reject_does_not(
         timeout=WAIT_SECONDS,
         what="candidate moved twice",
     )
-    client.reject(rejected, reviewer="bob@example.com", reason="fails the fairness review")
+    client.reject_checkpoint(
+        rejected, reviewer="bob@example.com", reason="fails the fairness review"
+    )
     assert _production(client, model_id) == ""
-    response = client.approve(approved, reviewer="alice@example.com", reason="good")
+    response = client.approve_checkpoint(approved, reviewer="alice@example.com", reason="good")
     assert response.alias.checkpoint == approved
     assert response.move.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_APPROVAL
     with pytest.raises(FailedPreconditionError) as raised:
-        client.approve(rejected, reviewer="carol", reason="changed my mind")
+        client.approve_checkpoint(rejected, reviewer="carol", reason="changed my mind")
     assert raised.value.violations[0].reason == "NOT_PENDING_REVIEW"
-    ((_, promoted),) = _records(kafka_bootstrap, PROMOTED, model_id, expected=1)
+    ((_, promoted),) = _records(kafka_bootstrap, PROMOTED, model_id, service.context.sessions)
     assert (promoted.to_checkpoint, promoted.actor) == (approved, "alice@example.com")
     assert client.get_checkpoint(rejected).review.reason == "fails the fairness review"
 
@@ -334,9 +360,14 @@ def test_rollback_by_regression_event_happens_once_when_delivered_twice(
     regression = regression_detected(
         model_id, "c", 100, evaluation=f"evaluations/{model_id}-golden"
     )
-    publish(publisher, regression)
-    publish(publisher, regression)  # redelivered under a new event id
-    ((record, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, expected=1, settle=2.0)
+    first = publish(publisher, regression)
+    again = publish(publisher, regression)  # redelivered under a new event id
+    eventually(
+        lambda: all(event_applied(service.context.sessions, e.id) for e in (first, again)),
+        timeout=WAIT_SECONDS,
+        what="both deliveries applied",
+    )
+    ((record, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, service.context.sessions)
     assert header(record, "ce_type") == "tuneline.registry.v1.ModelRolledBack"
     assert (rolled.from_checkpoint, rolled.to_checkpoint) == (c, b)
     assert rolled.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_REGRESSION
@@ -365,7 +396,7 @@ def test_rollback_by_alertmanager_webhook(service, client, publisher, kafka_boot
     assert _post(url, resolved, TOKEN)[1]["alerts"][0]["outcome"] == "resolved"
     assert _post(url, {"alerts": "nope"}, TOKEN)[0] == 400
     assert _production(client, model_id) == b
-    ((_, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, expected=1, settle=1.5)
+    ((_, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, service.context.sessions)
     assert rolled.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_ALERT
     assert (rolled.actor, rolled.to_checkpoint) == ("alertmanager", b)
     assert "below its floor" in rolled.reason
@@ -414,25 +445,25 @@ def test_rollback_by_rpc_is_idempotent_and_refused_without_a_good_checkpoint(
     model_id = _new_model(client)
     a = _promote_by_events(client, publisher, model_id, "a")
     with pytest.raises(FailedPreconditionError) as raised:
-        client.rollback(f"models/{model_id}", reason="bad", request_id="r0")
+        client.rollback_model(f"models/{model_id}", reason="bad", request_id="r0")
     assert raised.value.violations[0].reason == "NO_ROLLBACK_TARGET"
-    assert client.production(f"models/{model_id}").revision == 1
+    assert client.get_production_alias(f"models/{model_id}").revision == 1
     b = _promote_by_events(client, publisher, model_id, "b")
-    first = client.rollback(
+    first = client.rollback_model(
         f"models/{model_id}", reason="p99 latency", actor="oncall", request_id="r1"
     )
-    repeat = client.rollback(
+    repeat = client.rollback_model(
         f"models/{model_id}", reason="p99 latency", actor="oncall", request_id="r1"
     )
     assert first.move.to_checkpoint == a
     assert not repeat.HasField("move")
     assert repeat.alias.checkpoint == a
     with pytest.raises(FailedPreconditionError):
-        client.rollback(f"models/{model_id}", reason="again", request_id="r2")
+        client.rollback_model(f"models/{model_id}", reason="again", request_id="r2")
     with pytest.raises(InvalidArgumentError) as invalid:
-        client.rollback(f"models/{model_id}", reason="")
+        client.rollback_model(f"models/{model_id}", reason="")
     assert invalid.value.violations[0].field == "reason"
-    ((_, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, expected=1, settle=1.5)
+    ((_, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, service.context.sessions)
     assert (rolled.from_checkpoint, rolled.trigger) == (
         b,
         resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_MANUAL,
@@ -449,20 +480,23 @@ def test_a_stale_expected_revision_is_aborted_and_moves_nothing(
     model_id = _new_model(client)
     model = f"models/{model_id}"
     a, b, c = _three_in_production(client, publisher, model_id)
-    seen = client.production(model).revision
+    seen = client.get_production_alias(model).revision
     assert seen == 3
     # an operator rolls back while someone else still looks at revision 3
-    rolled = client.rollback(model, reason="p99 latency", expected_revision=seen)
+    rolled = client.rollback_model(model, reason="p99 latency", expected_revision=seen)
     assert (rolled.alias.checkpoint, rolled.alias.revision) == (b, 4)
     with pytest.raises(AbortedError) as raised:
-        client.promote(c, reason="re-promote what I saw", expected_revision=seen)
+        client.promote_checkpoint(c, reason="re-promote what I saw", expected_revision=seen)
     assert raised.value.code == grpc.StatusCode.ABORTED
     assert raised.value.reason == "ABORTED"
     assert raised.value.metadata["current_revision"] == "4"
     assert raised.value.violations[0].reason == "ALIAS_REVISION_MISMATCH"
     with pytest.raises(AbortedError):
-        client.rollback(model, reason="again", expected_revision=seen)
-    assert (client.production(model).checkpoint, client.production(model).revision) == (b, 4)
+        client.rollback_model(model, reason="again", expected_revision=seen)
+    assert (
+        client.get_production_alias(model).checkpoint,
+        client.get_production_alias(model).revision,
+    ) == (b, 4)
     monkeypatch.setenv("TUNELINE_REGISTRY_TARGET", f"127.0.0.1:{service.grpc_port}")
     runner = CliRunner()
     stale = runner.invoke(
@@ -472,7 +506,10 @@ def test_a_stale_expected_revision_is_aborted_and_moves_nothing(
     assert "ABORTED" in stale.output
     fresh = runner.invoke(app, ["promote", a, "--reason", "fresh", "--expected-revision", "4"])
     assert fresh.exit_code == 0, fresh.output
-    assert (client.production(model).checkpoint, client.production(model).revision) == (a, 5)
+    assert (
+        client.get_production_alias(model).checkpoint,
+        client.get_production_alias(model).revision,
+    ) == (a, 5)
 
 
 def test_watch_alias_sees_every_move_in_order(service, client, publisher):
@@ -491,7 +528,7 @@ def test_watch_alias_sees_every_move_in_order(service, client, publisher):
     watcher.start()
     eventually(lambda: seen, timeout=WAIT_SECONDS, what="the current state first")
     a, b, c = _three_in_production(client, publisher, model_id)
-    client.rollback(f"models/{model_id}", reason="watch test")
+    client.rollback_model(f"models/{model_id}", reason="watch test")
     watcher.join(15)
     assert not seen[0].HasField("move")
     assert seen[0].alias.revision == 0
@@ -569,7 +606,7 @@ def test_a_hundred_open_watches_starve_neither_rollback_nor_health(
             health_seconds = time.perf_counter() - started
             assert status.status == health_pb2.HealthCheckResponse.SERVING
             started = time.perf_counter()
-            rolled = registry.rollback(f"models/{model_id}", reason="under 100 watches")
+            rolled = registry.rollback_model(f"models/{model_id}", reason="under 100 watches")
             rollback_seconds = time.perf_counter() - started
             assert rolled.alias.checkpoint == a
             # every watcher sees the rollback: the streams were alive, not just counted
@@ -647,7 +684,14 @@ def test_the_registry_process_rolls_back_by_alert_across_processes(
             )
             status, body = _post(f"http://127.0.0.1:{webhook_port}/v1/alerts", payload, TOKEN)
             assert (status, body["alerts"][0]["outcome"]) == (200, "rolled_back")
-            ((_, rolled),) = _records(kafka_bootstrap, ROLLED_BACK, model_id, expected=1)
+            # the process's own database: its outbox says when all it staged is published
+            engine = create_database_engine(f"sqlite:///{tmp_path / 'registry' / 'registry.db'}")
+            try:
+                ((_, rolled),) = _records(
+                    kafka_bootstrap, ROLLED_BACK, model_id, create_session_factory(engine)
+                )
+            finally:
+                engine.dispose()
             assert (rolled.from_checkpoint, rolled.to_checkpoint) == (b, a)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
@@ -756,14 +800,14 @@ def test_with_mutual_tls_the_stored_reviewer_is_the_certificate_identity(
                 what="candidate moved",
             )
             with pytest.raises(TunelineError) as denied:  # a viewer cannot approve
-                vic.approve(checkpoint, reviewer="alice", reason="spoofing the reviewer")
+                vic.approve_checkpoint(checkpoint, reviewer="alice", reason="spoofing the reviewer")
             assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
             with pytest.raises(TunelineError) as denied:  # an editor cannot either
-                ed.approve(checkpoint, reviewer="alice", reason="spoofing the reviewer")
+                ed.approve_checkpoint(checkpoint, reviewer="alice", reason="spoofing the reviewer")
             assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
-            alice.approve(checkpoint, reviewer="someone-else", reason="looks good")
+            alice.approve_checkpoint(checkpoint, reviewer="someone-else", reason="looks good")
             assert alice.get_checkpoint(checkpoint).review.reviewer == "alice"
-        ((_, promoted),) = _records(kafka_bootstrap, PROMOTED, model_id, expected=1)
+        ((_, promoted),) = _records(kafka_bootstrap, PROMOTED, model_id, runtime.context.sessions)
         assert promoted.actor == "alice"
     finally:
         runtime.stop()
@@ -813,7 +857,7 @@ def test_a_failed_parity_check_blocks_promotion_over_grpc_with_its_reason(
     )
     assert checkpoint.decision_reason == f"parity failed: {reason}"
     with pytest.raises(FailedPreconditionError) as refused:
-        client.promote(name)
+        client.promote_checkpoint(name)
     assert refused.value.violations[0].reason == "PARITY_FAILED"
     assert reason in str(refused.value)
     assert _production(client, model_id) == ""

@@ -122,8 +122,12 @@ def replicated_run(
             group = f"test-replicas-{name}-{run_id}"
             start_group_at_end(kafka_bootstrap, group, topics)
             env[f"{prefix}CONSUMER_GROUP"] = group
-        # the registry registers (and re-hashes) only checkpoints in the trainer's area
+        # the registry registers (and re-hashes) only checkpoints in the trainer's area, the
+        # evaluator evaluates only those, and the registry takes merged release models only
+        # from the evaluator's area
         env["TUNELINE_REGISTRY_TRAINER_ARTIFACT_ROOT"] = f"s3://{bucket}/trainer"
+        env["TUNELINE_EVALUATOR_TRAINER_ARTIFACT_ROOT"] = f"s3://{bucket}/trainer"
+        env["TUNELINE_REGISTRY_EVALUATOR_ARTIFACT_ROOT"] = f"s3://{bucket}/evaluator"
         home: Path = tmp_path_factory.mktemp("replicas-stack")
         stack = LocalStack(
             home,

@@ -22,11 +22,12 @@ from services.evaluator import bootstrap as evaluator_bootstrap
 from services.evaluator.settings import EvaluatorSettings
 from services.registry import bootstrap as registry_bootstrap
 from services.registry.settings import RegistrySettings
+from services.serving.settings import ServingSettings
 from services.splitter import bootstrap as splitter_bootstrap
 from services.splitter.settings import SplitterSettings
 from services.trainer import bootstrap as trainer_bootstrap
 from services.trainer.settings import TrainerSettings
-from shared.runtime import build_runtime
+from shared.runtime import ServiceContext, ServiceParts, ServiceSpec, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.waiting import wait_until_serving
 from tuneline.devtools.kafka import free_port
@@ -63,6 +64,40 @@ def test_service_boots_serves_health_reflection_and_metrics(name, kafka_bootstra
         assert (tmp_path / name / f"{name}.db").exists(), "SQLite file under the data dir"
     finally:
         runtime.stop()
+
+
+def test_a_service_is_wired_once_and_closes_what_it_asked_after_its_components_stop(
+    kafka_bootstrap, tmp_path
+):
+    calls: list[str] = []
+
+    class Component:
+        def start(self) -> None:
+            calls.append("start")
+
+        def stop(self) -> None:
+            calls.append("stop")
+
+    class Channel:
+        def close(self) -> None:
+            calls.append("close channel")
+
+    def wire(context: ServiceContext[ServingSettings]) -> ServiceParts:
+        calls.append(f"wire {context.settings.max_new_tokens}")  # typed: the service's own
+        return ServiceParts(
+            grpc_services=[],
+            background=[Component()],
+            close_on_stop=[Channel(), lambda: calls.append("close notifier")],
+        )
+
+    runtime = build_runtime(
+        ServiceSpec(name="serving", tables=[], publishes=[], wire=wire),
+        CommonSettings(kafka_bootstrap=kafka_bootstrap, data_dir=tmp_path),
+        ServingSettings(grpc_port=0, metrics_port=0, max_new_tokens=7),
+    )
+    runtime.start()
+    runtime.stop()
+    assert calls == ["wire 7", "start", "stop", "close notifier", "close channel"]
 
 
 def test_a_service_process_stops_gracefully_on_sigterm(kafka_bootstrap, tmp_path: Path):

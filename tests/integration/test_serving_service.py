@@ -90,7 +90,7 @@ class Loop:
 
     def promote(self, job: str, uri: str, sha256: str) -> str:
         """CheckpointReady + a PASSED evaluation, as the pipeline publishes them."""
-        baseline = self.registry.production(self.model).checkpoint
+        baseline = self.registry.get_production_alias(self.model).checkpoint
         ready = checkpoint_ready(self.model_id, job, 100)
         ready.artifact_uri, ready.sha256 = uri, sha256
         publish(self.publisher, ready)
@@ -105,7 +105,7 @@ class Loop:
         publish(self.publisher, evaluation)
         name = registry_checkpoint(self.model_id, job, 100)
         self.process.wait_until(
-            lambda: self.registry.production(self.model).checkpoint == name,
+            lambda: self.registry.get_production_alias(self.model).checkpoint == name,
             timeout=120,
             what=f"{name} in production",
         )
@@ -113,7 +113,7 @@ class Loop:
 
     def serves(self, checkpoint: str, revision: int) -> bool:
         try:
-            state = self.serving.state()
+            state = self.serving.get_serving_state()
         except TunelineError:
             return False
         return any(
@@ -225,7 +225,7 @@ def loop(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
             def answers() -> bool:
                 try:
-                    serving.state()
+                    serving.get_serving_state()
                 except TunelineError:
                     return False
                 return True
@@ -289,18 +289,18 @@ def test_serving_follows_production_swaps_without_failing_a_request_and_reports_
     assert set(predicting.checkpoints) == {a, b}
 
     # -- roll back: serving goes back to A -------------------------------------------------
-    loop.registry.rollback(loop.model, reason="test: back to A")
+    loop.registry.rollback_model(loop.model, reason="test: back to A")
     loop.wait_serving(a, 3)
     assert loop.serving.predict(loop.model, TEXTS[1]).checkpoint == a
 
     # -- feedback: counts reach the registry as successes of trials ------------------------
     answers = [loop.serving.predict(loop.model, text) for text in TEXTS * 2]
     for answer in answers:
-        loop.serving.feedback(answer.prediction_id, label=answer.label)
-    repeated = loop.serving.feedback(answers[0].prediction_id, label=answers[0].label)
+        loop.serving.submit_feedback(answer.prediction_id, label=answer.label)
+    repeated = loop.serving.submit_feedback(answers[0].prediction_id, label=answers[0].label)
     assert repeated.counted is False
     with pytest.raises(NotFoundError):
-        loop.serving.feedback("no-such-prediction", label="fresh")
+        loop.serving.submit_feedback("no-such-prediction", label="fresh")
     loop.process.wait_until(
         lambda: loop.live_trials(a) == len(answers),
         timeout=60,
@@ -315,10 +315,10 @@ def test_serving_follows_production_swaps_without_failing_a_request_and_reports_
     )  # tampered after the checkpoint was announced with c_sha
     c = loop.promote("job-c", c_uri, c_sha)
     loop.process.wait_until(
-        lambda: any(r.checkpoint == c for r in loop.serving.state().refused_releases),
+        lambda: any(r.checkpoint == c for r in loop.serving.get_serving_state().refused_releases),
         timeout=120,
         what="the tampered release refused",
     )
-    [refused] = [r for r in loop.serving.state().refused_releases if r.checkpoint == c]
+    [refused] = [r for r in loop.serving.get_serving_state().refused_releases if r.checkpoint == c]
     assert refused.reason == "sha256_mismatch"
     assert loop.serving.predict(loop.model, TEXTS[2]).checkpoint == a  # A keeps serving

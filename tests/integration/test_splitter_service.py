@@ -291,7 +291,9 @@ def test_a_version_can_be_split_the_moment_its_upload_returns(
     dataset_id = f"ryw-{unique}"
     with DatasetClient(f"127.0.0.1:{dataset_service.grpc_port}") as datasets:
         datasets.create_dataset(dataset_id, "classification")
-        uploaded = datasets.upload_version(dataset_id, to_jsonl(dataset_side.reviews(400)))
+        uploaded = datasets.upload_dataset_version(
+            f"datasets/{dataset_id}", to_jsonl(dataset_side.reviews(400))
+        )
     version = uploaded.dataset_version
 
     split, created = splitter.client.create_split(version.name, _stratified(0.8, 0.1, 0.1, seed=5))

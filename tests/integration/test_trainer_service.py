@@ -9,12 +9,12 @@ broker with their fields checked; checkpoints load with ``PeftModel.from_pretrai
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -27,13 +27,16 @@ from services.registry import bootstrap as registry_bootstrap
 from services.registry.settings import RegistrySettings
 from services.trainer import bootstrap
 from services.trainer.domain import policy_job_id
+from services.trainer.entrypoints.supervisor import JobSupervisor
 from services.trainer.settings import TrainerSettings
 from shared.events import Envelope, KafkaEventPublisher, ensure_topics, topic_for
 from shared.events.producers import EVENT_PRODUCERS
+from shared.grpc import ClientSecurity, create_channel
 from shared.modeling import folder_sha256, read_adapter_metadata
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.events import header, read_records, start_group_at_end
+from tests.fixtures.pki import LocalCA, spiffe_id
 from tests.fixtures.trainer_data import build_tiny_bert, sentiment_rows, write_split
 from tests.fixtures.waiting import eventually
 from tuneline.cli.main import app as cli
@@ -50,7 +53,7 @@ from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events_pb2
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
 from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
-from tuneline.trainer.v1 import events_pb2, resources_pb2
+from tuneline.trainer.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -106,8 +109,14 @@ class Registry:
         return model
 
 
-@pytest.fixture(scope="module")
-def registry(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def _start_registry(
+    kafka_bootstrap: str,
+    data_dir: Path,
+    trainer_artifact_root: Path,
+    common: Mapping[str, Any] | None = None,
+) -> ServiceRuntime:
+    """A registry that checks and re-hashes artifacts under ``trainer_artifact_root``;
+    ``common``: more CommonSettings fields (auth, TLS files)."""
     consumed = [
         topic_for(events_pb2.CheckpointReady),
         topic_for(evaluator_events_pb2.EvaluationCompleted),
@@ -118,20 +127,28 @@ def registry(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     start_group_at_end(kafka_bootstrap, group, consumed)
     runtime = build_runtime(
         registry_bootstrap.SPEC,
-        CommonSettings(
-            kafka_bootstrap=kafka_bootstrap, data_dir=tmp_path_factory.mktemp("registry-data")
-        ),
+        CommonSettings(kafka_bootstrap=kafka_bootstrap, data_dir=data_dir, **(common or {})),
         RegistrySettings(
             grpc_port=0,
             metrics_port=0,
             webhook_port=0,
             consumer_group=group,
-            # the trainers of this module keep their artifacts in data dirs of their own, all
-            # under the session's temporary folder: the registry checks and re-hashes there
-            trainer_artifact_root=tmp_path_factory.getbasetemp(),
+            trainer_artifact_root=trainer_artifact_root,
         ),
     )
     runtime.start()
+    return runtime
+
+
+@pytest.fixture(scope="module")
+def registry(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    runtime = _start_registry(
+        kafka_bootstrap,
+        tmp_path_factory.mktemp("registry-data"),
+        # the trainers of this module keep their artifacts in data dirs of their own, all
+        # under the session's temporary folder: the registry checks and re-hashes there
+        tmp_path_factory.getbasetemp(),
+    )
     try:
         yield Registry(runtime)
     finally:
@@ -144,11 +161,14 @@ def _start(
     data_dir: Path,
     models_root: Path,
     group: str,
+    *,
+    common: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> ServiceRuntime:
+    """A trainer on ``registry``; ``common``: more CommonSettings fields (auth, TLS files)."""
     runtime = build_runtime(
         bootstrap.SPEC,
-        CommonSettings(kafka_bootstrap=kafka_bootstrap, data_dir=data_dir),
+        CommonSettings(kafka_bootstrap=kafka_bootstrap, data_dir=data_dir, **(common or {})),
         TrainerSettings(
             grpc_port=0,
             metrics_port=0,
@@ -325,18 +345,19 @@ def await_split(client: TrainerClient, split: str, timeout: float = 60.0) -> Non
     """
     probe = job_for(split, tiny_template(), "models/probe")
     probe.task_type = common_pb2.TASK_TYPE_CAUSAL_LM
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def split_known() -> bool:
         try:
             client.create_training_job(probe)
         except FailedPreconditionError:
-            assert time.monotonic() < deadline, f"the trainer never saw {split}"
-            time.sleep(0.3)
+            return False
         except InvalidArgumentError as error:
-            reasons = [v.reason for v in error.violations]
-            if reasons != ["TASK_TYPE_MISMATCH"]:
+            if [v.reason for v in error.violations] != ["TASK_TYPE_MISMATCH"]:
                 raise
-            return
+            return True
+        raise AssertionError(f"the probe job for {split} was created")
+
+    eventually(split_known, timeout=timeout, what=f"the trainer to see {split}")
 
 
 # -- tests ----------------------------------------------------------------------------------------
@@ -409,6 +430,7 @@ def test_split_created_trains_once_and_announces_checkpoints(
     assert job.state == SUCCEEDED, job.failure_message
     assert job.stop_reason == resources_pb2.TRAINING_STOP_REASON_MAX_STEPS
     assert job.training_policy == policy.name
+    assert job.creator == policy.name  # automation made it: no person to hold to four eyes
     assert [j.name for j in client.list_training_jobs(split=event.split)] == [name]
     # the watch streamed real progress: the first message carries the job, steps only grow
     assert updates[0].HasField("training_job")
@@ -459,6 +481,7 @@ def test_split_created_trains_once_and_announces_checkpoints(
     assert final.lineage.split_manifest_sha256 == event.manifest_sha256
     assert final.lineage.software_versions["torch"]
     assert final.cost.device_seconds > 0
+    assert final.job_creator == policy.name
     folder = service.context.artifacts.local_path(final.artifact_uri)
     assert folder_sha256(folder) == final.sha256
     assert read_adapter_metadata(folder).labels == ["neg", "pos"]
@@ -633,7 +656,8 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(
                 crashing_client, name, lambda j: j.state == RUNNING and j.progress.step >= 12
             )
             assert held.progress.step == 12
-            pid = bootstrap.trainer_parts(crashing.context).supervisor.worker_pid(name)
+            supervisor = next(c for c in crashing.components if isinstance(c, JobSupervisor))
+            pid = supervisor.worker_pid(name)
             assert pid
             os.kill(pid, signal.SIGKILL)
             job = wait_for(crashing_client, name, lambda j: j.state in TERMINAL, timeout=240)
@@ -950,3 +974,103 @@ def test_a_budget_refuses_a_run_before_it_starts_and_stops_one_that_reaches_it(
         if events_pb2.CheckpointReady.FromString(r.value).is_final
     ]
     assert ready.stop_reason == resources_pb2.TRAINING_STOP_REASON_BUDGET_EXHAUSTED
+
+
+# -- identity: a job's creator is the verified caller ---------------------------------------------
+
+
+def test_with_auth_a_jobs_creator_is_the_verified_caller_and_reaches_the_registry(
+    kafka_bootstrap: str,
+    models_root: Path,
+    tmp_path: Path,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four-eyes approval in the registry refuses a checkpoint's job creator as approver, so
+    the creator must be the certificate's subject, never what the client asserts."""
+    ca = LocalCA(tmp_path / "pki")
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"bindings": {"ed": ["editor"], "carol": ["editor"]}}))
+    data_dir = tmp_path / "data"  # one data dir: the registry's default trainer artifact root
+
+    def auth(service: str) -> dict[str, Any]:
+        issued = ca.issue(service, uri=spiffe_id("service", service), server=True)
+        return {
+            "auth_mode": "enforce",
+            "tls_cert_file": issued.cert_file,
+            "tls_key_file": issued.key_file,
+            "tls_ca_file": ca.ca_file,
+            "tls_client_ca_file": ca.ca_file,
+            "auth_policy_file": policy,
+        }
+
+    def as_user(name: str) -> ClientSecurity:
+        issued = ca.issue(name, common_name=name)
+        return ClientSecurity(
+            tls=True, ca_file=ca.ca_file, cert_file=issued.cert_file, key_file=issued.key_file
+        )
+
+    registry_runtime = _start_registry(
+        kafka_bootstrap, data_dir, data_dir / "trainer" / "artifacts", auth("registry")
+    )
+    trainer_auth = auth("trainer")
+    # a service's clients of its peers read TUNELINE_TLS_*/AUTH_* from the environment
+    # (ClientSecurity.from_environment), as a deployed trainer's do
+    for setting in ("auth_mode", "tls_cert_file", "tls_key_file", "tls_ca_file"):
+        monkeypatch.setenv(f"TUNELINE_{setting.upper()}", str(trainer_auth[setting]))
+    registry = Registry(registry_runtime)
+    trainer = None
+    try:
+        trainer = _start(
+            registry,
+            kafka_bootstrap,
+            data_dir,
+            models_root,
+            f"test-trainer-auth-{uuid.uuid4().hex[:8]}",
+            common=trainer_auth,
+        )
+        target = f"127.0.0.1:{trainer.grpc_port}"
+        model = f"models/own-{unique}"
+        with RegistryClient(registry.target, security=as_user("ed")) as ed:
+            ed.create_model(
+                model.removeprefix("models/"),
+                registry_pb2.Model(
+                    task_type=common_pb2.TASK_TYPE_CLASSIFICATION,
+                    base_model=common_pb2.BaseModel(model_name="tiny-bert"),
+                    evaluation_set=common_pb2.EvaluationSet(
+                        dataset_version="datasets/held-out/versions/v1"
+                    ),
+                    promotion_policy=registry_pb2.PROMOTION_POLICY_MANUAL,
+                ),
+            )
+        event = publish_split(kafka_bootstrap, data_dir, f"datasets/own-{unique}")
+        carol = as_user("carol")
+        with TrainerClient(target, security=carol) as client:
+            await_split(client, event.split)
+            request = service_pb2.CreateTrainingJobRequest(
+                training_job=job_for(event.split, tiny_template(max_steps=2), model),
+                training_job_id=f"own-{unique}",
+            )
+            with create_channel(target, security=carol) as channel:
+                created = service_pb2_grpc.TrainerServiceStub(channel).CreateTrainingJob(
+                    request, metadata=[("x-tuneline-principal", "mallory")], timeout=60
+                )
+            name = created.training_job.name
+            # the client's own x-tuneline-principal is ignored: the certificate says carol
+            assert created.training_job.creator == "carol"
+            assert client.get_training_job(name).creator == "carol"
+            job = wait_for(client, name, lambda j: j.state in TERMINAL)
+            assert job.state == SUCCEEDED, job.failure_message
+        (record,) = events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, 1)
+        assert events_pb2.CheckpointReady.FromString(record.value).job_creator == "carol"
+        with RegistryClient(registry.target, security=as_user("ed")) as ed:
+            registered = eventually(
+                lambda: list(ed.list_checkpoints(model, training_job=name)) or None,
+                timeout=120,
+                what="the registry to register the job's checkpoint",
+            )
+        assert [c.job_creator for c in registered] == ["carol"]
+    finally:
+        if trainer is not None:
+            trainer.stop()
+        registry_runtime.stop()

@@ -44,7 +44,7 @@ class RecordingClient:
         self.created = {"dataset_id": dataset_id, "task_type": task_type, **options}
         return resources_pb2.Dataset(name=f"datasets/{dataset_id}")
 
-    def get_audit(self, version: str, *, max_rows: int = 0) -> resources_pb2.DatasetAudit:
+    def get_dataset_audit(self, version: str, *, max_rows: int = 0) -> resources_pb2.DatasetAudit:
         return self.audit
 
 

@@ -273,10 +273,14 @@ def test_grpc_module_exposes_stub_servicer_and_registration(service_name: str) -
     assert hasattr(grpc_module, f"add_{short}Servicer_to_server")
 
 
-def test_upload_request_is_a_header_then_chunks_oneof() -> None:
+def test_upload_request_is_a_header_then_chunks_then_an_end_oneof() -> None:
     service_pb2 = importlib.import_module("tuneline.dataset.v1.service_pb2")
     oneof = service_pb2.UploadDatasetVersionRequest.DESCRIPTOR.oneofs_by_name["payload"]
-    assert sorted(field.name for field in oneof.fields) == ["chunk", "header"]
+    assert sorted((field.name, field.number) for field in oneof.fields) == [
+        ("chunk", 2),
+        ("end", 3),
+        ("header", 1),
+    ]
     assert service_pb2.UploadDatasetVersionRequest(chunk=b"{}").WhichOneof("payload") == "chunk"
 
 

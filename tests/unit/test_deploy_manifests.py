@@ -111,6 +111,22 @@ def _config_map(directory: str, name: str) -> dict[str, str]:
     return found
 
 
+def _common_setting(directory: str, variable: str) -> str | None:
+    return _config_map(directory, "tuneline-common").get(variable)
+
+
+def _service_setting(directory: str, name: str, variable: str) -> str | None:
+    """A setting's value in the service's container: its own ``env``, else its ConfigMaps."""
+    env = {
+        e["name"]: e.get("value")
+        for e in _container(_objects(directory, "Deployment")[name]).get("env", [])
+    }
+    if variable in env:
+        return env[variable]
+    config = _config_map(directory, "tuneline-common") | _config_map(directory, f"{name}-config")
+    return config.get(variable)
+
+
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return container
@@ -158,9 +174,16 @@ def test_service_ports_probes_and_settings_agree(overlay: str, name: str) -> Non
     assert container_ports["grpc"] == ports.grpc
     assert container_ports["metrics"] == ports.metrics
 
-    # native gRPC probes on the gRPC port
+    # native gRPC probes: on the gRPC port, or where that speaks TLS (which the kubelet's gRPC
+    # probes do not) on the plaintext health-only port the service opens for them
+    health_port = _service_setting(directory, name, f"TUNELINE_{name.upper()}_GRPC_HEALTH_PORT")
+    if _common_setting(directory, "TUNELINE_TLS_CERT_FILE") is not None:
+        assert health_port is not None, f"{name}: TLS on the gRPC port, but no health port"
+    probe_port = ports.grpc if health_port is None else int(health_port)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == ports.grpc, f"{name} {probe}"
+        assert container[probe]["grpc"]["port"] == probe_port, f"{name} {probe}"
+    if health_port is not None:
+        assert container_ports["health"] == probe_port
 
     # the settings the service reads make it listen where the manifests point
     prefix = f"TUNELINE_{name.upper()}_"
@@ -272,11 +295,19 @@ def test_prod_uses_postgres_s3_and_an_external_kafka() -> None:
         container = _container(_objects("overlays/prod", "Deployment")[name])
         assert {"secretRef": {"name": "tuneline-s3", "optional": True}} in container["envFrom"]
     assert len(roots) == 1, "one bucket, a prefix per service"
-    # the registry trusts only checkpoints in the trainer's area (and re-hashes them there)
+    # the registry and the evaluator trust only checkpoints in the trainer's area, and the
+    # registry merged release models only in the evaluator's
+    trainer_root = _config_map("overlays/prod", "trainer-config")["TUNELINE_TRAINER_ARTIFACT_ROOT"]
+    registry = _config_map("overlays/prod", "registry-config")
+    evaluator = _config_map("overlays/prod", "evaluator-config")
+    assert registry["TUNELINE_REGISTRY_TRAINER_ARTIFACT_ROOT"] == trainer_root
+    assert evaluator["TUNELINE_EVALUATOR_TRAINER_ARTIFACT_ROOT"] == trainer_root
     assert (
-        _config_map("overlays/prod", "registry-config")["TUNELINE_REGISTRY_TRAINER_ARTIFACT_ROOT"]
-        == _config_map("overlays/prod", "trainer-config")["TUNELINE_TRAINER_ARTIFACT_ROOT"]
+        registry["TUNELINE_REGISTRY_EVALUATOR_ARTIFACT_ROOT"]
+        == evaluator["TUNELINE_EVALUATOR_ARTIFACT_ROOT"]
     )
+    # every PASSED verdict is confirmed with the evaluator
+    assert registry["TUNELINE_REGISTRY_EVALUATOR_TARGET"] == "evaluator:50054"
     assert not _objects("overlays/prod", "PersistentVolumeClaim"), "no shared volume with S3"
     assert "StatefulSet" not in {d["kind"] for d in _render("overlays/prod")}
     assert (
@@ -352,6 +383,164 @@ def test_prod_runs_replicas_of_every_service_but_the_trainer_under_disruption_bu
         assert budget["selector"]["matchLabels"].items() <= pods.items(), name
         rolling = deployments[name]["spec"]["strategy"]
         assert rolling["type"] == "RollingUpdate", f"{name}: replicas are replaced one by one"
+
+
+# --- production security: certificates, network policies, reflection ----------------------
+
+#: The SPIFFE trust domain of production's service certificates (as `tuneline up`'s).
+TRUST_DOMAIN = "tuneline.local"
+PROD = "overlays/prod"
+
+
+def _grpc_callers(directory: str) -> dict[str, set[str]]:
+    """Which services call which: every ``TUNELINE_<CALLER>_*_TARGET=<callee>:<port>``."""
+    callers: dict[str, set[str]] = {name: set() for name in SERVICE_NAMES}
+    for caller in SERVICE_NAMES:
+        config = _config_map(directory, f"{caller}-config")
+        for key, target in config.items():
+            if key.startswith(f"TUNELINE_{caller.upper()}_") and key.endswith("_TARGET"):
+                callee, _, port = target.partition(":")
+                assert int(port) == _ports(callee).grpc, f"{key}={target}"
+                callers[callee].add(caller)
+    return callers
+
+
+def test_prod_enforces_auth_without_reflection() -> None:
+    common = _config_map(PROD, "tuneline-common")
+    assert common.get("TUNELINE_AUTH_MODE", "enforce") == "enforce"
+    assert CommonSettings.model_fields["auth_mode"].default == "enforce"
+    assert common["TUNELINE_GRPC_REFLECTION"] == "false"
+    as_read = CommonSettings.model_validate({"grpc_reflection": common["TUNELINE_GRPC_REFLECTION"]})
+    assert as_read.grpc_reflection is False
+    for overlay in ("dev", "dev-cpu"):
+        assert "TUNELINE_GRPC_REFLECTION" not in _config_map(
+            f"overlays/{overlay}", "tuneline-common"
+        )
+
+
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+def test_prod_pods_serve_mutual_tls_with_their_cert_manager_certificate(name: str) -> None:
+    from shared.security.policy import AccessPolicy  # noqa: PLC0415 - only these tests
+
+    certificates = _objects(PROD, "Certificate")
+    spec = certificates[name]["spec"]
+    namespace = certificates[name]["metadata"]["namespace"]
+    # what peers dial (`<name>:<port>`) and the in-cluster names, checked by the clients
+    assert {name, f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"} <= set(
+        spec["dnsNames"]
+    )
+    (identity,) = spec["uris"]
+    assert identity == f"spiffe://{TRUST_DOMAIN}/service/{name}"
+    assert f"service:{name}" in AccessPolicy().roles_of(identity), "the service's own role"
+    assert {"server auth", "client auth"} <= set(spec["usages"])
+    assert spec["renewBefore"], "renewed before it expires"
+    issuers = {json.dumps(c["spec"]["issuerRef"], sort_keys=True) for c in certificates.values()}
+    assert len(issuers) == 1, "one issuer: every service trusts its CA for peers and callers"
+
+    # the Secret cert-manager writes is mounted as a directory (no subPath: renewals reach the
+    # files, and servers re-read them before the next handshake) where the settings point
+    deployment = _objects(PROD, "Deployment")[name]
+    files = {
+        key: Path(str(_service_setting(PROD, name, f"TUNELINE_TLS_{key}_FILE")))
+        for key in ("CERT", "KEY", "CA", "CLIENT_CA")
+    }
+    assert {key: path.name for key, path in files.items()} == {
+        "CERT": "tls.crt",
+        "KEY": "tls.key",
+        "CA": "ca.crt",
+        "CLIENT_CA": "ca.crt",
+    }
+    (directory,) = {path.parent for path in files.values()}
+    secret = _volume_mount_of(deployment, str(directory))["secret"]
+    assert secret["secretName"] == spec["secretName"]
+    (mount,) = [
+        m for m in _container(deployment)["volumeMounts"] if m["mountPath"] == str(directory)
+    ]
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount
+    assert _service_setting(PROD, name, "TUNELINE_TLS_REQUIRE_CLIENT_CERT") in (None, "true")
+    # the health-only port is plaintext and the kubelet's: not on the Service
+    assert "health" not in {p["name"] for p in _objects(PROD, "Service")[name]["spec"]["ports"]}
+
+
+def test_the_example_issuer_is_the_one_the_certificates_name() -> None:
+    documents = list(yaml.safe_load_all((K8S / "overlays/prod/issuer.example.yaml").read_text()))
+    issuers = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ClusterIssuer"}
+    (reference,) = {
+        json.dumps(c["spec"]["issuerRef"], sort_keys=True)
+        for c in _objects(PROD, "Certificate").values()
+    }
+    issuer_ref = json.loads(reference)
+    assert issuer_ref["kind"] == "ClusterIssuer"
+    assert issuers[issuer_ref["name"]]["spec"]["ca"]["secretName"]
+    assert "ClusterIssuer" not in {d["kind"] for d in _render(PROD)}, "the cluster's, not ours"
+
+
+def _rule_ports(rule: dict[str, Any]) -> set[str]:
+    return {str(p["port"]) for p in rule["ports"]}
+
+
+def test_prod_denies_ingress_by_default() -> None:
+    policies = _objects(PROD, "NetworkPolicy")
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {}
+    assert deny["policyTypes"] == ["Ingress"]
+    assert not deny.get("ingress"), "admits nothing"
+    assert not _objects("overlays/dev", "NetworkPolicy"), "dev clusters stay open"
+
+
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+def test_prod_network_policy_admits_exactly_each_port_s_callers(name: str) -> None:
+    (policy,) = [
+        p
+        for p in _objects(PROD, "NetworkPolicy").values()
+        if p["spec"]["podSelector"].get("matchLabels") == {"app.kubernetes.io/name": name}
+    ]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    rules = {port: rule for rule in spec["ingress"] for port in _rule_ports(rule)}
+    container_ports = {p["name"] for p in _container(_objects(PROD, "Deployment")[name])["ports"]}
+    assert set(rules) == container_ports, "a rule for every port the pod opens, no other"
+
+    def sources(port: str) -> list[dict[str, Any]]:
+        return list(rules[port]["from"])
+
+    # gRPC: the services whose *_TARGET names this one, and labelled API clients
+    peers = {
+        s["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        for s in sources("grpc")
+        if "namespaceSelector" not in s
+    }
+    assert peers == _grpc_callers(PROD)[name]
+    api_clients = [s for s in sources("grpc") if "namespaceSelector" in s]
+    assert api_clients == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"tuneline.io/api-client": "true"}},
+        }
+    ]
+    monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    assert sources("metrics") == [
+        {
+            "namespaceSelector": monitoring,
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+    assert "from" not in rules["health"], "kubelet probes come from the node"
+    if name == "registry":
+        assert sources("webhook") == [
+            {
+                "namespaceSelector": monitoring,
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "alertmanager"}},
+            }
+        ]
+
+
+def test_the_registry_calls_the_evaluator_and_is_admitted() -> None:
+    callers = _grpc_callers(PROD)
+    assert "registry" in callers["evaluator"], "the registry confirms verdicts (GetEvaluation)"
+    assert {"trainer", "evaluator", "serving"} <= callers["registry"]
+    assert callers["dataset"] == {"splitter"}
 
 
 # --- the rollback webhook's secret --------------------------------------------------------
@@ -664,15 +853,74 @@ def test_compose_mounts_existing_files_and_shares_the_webhook_token() -> None:
     alertmanager = yaml.safe_load((DEPLOY / "alertmanager/alertmanager.yml").read_text())
     (webhook,) = [w for r in alertmanager["receivers"] for w in r.get("webhook_configs", [])]
     assert webhook["http_config"]["authorization"]["credentials_file"] == token_file
-    mounted = {
-        name: {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
-        for name in ("registry", "alertmanager")
-    }
-    assert mounted["registry"][token_file] == mounted["alertmanager"][token_file]
+    # the installation's own token, made by the credentials service, never a committed file
+    token_volume = _compose_volume_holding(services["registry"], token_file)
+    assert token_volume == _compose_volume_holding(services["alertmanager"], token_file)
+    assert token_volume in _compose()["volumes"], "a named volume, not a file of the repository"
+    assert _made_by_the_credentials_service(token_volume, token_file)
+    for name in ("registry", "alertmanager"):
+        waits = services[name]["depends_on"]["credentials"]["condition"]
+        assert waits == "service_completed_successfully"
     assert (
         f"127.0.0.1:{_default('registry', 'webhook_port')}:{_default('registry', 'webhook_port')}"
         in (services["registry"]["ports"])
     )
+
+
+def _compose_volume_holding(service: dict[str, Any], path: str) -> str:
+    """The source of the compose volume a service sees ``path`` in (the file or its folder)."""
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+    (source,) = [source for target, source in mounts.items() if Path(path).is_relative_to(target)]
+    return source
+
+
+def _made_by_the_credentials_service(volume: str, path: str) -> bool:
+    """The one-shot ``credentials`` service writes ``path`` into ``volume`` if it is missing."""
+    credentials = _compose()["services"]["credentials"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in credentials["volumes"]}
+    script = "\n".join(credentials["command"])
+    return Path(path).is_relative_to(mounts[volume]) and f"make {path}" in script
+
+
+def test_grafana_has_no_default_admin_and_no_anonymous_viewers() -> None:
+    """Grafana's own default admin is admin/admin: compose and the dev cluster give it a
+    password of the installation's own (compose: made once, kept in a volume; Kubernetes: the
+    Secret grafana-admin, or one made at the pod's start), and nobody browses anonymously."""
+    compose = _compose()["services"]
+    grafana = compose["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana, "no password in the file"
+    password_file = grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+    volume = _compose_volume_holding(compose["grafana"], password_file)
+    assert volume in _compose()["volumes"]
+    assert _made_by_the_credentials_service(volume, password_file)
+    waits = compose["grafana"]["depends_on"]["credentials"]["condition"]
+    assert waits == "service_completed_successfully"
+
+    deployment = _objects("overlays/dev", "Deployment")["grafana"]
+    env = {e["name"]: e.get("value") for e in _container(deployment)["env"]}
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    password_file = env["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+    folder = str(Path(password_file).parent)
+    assert "emptyDir" in _volume_mount_of(deployment, folder)
+    (init,) = _init_containers(deployment)
+    assert {"name": "admin-password", "mountPath": folder} in init["volumeMounts"]
+    script = init["args"][0]
+    (secret_mount,) = [m for m in init["volumeMounts"] if m["mountPath"] != folder]
+    (secret,) = [
+        v["secret"]
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == secret_mount["name"]
+    ]
+    assert secret["secretName"] == "grafana-admin"
+    assert secret["optional"] is True
+    assert f"cp {secret_mount['mountPath']}/password {password_file}" in script
+    assert "/dev/urandom" in script, "else a random one"
+    assert f"> {password_file}" in script
+    assert "grafana-admin" not in _objects("overlays/dev", "Secret"), "no committed password"
+    deployed = {o for o in OVERLAYS if "grafana" in _objects(f"overlays/{o}", "Deployment")}
+    assert deployed == {"dev", "dev-cpu"}, "Grafana anywhere else needs these checks too"
 
 
 # --- Tiltfile -----------------------------------------------------------------------------
@@ -981,3 +1229,66 @@ def test_the_kafka_cluster_component_makes_three_voters_with_three_copies(
     ]
     assert common["TUNELINE_KAFKA_REPLICATION_FACTOR"] == "3"
     assert common["TUNELINE_KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+
+
+# --- production Kafka credentials: SASL_SSL, one SCRAM user per service, from Secrets --------
+
+
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+def test_prod_pods_log_in_to_kafka_as_their_service_from_a_mounted_secret(name: str) -> None:
+    from shared.events.acls import SERVICES  # noqa: PLC0415 - only this test
+
+    deployment = _objects(PROD, "Deployment")[name]
+    assert _service_setting(PROD, name, "TUNELINE_KAFKA_SECURITY_PROTOCOL") == "SASL_SSL"
+    assert _service_setting(PROD, name, "TUNELINE_KAFKA_SASL_MECHANISM") == "SCRAM-SHA-512"
+    # the user the broker's ACLs know (shared/events/acls.py): its own topics only
+    assert _service_setting(PROD, name, "TUNELINE_KAFKA_USERNAME") == name
+    assert name in SERVICES
+    # the password comes from a file in the service's own Secret, never a variable
+    assert _service_setting(PROD, name, "TUNELINE_KAFKA_PASSWORD") is None
+    env = _container(deployment).get("env", [])
+    assert not [e for e in env if "valueFrom" in e and e["name"].startswith("TUNELINE_KAFKA")]
+    password = Path(str(_service_setting(PROD, name, "TUNELINE_KAFKA_PASSWORD_FILE")))
+    assert _volume_mount_of(deployment, str(password.parent))["secret"]["secretName"] == (
+        f"tuneline-kafka-{name}"
+    )
+    ca = Path(str(_service_setting(PROD, name, "TUNELINE_KAFKA_SSL_CAFILE")))
+    assert _volume_mount_of(deployment, str(ca.parent))["secret"]["secretName"] == (
+        "tuneline-kafka-ca"
+    )
+    for directory in (password.parent, ca.parent):
+        (mount,) = [
+            m for m in _container(deployment)["volumeMounts"] if m["mountPath"] == str(directory)
+        ]
+        assert mount["readOnly"] is True
+    assert not _objects(PROD, "Secret"), "Kafka passwords are created out of band"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_trainer_may_launch_ranks_in_its_namespace_and_nothing_more(overlay: str) -> None:
+    directory = f"overlays/{overlay}"
+    deployment = _objects(directory, "Deployment")["trainer"]
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    assert account in _objects(directory, "ServiceAccount")
+    (binding,) = [
+        b
+        for b in _objects(directory, "RoleBinding").values()
+        if {"kind": "ServiceAccount", "name": account}
+        in [{"kind": s["kind"], "name": s["name"]} for s in b["subjects"]]
+    ]
+    assert binding["roleRef"]["kind"] == "Role"  # namespaced: no ClusterRole
+    role = _objects(directory, "Role")[binding["roleRef"]["name"]]
+    allowed = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    # what services/trainer/adapters/kubernetes_launch.py creates, follows and deletes
+    for resource in ("configmaps", "secrets", "services"):
+        assert {("", resource, "create"), ("", resource, "delete")} <= allowed
+    for group, resource in (("batch", "jobs"), ("trainer.kubeflow.org", "trainjobs")):
+        assert {(group, resource, v) for v in ("create", "get", "delete")} <= allowed
+    assert {("", "pods", "get"), ("", "pods", "list")} <= allowed
+    assert not {v for (_, resource, v) in allowed if resource == "pods"} - {"get", "list", "watch"}

@@ -7,7 +7,6 @@ marking, retrying); the real Kafka path is covered by the integration tests.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from shared.db import create_database_engine, create_schema, create_session_fact
 from shared.events import MAX_EVENT_BYTES, EventTooLarge, OutboxEvent, OutboxRelay, stage_event
 from shared.events.envelope import Envelope, current_traceparent
 from shared.events.metrics import EventMetrics
+from tests.fixtures.waiting import eventually
 
 SOURCE = "tuneline/test"
 
@@ -590,9 +590,7 @@ def test_background_relay_publishes_on_wake_and_on_stop(sessions: sessionmaker[S
     try:
         envelope = _stage(sessions, 1)
         relay.wake()
-        deadline = time.monotonic() + 60
-        while not publisher.sent and time.monotonic() < deadline:
-            time.sleep(0.005)
+        eventually(lambda: publisher.sent, timeout=60, what="the woken relay to publish")
         assert [e.id for e in publisher.sent] == [envelope.id]
         last = _stage(sessions, 2)
     finally:

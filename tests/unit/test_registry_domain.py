@@ -20,6 +20,7 @@ from services.registry.domain import (
     Comparison,
     Decision,
     EvaluationFacts,
+    FourEyesConflict,
     LiveQualityRule,
     MoveTrigger,
     ProductionMove,
@@ -29,6 +30,7 @@ from services.registry.domain import (
     alert_concerns_production,
     choose_rollback_target,
     decide_on_evaluation,
+    four_eyes_conflict,
     is_past_floor,
     judge_live_quality,
     parse_alertmanager_payload,
@@ -503,3 +505,25 @@ def test_alias_names_are_checked_with_the_field_named():
     assert raised.value.violations[0].field == "name"
     with pytest.raises(InvalidArgument):
         parse_alias_name("models/M/aliases/production")
+
+
+@pytest.mark.parametrize(
+    ("reviewer", "job_creator", "model_creator", "conflict"),
+    [
+        ("bob", "bob", "ed", FourEyesConflict("training_job", "bob")),
+        ("ed", "bob", "ed", FourEyesConflict("model", "ed")),
+        ("ed", "ed", "ed", FourEyesConflict("training_job", "ed")),  # the nearer authorship
+        ("alice", "bob", "ed", None),
+        # created without auth (or by a policy, named for itself): binds no person
+        ("alice", "", "", None),
+        ("alice", "trainingPolicies/nightly", "ed", None),
+        ("", "", "", None),  # no reviewer known (a server without auth): nothing to compare
+    ],
+)
+def test_four_eyes_refuses_the_creator_of_the_job_or_the_model(
+    reviewer: str, job_creator: str, model_creator: str, conflict: FourEyesConflict | None
+) -> None:
+    assert (
+        four_eyes_conflict(reviewer, job_creator=job_creator, model_creator=model_creator)
+        == conflict
+    )

@@ -29,13 +29,22 @@ from services.registry.adapters.tables import (
     RegistryBase,
     RegressionRow,
 )
+from services.registry.adapters.verdict_checks import verdict_disagreement
 from services.registry.domain import RollbackAlertPolicy, parse_alertmanager_payload
 from services.registry.handlers import RegistryDeps
 from shared.artifacts import LocalArtifactStore, root_uri
 from shared.db import create_database_engine, create_schema, create_session_factory
-from shared.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shared.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from shared.events import OutboxEvent
 from shared.modeling.models import folder_sha256
+from tests.fixtures.evaluator_double import stored_evaluation
 from tests.fixtures.registry_events import (
     checkpoint_ready,
     comparison,
@@ -391,6 +400,57 @@ def test_an_artifact_that_rehashes_to_its_sha256_is_promoted(
     assert registry.production() == registry_checkpoint(MODEL, "genuine", 100)
     (promoted,) = registry.outbox(events_pb2.ModelPromoted)
     assert (promoted.artifact_uri, promoted.sha256) == (uri, sha256)
+
+
+def test_a_merged_release_outside_the_evaluators_area_is_refused(
+    registry: Registry, trainer_area: TrainerArea, tmp_path: Path
+):
+    assert registry.deps.artifacts is not None
+    registry.deps.artifacts.evaluator_root = root_uri(tmp_path / "evaluator")
+    registry.create()
+    uri, sha256 = trainer_area.write_adapter("released")
+    registry.run(
+        lambda s: handlers.on_checkpoint_ready(
+            s, registry.deps, _ready_at("released", uri, sha256), event_id="cr"
+        )
+    )
+
+    def evaluated(evaluation: str, merged: Path) -> None:
+        event = evaluation_completed(MODEL, "released", 100, evaluation=evaluation)
+        event.parity.verdict = common_pb2.PARITY_VERDICT_PASSED
+        event.parity.merged_artifact_uri = merged.resolve().as_uri()
+        registry.run(
+            lambda s: handlers.on_evaluation_completed(s, registry.deps, event, event_id=evaluation)
+        )
+
+    evaluated("evaluations/forged", tmp_path / "trainer" / "released-merged")  # not its area
+    assert registry.production() == ""
+    with registry.sessions() as session:
+        (refused,) = session.scalars(select(DeferredEventRow))
+    assert refused.status == "REFUSED"
+    assert "merged_artifact_uri is not in the evaluator's artifact area" in refused.reason
+    assert (
+        registry.sample(
+            "tuneline_registry_artifacts_refused_total", model=MODEL, check="release_location"
+        )
+        == 1
+    )
+    evaluated("evaluations/genuine", tmp_path / "evaluator" / "releases" / "r1")
+    assert registry.production() == registry_checkpoint(MODEL, "released", 100)
+
+
+def test_a_verdict_the_evaluator_stored_otherwise_names_each_difference():
+    event = evaluation_completed(MODEL, "a", 100, evaluation="evaluations/a")
+    stored = stored_evaluation(event)
+    assert verdict_disagreement(event, stored) == ""
+    stored.verdict = common_pb2.EVALUATION_VERDICT_FAILED
+    stored.checkpoint = "trainingJobs/b/checkpoints/step-100"
+    stored.metrics[0].value = 0.51
+    why = verdict_disagreement(event, stored)
+    assert "evaluated trainingJobs/b/checkpoints/step-100" in why
+    assert "verdict is FAILED, not PASSED" in why
+    assert "metrics differ" in why
+    assert "comparisons differ" not in why
 
 
 def test_the_same_checkpoint_announced_twice_is_registered_once(registry: Registry):
@@ -1190,6 +1250,80 @@ def test_a_second_automatic_rollback_in_the_window_is_refused_and_freezes_automa
     outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, regression))
     assert outcome == "rolled_back"
     assert registry.production() == a
+
+
+@pytest.mark.parametrize("four_eyes", [True, False])
+def test_four_eyes_keeps_a_models_creator_from_approving_or_promoting_it(
+    registry: Registry, four_eyes: bool
+):
+    registry.deps.four_eyes = four_eyes
+    definition = model_definition(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
+    definition.creator = "mallory"  # output only: the request's word does not count
+    created = registry.run(
+        lambda s: handlers.create_model(s, registry.deps, MODEL, definition, creator="ed")
+    )
+    assert created.creator == "ed"
+    registry.checkpoint("a")
+    registry.evaluate("a", "evaluations/a")
+    name = registry_checkpoint(MODEL, "a", 100)
+
+    def approve(reviewer: str) -> service_pb2.ApproveCheckpointResponse:
+        request = service_pb2.ApproveCheckpointRequest(
+            checkpoint=name, reviewer=reviewer, reason="looks good"
+        )
+        return registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, request))
+
+    def promote(actor: str) -> None:
+        request = service_pb2.PromoteCheckpointRequest(checkpoint=name, actor=actor)
+        registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, request))
+
+    if not four_eyes:
+        assert approve("ed").alias.checkpoint == name
+        return
+    with pytest.raises(PermissionDenied) as denied:
+        approve("ed")
+    assert denied.value.metadata == {
+        "reason": "FOUR_EYES",
+        "model": f"models/{MODEL}",
+        "checkpoint": name,
+        "created": "model",
+        "creator": "ed",
+    }
+    with pytest.raises(PermissionDenied):
+        promote("ed")
+    assert registry.production() == ""
+    assert registry.run(lambda s: handlers.get_checkpoint(s, name)).review_state == (
+        resources_pb2.REVIEW_STATE_PENDING
+    )
+    assert approve("alice").alias.checkpoint == name  # another reviewer may
+    (promoted,) = registry.outbox(events_pb2.ModelPromoted)
+    assert promoted.actor == "alice"
+
+
+def test_four_eyes_keeps_a_jobs_creator_from_approving_or_promoting_its_checkpoint(
+    registry: Registry,
+):
+    registry.deps.four_eyes = True
+    definition = model_definition(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
+    registry.run(lambda s: handlers.create_model(s, registry.deps, MODEL, definition, creator="ed"))
+    ready = checkpoint_ready(MODEL, "a", 100)
+    ready.job_creator = "bob"  # the identity the trainer verified on CreateTrainingJob
+    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, ready, event_id="cr-a"))
+    registry.evaluate("a", "evaluations/a")
+    name = registry_checkpoint(MODEL, "a", 100)
+    assert registry.run(lambda s: handlers.get_checkpoint(s, name)).job_creator == "bob"
+    approve = service_pb2.ApproveCheckpointRequest(checkpoint=name, reviewer="bob", reason="mine")
+    with pytest.raises(PermissionDenied) as denied:
+        registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+    assert denied.value.metadata["created"] == "training_job"
+    assert denied.value.metadata["creator"] == "bob"
+    assert "trainingJobs/a" in str(denied.value)
+    promote = service_pb2.PromoteCheckpointRequest(checkpoint=name, actor="bob")
+    with pytest.raises(PermissionDenied):
+        registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, promote))
+    approve.reviewer = "carol"  # created neither the job nor the model
+    approved = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+    assert approved.alias.checkpoint == name
 
 
 def test_manual_rollbacks_do_not_count_toward_the_breaker(registry: Registry):

@@ -138,7 +138,7 @@ class _Down:
 
 
 class _Dataset:
-    def get_version(self, name: str) -> dataset_pb2.DatasetVersion:
+    def get_dataset_version(self, name: str) -> dataset_pb2.DatasetVersion:
         return dataset_pb2.DatasetVersion(name=name, create_time=_stamp(0))
 
 

@@ -107,7 +107,7 @@ def splitter(tmp_path: Path, database_url: str) -> Iterator[Splitter]:
         artifacts=LocalArtifactStore(
             tmp_path / "splitter" / "artifacts", readable_roots=[tmp_path]
         ),
-        metrics=SplitterMetrics.of(registry),
+        metrics=SplitterMetrics(registry),
         registry=registry,
     )
     engine.dispose()

@@ -77,6 +77,8 @@ def test_every_service_is_told_where_its_peers_listen(tmp_path: Path) -> None:
     assert envs["trainer"]["TUNELINE_TRAINER_SPLITTER_TARGET"] == "127.0.0.1:41001"
     assert envs["trainer"]["TUNELINE_TRAINER_REGISTRY_TARGET"] == "127.0.0.1:42000"
     assert envs["evaluator"]["TUNELINE_EVALUATOR_REGISTRY_TARGET"] == "127.0.0.1:42000"
+    # the registry confirms every PASSED verdict with the evaluator
+    assert envs["registry"]["TUNELINE_REGISTRY_EVALUATOR_TARGET"] == "127.0.0.1:41003"
     assert envs["trainer"]["TUNELINE_TRAINER_GRPC_PORT"] == "41002"
     for name, peers in PEER_TARGETS.items():
         for setting, _peer in peers:

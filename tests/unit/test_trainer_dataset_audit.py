@@ -66,7 +66,7 @@ def split_created(sessions, context) -> list[str]:
 
 
 @pytest.fixture
-def waiting(context: handlers.Context) -> handlers.Context:
+def waiting(context: handlers.TrainerDeps) -> handlers.TrainerDeps:
     return replace(context, wait_for_dataset_audit=True)
 
 

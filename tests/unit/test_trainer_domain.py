@@ -9,9 +9,13 @@ from decimal import Decimal
 
 import pytest
 
-from services.trainer.adapters.engine.sampling import epoch_order, micro_batches, step_groups
+from services.trainer.adapters.engine.sampling import (
+    epoch_order,
+    micro_batches,
+    step_groups,
+    token_budget_micro_batches,
+)
 from services.trainer.domain import (
-    RESOURCE_ID,
     AdapterMethod,
     AdapterSpec,
     BaseModelRef,
@@ -44,6 +48,7 @@ from services.trainer.domain import (
     thin_loss_trend,
     validate_job_config,
 )
+from shared.names import is_resource_id
 
 
 def _config(**changes: object) -> JobConfig:
@@ -129,7 +134,7 @@ def test_all_violations_are_reported_at_once() -> None:
 def test_defaults_resolve_per_task_and_architecture() -> None:
     bert = resolve_adapter(AdapterSpec(), TaskType.CLASSIFICATION, "bert")
     assert bert.method is AdapterMethod.LORA
-    assert (bert.rank, bert.alpha, bert.dropout) == (8, 16.0, 0.05)
+    assert (bert.rank, bert.alpha, bert.dropout) == (8, 16.0, 0.0)
     assert bert.target_modules == ("query", "key", "value")
     assert bert.modules_to_save == ("classifier",)
     llama = resolve_adapter(AdapterSpec(rank=16), TaskType.CAUSAL_LM, "llama")
@@ -140,6 +145,8 @@ def test_defaults_resolve_per_task_and_architecture() -> None:
     assert head.modules_to_save == ("score",)
     explicit = resolve_adapter(AdapterSpec(target_modules=("fc1",)), TaskType.CAUSAL_LM, "llama")
     assert explicit.target_modules == ("fc1",)
+    # no dropout unless asked for (peft then skips the dropout layer); an explicit one is kept
+    assert resolve_adapter(AdapterSpec(dropout=0.1), TaskType.CAUSAL_LM, "llama").dropout == 0.1
 
 
 def test_target_modules_explicit_preset_or_unknown() -> None:
@@ -249,8 +256,8 @@ def test_policy_job_ids_are_deterministic_and_valid() -> None:
     assert first != policy_job_id("trainingPolicies/reviews", "datasets/d/versions/v2/splits/s")
     assert first.startswith("reviews-")
     long = policy_job_id("trainingPolicies/" + "a" * 63, "datasets/d/versions/v1/splits/s")
-    assert RESOURCE_ID.match(first)
-    assert RESOURCE_ID.match(long)
+    assert is_resource_id(first)
+    assert is_resource_id(long)
 
 
 def test_job_states_move_forward_only() -> None:
@@ -301,3 +308,18 @@ def test_steps_hold_the_same_examples_whatever_the_micro_batch() -> None:
     spread = [max(lengths[i] for i in g) - min(lengths[i] for i in g) for g in groups]
     assert sum(spread) / len(spread) < 25
     assert epoch_order(10, seed=1, epoch=0) == epoch_order(10, seed=1, epoch=0)
+
+
+def test_token_budget_micro_batches_fill_to_the_budget_without_splitting_an_example() -> None:
+    lengths = [(i * 37) % 50 + 1 for i in range(203)]
+    lengths[8] = 150  # longer than the budget: alone, never split
+    group = list(range(0, 203, 2))
+    batches = token_budget_micro_batches(group, lengths, token_budget=120)
+    assert sorted(i for b in batches for i in b) == group
+    assert [b for b in batches if sum(lengths[i] for i in b) > 120] == [[8]]
+    # nearly full: as few micro-batches as the tokens need, give or take one
+    tokens = sum(lengths[i] for i in group)
+    assert len(batches) <= -(-tokens // 120) + 1
+    assert batches == token_budget_micro_batches(group, lengths, token_budget=120)
+    with pytest.raises(ValueError, match="positive"):
+        token_budget_micro_batches(group, lengths, token_budget=0)

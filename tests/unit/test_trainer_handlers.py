@@ -8,7 +8,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -63,6 +63,7 @@ from shared.errors import (
 from shared.events import OutboxEvent
 from shared.modeling import InvalidModelReference, ModelNotFound, ModelRefused, ResolvedModel
 from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
+from tests.fixtures.waiting import eventually
 from tuneline.client import ownership
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.trainer.v1 import events_pb2, resources_pb2
@@ -145,8 +146,8 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
 
 
 @pytest.fixture
-def context() -> handlers.Context:
-    return handlers.Context(
+def context() -> handlers.TrainerDeps:
+    return handlers.TrainerDeps(
         models=FakeModels(),
         pricing=Pricing(Decimal("3.60"), "USD"),
         source="tuneline/trainer",
@@ -180,7 +181,7 @@ def command(
 
 def known_split(sessions: sessionmaker[Session], info: SplitInfo | None = None) -> None:
     with sessions() as session, session.begin():
-        TrainerRepository(session).remember_split(info or split_info(), now=handlers._now())
+        TrainerRepository(session).remember_split(info or split_info(), now=datetime.now(UTC))
 
 
 def staged(sessions: sessionmaker[Session], message_type: type) -> list:
@@ -191,7 +192,7 @@ def staged(sessions: sessionmaker[Session], message_type: type) -> list:
 
 
 def create(
-    sessions: sessionmaker[Session], context: handlers.Context, cmd: handlers.CreateJobCommand
+    sessions: sessionmaker[Session], context: handlers.TrainerDeps, cmd: handlers.CreateJobCommand
 ):
     with sessions() as session, session.begin():
         return handlers.create_training_job(session, cmd, context)
@@ -293,7 +294,7 @@ def test_a_request_id_makes_a_retried_create_return_the_first_job(sessions, cont
 
 def test_an_unknown_split_is_asked_of_the_splitter_then_refused(sessions) -> None:
     splitter = FakeSplitter({SPLIT: split_info()})
-    context = handlers.Context(FakeModels(), Pricing(Decimal(1), "USD"), "s", {}, splitter)
+    context = handlers.TrainerDeps(FakeModels(), Pricing(Decimal(1), "USD"), "s", {}, splitter)
     job = create(sessions, context, command())
     assert splitter.asked == [SPLIT]
     assert job.split.manifest_sha256 == "d" * 64
@@ -394,6 +395,7 @@ def test_a_split_makes_one_job_per_policy_however_often_it_arrives(sessions, con
         rows = TrainerRepository(session).list_job_rows(limit=10)
     assert [r.name for r in rows] == [expected]
     assert rows[0].training_policy == "trainingPolicies/reviews"
+    assert rows[0].creator == "trainingPolicies/reviews"  # automation: the policy, no person
     assert rows[0].state == JobState.QUEUED.value
 
 
@@ -473,7 +475,7 @@ def checkpoint(
 
 def test_a_run_is_recorded_with_its_events_once(sessions, context) -> None:
     known_split(sessions)
-    create(sessions, context, command())
+    create(sessions, context, replace(command(), creator="carol"))
     name = "trainingJobs/j1"
     with sessions() as session, session.begin():
         handlers.begin_attempt(session, name, device="cpu", pid=42)
@@ -530,6 +532,8 @@ def test_a_run_is_recorded_with_its_events_once(sessions, context) -> None:
     assert ready[0].lineage.checkpoint == f"{name}/checkpoints/step-10"
     assert ready[0].lineage.base_model.files_sha256 == "a" * 64
     assert ready[0].lineage.hyperparameters.precision == common_pb2.PRECISION_FP32
+    # the registry's four-eyes approval keeps the job's creator from approving its checkpoints
+    assert [c.job_creator for c in ready] == ["carol"] * 3
     (completed,) = staged(sessions, events_pb2.TrainingJobCompleted)
     assert completed.best_checkpoint == f"{name}/checkpoints/step-10"
     assert completed.final_checkpoint == f"{name}/checkpoints/step-30"
@@ -543,6 +547,7 @@ def test_a_run_is_recorded_with_its_events_once(sessions, context) -> None:
         job, trend = handlers.get_training_job(session, name, context)
     assert job.state is JobState.SUCCEEDED
     assert job.attempt_count == 2
+    assert job.creator == "carol"
     assert job.config.hyperparameters.precision is Precision.FP32
     assert job.cost.tokens_processed == 3000
     assert job.cost.device_seconds >= 0
@@ -804,7 +809,7 @@ class FakeTokenCounter:
 
 
 def test_a_dry_run_checks_the_job_estimates_it_and_creates_nothing(
-    sessions: sessionmaker[Session], context: handlers.Context
+    sessions: sessionmaker[Session], context: handlers.TrainerDeps
 ):
     known_split(sessions)
     counter = FakeTokenCounter()
@@ -836,7 +841,7 @@ def test_a_dry_run_checks_the_job_estimates_it_and_creates_nothing(
 
 
 def test_a_dry_run_is_refused_as_a_create_would_be(
-    sessions: sessionmaker[Session], context: handlers.Context
+    sessions: sessionmaker[Session], context: handlers.TrainerDeps
 ):
     estimating = replace(context, token_counter=FakeTokenCounter())
     with sessions() as session, session.begin(), pytest.raises(FailedPrecondition):
@@ -853,8 +858,8 @@ def test_a_dry_run_is_refused_as_a_create_would_be(
 
 
 def _budgeted(
-    context: handlers.Context, *, per_run: str | None = None, per_month: str | None = None
-) -> handlers.Context:
+    context: handlers.TrainerDeps, *, per_run: str | None = None, per_month: str | None = None
+) -> handlers.TrainerDeps:
     budget = Budget(
         currency="USD",
         per_run=Decimal(per_run) if per_run else None,
@@ -917,7 +922,7 @@ def test_the_monthly_budget_counts_what_this_months_jobs_cost_or_are_expected_to
     with sessions() as session, session.begin():
         row = TrainerRepository(session).job_row("trainingJobs/j1")
         assert row is not None
-        row.create_time = month_start(handlers._now()) - timedelta(seconds=1)
+        row.create_time = month_start(datetime.now(UTC)) - timedelta(seconds=1)
     create(sessions, budgeted, command("j3"))  # last month's job no longer counts
 
 
@@ -1164,8 +1169,8 @@ def test_a_watch_ends_when_its_client_leaves_or_the_notifier_closes(sessions, co
     next(stream)
     ended = threading.Thread(target=lambda: list(stream), daemon=True)
     ended.start()
-    while not rpc.callbacks:  # the stream registers its callback before it waits
-        threading.Event().wait(0.01)
+    # the stream registers its callback before it waits
+    eventually(lambda: rpc.callbacks, timeout=30, what="the watch to register its callback")
     rpc.callbacks[0]()  # the client went away
     ended.join(30)
     assert not ended.is_alive()

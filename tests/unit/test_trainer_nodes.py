@@ -28,8 +28,8 @@ TIMEOUT = 120.0
 
 
 @pytest.fixture
-def context() -> handlers.Context:
-    return handlers.Context(
+def context() -> handlers.TrainerDeps:
+    return handlers.TrainerDeps(
         models=AnyModels(),
         pricing=PRICING,
         source="tuneline/trainer",
@@ -57,7 +57,7 @@ def pg_sessions(postgresql_url: str) -> Iterator[sessionmaker[Session]]:
     yield from _sessions(postgresql_url)
 
 
-def _queue(sessions: sessionmaker[Session], context: handlers.Context, *ids: str) -> list[str]:
+def _queue(sessions: sessionmaker[Session], context: handlers.TrainerDeps, *ids: str) -> list[str]:
     names = []
     for job_id in ids:
         with sessions() as session, session.begin():

@@ -159,7 +159,7 @@ def test_every_service_sees_every_row_unchanged(models_root: Path, texts: list[s
         create_schema(engine, [SplitterBase.metadata])
         sessions = create_session_factory(engine)
         store = LocalArtifactStore(root / "splitter", readable_roots=[root])
-        metrics = SplitterMetrics.of(CollectorRegistry())
+        metrics = SplitterMetrics(CollectorRegistry())
         announced = version_from_event(dataset_versioned(version))
         with sessions.begin() as session:
             splitter_handlers.on_dataset_versioned(

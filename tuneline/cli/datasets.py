@@ -198,8 +198,8 @@ def push(
 
     with reported_errors(), _client() as client, progress:
         try:
-            response = client.upload_version(
-                dataset,
+            response = client.upload_dataset_version(
+                dataset_name(dataset),
                 file,
                 parent_version=parent,
                 uploader=uploader,
@@ -244,9 +244,9 @@ def show(
     """Show a dataset, or a version (datasets/{d}/versions/{v})."""
     with reported_errors(), _client() as client:
         if "/versions/" in name:
-            print_message(client.get_version(name))
+            print_message(client.get_dataset_version(name))
         else:
-            print_message(client.get_dataset(name))
+            print_message(client.get_dataset(dataset_name(name)))
 
 
 def _print_table(headers: list[str], rows: list[list[str]], caption: str | None = None) -> None:
@@ -284,7 +284,7 @@ def list_command(
                 )
             _print_table(["dataset", "task", "versions", "latest", "labels"], rows)
             return
-        for version in client.list_versions(dataset_name(dataset)):
+        for version in client.list_dataset_versions(dataset_name(dataset)):
             if len(rows) == limit:
                 break
             rows.append(
@@ -319,7 +319,9 @@ def report(
     with reported_errors(), _client() as client:
         if "/reports/" not in name:
             rows: list[list[str]] = []
-            for item in client.list_reports(name, outcome=outcome.value if outcome else None):
+            for item in client.list_validation_reports(
+                dataset_name(name), outcome=outcome.value if outcome else None
+            ):
                 if len(rows) == limit:
                     break
                 rows.append(
@@ -342,7 +344,7 @@ def report(
                 caption=f"details: tuneline datasets report {dataset_name(name)}/reports/REPORT",
             )
             return
-        found = client.get_report(name)
+        found = client.get_validation_report(name)
     if json:
         print_message(found)
         return
@@ -382,7 +384,7 @@ def audit(
     """Show a version's label audit: verdict, estimated noise per class, suspected rows, and
     the shift of the rows it adds against its parent."""
     with reported_errors(), _client() as client:
-        found = client.get_audit(version, max_rows=0 if json else rows)
+        found = client.get_dataset_audit(version, max_rows=0 if json else rows)
     if json:
         print_message(found)
         return

@@ -144,7 +144,7 @@ def create(
     method: Annotated[Method, typer.Option(help="Adapter method.")] = Method.lora,
     rank: Annotated[int, typer.Option(help="LoRA rank (0: default 8).")] = 0,
     alpha: Annotated[float, typer.Option(help="LoRA alpha (0: 2 x rank).")] = 0.0,
-    dropout: Annotated[float | None, typer.Option(help="Adapter dropout (default 0.05).")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Adapter dropout (default 0).")] = None,
     target_module: Annotated[
         list[str] | None,
         typer.Option("--target-module", help="A module to adapt (repeatable)."),

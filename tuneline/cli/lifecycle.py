@@ -54,7 +54,7 @@ def promote(
 ) -> None:
     """Move an alias (default production) to a checkpoint whose latest evaluation passed."""
     with reported_errors(), _client() as client:
-        response = client.promote(
+        response = client.promote_checkpoint(
             checkpoint_name(checkpoint, model),
             alias=alias,
             actor=actor or _me(),
@@ -80,7 +80,7 @@ def approve(
 ) -> None:
     """Approve a checkpoint pending review: it becomes production."""
     with reported_errors(), _client() as client:
-        response = client.approve(
+        response = client.approve_checkpoint(
             checkpoint_name(checkpoint, model),
             reviewer=reviewer or _me(),
             reason=reason,
@@ -98,7 +98,7 @@ def reject(
 ) -> None:
     """Reject a checkpoint pending review; aliases do not move."""
     with reported_errors(), _client() as client:
-        rejected = client.reject(
+        rejected = client.reject_checkpoint(
             checkpoint_name(checkpoint, model), reviewer=reviewer or _me(), reason=reason
         )
     console.print(f"rejected {rejected.name}")
@@ -122,7 +122,7 @@ def rollback(
 ) -> None:
     """Roll production back to the last good checkpoint (or --to an earlier one)."""
     with reported_errors(), _client() as client:
-        response = client.rollback(
+        response = client.rollback_model(
             model_name(model),
             reason=reason,
             target_checkpoint=checkpoint_name(to, model) if to else "",

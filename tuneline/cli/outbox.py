@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_database_engine, create_session_factory
 from shared.events.parked import NotParked, parked_events, requeue_parked
+from shared.service_ports import SERVICE_NAMES
 from shared.settings import CommonSettings, ServiceSettings
 from tuneline.cli.output import console, err_console
-from tuneline.devtools.stack import SERVICE_NAMES, stack_home
+from tuneline.devtools.stack import stack_home
 
 app = typer.Typer(
     help="A service's parked outbox events (ones Kafka refused): list and re-queue them.",

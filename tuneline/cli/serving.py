@@ -8,6 +8,7 @@ import typer
 
 from tuneline.cli.endpoints import target
 from tuneline.cli.output import print_message, reported_errors
+from tuneline.client.registry import model_name
 from tuneline.client.serving import ServingClient
 
 ModelArg = Annotated[str, typer.Argument(help="sentiment or models/sentiment.")]
@@ -21,7 +22,7 @@ def predict(model: ModelArg, text: Annotated[str, typer.Argument(help="The text.
     """Classify TEXT with the model's production checkpoint; prints the prediction id that
     `tuneline feedback` takes, the label, every label's score and the checkpoint."""
     with reported_errors(), _client() as client:
-        print_message(client.predict(model, text))
+        print_message(client.predict(model_name(model), text))
 
 
 def generate(
@@ -33,7 +34,7 @@ def generate(
 ) -> None:
     """Complete PROMPT greedily with a causal LM's production checkpoint."""
     with reported_errors(), _client() as client:
-        print_message(client.generate(model, prompt, max_new_tokens=max_new_tokens))
+        print_message(client.generate(model_name(model), prompt, max_new_tokens=max_new_tokens))
 
 
 def feedback(
@@ -48,13 +49,13 @@ def feedback(
     if (label is None) == (score is None):
         raise typer.BadParameter("pass exactly one of --label and --score")
     with reported_errors(), _client() as client:
-        print_message(client.feedback(prediction_id, label=label, score=score))
+        print_message(client.submit_feedback(prediction_id, label=label, score=score))
 
 
 def serving_state() -> None:
     """What the serving service serves now, what it follows, and the releases it refused."""
     with reported_errors(), _client() as client:
-        print_message(client.state())
+        print_message(client.get_serving_state())
 
 
 def register(app: typer.Typer) -> None:

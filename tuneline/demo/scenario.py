@@ -47,7 +47,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from tuneline.client.alerts import alertmanager_notification, post_alertmanager_notification
-from tuneline.client.dataset import DatasetClient
+from tuneline.client.dataset import DatasetClient, dataset_name
 from tuneline.client.errors import InvalidArgumentError, TunelineError
 from tuneline.client.registry import RegistryClient
 from tuneline.client.serving import ServingClient
@@ -378,8 +378,8 @@ class _Demo:
         label_churn_override: str = "",
     ) -> Any:
         content = to_jsonl(rows)
-        response = self.datasets.upload_version(
-            dataset_id,
+        response = self.datasets.upload_dataset_version(
+            dataset_name(dataset_id),
             content,
             filename=f"{what}.jsonl",
             parent_version=parent,
@@ -395,7 +395,7 @@ class _Demo:
         try:
             version = self.push(self.dataset_id, "relabelled", rows, parent)
         except InvalidArgumentError as error:
-            report = self.datasets.get_report(error.metadata.get("report", ""))
+            report = self.datasets.get_validation_report(error.metadata.get("report", ""))
             finding = next((f for f in report.findings if f.rule_id == "label_churn"), None)
             if finding is None:
                 raise DemoError(
@@ -457,7 +457,7 @@ class _Demo:
         """The label audit of ``version`` in one line: its verdict, the estimated noise against
         the policy's limit, per label, and the first suspected rows (it is done: training, or
         its refusal, waited for it)."""
-        audit = self.datasets.get_audit(version, max_rows=3)
+        audit = self.datasets.get_dataset_audit(version, max_rows=3)
         verdict = dataset_pb2.LabelAuditVerdict.Name(audit.verdict).removeprefix(
             "LABEL_AUDIT_VERDICT_"
         )
@@ -666,7 +666,7 @@ class _Demo:
             try:
                 if any(
                     s.model == self.model and s.checkpoint == checkpoint
-                    for s in serving.state().served_models
+                    for s in serving.get_serving_state().served_models
                 ):
                     return
             except TunelineError:
@@ -689,7 +689,7 @@ class _Demo:
         for start in range(0, len(rows), batch):
             for row in rows[start : start + batch]:
                 answer = self.serving.predict(self.model, row["text"])
-                feedback = self.serving.feedback(answer.prediction_id, label=row["label"])
+                feedback = self.serving.submit_feedback(answer.prediction_id, label=row["label"])
                 result.predictions += 1
                 if not feedback.success:
                     if not result.bad_predictions:
@@ -801,7 +801,7 @@ class _Demo:
         )
 
     def production(self) -> str:
-        return str(self.registry.production(self.model).checkpoint)
+        return str(self.registry.get_production_alias(self.model).checkpoint)
 
 
 @contextmanager

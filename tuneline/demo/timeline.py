@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from shared.events import Envelope, EnvelopeError, ensure_topics, topic_for
+from shared.events.tail import consumer_at_end
 from tuneline.dataset.v1 import events_pb2 as dataset_events
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.registry.v1 import events_pb2 as registry_events
@@ -81,20 +82,7 @@ class EventTimeline:
         """Position at the end of every pipeline topic, then start reading."""
         topics = [topic_for(kind) for kind in PIPELINE_EVENTS]
         ensure_topics(self._bootstrap, topics)
-        consumer = KafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            client_id="tuneline-timeline",
-        )
-        partitions = []
-        for topic in topics:
-            numbers = consumer.partitions_for_topic(topic) or set()
-            partitions += [TopicPartition(topic, number) for number in sorted(numbers)]
-        consumer.assign(partitions)
-        consumer.seek_to_end()
-        for partition in partitions:  # resolve the lazy seek now, not at the first poll
-            consumer.position(partition)
+        consumer = consumer_at_end(self._bootstrap, topics, client_id="tuneline-timeline")
         self._consumer = consumer
         self._thread = threading.Thread(target=self._read, name="event-timeline", daemon=True)
         self._thread.start()

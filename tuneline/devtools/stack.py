@@ -36,6 +36,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.security.tls import channel_credentials
+from shared.service_ports import DEFAULT_PORTS, SERVICE_NAMES
 from tuneline.devtools.kafka import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port
 from tuneline.devtools.local_pki import (
     LOCAL_SERVER_NAME,
@@ -44,13 +45,13 @@ from tuneline.devtools.local_pki import (
     local_credentials,
 )
 
-#: Start order follows the event flow, so each consumer's producer is already up.
-SERVICE_NAMES = ("dataset", "splitter", "trainer", "evaluator", "registry", "serving")
 #: Services that call others over gRPC: the setting naming each peer, and the peer.
 PEER_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "splitter": (("DATASET_TARGET", "dataset"),),
     "trainer": (("SPLITTER_TARGET", "splitter"), ("REGISTRY_TARGET", "registry")),
     "evaluator": (("REGISTRY_TARGET", "registry"),),
+    # the registry confirms every PASSED verdict with the evaluator before it counts
+    "registry": (("EVALUATOR_TARGET", "evaluator"),),
     "serving": (("REGISTRY_TARGET", "registry"),),
 }
 #: Where ``tuneline up``/``down`` keep their state unless ``TUNELINE_HOME`` says otherwise.
@@ -152,8 +153,8 @@ class StackPorts:
 
     kafka: int = DEFAULT_PORT
     kafka_controller: int = DEFAULT_CONTROLLER_PORT
-    grpc_base: int = 50051
-    metrics_base: int = 9101
+    grpc_base: int = DEFAULT_PORTS[SERVICE_NAMES[0]].grpc
+    metrics_base: int = DEFAULT_PORTS[SERVICE_NAMES[0]].metrics
     webhook: int = 9095
     #: gRPC ports of single services, by service name; they win over ``grpc_base``.
     grpc: dict[str, int] = field(default_factory=dict)

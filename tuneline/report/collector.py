@@ -236,7 +236,7 @@ def collect(sources: Sources, model: str) -> scorecard.ModelHistory:
     if sources.dataset is not None:
         for version in sorted({c.lineage.dataset_version for c in checkpoints} - {""}):
             try:
-                stamp = when(sources.dataset.get_version(version).create_time)
+                stamp = when(sources.dataset.get_dataset_version(version).create_time)
             except TunelineError as error:
                 gaps.append(f"dataset: {version}: {error}")
                 continue

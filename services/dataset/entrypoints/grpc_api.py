@@ -1,7 +1,8 @@
 """The gRPC face of the dataset service: converts proto to domain, calls a handler.
 
-No logic lives here beyond the transport: reading an upload's header and chunks off the request
-stream, and turning a client that went away into ``UploadInterrupted``.
+No logic lives here beyond the transport: reading an upload's header, chunks and end message
+off the request stream, checking the end message against what arrived, and turning a client
+that went away into ``UploadInterrupted``.
 
 The uploader of a version is the caller the auth interceptor verified (client certificate,
 bearer token, or a trusted proxy's ``x-tuneline-principal``; see :mod:`shared.grpc.auth`). Only
@@ -11,6 +12,7 @@ declares, else ``anonymous``; metadata a client sets itself is never trusted.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 
 import grpc
@@ -27,7 +29,7 @@ from services.dataset.adapters.messages import (
     task_type_from_proto,
     version_to_proto,
 )
-from services.dataset.domain import SourceKind, UploadInterrupted
+from services.dataset.domain import SourceKind, UploadCutShort, UploadInterrupted, is_sha256_hex
 from services.dataset.handlers import DatasetDeps, IngestRequest
 from shared.errors import FieldViolation, InvalidArgument
 from shared.security import caller_name
@@ -51,17 +53,36 @@ def _check_format(value: int, field: str) -> None:
 
 
 def _chunks(
-    messages: Iterator[service_pb2.UploadDatasetVersionRequest], context: grpc.ServicerContext
+    messages: Iterator[service_pb2.UploadDatasetVersionRequest],
+    context: grpc.ServicerContext,
+    *,
+    end_follows: bool,
 ) -> Iterator[bytes]:
     """The content bytes after the header; ``UploadInterrupted`` if the client goes away.
 
     A call that ends while its stream is read (the client cancelled, the deadline passed, the
-    server cut an idle stream) may end the request iterator as if the client had finished:
-    only ``context.is_active()`` tells the two apart, so half an upload never counts as whole.
+    server cut an idle stream) may end the request iterator as if the client had finished.
+    ``context.is_active()`` tells the two apart only once the transport has noticed; the
+    client's ``end`` message says so for certain: where the header announced it
+    (``end_follows``), a stream that stops without it is cut short (``UploadCutShort``, an
+    aborted upload), and an ``end`` whose size or SHA-256 differ from the chunks received is
+    refused. Either raises before the handler stores anything.
     """
+    received = 0
+    digest = hashlib.sha256()
+    end: service_pb2.UploadDatasetVersionEnd | None = None
     try:
         for message in messages:
-            if message.WhichOneof("payload") != "chunk":
+            kind = message.WhichOneof("payload")
+            if end is not None:
+                raise InvalidArgument(
+                    "nothing may follow the end of an upload",
+                    [FieldViolation("end", "must be the last message", "AFTER_END")],
+                )
+            if kind == "end":
+                end = message.end
+                continue
+            if kind != "chunk":
                 raise InvalidArgument(
                     "only the first message of an upload carries a header",
                     [
@@ -70,11 +91,49 @@ def _chunks(
                         )
                     ],
                 )
+            received += len(message.chunk)
+            digest.update(message.chunk)
             yield message.chunk
     except grpc.RpcError as error:  # the stream broke: cancelled, deadline, connection lost
         raise UploadInterrupted(str(error)) from error
     if not context.is_active():
         raise UploadInterrupted("the call ended before the upload did")
+    if end is not None:
+        _check_end(end, received=received, sha256=digest.hexdigest())
+    elif end_follows:
+        raise UploadCutShort("the upload stopped before the end message its header announced")
+
+
+def _check_end(end: service_pb2.UploadDatasetVersionEnd, *, received: int, sha256: str) -> None:
+    """The client's account of what it sent must match what arrived."""
+    violations: list[FieldViolation] = []
+    if end.content_length != received:
+        violations.append(
+            FieldViolation(
+                "end.content_length",
+                f"received {received} bytes, the end message says {end.content_length}",
+                "END_LENGTH_MISMATCH",
+            )
+        )
+    if end.content_sha256 and not is_sha256_hex(end.content_sha256):
+        violations.append(
+            FieldViolation(
+                "end.content_sha256", "64 lowercase hexadecimal digits", "INVALID_SHA256"
+            )
+        )
+    elif end.content_sha256 and end.content_sha256 != sha256:
+        violations.append(
+            FieldViolation(
+                "end.content_sha256",
+                f"received content has sha256 {sha256}, the end message says {end.content_sha256}",
+                "END_SHA256_MISMATCH",
+            )
+        )
+    if violations:
+        raise InvalidArgument(
+            "the upload's end message does not match the content received; nothing is stored",
+            violations,
+        )
 
 
 class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
@@ -149,8 +208,20 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
         )
         try:
             result = handlers.upload_version(
-                self._deps, request, _chunks(messages, context), still_connected=context.is_active
+                self._deps,
+                request,
+                _chunks(messages, context, end_follows=header.end_follows),
+                still_connected=context.is_active,
             )
+        except UploadCutShort as cut:  # most likely nobody is listening; if someone is:
+            raise InvalidArgument(
+                f"{cut}: it was cut short and nothing is stored",
+                [
+                    FieldViolation(
+                        "end", "required as the last message (end_follows)", "MISSING_END"
+                    )
+                ],
+            ) from cut
         except UploadInterrupted:
             return service_pb2.UploadDatasetVersionResponse()  # nobody is listening any more
         return service_pb2.UploadDatasetVersionResponse(

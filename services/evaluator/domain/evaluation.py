@@ -8,7 +8,6 @@ INSUFFICIENT_DATA, or FAILED with a reason. A run interrupted by a restart goes 
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -25,14 +24,9 @@ from services.evaluator.domain.gate import (
 )
 from services.evaluator.domain.outcomes import TaskType
 from services.evaluator.domain.parity import ParityResult, ServingProfileSpec
+from shared import names
 from shared.errors import FieldViolation, InvalidArgument
 from shared.local_paths import without_local_paths
-
-_EVALUATION_NAME = re.compile(r"^evaluations/([a-z0-9][a-z0-9-]{0,62})$")
-_MODEL_NAME = re.compile(r"^models/([a-z]([a-z0-9-]{0,61}[a-z0-9])?)$")
-_POLICY_NAME = re.compile(r"^models/([a-z]([a-z0-9-]{0,61}[a-z0-9])?)/evaluationPolicy$")
-_TRAINER_CHECKPOINT = re.compile(r"^trainingJobs/[^/]+/checkpoints/[^/]+$")
-_REGISTRY_CHECKPOINT = re.compile(r"^models/[^/]+/checkpoints/[^/]+$")
 
 
 class EvaluationState(StrEnum):
@@ -138,70 +132,8 @@ class SplitPart(StrEnum):
 
 
 def new_evaluation_name() -> str:
-    return f"evaluations/{uuid.uuid4().hex[:20]}"
-
-
-def check_evaluation_name(name: str, field_path: str = "name") -> str:
-    if not _EVALUATION_NAME.match(name):
-        raise InvalidArgument(
-            "invalid evaluation name",
-            [FieldViolation(field_path, f"{name!r} is not evaluations/{{id}}", "INVALID_NAME")],
-        )
-    return name
-
-
-def check_model_name(name: str, field_path: str) -> str:
-    if not _MODEL_NAME.match(name):
-        raise InvalidArgument(
-            "invalid model name",
-            [FieldViolation(field_path, f"{name!r} is not models/{{model}}", "INVALID_NAME")],
-        )
-    return name
-
-
-def model_of_policy(name: str, field_path: str) -> str:
-    """``models/{m}`` from ``models/{m}/evaluationPolicy``."""
-    match = _POLICY_NAME.match(name)
-    if not match:
-        raise InvalidArgument(
-            "invalid evaluation policy name",
-            [
-                FieldViolation(
-                    field_path, f"{name!r} is not models/{{model}}/evaluationPolicy", "INVALID_NAME"
-                )
-            ],
-        )
-    return f"models/{match.group(1)}"
-
-
-def check_trainer_checkpoint_name(name: str, field_path: str) -> str:
-    if not _TRAINER_CHECKPOINT.match(name):
-        raise InvalidArgument(
-            "invalid checkpoint name",
-            [
-                FieldViolation(
-                    field_path,
-                    f"{name!r} is not trainingJobs/{{job}}/checkpoints/{{checkpoint}}",
-                    "INVALID_NAME",
-                )
-            ],
-        )
-    return name
-
-
-def check_registry_checkpoint_name(name: str, field_path: str) -> str:
-    if not _REGISTRY_CHECKPOINT.match(name):
-        raise InvalidArgument(
-            "invalid baseline checkpoint name",
-            [
-                FieldViolation(
-                    field_path,
-                    f"{name!r} is not models/{{model}}/checkpoints/{{checkpoint}}",
-                    "INVALID_NAME",
-                )
-            ],
-        )
-    return name
+    # "e-" first: the id rule wants a letter first, and a uuid's hex may begin with a digit
+    return names.EVALUATION.format(evaluation=f"e-{uuid.uuid4().hex[:20]}")
 
 
 # -- what is evaluated, and on what ------------------------------------------------------------

@@ -22,16 +22,28 @@ from tuneline.trainer.v1 import events_pb2 as trainer_events
 
 
 def evaluator_subscriptions(
-    defaults: handlers.ServiceDefaults, metrics: EvaluatorMetrics
+    defaults: handlers.ServiceDefaults,
+    metrics: EvaluatorMetrics,
+    *,
+    trainer_artifact_root: str | None = None,
 ) -> Sequence[Subscription]:
     """CheckpointReady queues evaluations; SplitCreated and DatasetVersioned say where rows are.
+
+    A CheckpointReady whose artifact is not under ``trainer_artifact_root`` (the trainer's
+    artifact root as a URI) goes to the DLQ unevaluated.
 
     The supervisor finds a queued evaluation at its next poll (half a second by default),
     after the consumer loop has committed it.
     """
 
     def checkpoint_ready(event: ReceivedEvent[Any], session: Session) -> None:
-        handlers.on_checkpoint_ready(event, session, defaults=defaults, metrics=metrics)
+        handlers.on_checkpoint_ready(
+            event,
+            session,
+            defaults=defaults,
+            metrics=metrics,
+            trainer_artifact_root=trainer_artifact_root,
+        )
 
     def split_created(event: ReceivedEvent[Any], session: Session) -> None:
         handlers.on_split_created(event, session)

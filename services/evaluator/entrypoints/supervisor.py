@@ -30,7 +30,7 @@ class EvaluationSupervisor:
 
     def __init__(
         self,
-        deps: handlers.RunDependencies,
+        deps: handlers.EvaluatorDeps,
         worker: EvaluationWorker,
         *,
         poll_seconds: float = 0.5,

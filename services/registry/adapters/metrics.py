@@ -86,8 +86,18 @@ class RegistryMetrics:
         self.artifacts_refused = Counter(
             "tuneline_registry_artifacts_refused_total",
             "Checkpoint artifacts the registry refused to trust, by check: location (a "
-            "CheckpointReady URI outside the trainer's artifact root; the event is REFUSED) or "
-            "sha256 (the artifact re-hashed before a move differs; nothing moves).",
+            "CheckpointReady URI outside the trainer's artifact root; the event is REFUSED), "
+            "release_location (an EvaluationCompleted merged release URI outside the "
+            "evaluator's artifact root; the event is REFUSED) or sha256 (the artifact "
+            "re-hashed before a move differs; nothing moves).",
+            ("model", "check"),
+            registry=registry,
+        )
+        self.verdicts_refused = Counter(
+            "tuneline_registry_verdicts_refused_total",
+            "PASSED EvaluationCompleted events the evaluator did not confirm (GetEvaluation), "
+            "by check: not_found (it has no such evaluation) or mismatch (it stored another "
+            "checkpoint, verdict, metrics, comparisons or parity). The event is REFUSED.",
             ("model", "check"),
             registry=registry,
         )

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.registry import handlers
 from services.registry.domain import parse_alertmanager_payload
-from services.registry.handlers import RegistryDeps
+from services.registry.handlers.deps import RegistryDeps
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.registry import handlers
-from services.registry.handlers import RegistryDeps
+from services.registry.handlers.deps import RegistryDeps
 from shared.security import caller_name
 from tuneline.registry.v1 import service_pb2, service_pb2_grpc
 
@@ -63,9 +63,15 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
         self, request: service_pb2.CreateModelRequest, context: grpc.ServicerContext
     ) -> service_pb2.CreateModelResponse:
         model = request.model if request.HasField("model") else None
+        creator = caller_name("")  # the verified caller; "" on a server without auth
         created = self._in_transaction(
             lambda s: handlers.create_model(
-                s, self._deps, request.model_id, model, request_id=request.request_id
+                s,
+                self._deps,
+                request.model_id,
+                model,
+                request_id=request.request_id,
+                creator=creator,
             )
         )
         return service_pb2.CreateModelResponse(model=created)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from services.registry import handlers
-from services.registry.handlers import RegistryDeps
+from services.registry.handlers.deps import RegistryDeps
 from shared.events import ReceivedEvent, Subscription
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.trainer.v1 import events_pb2 as trainer_events

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import re
-
 from services.serving.domain import Prediction, ServedModel
 from services.serving.domain.releases import Generation, WrongTaskType
 from services.serving.handlers.deps import ServingDeps
+from shared import names
 from shared.errors import FieldViolation, InvalidArgument
 from shared.modeling.encoding import TaskKind
 
 #: Longest text or prompt accepted, in characters (the model truncates to its max length).
 MAX_INPUT_CHARACTERS = 100_000
 MAX_NEW_TOKENS_LIMIT = 1024
-_MODEL_NAME = re.compile(r"^models/[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-def _model_name(model: str) -> str:
-    if not _MODEL_NAME.match(model):
-        raise InvalidArgument(
-            f"invalid model name {model!r}",
-            [FieldViolation("model", "must be `models/{model}`")],
-        )
-    return model
 
 
 def _input_text(text: str, field: str) -> str:
@@ -50,7 +39,9 @@ def predict(
     the served model that answered."""
     with deps.metrics.request_seconds.labels("Predict").time():
         _input_text(text, "text")
-        served = _served(deps, _model_name(model), TaskKind.CLASSIFICATION, "Predict")
+        served = _served(
+            deps, names.MODEL.check(model, field="model"), TaskKind.CLASSIFICATION, "Predict"
+        )
         scores = [float(s) for s in served.model.classify(text)]
         labels = tuple(served.model.labels)
         best = max(range(len(scores)), key=scores.__getitem__)
@@ -79,7 +70,9 @@ def generate(
                 "max_new_tokens is out of range",
                 [FieldViolation("max_new_tokens", f"0 to {MAX_NEW_TOKENS_LIMIT}")],
             )
-        served = _served(deps, _model_name(model), TaskKind.CAUSAL_LM, "Generate")
+        served = _served(
+            deps, names.MODEL.check(model, field="model"), TaskKind.CAUSAL_LM, "Generate"
+        )
         generation = served.model.generate(prompt, max_new_tokens or deps.max_new_tokens)
         prediction = Prediction(
             prediction_id=deps.new_id(),

@@ -29,7 +29,7 @@ class DatasetLookup:
     def fetch(self, name: str) -> DatasetVersionRef | None:
         try:
             with DatasetClient(self.target, timeout=self.timeout) as datasets:
-                return version_from_resource(datasets.get_version(name))
+                return version_from_resource(datasets.get_dataset_version(name))
         except NotFoundError:
             return None
         except TunelineError as error:

@@ -18,7 +18,7 @@ from services.splitter.domain import (
     SplitStrategy,
     TaskType,
 )
-from services.splitter.domain.names import policy_name
+from shared import names
 from shared.errors import FieldViolation, InvalidArgument
 from shared.protobuf import set_timestamp, timestamp_from_datetime
 from tuneline.common.v1 import resources_pb2 as common_pb2
@@ -200,7 +200,7 @@ def split_created_event(split: Split) -> events_pb2.SplitCreated:
 
 def policy_to_proto(policy: SplitPolicy) -> resources_pb2.SplitPolicy:
     message = resources_pb2.SplitPolicy(
-        name=policy_name(policy.dataset_id),
+        name=names.SPLIT_POLICY.format(dataset=policy.dataset_id),
         spec=spec_to_proto(policy.spec),
         auto_split_disabled=policy.auto_split_disabled,
     )

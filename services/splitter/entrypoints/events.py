@@ -12,15 +12,12 @@ from sqlalchemy.orm import Session
 
 from services.splitter import handlers
 from services.splitter.adapters.protos import version_from_event
-from services.splitter.metrics import SplitterMetrics
-from shared.artifacts import ArtifactStore
+from services.splitter.handlers import SplitterDeps
 from shared.events import ReceivedEvent, Subscription
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 
 
-def subscriptions(
-    artifacts: ArtifactStore, metrics: SplitterMetrics, *, source: str
-) -> Sequence[Subscription]:
+def subscriptions(deps: SplitterDeps) -> Sequence[Subscription]:
     """DatasetVersioned → record the version and split it by its dataset's policy."""
 
     def dataset_versioned(
@@ -29,9 +26,9 @@ def subscriptions(
         handlers.on_dataset_versioned(
             session,
             version_from_event(event.message),
-            artifacts=artifacts,
-            metrics=metrics,
-            source=source,
+            artifacts=deps.artifacts,
+            metrics=deps.metrics,
+            source=deps.source,
         )
 
     return [Subscription(dataset_events_pb2.DatasetVersioned, dataset_versioned)]

@@ -7,35 +7,21 @@ error-mapping interceptor.
 from __future__ import annotations
 
 import grpc
-from sqlalchemy.orm import Session, sessionmaker
 
 from services.splitter import handlers
 from services.splitter.adapters.protos import policy_to_proto, spec_from_proto, split_to_proto
 from services.splitter.domain import DatasetVersionName, SplitPolicy
-from services.splitter.domain.names import parse_list_parent, parse_policy_name, parse_split_name
-from services.splitter.handlers import VersionLookup
-from services.splitter.metrics import SplitterMetrics
-from shared.artifacts import ArtifactStore
+from services.splitter.handlers import SplitterDeps
+from shared import names
 from tuneline.splitter.v1 import service_pb2, service_pb2_grpc
 
 
 class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
     """``tuneline.splitter.v1.SplitterService``."""
 
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        artifacts: ArtifactStore,
-        metrics: SplitterMetrics,
-        *,
-        source: str,
-        versions: VersionLookup | None = None,
-    ) -> None:
-        self._sessions = sessions
-        self._artifacts = artifacts
-        self._metrics = metrics
-        self._source = source
-        self._versions = versions
+    def __init__(self, deps: SplitterDeps) -> None:
+        self._deps = deps
+        self._sessions = deps.sessions
 
     def CreateSplit(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.CreateSplitRequest, context: grpc.ServicerContext
@@ -50,24 +36,24 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
             self._sessions,
             version,
             spec,
-            artifacts=self._artifacts,
-            metrics=self._metrics,
-            source=self._source,
-            versions=self._versions,
+            artifacts=self._deps.artifacts,
+            metrics=self._deps.metrics,
+            source=self._deps.source,
+            versions=self._deps.versions,
         )
         return service_pb2.CreateSplitResponse(split=split_to_proto(split), created=created)
 
     def GetSplit(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetSplitRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetSplitResponse:
-        parse_split_name(request.name, field="name")
+        names.SPLIT.check(request.name, field="name")
         split = handlers.get_split(self._sessions, request.name)
         return service_pb2.GetSplitResponse(split=split_to_proto(split))
 
     def ListSplits(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListSplitsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListSplitsResponse:
-        dataset_id, version_id = parse_list_parent(request.parent, field="parent")
+        dataset_id, version_id = names.SPLIT_LIST_PARENT.ids(request.parent, field="parent")
         splits, next_page_token = handlers.list_splits(
             self._sessions,
             dataset_id=dataset_id,
@@ -83,7 +69,7 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
         self, request: service_pb2.SetSplitPolicyRequest, context: grpc.ServicerContext
     ) -> service_pb2.SetSplitPolicyResponse:
         message = request.split_policy
-        dataset_id = parse_policy_name(message.name, field="split_policy.name")
+        dataset_id = names.SPLIT_POLICY.parse(message.name, field="split_policy.name")["dataset"]
         spec = spec_from_proto(
             message.spec, present=message.HasField("spec"), field_prefix="split_policy.spec."
         )
@@ -99,6 +85,6 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
     def GetSplitPolicy(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetSplitPolicyRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetSplitPolicyResponse:
-        dataset_id = parse_policy_name(request.name, field="name")
+        dataset_id = names.SPLIT_POLICY.parse(request.name, field="name")["dataset"]
         policy = handlers.get_split_policy(self._sessions, dataset_id)
         return service_pb2.GetSplitPolicyResponse(split_policy=policy_to_proto(policy))

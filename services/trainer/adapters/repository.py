@@ -114,6 +114,7 @@ def job_from_row(row: JobRow, pricing: Pricing) -> TrainingJob:
         best_checkpoint=row.best_checkpoint,
         latest_checkpoint=row.latest_checkpoint,
         training_policy=row.training_policy,
+        creator=row.creator,
         software_versions=spec.get("software_versions", {}),
         attempt_count=row.attempt_count,
         device=row.device,
@@ -210,6 +211,7 @@ class TrainerRepository:
             target_model=job.target_model,
             split=job.split.name,
             training_policy=job.training_policy,
+            creator=job.creator,
             task_type=job.task_type.value,
             spec_json=dumps(
                 {

@@ -79,6 +79,9 @@ class JobRow(TrainerBase):
     #: start of an attempt) the later fails with StaleDataError and is retried on fresh state
     #: (``shared.db.run_in_transaction``) instead of overwriting the other.
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: Who created the job (TrainingJob.creator): the verified caller of CreateTrainingJob, or
+    #: the policy's name for a job a training policy made; "" without auth.
+    creator: Mapped[str] = mapped_column(String(256), default="", server_default="")
 
     __mapper_args__ = {"version_id_col": version}
 

@@ -17,7 +17,7 @@ from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
 log = logging.getLogger(__name__)
 
 
-def subscriptions(context: handlers.Context, changes: JobChanges) -> Sequence[Subscription]:
+def subscriptions(context: handlers.TrainerDeps, changes: JobChanges) -> Sequence[Subscription]:
     """SplitCreated → remember the split, make the jobs its dataset's policies ask for (once
     its version's audit is known); DatasetAudited → remember the verdict, make the jobs of the
     splits that waited for it (FAILED ones when it BLOCKED the version)."""

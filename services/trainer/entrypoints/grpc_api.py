@@ -16,8 +16,10 @@ from services.trainer import handlers
 from services.trainer.adapters import protos
 from services.trainer.adapters.notifications import JobChanges
 from services.trainer.domain import TrainingJob
+from shared import names
 from shared.db import run_in_transaction
 from shared.errors import FieldViolation, InvalidArgument
+from shared.security import caller_name
 from tuneline.trainer.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
 #: A watch re-reads its job at least this often, notification or not.
@@ -26,40 +28,13 @@ from tuneline.trainer.v1 import resources_pb2, service_pb2, service_pb2_grpc
 _WATCH_SAFETY_SECONDS = 30.0
 
 
-def _require_name(value: str, field: str, prefix: str) -> None:
-    if (
-        not value.startswith(prefix)
-        or not value.removeprefix(prefix)
-        or "/" in value.removeprefix(prefix)
-    ):
-        raise InvalidArgument(
-            f"{field} must be `{prefix}{{id}}`",
-            [FieldViolation(field, f"must be `{prefix}{{id}}`", "INVALID_FORMAT")],
-        )
-
-
-def _require_checkpoint_name(value: str) -> None:
-    parts = value.split("/")
-    if len(parts) != 4 or parts[0] != "trainingJobs" or parts[2] != "checkpoints" or not all(parts):
-        raise InvalidArgument(
-            "name must be `trainingJobs/{job}/checkpoints/{checkpoint}`",
-            [
-                FieldViolation(
-                    "name",
-                    "must be `trainingJobs/{job}/checkpoints/{checkpoint}`",
-                    "INVALID_FORMAT",
-                )
-            ],
-        )
-
-
 class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
     """``tuneline.trainer.v1.TrainerService``."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        context: handlers.Context,
+        context: handlers.TrainerDeps,
         changes: JobChanges,
         *,
         stopping: threading.Event,
@@ -105,6 +80,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
             task_type=task_type,
             config=config,
             violations=tuple(violations),
+            creator=caller_name(""),  # the verified caller; "" on a server without auth
         )
         if request.validate_only:
             with self._sessions() as session, session.begin():
@@ -126,7 +102,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
     def GetTrainingJob(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetTrainingJobRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetTrainingJobResponse:
-        _require_name(request.name, "name", "trainingJobs/")
+        names.TRAINING_JOB.check(request.name, field="name")
         return service_pb2.GetTrainingJobResponse(training_job=self._job(request.name))
 
     def ListTrainingJobs(  # noqa: N802 - the generated servicer's method name
@@ -164,7 +140,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
     def CancelTrainingJob(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.CancelTrainingJobRequest, context: grpc.ServicerContext
     ) -> service_pb2.CancelTrainingJobResponse:
-        _require_name(request.name, "name", "trainingJobs/")
+        names.TRAINING_JOB.check(request.name, field="name")
         # compare-and-set: a cancel racing the start of an attempt is decided again, not lost
         run_in_transaction(
             self._sessions,
@@ -176,7 +152,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
     def WatchTrainingJob(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.WatchTrainingJobRequest, context: grpc.ServicerContext
     ) -> Iterator[service_pb2.WatchTrainingJobResponse]:
-        _require_name(request.name, "name", "trainingJobs/")
+        names.TRAINING_JOB.check(request.name, field="name")
         changes = self._changes
         # read the generation before the first snapshot, so a change committed in between
         # still wakes the loop below instead of being missed
@@ -225,7 +201,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
     def GetCheckpoint(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetCheckpointRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetCheckpointResponse:
-        _require_checkpoint_name(request.name)
+        names.TRAINER_CHECKPOINT.check(request.name, field="name")
         with self._sessions() as session:
             record, job = handlers.get_checkpoint(session, request.name, self._context)
         return service_pb2.GetCheckpointResponse(
@@ -282,7 +258,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
     def GetTrainingPolicy(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetTrainingPolicyRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetTrainingPolicyResponse:
-        _require_name(request.name, "name", "trainingPolicies/")
+        names.TRAINING_POLICY.check(request.name, field="name")
         with self._sessions() as session:
             policy = handlers.get_training_policy(session, request.name)
         return service_pb2.GetTrainingPolicyResponse(training_policy=protos.policy_to_proto(policy))

@@ -19,8 +19,9 @@ service (``ServiceSpec.background``), on its own thread:
   its last complete checkpoint after a wait that doubles while the disk stays full;
 * **crashes** — a worker that dies without a result is restarted from the last checkpoint, up
   to ``max_worker_restarts`` times, then the job fails with WORKER_CRASHED;
-* **shutdown** — workers are halted (nothing written), their jobs stay RUNNING and resume when
-  the service starts again;
+* **shutdown** — workers are halted: each writes a checkpoint of the steps it trained since
+  its last one (within the halt wait; killed after it, losing only those steps), their jobs
+  stay RUNNING and resume from that checkpoint when the service starts again;
 * **nodes** — one trainer process runs per node, all on one database. A node runs a job only
   while it holds the job's claim (``shared.running_claims``: a PostgreSQL advisory lock on a
   session of its own), taken before the job is marked RUNNING and released when its worker
@@ -74,6 +75,8 @@ from services.trainer.adapters.worker import (
 from services.trainer.domain import (
     FailureReason,
     JobState,
+    KubernetesLaunch,
+    Sharding,
     TrainingJob,
     budget_exhausted,
     device_slots,
@@ -117,8 +120,16 @@ class SupervisorConfig:
     cancel_grace_seconds: float
     fault_oom_above_batch: int
     fault_hold_after_step: int = 0
+    #: Token budget of packed micro-batches (0: by examples); see ``WorkerPlan``.
+    micro_batch_tokens: int = 0
+    #: Compile decoder layers: True, False, or None (on CUDA only).
+    compile_layers: bool | None = None
     #: Ranks per job (``torchrun`` processes, data-parallel); 1: one process per job.
     ranks_per_job: int = 1
+    #: How those ranks hold the base model (whole, or its frozen weights sharded).
+    sharding: Sharding = Sharding.DATA_PARALLEL
+    #: Where jobs' ranks run: None on this node, else Kubernetes (see ``KubernetesLaunch``).
+    kubernetes: KubernetesLaunch | None = None
     log_level: str = "INFO"
     #: Passed on to workers, which open the trainer's artifact store themselves.
     s3_endpoint_url: str | None = None
@@ -133,7 +144,7 @@ class JobSupervisor:
         sessions: sessionmaker[Session],
         artifacts: ArtifactStore,
         models: ModelCatalog,
-        context: handlers.Context,
+        context: handlers.TrainerDeps,
         changes: JobChanges,
         metrics: TrainerMetrics,
         relay: OutboxRelay,
@@ -301,7 +312,11 @@ class JobSupervisor:
             elapsed_before_seconds=row.training_seconds_done,
             allow_oom_retry=row.oom_retries == 0,
             cpu_threads=self._config.cpu_threads,
+            micro_batch_tokens=self._config.micro_batch_tokens,
+            compile_layers=self._config.compile_layers,
             world_size=self._config.ranks_per_job,
+            sharding=self._config.sharding,
+            kubernetes=self._config.kubernetes,
             fault_oom_above_batch=self._config.fault_oom_above_batch,
             fault_hold_after_step=self._config.fault_hold_after_step,
             artifact_s3_endpoint_url=self._config.s3_endpoint_url or "",

@@ -13,8 +13,10 @@ Conventions (every `tuneline.<service>.v1` package):
   `trainingPolicies/{policy}`, `evaluations/{evaluation}`, `models/{model}`,
   `models/{model}/checkpoints/{checkpoint}`, `models/{model}/aliases/{alias}`,
   `models/{model}/evaluationPolicy`. A field that refers to another resource holds that
-  resource's full name as a string. User-chosen ids match
-  `^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`.
+  resource's full name as a string. Every id, user-chosen or server-assigned, matches
+  `^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`, except a registry checkpoint id, which is the
+  trainer's job and checkpoint ids joined by a dot (`{job}.{checkpoint}`).
+  `shared/names.py` is the one parser of these names.
 - Pagination (AIP-158): a List request takes `page_size` (Optional; 0 means the server
   default of 50; values above 1000 are coerced to 1000) and `page_token` (Optional; the
   opaque `next_page_token` of a previous response, valid only with otherwise identical
@@ -703,7 +705,9 @@ class AdapterSpec(_message.Message):
     alpha: _builtins.float
     """Optional. Scaling numerator alpha, > 0; 0 means the server default (2 × rank)."""
     dropout: _builtins.float
-    """Optional. Dropout probability on the adapter input, in [0, 1); unset means 0.05."""
+    """Optional. Dropout probability on the adapter input, in [0, 1); unset means 0 (none:
+    peft then skips the dropout layer and the activation copies it keeps).
+    """
     target_preset: Global___TargetModulePreset.ValueType
     """Optional. The preset used when `target_modules` is empty; unset means DEFAULT."""
     @_builtins.property

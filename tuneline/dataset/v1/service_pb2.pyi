@@ -194,6 +194,7 @@ class UploadDatasetVersionHeader(_message.Message):
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     ALLOW_LABEL_CHURN_FIELD_NUMBER: _builtins.int
     LABEL_CHURN_REASON_FIELD_NUMBER: _builtins.int
+    END_FOLLOWS_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Required. The dataset, `datasets/{dataset}`."""
     format: _resources_pb2.DataFormat.ValueType
@@ -222,6 +223,11 @@ class UploadDatasetVersionHeader(_message.Message):
     """Optional (required with `allow_label_churn`). Why the labels may change, at most 1024
     characters; recorded in the version's lineage.
     """
+    end_follows: _builtins.bool
+    """Optional. The stream finishes with an `end` message (the SDK and the CLI always set this
+    and send it). A stream that stops without `end` was then cut short (e.g. a cancel that
+    reached the server as a clean end of stream): INVALID_ARGUMENT and nothing is stored.
+    """
     def __init__(
         self,
         *,
@@ -235,14 +241,52 @@ class UploadDatasetVersionHeader(_message.Message):
         validate_only: _builtins.bool = ...,
         allow_label_churn: _builtins.bool = ...,
         label_churn_reason: _builtins.str = ...,
+        end_follows: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_label_churn", b"allow_label_churn", "content_length", b"content_length", "content_sha256", b"content_sha256", "dataset", b"dataset", "filename", b"filename", "format", b"format", "label_churn_reason", b"label_churn_reason", "parent_version", b"parent_version", "uploader", b"uploader", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_label_churn", b"allow_label_churn", "content_length", b"content_length", "content_sha256", b"content_sha256", "dataset", b"dataset", "end_follows", b"end_follows", "filename", b"filename", "format", b"format", "label_churn_reason", b"label_churn_reason", "parent_version", b"parent_version", "uploader", b"uploader", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadDatasetVersionHeader: _TypeAlias = UploadDatasetVersionHeader  # noqa: Y015
+
+@_typing.final
+class UploadDatasetVersionEnd(_message.Message):
+    """The last message of an upload: the client sent all of the content, and this much.
+
+    A stream can end early without the client saying so (a cancel can reach the server as a
+    clean end of stream); `end` tells a finished upload from a cut one where the header says
+    `end_follows`, as the SDK and the CLI always do. A stream whose header does not say so is
+    judged complete when it ends (clients from before this message), with the header's
+    `content_length` and `content_sha256` checks where set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_LENGTH_FIELD_NUMBER: _builtins.int
+    CONTENT_SHA256_FIELD_NUMBER: _builtins.int
+    content_length: _builtins.int
+    """Required. The total bytes of all chunks sent, >= 0; a different received size is
+    INVALID_ARGUMENT and nothing is stored (no version, no report).
+    """
+    content_sha256: _builtins.str
+    """Optional. SHA-256 of the content as sent, 64 lowercase hexadecimal digits; a mismatch is
+    INVALID_ARGUMENT and nothing is stored.
+    """
+    def __init__(
+        self,
+        *,
+        content_length: _builtins.int = ...,
+        content_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "content_sha256", b"content_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadDatasetVersionEnd: _TypeAlias = UploadDatasetVersionEnd  # noqa: Y015
 
 @_typing.final
 class UploadDatasetVersionRequest(_message.Message):
@@ -252,6 +296,7 @@ class UploadDatasetVersionRequest(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
     """Required after the first message. The next bytes of the content; any boundaries (chunks
     need not end at line ends); recommended size 64 KiB to 1 MiB, at most 4 MiB.
@@ -260,17 +305,22 @@ class UploadDatasetVersionRequest(_message.Message):
     def header(self) -> Global___UploadDatasetVersionHeader:
         """Required in the first message, forbidden afterwards."""
 
+    @_builtins.property
+    def end(self) -> Global___UploadDatasetVersionEnd:
+        """Recommended as the last message: the upload is finished (see UploadDatasetVersionEnd)."""
+
     def __init__(
         self,
         *,
         header: Global___UploadDatasetVersionHeader | None = ...,
         chunk: _builtins.bytes = ...,
+        end: Global___UploadDatasetVersionEnd | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "header", b"header", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "header", b"header", "payload", b"payload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["header", "chunk", "end"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

@@ -155,6 +155,7 @@ class Model(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     AUTOMATION_FREEZE_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `models/{model}`; the id is chosen by `CreateModelRequest.model_id`."""
     display_name: _builtins.str
@@ -171,6 +172,12 @@ class Model(_message.Message):
     """
     candidate_checkpoint: _builtins.str
     """Output only. The checkpoint `candidate` points at; empty when none."""
+    creator: _builtins.str
+    """Output only. The verified identity that created the model (its certificate's or token's
+    subject); empty when it was created on a server without authentication. With four-eyes
+    approval on (TUNELINE_REGISTRY_FOUR_EYES) this identity may neither approve the model's
+    checkpoints nor promote one to production.
+    """
     @_builtins.property
     def base_model(self) -> _resources_pb2.BaseModel:
         """Required. The base model its adapters sit on."""
@@ -242,10 +249,11 @@ class Model(_message.Message):
         owner: _resources_pb2.Owner | None = ...,
         budget: _resources_pb2.Budget | None = ...,
         automation_freeze: Global___AutomationFreeze | None = ...,
+        creator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["automation_freeze", b"automation_freeze", "base_model", b"base_model", "budget", b"budget", "create_time", b"create_time", "evaluation_set", b"evaluation_set", "gate_policy", b"gate_policy", "owner", b"owner", "serving_profile", b"serving_profile", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["automation_freeze", b"automation_freeze", "base_model", b"base_model", "budget", b"budget", "candidate_checkpoint", b"candidate_checkpoint", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "evaluation_set", b"evaluation_set", "gate_policy", b"gate_policy", "golden_sets", b"golden_sets", "name", b"name", "owner", b"owner", "production_checkpoint", b"production_checkpoint", "promotion_policy", b"promotion_policy", "serving_profile", b"serving_profile", "task_type", b"task_type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automation_freeze", b"automation_freeze", "base_model", b"base_model", "budget", b"budget", "candidate_checkpoint", b"candidate_checkpoint", "create_time", b"create_time", "creator", b"creator", "description", b"description", "display_name", b"display_name", "evaluation_set", b"evaluation_set", "gate_policy", b"gate_policy", "golden_sets", b"golden_sets", "name", b"name", "owner", b"owner", "production_checkpoint", b"production_checkpoint", "promotion_policy", b"promotion_policy", "serving_profile", b"serving_profile", "task_type", b"task_type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -395,6 +403,7 @@ class Checkpoint(_message.Message):
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _builtins.int
     MERGED_ARTIFACT_URI_FIELD_NUMBER: _builtins.int
     MERGED_SHA256_FIELD_NUMBER: _builtins.int
+    JOB_CREATOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `models/{model}/checkpoints/{checkpoint}`; the id derives from the trainer's
     checkpoint name (job and step). Treat it as opaque.
@@ -440,6 +449,11 @@ class Checkpoint(_message.Message):
     """
     merged_sha256: _builtins.str
     """Output only. SHA-256 over that folder; empty with `merged_artifact_uri`."""
+    job_creator: _builtins.str
+    """Output only. Who created the training job that produced it (CheckpointReady.job_creator):
+    with four-eyes approval on, this identity may neither approve the checkpoint nor promote it
+    to production. Empty when the trainer ran without auth or predates the field.
+    """
     @_builtins.property
     def lineage(self) -> _resources_pb2.Lineage:
         """Output only. Full lineage: enough to reproduce the checkpoint."""
@@ -498,10 +512,11 @@ class Checkpoint(_message.Message):
         tokenizer_fingerprint: _resources_pb2.TokenizerFingerprint | None = ...,
         merged_artifact_uri: _builtins.str = ...,
         merged_sha256: _builtins.str = ...,
+        job_creator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "create_time", b"create_time", "lineage", b"lineage", "review", b"review", "tokenizer_fingerprint", b"tokenizer_fingerprint", "validation_loss", b"validation_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "aliases", b"aliases", "artifact_uri", b"artifact_uri", "cost", b"cost", "create_time", b"create_time", "epoch", b"epoch", "evaluations", b"evaluations", "ever_production", b"ever_production", "lineage", b"lineage", "merged_artifact_uri", b"merged_artifact_uri", "merged_sha256", b"merged_sha256", "name", b"name", "review", b"review", "review_state", b"review_state", "rolled_back", b"rolled_back", "sha256", b"sha256", "size_bytes", b"size_bytes", "source_checkpoint", b"source_checkpoint", "step", b"step", "tokenizer_fingerprint", b"tokenizer_fingerprint", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_interrupted", b"training_interrupted", "training_job", b"training_job", "validation_loss", b"validation_loss", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "aliases", b"aliases", "artifact_uri", b"artifact_uri", "cost", b"cost", "create_time", b"create_time", "epoch", b"epoch", "evaluations", b"evaluations", "ever_production", b"ever_production", "job_creator", b"job_creator", "lineage", b"lineage", "merged_artifact_uri", b"merged_artifact_uri", "merged_sha256", b"merged_sha256", "name", b"name", "review", b"review", "review_state", b"review_state", "rolled_back", b"rolled_back", "sha256", b"sha256", "size_bytes", b"size_bytes", "source_checkpoint", b"source_checkpoint", "step", b"step", "tokenizer_fingerprint", b"tokenizer_fingerprint", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_interrupted", b"training_interrupted", "training_job", b"training_job", "validation_loss", b"validation_loss", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_loss: _TypeAlias = _typing.Literal["validation_loss"]  # noqa: Y015
     _WhichOneofArgType__validation_loss: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss"]  # noqa: Y015

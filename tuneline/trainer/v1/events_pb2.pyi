@@ -115,6 +115,7 @@ class CheckpointReady(_message.Message):
     STOP_REASON_FIELD_NUMBER: _builtins.int
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _builtins.int
     BEST_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    JOB_CREATOR_FIELD_NUMBER: _builtins.int
     checkpoint: _builtins.str
     """Always set. The checkpoint, `trainingJobs/{job}/checkpoints/{checkpoint}`. Record key."""
     training_job: _builtins.str
@@ -156,6 +157,10 @@ class CheckpointReady(_message.Message):
     it is the best or the job never validated): what an evaluator selecting BEST_AT_END
     evaluates, as TrainingJobCompleted.best_checkpoint says too.
     """
+    job_creator: _builtins.str
+    """The job's creator (TrainingJob.creator): a verified identity, a training policy's name, or
+    empty on a trainer without auth. Four-eyes approval keeps it from approving the checkpoint.
+    """
     @_builtins.property
     def lineage(self) -> _resources_pb2.Lineage:
         """Always set. Full lineage, `checkpoint` included."""
@@ -194,10 +199,11 @@ class CheckpointReady(_message.Message):
         stop_reason: _resources_pb2_1.TrainingStopReason.ValueType = ...,
         tokenizer_fingerprint: _resources_pb2.TokenizerFingerprint | None = ...,
         best_checkpoint: _builtins.str = ...,
+        job_creator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "cost", b"cost", "event_time", b"event_time", "lineage", b"lineage", "tokenizer_fingerprint", b"tokenizer_fingerprint", "validation_loss", b"validation_loss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "artifact_uri", b"artifact_uri", "best_checkpoint", b"best_checkpoint", "checkpoint", b"checkpoint", "cost", b"cost", "epoch", b"epoch", "event_time", b"event_time", "is_best", b"is_best", "is_final", b"is_final", "lineage", b"lineage", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step", "stop_reason", b"stop_reason", "target_model", b"target_model", "tokenizer_fingerprint", b"tokenizer_fingerprint", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss", "artifact_uri", b"artifact_uri", "best_checkpoint", b"best_checkpoint", "checkpoint", b"checkpoint", "cost", b"cost", "epoch", b"epoch", "event_time", b"event_time", "is_best", b"is_best", "is_final", b"is_final", "job_creator", b"job_creator", "lineage", b"lineage", "sha256", b"sha256", "size_bytes", b"size_bytes", "step", b"step", "stop_reason", b"stop_reason", "target_model", b"target_model", "tokenizer_fingerprint", b"tokenizer_fingerprint", "tokens_seen", b"tokens_seen", "train_loss", b"train_loss", "training_job", b"training_job", "validation_loss", b"validation_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validation_loss: _TypeAlias = _typing.Literal["validation_loss"]  # noqa: Y015
     _WhichOneofArgType__validation_loss: _TypeAlias = _typing.Literal["_validation_loss", b"_validation_loss"]  # noqa: Y015

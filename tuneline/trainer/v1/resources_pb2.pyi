@@ -656,6 +656,7 @@ class TrainingJob(_message.Message):
     ESTIMATE_FIELD_NUMBER: _builtins.int
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
     RESUME_TIME_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. `trainingJobs/{job}`."""
     display_name: _builtins.str
@@ -695,6 +696,13 @@ class TrainingJob(_message.Message):
     trains or waits for a device. E.g. "disk full: ..." after a checkpoint could not be
     written: the attempt ended, nothing half-written was kept, and the job resumes from its
     last complete checkpoint at `resume_time`.
+    """
+    creator: _builtins.str
+    """Output only. Who created the job: the identity the trainer verified on CreateTrainingJob
+    (certificate or token subject; a request cannot name someone else), or for a job a
+    training policy made, the policy's name `trainingPolicies/{policy}` (automation, no
+    person). Empty on a trainer without auth. The registry's four-eyes approval refuses this
+    identity as approver of the job's checkpoints.
     """
     @_builtins.property
     def base_model(self) -> _resources_pb2.BaseModel:
@@ -802,10 +810,11 @@ class TrainingJob(_message.Message):
         estimate: Global___TrainingEstimate | None = ...,
         status_message: _builtins.str = ...,
         resume_time: _timestamp_pb2.Timestamp | None = ...,
+        creator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "base_model", b"base_model", "budget", b"budget", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "end_time", b"end_time", "estimate", b"estimate", "hyperparameters", b"hyperparameters", "lineage", b"lineage", "progress", b"progress", "resume_time", b"resume_time", "start_time", b"start_time", "stopping_rules", b"stopping_rules", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "attempt_count", b"attempt_count", "base_model", b"base_model", "best_checkpoint", b"best_checkpoint", "budget", b"budget", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "device", b"device", "display_name", b"display_name", "end_time", b"end_time", "estimate", b"estimate", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "hyperparameters", b"hyperparameters", "latest_checkpoint", b"latest_checkpoint", "lineage", b"lineage", "loss_trend", b"loss_trend", "name", b"name", "progress", b"progress", "resume_time", b"resume_time", "split", b"split", "start_time", b"start_time", "state", b"state", "status_message", b"status_message", "stop_reason", b"stop_reason", "stopping_rules", b"stopping_rules", "target_model", b"target_model", "task_type", b"task_type", "training_policy", b"training_policy", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_spec", b"adapter_spec", "attempt_count", b"attempt_count", "base_model", b"base_model", "best_checkpoint", b"best_checkpoint", "budget", b"budget", "checkpoint_policy", b"checkpoint_policy", "cost", b"cost", "create_time", b"create_time", "creator", b"creator", "device", b"device", "display_name", b"display_name", "end_time", b"end_time", "estimate", b"estimate", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "hyperparameters", b"hyperparameters", "latest_checkpoint", b"latest_checkpoint", "lineage", b"lineage", "loss_trend", b"loss_trend", "name", b"name", "progress", b"progress", "resume_time", b"resume_time", "split", b"split", "start_time", b"start_time", "state", b"state", "status_message", b"status_message", "stop_reason", b"stop_reason", "stopping_rules", b"stopping_rules", "target_model", b"target_model", "task_type", b"task_type", "training_policy", b"training_policy", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
