@@ -9,8 +9,9 @@ module only connects it to the trainer's worker protocol:
 * rank 0 (:func:`rank_main`) connects back and speaks the worker protocol over that one
   connection: messages out, control commands in (the other ranks report nothing; rank 0's
   decisions reach them through the collectives, see ``engine.distributed``);
-* the worker relays both ways. When the service goes away (the control pipe ends) it halts
-  rank 0 and, if the launch has not ended after a grace period, kills its process group. A
+* the worker relays both ways. When the service goes away (the control pipe ends) it tells
+  rank 0 to abandon the run (stop, write nothing) and, if the launch has not ended after a
+  grace period, kills its process group. A
   launch that ends without a finishing message is a crashed attempt, as for a single worker:
   the supervisor resumes the job from its last checkpoint, on any number of ranks.
 
@@ -39,7 +40,7 @@ from services.trainer.adapters.engine.plan import (
     StopSignals,
     WorkerPlan,
 )
-from services.trainer.adapters.worker import HALT, train_and_report, train_over
+from services.trainer.adapters.worker import ABANDON, HALT, train_and_report, train_over
 from services.trainer.domain import Sharding
 from shared.logging import configure_logging
 
@@ -189,10 +190,10 @@ def _relay(
             try:
                 command = control.recv()
             except (EOFError, OSError):
-                command = HALT  # the service is gone: the ranks must not train on
+                command = ABANDON  # the service is gone: the ranks must not train on
             with suppress(OSError):
                 rank0.send(command)
-            if command == HALT:
+            if command in (HALT, ABANDON):
                 launch.wait(HALT_GRACE_SECONDS)
                 launch.kill()
                 return

@@ -7,9 +7,10 @@ never imports torch. A worker talks to the supervisor through two one-way pipes:
 
 * messages, worker → supervisor: :mod:`.engine.plan` messages as dicts, in order;
 * control, supervisor → worker: ``"cancel"`` (stop, write a final checkpoint, report) or
-  ``"halt"`` (stop at once, write nothing: the service is shutting down and the job will
-  resume from its last checkpoint). End-of-file on the control pipe means the service died:
-  the worker halts too, so a SIGKILLed service never leaves training running behind it.
+  ``"halt"`` (the service is shutting down: stop at the next step boundary, write a checkpoint
+  of the steps since the last one, and end; the job resumes there). End-of-file on the control
+  pipe means the service died: the worker stops at once and writes nothing (nobody would record
+  it), so a SIGKILLed service never leaves training running behind it.
 
 A worker that exits without a ``finished`` or ``failed`` message crashed; the supervisor
 resumes the job from its last checkpoint.
@@ -54,6 +55,8 @@ PRELOAD = ["services.trainer.adapters.engine.loop"]
 
 CANCEL = "cancel"
 HALT = "halt"
+#: Not sent by the supervisor: what the torchrun relay tells rank 0 when the service is gone.
+ABANDON = "abandon"
 #: The job's cost reached its per-run budget: stop after the current step, with a checkpoint.
 BUDGET_EXHAUSTED = "budget_exhausted"
 
@@ -235,7 +238,7 @@ def listen_for_control(control: Connection, signals: StopSignals) -> None:
         try:
             command = control.recv()
         except (EOFError, OSError):
-            signals.halt = True  # the service is gone
+            signals.abandoned = True  # the service is gone
             return
         if command == CANCEL:
             signals.cancel = True
@@ -243,6 +246,9 @@ def listen_for_control(control: Connection, signals: StopSignals) -> None:
             signals.budget_exhausted = True
         elif command == HALT:
             signals.halt = True
+            return
+        elif command == ABANDON:
+            signals.abandoned = True
             return
 
 

@@ -125,13 +125,18 @@ _PACE_WINDOW = 20
 _HOLD_POLL_SECONDS = 0.05
 
 #: What rank 0 heard on its control channel, as every rank agrees it at a step boundary.
-_GO_ON, _CANCEL, _HALT = 0, 1, 2
+_GO_ON, _CANCEL, _HALT, _ABANDON = 0, 1, 2, 3
 #: Stopping decisions as numbers a collective can carry (None: go on).
 _STOP_CODES: list[StopReason | None] = [None, *StopReason]
 
 
 class TrainingHalted(Exception):
-    """The service asked the worker to stop at once (it is shutting down); nothing is written."""
+    """The worker stopped for its service: shutting down (``keep_progress``: a checkpoint of
+    the steps since the last one is written first) or gone (nothing is written)."""
+
+    def __init__(self, *, keep_progress: bool = False) -> None:
+        super().__init__("halted" if keep_progress else "abandoned")
+        self.keep_progress = keep_progress
 
 
 class _StepInterrupted(Exception):
@@ -624,11 +629,15 @@ class TrainingSession:
         self.model.train()
         try:
             stop, cancelled, groups = self._steps(position, early, tracker, unread)
-        except TrainingHalted:
-            # the service is going away: keep what was trained since the last checkpoint, so
-            # the resumed attempt does not redo it (the supervisor waits its grace period)
+        except TrainingHalted as halted:
+            # the service is shutting down: keep what was trained since the last checkpoint,
+            # so the resumed attempt does not redo it (the supervisor waits its grace period)
             self._read_losses(unread, tracker)
-            if position.step > 0 and self.last_checkpoint_step != position.step:
+            if (
+                halted.keep_progress
+                and position.step > 0
+                and self.last_checkpoint_step != position.step
+            ):
                 position.elapsed_seconds = tracker.elapsed()
                 groups = self._epoch_groups(position.epoch_index)
                 epoch = position.epoch_index + position.step_in_epoch / max(1, len(groups))
@@ -769,16 +778,26 @@ class TrainingSession:
             return  # the other ranks wait for rank 0 in the step's first collective
         if step != self.plan.fault_hold_after_step:
             return
-        while not (self.signals.halt or self.signals.cancel or self.signals.budget_exhausted):
+        signals = self.signals
+        while not (signals.halt or signals.abandoned or signals.cancel or signals.budget_exhausted):
             time.sleep(_HOLD_POLL_SECONDS)
 
     def _interrupted(self) -> bool:
         """True on a cancel; raises :class:`TrainingHalted` on a halt (rank 0's signals,
         agreed by every rank)."""
-        heard = _HALT if self.signals.halt else _CANCEL if self.signals.cancel else _GO_ON
+        signals = self.signals
+        heard = (
+            _ABANDON
+            if signals.abandoned
+            else _HALT
+            if signals.halt
+            else _CANCEL
+            if signals.cancel
+            else _GO_ON
+        )
         decided = self.group.decide(heard, self.device)
-        if decided == _HALT:
-            raise TrainingHalted
+        if decided in (_HALT, _ABANDON):
+            raise TrainingHalted(keep_progress=decided == _HALT)
         return decided == _CANCEL
 
     def _validate_and_judge(self, early: EarlyStopping) -> float | None:
@@ -821,7 +840,8 @@ class TrainingSession:
         every_batch = self._micro_batches(group)
         for batch in self._device_batches(self.group.share(every_batch, self.lengths)):
             # alone, a cancel stops mid-step; ranks stop together, at the step's end
-            if not self.group.distributed and (self.signals.cancel or self.signals.halt):
+            signals = self.signals
+            if not self.group.distributed and (signals.cancel or signals.halt or signals.abandoned):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise _StepInterrupted
             self._maybe_inject_oom(batch)
