@@ -33,7 +33,7 @@ from services.registry.entrypoints.alert_webhook import AlertWebhookServer
 from services.registry.settings import RegistrySettings
 from shared.db import create_database_engine, create_session_factory
 from shared.events import Envelope, KafkaEventPublisher, dlq_topic_for, ensure_topics, topic_for
-from shared.grpc import ClientSecurity, create_channel
+from shared.grpc import create_channel
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.events import (
@@ -779,11 +779,7 @@ def test_with_mutual_tls_the_stored_reviewer_is_the_certificate_identity(
     )
 
     def client_for(name: str) -> RegistryClient:
-        issued = ca.issue(name, common_name=name)
-        security = ClientSecurity(
-            tls=True, ca_file=ca.ca_file, cert_file=issued.cert_file, key_file=issued.key_file
-        )
-        return RegistryClient(f"127.0.0.1:{runtime.grpc_port}", security=security)
+        return RegistryClient(f"127.0.0.1:{runtime.grpc_port}", security=ca.client_security(name))
 
     try:
         with client_for("ed") as ed, client_for("alice") as alice, client_for("vic") as vic:

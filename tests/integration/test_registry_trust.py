@@ -23,7 +23,6 @@ import pytest
 from services.registry.bootstrap import SPEC
 from services.registry.settings import RegistrySettings
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
-from shared.grpc import ClientSecurity
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.evaluator_double import StandInEvaluator, stored_evaluation
@@ -262,11 +261,7 @@ def test_with_four_eyes_the_jobs_and_the_models_creators_cannot_approve_another_
     )
 
     def client_for(name: str) -> RegistryClient:
-        issued = ca.issue(name, common_name=name)
-        security = ClientSecurity(
-            tls=True, ca_file=ca.ca_file, cert_file=issued.cert_file, key_file=issued.key_file
-        )
-        return RegistryClient(f"127.0.0.1:{runtime.grpc_port}", security=security)
+        return RegistryClient(f"127.0.0.1:{runtime.grpc_port}", security=ca.client_security(name))
 
     try:
         with client_for("ed") as ed, client_for("bob") as bob, client_for("alice") as alice:
