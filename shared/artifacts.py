@@ -320,10 +320,16 @@ def directory_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class ByteSink(Protocol):
+    """Where an :class:`ArtifactWriter` puts its bytes: a file, or an upload in progress."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 class ArtifactWriter:
     """A file being written into the store; see :meth:`LocalArtifactStore.open_writer`."""
 
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: ByteSink) -> None:
         self._handle = handle
         self._digest = hashlib.sha256()
         self.size_bytes = 0
@@ -348,15 +354,21 @@ class ArtifactSpool(ArtifactWriter):
     chosen once everything is written (and checked).
     """
 
-    def __init__(self, handle: BinaryIO, commit_to: Callable[[str], StoredArtifact]) -> None:
+    def __init__(
+        self,
+        handle: ByteSink,
+        commit_to: Callable[[str], StoredArtifact],
+        sync: Callable[[], None],
+    ) -> None:
         super().__init__(handle)
         self._commit_to = commit_to
+        self._sync = sync
 
     def sync(self) -> None:
-        """Flush and fsync what was written so far, so that a later :meth:`commit` is quick
-        (e.g. when it runs while holding a lock)."""
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        """Make what was written so far durable (a local store flushes and fsyncs it, S3
+        finishes its upload), so that a later :meth:`commit` is quick (e.g. when it runs while
+        holding a lock). Call it once everything is written."""
+        self._sync()
 
     def commit(self, key: str) -> StoredArtifact:
         """Put the bytes written so far at ``key`` atomically; no writes may follow."""
@@ -574,7 +586,11 @@ class LocalArtifactStore(WriterBackedStore):
             _fsync_dir(target.parent)
             return StoredArtifact(target.as_uri(), spool.sha256, spool.size_bytes)
 
-        spool = ArtifactSpool(handle, commit_to)
+        def sync() -> None:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+        spool = ArtifactSpool(handle, commit_to, sync)
         try:
             yield spool
         finally:

@@ -3,10 +3,20 @@
 The same contract as :class:`shared.artifacts.LocalArtifactStore`, for stores that several
 replicas (and nodes) share:
 
-- **Whole or nothing.** Bytes are spooled to a local temp file while their sha256 is computed,
-  then uploaded in one go (boto3's managed transfer: multipart above ``multipart_threshold``,
-  streamed from the file, never held in memory). S3 makes an object visible only once its
-  upload completes.
+- **Whole or nothing.** :meth:`S3ArtifactStore.open_writer` spools bytes to a local temp file
+  while their sha256 is computed, then uploads them in one go (boto3's managed transfer:
+  multipart above ``multipart_threshold``, streamed from the file, never held in memory). S3
+  makes an object visible only once its upload completes.
+- **Spools upload as they are written.** :meth:`S3ArtifactStore.open_spool` (content whose key
+  is known only at the end, such as a dataset version) sends each ``multipart_chunksize`` of
+  bytes as a part of a multipart upload to a staging key (``<prefix>/.spools/<uuid>``) from
+  background threads while the writer goes on, at most ``max_concurrency`` parts at once; its
+  ``sync()`` sends the rest and completes the upload, and ``commit(key)`` copies the object to
+  ``key`` inside S3 (with its sha256) and deletes the staging one. Content smaller than one part
+  never leaves memory until ``commit``, which puts it at ``key`` directly. An abandoned spool's
+  upload is aborted; a process that dies mid-upload leaves an incomplete upload (or, between
+  copy and delete, a staging object) under ``.spools/``, which a bucket lifecycle rule on that
+  prefix cleans up.
 - **Verified.** Every object carries its sha256 as user metadata (``x-amz-meta-sha256``);
   :meth:`S3ArtifactStore.open` checks it when the stream reaches its end and
   :meth:`S3ArtifactStore.materialize` before the local copy appears.
@@ -33,7 +43,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -60,6 +72,15 @@ _KIND = "tuneline-kind"
 _DIRECTORY = "directory"
 #: Where folder generations live under the store prefix (keys never start with a dot).
 _GENERATIONS = ".dirs"
+#: Where spools upload before their key is known (keys never start with a dot).
+_SPOOLS = ".spools"
+#: S3's smallest part (but the last).
+_MIN_PART_BYTES = 5 * 1024 * 1024
+#: Server-side copies of a committed spool: one request up to S3's 5 GiB limit on CopyObject,
+#: a multipart copy beyond.
+_COPY_TRANSFER = TransferConfig(
+    multipart_threshold=5 * 1024**3, multipart_chunksize=512 * 1024**2, max_concurrency=4
+)
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 #: Multipart above 16 MiB, in 16 MiB parts, four at a time.
@@ -129,6 +150,110 @@ class _VerifyingReader(io.RawIOBase):
         super().close()
 
 
+class _StreamingUpload:
+    """A spool's bytes on their way to ``staging_key``, one part at a time while they are
+    written (see the module docstring): the sink of the spool's :class:`ArtifactSpool`."""
+
+    def __init__(
+        self, client: Any, bucket: str, staging_key: str, transfer: TransferConfig
+    ) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._key = staging_key
+        self._part_bytes = max(int(transfer.multipart_chunksize), _MIN_PART_BYTES)
+        self._max_in_flight = max(1, int(transfer.max_concurrency))
+        self._buffer = bytearray()
+        self._pool: ThreadPoolExecutor | None = None
+        self._upload_id = ""
+        self._parts: list[dict[str, Any]] = []
+        self._in_flight: deque[Future[dict[str, Any]]] = deque()
+        #: Whether the staging object exists (the multipart upload completed).
+        self._completed = False
+        self._sealed = False
+
+    def write(self, data: bytes) -> None:
+        if self._sealed:
+            raise ArtifactError("the spool was synced: no writes may follow")
+        self._buffer += data
+        if len(self._buffer) >= self._part_bytes:
+            self._send_buffer()
+
+    def _send_buffer(self) -> None:
+        """The buffered bytes as the next part, uploaded in the background."""
+        if self._pool is None:
+            self._upload_id = self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=self._key
+            )["UploadId"]
+            self._pool = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="s3-part")
+        while len(self._in_flight) >= self._max_in_flight:  # bounds the memory held
+            self._parts.append(self._in_flight.popleft().result())
+        part = bytes(self._buffer)
+        self._buffer.clear()
+        number = len(self._parts) + len(self._in_flight) + 1
+        self._in_flight.append(self._pool.submit(self._upload_part, number, part))
+
+    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+        response = self._client.upload_part(
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def seal(self) -> None:
+        """No more bytes: send the rest and complete the staging object (if it was started)."""
+        if self._sealed:
+            return
+        self._sealed = True
+        if self._pool is None:
+            return  # smaller than a part: commit puts it in one request
+        if self._buffer:
+            self._send_buffer()
+        while self._in_flight:
+            self._parts.append(self._in_flight.popleft().result())
+        self._client.complete_multipart_upload(
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
+        self._completed = True
+
+    def commit(self, object_key: str, metadata: dict[str, str]) -> None:
+        """Put the bytes at ``object_key`` with ``metadata``."""
+        self.seal()
+        if not self._completed:
+            self._client.put_object(
+                Bucket=self._bucket, Key=object_key, Body=bytes(self._buffer), Metadata=metadata
+            )
+            self._buffer.clear()
+            return
+        self._client.copy(
+            {"Bucket": self._bucket, "Key": self._key},
+            self._bucket,
+            object_key,
+            ExtraArgs={"Metadata": metadata, "MetadataDirective": "REPLACE"},
+            Config=_COPY_TRANSFER,
+        )
+        self.discard()
+
+    def discard(self) -> None:
+        """Leave nothing behind: abort the upload, or delete the staging object."""
+        self._buffer.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._in_flight.clear()
+            if self._completed:
+                self._client.delete_object(Bucket=self._bucket, Key=self._key)
+            else:
+                self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
+                )
+
+
 class S3ArtifactStore(WriterBackedStore):
     """Artifacts under ``s3://<bucket>/<prefix>/``; see the module docstring."""
 
@@ -151,8 +276,13 @@ class S3ArtifactStore(WriterBackedStore):
         self._client = client or boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint_url or None,
-            # path-style addressing: S3-compatible servers on a plain host:port need it
-            config=Config(s3={"addressing_style": "path"}) if endpoint_url else None,
+            config=Config(
+                # path-style addressing: S3-compatible servers on a plain host:port need it
+                s3={"addressing_style": "path"} if endpoint_url else None,
+                # no CRC32 of every part and object where S3 does not ask for one: each object
+                # carries its sha256, checked on every read (a CPU cost per byte saved)
+                request_checksum_calculation="when_required",
+            ),
         )
         self._transfer = transfer
         self._cache = (
@@ -234,25 +364,25 @@ class S3ArtifactStore(WriterBackedStore):
 
     @contextmanager
     def open_spool(self) -> Iterator[ArtifactSpool]:
-        """Spool bytes to a local temp file; :meth:`ArtifactSpool.commit` uploads them."""
-        fd, temp_name = tempfile.mkstemp(dir=self._tmp, prefix="spool-")
-        temp = Path(temp_name)
-        handle = os.fdopen(fd, "wb")
+        """Upload bytes in parts as they come, to a staging key; :meth:`ArtifactSpool.sync`
+        finishes the upload, :meth:`ArtifactSpool.commit` copies it to its key (see the module
+        docstring). Whatever is not committed when the block ends is discarded."""
+        staging = f"{self.prefix}/{_SPOOLS}" if self.prefix else _SPOOLS
+        staging = f"{staging}/{uuid.uuid4().hex}"
+        upload = _StreamingUpload(self._client, self.bucket, staging, self._transfer)
 
         def commit_to(key: str) -> StoredArtifact:
             object_key = self._object_key(key)
-            handle.close()
-            self._upload(temp, object_key, {_SHA256: spool.sha256})
+            upload.commit(object_key, {_SHA256: spool.sha256})
             return StoredArtifact(
                 f"s3://{self.bucket}/{object_key}", spool.sha256, spool.size_bytes
             )
 
-        spool = ArtifactSpool(handle, commit_to)
+        spool = ArtifactSpool(upload, commit_to, upload.seal)
         try:
             yield spool
         finally:
-            handle.close()
-            temp.unlink(missing_ok=True)
+            upload.discard()
 
     def put_directory(self, key: str, source: Path) -> StoredArtifact:
         """Upload folder ``source``'s files under a new generation, then its manifest at ``key``.

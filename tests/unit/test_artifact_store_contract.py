@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -183,6 +184,55 @@ def test_s3_uploads_large_artifacts_in_parts(s3_store: S3ArtifactStore, s3_endpo
     head = _s3_client(s3_endpoint).head_object(Bucket=s3_store.bucket, Key="svc/big")
     assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of three parts
     assert head["Metadata"]["sha256"] == _sha(b"z" * 12 * MIB)
+
+
+def test_s3_a_spool_uploads_its_parts_while_it_is_written(
+    s3_store: S3ArtifactStore, s3_endpoint: str
+) -> None:
+    client = _s3_client(s3_endpoint)
+    chunks = [bytes([i]) * MIB for i in range(12)]
+    with s3_store.open_spool() as spool:
+        for chunk in chunks[:6]:
+            spool.write(chunk)
+        # a part reaches the server before the spool is synced (uploaded in the background:
+        # wait for it to show)
+        (upload,) = client.list_multipart_uploads(Bucket=s3_store.bucket)["Uploads"]
+        deadline = time.monotonic() + 60
+        while not (
+            parts := client.list_parts(
+                Bucket=s3_store.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            ).get("Parts")
+        ):
+            assert time.monotonic() < deadline, "no part uploaded before sync()"
+            time.sleep(0.05)
+        assert parts[0]["Size"] >= 5 * MIB
+        for chunk in chunks[6:]:
+            spool.write(chunk)
+        spool.sync()
+        stored = spool.commit(f"blobs/{spool.sha256}")
+    expected = b"".join(chunks)
+    assert (stored.sha256, stored.size_bytes) == (_sha(expected), len(expected))
+    with s3_store.open(stored.uri) as handle:
+        assert handle.read() == expected
+    head = client.head_object(Bucket=s3_store.bucket, Key=f"svc/blobs/{stored.sha256}")
+    assert head["Metadata"]["sha256"] == stored.sha256
+    listed = client.list_objects_v2(Bucket=s3_store.bucket, Prefix="svc/")["Contents"]
+    assert [item["Key"] for item in listed] == [f"svc/blobs/{stored.sha256}"]  # no staging
+
+
+def test_s3_an_abandoned_spool_aborts_its_upload(
+    s3_store: S3ArtifactStore, s3_endpoint: str
+) -> None:
+    def write_parts_then_fail() -> None:
+        with s3_store.open_spool() as spool:
+            spool.write(b"x" * 11 * MIB)
+            raise RuntimeError("client went away")
+
+    with pytest.raises(RuntimeError):
+        write_parts_then_fail()
+    client = _s3_client(s3_endpoint)
+    assert client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", []) == []
+    assert client.list_objects_v2(Bucket=s3_store.bucket).get("Contents", []) == []
 
 
 def test_s3_detects_corruption_on_read_and_materialize(
