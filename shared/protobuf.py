@@ -23,7 +23,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from shared.errors import FieldViolation
+from shared.errors import FieldViolation, InvalidArgument
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -40,6 +40,15 @@ _NANOS_PER_SECOND = 1e9
 
 
 # -- enums ----------------------------------------------------------------------------------------
+
+
+class UnknownEnumNumber(InvalidArgument, ValueError):
+    """An enum number the contract does not define, or one the domain has no value for.
+
+    In an event it is a malformed event: being an :class:`~shared.errors.InvalidArgument`, the
+    consumer dead-letters it at once instead of retrying it as an unknown failure. It is also
+    a ``ValueError``, which is what callers caught before it existed.
+    """
 
 
 def enum_to_proto(enum_type: _EnumTypeWrapper[V], prefix: str, value: StrEnum | None) -> V:
@@ -60,16 +69,21 @@ def enum_from_proto(
 ) -> E | None:
     """The domain value of a proto enum number: the value name without ``prefix`` and ``_``.
 
-    0 (``*_UNSPECIFIED``) → ``None``. Raises ``ValueError`` for a number the proto enum does not
-    define, or one whose name the domain enum lacks; use :func:`enum_field_from_proto` to
-    report that as a request's field violation instead.
+    0 (``*_UNSPECIFIED``) → ``None``. Raises :class:`UnknownEnumNumber` (a ``ValueError``) for a
+    number the proto enum does not define, or one whose name the domain enum lacks; use
+    :func:`enum_field_from_proto` to report that as a request's field violation instead.
     """
     if number == 0:
         return None
     described = enum_type.DESCRIPTOR.values_by_number.get(number)
     if described is None:
-        raise ValueError(f"{number} is not a {enum_type.DESCRIPTOR.name} value")
-    return domain(described.name.removeprefix(f"{prefix}_"))
+        raise UnknownEnumNumber(f"{number} is not a {enum_type.DESCRIPTOR.name} value")
+    try:
+        return domain(described.name.removeprefix(f"{prefix}_"))
+    except ValueError:
+        raise UnknownEnumNumber(
+            f"{described.name} has no {domain.__name__} counterpart here"
+        ) from None
 
 
 def enum_field_from_proto(

@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.errors import FieldViolation
+from shared.errors import FieldViolation, InvalidArgument
+from shared.events.consumer import FailureKind, classify_failure
 from shared.protobuf import (
     UNKNOWN_ENUM_VALUE,
+    UnknownEnumNumber,
     datetime_from_timestamp,
     duration_from_seconds,
     enum_field_from_proto,
@@ -95,6 +97,20 @@ def test_enum_from_proto_raises_for_a_name_the_domain_lacks() -> None:
             common_pb2.ADAPTER_METHOD_RSLORA,
             OlderMethod,
         )
+
+
+@pytest.mark.parametrize(
+    ("number", "domain"), [(99, Method), (common_pb2.ADAPTER_METHOD_RSLORA, OlderMethod)]
+)
+def test_an_unknown_enum_number_in_an_event_is_dead_lettered_at_once(
+    number: int, domain: type[StrEnum]
+) -> None:
+    # A converter turning an event into domain values meets it before any handler runs: the
+    # event is malformed, so retrying it cannot help.
+    with pytest.raises(UnknownEnumNumber) as raised:
+        enum_from_proto(common_pb2.AdapterMethod, "ADAPTER_METHOD", number, domain)
+    assert isinstance(raised.value, InvalidArgument)
+    assert classify_failure(raised.value) is FailureKind.PERMANENT
 
 
 def test_enum_field_from_proto_reads_a_known_number_without_violations() -> None:
