@@ -41,10 +41,10 @@ import torch.nn.functional as F  # noqa: N812 - the conventional name
 from services.evaluator.adapters.engine import score
 from services.evaluator.adapters.scoring import RowSource, ScoringJob, SubjectRole, SubjectSpec
 from services.evaluator.domain.evaluation import BaseModelRef, ScoringSettings
-from services.evaluator.domain.outcomes import TaskType
-from shared.modeling import TaskKind, default_models_root, resolve_base_model
+from shared.modeling import default_models_root, resolve_base_model
 from shared.modeling.loading import load_adapter, load_base_model, load_tokenizer, resolve_device
 from shared.modeling.packaged import ENCODER, SMOLLM2_4_LAYERS, prepare_packaged_models
+from shared.task_types import TaskType
 from tests.fixtures.adapters import save_causal_lm_adapter, train_classification_adapter
 from tests.fixtures.trainer_data import chatterbot_rows, rotten_tomatoes_rows
 
@@ -104,7 +104,7 @@ def main() -> None:
     root = default_models_root()
     work = Path(tempfile.mkdtemp(prefix="eval-throughput-"))
     if args.task == "classification":
-        base_name, task, kind = ENCODER, TaskType.CLASSIFICATION, TaskKind.CLASSIFICATION
+        base_name, task = ENCODER, TaskType.CLASSIFICATION
         prepare_packaged_models(root, names=(ENCODER,))
         rows = rotten_tomatoes_rows(args.examples, seed=11)
         labels = sorted({r["label"] for r in rows})
@@ -117,7 +117,7 @@ def main() -> None:
             steps=0,
         )
     else:
-        base_name, task, kind = SMOLLM2_4_LAYERS, TaskType.CAUSAL_LM, TaskKind.CAUSAL_LM
+        base_name, task = SMOLLM2_4_LAYERS, TaskType.CAUSAL_LM
         prepare_packaged_models(root, names=(SMOLLM2_4_LAYERS,))
         rows = chatterbot_rows(args.examples, seed=11)
         labels = []
@@ -147,17 +147,17 @@ def main() -> None:
 
     base = resolve_base_model(model_name=base_name, models_root=root)
     tokenizer = load_tokenizer(base.path)
-    if kind is TaskKind.CAUSAL_LM:
+    if task is TaskType.CAUSAL_LM:
         tokenizer.padding_side = "right"
     model = load_adapter(
         load_base_model(
-            base, kind, labels=labels, pad_token_id=tokenizer.pad_token_id, device=device
+            base, task, labels=labels, pad_token_id=tokenizer.pad_token_id, device=device
         ),
         Path(adapter),
     )
 
     def run_plain() -> float:
-        if kind is TaskKind.CLASSIFICATION:
+        if task is TaskType.CLASSIFICATION:
             return plain_classification(
                 model, tokenizer, rows, batch_size=args.batch_size, labels=labels, device=device
             )

@@ -64,8 +64,8 @@ from tests.fixtures.broker_faults import (
     wait_until,
 )
 from tests.fixtures.grpc_faults import lost_responses, watchers_during_rollbacks
-from tests.fixtures.waiting import eventually
 from tuneline.devtools.kafka import LocalKafkaCluster, free_port
+from tuneline.devtools.waiting import eventually
 
 #: Generous safety nets, not measures: a scenario that needs them has failed.
 APPLY_TIMEOUT = 600.0

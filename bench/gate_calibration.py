@@ -30,9 +30,10 @@ that on 2,000 examples depends on how often the two models disagree, so the prin
 disagreement explains the sibling figure.
 
 **(c) Live quality.** A production checkpoint's labelled outcomes arrive in reports of
-``--report-size``; the registry's rule (``services.registry.domain.judge_live_quality``: a
-99 % confidence sequence, at least 100 outcomes, upper bound below the floor) is applied after
-every report. The floor is 2 points under the checkpoint's held-out accuracy. A checkpoint 10
+``--report-size``; the registry's rule
+(``services.registry.domain.live_quality.judge_live_quality``: a 99 % confidence sequence, at
+least 100 outcomes, upper bound below the floor) is applied after every report. The floor is 2
+points under the checkpoint's held-out accuracy. A checkpoint 10
 points worse than that accuracy is caught after the printed median number of labelled outcomes
 (goal: within 400); the unchanged checkpoint raises a false alarm within 10,000 outcomes at the
 printed rate (goal: at most 1 %).
@@ -61,8 +62,9 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.evaluator.domain.gate import GatePolicy, PairedSet, Verdict, judge
-from services.evaluator.domain.outcomes import ClassificationOutcomes, TaskType
-from services.registry.domain import LIVE_QUALITY_MIN_TRIALS, judge_live_quality
+from services.evaluator.domain.outcomes import ClassificationOutcomes
+from services.registry.domain.live_quality import LIVE_QUALITY_MIN_TRIALS, judge_live_quality
+from shared.task_types import TaskType
 from tuneline.demo.corpus import SENTIMENT_LABELS, rotten_tomatoes_reviews
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,8 @@ processes, sampled every 20 ms (goal < 300 MB for a 1 GB upload: ``--size-mb 102
     .venv/bin/python bench/ingest.py [--size-mb 200] [--workers 2] [--repeat 2] [--store s3]
 
 ``--store s3`` puts the service's artifact store on S3: an S3-compatible server on loopback
-(moto's standalone server, as the tests use; goal >= 0.4 there, for the extra upload).
+(moto's standalone server, as the tests use, run as its own process like a real server, so its
+CPU time is not the benchmark's; goal >= 0.4 there, for the extra upload).
 
 Needs a Kafka broker: ``--bootstrap`` or ``TUNELINE_KAFKA_BOOTSTRAP``, else a local KRaft
 broker is started (``tuneline dev kafka`` provisions its jars).
@@ -55,6 +56,7 @@ from tuneline.client import UnavailableError
 from tuneline.client.dataset import DatasetClient, dataset_name
 from tuneline.dataset.v1 import events_pb2
 from tuneline.devtools.kafka import LocalKafka, free_port
+from tuneline.devtools.waiting import answer, eventually
 
 GOAL_RATIO = {"local": 0.5, "s3": 0.4}
 GOAL_RSS_BYTES_PER_GB = 300 * 1024 * 1024
@@ -125,9 +127,15 @@ class Service:
     sampling: bool = True
 
     def sample(self) -> None:
+        processes: list[psutil.Process] = []
+        tick = 0
         while self.sampling:
             try:
-                processes = [self.process, *self.process.children(recursive=True)]
+                # listing the children scans all of /proc: a few times a second is enough to
+                # see the workers start, and leaves the CPUs to what is measured
+                if tick % 25 == 0:
+                    processes = [self.process, *self.process.children(recursive=True)]
+                tick += 1
                 total = 0
                 for process in processes:
                     with contextlib.suppress(psutil.Error):
@@ -157,11 +165,16 @@ class Service:
 def s3_store_settings() -> Iterator[dict[str, str]]:
     """The dataset service's settings for an artifact store on a loopback S3 server."""
     import boto3  # noqa: PLC0415 - dev extras, only for --store s3
-    from moto.server import ThreadedMotoServer  # noqa: PLC0415
+    from botocore.exceptions import EndpointConnectionError  # noqa: PLC0415
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    # its own process, as a real S3 server would be: not a thread of the benchmark's process,
+    # whose CPU (and interpreter lock) the upload's client needs
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     credentials = {
         "AWS_ACCESS_KEY_ID": "bench",
@@ -172,14 +185,19 @@ def s3_store_settings() -> Iterator[dict[str, str]]:
         client = boto3.session.Session(
             aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1"
         ).client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="bench")
+        eventually(
+            answer(lambda: client.create_bucket(Bucket="bench"), EndpointConnectionError),
+            timeout=120,
+            what="the S3 server to start",
+        )
         yield {
             **credentials,
             "TUNELINE_S3_ENDPOINT_URL": endpoint,
             "TUNELINE_DATASET_ARTIFACT_ROOT": "s3://bench/dataset",
         }
     finally:
-        server.stop()
+        server.terminate()
+        server.wait()
 
 
 @contextlib.contextmanager
@@ -215,15 +233,12 @@ def dataset_service(
         with DatasetClient(service.target, timeout=5) as client:
             # start-up (imports, migrations, the broker) is not measured: a loaded machine may
             # take minutes
-            deadline = time.monotonic() + 600
-            while True:
-                try:
-                    list(client.list_datasets())
-                    break
-                except UnavailableError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+            eventually(
+                answer(lambda: list(client.list_datasets()) or True, UnavailableError),
+                timeout=600,
+                what="the dataset service to start",
+                poll=0.2,
+            )
         yield service
     finally:
         service.sampling = False
@@ -300,8 +315,11 @@ def run(bootstrap: str, args: argparse.Namespace) -> bool:
         )
         baselines: list[BaselineTiming] = []
         uploads: list[UploadTiming] = []
+        store_settings: contextlib.AbstractContextManager[dict[str, str]] = (
+            s3_store_settings() if args.store == "s3" else contextlib.nullcontext({})
+        )
         with (
-            s3_store_settings() if args.store == "s3" else contextlib.nullcontext({}) as store,
+            store_settings as store,
             dataset_service(bootstrap, root / "service", args.workers, store) as service,
         ):
             for attempt in range(args.repeat):

@@ -19,7 +19,7 @@ Uniform label noise: a seeded share of the rows gets another label drawn uniform
 For each task and noise level it prints precision, recall and F1 of the rows the audit flags
 against the injected flips, for the audit (out-of-fold logistic regressions on frozen,
 mean-pooled embeddings of ``--encoder`` and on TF-IDF, probabilities averaged, fed to
-cleanlab: exactly what the service runs, :func:`services.dataset.label_audit.audit_labels`),
+cleanlab: exactly what the service runs, :func:`services.dataset.domain.label_audit.audit_labels`),
 for the embeddings alone, and for the baseline (the same cleanlab call on TF-IDF + logistic
 regression probabilities alone), computed in the same run; and the estimated noise rate beside
 the injected one.
@@ -48,7 +48,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.dataset.label_audit import audit_labels, word_features
+from services.dataset.domain.label_audit import audit_labels, word_features
 from shared.modeling.embeddings import TextEmbedder
 from shared.modeling.models import default_models_root, resolve_base_model
 from shared.modeling.packaged import ENCODER, package_folder, prepare_packaged_models

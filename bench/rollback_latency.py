@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -53,6 +54,7 @@ from tests.fixtures.registry_events import (
 from tuneline.client.alerts import alertmanager_notification
 from tuneline.client.registry import RegistryClient
 from tuneline.devtools.kafka import LocalKafka, free_port
+from tuneline.devtools.waiting import answer, eventually
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.registry.v1 import events_pb2
 from tuneline.trainer.v1 import events_pb2 as trainer_events
@@ -150,13 +152,14 @@ def registry_process(
 
 
 def wait_until_serving(client: RegistryClient, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            list(client.list_models(page_size=1))
-            return
-        time.sleep(0.2)
-    raise TimeoutError("the registry did not start")
+    def lists_models() -> bool:
+        list(client.list_models(page_size=1))
+        return True
+
+    # any error is "not yet": the process is still importing, migrating, binding its port
+    eventually(
+        answer(lists_models, Exception), timeout=timeout, what="the registry to start", poll=0.2
+    )
 
 
 def set_up_two_promotions(
@@ -172,6 +175,10 @@ def promote_in_turn(
     """Create a model and promote one checkpoint per job in turn, through events (as the
     trainer and evaluator do); returns the last one's name."""
     client.create_model(model_id, model_definition())
+
+    def in_production(checkpoint: str) -> bool:
+        return client.get_production_alias(f"models/{model_id}").checkpoint == checkpoint
+
     production = ""
     for job in jobs:
         publish(publisher, checkpoint_ready(model_id, job, 100))
@@ -186,11 +193,12 @@ def promote_in_turn(
             ),
         )
         production = registry_checkpoint(model_id, job, 100)
-        deadline = time.monotonic() + 30
-        while client.get_production_alias(f"models/{model_id}").checkpoint != production:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{production} was not promoted")
-            time.sleep(0.01)
+        eventually(
+            functools.partial(in_production, production),
+            timeout=30,
+            what=f"{production} promoted",
+            poll=0.01,
+        )
     return production
 
 

@@ -52,9 +52,10 @@ from services.serving.entrypoints.grpc_api import ServingServicer
 from services.serving.handlers import inference
 from services.serving.handlers.deps import ServingDeps
 from shared.grpc import GrpcServerMetrics, ServerSecurity, ServiceRegistration, build_grpc_server
-from shared.modeling import TaskKind, default_models_root, folder_sha256
+from shared.modeling import default_models_root, folder_sha256
 from shared.modeling.loading import load_checkpoint, resolve_device
 from shared.modeling.packaged import ENCODER, prepare_packaged_models
+from shared.task_types import TaskType
 from tests.fixtures.adapters import train_classification_adapter
 from tests.fixtures.trainer_data import rotten_tomatoes_rows
 from tuneline.client.serving import ServingClient
@@ -134,7 +135,7 @@ def measure_serving_throughput(
     loaded = load_checkpoint(
         adapter_dir, models_root=models_root or default_models_root(), device=target
     )
-    if loaded.metadata is None or loaded.metadata.task is not TaskKind.CLASSIFICATION:
+    if loaded.metadata is None or loaded.metadata.task is not TaskType.CLASSIFICATION:
         raise ValueError("Predict serves classification checkpoints")
     model, tokenizer, max_length = loaded.model, loaded.tokenizer, loaded.metadata.max_seq_length
     release = Release(
@@ -143,7 +144,7 @@ def measure_serving_throughput(
         revision=1,
         artifact_uri=adapter_dir.as_uri(),
         sha256=folder_sha256(adapter_dir),
-        task=TaskKind.CLASSIFICATION,
+        task=TaskType.CLASSIFICATION,
     )
     deps = _deps(ServedModel(release, TorchModel(loaded), datetime.now(UTC)))
     chosen = [texts[i % len(texts)] for i in range(requests)]

@@ -47,11 +47,11 @@ from services.splitter.domain import (
     SplitRows,
     SplitSpec,
     SplitStrategy,
-    TaskType,
     split_dataset,
     text_key,
 )
 from shared.artifacts import LocalArtifactStore
+from shared.task_types import TaskType
 
 # one string split once reads better than a hundred-line list
 _WORDS = (  # noqa: SIM905

@@ -62,28 +62,25 @@ from transformers import (
     TrainingArguments,
 )
 
-from services.trainer.adapters.engine.loop import TrainingData, TrainingSession
-from services.trainer.adapters.engine.plan import (
-    StopSignals,
-    WorkerMessage,
-    WorkerPlan,
-    WorkerProgress,
-)
-from services.trainer.domain import (
+from services.trainer.adapters.engine.loop import TrainingSession
+from services.trainer.adapters.engine.preparation import TrainingData
+from services.trainer.adapters.engine.signals import StopSignals
+from services.trainer.domain.config import (
     AdapterSpec,
     BaseModelRef,
     CheckpointPolicy,
     Hyperparameters,
     LearningRateSchedule,
     StoppingRules,
-    TaskType,
     resolve_adapter,
     resolve_for_device,
     resolve_hyperparameters,
 )
+from services.trainer.domain.worker_messages import WorkerMessage, WorkerPlan, WorkerProgress
 from services.trainer.settings import TrainerSettings
 from shared.artifacts import LocalArtifactStore
 from shared.modeling import IGNORE_INDEX, EncodedExample, folder_sha256
+from shared.task_types import TaskType
 
 #: Dense bf16 peaks, TFLOP/s, by a substring of the CUDA device name (the first that matches:
 #: the H100 PCIe and NVL parts before the SXM one, whose name is "H100 80GB HBM3").

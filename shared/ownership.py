@@ -74,6 +74,15 @@ def money_amount(units: int, nanos: int) -> Decimal:
     return Decimal(units) + Decimal(nanos) / Decimal(1_000_000_000)
 
 
+def money_parts(amount: Decimal) -> tuple[int, int]:
+    """One Decimal as ``Money``'s units and nanos, both with its sign (:func:`money_amount`'s
+    inverse, to the nano)."""
+    nanos_total = int((amount * Decimal(1_000_000_000)).to_integral_value())
+    units, nanos = divmod(abs(nanos_total), 1_000_000_000)
+    sign = -1 if nanos_total < 0 else 1
+    return sign * units, sign * nanos
+
+
 def validate_budget(limits: Mapping[str, tuple[str, int, int]], path: str) -> list[FieldViolation]:
     """Every problem of a budget at ``path``, given its set limits by field name
     (``max_cost_per_run`` …) as ``(currency_code, units, nanos)``: each a positive amount, all

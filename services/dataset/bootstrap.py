@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from services.dataset.adapters.label_auditor import AuditorSettings, ProcessLabelAuditor
+from services.dataset.adapters.metrics import DatasetMetrics
 from services.dataset.adapters.sources import ImportSources
 from services.dataset.adapters.tables import DatasetBase
 from services.dataset.adapters.workers import ValidationWorkers
 from services.dataset.entrypoints.audit_runner import AuditRunner
 from services.dataset.entrypoints.grpc_api import DatasetServicer
-from services.dataset.handlers import DatasetDeps, IngestLimits
-from services.dataset.metrics import DatasetMetrics
+from services.dataset.handlers.deps import DatasetDeps, IngestLimits
 from services.dataset.settings import DatasetSettings
 from shared.grpc import ServiceRegistration
 from shared.runtime import BackgroundComponent, ServiceContext, ServiceParts, ServiceSpec

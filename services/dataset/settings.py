@@ -9,10 +9,12 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.dataset.domain import ValueBounds
-from services.dataset.label_audit import DEFAULT_FOLDS as DEFAULT_AUDIT_FOLDS
-from services.dataset.near_duplicate_rows import DEFAULT_MAX_ROWS as DEFAULT_NEAR_DUPLICATE_MAX_ROWS
-from services.dataset.parent_shift import ParentShiftPolicy
+from services.dataset.domain.label_audit import DEFAULT_FOLDS as DEFAULT_AUDIT_FOLDS
+from services.dataset.domain.near_duplicate_rows import (
+    DEFAULT_MAX_ROWS as DEFAULT_NEAR_DUPLICATE_MAX_ROWS,
+)
+from services.dataset.domain.parent_shift import ParentShiftPolicy
+from services.dataset.domain.policy import ValueBounds
 from shared.modeling.models import default_models_root
 from shared.modeling.packaged import ENCODER
 from shared.near_duplicates import DEFAULT_THRESHOLD as DEFAULT_NEAR_DUPLICATE_THRESHOLD

@@ -1,6 +1,6 @@
 """Wiring of the evaluator service: what makes it this service on the shared runtime.
 
-:func:`wire` builds one :class:`~services.evaluator.handlers.EvaluatorDeps` per service
+:func:`wire` builds one :class:`~services.evaluator.handlers.deps.EvaluatorDeps` per service
 instance, shared by the gRPC servicer, the Kafka subscriptions and the supervisor.
 """
 
@@ -15,7 +15,7 @@ from services.evaluator.domain.evaluation import CheckpointSelection
 from services.evaluator.entrypoints.grpc_api import EvaluatorServicer
 from services.evaluator.entrypoints.subscriptions import evaluator_subscriptions
 from services.evaluator.entrypoints.supervisor import EvaluationSupervisor
-from services.evaluator.handlers import EvaluatorDeps, ServiceDefaults
+from services.evaluator.handlers.deps import EvaluatorDeps, ServiceDefaults
 from services.evaluator.settings import EvaluatorSettings
 from shared.grpc import ServiceRegistration
 from shared.running_claims import RunningClaims
@@ -69,7 +69,7 @@ def wire(context: ServiceContext[EvaluatorSettings]) -> ServiceParts:
         claims=RunningClaims(context.engine, "evaluations"),
     )
     supervisor = EvaluationSupervisor(deps, worker, poll_seconds=settings.poll_seconds)
-    servicer = EvaluatorServicer(context.sessions, registry, defaults, on_queued=supervisor.wake)
+    servicer = EvaluatorServicer(deps, on_queued=supervisor.wake)
     return ServiceParts(
         grpc_services=[
             ServiceRegistration(
@@ -77,9 +77,7 @@ def wire(context: ServiceContext[EvaluatorSettings]) -> ServiceParts:
             )
         ],
         subscriptions=evaluator_subscriptions(
-            defaults,
-            metrics,
-            trainer_artifact_root=settings.resolved_trainer_artifact_root(context.common),
+            deps, trainer_artifact_root=settings.resolved_trainer_artifact_root(context.common)
         ),
         background=[supervisor],
         close_on_stop=[registry],

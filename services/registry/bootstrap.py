@@ -1,6 +1,6 @@
 """Wiring of the registry service: what makes it this service on the shared runtime.
 
-:func:`wire` builds one :class:`~services.registry.handlers.RegistryDeps` per service instance,
+:func:`wire` builds one :class:`~services.registry.handlers.deps.RegistryDeps` per service instance,
 shared by the gRPC servicer, the Kafka subscriptions and the Alertmanager webhook, so all three
 update the same metrics and wake the same WatchAlias streams. The webhook runs only when a
 bearer token is configured.
@@ -17,11 +17,13 @@ from services.registry.adapters.notifier import AliasMoveNotifier, AliasMovePoll
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.adapters.tables import RegistryBase
 from services.registry.adapters.verdict_checks import VerdictConfirmer
-from services.registry.domain import LiveQualityRule, RollbackAlertPolicy, RollbackBreaker
+from services.registry.domain.alerts import RollbackAlertPolicy
+from services.registry.domain.live_quality import LiveQualityRule
+from services.registry.domain.rollback import RollbackBreaker
 from services.registry.entrypoints.alert_webhook import AlertWebhookServer, WebhookLimits
 from services.registry.entrypoints.grpc_api import RegistryServicer
 from services.registry.entrypoints.subscriptions import registry_subscriptions
-from services.registry.handlers import RegistryDeps
+from services.registry.handlers.deps import RegistryDeps
 from services.registry.settings import RegistrySettings
 from shared.grpc import ServiceRegistration
 from shared.runtime import BackgroundComponent, ServiceContext, ServiceParts, ServiceSpec
@@ -40,6 +42,7 @@ def wire(context: ServiceContext[RegistrySettings]) -> ServiceParts:
     metrics = RegistryMetrics(context.registry)
     context.registry.register(RegistryStateCollector(context.sessions))
     deps = RegistryDeps(
+        sessions=context.sessions,
         source=context.source,
         metrics=metrics,
         notifier=AliasMoveNotifier(),
@@ -58,7 +61,6 @@ def wire(context: ServiceContext[RegistrySettings]) -> ServiceParts:
         four_eyes=settings.four_eyes,
     )
     servicer = RegistryServicer(
-        context.sessions,
         deps,
         stopping=context.stopping,
         watch_poll_seconds=settings.watch_poll_seconds,
@@ -116,10 +118,9 @@ def _background(
 ) -> list[BackgroundComponent]:
     """The alias-move poller, and the alert webhook when a token is configured."""
     settings = context.settings
-    sessions = context.sessions
 
     def newest_move() -> int:
-        with sessions() as session:
+        with deps.sessions() as session:
             return RegistryRepository(session).newest_move_seq()
 
     components: list[BackgroundComponent] = [
@@ -138,7 +139,6 @@ def _background(
             port=settings.webhook_port,
             path=settings.webhook_path,
             token=token,
-            sessions=context.sessions,
             deps=deps,
             limits=WebhookLimits(
                 max_connections=settings.webhook_max_connections,

@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.registry.domain import DEFAULT_ROLLBACK_ALERTS
+from services.registry.domain.alerts import DEFAULT_ROLLBACK_ALERTS
 from shared.artifacts import peer_root_uri
 from shared.service_ports import DEFAULT_PORTS
 from shared.settings import CommonSettings, ServiceSettings, artifact_root_value

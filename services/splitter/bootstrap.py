@@ -7,11 +7,11 @@ shared by the gRPC servicer and the DatasetVersioned subscription (one set of me
 from __future__ import annotations
 
 from services.splitter.adapters.datasets import DatasetLookup
+from services.splitter.adapters.metrics import SplitterMetrics
 from services.splitter.adapters.tables import SplitterBase
 from services.splitter.entrypoints import events
 from services.splitter.entrypoints.grpc_api import SplitterServicer
 from services.splitter.handlers import SplitterDeps
-from services.splitter.metrics import SplitterMetrics
 from services.splitter.settings import SplitterSettings
 from shared.grpc import ServiceRegistration
 from shared.runtime import ServiceContext, ServiceParts, ServiceSpec

@@ -1,7 +1,8 @@
-"""One function per splitter command or event, taking its dependencies as parameters.
+"""One function per splitter command or event: ``(session, deps, ...)``.
 
-Commands (from gRPC) own their transaction; the event handler runs in the consumer loop's
-transaction, which also records the event id as applied. Either way a new split row, its
+Every handler works in the ``Session`` it is given and never commits: the gRPC servicer runs
+each command in its own transaction, the consumer loop runs the event handler in the
+transaction that also records the event id as applied. Either way a new split row, its
 manifest (written first, atomically, at a deterministic key) and its staged SplitCreated
 event become visible together or not at all.
 """
@@ -15,10 +16,10 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.splitter.adapters.artifacts import read_split_rows, write_manifest
+from services.splitter.adapters.metrics import SplitterMetrics
 from services.splitter.adapters.protos import split_created_event
 from services.splitter.adapters.repository import SplitterRepository
 from services.splitter.domain import (
@@ -33,7 +34,6 @@ from services.splitter.domain import (
     validate_spec,
 )
 from services.splitter.domain.names import ANY_VERSION
-from services.splitter.metrics import SplitterMetrics
 from shared import names
 from shared.artifacts import ArtifactStore
 from shared.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
@@ -65,12 +65,10 @@ class SplitterDeps:
 
 def _split_version(
     session: Session,
+    deps: SplitterDeps,
     version: DatasetVersionRef,
     spec: SplitSpec,
     *,
-    artifacts: ArtifactStore,
-    metrics: SplitterMetrics,
-    source: str,
     trigger: str,
 ) -> tuple[Split, bool]:
     """The split of ``version`` with ``spec``: the existing one, or a new one (manifest written,
@@ -83,9 +81,9 @@ def _split_version(
         return existing, False
 
     started = time.perf_counter()
-    rows = read_split_rows(artifacts, version)
+    rows = read_split_rows(deps.artifacts, version)
     manifest = split_dataset(version, rows, spec)
-    stored = write_manifest(artifacts, version_name, split_id, manifest)
+    stored = write_manifest(deps.artifacts, version_name, split_id, manifest)
     split = Split(
         name=version_name.split(split_id),
         dataset=version_name.dataset,
@@ -102,13 +100,14 @@ def _split_version(
         create_time=datetime.now(UTC),
     )
     repository.add_split(split)
-    stage_event(session, split_created_event(split), source=source, subject=split.name)
+    stage_event(session, split_created_event(split), source=deps.source, subject=split.name)
 
     seconds, strategy, row_count = time.perf_counter() - started, spec.strategy.value, len(rows)
 
     def count_and_log(_session: Session) -> None:
         # only once the split is really stored: a transaction lost to a concurrent creator of
         # the same split (IntegrityError) must not count
+        metrics = deps.metrics
         metrics.splits_created.labels(strategy, trigger).inc()
         metrics.rows_split.labels(strategy).inc(row_count)
         metrics.split_duration.labels(strategy).observe(seconds)
@@ -128,9 +127,7 @@ def _split_version(
 
 
 def _find_version(
-    sessions: sessionmaker[Session],
-    version_name: DatasetVersionName,
-    versions: VersionLookup | None,
+    session: Session, deps: SplitterDeps, version_name: DatasetVersionName
 ) -> DatasetVersionRef:
     """The version as DatasetVersioned announced it or, before that event arrives, as the
     dataset service describes it (read-your-writes: a client may split what it just uploaded).
@@ -140,10 +137,10 @@ def _find_version(
     it, Unavailable when the dataset service cannot be asked.
     """
     name = str(version_name)
-    with sessions() as session:
-        known = SplitterRepository(session).get_dataset_version(name)
+    known = SplitterRepository(session).get_dataset_version(name)
     if known is not None:
         return known
+    versions = deps.versions
     if versions is None:
         raise NotFound("dataset version", name)
     try:
@@ -158,56 +155,30 @@ def _find_version(
 
 
 def create_split(
-    sessions: sessionmaker[Session],
+    session: Session,
+    deps: SplitterDeps,
     version_name: DatasetVersionName,
     spec: SplitSpec | None,
-    *,
-    artifacts: ArtifactStore,
-    metrics: SplitterMetrics,
-    source: str,
-    versions: VersionLookup | None = None,
 ) -> tuple[Split, bool]:
     """CreateSplit: split a version with ``spec`` (``None``: the dataset's policy). A version
-    no DatasetVersioned announced yet is asked of the dataset service through ``versions``.
+    no DatasetVersioned announced yet is asked of the dataset service through
+    ``deps.versions``.
 
     Idempotent: the same version and resolved spec return the existing split and stage nothing.
+    When a concurrent call (or the consumer) stores the same split first, the insert fails
+    with ``IntegrityError`` (at flush or commit); run in a new transaction, this finds and
+    returns the one that stands.
     """
     if spec is not None:
         validate_spec(spec, field_prefix="spec.")
-    version = _find_version(sessions, version_name, versions)
-    try:
-        with sessions.begin() as session:
-            repository = SplitterRepository(session)
-            if spec is None:
-                spec = _policy_of(repository, version_name.dataset_id).spec
-            return _split_version(
-                session,
-                version,
-                spec,
-                artifacts=artifacts,
-                metrics=metrics,
-                source=source,
-                trigger="rpc",
-            )
-    except IntegrityError:
-        # a concurrent call (or the consumer) stored the same split first: that one stands
-        assert spec is not None
-        with sessions() as session:
-            existing = SplitterRepository(session).get_split(
-                version_name.split(split_id_for(str(version_name), spec))
-            )
-        if existing is None:
-            raise
-        return existing, False
+    version = _find_version(session, deps, version_name)
+    if spec is None:
+        spec = _policy_of(SplitterRepository(session), version_name.dataset_id).spec
+    return _split_version(session, deps, version, spec, trigger="rpc")
 
 
 def on_dataset_versioned(
-    session: Session,
-    version: DatasetVersionRef,
-    *,
-    artifacts: ArtifactStore,
-    metrics: SplitterMetrics,
-    source: str,
+    session: Session, deps: SplitterDeps, version: DatasetVersionRef
 ) -> Split | None:
     """DatasetVersioned: remember the version and, the first time, split it by its policy.
 
@@ -219,6 +190,7 @@ def on_dataset_versioned(
     version_name = DatasetVersionName.parse(version.name, field="dataset_version")
     if version.dataset != version_name.dataset:
         raise ValueError(f"{version.name} announced as a version of {version.dataset}")
+    metrics = deps.metrics
     if not repository.record_dataset_version(version):
         metrics.versions_not_split.labels("already_seen").inc()
         return None
@@ -228,15 +200,7 @@ def on_dataset_versioned(
         log.info("auto split disabled; version recorded only", extra={"version": version.name})
         return None
     try:
-        split, _ = _split_version(
-            session,
-            version,
-            policy.spec,
-            artifacts=artifacts,
-            metrics=metrics,
-            source=source,
-            trigger="event",
-        )
+        split, _ = _split_version(session, deps, version, policy.spec, trigger="event")
     except UnsplittableVersion as error:
         metrics.versions_not_split.labels("unsplittable").inc()
         log.warning("version not split", extra={"version": version.name, "reason": error.message})
@@ -244,16 +208,15 @@ def on_dataset_versioned(
     return split
 
 
-def get_split(sessions: sessionmaker[Session], name: str) -> Split:
-    with sessions() as session:
-        split = SplitterRepository(session).get_split(name)
+def get_split(session: Session, name: str) -> Split:
+    split = SplitterRepository(session).get_split(name)
     if split is None:
         raise NotFound("split", name)
     return split
 
 
 def list_splits(
-    sessions: sessionmaker[Session],
+    session: Session,
     *,
     dataset_id: str,
     version_id: str,
@@ -273,13 +236,12 @@ def list_splits(
                 [FieldViolation("page_token", "not a ListSplits page token", "INVALID_PAGE_TOKEN")],
             )
         after_seq = position[0]
-    with sessions() as session:
-        page = SplitterRepository(session).list_splits(
-            dataset=f"datasets/{dataset_id}",
-            dataset_version=None if version_id == ANY_VERSION else parent,
-            after_seq=after_seq,
-            limit=limit,
-        )
+    page = SplitterRepository(session).list_splits(
+        dataset=f"datasets/{dataset_id}",
+        dataset_version=None if version_id == ANY_VERSION else parent,
+        after_seq=after_seq,
+        limit=limit,
+    )
     token = encode_page_token(query, [page.last_seq]) if page.last_seq is not None else ""
     return page.splits, token
 
@@ -288,9 +250,7 @@ def _policy_of(repository: SplitterRepository, dataset_id: str) -> SplitPolicy:
     return repository.get_policy(dataset_id) or SplitPolicy(dataset_id=dataset_id)
 
 
-def set_split_policy(
-    sessions: sessionmaker[Session], policy: SplitPolicy, *, request_id: str = ""
-) -> SplitPolicy:
+def set_split_policy(session: Session, policy: SplitPolicy, *, request_id: str = "") -> SplitPolicy:
     """SetSplitPolicy: validate, then create or replace. Existing splits stay as they are.
 
     A repeated ``request_id`` changes nothing (not even a policy someone else set since) and
@@ -298,23 +258,21 @@ def set_split_policy(
     if problems := request_id_violations(request_id):
         raise InvalidArgument("request_id is invalid", problems)
     validate_spec(policy.spec, field_prefix="split_policy.spec.")
-    with sessions.begin() as session:
-        repository = SplitterRepository(session)
-        if request_id:
-            applied_to = repository.policy_request(request_id)
-            if applied_to is not None:
-                refuse_reused_request_id(
-                    names.SPLIT_POLICY.format(dataset=applied_to),
-                    names.SPLIT_POLICY.format(dataset=policy.dataset_id),
-                )
-                return _policy_of(repository, policy.dataset_id)
-        now = datetime.now(UTC)
-        if request_id:
-            repository.record_policy_request(request_id, policy.dataset_id, now)
-        return repository.put_policy(policy, now=now)
+    repository = SplitterRepository(session)
+    if request_id:
+        applied_to = repository.policy_request(request_id)
+        if applied_to is not None:
+            refuse_reused_request_id(
+                names.SPLIT_POLICY.format(dataset=applied_to),
+                names.SPLIT_POLICY.format(dataset=policy.dataset_id),
+            )
+            return _policy_of(repository, policy.dataset_id)
+    now = datetime.now(UTC)
+    if request_id:
+        repository.record_policy_request(request_id, policy.dataset_id, now)
+    return repository.put_policy(policy, now=now)
 
 
-def get_split_policy(sessions: sessionmaker[Session], dataset_id: str) -> SplitPolicy:
+def get_split_policy(session: Session, dataset_id: str) -> SplitPolicy:
     """GetSplitPolicy: the stored policy, or the defaults (no ``update_time``)."""
-    with sessions() as session:
-        return _policy_of(SplitterRepository(session), dataset_id)
+    return _policy_of(SplitterRepository(session), dataset_id)

@@ -1,15 +1,14 @@
 """Wiring of the trainer service: what makes it this service on the shared runtime.
 
-:func:`wire` builds one :class:`~services.trainer.handlers.TrainerDeps` per service instance,
-shared with one job-change notifier and one set of metrics by the gRPC servicer, the event
-subscriptions and the worker supervisor.
+:func:`wire` builds one :class:`~services.trainer.handlers.deps.TrainerDeps` per service
+instance, shared with one job-change notifier and one set of metrics by the gRPC servicer, the
+event subscriptions and the worker supervisor.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 
-from services.trainer import handlers
 from services.trainer.adapters.metrics import TrainerMetrics
 from services.trainer.adapters.models import ModelCatalog
 from services.trainer.adapters.notifications import JobChangePoller, JobChanges
@@ -25,6 +24,7 @@ from services.trainer.entrypoints.supervisor import (
     JobSupervisor,
     SupervisorConfig,
 )
+from services.trainer.handlers.deps import TrainerDeps
 from services.trainer.settings import TrainerSettings
 from shared.grpc import ServiceRegistration
 from shared.running_claims import RunningClaims
@@ -53,7 +53,8 @@ def wire(context: ServiceContext[TrainerSettings]) -> ServiceParts:
     Connects to nothing yet."""
     settings = context.settings
     models = ModelCatalog(settings.models_root, settings.allowed_model_roots)
-    deps = handlers.TrainerDeps(
+    deps = TrainerDeps(
+        sessions=context.sessions,
         models=models,
         pricing=Pricing(settings.price_per_device_hour, settings.currency),
         source=context.source,
@@ -70,10 +71,9 @@ def wire(context: ServiceContext[TrainerSettings]) -> ServiceParts:
     changes = JobChanges()
     metrics = TrainerMetrics(context.registry, context.sessions, deps.pricing)
     supervisor = JobSupervisor(
-        sessions=context.sessions,
         artifacts=context.artifacts,
         models=models,
-        context=deps,
+        deps=deps,
         changes=changes,
         metrics=metrics,
         relay=context.relay,
@@ -94,11 +94,10 @@ def wire(context: ServiceContext[TrainerSettings]) -> ServiceParts:
         ),
         claims=RunningClaims(context.engine, CLAIM_NAMESPACE),
     )
-    servicer = TrainerServicer(context.sessions, deps, changes, stopping=context.stopping)
-    sessions = context.sessions
+    servicer = TrainerServicer(deps, changes, stopping=context.stopping)
 
     def newest_job_change() -> object:
-        with sessions() as session:
+        with deps.sessions() as session:
             return TrainerRepository(session).newest_job_change()
 
     return ServiceParts(

@@ -9,7 +9,7 @@ from typing import ClassVar, Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.trainer.domain import (
+from services.trainer.domain.launch import (
     KubernetesLaunch,
     KubernetesWorkload,
     LauncherKind,

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.modeling.encoding import TaskKind
 from shared.modeling.errors import ModelLoadFailed, ModelRefused
 from shared.modeling.models import PICKLE_SUFFIXES
+from shared.task_types import TaskType
 
 METADATA_FILE = "tuneline_adapter.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -47,8 +47,8 @@ class AdapterMetadata:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def task(self) -> TaskKind:
-        return TaskKind(self.task_type)
+    def task(self) -> TaskType:
+        return TaskType(self.task_type)
 
 
 def write_adapter_metadata(folder: Path, metadata: AdapterMetadata) -> None:
@@ -63,7 +63,7 @@ def read_adapter_metadata(folder: Path) -> AdapterMetadata:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         metadata = AdapterMetadata(**doc)
-        TaskKind(metadata.task_type)
+        TaskType(metadata.task_type)
     except OSError as error:
         # no folder in messages: they reach API clients (a failed job or evaluation)
         raise ModelLoadFailed(f"the adapter's {METADATA_FILE}: {error.strerror}") from error

@@ -45,18 +45,12 @@ from typing import Any, Protocol
 
 from shared.modeling.data import Row
 from shared.modeling.errors import DataUnavailable
+from shared.task_types import TaskType
 
 #: Label id of a token that carries no loss (PyTorch's ``CrossEntropyLoss`` ignore index).
 IGNORE_INDEX = -100
 #: A chat template that marks assistant text itself (TRL / transformers ``{% generation %}``).
 _GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
-
-class TaskKind(StrEnum):
-    """The learning problem, as the canonical rows describe it."""
-
-    CLASSIFICATION = "classification"
-    CAUSAL_LM = "causal_lm"
 
 
 class SkipReason(StrEnum):
@@ -381,7 +375,7 @@ class EncodedRows:
 def encode_dataset_rows(
     tokenizer: Tokenizer,
     rows: Sequence[Row],
-    task: TaskKind | str,
+    task: TaskType | str,
     *,
     max_length: int,
     labels: Sequence[str] = (),
@@ -396,8 +390,8 @@ def encode_dataset_rows(
     """
     if max_length < 2:
         raise ValueError("max_length must be at least 2")
-    kind = TaskKind(task)
-    if kind is TaskKind.CLASSIFICATION:
+    kind = TaskType(task)
+    if kind is TaskType.CLASSIFICATION:
         label_to_id = {label: index for index, label in enumerate(labels)}
         return EncodedRows(
             [
@@ -422,7 +416,7 @@ def encode_dataset_rows(
 def encode_rows(
     tokenizer: Tokenizer,
     rows: Sequence[Row],
-    task: TaskKind | str,
+    task: TaskType | str,
     *,
     max_length: int,
     labels: Sequence[str] = (),

@@ -34,9 +34,9 @@ from transformers import (
 )
 
 from shared.modeling.adapters import AdapterMetadata, check_adapter_folder, read_adapter_metadata
-from shared.modeling.encoding import TaskKind
 from shared.modeling.errors import ModelLoadFailed
 from shared.modeling.models import FolderHashCache, ResolvedModel, resolve_base_model
+from shared.task_types import TaskType
 
 #: Keyword arguments of every ``from_pretrained`` call: local safetensors, never remote code.
 SAFE_LOAD_KWARGS: dict[str, Any] = {
@@ -83,7 +83,7 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
 
 def load_base_model(
     model: ResolvedModel,
-    task: TaskKind | str,
+    task: TaskType | str,
     *,
     labels: Sequence[str] = (),
     pad_token_id: int | None = None,
@@ -100,7 +100,7 @@ def load_base_model(
     ``pad_token_id`` (the tokenizer's) is written into the config: sequence classifiers of
     decoder models find the last real token with it.
     """
-    kind = TaskKind(task)
+    kind = TaskType(task)
     target = resolve_device(device)
     kwargs: dict[str, Any] = {
         **SAFE_LOAD_KWARGS,
@@ -112,7 +112,7 @@ def load_base_model(
     if pad_token_id is not None:
         kwargs["pad_token_id"] = pad_token_id
     try:
-        if kind is TaskKind.CLASSIFICATION:
+        if kind is TaskType.CLASSIFICATION:
             if len(labels) < 2:
                 raise ModelLoadFailed("classification needs at least two labels")
             kwargs["num_labels"] = len(labels)

@@ -29,8 +29,8 @@ from tests.fixtures.broker_faults import (
     rejoin,
     set_min_insync_replicas,
 )
-from tests.fixtures.waiting import eventually
 from tuneline.devtools.kafka import LocalKafkaCluster
+from tuneline.devtools.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

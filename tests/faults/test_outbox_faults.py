@@ -31,7 +31,7 @@ from shared.events import MAX_EVENT_BYTES, EventTooLarge, OutboxEvent, stage_eve
 from shared.events.publisher import MAX_REQUEST_BYTES
 from tests.fixtures.broker_faults import FLOW_EVENT, EventFlow
 from tests.fixtures.relay_process import relay_process, resume_relay, stop_relay
-from tests.fixtures.waiting import eventually
+from tuneline.devtools.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.broker_faults import EventFlow
-from tests.fixtures.waiting import eventually
 from tuneline.devtools.kafka import LocalKafka
+from tuneline.devtools.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 
 from services.trainer.adapters.engine.loop import run_training
-from services.trainer.adapters.engine.plan import (
-    StopSignals,
+from services.trainer.adapters.engine.signals import StopSignals
+from services.trainer.adapters.worker import train_and_report
+from services.trainer.domain.config import CheckpointPolicy
+from services.trainer.domain.worker_messages import (
     WorkerCheckpoint,
     WorkerDiskFull,
     WorkerFailed,
@@ -33,8 +35,6 @@ from services.trainer.adapters.engine.plan import (
     WorkerMessage,
     WorkerStarted,
 )
-from services.trainer.adapters.worker import train_and_report
-from services.trainer.domain import CheckpointPolicy
 from shared.artifacts import LocalArtifactStore
 from shared.modeling import folder_sha256
 from tests.fixtures.datasets import stored_artifacts

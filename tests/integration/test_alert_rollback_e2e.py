@@ -35,7 +35,7 @@ from shared.events import KafkaEventPublisher, ensure_topics, topic_for
 from shared.modeling import default_models_root
 from shared.modeling.packaged import prepare_packaged_models
 from tests.fixtures.adapters import untrained_head_adapter
-from tests.fixtures.events import read_records, start_group_at_end
+from tests.fixtures.events import read_all_sent, service_database, start_group_at_end
 from tests.fixtures.observability import (
     ALERTMANAGER_BINARY,
     PROMETHEUS_BINARY,
@@ -58,11 +58,11 @@ from tests.fixtures.registry_events import (
     publish,
     registry_checkpoint,
 )
-from tests.fixtures.waiting import eventually
 from tuneline.client import TunelineError
 from tuneline.client.registry import RegistryClient
 from tuneline.client.serving import ServingClient
 from tuneline.devtools.kafka import free_port
+from tuneline.devtools.waiting import eventually
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.registry.v1 import events_pb2, resources_pb2
 from tuneline.trainer.v1 import events_pb2 as trainer_events
@@ -430,14 +430,17 @@ def test_live_quality_below_the_floor_rolls_production_back(
         swapped_back_after = traffic.first_answer[good] - first_bad_prediction
         bad_served = traffic.served(bad) + 20
 
-        # exactly one ModelRolledBack, caused by the alert
-        records: list[Any] = read_records(
-            kafka_bootstrap,
-            ROLLED_BACK,
-            lambda r: getattr(r, "key", None) == f"models/{model_id}".encode(),
-            expected=1,
-            settle=2.0,
-        )
+        # exactly one ModelRolledBack, caused by the alert: read once the registry process has
+        # sent all it staged (its SQLite database, under the data directory it was given)
+        registry_database = tmp_path / "data" / "registry" / "registry.db"
+        with service_database(f"sqlite:///{registry_database.resolve()}") as registry_db:
+            records: list[Any] = read_all_sent(
+                kafka_bootstrap,
+                ROLLED_BACK,
+                lambda r: getattr(r, "key", None) == f"models/{model_id}".encode(),
+                expected=1,
+                outboxes=[registry_db],
+            )
         assert len(records) == 1, f"{len(records)} ModelRolledBack events for one incident"
         rolled = events_pb2.ModelRolledBack.FromString(records[0].value)
         assert (rolled.from_checkpoint, rolled.to_checkpoint) == (bad, good)

@@ -15,7 +15,6 @@ import pytest
 from shared.events import KafkaEventPublisher
 from shared.runtime import ServiceRuntime
 from tests.fixtures.registry_events import evaluation_completed, publish, registry_checkpoint
-from tests.fixtures.waiting import answer, eventually
 from tests.integration.test_trainer_service import (  # noqa: F401 - fixtures used by name
     CANCELLED,
     RUNNING,
@@ -36,6 +35,7 @@ from tuneline.client.errors import NotFoundError
 from tuneline.client.registry import RegistryClient
 from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.devtools.waiting import answer, eventually
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
 from tuneline.trainer.v1 import events_pb2, resources_pb2
 

@@ -26,7 +26,7 @@ from shared.modeling.packaged import ENCODER, prepare_packaged_models
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.datasets import plot_description_rows, rotten_tomatoes_rows, to_jsonl
-from tests.fixtures.events import read_records
+from tests.fixtures.events import read_all_sent
 from tuneline.cli.main import app
 from tuneline.client.dataset import DatasetClient
 from tuneline.dataset.v1 import events_pb2, resources_pb2
@@ -74,13 +74,13 @@ def test_a_noisy_version_is_audited_blocked_announced_and_shown(
         dataset = client.create_dataset(f"noisy-{unique}", task_type="classification")
         version = client.upload_dataset_version(dataset.name, to_jsonl(rows)).dataset_version.name
 
-        (record,) = read_records(
+        (record,) = read_all_sent(
             kafka_bootstrap,
             TOPIC,
             lambda r: r.key == version.encode(),  # type: ignore[attr-defined]
             expected=1,
+            outboxes=[service.context.sessions],
             timeout=600,
-            settle=2.0,
         )
         event = events_pb2.DatasetAudited.FromString(record.value)  # type: ignore[attr-defined]
         assert event.verdict == resources_pb2.LABEL_AUDIT_VERDICT_BLOCKED
@@ -144,13 +144,13 @@ def test_a_version_from_another_source_is_flagged_against_its_parent_and_shown(
         version = plots.dataset_version.name
         assert plots.dataset_version.lineage.parent_version == parent
 
-        (record,) = read_records(
+        (record,) = read_all_sent(
             kafka_bootstrap,
             TOPIC,
             lambda r: r.key == version.encode(),  # type: ignore[attr-defined]
             expected=1,
+            outboxes=[service.context.sessions],
             timeout=600,
-            settle=2.0,
         )
     event = events_pb2.DatasetAudited.FromString(record.value)  # type: ignore[attr-defined]
     shift = event.parent_shift

@@ -31,13 +31,13 @@ from shared.settings import CommonSettings
 from tests.fixtures.datasets import rotten_tomatoes_rows, stored_artifacts, to_jsonl
 from tests.fixtures.events import header, outbox_published, read_published
 from tests.fixtures.pki import LocalCA, TokenIssuer, spiffe_id
-from tests.fixtures.waiting import answer, eventually
 from tuneline.client import InvalidArgumentError, TunelineError, UnavailableError
 from tuneline.client.dataset import DatasetClient
 from tuneline.client.errors import from_rpc_error
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
 from tuneline.devtools.kafka import free_port
+from tuneline.devtools.waiting import answer, eventually
 
 pytestmark = pytest.mark.integration
 

@@ -29,11 +29,16 @@ import pytest
 
 from shared.events import KafkaEventPublisher, ensure_topics, topic_for
 from shared.modeling import default_models_root
-from shared.modeling.packaged import prepare_packaged_models
+from shared.modeling.packaged import ENCODER, prepare_packaged_models
 from tests.fixtures.crashes import Crashes, the_one_event
-from tests.fixtures.events import read_records, start_group_at_end
+from tests.fixtures.events import (
+    event_applied,
+    outbox_published,
+    read_published,
+    service_database,
+    start_group_at_end,
+)
 from tests.fixtures.registry_events import publish, regression_detected
-from tests.fixtures.waiting import eventually
 from tuneline.client.dataset import DatasetClient
 from tuneline.client.errors import FailedPreconditionError
 from tuneline.client.evaluator import EvaluatorClient
@@ -43,15 +48,10 @@ from tuneline.client.splitter import SplitterClient
 from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
+from tuneline.demo.config import DEMO_CHURN_OVERRIDE, DemoConfig, StackEndpoints
 from tuneline.demo.corpus import VERDICT_WORDS, demo_corpus
-from tuneline.demo.scenario import (
-    DEMO_CHURN_OVERRIDE,
-    ENCODER,
-    DemoConfig,
-    DemoSummary,
-    StackEndpoints,
-    run_demo,
-)
+from tuneline.demo.results import DemoSummary
+from tuneline.demo.scenario import run_demo
 from tuneline.demo.timeline import PIPELINE_EVENTS
 from tuneline.devtools.stack import (
     SERVICE_NAMES,
@@ -60,6 +60,7 @@ from tuneline.devtools.stack import (
     StackState,
     calling_as_local_admin,
 )
+from tuneline.devtools.waiting import eventually
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
 from tuneline.registry.v1 import events_pb2 as registry_events
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
@@ -99,6 +100,8 @@ class DemoRun:
     summary: DemoSummary
     crashes: Crashes
     state: StackState
+    #: The registry process's database (for the signal that it sent all it staged).
+    registry_database: str
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +132,17 @@ def demo_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
             token = stack.webhook_token_path.read_text().strip()
             endpoints = StackEndpoints.of_stack(state, token)
             summary = run_demo(replace(CONFIG, run_id=unique), endpoints, crashes)
-            crashes.settle()
+            crashes.wait_until_restarted()
             for result in summary.rounds:  # shown with a failure, and with -s
                 print(
                     f"{result.label}: {result.steps} steps in {result.seconds:.0f} s, "
                     f"accuracy {result.baseline_accuracy} -> {result.accuracy}, {result.verdict}"
                 )
-            yield DemoRun(summary, crashes, stack.running() or state)
+            # where the registry keeps its database, resolved as the service resolves it
+            registry_database = env.get("TUNELINE_REGISTRY_DATABASE_URL") or (
+                f"sqlite:///{(stack.data_dir / 'registry' / 'registry.db').resolve()}"
+            )
+            yield DemoRun(summary, crashes, stack.running() or state, registry_database)
         finally:
             crashes.stop()
             stack.down(state)
@@ -452,13 +459,16 @@ def test_rollback_by_event_and_by_rpc_reach_the_registry_process(
             move = registry_events.ModelRolledBack.FromString(record.value)
             return move.model == summary.model and move.trigger == ROLLBACK_REGRESSION
 
-        rolled_back: list[Any] = read_records(
-            kafka_bootstrap,
-            topic_for(registry_events.ModelRolledBack),
-            regression_rollback,
-            expected=1,
-            timeout=60,
-            settle=3,
+        # the registry applied the regression (the second delivery, same ce_id, is skipped by
+        # id: it can stage nothing) and sent everything it staged
+        with service_database(demo_run.registry_database) as registry_db:
+            eventually(
+                lambda: event_applied(registry_db, envelope.id) and outbox_published(registry_db),
+                timeout=120,
+                what="the registry to apply the regression and send what it staged",
+            )
+        rolled_back: list[Any] = read_published(
+            kafka_bootstrap, topic_for(registry_events.ModelRolledBack), regression_rollback
         )
         assert len(rolled_back) == 1  # the same trigger twice rolls back once
         move = registry_events.ModelRolledBack.FromString(rolled_back[0].value)

@@ -27,9 +27,9 @@ from shared.events import (
     topic_for,
 )
 from tests.fixtures.events import start_group_at_end
-from tests.fixtures.waiting import eventually
 from tuneline.cli.main import app
 from tuneline.dataset.v1 import events_pb2
+from tuneline.devtools.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

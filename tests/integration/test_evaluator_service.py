@@ -40,9 +40,8 @@ from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.adapters import cached_classification_adapter, flip_labels
 from tests.fixtures.evaluation_inputs import StoredSplit, checkpoint_ready, store_split
-from tests.fixtures.events import header, read_records, start_group_at_end
+from tests.fixtures.events import event_applied, header, read_all_sent, start_group_at_end
 from tests.fixtures.trainer_data import rotten_tomatoes_rows
-from tests.fixtures.waiting import eventually
 from tuneline.cli.main import app as cli
 from tuneline.client.errors import InvalidArgumentError, NotFoundError
 from tuneline.client.evaluator import EvaluatorClient
@@ -50,6 +49,7 @@ from tuneline.client.registry import RegistryClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events
 from tuneline.devtools.kafka import free_port
+from tuneline.devtools.waiting import eventually
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
@@ -93,7 +93,8 @@ class Stack:
         return urllib.request.urlopen(url, timeout=5).read().decode()
 
     def records(self, topic: str, checkpoint: str, *, expected: int = 1, timeout: float = 240):
-        """Records of ``topic`` about ``checkpoint``, as they arrived on the broker."""
+        """Every record of ``topic`` about ``checkpoint``, read once ``expected`` arrived and
+        the evaluator's outbox sent all it staged (so a duplicate would be there too)."""
         message_type = (
             evaluator_events.EvaluationCompleted
             if topic == COMPLETED
@@ -103,8 +104,13 @@ class Stack:
         def about(record: Any) -> bool:
             return message_type.FromString(record.value).checkpoint == checkpoint
 
-        return read_records(
-            self.bootstrap, topic, about, expected=expected, timeout=timeout, settle=2.0
+        return read_all_sent(
+            self.bootstrap,
+            topic,
+            about,
+            expected=expected,
+            outboxes=[self.evaluator_runtime.context.sessions],
+            timeout=timeout,
         )
 
 
@@ -339,8 +345,13 @@ def test_a_trained_checkpoint_passes_is_promoted_and_a_flipped_one_regresses(
     assert stack.registry.get_production_alias(stack.model).checkpoint == production
 
     # -- the same CheckpointReady again (a new event id): evaluated once ----------------------
-    stack.publish(flipped, "tuneline/trainer")
-    stack.records(REGRESSION, flipped.checkpoint, expected=1, timeout=10)
+    again = stack.publish(flipped, "tuneline/trainer")
+    eventually(
+        lambda: event_applied(stack.evaluator_runtime.context.sessions, again.id),
+        timeout=120,
+        what="the evaluator to apply the CheckpointReady sent again",
+    )
+    assert len(stack.records(REGRESSION, flipped.checkpoint)) == 1
     evaluations = list(stack.evaluator.list_evaluations(checkpoint=flipped.checkpoint))
     assert [e.name for e in evaluations] == [detected.evaluation]
 

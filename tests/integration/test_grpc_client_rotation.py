@@ -36,7 +36,7 @@ from tests.fixtures.secured_grpc import (
     every_rpc,
     full_name,
 )
-from tests.fixtures.waiting import eventually
+from tuneline.devtools.waiting import eventually
 
 RPC = {m.name: m for m in every_rpc()}
 WATCH = RPC["WatchAlias"]

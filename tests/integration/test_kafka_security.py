@@ -27,10 +27,10 @@ from shared.events.security import kafka_client_security
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
 from tests.fixtures.registry_events import checkpoint_ready, model_definition, registry_checkpoint
-from tests.fixtures.waiting import eventually
 from tuneline.client import NotFoundError
 from tuneline.client.registry import RegistryClient
 from tuneline.devtools.kafka import BrokerSecurity, LocalKafka, free_port
+from tuneline.devtools.waiting import eventually
 from tuneline.registry.v1 import resources_pb2
 from tuneline.trainer.v1 import events_pb2 as trainer_events
 

@@ -8,7 +8,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
-from tests.fixtures.waiting import eventually
+from tuneline.devtools.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -54,7 +54,6 @@ from tests.fixtures.registry_events import (
     registry_checkpoint,
     regression_detected,
 )
-from tests.fixtures.waiting import eventually
 from tuneline.client import (
     AbortedError,
     FailedPreconditionError,
@@ -67,6 +66,7 @@ from tuneline.client.alerts import alertmanager_notification
 from tuneline.client.registry import RegistryClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.devtools.kafka import free_port
+from tuneline.devtools.waiting import eventually
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.registry.v1 import events_pb2, resources_pb2
 from tuneline.trainer.v1 import events_pb2 as trainer_events

@@ -35,11 +35,11 @@ from tests.fixtures.registry_events import (
     publish,
     registry_checkpoint,
 )
-from tests.fixtures.waiting import eventually
 from tuneline.client import TunelineError
 from tuneline.client.registry import RegistryClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.devtools.kafka import free_port
+from tuneline.devtools.waiting import eventually
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.registry.v1 import events_pb2, resources_pb2
 from tuneline.trainer.v1 import events_pb2 as trainer_events

@@ -28,12 +28,13 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.events import ensure_topics, topic_for
 from shared.modeling import default_models_root
 from shared.modeling.packaged import ENCODER, prepare_packaged_models
 from tests.fixtures.crashes import Crashes, the_one_event
-from tests.fixtures.events import header, read_records, start_group_at_end
+from tests.fixtures.events import header, read_all_sent, service_database, start_group_at_end
 from tests.fixtures.postgresql import fresh_postgresql_database
 from tests.fixtures.s3 import create_bucket
 from tests.fixtures.trainer_data import build_tiny_bert
@@ -42,7 +43,9 @@ from tuneline.client.registry import RegistryClient
 from tuneline.client.splitter import SplitterClient
 from tuneline.client.trainer import TrainerClient
 from tuneline.dataset.v1 import events_pb2 as dataset_events
-from tuneline.demo.scenario import DemoConfig, DemoSummary, StackEndpoints, run_first_round
+from tuneline.demo.config import DemoConfig, StackEndpoints
+from tuneline.demo.results import DemoSummary
+from tuneline.demo.scenario import run_first_round
 from tuneline.demo.timeline import PIPELINE_EVENTS
 from tuneline.devtools.stack import LocalStack, StackPorts
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
@@ -74,6 +77,21 @@ class ReplicatedRun:
     crashes: Crashes
     stack: LocalStack
     run_id: str
+    #: Sessions on each service's database (its replicas share it), for the outbox signal.
+    databases: dict[str, sessionmaker[Session]]
+
+    def read_all_sent(self, bootstrap: str, kind: Any, expected: int) -> list[Any]:
+        """This run's records of ``kind`` on its topic, once ``expected`` arrived and every
+        service's outbox sent all it staged (a restarted process's resend included)."""
+        mine = self.run_id.encode()  # in every id this run made (the broker is shared)
+        return read_all_sent(
+            bootstrap,
+            topic_for(kind),
+            lambda record: mine in record.value,  # type: ignore[attr-defined]
+            expected=expected,
+            outboxes=self.databases.values(),
+            timeout=300,
+        )
 
 
 def _pipeline_topics(bootstrap: str) -> list[str]:
@@ -113,11 +131,13 @@ def replicated_run(
     # merged-vs-unmerged numbers on a random model are noise, and not what is tested here
     env["TUNELINE_EVALUATOR_PARITY_MAX_EXAMPLES"] = "0"
     with contextlib.ExitStack() as cleanup:
+        databases = {}
         for name in SERVICES:
             prefix = f"TUNELINE_{name.upper()}_"
             env[f"{prefix}DATABASE_URL"] = cleanup.enter_context(
                 fresh_postgresql_database(postgresql_admin_url)
             )
+            databases[name] = cleanup.enter_context(service_database(env[f"{prefix}DATABASE_URL"]))
             env[f"{prefix}ARTIFACT_ROOT"] = f"s3://{bucket}/{name}"
             group = f"test-replicas-{name}-{run_id}"
             start_group_at_end(kafka_bootstrap, group, topics)
@@ -152,8 +172,8 @@ def replicated_run(
             webhook_token=stack.webhook_token_path.read_text().strip(),
         )
         summary = run_first_round(replace(CONFIG, run_id=run_id), endpoints, crashes)
-        crashes.settle()
-        yield ReplicatedRun(summary, crashes, stack, run_id)
+        crashes.wait_until_restarted()
+        yield ReplicatedRun(summary, crashes, stack, run_id, databases)
 
 
 def test_the_first_replica_of_each_service_was_killed_and_came_back(
@@ -204,14 +224,7 @@ def test_each_event_is_on_its_topic_once_per_ce_id(
         ids = {e.id for e in events if e.kind == name}
         if not ids:
             continue
-        records: list[Any] = read_records(
-            kafka_bootstrap,
-            topic_for(kind),
-            lambda record: mine in record.value,  # type: ignore[attr-defined]
-            expected=len(ids),
-            timeout=60,
-            settle=3,
-        )
+        records = replicated_run.read_all_sent(kafka_bootstrap, kind, expected=len(ids))
         per_id = Counter(header(record, "ce_id") for record in records)
         assert set(per_id) == ids, name
         sources = {header(record, "ce_id"): header(record, "ce_source") for record in records}
@@ -224,18 +237,12 @@ def test_each_version_was_audited_once_by_one_of_the_dataset_replicas(
     replicated_run: ReplicatedRun, kafka_bootstrap: str
 ) -> None:
     """Both dataset replicas poll for PENDING audits; one records each verdict and announces it."""
-    mine = replicated_run.run_id.encode()
     versions = [
         replicated_run.summary.evaluation_version,
         replicated_run.summary.rounds[0].dataset_version,
     ]
-    records: list[Any] = read_records(
-        kafka_bootstrap,
-        topic_for(dataset_events.DatasetAudited),
-        lambda record: mine in record.value,  # type: ignore[attr-defined]
-        expected=len(versions),
-        timeout=60,
-        settle=3,
+    records = replicated_run.read_all_sent(
+        kafka_bootstrap, dataset_events.DatasetAudited, expected=len(versions)
     )
     audited = [dataset_events.DatasetAudited.FromString(r.value).dataset_version for r in records]
     assert sorted(audited) == sorted(versions)

@@ -43,7 +43,6 @@ from tests.fixtures.trainer_data import (
     sentiment_rows,
     write_split,
 )
-from tests.fixtures.waiting import eventually
 from tuneline.cli.main import app as cli
 from tuneline.client import ownership
 from tuneline.client.dataset import DatasetClient
@@ -51,6 +50,7 @@ from tuneline.client.errors import FailedPreconditionError, InvalidArgumentError
 from tuneline.client.registry import RegistryClient
 from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.devtools.waiting import eventually
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
 from tuneline.registry.v1 import resources_pb2 as registry_pb2

@@ -32,7 +32,6 @@ from shared.settings import CommonSettings
 from tests.fixtures.dataset_side import DatasetSide
 from tests.fixtures.datasets import rotten_tomatoes_rows, to_jsonl
 from tests.fixtures.events import header, start_group_at_end
-from tests.fixtures.waiting import eventually
 from tuneline.cli.main import app as cli
 from tuneline.client.dataset import DatasetClient
 from tuneline.client.errors import (
@@ -43,6 +42,7 @@ from tuneline.client.errors import (
 from tuneline.client.splitter import SplitterClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
+from tuneline.devtools.waiting import eventually
 from tuneline.splitter.v1 import events_pb2, resources_pb2, service_pb2
 
 pytestmark = pytest.mark.integration
@@ -230,10 +230,8 @@ def test_a_twice_delivered_dataset_versioned_makes_one_split(
     dataset_side.announce(event, event_id=envelope.id)  # a redelivery: same event id
     dataset_side.announce(event)  # the same news again under a new event id
 
-    records, (created,) = dataset_side.split_events(event.dataset_version, expected=1, settle=4.0)
-    assert len(records) == 1
-    assert [s.name for s in splitter.client.list_splits(event.dataset_version)] == [created.split]
-    # all three were taken off the topic: one applied, one skipped by id, one found known
+    # all three were taken off the topic (in order: one partition): one applied, one skipped
+    # by id, one found known
     eventually(
         lambda: (
             'tuneline_split_versions_not_split_total{reason="already_seen"}' in splitter.metrics()
@@ -244,6 +242,11 @@ def test_a_twice_delivered_dataset_versioned_makes_one_split(
     assert (
         'outcome="duplicate",topic="tuneline.dataset.v1.DatasetVersioned"} ' in splitter.metrics()
     )
+    records, (created,) = dataset_side.split_events(
+        event.dataset_version, expected=1, outboxes=[splitter.runtime.context.sessions]
+    )
+    assert len(records) == 1
+    assert [s.name for s in splitter.client.list_splits(event.dataset_version)] == [created.split]
 
 
 def test_explicit_create_split_is_idempotent(
@@ -278,7 +281,9 @@ def test_explicit_create_split_is_idempotent(
         common_pb2.SPLIT_PART_VALIDATION,
     ]
 
-    _, events = dataset_side.split_events(event.dataset_version, expected=2, settle=2.0)
+    _, events = dataset_side.split_events(
+        event.dataset_version, expected=2, outboxes=[splitter.runtime.context.sessions]
+    )
     assert sorted(e.split for e in events) == sorted([split.name, hashed.name])
     listed = [s.name for s in splitter.client.list_splits(f"{dataset}/versions/-", page_size=1)]
     assert listed == [hashed.name, split.name], "newest first, across pages of one"
@@ -328,7 +333,7 @@ def test_bad_requests_get_precise_statuses_and_store_nothing(
     )
 
     with pytest.raises(InvalidArgumentError) as raised:
-        splitter.client.set_split_policy("reviews")  # not a dataset name
+        splitter.client.set_split_policy("datasets/Reviews")  # not a dataset id
     assert [v.field for v in raised.value.violations] == ["split_policy.name"]
     with pytest.raises(InvalidArgumentError) as raised:
         splitter.client.create_split(f"{dataset}/v1")

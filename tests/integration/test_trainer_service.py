@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from services.registry import bootstrap as registry_bootstrap
 from services.registry.settings import RegistrySettings
 from services.trainer import bootstrap
-from services.trainer.domain import policy_job_id
+from services.trainer.domain.jobs import policy_job_id
 from services.trainer.entrypoints.supervisor import JobSupervisor
 from services.trainer.settings import TrainerSettings
 from shared.events import Envelope, KafkaEventPublisher, ensure_topics, topic_for
@@ -38,7 +38,6 @@ from shared.settings import CommonSettings
 from tests.fixtures.events import header, read_records, start_group_at_end
 from tests.fixtures.pki import LocalCA, spiffe_id
 from tests.fixtures.trainer_data import build_tiny_bert, sentiment_rows, write_split
-from tests.fixtures.waiting import eventually
 from tuneline.cli.main import app as cli
 from tuneline.client.errors import (
     FailedPreconditionError,
@@ -50,6 +49,7 @@ from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
+from tuneline.devtools.waiting import eventually
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events_pb2
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
 from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2

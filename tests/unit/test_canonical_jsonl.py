@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from services.dataset.characters import first_control_character, is_blank
-from services.dataset.domain import SchemaPolicy, Severity, TaskType
-from services.dataset.validation import StreamingValidator
+from services.dataset.domain.characters import first_control_character, is_blank
+from services.dataset.domain.policy import SchemaPolicy
+from services.dataset.domain.rules import Severity
+from services.dataset.domain.validation import StreamingValidator
 from services.splitter.adapters.artifacts import read_split_rows
 from services.splitter.domain import DatasetVersionRef
-from services.splitter.domain import TaskType as SplitterTaskType
 from shared.artifacts import LocalArtifactStore
 from shared.canonical_jsonl import (
     CanonicalJsonlError,
@@ -36,6 +36,7 @@ from shared.canonical_jsonl import (
 )
 from shared.modeling import DataUnavailable, read_canonical_rows
 from shared.modeling.data import parse_canonical_jsonl
+from shared.task_types import TaskType
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,7 +100,7 @@ def _splitter_version(folder: Path, content: bytes, rows: int) -> DatasetVersion
         dataset="datasets/d",
         content_sha256=hashlib.sha256(content).hexdigest(),
         artifact_uri=path.as_uri(),
-        task_type=SplitterTaskType.CLASSIFICATION,
+        task_type=TaskType.CLASSIFICATION,
         row_count=rows,
         byte_count=len(content),
     )

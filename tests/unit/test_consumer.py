@@ -43,7 +43,7 @@ from shared.events import (
 )
 from shared.events.envelope import EnvelopeError
 from shared.events.publisher import MAX_EVENT_BYTES
-from tests.fixtures.waiting import eventually
+from tuneline.devtools.waiting import eventually
 
 EVENT = timestamp_pb2.Timestamp
 TOPIC = "google.protobuf.Timestamp"

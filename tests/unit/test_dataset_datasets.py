@@ -7,25 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from services.dataset import handlers
-from services.dataset.adapters.messages import dataset_to_proto
-from services.dataset.domain import (
+from services.dataset.adapters.protos import dataset_to_proto
+from services.dataset.domain.label_audit import (
+    DEFAULT_MAX_NOISE_RATE as DEFAULT_MAX_LABEL_NOISE_RATE,
+)
+from services.dataset.domain.label_audit import LabelAuditAction
+from services.dataset.domain.policy import (
     DEFAULT_MAX_IMBALANCE_RATIO,
     DEFAULT_MAX_LABEL_CHURN,
-    DEFAULT_MAX_LABEL_NOISE_RATE,
     DEFAULT_MAX_TEXT_LENGTH,
     DEFAULT_MIN_ROWS_PER_CLASS,
     DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
-    LabelAuditAction,
-    Outcome,
     SchemaPolicy,
-    Severity,
-    SourceKind,
-    TaskType,
 )
-from services.dataset.handlers import DatasetDeps, IngestRequest
+from services.dataset.domain.reports import Outcome, SourceKind
+from services.dataset.domain.rules import Severity
+from services.dataset.handlers.datasets import create_dataset, get_dataset, list_datasets
+from services.dataset.handlers.deps import DatasetDeps
+from services.dataset.handlers.ingest import IngestRequest, upload_version
+from services.dataset.handlers.versions import get_version, list_reports, list_versions
 from shared.errors import AlreadyExists, InvalidArgument, NotFound
 from shared.ownership import Owner
+from shared.task_types import TaskType
 from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_jsonl
 
 
@@ -37,19 +40,22 @@ def deps(tmp_path: Path, database_url: str) -> Iterator[DatasetDeps]:
 
 
 def create(deps: DatasetDeps, dataset_id: str, task: TaskType = TaskType.CLASSIFICATION) -> None:
-    handlers.create_dataset(deps, dataset_id=dataset_id, task_type=task, policy=SchemaPolicy())
+    with deps.sessions.begin() as session:
+        create_dataset(session, deps, dataset_id=dataset_id, task_type=task, policy=SchemaPolicy())
 
 
 def test_create_resolves_defaults_and_get_returns_the_same(deps: DatasetDeps) -> None:
-    created = handlers.create_dataset(
-        deps,
-        dataset_id="reviews",
-        task_type=TaskType.CLASSIFICATION,
-        policy=SchemaPolicy(
-            label_set=("rotten", "fresh"), rule_severities={"duplicate_row": Severity.ERROR}
-        ),
-        display_name="Rotten Tomatoes",
-    )
+    with deps.sessions.begin() as session:
+        created = create_dataset(
+            session,
+            deps,
+            dataset_id="reviews",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(
+                label_set=("rotten", "fresh"), rule_severities={"duplicate_row": Severity.ERROR}
+            ),
+            display_name="Rotten Tomatoes",
+        )
     assert created.name == "datasets/reviews"
     assert created.policy == SchemaPolicy(
         label_set=("fresh", "rotten"),
@@ -62,7 +68,8 @@ def test_create_resolves_defaults_and_get_returns_the_same(deps: DatasetDeps) ->
         label_audit_action=LabelAuditAction.BLOCK,
         max_label_noise_rate=DEFAULT_MAX_LABEL_NOISE_RATE,
     )
-    assert handlers.get_dataset(deps, "datasets/reviews") == created
+    with deps.sessions() as session:
+        assert get_dataset(session, "datasets/reviews") == created
     with pytest.raises(AlreadyExists):
         create(deps, "reviews")
 
@@ -72,8 +79,9 @@ def test_invalid_ids_names_and_policies_name_every_field(deps: DatasetDeps) -> N
         with pytest.raises(InvalidArgument) as caught:
             create(deps, bad_id)
         assert caught.value.violations[0].field == "dataset_id"
-    with pytest.raises(InvalidArgument) as caught:
-        handlers.create_dataset(
+    with pytest.raises(InvalidArgument) as caught, deps.sessions.begin() as session:
+        create_dataset(
+            session,
             deps,
             dataset_id="ok",
             task_type=TaskType.CAUSAL_LM,
@@ -91,28 +99,32 @@ def test_invalid_ids_names_and_policies_name_every_field(deps: DatasetDeps) -> N
         "dataset.schema_policy.rule_severities[no_such_rule]": "UNKNOWN_RULE",
         "dataset.schema_policy.rule_severities[not_utf8]": "NOT_OVERRIDABLE",
     }
-    with pytest.raises(InvalidArgument):
-        handlers.get_dataset(deps, "reviews")  # not a resource name
-    with pytest.raises(NotFound):
-        handlers.get_dataset(deps, "datasets/absent")
+    with pytest.raises(InvalidArgument), deps.sessions() as session:
+        get_dataset(session, "reviews")  # not a resource name
+    with pytest.raises(NotFound), deps.sessions() as session:
+        get_dataset(session, "datasets/absent")
 
 
 def test_a_dataset_keeps_its_owner_and_refuses_one_that_cannot_route_alerts(
     deps: DatasetDeps,
 ) -> None:
     owner = Owner("support-ml", "#support-ml", "https://runbooks.example.com/reviews")
-    handlers.create_dataset(
-        deps,
-        dataset_id="reviews",
-        task_type=TaskType.CLASSIFICATION,
-        policy=SchemaPolicy(),
-        owner=owner,
-    )
-    stored = handlers.get_dataset(deps, "datasets/reviews")
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="reviews",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(),
+            owner=owner,
+        )
+    with deps.sessions() as session:
+        stored = get_dataset(session, "datasets/reviews")
     assert stored.owner == owner
     assert dataset_to_proto(stored).owner.runbook_uri == owner.runbook_uri
-    with pytest.raises(InvalidArgument) as raised:
-        handlers.create_dataset(
+    with pytest.raises(InvalidArgument) as raised, deps.sessions.begin() as session:
+        create_dataset(
+            session,
             deps,
             dataset_id="other",
             task_type=TaskType.CLASSIFICATION,
@@ -131,19 +143,23 @@ def test_list_datasets_pages_by_name_and_filters_by_task(deps: DatasetDeps) -> N
         create(deps, name, TaskType.CAUSAL_LM if name == "charlie" else TaskType.CLASSIFICATION)
     names, token = [], ""
     while True:
-        page, token = handlers.list_datasets(deps, page_size=2, page_token=token, task_type=None)
+        with deps.sessions() as session:
+            page, token = list_datasets(session, page_size=2, page_token=token, task_type=None)
         assert len(page) <= 2
         names += [d.dataset_id for d in page]
         if not token:
             break
     assert names == ["alpha", "bravo", "charlie", "delta", "echo"]
-    classification, _ = handlers.list_datasets(
-        deps, page_size=0, page_token="", task_type=TaskType.CLASSIFICATION
-    )
+    with deps.sessions() as session:
+        classification, _ = list_datasets(
+            session, page_size=0, page_token="", task_type=TaskType.CLASSIFICATION
+        )
     assert [d.dataset_id for d in classification] == ["alpha", "bravo", "delta", "echo"]
-    _, token = handlers.list_datasets(deps, page_size=1, page_token="", task_type=None)
-    with pytest.raises(InvalidArgument):  # a token replayed with another filter
-        handlers.list_datasets(deps, page_size=1, page_token=token, task_type=TaskType.CAUSAL_LM)
+    with deps.sessions() as session:
+        _, token = list_datasets(session, page_size=1, page_token="", task_type=None)
+    # a token replayed with another filter
+    with pytest.raises(InvalidArgument), deps.sessions() as session:
+        list_datasets(session, page_size=1, page_token=token, task_type=TaskType.CAUSAL_LM)
 
 
 def test_versions_and_reports_list_newest_first_in_pages(deps: DatasetDeps) -> None:
@@ -151,37 +167,40 @@ def test_versions_and_reports_list_newest_first_in_pages(deps: DatasetDeps) -> N
     rows = rotten_tomatoes_rows(60)
     created = []
     for size in (40, 45, 50):
-        result = handlers.upload_version(
+        result = upload_version(
             deps,
             IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD),
             [to_jsonl(rows[:size])],
         )
         created.append(result.version.name)  # type: ignore[union-attr]
     with pytest.raises(InvalidArgument):
-        handlers.upload_version(
+        upload_version(
             deps,
             IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD),
             [b"[]\n"],
         )
-    first, token = handlers.list_versions(
-        deps, parent="datasets/reviews", page_size=2, page_token=""
-    )
-    rest, last = handlers.list_versions(
-        deps, parent="datasets/reviews", page_size=2, page_token=token
-    )
+    with deps.sessions() as session:
+        first, token = list_versions(session, parent="datasets/reviews", page_size=2, page_token="")
+    with deps.sessions() as session:
+        rest, last = list_versions(
+            session, parent="datasets/reviews", page_size=2, page_token=token
+        )
     assert [v.name for v in [*first, *rest]] == created[::-1]
     assert last == ""
-    assert handlers.get_version(deps, created[0]).row_count == 40
+    with deps.sessions() as session:
+        assert get_version(session, created[0]).row_count == 40
 
-    everything, _ = handlers.list_reports(
-        deps, parent="datasets/reviews", page_size=0, page_token="", outcome=None
-    )
+    with deps.sessions() as session:
+        everything, _ = list_reports(
+            session, parent="datasets/reviews", page_size=0, page_token="", outcome=None
+        )
     assert [r.summary.outcome for r in everything] == [Outcome.REJECTED] + [Outcome.ACCEPTED] * 3
-    accepted, _ = handlers.list_reports(
-        deps, parent="datasets/reviews", page_size=0, page_token="", outcome=Outcome.ACCEPTED
-    )
+    with deps.sessions() as session:
+        accepted, _ = list_reports(
+            session, parent="datasets/reviews", page_size=0, page_token="", outcome=Outcome.ACCEPTED
+        )
     assert [r.dataset_version for r in accepted] == created[::-1]
-    with pytest.raises(NotFound):
-        handlers.list_versions(deps, parent="datasets/absent", page_size=0, page_token="")
-    with pytest.raises(NotFound):
-        handlers.get_version(deps, "datasets/reviews/versions/v-0000")
+    with pytest.raises(NotFound), deps.sessions() as session:
+        list_versions(session, parent="datasets/absent", page_size=0, page_token="")
+    with pytest.raises(NotFound), deps.sessions() as session:
+        get_version(session, "datasets/reviews/versions/v-0000")

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.dataset.fingerprints import BYTES_PER_KEY, FingerprintIndex
+from services.dataset.domain.fingerprints import BYTES_PER_KEY, FingerprintIndex
 
 _batches = st.lists(
     st.lists(st.tuples(st.integers(0, 40), st.integers(0, 2**32 - 1)), max_size=30), max_size=12

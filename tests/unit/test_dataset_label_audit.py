@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from services.dataset import handlers
 from services.dataset.adapters.audit_engine import (
     AuditJob,
     ShiftJob,
@@ -24,9 +23,7 @@ from services.dataset.adapters.audit_engine import (
     measure_parent_shift,
 )
 from services.dataset.adapters.label_auditor import AuditorSettings, ProcessLabelAuditor
-from services.dataset.domain import SchemaPolicy, SourceKind, TaskType
-from services.dataset.handlers import DatasetDeps, IngestRequest
-from services.dataset.label_audit import (
+from services.dataset.domain.label_audit import (
     DEFAULT_MAX_NOISE_RATE,
     LabelAuditAction,
     LabelAuditFindings,
@@ -36,10 +33,17 @@ from services.dataset.label_audit import (
     audit_labels,
     word_features,
 )
+from services.dataset.domain.policy import SchemaPolicy
+from services.dataset.domain.reports import SourceKind
+from services.dataset.handlers.audits import get_audit, run_pending_audits
+from services.dataset.handlers.datasets import create_dataset
+from services.dataset.handlers.deps import DatasetDeps
+from services.dataset.handlers.ingest import IngestRequest, upload_version
 from shared.events import OutboxEvent
 from shared.modeling.models import default_models_root
 from shared.modeling.packaged import ENCODER, prepare_packaged_models
 from shared.stats.two_sample import TwoSampleResult
+from shared.task_types import TaskType
 from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_jsonl
 from tuneline.dataset.v1 import events_pb2, resources_pb2
 
@@ -107,7 +111,7 @@ def deps(tmp_path: Path) -> Iterator[DatasetDeps]:
 
 
 def upload(deps: DatasetDeps, dataset: str, rows: list[dict[str, str]]):
-    return handlers.upload_version(
+    return upload_version(
         deps,
         IngestRequest(dataset=f"datasets/{dataset}", source_kind=SourceKind.UPLOAD),
         iter([to_jsonl(rows)]),
@@ -124,18 +128,25 @@ def audited_events(deps: DatasetDeps) -> list[events_pb2.DatasetAudited]:
 def test_flipped_reviews_are_found_and_the_version_is_blocked_naming_its_rows(
     deps: DatasetDeps, models_root: Path
 ) -> None:
-    handlers.create_dataset(
-        deps, dataset_id="reviews", task_type=TaskType.CLASSIFICATION, policy=SchemaPolicy()
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="reviews",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(),
+        )
     rows, flipped = with_flips(distinct_reviews(1000), 0.3)
     version = upload(deps, "reviews", rows).version
     assert version is not None
     name = f"{version.name}/audit"
-    assert handlers.get_audit(deps, name).verdict is LabelAuditVerdict.PENDING
+    with deps.sessions() as session:
+        assert get_audit(session, name).verdict is LabelAuditVerdict.PENDING
     assert audited_events(deps) == []
 
-    assert handlers.run_pending_audits(deps, InProcessAuditor(models_root)) == 1
-    audit = handlers.get_audit(deps, name)
+    assert run_pending_audits(deps, InProcessAuditor(models_root)) == 1
+    with deps.sessions() as session:
+        audit = get_audit(session, name)
     assert audit.verdict is LabelAuditVerdict.BLOCKED
     findings = audit.findings
     assert findings is not None
@@ -161,41 +172,54 @@ def test_flipped_reviews_are_found_and_the_version_is_blocked_naming_its_rows(
         r.line_number for r in findings.suspected_rows[:3]
     ]
     assert event.audit == name
-    assert handlers.run_pending_audits(deps, InProcessAuditor(models_root)) == 0
+    assert run_pending_audits(deps, InProcessAuditor(models_root)) == 0
     assert deps.metrics.audits.labels("blocked")._value.get() == 1
 
 
 def test_clean_reviews_pass_and_a_warn_policy_never_blocks(
     deps: DatasetDeps, models_root: Path
 ) -> None:
-    handlers.create_dataset(
-        deps, dataset_id="clean", task_type=TaskType.CLASSIFICATION, policy=SchemaPolicy()
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="clean",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(),
+        )
     clean = upload(deps, "clean", distinct_reviews(600, seed=3)).version
-    handlers.create_dataset(
-        deps,
-        dataset_id="warned",
-        task_type=TaskType.CLASSIFICATION,
-        policy=SchemaPolicy(label_audit_action=LabelAuditAction.WARN, max_label_noise_rate=0.05),
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="warned",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(
+                label_audit_action=LabelAuditAction.WARN, max_label_noise_rate=0.05
+            ),
+        )
     warned = upload(deps, "warned", distinct_reviews(600, seed=4)).version
     assert clean is not None
     assert warned is not None
-    assert handlers.run_pending_audits(deps, InProcessAuditor(models_root), limit=5) == 2
-    assert handlers.get_audit(deps, f"{clean.name}/audit").verdict is LabelAuditVerdict.PASSED
-    audit = handlers.get_audit(deps, f"{warned.name}/audit")
+    assert run_pending_audits(deps, InProcessAuditor(models_root), limit=5) == 2
+    with deps.sessions() as session:
+        assert get_audit(session, f"{clean.name}/audit").verdict is LabelAuditVerdict.PASSED
+    with deps.sessions() as session:
+        audit = get_audit(session, f"{warned.name}/audit")
     assert audit.verdict is LabelAuditVerdict.WARNED
     assert audit.policy == LabelAuditPolicy(LabelAuditAction.WARN, 0.05)
 
 
 def test_a_causal_lm_version_is_skipped_and_announced_at_once(deps: DatasetDeps) -> None:
-    handlers.create_dataset(
-        deps, dataset_id="chat", task_type=TaskType.CAUSAL_LM, policy=SchemaPolicy()
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session, deps, dataset_id="chat", task_type=TaskType.CAUSAL_LM, policy=SchemaPolicy()
+        )
     rows = [{"prompt": f"Question {i}?", "completion": f" Answer {i}."} for i in range(20)]
     version = upload(deps, "chat", rows).version
     assert version is not None
-    audit = handlers.get_audit(deps, f"{version.name}/audit")
+    with deps.sessions() as session:
+        audit = get_audit(session, f"{version.name}/audit")
     assert audit.verdict is LabelAuditVerdict.SKIPPED
     assert "no labels" in audit.reason
     (event,) = audited_events(deps)

@@ -14,25 +14,23 @@ from typing import Any
 
 import pytest
 
-from services.dataset import handlers
-from services.dataset.adapters.messages import lineage_to_proto, policy_to_proto
-from services.dataset.churn import ParentLabels
-from services.dataset.domain import (
+from services.dataset.adapters.protos import lineage_to_proto, policy_to_proto
+from services.dataset.domain.churn import ParentLabels
+from services.dataset.domain.policy import (
     DEFAULT_MAX_LABEL_CHURN,
     DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
-    Finding,
-    Outcome,
-    Rule,
     SchemaPolicy,
-    Severity,
-    SourceKind,
-    TaskType,
-    ValidationReport,
 )
-from services.dataset.handlers import DatasetDeps, IngestRequest, IngestResult
-from services.dataset.validation import StreamingValidator
+from services.dataset.domain.reports import Finding, Outcome, SourceKind, ValidationReport
+from services.dataset.domain.rules import Rule, Severity
+from services.dataset.domain.validation import StreamingValidator
+from services.dataset.handlers.datasets import create_dataset, get_dataset
+from services.dataset.handlers.deps import DatasetDeps
+from services.dataset.handlers.ingest import IngestRequest, IngestResult, upload_version
+from services.dataset.handlers.versions import get_report, get_version
 from shared.errors import InvalidArgument
 from shared.input_text import normalize_input_text
+from shared.task_types import TaskType
 from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_jsonl
 
 FLIP = {"fresh": "rotten", "rotten": "fresh"}
@@ -86,12 +84,14 @@ def deps(tmp_path: Path) -> Iterator[DatasetDeps]:
 
 
 def create(deps: DatasetDeps, **policy: Any) -> None:
-    handlers.create_dataset(
-        deps,
-        dataset_id="reviews",
-        task_type=TaskType.CLASSIFICATION,
-        policy=SchemaPolicy(**policy),
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="reviews",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(**policy),
+        )
 
 
 def upload(
@@ -102,7 +102,7 @@ def upload(
 ) -> IngestResult:
     content = to_jsonl(rows)
     chunks = [content[i : i + 4096] for i in range(0, len(content), 4096)]
-    return handlers.upload_version(
+    return upload_version(
         deps,
         IngestRequest(dataset=dataset, source_kind=SourceKind.UPLOAD, **request),
         iter(chunks),
@@ -130,7 +130,8 @@ def test_seventy_percent_flipped_is_rejected_naming_every_row_count_and_lines(
     assert violation.description.startswith(
         f"lines {', '.join(map(str, lines[:10]))} (350 in total): "
     )
-    report = handlers.get_report(deps, raised.value.metadata["report"])
+    with deps.sessions() as session:
+        report = get_report(session, raised.value.metadata["report"])
     assert report.summary.outcome is Outcome.REJECTED
     assert report.summary.error_rules == ("label_churn",)
     finding = churn_finding(report)
@@ -143,7 +144,8 @@ def test_seventy_percent_flipped_is_rejected_naming_every_row_count_and_lines(
     assert "70.0%, more than the 20% allowed" in finding.message
     first = rows[lines[0] - 1]["label"]
     assert f"line {lines[0]}: {FLIP[first]!r}→{first!r}" in finding.message
-    dataset = handlers.get_dataset(deps, "datasets/reviews")
+    with deps.sessions() as session:
+        dataset = get_dataset(session, "datasets/reviews")
     assert (dataset.version_count, dataset.latest_version) == (1, parent.version.name)
 
 
@@ -161,12 +163,14 @@ def test_the_override_accepts_the_same_churn_and_lineage_records_it(deps: Datase
     finding = churn_finding(result.report)
     assert (finding.severity, finding.count) == (Severity.WARNING, len(lines))
     assert "allowed by the request: relabelled by the second review" in finding.message
-    stored = handlers.get_version(deps, result.version.name)
+    with deps.sessions() as session:
+        stored = get_version(session, result.version.name)
     assert stored.lineage.parent_version == parent.version.name  # type: ignore[union-attr]
     assert stored.lineage.label_churn_override == "relabelled by the second review"
-    assert handlers.get_report(deps, result.report.name).lineage.label_churn_override == (
-        "relabelled by the second review"
-    )
+    with deps.sessions() as session:
+        assert get_report(session, result.report.name).lineage.label_churn_override == (
+            "relabelled by the second review"
+        )
     assert lineage_to_proto(stored.lineage).label_churn_override == (
         "relabelled by the second review"
     )
@@ -214,19 +218,22 @@ def test_few_shared_rows_only_warn_and_no_change_no_finding(deps: DatasetDeps) -
 
 def test_the_policy_sets_the_threshold_and_the_severity(deps: DatasetDeps) -> None:
     create(deps, max_label_churn=0.04, min_shared_rows_for_churn=100)
-    dataset = handlers.get_dataset(deps, "datasets/reviews")
+    with deps.sessions() as session:
+        dataset = get_dataset(session, "datasets/reviews")
     assert (dataset.policy.max_label_churn, dataset.policy.min_shared_rows_for_churn) == (0.04, 100)
     assert policy_to_proto(dataset.policy).max_label_churn == pytest.approx(0.04)
     upload(deps, PARENT)
     with pytest.raises(InvalidArgument):
         upload(deps, child(0.05)[0])
 
-    handlers.create_dataset(
-        deps,
-        dataset_id="lenient",
-        task_type=TaskType.CLASSIFICATION,
-        policy=SchemaPolicy(rule_severities={"label_churn": Severity.WARNING}),
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="lenient",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(rule_severities={"label_churn": Severity.WARNING}),
+        )
     upload(deps, PARENT, "datasets/lenient")
     lenient = upload(deps, child(0.7)[0], "datasets/lenient")
     assert lenient.version is not None

@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from services.dataset import handlers
-from services.dataset.domain import Rule, SchemaPolicy, Severity, SourceKind, TaskType
-from services.dataset.handlers import DatasetDeps, IngestRequest, IngestResult
+from services.dataset.domain.policy import SchemaPolicy
+from services.dataset.domain.reports import SourceKind
+from services.dataset.domain.rules import Rule, Severity
+from services.dataset.handlers.datasets import create_dataset
+from services.dataset.handlers.deps import DatasetDeps
+from services.dataset.handlers.ingest import IngestRequest, IngestResult, upload_version
 from shared.input_text import normalize_input_text
 from shared.near_duplicates import near_duplicate_groups, near_duplicates_in
+from shared.task_types import TaskType
 from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_jsonl
 
 SUBSTITUTES = ("truly", "rather", "picture", "story", "somewhat", "utterly")
@@ -70,7 +74,7 @@ def deps(tmp_path: Path) -> Iterator[DatasetDeps]:
 
 
 def upload(deps: DatasetDeps, rows: list[dict[str, str]]) -> IngestResult:
-    return handlers.upload_version(
+    return upload_version(
         deps,
         IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD),
         iter([to_jsonl(rows)]),
@@ -78,9 +82,14 @@ def upload(deps: DatasetDeps, rows: list[dict[str, str]]) -> IngestResult:
 
 
 def test_the_gate_warns_naming_the_lines_of_each_group(deps: DatasetDeps) -> None:
-    handlers.create_dataset(
-        deps, dataset_id="reviews", task_type=TaskType.CLASSIFICATION, policy=SchemaPolicy()
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="reviews",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(),
+        )
     rng = random.Random(9)
     rows = [dict(row) for row in REVIEWS[:200]]
     # lines 201-203 paraphrase lines 1, 2 and 3; line 204 repeats line 201 up to case
@@ -101,9 +110,14 @@ def test_the_gate_warns_naming_the_lines_of_each_group(deps: DatasetDeps) -> Non
 def test_past_the_row_limit_the_check_says_it_was_skipped(tmp_path: Path) -> None:
     deps = make_dataset_deps(tmp_path)
     deps = replace(deps, limits=replace(deps.limits, near_duplicate_max_rows=50))
-    handlers.create_dataset(
-        deps, dataset_id="reviews", task_type=TaskType.CLASSIFICATION, policy=SchemaPolicy()
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="reviews",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(),
+        )
     rows = [*REVIEWS[:60], {**REVIEWS[0], "text": REVIEWS[0]["text"] + " indeed"}]
     result = upload(deps, rows)
     rules = {f.rule: f.severity for f in result.report.findings}
@@ -132,9 +146,10 @@ def test_contamination_names_the_evaluation_rows_with_near_duplicates_in_trainin
 def test_causal_lm_rows_are_compared_on_prompt_and_completion(deps: DatasetDeps) -> None:
     """A chat dataset teaching one long answer under two unrelated short prompts: the prompts
     alone are not near-duplicates, prompt and completion together are."""
-    handlers.create_dataset(
-        deps, dataset_id="reviews", task_type=TaskType.CAUSAL_LM, policy=SchemaPolicy()
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session, deps, dataset_id="reviews", task_type=TaskType.CAUSAL_LM, policy=SchemaPolicy()
+        )
     rows: list[dict[str, str]] = [
         {"prompt": f"Summarise review {i}.", "completion": row["text"]}
         for i, row in enumerate(REVIEWS[:30])

@@ -16,19 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from services.dataset import handlers
-from services.dataset.domain import SchemaPolicy, SourceKind, TaskType
-from services.dataset.handlers import DatasetDeps, IngestRequest
-from services.dataset.label_audit import LabelAuditFindings, LabelAuditVerdict, NotAuditable
-from services.dataset.parent_shift import ParentShiftPolicy, ParentShiftStatus
+from services.dataset.domain.label_audit import LabelAuditFindings, LabelAuditVerdict, NotAuditable
+from services.dataset.domain.parent_shift import ParentShiftPolicy, ParentShiftStatus
+from services.dataset.domain.policy import SchemaPolicy
+from services.dataset.domain.reports import SourceKind
+from services.dataset.handlers.audits import get_audit, run_pending_audits
+from services.dataset.handlers.datasets import create_dataset
+from services.dataset.handlers.deps import DatasetDeps
+from services.dataset.handlers.ingest import IngestRequest, upload_version
 from shared.modeling.models import default_models_root
 from shared.modeling.packaged import ENCODER, prepare_packaged_models
+from shared.task_types import TaskType
 from tests.fixtures.datasets import make_dataset_deps, plot_description_rows, to_jsonl
-from tests.unit.test_dataset_label_audit import (
-    InProcessAuditor,
-    audited_events,
-    distinct_reviews,
-)
+from tests.unit.test_dataset_label_audit import InProcessAuditor, audited_events, distinct_reviews
 from tuneline.dataset.v1 import resources_pb2
 
 #: Rows per version; the shift test embeds all of them (max_rows below is larger).
@@ -64,7 +64,7 @@ def upload(deps: DatasetDeps, rows: list[dict[str, str]], parent: str = "") -> s
 def upload_to(
     deps: DatasetDeps, dataset: str, rows: list[dict[str, str]], *, parent: str = ""
 ) -> str:
-    outcome = handlers.upload_version(
+    outcome = upload_version(
         deps,
         IngestRequest(
             dataset=f"datasets/{dataset}", source_kind=SourceKind.UPLOAD, parent_version=parent
@@ -78,9 +78,14 @@ def upload_to(
 def test_a_new_source_is_flagged_against_the_parent_and_a_resample_is_not(
     deps: DatasetDeps, models_root: Path
 ) -> None:
-    handlers.create_dataset(
-        deps, dataset_id="reviews", task_type=TaskType.CLASSIFICATION, policy=SchemaPolicy()
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="reviews",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(),
+        )
     pool = distinct_reviews(2 * ROWS, seed=11)
     parent_rows = pool[:ROWS]
     parent = upload(deps, parent_rows)
@@ -88,11 +93,13 @@ def test_a_new_source_is_flagged_against_the_parent_and_a_resample_is_not(
         deps, random.Random(12).sample(parent_rows, ROWS // 2) + pool[ROWS : ROWS + ROWS // 2]
     )
     plots = upload(deps, plot_description_rows(ROWS), parent=parent)
-    assert handlers.run_pending_audits(deps, ShiftOnlyAuditor(models_root), limit=5) == 3
+    assert run_pending_audits(deps, ShiftOnlyAuditor(models_root), limit=5) == 3
 
-    assert handlers.get_audit(deps, f"{parent}/audit").parent_shift is None  # no parent
+    with deps.sessions() as session:
+        assert get_audit(session, f"{parent}/audit").parent_shift is None  # no parent
 
-    same = handlers.get_audit(deps, f"{resample}/audit").parent_shift
+    with deps.sessions() as session:
+        same = get_audit(session, f"{resample}/audit").parent_shift
     assert same is not None
     assert same.parent_version == parent
     assert same.status is ParentShiftStatus.PASSED, same.reason
@@ -100,7 +107,8 @@ def test_a_new_source_is_flagged_against_the_parent_and_a_resample_is_not(
     # only the rows the version adds are compared: the kept half is the parent's own
     assert (same.parent_rows, same.version_rows) == (ROWS, ROWS // 2)
 
-    audit = handlers.get_audit(deps, f"{plots}/audit")
+    with deps.sessions() as session:
+        audit = get_audit(session, f"{plots}/audit")
     shifted = audit.parent_shift
     assert shifted is not None
     assert shifted.parent_version == parent
@@ -125,14 +133,20 @@ def test_a_turned_off_shift_test_is_skipped_with_its_reason(
     deps: DatasetDeps, models_root: Path
 ) -> None:
     deps = replace(deps, parent_shift=ParentShiftPolicy(enabled=False))
-    handlers.create_dataset(
-        deps, dataset_id="reviews", task_type=TaskType.CLASSIFICATION, policy=SchemaPolicy()
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="reviews",
+            task_type=TaskType.CLASSIFICATION,
+            policy=SchemaPolicy(),
+        )
     pool = distinct_reviews(120, seed=13)
     parent = upload(deps, pool[:60])
     child = upload(deps, pool[60:])
-    assert handlers.run_pending_audits(deps, ShiftOnlyAuditor(models_root), limit=5) == 2
-    shift = handlers.get_audit(deps, f"{child}/audit").parent_shift
+    assert run_pending_audits(deps, ShiftOnlyAuditor(models_root), limit=5) == 2
+    with deps.sessions() as session:
+        shift = get_audit(session, f"{child}/audit").parent_shift
     assert shift is not None
     assert shift.parent_version == parent
     assert shift.status is ParentShiftStatus.SKIPPED
@@ -144,9 +158,10 @@ def test_a_causal_lm_version_is_measured_against_its_parent_and_its_labels_are_s
 ) -> None:
     """Causal-LM rows have no labels to audit, but what they teach can shift: their prompt and
     completion are compared with the parent's. Without a parent nothing waits on the encoder."""
-    handlers.create_dataset(
-        deps, dataset_id="writer", task_type=TaskType.CAUSAL_LM, policy=SchemaPolicy()
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session, deps, dataset_id="writer", task_type=TaskType.CAUSAL_LM, policy=SchemaPolicy()
+        )
 
     def lessons(texts: list[str], prompt: str) -> list[dict[str, str]]:
         return [{"prompt": prompt, "completion": f" {text}"} for text in texts]
@@ -155,16 +170,19 @@ def test_a_causal_lm_version_is_measured_against_its_parent_and_its_labels_are_s
     plots = [row["text"] for row in plot_description_rows(ROWS)]
     parent = upload_to(deps, "writer", lessons(reviews, "Write a film review."))
     # announced at once: no parent, so no shift to measure and no labels to audit
-    parent_audit = handlers.get_audit(deps, f"{parent}/audit")
+    with deps.sessions() as session:
+        parent_audit = get_audit(session, f"{parent}/audit")
     assert parent_audit.verdict is LabelAuditVerdict.SKIPPED
     assert parent_audit.parent_shift is None
     assert [event.dataset_version for event in audited_events(deps)] == [parent]
 
     child = upload_to(deps, "writer", lessons(plots, "Write a film review."), parent=parent)
-    assert handlers.get_audit(deps, f"{child}/audit").verdict is LabelAuditVerdict.PENDING
-    assert handlers.run_pending_audits(deps, ShiftOnlyAuditor(models_root), limit=5) == 1
+    with deps.sessions() as session:
+        assert get_audit(session, f"{child}/audit").verdict is LabelAuditVerdict.PENDING
+    assert run_pending_audits(deps, ShiftOnlyAuditor(models_root), limit=5) == 1
 
-    audit = handlers.get_audit(deps, f"{child}/audit")
+    with deps.sessions() as session:
+        audit = get_audit(session, f"{child}/audit")
     assert audit.verdict is LabelAuditVerdict.SKIPPED
     assert "no labels" in audit.reason
     shifted = audit.parent_shift

@@ -18,25 +18,20 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 from sqlalchemy import func, select
 
-from services.dataset import handlers
-from services.dataset.domain import (
-    DEFAULT_VALUE_BOUNDS,
-    Finding,
-    Outcome,
-    SchemaPolicy,
-    Severity,
-    SourceKind,
-    TaskType,
-    UploadInterrupted,
-    ValidationReport,
-    ValueBounds,
-)
-from services.dataset.handlers import DatasetDeps, IngestRequest, IngestResult
+from services.dataset.domain.datasets import UploadInterrupted
+from services.dataset.domain.policy import DEFAULT_VALUE_BOUNDS, SchemaPolicy, ValueBounds
+from services.dataset.domain.reports import Finding, Outcome, SourceKind, ValidationReport
+from services.dataset.domain.rules import Severity
+from services.dataset.handlers.datasets import create_dataset, get_dataset
+from services.dataset.handlers.deps import DatasetDeps
+from services.dataset.handlers.ingest import IngestRequest, IngestResult, upload_version
+from services.dataset.handlers.versions import get_report, list_reports, list_versions
 from services.dataset.settings import DatasetSettings
 from shared.canonical_jsonl import Row, read_rows
 from shared.errors import InvalidArgument
 from shared.events import OutboxEvent
 from shared.grpc.errors import to_rpc_status
+from shared.task_types import TaskType
 from tests.fixtures.datasets import (
     make_dataset_deps,
     rotten_tomatoes_rows,
@@ -57,18 +52,20 @@ def deps(tmp_path: Path) -> Iterator[DatasetDeps]:
 
 def create(deps: DatasetDeps, task: TaskType = TaskType.CLASSIFICATION, **policy: Any) -> str:
     severities = {rule: Severity(level) for rule, level in policy.pop("severities", {}).items()}
-    handlers.create_dataset(
-        deps,
-        dataset_id="reviews",
-        task_type=task,
-        policy=SchemaPolicy(rule_severities=severities, **policy),
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="reviews",
+            task_type=task,
+            policy=SchemaPolicy(rule_severities=severities, **policy),
+        )
     return "datasets/reviews"
 
 
 def upload(deps: DatasetDeps, content: bytes, *, chunk: int = 1000, **request: Any) -> IngestResult:
     chunks = [content[i : i + chunk] for i in range(0, len(content), chunk)]
-    return handlers.upload_version(
+    return upload_version(
         deps,
         IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD, **request),
         iter(chunks),
@@ -116,7 +113,8 @@ def rejected(deps: DatasetDeps, content: bytes, **request: Any) -> Rejection:
     assert any(d.Unpack(bad_request) for d in status.details)
     info = error_details_pb2.ErrorInfo()
     infos[0].Unpack(info)
-    report = handlers.get_report(deps, info.metadata["report"])
+    with deps.sessions() as session:
+        report = get_report(session, info.metadata["report"])
     assert report.summary.outcome is Outcome.REJECTED
     assert_only_report_stored(deps, report)
     errors = [f for f in report.findings if f.severity is Severity.ERROR]
@@ -133,14 +131,17 @@ def rejected(deps: DatasetDeps, content: bytes, **request: Any) -> Rejection:
 
 
 def assert_only_report_stored(deps: DatasetDeps, report: ValidationReport) -> None:
-    dataset = handlers.get_dataset(deps, "datasets/reviews")
+    with deps.sessions() as session:
+        dataset = get_dataset(session, "datasets/reviews")
     assert (dataset.version_count, dataset.latest_version) == (0, "")
-    assert (
-        handlers.list_versions(deps, parent="datasets/reviews", page_size=0, page_token="")[0] == []
-    )
-    reports, _ = handlers.list_reports(
-        deps, parent="datasets/reviews", page_size=0, page_token="", outcome=None
-    )
+    with deps.sessions() as session:
+        assert (
+            list_versions(session, parent="datasets/reviews", page_size=0, page_token="")[0] == []
+        )
+    with deps.sessions() as session:
+        reports, _ = list_reports(
+            session, parent="datasets/reviews", page_size=0, page_token="", outcome=None
+        )
     assert [r.name for r in reports] == [report.name]
     assert stored_artifacts(deps.store.root) == [], "no artifact and no temp file"
     with deps.sessions() as session:
@@ -183,17 +184,19 @@ def test_a_stream_that_ends_after_its_client_went_away_stores_nothing(deps: Data
     create(deps)
     content = to_jsonl(BASE) + b'{"text": "the client cancelled in the mid'
     with pytest.raises(UploadInterrupted):
-        handlers.upload_version(
+        upload_version(
             deps,
             IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD),
             iter([content]),
             still_connected=lambda: False,
         )
-    reports, _ = handlers.list_reports(
-        deps, parent="datasets/reviews", page_size=0, page_token="", outcome=None
-    )
+    with deps.sessions() as session:
+        reports, _ = list_reports(
+            session, parent="datasets/reviews", page_size=0, page_token="", outcome=None
+        )
     assert reports == []
-    assert handlers.get_dataset(deps, "datasets/reviews").version_count == 0
+    with deps.sessions() as session:
+        assert get_dataset(session, "datasets/reviews").version_count == 0
     assert stored_artifacts(deps.store.root) == [], "no artifact and no temp file"
 
 
@@ -440,6 +443,22 @@ def test_a_key_repeated_in_one_object_is_ambiguous(deps: DatasetDeps) -> None:
     finding = result.finding["duplicate_key"]
     assert (finding.count, finding.line_numbers) == (2, (4, 6))
     assert "the key label more than once" in finding.message
+
+
+def test_a_repeated_key_is_found_whatever_the_values_and_spelling(deps: DatasetDeps) -> None:
+    # lines without a backslash are parsed by counting their members (rows.check_lines): a
+    # repeat hidden by a number, in a list, or spelled with an escape must still be found
+    create(deps)
+    content = with_lines(
+        {
+            2: b'{"text": "a fine text", "label": "fresh", "weight": 1, "weight": 2}\n',
+            3: b'{"text": "a fine text", "label": "fresh", "tags": [{"k": 1, "k": 2}]}\n',
+            5: b'{"text": "one", "label": "fresh", "te\\u0078t": "two"}\n',
+            7: b'{"text": "text", "label": "fresh", "label": "text"}\n',
+        }
+    )
+    result = rejected(deps, content)
+    assert result.finding["duplicate_key"].line_numbers == (2, 3, 5, 7)
 
 
 def test_a_repeated_key_inside_a_chat_message_is_ambiguous(deps: DatasetDeps) -> None:

@@ -20,19 +20,20 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from services.dataset import handlers
-from services.dataset.adapters.messages import (
-    dataset_versioned,
-    report_to_proto,
-    version_to_proto,
-)
-from services.dataset.domain import Outcome, Rule, SchemaPolicy, SourceKind, TaskType
-from services.dataset.handlers import DatasetDeps, IngestRequest
-from services.dataset.validation import StreamingValidator
+from services.dataset.adapters.protos import dataset_versioned, report_to_proto, version_to_proto
+from services.dataset.domain.policy import SchemaPolicy
+from services.dataset.domain.reports import Outcome, SourceKind
+from services.dataset.domain.rules import Rule
+from services.dataset.domain.validation import StreamingValidator
+from services.dataset.handlers.datasets import create_dataset, get_dataset
+from services.dataset.handlers.deps import DatasetDeps
+from services.dataset.handlers.ingest import IngestRequest, upload_version
+from services.dataset.handlers.versions import get_report, list_reports
 from shared.canonical_jsonl import read_rows
 from shared.errors import InvalidArgument
 from shared.events import OutboxEvent
 from shared.grpc.errors import to_rpc_status
+from shared.task_types import TaskType
 from tests.fixtures.datasets import make_dataset_deps, stored_artifacts
 from tests.fixtures.upload_fuzz import json_lines, mutated_uploads, random_bytes, uploads
 
@@ -102,14 +103,16 @@ class Stored:
 def _stored(deps: DatasetDeps, dataset: str) -> Stored:
     with deps.sessions() as session:
         outbox = session.scalar(select(func.count()).select_from(OutboxEvent)) or 0
-    reports, _ = handlers.list_reports(
-        deps, parent=dataset, page_size=100, page_token="", outcome=None
-    )
+    with deps.sessions() as session:
+        reports, _ = list_reports(
+            session, parent=dataset, page_size=100, page_token="", outcome=None
+        )
     root = deps.store.root
     artifacts = stored_artifacts(root / dataset) + stored_artifacts(root / ".tmp")
-    return Stored(
-        handlers.get_dataset(deps, dataset).version_count, len(reports), outbox, len(artifacts)
-    )
+    with deps.sessions() as session:
+        return Stored(
+            get_dataset(session, dataset).version_count, len(reports), outbox, len(artifacts)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -131,20 +134,22 @@ _dataset_ids = (f"fuzz-{n}" for n in itertools.count())
 def test_every_upload_is_a_version_or_invalid_argument_with_a_report(
     deps: DatasetDeps, content: bytes, task: TaskType
 ) -> None:
-    dataset = handlers.create_dataset(
-        deps, dataset_id=next(_dataset_ids), task_type=task, policy=SchemaPolicy()
-    )
+    with deps.sessions.begin() as session:
+        dataset = create_dataset(
+            session, deps, dataset_id=next(_dataset_ids), task_type=task, policy=SchemaPolicy()
+        )
     before = _stored(deps, dataset.name)
     request = IngestRequest(dataset=dataset.name, source_kind=SourceKind.UPLOAD)
     chunks = iter([content[i : i + 97] for i in range(0, len(content), 97)])
     try:
-        result = handlers.upload_version(deps, request, chunks)
+        result = upload_version(deps, request, chunks)
     except InvalidArgument as error:  # any other exception is what a client sees as INTERNAL
         status = to_rpc_status(error)
         assert status.code == code_pb2.INVALID_ARGUMENT
         info = error_details_pb2.ErrorInfo()
         assert any(d.Unpack(info) for d in status.details if d.Is(info.DESCRIPTOR))
-        report = handlers.get_report(deps, info.metadata["report"])
+        with deps.sessions() as session:
+            report = get_report(session, info.metadata["report"])
         assert report.summary.outcome is Outcome.REJECTED
         report_to_proto(report).SerializeToString()
         after = _stored(deps, dataset.name)

@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.dataset.characters import first_control_character, is_blank
-from services.dataset.domain import SchemaPolicy, Severity, TaskType
-from services.dataset.rows import (
+from services.dataset.domain.characters import first_control_character, is_blank
+from services.dataset.domain.policy import SchemaPolicy
+from services.dataset.domain.rows import (
     RowRules,
     canonical_json,
     canonical_members,
@@ -24,8 +24,10 @@ from services.dataset.rows import (
     plain_text,
     with_id,
 )
-from services.dataset.validation import StreamingValidator, ValidationResult
+from services.dataset.domain.rules import Severity
+from services.dataset.domain.validation import StreamingValidator, ValidationResult
 from shared.input_text import normalize_input_text
+from shared.task_types import TaskType
 from tests.fixtures.datasets import rotten_tomatoes_rows, to_jsonl
 
 POLICY = SchemaPolicy(min_rows_per_class=1).resolved(TaskType.CLASSIFICATION)

@@ -12,19 +12,23 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from services.dataset import handlers
 from services.dataset.adapters.sources import ImportSources
-from services.dataset.domain import (
-    Outcome,
-    SchemaPolicy,
-    Severity,
-    SourceKind,
-    TaskType,
+from services.dataset.domain.policy import SchemaPolicy
+from services.dataset.domain.reports import Outcome, SourceKind
+from services.dataset.domain.rules import Severity
+from services.dataset.handlers.datasets import create_dataset, get_dataset
+from services.dataset.handlers.deps import DatasetDeps
+from services.dataset.handlers.ingest import (
+    IngestRequest,
+    IngestResult,
+    import_version,
+    upload_version,
 )
-from services.dataset.handlers import DatasetDeps, IngestRequest, IngestResult
+from services.dataset.handlers.versions import get_report
 from services.dataset.settings import DatasetSettings
 from shared.errors import InvalidArgument, NotFound, PermissionDenied
 from shared.events import Envelope, OutboxEvent
+from shared.task_types import TaskType
 from tests.fixtures.datasets import (
     make_dataset_deps,
     rotten_tomatoes_rows,
@@ -46,17 +50,19 @@ def deps(tmp_path: Path, database_url: str) -> Iterator[DatasetDeps]:
 
 def create(deps: DatasetDeps, task: TaskType = TaskType.CLASSIFICATION, **policy: Any) -> None:
     severities = {rule: Severity(level) for rule, level in policy.pop("severities", {}).items()}
-    handlers.create_dataset(
-        deps,
-        dataset_id="reviews",
-        task_type=task,
-        policy=SchemaPolicy(rule_severities=severities, **policy),
-    )
+    with deps.sessions.begin() as session:
+        create_dataset(
+            session,
+            deps,
+            dataset_id="reviews",
+            task_type=task,
+            policy=SchemaPolicy(rule_severities=severities, **policy),
+        )
 
 
 def upload(deps: DatasetDeps, content: bytes, *, chunk: int = 777, **request: Any) -> IngestResult:
     chunks = [content[i : i + chunk] for i in range(0, len(content), chunk)]
-    return handlers.upload_version(
+    return upload_version(
         deps,
         IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.UPLOAD, **request),
         iter(chunks),
@@ -119,7 +125,8 @@ def test_crlf_and_a_bom_give_the_same_version_with_no_second_event(deps: Dataset
         ("bom", Severity.INFO, (1,))
     ]
     assert len(outbox(deps)) == 1
-    assert handlers.get_dataset(deps, "datasets/reviews").version_count == 1
+    with deps.sessions() as session:
+        assert get_dataset(session, "datasets/reviews").version_count == 1
     assert len(stored_artifacts(deps.store.root)) == 1, "one artifact, no temp files"
 
 
@@ -208,7 +215,8 @@ def test_causal_lm_prompt_completion_and_chat_rows(deps: DatasetDeps) -> None:
 def test_the_label_set_is_derived_from_the_first_version(deps: DatasetDeps) -> None:
     create(deps)
     upload(deps, to_jsonl(BASE))
-    policy = handlers.get_dataset(deps, "datasets/reviews").policy
+    with deps.sessions() as session:
+        policy = get_dataset(session, "datasets/reviews").policy
     assert (policy.label_set, policy.label_set_derived) == (("fresh", "rotten"), True)
     with pytest.raises(InvalidArgument) as caught:
         upload(deps, to_jsonl([*BASE, {"text": "so-so", "label": "meh"}]))
@@ -218,7 +226,8 @@ def test_the_label_set_is_derived_from_the_first_version(deps: DatasetDeps) -> N
 def test_a_declared_label_set_is_kept(deps: DatasetDeps) -> None:
     create(deps, label_set=("rotten", "fresh"))
     upload(deps, to_jsonl(BASE))
-    policy = handlers.get_dataset(deps, "datasets/reviews").policy
+    with deps.sessions() as session:
+        policy = get_dataset(session, "datasets/reviews").policy
     assert (policy.label_set, policy.label_set_derived) == (("fresh", "rotten"), False)
 
 
@@ -236,7 +245,8 @@ def test_lineage_parent_uploader_source_and_the_event(deps: DatasetDeps) -> None
     )
     explicit = upload(deps, to_jsonl(BASE[:35]), parent_version=first.version.name)
     assert explicit.version.lineage.parent_version == first.version.name  # type: ignore[union-attr]
-    dataset = handlers.get_dataset(deps, "datasets/reviews")
+    with deps.sessions() as session:
+        dataset = get_dataset(session, "datasets/reviews")
     assert (dataset.version_count, dataset.latest_version) == (3, explicit.version.name)  # type: ignore[union-attr]
 
     events = outbox(deps)
@@ -273,10 +283,12 @@ def test_validate_only_stores_the_report_and_nothing_else(deps: DatasetDeps) -> 
     create(deps)
     result = upload(deps, to_jsonl(BASE), validate_only=True)
     assert (result.version, result.created) == (None, False)
-    report = handlers.get_report(deps, result.report.name)
+    with deps.sessions() as session:
+        report = get_report(session, result.report.name)
     assert report.validate_only
     assert report.summary.outcome is Outcome.ACCEPTED
-    assert handlers.get_dataset(deps, "datasets/reviews").version_count == 0
+    with deps.sessions() as session:
+        assert get_dataset(session, "datasets/reviews").version_count == 0
     assert stored_artifacts(deps.store.root) == []
     assert outbox(deps) == []
 
@@ -288,7 +300,7 @@ def test_import_reads_files_inside_the_allowed_roots_only(tmp_path: Path) -> Non
     create(deps)
     source = shared_folder / "reviews.jsonl"
     source.write_bytes(to_jsonl(BASE))
-    result = handlers.import_version(
+    result = import_version(
         deps,
         IngestRequest(
             dataset="datasets/reviews", source_kind=SourceKind.IMPORT, source=source.as_uri()
@@ -304,7 +316,7 @@ def test_import_reads_files_inside_the_allowed_roots_only(tmp_path: Path) -> Non
     escape.symlink_to(outside)
     for uri in (outside.as_uri(), escape.as_uri(), "s3://bucket/x.jsonl"):
         with pytest.raises(InvalidArgument) as caught:
-            handlers.import_version(
+            import_version(
                 deps,
                 IngestRequest(
                     dataset="datasets/reviews", source_kind=SourceKind.IMPORT, source=uri
@@ -312,7 +324,7 @@ def test_import_reads_files_inside_the_allowed_roots_only(tmp_path: Path) -> Non
             )
         assert caught.value.violations[0].field == "source_uri"
     with pytest.raises(NotFound):
-        handlers.import_version(
+        import_version(
             deps,
             IngestRequest(
                 dataset="datasets/reviews",
@@ -324,7 +336,7 @@ def test_import_reads_files_inside_the_allowed_roots_only(tmp_path: Path) -> Non
 
 
 def _import(deps: DatasetDeps, uri: str) -> object:
-    return handlers.import_version(
+    return import_version(
         deps, IngestRequest(dataset="datasets/reviews", source_kind=SourceKind.IMPORT, source=uri)
     )
 

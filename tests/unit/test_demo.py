@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from services.registry.domain import parse_alertmanager_payload
+from services.registry.domain.alerts import parse_alertmanager_payload
 from tuneline.cli.main import app
 from tuneline.client.alerts import alertmanager_notification, post_alertmanager_notification
 from tuneline.demo.corpus import (

@@ -8,41 +8,62 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
 
-from services.evaluator import handlers
+from services.evaluator.adapters import protos
 from services.evaluator.adapters.repository import EvaluatorRepository
+from services.evaluator.adapters.scoring import ScoringJob, ScoringResult
 from services.evaluator.adapters.tables import EvaluatorBase
-from shared.artifacts import root_uri
+from services.evaluator.domain.evaluation import ModelSpec, RegisteredCheckpoint
+from services.evaluator.domain.events import ReadyCheckpoint
+from services.evaluator.handlers.deps import EvaluatorDeps
+from services.evaluator.handlers.events import on_checkpoint_ready
+from shared.artifacts import LocalArtifactStore, root_uri
 from shared.db import create_database_engine, create_schema, create_session_factory
 from shared.errors import InvalidArgument
-from shared.events import Envelope, ReceivedEvent
 from tests.fixtures.registry_events import checkpoint_ready
-from tuneline.trainer.v1 import events_pb2 as trainer_events
+
+
+class _UnusedRegistry:
+    """Recording a CheckpointReady asks the registry nothing."""
+
+    def model(self, name: str) -> ModelSpec:
+        raise AssertionError("not asked")
+
+    def production(self, model: str) -> RegisteredCheckpoint | None:
+        raise AssertionError("not asked")
+
+    def checkpoint(self, name: str) -> RegisteredCheckpoint:
+        raise AssertionError("not asked")
+
+
+def _unused_scorer(job: ScoringJob) -> ScoringResult:
+    raise AssertionError("recording a CheckpointReady scores nothing")
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+def deps(tmp_path: Path) -> Iterator[EvaluatorDeps]:
     engine = create_database_engine(f"sqlite:///{tmp_path / 'evaluator.db'}")
     create_schema(engine, [EvaluatorBase.metadata])
-    yield create_session_factory(engine)
+    yield EvaluatorDeps(
+        sessions=create_session_factory(engine),
+        registry=_UnusedRegistry(),
+        artifacts=LocalArtifactStore(tmp_path / "evaluator" / "artifacts"),
+        score=_unused_scorer,
+        source="tuneline/evaluator",
+        models_root=tmp_path / "models",
+    )
     engine.dispose()
 
 
-def _announced(job: str, uri: str) -> ReceivedEvent[trainer_events.CheckpointReady]:
+def _announced(job: str, uri: str) -> ReadyCheckpoint:
     message = checkpoint_ready("sentiment", job, 100)
     message.artifact_uri = uri
-    envelope = Envelope.wrap(message, source="tuneline/trainer", subject=message.checkpoint)
-    return ReceivedEvent(message, envelope, envelope.topic, 0, 0)
+    return protos.ready_checkpoint_from_event(message)
 
 
-def _receive(
-    sessions: sessionmaker[Session], event: ReceivedEvent[trainer_events.CheckpointReady], root: str
-) -> None:
-    with sessions() as session, session.begin():
-        handlers.on_checkpoint_ready(
-            event, session, defaults=handlers.ServiceDefaults(), trainer_artifact_root=root
-        )
+def _receive(deps: EvaluatorDeps, ready: ReadyCheckpoint, root: str) -> None:
+    with deps.sessions.begin() as session:
+        on_checkpoint_ready(session, deps, ready, trainer_artifact_root=root)
 
 
 @pytest.mark.parametrize(
@@ -54,23 +75,21 @@ def _receive(
     ],
 )
 def test_a_checkpoint_outside_the_trainers_area_is_refused_unrecorded(
-    sessions: sessionmaker[Session], tmp_path: Path, where: str
+    deps: EvaluatorDeps, tmp_path: Path, where: str
 ) -> None:
     root = root_uri(tmp_path / "trainer" / "artifacts")
     forged = _announced("forged", "file://" + where.format(tmp=tmp_path.resolve()))
     with pytest.raises(InvalidArgument) as refused:
-        _receive(sessions, forged, root)
+        _receive(deps, forged, root)
     (violation,) = refused.value.violations
     assert (violation.field, violation.reason) == ("artifact_uri", "OUTSIDE_ARTIFACT_ROOT")
-    with sessions() as session:
-        assert EvaluatorRepository(session).checkpoint(forged.message.checkpoint) is None
+    with deps.sessions() as session:
+        assert EvaluatorRepository(session).checkpoint(forged.checkpoint.name) is None
 
 
-def test_a_checkpoint_in_the_trainers_area_is_recorded(
-    sessions: sessionmaker[Session], tmp_path: Path
-) -> None:
+def test_a_checkpoint_in_the_trainers_area_is_recorded(deps: EvaluatorDeps, tmp_path: Path) -> None:
     root = root_uri(tmp_path / "trainer" / "artifacts")
     genuine = _announced("genuine", f"{root}/jobs/genuine/step-100")
-    _receive(sessions, genuine, root)
-    with sessions() as session:
-        assert EvaluatorRepository(session).checkpoint(genuine.message.checkpoint) is not None
+    _receive(deps, genuine, root)
+    with deps.sessions() as session:
+        assert EvaluatorRepository(session).checkpoint(genuine.checkpoint.name) is not None

@@ -39,7 +39,6 @@ from services.evaluator.domain.data_checks import (
 )
 from services.evaluator.domain.evaluation import BaseModelRef, ScoringSettings
 from services.evaluator.domain.gate import Verdict
-from services.evaluator.domain.outcomes import TaskType
 from shared.input_text import near_duplicate_text, normalize_input_text
 from shared.modeling import resolve_base_model
 from shared.modeling.embeddings import TextEmbedder
@@ -48,6 +47,7 @@ from shared.modeling.models import default_models_root
 from shared.modeling.packaged import ENCODER
 from shared.near_duplicates import near_duplicate_groups
 from shared.stats.two_sample import classifier_two_sample_test, far_from_reference
+from shared.task_types import TaskType
 from tests.fixtures.datasets import rotten_tomatoes_rows
 from tests.fixtures.trainer_data import (
     build_tiny_bert,

@@ -27,12 +27,12 @@ from services.evaluator.domain.evaluation import BaseModelRef, FailureReason, Sc
 from services.evaluator.domain.outcomes import (
     CausalLMOutcomes,
     ClassificationOutcomes,
-    TaskType,
     point_values,
 )
-from shared.modeling import IGNORE_INDEX, TaskKind, encode_rows, resolve_base_model
+from shared.modeling import IGNORE_INDEX, encode_rows, resolve_base_model
 from shared.modeling.batching import pad_batch
 from shared.modeling.loading import load_adapter, load_base_model, load_tokenizer
+from shared.task_types import TaskType
 from tests.fixtures.adapters import save_causal_lm_adapter, train_classification_adapter
 from tests.fixtures.trainer_data import (
     build_tiny_bert,
@@ -136,14 +136,14 @@ def test_classification_scores_match_the_adapter_run_by_hand(models_root, tmp_pa
     tokenizer = load_tokenizer(base.path)
     model = load_adapter(
         load_base_model(
-            base, TaskKind.CLASSIFICATION, labels=split.labels, pad_token_id=0, device="cpu"
+            base, TaskType.CLASSIFICATION, labels=split.labels, pad_token_id=0, device="cpu"
         ),
         adapter,
     )
     examples = encode_rows(
         tokenizer,
         [by_id[i] for i in split.validation_ids],
-        TaskKind.CLASSIFICATION,
+        TaskType.CLASSIFICATION,
         max_length=64,
         labels=split.labels,
     )
@@ -191,12 +191,12 @@ def test_causal_lm_scores_completion_tokens_only_and_generates_a_bounded_subset(
     tokenizer = load_tokenizer(base.path)
     by_id = {r["id"]: r for r in rows}
     examples = encode_rows(
-        tokenizer, [by_id[i] for i in candidate.example_ids], TaskKind.CAUSAL_LM, max_length=64
+        tokenizer, [by_id[i] for i in candidate.example_ids], TaskType.CAUSAL_LM, max_length=64
     )
     # completion tokens (+ EOS) carry loss; prompt tokens never do
     assert [int(c) for c in candidate.token_counts] == [e.loss_tokens for e in examples]
     model = load_base_model(
-        base, TaskKind.CAUSAL_LM, pad_token_id=tokenizer.pad_token_id, device="cpu"
+        base, TaskType.CAUSAL_LM, pad_token_id=tokenizer.pad_token_id, device="cpu"
     )
     with torch.inference_mode():
         for index in (0, len(examples) - 1):

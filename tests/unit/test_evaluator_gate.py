@@ -22,12 +22,12 @@ from services.evaluator.domain.outcomes import (
     CausalLMOutcomes,
     ClassificationOutcomes,
     ExampleMismatch,
-    TaskType,
     point_values,
 )
 from services.evaluator.domain.statistics import resample_weights
 from shared.stats.decision import DifferenceOutcome, GatedDifference, judge_differences
 from shared.stats.paired import PairedProportions
+from shared.task_types import TaskType
 
 POLICY = GatePolicy.resolve(TaskType.CLASSIFICATION)
 

@@ -17,10 +17,10 @@ import torch
 from services.evaluator.adapters.engine import LoadedSubject, score_causal_lm, stop_token_ids
 from services.evaluator.adapters.scoring import ScoringJob
 from services.evaluator.domain.evaluation import ScoringSettings
-from services.evaluator.domain.outcomes import TaskType
 from shared.modeling import default_models_root, resolve_base_model
 from shared.modeling.loading import load_base_model, load_tokenizer
 from shared.modeling.packaged import SMOLLM2, prepare_packaged_models
+from shared.task_types import TaskType
 
 QUESTION = "What is the capital of France?"
 ANSWER = "The capital of France is Paris."

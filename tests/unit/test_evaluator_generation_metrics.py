@@ -20,7 +20,8 @@ from services.evaluator.domain.gate import (
     SignificanceTest,
     judge,
 )
-from services.evaluator.domain.outcomes import CausalLMOutcomes, TaskType, point_values
+from services.evaluator.domain.outcomes import CausalLMOutcomes, point_values
+from shared.task_types import TaskType
 
 
 def test_token_f1_is_the_f1_of_the_bags_of_words():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.evaluator import handlers
+from services.evaluator.adapters import protos
 from services.evaluator.adapters.protos import checkpoint_ref_from_event
 from services.evaluator.adapters.repository import EvaluatorRepository
 from services.evaluator.adapters.scoring import ScoringFailed, ScoringJob, ScoringResult
@@ -40,13 +40,23 @@ from services.evaluator.domain.evaluation import (
     UnknownToRegistry,
 )
 from services.evaluator.domain.gate import GatePolicy, Verdict
-from services.evaluator.domain.outcomes import ClassificationOutcomes, TaskType
+from services.evaluator.domain.outcomes import ClassificationOutcomes
+from services.evaluator.handlers.deps import EvaluatorDeps, ServiceDefaults
+from services.evaluator.handlers.evaluations import (
+    evaluate_checkpoint,
+    get_evaluation,
+    list_evaluations,
+)
+from services.evaluator.handlers.events import on_checkpoint_ready, on_split_created
+from services.evaluator.handlers.policies import get_evaluation_policy, set_evaluation_policy
+from services.evaluator.handlers.running import claim_next, requeue_interrupted, run_evaluation
 from shared.artifacts import LocalArtifactStore
 from shared.db import create_database_engine, create_schema, create_session_factory
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from shared.events import Envelope, OutboxEvent, ReceivedEvent
+from shared.events import OutboxEvent
 from shared.modeling import AdapterMetadata, load_split_rows, write_adapter_metadata
 from shared.running_claims import RunningClaims
+from shared.task_types import TaskType
 from tests.fixtures.evaluation_inputs import StoredSplit, checkpoint_ready, review_rows, store_split
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import events_pb2 as evaluator_events
@@ -140,7 +150,7 @@ class EvaluatorHarness:
 
     tmp: Path
     sessions: sessionmaker[Session]
-    deps: handlers.EvaluatorDeps
+    deps: EvaluatorDeps
     registry: FakeRegistry
     scorer: FakeScorer
     clock: Clock
@@ -172,21 +182,21 @@ def env(tmp_path: Path, database_url: str) -> Iterator[EvaluatorHarness]:
     scorer = FakeScorer()
     clock = Clock()
     staged: list[int] = []
-    deps = handlers.EvaluatorDeps(
+    deps = EvaluatorDeps(
         sessions=sessions,
         registry=registry,
         artifacts=artifacts,
         score=scorer,
         source="tuneline/evaluator",
         models_root=tmp_path / "models",
-        defaults=handlers.ServiceDefaults(checkpoint_selection=CheckpointSelection.ALL),
+        defaults=ServiceDefaults(checkpoint_selection=CheckpointSelection.ALL),
         dependency_wait_seconds=60,
         clock=clock,
         on_events_staged=lambda: staged.append(1),
         claims=RunningClaims(engine, "evaluations"),
     )
     with sessions.begin() as session:
-        handlers.on_split_created(_received(split_event), session)
+        on_split_created(session, protos.split_location_from_event(split_event))
 
     yield EvaluatorHarness(
         tmp=tmp_path,
@@ -201,11 +211,6 @@ def env(tmp_path: Path, database_url: str) -> Iterator[EvaluatorHarness]:
         staged=staged,
     )
     engine.dispose()
-
-
-def _received(message, event_id: str | None = None) -> ReceivedEvent:
-    envelope = Envelope.wrap(message, source="tuneline/test", subject="x", event_id=event_id)
-    return ReceivedEvent(message, envelope, envelope.topic, 0, 0)
 
 
 def _checkpoint_event(
@@ -266,16 +271,14 @@ def _announce(
         trained_max_length=trained_max_length,
     )
     with env.sessions.begin() as session:
-        queued = handlers.on_checkpoint_ready(
-            _received(event), session, defaults=env.deps.defaults, clock=env.clock
-        )
+        queued = on_checkpoint_ready(session, env.deps, protos.ready_checkpoint_from_event(event))
     return event, queued
 
 
 def _run_all(env: EvaluatorHarness) -> list:
     finished = []
-    while (claimed := handlers.claim_next(env.deps)) is not None:
-        result = handlers.run_evaluation(env.deps, claimed)
+    while (claimed := claim_next(env.deps)) is not None:
+        result = run_evaluation(env.deps, claimed)
         if result is None:
             break
         finished.append(result)
@@ -292,9 +295,7 @@ def test_a_checkpoint_announced_twice_is_evaluated_once(env: EvaluatorHarness):
     assert queued is not None
     assert queued.state is EvaluationState.QUEUED
     with env.sessions.begin() as session:
-        again = handlers.on_checkpoint_ready(
-            _received(event), session, defaults=env.deps.defaults, clock=env.clock
-        )
+        again = on_checkpoint_ready(session, env.deps, protos.ready_checkpoint_from_event(event))
     assert again is None
     assert len(_run_all(env)) == 1
     assert len(env.scorer.jobs) == 1
@@ -302,8 +303,9 @@ def test_a_checkpoint_announced_twice_is_evaluated_once(env: EvaluatorHarness):
 
 def test_the_checkpoint_selection_decides_what_is_queued(env: EvaluatorHarness):
     with env.sessions.begin() as session:
-        handlers.set_evaluation_policy(
+        set_evaluation_policy(
             session,
+            env.deps,
             name=f"{MODEL}/evaluationPolicy",
             checkpoint_selection=CheckpointSelection.FINAL,
             max_generation_examples=0,
@@ -328,15 +330,13 @@ def _announce_step(
     event.best_checkpoint = f"trainingJobs/{job}/checkpoints/{best}" if best else ""
     if loss is not None:
         event.validation_loss = loss
-    defaults = handlers.ServiceDefaults()  # BEST_AT_END
+    deps = replace(env.deps, defaults=ServiceDefaults())  # BEST_AT_END
     with env.sessions.begin() as session:
-        return handlers.on_checkpoint_ready(
-            _received(event), session, defaults=defaults, clock=env.clock
-        )
+        return on_checkpoint_ready(session, deps, protos.ready_checkpoint_from_event(event))
 
 
 def test_best_at_end_is_the_default_and_evaluates_the_job_s_best_checkpoint(env: EvaluatorHarness):
-    assert handlers.ServiceDefaults().checkpoint_selection is CheckpointSelection.BEST_AT_END
+    assert ServiceDefaults().checkpoint_selection is CheckpointSelection.BEST_AT_END
     # announced along the way, nothing is queued: the job has not ended
     assert _announce_step(env, "run", 10, 0.52) is None
     assert _announce_step(env, "run", 20, 0.61) is None
@@ -503,14 +503,14 @@ def test_a_registry_that_does_not_answer_is_waited_for_then_fails_the_evaluation
 ):
     _announce(env, "job-wait", quality=0.8)
     env.registry.down = True
-    claimed = handlers.claim_next(env.deps)
-    assert handlers.run_evaluation(env.deps, claimed) is None
+    claimed = claim_next(env.deps)
+    assert run_evaluation(env.deps, claimed) is None
     with env.sessions() as session:
         waiting = EvaluatorRepository(session).evaluation(claimed.name)
     assert waiting.state is EvaluationState.QUEUED
-    assert handlers.claim_next(env.deps) is None, "not retried before its backoff"
+    assert claim_next(env.deps) is None, "not retried before its backoff"
     env.clock.now += timedelta(seconds=61)
-    failed = handlers.run_evaluation(env.deps, handlers.claim_next(env.deps))
+    failed = run_evaluation(env.deps, claim_next(env.deps))
     assert failed.state is EvaluationState.FAILED
     assert failed.failure_reason is FailureReason.BASELINE_UNAVAILABLE
     [completed] = _outbox(env)
@@ -529,10 +529,10 @@ def test_an_evaluation_set_not_announced_yet_waits_and_runs_once_it_is(env: Eval
         }
     )
     _announce(env, "job-late", quality=0.8)
-    assert handlers.run_evaluation(env.deps, handlers.claim_next(env.deps)) is None
+    assert run_evaluation(env.deps, claim_next(env.deps)) is None
     late = store_split(env.tmp, "late", review_rows(200, seed=3), validation_fraction=0.5)
     with env.sessions.begin() as session:
-        handlers.on_split_created(_received(late.split_created), session)
+        on_split_created(session, protos.split_location_from_event(late.split_created))
     env.clock.now += timedelta(seconds=5)
     [finished] = _run_all(env)
     assert finished.verdict is Verdict.PASSED
@@ -574,9 +574,7 @@ def test_an_unregistered_model_fails_without_scoring(env: EvaluatorHarness):
         base_model_sha256=BASE_SHA,
     )
     with env.sessions.begin() as session:
-        handlers.on_checkpoint_ready(
-            _received(event), session, defaults=env.deps.defaults, clock=env.clock
-        )
+        on_checkpoint_ready(session, env.deps, protos.ready_checkpoint_from_event(event))
     [failed] = _run_all(env)
     assert failed.failure_reason is FailureReason.DATA_UNAVAILABLE
     assert "not registered" in failed.failure_message
@@ -590,20 +588,20 @@ def test_two_replicas_claiming_at_once_take_different_evaluations(env: Evaluator
     _announce(env, "job-b", quality=0.8)
     with env.sessions.begin() as other_replica:
         held = EvaluatorRepository(other_replica).next_queued(env.clock())
-        claimed = handlers.claim_next(env.deps)
+        claimed = claim_next(env.deps)
         assert held is not None
         assert claimed is not None
         assert claimed.name != held.name
-        assert handlers.claim_next(env.deps) is None, "the held one is not taken twice"
+        assert claim_next(env.deps) is None, "the held one is not taken twice"
 
 
 def test_interrupted_evaluations_are_queued_again(env: EvaluatorHarness):
     _announce(env, "job-crash", quality=0.8)
-    claimed = handlers.claim_next(env.deps)
+    claimed = claim_next(env.deps)
     assert claimed.state is EvaluationState.RUNNING
     env.deps.claims.release(claimed.name)  # the stopped service's claims went with it
-    assert handlers.requeue_interrupted(env.deps) == 1
-    again = handlers.claim_next(env.deps)
+    assert requeue_interrupted(env.deps) == 1
+    again = claim_next(env.deps)
     assert again.name == claimed.name
 
 
@@ -616,16 +614,16 @@ def test_a_starting_replica_requeues_only_what_a_stopped_replica_left_running(
         pytest.skip("SQLite runs one replica: what is RUNNING at start is all its own")
     _announce(env, "job-live", quality=0.8)
     _announce(env, "job-gone", quality=0.8)
-    live = handlers.claim_next(env.deps)
-    gone = handlers.claim_next(env.deps)
+    live = claim_next(env.deps)
+    gone = claim_next(env.deps)
     assert live is not None
     assert gone is not None
     env.deps.claims.release(gone.name)  # what the server does when a replica's session dies
-    assert handlers.requeue_interrupted(env.deps) == 1
-    again = handlers.claim_next(env.deps)
+    assert requeue_interrupted(env.deps) == 1
+    again = claim_next(env.deps)
     assert again is not None
     assert again.name == gone.name
-    assert handlers.claim_next(env.deps) is None, "the live replica's evaluation is not taken"
+    assert claim_next(env.deps) is None, "the live replica's evaluation is not taken"
 
 
 # -- RPC handlers -----------------------------------------------------------------------------
@@ -637,21 +635,19 @@ def test_evaluate_checkpoint_is_idempotent_by_request_id_and_by_checkpoint(env: 
         existing = EvaluatorRepository(session).by_dedupe_key(
             "checkpoint-ready:" + event.checkpoint
         )
-        same, created = handlers.evaluate_checkpoint(
-            session, env.registry, checkpoint=event.checkpoint
-        )
+        same, created = evaluate_checkpoint(session, env.deps, checkpoint=event.checkpoint)
     assert not created
     assert same.name == existing.name
     with env.sessions.begin() as session:
-        forced, created = handlers.evaluate_checkpoint(
-            session, env.registry, checkpoint=event.checkpoint, force=True, request_id="r-1"
+        forced, created = evaluate_checkpoint(
+            session, env.deps, checkpoint=event.checkpoint, force=True, request_id="r-1"
         )
     assert created
     assert forced.name != existing.name
     assert forced.primary_set == EvaluationSet(env.split.dataset_version, env.split.split)
     with env.sessions.begin() as session:
-        repeated, created = handlers.evaluate_checkpoint(
-            session, env.registry, checkpoint=event.checkpoint, force=True, request_id="r-1"
+        repeated, created = evaluate_checkpoint(
+            session, env.deps, checkpoint=event.checkpoint, force=True, request_id="r-1"
         )
     assert not created
     assert repeated.name == forced.name
@@ -660,21 +656,17 @@ def test_evaluate_checkpoint_is_idempotent_by_request_id_and_by_checkpoint(env: 
 def test_evaluate_checkpoint_refuses_what_it_cannot_evaluate(env: EvaluatorHarness):
     event, _ = _announce(env, "job-refuse", quality=0.8)
     with env.sessions.begin() as session, pytest.raises(InvalidArgument) as invalid:
-        handlers.evaluate_checkpoint(session, env.registry, checkpoint="checkpoints/7")
+        evaluate_checkpoint(session, env.deps, checkpoint="checkpoints/7")
     assert invalid.value.violations[0].field == "checkpoint"
     with env.sessions.begin() as session, pytest.raises(NotFound):
-        handlers.evaluate_checkpoint(
-            session, env.registry, checkpoint="trainingJobs/none/checkpoints/step-1"
-        )
+        evaluate_checkpoint(session, env.deps, checkpoint="trainingJobs/none/checkpoints/step-1")
     with env.sessions.begin() as session, pytest.raises(NotFound) as no_model:
-        handlers.evaluate_checkpoint(
-            session, env.registry, checkpoint=event.checkpoint, model="models/other"
-        )
+        evaluate_checkpoint(session, env.deps, checkpoint=event.checkpoint, model="models/other")
     assert no_model.value.resource_name == "models/other"
     with env.sessions.begin() as session, pytest.raises(NotFound):
-        handlers.evaluate_checkpoint(
+        evaluate_checkpoint(
             session,
-            env.registry,
+            env.deps,
             checkpoint=event.checkpoint,
             baseline_checkpoint=f"{MODEL}/checkpoints/ghost",
             force=True,
@@ -683,10 +675,10 @@ def test_evaluate_checkpoint_refuses_what_it_cannot_evaluate(env: EvaluatorHarne
         **{**env.model.__dict__, "task_type": TaskType.CAUSAL_LM}
     )
     with env.sessions.begin() as session, pytest.raises(FailedPrecondition):
-        handlers.evaluate_checkpoint(session, env.registry, checkpoint=event.checkpoint, force=True)
+        evaluate_checkpoint(session, env.deps, checkpoint=event.checkpoint, force=True)
     env.registry.down = True
     with env.sessions.begin() as session, pytest.raises(Unavailable):
-        handlers.evaluate_checkpoint(session, env.registry, checkpoint=event.checkpoint, force=True)
+        evaluate_checkpoint(session, env.deps, checkpoint=event.checkpoint, force=True)
 
 
 def test_an_explicit_baseline_checkpoint_is_used(env: EvaluatorHarness):
@@ -709,12 +701,11 @@ def test_an_explicit_baseline_checkpoint_is_used(env: EvaluatorHarness):
                 == worse.checkpoint
             )
         )
-        handlers.evaluate_checkpoint(
+        evaluate_checkpoint(
             session,
-            env.registry,
+            env.deps,
             checkpoint=worse.checkpoint,
             baseline_checkpoint=name,
-            clock=env.clock,
         )
     [evaluation] = _run_all(env)
     assert evaluation.baseline.kind.value == "EXPLICIT_CHECKPOINT"
@@ -729,25 +720,21 @@ def test_list_evaluations_pages_newest_first_and_filters(env: EvaluatorHarness):
         _, queued = _announce(env, f"job-l{i}", quality=0.8)
         names.append(queued.name)
     with env.sessions() as session:
-        first, token = handlers.list_evaluations(session, page_size=2)
-        second, token2 = handlers.list_evaluations(session, page_size=2, page_token=token)
-        third, token3 = handlers.list_evaluations(session, page_size=2, page_token=token2)
+        first, token = list_evaluations(session, page_size=2)
+        second, token2 = list_evaluations(session, page_size=2, page_token=token)
+        third, token3 = list_evaluations(session, page_size=2, page_token=token2)
         assert [e.name for e in first + second + third] == names[::-1]
         assert token3 == ""
         with pytest.raises(InvalidArgument):
-            handlers.list_evaluations(session, page_size=2, page_token=token, model=MODEL)
-        only, _ = handlers.list_evaluations(
-            session, checkpoint="trainingJobs/job-l3/checkpoints/step-10"
-        )
+            list_evaluations(session, page_size=2, page_token=token, model=MODEL)
+        only, _ = list_evaluations(session, checkpoint="trainingJobs/job-l3/checkpoints/step-10")
         assert [e.name for e in only] == [names[3]]
-        assert handlers.list_evaluations(session, verdict=Verdict.PASSED)[0] == []
+        assert list_evaluations(session, verdict=Verdict.PASSED)[0] == []
 
 
 def test_policies_resolve_defaults_and_refuse_bad_values(env: EvaluatorHarness):
     with env.sessions() as session:
-        default = handlers.get_evaluation_policy(
-            session, "models/fresh/evaluationPolicy", env.deps.defaults
-        )
+        default = get_evaluation_policy(session, env.deps, "models/fresh/evaluationPolicy")
     assert default.checkpoint_selection is CheckpointSelection.ALL  # this env's service default
     assert (default.max_generation_examples, default.max_new_tokens, default.batch_size) == (
         200,
@@ -756,8 +743,9 @@ def test_policies_resolve_defaults_and_refuse_bad_values(env: EvaluatorHarness):
     )
     assert default.update_time is None
     with env.sessions.begin() as session, pytest.raises(InvalidArgument) as bad:
-        handlers.set_evaluation_policy(
+        set_evaluation_policy(
             session,
+            env.deps,
             name="models/fresh/evaluationPolicy",
             checkpoint_selection=None,
             max_generation_examples=-1,
@@ -769,8 +757,9 @@ def test_policies_resolve_defaults_and_refuse_bad_values(env: EvaluatorHarness):
         "evaluation_policy.batch_size",
     }
     with env.sessions.begin() as session, pytest.raises(InvalidArgument):
-        handlers.set_evaluation_policy(
+        set_evaluation_policy(
             session,
+            env.deps,
             name="models/fresh",
             checkpoint_selection=None,
             max_generation_examples=0,
@@ -778,20 +767,18 @@ def test_policies_resolve_defaults_and_refuse_bad_values(env: EvaluatorHarness):
             batch_size=0,
         )
     with env.sessions.begin() as session:
-        stored = handlers.set_evaluation_policy(
+        stored = set_evaluation_policy(
             session,
+            env.deps,
             name="models/fresh/evaluationPolicy",
             checkpoint_selection=None,
             max_generation_examples=10,
             max_new_tokens=0,
             batch_size=8,
-            clock=env.clock,
         )
     assert stored.checkpoint_selection is CheckpointSelection.ALL
     with env.sessions() as session:
-        read = handlers.get_evaluation_policy(
-            session, "models/fresh/evaluationPolicy", env.deps.defaults
-        )
+        read = get_evaluation_policy(session, env.deps, "models/fresh/evaluationPolicy")
     assert read == stored
 
 
@@ -800,15 +787,15 @@ def test_a_policy_set_retried_with_its_request_id_changes_nothing_twice(env: Eva
 
     def set_policy(name: str, examples: int, request_id: str):
         with env.sessions.begin() as session:
-            return handlers.set_evaluation_policy(
+            return set_evaluation_policy(
                 session,
+                env.deps,
                 name=name,
                 checkpoint_selection=None,
                 max_generation_examples=examples,
                 max_new_tokens=0,
                 batch_size=8,
                 request_id=request_id,
-                clock=env.clock,
             )
 
     name = "models/fresh/evaluationPolicy"
@@ -825,9 +812,7 @@ def test_a_policy_set_retried_with_its_request_id_changes_nothing_twice(env: Eva
     assert (violation.field, violation.reason) == ("request_id", "REQUEST_ID_REUSED")
     assert name in violation.description
     with env.sessions() as session:
-        untouched = handlers.get_evaluation_policy(
-            session, "models/other/evaluationPolicy", env.deps.defaults
-        )
+        untouched = get_evaluation_policy(session, env.deps, "models/other/evaluationPolicy")
     assert untouched.update_time is None, "the refused request changed nothing"
     with pytest.raises(InvalidArgument) as too_long:
         set_policy(name, 10, "x" * 129)
@@ -889,7 +874,7 @@ def test_a_contaminated_evaluation_set_withholds_a_pass_and_says_why_in_its_even
     assert completed.data_checks.verdict_effect == evaluation.data_checks.verdict_effect
     assert completed.data_checks.shift.effect_size == pytest.approx(0.02)
     with env.sessions() as session:
-        stored = handlers.get_evaluation(session, evaluation.name)
+        stored = get_evaluation(session, evaluation.name)
     assert stored.data_checks == evaluation.data_checks
 
 

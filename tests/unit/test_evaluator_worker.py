@@ -29,7 +29,8 @@ from services.evaluator.adapters.scoring import (
 )
 from services.evaluator.adapters.worker import EvaluationWorker, WorkerStopped
 from services.evaluator.domain.evaluation import BaseModelRef, FailureReason, ScoringSettings
-from services.evaluator.domain.outcomes import ClassificationOutcomes, TaskType
+from services.evaluator.domain.outcomes import ClassificationOutcomes
+from shared.task_types import TaskType
 from tests.fixtures.evaluation_inputs import review_rows, store_split
 from tests.fixtures.trainer_data import build_tiny_bert
 

@@ -129,3 +129,86 @@ def test_a_service_never_imports_another_service(service: str) -> None:
 def test_shared_never_imports_a_service() -> None:
     wrong = [str(found) for found in _all_imports("shared") if found.target.startswith("services")]
     assert wrong == []
+
+
+#: Benchmarks that still borrow from the test tree (data loaders, PEFT adapters, the PKI, event
+#: builders, fault drills). A benchmark is a script of its own; what it shares with the tests
+#: belongs outside ``tests/`` (as the waiting helper, ``tuneline.devtools.waiting``, does). The
+#: set only shrinks: a new benchmark, or one taken off it, must not import ``tests``.
+BENCHES_STILL_IMPORTING_TESTS = {
+    "bench.authz_overhead",
+    "bench.eval_throughput",
+    "bench.faults",
+    "bench.ingest",
+    "bench.label_audit",
+    "bench.parity",
+    "bench.rollback_latency",
+    "bench.serving_throughput",
+}
+
+
+def test_no_other_benchmark_imports_the_tests() -> None:
+    wrong = [
+        str(found)
+        for found in _all_imports("bench")
+        if found.target.split(".")[0] == "tests"
+        and found.module not in BENCHES_STILL_IMPORTING_TESTS
+    ]
+    assert wrong == []
+
+
+#: What a service's folder holds besides its four layers (each a module or a package).
+SERVICE_ROOT_MODULES = {"__init__.py", "bootstrap.py", "settings.py"}
+LAYERS = {"domain", "handlers", "adapters", "entrypoints"}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_module_of_a_service_lives_in_a_layer(service: str) -> None:
+    folder = ROOT / "services" / service
+    wrong = [
+        f"services/{service}/{entry.name}"
+        for entry in sorted(folder.iterdir())
+        if entry.name not in SERVICE_ROOT_MODULES
+        and entry.name != "__pycache__"
+        and entry.name.removesuffix(".py") not in LAYERS
+    ]
+    assert wrong == []
+
+
+#: Services whose handlers are a package (the splitter's few fit one module).
+HANDLER_PACKAGES = [s for s in SERVICES if (ROOT / "services" / s / "handlers").is_dir()]
+
+
+@pytest.mark.parametrize("service", HANDLER_PACKAGES)
+def test_a_handlers_package_re_exports_nothing(service: str) -> None:
+    """Entrypoints, bootstrap and tests import each handler from the module that defines it,
+    so one name has one import path."""
+    init = ROOT / "services" / service / "handlers" / "__init__.py"
+    wrong = [str(found) for found in _imports(init)]
+    assert wrong == []
+
+
+def _generated(target: str) -> bool:
+    return target.endswith(("_pb2", "_pb2_grpc")) or "_pb2." in target or "_pb2_grpc." in target
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_handlers_import_no_generated_code(service: str) -> None:
+    """Handlers work on domain values; the entrypoints and ``adapters/protos.py`` convert."""
+    wrong = [
+        str(found)
+        for found in _all_imports(f"services/{service}")
+        if _layer(found.module) == "handlers" and _generated(found.target)
+    ]
+    assert wrong == []
+
+
+def test_the_registry_handlers_take_commands_not_requests() -> None:
+    """The registry's servicer turns each request into a domain command and wraps the result in
+    the response, so no handler sees the RPC layer's messages (``service_pb2``)."""
+    wrong = [
+        str(found)
+        for found in _all_imports("services/registry")
+        if _layer(found.module) == "handlers" and "service_pb2" in found.target
+    ]
+    assert wrong == []

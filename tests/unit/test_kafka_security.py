@@ -130,7 +130,7 @@ def test_the_consumer_table_is_what_each_service_subscribes_to() -> None:
         "dataset": [],  # its wiring subscribes to nothing
         "splitter": splitter_subscriptions(deps),
         "trainer": trainer_subscriptions(deps, deps),
-        "evaluator": evaluator_subscriptions(deps, deps),
+        "evaluator": evaluator_subscriptions(deps),
         "registry": registry_subscriptions(deps),
         "serving": serving_subscriptions(deps, deps),
     }

@@ -24,7 +24,7 @@ from shared.db import create_database_engine, create_schema, create_session_fact
 from shared.events import MAX_EVENT_BYTES, EventTooLarge, OutboxEvent, OutboxRelay, stage_event
 from shared.events.envelope import Envelope, current_traceparent
 from shared.events.metrics import EventMetrics
-from tests.fixtures.waiting import eventually
+from tuneline.devtools.waiting import eventually
 
 SOURCE = "tuneline/test"
 

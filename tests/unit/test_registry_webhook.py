@@ -25,10 +25,10 @@ from services.registry.entrypoints.alert_webhook import (
     WebhookLimits,
     json_nesting_depth,
 )
-from services.registry.handlers import RegistryDeps
+from services.registry.handlers.deps import RegistryDeps
 from shared.db import create_database_engine, create_schema, create_session_factory
-from tests.fixtures.waiting import eventually
 from tuneline.client.alerts import alertmanager_notification
+from tuneline.devtools.waiting import eventually
 
 TOKEN = "webhook-test-token"
 #: A safety net so a broken server fails the test instead of hanging it.
@@ -36,7 +36,7 @@ CLIENT_TIMEOUT = 20.0
 
 
 def _start(
-    tmp_path: Path, limits: WebhookLimits, deps: RegistryDeps | None = None
+    tmp_path: Path, limits: WebhookLimits, metrics: RegistryMetrics | None = None
 ) -> AlertWebhookServer:
     engine = create_database_engine(f"sqlite:///{tmp_path / 'registry.db'}")
     create_schema(engine, [RegistryBase.metadata])
@@ -45,8 +45,7 @@ def _start(
         port=0,
         path="/v1/alerts",
         token=TOKEN,
-        sessions=create_session_factory(engine),
-        deps=deps or RegistryDeps(),
+        deps=RegistryDeps(sessions=create_session_factory(engine), metrics=metrics),
         limits=limits,
     )
     webhook.start()
@@ -110,7 +109,7 @@ def test_a_well_formed_alert_is_answered_and_the_connection_closed(webhook):
 
 def test_an_alert_not_labelled_for_rollback_is_acknowledged_ignored_and_counted(tmp_path):
     prometheus = CollectorRegistry()
-    webhook = _start(tmp_path, WebhookLimits(), RegistryDeps(metrics=RegistryMetrics(prometheus)))
+    webhook = _start(tmp_path, WebhookLimits(), RegistryMetrics(prometheus))
     try:
         payload = alertmanager_notification(
             "sentiment", fingerprint="f1", starts_at=datetime.now(UTC), action=""

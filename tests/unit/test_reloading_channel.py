@@ -13,7 +13,7 @@ import grpc
 from shared.grpc.reloading_channel import ReloadingChannel
 from shared.security.tls import ReloadingChannelCredentials
 from tests.fixtures.pki import LocalCA
-from tests.fixtures.waiting import eventually
+from tuneline.devtools.waiting import eventually
 
 
 class NumberedChannel:

@@ -9,7 +9,7 @@ import sys
 
 from shared.db import create_database_engine
 from shared.running_claims import RunningClaims
-from tests.fixtures.waiting import eventually
+from tuneline.devtools.waiting import eventually
 
 HOLDER = """
 import sys

@@ -22,8 +22,8 @@ from services.serving.domain import (
 from services.serving.domain.predictions import PredictionNotFound
 from services.serving.domain.releases import ModelNotServed, NoModelLoaded, RefusalReason
 from shared.errors import InvalidArgument
-from shared.modeling.encoding import TaskKind
 from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
+from shared.task_types import TaskType
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MODEL = "models/sentiment"
@@ -36,7 +36,7 @@ def release(revision: int, checkpoint: str = "a", sha256: str = "") -> Release:
         revision=revision,
         artifact_uri=f"file:///artifacts/{checkpoint}",
         sha256=sha256 or f"sha-{checkpoint}",
-        task=TaskKind.CLASSIFICATION,
+        task=TaskType.CLASSIFICATION,
     )
 
 
@@ -57,7 +57,7 @@ def test_a_release_loads_once_and_older_or_equal_revisions_are_stale() -> None:
 
 def test_only_followed_models_unless_following_all() -> None:
     assert ServingTable([MODEL]).decide(
-        Release("models/other", "models/other/checkpoints/x", 1, "u", "s", TaskKind.CAUSAL_LM)
+        Release("models/other", "models/other/checkpoints/x", 1, "u", "s", TaskType.CAUSAL_LM)
     ) is (FollowDecision.NOT_FOLLOWED)
     everything = ServingTable()
     assert everything.decide(release(1)) is FollowDecision.LOAD
@@ -107,7 +107,7 @@ def prediction(number: int, label: str = "pos") -> Prediction:
         model=MODEL,
         checkpoint=f"{MODEL}/checkpoints/a",
         revision=1,
-        task=TaskKind.CLASSIFICATION,
+        task=TaskType.CLASSIFICATION,
         label=label,
         labels=("neg", "pos"),
     )

@@ -10,9 +10,9 @@ import pytest
 from services.serving.adapters.engine import TorchModelLoader
 from services.serving.domain import Release, ReleaseRefused
 from services.serving.domain.releases import RefusalReason
-from shared.modeling import TaskKind
 from shared.modeling.loading import load_tokenizer
 from shared.modeling.tokenizer_fingerprint import fingerprint_tokenizer
+from shared.task_types import TaskType
 from tests.fixtures.adapters import save_causal_lm_adapter, train_classification_adapter
 from tests.fixtures.trainer_data import build_tiny_bert, build_tiny_llama
 
@@ -25,7 +25,7 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _release(folder: Path, task: TaskKind) -> Release:
+def _release(folder: Path, task: TaskType) -> Release:
     return Release("models/m", "models/m/checkpoints/c", 1, folder.as_uri(), "", task)
 
 
@@ -43,9 +43,9 @@ def test_a_classifier_scores_every_label_and_fingerprints_its_tokenizer(
         max_length=32,
     )
     loader = TorchModelLoader(models_root=models_root, device="cpu")
-    model = loader.load(adapter, _release(adapter, TaskKind.CLASSIFICATION))
+    model = loader.load(adapter, _release(adapter, TaskType.CLASSIFICATION))
     assert (model.task, list(model.labels), model.device) == (
-        TaskKind.CLASSIFICATION,
+        TaskType.CLASSIFICATION,
         ["neg", "pos"],
         "cpu",
     )
@@ -68,7 +68,7 @@ def test_a_causal_lm_generates_greedily_within_its_budget(
         models_root=models_root, base_model_name="tiny-llama", out=tmp_path / "lm", perturb=0.1
     )
     loader = TorchModelLoader(models_root=models_root, device="cpu")
-    model = loader.load(adapter, _release(adapter, TaskKind.CAUSAL_LM))
+    model = loader.load(adapter, _release(adapter, TaskType.CAUSAL_LM))
     first = model.generate("Hello, how are you?", 6)
     assert 1 <= first.token_count <= 6
     assert isinstance(first.text, str)
@@ -79,5 +79,5 @@ def test_a_folder_that_is_no_checkpoint_is_refused(models_root: Path, tmp_path: 
     (tmp_path / "empty").mkdir()
     loader = TorchModelLoader(models_root=models_root, device="cpu")
     with pytest.raises(ReleaseRefused) as refused:
-        loader.load(tmp_path / "empty", _release(tmp_path / "empty", TaskKind.CLASSIFICATION))
+        loader.load(tmp_path / "empty", _release(tmp_path / "empty", TaskType.CLASSIFICATION))
     assert refused.value.reason is RefusalReason.LOAD_FAILED

@@ -33,9 +33,9 @@ from services.serving.entrypoints.loader import ReleaseLoader
 from services.serving.handlers import feedback, inference, releases
 from services.serving.handlers.deps import ServingDeps
 from shared.errors import InvalidArgument
-from shared.modeling.encoding import TaskKind
 from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
-from tests.fixtures.waiting import eventually
+from shared.task_types import TaskType
+from tuneline.devtools.waiting import eventually
 
 MODEL = "models/sentiment"
 FINGERPRINT = TokenizerFingerprintRecord("base", "tok", "", (2,), 64)
@@ -44,7 +44,7 @@ FINGERPRINT = TokenizerFingerprintRecord("base", "tok", "", (2,), 64)
 @dataclass
 class FakeModel:
     name: str
-    task: TaskKind = TaskKind.CLASSIFICATION
+    task: TaskType = TaskType.CLASSIFICATION
     labels: Sequence[str] = ("neg", "pos")
     device: str = "cpu"
     tokenizer: TokenizerFingerprintRecord = FINGERPRINT
@@ -87,7 +87,10 @@ class FakeRegistry:
 
 
 @dataclass
-class Rig:
+class ServingHarness:
+    """The serving handlers on one :class:`ServingDeps`, as bootstrap wires it, with fakes at
+    the edges (artifact fetcher, model loader, registry sink)."""
+
     deps: ServingDeps
     artifacts: FakeArtifacts
     registry: FakeRegistry
@@ -99,7 +102,7 @@ class Rig:
 
 
 @pytest.fixture
-def rig() -> Rig:
+def rig() -> ServingHarness:
     ids = count()
     metrics = CollectorRegistry()
     artifacts = FakeArtifacts({"file:///a": "sha-a", "file:///b": "sha-b"})
@@ -118,7 +121,7 @@ def rig() -> Rig:
         report_every_feedbacks=3,
         report_due=lambda: wakes.append(1),
     )
-    return Rig(deps, artifacts, registry, metrics, wakes)
+    return ServingHarness(deps, artifacts, registry, metrics, wakes)
 
 
 def release(revision: int, name: str, **overrides: object) -> Release:
@@ -128,13 +131,13 @@ def release(revision: int, name: str, **overrides: object) -> Release:
         "revision": revision,
         "artifact_uri": f"file:///{name}",
         "sha256": f"sha-{name}",
-        "task": TaskKind.CLASSIFICATION,
+        "task": TaskType.CLASSIFICATION,
         "tokenizer_fingerprint": FINGERPRINT,
     }
     return Release(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
-def test_promote_swap_and_roll_back_without_reloading(rig: Rig) -> None:
+def test_promote_swap_and_roll_back_without_reloading(rig: ServingHarness) -> None:
     assert releases.apply_release(rig.deps, release(1, "a")) is not None
     assert inference.predict(rig.deps, MODEL, "great")[0].label == "pos"
     assert releases.apply_release(rig.deps, release(1, "a")) is None  # duplicate: ignored
@@ -159,11 +162,11 @@ def test_promote_swap_and_roll_back_without_reloading(rig: Rig) -> None:
             {"tokenizer_fingerprint": TokenizerFingerprintRecord("base", "other", "", (2,), 64)},
             "fingerprint_mismatch",
         ),
-        ({"task": TaskKind.CAUSAL_LM}, "task_mismatch"),
+        ({"task": TaskType.CAUSAL_LM}, "task_mismatch"),
     ],
 )
 def test_a_refused_release_keeps_the_old_model_serving(
-    rig: Rig, bad: dict[str, object], reason: str
+    rig: ServingHarness, bad: dict[str, object], reason: str
 ) -> None:
     releases.apply_release(rig.deps, release(1, "a"))
     assert releases.apply_release(rig.deps, release(2, "b", **bad)) is None
@@ -174,7 +177,7 @@ def test_a_refused_release_keeps_the_old_model_serving(
     assert rig.value("tuneline_serving_refused_loads_total", model=MODEL, reason=reason) == 1
 
 
-def test_predict_answers_precise_errors(rig: Rig) -> None:
+def test_predict_answers_precise_errors(rig: ServingHarness) -> None:
     with pytest.raises(NoModelLoaded):
         inference.predict(rig.deps, MODEL, "text")
     with pytest.raises(ModelNotServed):
@@ -192,7 +195,7 @@ def test_predict_answers_precise_errors(rig: Rig) -> None:
 
 
 def test_feedback_counts_for_the_checkpoint_that_answered_and_reports_in_batches(
-    rig: Rig,
+    rig: ServingHarness,
 ) -> None:
     releases.apply_release(rig.deps, release(1, "a"))
     on_a = [inference.predict(rig.deps, MODEL, "x")[0] for _ in range(2)]
@@ -214,7 +217,7 @@ def test_feedback_counts_for_the_checkpoint_that_answered_and_reports_in_batches
     assert rig.value("tuneline_serving_feedback_total", model=MODEL, outcome="duplicate") == 1
 
 
-def test_an_unreached_registry_gets_the_same_report_again(rig: Rig) -> None:
+def test_an_unreached_registry_gets_the_same_report_again(rig: ServingHarness) -> None:
     releases.apply_release(rig.deps, release(1, "a"))
     prediction = inference.predict(rig.deps, MODEL, "x")[0]
     feedback.submit_feedback(rig.deps, prediction.prediction_id, score=0.9)
@@ -225,7 +228,7 @@ def test_an_unreached_registry_gets_the_same_report_again(rig: Rig) -> None:
     assert first == second  # same request id: the registry counts it once
 
 
-def test_the_loader_loads_only_the_newest_of_a_burst_of_announcements(rig: Rig) -> None:
+def test_the_loader_loads_only_the_newest_of_a_burst_of_announcements(rig: ServingHarness) -> None:
     loader = ReleaseLoader(rig.deps)
     decisions = [loader.offer(release(n, "a" if n % 2 else "b")) for n in (1, 2, 3)]
     assert decisions == [FollowDecision.LOAD] * 3

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from services.registry.bootstrap import live_quality_rule
-from services.registry.domain import LiveQualityRule
+from services.registry.domain.live_quality import LiveQualityRule
 from services.registry.settings import RegistrySettings
 from shared.settings import CommonSettings, ServiceSettings
 

@@ -25,11 +25,11 @@ from services.splitter.domain import (
     SplitRow,
     SplitSpec,
     SplitStrategy,
-    TaskType,
 )
 from shared.artifacts import LocalArtifactStore
 from shared.errors import InvalidArgument
 from shared.input_text import normalize_input_text
+from shared.task_types import TaskType
 from tests.fixtures.dataset_side import canonical_line, write_dataset_version
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2

@@ -33,7 +33,6 @@ from services.splitter.domain import (
     SplitRows,
     SplitSpec,
     SplitStrategy,
-    TaskType,
     UnsplittableVersion,
     assign_rows,
     explicit_group,
@@ -48,6 +47,7 @@ from services.splitter.domain import manifest as manifest_module
 from services.splitter.domain.assignment import GroupIndex, row_targets
 from shared.errors import InvalidArgument
 from shared.input_text import normalize_input_text
+from shared.task_types import TaskType
 
 VERSION = DatasetVersionRef(
     name="datasets/reviews/versions/v1",
@@ -551,6 +551,7 @@ _MANIFEST_IN_A_SUBPROCESS = """
 import hashlib, sys
 from services.splitter.domain import *
 from shared.input_text import normalize_input_text
+from shared.task_types import TaskType
 rows = [SplitRow(f"r{i}", normalize_input_text(f"Text {i % 97}"), "abc"[i % 3]) for i in range(600)]
 version = DatasetVersionRef("datasets/d/versions/v", "datasets/d", "0" * 64, "file:///x",
                             TaskType.CLASSIFICATION, 600, 1)

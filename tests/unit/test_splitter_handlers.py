@@ -1,6 +1,6 @@
 """The splitter's handlers over a real SQLite database and a local artifact store.
 
-No broker and no gRPC: these check what each command and event does to the splitter's state —
+No broker and no gRPC server: these check what each command and event does to the splitter's state —
 the split row, the manifest artifact and the staged SplitCreated — and what it leaves untouched
 when it refuses.
 """
@@ -11,18 +11,19 @@ import functools
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from services.splitter import handlers
 from services.splitter.adapters.artifacts import UnreadableDatasetContent
-from services.splitter.adapters.protos import version_from_event
+from services.splitter.adapters.metrics import SplitterMetrics
+from services.splitter.adapters.protos import spec_to_proto, split_to_proto, version_from_event
 from services.splitter.adapters.repository import SplitterRepository
 from services.splitter.adapters.tables import SplitRecord, SplitterBase
 from services.splitter.domain import (
@@ -30,13 +31,24 @@ from services.splitter.domain import (
     DatasetVersionRef,
     MalformedDatasetRow,
     Part,
+    Split,
     SplitPolicy,
     SplitRatios,
     SplitSpec,
     SplitStrategy,
     UnsplittableVersion,
 )
-from services.splitter.metrics import SplitterMetrics
+from services.splitter.entrypoints.grpc_api import SplitterServicer
+from services.splitter.handlers import (
+    SplitterDeps,
+    VersionLookup,
+    create_split,
+    get_split,
+    get_split_policy,
+    list_splits,
+    on_dataset_versioned,
+    set_split_policy,
+)
 from shared.artifacts import LocalArtifactStore
 from shared.db import create_database_engine, create_schema, create_session_factory
 from shared.errors import InvalidArgument, NotFound, Unavailable
@@ -44,40 +56,68 @@ from shared.events import Envelope, OutboxEvent
 from tests.fixtures.dataset_side import write_dataset_version
 from tests.fixtures.datasets import rotten_tomatoes_rows
 from tuneline.common.v1 import resources_pb2 as common_pb2
-from tuneline.splitter.v1 import events_pb2, resources_pb2
+from tuneline.splitter.v1 import events_pb2, resources_pb2, service_pb2
 
 SOURCE = "tuneline/splitter"
+T = TypeVar("T")
 
 
 @dataclass
-class Splitter:
-    """The splitter's state and dependencies, as bootstrap wires them, minus the network."""
+class SplitterHarness:
+    """The splitter's handlers on one :class:`SplitterDeps`, as bootstrap wires it, minus the
+    network; each call runs in a transaction of its own, as the servicer and the consumer run
+    them."""
 
     data_dir: Path
-    sessions: sessionmaker[Session]
+    deps: SplitterDeps
+    #: ``deps.artifacts``, the local store the tests read manifests from.
     artifacts: LocalArtifactStore
-    metrics: SplitterMetrics
     registry: CollectorRegistry
 
-    def consume(self, version: DatasetVersionRef):
-        with self.sessions.begin() as session:
-            return handlers.on_dataset_versioned(
-                session, version, artifacts=self.artifacts, metrics=self.metrics, source=SOURCE
-            )
+    def _in_transaction(self, work: Callable[[Session], T]) -> T:
+        with self.deps.sessions.begin() as session:
+            return work(session)
 
-    def create(self, version: DatasetVersionRef | str, spec: SplitSpec | None = None):
+    def consume(self, version: DatasetVersionRef) -> Split | None:
+        return self._in_transaction(lambda s: on_dataset_versioned(s, self.deps, version))
+
+    def create(
+        self,
+        version: DatasetVersionRef | str,
+        spec: SplitSpec | None = None,
+        *,
+        versions: VersionLookup | None = None,
+    ) -> tuple[Split, bool]:
         name = version if isinstance(version, str) else version.name
-        return handlers.create_split(
-            self.sessions,
-            DatasetVersionName.parse(name, field="parent"),
-            spec,
-            artifacts=self.artifacts,
-            metrics=self.metrics,
-            source=SOURCE,
+        deps = self.deps if versions is None else replace(self.deps, versions=versions)
+        return self._in_transaction(
+            lambda s: create_split(s, deps, DatasetVersionName.parse(name, field="parent"), spec)
         )
 
+    def get(self, name: str) -> Split:
+        return self._in_transaction(lambda s: get_split(s, name))
+
+    def list(
+        self, *, dataset_id: str, version_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Split], str]:
+        return self._in_transaction(
+            lambda s: list_splits(
+                s,
+                dataset_id=dataset_id,
+                version_id=version_id,
+                page_size=page_size,
+                page_token=page_token,
+            )
+        )
+
+    def set_policy(self, policy: SplitPolicy, *, request_id: str = "") -> SplitPolicy:
+        return self._in_transaction(lambda s: set_split_policy(s, policy, request_id=request_id))
+
+    def policy(self, dataset_id: str) -> SplitPolicy:
+        return self._in_transaction(lambda s: get_split_policy(s, dataset_id))
+
     def staged_events(self) -> list[events_pb2.SplitCreated]:
-        with self.sessions() as session:
+        with self.deps.sessions() as session:
             rows = session.scalars(select(OutboxEvent).order_by(OutboxEvent.seq)).all()
         return [
             Envelope.decode(row.envelope(), events_pb2.SplitCreated)
@@ -86,7 +126,7 @@ class Splitter:
         ]
 
     def split_count(self) -> int:
-        with self.sessions() as session:
+        with self.deps.sessions() as session:
             return session.scalar(select(func.count()).select_from(SplitRecord)) or 0
 
     def manifests(self) -> list[Path]:
@@ -97,23 +137,26 @@ class Splitter:
 
 
 @pytest.fixture
-def splitter(tmp_path: Path, database_url: str) -> Iterator[Splitter]:
+def splitter(tmp_path: Path, database_url: str) -> Iterator[SplitterHarness]:
     engine = create_database_engine(database_url)
     create_schema(engine, [SplitterBase.metadata])
     registry = CollectorRegistry()
-    yield Splitter(
+    artifacts = LocalArtifactStore(tmp_path / "splitter" / "artifacts", readable_roots=[tmp_path])
+    yield SplitterHarness(
         data_dir=tmp_path,
-        sessions=create_session_factory(engine),
-        artifacts=LocalArtifactStore(
-            tmp_path / "splitter" / "artifacts", readable_roots=[tmp_path]
+        deps=SplitterDeps(
+            sessions=create_session_factory(engine),
+            artifacts=artifacts,
+            metrics=SplitterMetrics(registry),
+            source=SOURCE,
         ),
-        metrics=SplitterMetrics(registry),
+        artifacts=artifacts,
         registry=registry,
     )
     engine.dispose()
 
 
-def _version(splitter: Splitter, dataset: str, rows, **kwargs) -> DatasetVersionRef:
+def _version(splitter: SplitterHarness, dataset: str, rows, **kwargs) -> DatasetVersionRef:
     return version_from_event(write_dataset_version(splitter.data_dir, dataset, rows, **kwargs))
 
 
@@ -128,7 +171,7 @@ def _reviews(count: int = 600) -> list[dict[str, str]]:
     return [dict(row) for row in corpus[:: len(corpus) // count][:count]]
 
 
-def test_a_new_version_is_split_by_its_policy_with_one_event(splitter: Splitter) -> None:
+def test_a_new_version_is_split_by_its_policy_with_one_event(splitter: SplitterHarness) -> None:
     version = _version(splitter, "reviews", _reviews())
     split = splitter.consume(version)
 
@@ -180,7 +223,7 @@ def test_a_new_version_is_split_by_its_policy_with_one_event(splitter: Splitter)
     assert splitter.metric("tuneline_split_duration_seconds_count", strategy="HASH") == 1
 
 
-def test_the_same_version_announced_twice_makes_one_split(splitter: Splitter) -> None:
+def test_the_same_version_announced_twice_makes_one_split(splitter: SplitterHarness) -> None:
     version = _version(splitter, "reviews", _reviews(200))
     first = splitter.consume(version)
     assert first is not None
@@ -191,7 +234,7 @@ def test_the_same_version_announced_twice_makes_one_split(splitter: Splitter) ->
     assert splitter.metric("tuneline_split_versions_not_split_total", reason="already_seen") == 1
 
 
-def test_create_split_is_idempotent_per_version_and_spec(splitter: Splitter) -> None:
+def test_create_split_is_idempotent_per_version_and_spec(splitter: SplitterHarness) -> None:
     version = _version(splitter, "reviews", _reviews(300))
     from_event = splitter.consume(version)
     assert from_event is not None
@@ -216,7 +259,7 @@ def test_create_split_is_idempotent_per_version_and_spec(splitter: Splitter) -> 
     )
 
 
-def test_stratified_split_keeps_label_ratios_on_real_reviews(splitter: Splitter) -> None:
+def test_stratified_split_keeps_label_ratios_on_real_reviews(splitter: SplitterHarness) -> None:
     # without groups each distinct review text is its own group: ratios hold per label
     rows = [{"text": r["text"], "label": r["label"]} for r in _reviews(1000)]
     version = _version(splitter, "reviews", rows)
@@ -228,10 +271,10 @@ def test_stratified_split_keeps_label_ratios_on_real_reviews(splitter: Splitter)
         assert abs(validation.labels[label] - total * 0.2) <= 2, (label, validation.labels)
 
 
-def test_auto_split_disabled_records_the_version_for_create_split(splitter: Splitter) -> None:
-    handlers.set_split_policy(
-        splitter.sessions, SplitPolicy(dataset_id="reviews", auto_split_disabled=True)
-    )
+def test_auto_split_disabled_records_the_version_for_create_split(
+    splitter: SplitterHarness,
+) -> None:
+    splitter.set_policy(SplitPolicy(dataset_id="reviews", auto_split_disabled=True))
     version = _version(splitter, "reviews", _reviews(100))
     assert splitter.consume(version) is None
     assert splitter.split_count() == 0
@@ -244,9 +287,9 @@ def test_auto_split_disabled_records_the_version_for_create_split(splitter: Spli
     )
 
 
-def test_the_policy_drives_automatic_splits(splitter: Splitter) -> None:
+def test_the_policy_drives_automatic_splits(splitter: SplitterHarness) -> None:
     spec = SplitSpec(strategy=SplitStrategy.STRATIFIED, ratios=SplitRatios(0.6, 0.2, 0.2), seed=9)
-    handlers.set_split_policy(splitter.sessions, SplitPolicy(dataset_id="reviews", spec=spec))
+    splitter.set_policy(SplitPolicy(dataset_id="reviews", spec=spec))
     split = splitter.consume(_version(splitter, "reviews", _reviews(200)))
     assert split is not None
     assert split.spec == spec
@@ -257,7 +300,7 @@ def test_the_policy_drives_automatic_splits(splitter: Splitter) -> None:
     assert other.spec == SplitSpec()
 
 
-def test_a_version_too_small_to_split_is_recorded_not_split(splitter: Splitter) -> None:
+def test_a_version_too_small_to_split_is_recorded_not_split(splitter: SplitterHarness) -> None:
     version = _version(splitter, "tiny", [{"text": "only one", "label": "fresh"}])
     assert splitter.consume(version) is None
     assert splitter.metric("tuneline_split_versions_not_split_total", reason="unsplittable") == 1
@@ -270,7 +313,7 @@ def test_a_version_too_small_to_split_is_recorded_not_split(splitter: Splitter) 
     assert splitter.artifacts.temp_entries() == []
 
 
-def test_content_that_does_not_match_its_event_is_refused(splitter: Splitter) -> None:
+def test_content_that_does_not_match_its_event_is_refused(splitter: SplitterHarness) -> None:
     version = _version(splitter, "reviews", _reviews(50))
     path = splitter.artifacts.local_path(version.artifact_uri)
     path.write_bytes(path.read_bytes().replace(b"fresh", b"Fresh", 1))
@@ -283,21 +326,23 @@ def test_content_that_does_not_match_its_event_is_refused(splitter: Splitter) ->
     assert splitter.staged_events() == []
 
 
-def test_an_artifact_outside_the_data_dir_is_refused(splitter: Splitter, tmp_path_factory) -> None:
+def test_an_artifact_outside_the_data_dir_is_refused(
+    splitter: SplitterHarness, tmp_path_factory
+) -> None:
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     version = version_from_event(write_dataset_version(elsewhere, "reviews", _reviews(20)))
     with pytest.raises(UnreadableDatasetContent, match="outside the artifact store"):
         splitter.consume(version)
 
 
-def test_a_malformed_row_names_its_line(splitter: Splitter) -> None:
+def test_a_malformed_row_names_its_line(splitter: SplitterHarness) -> None:
     version = _version(splitter, "reviews", [*_reviews(5), {"text": "no label here"}])
     with pytest.raises(MalformedDatasetRow) as raised:
         splitter.consume(version)
     assert raised.value.line == 6
 
 
-def test_causal_lm_versions_split_on_prompts(splitter: Splitter) -> None:
+def test_causal_lm_versions_split_on_prompts(splitter: SplitterHarness) -> None:
     rows: list[dict[str, object]] = [
         {"prompt": f"Question {i % 40}?", "completion": f"Answer {i}"} for i in range(120)
     ]
@@ -318,14 +363,14 @@ def test_causal_lm_versions_split_on_prompts(splitter: Splitter) -> None:
     assert all(s.labels == {} for s in split.part_stats)
 
 
-def test_unknown_versions_are_not_found(splitter: Splitter) -> None:
+def test_unknown_versions_are_not_found(splitter: SplitterHarness) -> None:
     with pytest.raises(NotFound, match="datasets/reviews/versions/nope"):
         splitter.create("datasets/reviews/versions/nope")
     with pytest.raises(NotFound):
-        handlers.get_split(splitter.sessions, "datasets/reviews/versions/nope/splits/s-1")
+        splitter.get("datasets/reviews/versions/nope/splits/s-1")
 
 
-def test_list_splits_pages_newest_first(splitter: Splitter) -> None:
+def test_list_splits_pages_newest_first(splitter: SplitterHarness) -> None:
     first = _version(splitter, "reviews", _reviews(60))
     second = _version(splitter, "reviews", _reviews(80))
     made = [splitter.consume(first), splitter.consume(second)]
@@ -334,8 +379,8 @@ def test_list_splits_pages_newest_first(splitter: Splitter) -> None:
 
     seen, token = [], ""
     while True:
-        page, token = handlers.list_splits(
-            splitter.sessions, dataset_id="reviews", version_id="-", page_size=2, page_token=token
+        page, token = splitter.list(
+            dataset_id="reviews", version_id="-", page_size=2, page_token=token
         )
         assert len(page) <= 2
         seen += [s.name for s in page]
@@ -344,8 +389,7 @@ def test_list_splits_pages_newest_first(splitter: Splitter) -> None:
     assert seen == names
 
     first_version_id = first.name.rsplit("/", 1)[1]
-    page, token = handlers.list_splits(
-        splitter.sessions,
+    page, token = splitter.list(
         dataset_id="reviews",
         version_id=first_version_id,
         page_size=0,
@@ -355,89 +399,69 @@ def test_list_splits_pages_newest_first(splitter: Splitter) -> None:
     assert token == ""
 
 
-def test_list_splits_refuses_foreign_tokens_and_negative_sizes(splitter: Splitter) -> None:
+def test_list_splits_refuses_foreign_tokens_and_negative_sizes(splitter: SplitterHarness) -> None:
     for version in (
         _version(splitter, "reviews", _reviews(60)),
         _version(splitter, "reviews", _reviews(70)),
     ):
         splitter.consume(version)
-    _, token = handlers.list_splits(
-        splitter.sessions, dataset_id="reviews", version_id="-", page_size=1, page_token=""
-    )
+    _, token = splitter.list(dataset_id="reviews", version_id="-", page_size=1, page_token="")
     assert token
     with pytest.raises(InvalidArgument) as raised:
-        handlers.list_splits(
-            splitter.sessions, dataset_id="other", version_id="-", page_size=1, page_token=token
-        )
+        splitter.list(dataset_id="other", version_id="-", page_size=1, page_token=token)
     assert raised.value.violations[0].field == "page_token"
     with pytest.raises(InvalidArgument) as raised:
-        handlers.list_splits(
-            splitter.sessions, dataset_id="reviews", version_id="-", page_size=-1, page_token=""
-        )
+        splitter.list(dataset_id="reviews", version_id="-", page_size=-1, page_token="")
     assert raised.value.violations[0].field == "page_size"
 
 
-def test_split_policy_defaults_set_and_invalid_input(splitter: Splitter) -> None:
-    default = handlers.get_split_policy(splitter.sessions, "reviews")
+def test_split_policy_defaults_set_and_invalid_input(splitter: SplitterHarness) -> None:
+    default = splitter.policy("reviews")
     assert default == SplitPolicy(dataset_id="reviews")
     assert default.update_time is None
 
     spec = SplitSpec(strategy=SplitStrategy.STRATIFIED, ratios=SplitRatios(0.7, 0.2, 0.1), seed=3)
-    stored = handlers.set_split_policy(splitter.sessions, SplitPolicy("reviews", spec))
+    stored = splitter.set_policy(SplitPolicy("reviews", spec))
     assert stored.spec == spec
     assert stored.update_time is not None
-    assert handlers.get_split_policy(splitter.sessions, "reviews") == stored
+    assert splitter.policy("reviews") == stored
 
     with pytest.raises(InvalidArgument) as raised:
-        handlers.set_split_policy(
-            splitter.sessions, SplitPolicy("reviews", SplitSpec(ratios=SplitRatios(0.9, 0.2)))
-        )
+        splitter.set_policy(SplitPolicy("reviews", SplitSpec(ratios=SplitRatios(0.9, 0.2))))
     assert [(v.field, v.reason) for v in raised.value.violations] == [
         ("split_policy.spec.ratios", "RATIOS_DO_NOT_SUM_TO_ONE")
     ]
-    assert handlers.get_split_policy(splitter.sessions, "reviews") == stored, "left unchanged"
+    assert splitter.policy("reviews") == stored, "left unchanged"
 
 
 def test_a_split_policy_set_retried_with_its_request_id_changes_nothing_twice(
-    splitter: Splitter,
+    splitter: SplitterHarness,
 ) -> None:
     """What a channel retry after a lost response does: the first answer again, no change."""
     first_spec = SplitSpec(seed=1)
-    first = handlers.set_split_policy(
-        splitter.sessions, SplitPolicy("reviews", first_spec), request_id="retry-me"
-    )
-    retried = handlers.set_split_policy(
-        splitter.sessions, SplitPolicy("reviews", first_spec), request_id="retry-me"
-    )
+    first = splitter.set_policy(SplitPolicy("reviews", first_spec), request_id="retry-me")
+    retried = splitter.set_policy(SplitPolicy("reviews", first_spec), request_id="retry-me")
     assert retried == first, "not written again (same update_time)"
-    later = handlers.set_split_policy(
-        splitter.sessions, SplitPolicy("reviews", SplitSpec(seed=2)), request_id="someone-else"
+    later = splitter.set_policy(
+        SplitPolicy("reviews", SplitSpec(seed=2)), request_id="someone-else"
     )
-    late_retry = handlers.set_split_policy(
-        splitter.sessions, SplitPolicy("reviews", first_spec), request_id="retry-me"
-    )
+    late_retry = splitter.set_policy(SplitPolicy("reviews", first_spec), request_id="retry-me")
     assert late_retry == later, "a late retry does not undo the later change"
     with pytest.raises(InvalidArgument) as reused:
-        handlers.set_split_policy(
-            splitter.sessions, SplitPolicy("movies", first_spec), request_id="retry-me"
-        )
+        splitter.set_policy(SplitPolicy("movies", first_spec), request_id="retry-me")
     [violation] = reused.value.violations
     assert (violation.field, violation.reason) == ("request_id", "REQUEST_ID_REUSED")
     assert "datasets/reviews/splitPolicy" in violation.description
-    assert handlers.get_split_policy(splitter.sessions, "movies").update_time is None
+    assert splitter.policy("movies").update_time is None
     with pytest.raises(InvalidArgument) as too_long:
-        handlers.set_split_policy(
-            splitter.sessions, SplitPolicy("reviews", first_spec), request_id="x" * 129
-        )
+        splitter.set_policy(SplitPolicy("reviews", first_spec), request_id="x" * 129)
     assert [v.reason for v in too_long.value.violations] == ["TOO_LONG"]
 
 
-def test_a_split_whose_transaction_rolls_back_is_not_counted(splitter: Splitter) -> None:
+def test_a_split_whose_transaction_rolls_back_is_not_counted(splitter: SplitterHarness) -> None:
     version = _version(splitter, "reviews", _reviews(100))
-    with splitter.sessions() as session, session.begin():
-        split = handlers.on_dataset_versioned(
-            session, version, artifacts=splitter.artifacts, metrics=splitter.metrics, source=SOURCE
-        )
+    with splitter.deps.sessions() as session, session.begin():
+        split = on_dataset_versioned(session, splitter.deps, version)
         assert split is not None
         session.rollback()
     assert splitter.split_count() == 0
@@ -445,7 +469,9 @@ def test_a_split_whose_transaction_rolls_back_is_not_counted(splitter: Splitter)
     assert splitter.metric("tuneline_splits_created_total", strategy="HASH", trigger="event") == 0
 
 
-def test_create_split_losing_a_race_returns_the_winner(splitter: Splitter, monkeypatch) -> None:
+def test_create_split_losing_a_race_returns_the_winner(
+    splitter: SplitterHarness, monkeypatch
+) -> None:
     version = _version(splitter, "reviews", _reviews(100))
     winner = splitter.consume(version)
     assert winner is not None
@@ -457,8 +483,12 @@ def test_create_split_losing_a_race_returns_the_winner(splitter: Splitter, monke
         "get_split",
         lambda self, name: next(lookups, None) or real_get_split(self, name),
     )
-    split, created = splitter.create(version, SplitSpec())
-    assert (split, created) == (winner, False)
+    # the servicer owns CreateSplit's transaction, and runs it again when its insert lost
+    answer = SplitterServicer(splitter.deps).CreateSplit(
+        service_pb2.CreateSplitRequest(parent=version.name, spec=spec_to_proto(SplitSpec())),
+        context=None,
+    )
+    assert (answer.split, answer.created) == (split_to_proto(winner), False)
     assert splitter.split_count() == 1
     assert len(splitter.staged_events()) == 1
     assert splitter.metric("tuneline_splits_created_total", strategy="HASH", trigger="rpc") == 0
@@ -480,20 +510,14 @@ class _FakeDatasetService:
         return self.versions.get(name)
 
 
-def _create_asking(splitter: Splitter, name: str, dataset_service: _FakeDatasetService, spec=None):
-    return handlers.create_split(
-        splitter.sessions,
-        DatasetVersionName.parse(name, field="parent"),
-        spec,
-        artifacts=splitter.artifacts,
-        metrics=splitter.metrics,
-        source=SOURCE,
-        versions=dataset_service,
-    )
+def _create_asking(
+    splitter: SplitterHarness, name: str, dataset_service: _FakeDatasetService, spec=None
+):
+    return splitter.create(name, spec, versions=dataset_service)
 
 
 def test_create_split_asks_the_dataset_service_about_a_version_not_announced_yet(
-    splitter: Splitter,
+    splitter: SplitterHarness,
 ) -> None:
     version = _version(splitter, "reviews", _reviews(300))
     dataset_service = _FakeDatasetService(version)
@@ -519,7 +543,7 @@ def test_create_split_asks_the_dataset_service_about_a_version_not_announced_yet
 
 
 def test_a_version_the_dataset_service_lacks_is_not_found_and_a_down_one_unavailable(
-    splitter: Splitter,
+    splitter: SplitterHarness,
 ) -> None:
     name = "datasets/reviews/versions/v0123456789abcdef"
     with pytest.raises(NotFound):

@@ -23,7 +23,6 @@ from services.splitter.domain import (
     SplitRows,
     SplitSpec,
     SplitStrategy,
-    TaskType,
     assign_rows,
     split_dataset,
 )
@@ -31,6 +30,7 @@ from services.splitter.domain import manifest as manifest_module
 from services.splitter.domain.assignment import GroupIndex
 from shared.input_text import normalize_input_text
 from shared.near_duplicates import near_duplicate_groups
+from shared.task_types import TaskType
 from tests.fixtures.datasets import rotten_tomatoes_rows
 
 SUBSTITUTES = ("truly", "rather", "picture", "story", "somewhat", "utterly")

@@ -21,8 +21,12 @@ from safetensors.torch import load_file
 
 from services.trainer.adapters.engine.distributed import DataParallelGroup
 from services.trainer.adapters.engine.loop import run_training
-from services.trainer.adapters.engine.plan import (
-    StopSignals,
+from services.trainer.adapters.engine.signals import StopSignals
+from services.trainer.adapters.torchrun import run_ranks
+from services.trainer.adapters.worker import CANCEL
+from services.trainer.domain.config import AdapterSpec, CheckpointPolicy, StoppingRules
+from services.trainer.domain.launch import Sharding, device_slots, devices_in
+from services.trainer.domain.worker_messages import (
     WorkerCheckpoint,
     WorkerFinished,
     WorkerMessage,
@@ -31,18 +35,8 @@ from services.trainer.adapters.engine.plan import (
     WorkerStarted,
     decode_message,
 )
-from services.trainer.adapters.torchrun import run_ranks
-from services.trainer.adapters.worker import CANCEL
-from services.trainer.domain import (
-    AdapterSpec,
-    CheckpointPolicy,
-    Sharding,
-    StoppingRules,
-    TaskType,
-    device_slots,
-    devices_in,
-)
 from shared.artifacts import LocalArtifactStore
+from shared.task_types import TaskType
 from tests.fixtures.trainer_plans import engine_workspace, make_plan
 
 

@@ -11,10 +11,14 @@ from dataclasses import replace
 
 import pytest
 
-from services.trainer import handlers
 from services.trainer.adapters import protos
 from services.trainer.adapters.repository import TrainerRepository
-from services.trainer.domain import AuditVerdict, DatasetAuditInfo, JobState, policy_job_id
+from services.trainer.domain.jobs import AuditVerdict, DatasetAuditInfo, JobState, policy_job_id
+from services.trainer.handlers.admission import LABEL_AUDIT_BLOCKED
+from services.trainer.handlers.attempts import runnable_jobs
+from services.trainer.handlers.deps import TrainerDeps
+from services.trainer.handlers.policies import set_training_policy
+from services.trainer.handlers.policy_jobs import on_dataset_audited, on_split_created
 from shared.errors import FailedPrecondition
 from tests.unit import test_trainer_handlers as base
 from tests.unit.test_trainer_handlers import (
@@ -30,9 +34,9 @@ from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
 from tuneline.trainer.v1 import events_pb2, resources_pb2
 
-# the handler tests' fixtures: a trainer database (SQLite and PostgreSQL) and a handler context
+# the handler tests' fixtures: a trainer database (SQLite and PostgreSQL) and the handlers' deps
 sessions = base.sessions
-context = base.context
+deps = base.deps
 
 VERSION = SPLIT.split("/splits/")[0]
 JOB = "trainingJobs/" + policy_job_id("trainingPolicies/reviews", SPLIT)
@@ -55,24 +59,24 @@ def blocked_event() -> dataset_events_pb2.DatasetAudited:
     )
 
 
-def audited(sessions, context, event: dataset_events_pb2.DatasetAudited) -> list[str]:
+def audited(sessions, deps, event: dataset_events_pb2.DatasetAudited) -> list[str]:
     with sessions() as session, session.begin():
-        return handlers.on_dataset_audited(session, protos.dataset_audit_from_event(event), context)
+        return on_dataset_audited(session, deps, protos.dataset_audit_from_event(event))
 
 
-def split_created(sessions, context) -> list[str]:
+def split_created(sessions, deps) -> list[str]:
     with sessions() as session, session.begin():
-        return handlers.on_split_created(session, split_info(), context)
+        return on_split_created(session, deps, split_info())
 
 
 @pytest.fixture
-def waiting(context: handlers.TrainerDeps) -> handlers.TrainerDeps:
-    return replace(context, wait_for_dataset_audit=True)
+def waiting(deps: TrainerDeps) -> TrainerDeps:
+    return replace(deps, wait_for_dataset_audit=True)
 
 
-def with_policy(sessions, context) -> None:
+def with_policy(sessions, deps) -> None:
     with sessions() as session, session.begin():
-        handlers.set_training_policy(session, policy(), context)
+        set_training_policy(session, deps, policy())
 
 
 def test_a_policy_waits_for_the_audit_then_makes_its_job(sessions, waiting) -> None:
@@ -102,7 +106,7 @@ def test_a_blocked_version_is_never_trained_and_the_failure_names_rule_and_rows(
     with sessions() as session:
         (row,) = TrainerRepository(session).list_job_rows(limit=10)
         assert row.state == JobState.FAILED.value
-        assert handlers.runnable_jobs(session) == []
+        assert runnable_jobs(session) == []
     (failed,) = staged(sessions, events_pb2.TrainingJobFailed)
     assert failed.failure_reason == resources_pb2.TRAINING_FAILURE_REASON_LABEL_AUDIT_BLOCKED
     assert "label_audit" in failed.failure_message
@@ -110,22 +114,20 @@ def test_a_blocked_version_is_never_trained_and_the_failure_names_rule_and_rows(
     assert staged(sessions, events_pb2.TrainingJobStarted) == []
 
 
-def test_create_training_job_on_a_blocked_version_is_a_failed_precondition(
-    sessions, context
-) -> None:
+def test_create_training_job_on_a_blocked_version_is_a_failed_precondition(sessions, deps) -> None:
     known_split(sessions)
-    audited(sessions, context, blocked_event())
+    audited(sessions, deps, blocked_event())
     with pytest.raises(FailedPrecondition) as refused:
-        create(sessions, context, command())
+        create(sessions, deps, command())
     (violation,) = refused.value.violations
-    assert violation.type == handlers.LABEL_AUDIT_BLOCKED
+    assert violation.type == LABEL_AUDIT_BLOCKED
     assert violation.subject == VERSION
     assert "lines 3, 17, 42" in violation.description
     with sessions() as session:
         assert TrainerRepository(session).list_job_rows(limit=10) == []
 
 
-def test_only_blocked_stops_training(sessions, context) -> None:
+def test_only_blocked_stops_training(sessions, deps) -> None:
     for verdict in (AuditVerdict.PASSED, AuditVerdict.WARNED, AuditVerdict.SKIPPED):
         assert not DatasetAuditInfo(VERSION, verdict).blocks_training
     assert DatasetAuditInfo(VERSION, AuditVerdict.BLOCKED).blocks_training

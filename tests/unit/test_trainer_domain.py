@@ -15,40 +15,43 @@ from services.trainer.adapters.engine.sampling import (
     step_groups,
     token_budget_micro_batches,
 )
-from services.trainer.domain import (
+from services.trainer.domain.config import (
     AdapterMethod,
     AdapterSpec,
     BaseModelRef,
     CheckpointPolicy,
-    EarlyStopping,
     Hyperparameters,
     JobConfig,
-    JobState,
-    KeptCheckpoint,
     LearningRateSchedule,
-    LossPoint,
     Precision,
     StoppingRules,
     TargetPreset,
-    TaskType,
-    can_transition,
-    checkpoints_to_delete,
-    compute_cost,
-    from_jsonable,
-    jsonable,
-    learning_rate_at,
     planned_steps,
-    policy_job_id,
     resolve_adapter,
     resolve_checkpointing,
     resolve_for_device,
     resolve_hyperparameters,
     resolve_stopping,
     target_modules_for,
-    thin_loss_trend,
     validate_job_config,
 )
+from services.trainer.domain.costs import compute_cost
+from services.trainer.domain.jobs import (
+    JobState,
+    LossPoint,
+    can_transition,
+    policy_job_id,
+    thin_loss_trend,
+)
+from services.trainer.domain.jsonable import from_jsonable, jsonable
+from services.trainer.domain.training_rules import (
+    EarlyStopping,
+    KeptCheckpoint,
+    checkpoints_to_delete,
+    learning_rate_at,
+)
 from shared.names import is_resource_id
+from shared.task_types import TaskType
 
 
 def _config(**changes: object) -> JobConfig:

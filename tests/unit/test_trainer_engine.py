@@ -23,7 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from services.trainer.adapters.engine import attention, compilation, loop
+from services.trainer.adapters.engine import attention, compilation, loop, preparation
 from services.trainer.adapters.engine import state as state_module
 from services.trainer.adapters.engine.fused_loss import fused_head_loss, liger_layer_kernels
 from services.trainer.adapters.engine.loop import (
@@ -31,9 +31,23 @@ from services.trainer.adapters.engine.loop import (
     batch_loss,
     run_training,
 )
-from services.trainer.adapters.engine.plan import (
-    StopSignals,
-    TrainingFailure,
+from services.trainer.adapters.engine.signals import StopSignals, TrainingFailure
+from services.trainer.adapters.engine.state import (
+    LoopPosition,
+    load_training_state,
+    save_training_state,
+)
+from services.trainer.domain.config import (
+    AdapterMethod,
+    AdapterSpec,
+    BaseModelRef,
+    CheckpointPolicy,
+    StoppingRules,
+    TargetPreset,
+    resolve_for_device,
+)
+from services.trainer.domain.jobs import FailureReason, RowSkipReason, StopReason
+from services.trainer.domain.worker_messages import (
     WorkerCheckpoint,
     WorkerDiskFull,
     WorkerFinished,
@@ -42,24 +56,6 @@ from services.trainer.adapters.engine.plan import (
     WorkerPlan,
     WorkerProgress,
     WorkerStarted,
-)
-from services.trainer.adapters.engine.state import (
-    LoopPosition,
-    load_training_state,
-    save_training_state,
-)
-from services.trainer.domain import (
-    AdapterMethod,
-    AdapterSpec,
-    BaseModelRef,
-    CheckpointPolicy,
-    FailureReason,
-    RowSkipReason,
-    StoppingRules,
-    StopReason,
-    TargetPreset,
-    TaskType,
-    resolve_for_device,
 )
 from shared.artifacts import LocalArtifactStore, artifact_store_from_uri
 from shared.modeling import (
@@ -72,6 +68,7 @@ from shared.modeling import (
 from shared.modeling.batching import pack_batch, pad_batch
 from shared.modeling.loading import load_checkpoint, load_tokenizer
 from shared.modeling.tokenizer_fingerprint import tokenizer_fingerprint_from_extra
+from shared.task_types import TaskType
 from tests.fixtures.trainer_data import (
     build_tiny_llama,
     sentiment_rows,
@@ -149,7 +146,7 @@ def test_a_checkpoint_loads_for_evaluation_with_the_trained_head(workspace: dict
     folder = local(workspace, of(WorkerCheckpoint, messages)[-1].artifact_uri)
     loaded = load_checkpoint(folder, models_root=workspace["models"], device="cpu")
     assert loaded.metadata is not None
-    assert loaded.metadata.task_type == "classification"
+    assert loaded.metadata.task is TaskType.CLASSIFICATION
     tokenizer = loaded.tokenizer
     examples = encode_rows(
         tokenizer, sentiment_rows(6), "classification", max_length=64, labels=loaded.metadata.labels
@@ -857,13 +854,15 @@ def test_packing_without_a_usable_varlen_kernel_is_a_reported_fallback(
     hp = dataclasses.replace(
         resolve_for_device(plan.hyperparameters, TaskType.CAUSAL_LM, cuda=True), packing=True
     )
-    implementation, fallback = loop.attention_for(plan, hp, torch.device("cuda"))
+    implementation, fallback = preparation.attention_for(plan, hp, torch.device("cuda"))
     assert implementation is None
     assert fallback is not None
     assert (fallback.feature, fallback.reason) == ("packing", "unsupported_signature")
     assert "is_causal" in fallback.detail
     assert (
-        loop.attention_for(plan, dataclasses.replace(hp, packing=False), torch.device("cuda"))[1]
+        preparation.attention_for(
+            plan, dataclasses.replace(hp, packing=False), torch.device("cuda")
+        )[1]
         is None
     )
 

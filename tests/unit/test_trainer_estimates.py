@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from services.trainer.domain import (
-    Hyperparameters,
+from services.trainer.domain.config import Hyperparameters
+from services.trainer.domain.estimates import (
     ThroughputSample,
     estimate_training,
     evaluations_planned,

@@ -16,9 +16,17 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.trainer import handlers
 from services.trainer.adapters import protos
-from services.trainer.adapters.engine.plan import (
+from services.trainer.adapters.repository import TrainerRepository, job_from_row
+from services.trainer.adapters.tables import TrainerBase
+from services.trainer.domain.jobs import (
+    DISK_FULL_MAX_WAIT,
+    FailureReason,
+    JobState,
+    StopReason,
+    disk_full_wait,
+)
+from services.trainer.domain.worker_messages import (
     WorkerDiskFull,
     WorkerFailed,
     WorkerFinished,
@@ -26,24 +34,28 @@ from services.trainer.adapters.engine.plan import (
     WorkerPlan,
     encode_message,
 )
-from services.trainer.adapters.repository import TrainerRepository, job_from_row
-from services.trainer.adapters.tables import TrainerBase
-from services.trainer.domain import (
-    DISK_FULL_MAX_WAIT,
-    FailureReason,
-    JobState,
-    StopReason,
-    disk_full_wait,
+from services.trainer.handlers.attempts import (
+    begin_attempt,
+    cancel_without_worker,
+    record_disk_full,
+    runnable_jobs,
+)
+from services.trainer.handlers.deps import TrainerDeps
+from services.trainer.handlers.jobs import cancel_training_job, create_training_job
+from services.trainer.handlers.worker_reports import (
+    record_checkpoint,
+    record_finished,
+    record_started,
 )
 from shared.artifacts import is_disk_full
 from shared.db import create_schema, run_in_transaction
-from tests.fixtures.waiting import eventually
 from tests.unit import test_trainer_handlers as base
 from tests.unit.test_trainer_handlers import checkpoint, command, create, known_split, started
+from tuneline.devtools.waiting import eventually
 
-# the handler tests' fixtures: a trainer database (SQLite and PostgreSQL) and a handler context
+# the handler tests' fixtures: a trainer database (SQLite and PostgreSQL) and the handlers' deps
 sessions = base.sessions
-context = base.context
+deps = base.deps
 
 JOB = "trainingJobs/j1"
 
@@ -80,20 +92,20 @@ def _interleave(
 
 
 def _begin(session: Session) -> Any:
-    return handlers.begin_attempt(session, JOB, device="cpu", pid=None)
+    return begin_attempt(session, JOB, device="cpu", pid=None)
 
 
-def _cancel(handler_context: handlers.TrainerDeps) -> Callable[[Session], Any]:
-    return lambda session: handlers.cancel_training_job(session, JOB, "stop", handler_context)
+def _cancel(handler_deps: TrainerDeps) -> Callable[[Session], Any]:
+    return lambda session: cancel_training_job(session, handler_deps, JOB, "stop")
 
 
 def test_a_cancel_committed_while_an_attempt_starts_wins_and_no_attempt_begins(
-    sessions, context, monkeypatch
+    sessions, deps, monkeypatch
 ) -> None:
     known_split(sessions)
-    create(sessions, context, command())
+    create(sessions, deps, command())
 
-    attempt = _interleave(monkeypatch, sessions, _begin, _cancel(context))
+    attempt = _interleave(monkeypatch, sessions, _begin, _cancel(deps))
 
     assert attempt is None, "the supervisor is told not to start a worker"
     row = _row_state(sessions)
@@ -103,12 +115,12 @@ def test_a_cancel_committed_while_an_attempt_starts_wins_and_no_attempt_begins(
 
 
 def test_an_attempt_started_while_a_cancel_decides_is_flagged_and_ends_cancelled(
-    sessions, context, monkeypatch
+    sessions, deps, monkeypatch
 ) -> None:
     known_split(sessions)
-    create(sessions, context, command())
+    create(sessions, deps, command())
 
-    answered = _interleave(monkeypatch, sessions, _cancel(context), _begin)
+    answered = _interleave(monkeypatch, sessions, _cancel(deps), _begin)
 
     assert answered.state is JobState.RUNNING
     assert answered.cancel_requested
@@ -118,25 +130,23 @@ def test_an_attempt_started_while_a_cancel_decides_is_flagged_and_ends_cancelled
     stopped = WorkerFinished(
         step=0, epoch=0.0, final_train_loss=0.0, elapsed_seconds=0.0, tokens_seen=0, cancelled=True
     )
-    state = run_in_transaction(
-        sessions, lambda s: handlers.record_finished(s, JOB, stopped, context)
-    )
+    state = run_in_transaction(sessions, lambda s: record_finished(s, deps, JOB, stopped))
     assert state is JobState.CANCELLED
     row = _row_state(sessions)
     assert row.state == JobState.CANCELLED.value
     assert row.attempt_started_at is None, "no attempt is left open"
 
 
-def test_the_race_ends_the_same_way_every_time(sessions, context, monkeypatch) -> None:
+def test_the_race_ends_the_same_way_every_time(sessions, deps, monkeypatch) -> None:
     """Many jobs, both orders: every one ends CANCELLED or flagged for cancel with its worker
     told to stop; none RUNNING unflagged, none CANCELLED with an attempt open."""
     known_split(sessions)
     for index in range(40):
         job = f"j{index}"
-        create(sessions, context, command(job))
+        create(sessions, deps, command(job))
         name = f"trainingJobs/{job}"
-        begin = lambda s, n=name: handlers.begin_attempt(s, n, device="cpu", pid=None)  # noqa: E731
-        cancel = lambda s, n=name: handlers.cancel_training_job(s, n, "", context)  # noqa: E731
+        begin = lambda s, n=name: begin_attempt(s, n, device="cpu", pid=None)  # noqa: E731
+        cancel = lambda s, n=name: cancel_training_job(s, deps, n, "")  # noqa: E731
         first, second = (begin, cancel) if index % 2 else (cancel, begin)
         _interleave(monkeypatch, sessions, first, second)
         row = _row_state(sessions, name)
@@ -153,7 +163,7 @@ RACES = 1_000
 
 
 def _race_on_threads(
-    sessions: sessionmaker[Session], context: handlers.TrainerDeps, names: list[str]
+    sessions: sessionmaker[Session], deps: TrainerDeps, names: list[str]
 ) -> dict[str, bool]:
     """For each job in ``names``, ``begin_attempt`` and ``cancel_training_job`` on two threads
     released together by a barrier, each in its own transaction (retried on a lost
@@ -176,10 +186,10 @@ def _race_on_threads(
             raise
 
     def begin(name: str, session: Session) -> Any:
-        return handlers.begin_attempt(session, name, device="cpu", pid=None)
+        return begin_attempt(session, name, device="cpu", pid=None)
 
     def cancel(name: str, session: Session) -> Any:
-        return handlers.cancel_training_job(session, name, "race", context)
+        return cancel_training_job(session, deps, name, "race")
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="race") as pool:
         sides = [pool.submit(side, begin, True), pool.submit(side, cancel, False)]
@@ -188,7 +198,7 @@ def _race_on_threads(
     return began
 
 
-def test_the_race_on_real_threads_ends_the_same_way_every_time(sessions, context) -> None:
+def test_the_race_on_real_threads_ends_the_same_way_every_time(sessions, deps) -> None:
     """The same race with real concurrency, :data:`RACES` times: whichever commits first, the
     job ends CANCELLED with no attempt ever begun, or RUNNING with one attempt and flagged for
     cancel (its worker is told to stop); never RUNNING unflagged, never CANCELLED with an
@@ -196,11 +206,11 @@ def test_the_race_on_real_threads_ends_the_same_way_every_time(sessions, context
     known_split(sessions)
     with sessions() as session, session.begin():  # one transaction: the race is what takes time
         names = [
-            handlers.create_training_job(session, command(f"race{index}"), context).name
+            create_training_job(session, deps, command(f"race{index}")).name
             for index in range(RACES)
         ]
 
-    began = _race_on_threads(sessions, context, names)
+    began = _race_on_threads(sessions, deps, names)
 
     assert set(began) == set(names)
     for name in names:
@@ -218,33 +228,33 @@ def test_the_race_on_real_threads_ends_the_same_way_every_time(sessions, context
 # -- a full disk -----------------------------------------------------------------------------------
 
 
-def _running_with_a_checkpoint(sessions, context) -> None:  # type: ignore[no-untyped-def]
+def _running_with_a_checkpoint(sessions, deps) -> None:  # type: ignore[no-untyped-def]
     known_split(sessions)
-    create(sessions, context, command())
+    create(sessions, deps, command())
     run_in_transaction(sessions, _begin)
-    run_in_transaction(sessions, lambda s: handlers.record_started(s, JOB, started(), context))
+    run_in_transaction(sessions, lambda s: record_started(s, deps, JOB, started()))
     run_in_transaction(
         sessions,
-        lambda s: handlers.record_checkpoint(s, JOB, checkpoint(10, 0.5), context, keep_best_k=0),
+        lambda s: record_checkpoint(s, deps, JOB, checkpoint(10, 0.5), keep_best_k=0),
     )
 
 
 def test_a_full_disk_ends_the_attempt_and_the_job_resumes_from_its_last_checkpoint_later(
-    sessions, context
+    sessions, deps
 ) -> None:
-    _running_with_a_checkpoint(sessions, context)
+    _running_with_a_checkpoint(sessions, deps)
     now = datetime.now(UTC)
 
     state = run_in_transaction(
         sessions,
-        lambda s: handlers.record_disk_full(
+        lambda s: record_disk_full(
             s, JOB, "disk full: [Errno 28] No space left on device", now=now
         ),
     )
 
     assert state is None, "not terminal: the job resumes"
     row = _row_state(sessions)
-    job = job_from_row(row, context.pricing)
+    job = job_from_row(row, deps.pricing)
     assert job.state is JobState.RUNNING
     assert job.status_message.startswith("disk full: [Errno 28] No space left on device")
     assert "trainingJobs/j1/checkpoints/" in job.status_message
@@ -255,22 +265,18 @@ def test_a_full_disk_ends_the_attempt_and_the_job_resumes_from_its_last_checkpoi
     assert shown.status_message == job.status_message
     assert shown.resume_time.ToDatetime().replace(tzinfo=now.tzinfo) == job.resume_time
     with sessions() as session:
-        assert handlers.runnable_jobs(session, now + timedelta(seconds=5)) == []
-        assert handlers.runnable_jobs(session, now + disk_full_wait(1)) == [JOB]
+        assert runnable_jobs(session, now + timedelta(seconds=5)) == []
+        assert runnable_jobs(session, now + disk_full_wait(1)) == [JOB]
 
     # still full at the next attempt: a longer wait; then space is back and it trains again
     run_in_transaction(sessions, _begin)
     later = now + disk_full_wait(1)
-    run_in_transaction(
-        sessions, lambda s: handlers.record_disk_full(s, JOB, "disk full", now=later)
-    )
+    run_in_transaction(sessions, lambda s: record_disk_full(s, JOB, "disk full", now=later))
     assert _row_state(sessions).blocked_until is not None
-    assert job_from_row(
-        _row_state(sessions), context.pricing
-    ).resume_time == later + disk_full_wait(2)
+    assert job_from_row(_row_state(sessions), deps.pricing).resume_time == later + disk_full_wait(2)
     run_in_transaction(sessions, _begin)
-    run_in_transaction(sessions, lambda s: handlers.record_started(s, JOB, started(10), context))
-    resumed = job_from_row(_row_state(sessions), context.pricing)
+    run_in_transaction(sessions, lambda s: record_started(s, deps, JOB, started(10)))
+    resumed = job_from_row(_row_state(sessions), deps.pricing)
     assert (resumed.status_message, resumed.resume_time) == ("", None)
     assert protos.job_to_proto(resumed).HasField("resume_time") is False
 
@@ -283,15 +289,15 @@ def test_the_wait_after_a_full_disk_doubles_up_to_a_cap() -> None:
 
 
 def test_a_job_cancelled_while_it_waits_out_a_full_disk_is_cancelled_at_once(
-    sessions, context
+    sessions, deps
 ) -> None:
-    _running_with_a_checkpoint(sessions, context)
+    _running_with_a_checkpoint(sessions, deps)
     now = datetime.now(UTC)
-    run_in_transaction(sessions, lambda s: handlers.record_disk_full(s, JOB, "disk full", now=now))
-    run_in_transaction(sessions, _cancel(context))
+    run_in_transaction(sessions, lambda s: record_disk_full(s, JOB, "disk full", now=now))
+    run_in_transaction(sessions, _cancel(deps))
     with sessions() as session:
-        assert handlers.runnable_jobs(session, now) == [JOB], "the supervisor settles it now"
-    assert run_in_transaction(sessions, lambda s: handlers.cancel_without_worker(s, JOB))
+        assert runnable_jobs(session, now) == [JOB], "the supervisor settles it now"
+    assert run_in_transaction(sessions, lambda s: cancel_without_worker(s, JOB))
     assert _row_state(sessions).state == JobState.CANCELLED.value
 
 
@@ -360,15 +366,15 @@ def _disk_full_workers() -> Any:
 
 
 def test_the_supervisor_counts_a_full_disk_and_leaves_the_job_waiting_to_resume(
-    database_url: str, context
+    database_url: str, deps
 ) -> None:
     from tests.fixtures.trainer_nodes import node  # noqa: PLC0415 - real supervisor, no torch
 
     supervisor = node(database_url, _disk_full_workers())
-    sessions = supervisor._sessions
+    sessions = supervisor._deps.sessions
     create_schema(sessions.kw["bind"], [TrainerBase.metadata])
     known_split(sessions)
-    create(sessions, context, command())
+    create(sessions, deps, command())
     supervisor.start()
     try:
         waiting = eventually(

@@ -20,12 +20,6 @@ import kubernetes.client as k8s
 import pytest
 from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
 
-from services.trainer.adapters.engine.plan import (
-    WorkerFinished,
-    WorkerPlan,
-    decode_message,
-    encode_message,
-)
 from services.trainer.adapters.kubernetes_launch import (
     AUTHKEY_KEY,
     LAUNCH_LABEL,
@@ -37,19 +31,27 @@ from services.trainer.adapters.kubernetes_launch import (
 )
 from services.trainer.adapters.torchrun import AUTHKEY_ENV, LocalTorchrun, relay_address
 from services.trainer.adapters.worker import launcher_for
-from services.trainer.domain import (
+from services.trainer.domain.config import (
     AdapterSpec,
     BaseModelRef,
     CheckpointPolicy,
     Hyperparameters,
+    StoppingRules,
+)
+from services.trainer.domain.launch import (
     KubernetesLaunch,
     KubernetesWorkload,
     LaunchPhase,
     Sharding,
-    StoppingRules,
-    TaskType,
+)
+from services.trainer.domain.worker_messages import (
+    WorkerFinished,
+    WorkerPlan,
+    decode_message,
+    encode_message,
 )
 from services.trainer.settings import TrainerSettings
+from shared.task_types import TaskType
 
 
 def _plan(**changes: Any) -> WorkerPlan:

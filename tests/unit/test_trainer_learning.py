@@ -19,24 +19,23 @@ import pytest
 import torch
 
 from services.trainer.adapters.engine.loop import batch_loss, run_training
-from services.trainer.adapters.engine.plan import (
-    StopSignals,
-    WorkerCheckpoint,
-    WorkerMessage,
-    WorkerPlan,
-    WorkerProgress,
-)
-from services.trainer.domain import (
+from services.trainer.adapters.engine.signals import StopSignals
+from services.trainer.domain.config import (
     AdapterSpec,
     BaseModelRef,
     CheckpointPolicy,
     Hyperparameters,
     StoppingRules,
-    TaskType,
     resolve_adapter,
     resolve_checkpointing,
     resolve_hyperparameters,
     resolve_stopping,
+)
+from services.trainer.domain.worker_messages import (
+    WorkerCheckpoint,
+    WorkerMessage,
+    WorkerPlan,
+    WorkerProgress,
 )
 from shared.artifacts import LocalArtifactStore
 from shared.modeling import (
@@ -50,6 +49,7 @@ from shared.modeling import (
 from shared.modeling.batching import pad_batch
 from shared.modeling.loading import load_base_model, load_checkpoint, load_tokenizer
 from shared.modeling.packaged import ENCODER, SMOLLM2_4_LAYERS, prepare_packaged_models
+from shared.task_types import TaskType
 from tests.fixtures.trainer_data import (
     WrittenSplit,
     chatterbot_rows,

@@ -24,7 +24,6 @@ from shared.modeling import (
     ModelNotFound,
     ModelRefused,
     SkipReason,
-    TaskKind,
     encode_dataset_rows,
     encode_rows,
     folder_sha256,
@@ -32,6 +31,7 @@ from shared.modeling import (
     load_split_rows,
     resolve_base_model,
 )
+from shared.task_types import TaskType
 from tests.fixtures.trainer_data import build_tiny_bert, build_tiny_llama, write_split
 
 
@@ -148,7 +148,7 @@ def test_classification_rows_encode_text_and_label_index(models: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(models / "bert")
     rows = [{"id": "a", "text": "A fine film " * 40, "label": "pos", "slice": "long"}]
     (example,) = encode_rows(
-        tokenizer, rows, TaskKind.CLASSIFICATION, max_length=16, labels=["neg", "pos"]
+        tokenizer, rows, TaskType.CLASSIFICATION, max_length=16, labels=["neg", "pos"]
     )
     assert example.label == 1
     assert example.length == 16  # truncated
@@ -167,7 +167,7 @@ def test_classification_rows_encode_text_and_label_index(models: Path) -> None:
 def test_causal_rows_carry_loss_on_completion_tokens_only(models: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(models / "llama")
     row = {"id": "q", "prompt": "what is the answer?", "completion": "forty two"}
-    (example,) = encode_rows(tokenizer, [row], TaskKind.CAUSAL_LM, max_length=64)
+    (example,) = encode_rows(tokenizer, [row], TaskType.CAUSAL_LM, max_length=64)
     prompt_ids = tokenizer("what is the answer?")["input_ids"]
     completion_ids = tokenizer("forty two", add_special_tokens=False)["input_ids"]
     assert list(example.input_ids) == prompt_ids + completion_ids + [tokenizer.eos_token_id]
@@ -183,7 +183,7 @@ def test_causal_rows_carry_loss_on_completion_tokens_only(models: Path) -> None:
 def test_long_causal_rows_keep_the_completion_start_and_the_prompt_end(models: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(models / "llama")
     row = {"id": "q", "prompt": "one two three four five six seven eight", "completion": "nine ten"}
-    (example,) = encode_rows(tokenizer, [row], TaskKind.CAUSAL_LM, max_length=8)
+    (example,) = encode_rows(tokenizer, [row], TaskType.CAUSAL_LM, max_length=8)
     assert example.length == 8
     assert example.labels is not None
     kept_completion = [t for t in example.labels if t != IGNORE_INDEX]
@@ -278,7 +278,7 @@ def test_truncating_a_long_prompt_keeps_its_bos_first(bos_tokenizer) -> None:
     row = {"id": "q", "prompt": "one two three four five six seven eight", "completion": "nine"}
     bos = bos_tokenizer.bos_token_id
     assert bos_tokenizer(row["prompt"])["input_ids"][0] == bos
-    (example,) = encode_rows(bos_tokenizer, [row], TaskKind.CAUSAL_LM, max_length=6)
+    (example,) = encode_rows(bos_tokenizer, [row], TaskType.CAUSAL_LM, max_length=6)
     assert example.length == 6
     assert example.input_ids[0] == bos  # the model never saw a sequence without it
     # <s> + the prompt's end (half the budget) + the completion and EOS

@@ -14,22 +14,24 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.trainer import handlers
 from services.trainer.adapters.repository import TrainerRepository
 from services.trainer.adapters.tables import TrainerBase
-from services.trainer.domain import JobState
+from services.trainer.domain.jobs import JobState
+from services.trainer.handlers.attempts import begin_attempt
+from services.trainer.handlers.deps import TrainerDeps
+from services.trainer.handlers.jobs import create_training_job
 from shared.db import create_database_engine, create_schema, create_session_factory
 from tests.fixtures.trainer_nodes import PRICING, AnyModels, ScriptedWorkers, node
-from tests.fixtures.waiting import eventually
 from tests.unit.test_trainer_handlers import FakeRegistry, FakeSplitter, command, known_split
+from tuneline.devtools.waiting import eventually
 
 #: Generous: a loaded test machine, not the code, decides how long these take.
 TIMEOUT = 120.0
 
 
-@pytest.fixture
-def context() -> handlers.TrainerDeps:
-    return handlers.TrainerDeps(
+def _deps(sessions: sessionmaker[Session]) -> TrainerDeps:
+    return TrainerDeps(
+        sessions=sessions,
         models=AnyModels(),
         pricing=PRICING,
         source="tuneline/trainer",
@@ -57,11 +59,12 @@ def pg_sessions(postgresql_url: str) -> Iterator[sessionmaker[Session]]:
     yield from _sessions(postgresql_url)
 
 
-def _queue(sessions: sessionmaker[Session], context: handlers.TrainerDeps, *ids: str) -> list[str]:
+def _queue(sessions: sessionmaker[Session], *ids: str) -> list[str]:
+    deps = _deps(sessions)
     names = []
     for job_id in ids:
         with sessions() as session, session.begin():
-            names.append(handlers.create_training_job(session, command(job_id), context).name)
+            names.append(create_training_job(session, deps, command(job_id)).name)
     return names
 
 
@@ -86,8 +89,8 @@ def _url(sessions: sessionmaker[Session]) -> str:
     return sessions.kw["bind"].url.render_as_string(hide_password=False)
 
 
-def test_two_nodes_run_each_queued_job_once(pg_sessions, context) -> None:
-    names = _queue(pg_sessions, context, *(f"j{i}" for i in range(6)))
+def test_two_nodes_run_each_queued_job_once(pg_sessions) -> None:
+    names = _queue(pg_sessions, *(f"j{i}" for i in range(6)))
     workers = [ScriptedWorkers(hold=False), ScriptedWorkers(hold=False)]
     nodes = [node(_url(pg_sessions), w) for w in workers]
     for supervisor in nodes:
@@ -106,8 +109,8 @@ def test_two_nodes_run_each_queued_job_once(pg_sessions, context) -> None:
     assert {attempts for _, attempts in _jobs(pg_sessions, names).values()} == {1}
 
 
-def test_a_dead_nodes_job_resumes_on_a_live_node_and_only_then(pg_sessions, context) -> None:
-    [held] = _queue(pg_sessions, context, "held")
+def test_a_dead_nodes_job_resumes_on_a_live_node_and_only_then(pg_sessions) -> None:
+    [held] = _queue(pg_sessions, "held")
     holder = subprocess.Popen(
         [sys.executable, "-m", "tests.fixtures.trainer_nodes", _url(pg_sessions)],
         stdin=subprocess.PIPE,
@@ -124,7 +127,7 @@ def test_a_dead_nodes_job_resumes_on_a_live_node_and_only_then(pg_sessions, cont
             timeout=TIMEOUT,
             what="the holding node to run its job",
         )
-        others = _queue(pg_sessions, context, "other-1", "other-2")
+        others = _queue(pg_sessions, "other-1", "other-2")
         live.start()  # its start-up leaves the live node's RUNNING job alone
         # the live node tries the RUNNING job first in every pass: once it has run the
         # queued ones, it has had its chances at the held one
@@ -156,11 +159,11 @@ def test_a_dead_nodes_job_resumes_on_a_live_node_and_only_then(pg_sessions, cont
         assert row.crash_count == 0, "a node that stops is a halt, not a crash of the job"
 
 
-def test_a_starting_node_resumes_what_its_previous_run_left_running(sessions, context) -> None:
+def test_a_starting_node_resumes_what_its_previous_run_left_running(sessions) -> None:
     """Both engines; on SQLite the one node owns every RUNNING job it finds at start."""
-    [left] = _queue(sessions, context, "left")
+    [left] = _queue(sessions, "left")
     with sessions() as session, session.begin():  # the previous run started it, then died
-        assert handlers.begin_attempt(session, left, device="cpu", pid=None) is not None
+        assert begin_attempt(session, left, device="cpu", pid=None) is not None
     workers = ScriptedWorkers(hold=False)
     restarted = node(_url(sessions), workers)
     restarted.start()

@@ -21,31 +21,26 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from services.dataset import handlers as dataset_handlers
-from services.dataset.adapters.messages import dataset_versioned
-from services.dataset.characters import first_control_character, is_blank
-from services.dataset.domain import SchemaPolicy, Severity, SourceKind, TaskType
-from services.dataset.handlers import IngestRequest
+from services.dataset.adapters.protos import dataset_versioned
+from services.dataset.domain.characters import first_control_character, is_blank
+from services.dataset.domain.policy import SchemaPolicy
+from services.dataset.domain.reports import SourceKind
+from services.dataset.domain.rules import Severity
+from services.dataset.handlers.datasets import create_dataset
+from services.dataset.handlers.ingest import IngestRequest, upload_version
 from services.evaluator.adapters.engine import score
 from services.evaluator.adapters.scoring import RowSource, ScoringJob, SubjectRole, SubjectSpec
 from services.evaluator.domain.evaluation import BaseModelRef as EvaluatorModelRef
 from services.evaluator.domain.evaluation import ScoringSettings
 from services.evaluator.domain.outcomes import ClassificationOutcomes
-from services.evaluator.domain.outcomes import TaskType as EvaluatorTaskType
-from services.splitter import handlers as splitter_handlers
+from services.splitter.adapters.metrics import SplitterMetrics
 from services.splitter.adapters.protos import version_from_event
 from services.splitter.adapters.tables import SplitterBase
 from services.splitter.domain import DatasetVersionName, SplitSpec, SplitStrategy
-from services.splitter.metrics import SplitterMetrics
+from services.splitter.handlers import SplitterDeps, create_split, on_dataset_versioned
 from services.trainer.adapters.engine.loop import run_training
-from services.trainer.adapters.engine.plan import (
-    StopSignals,
-    WorkerCheckpoint,
-    WorkerMessage,
-    WorkerPlan,
-    WorkerStarted,
-)
-from services.trainer.domain import (
+from services.trainer.adapters.engine.signals import StopSignals
+from services.trainer.domain.config import (
     AdapterSpec,
     BaseModelRef,
     CheckpointPolicy,
@@ -56,11 +51,17 @@ from services.trainer.domain import (
     resolve_hyperparameters,
     resolve_stopping,
 )
-from services.trainer.domain import TaskType as TrainerTaskType
+from services.trainer.domain.worker_messages import (
+    WorkerCheckpoint,
+    WorkerMessage,
+    WorkerPlan,
+    WorkerStarted,
+)
 from shared.artifacts import LocalArtifactStore
 from shared.db import create_database_engine, create_schema, create_session_factory
 from shared.input_text import normalize_input_text
 from shared.modeling import load_split_rows, resolve_base_model
+from shared.task_types import TaskType
 from tests.fixtures.datasets import make_dataset_deps
 from tests.fixtures.trainer_data import build_tiny_bert
 
@@ -139,11 +140,12 @@ def test_every_service_sees_every_row_unchanged(models_root: Path, texts: list[s
             min_rows_per_class=1,
             rule_severities={"conflicting_labels": Severity.WARNING},
         )
-        dataset = dataset_handlers.create_dataset(
-            deps, dataset_id="tweets", task_type=TaskType.CLASSIFICATION, policy=policy
-        )
+        with deps.sessions.begin() as session:
+            dataset = create_dataset(
+                session, deps, dataset_id="tweets", task_type=TaskType.CLASSIFICATION, policy=policy
+            )
         upload = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-        result = dataset_handlers.upload_version(
+        result = upload_version(
             deps,
             IngestRequest(dataset=dataset.name, source_kind=SourceKind.UPLOAD),
             iter([upload]),
@@ -157,22 +159,23 @@ def test_every_service_sees_every_row_unchanged(models_root: Path, texts: list[s
         # the splitter: DatasetVersioned, then a stratified split (no part is left empty)
         engine = create_database_engine(f"sqlite:///{root / 'splitter.db'}")
         create_schema(engine, [SplitterBase.metadata])
-        sessions = create_session_factory(engine)
         store = LocalArtifactStore(root / "splitter", readable_roots=[root])
-        metrics = SplitterMetrics(CollectorRegistry())
-        announced = version_from_event(dataset_versioned(version))
-        with sessions.begin() as session:
-            splitter_handlers.on_dataset_versioned(
-                session, announced, artifacts=store, metrics=metrics, source="test"
-            )
-        split, _ = splitter_handlers.create_split(
-            sessions,
-            DatasetVersionName.parse(version.name, field="parent"),
-            SplitSpec(strategy=SplitStrategy.STRATIFIED),
+        splitter = SplitterDeps(
+            sessions=create_session_factory(engine),
             artifacts=store,
-            metrics=metrics,
+            metrics=SplitterMetrics(CollectorRegistry()),
             source="test",
         )
+        announced = version_from_event(dataset_versioned(version))
+        with splitter.sessions.begin() as session:
+            on_dataset_versioned(session, splitter, announced)
+        with splitter.sessions.begin() as session:
+            split, _ = create_split(
+                session,
+                splitter,
+                DatasetVersionName.parse(version.name, field="parent"),
+                SplitSpec(strategy=SplitStrategy.STRATIFIED),
+            )
         engine.dispose()
         manifest_path = store.local_path(split.manifest_uri)
         parts = load_split_rows(
@@ -186,7 +189,7 @@ def test_every_service_sees_every_row_unchanged(models_root: Path, texts: list[s
         stopping = resolve_stopping(StoppingRules(eval_every_n_steps=2), 2)
         plan = WorkerPlan(
             job="trainingJobs/unicode",
-            task_type=TrainerTaskType.CLASSIFICATION,
+            task_type=TaskType.CLASSIFICATION,
             model_dir=str(model.path),
             base_model=BaseModelRef(
                 model_name="bert",
@@ -197,9 +200,7 @@ def test_every_service_sees_every_row_unchanged(models_root: Path, texts: list[s
             manifest_path=str(manifest_path),
             manifest_sha256=split.manifest_sha256,
             dataset_path=str(dataset_path),
-            adapter=resolve_adapter(
-                AdapterSpec(rank=4), TrainerTaskType.CLASSIFICATION, model.model_type
-            ),
+            adapter=resolve_adapter(AdapterSpec(rank=4), TaskType.CLASSIFICATION, model.model_type),
             hyperparameters=resolve_hyperparameters(
                 Hyperparameters(batch_size=4, learning_rate=1e-2, max_steps=2), 128
             ),
@@ -223,7 +224,7 @@ def test_every_service_sees_every_row_unchanged(models_root: Path, texts: list[s
         adapter = LocalArtifactStore(root / "trainer").local_path(final.artifact_uri)
         job = ScoringJob(
             evaluation="evaluations/unicode",
-            task_type=EvaluatorTaskType.CLASSIFICATION,
+            task_type=TaskType.CLASSIFICATION,
             subjects=(
                 SubjectSpec(
                     "candidate",

@@ -22,23 +22,20 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
+from shared.names import DATASET, VALIDATION_REPORT
+from tuneline.cli.choices import TaskChoice, task_label
 from tuneline.cli.endpoints import target
 from tuneline.cli.output import console, err_console, print_message, reported_errors
 from tuneline.cli.ownership import ContactOption, OwnerOption, RunbookOption, owner_option
 from tuneline.client.dataset import DatasetClient, dataset_name
 from tuneline.client.errors import InvalidArgumentError
-from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.client.names import id_of
 from tuneline.dataset.v1 import resources_pb2
 
 app = typer.Typer(
     help="Datasets: create, push (upload with progress), show, list, report, audit.",
     no_args_is_help=True,
 )
-
-
-class TaskChoice(StrEnum):
-    classification = "classification"
-    causal_lm = "causal_lm"
 
 
 class OutcomeChoice(StrEnum):
@@ -276,7 +273,7 @@ def list_command(
                 rows.append(
                     [
                         item.name.rsplit("/", 1)[-1],
-                        _enum_name(common_pb2.TaskType, item.task_type, "TASK_TYPE_"),
+                        task_label(item.task_type),
                         str(item.version_count),
                         item.latest_version.rsplit("/", 1)[-1] or "-",
                         ", ".join(item.schema_policy.label_set) or "-",
@@ -341,7 +338,8 @@ def report(
             _print_table(
                 ["report", "outcome", "errors", "warnings", "version", "created"],
                 rows,
-                caption=f"details: tuneline datasets report {dataset_name(name)}/reports/REPORT",
+                caption="details: tuneline datasets report "
+                + VALIDATION_REPORT.format(dataset=id_of(DATASET, name), report="REPORT"),
             )
             return
         found = client.get_validation_report(name)

@@ -24,22 +24,16 @@ from rich.progress import (
 )
 
 from shared.modeling import ModelingError, default_models_root
-from shared.modeling.packaged import prepare_packaged_models
+from shared.modeling.packaged import ENCODER, prepare_packaged_models
 from tuneline.cli.output import console, err_console
 from tuneline.cli.report import print_scorecard, read_scorecard
 from tuneline.client.errors import TunelineError
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
+from tuneline.demo.config import DemoConfig, DemoError, DemoObserver, StackEndpoints
 from tuneline.demo.corpus import CorpusError, rotten_tomatoes_path
-from tuneline.demo.scenario import (
-    ENCODER,
-    DemoConfig,
-    DemoError,
-    DemoObserver,
-    DemoSummary,
-    StackEndpoints,
-    run_demo,
-)
+from tuneline.demo.results import DemoSummary
+from tuneline.demo.scenario import run_demo
 from tuneline.demo.timeline import SeenEvent
 from tuneline.devtools.kafka import LocalKafka, LocalKafkaError
 from tuneline.devtools.stack import (

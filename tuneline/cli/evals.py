@@ -11,9 +11,11 @@ import typer
 from google.protobuf import json_format
 from rich.table import Table
 
+from shared.names import EVALUATION, MODEL
 from tuneline.cli.endpoints import target
 from tuneline.cli.output import console, print_message, reported_errors
 from tuneline.client.evaluator import EvaluatorClient
+from tuneline.client.names import id_of, qualified
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import resources_pb2
 
@@ -51,11 +53,11 @@ def _client() -> EvaluatorClient:
 
 def _evaluation(name: str) -> str:
     """``abc`` or ``evaluations/abc`` → ``evaluations/abc``."""
-    return name if name.startswith("evaluations/") else f"evaluations/{name}"
+    return qualified(EVALUATION, name)
 
 
 def _model(name: str) -> str:
-    return name if not name or name.startswith("models/") else f"models/{name}"
+    return qualified(MODEL, name) if name else name
 
 
 def verdict_text(evaluation: resources_pb2.Evaluation) -> str:
@@ -222,7 +224,7 @@ def list_evaluations(
             table.add_row(
                 evaluation.name.removeprefix("evaluations/"),
                 evaluation.checkpoint,
-                evaluation.model.removeprefix("models/"),
+                id_of(MODEL, evaluation.model),
                 verdict_text(evaluation),
                 _headline(evaluation),
                 _headline(evaluation, baseline=True),

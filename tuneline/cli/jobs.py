@@ -16,8 +16,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from shared.names import TRAINING_JOB
 from tuneline.cli.endpoints import target
 from tuneline.cli.output import console, err_console, print_message, reported_errors
+from tuneline.client.names import qualified
 from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.trainer.v1 import resources_pb2
@@ -81,7 +83,7 @@ def _client() -> TrainerClient:
 
 def _job_name(job: str) -> str:
     """``j1`` or ``trainingJobs/j1`` → ``trainingJobs/j1``."""
-    return job if job.startswith("trainingJobs/") else f"trainingJobs/{job}"
+    return qualified(TRAINING_JOB, job)
 
 
 def _state(job: resources_pb2.TrainingJob | resources_pb2.TrainingProgress) -> str:

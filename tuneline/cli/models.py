@@ -10,6 +10,7 @@ import typer
 from google.protobuf import json_format
 from rich.table import Table
 
+from tuneline.cli.choices import TaskChoice, task_label
 from tuneline.cli.endpoints import target
 from tuneline.cli.output import console, err_console, print_message, reported_errors
 from tuneline.cli.ownership import (
@@ -32,11 +33,6 @@ app = typer.Typer(
 )
 
 
-class Task(StrEnum):
-    classification = "classification"
-    causal_lm = "causal_lm"
-
-
 class Policy(StrEnum):
     automatic = "automatic"
     manual = "manual"
@@ -48,10 +44,6 @@ class Part(StrEnum):
     test = "test"
 
 
-_TASKS = {
-    Task.classification: common_pb2.TASK_TYPE_CLASSIFICATION,
-    Task.causal_lm: common_pb2.TASK_TYPE_CAUSAL_LM,
-}
 _POLICIES = {
     Policy.automatic: resources_pb2.PROMOTION_POLICY_AUTOMATIC,
     Policy.manual: resources_pb2.PROMOTION_POLICY_MANUAL,
@@ -91,14 +83,14 @@ def _golden(spec: str) -> common_pb2.EvaluationSet:
         )
     version, _, split = where.partition("/splits/")
     return common_pb2.EvaluationSet(
-        label=label, dataset_version=version, split=f"{version}/splits/{split}" if split else ""
+        label=label, dataset_version=version, split=where if split else ""
     )
 
 
 @app.command()
 def create(
     model_id: Annotated[str, typer.Argument(help="The model id, e.g. sentiment.")],
-    task: Annotated[Task | None, typer.Option(help="The task type.")] = None,
+    task: Annotated[TaskChoice | None, typer.Option(help="The task type.")] = None,
     base_model: Annotated[
         str | None, typer.Option(help="Base model folder name in the models root.")
     ] = None,
@@ -177,7 +169,7 @@ def create(
             ),
         )
         if task is not None:
-            model.task_type = _TASKS[task]
+            model.task_type = task.to_proto()
         if base_model is not None:
             model.base_model.model_name = base_model
         elif base_model_path is not None:
@@ -272,7 +264,7 @@ def list_models(
                 break
             table.add_row(
                 model.name,
-                common_pb2.TaskType.Name(model.task_type).removeprefix("TASK_TYPE_").lower(),
+                task_label(model.task_type),
                 resources_pb2.PromotionPolicy.Name(model.promotion_policy)
                 .removeprefix("PROMOTION_POLICY_")
                 .lower(),

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from shared.names import TRAINING_POLICY
 from tuneline.cli.endpoints import target
 from tuneline.cli.output import console, print_message, reported_errors
 from tuneline.cli.ownership import (
@@ -19,6 +20,7 @@ from tuneline.cli.ownership import (
     budget_option,
 )
 from tuneline.client.errors import NotFoundError
+from tuneline.client.names import qualified
 from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.trainer.v1 import resources_pb2
@@ -28,8 +30,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_PREFIX = "trainingPolicies/"
-
 
 def _client() -> TrainerClient:
     return TrainerClient(target("trainer"))
@@ -37,7 +37,7 @@ def _client() -> TrainerClient:
 
 def _policy_name(policy: str) -> str:
     """``reviews`` or ``trainingPolicies/reviews`` → ``trainingPolicies/reviews``."""
-    return policy if policy.startswith(_PREFIX) else f"{_PREFIX}{policy}"
+    return qualified(TRAINING_POLICY, policy)
 
 
 def _money(money: common_pb2.Money) -> str:

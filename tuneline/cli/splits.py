@@ -10,6 +10,7 @@ from rich.table import Table
 
 from tuneline.cli.endpoints import target
 from tuneline.cli.output import console, print_message, reported_errors
+from tuneline.client.dataset import dataset_name
 from tuneline.client.splitter import SplitterClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.splitter.v1 import resources_pb2
@@ -55,11 +56,6 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed (default 0).")
 
 def _client() -> SplitterClient:
     return SplitterClient(target("splitter"))
-
-
-def _dataset(name: str) -> str:
-    """``reviews`` or ``datasets/reviews`` → ``datasets/reviews``."""
-    return name if name.startswith("datasets/") else f"datasets/{name}"
 
 
 def _spec(
@@ -165,7 +161,7 @@ def get_policy(
 ) -> None:
     """Show a dataset's split policy (the defaults when none was set)."""
     with reported_errors(), _client() as client:
-        print_message(client.get_split_policy(_dataset(dataset)))
+        print_message(client.get_split_policy(dataset_name(dataset)))
 
 
 @policy_app.command("set")
@@ -185,6 +181,6 @@ def set_policy(
     spec = _spec(strategy, train, validation, test, seed)
     with reported_errors(), _client() as client:
         policy = client.set_split_policy(
-            _dataset(dataset), spec, auto_split_disabled=not auto_split
+            dataset_name(dataset), spec, auto_split_disabled=not auto_split
         )
     print_message(policy)

@@ -16,6 +16,9 @@ from pathlib import Path
 import grpc
 
 from shared.grpc import ClientSecurity
+from shared.names import DATASET
+from shared.protobuf import enum_to_proto
+from shared.task_types import TASK_TYPE_PREFIX, TaskType
 from tuneline.client.base import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_POLL_SECONDS,
@@ -24,6 +27,7 @@ from tuneline.client.base import (
     ServiceClient,
 )
 from tuneline.client.errors import TunelineError, from_rpc_error
+from tuneline.client.names import qualified
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
@@ -32,10 +36,6 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 #: Deadline of an upload or import unless the caller sets one (large files take minutes).
 DEFAULT_INGEST_TIMEOUT = 3600.0
 
-TASK_TYPES: Mapping[str, common_pb2.TaskType.ValueType] = {
-    "classification": common_pb2.TASK_TYPE_CLASSIFICATION,
-    "causal_lm": common_pb2.TASK_TYPE_CAUSAL_LM,
-}
 SEVERITIES: Mapping[str, resources_pb2.ValidationSeverity.ValueType] = {
     "error": resources_pb2.VALIDATION_SEVERITY_ERROR,
     "warning": resources_pb2.VALIDATION_SEVERITY_WARNING,
@@ -61,15 +61,19 @@ _AUDIT_FINISHED = (
 
 def dataset_name(dataset: str) -> str:
     """``reviews`` → ``datasets/reviews``; a full name is returned as is."""
-    return dataset if dataset.startswith("datasets/") else f"datasets/{dataset}"
+    return qualified(DATASET, dataset)
 
 
 def _task_type(value: str | int) -> common_pb2.TaskType.ValueType:
+    """A task type by name (a :class:`~shared.task_types.TaskType`, or ``causal_lm`` in either
+    case) or by proto number."""
     if isinstance(value, str):
         try:
-            return TASK_TYPES[value.lower()]
-        except KeyError:
-            raise ValueError(f"task type must be one of {', '.join(TASK_TYPES)}") from None
+            task = TaskType(value)
+        except ValueError:
+            choices = ", ".join(known.value.lower() for known in TaskType)
+            raise ValueError(f"task type must be one of {choices}") from None
+        return enum_to_proto(common_pb2.TaskType, TASK_TYPE_PREFIX, task)
     return common_pb2.TaskType.ValueType(value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from shared.names import EVALUATION_POLICY, MODEL
 from shared.service_ports import default_target
 from tuneline.client.base import (
     DEFAULT_PAGE_SIZE,
@@ -12,6 +13,7 @@ from tuneline.client.base import (
     DEFAULT_WAIT_TIMEOUT,
     ServiceClient,
 )
+from tuneline.client.names import id_of
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
@@ -102,6 +104,10 @@ class EvaluatorClient(ServiceClient):
 
     def get_evaluation_policy(self, model: str) -> resources_pb2.EvaluationPolicy:
         """The policy of ``models/{m}`` (or its full policy name), defaults resolved."""
-        name = model if model.endswith("/evaluationPolicy") else f"{model}/evaluationPolicy"
+        name = (
+            model
+            if EVALUATION_POLICY.matches(model)
+            else EVALUATION_POLICY.format(model=id_of(MODEL, model))
+        )
         request = service_pb2.GetEvaluationPolicyRequest(name=name)
         return self._call(self._stub.GetEvaluationPolicy, request).evaluation_policy

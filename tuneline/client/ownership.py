@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from shared.ownership import money_parts
 from tuneline.common.v1 import resources_pb2 as common_pb2
 
 
@@ -20,10 +21,8 @@ def owner(team: str, contact: str = "", runbook_uri: str = "") -> common_pb2.Own
 
 def money(amount: Decimal | str | float, currency: str = "USD") -> common_pb2.Money:
     """``Decimal("1.75")`` as ``Money`` (units and nanos with the same sign)."""
-    nanos_total = int((Decimal(str(amount)) * 1_000_000_000).to_integral_value())
-    units, nanos = divmod(abs(nanos_total), 1_000_000_000)
-    sign = -1 if nanos_total < 0 else 1
-    return common_pb2.Money(currency_code=currency, units=sign * units, nanos=sign * nanos)
+    units, nanos = money_parts(Decimal(str(amount)))
+    return common_pb2.Money(currency_code=currency, units=units, nanos=nanos)
 
 
 def budget(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
+from shared.names import MODEL, MODEL_ALIAS, MODEL_CHECKPOINT
 from shared.service_ports import default_target
 from tuneline.client.base import DEFAULT_PAGE_SIZE, DeprecatedAlias, ServiceClient
+from tuneline.client.names import id_of, qualified
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
@@ -88,7 +90,7 @@ class RegistryClient(ServiceClient):
     def get_production_alias(self, model: str) -> resources_pb2.Alias:
         """The ``production`` alias of ``models/{m}`` (what a serving fleet loads):
         :meth:`get_alias` of ``models/{m}/aliases/production``."""
-        return self.get_alias(f"{model}/aliases/production")
+        return self.get_alias(alias_name(model))
 
     def list_alias_history(
         self, name: str, *, page_size: int = DEFAULT_PAGE_SIZE
@@ -239,18 +241,18 @@ class RegistryClient(ServiceClient):
 
 def model_name(ref: str) -> str:
     """``sentiment`` or ``models/sentiment`` → ``models/sentiment``."""
-    return ref if ref.startswith("models/") else f"models/{ref}"
+    return qualified(MODEL, ref)
 
 
 def checkpoint_name(ref: str, model: str = "") -> str:
     """A full checkpoint name, or a checkpoint id qualified by ``model``."""
-    if ref.startswith("models/") or not model:
+    if not model:
         return ref
-    return f"{model_name(model)}/checkpoints/{ref}"
+    return qualified(MODEL_CHECKPOINT, ref, model=id_of(MODEL, model))
 
 
 def alias_name(model: str, alias: str = "production") -> str:
     """``models/{model}/aliases/{alias}`` from a model id or name (full alias names pass)."""
     if "/aliases/" in model:
         return model
-    return f"{model_name(model)}/aliases/{alias}"
+    return MODEL_ALIAS.format(model=id_of(MODEL, model), alias=alias)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from shared.names import DATASET, SPLIT_POLICY
 from tuneline.client.base import DEFAULT_PAGE_SIZE, ServiceClient
+from tuneline.client.names import id_of
 from tuneline.splitter.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
 #: Splitting reads the whole version and writes its manifest: allow it more than a lookup.
@@ -66,7 +68,8 @@ class SplitterClient(ServiceClient):
         its defaults resolved. A retry with the same ``request_id`` (one is generated when
         empty) changes nothing twice."""
         policy = resources_pb2.SplitPolicy(
-            name=f"{dataset}/splitPolicy", auto_split_disabled=auto_split_disabled
+            name=SPLIT_POLICY.format(dataset=id_of(DATASET, dataset)),
+            auto_split_disabled=auto_split_disabled,
         )
         if spec is not None:
             policy.spec.CopyFrom(spec)
@@ -75,5 +78,7 @@ class SplitterClient(ServiceClient):
 
     def get_split_policy(self, dataset: str) -> resources_pb2.SplitPolicy:
         """The split policy of ``dataset`` (``datasets/{d}``), or the defaults if none was set."""
-        request = service_pb2.GetSplitPolicyRequest(name=f"{dataset}/splitPolicy")
+        request = service_pb2.GetSplitPolicyRequest(
+            name=SPLIT_POLICY.format(dataset=id_of(DATASET, dataset))
+        )
         return self._call(self._stub.GetSplitPolicy, request).split_policy

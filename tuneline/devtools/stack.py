@@ -24,7 +24,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.security.tls import channel_credentials
 from shared.service_ports import DEFAULT_PORTS, SERVICE_NAMES
-from tuneline.devtools.kafka import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port
+from tuneline.devtools.kafka import (
+    DEFAULT_CONTROLLER_PORT,
+    DEFAULT_PORT,
+    LocalKafka,
+    free_port,
+    port_free,
+)
 from tuneline.devtools.local_pki import (
     LOCAL_SERVER_NAME,
     LocalCredentials,
@@ -209,7 +214,7 @@ class StackPorts:
         for _ in range(attempts):
             base = draw.randrange(20000, 60000 - len(SERVICE_NAMES))
             block = range(base, base + len(SERVICE_NAMES))
-            if all(_port_free(port) for port in block) and not any(
+            if all(port_free(port) for port in block) and not any(
                 abs(base - other) < len(SERVICE_NAMES) for other in blocks
             ):
                 blocks.append(base)
@@ -223,15 +228,6 @@ class StackPorts:
                     webhook=kafka + 2,
                 )
         raise StackError("found no free block of ports")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class LocalStack:

@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tuneline.client.dataset import DatasetClient
 from tuneline.client.errors import TunelineError
 from tuneline.client.evaluator import EvaluatorClient
-from tuneline.client.registry import RegistryClient
+from tuneline.client.registry import RegistryClient, alias_name
 from tuneline.client.trainer import TrainerClient
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
@@ -206,7 +206,7 @@ def collect(sources: Sources, model: str) -> scorecard.ModelHistory:
     registry = sources.registry
     definition = registry.get_model(model)
     checkpoints = list(registry.list_checkpoints(model))
-    moves = list(registry.list_alias_history(f"{model}/aliases/-"))
+    moves = list(registry.list_alias_history(alias_name(model, "-")))
     gaps: list[str] = []
 
     evaluations: dict[str, evaluator_pb2.Evaluation] = {}

@@ -2,7 +2,7 @@
 
 :func:`audit_rows` embeds the rows' texts with the configured encoder's frozen backbone
 (:class:`shared.modeling.embeddings.TextEmbedder`) and runs
-:func:`services.dataset.label_audit.audit_labels` on the vectors and the texts' TF-IDF view.
+:func:`services.dataset.domain.label_audit.audit_labels` on the vectors and the texts' TF-IDF view.
 :func:`measure_parent_shift` embeds a seeded subset of a version's and its parent's texts with
 the same encoder and runs the classifier two-sample test of :mod:`shared.stats.two_sample`.
 The gRPC process imports this module only to name these functions to the worker pool; torch
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from services.dataset.label_audit import (
+from services.dataset.domain.label_audit import (
     DEFAULT_FOLDS,
     LabelAuditFindings,
     audit_labels,
@@ -63,7 +63,7 @@ def embed(
 
 def audit_rows(job: AuditJob) -> LabelAuditFindings:
     """Embed ``job.texts`` and audit ``job.labels`` on them. Raises
-    :class:`~services.dataset.label_audit.NotAuditable` and the model loaders' errors."""
+    :class:`~services.dataset.domain.label_audit.NotAuditable` and the model loaders' errors."""
     views = [embed(job.texts, job.encoder, job.models_root, job.device), word_features(job.texts)]
     return audit_labels(views, job.labels, folds=job.folds, seed=job.seed)
 

@@ -26,7 +26,7 @@ from services.dataset.adapters.audit_engine import (
     audit_rows,
     measure_parent_shift,
 )
-from services.dataset.label_audit import DEFAULT_FOLDS, LabelAuditFindings, NotAuditable
+from services.dataset.domain.label_audit import DEFAULT_FOLDS, LabelAuditFindings, NotAuditable
 from shared.stats.two_sample import TwoSampleResult
 
 log = logging.getLogger(__name__)

@@ -25,23 +25,8 @@ from services.dataset.adapters.tables import (
     DatasetVersionRow,
     ValidationReportRow,
 )
-from services.dataset.domain import (
-    DEFAULT_MAX_LABEL_CHURN,
-    DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
-    Dataset,
-    DatasetVersion,
-    Finding,
-    Lineage,
-    Outcome,
-    Rule,
-    SchemaPolicy,
-    Severity,
-    SourceKind,
-    Summary,
-    TaskType,
-    ValidationReport,
-)
-from services.dataset.label_audit import (
+from services.dataset.domain.datasets import Dataset, DatasetVersion
+from services.dataset.domain.label_audit import (
     DEFAULT_ACTION,
     DEFAULT_MAX_NOISE_RATE,
     DatasetAudit,
@@ -50,8 +35,23 @@ from services.dataset.label_audit import (
     LabelAuditPolicy,
     LabelAuditVerdict,
 )
-from services.dataset.parent_shift import ParentShift
+from services.dataset.domain.parent_shift import ParentShift
+from services.dataset.domain.policy import (
+    DEFAULT_MAX_LABEL_CHURN,
+    DEFAULT_MIN_SHARED_ROWS_FOR_CHURN,
+    SchemaPolicy,
+)
+from services.dataset.domain.reports import (
+    Finding,
+    Lineage,
+    Outcome,
+    SourceKind,
+    Summary,
+    ValidationReport,
+)
+from services.dataset.domain.rules import Rule, Severity
 from shared.ownership import Owner
+from shared.task_types import TaskType
 
 
 def _utc(value: datetime) -> datetime:
@@ -222,7 +222,7 @@ class DatasetRepository:
                 dataset_id=audit.dataset_id,
                 version_id=audit.version_id,
                 content_sha256=audit.content_sha256,
-                task_type=audit.task_type,
+                task_type=audit.task_type.value,
                 row_count=audit.row_count,
                 verdict=audit.verdict.value,
                 reason=audit.reason,
@@ -429,7 +429,7 @@ def _audit(row: DatasetAuditRow) -> DatasetAudit:
         dataset_id=row.dataset_id,
         version_id=row.version_id,
         content_sha256=row.content_sha256,
-        task_type=row.task_type,
+        task_type=TaskType(row.task_type),
         policy=LabelAuditPolicy(LabelAuditAction(row.action), row.max_noise_rate),
         row_count=row.row_count,
         create_time=_utc(row.create_time),

@@ -125,9 +125,9 @@ class DatasetAuditRow(DatasetBase):
     action: Mapped[str] = mapped_column(String(16))
     max_noise_rate: Mapped[float] = mapped_column(Float)
     encoder: Mapped[str] = mapped_column(String(255), default="")
-    #: :class:`~services.dataset.label_audit.LabelAuditFindings` as JSON; ``{}`` when none.
+    #: :class:`~services.dataset.domain.label_audit.LabelAuditFindings` as JSON; ``{}`` when none.
     findings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     complete_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    #: :class:`~services.dataset.parent_shift.ParentShift` as JSON; ``{}`` when none.
+    #: :class:`~services.dataset.domain.parent_shift.ParentShift` as JSON; ``{}`` when none.
     parent_shift: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")

@@ -1,10 +1,10 @@
 """Worker processes for the per-row validation rules.
 
 Per-row validation is CPU-bound Python; threads would share one interpreter lock, so blocks of
-rows go to a small pool of processes instead (``services.dataset.rows.check_block`` is pure and
-picklable). Processes are *spawned*, never forked: forking a process that runs gRPC's threads
-is unsafe. The pool starts on first use, is shared by concurrent uploads, and is replaced if a
-worker dies.
+rows go to a small pool of processes instead
+(``services.dataset.domain.rows.check_block`` is pure and picklable). Processes are *spawned*,
+never forked: forking a process that runs gRPC's threads is unsafe. The pool starts on first
+use, is shared by concurrent uploads, and is replaced if a worker dies.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ JSON parsing, field and type rules, text rules, and the canonical serialisation 
 id (``DATA.md``; :mod:`shared.canonical_jsonl` is its reference). Parsing refuses what JSON
 allows but a row cannot mean: a key repeated in one object (``duplicate_key``), a lone
 surrogate escape (``invalid_unicode``); which characters a string may hold, and which count as
-visible, is :mod:`services.dataset.characters`.
+visible, is :mod:`services.dataset.domain.characters`.
 
 It is a pure function of its arguments, so the validator can run blocks in worker processes
 (it imports neither numpy nor anything that holds state) and merge the results in order; the
@@ -37,22 +37,17 @@ from typing import Any, NamedTuple, cast
 
 import jsonschema
 
-from services.dataset.characters import (
+from services.dataset.domain.characters import (
     describe_control_character,
     first_control_character,
     has_lone_surrogate,
     is_blank,
 )
-from services.dataset.domain import (
-    DEFAULT_VALUE_BOUNDS,
-    Rule,
-    SchemaPolicy,
-    Severity,
-    TaskType,
-    ValueBounds,
-)
+from services.dataset.domain.policy import DEFAULT_VALUE_BOUNDS, SchemaPolicy, ValueBounds
+from services.dataset.domain.rules import Rule, Severity
 from shared.canonical_jsonl import canonical_json
 from shared.input_text import near_duplicate_text, normalize_input_text
+from shared.task_types import TaskType
 
 _DERIVED_ID = re.compile(r"^r-([0-9a-f]{16})$")
 _ROLES = frozenset({"system", "user", "assistant"})
@@ -107,6 +102,9 @@ def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any
 _decoder = json.JSONDecoder(object_pairs_hook=_object_without_repeated_keys)
 # the C scanner json.loads runs underneath its Python-level wrapping (which it is not typed as)
 _scan_json = _decoder.scan_once  # type: ignore[attr-defined]
+#: The same scanner building objects in C, without the hook: for lines whose members can be
+#: counted instead (see ``_BlockChecker.check_lines``).
+_scan_json_merging = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def id_fingerprint(row_id: str) -> int:
@@ -339,6 +337,7 @@ class _BlockChecker:
         near_duplicate_texts = result.near_duplicate_texts if rules.near_duplicate_texts else None
         loads = _decoder.decode
         scan = _scan_json  # json.loads without its Python-level wrapping: a third faster
+        scan_merging = _scan_json_merging
         sha256 = hashlib.sha256
         quote = encode_basestring
         normalize = normalize_input_text
@@ -356,7 +355,20 @@ class _BlockChecker:
                 continue
             try:
                 try:
-                    row, end = scan(line, 0)
+                    if "\\" in line:
+                        row, end = scan(line, 0)
+                    else:
+                        # Without a backslash every quote delimits a string, so a flat object
+                        # of strings holds four per member: fewer members than that means a
+                        # repeated key, which this scanner merged. Anything else is scanned
+                        # again by the one that names it (the hook costs a Python call a row).
+                        row, end = scan_merging(line, 0)
+                        if (
+                            type(row) is not dict
+                            or line.count('"') != 4 * len(row)
+                            or list(map(type, row.values())).count(str) != len(row)
+                        ):
+                            row, end = scan(line, 0)
                     if end != len(line) and not line[end:].isspace():
                         raise ValueError("extra data")  # json.loads below names it
                 except (StopIteration, ValueError, RecursionError):
@@ -380,7 +392,7 @@ class _BlockChecker:
                     f"a line must hold one JSON object, not a JSON {_json_kind(row)}",
                 )
                 continue
-            if surrogates(line, row):
+            if "\\u" in line and surrogates(line, row):
                 self.finding(
                     Rule.INVALID_UNICODE,
                     line_number,
@@ -406,8 +418,10 @@ class _BlockChecker:
             )
             if inline:
                 plain = plain_of(text)
-                if plain is None or len(plain[0]) != len(text):  # not plain ASCII: look closer
+                if plain is None:  # something to escape or normalize: look closer
                     inline = _clean_string(text)
+                elif len(plain[0]) != len(text):  # plain, not ASCII: no control character
+                    inline = not is_blank(text)  # (plain_text saw to it) but maybe invisible
             if inline:
                 # the common case, inline: a {"text", "label"} row, maybe with a "group", that
                 # passes every rule; the canonical row is {"group", "id", "label", "text"}

@@ -9,22 +9,22 @@ row with an ``id``) to a sink as it goes. Nothing holds the whole upload:
   longer than ``max_line_bytes`` is reported and skipped without being buffered.
 * **UTF-8 decoding is incremental**: only complete lines are decoded, and since the byte
   ``0x0A`` never occurs inside a multi-byte UTF-8 sequence, a line end never splits a
-  character (``services.dataset.rows``).
+  character (``services.dataset.domain.rows``).
 * **Hashing streams**: the sha256 of the bytes as received is updated per chunk; the sink (an
   artifact spool) hashes the canonical content as it is written.
 * **Per-row rules run block by block**, in this thread or in worker processes
   (``executor``): at most ``max_in_flight`` blocks are out at once, and results are merged in
   upload order, so the outcome is the same either way.
-* **Cross-row rules keep fingerprints, not rows** (:mod:`services.dataset.fingerprints`): exact
-  duplicates and id uniqueness share one index (12 bytes per row), conflicting labels use
+* **Cross-row rules keep fingerprints, not rows** (:mod:`services.dataset.domain.fingerprints`):
+  exact duplicates and id uniqueness share one index (12 bytes per row), conflicting labels use
   another (12 bytes per row, CLASSIFICATION only), each with a merge buffer of at most 24 MiB.
   Memory therefore grows by **about 24 bytes per row** (12 for CAUSAL_LM) whatever the rows'
   size, on top of a constant: the blocks in flight, and label and slice counts per distinct
   value. Findings keep counts and the first ``max_line_numbers`` line numbers per rule and
   field.
-* **Label churn** (:mod:`services.dataset.churn`) looks each block's kept rows up in the
+* **Label churn** (:mod:`services.dataset.domain.churn`) looks each block's kept rows up in the
   parent's input fingerprints (12 bytes per parent row, read before the upload starts).
-* **Near-duplicates** (:mod:`services.dataset.near_duplicate_rows`) are the exception: that
+* **Near-duplicates** (:mod:`services.dataset.domain.near_duplicate_rows`) are the exception: that
   check keeps the kept rows' normalized texts, so it runs only up to a row limit.
 
 Fingerprints are 64 bits (ids, inputs) and 32 more bits for a row's content under an id: two
@@ -44,21 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from services.dataset.churn import ChurnCounter, ParentLabels
-from services.dataset.domain import (
-    DEFAULT_VALUE_BOUNDS,
-    Finding,
-    LabelChurn,
-    Rule,
-    SchemaPolicy,
-    Severity,
-    TaskType,
-    ValueBounds,
-    ordered_findings,
-)
-from services.dataset.fingerprints import FingerprintIndex
-from services.dataset.near_duplicate_rows import NearDuplicateRows
-from services.dataset.rows import (
+from services.dataset.domain.churn import ChurnCounter, LabelChurn, ParentLabels
+from services.dataset.domain.fingerprints import FingerprintIndex
+from services.dataset.domain.near_duplicate_rows import NearDuplicateRows
+from services.dataset.domain.policy import DEFAULT_VALUE_BOUNDS, SchemaPolicy, ValueBounds
+from services.dataset.domain.reports import Finding, ordered_findings
+from services.dataset.domain.rows import (
     BlockResult,
     RowFinding,
     RowRules,
@@ -67,7 +58,9 @@ from services.dataset.rows import (
     shown_name,
     too_long_message,
 )
+from services.dataset.domain.rules import Rule, Severity
 from shared.canonical_jsonl import canonical_json, parse_line
+from shared.task_types import TaskType
 
 BOM = b"\xef\xbb\xbf"
 #: Bytes of complete lines checked together (amortises per-block costs; bounds memory).
@@ -217,6 +210,11 @@ class StreamingValidator:
             if near_duplicate_threshold > 0
             else None
         )
+        #: The kept rows' near-duplicate texts, as the blocks sent them (line numbers, UTF-8
+        #: texts each ending in a line end), until the end: only an upload within the check's
+        #: row limit pays for indexing them. None once past the limit (the check is skipped).
+        self._near_duplicate_texts: list[tuple[list[int], bytes]] | None = []
+        self._near_duplicate_rows = 0
         if self._near_duplicates is not None:
             self._rules = replace(self._rules, near_duplicate_texts=True)
 
@@ -444,12 +442,20 @@ class StreamingValidator:
     ) -> None:
         """The kept rows' near-duplicate texts (:func:`shared.input_text.near_duplicate_text`:
         the input; for CAUSAL_LM prompt and completion), for the near-duplicate check."""
-        if self._near_duplicates is None or self._near_duplicates.skipped:
+        if self._near_duplicates is None or self._near_duplicate_texts is None:
             return
-        add = self._near_duplicates.add
-        texts = result.near_duplicate_texts.split(b"\n")
-        for i in np.flatnonzero(keep).tolist():
-            add(int(line_numbers[i]), texts[i].decode())
+        kept = np.flatnonzero(keep)
+        self._near_duplicate_rows += len(kept)
+        if self._near_duplicate_rows > self._near_duplicates.max_rows:
+            # over budget: free the texts now, and the next blocks need none
+            self._near_duplicate_texts = None
+            self._rules = replace(self._rules, near_duplicate_texts=False)
+            return
+        texts = bytes(result.near_duplicate_texts)
+        if len(kept) < len(keep):
+            every = texts.split(b"\n")
+            texts = b"".join(every[i] + b"\n" for i in kept.tolist())
+        self._near_duplicate_texts.append((line_numbers[kept].tolist(), texts))
 
     def _label_index(self, label: str) -> int:
         """The label's global index; -1 for a new one past the limit on distinct labels."""
@@ -522,7 +528,14 @@ class StreamingValidator:
                 )
 
     def _near_duplicate_rule(self, rows: NearDuplicateRows) -> None:
-        if rows.skipped:
+        if self._near_duplicate_texts is not None:
+            add = rows.add
+            for lines, texts in self._near_duplicate_texts:
+                # one decode a block (a line end never occurs inside a UTF-8 character)
+                for line, text in zip(lines, texts.decode().split("\n"), strict=False):
+                    add(line, text)
+            self._near_duplicate_texts = None
+        if self._near_duplicate_rows > rows.max_rows:
             self.findings.add(
                 Rule.NEAR_DUPLICATE_CHECK_SKIPPED,
                 0,

@@ -11,18 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 
-from services.dataset import handlers
 from services.dataset.adapters.label_auditor import ProcessLabelAuditor
+from services.dataset.handlers.audits import run_pending_audits
+from services.dataset.handlers.deps import DatasetDeps
 
 log = logging.getLogger(__name__)
 
 
 class AuditRunner:
-    """Runs :func:`handlers.run_pending_audits` until stopped (a background component)."""
+    """Runs :func:`~services.dataset.handlers.audits.run_pending_audits` until stopped (a
+    background component)."""
 
     def __init__(
         self,
-        deps: handlers.DatasetDeps,
+        deps: DatasetDeps,
         auditor: ProcessLabelAuditor,
         *,
         poll_seconds: float = 5.0,
@@ -56,7 +58,7 @@ class AuditRunner:
             try:
                 while (
                     not self._stopping.is_set()
-                    and handlers.run_pending_audits(self._deps, self._auditor) > 0
+                    and run_pending_audits(self._deps, self._auditor) > 0
                 ):
                     pass
             except Exception:  # a database hiccup: retried at the next poll

@@ -17,8 +17,7 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 
-from services.dataset import handlers
-from services.dataset.adapters.messages import (
+from services.dataset.adapters.protos import (
     audit_to_proto,
     dataset_to_proto,
     outcome_from_proto,
@@ -29,8 +28,13 @@ from services.dataset.adapters.messages import (
     task_type_from_proto,
     version_to_proto,
 )
-from services.dataset.domain import SourceKind, UploadCutShort, UploadInterrupted, is_sha256_hex
-from services.dataset.handlers import DatasetDeps, IngestRequest
+from services.dataset.domain.datasets import UploadCutShort, UploadInterrupted, is_sha256_hex
+from services.dataset.domain.reports import SourceKind
+from services.dataset.handlers.audits import get_audit
+from services.dataset.handlers.datasets import create_dataset, get_dataset, list_datasets
+from services.dataset.handlers.deps import DatasetDeps
+from services.dataset.handlers.ingest import IngestRequest, import_version, upload_version
+from services.dataset.handlers.versions import get_report, get_version, list_reports, list_versions
 from shared.errors import FieldViolation, InvalidArgument
 from shared.security import caller_name
 from tuneline.dataset.v1 import resources_pb2, service_pb2, service_pb2_grpc
@@ -147,32 +151,39 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
     ) -> service_pb2.CreateDatasetResponse:
         task_type = task_type_from_proto(request.dataset.task_type, field="dataset.task_type")
         assert task_type is not None
-        dataset = handlers.create_dataset(
-            self._deps,
-            dataset_id=request.dataset_id,
-            task_type=task_type,
-            policy=policy_from_proto(request.dataset.schema_policy, field="dataset.schema_policy"),
-            display_name=request.dataset.display_name,
-            description=request.dataset.description,
-            owner=owner_from_proto(request.dataset.owner),
-        )
+        policy = policy_from_proto(request.dataset.schema_policy, field="dataset.schema_policy")
+        owner = owner_from_proto(request.dataset.owner)
+        with self._deps.sessions.begin() as session:
+            dataset = create_dataset(
+                session,
+                self._deps,
+                dataset_id=request.dataset_id,
+                task_type=task_type,
+                policy=policy,
+                display_name=request.dataset.display_name,
+                description=request.dataset.description,
+                owner=owner,
+            )
         return service_pb2.CreateDatasetResponse(dataset=dataset_to_proto(dataset))
 
     def GetDataset(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetDatasetRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetDatasetResponse:
-        dataset = handlers.get_dataset(self._deps, request.name)
+        with self._deps.sessions() as session:
+            dataset = get_dataset(session, request.name)
         return service_pb2.GetDatasetResponse(dataset=dataset_to_proto(dataset))
 
     def ListDatasets(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListDatasetsResponse:
-        datasets, token = handlers.list_datasets(
-            self._deps,
-            page_size=request.page_size,
-            page_token=request.page_token,
-            task_type=task_type_from_proto(request.task_type, field="task_type", required=False),
-        )
+        task_type = task_type_from_proto(request.task_type, field="task_type", required=False)
+        with self._deps.sessions() as session:
+            datasets, token = list_datasets(
+                session,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                task_type=task_type,
+            )
         return service_pb2.ListDatasetsResponse(
             datasets=[dataset_to_proto(d) for d in datasets], next_page_token=token
         )
@@ -207,7 +218,7 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
             label_churn_reason=header.label_churn_reason,
         )
         try:
-            result = handlers.upload_version(
+            result = upload_version(
                 self._deps,
                 request,
                 _chunks(messages, context, end_follows=header.end_follows),
@@ -240,7 +251,7 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
                 "source_uri is required",
                 [FieldViolation("source_uri", "a file:///… URI", "REQUIRED")],
             )
-        result = handlers.import_version(
+        result = import_version(
             self._deps,
             IngestRequest(
                 dataset=request.dataset,
@@ -264,18 +275,20 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
     def GetDatasetVersion(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetDatasetVersionRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetDatasetVersionResponse:
-        version = handlers.get_version(self._deps, request.name)
+        with self._deps.sessions() as session:
+            version = get_version(session, request.name)
         return service_pb2.GetDatasetVersionResponse(dataset_version=version_to_proto(version))
 
     def ListDatasetVersions(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListDatasetVersionsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListDatasetVersionsResponse:
-        versions, token = handlers.list_versions(
-            self._deps,
-            parent=request.parent,
-            page_size=request.page_size,
-            page_token=request.page_token,
-        )
+        with self._deps.sessions() as session:
+            versions, token = list_versions(
+                session,
+                parent=request.parent,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
         return service_pb2.ListDatasetVersionsResponse(
             dataset_versions=[version_to_proto(v) for v in versions], next_page_token=token
         )
@@ -283,19 +296,21 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
     def GetValidationReport(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetValidationReportRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetValidationReportResponse:
-        report = handlers.get_report(self._deps, request.name)
+        with self._deps.sessions() as session:
+            report = get_report(session, request.name)
         return service_pb2.GetValidationReportResponse(validation_report=report_to_proto(report))
 
     def ListValidationReports(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListValidationReportsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListValidationReportsResponse:
-        reports, token = handlers.list_reports(
-            self._deps,
-            parent=request.parent,
-            page_size=request.page_size,
-            page_token=request.page_token,
-            outcome=outcome_from_proto(request.outcome),
-        )
+        with self._deps.sessions() as session:
+            reports, token = list_reports(
+                session,
+                parent=request.parent,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                outcome=outcome_from_proto(request.outcome),
+            )
         return service_pb2.ListValidationReportsResponse(
             validation_reports=[report_to_proto(r) for r in reports], next_page_token=token
         )
@@ -307,7 +322,8 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
             raise InvalidArgument(
                 "invalid request", [FieldViolation("max_rows", "must be >= 0", "NEGATIVE")]
             )
-        audit = handlers.get_audit(self._deps, request.name)
+        with self._deps.sessions() as session:
+            audit = get_audit(session, request.name)
         return service_pb2.GetDatasetAuditResponse(
             dataset_audit=audit_to_proto(audit, max_rows=request.max_rows)
         )

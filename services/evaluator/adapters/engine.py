@@ -61,7 +61,6 @@ from services.evaluator.domain.outcomes import (
     ClassificationOutcomes,
     ExampleOutcomes,
     FloatArray,
-    TaskType,
 )
 from shared.modeling import (
     IGNORE_INDEX,
@@ -70,7 +69,6 @@ from shared.modeling import (
     FolderHashCache,
     ModelingError,
     Row,
-    TaskKind,
     check_adapter_folder,
     classification_labels,
     encode_rows,
@@ -89,11 +87,7 @@ from shared.modeling.loading import (
     resolve_device,
 )
 from shared.modeling.tokenizer_fingerprint import end_of_turn_token_ids
-
-_TASK_KINDS = {
-    TaskType.CLASSIFICATION: TaskKind.CLASSIFICATION,
-    TaskType.CAUSAL_LM: TaskKind.CAUSAL_LM,
-}
+from shared.task_types import TaskType
 
 
 @dataclass
@@ -168,7 +162,7 @@ def load_subject(
         if subject.role is SubjectRole.CANDIDATE
         else FailureReason.BASELINE_UNAVAILABLE
     )
-    task = _TASK_KINDS[job.task_type]
+    task = job.task_type
     roots = [Path(r) for r in job.allowed_roots]
     models_root = Path(job.models_root)
     adapter_dir = Path(subject.adapter_path) if subject.adapter_path else None
@@ -250,7 +244,7 @@ def length_batches(
 # -- scoring ----------------------------------------------------------------------------------
 
 
-def _encode(loaded: LoadedSubject, rows: Sequence[Row], task: TaskKind) -> list[EncodedExample]:
+def _encode(loaded: LoadedSubject, rows: Sequence[Row], task: TaskType) -> list[EncodedExample]:
     try:
         return encode_rows(
             loaded.tokenizer, rows, task, max_length=loaded.max_length, labels=loaded.labels
@@ -263,7 +257,7 @@ def score_classification(
     loaded: LoadedSubject, rows: Sequence[Row], job: ScoringJob, device: torch.device
 ) -> ClassificationOutcomes:
     """Per-example loss and prediction of a sequence classifier."""
-    examples = _encode(loaded, rows, TaskKind.CLASSIFICATION)
+    examples = _encode(loaded, rows, TaskType.CLASSIFICATION)
     losses = np.zeros(len(examples))
     predicted = np.zeros(len(examples), dtype=np.int64)
     pad_id = int(loaded.tokenizer.pad_token_id)
@@ -361,7 +355,7 @@ def score_causal_lm(
     loaded: LoadedSubject, rows: Sequence[Row], job: ScoringJob, device: torch.device
 ) -> CausalLMOutcomes:
     """Per-example completion-token loss and token accuracy, and bounded exact match."""
-    examples = _encode(loaded, rows, TaskKind.CAUSAL_LM)
+    examples = _encode(loaded, rows, TaskType.CAUSAL_LM)
     n = len(examples)
     loss_sums = np.zeros(n)
     token_counts = np.zeros(n, dtype=np.int64)

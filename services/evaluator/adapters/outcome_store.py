@@ -21,9 +21,9 @@ from services.evaluator.domain.outcomes import (
     CausalLMOutcomes,
     ClassificationOutcomes,
     ExampleOutcomes,
-    TaskType,
 )
 from shared.artifacts import ArtifactError, ArtifactStore
+from shared.task_types import TaskType
 
 
 class OutcomesUnreadable(Exception):

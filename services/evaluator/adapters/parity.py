@@ -29,7 +29,6 @@ from shared.modeling import (
     EncodedExample,
     FolderHashCache,
     Row,
-    TaskKind,
     encode_rows,
     read_adapter_metadata,
     resolve_base_model,
@@ -42,6 +41,7 @@ from shared.modeling.tokenizer_fingerprint import (
     fingerprint_tokenizer,
     tokenizer_fingerprint_from_extra,
 )
+from shared.task_types import TaskType
 
 #: What the merged release folder says about itself, beside the model's own files.
 RELEASE_METADATA_FILE = "tuneline_release.json"
@@ -72,7 +72,7 @@ def _compared_logits(
     model: Any,
     examples: Sequence[EncodedExample],
     *,
-    task: TaskKind,
+    task: TaskType,
     pad_id: int,
     device: torch.device,
     batch_size: int,
@@ -84,7 +84,7 @@ def _compared_logits(
         for start in range(0, len(examples), batch_size):
             batch = pad_batch(list(examples[start : start + batch_size]), pad_id).to(device)
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            if task is TaskKind.CLASSIFICATION:
+            if task is TaskType.CLASSIFICATION:
                 out.append(logits.float().cpu())
             else:
                 targets = batch.labels[:, 1:] != IGNORE_INDEX

@@ -1,8 +1,8 @@
 """Domain ⇄ protobuf: the evaluator's resources and events, and what it reads from others'.
 
 The one place that knows both the domain's dataclasses and the contracts' messages: the gRPC
-servicer, the repository (which stores the ``Evaluation`` resource) and the event staging all
-convert here.
+servicer, the subscriptions (other services' events, before a handler sees them), the repository
+(which stores the ``Evaluation`` resource) and the event staging all convert here.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ from services.evaluator.domain.evaluation import (
     EvaluationState,
     FailureReason,
     ModelSpec,
+    RegisteredCheckpoint,
     SplitPart,
+)
+from services.evaluator.domain.events import (
+    DatasetVersionLocation,
+    ReadyCheckpoint,
+    SplitLocation,
 )
 from services.evaluator.domain.gate import (
     ComparisonOutcome,
@@ -43,28 +49,30 @@ from services.evaluator.domain.gate import (
     Verdict,
     regression_severity,
 )
-from services.evaluator.domain.outcomes import TaskType
 from shared.protobuf import (
     datetime_from_timestamp,
     enum_from_proto,
     enum_to_proto,
     set_timestamp,
 )
+from shared.task_types import TASK_TYPE_PREFIX, TaskType
 from tuneline.common.v1 import resources_pb2 as common_pb2
+from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.evaluator.v1 import events_pb2
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
+from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
 from tuneline.trainer.v1 import events_pb2 as trainer_events_pb2
 
 # -- enums ------------------------------------------------------------------------------------
 
 
 def task_type_to_proto(task_type: TaskType | None) -> common_pb2.TaskType.ValueType:
-    return enum_to_proto(common_pb2.TaskType, "TASK_TYPE", task_type)
+    return enum_to_proto(common_pb2.TaskType, TASK_TYPE_PREFIX, task_type)
 
 
 def task_type_from_proto(number: int) -> TaskType | None:
-    return enum_from_proto(common_pb2.TaskType, "TASK_TYPE", number, TaskType)
+    return enum_from_proto(common_pb2.TaskType, TASK_TYPE_PREFIX, number, TaskType)
 
 
 def verdict_to_proto(verdict: Verdict | None) -> common_pb2.EvaluationVerdict.ValueType:
@@ -197,6 +205,27 @@ def model_spec_from_proto(model: registry_pb2.Model) -> ModelSpec:
     )
 
 
+def registered_checkpoint_from_alias(alias: registry_pb2.Alias) -> RegisteredCheckpoint | None:
+    """The checkpoint an alias points at, or ``None`` for an alias never set."""
+    if not alias.checkpoint:
+        return None
+    return RegisteredCheckpoint(
+        name=alias.checkpoint,
+        sha256=alias.sha256,
+        artifact_uri=alias.artifact_uri,
+        base_model=base_model_from_proto(alias.base_model),
+    )
+
+
+def registered_checkpoint_from_proto(checkpoint: registry_pb2.Checkpoint) -> RegisteredCheckpoint:
+    return RegisteredCheckpoint(
+        name=checkpoint.name,
+        sha256=checkpoint.sha256,
+        artifact_uri=checkpoint.artifact_uri,
+        base_model=base_model_from_proto(checkpoint.lineage.base_model),
+    )
+
+
 def checkpoint_ref_from_event(event: trainer_events_pb2.CheckpointReady) -> CheckpointRef:
     return CheckpointRef(
         name=event.checkpoint,
@@ -215,8 +244,41 @@ def checkpoint_ref_from_event(event: trainer_events_pb2.CheckpointReady) -> Chec
     )
 
 
+def ready_checkpoint_from_event(event: trainer_events_pb2.CheckpointReady) -> ReadyCheckpoint:
+    """A CheckpointReady as the handler takes it: the checkpoint, and the event to store."""
+    return ReadyCheckpoint(
+        checkpoint_ref_from_event(event), event.SerializeToString(deterministic=True)
+    )
+
+
+def split_location_from_event(event: splitter_events_pb2.SplitCreated) -> SplitLocation:
+    return SplitLocation(
+        split=event.split,
+        dataset_version=event.dataset_version,
+        manifest_uri=event.manifest_uri,
+        manifest_sha256=event.manifest_sha256,
+        dataset_artifact_uri=event.dataset_artifact_uri,
+        dataset_content_sha256=event.dataset_content_sha256,
+    )
+
+
+def dataset_version_location_from_event(
+    event: dataset_events_pb2.DatasetVersioned,
+) -> DatasetVersionLocation:
+    return DatasetVersionLocation(
+        dataset_version=event.dataset_version,
+        artifact_uri=event.artifact_uri,
+        content_sha256=event.content_sha256,
+    )
+
+
 def _lineage(checkpoint: CheckpointRef) -> common_pb2.Lineage:
     return common_pb2.Lineage.FromString(checkpoint.lineage)
+
+
+def training_split_of(checkpoint: CheckpointRef) -> str:
+    """The split the checkpoint was trained on, as its lineage names it ("" when none)."""
+    return _lineage(checkpoint).split
 
 
 # -- metrics and comparisons ------------------------------------------------------------------

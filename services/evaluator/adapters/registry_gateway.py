@@ -60,24 +60,12 @@ class RegistryGateway:
         """The checkpoint ``production`` points at now, or ``None`` when it was never set."""
         name = alias_name(model)
         alias = self._ask("alias", name, lambda: self._client.get_alias(name))
-        if not alias.checkpoint:
-            return None
-        return RegisteredCheckpoint(
-            name=alias.checkpoint,
-            sha256=alias.sha256,
-            artifact_uri=alias.artifact_uri,
-            base_model=protos.base_model_from_proto(alias.base_model),
-        )
+        return protos.registered_checkpoint_from_alias(alias)
 
     def checkpoint(self, name: str) -> RegisteredCheckpoint:
         """A registered checkpoint, ``models/{m}/checkpoints/{c}``."""
         checkpoint = self._ask("checkpoint", name, lambda: self._client.get_checkpoint(name))
-        return RegisteredCheckpoint(
-            name=checkpoint.name,
-            sha256=checkpoint.sha256,
-            artifact_uri=checkpoint.artifact_uri,
-            base_model=protos.base_model_from_proto(checkpoint.lineage.base_model),
-        )
+        return protos.registered_checkpoint_from_proto(checkpoint)
 
     def close(self) -> None:
         self._client.close()

@@ -19,10 +19,10 @@ from pathlib import Path
 from services.evaluator.adapters.parity_job import ParityJob
 from services.evaluator.adapters.scoring import RowSource, ScoringResult
 from services.evaluator.domain.evaluation import Evaluation, ModelSpec
-from services.evaluator.domain.outcomes import TaskType
 from services.evaluator.domain.parity import ParityGoals, ParityResult, judge_parity
 from shared.artifacts import ArtifactError, ArtifactStore
 from shared.modeling import folder_sha256
+from shared.task_types import TaskType
 
 log = logging.getLogger(__name__)
 

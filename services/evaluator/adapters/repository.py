@@ -31,10 +31,13 @@ from services.evaluator.domain.evaluation import (
     EvaluationState,
     evaluation_sets_key,
 )
+from services.evaluator.domain.events import (
+    DatasetVersionLocation,
+    ReadyCheckpoint,
+    SplitLocation,
+)
 from services.evaluator.domain.gate import Verdict
-from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
-from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
 from tuneline.trainer.v1 import events_pb2 as trainer_events_pb2
 
 CHECKPOINT_READY_KEY = "checkpoint-ready:"
@@ -44,27 +47,6 @@ REQUEST_KEY = "request:"
 def _utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes; every time the service stores is UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class SplitLocation:
-    """Where a split's manifest and its dataset version's rows are, with their digests."""
-
-    split: str
-    dataset_version: str
-    manifest_uri: str
-    manifest_sha256: str
-    dataset_artifact_uri: str
-    dataset_content_sha256: str
-
-
-@dataclass(frozen=True)
-class DatasetVersionLocation:
-    """Where a dataset version's canonical JSONL is, with its digest."""
-
-    dataset_version: str
-    artifact_uri: str
-    content_sha256: str
 
 
 @dataclass(frozen=True)
@@ -88,18 +70,19 @@ class EvaluatorRepository:
 
     # -- what other services announced ---------------------------------------------------------
 
-    def record_checkpoint(self, event: trainer_events_pb2.CheckpointReady) -> CheckpointRef:
+    def record_checkpoint(self, ready: ReadyCheckpoint) -> CheckpointRef:
         """Remember (or refresh) a checkpoint the trainer announced."""
-        row = self.session.get(CheckpointRow, event.checkpoint)
+        checkpoint = ready.checkpoint
+        row = self.session.get(CheckpointRow, checkpoint.name)
         if row is None:
-            row = CheckpointRow(name=event.checkpoint)
+            row = CheckpointRow(name=checkpoint.name)
             self.session.add(row)
-        row.sha256 = event.sha256
-        row.target_model = event.target_model
-        row.is_best = event.is_best
-        row.is_final = event.is_final
-        row.event = event.SerializeToString(deterministic=True)
-        return protos.checkpoint_ref_from_event(event)
+        row.sha256 = checkpoint.sha256
+        row.target_model = checkpoint.target_model
+        row.is_best = checkpoint.is_best
+        row.is_final = checkpoint.is_final
+        row.event = ready.event
+        return checkpoint
 
     def final_checkpoint_of(self, training_job: str) -> CheckpointRef | None:
         """The final checkpoint announced for ``training_job`` (``None`` while it runs)."""
@@ -124,13 +107,15 @@ class EvaluatorRepository:
             trainer_events_pb2.CheckpointReady.FromString(row.event)
         )
 
-    def record_split(self, event: splitter_events_pb2.SplitCreated) -> None:
-        row = self.session.get(SplitLocationRow, event.split) or SplitLocationRow(split=event.split)
-        row.dataset_version = event.dataset_version
-        row.manifest_uri = event.manifest_uri
-        row.manifest_sha256 = event.manifest_sha256
-        row.dataset_artifact_uri = event.dataset_artifact_uri
-        row.dataset_content_sha256 = event.dataset_content_sha256
+    def record_split(self, location: SplitLocation) -> None:
+        row = self.session.get(SplitLocationRow, location.split) or SplitLocationRow(
+            split=location.split
+        )
+        row.dataset_version = location.dataset_version
+        row.manifest_uri = location.manifest_uri
+        row.manifest_sha256 = location.manifest_sha256
+        row.dataset_artifact_uri = location.dataset_artifact_uri
+        row.dataset_content_sha256 = location.dataset_content_sha256
         self.session.merge(row)
 
     def split_location(self, split: str) -> SplitLocation | None:
@@ -146,12 +131,12 @@ class EvaluatorRepository:
             row.dataset_content_sha256,
         )
 
-    def record_dataset_version(self, event: dataset_events_pb2.DatasetVersioned) -> None:
+    def record_dataset_version(self, location: DatasetVersionLocation) -> None:
         self.session.merge(
             DatasetVersionLocationRow(
-                dataset_version=event.dataset_version,
-                artifact_uri=event.artifact_uri,
-                content_sha256=event.content_sha256,
+                dataset_version=location.dataset_version,
+                artifact_uri=location.artifact_uri,
+                content_sha256=location.content_sha256,
             )
         )
 

@@ -18,7 +18,8 @@ from services.evaluator.domain.evaluation import (
     FailureReason,
     ScoringSettings,
 )
-from services.evaluator.domain.outcomes import ExampleOutcomes, TaskType
+from services.evaluator.domain.outcomes import ExampleOutcomes
+from shared.task_types import TaskType
 
 
 class SubjectRole(StrEnum):

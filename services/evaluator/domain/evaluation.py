@@ -22,11 +22,11 @@ from services.evaluator.domain.gate import (
     MetricValue,
     Verdict,
 )
-from services.evaluator.domain.outcomes import TaskType
 from services.evaluator.domain.parity import ParityResult, ServingProfileSpec
 from shared import names
 from shared.errors import FieldViolation, InvalidArgument
 from shared.local_paths import without_local_paths
+from shared.task_types import TaskType
 
 
 class EvaluationState(StrEnum):

@@ -39,7 +39,6 @@ from services.evaluator.domain.outcomes import (
     MACRO_F1,
     TOKEN_ACCURACY,
     ExampleOutcomes,
-    TaskType,
     higher_is_better,
     per_example_binary,
     point_values,
@@ -54,6 +53,7 @@ from shared.stats.decision import (
     judge_differences,
 )
 from shared.stats.paired import NormalDifference, PairedDifference, PairedProportions
+from shared.task_types import TaskType
 
 
 class SignificanceTest(StrEnum):

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
@@ -47,13 +46,6 @@ EXACT_MATCH = "exact_match"
 TOKEN_F1 = "token_f1"  # noqa: S105 - a metric name, not a secret
 ROUGE_L = "rouge_l"
 JSON_VALID = "json_valid"
-
-
-class TaskType(StrEnum):
-    """The kind of learning problem."""
-
-    CLASSIFICATION = "CLASSIFICATION"
-    CAUSAL_LM = "CAUSAL_LM"
 
 
 def higher_is_better(metric: str) -> bool:

@@ -7,19 +7,22 @@ supervisor after the commit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 import grpc
-from sqlalchemy.orm import Session, sessionmaker
 
-from services.evaluator import handlers
 from services.evaluator.adapters import protos
 from services.evaluator.domain.gate import Verdict
+from services.evaluator.handlers.deps import EvaluatorDeps
+from services.evaluator.handlers.evaluations import (
+    evaluate_checkpoint,
+    get_evaluation,
+    list_evaluations,
+)
+from services.evaluator.handlers.policies import get_evaluation_policy, set_evaluation_policy
+from shared.db import run_in_transaction
 from shared.errors import FieldViolation, InvalidArgument
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import resources_pb2, service_pb2, service_pb2_grpc
-
-T = TypeVar("T")
 
 
 def _verdict_filter(number: int) -> Verdict | None:
@@ -35,35 +38,26 @@ class EvaluatorServicer(service_pb2_grpc.EvaluatorServiceServicer):
     """``tuneline.evaluator.v1.EvaluatorService``."""
 
     def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        registry: handlers.RegistryLookup,
-        defaults: handlers.ServiceDefaults,
-        *,
-        on_queued: Callable[[], None] = lambda: None,
+        self, deps: EvaluatorDeps, *, on_queued: Callable[[], None] = lambda: None
     ) -> None:
-        self._sessions = sessions
-        self._registry = registry
-        self._defaults = defaults
+        self._deps = deps
+        #: Wakes the supervisor once a new evaluation is committed.
         self._on_queued = on_queued
-
-    def _in_transaction(self, work: Callable[[Session], T]) -> T:
-        with self._sessions() as session, session.begin():
-            return work(session)
 
     def EvaluateCheckpoint(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.EvaluateCheckpointRequest, context: grpc.ServicerContext
     ) -> service_pb2.EvaluateCheckpointResponse:
-        evaluation, created = self._in_transaction(
-            lambda s: handlers.evaluate_checkpoint(
+        evaluation, created = run_in_transaction(
+            self._deps.sessions,
+            lambda s: evaluate_checkpoint(
                 s,
-                self._registry,
+                self._deps,
                 checkpoint=request.checkpoint,
                 model=request.model,
                 baseline_checkpoint=request.baseline_checkpoint,
                 force=request.force,
                 request_id=request.request_id,
-            )
+            ),
         )
         if created:
             self._on_queued()
@@ -74,22 +68,25 @@ class EvaluatorServicer(service_pb2_grpc.EvaluatorServiceServicer):
     def GetEvaluation(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetEvaluationRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetEvaluationResponse:
-        evaluation = self._in_transaction(lambda s: handlers.get_evaluation(s, request.name))
+        evaluation = run_in_transaction(
+            self._deps.sessions, lambda s: get_evaluation(s, request.name)
+        )
         return service_pb2.GetEvaluationResponse(evaluation=protos.evaluation_to_proto(evaluation))
 
     def ListEvaluations(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListEvaluationsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListEvaluationsResponse:
         verdict = _verdict_filter(request.verdict)
-        evaluations, token = self._in_transaction(
-            lambda s: handlers.list_evaluations(
+        evaluations, token = run_in_transaction(
+            self._deps.sessions,
+            lambda s: list_evaluations(
                 s,
                 page_size=request.page_size,
                 page_token=request.page_token,
                 model=request.model,
                 checkpoint=request.checkpoint,
                 verdict=verdict,
-            )
+            ),
         )
         return service_pb2.ListEvaluationsResponse(
             evaluations=[protos.evaluation_to_proto(e) for e in evaluations],
@@ -111,16 +108,18 @@ class EvaluatorServicer(service_pb2_grpc.EvaluatorServiceServicer):
                     )
                 ],
             )
-        stored = self._in_transaction(
-            lambda s: handlers.set_evaluation_policy(
+        stored = run_in_transaction(
+            self._deps.sessions,
+            lambda s: set_evaluation_policy(
                 s,
+                self._deps,
                 name=policy.name,
                 checkpoint_selection=protos.selection_from_proto(policy.checkpoint_selection),
                 max_generation_examples=policy.max_generation_examples,
                 max_new_tokens=policy.max_new_tokens,
                 batch_size=policy.batch_size,
                 request_id=request.request_id,
-            )
+            ),
         )
         return service_pb2.SetEvaluationPolicyResponse(
             evaluation_policy=protos.policy_to_proto(stored)
@@ -129,8 +128,8 @@ class EvaluatorServicer(service_pb2_grpc.EvaluatorServiceServicer):
     def GetEvaluationPolicy(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetEvaluationPolicyRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetEvaluationPolicyResponse:
-        policy = self._in_transaction(
-            lambda s: handlers.get_evaluation_policy(s, request.name, self._defaults)
+        policy = run_in_transaction(
+            self._deps.sessions, lambda s: get_evaluation_policy(s, self._deps, request.name)
         )
         return service_pb2.GetEvaluationPolicyResponse(
             evaluation_policy=protos.policy_to_proto(policy)

@@ -1,4 +1,5 @@
-"""The evaluator's Kafka subscriptions: decode by ``ce_type`` (the consumer loop), call a handler.
+"""The evaluator's Kafka subscriptions: decode by ``ce_type`` (the consumer loop), convert the event
+to its domain value (``adapters/protos.py``), call a handler.
 
 The consumer loop gives each event its own transaction, skips event ids already applied and
 commits the offset after the effect; these functions only pick the handler. None of them
@@ -13,8 +14,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services.evaluator import handlers
-from services.evaluator.adapters.metrics import EvaluatorMetrics
+from services.evaluator.adapters import protos
+from services.evaluator.handlers.deps import EvaluatorDeps
+from services.evaluator.handlers.events import (
+    on_checkpoint_ready,
+    on_dataset_versioned,
+    on_split_created,
+)
 from shared.events import ReceivedEvent, Subscription
 from tuneline.dataset.v1 import events_pb2 as dataset_events
 from tuneline.splitter.v1 import events_pb2 as splitter_events
@@ -22,10 +28,7 @@ from tuneline.trainer.v1 import events_pb2 as trainer_events
 
 
 def evaluator_subscriptions(
-    defaults: handlers.ServiceDefaults,
-    metrics: EvaluatorMetrics,
-    *,
-    trainer_artifact_root: str | None = None,
+    deps: EvaluatorDeps, *, trainer_artifact_root: str | None = None
 ) -> Sequence[Subscription]:
     """CheckpointReady queues evaluations; SplitCreated and DatasetVersioned say where rows are.
 
@@ -37,19 +40,18 @@ def evaluator_subscriptions(
     """
 
     def checkpoint_ready(event: ReceivedEvent[Any], session: Session) -> None:
-        handlers.on_checkpoint_ready(
-            event,
+        on_checkpoint_ready(
             session,
-            defaults=defaults,
-            metrics=metrics,
+            deps,
+            protos.ready_checkpoint_from_event(event.message),
             trainer_artifact_root=trainer_artifact_root,
         )
 
     def split_created(event: ReceivedEvent[Any], session: Session) -> None:
-        handlers.on_split_created(event, session)
+        on_split_created(session, protos.split_location_from_event(event.message))
 
     def dataset_versioned(event: ReceivedEvent[Any], session: Session) -> None:
-        handlers.on_dataset_versioned(event, session)
+        on_dataset_versioned(session, protos.dataset_version_location_from_event(event.message))
 
     return [
         Subscription(trainer_events.CheckpointReady, checkpoint_ready),

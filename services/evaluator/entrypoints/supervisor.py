@@ -2,11 +2,11 @@
 
 A background component of the service (``ServiceSpec.background``). Its thread claims the
 oldest runnable queued evaluation, runs it through
-:func:`services.evaluator.handlers.run_evaluation` (registry, stored baselines, the worker, the
-gate, the result and its events committed together), and looks again. Evaluations a stopped
-replica left RUNNING go back to the queue (at start, and now and then when idle); those a live
-replica still runs are claimed (``shared.running_claims``) and left alone. One that is running
-when the service stops goes back too, and runs again next time.
+:func:`services.evaluator.handlers.running.run_evaluation` (registry, stored baselines, the
+worker, the gate, the result and its events committed together), and looks again. Evaluations
+a stopped replica left RUNNING go back to the queue (at start, and now and then when idle);
+those a live replica still runs are claimed (``shared.running_claims``) and left alone. One
+that is running when the service stops goes back too, and runs again next time.
 """
 
 from __future__ import annotations
@@ -14,9 +14,17 @@ from __future__ import annotations
 import logging
 import threading
 
-from services.evaluator import handlers
 from services.evaluator.adapters.worker import EvaluationWorker, WorkerStopped
 from services.evaluator.domain.evaluation import FailureReason
+from services.evaluator.handlers.deps import EvaluatorDeps
+from services.evaluator.handlers.running import (
+    claim_next,
+    fail_evaluation,
+    release_claim,
+    requeue_interrupted,
+    return_to_queue,
+    run_evaluation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +38,7 @@ class EvaluationSupervisor:
 
     def __init__(
         self,
-        deps: handlers.EvaluatorDeps,
+        deps: EvaluatorDeps,
         worker: EvaluationWorker,
         *,
         poll_seconds: float = 0.5,
@@ -46,7 +54,7 @@ class EvaluationSupervisor:
         self._idle_passes = 0
 
     def start(self) -> None:
-        requeued = handlers.requeue_interrupted(self._deps)
+        requeued = requeue_interrupted(self._deps)
         if requeued:
             log.info("interrupted evaluations queued again", extra={"count": requeued})
         if self._prestart_worker:
@@ -67,20 +75,20 @@ class EvaluationSupervisor:
 
     def run_once(self) -> bool:
         """Claim and run one evaluation; False when none was runnable."""
-        evaluation = handlers.claim_next(self._deps)
+        evaluation = claim_next(self._deps)
         if evaluation is None:
             return False
         try:
-            handlers.run_evaluation(self._deps, evaluation)
+            run_evaluation(self._deps, evaluation)
         except WorkerStopped:
-            handlers.return_to_queue(self._deps, evaluation)
+            return_to_queue(self._deps, evaluation)
         except Exception as error:
             log.exception("evaluation crashed", extra={"evaluation": evaluation.name})
-            handlers.fail_evaluation(
+            fail_evaluation(
                 self._deps, evaluation, FailureReason.INTERNAL, f"{type(error).__name__}: {error}"
             )
         finally:
-            handlers.release_claim(self._deps, evaluation)
+            release_claim(self._deps, evaluation)
         return True
 
     def requeue_orphans(self) -> None:
@@ -88,7 +96,7 @@ class EvaluationSupervisor:
         tell (PostgreSQL), look now and then, not only when this replica starts."""
         if not self._deps.claims.enabled:
             return  # one replica (SQLite): its own start-up already re-queued everything
-        requeued = handlers.requeue_interrupted(self._deps)
+        requeued = requeue_interrupted(self._deps)
         if requeued:
             log.info("evaluations of a stopped replica queued again", extra={"count": requeued})
 

@@ -15,7 +15,7 @@ from services.evaluator.domain.evaluation import (
     new_evaluation_name,
 )
 from services.evaluator.domain.gate import Verdict
-from services.evaluator.handlers.deps import Clock, RegistryLookup, utc_now
+from services.evaluator.handlers.deps import EvaluatorDeps, RegistryLookup
 from shared import names
 from shared.errors import (
     FailedPrecondition,
@@ -71,14 +71,13 @@ def _model_to_evaluate_for(
 
 def evaluate_checkpoint(
     session: Session,
-    registry: RegistryLookup,
+    deps: EvaluatorDeps,
     *,
     checkpoint: str,
     model: str = "",
     baseline_checkpoint: str = "",
     force: bool = False,
     request_id: str = "",
-    clock: Clock = utc_now,
 ) -> tuple[Evaluation, bool]:
     """Queue an evaluation of ``checkpoint``; returns it and whether this call created it.
 
@@ -87,6 +86,7 @@ def evaluate_checkpoint(
     model on the same evaluation set versions.
     """
     _check_evaluate_request(checkpoint, model, baseline_checkpoint, request_id)
+    registry = deps.registry
     repository = EvaluatorRepository(session)
     if request_id:
         earlier = repository.by_dedupe_key(REQUEST_KEY + request_id)
@@ -119,7 +119,7 @@ def evaluate_checkpoint(
         name=new_evaluation_name(),
         checkpoint=candidate,
         model=model_name,
-        create_time=clock(),
+        create_time=deps.clock(),
         requested_baseline=baseline_checkpoint,
         request_id=request_id,
         selection_reason="requested by EvaluateCheckpoint",

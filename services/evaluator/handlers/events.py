@@ -1,7 +1,8 @@
 """Events, applied in the consumer loop's transaction: a CheckpointReady records the checkpoint and,
 when the model's checkpoint selection takes it, a QUEUED evaluation — nothing more, so the
 partition is never blocked by minutes of scoring; SplitCreated / DatasetVersioned record where
-evaluation sets' rows are.
+evaluation sets' rows are. The subscriptions convert each event to its domain value first
+(:mod:`services.evaluator.domain.events`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from services.evaluator.adapters.metrics import EvaluatorMetrics
 from services.evaluator.adapters.repository import CHECKPOINT_READY_KEY, EvaluatorRepository
 from services.evaluator.domain.evaluation import (
     CheckpointRef,
@@ -20,24 +20,23 @@ from services.evaluator.domain.evaluation import (
     best_at_end_reason,
     new_evaluation_name,
 )
-from services.evaluator.handlers.deps import Clock, ServiceDefaults, effective_policy, utc_now
+from services.evaluator.domain.events import (
+    DatasetVersionLocation,
+    ReadyCheckpoint,
+    SplitLocation,
+)
+from services.evaluator.handlers.deps import EvaluatorDeps, effective_policy
 from shared.artifacts import artifact_uri_problem
 from shared.errors import FieldViolation, InvalidArgument
-from shared.events import ReceivedEvent
-from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
-from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
-from tuneline.trainer.v1 import events_pb2 as trainer_events_pb2
 
 log = logging.getLogger(__name__)
 
 
 def on_checkpoint_ready(
-    event: ReceivedEvent[trainer_events_pb2.CheckpointReady],
     session: Session,
+    deps: EvaluatorDeps,
+    ready: ReadyCheckpoint,
     *,
-    defaults: ServiceDefaults,
-    metrics: EvaluatorMetrics | None = None,
-    clock: Clock = utc_now,
     trainer_artifact_root: str | None = None,
 ) -> Evaluation | None:
     """Record the checkpoint; queue its evaluation when the model's selection takes it.
@@ -50,25 +49,25 @@ def on_checkpoint_ready(
     trainer's: INVALID_ARGUMENT, so the event goes to the DLQ and nothing is recorded or scored.
     """
     outside = (
-        artifact_uri_problem(event.message.artifact_uri, trainer_artifact_root)
+        artifact_uri_problem(ready.checkpoint.artifact_uri, trainer_artifact_root)
         if trainer_artifact_root is not None
         else ""
     )
     if outside:
         log.error(
             "checkpoint refused: its artifact is not in the trainer's artifact area",
-            extra={"checkpoint": event.message.checkpoint, "why": outside},
+            extra={"checkpoint": ready.checkpoint.name, "why": outside},
         )
         raise InvalidArgument(
             "artifact_uri is not in the trainer's artifact area",
             [FieldViolation("artifact_uri", outside, "OUTSIDE_ARTIFACT_ROOT")],
         )
     repository = EvaluatorRepository(session)
-    checkpoint = repository.record_checkpoint(event.message)
+    checkpoint = repository.record_checkpoint(ready)
     if not checkpoint.target_model:
         log.warning("checkpoint without a target model", extra={"checkpoint": checkpoint.name})
         return None
-    policy = effective_policy(repository, checkpoint.target_model, defaults)
+    policy = effective_policy(repository, checkpoint.target_model, deps.defaults)
     selection = policy.checkpoint_selection
     if selection is CheckpointSelection.BEST_AT_END:
         chosen = _best_at_end(repository, checkpoint)
@@ -77,8 +76,8 @@ def on_checkpoint_ready(
     else:
         chosen = None
     if chosen is None:
-        if metrics:
-            metrics.skipped.labels(checkpoint.target_model.rsplit("/", 1)[-1]).inc()
+        if deps.metrics:
+            deps.metrics.skipped.labels(checkpoint.target_model.rsplit("/", 1)[-1]).inc()
         return None
     target, reason = chosen
     dedupe_key = CHECKPOINT_READY_KEY + target.name
@@ -88,7 +87,7 @@ def on_checkpoint_ready(
         name=new_evaluation_name(),
         checkpoint=target,
         model=target.target_model,
-        create_time=clock(),
+        create_time=deps.clock(),
         task_type=target.task_type,
         selection=selection,
         selection_reason=reason,
@@ -123,15 +122,11 @@ def _best_at_end(
     return chosen, best_at_end_reason(chosen, final)
 
 
-def on_split_created(
-    event: ReceivedEvent[splitter_events_pb2.SplitCreated], session: Session
-) -> None:
+def on_split_created(session: Session, location: SplitLocation) -> None:
     """Remember where a split's manifest and rows are (evaluation sets name splits)."""
-    EvaluatorRepository(session).record_split(event.message)
+    EvaluatorRepository(session).record_split(location)
 
 
-def on_dataset_versioned(
-    event: ReceivedEvent[dataset_events_pb2.DatasetVersioned], session: Session
-) -> None:
+def on_dataset_versioned(session: Session, location: DatasetVersionLocation) -> None:
     """Remember where a dataset version's rows are (golden sets may name a whole version)."""
-    EvaluatorRepository(session).record_dataset_version(event.message)
+    EvaluatorRepository(session).record_dataset_version(location)

@@ -10,7 +10,7 @@ from services.evaluator.domain.evaluation import (
     EvaluationPolicy,
     resolve_policy,
 )
-from services.evaluator.handlers.deps import Clock, ServiceDefaults, effective_policy, utc_now
+from services.evaluator.handlers.deps import EvaluatorDeps, effective_policy
 from shared import names
 from shared.errors import FieldViolation, InvalidArgument, NotFound
 from shared.request_ids import refuse_reused_request_id, request_id_violations
@@ -23,6 +23,7 @@ def _model_of_policy(name: str, field: str) -> str:
 
 def set_evaluation_policy(
     session: Session,
+    deps: EvaluatorDeps,
     *,
     name: str,
     checkpoint_selection: CheckpointSelection | None,
@@ -30,7 +31,6 @@ def set_evaluation_policy(
     max_new_tokens: int,
     batch_size: int,
     request_id: str = "",
-    clock: Clock = utc_now,
 ) -> EvaluationPolicy:
     """Create or replace a model's evaluation policy; returns it with defaults resolved.
 
@@ -59,7 +59,7 @@ def set_evaluation_policy(
         max_generation_examples=max_generation_examples,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        update_time=clock(),
+        update_time=deps.clock(),
     )
     if request_id:
         assert policy.update_time is not None
@@ -68,8 +68,6 @@ def set_evaluation_policy(
     return policy
 
 
-def get_evaluation_policy(
-    session: Session, name: str, defaults: ServiceDefaults
-) -> EvaluationPolicy:
+def get_evaluation_policy(session: Session, deps: EvaluatorDeps, name: str) -> EvaluationPolicy:
     model = _model_of_policy(name, "name")
-    return effective_policy(EvaluatorRepository(session), model, defaults)
+    return effective_policy(EvaluatorRepository(session), model, deps.defaults)

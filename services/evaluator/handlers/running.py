@@ -48,7 +48,6 @@ from services.evaluator.handlers.deps import EvaluatorDeps, effective_policy
 from shared.artifacts import ArtifactError, ArtifactStore
 from shared.events import stage_event
 from shared.modeling import ModelingError, folder_sha256, read_adapter_metadata, resolve_base_model
-from tuneline.common.v1 import resources_pb2 as common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -486,16 +485,16 @@ def _not_checked(checks_job: DataChecksJob | None) -> DataChecks:
 def _data_checks_job(deps: EvaluatorDeps, evaluation: Evaluation) -> DataChecksJob | None:
     """Where the candidate's training rows are: the train part of its lineage's split (None
     when the lineage names no split the evaluator has seen announced)."""
-    lineage = common_pb2.Lineage.FromString(evaluation.checkpoint.lineage)
-    if not lineage.split:
+    training_split = protos.training_split_of(evaluation.checkpoint)
+    if not training_split:
         return None
     with deps.sessions() as session:
-        split = EvaluatorRepository(session).split_location(lineage.split)
+        split = EvaluatorRepository(session).split_location(training_split)
     if split is None:
         return None
     try:
         training = RowSource(
-            set_key=f"{lineage.split}#train",
+            set_key=f"{training_split}#train",
             dataset_path=str(deps.artifacts.materialize(split.dataset_artifact_uri)),
             dataset_sha256=split.dataset_content_sha256,
             manifest_path=str(deps.artifacts.materialize(split.manifest_uri)),
@@ -505,7 +504,7 @@ def _data_checks_job(deps: EvaluatorDeps, evaluation: Evaluation) -> DataChecksJ
     except ArtifactError as error:
         log.warning("training rows unavailable", extra={"error": str(error)})
         return None
-    return DataChecksJob(training, lineage.split, deps.defaults.data_checks)
+    return DataChecksJob(training, training_split, deps.defaults.data_checks)
 
 
 def _resolve_model(deps: EvaluatorDeps, evaluation: Evaluation) -> ModelSpec:

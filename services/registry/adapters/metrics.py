@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.registry.adapters.repository import RegistryRepository
 from services.registry.adapters.tables import ModelRow
-from services.registry.domain import judge_live_quality
+from services.registry.domain.live_quality import judge_live_quality
 from tuneline.registry.v1 import resources_pb2
 
 #: From a sub-second event-driven rollback to an alert that waited out its ``for:`` and

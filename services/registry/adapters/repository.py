@@ -30,11 +30,8 @@ from services.registry.adapters.tables import (
     RollbackBreakerRow,
     TriggerKeyRow,
 )
-from services.registry.domain import (
-    PRODUCTION,
-    MoveTrigger,
-    ProductionMove,
-)
+from services.registry.domain.model import PRODUCTION, MoveTrigger
+from services.registry.domain.rollback import ProductionMove
 
 PARKED = "PARKED"
 APPLIED = "APPLIED"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
+from services.registry.domain.events import CompletedEvaluation
 from shared.events import TransientError
 from tuneline.client.errors import InvalidArgumentError, NotFoundError, TunelineError
 from tuneline.client.evaluator import EvaluatorClient
@@ -69,9 +70,10 @@ class VerdictConfirmer:
     def __init__(self, client: EvaluatorClient) -> None:
         self._client = client
 
-    def problem(self, event: evaluator_events.EvaluationCompleted) -> tuple[str, str]:
-        """``(check, why)`` when the evaluator does not confirm ``event``, ``("", "")`` when it
+    def problem(self, evaluation: CompletedEvaluation) -> tuple[str, str]:
+        """``(check, why)`` when the evaluator does not confirm the event, ``("", "")`` when it
         does; :class:`TransientError` when it cannot be asked now."""
+        event = evaluator_events.EvaluationCompleted.FromString(evaluation.payload)
         try:
             stored = self._client.get_evaluation(event.evaluation)
         except (NotFoundError, InvalidArgumentError) as error:

@@ -35,10 +35,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from services.registry import handlers
-from services.registry.domain import parse_alertmanager_payload
+from services.registry.domain.alerts import parse_alertmanager_payload
+from services.registry.handlers import rollback
 from services.registry.handlers.deps import RegistryDeps
 
 log = logging.getLogger(__name__)
@@ -135,7 +133,6 @@ class AlertWebhookServer:
         port: int,
         path: str,
         token: str,
-        sessions: sessionmaker[Session],
         deps: RegistryDeps,
         limits: WebhookLimits | None = None,
     ) -> None:
@@ -143,7 +140,6 @@ class AlertWebhookServer:
             raise ValueError("the alert webhook needs a bearer token")
         self._host, self._requested_port, self.path = host, port, path
         self._token = token.encode()
-        self._sessions = sessions
         self._deps = deps
         self.limits = limits or WebhookLimits()
         self._server: ThreadingHTTPServer | None = None
@@ -196,8 +192,8 @@ class AlertWebhookServer:
         notices = parse_alertmanager_payload(document)
         results = []
         for notice in notices:
-            with self._sessions() as session, session.begin():
-                outcome = handlers.on_alert(session, self._deps, notice)
+            with self._deps.sessions() as session, session.begin():
+                outcome = rollback.on_alert(session, self._deps, notice)
             if self._deps.metrics:
                 self._deps.metrics.alerts.labels(outcome).inc()
             log.info(

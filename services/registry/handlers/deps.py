@@ -1,4 +1,4 @@
-"""What the registry's handlers need besides the session: :class:`RegistryDeps`, built once by the
+"""What the registry's handlers and entrypoints share: :class:`RegistryDeps`, built once by the
 bootstrap."""
 
 from __future__ import annotations
@@ -7,11 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from services.registry.adapters.artifact_checks import ArtifactVerifier
 from services.registry.adapters.metrics import RegistryMetrics
 from services.registry.adapters.notifier import AliasMoveNotifier
 from services.registry.adapters.verdict_checks import VerdictConfirmer
-from services.registry.domain import LiveQualityRule, RollbackAlertPolicy, RollbackBreaker
+from services.registry.domain.alerts import RollbackAlertPolicy
+from services.registry.domain.live_quality import LiveQualityRule
+from services.registry.domain.rollback import RollbackBreaker
 
 
 def _utcnow() -> datetime:
@@ -20,8 +24,10 @@ def _utcnow() -> datetime:
 
 @dataclass
 class RegistryDeps:
-    """What the handlers need besides the session."""
+    """What the handlers need besides the session, and the sessions the entrypoints open it from
+    (the servicer, the subscriptions' consumer and the alert webhook own every transaction)."""
 
+    sessions: sessionmaker[Session]
     source: str = "tuneline/registry"
     metrics: RegistryMetrics | None = None
     notifier: AliasMoveNotifier = field(default_factory=AliasMoveNotifier)

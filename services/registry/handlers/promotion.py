@@ -8,83 +8,50 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from services.registry import releases
+from services.registry.adapters import protos, releases
 from services.registry.adapters.artifact_checks import RELEASE_LOCATION
 from services.registry.adapters.commit_hooks import after_commit
+from services.registry.adapters.protos import EVALUATION_COMPLETED
 from services.registry.adapters.repository import PARKED, REFUSED, RegistryRepository
-from services.registry.adapters.resources import move_to_proto, trigger_to_proto, verdict_from_proto
 from services.registry.adapters.tables import AliasMoveRow, CheckpointRow, EvaluationRow, ModelRow
-from services.registry.domain import (
+from services.registry.domain.events import CompletedEvaluation
+from services.registry.domain.model import (
     CANDIDATE,
     PRODUCTION,
     SERVICE_ACTOR,
-    CheckpointOfJob,
-    Comparison,
-    Decision,
-    EvaluationFacts,
-    EvaluationOutcome,
     MoveTrigger,
     PromotionPolicy,
     ReviewState,
-    alias_name,
+    Verdict,
+)
+from services.registry.domain.promotion import (
+    CheckpointOfJob,
+    Decision,
+    EvaluationFacts,
+    EvaluationOutcome,
     decide_on_evaluation,
 )
-from services.registry.handlers._artifacts import _artifact_refused, _unverified_artifact
-from services.registry.handlers._deferred import _EVALUATION_COMPLETED, _defer
-from services.registry.handlers._rows import _notify_moved
+from services.registry.handlers.artifact_refusals import artifact_refused, unverified_artifact
+from services.registry.handlers.deferred import defer
 from services.registry.handlers.deps import RegistryDeps
+from services.registry.handlers.rows import notify_moved
 from shared.events import stage_event
-from shared.protobuf import datetime_from_timestamp
-from tuneline.common.v1 import resources_pb2 as common_pb2
-from tuneline.evaluator.v1 import events_pb2 as evaluator_events
-from tuneline.evaluator.v1 import resources_pb2 as evaluator_pb2
-from tuneline.registry.v1 import events_pb2, resources_pb2
 
 log = logging.getLogger(__name__)
 
-_GATED_OUTCOMES = (
-    common_pb2.COMPARISON_OUTCOME_WITHIN_TOLERANCE,
-    common_pb2.COMPARISON_OUTCOME_REGRESSED,
-)
 
-
-def _comparisons(event: evaluator_events.EvaluationCompleted) -> list[Comparison]:
-    return [
-        Comparison(
-            metric=c.metric,
-            slice=c.slice,
-            evaluation_set=c.evaluation_set,
-            delta=c.delta,
-            ci_lower=c.delta_ci_lower,
-            ci_upper=c.delta_ci_upper,
-            higher_is_better=c.higher_is_better,
-            gated=c.outcome
-            in (
-                common_pb2.COMPARISON_OUTCOME_WITHIN_TOLERANCE,
-                common_pb2.COMPARISON_OUTCOME_REGRESSED,
-            ),
-            standard_error=c.standard_error,
-            family_weight=c.family_weight,
-            confidence_level=c.confidence_level,
-        )
-        for c in event.comparisons
-    ]
-
-
-def _baseline_in_registry(
-    repo: RegistryRepository, model: str, event: evaluator_events.EvaluationCompleted
-) -> str:
+def _baseline_in_registry(repo: RegistryRepository, model: str, event: CompletedEvaluation) -> str:
     """The registry name of the checkpoint the evaluation compared with ("" = base model)."""
-    baseline = event.baseline
-    if not event.HasField("baseline") or baseline.kind == evaluator_pb2.BASELINE_KIND_BASE_MODEL:
+    baseline = event.baseline_checkpoint
+    if baseline is None:
         return ""
-    if baseline.checkpoint.startswith(f"{model}/checkpoints/"):
-        return baseline.checkpoint
-    if baseline.checkpoint:  # a trainer name: find what the registry calls it
-        row = repo.get_checkpoint_by_source(model, baseline.checkpoint)
+    if baseline.startswith(f"{model}/checkpoints/"):
+        return baseline
+    if baseline:  # a trainer name: find what the registry calls it
+        row = repo.get_checkpoint_by_source(model, baseline)
         if row is not None:
             return row.name
-    return baseline.checkpoint or f"unknown checkpoint {baseline.checkpoint_sha256[:12]}"
+    return baseline or f"unknown checkpoint {event.baseline_sha256[:12]}"
 
 
 def _job_interrupted(repo: RegistryRepository, checkpoint: CheckpointRow) -> bool:
@@ -98,41 +65,27 @@ def _job_interrupted(repo: RegistryRepository, checkpoint: CheckpointRow) -> boo
         rows += repo.list_checkpoints(
             checkpoint.model, before_seq=None, limit=10_000, training_job=checkpoint.training_job
         )
-    return any(resources_pb2.Checkpoint.FromString(row.record).training_interrupted for row in rows)
+    return any(protos.checkpoint_facts(row).training_interrupted for row in rows)
 
 
 def _place_in_job(row: CheckpointRow) -> CheckpointOfJob:
-    record = resources_pb2.Checkpoint.FromString(row.record)
-    return CheckpointOfJob(
-        training_job=record.training_job,
-        validation_loss=record.validation_loss if record.HasField("validation_loss") else None,
-    )
+    facts = protos.checkpoint_facts(row)
+    return CheckpointOfJob(training_job=facts.training_job, validation_loss=facts.validation_loss)
 
 
-def _attach_evaluation(  # noqa: PLR0917
+def attach_evaluation(  # noqa: PLR0917
     repo: RegistryRepository,
     deps: RegistryDeps,
     model: ModelRow,
     checkpoint: CheckpointRow,
-    event: evaluator_events.EvaluationCompleted,
+    event: CompletedEvaluation,
     now: datetime,
 ) -> None:
     if repo.get_evaluation(checkpoint.name, event.evaluation) is not None:
         return
-    complete_time = datetime_from_timestamp(event, "event_time") or now
+    complete_time = event.event_time or now
     baseline = _baseline_in_registry(repo, model.name, event)
-    verdict = verdict_from_proto(event.verdict)
-    record = resources_pb2.CheckpointEvaluation(
-        evaluation=event.evaluation,
-        verdict=event.verdict,
-        evaluation_set=event.evaluation_set,
-        metrics=event.metrics,
-        comparisons=event.comparisons,
-        baseline_checkpoint=baseline,
-        complete_time=event.event_time,
-    )
-    if event.HasField("parity"):
-        record.parity.CopyFrom(event.parity)
+    verdict = event.verdict
     is_latest = (
         checkpoint.latest_evaluation_time is None
         or complete_time >= checkpoint.latest_evaluation_time
@@ -140,14 +93,15 @@ def _attach_evaluation(  # noqa: PLR0917
     if is_latest:
         checkpoint.verdict = verdict.value
         checkpoint.latest_evaluation_time = complete_time
-        releases.keep_merged_release(checkpoint, event.parity)
+        if event.parity_checked:
+            releases.keep_merged_release(checkpoint, event.merged_release)
     production = repo.production_checkpoint(model.name)
     production_row = repo.get_checkpoint(production) if production else None
     outcome = decide_on_evaluation(
         EvaluationFacts(
             policy=PromotionPolicy(model.promotion_policy),
             verdict=verdict,
-            comparisons=_comparisons(event),
+            comparisons=list(event.comparisons),
             baseline_checkpoint=baseline,
             production_checkpoint=production,
             candidate_checkpoint=checkpoint.name,
@@ -157,7 +111,7 @@ def _attach_evaluation(  # noqa: PLR0917
             candidate_training_interrupted=_job_interrupted(repo, checkpoint),
             candidate_job=_place_in_job(checkpoint),
             production_job=_place_in_job(production_row) if production_row else None,
-            parity_failure=releases.parity_failure(event.parity),
+            parity_failure=event.parity_failure,
         )
     )
     freeze = repo.rollback_breaker(model.name)
@@ -168,7 +122,7 @@ def _attach_evaluation(  # noqa: PLR0917
             "UnfreezeAutomation)",
         )
     unverified = (
-        _unverified_artifact(deps, checkpoint) if outcome.decision is Decision.PROMOTE else ""
+        unverified_artifact(deps, checkpoint) if outcome.decision is Decision.PROMOTE else ""
     )
     if unverified:
         outcome = EvaluationOutcome(
@@ -181,7 +135,7 @@ def _attach_evaluation(  # noqa: PLR0917
             evaluation=event.evaluation,
             verdict=verdict.value,
             complete_time=complete_time,
-            record=record.SerializeToString(deterministic=True),
+            record=protos.evaluation_record_with_baseline(event.record, baseline),
             decision=outcome.decision.value,
             decision_reason=outcome.reason,
         )
@@ -197,7 +151,7 @@ def _attach_evaluation(  # noqa: PLR0917
         },
     )
     if outcome.decision is Decision.PROMOTE:
-        _move_production_forward(
+        move_production_forward(
             repo,
             deps,
             model,
@@ -225,10 +179,10 @@ def _attach_evaluation(  # noqa: PLR0917
                 trigger_time=complete_time,
                 now=now,
             )
-            _notify_moved(repo.session, deps)
+            notify_moved(repo.session, deps)
 
 
-def _untrusted_evaluation(deps: RegistryDeps, message: evaluator_events.EvaluationCompleted) -> str:
+def _untrusted_evaluation(deps: RegistryDeps, message: CompletedEvaluation) -> str:
     """Why the registry will not take this EvaluationCompleted, or "" when it will.
 
     Its merged release model must lie in the evaluator's artifact area, and a PASSED verdict
@@ -237,14 +191,14 @@ def _untrusted_evaluation(deps: RegistryDeps, message: evaluator_events.Evaluati
     are logged and counted at once: the caller records the event REFUSED and moves nothing.
     """
     outside = (
-        deps.artifacts.release_location_problem(message.parity.merged_artifact_uri)
+        deps.artifacts.release_location_problem(message.merged_release.artifact_uri)
         if deps.artifacts
         else ""
     )
     if outside:
-        _artifact_refused(deps, message.model, message.checkpoint, RELEASE_LOCATION, outside)
+        artifact_refused(deps, message.model, message.checkpoint, RELEASE_LOCATION, outside)
         return outside
-    if deps.verdicts is None or message.verdict != common_pb2.EVALUATION_VERDICT_PASSED:
+    if deps.verdicts is None or message.verdict is not Verdict.PASSED:
         return ""
     check, why = deps.verdicts.problem(message)
     if check:
@@ -266,7 +220,7 @@ def _untrusted_evaluation(deps: RegistryDeps, message: evaluator_events.Evaluati
 def on_evaluation_completed(
     session: Session,
     deps: RegistryDeps,
-    message: evaluator_events.EvaluationCompleted,
+    message: CompletedEvaluation,
     *,
     event_id: str,
 ) -> None:
@@ -282,14 +236,14 @@ def on_evaluation_completed(
     # asked before the model's lock is taken: the evaluator's answer may take a while
     refusal = _untrusted_evaluation(deps, message)
     if refusal:
-        _defer(
+        defer(
             repo,
             deps,
             model=message.model,
             source_checkpoint=message.checkpoint,
-            event_type=_EVALUATION_COMPLETED,
+            event_type=EVALUATION_COMPLETED,
             event_id=event_id,
-            payload=message.SerializeToString(deterministic=True),
+            payload=message.payload,
             status=REFUSED,
             reason=refusal,
             now=now,
@@ -298,57 +252,23 @@ def on_evaluation_completed(
     model = repo.lock_model(message.model)
     checkpoint = repo.get_checkpoint_by_source(message.model, message.checkpoint) if model else None
     if model is None or checkpoint is None:
-        _defer(
+        defer(
             repo,
             deps,
             model=message.model,
             source_checkpoint=message.checkpoint,
-            event_type=_EVALUATION_COMPLETED,
+            event_type=EVALUATION_COMPLETED,
             event_id=event_id,
-            payload=message.SerializeToString(deterministic=True),
+            payload=message.payload,
             status=PARKED,
             reason="the checkpoint is not registered (yet)",
             now=now,
         )
         return
-    _attach_evaluation(repo, deps, model, checkpoint, message, now)
+    attach_evaluation(repo, deps, model, checkpoint, message, now)
 
 
-def _stage_promoted(  # noqa: PLR0917
-    repo: RegistryRepository,
-    deps: RegistryDeps,
-    model: ModelRow,
-    checkpoint: CheckpointRow,
-    move: AliasMoveRow,
-    evaluation: str,
-) -> None:
-    record = resources_pb2.Checkpoint.FromString(checkpoint.record)
-    stage_event(
-        repo.session,
-        events_pb2.ModelPromoted(
-            model=model.name,
-            alias=alias_name(model.name.removeprefix("models/"), PRODUCTION),
-            from_checkpoint=move.from_checkpoint,
-            to_checkpoint=move.to_checkpoint,
-            trigger=trigger_to_proto(MoveTrigger(move.trigger)),
-            actor=move.actor,
-            reason=move.reason,
-            evaluation=evaluation,
-            revision=move.revision,
-            artifact_uri=record.artifact_uri,
-            sha256=record.sha256,
-            base_model=record.lineage.base_model,
-            task_type=model.task_type,  # type: ignore[arg-type]
-            source_checkpoint=checkpoint.source_checkpoint,
-            event_time=move_to_proto(move).move_time,
-            **releases.release_fields(record),
-        ),
-        source=deps.source,
-        subject=model.name,
-    )
-
-
-def _move_production_forward(
+def move_production_forward(
     repo: RegistryRepository,
     deps: RegistryDeps,
     model: ModelRow,
@@ -374,8 +294,13 @@ def _move_production_forward(
         trigger_time=trigger_time,
         now=now,
     )
-    _stage_promoted(repo, deps, model, checkpoint, move, evaluation)
-    _notify_moved(repo.session, deps)
+    stage_event(
+        repo.session,
+        protos.model_promoted(model, checkpoint, move, evaluation),
+        source=deps.source,
+        subject=model.name,
+    )
+    notify_moved(repo.session, deps)
     if deps.metrics:
         metrics = deps.metrics
         after_commit(

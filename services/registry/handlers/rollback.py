@@ -10,10 +10,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from services.registry import releases
+from services.registry.adapters import protos
 from services.registry.adapters.commit_hooks import after_commit
 from services.registry.adapters.repository import RegistryRepository
-from services.registry.adapters.resources import move_to_proto
+from services.registry.adapters.stored_resources import alias_move_of
 from services.registry.adapters.tables import (
     AliasMoveRow,
     CheckpointRow,
@@ -21,41 +21,38 @@ from services.registry.adapters.tables import (
     RegressionRow,
     RollbackBreakerRow,
 )
-from services.registry.domain import (
+from services.registry.domain.alerts import AlertNotice, alert_concerns_production
+from services.registry.domain.commands import RollbackModel, UnfreezeAutomation
+from services.registry.domain.model import (
     ALERTMANAGER_ACTOR,
     PRODUCTION,
     SERVICE_ACTOR,
-    AlertNotice,
     MoveTrigger,
-    alert_concerns_production,
-    choose_rollback_target,
     model_name,
     parse_checkpoint_name,
     parse_model_name,
 )
-from services.registry.handlers._requests import (
-    _check_alias_revision,
-    _earlier_request,
-    _expected_revision,
-    _optional_text,
-    _raise_if,
-    _request_key,
-    _require_text,
-    _revision_problems,
-)
-from services.registry.handlers._rows import (
-    _checkpoint_in,
-    _locked_model,
-    _model_proto,
-    _notify_moved,
-    alias_state,
-)
+from services.registry.domain.resources import Alias, AliasMove, Model
+from services.registry.domain.rollback import Regression, choose_rollback_target
 from services.registry.handlers.deps import RegistryDeps
+from services.registry.handlers.request_checks import (
+    check_alias_revision,
+    earlier_request,
+    optional_text,
+    raise_if,
+    request_key,
+    require_text,
+    revision_problems,
+)
+from services.registry.handlers.rows import (
+    alias_state,
+    checkpoint_in,
+    locked_model,
+    model_resource,
+    notify_moved,
+)
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from shared.events import stage_event
-from shared.protobuf import datetime_from_timestamp
-from tuneline.evaluator.v1 import events_pb2 as evaluator_events
-from tuneline.registry.v1 import events_pb2, resources_pb2, service_pb2
 
 log = logging.getLogger(__name__)
 
@@ -106,20 +103,18 @@ def _automation_frozen(
     return True
 
 
-def unfreeze_automation(
-    session: Session, deps: RegistryDeps, request: service_pb2.UnfreezeAutomationRequest
-) -> resources_pb2.Model:
+def unfreeze_automation(session: Session, deps: RegistryDeps, command: UnfreezeAutomation) -> Model:
     """UnfreezeAutomation: automation may move the model's production again (no-op when it is
     not frozen). Automatic rollbacks are counted afresh from now on."""
-    parse_model_name(request.model, field="model")
-    problems = _require_text(request.reason, "reason")
-    problems += _optional_text(request.actor, "actor", limit=200)
-    problems += _optional_text(request.request_id, "request_id", limit=200)
-    _raise_if(problems, "the unfreeze request is invalid")
+    parse_model_name(command.model, field="model")
+    problems = require_text(command.reason, "reason")
+    problems += optional_text(command.actor, "actor", limit=200)
+    problems += optional_text(command.request_id, "request_id", limit=200)
+    raise_if(problems, "the unfreeze request is invalid")
     repo = RegistryRepository(session)
-    model = _locked_model(repo, request.model)
-    key = _request_key("unfreeze", request.request_id)
-    if _earlier_request(repo, model.name, key, model.name) is None:
+    model = locked_model(repo, command.model)
+    key = request_key("unfreeze", command.request_id)
+    if earlier_request(repo, model.name, key, model.name) is None:
         state = repo.rollback_breaker(model.name)
         if state is not None and state.frozen:
             was = state.reason
@@ -129,8 +124,8 @@ def unfreeze_automation(
                 "automation unfrozen",
                 extra={
                     "model": model.name,
-                    "actor": request.actor or "unknown",
-                    "reason": request.reason,
+                    "actor": command.actor or "unknown",
+                    "reason": command.reason,
                     "was": was,
                 },
             )
@@ -139,7 +134,7 @@ def unfreeze_automation(
                 model.name, key, outcome=model.name, move=None, now=deps.clock()
             )
     session.flush()
-    return _model_proto(repo, model)
+    return model_resource(repo, model)
 
 
 @dataclass(frozen=True)
@@ -167,7 +162,7 @@ def _roll_back(
         ever_production=repo.ever_production_checkpoints(model.name),
         explicit_target=request.explicit_target,
     )
-    target = _checkpoint_in(repo, target_name)
+    target = checkpoint_in(repo, target_name)
     now = deps.clock()
     move = repo.move_alias(
         model=model.name,
@@ -180,29 +175,9 @@ def _roll_back(
         trigger_time=request.trigger_time,
         now=now,
     )
-    record = resources_pb2.Checkpoint.FromString(target.record)
-    moved = move_to_proto(move)
     stage_event(
         repo.session,
-        events_pb2.ModelRolledBack(
-            model=model.name,
-            alias=moved.alias,
-            from_checkpoint=move.from_checkpoint,
-            to_checkpoint=move.to_checkpoint,
-            trigger=moved.trigger,
-            actor=move.actor,
-            reason=move.reason,
-            cause=move.cause,
-            revision=move.revision,
-            artifact_uri=record.artifact_uri,
-            sha256=record.sha256,
-            base_model=record.lineage.base_model,
-            task_type=model.task_type,  # type: ignore[arg-type]
-            source_checkpoint=target.source_checkpoint,
-            trigger_time=moved.trigger_time,
-            event_time=moved.move_time,
-            **releases.release_fields(record),
-        ),
+        protos.model_rolled_back(model, target, move),
         source=deps.source,
         subject=model.name,
     )
@@ -213,7 +188,7 @@ def _roll_back(
         move=move,
         now=now,
     )
-    _notify_moved(repo.session, deps)
+    notify_moved(repo.session, deps)
     if deps.metrics:
         metrics = deps.metrics
         seconds = (now - request.trigger_time).total_seconds()
@@ -233,18 +208,18 @@ def _roll_back(
 
 
 def rollback_model(
-    session: Session, deps: RegistryDeps, request: service_pb2.RollbackModelRequest
-) -> tuple[resources_pb2.Alias, resources_pb2.AliasMove | None]:
+    session: Session, deps: RegistryDeps, command: RollbackModel
+) -> tuple[Alias, AliasMove | None]:
     """RollbackModel: roll production back; FAILED_PRECONDITION (nothing changes) without target."""
-    model_id = parse_model_name(request.model, field="model")
-    problems = _require_text(request.reason, "reason")
-    problems += _optional_text(request.actor, "actor", limit=200)
-    problems += _optional_text(request.request_id, "request_id", limit=200)
-    problems += _revision_problems(_expected_revision(request))
-    if request.target_checkpoint:
+    model_id = parse_model_name(command.model, field="model")
+    problems = require_text(command.reason, "reason")
+    problems += optional_text(command.actor, "actor", limit=200)
+    problems += optional_text(command.request_id, "request_id", limit=200)
+    problems += revision_problems(command.expected_alias_revision)
+    if command.target_checkpoint:
         try:
             target_model, _ = parse_checkpoint_name(
-                request.target_checkpoint, field="target_checkpoint"
+                command.target_checkpoint, field="target_checkpoint"
             )
         except InvalidArgument as error:
             problems += error.violations
@@ -252,32 +227,32 @@ def rollback_model(
             if target_model != model_id:
                 problems.append(
                     FieldViolation(
-                        "target_checkpoint", f"not a checkpoint of {request.model}", "WRONG_MODEL"
+                        "target_checkpoint", f"not a checkpoint of {command.model}", "WRONG_MODEL"
                     )
                 )
-    _raise_if(problems, "the rollback request is invalid")
+    raise_if(problems, "the rollback request is invalid")
     repo = RegistryRepository(session)
-    model = _locked_model(repo, request.model)
+    model = locked_model(repo, command.model)
     now = deps.clock()
-    key = f"rpc:{request.request_id}" if request.request_id else f"rpc:{uuid.uuid4()}"
+    key = f"rpc:{command.request_id}" if command.request_id else f"rpc:{uuid.uuid4()}"
     if repo.trigger_key(model.name, key) is not None:
         return alias_state(repo, model.name, PRODUCTION), None
-    _check_alias_revision(repo, model.name, PRODUCTION, _expected_revision(request))
+    check_alias_revision(repo, model.name, PRODUCTION, command.expected_alias_revision)
     move = _roll_back(
         repo,
         deps,
         model,
         RollbackTrigger(
             trigger=MoveTrigger.ROLLBACK_MANUAL,
-            actor=request.actor or "unknown",
-            reason=request.reason,
-            cause=request.request_id or key.removeprefix("rpc:"),
+            actor=command.actor or "unknown",
+            reason=command.reason,
+            cause=command.request_id or key.removeprefix("rpc:"),
             trigger_time=now,
             idempotency_key=key,
-            explicit_target=request.target_checkpoint,
+            explicit_target=command.target_checkpoint,
         ),
     )
-    return alias_state(repo, model.name, PRODUCTION), move_to_proto(move)
+    return alias_state(repo, model.name, PRODUCTION), alias_move_of(move)
 
 
 def _production_row(repo: RegistryRepository, model: str) -> CheckpointRow | None:
@@ -285,9 +260,7 @@ def _production_row(repo: RegistryRepository, model: str) -> CheckpointRow | Non
     return repo.get_checkpoint(name) if name else None
 
 
-def on_regression_detected(
-    session: Session, deps: RegistryDeps, message: evaluator_events.RegressionDetected
-) -> str:
+def on_regression_detected(session: Session, deps: RegistryDeps, regression: Regression) -> str:
     """Roll back when the regressed checkpoint is production; otherwise just record it.
 
     Returns the outcome (also the metric label): ``rolled_back``, ``not_production``,
@@ -296,32 +269,37 @@ def on_regression_detected(
     """
     repo = RegistryRepository(session)
     now = deps.clock()
-    key = f"regression:{message.evaluation}"
-    model = repo.lock_model(message.model)
+    key = f"regression:{regression.evaluation}"
+    model = repo.lock_model(regression.model)
     outcome, detail = "", ""
     if model is None:
         outcome, detail = "unknown_model", "the model is not registered"
-    elif repo.trigger_key(model.name, key) is not None or repo.get_regression(message.evaluation):
+    elif repo.trigger_key(model.name, key) is not None or repo.get_regression(
+        regression.evaluation
+    ):
         outcome = "duplicate"
     else:
         production = _production_row(repo, model.name)
         about_production = production is not None and (
-            production.source_checkpoint == message.checkpoint
-            or (bool(message.checkpoint_sha256) and production.sha256 == message.checkpoint_sha256)
+            production.source_checkpoint == regression.checkpoint
+            or (
+                bool(regression.checkpoint_sha256)
+                and production.sha256 == regression.checkpoint_sha256
+            )
         )
         if not about_production:
             outcome, detail = "not_production", "the regressed checkpoint is not production"
             repo.record_trigger_key(model.name, key, outcome=detail, move=None, now=now)
-        elif _automation_frozen(repo, deps, model, cause=message.evaluation):
+        elif _automation_frozen(repo, deps, model, cause=regression.evaluation):
             outcome, detail = "frozen", "automation frozen by the rollback circuit breaker"
         else:
-            where = f" in slice {message.slice!r}" if message.slice else ""
+            where = f" in slice {regression.slice!r}" if regression.slice else ""
             reason = (
-                f"{message.metric}{where} regressed by {message.delta:+.4f} "
-                f"(baseline {message.baseline:.4f}, candidate {message.candidate:.4f}, "
-                f"p={message.p_value:.3g}) in {message.evaluation}"
+                f"{regression.metric}{where} regressed by {regression.delta:+.4f} "
+                f"(baseline {regression.baseline:.4f}, candidate {regression.candidate:.4f}, "
+                f"p={regression.p_value:.3g}) in {regression.evaluation}"
             )
-            trigger_time = datetime_from_timestamp(message, "event_time") or now
+            trigger_time = regression.event_time or now
             try:  # a refused rollback raises before writing anything
                 move = _roll_back(
                     repo,
@@ -331,7 +309,7 @@ def on_regression_detected(
                         trigger=MoveTrigger.ROLLBACK_REGRESSION,
                         actor=SERVICE_ACTOR,
                         reason=reason,
-                        cause=message.evaluation,
+                        cause=regression.evaluation,
                         trigger_time=trigger_time,
                         idempotency_key=key,
                     ),
@@ -341,24 +319,24 @@ def on_regression_detected(
                 outcome, detail = "no_rollback_target", error.message
                 log.error(
                     "regression in production but nothing to roll back to",
-                    extra={"model": model.name, "evaluation": message.evaluation},
+                    extra={"model": model.name, "evaluation": regression.evaluation},
                 )
-    if outcome != "duplicate" and repo.get_regression(message.evaluation) is None:
+    if outcome != "duplicate" and repo.get_regression(regression.evaluation) is None:
         repo.add_regression(
             RegressionRow(
-                evaluation=message.evaluation,
-                model=message.model,
-                source_checkpoint=message.checkpoint,
-                metric=message.metric,
-                slice=message.slice,
-                delta=message.delta,
-                p_value=message.p_value,
+                evaluation=regression.evaluation,
+                model=regression.model,
+                source_checkpoint=regression.checkpoint,
+                metric=regression.metric,
+                slice=regression.slice,
+                delta=regression.delta,
+                p_value=regression.p_value,
                 outcome=f"{outcome}: {detail}" if detail else outcome,
                 received_at=now,
             )
         )
     if deps.metrics:
-        metrics, label = deps.metrics, message.model.removeprefix("models/")
+        metrics, label = deps.metrics, regression.model.removeprefix("models/")
         after_commit(session, lambda: metrics.regressions.labels(label, outcome).inc())
     return outcome
 

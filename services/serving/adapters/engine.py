@@ -17,13 +17,13 @@ import torch
 from services.serving.domain import Release, ReleaseRefused
 from services.serving.domain.releases import Generation, RefusalReason
 from shared.modeling import FolderHashCache, ModelingError, generation_prompt
-from shared.modeling.encoding import TaskKind
 from shared.modeling.loading import LoadedModel, load_checkpoint, resolve_device
 from shared.modeling.tokenizer_fingerprint import (
     TokenizerFingerprintRecord,
     end_of_turn_token_ids,
     fingerprint_tokenizer,
 )
+from shared.task_types import TaskType
 
 
 class TorchModel:
@@ -41,7 +41,7 @@ class TorchModel:
         self._pad_id = int(self._tokenizer.pad_token_id)
 
     @property
-    def task(self) -> TaskKind:
+    def task(self) -> TaskType:
         return self._metadata.task
 
     @property

@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.serving.domain import Release, ServedModel
 from services.serving.domain.releases import RefusedRelease
 from shared.errors import FieldViolation, InvalidArgument
-from shared.modeling.encoding import TaskKind
 from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
-from shared.protobuf import timestamp_from_datetime
+from shared.protobuf import enum_from_proto, enum_to_proto, timestamp_from_datetime
+from shared.task_types import TASK_TYPE_PREFIX, TaskType
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.registry.v1 import events_pb2 as registry_events_pb2
 from tuneline.registry.v1 import resources_pb2 as registry_pb2
 from tuneline.serving.v1 import resources_pb2
 
-_TASKS = {
-    common_pb2.TASK_TYPE_CLASSIFICATION: TaskKind.CLASSIFICATION,
-    common_pb2.TASK_TYPE_CAUSAL_LM: TaskKind.CAUSAL_LM,
-}
-_TASK_TYPES = {kind: value for value, kind in _TASKS.items()}
 
-
-def task_from_proto(value: common_pb2.TaskType.ValueType, *, field: str) -> TaskKind:
+def task_from_proto(value: common_pb2.TaskType.ValueType, *, field: str) -> TaskType:
     try:
-        return _TASKS[value]
-    except KeyError:
+        task = enum_from_proto(common_pb2.TaskType, TASK_TYPE_PREFIX, value, TaskType)
+    except ValueError:
+        task = None
+    if task is None:
         raise InvalidArgument(
             f"unsupported task type {value}", [FieldViolation(field, "unsupported task type")]
-        ) from None
+        )
+    return task
 
 
 def fingerprint_from_proto(
@@ -64,7 +63,7 @@ def release_from_event(
     )
 
 
-def release_from_alias(alias: registry_pb2.Alias, model: str, task: TaskKind) -> Release | None:
+def release_from_alias(alias: registry_pb2.Alias, model: str, task: TaskType) -> Release | None:
     """The release an alias points at (``None`` for an alias never set)."""
     if not alias.checkpoint:
         return None
@@ -93,7 +92,7 @@ def served_to_proto(served: ServedModel) -> resources_pb2.ServedModel:
         alias_revision=release.revision,
         artifact_uri=release.artifact_uri,
         sha256=release.sha256,
-        task_type=_TASK_TYPES[release.task],
+        task_type=enum_to_proto(common_pb2.TaskType, TASK_TYPE_PREFIX, release.task),
         labels=list(served.model.labels),
         device=served.model.device,
         load_time=timestamp_from_datetime(served.load_time),
@@ -109,3 +108,13 @@ def refused_to_proto(refused: RefusedRelease) -> resources_pb2.RefusedRelease:
         message=refused.message,
         refuse_time=timestamp_from_datetime(refused.refuse_time),
     )
+
+
+def label_scores_to_proto(
+    labels: Sequence[str], scores: Sequence[float]
+) -> list[resources_pb2.LabelScore]:
+    """One LabelScore per class of a classification head, in the head's label order."""
+    return [
+        resources_pb2.LabelScore(label=label, score=score)
+        for label, score in zip(labels, scores, strict=True)
+    ]

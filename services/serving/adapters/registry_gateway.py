@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from services.serving.adapters.protos import release_from_alias, task_from_proto
 from services.serving.domain import LiveQualityBatch, Release, ReportOutcome
-from shared.modeling.encoding import TaskKind
+from shared.task_types import TaskType
 from tuneline.client.errors import (
     AbortedError,
     DeadlineExceededError,
@@ -40,7 +40,7 @@ class RegistryGateway:
         """Every model the registry has (to follow all of them)."""
         return [model.name for model in self._client.list_models()]
 
-    def task(self, model: str) -> TaskKind:
+    def task(self, model: str) -> TaskType:
         return task_from_proto(self._client.get_model(model).task_type, field="task_type")
 
     def watch(self, model: str, *, after_revision: int) -> Iterator[Release]:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from shared.errors import FieldViolation, InvalidArgument, NotFound
-from shared.modeling.encoding import TaskKind
+from shared.task_types import TaskType
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Prediction:
     model: str
     checkpoint: str
     revision: int
-    task: TaskKind
+    task: TaskType
     #: The predicted label (classification); empty for a generation.
     label: str = ""
     #: The model's labels, to check a feedback label against.
@@ -85,7 +85,7 @@ def _success(
     prediction: Prediction, *, label: str | None, score: float | None, threshold: float
 ) -> bool:
     if label is not None:
-        if prediction.task is not TaskKind.CLASSIFICATION:
+        if prediction.task is not TaskType.CLASSIFICATION:
             raise InvalidArgument(
                 "a generation takes a score, not a label",
                 [FieldViolation("label", "use `score` for a causal LM prediction")],

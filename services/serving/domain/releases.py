@@ -21,8 +21,8 @@ from enum import StrEnum
 from typing import Protocol
 
 from shared.errors import FailedPrecondition, NotFound, PreconditionViolation, Unavailable
-from shared.modeling.encoding import TaskKind
 from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
+from shared.task_types import TaskType
 
 #: Refused releases kept for GetServingState, newest first.
 REFUSALS_KEPT = 20
@@ -76,7 +76,7 @@ class Release:
     revision: int
     artifact_uri: str
     sha256: str
-    task: TaskKind
+    task: TaskType
     source_checkpoint: str = ""
     tokenizer_fingerprint: TokenizerFingerprintRecord | None = None
     merged_artifact_uri: str = ""
@@ -128,7 +128,7 @@ class InferenceModel(Protocol):
     """A loaded checkpoint, as the handlers use it (the torch engine implements it)."""
 
     @property
-    def task(self) -> TaskKind: ...
+    def task(self) -> TaskType: ...
 
     @property
     def labels(self) -> Sequence[str]: ...
@@ -190,7 +190,7 @@ class NoModelLoaded(Unavailable):
 
 
 class WrongTaskType(FailedPrecondition):
-    def __init__(self, model: str, task: TaskKind, method: str) -> None:
+    def __init__(self, model: str, task: TaskType, method: str) -> None:
         super().__init__(
             f"{model} is a {task.value} model; {method} does not apply",
             [PreconditionViolation("TASK_TYPE", model, f"{method} needs another task type")],

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import grpc
 
-from services.serving.adapters.protos import refused_to_proto, served_to_proto
+from services.serving.adapters.protos import (
+    label_scores_to_proto,
+    refused_to_proto,
+    served_to_proto,
+)
 from services.serving.handlers import feedback, inference
 from services.serving.handlers.deps import ServingDeps
-from tuneline.serving.v1 import resources_pb2, service_pb2, service_pb2_grpc
+from tuneline.serving.v1 import service_pb2, service_pb2_grpc
 
 
 class ServingServicer(service_pb2_grpc.ServingServiceServicer):
@@ -26,10 +30,7 @@ class ServingServicer(service_pb2_grpc.ServingServiceServicer):
         return service_pb2.PredictResponse(
             prediction_id=prediction.prediction_id,
             label=prediction.label,
-            scores=[
-                resources_pb2.LabelScore(label=label, score=score)
-                for label, score in zip(prediction.labels, scores, strict=True)
-            ],
+            scores=label_scores_to_proto(prediction.labels, scores),
             checkpoint=served.release.checkpoint,
             alias_revision=served.release.revision,
         )

@@ -7,7 +7,7 @@ from services.serving.domain.releases import Generation, WrongTaskType
 from services.serving.handlers.deps import ServingDeps
 from shared import names
 from shared.errors import FieldViolation, InvalidArgument
-from shared.modeling.encoding import TaskKind
+from shared.task_types import TaskType
 
 #: Longest text or prompt accepted, in characters (the model truncates to its max length).
 MAX_INPUT_CHARACTERS = 100_000
@@ -25,7 +25,7 @@ def _input_text(text: str, field: str) -> str:
     return text
 
 
-def _served(deps: ServingDeps, model: str, task: TaskKind, method: str) -> ServedModel:
+def _served(deps: ServingDeps, model: str, task: TaskType, method: str) -> ServedModel:
     served = deps.table.current(model)
     if served.release.task is not task:
         raise WrongTaskType(model, served.release.task, method)
@@ -40,7 +40,7 @@ def predict(
     with deps.metrics.request_seconds.labels("Predict").time():
         _input_text(text, "text")
         served = _served(
-            deps, names.MODEL.check(model, field="model"), TaskKind.CLASSIFICATION, "Predict"
+            deps, names.MODEL.check(model, field="model"), TaskType.CLASSIFICATION, "Predict"
         )
         scores = [float(s) for s in served.model.classify(text)]
         labels = tuple(served.model.labels)
@@ -50,7 +50,7 @@ def predict(
             model=model,
             checkpoint=served.release.checkpoint,
             revision=served.release.revision,
-            task=TaskKind.CLASSIFICATION,
+            task=TaskType.CLASSIFICATION,
             label=labels[best],
             labels=labels,
         )
@@ -71,7 +71,7 @@ def generate(
                 [FieldViolation("max_new_tokens", f"0 to {MAX_NEW_TOKENS_LIMIT}")],
             )
         served = _served(
-            deps, names.MODEL.check(model, field="model"), TaskKind.CAUSAL_LM, "Generate"
+            deps, names.MODEL.check(model, field="model"), TaskType.CAUSAL_LM, "Generate"
         )
         generation = served.model.generate(prompt, max_new_tokens or deps.max_new_tokens)
         prediction = Prediction(
@@ -79,7 +79,7 @@ def generate(
             model=model,
             checkpoint=served.release.checkpoint,
             revision=served.release.revision,
-            task=TaskKind.CAUSAL_LM,
+            task=TaskType.CAUSAL_LM,
         )
         deps.predictions.remember(prediction)
         deps.metrics.predictions.labels(model, "").inc()

@@ -16,11 +16,11 @@ from services.splitter.domain import (
     SplitRatios,
     SplitSpec,
     SplitStrategy,
-    TaskType,
 )
 from shared import names
 from shared.errors import FieldViolation, InvalidArgument
-from shared.protobuf import set_timestamp, timestamp_from_datetime
+from shared.protobuf import enum_from_proto, enum_to_proto, set_timestamp, timestamp_from_datetime
+from shared.task_types import TASK_TYPE_PREFIX, TaskType
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.dataset.v1 import resources_pb2 as dataset_pb2
@@ -36,11 +36,6 @@ _PARTS = {
     Part.VALIDATION: common_pb2.SPLIT_PART_VALIDATION,
     Part.TEST: common_pb2.SPLIT_PART_TEST,
 }
-_TASK_TYPES = {
-    TaskType.CLASSIFICATION: common_pb2.TASK_TYPE_CLASSIFICATION,
-    TaskType.CAUSAL_LM: common_pb2.TASK_TYPE_CAUSAL_LM,
-}
-_TASK_TYPES_FROM_PROTO = {value: key for key, value in _TASK_TYPES.items()}
 
 
 # -- in ----------------------------------------------------------------------------------------
@@ -88,7 +83,12 @@ def _version_ref(
 ) -> DatasetVersionRef:
     """A version from what the dataset service said about it, refusing (``ValueError``) a
     description that lacks what a split needs."""
-    known_task_type = _TASK_TYPES_FROM_PROTO.get(task_type)
+    try:
+        known_task_type = enum_from_proto(
+            common_pb2.TaskType, TASK_TYPE_PREFIX, task_type, TaskType
+        )
+    except ValueError:
+        known_task_type = None
     if known_task_type is None:
         raise ValueError(f"{what} {fields['name']!r} has no known task type")
     missing = [name for name, value in fields.items() if not value]
@@ -169,7 +169,7 @@ def split_to_proto(split: Split) -> resources_pb2.Split:
         name=split.name,
         dataset_version=split.dataset_version,
         dataset_content_sha256=split.dataset_content_sha256,
-        task_type=_TASK_TYPES[split.task_type],
+        task_type=enum_to_proto(common_pb2.TaskType, TASK_TYPE_PREFIX, split.task_type),
         spec=spec_to_proto(split.spec),
         manifest_uri=split.manifest_uri,
         manifest_sha256=split.manifest_sha256,
@@ -187,7 +187,7 @@ def split_created_event(split: Split) -> events_pb2.SplitCreated:
         dataset=split.dataset,
         dataset_version=split.dataset_version,
         dataset_content_sha256=split.dataset_content_sha256,
-        task_type=_TASK_TYPES[split.task_type],
+        task_type=enum_to_proto(common_pb2.TaskType, TASK_TYPE_PREFIX, split.task_type),
         spec=spec_to_proto(split.spec),
         manifest_uri=split.manifest_uri,
         manifest_sha256=split.manifest_sha256,

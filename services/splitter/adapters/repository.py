@@ -28,8 +28,8 @@ from services.splitter.domain import (
     SplitRatios,
     SplitSpec,
     SplitStrategy,
-    TaskType,
 )
+from shared.task_types import TaskType
 
 
 def _utc(value: datetime) -> datetime:

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.splitter.domain.assignment import assign_rows
-from services.splitter.domain.rows import SplitRow, SplitRows, TaskType
+from services.splitter.domain.rows import SplitRow, SplitRows
 from services.splitter.domain.spec import PARTS, Part, SplitSpec
 from shared.errors import FailedPrecondition, PreconditionViolation
 from shared.near_duplicates import DEFAULT_THRESHOLD
+from shared.task_types import TaskType
 
 
 @dataclass(frozen=True)

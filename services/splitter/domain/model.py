@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.splitter.domain.manifest import PartStats
-from services.splitter.domain.rows import TaskType
 from services.splitter.domain.spec import DEFAULT_SPEC, SplitSpec
+from shared.task_types import TaskType
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import NamedTuple
 
 from shared.errors import FailedPrecondition, PreconditionViolation
 from shared.input_text import near_duplicate_text, normalize_input_text
-
-
-class TaskType(StrEnum):
-    """The dataset's task type, which says where a row's input text is."""
-
-    CLASSIFICATION = "CLASSIFICATION"
-    CAUSAL_LM = "CAUSAL_LM"
+from shared.task_types import TaskType
 
 
 class SplitRow(NamedTuple):

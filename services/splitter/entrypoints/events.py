@@ -10,9 +10,8 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from services.splitter import handlers
 from services.splitter.adapters.protos import version_from_event
-from services.splitter.handlers import SplitterDeps
+from services.splitter.handlers import SplitterDeps, on_dataset_versioned
 from shared.events import ReceivedEvent, Subscription
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 
@@ -23,12 +22,6 @@ def subscriptions(deps: SplitterDeps) -> Sequence[Subscription]:
     def dataset_versioned(
         event: ReceivedEvent[dataset_events_pb2.DatasetVersioned], session: Session
     ) -> None:
-        handlers.on_dataset_versioned(
-            session,
-            version_from_event(event.message),
-            artifacts=deps.artifacts,
-            metrics=deps.metrics,
-            source=deps.source,
-        )
+        on_dataset_versioned(session, deps, version_from_event(event.message))
 
     return [Subscription(dataset_events_pb2.DatasetVersioned, dataset_versioned)]

@@ -1,4 +1,5 @@
-"""The gRPC face of the splitter service: converts proto to domain, calls a handler.
+"""The gRPC face of the splitter service: converts proto to domain, calls a handler in a
+transaction of its own.
 
 No logic lives here; domain errors raised by handlers become gRPC statuses in the shared
 error-mapping interceptor.
@@ -7,12 +8,21 @@ error-mapping interceptor.
 from __future__ import annotations
 
 import grpc
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from services.splitter import handlers
 from services.splitter.adapters.protos import policy_to_proto, spec_from_proto, split_to_proto
-from services.splitter.domain import DatasetVersionName, SplitPolicy
-from services.splitter.handlers import SplitterDeps
+from services.splitter.domain import DatasetVersionName, Split, SplitPolicy
+from services.splitter.handlers import (
+    SplitterDeps,
+    create_split,
+    get_split,
+    get_split_policy,
+    list_splits,
+    set_split_policy,
+)
 from shared import names
+from shared.db import run_in_transaction
 from tuneline.splitter.v1 import service_pb2, service_pb2_grpc
 
 
@@ -21,7 +31,6 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
 
     def __init__(self, deps: SplitterDeps) -> None:
         self._deps = deps
-        self._sessions = deps.sessions
 
     def CreateSplit(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.CreateSplitRequest, context: grpc.ServicerContext
@@ -32,34 +41,38 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
             if request.HasField("spec")
             else None
         )
-        split, created = handlers.create_split(
-            self._sessions,
-            version,
-            spec,
-            artifacts=self._deps.artifacts,
-            metrics=self._deps.metrics,
-            source=self._deps.source,
-            versions=self._deps.versions,
-        )
+
+        def split_version(session: Session) -> tuple[Split, bool]:
+            return create_split(session, self._deps, version, spec)
+
+        try:
+            split, created = run_in_transaction(self._deps.sessions, split_version)
+        except IntegrityError:
+            # a concurrent call (or the consumer) stored the same split first: run again, the
+            # handler now finds that one and returns it
+            split, created = run_in_transaction(self._deps.sessions, split_version)
         return service_pb2.CreateSplitResponse(split=split_to_proto(split), created=created)
 
     def GetSplit(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetSplitRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetSplitResponse:
         names.SPLIT.check(request.name, field="name")
-        split = handlers.get_split(self._sessions, request.name)
+        split = run_in_transaction(self._deps.sessions, lambda s: get_split(s, request.name))
         return service_pb2.GetSplitResponse(split=split_to_proto(split))
 
     def ListSplits(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListSplitsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListSplitsResponse:
         dataset_id, version_id = names.SPLIT_LIST_PARENT.ids(request.parent, field="parent")
-        splits, next_page_token = handlers.list_splits(
-            self._sessions,
-            dataset_id=dataset_id,
-            version_id=version_id,
-            page_size=request.page_size,
-            page_token=request.page_token,
+        splits, next_page_token = run_in_transaction(
+            self._deps.sessions,
+            lambda s: list_splits(
+                s,
+                dataset_id=dataset_id,
+                version_id=version_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
         )
         return service_pb2.ListSplitsResponse(
             splits=[split_to_proto(s) for s in splits], next_page_token=next_page_token
@@ -73,18 +86,18 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
         spec = spec_from_proto(
             message.spec, present=message.HasField("spec"), field_prefix="split_policy.spec."
         )
-        policy = handlers.set_split_policy(
-            self._sessions,
-            SplitPolicy(
-                dataset_id=dataset_id, spec=spec, auto_split_disabled=message.auto_split_disabled
-            ),
-            request_id=request.request_id,
+        policy = SplitPolicy(
+            dataset_id=dataset_id, spec=spec, auto_split_disabled=message.auto_split_disabled
         )
-        return service_pb2.SetSplitPolicyResponse(split_policy=policy_to_proto(policy))
+        stored = run_in_transaction(
+            self._deps.sessions,
+            lambda s: set_split_policy(s, policy, request_id=request.request_id),
+        )
+        return service_pb2.SetSplitPolicyResponse(split_policy=policy_to_proto(stored))
 
     def GetSplitPolicy(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetSplitPolicyRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetSplitPolicyResponse:
         dataset_id = names.SPLIT_POLICY.parse(request.name, field="name")["dataset"]
-        policy = handlers.get_split_policy(self._sessions, dataset_id)
+        policy = run_in_transaction(self._deps.sessions, lambda s: get_split_policy(s, dataset_id))
         return service_pb2.GetSplitPolicyResponse(split_policy=policy_to_proto(policy))

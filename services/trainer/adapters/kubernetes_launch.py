@@ -2,11 +2,11 @@
 
 The trainer renders one launch per attempt and submits it with the ``kubernetes`` client:
 
-* :attr:`~services.trainer.domain.KubernetesWorkload.INDEXED_JOB` (plain Kubernetes): a
+* :attr:`~services.trainer.domain.launch.KubernetesWorkload.INDEXED_JOB` (plain Kubernetes): a
   ``batch/v1`` Job in ``Indexed`` completion mode, one pod per node, each running ``torchrun``
   with ``--nnodes`` and its ``--node-rank`` from the pod's completion index, rendezvous at pod 0
   through a headless Service (the pods' ``subdomain``);
-* :attr:`~services.trainer.domain.KubernetesWorkload.TRAIN_JOB`: a Kubeflow Trainer
+* :attr:`~services.trainer.domain.launch.KubernetesWorkload.TRAIN_JOB`: a Kubeflow Trainer
   ``TrainJob`` on its torch-distributed runtime, which sets ``torchrun``'s ``PET_*`` variables
   itself.
 
@@ -34,9 +34,9 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, Listener
 from typing import Any, Protocol
 
-from services.trainer.adapters.engine.plan import WorkerPlan
 from services.trainer.adapters.torchrun import AUTHKEY_ENV, relay_rank0
-from services.trainer.domain import KubernetesLaunch, KubernetesWorkload, LaunchPhase
+from services.trainer.domain.launch import KubernetesLaunch, KubernetesWorkload, LaunchPhase
+from services.trainer.domain.worker_messages import WorkerPlan
 
 log = logging.getLogger(__name__)
 

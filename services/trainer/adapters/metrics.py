@@ -15,7 +15,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.trainer.adapters.repository import Pricing, TrainerRepository
-from services.trainer.domain import EngineFallback, JobState, SkippedRows, compute_cost
+from services.trainer.domain.costs import compute_cost
+from services.trainer.domain.jobs import EngineFallback, JobState, SkippedRows
 
 
 class _JobStates(Collector):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.trainer.domain import BaseModelRef
+from services.trainer.domain.config import BaseModelRef
 from shared.modeling import FolderHashCache, ResolvedModel, resolve_base_model
 
 

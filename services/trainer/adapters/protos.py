@@ -1,71 +1,64 @@
-"""Protobuf ⇄ domain conversions of the trainer: requests in, resources and events out.
+"""Protobuf ⇄ domain conversions of the trainer: requests and events in, resources out.
 
-The gRPC servicer and the handlers that stage events both use these, so a job, a checkpoint or
-a lineage looks the same in an RPC response and in an event.
+The gRPC servicer and the event builders of :mod:`services.trainer.adapters.protos_events`
+both use these, so a job, a checkpoint or a lineage looks the same in an RPC response and in
+an event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from services.trainer.domain import (
+from services.trainer.domain.config import (
     AdapterMethod,
     AdapterSpec,
-    AuditVerdict,
     BaseModelRef,
-    Budget,
     CheckpointPolicy,
-    CheckpointRecord,
-    Cost,
-    DatasetAuditInfo,
-    FailureReason,
     Hyperparameters,
     JobConfig,
-    JobState,
     LearningRateSchedule,
+    Precision,
+    StoppingRules,
+    TargetPreset,
+)
+from services.trainer.domain.costs import Budget, Cost
+from services.trainer.domain.estimates import TrainingEstimate
+from services.trainer.domain.jobs import (
+    AuditVerdict,
+    CheckpointRecord,
+    DatasetAuditInfo,
+    FailureReason,
+    JobState,
     Lineage,
     LossPoint,
-    Owner,
-    Precision,
     Progress,
     SplitInfo,
-    StoppingRules,
     StopReason,
-    TargetPreset,
-    TaskType,
-    TrainingEstimate,
     TrainingJob,
     TrainingPolicy,
     thin_loss_trend,
 )
 from shared.errors import FieldViolation
 from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
-from shared.ownership import money_amount, validate_budget, validate_owner
+from shared.ownership import Owner, money_amount, validate_budget, validate_owner
 from shared.protobuf import (
     duration_from_seconds,
     enum_field_from_proto,
+    enum_from_proto,
     enum_to_proto,
     seconds_from_duration,
     set_timestamp,
     timestamp_from_datetime,
 )
+from shared.task_types import TASK_TYPE_PREFIX, TaskType
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.dataset.v1 import resources_pb2 as dataset_resources_pb2
 from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
 from tuneline.splitter.v1 import resources_pb2 as splitter_pb2
-from tuneline.trainer.v1 import events_pb2
 from tuneline.trainer.v1 import resources_pb2 as trainer_pb2
-
-TASK_TYPES: dict[TaskType, Any] = {
-    TaskType.CLASSIFICATION: common_pb2.TASK_TYPE_CLASSIFICATION,
-    TaskType.CAUSAL_LM: common_pb2.TASK_TYPE_CAUSAL_LM,
-}
-TASK_TYPES_FROM_PROTO: dict[int, TaskType] = {int(v): k for k, v in TASK_TYPES.items()}
-
 
 # -- in ------------------------------------------------------------------------------------------
 
@@ -249,14 +242,18 @@ def _split_info(  # noqa: PLR0917 - the fields of SplitCreated and Split, in ord
     artifact_uri: str,
     parts: Any,
 ) -> SplitInfo:
-    if task not in TASK_TYPES_FROM_PROTO:
+    try:
+        task_type = enum_from_proto(common_pb2.TaskType, TASK_TYPE_PREFIX, task, TaskType)
+    except ValueError:
+        task_type = None
+    if task_type is None:
         raise ValueError(f"split {name} has no known task type ({task})")
     return SplitInfo(
         name=name,
         dataset=dataset,
         dataset_version=version,
         dataset_content_sha256=content_sha,
-        task_type=TASK_TYPES_FROM_PROTO[task],
+        task_type=task_type,
         manifest_uri=manifest_uri,
         manifest_sha256=manifest_sha,
         dataset_artifact_uri=artifact_uri,
@@ -443,7 +440,7 @@ def lineage_to_proto(lineage: Lineage) -> common_pb2.Lineage:
         hyperparameters=hyperparameters_to_proto(lineage.hyperparameters),
         training_job=lineage.training_job,
         checkpoint=lineage.checkpoint,
-        task_type=TASK_TYPES[lineage.task_type],
+        task_type=enum_to_proto(common_pb2.TaskType, TASK_TYPE_PREFIX, lineage.task_type),
         target_model=lineage.target_model,
         software_versions=dict(lineage.software_versions),
     )
@@ -503,7 +500,7 @@ def job_to_proto(
         name=job.name,
         display_name=config.display_name,
         target_model=job.target_model,
-        task_type=TASK_TYPES[job.task_type],
+        task_type=enum_to_proto(common_pb2.TaskType, TASK_TYPE_PREFIX, job.task_type),
         base_model=base_model_to_proto(config.base_model),
         split=job.split.name,
         adapter_spec=adapter_to_proto(config.adapter),
@@ -634,113 +631,3 @@ def dataset_audit_from_event(event: dataset_events_pb2.DatasetAudited) -> Datase
         suspected_count=event.suspected_count,
         suspected_line_numbers=tuple(event.suspected_line_numbers),
     )
-
-
-# -- events out -----------------------------------------------------------------------------------
-
-
-def training_job_started_event(
-    job: TrainingJob, *, total_steps: int, device: str, now: datetime
-) -> events_pb2.TrainingJobStarted:
-    return events_pb2.TrainingJobStarted(
-        training_job=job.name,
-        target_model=job.target_model,
-        training_policy=job.training_policy,
-        lineage=lineage_to_proto(job.lineage()),
-        stopping_rules=stopping_to_proto(job.config.stopping),
-        checkpoint_policy=checkpointing_to_proto(job.config.checkpointing),
-        total_steps=total_steps,
-        device=device,
-        event_time=timestamp_from_datetime(now),
-    )
-
-
-def checkpoint_ready_event(
-    record: CheckpointRecord, job: TrainingJob, *, now: datetime
-) -> events_pb2.CheckpointReady:
-    """CheckpointReady for ``record``, a checkpoint of ``job`` (as stored once it was recorded:
-    a final checkpoint names the job's best one, what BEST_AT_END evaluates)."""
-    event = events_pb2.CheckpointReady(
-        checkpoint=record.name,
-        training_job=job.name,
-        target_model=job.target_model,
-        step=record.step,
-        epoch=record.epoch,
-        train_loss=record.train_loss,
-        tokens_seen=record.tokens_seen,
-        artifact_uri=record.artifact_uri,
-        sha256=record.sha256,
-        size_bytes=record.size_bytes,
-        is_best=record.is_best,
-        is_final=record.is_final,
-        lineage=lineage_to_proto(job.lineage(record.name)),
-        cost=cost_to_proto(record.cost),
-        event_time=timestamp_from_datetime(now),
-        job_creator=job.creator,  # the registry's four-eyes approval refuses it as approver
-    )
-    if record.validation_loss is not None:
-        event.validation_loss = record.validation_loss
-    if record.stop_reason is not None:
-        event.stop_reason = stop_reason_to_proto(record.stop_reason)  # type: ignore[assignment]
-    if record.is_final:
-        # what BEST_AT_END evaluates: the job's result, not merely its last checkpoint
-        event.best_checkpoint = job.best_checkpoint or record.name
-    if record.tokenizer_fingerprint is not None:
-        event.tokenizer_fingerprint.CopyFrom(
-            tokenizer_fingerprint_to_proto(record.tokenizer_fingerprint)
-        )
-    return event
-
-
-def training_job_failed_event(job: TrainingJob, *, now: datetime) -> events_pb2.TrainingJobFailed:
-    assert job.failure_reason is not None
-    return events_pb2.TrainingJobFailed(
-        training_job=job.name,
-        target_model=job.target_model,
-        failure_reason=failure_reason_to_proto(job.failure_reason),  # type: ignore[arg-type]
-        failure_message=job.failure_message,
-        latest_checkpoint=job.latest_checkpoint,
-        steps_completed=job.progress.step,
-        attempt_count=job.attempt_count,
-        cost=cost_to_proto(job.cost),
-        lineage=lineage_to_proto(job.lineage()),
-        event_time=timestamp_from_datetime(now),
-    )
-
-
-def training_job_completed_event(
-    job: TrainingJob,
-    *,
-    checkpoints: list[str],
-    steps_completed: int,
-    epochs_completed: float,
-    final_train_loss: float,
-    loss_points: list[LossPoint],
-    tokens_per_second: float,
-    best_validation_loss: float | None,
-    duration_seconds: float,
-    now: datetime,
-) -> events_pb2.TrainingJobCompleted:
-    """TrainingJobCompleted for a SUCCEEDED ``job``: its last 1,000 loss points, its kept
-    ``checkpoints``, and what the worker reported when it ended."""
-    assert job.stop_reason is not None
-    event = events_pb2.TrainingJobCompleted(
-        training_job=job.name,
-        target_model=job.target_model,
-        stop_reason=stop_reason_to_proto(job.stop_reason),  # type: ignore[arg-type]
-        best_checkpoint=job.best_checkpoint or job.latest_checkpoint,
-        final_checkpoint=job.latest_checkpoint,
-        checkpoints=checkpoints,
-        steps_completed=steps_completed,
-        epochs_completed=epochs_completed,
-        final_train_loss=final_train_loss,
-        loss_trend=[loss_point_to_proto(p) for p in loss_points][-1000:],
-        tokens_per_second=tokens_per_second,
-        cost=cost_to_proto(job.cost),
-        lineage=lineage_to_proto(job.lineage()),
-        duration=duration_from_seconds(duration_seconds),
-        event_time=timestamp_from_datetime(now),
-    )
-    if best_validation_loss is not None:
-        event.best_validation_loss = best_validation_loss
-    return event

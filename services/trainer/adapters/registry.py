@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from services.trainer.adapters.protos import budget_from_proto
-from services.trainer.domain import Budget
+from services.trainer.domain.costs import Budget
 from shared.errors import FieldViolation
 from tuneline.client.errors import NotFoundError, TunelineError
 from tuneline.client.registry import RegistryClient

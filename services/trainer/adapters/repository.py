@@ -25,31 +25,27 @@ from services.trainer.adapters.tables import (
     PolicyRequestRow,
     PolicyRow,
 )
-from services.trainer.domain import (
-    Budget,
+from services.trainer.domain.config import JobConfig
+from services.trainer.domain.costs import Budget, Cost, compute_cost
+from services.trainer.domain.estimates import ThroughputSample, TrainingEstimate
+from services.trainer.domain.jobs import (
     CheckpointRecord,
-    Cost,
     DatasetAuditInfo,
     FailureReason,
-    JobConfig,
     JobState,
     LossPoint,
-    Owner,
     Progress,
     SplitInfo,
     StopReason,
-    TaskType,
-    ThroughputSample,
-    TrainingEstimate,
     TrainingJob,
     TrainingPolicy,
-    compute_cost,
-    devices_in,
-    from_jsonable,
-    jsonable,
 )
+from services.trainer.domain.jsonable import from_jsonable, jsonable
+from services.trainer.domain.launch import devices_in
 from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
+from shared.ownership import Owner
 from shared.running_claims import advisory_lock_key
+from shared.task_types import TaskType
 
 #: Namespace of the advisory locks that serialise admission per budget holder.
 _ADMISSION_LOCKS = "trainer-budget-admission"
@@ -140,7 +136,7 @@ def job_from_row(row: JobRow, pricing: Pricing) -> TrainingJob:
 
 def checkpoint_from_row(row: CheckpointRow, job: TrainingJob) -> CheckpointRecord:
     """The checkpoint ``row`` of ``job``; the final one carries the job's stop reason (recorded
-    with it, see ``handlers.record_checkpoint``)."""
+    with it, see ``handlers.worker_reports.record_checkpoint``)."""
     return CheckpointRecord(
         name=row.name,
         training_job=row.job,

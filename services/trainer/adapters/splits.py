@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from services.trainer.adapters.protos import split_from_resource
-from services.trainer.domain import SplitInfo
+from services.trainer.domain.jobs import SplitInfo
 from tuneline.client.errors import NotFoundError, TunelineError
 from tuneline.client.splitter import SplitterClient
 

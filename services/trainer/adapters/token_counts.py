@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.trainer.domain import SplitInfo
+from services.trainer.domain.jobs import SplitInfo
 from shared.artifacts import ArtifactStore
 from shared.modeling import ResolvedModel
 from shared.modeling.data import load_split_rows

@@ -36,12 +36,10 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Protocol
 
-from services.trainer.adapters.engine.plan import (
-    StopSignals,
-    WorkerPlan,
-)
+from services.trainer.adapters.engine.signals import StopSignals
 from services.trainer.adapters.worker import ABANDON, HALT, train_and_report, train_over
-from services.trainer.domain import Sharding
+from services.trainer.domain.launch import Sharding
+from services.trainer.domain.worker_messages import WorkerPlan
 from shared.logging import configure_logging
 
 log = logging.getLogger(__name__)

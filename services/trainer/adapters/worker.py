@@ -5,7 +5,8 @@ The supervisor starts a worker with :func:`start_worker`. Workers are forked fro
 job starts in well under a second instead of re-importing them; the service process itself
 never imports torch. A worker talks to the supervisor through two one-way pipes:
 
-* messages, worker → supervisor: :mod:`.engine.plan` messages as dicts, in order;
+* messages, worker → supervisor: :mod:`services.trainer.domain.worker_messages` messages as
+  dicts, in order;
 * control, supervisor → worker: ``"cancel"`` (stop, write a final checkpoint, report) or
   ``"halt"`` (the service is shutting down: stop at the next step boundary, write a checkpoint
   of the steps since the last one, and end; the job resumes there). End-of-file on the control
@@ -31,16 +32,15 @@ from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Protocol
 
-from services.trainer.adapters.engine.plan import (
-    StopSignals,
-    TrainingFailure,
+from services.trainer.adapters.engine.signals import StopSignals, TrainingFailure
+from services.trainer.domain.jobs import FailureReason
+from services.trainer.domain.worker_messages import (
     WorkerDiskFull,
     WorkerFailed,
     WorkerMessage,
     WorkerPlan,
     encode_message,
 )
-from services.trainer.domain import FailureReason
 from shared.artifacts import is_disk_full
 from shared.logging import configure_logging
 

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from services.trainer import handlers
 from services.trainer.adapters import protos
 from services.trainer.adapters.notifications import JobChanges
+from services.trainer.handlers import policy_jobs
+from services.trainer.handlers.deps import TrainerDeps
 from shared.events import ReceivedEvent, Subscription
 from tuneline.dataset.v1 import events_pb2 as dataset_events_pb2
 from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
@@ -17,7 +18,7 @@ from tuneline.splitter.v1 import events_pb2 as splitter_events_pb2
 log = logging.getLogger(__name__)
 
 
-def subscriptions(context: handlers.TrainerDeps, changes: JobChanges) -> Sequence[Subscription]:
+def subscriptions(deps: TrainerDeps, changes: JobChanges) -> Sequence[Subscription]:
     """SplitCreated → remember the split, make the jobs its dataset's policies ask for (once
     its version's audit is known); DatasetAudited → remember the verdict, make the jobs of the
     splits that waited for it (FAILED ones when it BLOCKED the version)."""
@@ -33,7 +34,7 @@ def subscriptions(context: handlers.TrainerDeps, changes: JobChanges) -> Sequenc
                 "ignoring a SplitCreated", extra={"split": event.message.split, "error": str(error)}
             )
             return
-        created = handlers.on_split_created(session, split, context)
+        created = policy_jobs.on_split_created(session, deps, split)
         if created:
             log.info("jobs created for a new split", extra={"split": split.name, "jobs": created})
             changes.notify()  # the supervisor re-reads the queue after this commit
@@ -49,7 +50,7 @@ def subscriptions(context: handlers.TrainerDeps, changes: JobChanges) -> Sequenc
                 extra={"dataset_version": event.message.dataset_version, "error": str(error)},
             )
             return
-        created = handlers.on_dataset_audited(session, audit, context)
+        created = policy_jobs.on_dataset_audited(session, deps, audit)
         if created:
             log.info(
                 "jobs created for an audited dataset version",

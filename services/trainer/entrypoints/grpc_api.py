@@ -10,16 +10,33 @@ import threading
 from collections.abc import Iterator
 
 import grpc
-from sqlalchemy.orm import Session, sessionmaker
 
-from services.trainer import handlers
 from services.trainer.adapters import protos
 from services.trainer.adapters.notifications import JobChanges
-from services.trainer.domain import TrainingJob
+from services.trainer.domain.jobs import TrainingJob
+from services.trainer.handlers.deps import TrainerDeps
+from services.trainer.handlers.jobs import (
+    CreateJobCommand,
+    cancel_training_job,
+    create_training_job,
+    estimate_training_job,
+)
+from services.trainer.handlers.policies import SetPolicyCommand, set_training_policy
+from services.trainer.handlers.queries import (
+    get_checkpoint,
+    get_training_job,
+    get_training_policy,
+    list_checkpoints,
+    list_training_jobs,
+    list_training_policies,
+)
 from shared import names
 from shared.db import run_in_transaction
 from shared.errors import FieldViolation, InvalidArgument
+from shared.protobuf import enum_field_from_proto
 from shared.security import caller_name
+from shared.task_types import TASK_TYPE_PREFIX, TaskType
+from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.trainer.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
 #: A watch re-reads its job at least this often, notification or not.
@@ -33,14 +50,12 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
 
     def __init__(
         self,
-        sessions: sessionmaker[Session],
-        context: handlers.TrainerDeps,
+        deps: TrainerDeps,
         changes: JobChanges,
         *,
         stopping: threading.Event,
     ) -> None:
-        self._sessions = sessions
-        self._context = context
+        self._deps = deps
         self._changes = changes
         self._stopping = stopping
 
@@ -61,18 +76,15 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
             prefix="training_job",
             violations=violations,
         )
-        task_type = None
-        if job.task_type:
-            task_type = protos.TASK_TYPES_FROM_PROTO.get(job.task_type)
-            if task_type is None:
-                violations.append(
-                    FieldViolation(
-                        "training_job.task_type",
-                        f"{job.task_type} is not a TaskType",
-                        "UNKNOWN_ENUM_VALUE",
-                    )
-                )
-        command = handlers.CreateJobCommand(
+        task_type = enum_field_from_proto(
+            common_pb2.TaskType,
+            TASK_TYPE_PREFIX,
+            job.task_type,
+            TaskType,
+            field="training_job.task_type",
+            violations=violations,
+        )
+        command = CreateJobCommand(
             job_id=request.training_job_id,
             request_id=request.request_id,
             target_model=job.target_model,
@@ -83,20 +95,20 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
             creator=caller_name(""),  # the verified caller; "" on a server without auth
         )
         if request.validate_only:
-            with self._sessions() as session, session.begin():
-                planned, estimate = handlers.estimate_training_job(session, command, self._context)
+            with self._deps.sessions() as session, session.begin():
+                planned, estimate = estimate_training_job(session, self._deps, command)
             return service_pb2.CreateTrainingJobResponse(
                 training_job=protos.job_to_proto(planned),
                 estimate=protos.estimate_to_proto(estimate),
             )
-        with self._sessions() as session, session.begin():
-            created = handlers.create_training_job(session, command, self._context)
+        with self._deps.sessions() as session, session.begin():
+            created = create_training_job(session, self._deps, command)
         self._changes.notify()
         return service_pb2.CreateTrainingJobResponse(training_job=protos.job_to_proto(created))
 
     def _job(self, name: str) -> resources_pb2.TrainingJob:
-        with self._sessions() as session:
-            job, trend = handlers.get_training_job(session, name, self._context)
+        with self._deps.sessions() as session:
+            job, trend = get_training_job(session, self._deps, name)
         return protos.job_to_proto(job, trend)
 
     def GetTrainingJob(  # noqa: N802 - the generated servicer's method name
@@ -122,15 +134,15 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
                         )
                     ],
                 )
-        with self._sessions() as session:
-            page = handlers.list_training_jobs(
+        with self._deps.sessions() as session:
+            page = list_training_jobs(
                 session,
+                self._deps,
                 target_model=request.target_model,
                 state=state,
                 split=request.split,
                 page_size=request.page_size,
                 page_token=request.page_token,
-                context=self._context,
             )
         return service_pb2.ListTrainingJobsResponse(
             training_jobs=[protos.job_to_proto(job, trend) for job, trend in page.items],
@@ -143,8 +155,8 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
         names.TRAINING_JOB.check(request.name, field="name")
         # compare-and-set: a cancel racing the start of an attempt is decided again, not lost
         run_in_transaction(
-            self._sessions,
-            lambda s: handlers.cancel_training_job(s, request.name, request.reason, self._context),
+            self._deps.sessions,
+            lambda s: cancel_training_job(s, self._deps, request.name, request.reason),
         )
         self._changes.notify()
         return service_pb2.CancelTrainingJobResponse(training_job=self._job(request.name))
@@ -192,8 +204,8 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
                 yield response
 
     def _read(self, name: str) -> TrainingJob:
-        with self._sessions() as session:
-            job, _trend = handlers.get_training_job(session, name, self._context)
+        with self._deps.sessions() as session:
+            job, _trend = get_training_job(session, self._deps, name)
         return job
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -202,8 +214,8 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
         self, request: service_pb2.GetCheckpointRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetCheckpointResponse:
         names.TRAINER_CHECKPOINT.check(request.name, field="name")
-        with self._sessions() as session:
-            record, job = handlers.get_checkpoint(session, request.name, self._context)
+        with self._deps.sessions() as session:
+            record, job = get_checkpoint(session, self._deps, request.name)
         return service_pb2.GetCheckpointResponse(
             checkpoint=protos.checkpoint_to_proto(record, job.lineage(record.name))
         )
@@ -211,13 +223,13 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
     def ListCheckpoints(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListCheckpointsResponse:
-        with self._sessions() as session:
-            page = handlers.list_checkpoints(
+        with self._deps.sessions() as session:
+            page = list_checkpoints(
                 session,
+                self._deps,
                 parent=request.parent,
                 page_size=request.page_size,
                 page_token=request.page_token,
-                context=self._context,
             )
         return service_pb2.ListCheckpointsResponse(
             checkpoints=[
@@ -239,7 +251,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
         )
         owner = protos.owner_from_proto(policy.owner, "training_policy.owner", violations)
         budget = protos.budget_from_proto(policy.budget, "training_policy.budget", violations)
-        command = handlers.SetPolicyCommand(
+        command = SetPolicyCommand(
             name=policy.name,
             dataset=policy.dataset,
             target_model=policy.target_model,
@@ -251,23 +263,23 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
             budget=budget,
             request_id=request.request_id,
         )
-        with self._sessions() as session, session.begin():
-            stored = handlers.set_training_policy(session, command, self._context)
+        with self._deps.sessions() as session, session.begin():
+            stored = set_training_policy(session, self._deps, command)
         return service_pb2.SetTrainingPolicyResponse(training_policy=protos.policy_to_proto(stored))
 
     def GetTrainingPolicy(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetTrainingPolicyRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetTrainingPolicyResponse:
         names.TRAINING_POLICY.check(request.name, field="name")
-        with self._sessions() as session:
-            policy = handlers.get_training_policy(session, request.name)
+        with self._deps.sessions() as session:
+            policy = get_training_policy(session, request.name)
         return service_pb2.GetTrainingPolicyResponse(training_policy=protos.policy_to_proto(policy))
 
     def ListTrainingPolicies(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListTrainingPoliciesRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListTrainingPoliciesResponse:
-        with self._sessions() as session:
-            page = handlers.list_training_policies(
+        with self._deps.sessions() as session:
+            page = list_training_policies(
                 session,
                 dataset=request.dataset,
                 page_size=request.page_size,

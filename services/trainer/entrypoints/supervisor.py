@@ -45,21 +45,8 @@ from multiprocessing.connection import wait as wait_for_connections
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from services.trainer import handlers
-from services.trainer.adapters.engine.plan import (
-    WorkerCheckpoint,
-    WorkerDiskFull,
-    WorkerFailed,
-    WorkerFinished,
-    WorkerMessage,
-    WorkerOomRetry,
-    WorkerPlan,
-    WorkerProgress,
-    WorkerStarted,
-    decode_message,
-)
 from services.trainer.adapters.metrics import TrainerMetrics
 from services.trainer.adapters.models import ModelCatalog
 from services.trainer.adapters.notifications import JobChanges
@@ -72,14 +59,36 @@ from services.trainer.adapters.worker import (
     WorkerHandle,
     WorkerLauncher,
 )
-from services.trainer.domain import (
-    FailureReason,
-    JobState,
-    KubernetesLaunch,
-    Sharding,
-    TrainingJob,
-    budget_exhausted,
-    device_slots,
+from services.trainer.domain.costs import budget_exhausted
+from services.trainer.domain.jobs import FailureReason, JobState, TrainingJob
+from services.trainer.domain.launch import KubernetesLaunch, Sharding, device_slots
+from services.trainer.domain.worker_messages import (
+    WorkerCheckpoint,
+    WorkerDiskFull,
+    WorkerFailed,
+    WorkerFinished,
+    WorkerMessage,
+    WorkerOomRetry,
+    WorkerPlan,
+    WorkerProgress,
+    WorkerStarted,
+    decode_message,
+)
+from services.trainer.handlers.attempts import (
+    begin_attempt,
+    cancel_without_worker,
+    record_disk_full,
+    record_oom_retry,
+    record_worker_lost,
+    runnable_jobs,
+)
+from services.trainer.handlers.deps import TrainerDeps
+from services.trainer.handlers.worker_reports import (
+    record_checkpoint,
+    record_failed,
+    record_finished,
+    record_progress,
+    record_started,
 )
 from shared.artifacts import ArtifactError, ArtifactStore
 from shared.db import run_in_transaction
@@ -141,10 +150,9 @@ class JobSupervisor:
     def __init__(
         self,
         *,
-        sessions: sessionmaker[Session],
         artifacts: ArtifactStore,
         models: ModelCatalog,
-        context: handlers.TrainerDeps,
+        deps: TrainerDeps,
         changes: JobChanges,
         metrics: TrainerMetrics,
         relay: OutboxRelay,
@@ -152,10 +160,9 @@ class JobSupervisor:
         claims: RunningClaims | None = None,
         workers: WorkerLauncher | None = None,
     ) -> None:
-        self._sessions = sessions
         self._artifacts = artifacts
         self._models = models
-        self._context = context
+        self._deps = deps
         self._changes = changes
         self._metrics = metrics
         self._relay = relay
@@ -241,7 +248,7 @@ class JobSupervisor:
     def _commit(self, work: Any) -> Any:
         """Run ``work(session)`` in one transaction (again on fresh state if a concurrent
         change to the job won, see ``JobRow.version``), then wake the relay and the watchers."""
-        result = run_in_transaction(self._sessions, work)
+        result = run_in_transaction(self._deps.sessions, work)
         self._relay.wake()
         self._changes.notify()
         return result
@@ -249,8 +256,8 @@ class JobSupervisor:
     # -- scheduling ---------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        with self._sessions() as session:
-            anything_waits = bool(handlers.runnable_jobs(session))
+        with self._deps.sessions() as session:
+            anything_waits = bool(runnable_jobs(session))
         if not anything_waits or not self._resolve_devices():
             return
         with self._lock:
@@ -259,10 +266,10 @@ class JobSupervisor:
         free = [d for d in self._devices if d not in busy]
         if not free:
             return
-        with self._sessions() as session:
+        with self._deps.sessions() as session:
             repo = TrainerRepository(session)
             waiting: list[tuple[str, bool]] = []
-            for name in handlers.runnable_jobs(session):
+            for name in runnable_jobs(session):
                 row = repo.job_row(name)
                 if name not in running and row is not None:
                     waiting.append((name, row.cancel_requested))
@@ -274,9 +281,7 @@ class JobSupervisor:
             launched = False
             try:
                 # a running job between a crash and its resume was cancelled: nothing to stop
-                if cancel_requested and self._commit(
-                    lambda s, n=name: handlers.cancel_without_worker(s, n)
-                ):
+                if cancel_requested and self._commit(lambda s, n=name: cancel_without_worker(s, n)):
                     self._metrics.jobs_finished.labels(JobState.CANCELLED.value).inc()
                     continue
                 launched = self._launch(name, free[0])
@@ -325,11 +330,11 @@ class JobSupervisor:
     def _prepare(self, name: str, device: str) -> tuple[WorkerPlan, TrainingJob] | None:
         """The plan of the job's next attempt; None (the job failed) when its model or data
         can no longer be used."""
-        with self._sessions() as session:
+        with self._deps.sessions() as session:
             row = TrainerRepository(session).job_row(name)
             if row is None:
                 return None
-            job = job_from_row(row, self._context.pricing)
+            job = job_from_row(row, self._deps.pricing)
             failure: tuple[FailureReason, str] | None = None
             try:
                 return self._plan(job, row, device), job
@@ -347,7 +352,7 @@ class JobSupervisor:
         have run it to the end since the list was read). A RUNNING job whose attempt is still
         open was left by a node that died: that attempt is closed first, as a halt at its
         last report."""
-        with self._sessions() as session:
+        with self._deps.sessions() as session:
             row = TrainerRepository(session).job_row(name)
             if row is None or row.state not in (JobState.QUEUED.value, JobState.RUNNING.value):
                 return False
@@ -363,8 +368,8 @@ class JobSupervisor:
         """Close the attempt a stopped process left open; its device time ended when it last
         reported, not now. The job stays RUNNING (to resume) unless it was cancelled."""
         state: JobState | None = self._commit(
-            lambda s: handlers.record_worker_lost(
-                s, name, crashed=False, max_restarts=0, context=self._context, ended_at=last_seen
+            lambda s: record_worker_lost(
+                s, self._deps, name, crashed=False, max_restarts=0, ended_at=last_seen
             )
         )
         return state
@@ -378,7 +383,7 @@ class JobSupervisor:
             return False
         plan, job = prepared
         resuming = job.state is JobState.RUNNING
-        if not self._commit(lambda s: handlers.begin_attempt(s, name, device=device, pid=None)):
+        if not self._commit(lambda s: begin_attempt(s, name, device=device, pid=None)):
             return False
         try:
             handle = self._workers.start(plan, log_level=self._config.log_level)
@@ -411,7 +416,7 @@ class JobSupervisor:
         return True
 
     def _fail(self, name: str, reason: FailureReason, message: str) -> None:
-        if self._commit(lambda s: handlers.record_failed(s, name, reason, message, self._context)):
+        if self._commit(lambda s: record_failed(s, self._deps, name, reason, message)):
             self._metrics.failures.labels(reason.value).inc()
             self._metrics.jobs_finished.labels(JobState.FAILED.value).inc()
 
@@ -437,7 +442,7 @@ class JobSupervisor:
         if isinstance(message, WorkerStarted):
             active.last_step, active.last_tokens = message.step, message.tokens_seen
             metrics.record_worker_start(message.fallbacks, message.skipped_rows)
-            self._commit(lambda s: handlers.record_started(s, name, message, self._context))
+            self._commit(lambda s: record_started(s, self._deps, name, message))
         elif isinstance(message, WorkerProgress):
             self._count(active, message.step, message.tokens_seen)
             metrics.tokens_per_second.labels(name).set(message.tokens_per_second)
@@ -445,14 +450,12 @@ class JobSupervisor:
                 metrics.train_loss.labels(name).set(message.train_loss)
             if message.validation_loss is not None:
                 metrics.validation_loss.labels(name).set(message.validation_loss)
-            self._commit(lambda s: handlers.record_progress(s, name, message))
+            self._commit(lambda s: record_progress(s, name, message))
         elif isinstance(message, WorkerCheckpoint):
             self._count(active, message.step, message.tokens_seen)
             keep = self._keep_best_k(name)
             outcome = self._commit(
-                lambda s: handlers.record_checkpoint(
-                    s, name, message, self._context, keep_best_k=keep
-                )
+                lambda s: record_checkpoint(s, self._deps, name, message, keep_best_k=keep)
             )
             if outcome.recorded:
                 metrics.checkpoints.inc()
@@ -460,12 +463,10 @@ class JobSupervisor:
             self._update_cost(name)
         elif isinstance(message, WorkerOomRetry):
             metrics.worker_restarts.labels("out_of_memory").inc()
-            self._commit(lambda s: handlers.record_oom_retry(s, name, message))
+            self._commit(lambda s: record_oom_retry(s, name, message))
         elif isinstance(message, WorkerFinished):
             active.settled = True
-            state = self._commit(
-                lambda s: handlers.record_finished(s, name, message, self._context)
-            )
+            state = self._commit(lambda s: record_finished(s, self._deps, name, message))
             if state is not None:
                 metrics.jobs_finished.labels(state.value).inc()
             self._update_cost(name)
@@ -476,7 +477,7 @@ class JobSupervisor:
         elif isinstance(message, WorkerDiskFull):
             active.settled = True
             metrics.disk_full.inc()
-            state = self._commit(lambda s: handlers.record_disk_full(s, name, message.message))
+            state = self._commit(lambda s: record_disk_full(s, name, message.message))
             if state is not None:
                 metrics.jobs_finished.labels(state.value).inc()
             self._update_cost(name)
@@ -492,20 +493,20 @@ class JobSupervisor:
         )
 
     def _keep_best_k(self, name: str) -> int:
-        with self._sessions() as session:
+        with self._deps.sessions() as session:
             row = TrainerRepository(session).job_row(name)
             return (
                 0
                 if row is None
-                else job_from_row(row, self._context.pricing).config.checkpointing.keep_best_k
+                else job_from_row(row, self._deps.pricing).config.checkpointing.keep_best_k
             )
 
     def _update_cost(self, name: str) -> None:
-        with self._sessions() as session:
+        with self._deps.sessions() as session:
             row = TrainerRepository(session).job_row(name)
             if row is None:
                 return
-            cost = job_from_row(row, self._context.pricing).cost
+            cost = job_from_row(row, self._deps.pricing).cost
         self._metrics.device_seconds.labels(name, cost.device_type).set(cost.device_seconds)
         self._metrics.cost.labels(name, cost.currency).set(float(cost.amount))
 
@@ -528,12 +529,12 @@ class JobSupervisor:
             code = process.exitcode
             log.warning("worker died", extra={"job": active.job, "exitcode": code})
             state = self._commit(
-                lambda s: handlers.record_worker_lost(
+                lambda s: record_worker_lost(
                     s,
+                    self._deps,
                     active.job,
                     crashed=True,
                     max_restarts=self._config.max_worker_restarts,
-                    context=self._context,
                 )
             )
             if state is JobState.FAILED:
@@ -553,7 +554,7 @@ class JobSupervisor:
             actives = list(self._active.values())
         if not actives:
             return
-        with self._sessions() as session:
+        with self._deps.sessions() as session:
             repo = TrainerRepository(session)
             requested = {
                 a.job for a in actives if (row := repo.job_row(a.job)) and row.cancel_requested
@@ -576,14 +577,14 @@ class JobSupervisor:
             actives = [a for a in self._active.values() if not a.budget_stop_sent]
         if not actives:
             return
-        with self._sessions() as session:
+        with self._deps.sessions() as session:
             repo = TrainerRepository(session)
             exhausted = []
             for active in actives:
                 row = repo.job_row(active.job)
                 if row is None:
                     continue
-                job = job_from_row(row, self._context.pricing)
+                job = job_from_row(row, self._deps.pricing)
                 if budget_exhausted(job.budget, job.cost):
                     exhausted.append((active, job))
         for active, job in exhausted:
@@ -618,8 +619,8 @@ class JobSupervisor:
             active.handle.close()
             if not active.settled:
                 self._commit(
-                    lambda s, a=active: handlers.record_worker_lost(
-                        s, a.job, crashed=False, max_restarts=0, context=self._context
+                    lambda s, a=active: record_worker_lost(
+                        s, self._deps, a.job, crashed=False, max_restarts=0
                     )
                 )
             self._claims.release(active.job)
@@ -634,7 +635,7 @@ class JobSupervisor:
         worker of this service's previous run may still be finishing a step on this machine:
         it is killed. With claims the pid may be another node's, meaningless here, and is left.
         """
-        with self._sessions() as session:
+        with self._deps.sessions() as session:
             rows = TrainerRepository(session).job_rows_in([JobState.RUNNING])
             interrupted = [(r.name, r.worker_pid, utc(r.update_time)) for r in rows]
         for name, pid, last_seen in interrupted:

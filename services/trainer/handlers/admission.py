@@ -7,19 +7,9 @@ from dataclasses import replace
 from decimal import Decimal
 
 from services.trainer.adapters.repository import TrainerRepository
-from services.trainer.domain import (
-    POLICY_PREFIX,
+from services.trainer.domain.config import (
     BaseModelRef,
-    Budget,
-    BudgetHolder,
     JobConfig,
-    SplitInfo,
-    TrainingEstimate,
-    TrainingJob,
-    budget_breaches,
-    effective_budget,
-    estimate_training,
-    month_start,
     planned_steps,
     resolve_adapter,
     resolve_checkpointing,
@@ -28,6 +18,15 @@ from services.trainer.domain import (
     steps_per_epoch,
     target_modules_for,
 )
+from services.trainer.domain.costs import (
+    Budget,
+    BudgetHolder,
+    budget_breaches,
+    effective_budget,
+    month_start,
+)
+from services.trainer.domain.estimates import TrainingEstimate, estimate_training
+from services.trainer.domain.jobs import POLICY_PREFIX, SplitInfo, TrainingJob
 from services.trainer.handlers.deps import TrainerDeps
 from services.trainer.handlers.job_rows import utc_now
 from shared.artifacts import ArtifactError
@@ -59,7 +58,7 @@ LABEL_AUDIT_BLOCKED = "LABEL_AUDIT_BLOCKED"
 
 def check_model(
     config: JobConfig,
-    context: TrainerDeps,
+    deps: TrainerDeps,
     prefix: str,
     violations: list[FieldViolation],
     unavailable: list[PreconditionViolation],
@@ -79,7 +78,7 @@ def check_model(
     field = f"{prefix}.base_model.{'model_name' if base.model_name else 'model_path'}"
     subject = base.model_name or base.model_path
     try:
-        model = context.models.resolve(base)
+        model = deps.models.resolve(base)
     except InvalidModelReference as error:
         violations.append(FieldViolation(field, str(error), MODEL_REFUSED))
         return None
@@ -127,7 +126,7 @@ def refuse_unavailable(unavailable: list[PreconditionViolation]) -> None:
     )
 
 
-def require_target_model(target_model: str, context: TrainerDeps) -> Budget:
+def require_target_model(target_model: str, deps: TrainerDeps) -> Budget:
     """Refuse a target model the registry does not have (a typo must not cost a training run);
     return the model's budget (empty when it has none, or when models are not checked).
 
@@ -136,10 +135,10 @@ def require_target_model(target_model: str, context: TrainerDeps) -> Budget:
     be asked: the job is not queued on a guess, and a budget is never skipped for want of an
     answer. The registry never deletes a model, so a model found once stays found.
     """
-    if context.target_models is None:
+    if deps.target_models is None:
         return Budget()
     try:
-        budget = context.target_models.lookup(target_model)
+        budget = deps.target_models.lookup(target_model)
     except LookupError as error:
         raise Unavailable(
             f"cannot check that the target model {target_model!r} exists: {error}; retry later"
@@ -162,18 +161,18 @@ def _estimate(
     repo: TrainerRepository,
     job: TrainingJob,
     model: ResolvedModel,
-    context: TrainerDeps,
+    deps: TrainerDeps,
     *,
     required: bool,
 ) -> TrainingEstimate | None:
     """The job's estimate (see :func:`.jobs.estimate_training_job`); None when this trainer does not
     estimate, or when the split (or the tokenizer) cannot be read and nothing ``required`` it:
     training would then fail on its own, with DATA_UNAVAILABLE or MODEL_LOAD_FAILED."""
-    if context.token_counter is None:
+    if deps.token_counter is None:
         return None
     hp = job.config.hyperparameters
     try:
-        counted = context.token_counter.train_tokens(job.split, model, hp.max_seq_length)
+        counted = deps.token_counter.train_tokens(job.split, model, hp.max_seq_length)
     except (ModelingError, ArtifactError) as error:  # DataUnavailable is a ModelingError
         if not required:
             return None
@@ -187,12 +186,12 @@ def _estimate(
         total_steps=planned_steps(max(1, counted.examples), hp),
         hp=hp,
         samples=repo.throughput_samples(model.files_sha256),
-        default_tokens_per_device_second=context.default_tokens_per_device_second,
-        price_per_device_hour=context.pricing.price_per_device_hour,
-        currency=context.pricing.currency,
+        default_tokens_per_device_second=deps.default_tokens_per_device_second,
+        price_per_device_hour=deps.pricing.price_per_device_hour,
+        currency=deps.pricing.currency,
         validation_examples=job.split.validation_rows,
         eval_every_n_steps=job.config.stopping.eval_every_n_steps,
-        default_overhead_device_seconds=context.default_overhead_device_seconds,
+        default_overhead_device_seconds=deps.default_overhead_device_seconds,
     )
 
 
@@ -200,7 +199,7 @@ def _budget_check(
     repo: TrainerRepository,
     holders: list[BudgetHolder],
     estimate: TrainingEstimate | None,
-    context: TrainerDeps,
+    deps: TrainerDeps,
 ) -> tuple[Budget, list[PreconditionViolation]]:
     """The job's effective budget, and every limit its estimate would exceed: per run, the
     estimate; per month, this month's spend of the holder's jobs (cost so far, or the estimate
@@ -209,7 +208,7 @@ def _budget_check(
     held = [h for h in holders if h.budget.limited]
     if not held:
         return Budget(), []
-    currency = context.pricing.currency
+    currency = deps.pricing.currency
     monthly = [h.holder for h in held if h.budget.per_month is not None]
     if monthly:  # held until the job is stored and committed (see serialise_admission)
         repo.serialise_admission(monthly)
@@ -217,7 +216,7 @@ def _budget_check(
     month_to_date = {
         h.holder: repo.committed_spend(
             since=since,
-            pricing=context.pricing,
+            pricing=deps.pricing,
             training_policy=h.holder if h.holder.startswith(POLICY_PREFIX) else "",
             target_model="" if h.holder.startswith(POLICY_PREFIX) else h.holder,
         )
@@ -242,24 +241,24 @@ def admitted(
     job: TrainingJob,
     model: ResolvedModel,
     holders: list[BudgetHolder],
-    context: TrainerDeps,
+    deps: TrainerDeps,
     *,
     estimate_required: bool = False,
 ) -> TrainingJob:
     """The job with its estimate and effective budget; FAILED_PRECONDITION
     (``BUDGET_EXCEEDED``, one violation per limit) when it would exceed a budget."""
     limited = any(h.budget.limited for h in holders)
-    estimate = _estimate(repo, job, model, context, required=estimate_required or limited)
-    budget, violations = _budget_check(repo, holders, estimate, context)
+    estimate = _estimate(repo, job, model, deps, required=estimate_required or limited)
+    budget, violations = _budget_check(repo, holders, estimate, deps)
     if violations:
         raise FailedPrecondition("the training job would exceed its budget", violations)
     return replace(job, budget=budget, estimate=estimate)
 
 
 def resolved_config(
-    config: JobConfig, model: ResolvedModel, split: SplitInfo, context: TrainerDeps
+    config: JobConfig, model: ResolvedModel, split: SplitInfo, deps: TrainerDeps
 ) -> JobConfig:
-    hp = resolve_hyperparameters(config.hyperparameters, context.models.max_length(model))
+    hp = resolve_hyperparameters(config.hyperparameters, deps.models.max_length(model))
     stopping = resolve_stopping(config.stopping, steps_per_epoch(max(1, split.train_rows), hp))
     return replace(
         config,
@@ -286,7 +285,7 @@ def new_job(
     config: JobConfig,
     training_policy: str,
     request_id: str,
-    context: TrainerDeps,
+    deps: TrainerDeps,
     creator: str = "",
 ) -> TrainingJob:
     hp = config.hyperparameters
@@ -298,7 +297,7 @@ def new_job(
         config=config,
         total_steps=planned_steps(max(1, split.train_rows), hp),
         training_policy=training_policy,
-        software_versions=context.software_versions,
+        software_versions=deps.software_versions,
         request_id=request_id,
         micro_batch_size=hp.batch_size,
         accumulation_steps=hp.gradient_accumulation_steps,
@@ -307,14 +306,14 @@ def new_job(
     )
 
 
-def find_split(repo: TrainerRepository, name: str, context: TrainerDeps) -> SplitInfo:
+def find_split(repo: TrainerRepository, name: str, deps: TrainerDeps) -> SplitInfo:
     known = repo.known_split(name)
     if known is not None:
         return known
     problem = "no SplitCreated announced it"
-    if context.splits is not None:
+    if deps.splits is not None:
         try:
-            fetched = context.splits.fetch(name)
+            fetched = deps.splits.fetch(name)
         except LookupError as error:
             problem = f"no SplitCreated announced it and {error}"
         else:

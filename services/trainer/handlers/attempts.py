@@ -7,16 +7,16 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from services.trainer.adapters.engine.plan import WorkerOomRetry
 from services.trainer.adapters.repository import TrainerRepository, utc
 from services.trainer.adapters.tables import JobRow
-from services.trainer.domain import (
+from services.trainer.domain.jobs import (
     FailureReason,
     JobState,
     StopReason,
     can_transition,
     disk_full_wait,
 )
+from services.trainer.domain.worker_messages import WorkerOomRetry
 from services.trainer.handlers.deps import TrainerDeps
 from services.trainer.handlers.job_rows import close_attempt, progress_of, utc_now
 from services.trainer.handlers.worker_reports import record_failed
@@ -74,11 +74,11 @@ def record_oom_retry(session: Session, name: str, message: WorkerOomRetry) -> No
 
 def record_worker_lost(
     session: Session,
+    deps: TrainerDeps,
     name: str,
     *,
     crashed: bool,
     max_restarts: int,
-    context: TrainerDeps,
     ended_at: datetime | None = None,
 ) -> JobState | None:
     """The worker exited without finishing: the service halted it (``crashed=False``) or it
@@ -101,10 +101,10 @@ def record_worker_lost(
         if row.crash_count > max_restarts:
             record_failed(
                 session,
+                deps,
                 name,
                 FailureReason.WORKER_CRASHED,
                 f"the worker process died {row.crash_count} times (resume limit {max_restarts})",
-                context,
             )
             return JobState.FAILED
     return None

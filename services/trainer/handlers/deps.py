@@ -1,13 +1,18 @@
 """What the trainer's handlers need besides the session: the ports to other services and to the
-models on disk, and :class:`TrainerDeps`, which carries them."""
+models on disk, and :class:`TrainerDeps`, which carries them (and the sessions the entrypoints
+open transactions from)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from services.trainer.adapters.repository import Pricing
-from services.trainer.domain import BaseModelRef, Budget, SplitInfo
+from services.trainer.domain.config import BaseModelRef
+from services.trainer.domain.costs import Budget
+from services.trainer.domain.jobs import SplitInfo
 from shared.modeling import ResolvedModel
 
 
@@ -53,8 +58,10 @@ class TrainTokenCount(Protocol):
 
 @dataclass(frozen=True)
 class TrainerDeps:
-    """What handlers need besides the session."""
+    """What handlers need besides the session, and the sessions the entrypoints open it from
+    (the servicer, the subscriptions' consumer and the supervisor own every transaction)."""
 
+    sessions: sessionmaker[Session]
     models: Models
     pricing: Pricing
     source: str

@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from services.trainer.adapters import protos
+from services.trainer.adapters import protos_events
 from services.trainer.adapters.repository import dumps, job_from_row, utc
 from services.trainer.adapters.tables import JobRow
-from services.trainer.domain import Progress, devices_in, from_jsonable
+from services.trainer.domain.jobs import Progress
+from services.trainer.domain.jsonable import from_jsonable
+from services.trainer.domain.launch import devices_in
 from services.trainer.handlers.deps import TrainerDeps
 from shared.events import stage_event
 
@@ -40,11 +42,11 @@ def close_attempt(row: JobRow, now: datetime) -> None:
     row.worker_pid = None
 
 
-def stage_failed(session: Session, row: JobRow, context: TrainerDeps, *, now: datetime) -> None:
-    job = job_from_row(row, context.pricing)
+def stage_failed(session: Session, deps: TrainerDeps, row: JobRow, *, now: datetime) -> None:
+    job = job_from_row(row, deps.pricing)
     stage_event(
         session,
-        protos.training_job_failed_event(job, now=now),
-        source=context.source,
+        protos_events.training_job_failed_event(job, now=now),
+        source=deps.source,
         subject=job.name,
     )

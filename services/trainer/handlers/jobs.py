@@ -9,18 +9,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.trainer.adapters.repository import TrainerRepository, job_from_row
-from services.trainer.domain import (
-    JOB_PREFIX,
-    Budget,
-    BudgetHolder,
-    JobConfig,
-    JobState,
-    StopReason,
-    TaskType,
-    TrainingEstimate,
-    TrainingJob,
-    validate_job_config,
-)
+from services.trainer.domain.config import JobConfig, validate_job_config
+from services.trainer.domain.costs import Budget, BudgetHolder
+from services.trainer.domain.estimates import TrainingEstimate
+from services.trainer.domain.jobs import JOB_PREFIX, JobState, StopReason, TrainingJob
 from services.trainer.handlers.admission import (
     LABEL_AUDIT_BLOCKED,
     admitted,
@@ -44,6 +36,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.modeling import ResolvedModel
+from shared.task_types import TaskType
 
 
 @dataclass(frozen=True)
@@ -64,7 +57,7 @@ class CreateJobCommand:
 
 
 def create_training_job(
-    session: Session, command: CreateJobCommand, context: TrainerDeps
+    session: Session, deps: TrainerDeps, command: CreateJobCommand
 ) -> TrainingJob:
     """CreateTrainingJob: validate everything (spec, split, base model), then queue the job.
 
@@ -77,20 +70,20 @@ def create_training_job(
     if command.request_id:
         existing = repo.job_row_by_request_id(command.request_id)
         if existing is not None:
-            return job_from_row(existing, context.pricing)
-    job, model, model_budget = _validated_job(repo, command, context)
-    job = admitted(repo, job, model, [BudgetHolder(command.target_model, model_budget)], context)
+            return job_from_row(existing, deps.pricing)
+    job, model, model_budget = _validated_job(repo, command, deps)
+    job = admitted(repo, job, model, [BudgetHolder(command.target_model, model_budget)], deps)
     row = repo.add_job(job, now=utc_now())
     try:
         session.flush()
     except IntegrityError:  # a concurrent request with the same id or request_id won
-        session.rollback()
+        # the caller's transaction rolls back as this leaves it
         raise AlreadyExists("TrainingJob", job.name) from None
-    return job_from_row(row, context.pricing)
+    return job_from_row(row, deps.pricing)
 
 
 def estimate_training_job(
-    session: Session, command: CreateJobCommand, context: TrainerDeps
+    session: Session, deps: TrainerDeps, command: CreateJobCommand
 ) -> tuple[TrainingJob, TrainingEstimate]:
     """CreateTrainingJob with ``validate_only``: every check a real request gets, then the
     estimate of its tokens (the split's train rows encoded as training will), device time
@@ -98,15 +91,15 @@ def estimate_training_job(
     type, else the configured default) and cost, and the budget check a real request gets.
     Creates nothing."""
     repo = TrainerRepository(session)
-    job, model, model_budget = _validated_job(repo, command, context)
-    if context.token_counter is None:
+    job, model, model_budget = _validated_job(repo, command, deps)
+    if deps.token_counter is None:
         raise Unavailable("this trainer does not estimate jobs")
     job = admitted(
         repo,
         job,
         model,
         [BudgetHolder(command.target_model, model_budget)],
-        context,
+        deps,
         estimate_required=True,
     )
     assert job.estimate is not None
@@ -114,7 +107,7 @@ def estimate_training_job(
 
 
 def _validated_job(
-    repo: TrainerRepository, command: CreateJobCommand, context: TrainerDeps
+    repo: TrainerRepository, command: CreateJobCommand, deps: TrainerDeps
 ) -> tuple[TrainingJob, ResolvedModel, Budget]:
     """The job a CreateTrainingJob request describes, every check passed, not yet stored, with
     its target model's budget."""
@@ -130,12 +123,12 @@ def _validated_job(
     violations += names.SPLIT.violations(command.split, field=f"{prefix}.split")
     violations += validate_job_config(command.config, prefix)
     unavailable: list[PreconditionViolation] = []
-    model = check_model(command.config, context, prefix, violations, unavailable)
+    model = check_model(command.config, deps, prefix, violations, unavailable)
     if violations:
         raise InvalidArgument("the training job is invalid", violations)
     refuse_unavailable(unavailable)
     assert model is not None
-    split = find_split(repo, command.split, context)
+    split = find_split(repo, command.split, deps)
     audit = repo.dataset_audit(split.dataset_version)
     if audit is not None and audit.blocks_training:
         raise FailedPrecondition(
@@ -153,7 +146,7 @@ def _validated_job(
                 )
             ],
         )
-    model_budget = require_target_model(command.target_model, context)
+    model_budget = require_target_model(command.target_model, deps)
     name = JOB_PREFIX + (command.job_id or f"j-{uuid.uuid4().hex[:20]}")
     if repo.job_row(name) is not None:
         raise AlreadyExists("TrainingJob", name)
@@ -161,18 +154,16 @@ def _validated_job(
         name=name,
         target_model=command.target_model,
         split=split,
-        config=resolved_config(command.config, model, split, context),
+        config=resolved_config(command.config, model, split, deps),
         training_policy="",
         request_id=command.request_id,
         creator=command.creator,
-        context=context,
+        deps=deps,
     )
     return job, model, model_budget
 
 
-def cancel_training_job(
-    session: Session, name: str, reason: str, context: TrainerDeps
-) -> TrainingJob:
+def cancel_training_job(session: Session, deps: TrainerDeps, name: str, reason: str) -> TrainingJob:
     """CancelTrainingJob: a queued job is cancelled now; a running one is flagged and its
     worker stops within seconds (the supervisor sends the cancel). Cancelling a cancelled job
     is a no-op; a succeeded or failed job gives FAILED_PRECONDITION."""
@@ -187,7 +178,7 @@ def cancel_training_job(
     state = JobState(row.state)
     now = utc_now()
     if state is JobState.CANCELLED:
-        return job_from_row(row, context.pricing)
+        return job_from_row(row, deps.pricing)
     if state.terminal:
         raise FailedPrecondition(
             f"job {name} is {state.value} and cannot be cancelled",
@@ -200,4 +191,4 @@ def cancel_training_job(
         row.stop_reason = StopReason.CANCELLED.value
         row.end_time = now
     row.update_time = now
-    return job_from_row(row, context.pricing)
+    return job_from_row(row, deps.pricing)

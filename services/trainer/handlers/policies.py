@@ -8,7 +8,9 @@ from sqlalchemy.orm import Session
 
 from services.trainer.adapters.repository import TrainerRepository, dumps, policy_from_row
 from services.trainer.adapters.tables import PolicyRow
-from services.trainer.domain import Budget, JobConfig, Owner, TrainingPolicy, validate_job_config
+from services.trainer.domain.config import JobConfig, validate_job_config
+from services.trainer.domain.costs import Budget
+from services.trainer.domain.jobs import TrainingPolicy
 from services.trainer.handlers.admission import (
     check_model,
     refuse_unavailable,
@@ -18,6 +20,7 @@ from services.trainer.handlers.deps import TrainerDeps
 from services.trainer.handlers.job_rows import utc_now
 from shared import names
 from shared.errors import FieldViolation, InvalidArgument, NotFound, PreconditionViolation
+from shared.ownership import Owner
 from shared.request_ids import refuse_reused_request_id, request_id_violations
 
 
@@ -37,7 +40,7 @@ class SetPolicyCommand:
 
 
 def set_training_policy(
-    session: Session, command: SetPolicyCommand, context: TrainerDeps
+    session: Session, deps: TrainerDeps, command: SetPolicyCommand
 ) -> TrainingPolicy:
     """SetTrainingPolicy: validate the template as a job would be, check the target model
     with the registry, then create or replace.
@@ -60,7 +63,7 @@ def set_training_policy(
     else:
         violations += validate_job_config(command.template, f"{prefix}.job_template")
         template_prefix = f"{prefix}.job_template"
-        check_model(command.template, context, template_prefix, violations, unavailable)
+        check_model(command.template, deps, template_prefix, violations, unavailable)
     if violations:
         raise InvalidArgument("the training policy is invalid", violations)
     refuse_unavailable(unavailable)
@@ -69,7 +72,7 @@ def set_training_policy(
         earlier = repo.policy_request(command.request_id)
         if earlier is not None:
             return _repeated_policy_request(repo, command, earlier.policy)
-    model_budget = require_target_model(command.target_model, context)
+    model_budget = require_target_model(command.target_model, deps)
     now = utc_now()
     if command.request_id:
         repo.record_policy_request(command.request_id, command.name, now)

@@ -8,15 +8,15 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from services.trainer.adapters.repository import TrainerRepository
-from services.trainer.domain import (
+from services.trainer.domain.config import validate_job_config
+from services.trainer.domain.costs import BudgetHolder
+from services.trainer.domain.jobs import (
     JOB_PREFIX,
-    BudgetHolder,
     DatasetAuditInfo,
     FailureReason,
     JobState,
     SplitInfo,
     policy_job_id,
-    validate_job_config,
 )
 from services.trainer.handlers.admission import (
     BUDGET_EXCEEDED,
@@ -31,22 +31,20 @@ from services.trainer.handlers.job_rows import stage_failed, utc_now
 from shared.errors import FailedPrecondition, FieldViolation, PreconditionViolation
 
 
-def on_split_created(session: Session, split: SplitInfo, context: TrainerDeps) -> list[str]:
+def on_split_created(session: Session, deps: TrainerDeps, split: SplitInfo) -> list[str]:
     """Remember the split and make its policies' jobs (:func:`_make_policy_jobs`) — unless
-    ``context.wait_for_dataset_audit`` and its dataset version's ``DatasetAudited`` has not
+    ``deps.wait_for_dataset_audit`` and its dataset version's ``DatasetAudited`` has not
     arrived yet: :func:`on_dataset_audited` makes them then. Returns the names of the jobs made."""
     repo = TrainerRepository(session)
     now = utc_now()
     repo.remember_split(split, now=now)
     audit = repo.dataset_audit(split.dataset_version)
-    if audit is None and context.wait_for_dataset_audit:
+    if audit is None and deps.wait_for_dataset_audit:
         return []
-    return _make_policy_jobs(session, split, audit, context, now=now)
+    return _make_policy_jobs(session, deps, split, audit, now=now)
 
 
-def on_dataset_audited(
-    session: Session, audit: DatasetAuditInfo, context: TrainerDeps
-) -> list[str]:
+def on_dataset_audited(session: Session, deps: TrainerDeps, audit: DatasetAuditInfo) -> list[str]:
     """Remember the version's audit; make the policy jobs of its splits known so far (those
     that waited for it). A redelivered event makes nothing. Returns the names of the jobs made."""
     repo = TrainerRepository(session)
@@ -56,15 +54,15 @@ def on_dataset_audited(
     dataset = audit.dataset_version.split("/versions/")[0]
     created: list[str] = []
     for split in repo.known_splits_of_version(dataset, audit.dataset_version):
-        created += _make_policy_jobs(session, split, audit, context, now=now)
+        created += _make_policy_jobs(session, deps, split, audit, now=now)
     return created
 
 
 def _make_policy_jobs(
     session: Session,
+    deps: TrainerDeps,
     split: SplitInfo,
     audit: DatasetAuditInfo | None,
-    context: TrainerDeps,
     *,
     now: datetime,
 ) -> list[str]:
@@ -89,18 +87,18 @@ def _make_policy_jobs(
                 config=policy.template,
                 training_policy=policy.name,
                 request_id="",
-                context=context,
+                deps=deps,
             )
             job.state = JobState.FAILED
             job.failure_reason = FailureReason.LABEL_AUDIT_BLOCKED
             job.failure_message = audit.refusal()
             row = repo.add_job(job, now=now)
-            stage_failed(session, row, context, now=now)
+            stage_failed(session, deps, row, now=now)
             created.append(name)
             continue
         violations: list[FieldViolation] = validate_job_config(policy.template, "job_template")
         unavailable: list[PreconditionViolation] = []
-        model = check_model(policy.template, context, "job_template", violations, unavailable)
+        model = check_model(policy.template, deps, "job_template", violations, unavailable)
         if violations or unavailable or model is None:
             job = new_job(
                 name=name,
@@ -109,7 +107,7 @@ def _make_policy_jobs(
                 config=policy.template,
                 training_policy=policy.name,
                 request_id="",
-                context=context,
+                deps=deps,
             )
             job.state = JobState.FAILED
             refused = any(v.reason == MODEL_REFUSED for v in violations) or any(
@@ -123,23 +121,23 @@ def _make_policy_jobs(
                 + [f"base model {p.subject}: {p.description}" for p in unavailable]
             )
             row = repo.add_job(job, now=now)
-            stage_failed(session, row, context, now=now)
+            stage_failed(session, deps, row, now=now)
         else:
             job = new_job(
                 name=name,
                 target_model=policy.target_model,
                 split=split,
-                config=resolved_config(policy.template, model, split, context),
+                config=resolved_config(policy.template, model, split, deps),
                 training_policy=policy.name,
                 request_id="",
-                context=context,
+                deps=deps,
             )
             holders = [
                 BudgetHolder(policy.target_model, policy.model_budget),
                 BudgetHolder(policy.name, policy.budget),
             ]
             try:
-                job = admitted(repo, job, model, holders, context)
+                job = admitted(repo, job, model, holders, deps)
             except FailedPrecondition as refused:
                 job.state = JobState.FAILED
                 over_budget = all(v.type == BUDGET_EXCEEDED for v in refused.violations)
@@ -150,7 +148,7 @@ def _make_policy_jobs(
                     f"{v.subject} {v.description}" for v in refused.violations
                 )
                 row = repo.add_job(job, now=now)
-                stage_failed(session, row, context, now=now)
+                stage_failed(session, deps, row, now=now)
             else:
                 repo.add_job(job, now=now)
         created.append(name)

@@ -14,7 +14,7 @@ from services.trainer.adapters.repository import (
     policy_from_row,
     utc,
 )
-from services.trainer.domain import (
+from services.trainer.domain.jobs import (
     JOB_PREFIX,
     CheckpointRecord,
     JobState,
@@ -29,14 +29,14 @@ from shared.pagination import decode_page_token, encode_page_token, resolve_page
 
 
 def get_training_job(
-    session: Session, name: str, context: TrainerDeps
+    session: Session, deps: TrainerDeps, name: str
 ) -> tuple[TrainingJob, list[LossPoint]]:
     """GetTrainingJob: the job and its loss curve."""
     repo = TrainerRepository(session)
     row = repo.job_row(name)
     if row is None:
         raise NotFound("TrainingJob", name)
-    return job_from_row(row, context.pricing), repo.loss_points(name)
+    return job_from_row(row, deps.pricing), repo.loss_points(name)
 
 
 T = TypeVar("T")
@@ -52,13 +52,13 @@ class Page(Generic[T]):
 
 def list_training_jobs(
     session: Session,
+    deps: TrainerDeps,
     *,
     target_model: str,
     state: JobState | None,
     split: str,
     page_size: int,
     page_token: str,
-    context: TrainerDeps,
 ) -> Page[tuple[TrainingJob, list[LossPoint]]]:
     """ListTrainingJobs: newest first, filtered, keyset-paged."""
     size = resolve_page_size(page_size)
@@ -73,11 +73,11 @@ def list_training_jobs(
         rows = rows[:size]
         last = rows[-1]
         token = encode_page_token(query, [utc(last.create_time).isoformat(), last.name])  # type: ignore[union-attr]
-    return Page([(job_from_row(r, context.pricing), repo.loss_points(r.name)) for r in rows], token)
+    return Page([(job_from_row(r, deps.pricing), repo.loss_points(r.name)) for r in rows], token)
 
 
 def get_checkpoint(
-    session: Session, name: str, context: TrainerDeps
+    session: Session, deps: TrainerDeps, name: str
 ) -> tuple[CheckpointRecord, TrainingJob]:
     """GetCheckpoint: the checkpoint and its job (for the lineage)."""
     repo = TrainerRepository(session)
@@ -87,12 +87,12 @@ def get_checkpoint(
     job_row = repo.job_row(row.job)
     if job_row is None:
         raise NotFound("TrainingJob", row.job)
-    job = job_from_row(job_row, context.pricing)
+    job = job_from_row(job_row, deps.pricing)
     return checkpoint_from_row(row, job), job
 
 
 def list_checkpoints(
-    session: Session, *, parent: str, page_size: int, page_token: str, context: TrainerDeps
+    session: Session, deps: TrainerDeps, *, parent: str, page_size: int, page_token: str
 ) -> Page[tuple[CheckpointRecord, TrainingJob]]:
     """ListCheckpoints: a job's kept checkpoints ascending by step (``trainingJobs/-``: all)."""
     names.ANY_TRAINING_JOB.check(parent, field="parent")
@@ -114,7 +114,7 @@ def list_checkpoints(
         if row.job not in jobs:
             job_row = repo.job_row(row.job)
             assert job_row is not None
-            jobs[row.job] = job_from_row(job_row, context.pricing)
+            jobs[row.job] = job_from_row(job_row, deps.pricing)
         items.append((checkpoint_from_row(row, jobs[row.job]), jobs[row.job]))
     return Page(items, token)
 

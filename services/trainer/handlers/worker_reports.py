@@ -7,13 +7,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import Session
 
-from services.trainer.adapters import protos
-from services.trainer.adapters.engine.plan import (
-    WorkerCheckpoint,
-    WorkerFinished,
-    WorkerProgress,
-    WorkerStarted,
-)
+from services.trainer.adapters import protos_events
 from services.trainer.adapters.repository import (
     TrainerRepository,
     checkpoint_from_row,
@@ -23,15 +17,20 @@ from services.trainer.adapters.repository import (
     utc,
 )
 from services.trainer.adapters.tables import CheckpointRow
-from services.trainer.domain import (
+from services.trainer.domain.jobs import (
     FailureReason,
     JobState,
-    KeptCheckpoint,
     LossPoint,
     Progress,
     StopReason,
     checkpoint_name,
-    checkpoints_to_delete,
+)
+from services.trainer.domain.training_rules import KeptCheckpoint, checkpoints_to_delete
+from services.trainer.domain.worker_messages import (
+    WorkerCheckpoint,
+    WorkerFinished,
+    WorkerProgress,
+    WorkerStarted,
 )
 from services.trainer.handlers.deps import TrainerDeps
 from services.trainer.handlers.job_rows import (
@@ -45,9 +44,7 @@ from shared.events import stage_event
 from shared.local_paths import without_local_paths
 
 
-def record_started(
-    session: Session, name: str, message: WorkerStarted, context: TrainerDeps
-) -> None:
+def record_started(session: Session, deps: TrainerDeps, name: str, message: WorkerStarted) -> None:
     """The worker loaded everything: store the device-resolved hyperparameters; on the first
     start, stage TrainingJobStarted."""
     repo = TrainerRepository(session)
@@ -55,7 +52,7 @@ def record_started(
     if row is None:
         return
     now = utc_now()
-    job = job_from_row(row, context.pricing)
+    job = job_from_row(row, deps.pricing)
     repo.update_spec(row, replace(job.config, hyperparameters=message.hyperparameters))
     row.total_steps = message.total_steps
     row.device = message.device
@@ -77,13 +74,13 @@ def record_started(
     row.update_time = now
     if row.start_time is None:
         row.start_time = now
-        job = job_from_row(row, context.pricing)
+        job = job_from_row(row, deps.pricing)
         stage_event(
             session,
-            protos.training_job_started_event(
+            protos_events.training_job_started_event(
                 job, total_steps=message.total_steps, device=message.device, now=now
             ),
-            source=context.source,
+            source=deps.source,
             subject=name,
         )
 
@@ -145,9 +142,9 @@ class CheckpointOutcome:
 
 def record_checkpoint(
     session: Session,
+    deps: TrainerDeps,
     name: str,
     message: WorkerCheckpoint,
-    context: TrainerDeps,
     *,
     keep_best_k: int,
 ) -> CheckpointOutcome:
@@ -181,7 +178,7 @@ def record_checkpoint(
     )
     progress = progress_of(row)
     set_progress(row, replace(progress, tokens_seen=message.tokens_seen))
-    cost = job_cost(row, context.pricing, now=now)
+    cost = job_cost(row, deps.pricing, now=now)
     checkpoint = CheckpointRow(
         name=checkpoint_name(name, message.step),
         job=name,
@@ -221,19 +218,19 @@ def record_checkpoint(
     row.latest_checkpoint = checkpoint.name
     row.disk_full_count = 0  # a checkpoint was written: the disk has room again
     row.update_time = now
-    job = job_from_row(row, context.pricing)
+    job = job_from_row(row, deps.pricing)
     record = checkpoint_from_row(checkpoint, job)
     stage_event(
         session,
-        protos.checkpoint_ready_event(record, job, now=now),
-        source=context.source,
+        protos_events.checkpoint_ready_event(record, job, now=now),
+        source=deps.source,
         subject=record.name,
     )
     return CheckpointOutcome(True, deletions)
 
 
 def record_finished(
-    session: Session, name: str, message: WorkerFinished, context: TrainerDeps
+    session: Session, deps: TrainerDeps, name: str, message: WorkerFinished
 ) -> JobState | None:
     """The worker ended training: SUCCEEDED (stage TrainingJobCompleted) or CANCELLED."""
     repo = TrainerRepository(session)
@@ -264,14 +261,14 @@ def record_finished(
         return JobState.CANCELLED
     row.state = JobState.SUCCEEDED.value
     row.stop_reason = (message.stop_reason or StopReason.MAX_STEPS).value
-    job = job_from_row(row, context.pricing)
+    job = job_from_row(row, deps.pricing)
     kept = [c for c in repo.checkpoint_rows(name) if not c.artifact_deleted]
     validated = [c.validation_loss for c in kept if c.validation_loss is not None]
     tokens_per_second = (
         job.cost.tokens_processed / message.elapsed_seconds if message.elapsed_seconds > 0 else 0.0
     )
     started = utc(row.start_time) or now
-    completed = protos.training_job_completed_event(
+    completed = protos_events.training_job_completed_event(
         job,
         checkpoints=[c.name for c in kept],
         steps_completed=message.step,
@@ -283,12 +280,12 @@ def record_finished(
         duration_seconds=(now - started).total_seconds(),
         now=now,
     )
-    stage_event(session, completed, source=context.source, subject=name)
+    stage_event(session, completed, source=deps.source, subject=name)
     return JobState.SUCCEEDED
 
 
 def record_failed(
-    session: Session, name: str, reason: FailureReason, message: str, context: TrainerDeps
+    session: Session, deps: TrainerDeps, name: str, reason: FailureReason, message: str
 ) -> bool:
     """The job failed for ``reason``: FAILED, stage TrainingJobFailed. False if already over.
 
@@ -305,5 +302,5 @@ def record_failed(
     row.failure_message = without_local_paths(message)[:10_000]
     row.end_time = now
     row.update_time = now
-    stage_failed(session, row, context, now=now)
+    stage_failed(session, deps, row, now=now)
     return True

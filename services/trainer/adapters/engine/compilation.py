@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from services.trainer.domain import EngineFallback
+from services.trainer.domain.jobs import EngineFallback
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from services.trainer.domain import EngineFallback
+from services.trainer.domain.jobs import EngineFallback
 
 log = logging.getLogger(__name__)
 
