@@ -42,7 +42,7 @@ from services.trainer.domain.jobs import (
 )
 from shared.errors import FieldViolation
 from shared.modeling.tokenizer_fingerprint import TokenizerFingerprintRecord
-from shared.ownership import Owner, money_amount, validate_budget, validate_owner
+from shared.ownership import Owner, money_amount, money_parts, validate_budget, validate_owner
 from shared.protobuf import (
     duration_from_seconds,
     enum_field_from_proto,
@@ -299,10 +299,8 @@ def budget_from_proto(
 
 def money(amount: Decimal, currency: str) -> common_pb2.Money:
     """A Decimal amount as ``Money`` (units + nanos with the same sign)."""
-    nanos_total = int((amount * Decimal(1_000_000_000)).to_integral_value())
-    units, nanos = divmod(abs(nanos_total), 1_000_000_000)
-    sign = -1 if nanos_total < 0 else 1
-    return common_pb2.Money(currency_code=currency, units=sign * units, nanos=sign * nanos)
+    units, nanos = money_parts(amount)
+    return common_pb2.Money(currency_code=currency, units=units, nanos=nanos)
 
 
 def cost_to_proto(cost: Cost) -> common_pb2.Cost:
