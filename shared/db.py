@@ -7,7 +7,8 @@ SQLite (one file per service) by default, PostgreSQL by URL. The plumbing tables
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -113,3 +114,26 @@ def run_in_transaction(sessions: sessionmaker[Session], work: Callable[[Session]
                 raise
             log.info("a concurrent change won; running the transaction again")
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def read_snapshot(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that reads one consistent snapshot of the database; nothing written in it stays.
+
+    A plain transaction does not give that to a read of several statements. On SQLite the
+    driver starts a transaction only before the first write, so every SELECT before it sees
+    whatever was committed when it ran; on PostgreSQL, READ COMMITTED takes a snapshot per
+    statement. A read of a checkpoint and then of its evaluations could so return an evaluation
+    whose verdict the checkpoint row, read a moment earlier, did not carry yet. Here SQLite gets
+    an explicit deferred ``BEGIN`` (its snapshot is taken at the first read and kept to the end;
+    WAL readers never block writers) and PostgreSQL a REPEATABLE READ, READ ONLY transaction.
+    Closing the session rolls the transaction back (a read has nothing to commit) and leaves
+    what was loaded usable, as after a commit with ``expire_on_commit=False``.
+    """
+    with sessions() as session:
+        connection = session.connection()
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield session

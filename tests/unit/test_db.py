@@ -11,7 +11,12 @@ from sqlalchemy import Integer, String, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import create_database_engine, create_schema, create_session_factory
+from shared.db import (
+    create_database_engine,
+    create_schema,
+    create_session_factory,
+    read_snapshot,
+)
 from shared.events import OutboxEvent
 
 
@@ -111,6 +116,33 @@ def test_session_factory_keeps_objects_usable_after_commit(database_url: str) ->
         with sessions() as session:
             assert session.get(_Thing, 1).name == "one"  # type: ignore[union-attr]
             assert session.query(OutboxEvent).count() == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_read_in_snapshot_does_not_see_a_commit_made_while_it_reads(database_url: str) -> None:
+    """Two statements of one read see the same database, whatever commits between them: the
+    registry's GetCheckpoint once returned an evaluation with the verdict of before it."""
+    engine = create_database_engine(database_url)
+    try:
+        create_schema(engine, [_ServiceBase.metadata])
+        sessions = create_session_factory(engine)
+        with sessions() as session, session.begin():
+            session.add(_Thing(id=1, name="before"))
+
+        with read_snapshot(sessions) as session:
+            first = session.execute(text("SELECT name FROM things WHERE id = 1")).scalar_one()
+            with sessions() as writer, writer.begin():  # another connection commits meanwhile
+                writer.get_one(_Thing, 1).name = "after"
+                writer.add(_Thing(id=2, name="new"))
+            second = session.execute(text("SELECT name FROM things WHERE id = 1")).scalar_one()
+            count = session.execute(text("SELECT count(*) FROM things")).scalar_one()
+            assert count == 1, "a row committed after the snapshot was seen"
+            loaded = session.get_one(_Thing, 1)
+        assert (first, second) == ("before", "before")
+        assert loaded.name == "before"  # usable after the read, not expired
+        with sessions() as session:  # the commit itself was kept
+            assert session.get_one(_Thing, 1).name == "after"
     finally:
         engine.dispose()
 

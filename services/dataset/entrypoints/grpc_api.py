@@ -35,6 +35,7 @@ from services.dataset.handlers.datasets import create_dataset, get_dataset, list
 from services.dataset.handlers.deps import DatasetDeps
 from services.dataset.handlers.ingest import IngestRequest, import_version, upload_version
 from services.dataset.handlers.versions import get_report, get_version, list_reports, list_versions
+from shared.db import read_snapshot
 from shared.errors import FieldViolation, InvalidArgument
 from shared.security import caller_name
 from tuneline.dataset.v1 import resources_pb2, service_pb2, service_pb2_grpc
@@ -169,7 +170,7 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
     def GetDataset(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetDatasetRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetDatasetResponse:
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             dataset = get_dataset(session, request.name)
         return service_pb2.GetDatasetResponse(dataset=dataset_to_proto(dataset))
 
@@ -177,7 +178,7 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
         self, request: service_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListDatasetsResponse:
         task_type = task_type_from_proto(request.task_type, field="task_type", required=False)
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             datasets, token = list_datasets(
                 session,
                 page_size=request.page_size,
@@ -275,14 +276,14 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
     def GetDatasetVersion(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetDatasetVersionRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetDatasetVersionResponse:
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             version = get_version(session, request.name)
         return service_pb2.GetDatasetVersionResponse(dataset_version=version_to_proto(version))
 
     def ListDatasetVersions(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListDatasetVersionsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListDatasetVersionsResponse:
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             versions, token = list_versions(
                 session,
                 parent=request.parent,
@@ -296,14 +297,14 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
     def GetValidationReport(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetValidationReportRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetValidationReportResponse:
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             report = get_report(session, request.name)
         return service_pb2.GetValidationReportResponse(validation_report=report_to_proto(report))
 
     def ListValidationReports(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListValidationReportsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListValidationReportsResponse:
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             reports, token = list_reports(
                 session,
                 parent=request.parent,
@@ -322,7 +323,7 @@ class DatasetServicer(service_pb2_grpc.DatasetServiceServicer):
             raise InvalidArgument(
                 "invalid request", [FieldViolation("max_rows", "must be >= 0", "NEGATIVE")]
             )
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             audit = get_audit(session, request.name)
         return service_pb2.GetDatasetAuditResponse(
             dataset_audit=audit_to_proto(audit, max_rows=request.max_rows)

@@ -19,7 +19,7 @@ from services.evaluator.handlers.evaluations import (
     list_evaluations,
 )
 from services.evaluator.handlers.policies import get_evaluation_policy, set_evaluation_policy
-from shared.db import run_in_transaction
+from shared.db import read_snapshot, run_in_transaction
 from shared.errors import FieldViolation, InvalidArgument
 from tuneline.common.v1 import resources_pb2 as common_pb2
 from tuneline.evaluator.v1 import resources_pb2, service_pb2, service_pb2_grpc
@@ -68,26 +68,23 @@ class EvaluatorServicer(service_pb2_grpc.EvaluatorServiceServicer):
     def GetEvaluation(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetEvaluationRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetEvaluationResponse:
-        evaluation = run_in_transaction(
-            self._deps.sessions, lambda s: get_evaluation(s, request.name)
-        )
+        with read_snapshot(self._deps.sessions) as session:
+            evaluation = get_evaluation(session, request.name)
         return service_pb2.GetEvaluationResponse(evaluation=protos.evaluation_to_proto(evaluation))
 
     def ListEvaluations(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListEvaluationsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListEvaluationsResponse:
         verdict = _verdict_filter(request.verdict)
-        evaluations, token = run_in_transaction(
-            self._deps.sessions,
-            lambda s: list_evaluations(
-                s,
+        with read_snapshot(self._deps.sessions) as session:
+            evaluations, token = list_evaluations(
+                session,
                 page_size=request.page_size,
                 page_token=request.page_token,
                 model=request.model,
                 checkpoint=request.checkpoint,
                 verdict=verdict,
-            ),
-        )
+            )
         return service_pb2.ListEvaluationsResponse(
             evaluations=[protos.evaluation_to_proto(e) for e in evaluations],
             next_page_token=token,
@@ -128,9 +125,8 @@ class EvaluatorServicer(service_pb2_grpc.EvaluatorServiceServicer):
     def GetEvaluationPolicy(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetEvaluationPolicyRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetEvaluationPolicyResponse:
-        policy = run_in_transaction(
-            self._deps.sessions, lambda s: get_evaluation_policy(s, self._deps, request.name)
-        )
+        with read_snapshot(self._deps.sessions) as session:
+            policy = get_evaluation_policy(session, self._deps, request.name)
         return service_pb2.GetEvaluationPolicyResponse(
             evaluation_policy=protos.policy_to_proto(policy)
         )

@@ -21,6 +21,7 @@ from services.registry.adapters import protos
 from services.registry.domain.resources import AliasMove
 from services.registry.handlers import aliases, checkpoints, live_quality, models, reviews, rollback
 from services.registry.handlers.deps import RegistryDeps
+from shared.db import read_snapshot
 from shared.security import caller_name
 from tuneline.registry.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
@@ -69,6 +70,11 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
         with self._deps.sessions() as session, session.begin():
             return work(session)
 
+    def _read(self, work: Callable[[Session], T]) -> T:
+        """``work`` on one snapshot: a checkpoint and its evaluations read together agree."""
+        with read_snapshot(self._deps.sessions) as session:
+            return work(session)
+
     # -- models and checkpoints -----------------------------------------------------------
 
     def CreateModel(  # noqa: N802 - the generated servicer's method name
@@ -82,13 +88,13 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
     def GetModel(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetModelRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetModelResponse:
-        model = self._in_transaction(lambda s: models.get_model(s, request.name))
+        model = self._read(lambda s: models.get_model(s, request.name))
         return service_pb2.GetModelResponse(model=protos.model_to_proto(model))
 
     def ListModels(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListModelsResponse:
-        page, token = self._in_transaction(
+        page, token = self._read(
             lambda s: models.list_models(s, request.page_size, request.page_token)
         )
         return service_pb2.ListModelsResponse(
@@ -98,14 +104,14 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
     def GetCheckpoint(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetCheckpointRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetCheckpointResponse:
-        checkpoint = self._in_transaction(lambda s: checkpoints.get_checkpoint(s, request.name))
+        checkpoint = self._read(lambda s: checkpoints.get_checkpoint(s, request.name))
         return service_pb2.GetCheckpointResponse(checkpoint=protos.checkpoint_to_proto(checkpoint))
 
     def ListCheckpoints(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListCheckpointsResponse:
         query = protos.checkpoint_query_from_proto(request)
-        page, token = self._in_transaction(lambda s: checkpoints.list_checkpoints(s, query))
+        page, token = self._read(lambda s: checkpoints.list_checkpoints(s, query))
         return service_pb2.ListCheckpointsResponse(
             checkpoints=[protos.checkpoint_to_proto(c) for c in page], next_page_token=token
         )
@@ -115,14 +121,14 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
     def GetAlias(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.GetAliasRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetAliasResponse:
-        alias = self._in_transaction(lambda s: aliases.get_alias(s, request.name))
+        alias = self._read(lambda s: aliases.get_alias(s, request.name))
         return service_pb2.GetAliasResponse(alias=protos.alias_to_proto(alias))
 
     def ListAliasHistory(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListAliasHistoryRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListAliasHistoryResponse:
         query = protos.alias_history_query_from_proto(request)
-        moves, token = self._in_transaction(lambda s: aliases.list_alias_history(s, query))
+        moves, token = self._read(lambda s: aliases.list_alias_history(s, query))
         return service_pb2.ListAliasHistoryResponse(
             alias_moves=[protos.move_to_proto(m) for m in moves], next_page_token=token
         )
@@ -134,7 +140,7 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
         # read the generation before the first state, so a move committed in between still
         # wakes the loop below instead of being missed
         generation = notifier.generation
-        model, alias, first, last_revision = self._in_transaction(
+        model, alias, first, last_revision = self._read(
             lambda s: aliases.watch_alias_start(s, request.name, request.after_revision)
         )
         for update in first:
@@ -158,7 +164,7 @@ class RegistryServicer(service_pb2_grpc.RegistryServiceServicer):
                 if generation == seen or ended.is_set():
                     continue  # nothing moved (a safety-net wake-up) or the client left
                 after = last_revision
-                moves = self._in_transaction(
+                moves = self._read(
                     lambda s: aliases.watch_alias_moves(s, model, alias, after)  # noqa: B023 - called at once
                 )
                 for update in moves:

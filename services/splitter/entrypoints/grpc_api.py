@@ -22,7 +22,7 @@ from services.splitter.handlers import (
     set_split_policy,
 )
 from shared import names
-from shared.db import run_in_transaction
+from shared.db import read_snapshot, run_in_transaction
 from tuneline.splitter.v1 import service_pb2, service_pb2_grpc
 
 
@@ -57,23 +57,22 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
         self, request: service_pb2.GetSplitRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetSplitResponse:
         names.SPLIT.check(request.name, field="name")
-        split = run_in_transaction(self._deps.sessions, lambda s: get_split(s, request.name))
+        with read_snapshot(self._deps.sessions) as session:
+            split = get_split(session, request.name)
         return service_pb2.GetSplitResponse(split=split_to_proto(split))
 
     def ListSplits(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListSplitsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListSplitsResponse:
         dataset_id, version_id = names.SPLIT_LIST_PARENT.ids(request.parent, field="parent")
-        splits, next_page_token = run_in_transaction(
-            self._deps.sessions,
-            lambda s: list_splits(
-                s,
+        with read_snapshot(self._deps.sessions) as session:
+            splits, next_page_token = list_splits(
+                session,
                 dataset_id=dataset_id,
                 version_id=version_id,
                 page_size=request.page_size,
                 page_token=request.page_token,
-            ),
-        )
+            )
         return service_pb2.ListSplitsResponse(
             splits=[split_to_proto(s) for s in splits], next_page_token=next_page_token
         )
@@ -99,5 +98,6 @@ class SplitterServicer(service_pb2_grpc.SplitterServiceServicer):
         self, request: service_pb2.GetSplitPolicyRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetSplitPolicyResponse:
         dataset_id = names.SPLIT_POLICY.parse(request.name, field="name")["dataset"]
-        policy = run_in_transaction(self._deps.sessions, lambda s: get_split_policy(s, dataset_id))
+        with read_snapshot(self._deps.sessions) as session:
+            policy = get_split_policy(session, dataset_id)
         return service_pb2.GetSplitPolicyResponse(split_policy=policy_to_proto(policy))

@@ -31,7 +31,7 @@ from services.trainer.handlers.queries import (
     list_training_policies,
 )
 from shared import names
-from shared.db import run_in_transaction
+from shared.db import read_snapshot, run_in_transaction
 from shared.errors import FieldViolation, InvalidArgument
 from shared.protobuf import enum_field_from_proto
 from shared.security import caller_name
@@ -107,7 +107,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
         return service_pb2.CreateTrainingJobResponse(training_job=protos.job_to_proto(created))
 
     def _job(self, name: str) -> resources_pb2.TrainingJob:
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             job, trend = get_training_job(session, self._deps, name)
         return protos.job_to_proto(job, trend)
 
@@ -134,7 +134,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
                         )
                     ],
                 )
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             page = list_training_jobs(
                 session,
                 self._deps,
@@ -204,7 +204,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
                 yield response
 
     def _read(self, name: str) -> TrainingJob:
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             job, _trend = get_training_job(session, self._deps, name)
         return job
 
@@ -214,7 +214,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
         self, request: service_pb2.GetCheckpointRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetCheckpointResponse:
         names.TRAINER_CHECKPOINT.check(request.name, field="name")
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             record, job = get_checkpoint(session, self._deps, request.name)
         return service_pb2.GetCheckpointResponse(
             checkpoint=protos.checkpoint_to_proto(record, job.lineage(record.name))
@@ -223,7 +223,7 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
     def ListCheckpoints(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListCheckpointsResponse:
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             page = list_checkpoints(
                 session,
                 self._deps,
@@ -271,14 +271,14 @@ class TrainerServicer(service_pb2_grpc.TrainerServiceServicer):
         self, request: service_pb2.GetTrainingPolicyRequest, context: grpc.ServicerContext
     ) -> service_pb2.GetTrainingPolicyResponse:
         names.TRAINING_POLICY.check(request.name, field="name")
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             policy = get_training_policy(session, request.name)
         return service_pb2.GetTrainingPolicyResponse(training_policy=protos.policy_to_proto(policy))
 
     def ListTrainingPolicies(  # noqa: N802 - the generated servicer's method name
         self, request: service_pb2.ListTrainingPoliciesRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListTrainingPoliciesResponse:
-        with self._deps.sessions() as session:
+        with read_snapshot(self._deps.sessions) as session:
             page = list_training_policies(
                 session,
                 dataset=request.dataset,
