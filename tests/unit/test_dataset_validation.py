@@ -9,11 +9,15 @@ import multiprocessing
 import sys
 import unicodedata
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from typing import Any
+from unittest import mock
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.dataset.domain import rows
 from services.dataset.domain.characters import first_control_character, is_blank
 from services.dataset.domain.policy import SchemaPolicy
 from services.dataset.domain.rows import (
@@ -29,6 +33,7 @@ from services.dataset.domain.validation import StreamingValidator, ValidationRes
 from shared.input_text import normalize_input_text
 from shared.task_types import TaskType
 from tests.fixtures.datasets import rotten_tomatoes_rows, to_jsonl
+from tests.fixtures.upload_fuzz import uploads
 
 POLICY = SchemaPolicy(min_rows_per_class=1).resolved(TaskType.CLASSIFICATION)
 RULES = RowRules.of(TaskType.CLASSIFICATION, POLICY, max_line_bytes=1 << 20)
@@ -114,6 +119,60 @@ def test_nothing_is_written_once_the_content_is_known_to_be_rejected() -> None:
     result, written = validate([content], block_bytes=1024)
     assert result.has_errors
     assert len(written) < len(content) / 2  # only blocks before the bad line went out
+
+
+_member_values = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["fresh", "rotten", "a movie", " ", "x  y", "ÉTÉ", "\u200b"]),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([1.5, float("nan"), float("inf"), None, True]),
+)
+
+
+@st.composite
+def _objects_written_by_hand(draw: st.DrawFn) -> bytes:
+    """Lines of objects as a careless producer writes them: keys may repeat, whitespace
+    varies, NaN and big integers appear (what a JSON library never writes, so ``uploads``
+    rarely has them)."""
+    lines = []
+    for _ in range(draw(st.integers(min_value=1, max_value=5))):
+        members = draw(
+            st.lists(
+                st.tuples(st.sampled_from(["text", "label", "group", "id", "x"]), _member_values),
+                max_size=5,
+            )
+        )
+        space = draw(st.sampled_from(["", " ", "\t", "  "]))
+        body = ("," + space).join(
+            f"{json.dumps(key)}:{space}{json.dumps(value, ensure_ascii=False)}"
+            for key, value in members
+        )
+        lines.append(f"{space}{{{body}}}{space}".encode("utf-8", "surrogatepass"))
+    return b"\n".join(lines) + draw(st.sampled_from([b"\n", b""]))
+
+
+@given(
+    content=st.one_of(uploads, _objects_written_by_hand()),
+    task=st.sampled_from([TaskType.CLASSIFICATION, TaskType.CAUSAL_LM]),
+    max_line_bytes=st.sampled_from([64, 1 << 20]),
+)
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_fast_parser_finds_and_writes_exactly_what_the_reference_parser_does(
+    content: bytes, task: TaskType, max_line_bytes: int
+) -> None:
+    """orjson parses most lines; json's scanner (the reference: duplicate keys, lone
+    surrogates, NaN, big integers, the wording of every finding) whatever orjson refuses. With
+    orjson refusing every line, each block must come out byte for byte the same."""
+    policy = SchemaPolicy(min_rows_per_class=1).resolved(task)
+    rules = replace(
+        RowRules.of(task, policy, max_line_bytes=max_line_bytes), near_duplicate_texts=True
+    )
+    unterminated = not content.endswith(b"\n")
+    fast = check_block(content, 7, rules, unterminated=unterminated)
+    refused = orjson.JSONDecodeError("refused", "", 0)
+    with mock.patch.object(rows.orjson, "loads", side_effect=refused):
+        reference = check_block(content, 7, rules, unterminated=unterminated)
+    assert vars(fast) == vars(reference)
 
 
 def test_worker_processes_give_the_same_result_as_the_calling_thread() -> None:
