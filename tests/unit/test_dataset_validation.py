@@ -126,6 +126,7 @@ _member_values = st.one_of(
     st.sampled_from(["fresh", "rotten", "a movie", " ", "x  y", "ÉTÉ", "\u200b"]),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.sampled_from([1.5, float("nan"), float("inf"), None, True]),
+    st.lists(st.sampled_from(["p", "q", "text"]), max_size=3),  # quotes that are not members
 )
 
 
@@ -268,6 +269,22 @@ def test_the_inline_fast_path_writes_data_md_canonical_rows(
     assert (
         bytes(result.input_keys) == hashlib.sha256(normalize_input_text(text).encode()).digest()[:8]
     )
+
+
+def test_text_to_escape_is_escaped_whether_or_not_the_rest_of_its_block_needs_it() -> None:
+    """A block with no backslash and no control character spares each row its own check for
+    something to escape; a block that has one must check every row."""
+    plain = {"text": "a plain “review”, nothing to escape", "label": "fresh"}
+    escaped = [
+        {"text": 'she said "no"', "label": "rotten"},
+        {"text": "a \\ backslash", "label": "fresh"},
+        {"text": "a\ttab", "label": "fresh"},
+    ]
+    for rows_of_block in ([plain], [plain, *escaped], [*escaped, plain]):
+        block = b"".join(json.dumps(row).encode() + b"\n" for row in rows_of_block)
+        result = check_block(block, 1, RULES)
+        assert result.findings == []
+        assert result.content == b"".join(_reference_line(row) for row in rows_of_block)
 
 
 @settings(max_examples=200, deadline=None)

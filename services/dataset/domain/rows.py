@@ -73,6 +73,9 @@ _FIELDS = {
 #: byte of a multi-byte UTF-8 sequence.
 _PLAIN_BYTES = bytes(c for c in range(0x20, 0x100) if c not in b'"\\\x7f')
 _ASCII_BYTES = bytes(range(0x80))
+#: What a line whose strings hold nothing to escape is made of: those bytes and the quotes
+#: around its strings (a block of such lines spares every row's own check).
+_PLAIN_LINE_BYTES = _PLAIN_BYTES + b'"\n'
 
 #: Line numbers of CRLF line ends a block keeps (a report keeps at most 1000 per rule).
 _CRLF_LINES_KEPT = 1000
@@ -133,6 +136,11 @@ def plain_text(text: str) -> tuple[bytes, bytes] | None:
     raw = text.encode()
     if raw.translate(None, _PLAIN_BYTES):  # something to escape, or a control character
         return None
+    return _plain_forms(text, raw)
+
+
+def _plain_forms(text: str, raw: bytes) -> tuple[bytes, bytes] | None:
+    """:func:`plain_text` for a ``text`` known to hold nothing to escape (``raw``: its UTF-8)."""
     if not text.isascii():
         others = raw.translate(None, _ASCII_BYTES).decode()
         if not (
@@ -296,7 +304,8 @@ class _BlockChecker:
                     and type(_decode_line(line)) is str  # one that is not UTF-8 is found so
                 ):
                     lines[i] = _Unreadable(Rule.LINE_TOO_LONG, too_long_message(self.rules))
-        self.check_lines(lines)
+        # no backslash and no control character anywhere: no string of the block needs escaping
+        self.check_lines(lines, escape_free=not block.translate(None, _PLAIN_LINE_BYTES))
         result = self.result
         if self.out:
             self.out.append(b"")
@@ -322,7 +331,9 @@ class _BlockChecker:
                     result.crlf_lines.append(self.first_line + i)
         return lines
 
-    def check_lines(self, lines: list[bytes | _Unreadable]) -> None:  # noqa: PLR0912, PLR0915 - hot loop
+    def check_lines(  # noqa: PLR0912, PLR0915 - hot loop
+        self, lines: list[bytes | _Unreadable], *, escape_free: bool = False
+    ) -> None:
         rules = self.rules
         result = self.result
         out = self.out
@@ -344,6 +355,7 @@ class _BlockChecker:
         quote = encode_basestring
         normalize = normalize_input_text
         plain_of = plain_text
+        plain_forms = _plain_forms
         line_number = self.first_line - 1
         for line in lines:
             line_number += 1
@@ -354,9 +366,10 @@ class _BlockChecker:
             # The fast path: orjson parses the line's bytes (checking they are UTF-8) more than
             # twice as fast as json's scanner parses its decoded text. Without a backslash every
             # quote delimits a string, so a flat object of strings holds four per member: fewer
-            # members than that means a repeated key, which orjson merged. Every other line, and
-            # every line orjson refuses (not UTF-8, not JSON, NaN, integers past 64 bits), the
-            # reference parser reads: the rules and their findings are its.
+            # members than that means a repeated key, which orjson merged. (That its values are
+            # all strings, an inline row shows by itself; any other row is checked below.)
+            # Every other line, and every line orjson refuses (not UTF-8, not JSON, NaN,
+            # integers past 64 bits), the reference parser reads: the rules and findings are its.
             row: Any = None
             if b"\\" not in line:
                 try:
@@ -364,16 +377,15 @@ class _BlockChecker:
                 except FastDecodeError:
                     row = None
                 else:
-                    if (
-                        type(row) is not dict
-                        or line.count(b'"') != 4 * len(row)
-                        or list(map(type, row.values())).count(str) != len(row)
-                    ):
+                    if type(row) is not dict or line.count(b'"') != 4 * len(row):
                         row = None
             if row is None:
                 row = read_line(line, line_number)
                 if row is None:
                     continue
+                fast = False
+            else:
+                fast = True
             # Any: the checks below narrow them, but through a flag, which mypy cannot follow
             text: Any = row.get("text")
             label: Any = row.get("label")
@@ -391,7 +403,7 @@ class _BlockChecker:
                 and (label_set is None or label in label_set)
             )
             if inline:
-                plain = plain_of(text)
+                plain = plain_forms(text, text.encode()) if escape_free else plain_of(text)
                 if plain is None:  # something to escape or normalize: look closer
                     inline = _clean_string(text)
                 elif len(plain[0]) != len(text):  # plain, not ASCII: no control character
@@ -421,8 +433,15 @@ class _BlockChecker:
                 input_keys += sha256(folded).digest()[:8]
                 label_indexes.append(index)
                 if near_duplicate_texts is not None:
-                    near_duplicate_texts += folded + b"\n"
+                    near_duplicate_texts += folded
+                    near_duplicate_texts += b"\n"
             else:
+                if fast and list(map(type, row.values())).count(str) != len(row):
+                    # not only strings: a value may hold quotes, so the count above proves
+                    # nothing about repeated keys
+                    row = read_line(line, line_number)
+                    if row is None:
+                        continue
                 fields = self.general_row(row, line_number)
                 if fields is not None:
                     self.add_row(fields, row.get("id"), line_number)
