@@ -407,7 +407,10 @@ class _BlockChecker:
                 if plain is None:  # something to escape or normalize: look closer
                     inline = _clean_string(text)
                 elif len(plain[0]) != len(text):  # plain, not ASCII: no control character
-                    inline = not is_blank(text)  # (plain_text saw to it) but maybe invisible
+                    # (plain_text saw to it) but maybe invisible, unless its first character
+                    # past the spaces is ASCII, which is then visible
+                    first = plain[0].lstrip(b" ")[:1]
+                    inline = b"!" <= first <= b"~" or not is_blank(text)
             if inline:
                 # the common case, inline: a {"text", "label"} row, maybe with a "group", that
                 # passes every rule; the canonical row is {"group", "id", "label", "text"}
