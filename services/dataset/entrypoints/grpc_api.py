@@ -96,9 +96,10 @@ def _chunks(
                         )
                     ],
                 )
-            received += len(message.chunk)
-            digest.update(message.chunk)
-            yield message.chunk
+            chunk = message.chunk  # each read of a bytes field copies it out of the message
+            received += len(chunk)
+            digest.update(chunk)
+            yield chunk
     except grpc.RpcError as error:  # the stream broke: cancelled, deadline, connection lost
         raise UploadInterrupted(str(error)) from error
     if not context.is_active():
