@@ -86,7 +86,9 @@ def test_a_cancelled_jobs_checkpoint_says_so_and_is_not_promoted_automatically(
     assert job.stop_reason == resources_pb2.TRAINING_STOP_REASON_CANCELLED
 
     # the event says why training stopped: final, but cancelled
-    (record,) = events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, expected=1)
+    (record,) = events_of(
+        kafka_bootstrap, events_pb2.CheckpointReady, name, expected=1, sent_by=service
+    )
     ready = events_pb2.CheckpointReady.FromString(record.value)
     assert ready.is_final
     assert ready.stop_reason == resources_pb2.TRAINING_STOP_REASON_CANCELLED

@@ -35,7 +35,7 @@ from shared.grpc import ClientSecurity, create_channel
 from shared.modeling import folder_sha256, read_adapter_metadata
 from shared.runtime import ServiceRuntime, build_runtime
 from shared.settings import CommonSettings
-from tests.fixtures.events import header, read_records, start_group_at_end
+from tests.fixtures.events import header, read_all_sent, start_group_at_end
 from tests.fixtures.pki import LocalCA, spiffe_id
 from tests.fixtures.trainer_data import build_tiny_bert, sentiment_rows, write_split
 from tuneline.cli.main import app as cli
@@ -327,12 +327,17 @@ def wait_for(
     return eventually(job_meeting_it, timeout=timeout, what=f"{name} to reach the condition")
 
 
-def events_of(bootstrap_servers: str, message_type: Any, job: str, expected: int) -> list[Any]:
-    return read_records(
+def events_of(
+    bootstrap_servers: str, message_type: Any, job: str, expected: int, *, sent_by: ServiceRuntime
+) -> list[Any]:
+    """Every ``message_type`` event of ``job``, read once ``expected`` arrived and the trainer
+    ``sent_by`` sent all its outbox staged: a duplicate would be among them."""
+    return read_all_sent(
         bootstrap_servers,
         topic_for(message_type),
         lambda r: r.value and message_type.FromString(r.value).training_job == job,
         expected=expected,
+        outboxes=[sent_by.context.sessions],
         timeout=60,
     )
 
@@ -453,7 +458,7 @@ def test_split_created_trains_once_and_announces_checkpoints(
     assert job.cost.tokens_processed > 0
     assert job.cost.amount.currency_code == "USD"
 
-    started = events_of(kafka_bootstrap, events_pb2.TrainingJobStarted, name, 1)
+    started = events_of(kafka_bootstrap, events_pb2.TrainingJobStarted, name, 1, sent_by=service)
     assert len(started) == 1
     assert header(started[0], "ce_source") == "tuneline/trainer"
     started_event = events_pb2.TrainingJobStarted.FromString(started[0].value)
@@ -462,7 +467,7 @@ def test_split_created_trains_once_and_announces_checkpoints(
 
     # keyed by checkpoint name, so spread over partitions: order them by step
     ready = sorted(
-        events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, 3),
+        events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, 3, sent_by=service),
         key=lambda r: events_pb2.CheckpointReady.FromString(r.value).step,
     )
     checkpoints = [events_pb2.CheckpointReady.FromString(r.value) for r in ready]
@@ -487,7 +492,9 @@ def test_split_created_trains_once_and_announces_checkpoints(
     assert read_adapter_metadata(folder).labels == ["neg", "pos"]
     assert sum(c.is_best for c in checkpoints) >= 1
 
-    completed = events_of(kafka_bootstrap, events_pb2.TrainingJobCompleted, name, 1)
+    completed = events_of(
+        kafka_bootstrap, events_pb2.TrainingJobCompleted, name, 1, sent_by=service
+    )
     done = events_pb2.TrainingJobCompleted.FromString(completed[0].value)
     assert done.final_checkpoint == final.checkpoint
     assert list(done.checkpoints) == [c.checkpoint for c in checkpoints]
@@ -665,14 +672,16 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(
             assert job.attempt_count == 2
             steps = [c.step for c in crashing_client.list_checkpoints(name)]
             final = crashing_client.get_checkpoint(f"{name}/checkpoints/step-40")
+        announced = [
+            events_pb2.CheckpointReady.FromString(r.value).step
+            for r in events_of(
+                kafka_bootstrap, events_pb2.CheckpointReady, name, len(steps), sent_by=crashing
+            )
+        ]
     finally:
         crashing.stop()
     assert steps == sorted(set(steps))
     assert steps[-1] == 40
-    announced = [
-        events_pb2.CheckpointReady.FromString(r.value).step
-        for r in events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, len(steps))
-    ]
     assert sorted(announced) == steps  # each step once, none twice
     # same seed, same data order, optimizer/RNG/data position restored: the same run
     assert job.progress.validation_loss == pytest.approx(
@@ -714,7 +723,9 @@ def test_the_service_restarts_and_resumes_running_jobs(
             steps = [c.step for c in client.list_checkpoints(name)]
             assert steps == sorted(set(steps))
             assert steps[-1] == 40
-        started = events_of(kafka_bootstrap, events_pb2.TrainingJobStarted, name, 1)
+        started = events_of(
+            kafka_bootstrap, events_pb2.TrainingJobStarted, name, 1, sent_by=runtime
+        )
         assert len(started) == 1  # a resume is not a new start
     finally:
         runtime.stop()
@@ -753,7 +764,9 @@ def test_out_of_memory_retries_with_half_the_micro_batch_then_fails(
             assert job.state == FAILED
             assert job.failure_reason == resources_pb2.TRAINING_FAILURE_REASON_OUT_OF_MEMORY
             assert "micro-batch of 8" in job.failure_message
-        failed = events_of(kafka_bootstrap, events_pb2.TrainingJobFailed, failing, 1)
+        failed = events_of(
+            kafka_bootstrap, events_pb2.TrainingJobFailed, failing, 1, sent_by=runtime
+        )
         event_failed = events_pb2.TrainingJobFailed.FromString(failed[0].value)
         assert event_failed.failure_reason == resources_pb2.TRAINING_FAILURE_REASON_OUT_OF_MEMORY
         assert event_failed.attempt_count == 2
@@ -970,7 +983,9 @@ def test_a_budget_refuses_a_run_before_it_starts_and_stops_one_that_reaches_it(
     assert final.stop_reason == resources_pb2.TRAINING_STOP_REASON_BUDGET_EXHAUSTED
     (ready,) = [
         events_pb2.CheckpointReady.FromString(r.value)
-        for r in events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, len(checkpoints))
+        for r in events_of(
+            kafka_bootstrap, events_pb2.CheckpointReady, name, len(checkpoints), sent_by=runtime
+        )
         if events_pb2.CheckpointReady.FromString(r.value).is_final
     ]
     assert ready.stop_reason == resources_pb2.TRAINING_STOP_REASON_BUDGET_EXHAUSTED
@@ -1061,7 +1076,7 @@ def test_with_auth_a_jobs_creator_is_the_verified_caller_and_reaches_the_registr
             assert client.get_training_job(name).creator == "carol"
             job = wait_for(client, name, lambda j: j.state in TERMINAL)
             assert job.state == SUCCEEDED, job.failure_message
-        (record,) = events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, 1)
+        (record,) = events_of(kafka_bootstrap, events_pb2.CheckpointReady, name, 1, sent_by=trainer)
         assert events_pb2.CheckpointReady.FromString(record.value).job_creator == "carol"
         with RegistryClient(registry.target, security=as_user("ed")) as ed:
             registered = eventually(
