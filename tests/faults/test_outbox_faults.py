@@ -145,35 +145,35 @@ def test_two_relays_on_one_database_publish_each_row_once(
     flow.start(relay=False)
     flow.stage(EVENTS // 2)  # a backlog both relays find
     held = tmp_path / "a-holds"
-    with (
-        relay_process(
-            flow.outbox_url, kafka_bootstrap, "replica-a", batch_size=5, pause_before_mark=held
-        ) as a,
-        relay_process(flow.outbox_url, kafka_bootstrap, "replica-b", batch_size=5) as b,
-    ):
+    with relay_process(
+        flow.outbox_url, kafka_bootstrap, "replica-a", batch_size=5, pause_before_mark=held
+    ) as a:
+        # b starts once a holds its batch: started together, b could send the whole backlog
+        # before a claims a row (on a loaded machine it did), and a would hold nothing
         eventually(held.exists, timeout=120, what="relay a holding its first batch")
-        held_ids = set(held.read_text().split())
-        with flow.outbox() as session:
-            held_subjects = set(
-                session.scalars(
-                    select(OutboxEvent.subject).where(OutboxEvent.event_id.in_(held_ids))
+        with relay_process(flow.outbox_url, kafka_bootstrap, "replica-b", batch_size=5) as b:
+            held_ids = set(held.read_text().split())
+            with flow.outbox() as session:
+                held_subjects = set(
+                    session.scalars(
+                        select(OutboxEvent.subject).where(OutboxEvent.event_id.in_(held_ids))
+                    )
                 )
+                behind_a = len(
+                    session.scalars(
+                        select(OutboxEvent.seq).where(OutboxEvent.subject.in_(held_subjects))
+                    ).all()
+                )
+            eventually(
+                lambda: {row.subject for row in flow.unsent()} <= held_subjects,
+                timeout=120,
+                what="relay b sent every row not behind relay a's",
             )
-            behind_a = len(
-                session.scalars(
-                    select(OutboxEvent.seq).where(OutboxEvent.subject.in_(held_subjects))
-                ).all()
-            )
-        eventually(
-            lambda: {row.subject for row in flow.unsent()} <= held_subjects,
-            timeout=120,
-            what="relay b sent every row not behind relay a's",
-        )
-        resume_relay(a)
-        flow.stage(EVENTS - EVENTS // 2)  # and events committed while both run
-        eventually(flow.all_applied, timeout=180, what="every acknowledged event applied")
-        eventually(lambda: not flow.unsent(), timeout=120, what="every row marked sent")
-        marked = {"a": stop_relay(a), "b": stop_relay(b)}
+            resume_relay(a)
+            flow.stage(EVENTS - EVENTS // 2)  # and events committed while both run
+            eventually(flow.all_applied, timeout=180, what="every acknowledged event applied")
+            eventually(lambda: not flow.unsent(), timeout=120, what="every row marked sent")
+            marked = {"a": stop_relay(a), "b": stop_relay(b)}
 
     _assert_nothing_lost_or_doubled(flow)
     assert marked["a"] >= len(held_ids)
