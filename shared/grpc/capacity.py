@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -114,15 +115,26 @@ class IdleUploadCancelled(grpc.RpcError):
 
 
 class _IdleWatchdog:
-    """Cancels an RPC when ``seconds`` pass with no request message; each message re-arms it."""
+    """Cancels an RPC when ``seconds`` pass with no request message; each message re-arms it.
+
+    One thread per stream sleeps until the current deadline; a message only moves the
+    deadline (a float store), so a stream of thousands of chunks costs no thread per chunk.
+    """
 
     def __init__(self, context: grpc.ServicerContext, seconds: float, method: str) -> None:
         self._context = context
         self._seconds = seconds
         self._method = method
-        self._timer: threading.Timer | None = None
-        self._lock = threading.Lock()
+        self._deadline = 0.0
+        self._stopped = threading.Event()
         self._expired = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stopped.wait(max(0.0, self._deadline - time.monotonic())):
+            if time.monotonic() >= self._deadline:  # no message moved it while we slept
+                self._expire()
+                return
 
     def _expire(self) -> None:
         self._expired.set()
@@ -133,18 +145,15 @@ class _IdleWatchdog:
         self._context.cancel()
 
     def arm(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = threading.Timer(self._seconds, self._expire)
-            self._timer.daemon = True
-            self._timer.start()
+        self._deadline = time.monotonic() + self._seconds
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="upload-idle-watchdog", daemon=True
+            )
+            self._thread.start()
 
     def disarm(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+        self._stopped.set()
 
     def watch(self, requests: Iterator[Any]) -> Iterator[Any]:
         self.arm()
