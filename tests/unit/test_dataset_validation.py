@@ -287,6 +287,38 @@ def test_text_to_escape_is_escaped_whether_or_not_the_rest_of_its_block_needs_it
         assert result.content == b"".join(_reference_line(row) for row in rows_of_block)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.lists(
+        st.text(
+            st.sampled_from(" aB\u00e9\u2019\u2014\u00c9\u0301\u00a0"), min_size=1, max_size=12
+        ),
+        min_size=1,
+        max_size=6,
+    ).filter(lambda texts: not any(is_blank(text) for text in texts)),
+    member_separator=st.sampled_from([",", ", ", ",  "]),
+)
+def test_each_row_of_an_unescaped_block_is_written_as_it_would_be_alone(
+    texts: list[str], member_separator: str
+) -> None:
+    """Rows written without escapes (``ensure_ascii=False``) take the fast path, which decides
+    once per block whether two spaces follow each other anywhere (in a text or between
+    members) and caches its verdict on a text's non-ASCII characters: neither may change any
+    row's canonical line or input key, whatever the other rows of the block hold."""
+    rows_of_block = [{"text": text, "label": "fresh"} for text in texts]
+    block = b"".join(
+        json.dumps(row, ensure_ascii=False, separators=(member_separator, ": ")).encode() + b"\n"
+        for row in rows_of_block
+    )
+    for _ in range(2):  # the second time, every verdict on non-ASCII characters is cached
+        result = check_block(block, 1, RULES)
+        assert result.findings == []
+        assert result.content == b"".join(_reference_line(row) for row in rows_of_block)
+        assert bytes(result.input_keys) == b"".join(
+            hashlib.sha256(normalize_input_text(text).encode()).digest()[:8] for text in texts
+        )
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     row=_rows_of(_clean_text).filter(lambda r: not (is_blank(r["text"]) or is_blank(r["label"])))

@@ -8,7 +8,7 @@ surrogate escape (``invalid_unicode``); which characters a string may hold, and 
 visible, is :mod:`services.dataset.domain.characters`.
 
 It is a pure function of its arguments, so the validator can run blocks in worker processes
-(it imports neither numpy nor anything that holds state) and merge the results in order; the
+(it holds no state but a bounded cache of verdicts, below) and merge the results in order; the
 cross-row rules (duplicates, ids, conflicting labels, class balance) stay with the validator,
 which sees the fingerprints computed here.
 
@@ -20,8 +20,11 @@ fingerprint** the first 64 bits of the sha256 of the normalized input text (CLAS
 
 Speed matters here (this is most of an upload's CPU time), hence orjson parsing the lines it
 can (json's scanner, the reference, decides every other), the inline fast path for plain
-``{"text", "label"}`` rows, and within it a bytes-only path for ASCII text with nothing to
-escape; ``test_dataset_validation`` checks each against the reference.
+``{"text", "label"}`` rows, and within it a bytes-only path for text with nothing to escape;
+``test_dataset_validation`` checks each against the reference. Checks that cost per byte in
+CPython's loops but are rarely true run once per block, vectorized (two spaces in a row), and
+the verdict on a text's non-ASCII characters is cached by those characters (real texts reuse a
+few: curly quotes, dashes, accents).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from json.encoder import encode_basestring
 from typing import Any, NamedTuple, cast
 
 import jsonschema
+import numpy as np
 import orjson
 
 from services.dataset.domain.characters import (
@@ -76,6 +80,13 @@ _ASCII_BYTES = bytes(range(0x80))
 #: What a line whose strings hold nothing to escape is made of: those bytes and the quotes
 #: around its strings (a block of such lines spares every row's own check).
 _PLAIN_LINE_BYTES = _PLAIN_BYTES + b'"\n'
+
+#: Verdicts of :func:`_plain_non_ascii`, by the non-ASCII bytes of a text (its ASCII removed),
+#: for keys up to ``_CACHED_KEY_BYTES``; cleared when it holds ``_CACHED_VERDICTS``.
+_plain_non_ascii_verdicts: dict[bytes, bool] = {}
+_CACHED_KEY_BYTES = 64
+_CACHED_VERDICTS = 4096
+_SPACE = ord(" ")
 
 #: Line numbers of CRLF line ends a block keeps (a report keeps at most 1000 per rule).
 _CRLF_LINES_KEPT = 1000
@@ -139,21 +150,45 @@ def plain_text(text: str) -> tuple[bytes, bytes] | None:
     return _plain_forms(text, raw)
 
 
-def _plain_forms(text: str, raw: bytes) -> tuple[bytes, bytes] | None:
-    """:func:`plain_text` for a ``text`` known to hold nothing to escape (``raw``: its UTF-8)."""
+def _plain_forms(
+    text: str, raw: bytes, *, maybe_double_spaced: bool = True
+) -> tuple[bytes, bytes] | None:
+    """:func:`plain_text` for a ``text`` known to hold nothing to escape (``raw``: its UTF-8);
+    ``maybe_double_spaced=False`` when its block was found to hold no two spaces in a row."""
     if not text.isascii():
-        others = raw.translate(None, _ASCII_BYTES).decode()
-        if not (
-            others.isprintable()
-            and others.casefold() == others
-            and unicodedata.is_normalized("NFKC", others)
-            and not any(unicodedata.combining(c) for c in others)
-        ):
+        others = raw.translate(None, _ASCII_BYTES)
+        plain = _plain_non_ascii_verdicts.get(others)
+        if plain is None:
+            plain = _plain_non_ascii(others.decode())
+            if len(others) <= _CACHED_KEY_BYTES:
+                if len(_plain_non_ascii_verdicts) >= _CACHED_VERDICTS:
+                    _plain_non_ascii_verdicts.clear()
+                _plain_non_ascii_verdicts[others] = plain
+        if not plain:
             return None
     folded = raw.lower()  # ASCII letters only, as casefold does to them
-    if b"  " in folded or folded[:1] == b" " or folded[-1:] == b" ":
+    if (maybe_double_spaced and b"  " in folded) or folded[:1] == b" " or folded[-1:] == b" ":
         folded = b" ".join(folded.split())
     return raw, folded
+
+
+def _plain_non_ascii(others: str) -> bool:
+    """Whether the non-ASCII characters of a text (in order, its ASCII removed) keep it plain:
+    printable, caseless, NFKC and not combining (see :func:`plain_text`)."""
+    return (
+        others.isprintable()
+        and others.casefold() == others
+        and unicodedata.is_normalized("NFKC", others)
+        and not any(unicodedata.combining(c) for c in others)
+    )
+
+
+def _double_spaced(block: bytes) -> bool:
+    """Whether two spaces follow each other anywhere in ``block``: one vectorized pass, where
+    searching each row's text costs several times more (CPython's search is slow for a needle
+    of two equal bytes), and real text seldom has them."""
+    spaces = np.frombuffer(block, dtype=np.uint8) == _SPACE
+    return bool(np.logical_and(spaces[1:], spaces[:-1]).any())
 
 
 @dataclass(frozen=True)
@@ -305,7 +340,11 @@ class _BlockChecker:
                 ):
                     lines[i] = _Unreadable(Rule.LINE_TOO_LONG, too_long_message(self.rules))
         # no backslash and no control character anywhere: no string of the block needs escaping
-        self.check_lines(lines, escape_free=not block.translate(None, _PLAIN_LINE_BYTES))
+        self.check_lines(
+            lines,
+            escape_free=not block.translate(None, _PLAIN_LINE_BYTES),
+            double_spaced=_double_spaced(block),
+        )
         result = self.result
         if self.out:
             self.out.append(b"")
@@ -332,7 +371,11 @@ class _BlockChecker:
         return lines
 
     def check_lines(  # noqa: PLR0912, PLR0915 - hot loop
-        self, lines: list[bytes | _Unreadable], *, escape_free: bool = False
+        self,
+        lines: list[bytes | _Unreadable],
+        *,
+        escape_free: bool = False,
+        double_spaced: bool = True,
     ) -> None:
         rules = self.rules
         result = self.result
@@ -403,7 +446,11 @@ class _BlockChecker:
                 and (label_set is None or label in label_set)
             )
             if inline:
-                plain = plain_forms(text, text.encode()) if escape_free else plain_of(text)
+                plain = (
+                    plain_forms(text, text.encode(), maybe_double_spaced=double_spaced)
+                    if escape_free
+                    else plain_of(text)
+                )
                 if plain is None:  # something to escape or normalize: look closer
                     inline = _clean_string(text)
                 elif len(plain[0]) != len(text):  # plain, not ASCII: no control character
