@@ -271,6 +271,20 @@ def test_the_inline_fast_path_writes_data_md_canonical_rows(
     )
 
 
+def test_a_repeated_key_is_found_in_a_block_without_backslashes() -> None:
+    """orjson merges a repeated key; the fast path finds one by counting quotes, once per
+    block when the block has no backslash (a row of strings has four per member): a row that
+    repeats a key, among rows that do not, is refused as the reference parser refuses it."""
+    good = [{"text": f"review {i} \u2019s fine", "label": "fresh"} for i in range(50)]
+    repeated = '{"text": "same key twice", "label": "fresh", "label": "rotten"}\n'
+    block = b"".join(json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in good)
+    block = block + repeated.encode()
+    assert b"\\" not in block
+    result = check_block(block, 1, RULES)
+    assert [(f.rule, f.line) for f in result.findings] == [("duplicate_key", 51)]
+    assert result.content == b"".join(_reference_line(row) for row in good)
+
+
 def test_text_to_escape_is_escaped_whether_or_not_the_rest_of_its_block_needs_it() -> None:
     """A block with no backslash and no control character spares each row its own check for
     something to escape; a block that has one must check every row."""

@@ -22,8 +22,9 @@ Speed matters here (this is most of an upload's CPU time), hence orjson parsing 
 can (json's scanner, the reference, decides every other), the inline fast path for plain
 ``{"text", "label"}`` rows, and within it a bytes-only path for text with nothing to escape;
 ``test_dataset_validation`` checks each against the reference. Checks that cost per byte in
-CPython's loops but are rarely true run once per block, vectorized (two spaces in a row), and
-the verdict on a text's non-ASCII characters is cached by those characters (real texts reuse a
+CPython's loops but are rarely true run once per block: two spaces in a row (vectorized), and
+the quotes that tell a repeated key (the block is checked again row by row if they do); the
+verdict on a text's non-ASCII characters is cached by those characters (real texts reuse a
 few: curly quotes, dashes, accents).
 """
 
@@ -309,8 +310,11 @@ class _BlockChecker:
         self.result.findings.append(RowFinding(rule.value, line, message, field))
         return rule.value in self.rules.error_rules
 
-    def run(self, block: bytes, unterminated: bool) -> BlockResult:
+    def run(self, block: bytes, unterminated: bool, *, quotes_by_line: bool = False) -> BlockResult:
+        """See :func:`check_block`. ``quotes_by_line``: count each row's quotes, rather than
+        the block's once (see :meth:`check_lines`)."""
         lines = self.split_lines(block)
+        readable = True  # every line still bytes (none found unreadable as a whole)
         if not unterminated:
             lines.pop()  # the nothing after the final line end
         else:
@@ -327,6 +331,7 @@ class _BlockChecker:
                         "the last line had no line end; the canonical content has one",
                     )
                 elif decoded.strip():
+                    readable = False
                     lines[-1] = _Unreadable(
                         Rule.TRUNCATED_LAST_LINE,
                         "the last line has no line end and is not a complete JSON object",
@@ -338,13 +343,22 @@ class _BlockChecker:
                     and len(line) > self.rules.max_line_bytes
                     and type(_decode_line(line)) is str  # one that is not UTF-8 is found so
                 ):
+                    readable = False
                     lines[i] = _Unreadable(Rule.LINE_TOO_LONG, too_long_message(self.rules))
         # no backslash and no control character anywhere: no string of the block needs escaping
-        self.check_lines(
+        escape_free = not block.translate(None, _PLAIN_LINE_BYTES)
+        quotes_by_block = escape_free and readable and not quotes_by_line
+        quotes = self.check_lines(
             lines,
-            escape_free=not block.translate(None, _PLAIN_LINE_BYTES),
+            escape_free=escape_free,
             double_spaced=_double_spaced(block),
+            quotes_by_block=quotes_by_block,
         )
+        if quotes_by_block and quotes != block.count(b'"'):
+            # some row repeats a key, which orjson merged: check the block again, row by row
+            return _BlockChecker(self.rules, self.first_line).run(
+                block, unterminated, quotes_by_line=True
+            )
         result = self.result
         if self.out:
             self.out.append(b"")
@@ -376,7 +390,16 @@ class _BlockChecker:
         *,
         escape_free: bool = False,
         double_spaced: bool = True,
-    ) -> None:
+        quotes_by_block: bool = False,
+    ) -> int:
+        """The per-row rules for each line; returns the quotes its rows account for, when
+        ``quotes_by_block`` (else 0).
+
+        A repeated key is found by counting quotes (below). Row by row, that is a pass over
+        each line; for a block without a backslash (``escape_free``: every quote delimits a
+        string), :meth:`run` counts the block's quotes once instead and compares them with
+        what the rows account for, and checks the block again row by row if they differ.
+        """
         rules = self.rules
         result = self.result
         out = self.out
@@ -400,6 +423,7 @@ class _BlockChecker:
         plain_of = plain_text
         plain_forms = _plain_forms
         line_number = self.first_line - 1
+        members = quotes = 0  # of rows parsed fast, and the quotes of the others
         for line in lines:
             line_number += 1
             if type(line) is not bytes:
@@ -414,7 +438,15 @@ class _BlockChecker:
             # Every other line, and every line orjson refuses (not UTF-8, not JSON, NaN,
             # integers past 64 bits), the reference parser reads: the rules and findings are its.
             row: Any = None
-            if b"\\" not in line:
+            if quotes_by_block:  # no backslash in the block; run() counts the quotes
+                try:
+                    row = fast_loads(line)
+                except FastDecodeError:
+                    row = None
+                else:
+                    if type(row) is not dict:
+                        row = None
+            elif b"\\" not in line:
                 try:
                     row = fast_loads(line)
                 except FastDecodeError:
@@ -423,6 +455,8 @@ class _BlockChecker:
                     if type(row) is not dict or line.count(b'"') != 4 * len(row):
                         row = None
             if row is None:
+                if quotes_by_block:
+                    quotes += line.count(b'"')
                 row = read_line(line, line_number)
                 if row is None:
                     continue
@@ -461,6 +495,8 @@ class _BlockChecker:
             if inline:
                 # the common case, inline: a {"text", "label"} row, maybe with a "group", that
                 # passes every rule; the canonical row is {"group", "id", "label", "text"}
+                if fast:
+                    members += len(row)
                 known = labels.get(label)
                 if known is None:
                     known = self.new_label(label)
@@ -489,12 +525,17 @@ class _BlockChecker:
                 if fast and list(map(type, row.values())).count(str) != len(row):
                     # not only strings: a value may hold quotes, so the count above proves
                     # nothing about repeated keys
+                    if quotes_by_block:
+                        quotes += line.count(b'"')
                     row = read_line(line, line_number)
                     if row is None:
                         continue
+                elif fast:
+                    members += len(row)
                 fields = self.general_row(row, line_number)
                 if fields is not None:
                     self.add_row(fields, row.get("id"), line_number)
+        return 4 * members + quotes if quotes_by_block else 0
 
     def read_line(self, raw: bytes, line_number: int) -> dict[str, Any] | None:  # noqa: PLR0911 - a return per finding
         """The row a line holds, by the reference parser (json's), or None with its finding."""
