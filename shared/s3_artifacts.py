@@ -162,7 +162,10 @@ class _StreamingUpload:
         self._key = staging_key
         self._part_bytes = max(int(transfer.multipart_chunksize), _MIN_PART_BYTES)
         self._max_in_flight = max(1, int(transfer.max_concurrency))
-        self._buffer = bytearray()
+        #: What was written since the last part: the writes themselves (bytes are immutable),
+        #: joined once into the part, rather than copied into a growing buffer and out again.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._pool: ThreadPoolExecutor | None = None
         self._upload_id = ""
         self._parts: list[dict[str, Any]] = []
@@ -174,8 +177,9 @@ class _StreamingUpload:
     def write(self, data: bytes) -> None:
         if self._sealed:
             raise ArtifactError("the spool was synced: no writes may follow")
-        self._buffer += data
-        if len(self._buffer) >= self._part_bytes:
+        self._pending.append(bytes(data))  # a copy only if the caller's is mutable
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= self._part_bytes:
             self._send_buffer()
 
     def _send_buffer(self) -> None:
@@ -187,10 +191,15 @@ class _StreamingUpload:
             self._pool = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="s3-part")
         while len(self._in_flight) >= self._max_in_flight:  # bounds the memory held
             self._parts.append(self._in_flight.popleft().result())
-        part = bytes(self._buffer)
-        self._buffer.clear()
+        part = self._take_pending()
         number = len(self._parts) + len(self._in_flight) + 1
         self._in_flight.append(self._pool.submit(self._upload_part, number, part))
+
+    def _take_pending(self) -> bytes:
+        part = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        return part
 
     def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
         response = self._client.upload_part(
@@ -209,7 +218,7 @@ class _StreamingUpload:
         self._sealed = True
         if self._pool is None:
             return  # smaller than a part: commit puts it in one request
-        if self._buffer:
+        if self._pending:
             self._send_buffer()
         while self._in_flight:
             self._parts.append(self._in_flight.popleft().result())
@@ -226,9 +235,8 @@ class _StreamingUpload:
         self.seal()
         if not self._completed:
             self._client.put_object(
-                Bucket=self._bucket, Key=object_key, Body=bytes(self._buffer), Metadata=metadata
+                Bucket=self._bucket, Key=object_key, Body=self._take_pending(), Metadata=metadata
             )
-            self._buffer.clear()
             return
         self._client.copy(
             {"Bucket": self._bucket, "Key": self._key},
@@ -241,7 +249,8 @@ class _StreamingUpload:
 
     def discard(self) -> None:
         """Leave nothing behind: abort the upload, or delete the staging object."""
-        self._buffer.clear()
+        self._pending.clear()
+        self._pending_bytes = 0
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
