@@ -18,9 +18,12 @@ processes, sampled every 20 ms (goal < 300 MB for a 1 GB upload: ``--size-mb 102
 
     .venv/bin/python bench/ingest.py [--size-mb 200] [--workers 2] [--repeat 2] [--store s3]
 
-``--store s3`` puts the service's artifact store on S3: an S3-compatible server on loopback
-(moto's standalone server, as the tests use, run as its own process like a real server, so its
-CPU time is not the benchmark's; goal >= 0.4 there, for the extra upload).
+``--store s3`` puts the service's artifact store on S3: an S3-compatible server on loopback, as
+its own process (goal >= 0.4 there, for the extra upload and the copy to the content-addressed
+key). By default that is s3s-fs, a compiled server (``tuneline.devtools.s3_server``: built once
+with cargo), whose own CPU time is small, as a remote S3's is nothing to the service's host;
+``--s3-server moto`` runs moto's standalone server, the tests' server, instead: a Python server
+that takes about as much of the two cores as the service does.
 
 Needs a Kafka broker: ``--bootstrap`` or ``TUNELINE_KAFKA_BOOTSTRAP``, else a local KRaft
 broker is started (``tuneline dev kafka`` provisions its jars).
@@ -56,6 +59,7 @@ from tuneline.client import UnavailableError
 from tuneline.client.dataset import DatasetClient, dataset_name
 from tuneline.dataset.v1 import events_pb2
 from tuneline.devtools.kafka import LocalKafka, free_port
+from tuneline.devtools.s3_server import s3s_fs_server
 from tuneline.devtools.waiting import answer, eventually
 
 GOAL_RATIO = {"local": 0.5, "s3": 0.4}
@@ -162,11 +166,8 @@ class Service:
 
 
 @contextlib.contextmanager
-def s3_store_settings() -> Iterator[dict[str, str]]:
-    """The dataset service's settings for an artifact store on a loopback S3 server."""
-    import boto3  # noqa: PLC0415 - dev extras, only for --store s3
-    from botocore.exceptions import EndpointConnectionError  # noqa: PLC0415
-
+def moto_server() -> Iterator[str]:
+    """moto's standalone server on a free loopback port; yields its endpoint URL."""
     port = free_port()
     # its own process, as a real S3 server would be: not a thread of the benchmark's process,
     # whose CPU (and interpreter lock) the upload's client needs
@@ -175,16 +176,32 @@ def s3_store_settings() -> Iterator[dict[str, str]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+@contextlib.contextmanager
+def s3_store_settings(server: str, scratch: Path) -> Iterator[dict[str, str]]:
+    """The dataset service's settings for an artifact store on a loopback S3 server."""
+    import boto3  # noqa: PLC0415 - dev extras, only for --store s3
+    from botocore.config import Config  # noqa: PLC0415
+    from botocore.exceptions import EndpointConnectionError  # noqa: PLC0415
+
     credentials = {
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    try:
+    running: contextlib.AbstractContextManager[str] = (
+        moto_server() if server == "moto" else s3s_fs_server(scratch / "s3", "bench", "bench")
+    )
+    with running as endpoint:
         client = boto3.session.Session(
             aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1"
-        ).client("s3", endpoint_url=endpoint)
+        ).client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
         eventually(
             answer(lambda: client.create_bucket(Bucket="bench"), EndpointConnectionError),
             timeout=120,
@@ -195,9 +212,6 @@ def s3_store_settings() -> Iterator[dict[str, str]]:
             "TUNELINE_S3_ENDPOINT_URL": endpoint,
             "TUNELINE_DATASET_ARTIFACT_ROOT": "s3://bench/dataset",
         }
-    finally:
-        server.terminate()
-        server.wait()
 
 
 @contextlib.contextmanager
@@ -269,6 +283,8 @@ class UploadTiming:
     #: CPU seconds the service process and its workers spent on the upload.
     service_cpu_seconds: float
     workers_cpu_seconds: float
+    #: CPU seconds this process (the client: read, hash and send the file) spent on it.
+    client_cpu_seconds: float
 
 
 def upload(service: Service, bootstrap: str, path: Path) -> UploadTiming:
@@ -278,9 +294,11 @@ def upload(service: Service, bootstrap: str, path: Path) -> UploadTiming:
         with DatasetClient(service.target) as client:
             client.create_dataset(dataset, "classification")
             cpu_before = service.cpu_seconds()
+            client_cpu = time.process_time()
             started = time.perf_counter()
             response = client.upload_dataset_version(dataset_name(dataset), path, timeout=3600)
             answered = time.perf_counter()
+            client_cpu = time.process_time() - client_cpu
             cpu_after = service.cpu_seconds()
             wait_for_event(consumer, response.dataset_version.name)
             evented = time.perf_counter()
@@ -294,6 +312,7 @@ def upload(service: Service, bootstrap: str, path: Path) -> UploadTiming:
         response.dataset_version.row_count,
         main_cpu,
         sum(spent.values()),
+        client_cpu,
     )
 
 
@@ -316,7 +335,9 @@ def run(bootstrap: str, args: argparse.Namespace) -> bool:
         baselines: list[BaselineTiming] = []
         uploads: list[UploadTiming] = []
         store_settings: contextlib.AbstractContextManager[dict[str, str]] = (
-            s3_store_settings() if args.store == "s3" else contextlib.nullcontext({})
+            s3_store_settings(args.s3_server, root)
+            if args.store == "s3"
+            else contextlib.nullcontext({})
         )
         with (
             store_settings as store,
@@ -341,11 +362,11 @@ def run(bootstrap: str, args: argparse.Namespace) -> bool:
     baseline_cpu = min(b.cpu_seconds for b in baselines) / mb
     service_cpu = min(u.service_cpu_seconds for u in uploads) / mb
     workers_cpu = min(u.workers_cpu_seconds for u in uploads) / mb
+    client_cpu = min(u.client_cpu_seconds for u in uploads) / mb
     rss_goal = GOAL_RSS_BYTES_PER_GB * max(1.0, size / 1e9)
     print(f"baseline (read + sha256 + json.loads): {best_baseline:7.1f} MB/s")
-    print(
-        f"upload over gRPC (validate, hash, store on {args.store}, event): {best_upload:7.1f} MB/s"
-    )
+    store = f"s3 ({args.s3_server})" if args.store == "s3" else args.store
+    print(f"upload over gRPC (validate, hash, store on {store}, event): {best_upload:7.1f} MB/s")
     print(f"ratio: {ratio:.2f} (goal >= {goal})")
     # what the same work gives when nobody else wants the CPUs: the service process and each
     # worker on a core of its own, against the baseline on one
@@ -354,7 +375,8 @@ def run(bootstrap: str, args: argparse.Namespace) -> bool:
         projected = min(projected, args.workers / workers_cpu)
     print(
         f"CPU per MB: baseline {baseline_cpu * 1e3:.1f} ms; upload {service_cpu * 1e3:.1f} ms "
-        f"in the service process + {workers_cpu * 1e3:.1f} ms in its workers"
+        f"in the service process + {workers_cpu * 1e3:.1f} ms in its workers "
+        f"(+ {client_cpu * 1e3:.1f} ms in the client, this process)"
     )
     print(
         f"  with a free CPU for the service and each worker: ~{projected:.0f} MB/s, "
@@ -378,6 +400,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best counts")
     parser.add_argument(
         "--store", choices=sorted(GOAL_RATIO), default="local", help="the artifact store"
+    )
+    parser.add_argument(
+        "--s3-server",
+        choices=["s3s-fs", "moto"],
+        default="s3s-fs",
+        help="the loopback S3 server for --store s3 (s3s-fs: compiled, built once with cargo)",
     )
     parser.add_argument(
         "--bootstrap",
