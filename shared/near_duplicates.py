@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -53,6 +54,9 @@ _SEED = 1
 #: at once (128 MiB) ran three times slower, on memory traffic.
 _BATCH_TEXTS = 16
 _PERMUTATIONS_PER_STEP = 16
+#: Texts per task when an executor's processes compute the signatures (about 1 MiB of text
+#: out, 2 MiB of signatures back).
+_TEXTS_PER_TASK = 2048
 #: datasketch's universal hashing constants (``datasketch.minhash``).
 _MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 _MAX_HASH = np.uint64((1 << 32) - 1)
@@ -149,32 +153,47 @@ def _permuted(a: np.ndarray, b: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def minhash_signatures(texts: Sequence[str]) -> list[MinHash]:
-    """Each text's MinHash: what ``MinHash.update_batch`` computes from its shingles' CRC-32s,
-    but for a batch of texts per numpy pass (one pass per text costs ten times more)."""
+    """Each text's MinHash: what ``MinHash.update_batch`` computes from its shingles' CRC-32s."""
+    template = MinHash(num_perm=NUM_PERM, seed=_SEED, hashfunc=zlib.crc32)
+    return [
+        MinHash(
+            num_perm=NUM_PERM,
+            seed=_SEED,
+            hashfunc=zlib.crc32,
+            hashvalues=row,
+            permutations=template.permutations,
+        )
+        for row in _hash_values(texts)
+    ]
+
+
+def signature_matrix(texts: Sequence[str], executor: Executor | None = None) -> np.ndarray:
+    """Each text's MinHash hash values (``MinHash.hashvalues``), one row per text; in chunks
+    across ``executor``'s worker processes when one is given and there is enough to share
+    (the signatures are most of the check's CPU time, and a process pool has idle cores while
+    one thread computes them)."""
+    if executor is None or len(texts) <= _TEXTS_PER_TASK:
+        return _hash_values(texts)
+    chunks = [
+        texts[start : start + _TEXTS_PER_TASK] for start in range(0, len(texts), _TEXTS_PER_TASK)
+    ]
+    return np.concatenate(list(executor.map(_hash_values, chunks)))
+
+
+def _hash_values(texts: Sequence[str]) -> np.ndarray:
+    """The signatures' hash values, a batch of texts per numpy pass (one pass per text costs
+    ten times more)."""
     template = MinHash(num_perm=NUM_PERM, seed=_SEED, hashfunc=zlib.crc32)
     a, b = (p[:, np.newaxis] for p in template.permutations)
-    signatures: list[MinHash] = []
+    values_of = np.empty((len(texts), NUM_PERM), dtype=np.uint64)
     for start in range(0, len(texts), _BATCH_TEXTS):
         values, starts = _shingle_crc32s(texts[start : start + _BATCH_TEXTS])
         minima = np.empty((NUM_PERM, len(starts)), dtype=np.uint64)
         for first in range(0, NUM_PERM, _PERMUTATIONS_PER_STEP):
             step = slice(first, first + _PERMUTATIONS_PER_STEP)
             minima[step] = np.minimum.reduceat(_permuted(a[step], b[step], values), starts, axis=1)
-        for row in minima.T:
-            signatures.append(
-                MinHash(
-                    num_perm=NUM_PERM,
-                    seed=_SEED,
-                    hashfunc=zlib.crc32,
-                    hashvalues=row,
-                    permutations=template.permutations,
-                )
-            )
-    return signatures
-
-
-def _signature_matrix(signatures: Sequence[MinHash]) -> np.ndarray:
-    return np.stack([signature.hashvalues for signature in signatures])
+        values_of[start : start + len(starts)] = minima.T
+    return values_of
 
 
 def _shared_buckets(values: np.ndarray, threshold: float) -> Iterator[np.ndarray]:
@@ -194,16 +213,20 @@ def _shared_buckets(values: np.ndarray, threshold: float) -> Iterator[np.ndarray
 
 
 def near_duplicate_groups(
-    texts: Sequence[str], *, threshold: float = DEFAULT_THRESHOLD
+    texts: Sequence[str],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    executor: Executor | None = None,
 ) -> list[list[int]]:
     """Groups of indexes into ``texts`` whose texts are near-duplicates (see the module
     docstring): each group sorted, with at least two members, groups ordered by their first
     member. Texts shorter than ``MIN_TEXT_BYTES`` are in no group. ``texts`` should be
-    distinct normalized inputs (equal texts are trivially one group, which callers know)."""
+    distinct normalized inputs (equal texts are trivially one group, which callers know).
+    ``executor``: worker processes to compute the signatures in (:func:`signature_matrix`)."""
     long_enough = [i for i, text in enumerate(texts) if len(text.encode()) >= MIN_TEXT_BYTES]
     if len(long_enough) < 2:
         return []
-    values = _signature_matrix(minhash_signatures([texts[i] for i in long_enough]))
+    values = signature_matrix([texts[i] for i in long_enough], executor)
     later: dict[int, set[int]] = {}  # each signature's LSH candidates after it
     for bucket in _shared_buckets(values, threshold):
         together = bucket.tolist()
@@ -240,8 +263,8 @@ def near_duplicates_in(
     long_queries = [i for i, text in enumerate(queries) if len(text.encode()) >= MIN_TEXT_BYTES]
     if not long_corpus or not long_queries:
         return dict(sorted(found.items()))
-    values = _signature_matrix(minhash_signatures([corpus[i] for i in long_corpus]))
-    query_values = _signature_matrix(minhash_signatures([queries[i] for i in long_queries]))
+    values = signature_matrix([corpus[i] for i in long_corpus])
+    query_values = signature_matrix([queries[i] for i in long_queries])
     # one banding over both: a query's candidates are the corpus rows in its buckets
     corpus_size = len(values)
     in_corpus: dict[int, set[int]] = {}

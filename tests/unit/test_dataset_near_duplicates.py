@@ -7,11 +7,14 @@ check (saying so) past its row limit.
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from datasketch import MinHash
@@ -74,6 +77,22 @@ def test_paraphrases_of_real_reviews_join_their_originals_and_nothing_else() -> 
     assert all(len(group) == 2 and group[1] - group[0] == 400 for group in groups)
     assert near_duplicate_groups(originals) == []  # distinct real reviews stay apart
     assert near_duplicate_groups(originals + edited) == groups  # deterministic
+
+
+def test_worker_processes_compute_the_same_groups() -> None:
+    """Past one task's worth of texts, the signatures are computed in chunks across the
+    validation workers' processes: the groups must be the calling thread's."""
+    rng = random.Random(8)
+    originals = [normalize_input_text(row["text"]) for row in long_distinct_reviews(2500)]
+    edited = [normalize_input_text(paraphrase(text, rng)) for text in originals[:300]]
+    texts = originals + edited
+    assert len(texts) > 2048  # more than one chunk of 2048
+    in_thread = near_duplicate_groups(texts)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with mock.patch.object(pool, "map", wraps=pool.map) as shared_out:
+            assert near_duplicate_groups(texts, executor=pool) == in_thread
+        shared_out.assert_called_once()
+    assert len(in_thread) >= 280
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ that the texts are dropped and the check reports that it was skipped.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from shared.near_duplicates import near_duplicate_groups
@@ -74,12 +75,13 @@ class NearDuplicateRows:
             return
         self._lines_of.setdefault(text_key, []).append(line)
 
-    def groups(self) -> NearDuplicateGroups:
+    def groups(self, executor: Executor | None = None) -> NearDuplicateGroups:
+        """The groups; ``executor``'s worker processes compute the signatures, when given."""
         if self._lines_of is None:
             return NearDuplicateGroups(())
         texts = list(self._lines_of)
         groups = [
             tuple(sorted(line for index in group for line in self._lines_of[texts[index]]))
-            for group in near_duplicate_groups(texts, threshold=self.threshold)
+            for group in near_duplicate_groups(texts, threshold=self.threshold, executor=executor)
         ]
         return NearDuplicateGroups(tuple(sorted(groups)))

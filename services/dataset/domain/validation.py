@@ -543,7 +543,7 @@ class StreamingValidator:
                 "check: it did not run",
             )
             return
-        found = rows.groups()
+        found = rows.groups(self._executor)
         if not found.groups:
             return
         compared = "inputs" if self._task is TaskType.CLASSIFICATION else "prompts and completions"
