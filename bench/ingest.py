@@ -16,7 +16,7 @@ be shared). Printed: MB/s of each, their ratio (goal >= 0.5), and the service's 
 ``VmHWM`` of the service process and the peak of the sum over it and its validation worker
 processes, sampled every 20 ms (goal < 300 MB for a 1 GB upload: ``--size-mb 1024``).
 
-    .venv/bin/python bench/ingest.py [--size-mb 200] [--workers 2] [--repeat 2] [--store s3]
+    .venv/bin/python bench/ingest.py [--size-mb 200] [--workers N] [--repeat 2] [--store s3]
 
 ``--store s3`` puts the service's artifact store on S3: an S3-compatible server on loopback, as
 its own process (goal >= 0.4 there, for the extra upload and the copy to the content-addressed
@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil
 from kafka import KafkaConsumer
 
+from services.dataset.settings import DatasetSettings
 from shared.events import ensure_topics, topic_for
 from shared.events.tail import consumer_at_end
 from tests.fixtures.datasets import rotten_tomatoes_rows
@@ -321,6 +322,10 @@ def upload(service: Service, bootstrap: str, path: Path) -> UploadTiming:
 
 def run(bootstrap: str, args: argparse.Namespace) -> bool:
     ensure_topics(bootstrap, [TOPIC])
+    if args.workers is None:  # the service's default, as it will compute it
+        args.workers = DatasetSettings.model_fields["validation_workers"].get_default(
+            call_default_factory=True
+        )
     with tempfile.TemporaryDirectory(prefix="tuneline-bench-ingest-") as scratch:
         root = Path(scratch)
         data = root / "upload.jsonl"
@@ -396,7 +401,12 @@ def run(bootstrap: str, args: argparse.Namespace) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=200, help="JSONL size (1024 for 1 GB)")
-    parser.add_argument("--workers", type=int, default=2, help="validation worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="validation worker processes (default: the service's, one more than the CPUs)",
+    )
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best counts")
     parser.add_argument(
         "--store", choices=sorted(GOAL_RATIO), default="local", help="the artifact store"
