@@ -351,7 +351,7 @@ class _BlockChecker:
         quotes = self.check_lines(
             lines,
             escape_free=escape_free,
-            double_spaced=_double_spaced(block),
+            double_spaced=_double_spaced(block) if escape_free else True,
             quotes_by_block=quotes_by_block,
         )
         if quotes_by_block and quotes != block.count(b'"'):
