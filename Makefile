@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml package.json package-lock.json requirements/data-packag
 
 setup: $(STAMP) deploy-tools
 
-## promtool/amtool for the rule tests and the alert end-to-end test, and the PostgreSQL server
-## the storage tests start (Debian's packages)
+## promtool/amtool for the rule tests and the alert end-to-end test, the PostgreSQL server
+## the storage tests start, and the Chromium that renders the report page (Debian's packages)
 deploy-tools:
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
@@ -30,6 +30,9 @@ deploy-tools:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	  else echo "error: PostgreSQL server binaries missing: sudo apt-get install postgresql"; exit 1; fi; fi
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "error: Chromium missing (the report page test renders it): sudo apt-get install chromium"; exit 1; fi; fi
 
 kafka-jars: $(STAMP)
 	$(BIN)/tuneline dev kafka provision
