@@ -152,23 +152,9 @@ def _permuted(a: np.ndarray, b: np.ndarray, values: np.ndarray) -> np.ndarray:
     return x
 
 
-def minhash_signatures(texts: Sequence[str]) -> list[MinHash]:
-    """Each text's MinHash: what ``MinHash.update_batch`` computes from its shingles' CRC-32s."""
-    template = MinHash(num_perm=NUM_PERM, seed=_SEED, hashfunc=zlib.crc32)
-    return [
-        MinHash(
-            num_perm=NUM_PERM,
-            seed=_SEED,
-            hashfunc=zlib.crc32,
-            hashvalues=row,
-            permutations=template.permutations,
-        )
-        for row in _hash_values(texts)
-    ]
-
-
 def signature_matrix(texts: Sequence[str], executor: Executor | None = None) -> np.ndarray:
-    """Each text's MinHash hash values (``MinHash.hashvalues``), one row per text; in chunks
+    """Each text's MinHash hash values, one row per text: the ``hashvalues`` datasketch's
+    ``MinHash.update_batch`` computes from its shingles' CRC-32s; in chunks
     across ``executor``'s worker processes when one is given and there is enough to share
     (the signatures are most of the check's CPU time, and a process pool has idle cores while
     one thread computes them)."""

@@ -30,10 +30,10 @@ from services.dataset.handlers.ingest import IngestRequest, IngestResult, upload
 from shared.input_text import normalize_input_text
 from shared.near_duplicates import (
     NUM_PERM,
-    minhash_signatures,
     near_duplicate_groups,
     near_duplicates_in,
     shingles,
+    signature_matrix,
 )
 from shared.task_types import TaskType
 from tests.fixtures.datasets import make_dataset_deps, rotten_tomatoes_rows, to_jsonl
@@ -209,7 +209,7 @@ def test_signatures_are_datasketchs_over_each_texts_shingles(texts: list[str]) -
     """The signatures come from every shingle's CRC-32 computed for a batch at once (empty,
     short and multi-byte texts, batches that straddle texts included): they must be what
     datasketch's MinHash gives for the same shingles, one text at a time."""
-    for text, signature in zip(texts, minhash_signatures(texts), strict=True):
+    for text, hash_values in zip(texts, signature_matrix(texts), strict=True):
         reference = MinHash(num_perm=NUM_PERM, seed=1, hashfunc=zlib.crc32)
         reference.update_batch(sorted(shingles(text)))
-        assert (signature.hashvalues == reference.hashvalues).all(), text
+        assert (hash_values == reference.hashvalues).all(), text

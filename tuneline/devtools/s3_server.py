@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from tuneline.devtools.kafka import free_port
+from tuneline.devtools.kafka.probes import port_open
 from tuneline.devtools.waiting import eventually
 
 S3S_FS_VERSION = "0.14.1"  # the newest whose Rust requirement (1.92) the machines' 1.95 meets
@@ -84,7 +84,7 @@ def s3s_fs_server(data_dir: Path, access_key: str, secret_key: str) -> Iterator[
     )
     try:
         eventually(
-            lambda: server.poll() is not None or _accepts(port),
+            lambda: server.poll() is not None or port_open(port),
             timeout=60,
             what="s3s-fs to listen",
         )
@@ -94,9 +94,3 @@ def s3s_fs_server(data_dir: Path, access_key: str, secret_key: str) -> Iterator[
     finally:
         server.terminate()
         server.wait()
-
-
-def _accepts(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-    return False
